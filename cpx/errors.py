@@ -1,0 +1,39 @@
+"""Domain errors. The CLI prints each as one line and exits with code 2."""
+
+
+class CpxError(Exception):
+    """Base class: a problem the user can fix, reported without a traceback."""
+
+    exit_code = 2
+
+
+class PluginError(CpxError):
+    """A plugin is broken or registers a name that is already taken."""
+
+
+class UnknownComponent(CpxError):
+    """A model, loss, augmentation or competition name that nothing registered."""
+
+
+class ConfigError(CpxError):
+    """A recipe, override or option value that does not validate."""
+
+
+class DataError(CpxError):
+    """A data folder or file that cannot be used."""
+
+
+class RunError(CpxError):
+    """A run that does not exist or cannot be resumed."""
+
+
+class RuleViolation(CpxError):
+    """Something the competition's rules forbid (too many parameters, an ensemble, ...)."""
+
+
+class SubmissionError(CpxError):
+    """A submission that is malformed, missing or already recorded."""
+
+
+class CodabenchError(CpxError):
+    """The Codabench server refused a request or could not be reached."""

@@ -1,0 +1,1 @@
+"""Built-in recipes, installed as ``cpx_recipes`` so they work from any directory."""

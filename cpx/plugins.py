@@ -99,6 +99,10 @@ class PluginHost:
     def competitions(self) -> Registry:
         return self.registries["competition"]
 
+    def competition(self, name: str):
+        """The :class:`cpx.competition.Competition` registered under ``name``."""
+        return self.competitions.get(name).target
+
     def add_commands(self, app: Any) -> None:
         for impl in reversed(self.manager.hook.register_commands.get_hookimpls()):
             try:

@@ -1,1 +1,136 @@
-"""placeholder"""
+"""Built-in segmentation models: ``msf``, ``msf-lmsa`` (MicroSegFormer) and ``unet``.
+
+The networks live in self-contained files (``msf_arch.py``, ``unet_arch.py``) that import
+only torch, so a submission can ship one verbatim. This module adds what cpx needs around
+them: validated options, factories and registration.
+
+Standalone source
+-----------------
+Every model a factory returns carries ``model.cpx_source``, a tuple
+``(arch_file, builder_name, kwargs)``: the absolute path of the arch file, the name of the
+builder function in it and the keyword arguments (JSON-friendly: lists, numbers, booleans)
+that rebuild the same network, so a packaging step can write::
+
+    from <copied arch file> import <builder_name>
+    model = <builder_name>(**kwargs)
+    model.load_state_dict(weights)
+
+``ARCH_SOURCES`` maps each model name to ``(arch_file, builder_name)`` for callers that
+need the file before building a model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cpx.hookspecs import hookimpl
+
+from . import msf_arch, unet_arch
+
+MSF_FILE = str(Path(msf_arch.__file__).resolve())
+UNET_FILE = str(Path(unet_arch.__file__).resolve())
+
+ARCH_SOURCES = {
+    "msf": (MSF_FILE, "build_msf"),
+    "msf-lmsa": (MSF_FILE, "build_msf"),
+    "unet": (UNET_FILE, "build_unet"),
+}
+
+Quad = tuple[int, int, int, int]
+
+
+def _plain(value: Any) -> Any:
+    # tuples become lists so the kwargs survive a JSON or YAML round trip unchanged
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _attach_source(model, name: str, kwargs: dict) -> Any:
+    arch_file, builder = ARCH_SOURCES[name]
+    model.cpx_source = (arch_file, builder, {k: _plain(v) for k, v in kwargs.items()})
+    return model
+
+
+class MSFOptions(BaseModel):
+    """MicroSegFormer without the LMSA block (defaults: about 1.73M parameters at 19 classes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embed_dims: Quad = Field((32, 64, 128, 160), description="Channel width of each of the 4 encoder stages (1/4, 1/8, 1/16, 1/32 resolution).")
+    depths: Quad = Field((2, 2, 2, 2), description="Transformer blocks per encoder stage.")
+    num_heads: Quad = Field((1, 2, 4, 5), description="Attention heads per stage; each must divide that stage's width.")
+    mlp_ratios: tuple[float, float, float, float] = Field((4, 4, 4, 2), description="Mix-FFN hidden width as a multiple of the stage width.")
+    sr_ratios: Quad = Field((8, 4, 2, 1), description="Spatial reduction of keys/values per stage (1 = full attention).")
+    decoder_dim: int = Field(112, ge=8, description="Common channel width of the all-MLP decoder.")
+    dropout: float = Field(0.15, ge=0.0, lt=1.0, description="Channel dropout right before the classifier (the reference recipe uses 0.15).")
+    transformer_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on attention weights and on MLP/attention outputs inside the encoder.")
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0, description="Stochastic-depth rate of the last encoder block, rising linearly from 0 at the first.")
+
+    @model_validator(mode="after")
+    def _check_shapes(self):
+        for i, (dim, heads) in enumerate(zip(self.embed_dims, self.num_heads)):
+            if dim < 1 or heads < 1 or dim % heads:
+                raise ValueError(f"stage {i + 1}: embed_dims {dim} must be a positive multiple of num_heads {heads}")
+        if min(self.depths) < 1 or min(self.sr_ratios) < 1 or min(self.mlp_ratios) <= 0:
+            raise ValueError("depths and sr_ratios must be >= 1 and mlp_ratios > 0")
+        return self
+
+
+class MSFLMSAOptions(MSFOptions):
+    """MicroSegFormer with the LMSA decoder block (defaults: about 1.76M parameters at 19 classes)."""
+
+    lmsa_kernels: tuple[int, ...] = Field((3, 5, 7), description="Kernel sizes of the parallel depthwise convolutions in the LMSA block (odd).")
+    lmsa_se_reduction: int = Field(4, ge=1, description="Squeeze-excitation reduction factor of the LMSA channel attention.")
+
+    @model_validator(mode="after")
+    def _check_kernels(self):
+        if not self.lmsa_kernels or any(k < 1 or k % 2 == 0 for k in self.lmsa_kernels):
+            raise ValueError(f"lmsa_kernels must be odd sizes >= 1, got {list(self.lmsa_kernels)}")
+        return self
+
+
+class UNetOptions(BaseModel):
+    """Small U-Net baseline (defaults: about 0.49M parameters at 19 classes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_channels: int = Field(16, ge=1, description="Width of the full-resolution level; each deeper level doubles it.")
+    depth: int = Field(4, ge=2, le=7, description="Number of resolution levels (depth - 1 poolings).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Channel dropout right before the classifier.")
+
+
+def _msf_kwargs(options: MSFOptions, num_classes: int, lmsa: bool) -> dict:
+    kwargs = dict(num_classes=num_classes, lmsa=lmsa, **options.model_dump())
+    return kwargs
+
+
+def create_msf(options: MSFOptions, num_classes: int):
+    """MicroSegFormer: hierarchical transformer encoder with an all-MLP decoder."""
+    kwargs = _msf_kwargs(options, num_classes, lmsa=False)
+    return _attach_source(msf_arch.build_msf(**kwargs), "msf", kwargs)
+
+
+def create_msf_lmsa(options: MSFLMSAOptions, num_classes: int):
+    """MicroSegFormer with a Lightweight Multi-Scale Attention block after decoder fusion."""
+    kwargs = _msf_kwargs(options, num_classes, lmsa=True)
+    return _attach_source(msf_arch.build_msf(**kwargs), "msf-lmsa", kwargs)
+
+
+def create_unet(options: UNetOptions, num_classes: int):
+    """Small U-Net baseline."""
+    kwargs = dict(num_classes=num_classes, **options.model_dump())
+    return _attach_source(unet_arch.build_unet(**kwargs), "unet", kwargs)
+
+
+@hookimpl
+def register_models(register):
+    register("msf", create_msf, options=MSFOptions,
+             description="MicroSegFormer: 4-stage efficient-attention transformer + all-MLP decoder")
+    register("msf-lmsa", create_msf_lmsa, options=MSFLMSAOptions,
+             description="MicroSegFormer + Lightweight Multi-Scale Attention in the decoder (~1.76M params)")
+    register("unet", create_unet, options=UNetOptions,
+             description="Small U-Net baseline (~0.49M params)")

@@ -1,0 +1,78 @@
+"""The `cpx` command line: a thin typer + rich skin over the core.
+
+Each command builds a config, calls one core function and renders the result. Domain
+errors (`cpx.errors.CpxError`) become one line per problem on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import click
+import typer
+
+from ..errors import CpxError
+from . import _common, data_cmd, plugins_cmd, runs_cmd, train_cmd
+
+COMMAND_MODULES = [train_cmd, runs_cmd, plugins_cmd, data_cmd]
+
+
+def create_app(host=None) -> typer.Typer:
+    """A fresh application; plugins add their commands through ``register_commands``."""
+    app = typer.Typer(name="cpx", no_args_is_help=True, add_completion=False,
+                      help="Train, validate, package and track models for Codabench segmentation challenges.",
+                      pretty_exceptions_enable=False, rich_markup_mode="rich")
+
+    @app.callback()
+    def _root(workspace: Optional[str] = typer.Option(
+            None, "--workspace", "-w", envvar="CPX_WORKSPACE",
+            help="workspace folder (runs, ledger, submissions); default: the current directory")):
+        if workspace:
+            os.environ["CPX_WORKSPACE"] = workspace
+
+    for module in COMMAND_MODULES:
+        module.register(app)
+    host = host or _common.host()
+    host.add_commands(app)
+    return app
+
+
+def _workspace_from_argv(argv: list[str]) -> Optional[str]:
+    # The workspace decides which plugin folders load, and plugins add commands, so it is
+    # needed before the application (and its argument parser) exists.
+    for i, arg in enumerate(argv):
+        if arg in ("--workspace", "-w") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--workspace="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point; returns the exit code (the console script passes it to sys.exit)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ws = _workspace_from_argv(argv)
+    if ws:
+        os.environ["CPX_WORKSPACE"] = ws
+    try:
+        app = create_app()
+        _common.print_plugin_failures()
+        command = typer.main.get_command(app)
+        command.main(args=argv, prog_name="cpx", standalone_mode=False)
+    except CpxError as exc:
+        _common.print_error(exc)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        _common.err_console.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        _common.err_console.print("interrupted")
+        return 130
+    return 0

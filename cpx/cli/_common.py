@@ -1,0 +1,62 @@
+"""Shared pieces of the CLI: consoles, the plugin host, the workspace, error rendering."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import ConfigError, CpxError
+from ..plugins import get_host
+from ..workspace import Workspace
+
+console = Console()
+err_console = Console(stderr=True)
+_warned = False
+
+
+def host():
+    return get_host()
+
+
+def workspace() -> Workspace:
+    return Workspace.current()
+
+
+def print_error(exc: CpxError) -> None:
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        err_console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+
+
+def print_plugin_failures() -> None:
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    for failure in host().failures:
+        err_console.print(f"[yellow]warning:[/] {failure}", highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    # plain print: rich would wrap long lines and break JSON for scripts
+    print(json.dumps(data, indent=2, default=str))
+
+
+def pick_competition(name: Optional[str]) -> str:
+    """The competition to use: the option, the workspace's setting, or the only one registered."""
+    if name:
+        host().competitions.get(name)
+        return name
+    configured = workspace().settings().get("competition")
+    if configured:
+        return configured
+    names = host().competitions.names()
+    if len(names) == 1:
+        return names[0]
+    raise ConfigError(f"--competition: choose one of {', '.join(names) or '(none registered)'}")
+
+
+def fmt_f(value: Optional[float]) -> str:
+    return "-" if value is None or value < 0 else f"{value:.4f}"

@@ -1,0 +1,337 @@
+"""MicroSegFormer: a small hierarchical transformer for semantic segmentation.
+
+This file is self-contained on purpose: it imports only ``torch`` and the standard library,
+so it can be copied verbatim into a competition submission as the model source. Build a
+model with :func:`build_msf`; it maps float RGB images ``B x 3 x H x W`` in [0, 1] to
+logits ``B x num_classes x H x W`` for any ``H`` and ``W``.
+
+Architecture
+------------
+* Encoder: four stages at 1/4, 1/8, 1/16 and 1/32 of the input. Each stage starts with an
+  overlapping patch embedding (a strided convolution: 7x7 stride 4, then 3x3 stride 2) and
+  stacks transformer blocks of efficient self-attention (keys and values come from a map
+  shrunk by a strided convolution, ratios such as 8, 4, 2, 1) and a Mix-FFN (an MLP with a
+  3x3 depthwise convolution between its two linear layers).
+* Decoder (all-MLP): each stage is projected to a common width, upsampled to 1/4,
+  concatenated and fused by a linear layer with batch norm and ReLU; optionally a
+  Lightweight Multi-Scale Attention block (parallel 3/5/7 depthwise convolutions, a
+  pointwise mix and squeeze-excitation, with a residual) refines the fused map; dropout,
+  a 1x1 classifier and a bilinear upsample to the input size finish.
+
+CPU notes
+---------
+Feature maps are kept as tokens ``B x N x C`` whose memory is also a valid channels-last
+``B x C x H x W`` view, so switching between linear layers and convolutions costs no copies.
+Two exact re-associations keep the same parameters and function while doing less work:
+the decoder's per-stage projection and its slice of the fusion layer are linear and commute
+with bilinear upsampling, so they are multiplied into one small matrix and applied at each
+stage's own resolution before upsampling; and the LMSA's summed depthwise branches are
+merged into one 7x7 kernel per step.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ImageNet statistics: a fixed, well-known normalisation that needs no data to compute.
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+def _as_map(tokens, h, w):
+    # B x N x C tokens viewed as a channels-last B x C x H x W map, without copying
+    return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _as_tokens(fmap):
+    # free when the map is channels-last, which every conv here produces
+    b, c, h, w = fmap.shape
+    return fmap.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a whole residual branch per sample while training."""
+
+    def __init__(self, p=0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class OverlapPatchEmbed(nn.Module):
+    def __init__(self, in_ch, dim, kernel, stride):
+        super().__init__()
+        self.proj = nn.Conv2d(in_ch, dim, kernel, stride, kernel // 2)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        x = self.proj(x)
+        h, w = x.shape[-2:]
+        return self.norm(_as_tokens(x)), h, w
+
+
+class EfficientAttention(nn.Module):
+    """Multi-head self-attention whose keys/values come from a spatially reduced map."""
+
+    def __init__(self, dim, heads, sr_ratio, attn_drop=0.0, proj_drop=0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.sr_ratio = sr_ratio
+        self.attn_drop = attn_drop
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
+            self.sr_norm = nn.LayerNorm(dim)
+
+    def forward(self, x, h, w):
+        b, n, c = x.shape
+        hd = c // self.heads
+        q = self.q(x).reshape(b, n, self.heads, hd).transpose(1, 2)
+        if self.sr_ratio > 1:
+            m = _as_map(x, h, w)
+            r = self.sr_ratio
+            # tiny inputs: pad so the reduction still yields at least one key
+            ph, pw = max(0, r - h), max(0, r - w)
+            if ph or pw:
+                m = F.pad(m, (0, pw, 0, ph))
+            x = self.sr_norm(_as_tokens(self.sr(m)))
+        kv = self.kv(x).reshape(b, -1, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(
+            q, kv[0], kv[1], dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+
+
+class MixFFN(nn.Module):
+    """MLP with a 3x3 depthwise conv: gives the tokens positional cues without embeddings."""
+
+    def __init__(self, dim, hidden, drop=0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dw = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x, h, w):
+        x = self.fc1(x)
+        x = _as_tokens(self.dw(_as_map(x, h, w)))
+        return self.drop(self.fc2(self.drop(F.gelu(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads, mlp_ratio, sr_ratio, drop=0.0, drop_path=0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = EfficientAttention(dim, heads, sr_ratio, attn_drop=drop, proj_drop=drop)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = MixFFN(dim, int(dim * mlp_ratio), drop)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x, h, w):
+        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
+        return x + self.drop_path(self.ffn(self.norm2(x), h, w))
+
+
+class Stage(nn.Module):
+    def __init__(self, in_ch, dim, depth, heads, mlp_ratio, sr_ratio, kernel, stride,
+                 drop, drop_paths):
+        super().__init__()
+        self.embed = OverlapPatchEmbed(in_ch, dim, kernel, stride)
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, mlp_ratio, sr_ratio, drop, dp) for dp in drop_paths)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        x, h, w = self.embed(x)
+        for blk in self.blocks:
+            x = blk(x, h, w)
+        return self.norm(x), h, w
+
+
+class _DepthwiseConvCPU(torch.autograd.Function):
+    """Stride-1 depthwise conv whose weight gradient is computed in column slices.
+
+    oneDNN's fast depthwise weight-gradient kernel only takes kernels up to 3 wide; a 7x7
+    one falls back to a generic grouped kernel that is about 20x slower on CPU. A kh x kw
+    weight gradient equals the kh x 3 gradients of the matching column slices of the padded
+    input, concatenated, and each of those takes the fast path.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        ctx.padding = padding
+        ctx.dtypes = (weight.dtype, bias.dtype)
+        # run in the activations' precision, as autocast would, and keep the saved tensors
+        # consistent with it for the hand-written backward
+        weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+        ctx.save_for_backward(x, weight)
+        with torch.autocast("cpu", enabled=False):
+            return F.conv2d(x, weight, bias, 1, padding, 1, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight = ctx.saved_tensors
+        p, channels = ctx.padding, x.shape[1]
+        gy = gy.to(x.dtype)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.nn.grad.conv2d_input(x.shape, weight, gy, padding=p, groups=channels)
+        if ctx.needs_input_grad[1]:
+            kh, kw = weight.shape[-2:]
+            xp = F.pad(x, (p, p, p, p))
+            out_w = gy.shape[-1]
+            parts = []
+            for c0 in range(0, kw, 3):
+                c1 = min(c0 + 3, kw)
+                xs = xp[..., c0:c0 + out_w + c1 - c0 - 1]
+                parts.append(torch.nn.grad.conv2d_weight(xs, (channels, 1, kh, c1 - c0), gy, groups=channels))
+            gw = torch.cat(parts, -1).to(ctx.dtypes[0])
+        if ctx.needs_input_grad[2]:
+            gb = gy.sum((0, 2, 3)).to(ctx.dtypes[1])
+        return gx, gw, gb, None
+
+
+def depthwise_conv(x, weight, bias, padding):
+    """Stride-1 'same' depthwise conv, fast to train on CPU for kernels wider than 3."""
+    if x.device.type == "cpu" and weight.shape[-1] > 3 and torch.is_grad_enabled():
+        return _DepthwiseConvCPU.apply(x, weight, bias, padding)
+    return F.conv2d(x, weight, bias, 1, padding, 1, x.shape[1])
+
+
+class LMSA(nn.Module):
+    """Lightweight Multi-Scale Attention: multi-kernel depthwise context, pointwise mix,
+    squeeze-excitation channel attention, all on a residual branch."""
+
+    def __init__(self, dim, kernels=(3, 5, 7), se_reduction=4):
+        super().__init__()
+        self.kernels = tuple(sorted(int(k) for k in kernels))
+        if any(k % 2 == 0 for k in self.kernels):
+            raise ValueError(f"LMSA kernel sizes must be odd, got {kernels}")
+        self.branches = nn.ModuleList(
+            nn.Conv2d(dim, dim, k, 1, k // 2, groups=dim) for k in self.kernels)
+        self.pw = nn.Conv2d(dim, dim, 1, bias=False)
+        self.bn = nn.BatchNorm2d(dim)
+        hidden = max(8, dim // se_reduction)
+        self.se1 = nn.Conv2d(dim, hidden, 1)
+        self.se2 = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x):
+        # Summing parallel depthwise convs equals one conv with the zero-padded kernels
+        # summed, so one pass over the map serves every branch (same params and gradients).
+        kmax = self.kernels[-1]
+        weight = sum(F.pad(br.weight, [(kmax - k) // 2] * 4)
+                     for br, k in zip(self.branches, self.kernels))
+        bias = sum(br.bias for br in self.branches)
+        y = depthwise_conv(x, weight, bias, kmax // 2)
+        y = F.gelu(self.bn(self.pw(y)))
+        s = torch.sigmoid(self.se2(F.relu(self.se1(y.mean((2, 3), keepdim=True)))))
+        return x + y * s
+
+
+class MicroSegFormer(nn.Module):
+    def __init__(self, num_classes=19, in_channels=3, embed_dims=(32, 64, 128, 160),
+                 depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 5), mlp_ratios=(4, 4, 4, 2),
+                 sr_ratios=(8, 4, 2, 1), decoder_dim=112, lmsa=False,
+                 lmsa_kernels=(3, 5, 7), lmsa_se_reduction=4, dropout=0.0,
+                 transformer_dropout=0.0, drop_path=0.0):
+        super().__init__()
+        n = len(embed_dims)
+        if not (len(depths) == len(num_heads) == len(mlp_ratios) == len(sr_ratios) == n):
+            raise ValueError("embed_dims, depths, num_heads, mlp_ratios and sr_ratios need one value per stage")
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+        # stochastic depth grows linearly with block index, as is usual for ViT-style stacks
+        total = sum(depths)
+        rates = [drop_path * i / max(1, total - 1) for i in range(total)]
+        self.stages = nn.ModuleList()
+        prev, start = in_channels, 0
+        for i in range(n):
+            kernel, stride = (7, 4) if i == 0 else (3, 2)
+            self.stages.append(Stage(prev, embed_dims[i], depths[i], num_heads[i], mlp_ratios[i],
+                                     sr_ratios[i], kernel, stride, transformer_dropout,
+                                     rates[start:start + depths[i]]))
+            prev, start = embed_dims[i], start + depths[i]
+
+        self.decoder_dim = decoder_dim
+        self.proj = nn.ModuleList(nn.Linear(d, decoder_dim) for d in embed_dims)
+        self.fuse = nn.Conv2d(n * decoder_dim, decoder_dim, 1, bias=False)
+        self.fuse_bn = nn.BatchNorm2d(decoder_dim)
+        self.lmsa = LMSA(decoder_dim, lmsa_kernels, lmsa_se_reduction) if lmsa else None
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(decoder_dim, num_classes, 1)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        out_h, out_w = x.shape[-2:]
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        feats = []
+        for stage in self.stages:
+            t, h, w = stage(x)
+            feats.append((t, h, w))
+            x = _as_map(t, h, w)
+
+        # project -> upsample -> concat -> fuse, re-associated (see module docstring)
+        d = self.decoder_dim
+        fuse_w = self.fuse.weight.flatten(1)
+        h0, w0 = feats[0][1], feats[0][2]
+        y = None
+        for i, ((t, h, w), proj) in enumerate(zip(feats, self.proj)):
+            wf = fuse_w[:, i * d:(i + 1) * d]
+            z = _as_map(F.linear(t, wf @ proj.weight, wf @ proj.bias), h, w)
+            if (h, w) != (h0, w0):
+                z = F.interpolate(z, size=(h0, w0), mode="bilinear", align_corners=False)
+            y = z if y is None else y + z
+        y = F.relu(self.fuse_bn(y))
+        if self.lmsa is not None:
+            y = self.lmsa(y)
+        # Upsample plain NCHW float32: on CPU that is the fast bilinear path (bf16 and
+        # channels-last are slower here) and the loss gets full-precision logits.
+        y = self.classifier(self.dropout(y)).float().contiguous()
+        return F.interpolate(y, size=(out_h, out_w), mode="bilinear", align_corners=False)
+
+
+def build_msf(num_classes=19, embed_dims=(32, 64, 128, 160), depths=(2, 2, 2, 2),
+              num_heads=(1, 2, 4, 5), mlp_ratios=(4, 4, 4, 2), sr_ratios=(8, 4, 2, 1),
+              decoder_dim=112, lmsa=False, lmsa_kernels=(3, 5, 7), lmsa_se_reduction=4,
+              dropout=0.0, transformer_dropout=0.0, drop_path=0.0):
+    """Build a MicroSegFormer from plain values (all sequences have one entry per stage).
+
+    :param dropout: channel dropout right before the classifier.
+    :param transformer_dropout: dropout on attention weights and MLP/projection outputs.
+    :param drop_path: stochastic-depth rate of the last block (linearly less before it).
+    :param lmsa: add the Lightweight Multi-Scale Attention block after fusion.
+    """
+    return MicroSegFormer(
+        num_classes=num_classes, embed_dims=tuple(embed_dims), depths=tuple(depths),
+        num_heads=tuple(num_heads), mlp_ratios=tuple(mlp_ratios), sr_ratios=tuple(sr_ratios),
+        decoder_dim=decoder_dim, lmsa=lmsa, lmsa_kernels=tuple(lmsa_kernels),
+        lmsa_se_reduction=lmsa_se_reduction, dropout=dropout,
+        transformer_dropout=transformer_dropout, drop_path=drop_path)

@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "celebamask-mini"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(cpx_workspace, cpx_host):
+    """Every test runs in its own workspace with a fresh plugin host."""
+    yield
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "train" / "images").is_dir():
+        pytest.skip("../shared/data/celebamask-mini is not present")
+    return SHARED_DATA
+
+
+class _TinyPlugin:
+    """A two-layer model so trainer tests take seconds, registered like any plugin."""
+
+    @staticmethod
+    def _build(options, num_classes):
+        import torch
+
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                   torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Conv2d(8, num_classes, 1))
+
+    from cpx.hookspecs import hookimpl
+
+    @hookimpl
+    def register_models(self, register):
+        register("tiny", self._build, description="test model")
+
+
+@pytest.fixture
+def tiny_model(cpx_host):
+    cpx_host.register(_TinyPlugin(), name="tiny-test-plugin", origin="tests")
+    return "tiny"
+
+
+def tiny_overrides(**extra):
+    """Overrides that make a recipe train in about a second on synthetic data."""
+    out = {"model.name": "tiny", "model.options": {}, "train.epochs": 2, "train.batch_size": 8,
+           "data.synthetic_count": 24, "data.synthetic_size": 32, "schedule.warmup_epochs": 1}
+    out.update(extra)
+    return out

@@ -1,0 +1,74 @@
+import pytest
+
+from cpx.config import build_config, list_recipes, load_recipe, parse_assignment
+from cpx.errors import ConfigError
+
+
+def test_reference_recipe_matches_the_published_one(cpx_workspace, cpx_host):
+    config, diff = build_config("msf-lmsa", {}, cpx_workspace.experiments_dir, cpx_host)
+    assert diff == {}
+    assert config.model.name == "msf-lmsa" and config.model.options["dropout"] == 0.15
+    assert config.loss.options["ce"] == 1.0 and config.loss.options["dice"] == 1.5
+    assert (config.optimizer.name, config.optimizer.lr, config.optimizer.weight_decay) == ("adamw", 8e-4, 1e-4)
+    assert (config.schedule.name, config.schedule.warmup_epochs) == ("cosine", 5)
+    t = config.train
+    assert (t.batch_size, t.grad_clip, t.patience, t.epochs) == (32, 1.0, 20, 300)
+    assert (config.data.val_fraction, config.augmentation.name) == (0.1, "baseline")
+
+
+def test_overrides_and_diff(cpx_workspace, cpx_host):
+    config, diff = build_config("msf-lmsa", {"loss.options.dice": 1.0, "train.epochs": 3},
+                                cpx_workspace.experiments_dir, cpx_host)
+    assert config.loss.options["dice"] == 1.0
+    assert diff == {"loss.options.dice": 1.0, "train.epochs": 3}
+
+
+def test_bad_values_name_each_key_path(cpx_workspace, cpx_host):
+    with pytest.raises(ConfigError) as err:
+        build_config("msf-lmsa", {"train.epochs": -1, "optimizer.lr": "fast", "model.options.depthz": 2},
+                     cpx_workspace.experiments_dir, cpx_host)
+    text = str(err.value)
+    assert "train.epochs" in text and "optimizer.lr" in text
+
+
+def test_component_options_validated_by_the_plugin(cpx_workspace, cpx_host):
+    with pytest.raises(ConfigError, match=r"model\.options\.depthz: unknown field"):
+        build_config("msf-lmsa", {"model.options.depthz": 2}, cpx_workspace.experiments_dir, cpx_host)
+
+
+def test_workspace_recipes_add_and_override(cpx_workspace, cpx_host):
+    exp = cpx_workspace.experiments_dir
+    exp.mkdir(parents=True, exist_ok=True)
+    (exp / "mine.yaml").write_text("base: msf-lmsa\ntrain:\n  epochs: 7\n")
+    assert list_recipes(exp)["mine"].endswith("mine.yaml")
+    assert list_recipes(exp)["msf-lmsa"] == "builtin"
+    config, diff = build_config("mine", {}, exp, cpx_host)
+    assert config.train.epochs == 7 and config.recipe == "mine"
+    (exp / "msf-lmsa.yaml").write_text("base: unet\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_recipe("msf-lmsa", exp)
+
+
+def test_recipe_path_and_yaml_errors(cpx_workspace, cpx_host, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*not valid YAML"):
+        load_recipe(str(bad), cpx_workspace.experiments_dir)
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+        load_recipe("nope", cpx_workspace.experiments_dir)
+
+
+def test_parse_assignment_reads_yaml_values():
+    assert parse_assignment("train.epochs=3") == ("train.epochs", 3)
+    assert parse_assignment("augmentation.options.scale=[0.8, 1.2]") == ("augmentation.options.scale", [0.8, 1.2])
+    assert parse_assignment("data.path=/x/y") == ("data.path", "/x/y")
+    with pytest.raises(ConfigError):
+        parse_assignment("novalue")
+
+
+def test_swapping_a_component_drops_the_old_components_options(cpx_workspace, cpx_host):
+    config, diff = build_config("msf-lmsa", {"model.name": "unet"}, cpx_workspace.experiments_dir, cpx_host)
+    assert config.model.name == "unet" and "dropout" not in diff
+    with pytest.raises(ConfigError):
+        build_config("msf-lmsa", {"model.name": "unet", "model.options.embed_dimz": 1},
+                     cpx_workspace.experiments_dir, cpx_host)

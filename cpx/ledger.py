@@ -695,3 +695,21 @@ class Ledger:
             (sub["id"],),
         )
         return [_decode("scores", r) for r in rows]
+
+
+# -- later migrations ----------------------------------------------------------------
+# Appended after the class so that the module reads top-down; MIGRATIONS is consulted
+# when a Ledger opens, long after import, so the order of definition is all that counts.
+
+
+@migration
+def m005_codabench_and_import_fields(db: sqlite3.Connection) -> None:
+    # Where an upload went (a submission id alone does not say which competition or
+    # phase to ask about later), why Codabench failed it, and the checkpoint files of
+    # runs imported from other training scripts, which have no run folder layout.
+    for column in ("codabench_competition INTEGER", "codabench_phase INTEGER", "status_detail TEXT"):
+        db.execute(f"ALTER TABLE submissions ADD COLUMN {column}")
+    db.execute("ALTER TABLE runs ADD COLUMN checkpoints TEXT")
+
+
+_JSON_COLUMNS["runs"] = _JSON_COLUMNS["runs"] | {"checkpoints"}

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import ConfigError, CpxError
 from ..plugins import get_host
 from ..workspace import Workspace
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (logs, README examples) gets a wide fixed width instead of rich's 80 columns.
+_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 150
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 _warned = False
 
 
@@ -27,7 +32,7 @@ def workspace() -> Workspace:
 
 def print_error(exc: CpxError) -> None:
     for line in str(exc).splitlines() or [type(exc).__name__]:
-        err_console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def print_plugin_failures() -> None:
@@ -36,7 +41,7 @@ def print_plugin_failures() -> None:
         return
     _warned = True
     for failure in host().failures:
-        err_console.print(f"[yellow]warning:[/] {failure}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(failure)}", highlight=False, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:

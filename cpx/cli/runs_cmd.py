@@ -32,13 +32,49 @@ def register(app: typer.Typer) -> None:
             print_json(rows)
             return
         table = Table(title=f"runs ({len(rows)})")
-        for col in ("id", "name", "recipe", "status", "val F", "best ep", "epochs", "params", "wall", "changed"):
-            table.add_column(col, overflow="fold")
+        table.add_column("run", no_wrap=True)
+        for col in ("recipe", "status", "val F", "best ep", "epochs", "params", "wall"):
+            table.add_column(col, justify="right" if col not in ("recipe", "status") else "left")
+        table.add_column("changed", overflow="fold")
         for r in rows:
             diff = r.get("config_diff") or {}
-            table.add_row(r["id"], r.get("name") or "", r.get("recipe") or "", r.get("status") or "",
+            label = r["id"] if (r.get("name") or r["id"]) == r["id"] else f"{r['name']}\n[dim]{r['id']}[/]"
+            table.add_row(label, r.get("recipe") or "", r.get("status") or "",
                           fmt_f(r.get("best_val_f")), str(r.get("best_epoch") or "-"), str(r.get("last_epoch") or "-"),
                           f"{r['params']:,}" if r.get("params") else "-",
                           f"{r['wall_seconds']:.0f}s" if r.get("wall_seconds") else "-",
                           ", ".join(f"{k.split('.')[-1]}={v}" for k, v in diff.items()))
         console.print(table)
+
+    @runs_app.command("import")
+    def import_command(
+        folder: Annotated[str, typer.Argument(help="folder of a run made by another training script")],
+        name: Annotated[Optional[str], typer.Option(help="name for the run (default: the folder's name)")] = None,
+        competition: Annotated[Optional[str], typer.Option(help="competition, when the config does not say")] = None,
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """Record a run trained elsewhere (config, per-epoch history, checkpoints); the folder is only read."""
+        from ..errors import CpxError
+        from ..importer import import_run
+        from ._common import err_console
+
+        comp = competition
+        if comp is None:
+            try:
+                comp = _common.pick_competition(None)
+            except CpxError:
+                comp = None
+        with Ledger(_common.workspace().ledger_path) as ledger:
+            result = import_run(folder, ledger, name=name, competition=comp, host=_common.host())
+        if json_:
+            print_json({"run": result.run, "read": result.read, "not_read": result.unread,
+                        "warnings": result.warnings})
+            return
+        run = result.run
+        console.print(f"imported [bold]{run['name']}[/] as run {run['id']}", highlight=False)
+        for line in result.read:
+            console.print(f"  read: {line}", highlight=False)
+        for line in result.unread:
+            err_console.print(f"[yellow]not read:[/] {line}", highlight=False, soft_wrap=True)
+        for line in result.warnings:
+            err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)

@@ -22,11 +22,12 @@ CPU notes
 ---------
 Feature maps are kept as tokens ``B x N x C`` whose memory is also a valid channels-last
 ``B x C x H x W`` view, so switching between linear layers and convolutions costs no copies.
-Two exact re-associations keep the same parameters and function while doing less work:
+Exact rewrites keep the same parameters, function and gradients while doing less work:
 the decoder's per-stage projection and its slice of the fusion layer are linear and commute
 with bilinear upsampling, so they are multiplied into one small matrix and applied at each
-stage's own resolution before upsampling; and the LMSA's summed depthwise branches are
-merged into one 7x7 kernel per step.
+stage's own resolution before upsampling; the LMSA's summed depthwise branches are merged
+into one 7x7 kernel per step; and that kernel's weight gradient is computed in 3-column
+slices, which oneDNN runs on its fast depthwise path (see ``_DepthwiseConvCPU``).
 """
 
 import math

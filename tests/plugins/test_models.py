@@ -1,6 +1,7 @@
 """Registry-driven checks for the built-in models: every registered name gets the same tests."""
 
 import ast
+import copy
 import importlib.util
 import sys
 from pathlib import Path
@@ -89,6 +90,19 @@ def test_bf16_autocast_forward(models, name):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+def test_channels_last_bf16_training_step(models, name):
+    # how the trainer runs on CPU: channels-last weights, bf16 autocast, backward
+    model = copy.deepcopy(models[name]).train().to(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 64, 48).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    loss = F.cross_entropy(out.float(), torch.randint(0, NUM_CLASSES, (2, 64, 48)))
+    loss.backward()
+    assert out.shape == (2, NUM_CLASSES, 64, 48)
+    assert all(p.grad is not None and p.grad.dtype == p.dtype for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_unknown_option_is_rejected(host, name):
     entry = host.models.get(name)
     with pytest.raises(ConfigError, match="not_an_option: unknown field"):
@@ -171,6 +185,17 @@ def test_lmsa_merged_kernel_matches_parallel_branches(models):
         lmsa(x)
         parallel = sum(branch(x) for branch in lmsa.branches)
     torch.testing.assert_close(captured["branches"], parallel, rtol=1e-4, atol=1e-5)
+
+
+def test_lmsa_depthwise_conv_gradients():
+    # the hand-written backward (weight gradient in column slices) against autograd's own
+    from cpx_plugins.models.msf_arch import depthwise_conv
+
+    for k, shape in ((7, (1, 2, 5, 6)), (5, (2, 1, 4, 3))):
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(shape[1], 1, k, k, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda x, w, b: depthwise_conv(x, w, b, k // 2), (x, w, b))
 
 
 def test_msf_rejects_heads_that_do_not_divide_width(host):

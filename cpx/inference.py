@@ -1,0 +1,417 @@
+"""Prediction: one model or a weighted ensemble, with optional test-time augmentation.
+
+Every member sees each image resized to its own square training size (bilinear, antialiased,
+on uint8 so the pixels match PIL's resize used in training), and its logits are resized back
+to the size asked for (the image's own size, or its mask's) BEFORE the softmax and the argmax,
+which is how the scorer sees a prediction. Members and TTA views are averaged as softmax
+probabilities, so models with different architectures and input sizes mix on equal terms.
+
+TTA views:
+
+- ``flip``: the mirrored image is predicted too; its probabilities are mirrored back and its
+  left/right class channels swapped (``Competition.flip_permutation``), because a left eye in
+  a mirrored face is a right eye in the original.
+- ``scale``: the image is also predicted at 0.75x and 1.25x of the member's training size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .competition import Competition
+from .errors import ConfigError, DataError, RuleViolation, RunError
+from .ledger import Ledger
+from .plugins import PluginHost
+from .trainer import autocast, resolve_device, resolve_precision
+from .workspace import Workspace
+
+TTA_CHOICES = ("flip", "scale")
+DEFAULT_SCALES = (0.75, 1.0, 1.25)
+# Files predict_folder treats as images; anything else in the input folder is reported.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+ENSEMBLE_FILE = "ensemble.json"
+
+Progress = Optional[Callable[[int, int], None]]
+Size = tuple[int, int]
+
+
+def parse_tta(value: Union[None, str, Iterable[str]]) -> tuple[str, ...]:
+    """``"flip,scale"``, ``["flip"]``, ``""``/``"none"``/None -> a canonical tuple of view names."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(s).strip().lower() for s in items if str(s).strip()]
+    if names == ["none"]:
+        return ()
+    bad = [n for n in names if n not in TTA_CHOICES]
+    if bad:
+        raise ConfigError(f"--tta: unknown view {bad[0]!r}; choose from {', '.join(TTA_CHOICES)} "
+                          "(comma-separated, e.g. flip,scale) or none")
+    # canonical order, so "scale,flip" and "flip,scale" are recorded the same way
+    return tuple(n for n in TTA_CHOICES if n in names)
+
+
+def tta_label(tta: Sequence[str]) -> str:
+    return ",".join(tta) if tta else "none"
+
+
+@dataclass
+class Member:
+    model: torch.nn.Module
+    image_size: int
+    weight: float = 1.0
+    label: str = ""
+    run_id: str = ""
+    checkpoint: str = ""
+
+
+class Predictor:
+    """Softmax probabilities and class-id masks for uint8 images of any size."""
+
+    def __init__(self, members: list[Member], competition: Competition, tta: Sequence[str] = (),
+                 scales: Sequence[float] = DEFAULT_SCALES, device: Union[str, torch.device] = "cpu",
+                 precision: str = "fp32"):
+        if not members:
+            raise ConfigError("a predictor needs at least one model")
+        weights = [float(m.weight) for m in members]
+        if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+            raise ConfigError(f"member weights must be non-negative with a positive sum, got {weights}")
+        self.members = list(members)
+        self.competition = competition
+        self.tta = parse_tta(tta)
+        self.scales = tuple(float(s) for s in scales) if "scale" in self.tta else (1.0,)
+        if any(s <= 0 for s in self.scales):
+            raise ConfigError(f"TTA scales must be positive, got {self.scales}")
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.precision = resolve_precision(precision, self.device)
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16")
+        self.weights = [w / sum(weights) for w in weights]
+        self.flip_perm = torch.tensor(competition.flip_permutation(), device=self.device)
+        for m in self.members:
+            # channels-last suits the convolutions of every built-in model on CPU and GPU
+            m.model = m.model.to(self.device).to(memory_format=torch.channels_last).eval()
+        #: filled by predictor_for_run: the ledger row of the run behind this predictor
+        self.run_row: Optional[dict] = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.competition.num_classes
+
+    @property
+    def views(self) -> list[tuple[bool, float]]:
+        flips = (False, True) if "flip" in self.tta else (False,)
+        return [(flip, scale) for scale in self.scales for flip in flips]
+
+    def _check(self, images: Sequence[torch.Tensor]) -> None:
+        for i, im in enumerate(images):
+            if not isinstance(im, torch.Tensor) or im.dtype != torch.uint8 or im.dim() != 3 or im.shape[0] != 3:
+                what = f"{im.dtype} {tuple(im.shape)}" if isinstance(im, torch.Tensor) else type(im).__name__
+                raise DataError(f"image {i}: expected a uint8 3 x H x W tensor, got {what}")
+
+    def _forward(self, x: torch.Tensor, out_hw: Size, masks_only: bool = False) -> torch.Tensor:
+        """Averaged probabilities (B x C x H' x W', float32) for a uint8 batch of one size;
+        with ``masks_only``, the argmax class ids (B x H' x W', uint8) instead."""
+        total = None
+        views = self.views
+        # one model and one view: softmax cannot change the argmax, so it is skipped
+        plain = masks_only and len(views) == 1 and sum(1 for w in self.weights if w) == 1
+        for member, weight in zip(self.members, self.weights):
+            if weight == 0:
+                continue
+            for flip, scale in views:
+                side = max(1, int(round(member.image_size * scale)))
+                xi = x
+                if tuple(xi.shape[-2:]) != (side, side):
+                    if xi.device.type == "cpu":
+                        # resized as uint8, these are exactly the pixels PIL gave the model in training
+                        xi = F.interpolate(xi, size=(side, side), mode="bilinear", align_corners=False,
+                                           antialias=True)
+                    else:  # GPUs have no uint8 bilinear kernel
+                        xi = F.interpolate(xi.float(), size=(side, side), mode="bilinear", align_corners=False,
+                                           antialias=True).round_().clamp_(0, 255)
+                if flip:
+                    xi = xi.flip(-1)
+                xi = xi.float().div(255).contiguous(memory_format=torch.channels_last)
+                with autocast(self.device, self.precision):
+                    logits = member.model(xi)
+                logits = logits.float()
+                if flip:
+                    logits = logits.flip(-1).index_select(1, self.flip_perm)
+                if tuple(logits.shape[-2:]) != tuple(out_hw):
+                    logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
+                if plain:
+                    return logits.argmax(1).to(torch.uint8)
+                p = logits.softmax(1).mul_(weight / len(views))
+                total = p if total is None else total.add_(p)
+        return total.argmax(1).to(torch.uint8) if masks_only else total
+
+    def probs(self, images: list[torch.Tensor], sizes: Optional[Sequence[Size]] = None) -> list[torch.Tensor]:
+        """Per image a float C x H x W softmax (CPU), averaged over members and TTA views.
+
+        The output is at each image's own size unless ``sizes`` gives (height, width) per
+        image (e.g. its mask's size). Images of equal size run as one batch.
+        """
+        return self._run(images, sizes, masks_only=False)
+
+    def predict(self, images: list[torch.Tensor], sizes: Optional[Sequence[Size]] = None) -> list[torch.Tensor]:
+        """Per image an H x W uint8 mask of class ids: the argmax of :meth:`probs`."""
+        return self._run(images, sizes, masks_only=True)
+
+    def _run(self, images, sizes, masks_only: bool) -> list[torch.Tensor]:
+        images = list(images)
+        self._check(images)
+        if sizes is None:
+            sizes = [tuple(im.shape[-2:]) for im in images]
+        elif len(sizes) != len(images):
+            raise DataError(f"{len(sizes)} output sizes for {len(images)} images")
+        groups: dict[tuple[Size, Size], list[int]] = {}
+        for i, (im, out) in enumerate(zip(images, sizes)):
+            groups.setdefault((tuple(im.shape[-2:]), tuple(int(v) for v in out)), []).append(i)
+        result: list[Optional[torch.Tensor]] = [None] * len(images)
+        with torch.inference_mode():
+            for (_, out_hw), idx in groups.items():
+                x = torch.stack([images[i] for i in idx]).to(self.device)
+                p = self._forward(x, out_hw, masks_only).cpu()
+                for j, i in enumerate(idx):
+                    result[i] = p[j]
+        return result  # type: ignore[return-value]
+
+    def describe(self) -> str:
+        parts = [f"{m.label or 'model'}@{m.image_size}px" + (f" x{w:.2f}" if len(self.members) > 1 else "")
+                 for m, w in zip(self.members, self.weights)]
+        return f"{' + '.join(parts)}  tta {tta_label(self.tta)}  {self.device.type}/{self.precision}"
+
+
+# --------------------------------------------------------------------------------------------
+# Runs -> predictors
+
+
+def is_ensemble(row: dict) -> bool:
+    return row.get("kind") == "ensemble"
+
+
+def check_ensemble_allowed(run_row: dict, competition: Competition, allow_rule_break: bool = False) -> Optional[str]:
+    """Refuse to make a submission from an ensemble run where the competition forbids ensembles.
+
+    Returns None when there is nothing to say, or a warning line when the rule is broken on
+    purpose (``allow_rule_break``); raises RuleViolation otherwise. Validating an ensemble is
+    always allowed: only call this on the way to a submission.
+    """
+    if not is_ensemble(run_row) or competition.rules.ensembles_allowed:
+        return None
+    members = run_row.get("members") or []
+    what = f"run {run_row.get('id')} is an ensemble of {len(members)} models"
+    if allow_rule_break:
+        return (f"{competition.name} forbids ensembles and {what}: the output breaks the rules "
+                "and must not be submitted")
+    raise RuleViolation(f"{competition.name} forbids ensembles and {what}; "
+                        "pass --allow-rule-break to produce it anyway (never submit it)")
+
+
+def read_ensemble_spec(row: dict, workspace: Workspace) -> dict:
+    """An ensemble run's recorded spec: members [{run, weight, checkpoint}], tta, competition."""
+    run_dir = Path(row["run_dir"]) if row.get("run_dir") else workspace.runs_dir / row["id"]
+    path = run_dir / ENSEMBLE_FILE
+    spec: dict = {}
+    if path.is_file():
+        try:
+            spec = json.loads(path.read_text())
+        except ValueError:
+            raise RunError(f"{path}: not valid JSON") from None
+    members = spec.get("members") or row.get("members")
+    if not members:
+        raise RunError(f"ensemble run {row['id']} records no members (looked in {path} and the ledger)")
+    for i, m in enumerate(members):
+        if not isinstance(m, dict) or not m.get("run"):
+            raise RunError(f"ensemble run {row['id']}: member {i + 1} names no run")
+    spec["members"] = members
+    spec.setdefault("competition", row.get("competition"))
+    spec.setdefault("tta", [])
+    spec["run_dir"] = str(run_dir)
+    return spec
+
+
+def predictor_for_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint: str = "best",
+                      tta: Union[None, str, Sequence[str]] = (), device: str = "auto",
+                      precision: str = "auto", scales: Sequence[float] = DEFAULT_SCALES) -> Predictor:
+    """A predictor for a trained run (its ``checkpoint``: best, last or a path) or an ensemble run
+    (each member's recorded checkpoint and weight). ``tta=None`` uses the TTA an ensemble was
+    scored with (none for a trained run). The run's ledger row is kept in ``.run_row``.
+    """
+    from .runs import open_run  # runs imports the ledger and config; keep module import light
+
+    with Ledger(workspace.ledger_path) as ledger:
+        row = ledger.get_run(ref)
+        if is_ensemble(row):
+            spec = read_ensemble_spec(row, workspace)
+            if checkpoint not in ("best", None):
+                raise ConfigError(f"run {row['id']} is an ensemble: it uses its members' recorded "
+                                  "checkpoints; drop --checkpoint")
+            handles = [(open_run(m["run"], workspace, host, ledger), m) for m in spec["members"]]
+        else:
+            spec = None
+            handles = [(open_run(row["id"], workspace, host, ledger), {"run": row["id"], "weight": 1.0,
+                                                                        "checkpoint": checkpoint})]
+    dev = resolve_device(device)
+    comps = {h.competition.name for h, _ in handles}
+    if len(comps) > 1:
+        raise RunError(f"ensemble {row['id']} mixes competitions ({', '.join(sorted(comps))})")
+    members = []
+    for handle, m in handles:
+        which = m.get("checkpoint") or "best"
+        model = handle.load_model(host, which, dev)
+        members.append(Member(model=model, image_size=handle.image_size, weight=float(m.get("weight", 1.0)),
+                              label=handle.row.get("name") or handle.id, run_id=handle.id, checkpoint=which))
+    if tta is None:
+        tta = spec.get("tta", ()) if spec else ()
+    predictor = Predictor(members, handles[0][0].competition, tta=parse_tta(tta), scales=scales,
+                          device=dev, precision=precision)
+    predictor.run_row = row
+    return predictor
+
+
+# --------------------------------------------------------------------------------------------
+# Folders of images -> folders of masks
+
+
+@dataclass
+class PredictReport:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    output_dir: Optional[Path] = None
+    tta: tuple = ()
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"written": [str(p) for p in self.written],
+                "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped],
+                "seconds": round(self.seconds, 3), "output_dir": str(self.output_dir) if self.output_dir else None,
+                "tta": tta_label(self.tta), "warnings": list(self.warnings)}
+
+
+def _inspect_image(path: Path) -> tuple[Optional[Size], str]:
+    """(height, width) of an image that decodes in full, or (None, why not)."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return None, f"not an image file (suffix {path.suffix or '(none)'}; expected {'/'.join(IMAGE_SUFFIXES)})"
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return (img.height, img.width), ""
+    except MemoryError:
+        raise
+    except Exception as exc:  # PIL raises many kinds for corrupt data
+        reason = str(exc).strip().replace(str(path), "").strip(" :") or type(exc).__name__
+        return None, f"cannot read image ({reason[:120]})"
+
+
+def _read_rgb(path: Path) -> torch.Tensor:
+    with Image.open(path) as img:
+        arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.PathLike, *,
+                   batch_size: int = 8, skip_bad: bool = False, overwrite: bool = False,
+                   progress: Progress = None) -> PredictReport:
+    """One palette PNG mask per image of ``input_dir``, same stem and size, into ``output_dir``.
+
+    Every file is checked before anything is written: an unreadable or non-image file fails
+    the call (DataError naming each) unless ``skip_bad``, and existing masks of the same
+    names fail it unless ``overwrite``. Each mask is written atomically.
+    """
+    start = time.perf_counter()
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
+    if not input_dir.is_dir():
+        raise DataError(f"{input_dir}: input folder does not exist")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DataError(f"{output_dir}: exists and is not a folder")
+    if output_dir.resolve() == input_dir.resolve():
+        raise DataError(f"{output_dir}: choose an output folder other than the input folder")
+    files = sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    report = PredictReport(output_dir=output_dir, tta=predictor.tta)
+    good: list[tuple[Path, Size]] = []
+    bad: list[tuple[Path, str]] = []
+    seen: dict[str, Path] = {}
+    for path in files:
+        size, why = _inspect_image(path)
+        if size is None:
+            bad.append((path, why))
+        elif path.stem in seen:
+            bad.append((path, f"same stem as {seen[path.stem].name}: both would write {path.stem}.png"))
+        else:
+            seen[path.stem] = path
+            good.append((path, size))
+    if bad and not skip_bad:
+        lines = [f"{p}: {why}" for p, why in bad]
+        raise DataError("\n".join(lines + [f"{len(bad)} bad file(s) in {input_dir}; nothing was written "
+                                           "(--skip-bad predicts the rest)"]))
+    report.skipped = bad
+    if not good:
+        raise DataError(f"{input_dir}: no readable images to predict")
+    targets = {path: output_dir / f"{path.stem}.png" for path, _ in good}
+    if not overwrite:
+        clash = [t for t in targets.values() if t.exists()]
+        if clash:
+            shown = ", ".join(t.name for t in clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
+            raise DataError(f"{output_dir}: {len(clash)} mask(s) already exist ({shown}); "
+                            "pass --overwrite or choose another --output")
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    from .data import write_mask
+
+    palette = predictor.competition.palette_bytes()
+    # sorted by size so each batch holds one size and runs as a single forward pass
+    order = sorted(good, key=lambda item: (item[1], item[0].name))
+    done = 0
+    i = 0
+    while i < len(order):
+        size = order[i][1]
+        chunk = [order[i]]
+        while i + len(chunk) < len(order) and len(chunk) < batch_size and order[i + len(chunk)][1] == size:
+            chunk.append(order[i + len(chunk)])
+        images = [_read_rgb(p) for p, _ in chunk]
+        for (path, _), mask in zip(chunk, predictor.predict(images)):
+            write_mask(targets[path], mask.numpy(), palette)
+            report.written.append(targets[path])
+        i += len(chunk)
+        done += len(chunk)
+        if progress:
+            progress(done, len(order))
+    report.written.sort()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def predict_run(ref: str, workspace: Workspace, host: PluginHost, input_dir: os.PathLike,
+                output_dir: os.PathLike, *, checkpoint: str = "best", tta=(), batch_size: int = 8,
+                skip_bad: bool = False, overwrite: bool = False, allow_rule_break: bool = False,
+                device: str = "auto", precision: str = "auto", progress: Progress = None) -> PredictReport:
+    """``cpx predict``: masks for a folder from a run, refusing forbidden ensembles."""
+    with Ledger(workspace.ledger_path) as ledger:
+        row = ledger.get_run(ref)
+    if is_ensemble(row):
+        comp_name = row.get("competition") or read_ensemble_spec(row, workspace).get("competition")
+        warning = check_ensemble_allowed(row, host.competition(comp_name), allow_rule_break)
+    else:
+        warning = None
+    predictor = predictor_for_run(row["id"], workspace, host, checkpoint=checkpoint, tta=tta,
+                                  device=device, precision=precision)
+    report = predict_folder(predictor, input_dir, output_dir, batch_size=batch_size, skip_bad=skip_bad,
+                            overwrite=overwrite, progress=progress)
+    if warning:
+        report.warnings.append(warning)
+    return report

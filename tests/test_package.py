@@ -1,0 +1,328 @@
+import hashlib
+import io
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import tiny_overrides
+from cpx.cli import create_app
+from cpx.data import write_dataset
+from cpx.errors import SubmissionError
+from cpx.ledger import Ledger
+from cpx.package import PackageRequest, check_submission, check_zip, list_test_images, package
+from cpx.plugins import create_plugin_host
+from cpx.solution import check_standalone, foreign_imports
+from cpx.train import TrainRequest, train
+from cpx.workspace import Workspace
+
+# a real built-in model (it has a standalone source) small enough to train in a second
+UNET = {"model.name": "unet", "model.options": {"base_channels": 4, "depth": 2}, "data.image_size": 32,
+        "train.epochs": 1, "train.batch_size": 8, "schedule.warmup_epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One unet run on synthetic 64px faces (4 test images), shared by the module's tests."""
+    host = create_plugin_host(entry_points=False)
+    comp = host.competition("celebamask-mini")
+    data = tmp_path_factory.mktemp("pkgdata")
+    write_dataset(data, comp, comp.synthesize(28, 64, 0), test_count=4)
+    base = Workspace(tmp_path_factory.mktemp("pkgbase"))
+    result = train(TrainRequest(recipe="msf-lmsa", overrides={**UNET, "data.path": str(data)}), base, host)
+    assert result.status == "completed"
+    return base, result, data
+
+
+@pytest.fixture
+def run_id(trained, cpx_workspace):
+    """The shared run, recorded in this test's own fresh ledger."""
+    base, result, _ = trained
+    cpx_workspace.experiments_dir.mkdir(parents=True, exist_ok=True)
+    # the backup API, because a plain copy would miss rows still in the WAL file
+    src, dst = sqlite3.connect(base.ledger_path), sqlite3.connect(cpx_workspace.ledger_path)
+    with dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    return result.run_id
+
+
+@pytest.fixture
+def test_dir(trained):
+    return trained[2] / "test" / "images"
+
+
+def _package(ws, host, **kw):
+    kw.setdefault("name", "v1")
+    return package(PackageRequest(**kw), ws, host)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_package_writes_a_verified_zip_and_records_it(run_id, cpx_workspace, cpx_host, test_dir, trained):
+    result = _package(cpx_workspace, cpx_host, run=run_id)
+    zpath = Path(result.zip_path)
+    assert zpath.parent == cpx_workspace.submissions_dir
+    assert re.fullmatch(r"submission-v1_f\d\.\d{4}\.zip", zpath.name)
+    assert zpath.name == f"submission-v1_f{trained[1].best_val_f:.4f}.zip"
+    # nothing but the zip: no temp files left over
+    assert [p.name for p in cpx_workspace.submissions_dir.iterdir()] == [zpath.name]
+
+    stems = sorted(p.stem for p in test_dir.iterdir())
+    with zipfile.ZipFile(zpath) as zf:
+        names = zf.namelist()
+        assert sorted(n for n in names if n.startswith("masks/")) == [f"masks/{s}.png" for s in stems]
+        assert {"solution/run.py", "solution/ckpt.pth", "solution/requirements.txt", "solution/model.json",
+                "solution/unet_arch.py", "manifest.json"} <= set(names)
+        for stem in stems:
+            with Image.open(io.BytesIO(zf.read(f"masks/{stem}.png"))) as img:
+                assert img.mode == "P" and img.size == Image.open(test_dir / f"{stem}.jpg").size
+                assert img.getpalette()[:6] == [0, 0, 0, 204, 0, 0]
+                assert np.asarray(img).max() < 19
+        manifest = json.loads(zf.read("manifest.json"))
+        assert set(manifest["files"]) == set(names) - {"manifest.json"}
+        for name, digest in manifest["files"].items():
+            assert _sha(zf.read(name)) == digest, name
+        ckpt = torch.load(io.BytesIO(zf.read("solution/ckpt.pth")), weights_only=True)
+        reqs = zf.read("solution/requirements.txt").decode()
+        arch = zf.read("solution/unet_arch.py").decode()
+    assert manifest["run_id"] == run_id and manifest["params"] == result.params
+    assert manifest["tta"] == [] and manifest["cpx_version"] and manifest["config"]["model"]["name"] == "unet"
+    assert set(ckpt) == {"state_dict"}
+    from cpx_plugins.models.unet_arch import build_unet
+
+    model = build_unet(num_classes=19, base_channels=4, depth=2)
+    model.load_state_dict(ckpt["state_dict"])  # strict: every key fits
+    assert sum(p.numel() for p in model.parameters()) == result.params
+    assert all(re.fullmatch(rf"{d}==\d+\.\d+.*", line) for d, line in zip(("torch", "numpy", "pillow"), reqs.split()))
+    assert foreign_imports(arch) == []
+
+    assert result.solution_images == 3 and result.solution_exact is True and result.check.ok
+    with Ledger(cpx_workspace.ledger_path) as ledger:
+        row = ledger.get_submission("v1")
+    assert row["run_id"] == run_id and row["zip_path"] == str(zpath) and row["tta"] == "none"
+    assert row["zip_sha256"] == _sha(zpath.read_bytes()) and row["size_bytes"] == zpath.stat().st_size
+    assert row["val_score"] == pytest.approx(trained[1].best_val_f) and row["checkpoint"] == "best"
+
+    # reusing the name is refused and leaves the zip alone
+    before = zpath.read_bytes()
+    with pytest.raises(SubmissionError, match="'v1' is already recorded"):
+        _package(cpx_workspace, cpx_host, run=run_id)
+    assert zpath.read_bytes() == before and len(list(cpx_workspace.submissions_dir.iterdir())) == 1
+
+    # the same verification from the command line: green summary, exit 0
+    out = CliRunner().invoke(create_app(cpx_host), ["package", "--check", str(zpath)])
+    assert out.exit_code == 0, out.output
+    assert "ok" in out.output and "4 masks for 4 test images" in out.output
+
+    # the solution, run by hand on every test image from a folder extracted from the zip
+    tmp = cpx_workspace.root / "unzipped"
+    with zipfile.ZipFile(zpath) as zf:
+        zf.extractall(tmp)
+    shutil.move(tmp / "solution" / "ckpt.pth", tmp / "weights.pth")  # --weights is honoured
+    proc = subprocess.run([sys.executable, str(tmp / "solution" / "run.py"), "--input", str(test_dir),
+                           "--output", str(tmp / "out"), "--weights", str(tmp / "weights.pth")],
+                          cwd=tmp, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for stem in stems:
+        mine = np.asarray(Image.open(tmp / "out" / f"{stem}.png"))
+        assert Image.open(tmp / "out" / f"{stem}.png").mode == "P"
+        assert np.array_equal(mine, np.asarray(Image.open(tmp / "masks" / f"{stem}.png"))), stem
+
+
+def test_a_zip_file_with_the_name_is_refused_too(run_id, cpx_workspace, cpx_host):
+    cpx_workspace.submissions_dir.mkdir()
+    stray = cpx_workspace.submissions_dir / "submission-v9_f0.1234.zip"
+    stray.write_bytes(b"made elsewhere")
+    with pytest.raises(SubmissionError, match="already exists"):
+        _package(cpx_workspace, cpx_host, run=run_id, name="v9")
+    assert stray.read_bytes() == b"made elsewhere"
+    with pytest.raises(SubmissionError, match="--name"):
+        _package(cpx_workspace, cpx_host, run=run_id, name="../evil")
+
+
+def test_a_solution_that_does_not_reproduce_the_masks_leaves_nothing(run_id, cpx_workspace, cpx_host,
+                                                                     monkeypatch):
+    import cpx.solution
+
+    # a runner that ignores its model and writes background everywhere
+    broken = cpx.solution.RUN_PY.replace("mask = predict(model, read_image(path), device)",
+                                         "mask = predict(model, read_image(path), device) * 0")
+    assert broken != cpx.solution.RUN_PY
+    monkeypatch.setattr(cpx.solution, "RUN_PY", broken)
+    with pytest.raises(SubmissionError, match="does not reproduce the packaged masks"):
+        _package(cpx_workspace, cpx_host, run=run_id, name="bad")
+    assert not any(cpx_workspace.submissions_dir.iterdir())
+    with Ledger(cpx_workspace.ledger_path) as ledger:
+        assert ledger.list_submissions() == []
+
+
+def test_tta_package_reports_agreement_instead_of_failing(run_id, cpx_workspace, cpx_host):
+    result = _package(cpx_workspace, cpx_host, run=run_id, name="flip", tta=("flip",),
+                      solution_check_images=2)
+    assert result.tta == ["flip"] and result.solution_images == 2
+    assert 0.0 < result.solution_agreement <= 1.0
+    with zipfile.ZipFile(result.zip_path) as zf:
+        assert json.loads(zf.read("manifest.json"))["tta"] == ["flip"]
+    with Ledger(cpx_workspace.ledger_path) as ledger:
+        assert ledger.get_submission("flip")["tta"] == "flip"
+
+
+def test_a_model_without_standalone_source_gets_a_clear_error(cpx_workspace, cpx_host, tiny_model,
+                                                               cpx_synthetic):
+    run = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{"data.path": str(cpx_synthetic), "data.image_size": 32,
+                                                                             "train.epochs": 1})),
+                cpx_workspace, cpx_host)
+    with pytest.raises(SubmissionError, match="no standalone source"):
+        _package(cpx_workspace, cpx_host, run=run.run_id)
+    assert not cpx_workspace.submissions_dir.exists() or not any(cpx_workspace.submissions_dir.iterdir())
+
+
+def test_arch_files_may_import_only_torch_numpy_pillow(tmp_path):
+    ok = "import math\nimport torch\nfrom PIL import Image\nimport numpy as np\ndef build(): pass\n"
+    assert foreign_imports(ok) == []
+    assert foreign_imports("import cpx.data\nfrom . import x\nimport timm\n") == ["cpx.data", ".", "timm"]
+    path = tmp_path / "arch.py"
+    path.write_text(ok)
+    with pytest.raises(SubmissionError, match="no top-level make"):
+        check_standalone(ok, path, "make")
+    with pytest.raises(SubmissionError, match="imports timm"):
+        check_standalone("import timm\ndef build(): pass\n", path, "build")
+
+
+# --------------------------------------------------------------------------------------------
+# --check on broken zips
+
+
+def _png(arr, mode="P") -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(np.asarray(arr, dtype=np.uint8))
+    img = img.convert(mode) if mode != "L" else img
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _mask(value=1, size=64) -> bytes:
+    img = Image.frombytes("P", (size, size), bytes([value]) * size * size)
+    img.putpalette([0] * 768)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _zip(path: Path, files: dict) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _good_files(stems) -> dict:
+    state = {"conv.weight": torch.zeros(4, 3, 3, 3), "conv.bias": torch.zeros(4)}
+    buf = io.BytesIO()
+    torch.save({"state_dict": state}, buf)
+    files = {f"masks/{s}.png": _mask(1) for s in stems}
+    files.update({"solution/run.py": "# --input --output --weights\n", "solution/ckpt.pth": buf.getvalue(),
+                  "solution/requirements.txt": "torch\n"})
+    return files
+
+
+def _kinds(report):
+    return sorted({p.kind for p in report.problems})
+
+
+def test_check_reports_every_problem_of_a_hand_made_zip(cpx_workspace, cpx_host, cpx_synthetic):
+    comp = cpx_host.competition("celebamask-mini")
+    images = list_test_images(cpx_synthetic / "test" / "images", comp)
+    stems = sorted(images)
+    good = _zip(cpx_workspace.root / "good.zip", _good_files(stems))
+    report = check_zip(good, comp, images)
+    assert report.ok, report.problems
+    assert report.masks == 4 and report.test_images == 4 and report.params == 4 * 27 + 4
+
+    files = _good_files(stems)
+    del files[f"masks/{stems[0]}.png"]                        # missing mask
+    files[f"masks/{stems[1]}.png"] = _png(np.zeros((64, 64, 3)), "RGB")  # RGB mask
+    files[f"masks/{stems[2]}.png"] = _mask(25)                # value out of range
+    files[f"masks/{stems[3]}.png"] = _mask(1, size=32)        # wrong size
+    files["masks/stranger.png"] = _mask(1)                    # no such test image
+    files["__MACOSX/masks/._x.png"] = b"junk"
+    files["../evil.png"] = _mask(1)
+    files["/etc/abs.png"] = _mask(1)
+    del files["solution/ckpt.pth"]
+    bad = _zip(cpx_workspace.root / "bad.zip", files)
+    report = check_zip(bad, comp, images)
+    assert _kinds(report) == sorted(["missing_mask", "mask_mode", "bad_class", "mask_size", "extra_mask",
+                                     "macosx", "parent_path", "absolute_path", "no_weights"])
+    messages = "\n".join(map(str, report.problems))
+    assert f"masks/{stems[0]}.png: missing" in messages and "mode RGB" in messages
+    assert "value 25 outside the class ids 0..18" in messages and "mask is 32x32 but the test image is 64x64" in messages
+
+    # the command line lists each problem and exits 1
+    out = CliRunner().invoke(create_app(cpx_host), ["package", "--check", str(bad), "--test",
+                                                    str(cpx_synthetic / "test" / "images")])
+    assert out.exit_code == 1
+    for needle in ("9 problems", "missing", "mode RGB", "value 25", "__MACOSX", "../evil.png", "ckpt.pth"):
+        assert needle in out.output, needle
+
+
+def test_check_sees_through_a_nested_folder_and_checks_the_weights(cpx_workspace, cpx_host, cpx_synthetic):
+    comp = cpx_host.competition("celebamask-mini")
+    images = list_test_images(cpx_synthetic / "test" / "images", comp)
+    files = _good_files(sorted(images))
+    buf = io.BytesIO()
+    torch.save({"model": {}}, buf)
+    files["solution/ckpt.pth"] = buf.getvalue()
+    files["solution/run.py"] = "print('hi')\n"
+    del files["solution/requirements.txt"]
+    nested = _zip(cpx_workspace.root / "nested.zip", {f"sub/{k}": v for k, v in files.items()})
+    report = check_zip(nested, comp, images)
+    assert _kinds(report) == ["nested_top_folder", "no_requirements", "no_weights_key", "runner_arguments"]
+    assert report.masks == 4  # the masks inside the folder were still checked
+
+
+def test_check_counts_parameters_against_the_limit(cpx_workspace, cpx_host, cpx_synthetic):
+    comp = replace(cpx_host.competition("celebamask-mini"), max_params=100)
+    images = list_test_images(cpx_synthetic / "test" / "images", comp)
+    report = check_zip(_zip(cpx_workspace.root / "big.zip", _good_files(sorted(images))), comp, images)
+    assert _kinds(report) == ["params"] and "requires fewer than 100" in str(report.problems[0])
+
+
+def test_check_without_test_images_says_what_it_could_not_check(cpx_workspace, cpx_host):
+    path = _zip(cpx_workspace.root / "s.zip", _good_files(["a", "b"]))
+    report = check_submission(path, cpx_workspace, cpx_host)
+    assert report.ok and report.test_images is None and report.masks == 2
+    assert any("--test" in n for n in report.notes)
+    empty = check_zip(_zip(cpx_workspace.root / "e.zip", {}), cpx_host.competition("celebamask-mini"))
+    assert _kinds(empty) == ["empty_zip", "no_masks", "no_solution"]
+    not_zip = cpx_workspace.root / "x.zip"
+    not_zip.write_bytes(b"not a zip")
+    assert _kinds(check_zip(not_zip, cpx_host.competition("celebamask-mini"))) == ["not_a_zip"]
+
+
+def test_ensembles_are_refused_where_the_rules_forbid_them(cpx_workspace, cpx_host):
+    from cpx.errors import RuleViolation
+
+    with Ledger(cpx_workspace.ledger_path) as ledger:
+        ens = ledger.add_run(kind="ensemble", status="completed", competition="celebamask-mini",
+                             members=[{"run": "a", "weight": 1.0}, {"run": "b", "weight": 1.0}])
+    with pytest.raises(RuleViolation, match="forbids ensembles"):
+        _package(cpx_workspace, cpx_host, run=ens["id"])
+    # allowed on purpose, it still cannot ship: no standalone solution for ensembles yet
+    with pytest.raises(SubmissionError, match="ensemble"):
+        _package(cpx_workspace, cpx_host, run=ens["id"], allow_rule_break=True)
+    assert not cpx_workspace.submissions_dir.exists()

@@ -1,0 +1,184 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_overrides
+from cpx.cli import main
+from cpx.data import write_mask
+from cpx.errors import DataError
+from cpx.inference import Member, Predictor
+from cpx.ledger import Ledger
+from cpx.metrics import EPS
+from cpx.train import TrainRequest, train
+from cpx.validate import evaluate, score_folders, validate_run
+
+
+@pytest.fixture
+def comp(cpx_host):
+    return cpx_host.competition("celebamask-mini")
+
+
+def F1(tp, fp, fn):
+    """The scorer's per-class F, by hand."""
+    p = tp / (tp + fp + EPS)
+    r = tp / (tp + fn + EPS)
+    return 2 * p * r / (p + r + EPS)
+
+
+class Fixed(torch.nn.Module):
+    """Ignores the image: always the same 2 x 2 logits.
+
+    Top row: class 1 = 10, class 3 = 8; bottom row: class 2 = 10, class 3 = 8. Resized to
+    4 x 4 (bilinear, align_corners=False) BEFORE the argmax, rows 1 and 2 mix the two rows
+    3:1 and 1:3, so class 3 (8 > 7.5) wins there; an argmax taken at 2 x 2 and then enlarged
+    would never predict class 3. So the 4 x 4 prediction is rows [1, 3, 3, 2].
+    """
+
+    def forward(self, x):
+        logits = torch.zeros(1, 19, 2, 2)
+        logits[0, 1, 0, :] = 10
+        logits[0, 2, 1, :] = 10
+        logits[0, 3] = 8
+        return logits.expand(x.shape[0], -1, -1, -1).clone()
+
+
+GT_A = np.array([[1, 1, 0, 0]] * 4, dtype=np.uint8)  # two classes
+GT_B = np.full((4, 4), 3, dtype=np.uint8)  # a single class
+PRED = np.array([[1] * 4, [3] * 4, [3] * 4, [2] * 4], dtype=np.uint8)  # class 2 is in no ground truth
+
+
+def _dataset(root, comp):
+    (root / "train" / "images").mkdir(parents=True)
+    (root / "train" / "masks").mkdir(parents=True)
+    for name, gt in (("a", GT_A), ("b", GT_B)):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "train" / "images" / f"{name}.jpg")
+        write_mask(root / "train" / "masks" / f"{name}.png", gt, comp.palette_bytes())
+    return root
+
+
+# Worked by hand from GT_A, GT_B and PRED:
+#  a: class 1 tp 2 fp 2 fn 6; class 0 tp 0 fp 0 fn 8; class 3 and 2 absent -> not averaged
+#  b: class 3 tp 8 fp 0 fn 8 (classes 1 and 2 predicted but absent -> not averaged)
+F_A = (F1(2, 2, 6) + F1(0, 0, 8)) / 2  # = (1/3 + 0) / 2
+F_B = F1(8, 0, 8)  # = 2/3
+EXPECTED = {
+    "fscore": (F_A + F_B) / 2,
+    "pixel_acc": 10 / 32,
+    # pooled over both images, classes present in the ground truth: 0, 1, 3
+    "miou": (0 + 2 / 14 + 8 / 24) / 3,
+    "pooled_fscore": (F1(0, 0, 8) + F1(2, 6, 6) + F1(8, 8, 8)) / 3,
+}
+
+
+def test_hand_worked_case_is_exact(cpx_host):
+    assert F_A == pytest.approx(1 / 6, abs=1e-6) and F_B == pytest.approx(2 / 3, abs=1e-6)
+
+
+def test_evaluate_uses_the_scorer_metric_at_mask_size(tmp_path, comp):
+    root = _dataset(tmp_path / "d", comp)
+    predictor = Predictor([Member(Fixed(), image_size=2)], comp)
+    assert np.array_equal(predictor.predict([torch.zeros(3, 4, 4, dtype=torch.uint8)])[0].numpy(), PRED)
+    ev = evaluate(predictor, root, ["a", "b"], comp, batch_size=1)
+    s = ev.scores
+    assert ev.per_image == pytest.approx({"a": F_A, "b": F_B}, abs=1e-12)
+    for key, value in EXPECTED.items():
+        assert getattr(s, key) == pytest.approx(value, abs=1e-12), key
+    assert s.class_images[:4] == [1, 1, 0, 1]
+    assert s.per_class_f[1] == pytest.approx(F1(2, 2, 6)) and s.per_class_f[3] == pytest.approx(F_B)
+    assert math.isnan(s.per_class_f[2])  # predicted everywhere in row 3, but in no ground truth
+    assert ev.per_class()["l_lip"] == {"f": None, "images": 0}
+
+
+def test_score_folders_matches_evaluate_and_cli(tmp_path, comp, capsys):
+    root = _dataset(tmp_path / "d", comp)
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    for name in ("a", "b"):
+        write_mask(pred_dir / f"{name}.png", PRED, comp.palette_bytes())
+    report = score_folders(pred_dir, root / "train" / "masks", comp)
+    assert report.ok and report.problems == [] and report.warnings == []
+    for key, value in EXPECTED.items():
+        assert getattr(report.scores, key) == pytest.approx(value, abs=1e-12), key
+    code = main(["score", str(pred_dir), str(root / "train" / "masks"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["fscore"] == pytest.approx(EXPECTED["fscore"]) and out["ok"]
+    assert out["per_class"]["skin"] == {"f": pytest.approx(F1(2, 2, 6)), "images": 1}
+    code = main(["score", str(pred_dir), str(root / "train" / "masks")])
+    text = capsys.readouterr().out
+    assert code == 0 and f"{EXPECTED['fscore']:.4f}" in text and "NOT the scorer's" in text
+
+
+def test_score_lists_every_problem_by_name(tmp_path, comp, capsys):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for name in ("ok", "missing", "small", "rgb", "range", "broken"):
+        write_mask(gt / f"{name}.png", GT_A, comp.palette_bytes())
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    write_mask(pred / "ok.png", GT_A, comp.palette_bytes())
+    write_mask(pred / "small.png", GT_A[:2], comp.palette_bytes())
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(pred / "rgb.png")
+    write_mask(pred / "range.png", np.full((4, 4), 19, np.uint8), comp.palette_bytes())
+    (pred / "broken.png").write_bytes(b"\x89PNG not really")
+    write_mask(pred / "extra.png", GT_A, comp.palette_bytes())
+    (pred / "readme.txt").write_text("hi")
+    report = score_folders(pred, gt, comp)
+    assert not report.ok and report.scores is None
+    text = "\n".join(report.problems)
+    for needle in ("missing.png: no prediction", "small.png: size 2x4", "rgb.png: mode RGB", "range.png: class id(s) 19",
+                   "broken.png: cannot read"):
+        assert needle in text, needle
+    assert len(report.problems) == 5
+    assert any("extra.png" in w for w in report.warnings) and any("readme.txt" in w for w in report.warnings)
+    code = main(["score", str(pred), str(gt)])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing.png" in err and "rgb.png" in err and "extra.png" in err
+    assert "Traceback" not in err
+    # only warnings: scored, exit 0
+    for name in ("missing", "small", "rgb", "range", "broken"):
+        write_mask(pred / f"{name}.png", GT_A, comp.palette_bytes())
+    report = score_folders(pred, gt, comp)
+    assert report.ok and report.scores.fscore == pytest.approx(1.0, abs=1e-6) and len(report.warnings) == 2
+    with pytest.raises(DataError, match="does not exist"):
+        score_folders(tmp_path / "nope", gt, comp)
+
+
+def _tiny_run(ws, host, **extra):
+    over = tiny_overrides(**{"data.image_size": 32, "train.epochs": 1, **extra})
+    return train(TrainRequest(recipe="msf-lmsa", overrides=over, name="r"), ws, host)
+
+
+def test_validate_run_matches_training_and_is_recorded(cpx_workspace, cpx_host, tiny_model, cpx_synthetic, capsys):
+    run = _tiny_run(cpx_workspace, cpx_host)
+    ev = validate_run("r", cpx_workspace, cpx_host)
+    # same images, sizes, precision and metric as the trainer's own validation
+    assert ev.scores.fscore == pytest.approx(run.best_val_f, abs=1e-9)
+    assert ev.names == (run.run_dir / "val_list.txt").read_text().split()
+    with Ledger(cpx_workspace.ledger_path) as ledger:
+        rows = ledger.list_validations(run.run_id)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["checkpoint"] == "best" and row["tta"] == "none" and row["data"] == "val_list"
+    assert row["score"] == pytest.approx(ev.scores.fscore) and row["pooled_score"] == pytest.approx(ev.scores.pooled_fscore)
+    assert row["pixel_acc"] == pytest.approx(ev.scores.pixel_acc) and row["miou"] == pytest.approx(ev.scores.miou)
+    assert row["per_class"]["background"]["images"] == len(ev.names) and row["images"] == len(ev.names)
+
+    # another labelled folder: all of its images
+    code = main(["validate", "r", "--data", str(cpx_synthetic), "--tta", "flip", "--checkpoint", "last", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["images"] == 24 and out["tta"] == "flip" and out["checkpoint"] == "last"
+    assert out["data"] == str(cpx_synthetic.resolve()) and 0 <= out["fscore"] <= 1
+
+    # the run's own training folder: flagged as optimistic
+    own = json.loads((run.run_dir / "data.json").read_text())["path"]
+    code = main(["validate", "r", "--data", own, "--no-record"])
+    captured = capsys.readouterr()
+    assert code == 0 and "optimistic" in captured.err and "NOT the scorer's" in captured.out
+    with Ledger(cpx_workspace.ledger_path) as ledger:
+        assert len(ledger.list_validations(run.run_id)) == 2
+    code = main(["validate", "r", "--checkpoint", "nope.pt"])
+    assert code == 2 and "nope.pt" in capsys.readouterr().err

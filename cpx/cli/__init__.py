@@ -62,7 +62,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         app = create_app()
         _common.print_plugin_failures()
         command = typer.main.get_command(app)
-        command.main(args=argv, prog_name="cpx", standalone_mode=False)
+        # with standalone_mode=False click returns typer.Exit codes instead of exiting
+        code = command.main(args=argv, prog_name="cpx", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except CpxError as exc:
         _common.print_error(exc)
         return exc.exit_code

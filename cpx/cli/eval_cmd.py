@@ -62,7 +62,9 @@ def render_scores(scores, class_names, title: str) -> None:
     console.print(summary)
     rows = sorted(range(len(scores.per_class_f)),
                   key=lambda i: (math.isnan(scores.per_class_f[i]), scores.per_class_f[i]))
-    table = Table(title="per class, worst first (F over the images that contain the class)", title_justify="left")
+    console.print("per class, worst first (F averaged over the images whose ground truth contains the class)",
+                  highlight=False)
+    table = Table()
     for col, just in (("id", "right"), ("class", "left"), ("F", "right"), ("images with it", "right")):
         table.add_column(col, justify=just)
     for i in rows:

@@ -105,7 +105,11 @@ def register(app: typer.Typer) -> None:
         if json_:
             print_json(result.to_dict())
             return
-        table = Table(title=f"per-class F: A = {result.label_a}, B = {result.label_b} (sorted by B − A)")
+        for tag, label, run_id, n in (("A", result.label_a, result.run_a, result.images_a),
+                                      ("B", result.label_b, result.run_b, result.images_b)):
+            extra = f" ({run_id})" if label != run_id else ""
+            console.print(f"[bold]{tag}[/] {label}{extra}: {n} validation images", highlight=False, soft_wrap=True)
+        table = Table(title="per-class F, sorted by B − A")
         table.add_column("class")
         table.add_column("A", justify="right")
         table.add_column("B", justify="right")

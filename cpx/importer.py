@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
+from .config import flatten
 from .errors import CpxError, RunError
 from .ledger import Ledger
 
@@ -85,15 +86,6 @@ def _finite(value: Any) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) else None
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
 
 
 def key_config(config: dict, limit: int = _KEY_CONFIG_LIMIT) -> dict[str, Any]:

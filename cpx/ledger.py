@@ -713,3 +713,12 @@ def m005_codabench_and_import_fields(db: sqlite3.Connection) -> None:
 
 
 _JSON_COLUMNS["runs"] = _JSON_COLUMNS["runs"] | {"checkpoints"}
+
+
+@migration
+def m006_run_budget_and_world_size(db: sqlite3.Connection) -> None:
+    # A time-budgeted run records the wall-clock time it was given next to wall_seconds (the
+    # time it took), so planned and actual cost compare without parsing notes; world_size is
+    # the number of data-parallel processes that trained it (1 for a single process).
+    db.execute("ALTER TABLE runs ADD COLUMN budget_seconds REAL")
+    db.execute("ALTER TABLE runs ADD COLUMN world_size INTEGER")

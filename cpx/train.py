@@ -23,7 +23,7 @@ from .config import ExperimentConfig, build_config, config_diff, resolve, valida
 from .errors import ConfigError, DataError, RuleViolation, RunError
 from .ledger import Ledger
 from .plugins import PluginHost
-from .trainer import StopTraining, Trainer, TrainerSettings, resolve_device, resolve_precision
+from .trainer import Trainer, TrainerSettings, dist_rank_world, resolve_device, resolve_precision
 from .utils import atomic_write_text, atomic_torch_save, count_params
 from .workspace import Workspace
 
@@ -66,10 +66,12 @@ def synthetic_root(workspace: Workspace, competition: Competition, count: int, s
     """Generate (once) the competition's synthetic data set into the workspace cache."""
     if competition.synthesize is None:
         raise DataError(f"competition {competition.name} has no synthetic data; pass --data DIR")
-    root = workspace.cache_dir / "synthetic" / f"{competition.name}-n{count}-s{size}-seed{seed}"
+    # a tenth more unlabelled images, so predict and package work on synthetic data too
+    tests = max(2, count // 10)
+    root = workspace.cache_dir / "synthetic" / f"{competition.name}-n{count}-t{tests}-s{size}-seed{seed}"
     if not root.is_dir():
         tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-        datalib.write_dataset(tmp, competition, competition.synthesize(count, size, seed))
+        datalib.write_dataset(tmp, competition, competition.synthesize(count + tests, size, seed), test_count=tests)
         os.replace(tmp, root)
     return root
 
@@ -138,36 +140,81 @@ def settings_from(config: ExperimentConfig, precision: str) -> TrainerSettings:
 class BudgetCallback:
     """Fits the epoch count (and so the cosine length) to a wall-clock budget.
 
-    After the first epoch it knows what an epoch costs (validation included) and plans
-    the epochs that fit; it stops early if later epochs turn out slower than planned.
+    After the first epoch it plans the epochs that fit; after the second it plans once more
+    from the second alone, as the first pays one-off costs (allocations, kernel selection).
+    Later it only ever shortens the plan, when epochs run slower than planned, so the cosine
+    still ends inside the budget instead of being cut off at a high learning rate. The time
+    includes validation and checkpoints. Under data parallelism rank 0's clock decides, so
+    every rank plans the same epochs.
     """
+
+    margin = 0.98  # plan into 98% of the budget: later epochs wobble by a percent or two
 
     def __init__(self, minutes: float, start_epoch: int):
         self.budget = minutes * 60
         self.start_epoch = start_epoch
         self.started = time.perf_counter()
         self.planned: Optional[int] = None
+        self.first_plan: Optional[int] = None
+        self.durations: list[float] = []
+        self._cap: Optional[int] = None
+        self._seen = 0.0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
     def on_epoch_end(self, trainer: Trainer, record) -> None:
-        elapsed = self.elapsed()
-        per_epoch = elapsed / max(1, trainer.epoch - self.start_epoch)
-        if self.planned is None:
-            fit = trainer.epoch + int((self.budget - elapsed) // per_epoch)
-            self.planned = max(trainer.epoch, min(trainer.settings.epochs, fit))
-            trainer.settings.epochs = self.planned
-        if trainer.epoch < trainer.settings.epochs and elapsed + per_epoch > self.budget:
-            raise StopTraining(f"time budget of {self.budget / 60:g} min spent")
+        elapsed = _rank0_float(self.elapsed())
+        self.durations.append(elapsed - self._seen)
+        self._seen = elapsed
+        if self._cap is None:
+            self._cap = trainer.settings.epochs
+        recent = self.durations[1:] or self.durations
+        per_epoch = sum(recent) / len(recent)
+        fit = trainer.epoch + int(max(0.0, self.budget * self.margin - elapsed) // max(per_epoch, 1e-9))
+        ceiling = self._cap if len(self.durations) <= 2 else trainer.settings.epochs
+        self.planned = max(trainer.epoch, min(ceiling, fit))
+        if self.first_plan is None:
+            self.first_plan = self.planned
+        trainer.settings.epochs = self.planned
 
     def summary(self) -> str:
-        return (f"budget {self.budget / 60:g} min: planned {self.planned} epochs, "
-                f"used {self.elapsed() / 60:.2f} min")
+        return (f"budget {self.budget / 60:g} min: planned {self.planned} epochs "
+                f"(first plan {self.first_plan}), used {self.elapsed() / 60:.2f} min")
+
+
+def _rank0_float(value: float) -> float:
+    """``value`` as rank 0 has it (itself without a process group)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.broadcast(t, 0)
+    return float(t)
+
+
+def _rank0_object(value):
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, 0)
+    return box[0]
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbacks: tuple = ()) -> TrainResult:
-    """Train a recipe (or resume a run) and record it in the ledger."""
+    """Train a recipe (or resume a run) and record it in the ledger.
+
+    Inside a ``torch.distributed`` process group (see :mod:`cpx.distributed`) every rank calls
+    this; rank 0 alone names the run, writes the run folder, checkpoints and ledger rows, and
+    runs ``callbacks``; it also prepares (and caches) the data before the others load it.
+    """
+    rank, world = dist_rank_world()
+    main = rank == 0
     ledger = Ledger(workspace.ledger_path)
     resume_state = None
     if request.resume:
@@ -180,11 +227,14 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
         config = resolve(config, host)
         diff = row.get("config_diff") or {}
         resume_state = torch.load(last, map_location="cpu", weights_only=False)
+        if row.get("status") == "completed":
+            raise RunError(f"run {run_id} already completed {resume_state.get('epoch')} epochs; "
+                           f"nothing to resume (train a new run to go further)")
     else:
         if not request.recipe:
             raise ConfigError("name a recipe (or a YAML file), or --resume RUN")
         config, diff = build_config(request.recipe, request.overrides, workspace.experiments_dir, host)
-        run_id = new_run_id(config.recipe)
+        run_id = _rank0_object(new_run_id(config.recipe))
         run_dir = workspace.runs_dir / run_id
 
     competition: Competition = host.competition(config.competition)
@@ -199,12 +249,17 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
     if problem:
         raise RuleViolation(problem)
 
+    if not main:  # rank 0 generates or caches the data first; the others then read its cache
+        _barrier()
     data = prepare_data(config, competition, workspace)
+    if main:
+        _barrier()
     if resume_state is not None and resume_state.get("data_fingerprint") not in (None, data.fingerprint):
         raise RunError(f"run {run_id}: the data in {data.root} changed since the run started; cannot resume")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume_state is None:
+    budget_seconds = config.train.budget_minutes * 60 if config.train.budget_minutes else None
+    if main and resume_state is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         atomic_write_text(run_dir / "config_diff.json", json.dumps(diff, indent=2))
         atomic_write_text(run_dir / "command.txt", request.command + "\n")
@@ -216,9 +271,10 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
                        competition=competition.name, status="running", config=config.model_dump(mode="json"),
                        config_diff=diff, command=request.command, params=params,
                        epochs_planned=config.train.epochs, data_fingerprint=data.fingerprint,
-                       git_commit=git_commit(workspace.root), run_dir=str(run_dir))
-    else:
-        ledger.update_run(run_id, status="running")
+                       git_commit=git_commit(workspace.root), run_dir=str(run_dir),
+                       budget_seconds=budget_seconds, world_size=world, device=str(device))
+    elif main:
+        ledger.update_run(run_id, status="running", budget_seconds=budget_seconds, world_size=world)
 
     trainer = Trainer(model, loss_fn, augment, data.train, data.val, settings_from(config, precision),
                       competition.num_classes, device)
@@ -240,12 +296,13 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
                           best_epoch=tr.best_epoch or None, wall_seconds=round(wall, 2),
                           epochs_planned=tr.settings.epochs)
 
-    trainer.add_callback("on_epoch_end", checkpoint)
+    if main:
+        trainer.add_callback("on_epoch_end", checkpoint)
     budget = None
     if config.train.budget_minutes:
         budget = BudgetCallback(config.train.budget_minutes, trainer.epoch)
         trainer.add_callback("on_epoch_end", budget.on_epoch_end)
-    for cb in callbacks:
+    for cb in callbacks if main else ():
         for event in ("on_batch_end", "on_epoch_end", "on_train_end"):
             if hasattr(cb, event):
                 trainer.add_callback(event, getattr(cb, event))
@@ -267,9 +324,15 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
         message = (f"interrupted; progress saved at epoch {trainer.epoch}. "
                    f"Resume with: cpx train --resume {run_id}")
     except BaseException:
-        ledger.update_run(run_id, status="failed", finished_at=_now())
+        if main:
+            ledger.update_run(run_id, status="failed", finished_at=_now())
         raise
     wall = wall_before + time.perf_counter() - started
+    if not main:
+        ledger.close()
+        return TrainResult(run_id=run_id, run_dir=run_dir, status=status, best_val_f=trainer.best_f,
+                           best_epoch=trainer.best_epoch, epochs=trainer.epoch, params=params,
+                           wall_seconds=round(wall, 2), message=message, config_diff=diff)
     if trainer.history:
         try:
             from .plots import plot_history

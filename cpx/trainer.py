@@ -4,6 +4,11 @@ Data lives in memory as uint8 tensors and is augmented a whole batch at a time o
 training device, so no per-sample decoding or Python augmentation sits in the hot loop.
 Randomness is reseeded from (seed, epoch) at the start of every epoch: a run resumed from an
 epoch boundary replays exactly what an uninterrupted run would have done.
+
+Data-parallel training: when a ``torch.distributed`` process group is up, every rank draws the
+same epoch permutation, cuts each global batch into disjoint per-rank shards and trains a
+DistributedDataParallel wrapper (gradients averaged); epoch losses and validation scores are
+summed across ranks, so every rank sees the same numbers and takes the same decisions.
 """
 
 from __future__ import annotations
@@ -52,6 +57,13 @@ class TrainerSettings:
     precision: str = "fp32"  # resolved: fp32, bf16 or fp16
     channels_last: bool = False
     val_batch_size: int = 16
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the current process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,6 +124,15 @@ class Trainer:
         self.device = device
         if settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.rank, self.world = dist_rank_world()
+        # DDP broadcasts rank 0's weights on construction and averages gradients in backward;
+        # ``self.model`` stays the bare module, so checkpoints and validation never see the wrapper
+        self.net = self.model
+        if self.world > 1:
+            ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+                if device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                                 gradient_as_bucket_view=True)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
@@ -135,7 +156,8 @@ class Trainer:
         groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if s.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum)
-        return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas)
+        # the fused kernel updates every tensor in one pass instead of ~10 small ops per tensor
+        return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, fused=self.device.type in ("cpu", "cuda"))
 
     def add_callback(self, event: str, fn: Callable) -> None:
         self.callbacks[event].append(fn)
@@ -148,8 +170,9 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         n, b = len(self.train_images), self.settings.batch_size
         full, rest = divmod(n, b)
-        # a 1-image tail batch would break batch statistics; fold it away instead
-        return full + (1 if rest > 1 else 0) if full else 1
+        # a 1-image tail batch would break batch statistics (and one with fewer images than
+        # ranks would leave a rank empty-handed); fold it away instead
+        return full + (1 if rest > max(1, self.world - 1) else 0) if full else 1
 
     def current_lr(self) -> float:
         s = self.settings
@@ -186,6 +209,8 @@ class Trainer:
         torch.manual_seed(s.seed * 1_000_003 + self.epoch)
         n = len(self.train_images)
         order = torch.randperm(n)
+        if self.world > 1:  # same permutation everywhere, but each rank its own augmentation draws
+            torch.manual_seed((s.seed * 1_000_003 + self.epoch) * 1009 + self.rank)
         steps = self.steps_per_epoch
         bounds = [(i * s.batch_size, min(n, (i + 1) * s.batch_size)) for i in range(steps)]
         if bounds and bounds[-1][1] < n:  # fold a too-small tail into the last batch
@@ -194,6 +219,8 @@ class Trainer:
         total_loss, seen = torch.zeros((), device=self.device), 0
         for i, (a, b) in enumerate(bounds):
             idx = order[a:b]
+            if self.world > 1:
+                idx = idx.tensor_split(self.world)[self.rank]
             x = self.train_images[idx].to(self.device, non_blocking=True).float().div_(255)
             y = self.train_masks[idx].to(self.device, non_blocking=True).long()
             if self.augment is not None:
@@ -205,10 +232,13 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             with autocast(self.device, s.precision):
-                logits = self.model(x)
+                logits = self.net(x)
             loss = self.loss_fn(logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            # DDP averages per-rank gradients; weighting by shard size keeps that equal to the
+            # gradient of the global batch's mean loss when a tail batch splits unevenly
+            weight = len(idx) * self.world / (b - a) if self.world > 1 else 1.0
+            self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
             if s.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
@@ -218,6 +248,9 @@ class Trainer:
             total_loss += loss.detach() * len(idx)
             seen += len(idx)
             self._fire("on_batch_end", i, loss)
+        if self.world > 1:
+            totals = _all_reduce(torch.stack([total_loss, torch.tensor(float(seen), device=self.device)]))
+            total_loss, seen = totals[0], int(totals[1])
         seconds = time.perf_counter() - t0
         self.epoch += 1
         return EpochRecord(epoch=self.epoch, train_loss=float(total_loss) / max(1, seen), lr=lr,
@@ -234,11 +267,16 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
-        """Validation loss and the competition's per-image F at the masks' own resolution."""
+        """Validation loss and the competition's per-image F at the masks' own resolution.
+
+        Under data parallelism each rank scores every world-th image and the sums are reduced.
+        """
         self.model.eval()
         images, masks = self.val_data
+        if self.world > 1:
+            images, masks = images[self.rank::self.world], masks[self.rank::self.world]
         acc = ScoreAccumulator(self.num_classes)
-        total, count = 0.0, 0
+        loss_sum, f_sum, count = 0.0, 0.0, 0
         bs = self.settings.val_batch_size
         for a in range(0, len(images), bs):
             logits = self.predict_logits(images[a:a + bs])
@@ -247,10 +285,13 @@ class Trainer:
                 one = logits[j:j + 1]
                 if one.shape[-2:] != gt.shape[-2:]:
                     one = F.interpolate(one, size=gt.shape[-2:], mode="bilinear", align_corners=False)
-                total += float(F.cross_entropy(one, gt[None]))
+                loss_sum += float(F.cross_entropy(one, gt[None]))
+                f_sum += float(acc.update(one.argmax(1), gt[None]).sum())
                 count += 1
-                acc.update(one.argmax(1), gt[None])
-        return total / max(1, count), acc.compute().fscore
+        if self.world > 1:
+            sums = _all_reduce(torch.tensor([loss_sum, f_sum, count], dtype=torch.float64, device=self.device))
+            loss_sum, f_sum, count = float(sums[0]), float(sums[1]), int(sums[2])
+        return loss_sum / max(1, count), f_sum / max(1, count)
 
     # --- checkpoints -----------------------------------------------------------------
 
@@ -273,3 +314,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         for key in ("epoch", "step", "best_f", "best_epoch", "stale", "history"):
             setattr(self, key, state[key])
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    torch.distributed.all_reduce(t)
+    return t

@@ -49,8 +49,11 @@ def _codabench_competition(value: Optional[str]) -> int:
     return int(value)
 
 
-def _client(url: Optional[str]):
-    return cb.client_from_config(url)
+def _client(url: Optional[str], *, need_token: bool = False):
+    client = cb.client_from_config(url)
+    if need_token and not client.token:
+        raise CodabenchError(f"no Codabench token for {client.base_url}; {cb.LOGIN_HINT}")
+    return client
 
 
 def _split_phase(phase: Optional[str]) -> tuple[str, Optional[int]]:
@@ -321,9 +324,7 @@ def register(app: typer.Typer) -> None:
     ):
         """The competition's phases, your submission limits, and whether you can submit now."""
         cid = _codabench_competition(competition)
-        client = _client(url)
-        if not client.token:
-            raise CodabenchError(f"no Codabench token for {client.base_url}; {cb.LOGIN_HINT}")
+        client = _client(url, need_token=True)
         phases = client.phases(cid)
         rows = []
         for p in phases:
@@ -356,9 +357,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Match your Codabench submissions to the ledger by id and fill in missing scores."""
         cid = _codabench_competition(competition)
-        client = _client(url)
-        if not client.token:
-            raise CodabenchError(f"no Codabench token for {client.base_url}; {cb.LOGIN_HINT}")
+        client = _client(url, need_token=True)
         with Ledger(_common.workspace().ledger_path) as ledger:
             comp = _cpx_competition()
             report = sync_submissions(ledger, client, cid, phase_id=phase, phase=label,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,13 +84,15 @@ def plan_launch(workspace: Workspace, nproc: int, nnodes: Any = 1, rdzv_endpoint
 @contextmanager
 def _quiet_elastic() -> Iterator[None]:
     # the agent logs its configuration and every failure at length; launch() reports instead
-    logger = logging.getLogger("torch.distributed.elastic")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def launch(request, workspace: Workspace, host=None, *, nproc: int, nnodes: Any = 1,
@@ -101,6 +104,7 @@ def launch(request, workspace: Workspace, host=None, *, nproc: int, nnodes: Any 
     The recipe or the run to resume is checked here first, so a typo fails before any process starts.
     """
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -120,6 +124,8 @@ def launch(request, workspace: Workspace, host=None, *, nproc: int, nnodes: Any 
                                                       plan.threads, str(plan.log_dir))
     except ChildFailedError as exc:
         raise _failure_error(exc, plan.log_dir) from None
+    except SignalException:  # Ctrl-C or a scheduler's SIGTERM reached the launcher
+        raise KeyboardInterrupt from None
     return next((r for r in results.values() if r is not None), None)
 
 
@@ -186,6 +192,10 @@ def _failure_error(exc, log_dir: Path) -> CpxError:
                     f"(worker logs in {log_dir})")
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def _worker(request, root: str, callbacks: tuple, threads: int, log_dir: str):
     """One rank: join the process group, train, leave. Runs in a fresh (spawned) process."""
     import torch
@@ -195,6 +205,8 @@ def _worker(request, root: str, callbacks: tuple, threads: int, log_dir: str):
     from .train import train
 
     rank = int(os.environ.get("RANK", "0"))
+    # the agent stops survivors with SIGTERM; as an exception it still lets rank 0 mark the run failed
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         torch.set_num_threads(threads)
         os.environ["CPX_WORKSPACE"] = root

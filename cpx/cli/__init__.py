@@ -10,7 +10,6 @@ import os
 import sys
 from typing import Optional
 
-import click
 import typer
 
 from ..errors import CpxError
@@ -61,21 +60,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         app = create_app()
         _common.print_plugin_failures()
-        command = typer.main.get_command(app)
-        # with standalone_mode=False click returns typer.Exit codes instead of exiting
-        code = command.main(args=argv, prog_name="cpx", standalone_mode=False)
-        return code if isinstance(code, int) else 0
+        # standalone mode: typer renders usage errors and turns typer.Exit into SystemExit
+        app(args=argv, prog_name="cpx")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except CpxError as exc:
         _common.print_error(exc)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.Abort:
-        _common.err_console.print("aborted")
-        return 130
     except KeyboardInterrupt:
         _common.err_console.print("interrupted")
         return 130

@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
     ):
         """Count images, show per-class pixel share and presence, and list every problem."""
         comp = _common.host().competition(_common.pick_competition(competition))
+        if not folder.is_dir():
+            raise DataError(f"data folder {folder} does not exist")
         report = datalib.check_dataset(folder, comp)
         if json_:
             print_json(report.to_dict())
@@ -60,7 +62,7 @@ def render_report(report, comp) -> None:
     console.print(f"[bold]{report.root}[/]: {report.train_pairs} labelled pairs "
                   f"({report.train_images} images, {report.train_masks} masks), {report.test_images} test images; "
                   f"sizes {sizes}; checked in {report.seconds:.1f} s", highlight=False)
-    if report.pixel_share is not None:
+    if report.pixel_share is not None and report.train_pairs:
         table = Table(title=f"classes of {comp.name}")
         for col in ("id", "class", "pixel share", "images containing"):
             table.add_column(col, justify="left" if col == "class" else "right")

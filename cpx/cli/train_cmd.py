@@ -123,6 +123,9 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="override any field: section.key=value (repeatable)")] = None,
         resume: Annotated[Optional[str], typer.Option(help="continue run RUN from its last.pt")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain log lines instead of progress bars")] = False,
+        nproc: Annotated[int, typer.Option(help="data-parallel processes on this node (batch size stays global)")] = 1,
+        nnodes: Annotated[str, typer.Option(help="nodes taking part: N, or MIN:MAX for elastic membership")] = "1",
+        rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT every node meets at (needed with --nnodes > 1)")] = None,
     ):
         """Train a recipe; the run lands in experiments/runs/ and the ledger."""
         overrides = {}
@@ -139,8 +142,18 @@ def register(app: typer.Typer) -> None:
 
             raise ConfigError("--resume continues a run with its own config; drop the recipe and overrides")
         request = TrainRequest(recipe=recipe, overrides=overrides, name=name, resume=resume, command=command_line())
-        progress = LogProgress() if quiet or not console.is_terminal else RichProgress()
-        result = train(request, _common.workspace(), _common.host(), callbacks=(progress,))
+        if nproc != 1 or nnodes != "1" or rdzv_endpoint:
+            from ..distributed import launch
+
+            # workers are separate processes: plain log lines from rank 0, no live progress bars
+            result = launch(request, _common.workspace(), _common.host(), nproc=nproc, nnodes=nnodes,
+                            rdzv_endpoint=rdzv_endpoint, callbacks=(LogProgress(),))
+            if result is None:
+                console.print("this node's ranks finished; the run is recorded by the node holding rank 0")
+                return
+        else:
+            progress = LogProgress() if quiet or not console.is_terminal else RichProgress()
+            result = train(request, _common.workspace(), _common.host(), callbacks=(progress,))
         table = Table(show_header=False, box=None)
         table.add_row("run", result.run_id)
         table.add_row("status", result.status + (f" ({result.message})" if result.message else ""))

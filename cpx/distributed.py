@@ -193,6 +193,7 @@ def _failure_error(exc, log_dir: Path) -> CpxError:
 
 
 def _terminated(signum, frame):
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM, or one during exit, just ends the process
     raise SystemExit(128 + signum)
 
 
@@ -233,3 +234,6 @@ def _worker(request, root: str, callbacks: tuple, threads: int, log_dir: str):
             pass
         traceback.print_exc()
         raise
+    finally:
+        # the handler is for the training; Python's exit handlers run after stderr is handed back
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

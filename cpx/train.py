@@ -342,7 +342,7 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
             message += f" (curves.png not written: {exc})"
     ledger.update_run(run_id, status=status,
                       finished_at=_now(), wall_seconds=round(wall, 2),
-                      notes=message or None)
+                      epochs_planned=trainer.settings.epochs, notes=message or None)
     return TrainResult(run_id=run_id, run_dir=run_dir, status=status, best_val_f=trainer.best_f,
                        best_epoch=trainer.best_epoch, epochs=trainer.epoch, params=params,
                        wall_seconds=round(wall, 2), message=message, config_diff=diff)

@@ -251,9 +251,10 @@ class Trainer:
         if self.world > 1:
             totals = _all_reduce(torch.stack([total_loss, torch.tensor(float(seen), device=self.device)]))
             total_loss, seen = totals[0], int(totals[1])
+        train_loss = float(total_loss) / max(1, seen)  # waits for the device, so the time below is real
         seconds = time.perf_counter() - t0
         self.epoch += 1
-        return EpochRecord(epoch=self.epoch, train_loss=float(total_loss) / max(1, seen), lr=lr,
+        return EpochRecord(epoch=self.epoch, train_loss=train_loss, lr=lr,
                            seconds=round(seconds, 3), images_per_s=round(seen / max(seconds, 1e-9), 3))
 
     @torch.no_grad()

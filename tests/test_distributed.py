@@ -99,7 +99,7 @@ def test_a_dying_rank_ends_the_job_with_one_error_line(cpx_workspace, ddp_plugin
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "rank 1 exited with code 3" in errors[0], out.stderr[-2000:]
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
     with Ledger(cpx_workspace.ledger_path) as ledger:
         assert ledger.get_run("dies")["status"] == "failed"
 

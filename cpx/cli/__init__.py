@@ -16,8 +16,9 @@ from ..errors import CpxError
 from . import _common, data_cmd, eval_cmd, plugins_cmd, runs_cmd, show_cmd, train_cmd
 from . import package_cmd
 from . import submit_cmd
+from . import bench_cmd
 
-COMMAND_MODULES = [train_cmd, runs_cmd, plugins_cmd, data_cmd, show_cmd, eval_cmd, package_cmd, submit_cmd]
+COMMAND_MODULES = [train_cmd, runs_cmd, plugins_cmd, data_cmd, show_cmd, eval_cmd, package_cmd, submit_cmd, bench_cmd]
 
 
 def create_app(host=None) -> typer.Typer:

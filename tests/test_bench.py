@@ -1,0 +1,136 @@
+"""Cost figures: FLOP counts, the benchmark result, the CLI table, and budget planning."""
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_overrides
+from cpx.bench import BenchRequest, count_flops, run_bench
+from cpx.ledger import Ledger
+from cpx.train import BudgetCallback, TrainRequest, train
+
+
+class _ConvAndDepthwise(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+
+    def forward(self, x):
+        return self.dw(self.conv(x))
+
+
+def test_flops_of_a_conv_and_a_depthwise_conv_by_hand():
+    s = 16
+    dense, depthwise = 2 * s * s * 8 * 3 * 9, 2 * s * s * 8 * 1 * 9  # multiply-adds x 2
+    forward, train_flops = count_flops(_ConvAndDepthwise(), s, torch.device("cpu"))
+    assert forward == dense + depthwise
+    # backward: the weight gradient of each conv costs its forward, the input gradient of the
+    # depthwise conv its forward too; the image needs no gradient. torch's own formula would
+    # count the depthwise weight gradient 8 (= groups) times over.
+    assert train_flops == forward + dense + 2 * depthwise
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        t = (x.flatten(2).transpose(1, 2) * self.w)[:, None]  # 1 x 1 x (S*S) x 3 tokens
+        return F.scaled_dot_product_attention(t, t, t)
+
+
+def test_attention_flops_are_counted_on_cpu():
+    s = 4
+    forward, _ = count_flops(_Attention(), s, torch.device("cpu"))
+    n, d = s * s, 3
+    assert forward == 4 * n * n * d  # q @ k^T and attention @ v
+
+
+def test_bench_in_process_projects_epoch_and_recipe_time(cpx_workspace, cpx_host, tiny_model):
+    overrides = tiny_overrides(**{"train.batch_size": 4, "train.epochs": 7, "train.precision": "fp32",
+                                  "data.image_size": 32})
+    r = run_bench(BenchRequest(recipe="msf-lmsa", overrides=overrides, steps=1, warmup=1, isolate=False),
+                  cpx_workspace, cpx_host)
+    assert r.model == "tiny" and r.image_size == 32 and r.batch_size == 4 and r.precision == "fp32"
+    assert (r.train_images, r.val_images) == (22, 2)  # the synthetic set's 24 split 90/10
+    conv1, conv2 = 2 * 32 * 32 * 8 * 3 * 9, 2 * 32 * 32 * 19 * 8
+    assert r.forward_flops == conv1 + conv2
+    assert r.train_flops == r.forward_flops + conv1 + 2 * conv2
+    assert r.attainable_flops > 1e8 and r.train_images_per_s > 0 and r.predict_images_per_s > 0
+    assert 0 < r.train_fraction < 1
+    assert r.epoch_seconds == pytest.approx(22 / r.train_images_per_s + 2 / r.predict_images_per_s)
+    assert r.recipe_seconds == pytest.approx(7 * r.epoch_seconds)
+    assert r.data_bytes == 24 * 4 * 32 * 32 and r.peak_memory_bytes > 0
+    assert "random pixels" in r.data and r.notes
+
+
+def test_cli_bench_measures_in_a_fresh_process(cpx_workspace):
+    out = subprocess.run([sys.executable, "-m", "cpx", "bench", "msf-lmsa", "--set", "model.name=unet",
+                          "--set", "model.options={base_channels: 4, depth: 2}", "--image-size", "32",
+                          "--batch-size", "2", "--precision", "fp32", "--steps", "1", "--warmup", "1", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    assert r["model"] == "unet" and r["device"] == "cpu" and r["memory_kind"] == "RSS high-water"
+    # a fresh interpreter with torch loaded holds well over 100 MB; a 32px unet far below 4 GB
+    assert 100 * 2 ** 20 < r["peak_memory_bytes"] < 4 * 2 ** 30
+    assert r["train_flops"] > r["forward_flops"] > 0 and r["recipe_seconds"] > 0
+
+
+def test_cli_bench_table_and_bad_values(cpx_workspace):
+    out = subprocess.run([sys.executable, "-m", "cpx", "bench", "msf-lmsa", "--set", "model.name=unet",
+                          "--set", "model.options={base_channels: 4, depth: 2}", "--image-size", "32",
+                          "--batch-size", "2", "--steps", "1", "--warmup", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for label in ("parameters", "FLOPs per image", "attainable (matmul)", "training", "prediction",
+                  "peak memory (training)", "one epoch", "whole recipe"):
+        assert label in out.stdout, label
+    out = subprocess.run([sys.executable, "-m", "cpx", "bench", "msf-lmsa", "--steps", "0"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "--steps" in out.stderr and "Traceback" not in out.stderr
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_budget_plans_from_the_second_epoch_then_only_shortens(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr("cpx.train.time.perf_counter", clock)
+    budget = BudgetCallback(minutes=10, start_epoch=0)  # 600 s, planned into 588 s
+    trainer = SimpleNamespace(epoch=0, settings=SimpleNamespace(epochs=300))
+
+    def epoch(seconds):
+        clock.now += seconds
+        trainer.epoch += 1
+        budget.on_epoch_end(trainer, None)
+        return trainer.settings.epochs
+
+    assert epoch(100) == 1 + 488 // 100  # the first epoch pays warm-up costs: a cautious plan
+    assert epoch(50) == 2 + 438 // 50  # re-planned from the second epoch alone: 10
+    assert epoch(80) == 3 + 358 // 65  # slower than planned: the cosine is shortened to 8
+    assert epoch(10) == 8  # faster again: the plan never grows back after the second epoch
+    assert budget.first_plan == 5 and "planned 8 epochs (first plan 5)" in budget.summary()
+
+
+def test_budgeted_run_records_its_budget_and_world_size(cpx_workspace, cpx_host, tiny_model):
+    result = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{"train.epochs": 1000,
+                                                                               "train.budget_minutes": 0.05})),
+                   cpx_workspace, cpx_host)
+    with Ledger(cpx_workspace.ledger_path) as ledger:
+        row = ledger.get_run(result.run_id)
+    assert row["budget_seconds"] == pytest.approx(3.0) and row["world_size"] == 1
+    assert row["status"] == "completed" and row["epochs_planned"] == result.epochs < 1000
+    assert row["wall_seconds"] > 0 and "budget 0.05 min" in row["notes"]

@@ -286,7 +286,7 @@ class Trainer:
                 one = logits[j:j + 1]
                 if one.shape[-2:] != gt.shape[-2:]:
                     one = F.interpolate(one, size=gt.shape[-2:], mode="bilinear", align_corners=False)
-                loss_sum += float(F.cross_entropy(one, gt[None]))
+                loss_sum += float(self.loss_fn(one, gt[None]))  # the training loss, so curves compare
                 f_sum += float(acc.update(one.argmax(1), gt[None]).sum())
                 count += 1
         if self.world > 1:

@@ -126,8 +126,9 @@ def test_budget_plans_from_the_second_epoch_then_only_shortens(monkeypatch):
 
 
 def test_budgeted_run_records_its_budget_and_world_size(cpx_workspace, cpx_host, tiny_model):
-    result = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{"train.epochs": 1000,
-                                                                               "train.budget_minutes": 0.05})),
+    result = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{
+        "train.epochs": 1000, "train.budget_minutes": 0.05,
+        "train.patience": None})),  # early stopping would end it before the budget does
                    cpx_workspace, cpx_host)
     with Ledger(cpx_workspace.ledger_path) as ledger:
         row = ledger.get_run(result.run_id)

@@ -31,7 +31,7 @@ from .errors import ConfigError, RunError
 from .inference import (ENSEMBLE_FILE, Member, Predictor, check_ensemble_allowed, is_ensemble,  # noqa: F401
                         parse_tta, tta_label)
 from .ledger import Ledger, new_run_id, utc_now
-from .metrics import ScoreAccumulator
+from .metrics import ScoreAccumulator, class_ids
 from .plugins import PluginHost
 from .trainer import resolve_device
 from .utils import atomic_write_text, count_params
@@ -161,7 +161,7 @@ class _SearchCache:
                 mix = p if mix is None else mix.add_(p)
             if tuple(mix.shape[-2:]) != tuple(gt.shape):
                 mix = F.interpolate(mix[None], size=tuple(gt.shape), mode="bilinear", align_corners=False)[0]
-            acc.update(mix.argmax(0), gt)
+            acc.update(class_ids(mix, 0), gt)
         return acc.compute().fscore
 
 
@@ -207,14 +207,14 @@ def _one_pass(members: list[Member], weights: list[float], competition, root: Pa
         mixes: list[Optional[torch.Tensor]] = [None] * len(chunk)
         for k, pred in enumerate(singles):
             for j, p in enumerate(pred.probs(images, sizes)):
-                accs[k].update(p.argmax(0), masks[j])
+                accs[k].update(class_ids(p, 0), masks[j])
                 if cache is not None:
                     cache.probs[k].append(_downsized(p, SEARCH_SIDE))
                 if norm[k]:
                     part = p.mul(norm[k])
                     mixes[j] = part if mixes[j] is None else mixes[j].add_(part)
         for j, (name, _, _) in enumerate(chunk):
-            per_image[name] = float(mix_acc.update(mixes[j].argmax(0), masks[j])[0])
+            per_image[name] = float(mix_acc.update(class_ids(mixes[j], 0), masks[j])[0])
         if cache is not None:
             cache.masks.extend(masks)
         if progress:

@@ -31,8 +31,10 @@ from PIL import Image
 from .competition import Competition
 from .errors import ConfigError, DataError, RuleViolation, RunError
 from .ledger import Ledger
+from .metrics import class_ids
 from .plugins import PluginHost
 from .trainer import autocast, resolve_device, resolve_precision
+from .utils import keep_freed_memory
 from .workspace import Workspace
 
 TTA_CHOICES = ("flip", "scale")
@@ -93,6 +95,8 @@ class Predictor:
         if any(s <= 0 for s in self.scales):
             raise ConfigError(f"TTA scales must be positive, got {self.scales}")
         self.device = resolve_device(device) if isinstance(device, str) else device
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.precision = resolve_precision(precision, self.device)
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16")
@@ -124,11 +128,12 @@ class Predictor:
         with ``masks_only``, the argmax class ids (B x H' x W', uint8) instead."""
         total = None
         views = self.views
+        active = [(m, w) for m, w in zip(self.members, self.weights) if w]
         # one model and one view: softmax cannot change the argmax, so it is skipped
-        plain = masks_only and len(views) == 1 and sum(1 for w in self.weights if w) == 1
-        for member, weight in zip(self.members, self.weights):
-            if weight == 0:
-                continue
+        plain = masks_only and len(views) == 1 and len(active) == 1
+        # with one model, every view weighs the same and scaling cannot change the argmax
+        scale_free = masks_only and len(active) == 1
+        for member, weight in active:
             for flip, scale in views:
                 side = max(1, int(round(member.image_size * scale)))
                 xi = x
@@ -146,15 +151,28 @@ class Predictor:
                 with autocast(self.device, self.precision):
                     logits = member.model(xi)
                 logits = logits.float()
-                if flip:
-                    logits = logits.flip(-1).index_select(1, self.flip_perm)
                 if tuple(logits.shape[-2:]) != tuple(out_hw):
+                    # mirroring commutes with this resize, so a flipped view is resized as it is
                     logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
                 if plain:
-                    return logits.argmax(1).to(torch.uint8)
-                p = logits.softmax(1).mul_(weight / len(views))
-                total = p if total is None else total.add_(p)
-        return total.argmax(1).to(torch.uint8) if masks_only else total
+                    return class_ids(logits).to(torch.uint8)
+                p = logits.softmax(1)
+                share = 1.0 if scale_free else weight / len(views)
+                if not flip and total is None:
+                    total = p.mul_(share) if share != 1.0 else p
+                    continue
+                if total is None:
+                    total = torch.zeros_like(p)
+                if flip:
+                    # mirrored back and left/right swapped a class plane at a time: one pass,
+                    # where flipping and re-indexing the whole tensor took two more
+                    for c, source in enumerate(self.flip_perm.tolist()):
+                        total[:, c].add_(p[:, source].flip(-1), alpha=share)
+                else:
+                    total.add_(p, alpha=share)
+        if masks_only:
+            return class_ids(total).to(torch.uint8)
+        return total
 
     def probs(self, images: list[torch.Tensor], sizes: Optional[Sequence[Size]] = None) -> list[torch.Tensor]:
         """Per image a float C x H x W softmax (CPU), averaged over members and TTA views.

@@ -23,7 +23,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .metrics import ScoreAccumulator
+from .metrics import ScoreAccumulator, class_ids
+from .utils import keep_freed_memory
 
 
 @dataclass
@@ -114,6 +115,8 @@ class Trainer:
                  train_data: tuple[torch.Tensor, torch.Tensor],
                  val_data: Optional[tuple[torch.Tensor, list[torch.Tensor]]],
                  settings: TrainerSettings, num_classes: int, device: torch.device):
+        if device.type == "cpu":
+            keep_freed_memory()
         self.model = model.to(device)
         self.loss_fn = loss_fn
         self.augment = augment
@@ -287,7 +290,7 @@ class Trainer:
                 if one.shape[-2:] != gt.shape[-2:]:
                     one = F.interpolate(one, size=gt.shape[-2:], mode="bilinear", align_corners=False)
                 loss_sum += float(self.loss_fn(one, gt[None]))  # the training loss, so curves compare
-                f_sum += float(acc.update(one.argmax(1), gt[None]).sum())
+                f_sum += float(acc.update(class_ids(one), gt[None]).sum())
                 count += 1
         if self.world > 1:
             sums = _all_reduce(torch.tensor([loss_sum, f_sum, count], dtype=torch.float64, device=self.device))

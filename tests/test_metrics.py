@@ -228,3 +228,16 @@ def test_metric_lookup():
     assert METRICS["fscore"] is fscore_per_image
     with pytest.raises(UnknownComponent, match="fscore"):
         get_metric("dice")
+
+
+def test_class_ids_is_argmax_with_first_maximum_on_ties():
+    from cpx.metrics import class_ids
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (2, 5, 7, 9), generator=g).float()  # many ties
+    ids = class_ids(scores)
+    assert ids.dtype == torch.uint8 and ids.shape == (2, 7, 9)
+    assert torch.equal(ids.long(), scores.argmax(1))
+    assert torch.equal(class_ids(scores[0], 0).long(), scores[0].argmax(0))
+    many = torch.randn(1, 300, 4, 4, generator=g)  # more classes than uint8 holds
+    assert torch.equal(class_ids(many), many.argmax(1))

@@ -36,6 +36,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# Attention scores computed at a time on CPU (see _blocked_attention): 4M bf16 scores stay
+# in the caches of this class of machine; a quarter or four times as many were slower.
+_SCORE_BLOCK = 1 << 22
+
 # ImageNet statistics: a fixed, well-known normalisation that needs no data to compute.
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
@@ -79,6 +83,21 @@ class OverlapPatchEmbed(nn.Module):
         return self.norm(_as_tokens(x)), h, w
 
 
+def _blocked_attention(q, k, v, dropout, training):
+    """softmax(q k^T / sqrt(d)) v, a block of query rows at a time.
+
+    With keys shrunk by the spatial reduction, one block of the score matrix fits in the
+    caches, and in bf16 plain matmuls over such blocks ran 1.3-1.6x faster on CPU than the
+    flash-attention kernel (forward + backward and inference alike). In float32 the flash
+    kernel stays 2-3x faster, so this serves bf16 only.
+    """
+    b, heads, n, d = q.shape
+    rows = max(1, _SCORE_BLOCK // max(1, b * heads * k.shape[2]))
+    kt = k.transpose(-2, -1) * d ** -0.5
+    parts = [F.dropout((block @ kt).softmax(-1), dropout, training) @ v for block in q.split(rows, 2)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 2)
+
+
 class EfficientAttention(nn.Module):
     """Multi-head self-attention whose keys/values come from a spatially reduced map."""
 
@@ -110,8 +129,11 @@ class EfficientAttention(nn.Module):
                 m = F.pad(m, (0, pw, 0, ph))
             x = self.sr_norm(_as_tokens(self.sr(m)))
         kv = self.kv(x).reshape(b, -1, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(
-            q, kv[0], kv[1], dropout_p=self.attn_drop if self.training else 0.0)
+        drop = self.attn_drop if self.training else 0.0
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            out = _blocked_attention(q, kv[0], kv[1], drop, self.training)
+        else:
+            out = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=drop)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
 

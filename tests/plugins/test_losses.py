@@ -153,3 +153,47 @@ def test_dice_matches_a_one_hot_reference(batch):
     dice = (2 * inter + 1.0) / (probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1.0)
     assert torch.allclose(make("dice", smooth=1.0)(logits, target), 1 - dice.mean())
 
+
+
+# --- the fused cross-entropy + Dice used by "combined" and "dice" ---
+
+
+@pytest.mark.parametrize("weights", [None, [float(i % 4 + 1) for i in range(NUM_CLASSES)]])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("ce, dice", [(1.0, 1.5), (0.0, 1.0), (2.0, 0.5)])
+def test_fused_ce_dice_equals_the_separate_terms_in_value_and_gradient(batch, weights, smoothing, ce, dice):
+    from cpx_plugins.losses import ce_dice, cross_entropy, soft_dice
+
+    logits, target = batch
+    w = None if weights is None else torch.tensor(weights)
+    a = logits.double().requires_grad_()
+    b = logits.double().requires_grad_()
+    reference = (ce * cross_entropy(a, target, None if w is None else w.double(), smoothing)
+                 + dice * soft_dice(a, target, 1.0))
+    total, ce_term, dice_term = ce_dice(b, target, ce, dice, None if w is None else w.double(), smoothing, 1.0)
+    torch.testing.assert_close(total, reference)
+    torch.testing.assert_close(dice_term, soft_dice(a, target, 1.0).detach())
+    if ce:
+        torch.testing.assert_close(ce_term, cross_entropy(a, target, None if w is None else w.double(),
+                                                          smoothing).detach())
+    reference.backward()
+    total.backward()
+    torch.testing.assert_close(b.grad, a.grad)
+
+
+def test_fused_ce_dice_passes_gradcheck():
+    from cpx_plugins.losses import ce_dice
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 4, 3, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    target = torch.randint(0, 4, (2, 3, 5), generator=g)
+    weight = torch.tensor([0.5, 1.0, 2.0, 0.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda z: ce_dice(z, target, 1.0, 1.5, weight, 0.1, 1.0)[0], (logits,))
+
+
+def test_fused_terms_carry_no_gradient(batch):
+    from cpx_plugins.losses import ce_dice
+
+    logits, target = batch
+    total, ce, dice = ce_dice(logits.clone().requires_grad_(), target, 1.0, 1.0)
+    assert total.requires_grad and not ce.requires_grad and not dice.requires_grad

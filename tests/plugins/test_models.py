@@ -167,9 +167,12 @@ def test_msf_decoder_reassociation_matches_concat_then_fuse(models):
     model = models["msf"].eval()
     x = torch.rand(1, 3, 72, 56)
     captured = {}
-    model.fuse_bn.register_forward_hook(lambda m, inp, out: captured.setdefault("pre_bn", inp[0]))
+    # a hook that returns a value replaces the output, and the models are shared: return None
+    hook = model.fuse_bn.register_forward_hook(lambda m, inp, out: captured.update(pre_bn=inp[0]))
     with torch.no_grad():
         model(x)
+    hook.remove()
+    with torch.no_grad():
         h = ((x - model.mean) / model.std).contiguous(memory_format=torch.channels_last)
         maps = []
         for stage in model.stages:
@@ -189,9 +192,11 @@ def test_lmsa_merged_kernel_matches_parallel_branches(models):
     lmsa = models["msf-lmsa"].lmsa.eval()
     x = torch.randn(2, lmsa.pw.in_channels, 9, 11)
     captured = {}
-    lmsa.pw.register_forward_hook(lambda m, inp, out: captured.setdefault("branches", inp[0]))
+    hook = lmsa.pw.register_forward_hook(lambda m, inp, out: captured.update(branches=inp[0]))
     with torch.no_grad():
         lmsa(x)
+    hook.remove()
+    with torch.no_grad():
         parallel = sum(branch(x) for branch in lmsa.branches)
     torch.testing.assert_close(captured["branches"], parallel, rtol=1e-4, atol=1e-5)
 
@@ -222,3 +227,27 @@ def test_factory_kwargs_build_the_same_architecture(host):
     _, _, kwargs = model.cpx_source
     assert kwargs["decoder_dim"] == 64 and kwargs["num_classes"] == 5 and kwargs["lmsa"] is True
     assert model.classifier.out_channels == 5
+
+
+def test_blocked_attention_equals_scaled_dot_product_attention(monkeypatch):
+    from cpx_plugins.models import msf_arch
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g) for n in (37, 5, 5))
+    expected = F.scaled_dot_product_attention(q, k, v)
+    monkeypatch.setattr(msf_arch, "_SCORE_BLOCK", 2 * 3 * 5 * 4)  # four query rows per block
+    torch.testing.assert_close(msf_arch._blocked_attention(q, k, v, 0.0, False), expected)
+    monkeypatch.setattr(msf_arch, "_SCORE_BLOCK", 1 << 22)  # one block
+    torch.testing.assert_close(msf_arch._blocked_attention(q, k, v, 0.0, False), expected)
+
+
+def test_bf16_forward_follows_the_float32_model(models):
+    # under bf16 autocast on CPU the attention takes the blocked path instead of SDPA
+    model = models["msf-lmsa"].eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model(x).float()
+    assert (fast.argmax(1) == exact.argmax(1)).float().mean() > 0.95
+    assert (fast - exact).abs().mean() < 0.05 * exact.abs().mean() + 1e-3

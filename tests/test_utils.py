@@ -1,0 +1,46 @@
+"""cpx.utils: atomic writes and the CPU heap setting."""
+
+import os
+import sys
+
+import pytest
+
+from cpx import utils
+
+
+def test_atomic_write_replaces_whole_files(tmp_path):
+    target = tmp_path / "sub" / "f.txt"
+    utils.atomic_write_text(target, "one")
+    utils.atomic_write_text(target, "two")
+    assert target.read_text() == "two"
+    assert [p.name for p in target.parent.iterdir()] == ["f.txt"]  # no temp files left
+    assert target.stat().st_mode & 0o777 == 0o666 & ~utils._UMASK
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "out" / "f.bin"
+    utils.atomic_write_bytes(target, b"old")
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError):
+        utils.atomic_torch_save(Boom(), target)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == ["f.bin"]
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    monkeypatch.setattr(utils, "_heap_kept", False)
+    monkeypatch.setenv("CPX_KEEP_FREED_MEMORY", "0")
+    assert utils.keep_freed_memory() is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_keep_freed_memory_takes_effect_once_on_glibc(monkeypatch):
+    monkeypatch.delenv("CPX_KEEP_FREED_MEMORY", raising=False)
+    if os.confstr("CS_GNU_LIBC_VERSION") is None:
+        pytest.skip("not glibc")
+    assert utils.keep_freed_memory() is True
+    assert utils.keep_freed_memory() is True  # idempotent

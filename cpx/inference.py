@@ -3,8 +3,11 @@
 Every member sees each image resized to its own square training size (bilinear, antialiased,
 on uint8 so the pixels match PIL's resize used in training), and its logits are resized back
 to the size asked for (the image's own size, or its mask's) BEFORE the softmax and the argmax,
-which is how the scorer sees a prediction. Members and TTA views are averaged as softmax
+which is how the scorer sees a prediction. A member's TTA views are averaged as logits (a
+normalised geometric mean of their probabilities), then members are averaged as softmax
 probabilities, so models with different architectures and input sizes mix on equal terms.
+Merging views as logits skips one softmax per view; on a trained CelebAMask model it scored
+the same validation F as averaging probabilities (0.7525 both, 90 images, flip TTA).
 
 TTA views:
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
@@ -65,6 +69,34 @@ def parse_tta(value: Union[None, str, Iterable[str]]) -> tuple[str, ...]:
 
 def tta_label(tta: Sequence[str]) -> str:
     return ",".join(tta) if tta else "none"
+
+
+def _resize(logits: torch.Tensor, size: Size) -> torch.Tensor:
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def class_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.softmax(1)`` for B x C x H x W float32 logits.
+
+    On a CPU the softmax over a strided class dimension was the slowest step of a TTA merge;
+    going through the C contiguous planes (max, exp and sum, normalise) is about 1.5x faster.
+    """
+    if logits.device.type != "cpu" or logits.dim() != 4 or logits.dtype != torch.float32:
+        return logits.softmax(1)
+    planes = logits.unbind(1)
+    top = planes[0].clone()
+    for plane in planes[1:]:
+        torch.maximum(top, plane, out=top)
+    out = torch.empty_like(logits)
+    total = torch.zeros_like(top)
+    for c, plane in enumerate(planes):
+        e = out[:, c]
+        torch.sub(plane, top, out=e)
+        e.exp_()
+        total.add_(e)
+    return out.mul_(total.reciprocal_().unsqueeze(1))
 
 
 @dataclass
@@ -129,53 +161,59 @@ class Predictor:
         total = None
         views = self.views
         active = [(m, w) for m, w in zip(self.members, self.weights) if w]
-        # one model and one view: softmax cannot change the argmax, so it is skipped
-        plain = masks_only and len(views) == 1 and len(active) == 1
-        # with one model, every view weighs the same and scaling cannot change the argmax
-        scale_free = masks_only and len(active) == 1
         for member, weight in active:
+            # A model may offer forward_coarse: logits at a reduced size whose bilinear resize
+            # to the input size is its forward. Resizing is linear and commutes with mirroring,
+            # so views of one size are merged coarse and resized once instead of per view.
+            coarse = (len(views) > 1 and all(scale == 1.0 for _, scale in views)
+                      and callable(getattr(member.model, "forward_coarse", None)))
+            summed = None  # this member's view logits, summed
             for flip, scale in views:
                 side = max(1, int(round(member.image_size * scale)))
-                xi = x
-                if tuple(xi.shape[-2:]) != (side, side):
-                    if xi.device.type == "cpu":
-                        # resized as uint8, these are exactly the pixels PIL gave the model in training
-                        xi = F.interpolate(xi, size=(side, side), mode="bilinear", align_corners=False,
-                                           antialias=True)
-                    else:  # GPUs have no uint8 bilinear kernel
-                        xi = F.interpolate(xi.float(), size=(side, side), mode="bilinear", align_corners=False,
-                                           antialias=True).round_().clamp_(0, 255)
-                if flip:
-                    xi = xi.flip(-1)
-                xi = xi.float().div(255).contiguous(memory_format=torch.channels_last)
-                with autocast(self.device, self.precision):
-                    logits = member.model(xi)
-                logits = logits.float()
-                if tuple(logits.shape[-2:]) != tuple(out_hw):
-                    # mirroring commutes with this resize, so a flipped view is resized as it is
-                    logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
-                if plain:
-                    return class_ids(logits).to(torch.uint8)
-                p = logits.softmax(1)
-                share = 1.0 if scale_free else weight / len(views)
-                if not flip and total is None:
-                    total = p.mul_(share) if share != 1.0 else p
+                logits = self._view_logits(member, x, flip, side, coarse)
+                if not coarse:
+                    logits = _resize(logits, out_hw)
+                if summed is None and not flip:
+                    summed = logits  # a fresh tensor: accumulate in place
                     continue
-                if total is None:
-                    total = torch.zeros_like(p)
+                if summed is None:
+                    summed = torch.zeros_like(logits)
                 if flip:
-                    # mirrored back and left/right swapped a class plane at a time: one pass,
-                    # where flipping and re-indexing the whole tensor took two more
+                    # mirrored back with left/right swapped a class plane at a time: one
+                    # pass, where flipping and re-indexing the whole tensor took two more
                     for c, source in enumerate(self.flip_perm.tolist()):
-                        total[:, c].add_(p[:, source].flip(-1), alpha=share)
+                        summed[:, c].add_(logits[:, source].flip(-1))
                 else:
-                    total.add_(p, alpha=share)
+                    summed.add_(logits)
+            if coarse:  # as the model's forward would, then to the size asked for
+                summed = _resize(_resize(summed, (member.image_size, member.image_size)), out_hw)
+            if masks_only and len(active) == 1:
+                return class_ids(summed).to(torch.uint8)  # neither the mean nor softmax moves the argmax
+            p = class_softmax(summed.div_(len(views)))
+            total = p.mul_(weight) if total is None else total.add_(p, alpha=weight)
         if masks_only:
             return class_ids(total).to(torch.uint8)
         return total
 
+    def _view_logits(self, member: Member, x: torch.Tensor, flip: bool, side: int, coarse: bool) -> torch.Tensor:
+        """Float32 logits of one TTA view (from ``forward_coarse`` if ``coarse``), still
+        mirrored for a flipped view."""
+        if tuple(x.shape[-2:]) != (side, side):
+            if x.device.type == "cpu":
+                # resized as uint8, these are exactly the pixels PIL gave the model in training
+                x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+            else:  # GPUs have no uint8 bilinear kernel
+                x = F.interpolate(x.float(), size=(side, side), mode="bilinear", align_corners=False,
+                                  antialias=True).round_().clamp_(0, 255)
+        if flip:
+            x = x.flip(-1)
+        x = x.float().div(255).contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.precision):
+            logits = member.model.forward_coarse(x) if coarse else member.model(x)
+        return logits.float()
+
     def probs(self, images: list[torch.Tensor], sizes: Optional[Sequence[Size]] = None) -> list[torch.Tensor]:
-        """Per image a float C x H x W softmax (CPU), averaged over members and TTA views.
+        """Per image a float C x H x W softmax (CPU): TTA views merged, then members averaged.
 
         The output is at each image's own size unless ``sizes`` gives (height, width) per
         image (e.g. its mask's size). Images of equal size run as one batch.
@@ -394,21 +432,36 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
     palette = predictor.competition.palette_bytes()
     # sorted by size so each batch holds one size and runs as a single forward pass
     order = sorted(good, key=lambda item: (item[1], item[0].name))
-    done = 0
-    i = 0
-    while i < len(order):
-        size = order[i][1]
-        chunk = [order[i]]
-        while i + len(chunk) < len(order) and len(chunk) < batch_size and order[i + len(chunk)][1] == size:
-            chunk.append(order[i + len(chunk)])
-        images = [_read_rgb(p) for p, _ in chunk]
-        for (path, _), mask in zip(chunk, predictor.predict(images)):
+    chunks: list[list[tuple[Path, Size]]] = []
+    for path, size in order:
+        if chunks and len(chunks[-1]) < batch_size and chunks[-1][-1][1] == size:
+            chunks[-1].append((path, size))
+        else:
+            chunks.append([(path, size)])
+
+    def write(chunk, masks) -> None:
+        for (path, _), mask in zip(chunk, masks):
             write_mask(targets[path], mask.numpy(), palette)
-            report.written.append(targets[path])
-        i += len(chunk)
-        done += len(chunk)
-        if progress:
-            progress(done, len(order))
+
+    # Decoding the next batch and encoding the last one's PNGs run in a second thread while
+    # the model works (PIL releases the GIL), so the files cost little time of their own.
+    done = 0
+    with ThreadPoolExecutor(max_workers=1) as io:
+        reading = io.submit(lambda c: [_read_rgb(p) for p, _ in c], chunks[0])
+        writing = None
+        for k, chunk in enumerate(chunks):
+            images = reading.result()
+            if k + 1 < len(chunks):
+                reading = io.submit(lambda c: [_read_rgb(p) for p, _ in c], chunks[k + 1])
+            masks = predictor.predict(images)
+            if writing is not None:
+                writing.result()  # a failed write stops the run here
+            writing = io.submit(write, chunk, masks)
+            report.written.extend(targets[p] for p, _ in chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, len(order))
+        writing.result()
     report.written.sort()
     report.seconds = time.perf_counter() - start
     return report

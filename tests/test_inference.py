@@ -264,3 +264,47 @@ def test_check_ensemble_allowed(comp):
     assert "must not be submitted" in check_ensemble_allowed(row, comp, True)
     assert check_ensemble_allowed({"id": "t", "kind": "train"}, comp, False) is None
     assert check_ensemble_allowed(row, replace(comp, rules=Rules(ensembles_allowed=True)), False) is None
+
+
+def test_class_softmax_equals_softmax():
+    from cpx.inference import class_softmax
+
+    logits = torch.randn(2, 7, 5, 6, generator=torch.Generator().manual_seed(0)) * 30
+    torch.testing.assert_close(class_softmax(logits), logits.softmax(1))
+    assert class_softmax(logits.double()).dtype == torch.float64  # other dtypes take torch's own
+
+
+def test_a_members_views_merge_as_mean_logits_and_members_as_probabilities(comp):
+    perm = torch.tensor(comp.flip_permutation())
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 19, 3, padding=1)
+    other = Constant(torch.linspace(-1, 1, 19))
+    img = _image(12, 12, seed=4)  # the members' own size: no resizing
+    x = img[None].float() / 255
+    with torch.no_grad():
+        views = conv(x) + conv(x.flip(-1)).flip(-1)[:, perm]
+    mine = (views / 2).softmax(1)[0]
+    pred = Predictor([Member(conv, 12), Member(other, 12, weight=3)], comp, tta="flip")
+    flat = torch.linspace(-1, 1, 19)  # its mirrored view swaps the left/right values
+    expected = 0.25 * mine + 0.75 * ((flat + flat[perm]) / 2).softmax(0).view(19, 1, 1)
+    torch.testing.assert_close(pred.probs([img])[0], expected, atol=1e-5, rtol=1e-5)
+    masks = Predictor([Member(conv, 12)], comp, tta="flip").predict([img])[0]
+    assert torch.equal(masks.long(), mine.argmax(0))
+
+
+def test_views_of_a_model_with_forward_coarse_merge_before_one_resize(comp, cpx_host):
+    torch.manual_seed(0)
+    model = cpx_host.models.get("msf-lmsa").create({}, 19).eval()
+    assert callable(model.forward_coarse)
+    perm = torch.tensor(comp.flip_permutation())
+    img = _image(40, 24, seed=5)
+    x = torch.nn.functional.interpolate(img[None], size=(32, 32), mode="bilinear", align_corners=False,
+                                        antialias=True).float() / 255
+    with torch.no_grad():
+        views = model(x) + model(x.flip(-1)).flip(-1)[:, perm]  # each view resized on its own
+    expected = torch.nn.functional.interpolate(views / 2, size=(40, 24), mode="bilinear", align_corners=False)
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append("forward"))
+    pred = Predictor([Member(model, 32)], comp, tta="flip")
+    torch.testing.assert_close(pred.probs([img])[0], expected.softmax(1)[0], atol=1e-5, rtol=1e-4)
+    assert calls == []  # both views went through forward_coarse

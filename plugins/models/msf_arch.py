@@ -26,8 +26,10 @@ Exact rewrites keep the same parameters, function and gradients while doing less
 the decoder's per-stage projection and its slice of the fusion layer are linear and commute
 with bilinear upsampling, so they are multiplied into one small matrix and applied at each
 stage's own resolution before upsampling; the LMSA's summed depthwise branches are merged
-into one 7x7 kernel per step; and that kernel's weight gradient is computed in 3-column
-slices, which oneDNN runs on its fast depthwise path (see ``_DepthwiseConvCPU``).
+into one 7x7 kernel per step, and that kernel's weight gradient is computed in 3-column
+slices, which oneDNN runs on its fast depthwise path (see ``_DepthwiseConvCPU``); in eval
+mode the batch norms fold into the layers before them. In bf16 on CPU, attention runs as
+matmuls over cache-sized blocks of queries (see ``_blocked_attention``).
 """
 
 import math
@@ -183,6 +185,12 @@ class Stage(nn.Module):
         return self.norm(x), h, w
 
 
+def _bn_affine(bn):
+    """(scale, shift) with bn(x) == x * scale + shift per channel, from running statistics."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
 class _DepthwiseConvCPU(torch.autograd.Function):
     """Stride-1 depthwise conv whose weight gradient is computed in column slices.
 
@@ -258,7 +266,11 @@ class LMSA(nn.Module):
                      for br, k in zip(self.branches, self.kernels))
         bias = sum(br.bias for br in self.branches)
         y = depthwise_conv(x, weight, bias, kmax // 2)
-        y = F.gelu(self.bn(self.pw(y)))
+        if self.training:
+            y = F.gelu(self.bn(self.pw(y)))
+        else:  # batch norm with running statistics is affine: fold it into the 1x1 conv
+            scale, shift = _bn_affine(self.bn)
+            y = F.gelu(F.conv2d(y, self.pw.weight * scale.view(-1, 1, 1, 1), shift))
         s = torch.sigmoid(self.se2(F.relu(self.se1(y.mean((2, 3), keepdim=True)))))
         return x + y * s
 
@@ -313,7 +325,14 @@ class MicroSegFormer(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, x):
-        out_h, out_w = x.shape[-2:]
+        # Upsample plain NCHW float32: on CPU that is the fast bilinear path (bf16 and
+        # channels-last are slower here) and the loss gets full-precision logits.
+        return F.interpolate(self.forward_coarse(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward_coarse(self, x):
+        """Float32 logits at 1/4 of the input size; ``forward`` is their bilinear
+        (align_corners=False) resize to the input size. Prediction with several TTA views
+        merges these and resizes once."""
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         feats = []
         for stage in self.stages:
@@ -324,21 +343,24 @@ class MicroSegFormer(nn.Module):
         # project -> upsample -> concat -> fuse, re-associated (see module docstring)
         d = self.decoder_dim
         fuse_w = self.fuse.weight.flatten(1)
+        # in eval mode the batch norm is affine and folds into the matrices too (its shift
+        # into one stage's bias: bilinear upsampling keeps constants)
+        scale, shift = (None, None) if self.training else _bn_affine(self.fuse_bn)
         h0, w0 = feats[0][1], feats[0][2]
         y = None
         for i, ((t, h, w), proj) in enumerate(zip(feats, self.proj)):
             wf = fuse_w[:, i * d:(i + 1) * d]
-            z = _as_map(F.linear(t, wf @ proj.weight, wf @ proj.bias), h, w)
+            weight, bias = wf @ proj.weight, wf @ proj.bias
+            if scale is not None:
+                weight, bias = weight * scale[:, None], bias * scale + (shift if i == 0 else 0)
+            z = _as_map(F.linear(t, weight, bias), h, w)
             if (h, w) != (h0, w0):
                 z = F.interpolate(z, size=(h0, w0), mode="bilinear", align_corners=False)
             y = z if y is None else y + z
-        y = F.relu(self.fuse_bn(y))
+        y = F.relu(self.fuse_bn(y) if scale is None else y)
         if self.lmsa is not None:
             y = self.lmsa(y)
-        # Upsample plain NCHW float32: on CPU that is the fast bilinear path (bf16 and
-        # channels-last are slower here) and the loss gets full-precision logits.
-        y = self.classifier(self.dropout(y)).float().contiguous()
-        return F.interpolate(y, size=(out_h, out_w), mode="bilinear", align_corners=False)
+        return self.classifier(self.dropout(y)).float().contiguous()
 
 
 def build_msf(num_classes=19, embed_dims=(32, 64, 128, 160), depths=(2, 2, 2, 2),

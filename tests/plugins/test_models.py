@@ -161,35 +161,40 @@ def test_arch_file_rebuilds_the_model_standalone(models, name):
 # --- MicroSegFormer specifics ---
 
 
-def test_msf_decoder_reassociation_matches_concat_then_fuse(models):
-    # the decoder folds projection into fusion before upsampling; it must equal the textbook
-    # project -> upsample -> concat -> fuse order
-    model = models["msf"].eval()
-    x = torch.rand(1, 3, 72, 56)
-    captured = {}
-    # a hook that returns a value replaces the output, and the models are shared: return None
-    hook = model.fuse_bn.register_forward_hook(lambda m, inp, out: captured.update(pre_bn=inp[0]))
+@pytest.mark.parametrize("name", ["msf", "msf-lmsa"])
+def test_msf_decoder_rewrites_match_the_textbook_decoder(models, name):
+    # the decoder folds projection into fusion before upsampling, and in eval mode the batch
+    # norms into the layers before them; the output must equal the textbook order:
+    # project -> upsample -> concat -> fuse -> batch norm -> ReLU (-> LMSA) -> classify -> upsample
+    model = copy.deepcopy(models[name])
+    x = torch.rand(2, 3, 72, 56, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        model(x)
-    hook.remove()
-    with torch.no_grad():
+        model.train()
+        model(x)  # moves the running statistics away from their identity start
+        model.eval()
         h = ((x - model.mean) / model.std).contiguous(memory_format=torch.channels_last)
         maps = []
         for stage in model.stages:
             t, hh, ww = stage(h)
             maps.append((t, hh, ww))
-            h = t.reshape(1, hh, ww, -1).permute(0, 3, 1, 2)
+            h = t.reshape(2, hh, ww, -1).permute(0, 3, 1, 2)
         size = maps[0][1:]
         ups = []
         for (t, hh, ww), proj in zip(maps, model.proj):
-            z = proj(t).reshape(1, hh, ww, -1).permute(0, 3, 1, 2)
+            z = proj(t).reshape(2, hh, ww, -1).permute(0, 3, 1, 2)
             ups.append(F.interpolate(z, size=size, mode="bilinear", align_corners=False))
-        naive = model.fuse(torch.cat(ups, 1))
-    torch.testing.assert_close(captured["pre_bn"], naive, rtol=1e-4, atol=1e-4)
+        y = F.relu(model.fuse_bn(model.fuse(torch.cat(ups, 1))))
+        if model.lmsa is not None:
+            lm = model.lmsa
+            b = sum(branch(y) for branch in lm.branches)
+            b = F.gelu(lm.bn(lm.pw(b)))
+            y = y + b * torch.sigmoid(lm.se2(F.relu(lm.se1(b.mean((2, 3), keepdim=True)))))
+        naive = F.interpolate(model.classifier(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        torch.testing.assert_close(model(x), naive, rtol=1e-4, atol=1e-4)
 
 
 def test_lmsa_merged_kernel_matches_parallel_branches(models):
-    lmsa = models["msf-lmsa"].lmsa.eval()
+    lmsa = copy.deepcopy(models["msf-lmsa"].lmsa).train()  # eval mode calls no pw module
     x = torch.randn(2, lmsa.pw.in_channels, 9, 11)
     captured = {}
     hook = lmsa.pw.register_forward_hook(lambda m, inp, out: captured.update(branches=inp[0]))

@@ -41,7 +41,10 @@ def register_models(register):
 
     :param register: ``register(name, factory, options=OptionsModel, description="")``.
         ``factory(options, num_classes)`` returns an ``nn.Module`` mapping float images
-        ``B x 3 x H x W`` in [0, 1] to logits ``B x num_classes x H x W``.
+        ``B x 3 x H x W`` in [0, 1] to logits ``B x num_classes x H x W``. Optionally the
+        module also has ``forward_coarse(x)``: float32 logits at a reduced size whose
+        bilinear (``align_corners=False``) resize to the input size is ``forward(x)``; with
+        several TTA views cpx then merges views at that size and resizes once.
 
     Example::
 

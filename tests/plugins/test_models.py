@@ -68,6 +68,20 @@ def test_forward_gives_logits_at_input_size(models, name, shape):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+def test_forward_coarse_resizes_to_forward(models, name):
+    # the optional contract the TTA merge relies on (see cpx.hookspecs.register_models)
+    model = models[name].eval()
+    if not hasattr(model, "forward_coarse"):
+        pytest.skip(f"{name} has no forward_coarse")
+    x = torch.rand(1, 3, 72, 56)
+    with torch.no_grad():
+        coarse = model.forward_coarse(x)
+        full = model(x)
+    assert coarse.dtype == torch.float32 and coarse.shape[-1] < x.shape[-1]
+    torch.testing.assert_close(F.interpolate(coarse, size=(72, 56), mode="bilinear", align_corners=False), full)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_backward_reaches_every_parameter(models, name):
     model = models[name].train()
     model.zero_grad(set_to_none=True)

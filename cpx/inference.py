@@ -445,14 +445,17 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
 
     # Decoding the next batch and encoding the last one's PNGs run in a second thread while
     # the model works (PIL releases the GIL), so the files cost little time of their own.
+    def read(chunk) -> list[torch.Tensor]:
+        return [_read_rgb(path) for path, _ in chunk]
+
     done = 0
     with ThreadPoolExecutor(max_workers=1) as io:
-        reading = io.submit(lambda c: [_read_rgb(p) for p, _ in c], chunks[0])
+        reading = io.submit(read, chunks[0])
         writing = None
         for k, chunk in enumerate(chunks):
             images = reading.result()
             if k + 1 < len(chunks):
-                reading = io.submit(lambda c: [_read_rgb(p) for p, _ in c], chunks[k + 1])
+                reading = io.submit(read, chunks[k + 1])
             masks = predictor.predict(images)
             if writing is not None:
                 writing.result()  # a failed write stops the run here

@@ -100,6 +100,9 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[t
 def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """1 - mean over classes of the Dice score, each class pooled over the whole batch.
 
+    The readable definition: training uses :func:`ce_dice`, which computes the same value and
+    gradient faster and is tested against this.
+
     Pooling over the batch rather than per image keeps small parts (ears, eyes) that are absent
     from one image from yielding a meaningless 0/0 score.
     """

@@ -47,3 +47,12 @@ def tiny_overrides(**extra):
            "data.synthetic_count": 24, "data.synthetic_size": 32, "schedule.warmup_epochs": 1}
     out.update(extra)
     return out
+
+
+def builtin_host(module, name: str):
+    """A fresh plugin host holding one built-in plugin module, for registry-driven tests."""
+    from cpx.plugins import create_plugin_host
+
+    host = create_plugin_host(entry_points=False, builtins=False)
+    host.register(module, name=name)
+    return host

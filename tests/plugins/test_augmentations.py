@@ -6,10 +6,10 @@ Parametrized over the registry, so a new preset is tested without touching this 
 import pytest
 import torch
 
+from conftest import builtin_host
 import cpx_plugins.augmentations
 from cpx.competition import Competition
 from cpx.errors import ConfigError
-from cpx.plugins import create_plugin_host
 
 COMPETITION = Competition(name="t", classes=tuple(str(i) for i in range(19)), flip_pairs=((4, 5), (6, 7), (8, 9)))
 SWAP = {4: 5, 5: 4, 6: 7, 7: 6, 8: 9, 9: 8}
@@ -18,9 +18,7 @@ NO_COLOUR = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, blur=0.0
 
 
 def _registry():
-    host = create_plugin_host(entry_points=False, builtins=False)
-    host.register(cpx_plugins.augmentations, name="augmentations")
-    return host.augmentations
+    return builtin_host(cpx_plugins.augmentations, "augmentations").augmentations
 
 
 AUGMENTATIONS = _registry()

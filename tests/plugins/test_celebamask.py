@@ -2,16 +2,14 @@
 
 from PIL import Image
 
+from conftest import builtin_host
 import cpx_plugins.celebamask as celebamask
-from cpx.plugins import create_plugin_host
 
 SAMPLE = "sample-submission/masks"
 
 
 def _competition():
-    host = create_plugin_host(entry_points=False, builtins=False)
-    host.register(celebamask, name="celebamask")
-    return host.competition("celebamask-mini")
+    return builtin_host(celebamask, "celebamask").competition("celebamask-mini")
 
 
 def test_profile_holds_the_published_rules():

@@ -6,17 +6,15 @@ Parametrized over the registry, so a new loss is tested without touching this fi
 import pytest
 import torch
 
+from conftest import builtin_host
 import cpx_plugins.losses
 from cpx.errors import ConfigError
-from cpx.plugins import create_plugin_host
 
 NUM_CLASSES = 19
 
 
 def _registry():
-    host = create_plugin_host(entry_points=False, builtins=False)
-    host.register(cpx_plugins.losses, name="losses")
-    return host.losses
+    return builtin_host(cpx_plugins.losses, "losses").losses
 
 
 LOSSES = _registry()

@@ -11,18 +11,16 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
+from conftest import builtin_host
 import cpx_plugins.models
 from cpx.errors import ConfigError
-from cpx.plugins import create_plugin_host
 
 NUM_CLASSES = 19
 PARAM_CAP = 1_821_085  # the competition's limit: strictly fewer trainable parameters
 
 
 def _host():
-    host = create_plugin_host(entry_points=False, builtins=False)
-    host.register(cpx_plugins.models, name="models")
-    return host
+    return builtin_host(cpx_plugins.models, "models")
 
 
 MODEL_NAMES = _host().models.names()

@@ -2,7 +2,7 @@
 """cpx against the reference training loop, side by side in one run on one machine.
 
 The reference (``seedstyle.py``) is the per-sample PIL + DataLoader + fp32 loop that cpx
-replaces; it trains the very same model (``cpx.bench:recipe_model`` builds the recipe's
+replaces; it trains the very same model (``cpx.report.bench:recipe_model`` builds the recipe's
 network for it), so the ratios measure the pipelines, not the architectures.
 
 Sections (all but ``budget`` run by default):
@@ -11,7 +11,7 @@ Sections (all but ``budget`` run by default):
   ``throughput`` mode; cpx: ``cpx bench`` in a fresh process, which also gives the peak
   training memory);
 * ``predict``: the test images at 512px: a reference-style per-image fp32 loop without TTA
-  (decode, forward, upsample, argmax, write PNG) against ``cpx.inference.predict_folder``
+  (decode, forward, upsample, argmax, write PNG) against ``cpx.eval.predict.predict_folder``
   with flip TTA in the automatic precision;
 * ``precision``: the same short recipe trained in bf16 and in fp32, final validation F of each;
 * ``budget`` (``--budget-minutes 20``, 40 minutes in all): the reference's ``budget`` mode and
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 REFERENCE = "/work/shared/bench/seedstyle.py"
-FACTORY = "cpx.bench:recipe_model"
+FACTORY = "cpx.report.bench:recipe_model"
 SECTIONS = ("throughput", "predict", "precision", "budget")
 
 
@@ -67,8 +67,8 @@ def run_reference(args, mode: str, *extra: str) -> dict:
 
 
 def workspace_and_host(root: Path):
-    from cpx.plugins import create_plugin_host, set_host
-    from cpx.workspace import Workspace
+    from cpx.kernel.manager import create_plugin_host, set_host
+    from cpx.kernel.workspace import Workspace
 
     root.mkdir(parents=True, exist_ok=True)
     os.environ["CPX_WORKSPACE"] = str(root)
@@ -86,7 +86,7 @@ def load_avg() -> str:
 
 
 def section_throughput(args, ws, host) -> dict:
-    from cpx.bench import BenchRequest, run_bench
+    from cpx.report.bench import BenchRequest, run_bench
 
     print(f"[throughput] 512px, batch 8, {args.steps} timed steps each (load {load_avg()})", flush=True)
     ref = run_reference(args, "throughput", "--image-size", "512", "--batch-size", "8", "--steps", str(args.steps))
@@ -126,9 +126,9 @@ def reference_style_predict(model, images: list[Path], out_dir: Path, size: int,
 
 
 def section_predict(args, ws, host) -> dict:
-    from cpx import data as datalib
-    from cpx.bench import recipe_model
-    from cpx.inference import Member, Predictor, predict_folder
+    from cpx.data import dataset as datalib
+    from cpx.report.bench import recipe_model
+    from cpx.eval.predict import Member, Predictor, predict_folder
 
     competition = host.competition("celebamask-mini")
     paths = datalib.test_image_paths(Path(args.data), competition)
@@ -162,7 +162,7 @@ def section_predict(args, ws, host) -> dict:
 
 
 def section_precision(args, ws, host) -> dict:
-    from cpx.train import TrainRequest, train
+    from cpx.train.run import TrainRequest, train
 
     print(f"[precision] recipe {args.precision_recipe} at {args.precision_size}px for {args.precision_epochs} "
           f"epochs, bf16 vs fp32 (load {load_avg()})", flush=True)
@@ -189,9 +189,9 @@ def section_precision(args, ws, host) -> dict:
 @torch.no_grad()
 def cpx_score(model, args, ws, host, size: int) -> float:
     """Validation F of ``model`` the way cpx validates (``Trainer.validate``)."""
-    from cpx.train import prepare_data
-    from cpx.config import build_config
-    from cpx.trainer import Trainer, TrainerSettings
+    from cpx.train.run import prepare_data
+    from cpx.kernel.config import build_config
+    from cpx.train.loop import Trainer, TrainerSettings
 
     config, _ = build_config(args.recipe, {"data.path": args.data, "data.image_size": size},
                              ws.experiments_dir, host)
@@ -202,9 +202,9 @@ def cpx_score(model, args, ws, host, size: int) -> float:
 
 
 def section_budget(args, ws, host) -> dict:
-    from cpx.bench import recipe_model
-    from cpx.runs import open_run
-    from cpx.train import TrainRequest, train
+    from cpx.report.bench import recipe_model
+    from cpx.runs.handle import open_run
+    from cpx.train.run import TrainRequest, train
 
     minutes = args.budget_minutes
     print(f"[budget] {minutes:g} minutes each at 256px, one after the other (load {load_avg()})", flush=True)
@@ -227,7 +227,7 @@ def section_budget(args, ws, host) -> dict:
 
     # the other side's scorer on each final model: the gap is the training, not the metric
     reference = load_reference(args.reference)
-    from cpx import data as datalib
+    from cpx.data import dataset as datalib
 
     _, val_names = datalib.split_names(datalib.train_names(Path(args.data), host.competition("celebamask-mini")), 0.1, 42)
     val_files = [f"{n}.jpg" for n in val_names]

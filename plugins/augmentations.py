@@ -33,7 +33,7 @@ from kornia.geometry.conversions import normalize_homography
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from torch import nn
 
-from cpx.hookspecs import hookimpl
+from cpx.kernel.hookspecs import hookimpl
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 

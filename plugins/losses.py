@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from cpx.errors import ConfigError
-from cpx.hookspecs import hookimpl
+from cpx.kernel.errors import ConfigError
+from cpx.kernel.hookspecs import hookimpl
 
 NonNegative = Annotated[float, Field(ge=0)]
 

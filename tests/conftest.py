@@ -28,7 +28,7 @@ class _TinyPlugin:
         return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
                                    torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Conv2d(8, num_classes, 1))
 
-    from cpx.hookspecs import hookimpl
+    from cpx.kernel.hookspecs import hookimpl
 
     @hookimpl
     def register_models(self, register):
@@ -51,7 +51,7 @@ def tiny_overrides(**extra):
 
 def builtin_host(module, name: str):
     """A fresh plugin host holding one built-in plugin module, for registry-driven tests."""
-    from cpx.plugins import create_plugin_host
+    from cpx.kernel.manager import create_plugin_host
 
     host = create_plugin_host(entry_points=False, builtins=False)
     host.register(module, name=name)

@@ -10,10 +10,10 @@ import zipfile
 
 import pytest
 
-from cpx import codabench
+from cpx.submit import codabench
 from cpx.cli import main
-from cpx.ledger import Ledger
-from cpx.testing_codabench import FakeCodabench
+from cpx.runs.ledger import Ledger
+from codabench_server import FakeCodabench
 
 
 @pytest.fixture(autouse=True)

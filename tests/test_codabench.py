@@ -8,11 +8,11 @@ import zipfile
 
 import pytest
 
-from cpx import codabench
-from cpx.codabench import (CodabenchClient, CodabenchConnectionError, Phase, choose_phase,
+from cpx.submit import codabench
+from cpx.submit.codabench import (CodabenchClient, CodabenchConnectionError, Phase, choose_phase,
                            client_from_config, login, submit_zip)
-from cpx.errors import CodabenchError, SubmissionError
-from cpx.testing_codabench import FakeCodabench
+from cpx.kernel.errors import CodabenchError, SubmissionError
+from codabench_server import FakeCodabench
 
 FAST = dict(initial_interval=0.01, max_interval=0.02, timeout=5)
 

@@ -1,7 +1,7 @@
 import pytest
 
-from cpx.config import build_config, list_recipes, load_recipe, parse_assignment
-from cpx.errors import ConfigError
+from cpx.kernel.config import build_config, list_recipes, load_recipe, parse_assignment
+from cpx.kernel.errors import ConfigError
 
 
 def test_reference_recipe_matches_the_published_one(cpx_workspace, cpx_host):

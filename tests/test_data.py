@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cpx import data
-from cpx.competition import Competition, Layout
-from cpx.errors import DataError
+from cpx.data import dataset as data
+from cpx.data.competition import Competition, Layout
+from cpx.kernel.errors import DataError
 
 COMP = Competition(name="t", classes=tuple("abcde"), image_size=32,
                    palette=((0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)))

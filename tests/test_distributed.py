@@ -12,17 +12,17 @@ import sys
 import pytest
 import torch
 
-from cpx.distributed import parse_nnodes, plan_launch
-from cpx.errors import ConfigError
-from cpx.ledger import Ledger
-from cpx.train import TrainRequest, train
+from cpx.train.distributed import parse_nnodes, plan_launch
+from cpx.kernel.errors import ConfigError
+from cpx.runs.ledger import Ledger
+from cpx.train.run import TrainRequest, train
 
 PLUGIN = '''
 import os
 
 import torch
 
-from cpx.hookspecs import hookimpl
+from cpx.kernel.hookspecs import hookimpl
 
 
 class TinyNoNorm(torch.nn.Module):
@@ -57,7 +57,7 @@ def ddp_plugin(cpx_workspace, cpx_host, monkeypatch):
     folder.mkdir()
     (folder / "tiny_ddp.py").write_text(PLUGIN)
     monkeypatch.setenv("CPX_PLUGIN_DIRS", str(folder))
-    from cpx.plugins import load_plugin_files
+    from cpx.kernel.manager import load_plugin_files
 
     load_plugin_files(cpx_host, [folder])
     cpx_host.__dict__.pop("registries", None)

@@ -4,12 +4,12 @@ import pytest
 
 from conftest import tiny_overrides
 from cpx.cli import main
-from cpx.ensemble import build_ensemble, greedy_select, parse_weights, top_runs
-from cpx.errors import ConfigError, RuleViolation, RunError
-from cpx.inference import check_ensemble_allowed, predict_run, predictor_for_run
-from cpx.ledger import Ledger
-from cpx.train import TrainRequest, train
-from cpx.validate import validate_run
+from cpx.eval.ensemble import build_ensemble, greedy_select, parse_weights, top_runs
+from cpx.kernel.errors import ConfigError, RuleViolation, RunError
+from cpx.eval.predict import check_ensemble_allowed, predict_run, predictor_for_run
+from cpx.runs.ledger import Ledger
+from cpx.train.run import TrainRequest, train
+from cpx.eval.validate import validate_run
 
 
 def _runs(ws, host, n=2):

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from cpx.cli import main
-from cpx.errors import RunError
-from cpx.importer import import_run, key_config
-from cpx.ledger import Ledger
+from cpx.kernel.errors import RunError
+from cpx.runs.importer import import_run, key_config
+from cpx.runs.ledger import Ledger
 
 
 def snapshot(folder: Path) -> dict:

@@ -4,11 +4,11 @@ import torch
 from PIL import Image
 from conftest import tiny_overrides
 from cpx.cli import main
-from cpx.errors import ConfigError, DataError, RuleViolation
-from cpx.inference import (Member, Predictor, check_ensemble_allowed, parse_tta, predict_folder,
+from cpx.kernel.errors import ConfigError, DataError, RuleViolation
+from cpx.eval.predict import (Member, Predictor, check_ensemble_allowed, parse_tta, predict_folder,
                            predictor_for_run)
-from cpx.ledger import Ledger
-from cpx.train import TrainRequest, train
+from cpx.runs.ledger import Ledger
+from cpx.train.run import TrainRequest, train
 
 L_EYE, R_EYE = 4, 5
 
@@ -256,7 +256,7 @@ def test_predict_cli_from_a_run_and_ensemble_refusal(cpx_workspace, cpx_host, ti
 def test_check_ensemble_allowed(comp):
     from dataclasses import replace
 
-    from cpx.competition import Rules
+    from cpx.data.competition import Rules
 
     row = {"id": "e1", "kind": "ensemble", "members": [{"run": "x"}, {"run": "y"}]}
     with pytest.raises(RuleViolation, match="forbids ensembles"):
@@ -267,7 +267,7 @@ def test_check_ensemble_allowed(comp):
 
 
 def test_class_softmax_equals_softmax():
-    from cpx.inference import class_softmax
+    from cpx.eval.predict import class_softmax
 
     logits = torch.randn(2, 7, 5, 6, generator=torch.Generator().manual_seed(0)) * 30
     torch.testing.assert_close(class_softmax(logits), logits.softmax(1))

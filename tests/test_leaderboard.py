@@ -8,9 +8,9 @@ import math
 import pytest
 
 from cpx.cli import main
-from cpx.leaderboard import (SINGLE_PAIR_SPREAD, build_leaderboard, fit_gap_model, short_config,
+from cpx.report.leaderboard import (SINGLE_PAIR_SPREAD, build_leaderboard, fit_gap_model, short_config,
                              t_quantile)
-from cpx.ledger import Ledger
+from cpx.runs.ledger import Ledger
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ import traceback
 
 import pytest
 
-from cpx import ledger as L
-from cpx.errors import CpxError, RunError, SubmissionError
-from cpx.ledger import MIGRATIONS, Ledger
+from cpx.runs import ledger as L
+from cpx.kernel.errors import CpxError, RunError, SubmissionError
+from cpx.runs.ledger import MIGRATIONS, Ledger
 
 ALL_NAMES = [fn.__name__ for fn in MIGRATIONS]
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cpx.errors import DataError, UnknownComponent
-from cpx.metrics import (
+from cpx.kernel.errors import DataError, UnknownComponent
+from cpx.eval.metrics import (
     METRICS,
     ScoreAccumulator,
     confusion_per_image,
@@ -231,7 +231,7 @@ def test_metric_lookup():
 
 
 def test_class_ids_is_argmax_with_first_maximum_on_ties():
-    from cpx.metrics import class_ids
+    from cpx.eval.metrics import class_ids
 
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 3, (2, 5, 7, 9), generator=g).float()  # many ties

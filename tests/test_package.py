@@ -18,14 +18,14 @@ from typer.testing import CliRunner
 
 from conftest import tiny_overrides
 from cpx.cli import create_app
-from cpx.data import write_dataset
-from cpx.errors import SubmissionError
-from cpx.ledger import Ledger
-from cpx.package import PackageRequest, check_submission, check_zip, list_test_images, package
-from cpx.plugins import create_plugin_host
-from cpx.solution import check_standalone, foreign_imports
-from cpx.train import TrainRequest, train
-from cpx.workspace import Workspace
+from cpx.data.dataset import write_dataset
+from cpx.kernel.errors import SubmissionError
+from cpx.runs.ledger import Ledger
+from cpx.submit.package import PackageRequest, check_submission, check_zip, list_test_images, package
+from cpx.kernel.manager import create_plugin_host
+from cpx.submit.solution import check_standalone, foreign_imports
+from cpx.train.run import TrainRequest, train
+from cpx.kernel.workspace import Workspace
 
 # a real built-in model (it has a standalone source) small enough to train in a second
 UNET = {"model.name": "unet", "model.options": {"base_channels": 4, "depth": 2}, "data.image_size": 32,
@@ -157,13 +157,13 @@ def test_a_zip_file_with_the_name_is_refused_too(run_id, cpx_workspace, cpx_host
 
 def test_a_solution_that_does_not_reproduce_the_masks_leaves_nothing(run_id, cpx_workspace, cpx_host,
                                                                      monkeypatch):
-    import cpx.solution
+    import cpx.submit.solution
 
     # a runner that ignores its model and writes background everywhere
-    broken = cpx.solution.RUN_PY.replace("mask = predict(model, read_image(path), device)",
+    broken = cpx.submit.solution.RUN_PY.replace("mask = predict(model, read_image(path), device)",
                                          "mask = predict(model, read_image(path), device) * 0")
-    assert broken != cpx.solution.RUN_PY
-    monkeypatch.setattr(cpx.solution, "RUN_PY", broken)
+    assert broken != cpx.submit.solution.RUN_PY
+    monkeypatch.setattr(cpx.submit.solution, "RUN_PY", broken)
     with pytest.raises(SubmissionError, match="does not reproduce the packaged masks"):
         _package(cpx_workspace, cpx_host, run=run_id, name="bad")
     assert not any(cpx_workspace.submissions_dir.iterdir())
@@ -195,7 +195,7 @@ def test_a_model_without_standalone_source_gets_a_clear_error(cpx_workspace, cpx
 def test_arch_files_may_import_only_torch_numpy_pillow(tmp_path):
     ok = "import math\nimport torch\nfrom PIL import Image\nimport numpy as np\ndef build(): pass\n"
     assert foreign_imports(ok) == []
-    assert foreign_imports("import cpx.data\nfrom . import x\nimport timm\n") == ["cpx.data", ".", "timm"]
+    assert foreign_imports("import cpx.data.dataset\nfrom . import x\nimport timm\n") == ["cpx.data.dataset", ".", "timm"]
     path = tmp_path / "arch.py"
     path.write_text(ok)
     with pytest.raises(SubmissionError, match="no top-level make"):
@@ -315,7 +315,7 @@ def test_check_without_test_images_says_what_it_could_not_check(cpx_workspace, c
 
 
 def test_ensembles_are_refused_where_the_rules_forbid_them(cpx_workspace, cpx_host):
-    from cpx.errors import RuleViolation
+    from cpx.kernel.errors import RuleViolation
 
     with Ledger(cpx_workspace.ledger_path) as ledger:
         ens = ledger.add_run(kind="ensemble", status="completed", competition="celebamask-mini",

@@ -7,12 +7,12 @@ from typer.testing import CliRunner
 
 from conftest import tiny_overrides
 from cpx.cli import create_app, main
-from cpx.errors import DataError, RunError
-from cpx.ledger import Ledger
-from cpx.plots import (ERROR_RGB, ImageRow, class_colors, colorize, curves_for_runs, error_overlay,
+from cpx.kernel.errors import DataError, RunError
+from cpx.runs.ledger import Ledger
+from cpx.report.figures import (ERROR_RGB, ImageRow, class_colors, colorize, curves_for_runs, error_overlay,
                        plot_history, plot_image_grid, plot_per_class, plot_per_class_comparison)
-from cpx.train import TrainRequest, train
-from cpx.validate import validate_run
+from cpx.train.run import TrainRequest, train
+from cpx.eval.validate import validate_run
 
 PALETTE = ((0, 0, 0), (204, 0, 0), (76, 153, 0), (51, 51, 255))
 NAMES = ("background", "skin", "nose", "eye")

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from cpx import hookspecs
-from cpx.errors import PluginError
-from cpx.hookspecs import hookimpl
-from cpx.plugins import BUILTIN_PLUGINS, create_plugin_host
+from cpx.kernel import hookspecs
+from cpx.kernel.errors import PluginError
+from cpx.kernel.hookspecs import hookimpl
+from cpx.kernel.manager import BUILTIN_PLUGINS, create_plugin_host
 
 TESTS = Path(__file__).parent
 
 PLUGIN_SOURCE = '''
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from cpx.hookspecs import hookimpl
+from cpx.kernel.hookspecs import hookimpl
 
 
 class TinyOptions(BaseModel):
@@ -175,7 +175,7 @@ def test_builtins_use_the_public_marker():
     for name in BUILTIN_PLUGINS:
         module = importlib.import_module(name)
         impls = [f for f in vars(module).values() if callable(f) and hasattr(f, "cpx_impl")]
-        assert impls, f"{name} registers nothing through cpx.hookspecs.hookimpl"
+        assert impls, f"{name} registers nothing through cpx.kernel.hookspecs.hookimpl"
 
 
 def test_every_hook_is_documented_and_tested():

@@ -1,8 +1,8 @@
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from cpx.errors import ConfigError, PluginError, UnknownComponent
-from cpx.registry import Registry
+from cpx.kernel.errors import ConfigError, PluginError, UnknownComponent
+from cpx.kernel.registry import Registry
 
 
 class Opts(BaseModel):

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from cpx.cli import main
-from cpx.competition import Competition, Rules
-from cpx.hookspecs import hookimpl
-from cpx.ledger import Ledger
-from cpx.submissions import main_score, submission_report, used_in_phase
+from cpx.data.competition import Competition, Rules
+from cpx.kernel.hookspecs import hookimpl
+from cpx.runs.ledger import Ledger
+from cpx.submit.submissions import main_score, submission_report, used_in_phase
 
 
 def cpx(capsys, *args):

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from conftest import tiny_overrides
-from cpx.errors import DataError, RuleViolation
-from cpx.ledger import Ledger
-from cpx.train import TrainRequest, train
+from cpx.kernel.errors import DataError, RuleViolation
+from cpx.runs.ledger import Ledger
+from cpx.train.run import TrainRequest, train
 
 
 def _train(ws, host, **kw):
@@ -64,7 +64,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(cpx_workspace, cpx_
 def test_parameter_limit_is_checked_before_training(cpx_workspace, cpx_host, tiny_model):
     from dataclasses import replace
 
-    from cpx.hookspecs import hookimpl
+    from cpx.kernel.hookspecs import hookimpl
 
     comp = replace(cpx_host.competitions.get("celebamask-mini").target, name="tight", max_params=100)
 

@@ -1,11 +1,11 @@
-"""cpx.utils: atomic writes and the CPU heap setting."""
+"""cpx.kernel.files: atomic writes and the CPU heap setting."""
 
 import os
 import sys
 
 import pytest
 
-from cpx import utils
+from cpx.kernel import files as utils
 
 
 def test_atomic_write_replaces_whole_files(tmp_path):

@@ -8,13 +8,13 @@ from PIL import Image
 
 from conftest import tiny_overrides
 from cpx.cli import main
-from cpx.data import write_mask
-from cpx.errors import DataError
-from cpx.inference import Member, Predictor
-from cpx.ledger import Ledger
-from cpx.metrics import EPS
-from cpx.train import TrainRequest, train
-from cpx.validate import evaluate, score_folders, validate_run
+from cpx.data.dataset import write_mask
+from cpx.kernel.errors import DataError
+from cpx.eval.predict import Member, Predictor
+from cpx.runs.ledger import Ledger
+from cpx.eval.metrics import EPS
+from cpx.train.run import TrainRequest, train
+from cpx.eval.validate import evaluate, score_folders, validate_run
 
 
 @pytest.fixture

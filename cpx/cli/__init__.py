@@ -1,7 +1,7 @@
 """The `cpx` command line: a thin typer + rich skin over the core.
 
 Each command builds a config, calls one core function and renders the result. Domain
-errors (`cpx.errors.CpxError`) become one line per problem on stderr and exit code 2.
+errors (`cpx.kernel.errors.CpxError`) become one line per problem on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from typing import Optional
 
 import typer
 
-from ..errors import CpxError
-from . import _common, data_cmd, eval_cmd, plugins_cmd, runs_cmd, show_cmd, train_cmd
-from . import package_cmd
-from . import submit_cmd
-from . import bench_cmd
+from cpx.kernel.errors import CpxError
+from . import _common, data, evaluate, plugins, runs, pictures, train
+from . import package
+from . import submit
+from . import bench
 
-COMMAND_MODULES = [train_cmd, runs_cmd, plugins_cmd, data_cmd, show_cmd, eval_cmd, package_cmd, submit_cmd, bench_cmd]
+COMMAND_MODULES = [train, runs, plugins, data, pictures, evaluate, package, submit, bench]
 
 
 def create_app(host=None) -> typer.Typer:

@@ -11,9 +11,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import ConfigError, CpxError
-from ..plugins import get_host
-from ..workspace import Workspace
+from cpx.kernel.errors import ConfigError, CpxError
+from cpx.kernel.manager import get_host
+from cpx.kernel.workspace import Workspace
 
 # Piped output (logs, README examples) gets a wide fixed width instead of rich's 80 columns.
 _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 150

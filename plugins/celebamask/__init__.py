@@ -4,8 +4,8 @@ Everything specific to this challenge (classes, palette, left/right pairs, param
 submission layout, rules) lives here, not in the core.
 """
 
-from cpx.competition import Competition, Layout, Rules, SubmissionFormat
-from cpx.hookspecs import hookimpl
+from cpx.data.competition import Competition, Layout, Rules, SubmissionFormat
+from cpx.kernel.hookspecs import hookimpl
 
 CLASSES = (
     "background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear",

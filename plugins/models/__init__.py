@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cpx.hookspecs import hookimpl
+from cpx.kernel.hookspecs import hookimpl
 
 from . import msf_arch, unet_arch
 

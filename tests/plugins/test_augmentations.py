@@ -8,8 +8,8 @@ import torch
 
 from conftest import builtin_host
 import cpx_plugins.augmentations
-from cpx.competition import Competition
-from cpx.errors import ConfigError
+from cpx.data.competition import Competition
+from cpx.kernel.errors import ConfigError
 
 COMPETITION = Competition(name="t", classes=tuple(str(i) for i in range(19)), flip_pairs=((4, 5), (6, 7), (8, 9)))
 SWAP = {4: 5, 5: 4, 6: 7, 7: 6, 8: 9, 9: 8}

@@ -8,7 +8,7 @@ import torch
 
 from conftest import builtin_host
 import cpx_plugins.losses
-from cpx.errors import ConfigError
+from cpx.kernel.errors import ConfigError
 
 NUM_CLASSES = 19
 

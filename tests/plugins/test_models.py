@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from conftest import builtin_host
 import cpx_plugins.models
-from cpx.errors import ConfigError
+from cpx.kernel.errors import ConfigError
 
 NUM_CLASSES = 19
 PARAM_CAP = 1_821_085  # the competition's limit: strictly fewer trainable parameters
@@ -67,7 +67,7 @@ def test_forward_gives_logits_at_input_size(models, name, shape):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_forward_coarse_resizes_to_forward(models, name):
-    # the optional contract the TTA merge relies on (see cpx.hookspecs.register_models)
+    # the optional contract the TTA merge relies on (see cpx.kernel.hookspecs.register_models)
     model = models[name].eval()
     if not hasattr(model, "forward_coarse"):
         pytest.skip(f"{name} has no forward_coarse")

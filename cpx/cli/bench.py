@@ -1,0 +1,91 @@
+"""`cpx bench`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cpx.report.bench import BenchRequest, run_bench
+from cpx.kernel.config import parse_assignment
+from . import _common
+from ._common import console
+
+SHORTCUTS = {"image_size": "data.image_size", "batch_size": "train.batch_size", "precision": "train.precision",
+             "device": "train.device", "data": "data.path"}
+
+
+def _si(value: float, unit: str) -> str:
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:.2f} {unit}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def render(r) -> Table:
+    table = Table(title=f"cpx bench {r.recipe}: {r.model} at {r.image_size}px, batch {r.batch_size}, "
+                        f"{r.device}/{r.precision}, {r.threads} threads", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("parameters", f"{r.params:,}"),
+        ("FLOPs per image", f"{_si(r.forward_flops, 'FLOP')} forward, {_si(r.train_flops, 'FLOP')} forward+backward"),
+        ("attainable (matmul)", f"{_si(r.attainable_flops, 'FLOP/s')} in {r.precision}"),
+        ("training", f"{r.train_images_per_s:.2f} images/s = {_si(r.train_flops_per_s, 'FLOP/s')} "
+                     f"({100 * r.train_fraction:.1f}% of attainable)"),
+        ("prediction", f"{r.predict_images_per_s:.2f} images/s plain, {r.predict_flip_images_per_s:.2f} with flip TTA "
+                       f"({r.predict_size}px inputs; {100 * r.predict_fraction:.1f}% of attainable)"),
+        ("peak memory (training)", f"{r.peak_memory_bytes / 2 ** 30:.2f} GiB {r.memory_kind}; the full data set "
+                                   f"adds {r.data_bytes / 2 ** 30:.2f} GiB"),
+        ("data", f"{r.train_images} train / {r.val_images} val images; measured on {r.data}"),
+        ("one epoch", _duration(r.epoch_seconds) + " (training + validation)"),
+        ("whole recipe", f"{_duration(r.recipe_seconds)} for {r.epochs} epochs"
+                         + (f" (budget {r.budget_minutes:g} min)" if r.budget_minutes else "")),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench")
+    def bench_command(
+        recipe: Annotated[str, typer.Argument(help="recipe name (see `cpx recipes`) or a YAML file")],
+        image_size: Annotated[Optional[int], typer.Option(help="training resolution (default: the recipe's, "
+                                                               "or the competition's native size)")] = None,
+        batch_size: Annotated[Optional[int], typer.Option(help="images per step")] = None,
+        precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16")] = None,
+        device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
+        data: Annotated[Optional[str], typer.Option(help="competition data folder: real pixels and image counts")] = None,
+        steps: Annotated[int, typer.Option(help="timed training steps and prediction batches")] = 4,
+        warmup: Annotated[int, typer.Option(help="untimed steps first")] = 2,
+        set_: Annotated[Optional[list[str]], typer.Option("--set", help="override any field: section.key=value")] = None,
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """Measure a recipe's cost here: FLOPs, throughput vs the machine's ceiling, memory, epoch time."""
+        overrides = {}
+        for assignment in set_ or []:
+            key, value = parse_assignment(assignment)
+            overrides[key] = value
+        values = dict(image_size=image_size, batch_size=batch_size, precision=precision, device=device, data=data)
+        overrides.update({SHORTCUTS[k]: v for k, v in values.items() if v is not None})
+        request = BenchRequest(recipe=recipe, overrides=overrides, steps=steps, warmup=warmup)
+        if not json_:
+            console.print("measuring in a fresh process (a minute or two at 512px on a small CPU) ...",
+                          style="dim", highlight=False)
+        result = run_bench(request, _common.workspace(), _common.host())
+        if json_:
+            _common.print_json(result.to_dict())
+            return
+        console.print(render(result))
+        for note in result.notes:
+            console.print(f"note: {note}", style="yellow", highlight=False)

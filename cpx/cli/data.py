@@ -1,0 +1,78 @@
+"""`cpx data check` and `cpx data synth`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cpx.data import dataset as datalib
+from cpx.kernel.errors import DataError
+from . import _common
+from ._common import console, print_json
+
+
+def register(app: typer.Typer) -> None:
+    data_app = typer.Typer(help="Inspect and generate data folders.", no_args_is_help=True)
+    app.add_typer(data_app, name="data")
+
+    @data_app.command("check")
+    def check_command(
+        folder: Annotated[Path, typer.Argument(help="a data folder in the competition's layout")],
+        competition: Annotated[Optional[str], typer.Option(help="competition profile")] = None,
+        json_: Annotated[bool, typer.Option("--json")] = False,
+    ):
+        """Count images, show per-class pixel share and presence, and list every problem."""
+        comp = _common.host().competition(_common.pick_competition(competition))
+        if not folder.is_dir():
+            raise DataError(f"data folder {folder} does not exist")
+        report = datalib.check_dataset(folder, comp)
+        if json_:
+            print_json(report.to_dict())
+        else:
+            render_report(report, comp)
+        if report.problems:
+            raise typer.Exit(1)
+
+    @data_app.command("synth")
+    def synth_command(
+        folder: Annotated[Path, typer.Argument(help="where to write the data set (must not exist or be empty)")],
+        count: Annotated[int, typer.Option(help="labelled images")] = 64,
+        size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
+        seed: Annotated[int, typer.Option(help="generator seed")] = 0,
+        test_count: Annotated[int, typer.Option(help="extra unlabelled test images")] = 0,
+        competition: Annotated[Optional[str], typer.Option(help="competition profile")] = None,
+    ):
+        """Write a procedural data set in the competition's layout."""
+        comp = _common.host().competition(_common.pick_competition(competition))
+        if comp.synthesize is None:
+            raise DataError(f"competition {comp.name} has no synthetic generator")
+        if folder.exists() and any(folder.iterdir()):
+            raise DataError(f"{folder} is not empty; choose a new folder")
+        if count < 1 or size < 8 or test_count < 0:
+            raise DataError("--count must be >= 1, --size >= 8, --test-count >= 0")
+        datalib.write_dataset(folder, comp, comp.synthesize(count + test_count, size, seed), test_count=test_count)
+        console.print(f"wrote {count} labelled and {test_count} test images ({size}x{size}) to {folder}")
+
+
+def render_report(report, comp) -> None:
+    sizes = ", ".join(f"{h}x{w} ({n})" for (h, w), n in sorted(report.image_sizes.items())) or "-"
+    console.print(f"[bold]{report.root}[/]: {report.train_pairs} labelled pairs "
+                  f"({report.train_images} images, {report.train_masks} masks), {report.test_images} test images; "
+                  f"sizes {sizes}; checked in {report.seconds:.1f} s", highlight=False)
+    if report.pixel_share is not None and report.train_pairs:
+        table = Table(title=f"classes of {comp.name}")
+        for col in ("id", "class", "pixel share", "images containing"):
+            table.add_column(col, justify="left" if col == "class" else "right")
+        for i, name in enumerate(comp.classes):
+            table.add_row(str(i), name, f"{100 * report.pixel_share[i]:.2f}%",
+                          f"{100 * report.presence_share[i]:.1f}%")
+        console.print(table)
+    if report.problems:
+        console.print(f"[bold red]{len(report.problems)} problem(s):[/]")
+        for p in report.problems:
+            console.print(f"  {p}", highlight=False, soft_wrap=True, markup=False)
+    else:
+        console.print("[green]no problems found[/]")

@@ -1,0 +1,210 @@
+"""`cpx validate`, `cpx score`, `cpx predict` and `cpx ensemble`."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cpx.eval.ensemble import build_ensemble, parse_weights
+from cpx.kernel.errors import DataError
+from cpx.eval.predict import parse_tta, predict_run, tta_label
+from cpx.train.run import command_line
+from cpx.eval.validate import score_folders, validate_run
+from . import _common
+from ._common import console, err_console, fmt_f, print_json
+
+TTA_HELP = "test-time augmentation: flip, scale or flip,scale (default: none; an ensemble's own)"
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, quiet: bool = False):
+    """A callback(done, total) drawing a rich bar on a terminal; a no-op in pipes and --json."""
+    if quiet or not console.is_terminal:
+        yield None
+        return
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console, transient=True)
+    task = bar.add_task(description, total=None)
+
+    def update(*args):
+        # (done, total) or (stage, done, total)
+        if len(args) == 3:
+            bar.update(task, description=args[0], completed=args[1], total=args[2])
+        else:
+            bar.update(task, completed=args[0], total=args[1])
+
+    with bar:
+        yield update
+
+
+def _f(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def render_scores(scores, class_names, title: str) -> None:
+    """The summary (scorer's F first) and per-class F, worst class first."""
+    console.print(f"[bold]{title}[/]", highlight=False)
+    summary = Table(show_header=False)
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    summary.add_row("[bold]F (competition metric: per image, mean over images)[/]", f"[bold]{_f(scores.fscore)}[/]")
+    summary.add_row("pixel accuracy", _f(scores.pixel_acc))
+    summary.add_row("mIoU (pooled over all pixels)", _f(scores.miou))
+    summary.add_row(f"[dim]pooled F, {scores.pool_size} images as one mask (old scripts; NOT the scorer's)[/]",
+                    f"[dim]{_f(scores.pooled_fscore)}[/]")
+    summary.add_row("images", str(scores.num_images))
+    console.print(summary)
+    rows = sorted(range(len(scores.per_class_f)),
+                  key=lambda i: (math.isnan(scores.per_class_f[i]), scores.per_class_f[i]))
+    console.print("per class, worst first (F averaged over the images whose ground truth contains the class)",
+                  highlight=False)
+    table = Table()
+    for col, just in (("id", "right"), ("class", "left"), ("F", "right"), ("images with it", "right")):
+        table.add_column(col, justify=just)
+    for i in rows:
+        name = class_names[i] if i < len(class_names) else str(i)
+        table.add_row(str(i), name, _f(scores.per_class_f[i]), f"{scores.class_images[i]}/{scores.num_images}")
+    console.print(table)
+
+
+def _warn(lines) -> None:
+    for line in lines:
+        err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("validate")
+    def validate_command(
+        run: Annotated[str, typer.Argument(help="run id, id prefix or name (an ensemble run too)")],
+        checkpoint: Annotated[str, typer.Option(help="best, last or a checkpoint file")] = "best",
+        data: Annotated[Optional[Path], typer.Option(help="score every labelled image of this data folder instead of the run's validation list")] = None,
+        tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None,
+        batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 8,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+        precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
+        record: Annotated[bool, typer.Option("--record/--no-record", help="add the result to the ledger")] = True,
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """Score a run with the competition metric, at each mask's own size; recorded in the ledger."""
+        with progress_bar("validating", json_) as cb:
+            ev = validate_run(run, _common.workspace(), _common.host(), checkpoint=checkpoint, data=data,
+                              tta=None if tta is None else parse_tta(tta), record=record, batch_size=batch_size,
+                              device=device, precision=precision, progress=cb)
+        if json_:
+            print_json(ev.to_dict())
+            return
+        _warn(ev.warnings)
+        where = "its validation list" if ev.data == "val_list" else ev.data
+        render_scores(ev.scores, ev.class_names,
+                      f"run {ev.run_id}  checkpoint {ev.checkpoint}  tta {tta_label(ev.tta)}  on {where}  "
+                      f"({ev.seconds:.1f} s)")
+        if ev.validation_id is not None:
+            console.print(f"[dim]recorded as validation {ev.validation_id} of {ev.run_id}[/]", highlight=False)
+
+    @app.command("score")
+    def score_command(
+        pred_dir: Annotated[Path, typer.Argument(help="folder of predicted masks (<stem>.png)")],
+        gt_dir: Annotated[Path, typer.Argument(help="folder of ground-truth masks (<stem>.png)")],
+        competition: Annotated[Optional[str], typer.Option(help="competition profile (default: the only one)")] = None,
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """Score a folder of predicted masks against ground truth, as the scorer would."""
+        comp = _common.host().competition(_common.pick_competition(competition))
+        report = score_folders(pred_dir, gt_dir, comp)
+        if json_:
+            print_json(report.to_dict())
+        else:
+            _warn(report.warnings)
+            for line in report.problems:
+                err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+            if report.ok:
+                render_scores(report.scores, report.class_names,
+                              f"{pred_dir} vs {gt_dir}  ({len(report.names)} masks, {comp.name})")
+        if not report.ok:
+            # a CpxError rather than typer.Exit: main() turns it into exit code 2 either way
+            raise DataError(f"{len(report.problems)} problem(s) in {pred_dir}: nothing scored")
+
+    @app.command("predict")
+    def predict_command(
+        run: Annotated[str, typer.Argument(help="run id, id prefix or name")],
+        input: Annotated[Path, typer.Option("--input", "-i", help="folder of images")],
+        output: Annotated[Path, typer.Option("--output", "-o", help="folder for the masks (created)")],
+        tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None,
+        batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 8,
+        checkpoint: Annotated[str, typer.Option(help="best, last or a checkpoint file")] = "best",
+        skip_bad: Annotated[bool, typer.Option("--skip-bad", help="skip unreadable files instead of failing")] = False,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="replace masks already in --output")] = False,
+        allow_rule_break: Annotated[bool, typer.Option("--allow-rule-break", help="predict with an ensemble even where the competition forbids ensembles")] = False,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+        precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """Write one palette PNG mask per input image (same stem, same size)."""
+        with progress_bar("predicting", json_) as cb:
+            report = predict_run(run, _common.workspace(), _common.host(), input, output, checkpoint=checkpoint,
+                                 tta=None if tta is None else parse_tta(tta), batch_size=batch_size,
+                                 skip_bad=skip_bad, overwrite=overwrite, allow_rule_break=allow_rule_break,
+                                 device=device, precision=precision, progress=cb)
+        if json_:
+            print_json(report.to_dict())
+            return
+        _warn(report.warnings)
+        _warn(f"skipped {p}: {why}" for p, why in report.skipped)
+        n = len(report.written)
+        console.print(f"wrote {n} mask(s) to {report.output_dir}  tta {tta_label(report.tta)}  "
+                      f"{report.seconds:.1f} s ({n / max(report.seconds, 1e-9):.1f} images/s)"
+                      + (f", skipped {len(report.skipped)}" if report.skipped else ""), highlight=False)
+
+    @app.command("ensemble")
+    def ensemble_command(
+        runs: Annotated[Optional[list[str]], typer.Argument(help="runs to average (default: the --top K by validation F)")] = None,
+        weights: Annotated[Optional[str], typer.Option(help="comma-separated weights, one per run")] = None,
+        tta: Annotated[Optional[str], typer.Option(help="test-time augmentation: flip, scale or flip,scale")] = None,
+        top: Annotated[int, typer.Option(help="with no runs named: the best K completed runs")] = 3,
+        search: Annotated[bool, typer.Option("--search", help="greedy selection with replacement of members and weights")] = False,
+        name: Annotated[Optional[str], typer.Option(help="a name for the ensemble run")] = None,
+        checkpoint: Annotated[str, typer.Option(help="best or last, for every member")] = "best",
+        batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 8,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+        precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
+        record: Annotated[bool, typer.Option("--record/--no-record", help="record the ensemble as a run")] = True,
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """Average runs' softmax outputs and score the mix on their shared validation images."""
+        runs = runs or []
+        with progress_bar("scoring members", json_) as cb:
+            result = build_ensemble(runs, _common.workspace(), _common.host(),
+                                    weights=parse_weights(weights, len(runs) or None),
+                                    tta=parse_tta(tta), top=top, search=search, name=name, checkpoint=checkpoint,
+                                    record=record, batch_size=batch_size, device=device, precision=precision,
+                                    command=command_line(), progress=cb)
+        if json_:
+            print_json(result.to_dict())
+            return
+        _warn(result.warnings)
+        table = Table(title=f"members  (alone, on the {len(result.names)} shared validation images, "
+                            f"tta {tta_label(result.tta)})", title_justify="left")
+        for col, just in (("run", "left"), ("weight", "right"), ("F alone", "right"), ("recorded val F", "right")):
+            table.add_column(col, justify=just)
+        for m in result.members:
+            label = m.run if m.name == m.run else f"{m.name}\n[dim]{m.run}[/]"
+            table.add_row(label, f"{m.weight:.3f}", fmt_f(m.fscore), fmt_f(m.recorded_val_f))
+        console.print(table)
+        if result.search_steps:
+            console.print("search: " + " -> ".join(f"+{s['add']} ({s['fscore']:.4f})" for s in result.search_steps),
+                          highlight=False)
+        if result.message:
+            console.print(result.message, highlight=False)
+        if result.evaluation is not None:
+            render_scores(result.evaluation.scores, result.evaluation.class_names,
+                          f"ensemble of {len(result.members)}  ({result.seconds:.1f} s)")
+            console.print(f"gain over the best single member ({result.best_single.name}, "
+                          f"{result.best_single.fscore:.4f}): [bold]{result.gain:+.4f}[/]", highlight=False)
+        if result.run_id:
+            console.print(f"recorded as ensemble run [bold]{result.run_id}[/]", highlight=False)

@@ -1,0 +1,149 @@
+"""`cpx package`: a verified submission zip from a run, or `--check` of any zip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cpx.kernel.errors import ConfigError
+from cpx.submit.package import CheckReport, PackageRequest, PackageResult, check_submission, package
+from . import _common
+from ._common import console, err_console, fmt_f, print_json
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def render_check(report: CheckReport) -> None:
+    """Every problem in red, or a green summary of what was verified."""
+    name = Path(report.path).name
+    if report.problems:
+        err_console.print(f"[bold red]{name}: {len(report.problems)} problem"
+                          f"{'s' if len(report.problems) != 1 else ''}[/]", highlight=False)
+        for p in report.problems:
+            err_console.print(f"  [red]x[/] {p}", highlight=False, soft_wrap=True)
+        kinds: dict[str, int] = {}
+        for p in report.problems:
+            kinds[p.kind] = kinds.get(p.kind, 0) + 1
+        if len(report.problems) > 5:
+            err_console.print("  [bold red]by kind:[/] " + ", ".join(f"{n} {k}" for k, n in kinds.items()),
+                              highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[bold green]ok[/] {name}", highlight=False)
+    lines = []
+    if report.test_images is not None:
+        lines.append(f"{report.masks} masks for {report.test_images} test images ({report.test_dir})")
+    else:
+        lines.append(f"{report.masks} masks")
+    if report.classes_seen:
+        lines.append(f"class ids seen: {', '.join(map(str, report.classes_seen))}")
+    if report.solution_required:
+        lines.append(f"solution: {', '.join(report.solution_files) or 'missing'}")
+    if report.params is not None:
+        limit = f" (limit < {report.max_params:,})" if report.max_params else ""
+        source = report.params_source
+        if report.weights_params == report.params and source == "manifest.json":
+            source += " and ckpt.pth"
+        lines.append(f"parameters: {report.params:,}{limit}, from {source}")
+    if report.manifest:
+        m = report.manifest
+        lines.append(f"manifest: run {m.get('run_id')}, val F {fmt_f(m.get('val_score'))}, "
+                     f"tta {','.join(m.get('tta') or []) or 'none'}, cpx {m.get('cpx_version')}")
+    lines.append(f"{report.entries} entries, {_size(report.size_bytes)}, checked in {report.seconds:.1f} s")
+    colour = "red" if report.problems else "green"
+    for line in lines:
+        console.print(f"  [{colour}]-[/] {line}", highlight=False, soft_wrap=True)
+    for note in report.notes:
+        console.print(f"  [yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+
+
+def render_result(result: PackageResult) -> None:
+    table = Table(show_header=False, box=None)
+    table.add_row("zip", result.zip_path)
+    table.add_row("run", f"{result.run_id} ({result.checkpoint} checkpoint, val F {fmt_f(result.val_score)})")
+    table.add_row("masks", f"{result.masks} (tta {','.join(result.tta) or 'none'})")
+    table.add_row("parameters", f"{result.params:,}"
+                  + (f" < {result.check.max_params:,}" if result.check.max_params else ""))
+    if result.solution_images:
+        verdict = ("identical masks" if result.solution_exact
+                   else f"{result.solution_agreement:.4%} of pixels agree (run.py has no TTA)")
+        table.add_row("solution/run.py", f"re-run on {result.solution_images} test images: {verdict}")
+    table.add_row("size", _size(result.size_bytes))
+    table.add_row("sha256", result.sha256)
+    table.add_row("time", f"{result.seconds:.1f} s (predict {result.predict_seconds:.1f} s, "
+                          f"solution check {result.solution_seconds:.1f} s)")
+    for line in result.rule_breaks:
+        table.add_row("[bold red]rule break[/]", line)
+    console.print(table)
+    console.print(f"[bold green]packaged[/] {result.name}; the check passed", highlight=False)
+
+
+class _Bars:
+    def __init__(self):
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("package")
+    def package_command(
+        run: Annotated[Optional[str], typer.Argument(help="run id, id prefix or name")] = None,
+        name: Annotated[Optional[str], typer.Option(help="submission name, e.g. v2 (never reused)")] = None,
+        tta: Annotated[Optional[list[str]], typer.Option(help="test-time augmentation: flip, scale (comma-separated or repeated)")] = None,
+        test: Annotated[Optional[Path], typer.Option(help="test image folder (default: the run's data + the competition's test folder)")] = None,
+        checkpoint: Annotated[str, typer.Option(help="best, last or a checkpoint file")] = "best",
+        allow_rule_break: Annotated[bool, typer.Option("--allow-rule-break", help="package even what the competition's rules forbid (recorded in the manifest)")] = False,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
+        check: Annotated[Optional[Path], typer.Option("--check", help="only verify this zip (any zip, hand-made too)")] = None,
+        competition: Annotated[Optional[str], typer.Option(help="with --check: the competition (default: the zip's manifest)")] = None,
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """Predict the test images and write a verified submission zip to submissions/."""
+        if check is not None:
+            if run or name:
+                raise ConfigError("--check verifies an existing zip; drop the run and --name")
+            report = check_submission(check, _common.workspace(), _common.host(),
+                                      competition=competition, test_dir=test)
+            if json_:
+                print_json(report.to_dict())
+            else:
+                render_check(report)
+            if report.problems:
+                raise typer.Exit(1)
+            return
+        if not run:
+            raise ConfigError("give a RUN to package, or --check ZIP")
+        if not name:
+            raise ConfigError("--name: every submission needs a name, e.g. --name v2")
+        from cpx.eval.predict import parse_tta
+
+        views: list[str] = []
+        for item in tta or []:
+            views.extend(parse_tta(item))
+        request = PackageRequest(run=run, name=name, tta=parse_tta(views), test_dir=str(test) if test else None,
+                                 checkpoint=checkpoint, allow_rule_break=allow_rule_break, device=device)
+        if json_ or not console.is_terminal:
+            result = package(request, _common.workspace(), _common.host())
+        else:
+            bars = _Bars()
+            with bars.progress:
+                result = package(request, _common.workspace(), _common.host(), progress=bars)
+        if json_:
+            print_json(result.to_dict())
+        else:
+            render_result(result)

@@ -1,0 +1,135 @@
+"""`cpx show`, `cpx compare` and `cpx curves`: pictures of runs."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Callable, Iterator, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cpx.eval.predict import parse_tta
+from cpx.report.figures import compare_runs, curves_for_runs, show_run
+from . import _common
+from ._common import console, err_console, fmt_f, print_json
+
+CheckpointOpt = Annotated[str, typer.Option("--checkpoint", "-c", help="best, last or a .pt path")]
+TtaOpt = Annotated[Optional[str], typer.Option("--tta", help="test-time views: flip, scale, flip,scale or none")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")]
+
+
+@contextmanager
+def _validation_bar(enabled: bool) -> Iterator[Optional[Callable[[str, int, int], None]]]:
+    """A transient bar on stderr while images are scored, so stdout stays clean for --json."""
+    if not enabled or not err_console.is_terminal:
+        yield None
+        return
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err_console, transient=True)
+    tasks: dict[str, int] = {}
+
+    def update(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = progress.add_task(f"validating {label}", total=total)
+        progress.update(tasks[label], completed=done, total=total)
+
+    with progress:
+        yield update
+
+
+def _f_diff(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    colour = "green" if value > 0.0005 else "red" if value < -0.0005 else "dim"
+    return f"[{colour}]{value:+.4f}[/]"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("show")
+    def show_command(
+        run: Annotated[str, typer.Argument(help="run id, id prefix or name")],
+        images: Annotated[int, typer.Option(
+            "--images", "-n", help="draw this many worst validation images (0: none)")] = 8,
+        per_class: Annotated[bool, typer.Option(
+            "--per-class", help="only the per-class F chart, no image grid")] = False,
+        checkpoint: CheckpointOpt = "best",
+        output: Annotated[Optional[Path], typer.Option(
+            "--output", "-o", help="PNG path (default: show.png in the run folder)")] = None,
+        tta: TtaOpt = None,
+        device: DeviceOpt = "auto",
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """Validate a run and draw its worst validation images (image, truth, prediction, errors)
+        and its per-class F chart (per_class.png beside the grid)."""
+        with _validation_bar(not json_) as bar:
+            result = show_run(run, _common.workspace(), _common.host(), images=0 if per_class else images,
+                              checkpoint=checkpoint, tta=parse_tta(tta), output=output, device=device,
+                              progress=(lambda d, t: bar(run, d, t)) if bar else None)
+        if json_:
+            print_json(result.to_dict())
+            return
+        ev = result.evaluation
+        console.print(f"[bold]{result.label}[/]  score {fmt_f(ev.scores.fscore)} on {len(ev.names)} validation "
+                      f"images ({ev.checkpoint}, TTA {'+'.join(ev.tta) or 'none'})", highlight=False)
+        if result.worst:
+            table = Table(title=f"{len(result.worst)} worst validation images")
+            table.add_column("#", justify="right")
+            table.add_column("image")
+            table.add_column("F", justify="right")
+            for i, (name, f) in enumerate(result.worst, 1):
+                table.add_row(str(i), name, fmt_f(f))
+            console.print(table)
+        if result.grid_path:
+            console.print(f"images:    {result.grid_path}", highlight=False, soft_wrap=True)
+        console.print(f"per class: {result.per_class_path}", highlight=False, soft_wrap=True)
+
+    @app.command("compare")
+    def compare_command(
+        run_a: Annotated[str, typer.Argument(help="run A (the baseline)")],
+        run_b: Annotated[str, typer.Argument(help="run B (compared with A)")],
+        checkpoint: CheckpointOpt = "best",
+        output: Annotated[Optional[Path], typer.Option(
+            "--output", "-o", help="PNG path (default: experiments/compare/A__vs__B.png)")] = None,
+        tta: TtaOpt = None,
+        device: DeviceOpt = "auto",
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """Per-class F of two runs side by side, each validated on its own validation list."""
+        with _validation_bar(not json_) as bar:
+            result = compare_runs(run_a, run_b, _common.workspace(), _common.host(), checkpoint=checkpoint,
+                                  tta=parse_tta(tta), output=output, device=device, progress=bar)
+        if result.warning:
+            err_console.print(f"[yellow]warning:[/] {result.warning}", highlight=False, soft_wrap=True)
+        if json_:
+            print_json(result.to_dict())
+            return
+        for tag, label, run_id, n in (("A", result.label_a, result.run_a, result.images_a),
+                                      ("B", result.label_b, result.run_b, result.images_b)):
+            extra = f" ({run_id})" if label != run_id else ""
+            console.print(f"[bold]{tag}[/] {label}{extra}: {n} validation images", highlight=False, soft_wrap=True)
+        table = Table(title="per-class F, sorted by B − A")
+        table.add_column("class")
+        table.add_column("A", justify="right")
+        table.add_column("B", justify="right")
+        table.add_column("B − A", justify="right")
+        table.add_column("images A/B", justify="right")
+        for c in result.by_difference():
+            table.add_row(c.name, fmt_f(c.f_a), fmt_f(c.f_b), _f_diff(c.diff), f"{c.images_a}/{c.images_b}")
+        table.add_section()
+        table.add_row("[bold]score[/]", f"[bold]{fmt_f(result.fscore_a)}[/]", f"[bold]{fmt_f(result.fscore_b)}[/]",
+                      _f_diff(result.fscore_b - result.fscore_a), f"{result.images_a}/{result.images_b}")
+        console.print(table)
+        console.print(f"figure: {result.path}", highlight=False, soft_wrap=True)
+
+    @app.command("curves")
+    def curves_command(
+        runs: Annotated[list[str], typer.Argument(help="one or more runs")],
+        output: Annotated[Optional[Path], typer.Option(
+            "--output", "-o",
+            help="PNG path (default: curves.png in the run folder; experiments/compare/ for several runs)")] = None,
+    ):
+        """Training curves (loss, validation F, learning rate) of one or several runs in one PNG."""
+        path = curves_for_runs(runs, _common.workspace(), _common.host(), output=output)
+        console.print(f"curves: {path}", highlight=False, soft_wrap=True)

@@ -1,0 +1,383 @@
+"""`cpx submit`, `cpx submissions`, `cpx leaderboard` and `cpx codabench ...`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cpx.submit import codabench as cb
+from cpx.kernel.errors import CodabenchError, ConfigError, CpxError, SubmissionError
+from cpx.report.leaderboard import SORTS, build_leaderboard, format_test_f, run_checkpoint
+from cpx.runs.ledger import Ledger
+from cpx.submit.submissions import (DEFAULT_PHASE, mark_final, parse_score, record_score, register_submission,
+                           submission_report, sync_submissions, upload_submission, used_in_phase)
+from . import _common
+from ._common import console, err_console, fmt_f, print_json
+
+
+def _signed(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
+def _cpx_competition(name: Optional[str] = None, run: Optional[dict] = None):
+    """The competition profile for rules and metric: the named one, the run's, else the
+    workspace's or the only registered one; None when that is ambiguous."""
+    if name:
+        return _common.host().competition(name)
+    if run and run.get("competition"):
+        try:
+            return _common.host().competition(run["competition"])
+        except CpxError:
+            pass
+    try:
+        return _common.host().competition(_common.pick_competition(None))
+    except CpxError:
+        return None
+
+
+def _codabench_competition(value: Optional[str]) -> int:
+    value = value or str(_common.workspace().settings().get("codabench_competition") or "")
+    if not value:
+        raise ConfigError("--competition: give the Codabench competition id (the number in its URL), "
+                          "or set codabench_competition in cpx.yaml")
+    if not value.strip().isdigit():
+        raise ConfigError(f"--competition: {value!r} is not a Codabench competition id (a number)")
+    return int(value)
+
+
+def _client(url: Optional[str], *, need_token: bool = False):
+    client = cb.client_from_config(url)
+    if need_token and not client.token:
+        raise CodabenchError(f"no Codabench token for {client.base_url}; {cb.LOGIN_HINT}")
+    return client
+
+
+def _split_phase(phase: Optional[str]) -> tuple[str, Optional[int]]:
+    """``--phase``: a name labels scores in the ledger; a number picks a Codabench phase
+    (whose scores are then filed under ``test``)."""
+    if phase is None:
+        return DEFAULT_PHASE, None
+    phase = phase.strip()
+    if not phase:
+        raise ConfigError("--phase: empty")
+    if phase.isdigit():
+        return DEFAULT_PHASE, int(phase)
+    return phase, None
+
+
+def register(app: typer.Typer) -> None:
+
+    @app.command("submit")
+    def submit_command(
+        name: Annotated[str, typer.Argument(help="submission name (as given to `cpx package --name`)")],
+        record_score_: Annotated[Optional[str], typer.Option(
+            "--record-score", help="the score the leaderboard shows for it, 0..1")] = None,
+        phase: Annotated[Optional[str], typer.Option(
+            help="leaderboard phase the score belongs to (default: test); with --upload, a number "
+                 "picks the Codabench phase id")] = None,
+        note: Annotated[Optional[str], typer.Option(help="a note kept with the submission")] = None,
+        replace: Annotated[bool, typer.Option("--replace", help="overwrite a score already recorded")] = False,
+        final: Annotated[bool, typer.Option("--final", help="make this the final submission")] = False,
+        zip_: Annotated[Optional[str], typer.Option(
+            "--zip", help="register a zip made elsewhere (checked like `cpx package --check`)")] = None,
+        run: Annotated[Optional[str], typer.Option(help="with --zip: the run it came from")] = None,
+        val_score: Annotated[Optional[str], typer.Option(
+            "--val-score", help="with --zip: its validation F")] = None,
+        test: Annotated[Optional[str], typer.Option(
+            "--test", help="with --zip: test images folder to compare the masks with")] = None,
+        competition: Annotated[Optional[str], typer.Option(
+            help="with --upload: Codabench competition id; with --zip: cpx competition name")] = None,
+        upload: Annotated[bool, typer.Option("--upload", help="upload the zip to Codabench")] = False,
+        wait: Annotated[bool, typer.Option("--wait", help="with --upload: wait for the score and record it")] = False,
+        timeout: Annotated[float, typer.Option(help="with --wait: give up waiting after this many seconds")] = 3600.0,
+        poll: Annotated[float, typer.Option(help="with --wait: first polling interval in seconds "
+                                                 "(doubles up to 30)")] = 2.0,
+        url: Annotated[Optional[str], typer.Option(help="Codabench server (default: the one logged in to)")] = None,
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """Record a leaderboard score, register a hand-made zip, upload to Codabench, or mark the final one."""
+        if record_score_ is not None and upload:
+            raise ConfigError("--record-score and --upload: choose one (--upload --wait records the score itself)")
+        if not (record_score_ is not None or upload or final or zip_ or note is not None):
+            raise ConfigError(f"nothing to do for '{name}': give --record-score, --upload, --final, --zip or --note")
+        if (wait or timeout != 3600.0) and not upload:
+            raise ConfigError("--wait and --timeout go with --upload")
+        label, phase_id = _split_phase(phase)
+        if phase_id is not None and not upload:
+            raise ConfigError(f"--phase {phase}: a Codabench phase id goes with --upload; "
+                              f"name the leaderboard phase instead (e.g. test)")
+        if record_score_ is not None:
+            parse_score(record_score_)  # before --zip registers anything
+        out: dict = {"name": name}
+        failure = None
+        ws = _common.workspace()
+        with Ledger(ws.ledger_path) as ledger:
+            if zip_:
+                named = competition if competition and not competition.strip().isdigit() else None
+                reg = register_submission(ledger, name, zip_, workspace=ws, host=_common.host(),
+                                          competition=named, run=run, val_score=val_score,
+                                          test_dir=test, note=note)
+                out["registered"] = reg.submission
+                if not json_:
+                    console.print(f"registered [bold]{escape(name)}[/]: {escape(reg.submission['zip_path'])} "
+                                  f"(sha256 {reg.submission['zip_sha256'][:12]}…, checked: no problems)",
+                                  highlight=False)
+                    for line in reg.notes:
+                        err_console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
+                note = None
+            elif run or val_score is not None or test:
+                raise ConfigError("--run, --val-score and --test go with --zip")
+            try:
+                sub = ledger.get_submission(name)
+            except SubmissionError:
+                known = [s["name"] for s in ledger.list_submissions()][:8]
+                raise SubmissionError(
+                    f"no submission named '{name}'"
+                    + (f" (known: {', '.join(known)})" if known else "")
+                    + "; package one with `cpx package` or register a zip with --zip PATH") from None
+            run_row = ledger.get_run(sub["run_id"]) if sub.get("run_id") else None
+            comp = _cpx_competition(run=run_row)
+            metric = comp.metric if comp else "fscore"
+
+            if note is not None and record_score_ is None:
+                ledger.update_submission(name, note=note)
+            if upload:
+                cid = _codabench_competition(competition)
+                client = _client(url)
+                say = None if json_ else (lambda status: console.print(f"  {escape(status)}", highlight=False))
+                if not json_:
+                    console.print(f"uploading {escape(name)} to {client.base_url} (competition {cid})",
+                                  highlight=False)
+                outcome = upload_submission(ledger, name, client, cid, phase_id=phase_id, phase=label,
+                                            wait=wait, timeout=timeout, initial_interval=poll,
+                                            progress=say, metric=metric, final=final)
+                out["upload"] = {"codabench_id": outcome.codabench_id, "status": outcome.status,
+                                 "phase_id": outcome.phase_id, "scores": outcome.scores,
+                                 "score": outcome.main, "detail": outcome.detail}
+                if not json_:
+                    console.print(escape(f"Codabench submission {outcome.codabench_id}: {outcome.status}"
+                                         + (f" ({outcome.detail})" if outcome.detail else "")), highlight=False)
+                    if outcome.main is not None:
+                        _print_recorded(name, label, outcome.main, sub.get("val_score"), "codabench")
+                    elif not wait:
+                        console.print("  check later with `cpx codabench sync --competition "
+                                      f"{cid}`", highlight=False)
+                    for line in outcome.messages:
+                        err_console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
+                if outcome.status and outcome.status.casefold() == "failed":
+                    failure = (f"Codabench failed submission {outcome.codabench_id} of '{name}'"
+                               + (f": {outcome.detail}" if outcome.detail else ""))
+            elif record_score_ is not None:
+                rec = record_score(ledger, name, record_score_, phase=label, replace=replace, note=note,
+                                   final=final, metric=metric, competition=comp)
+                out["score"] = rec.score
+                out["replaced"] = rec.replaced
+                if not json_:
+                    _print_recorded(name, label, rec.score["score"], rec.submission.get("val_score")
+                                    if rec.submission.get("val_score") is not None
+                                    else (run_row or {}).get("best_val_f"), "manual", rec.replaced)
+                    for line in rec.warnings:
+                        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+            else:
+                if final:
+                    mark_final(ledger, name)
+                    if not json_:
+                        console.print(f"[bold]{escape(name)}[/] is now the final submission")
+                elif note is not None and not json_ and not zip_:
+                    console.print(f"note kept with {escape(name)}", highlight=False)
+            used = used_in_phase(ledger, label)
+            limit = comp.rules.submissions_per_phase if comp else None
+            out["used"], out["limit"] = len(used), limit
+            out["submission"] = ledger.get_submission(name)
+        if json_:
+            print_json(out)
+        elif limit:
+            console.print(f"phase {label}: {len(used)} of {limit} submissions used, "
+                          f"{max(0, limit - len(used))} left", highlight=False)
+        if failure:
+            raise SubmissionError(failure)
+
+    def _print_recorded(name, phase, score, val, source, replaced=None):
+        gap = f", gap {score - val:+.4f} vs val {val:.4f}" if val is not None else ""
+        was = f" (was {replaced:.4f})" if replaced is not None else ""
+        console.print(f"recorded {escape(phase)} score [bold]{score:.4f}[/] for {escape(name)}{was} "
+                      f"[dim]({source})[/]{gap}", highlight=False)
+
+    @app.command("submissions")
+    def submissions_command(
+        phase: Annotated[str, typer.Option(help="leaderboard phase")] = DEFAULT_PHASE,
+        competition: Annotated[Optional[str], typer.Option(help="competition whose rules apply")] = None,
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """List submissions with val and test F, the phase's budget, and the final one."""
+        comp = _cpx_competition(competition)
+        with Ledger(_common.workspace().ledger_path) as ledger:
+            report = submission_report(ledger, comp, phase)
+        if json_:
+            print_json(report.to_dict())
+            return
+        table = Table(title=f"submissions ({len(report.rows)})")
+        for col in ("name", "run", "date", "val F", "test F", "gap", "status", ""):
+            table.add_column(col, justify="right" if col in ("val F", "test F", "gap") else "left",
+                             no_wrap=col in ("name", "date"))
+        for r in report.rows:
+            status = escape(r.status) + ("" if r.counts else " [dim](not counted)[/]")
+            table.add_row(escape(r.name), escape(r.run_name or r.run_id or "-"), r.date, fmt_f(r.val_f), fmt_f(r.test_f),
+                          _signed(r.gap), status, "[bold green]final[/]" if r.final else "")
+        console.print(table)
+        if report.limit is not None:
+            console.print(f"phase {report.phase}: {report.used} of {report.limit} submissions used, "
+                          f"{report.left} left", highlight=False)
+        else:
+            console.print(f"phase {report.phase}: {report.used} submissions used (no limit known)", highlight=False)
+        if report.final:
+            why = "marked with --final" if report.final_reason == "marked" else "the latest; mark another with --final"
+            counts = "only the final submission counts" if report.only_final_counts else "your best score counts"
+            console.print(f"final: [bold]{escape(report.final)}[/] ({why}); {counts}", highlight=False)
+        for line in report.warnings:
+            err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+    @app.command("leaderboard")
+    def leaderboard_command(
+        sort: Annotated[str, typer.Option(help="rank by val or test F (observed, else predicted)")] = "val",
+        limit: Annotated[Optional[int], typer.Option(help="show the top N")] = None,
+        phase: Annotated[str, typer.Option(help="leaderboard phase")] = DEFAULT_PHASE,
+        competition: Annotated[Optional[str], typer.Option(help="only runs of this competition")] = None,
+        markdown: Annotated[bool, typer.Option("--markdown", help="a Markdown table")] = False,
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """Rank runs and submissions by val or test F, predicting test F where none is known."""
+        if sort not in SORTS:
+            raise ConfigError(f"--sort: choose {' or '.join(SORTS)}, not {sort!r}")
+        if limit is not None and limit < 1:
+            raise ConfigError("--limit: at least 1")
+        comp = _cpx_competition(competition) if competition else None
+        with Ledger(_common.workspace().ledger_path) as ledger:
+            board = build_leaderboard(ledger, phase=phase, sort=sort, limit=limit,
+                                      competition=comp.name if comp else None,
+                                      metric=comp.metric if comp else "fscore")
+        if json_:
+            print_json(board.to_dict())
+            return
+        if markdown:
+            print(board.to_markdown(), end="")
+            return
+        shown = f"{len(board.rows)} of {board.total}" if len(board.rows) < board.total else str(board.total)
+        table = Table(title=f"leaderboard by {sort} F ({shown})")
+        for col in ("#", "model", "val F", "test F", "gap", "run / checkpoint", "best ep", "key config"):
+            table.add_column(col, justify="right" if col in ("#", "val F", "gap", "best ep") else "left",
+                             overflow="fold", no_wrap=col in ("#", "val F", "gap"))
+        for r in board.rows:
+            test = escape(format_test_f(r))
+            if r.test_f is None and r.predicted is not None:
+                test = f"[italic]{test}[/]"
+            kind = f" [dim]({r.kind})[/]" if r.kind and r.kind != "train" else ""
+            table.add_row(str(r.rank), escape(r.label) + kind, fmt_f(r.val_f), test, _signed(r.gap),
+                          escape(run_checkpoint(r)), str(r.best_epoch or "-"), escape(r.key_config) or "-")
+        console.print(table)
+        console.print(escape(board.model.describe()), style="dim", highlight=False)
+
+    # -- Codabench -------------------------------------------------------------------
+
+    cb_app = typer.Typer(help="Log in to Codabench, check a competition's limits, sync scores.",
+                         no_args_is_help=True)
+    app.add_typer(cb_app, name="codabench")
+
+    @cb_app.command("login")
+    def login_command(
+        url: Annotated[Optional[str], typer.Option(help=f"server (default {cb.DEFAULT_URL})")] = None,
+        username: Annotated[Optional[str], typer.Option(help="Codabench user name")] = None,
+        password_stdin: Annotated[bool, typer.Option(
+            "--password-stdin", help="read the password from standard input")] = False,
+    ):
+        """Trade your user name and password for an API token, stored readable by you only."""
+        if not username:
+            username = typer.prompt("Codabench user name", default=cb.stored_username(url) or None)
+        if password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+            if not password:
+                raise CodabenchError("--password-stdin: nothing on standard input")
+        else:
+            password = typer.prompt("Codabench password", hide_input=True)
+        path = cb.login(username, password, url)
+        console.print(escape(f"logged in to {cb.resolve_url(url)} as {username}; token stored in {path}"),
+                      highlight=False)
+
+    @cb_app.command("logout")
+    def logout_command():
+        """Forget the stored token."""
+        path = cb.config_path()
+        if cb.forget_credentials():
+            console.print(f"token removed ({path})", highlight=False)
+        else:
+            console.print(f"no stored token ({path})", highlight=False)
+
+    @cb_app.command("status")
+    def status_command(
+        competition: Annotated[Optional[str], typer.Option(help="Codabench competition id")] = None,
+        url: Annotated[Optional[str], typer.Option(help="Codabench server")] = None,
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """The competition's phases, your submission limits, and whether you can submit now."""
+        cid = _codabench_competition(competition)
+        client = _client(url, need_token=True)
+        phases = client.phases(cid)
+        rows = []
+        for p in phases:
+            can, reason = client.can_make_submission(p.id) if p.is_current else (None, None)
+            rows.append({"id": p.id, "name": p.name, "status": p.status, "limits": p.limits_text(),
+                         "max_per_day": p.max_submissions_per_day, "used_today": p.used_submissions_per_day,
+                         "max_total": p.max_submissions_per_person, "used_total": p.used_submissions_per_person,
+                         "can_make_submission": can, "reason": reason})
+        if json_:
+            print_json({"url": client.base_url, "competition": cid,
+                        "username": cb.stored_username(client.base_url), "phases": rows})
+            return
+        who = cb.stored_username(client.base_url)
+        table = Table(title=f"Codabench competition {cid} at {client.base_url}" + (f" ({who})" if who else ""))
+        for col in ("phase", "name", "status", "used / limits", "can submit"):
+            table.add_column(col)
+        for r in rows:
+            can = "-" if r["can_make_submission"] is None else (
+                "[green]yes[/]" if r["can_make_submission"] else f"[red]no[/] {escape(r['reason'] or '')}")
+            table.add_row(str(r["id"]), escape(r["name"]), escape(r["status"] or "?"), r["limits"] or "-", can)
+        console.print(table)
+
+    @cb_app.command("sync")
+    def sync_command(
+        competition: Annotated[Optional[str], typer.Option(help="Codabench competition id")] = None,
+        phase: Annotated[Optional[int], typer.Option(help="Codabench phase id (default: the current one)")] = None,
+        label: Annotated[str, typer.Option(help="leaderboard phase the scores are filed under")] = DEFAULT_PHASE,
+        url: Annotated[Optional[str], typer.Option(help="Codabench server")] = None,
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """Match your Codabench submissions to the ledger by id and fill in missing scores."""
+        cid = _codabench_competition(competition)
+        client = _client(url, need_token=True)
+        with Ledger(_common.workspace().ledger_path) as ledger:
+            comp = _cpx_competition()
+            report = sync_submissions(ledger, client, cid, phase_id=phase, phase=label,
+                                      owner=cb.stored_username(client.base_url),
+                                      metric=comp.metric if comp else "fscore")
+        if json_:
+            print_json(report.to_dict())
+            return
+        console.print(escape(f"phase {report.phase_id} ({report.phase_name}): {report.remote} submission(s) "
+                             f"on Codabench"), highlight=False)
+        for name, score in report.filled:
+            console.print(f"  recorded {escape(label)} score [bold]{score:.4f}[/] for {escape(name)} (codabench)",
+                          highlight=False)
+        for name, status in report.updated:
+            console.print(escape(f"  {name}: {status}"), highlight=False)
+        for item in report.unknown:
+            score = f", {item['score']:.4f}" if item.get("score") is not None else ""
+            console.print(escape(f"  not in the ledger: Codabench submission {item['id']} ({item['status']}{score}); "
+                                 f"register its zip with `cpx submit NAME --zip PATH`"), highlight=False)
+        for line in report.messages:
+            err_console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
+        if not (report.filled or report.updated or report.unknown):
+            console.print("  nothing new", highlight=False)

@@ -1,0 +1,168 @@
+"""`cpx train`."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cpx.kernel.config import parse_assignment
+from cpx.train.run import TrainRequest, command_line, train
+from . import _common
+from ._common import console, fmt_f
+
+# shortcut option -> config key path
+SHORTCUTS = {
+    "dice": "loss.options.dice",
+    "ce": "loss.options.ce",
+    "lr": "optimizer.lr",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "image_size": "data.image_size",
+    "seed": "train.seed",
+    "data": "data.path",
+    "device": "train.device",
+    "precision": "train.precision",
+    "budget_minutes": "train.budget_minutes",
+}
+
+
+def parse_budget(text: Optional[str]) -> Optional[float]:
+    """``90m``, ``2h``, ``1h30m`` or plain minutes -> minutes."""
+    if not text:
+        return None
+    from cpx.kernel.errors import ConfigError
+
+    s, total, num = text.strip().lower(), 0.0, ""
+    try:
+        for ch in s:
+            if ch.isdigit() or ch == ".":
+                num += ch
+            elif ch in "hms":
+                total += float(num) * {"h": 60, "m": 1, "s": 1 / 60}[ch]
+                num = ""
+            else:
+                raise ValueError
+        if num:
+            total += float(num)
+    except ValueError:
+        raise ConfigError(f"--budget: cannot read {text!r}; use e.g. 90m, 2h or 1h30m") from None
+    if total <= 0:
+        raise ConfigError("--budget: must be more than zero")
+    return total
+
+
+class RichProgress:
+    """Epoch and batch bars with loss, val F, images/s and ETA."""
+
+    def __init__(self):
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False)
+        self.epoch_task = self.batch_task = None
+
+    def on_start(self, **info):
+        _print_header(info)
+        self.progress.start()
+        self.epoch_task = self.progress.add_task("epochs", total=info["config"].train.epochs,
+                                                 completed=info["start_epoch"], info="")
+        self.batch_task = self.progress.add_task("batches", total=info["steps_per_epoch"], info="")
+
+    def on_batch_end(self, trainer, i, loss):
+        self.progress.update(self.batch_task, completed=i + 1)
+
+    def on_epoch_end(self, trainer, record):
+        info = f"loss {record.train_loss:.4f}  val F {fmt_f(record.val_f)}  best {fmt_f(trainer.best_f)}  {record.images_per_s:.1f} img/s"
+        self.progress.update(self.epoch_task, completed=trainer.epoch, total=trainer.settings.epochs, info=info)
+        self.progress.update(self.batch_task, completed=0)
+
+    def on_train_end(self, trainer):
+        self.progress.stop()
+
+
+class LogProgress:
+    """One plain line per epoch, for logs and CI."""
+
+    def on_start(self, **info):
+        _print_header(info)
+
+    def on_epoch_end(self, trainer, record):
+        print(f"epoch {record.epoch}/{trainer.settings.epochs} loss {record.train_loss:.4f} "
+              f"val_f {fmt_f(record.val_f)} lr {record.lr:.2e} {record.images_per_s:.1f} img/s "
+              f"{record.seconds:.1f}s", flush=True)
+
+
+def _print_header(info):
+    c = info["config"]
+    console.print(f"[bold]run[/] {info['run_id']}  recipe {c.recipe}  model {c.model.name} "
+                  f"({info['params']:,} params)  {info['device']}/{info['precision']}  "
+                  f"train {info['train_images']} / val {info['val_images']} images at {c.data.image_size}px",
+                  highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_command(
+        recipe: Annotated[Optional[str], typer.Argument(help="recipe name (see `cpx recipes`) or a YAML file")] = None,
+        dice: Annotated[Optional[float], typer.Option(help="Dice weight of the combined loss")] = None,
+        ce: Annotated[Optional[float], typer.Option(help="cross-entropy weight of the combined loss")] = None,
+        lr: Annotated[Optional[float], typer.Option(help="peak learning rate")] = None,
+        epochs: Annotated[Optional[int], typer.Option(help="maximum epochs")] = None,
+        batch_size: Annotated[Optional[int], typer.Option(help="images per step")] = None,
+        image_size: Annotated[Optional[int], typer.Option(help="training resolution")] = None,
+        seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
+        data: Annotated[Optional[str], typer.Option(help="competition data folder (default: synthetic data)")] = None,
+        device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
+        precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16")] = None,
+        budget: Annotated[Optional[str], typer.Option(help="wall-clock budget, e.g. 20m or 2h: fits the schedule to it")] = None,
+        name: Annotated[Optional[str], typer.Option(help="a name for the run")] = None,
+        set_: Annotated[Optional[list[str]], typer.Option("--set", help="override any field: section.key=value (repeatable)")] = None,
+        resume: Annotated[Optional[str], typer.Option(help="continue run RUN from its last.pt")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain log lines instead of progress bars")] = False,
+        nproc: Annotated[int, typer.Option(help="data-parallel processes on this node (batch size stays global)")] = 1,
+        nnodes: Annotated[str, typer.Option(help="nodes taking part: N, or MIN:MAX for elastic membership")] = "1",
+        rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT every node meets at (needed with --nnodes > 1)")] = None,
+    ):
+        """Train a recipe; the run lands in experiments/runs/ and the ledger."""
+        overrides = {}
+        for assignment in set_ or []:
+            key, value = parse_assignment(assignment)
+            overrides[key] = value
+        values = dict(dice=dice, ce=ce, lr=lr, epochs=epochs, batch_size=batch_size, image_size=image_size,
+                      seed=seed, data=data, device=device, precision=precision, budget_minutes=parse_budget(budget))
+        for field, value in values.items():
+            if value is not None:
+                overrides[SHORTCUTS[field]] = value
+        if resume and (recipe or overrides):
+            from cpx.kernel.errors import ConfigError
+
+            raise ConfigError("--resume continues a run with its own config; drop the recipe and overrides")
+        request = TrainRequest(recipe=recipe, overrides=overrides, name=name, resume=resume, command=command_line())
+        if nproc != 1 or nnodes != "1" or rdzv_endpoint:
+            from cpx.train.distributed import launch
+
+            # workers are separate processes: plain log lines from rank 0, no live progress bars
+            result = launch(request, _common.workspace(), _common.host(), nproc=nproc, nnodes=nnodes,
+                            rdzv_endpoint=rdzv_endpoint, callbacks=(LogProgress(),))
+            if result is None:
+                console.print("this node's ranks finished; the run is recorded by the node holding rank 0")
+                return
+        else:
+            progress = LogProgress() if quiet or not console.is_terminal else RichProgress()
+            result = train(request, _common.workspace(), _common.host(), callbacks=(progress,))
+        table = Table(show_header=False, box=None)
+        table.add_row("run", result.run_id)
+        table.add_row("status", result.status + (f" ({result.message})" if result.message else ""))
+        table.add_row("best val F", f"{fmt_f(result.best_val_f)} (epoch {result.best_epoch})")
+        table.add_row("epochs", str(result.epochs))
+        table.add_row("parameters", f"{result.params:,}")
+        table.add_row("wall time", f"{result.wall_seconds:.0f} s")
+        table.add_row("changed", ", ".join(f"{k}={v}" for k, v in result.config_diff.items()) or "(recipe as is)")
+        table.add_row("folder", str(result.run_dir))
+        console.print(table)
+        if result.status == "stopped" and "interrupted" in result.message:
+            raise typer.Exit(130)

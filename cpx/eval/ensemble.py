@@ -1,0 +1,354 @@
+"""Ensembles of recorded runs: weighted softmax averages, scored on shared validation images.
+
+Members may differ in architecture and input size: each predicts at its own training size
+and its probabilities are resized to the mask before averaging (see ``cpx.eval.predict``).
+
+Which images are scored: only those every member held out (the intersection of the
+validation lists, in the first member's order). Scoring on the first member's list instead
+would count images that another member trained on, and an ensemble would look better than
+it is; when the lists differ, the result carries a warning saying how many images were dropped.
+
+An ensemble is recorded as a run of kind ``ensemble`` with its members in the ledger and a run
+folder holding ``ensemble.json`` (members, weights, TTA), ``val_list.txt`` and ``data.json``,
+so ``predictor_for_run`` (and packaging) accept it like a trained run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cpx.data import dataset as datalib
+from cpx.kernel.errors import ConfigError, RunError
+from cpx.eval.predict import (ENSEMBLE_FILE, Member, Predictor, check_ensemble_allowed, is_ensemble,  # noqa: F401
+                        parse_tta, tta_label)
+from cpx.runs.ledger import Ledger, new_run_id, utc_now
+from cpx.eval.metrics import ScoreAccumulator, class_ids
+from cpx.kernel.manager import PluginHost
+from cpx.train.loop import resolve_device
+from cpx.kernel.files import atomic_write_text, count_params
+from cpx.eval.validate import VAL_LIST, Evaluation, _pairs, evaluate, run_data_root, run_folder, run_val_names
+from cpx.kernel.workspace import Workspace
+
+Progress = Optional[Callable[[str, int, int], None]]
+# Cached search probabilities are kept at most this many pixels on a side, in float16 when
+# shrunk (about 220 MB per member for 90 512 px face images), so the search's scores are
+# approximate for large masks; the chosen ensemble is always re-scored exactly.
+SEARCH_SIDE = 256
+
+
+@dataclass
+class MemberScore:
+    run: str
+    name: str
+    weight: float
+    checkpoint: str
+    fscore: float  # alone, on the shared images, with the same TTA
+    recorded_val_f: Optional[float] = None
+
+
+@dataclass
+class EnsembleResult:
+    members: list[MemberScore]
+    evaluation: Optional[Evaluation]  # the ensemble's exact score (None if no ensemble came out)
+    names: list[str]
+    data_root: Path
+    tta: tuple
+    best_single: MemberScore
+    gain: Optional[float]  # ensemble F minus the best single member's F
+    run_id: Optional[str] = None
+    warnings: list[str] = field(default_factory=list)
+    search_steps: list[dict] = field(default_factory=list)
+    message: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "run_id": self.run_id, "tta": tta_label(self.tta), "images": len(self.names),
+            "data": str(self.data_root),
+            "members": [m.__dict__ for m in self.members],
+            "fscore": self.evaluation.scores.fscore if self.evaluation else None,
+            "evaluation": self.evaluation.to_dict() if self.evaluation else None,
+            "best_single": self.best_single.__dict__, "gain": self.gain,
+            "search_steps": self.search_steps, "warnings": self.warnings, "message": self.message,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def parse_weights(text: Optional[str], count: Optional[int] = None) -> Optional[list[float]]:
+    if not text:
+        return None
+    try:
+        weights = [float(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise ConfigError(f"--weights: cannot read {text!r}; give numbers such as 2,1,1") from None
+    if count is not None and len(weights) != count:
+        raise ConfigError(f"--weights: {len(weights)} weight(s) for {count} run(s)")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError("--weights: weights must be non-negative with a positive sum")
+    return weights
+
+
+def top_runs(ledger: Ledger, k: int) -> list[dict]:
+    """The ``k`` completed trained runs with the best validation F (of the best run's competition)."""
+    rows = [r for r in ledger.list_runs(status="completed", kind="train", order_by="best_val_f")
+            if r.get("best_val_f") is not None]
+    if not rows:
+        raise RunError("no completed runs with a validation score in the ledger; name the runs to ensemble")
+    comp = rows[0].get("competition")
+    return [r for r in rows if r.get("competition") == comp][:k]
+
+
+def _shared_images(handles, warnings: list[str]) -> tuple[Path, list[str]]:
+    lists = [run_val_names(h.run_dir) for h in handles]
+    for h, names in zip(handles, lists):
+        if not names:
+            raise RunError(f"run {h.id} has no validation list ({h.run_dir / 'val_list.txt'})")
+    roots = [run_data_root(h.run_dir) for h in handles]
+    if roots[0] is None or not roots[0].is_dir():
+        raise RunError(f"run {handles[0].id}: its data folder {roots[0]} is gone")
+    prints = {h.row.get("data_fingerprint") for h in handles}
+    if len({str(r.resolve()) if r else None for r in roots}) > 1 or len(prints) > 1:
+        warnings.append("members were trained on different data (" +
+                        ", ".join(f"{h.id}: {r}" for h, r in zip(handles, roots)) +
+                        f"); scoring on {roots[0]}")
+    common = set(lists[0]).intersection(*map(set, lists[1:]))
+    names = [n for n in lists[0] if n in common]
+    if any(set(names) != set(other) for other in lists):
+        sizes = ", ".join(f"{h.id}: {len(n)}" for h, n in zip(handles, lists))
+        warnings.append(
+            f"LEAKAGE RISK: the members' validation lists differ ({sizes} images). An image one member "
+            "held out may be in another member's training set, and scoring on it would flatter the "
+            f"ensemble, so only the {len(names)} images held out by every member are scored")
+    if not names:
+        raise RunError("the members share no validation image: no honest score is possible; "
+                       "ensemble runs trained with the same split (data.split_seed, data.val_fraction)")
+    return roots[0], names
+
+
+def _downsized(p: torch.Tensor, side: int) -> torch.Tensor:
+    h, w = p.shape[-2:]
+    if max(h, w) <= side:
+        # small enough to keep exactly, so the search scores what the final ensemble scores
+        return p.clone()
+    f = side / max(h, w)
+    size = (max(1, round(h * f)), max(1, round(w * f)))
+    return F.interpolate(p[None], size=size, mode="bilinear", align_corners=False)[0].to(torch.float16)
+
+
+class _SearchCache:
+    """Every member's validation probabilities, computed once, for the greedy search."""
+
+    def __init__(self, count: int):
+        self.probs: list[list[torch.Tensor]] = [[] for _ in range(count)]
+        self.masks: list[torch.Tensor] = []
+
+    def score(self, counts: dict[int, int], num_classes: int) -> float:
+        total = sum(counts.values())
+        acc = ScoreAccumulator(num_classes)
+        for i, gt in enumerate(self.masks):
+            mix = None
+            for m, c in counts.items():
+                p = self.probs[m][i].float().mul_(c / total)
+                mix = p if mix is None else mix.add_(p)
+            if tuple(mix.shape[-2:]) != tuple(gt.shape):
+                mix = F.interpolate(mix[None], size=tuple(gt.shape), mode="bilinear", align_corners=False)[0]
+            acc.update(class_ids(mix, 0), gt)
+        return acc.compute().fscore
+
+
+def greedy_select(score: Callable[[dict[int, int]], float], n: int, max_rounds: int = 20,
+                  on_step: Optional[Callable[[int], None]] = None) -> tuple[Counter, list[tuple[int, float]]]:
+    """Forward selection with replacement (Caruana et al. 2004): start empty, add whichever of
+    the ``n`` candidates raises ``score({candidate: count})`` most, stop when no addition helps.
+
+    Returns the counts (the weights, once normalised) and the (candidate, score) of each step.
+    Ties go to the lower index, so list candidates best first.
+    """
+    counts: Counter = Counter()
+    steps: list[tuple[int, float]] = []
+    current = float("-inf")
+    for _ in range(max_rounds):
+        trials = [(score({**counts, k: counts[k] + 1}), k) for k in range(n)]
+        best, k = max(trials, key=lambda t: (t[0], -t[1]))
+        if best <= current:
+            break
+        counts[k] += 1
+        current = best
+        steps.append((k, best))
+        if on_step:
+            on_step(len(steps))
+    return counts, steps
+
+
+def _one_pass(members: list[Member], weights: list[float], competition, root: Path, names: list[str], tta,
+              device, precision, batch_size: int, cache: Optional[_SearchCache], progress) -> tuple:
+    """Exact scores of every member alone and of the weighted mix, from one pass over the images."""
+    singles = [Predictor([Member(m.model, m.image_size, 1.0, m.label)], competition, tta=tta, device=device,
+                         precision=precision) for m in members]
+    accs = [ScoreAccumulator(competition.num_classes) for _ in members]
+    mix_acc = ScoreAccumulator(competition.num_classes)
+    per_image: dict[str, float] = {}
+    norm = [w / sum(weights) for w in weights]
+    pairs = _pairs(root, names, competition)
+    for a in range(0, len(pairs), batch_size):
+        chunk = pairs[a:a + batch_size]
+        images, _ = datalib.load_images([p for _, p, _ in chunk])
+        masks = [torch.from_numpy(np.array(datalib.read_mask(m, competition.num_classes))) for _, _, m in chunk]
+        sizes = [tuple(m.shape) for m in masks]
+        mixes: list[Optional[torch.Tensor]] = [None] * len(chunk)
+        for k, pred in enumerate(singles):
+            for j, p in enumerate(pred.probs(images, sizes)):
+                accs[k].update(class_ids(p, 0), masks[j])
+                if cache is not None:
+                    cache.probs[k].append(_downsized(p, SEARCH_SIDE))
+                if norm[k]:
+                    part = p.mul(norm[k])
+                    mixes[j] = part if mixes[j] is None else mixes[j].add_(part)
+        for j, (name, _, _) in enumerate(chunk):
+            per_image[name] = float(mix_acc.update(class_ids(mixes[j], 0), masks[j])[0])
+        if cache is not None:
+            cache.masks.extend(masks)
+        if progress:
+            progress("scoring members", min(a + batch_size, len(pairs)), len(pairs))
+    return [acc.compute() for acc in accs], mix_acc.compute(), per_image
+
+
+def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, *,
+                   weights: Optional[Sequence[float]] = None, tta=(), top: int = 3, search: bool = False,
+                   name: Optional[str] = None, checkpoint: str = "best", record: bool = True,
+                   batch_size: int = 8, device: str = "auto", precision: str = "auto", max_rounds: int = 20,
+                   command: str = "", progress: Progress = None) -> EnsembleResult:
+    """Average runs' softmax outputs, score the mix on their shared validation images and record it.
+
+    With no ``runs``: the ``top`` completed runs by validation F. With ``search``: a greedy
+    forward selection with replacement (Caruana et al. 2004) over those runs picks members and
+    integer weights maximising validation F; each member's probabilities are computed once.
+    """
+    from cpx.runs.handle import open_run
+
+    start = time.perf_counter()
+    tta = parse_tta(tta)
+    if top < 1:
+        raise ConfigError(f"--top must be at least 1, not {top}")
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"--checkpoint {checkpoint!r}: an ensemble takes best or last for every member")
+    with Ledger(workspace.ledger_path) as ledger:
+        rows = [ledger.get_run(r) for r in runs] if runs else top_runs(ledger, top)
+        for r in rows:
+            if is_ensemble(r):
+                raise RunError(f"run {r['id']} is itself an ensemble; name its members instead")
+        ids = [r["id"] for r in rows]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ConfigError(f"run {dup[0]} is named twice; use --weights to weigh a run more")
+        if len(rows) < 2:
+            raise RunError(f"an ensemble needs at least 2 runs, found {len(rows)}"
+                           + ("" if runs else " completed run(s) with a validation score"))
+        handles = [open_run(r["id"], workspace, host, ledger) for r in rows]
+    if weights is not None:
+        if search:
+            raise ConfigError("--weights and --search both set the weights; choose one")
+        if len(weights) != len(handles):
+            raise ConfigError(f"--weights: {len(weights)} weight(s) for {len(handles)} run(s)")
+    weights = [float(w) for w in weights] if weights is not None else [1.0] * len(handles)
+    comps = {h.competition.name for h in handles}
+    if len(comps) > 1:
+        raise RunError(f"the runs belong to different competitions ({', '.join(sorted(comps))})")
+    competition = handles[0].competition
+    warnings: list[str] = []
+    root, names = _shared_images(handles, warnings)
+
+    dev = resolve_device(device)
+    members = [Member(h.load_model(host, checkpoint, dev), h.image_size, w, h.row.get("name") or h.id, h.id,
+                      checkpoint) for h, w in zip(handles, weights)]
+    cache = _SearchCache(len(members)) if search else None
+    singles, mix_scores, per_image = _one_pass(members, weights, competition, root, names, tta, dev, precision,
+                                               batch_size, cache, progress)
+    member_scores = [MemberScore(h.id, h.row.get("name") or h.id, w, checkpoint, s.fscore, h.row.get("best_val_f"))
+                     for h, w, s in zip(handles, weights, singles)]
+    best_single = max(member_scores, key=lambda m: m.fscore)
+
+    steps: list[dict] = []
+    message = ""
+    evaluation: Optional[Evaluation]
+    if search:
+        def on_step(step: int) -> None:
+            if progress:
+                progress("searching", step, max_rounds)
+
+        counts, picks = greedy_select(lambda c: cache.score(c, competition.num_classes), len(members),
+                                      max_rounds, on_step)
+        steps = [{"add": handles[k].id, "fscore": score} for k, score in picks]
+        chosen = sorted(counts)
+        total = sum(counts.values())
+        # every candidate stays listed (weight 0 if not picked) so the table shows what was passed over
+        member_scores = [MemberScore(ms.run, ms.name, counts[k] / total, ms.checkpoint, ms.fscore, ms.recorded_val_f)
+                         for k, ms in enumerate(member_scores)]
+        if len(chosen) < 2:
+            message = (f"the search kept only {handles[chosen[0]].id}: no mix of these runs beats it on "
+                       "validation; nothing recorded")
+            evaluation = None
+        else:
+            final = Predictor([Member(members[k].model, members[k].image_size, counts[k] / total, members[k].label,
+                                      members[k].run_id, checkpoint) for k in chosen],
+                              competition, tta=tta, device=dev, precision=precision)
+            evaluation = evaluate(final, root, names, competition, batch_size=batch_size,
+                                  progress=(lambda d, t: progress("scoring the ensemble", d, t)) if progress else None)
+    else:
+        evaluation = Evaluation(names=names, scores=mix_scores, per_image=per_image, seconds=0.0, tta=tta,
+                                checkpoint="members", class_names=tuple(competition.classes))
+    result = EnsembleResult(members=member_scores, evaluation=evaluation, names=names, data_root=root, tta=tta,
+                            best_single=best_single, warnings=warnings, search_steps=steps, message=message,
+                            gain=(evaluation.scores.fscore - best_single.fscore) if evaluation else None)
+    result.seconds = time.perf_counter() - start
+    if evaluation is not None:
+        evaluation.seconds = result.seconds
+        evaluation.checkpoint = "members"
+        evaluation.data = VAL_LIST
+        evaluation.warnings = list(warnings)
+        if not competition.rules.ensembles_allowed:
+            result.warnings.append(f"{competition.name} forbids ensembles: this one is for validation only; "
+                                   "predicting or packaging it needs --allow-rule-break and it must not be submitted")
+        if sum(1 for m in member_scores if m.weight > 0) < 2:
+            result.message = "only one member has a weight above zero: not an ensemble, nothing recorded"
+        elif record:
+            params = sum(count_params(members[k].model) for k, ms in enumerate(member_scores) if ms.weight > 0)
+            result.run_id = _record(workspace, competition, result, name, params, command)
+            evaluation.run_id = result.run_id
+    return result
+
+
+def _record(workspace: Workspace, competition, result: EnsembleResult, name: Optional[str], params: int,
+            command: str) -> str:
+    run_id = new_run_id(name or "ensemble")
+    run_dir = workspace.runs_dir / run_id
+    members = [{"run": m.run, "weight": m.weight, "checkpoint": m.checkpoint} for m in result.members if m.weight > 0]
+    s = result.evaluation.scores
+    spec = {"kind": "ensemble", "competition": competition.name, "members": members, "tta": list(result.tta),
+            "score": s.fscore, "images": len(result.names), "best_single": result.best_single.__dict__,
+            "gain": result.gain, "search_steps": result.search_steps, "warnings": result.warnings}
+    atomic_write_text(run_dir / ENSEMBLE_FILE, json.dumps(spec, indent=2))
+    atomic_write_text(run_dir / "val_list.txt", "".join(n + "\n" for n in result.names))
+    atomic_write_text(run_dir / "data.json", json.dumps({"path": str(result.data_root), "val": len(result.names),
+                                                         "ensemble": True}, indent=2))
+    now = utc_now()
+    with Ledger(workspace.ledger_path) as ledger:
+        ledger.add_run(id=run_id, name=name or run_id, kind="ensemble", recipe="ensemble",
+                       competition=competition.name, status="completed", created_at=now, finished_at=now,
+                       command=command, params=params, best_val_f=s.fscore, members=members,
+                       wall_seconds=round(result.seconds, 2), run_dir=str(run_dir),
+                       notes="; ".join(result.warnings) or None)
+        ledger.add_validation(run_id, checkpoint="members", tta=tta_label(result.tta), data=VAL_LIST,
+                              images=len(result.names), score=s.fscore, pooled_score=s.pooled_fscore,
+                              pixel_acc=s.pixel_acc, miou=s.miou, per_class=result.evaluation.per_class(),
+                              wall_seconds=round(result.seconds, 2))
+    return run_id

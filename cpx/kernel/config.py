@@ -1,0 +1,244 @@
+"""Experiment configs: pydantic sections composed from recipes, overrides and plugin options.
+
+A recipe is a YAML mapping with the sections below; ``base: other-recipe`` inherits from
+another recipe. Built-in recipes ship in ``cpx_recipes``; YAML files in the workspace's
+``experiments/`` folder add to them or override them by name.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cpx.kernel.errors import ConfigError
+from cpx.kernel.registry import format_validation_error
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(Section):
+    name: str = Field(description="registered name of the plugin component")
+    options: dict[str, Any] = Field(default_factory=dict, description="the component's own options")
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw", "sgd"] = Field("adamw", description="optimizer")
+    lr: float = Field(8e-4, gt=0, description="peak learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="decoupled weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum")
+
+
+class ScheduleConfig(Section):
+    name: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule after warm-up")
+    warmup_epochs: int = Field(5, ge=0, description="linear warm-up length in epochs")
+    min_lr: float = Field(1e-6, ge=0, description="learning rate at the end of the cosine")
+
+
+class DataConfig(Section):
+    path: Optional[str] = Field(None, description="competition data folder; empty means the competition's synthetic data")
+    image_size: Optional[int] = Field(None, gt=0, description="training resolution (square); empty means the competition's native size")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of labelled images held out for validation")
+    split_seed: int = Field(42, description="seed of the train/validation split")
+    synthetic_count: int = Field(120, gt=1, description="images generated when no data folder is given")
+    synthetic_size: int = Field(128, gt=7, description="size of generated images")
+    synthetic_seed: int = Field(0, description="seed of the synthetic generator")
+    cache: bool = Field(True, description="keep a decoded uint8 cache file under experiments/cache")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(300, gt=0, description="maximum number of epochs")
+    batch_size: int = Field(32, gt=0, description="images per optimizer step")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype; auto = bf16 where the CPU or GPU supports it, else fp32")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    grad_clip: Optional[float] = Field(1.0, gt=0, description="max gradient norm; empty disables")
+    patience: Optional[int] = Field(20, gt=0, description="stop after this many validations without improvement")
+    seed: int = Field(0, description="seed for initialisation, shuffling and augmentation")
+    val_every: int = Field(1, gt=0, description="validate every N epochs")
+    channels_last: bool = Field(True, description="use channels-last memory format for convolutions")
+    budget_minutes: Optional[float] = Field(None, gt=0, description="fit the schedule to this wall-clock budget")
+
+
+class ExperimentConfig(Section):
+    recipe: str = Field("", description="the recipe this config came from")
+    description: str = Field("", description="what the recipe is for")
+    competition: str = Field(description="registered competition profile")
+    model: Component
+    loss: Component
+    augmentation: Component = Field(default_factory=lambda: Component(name="none"))
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+# --- recipes ---------------------------------------------------------------------------
+
+
+def builtin_recipes() -> dict[str, str]:
+    """Recipe name -> YAML text of every recipe shipped with cpx."""
+    out = {}
+    for item in resources.files("cpx_recipes").iterdir():
+        if item.name.endswith(".yaml"):
+            out[item.name[:-5]] = item.read_text()
+    return out
+
+
+def workspace_recipes(experiments_dir: Path) -> dict[str, Path]:
+    if not experiments_dir.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(experiments_dir.glob("*.yaml"))}
+
+
+def list_recipes(experiments_dir: Path) -> dict[str, str]:
+    """Recipe name -> where it comes from (``builtin`` or a file path)."""
+    names = {name: "builtin" for name in builtin_recipes()}
+    names.update({name: str(path) for name, path in workspace_recipes(experiments_dir).items()})
+    return dict(sorted(names.items()))
+
+
+def _parse_yaml(text: str, source: str) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}:{where} not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a recipe must be a mapping of sections")
+    return data
+
+
+def load_recipe(ref: str, experiments_dir: Path, _seen: tuple = ()) -> dict:
+    """The raw (unvalidated) mapping of a recipe name or YAML path, with ``base`` applied."""
+    path = Path(ref)
+    if ref.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"recipe file {ref} does not exist")
+        data, name = _parse_yaml(path.read_text(), str(path)), path.stem
+    else:
+        local = workspace_recipes(experiments_dir)
+        shipped = builtin_recipes()
+        if ref in local:
+            data = _parse_yaml(local[ref].read_text(), str(local[ref]))
+        elif ref in shipped:
+            data = _parse_yaml(shipped[ref], f"recipe {ref}")
+        else:
+            known = ", ".join(sorted(set(local) | set(shipped)))
+            raise ConfigError(f"unknown recipe {ref!r}; known: {known}")
+        name = ref
+    base = data.pop("base", None)
+    if base:
+        if base in _seen:
+            raise ConfigError(f"recipe {name}: base chain loops through {base}")
+        parent = load_recipe(base, experiments_dir, _seen + (name,))
+        data = deep_merge(parent, data)
+    data.setdefault("recipe", name)
+    data["recipe"] = name
+    return data
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
+            out[key] = deep_merge(out[key], value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = copy.deepcopy(value)
+    # a new component name discards the options that belonged to the old component
+    for section in ("model", "loss", "augmentation"):
+        if isinstance(update.get(section), dict) and "name" in update[section] and "options" not in update[section]:
+            if isinstance(base.get(section), dict) and base[section].get("name") != update[section]["name"]:
+                out[section]["options"] = {}
+    return out
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``train.epochs=3`` -> ("train.epochs", 3); values are read as YAML scalars or lists."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def set_path(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            if part in node and node[part] is not None:
+                raise ConfigError(f"{key}: {part} is not a section")
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    out = copy.deepcopy(data)
+    for key, value in overrides.items():
+        set_path(out, key, value)
+    # swapping a component (--set model.name=unet) drops options meant for the old one
+    for section in ("model", "loss", "augmentation"):
+        renamed = f"{section}.name" in overrides and overrides[f"{section}.name"] != (data.get(section) or {}).get("name")
+        if renamed and not any(k.startswith(f"{section}.options") for k in overrides):
+            out[section]["options"] = {}
+    return out
+
+
+def validate(data: dict) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def resolve(config: ExperimentConfig, host) -> ExperimentConfig:
+    """Fill every component's options with validated defaults from its plugin."""
+    competition = host.competition(config.competition)
+    resolved = config.model_copy(deep=True)
+    for section, registry in (("model", host.models), ("loss", host.losses),
+                              ("augmentation", host.augmentations)):
+        comp = getattr(resolved, section)
+        options = registry.get(comp.name).parse_options(comp.options, where=f"{section}.options")
+        comp.options = options.model_dump(mode="json")
+    if resolved.data.image_size is None:
+        resolved.data.image_size = competition.image_size if resolved.data.path else resolved.data.synthetic_size
+    return resolved
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def config_diff(config: ExperimentConfig, baseline: ExperimentConfig) -> dict[str, Any]:
+    """Flat ``{"loss.options.dice": 1.5}`` of what differs from the recipe."""
+    now, before = flatten(config.model_dump(mode="json")), flatten(baseline.model_dump(mode="json"))
+    return {k: v for k, v in now.items() if before.get(k, object()) != v}
+
+
+def build_config(recipe: str, overrides: dict[str, Any], experiments_dir: Path, host) -> tuple[ExperimentConfig, dict]:
+    """The resolved config of ``recipe`` with ``overrides`` applied, and its diff to the recipe."""
+    raw = load_recipe(recipe, experiments_dir)
+    baseline = resolve(validate(raw), host)
+    config = resolve(validate(apply_overrides(raw, overrides)), host)
+    return config, config_diff(config, baseline)

@@ -1,0 +1,199 @@
+"""The one place that owns the plugin manager.
+
+Load order: entry points of group ``cpx`` (third-party), then plugin files from the
+workspace's plugin folders, then the built-ins from an explicit list. A plugin that fails to
+import becomes one warning and is skipped; a misspelt hook name or a name registered twice
+is an error.
+
+``CPX_LOAD_PLUGINS`` (comma-separated entry-point or distribution names, empty for none)
+restricts which third-party plugins load, to isolate a broken one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import pluggy
+
+from cpx.kernel import hookspecs
+from cpx.kernel.errors import PluginError
+from cpx.kernel.registry import Registry
+
+BUILTIN_PLUGINS = (
+    "cpx_plugins.celebamask",
+    "cpx_plugins.models",
+    "cpx_plugins.losses",
+    "cpx_plugins.augmentations",
+)
+
+# registration hook -> registry kind
+KINDS = {
+    "register_competitions": "competition",
+    "register_models": "model",
+    "register_losses": "loss",
+    "register_augmentations": "augmentation",
+}
+
+
+@dataclass
+class PluginHost:
+    """A plugin manager plus the registries its plugins filled."""
+
+    manager: pluggy.PluginManager
+    origins: dict[str, str] = field(default_factory=dict)  # plugin name -> where it came from
+    failures: list[str] = field(default_factory=list)
+
+    def register(self, plugin: Any, name: Optional[str] = None, origin: str = "builtin") -> None:
+        """Add a plugin object or module; registries built after this see it."""
+        name = self.manager.register(plugin, name=name)
+        try:
+            # a misspelt hook name (register_model) would otherwise be silently ignored
+            self.manager.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.manager.unregister(name=name)
+            raise PluginError(f"plugin {origin}: {exc}") from None
+        self.origins[name] = origin
+        self.__dict__.pop("registries", None)
+
+    @cached_property
+    def registries(self) -> dict[str, Registry]:
+        registries = {kind: Registry(kind) for kind in KINDS.values()}
+        for hook_name, kind in KINDS.items():
+            caller = getattr(self.manager.hook, hook_name)
+            # Call each implementation on its own so each registration knows its origin.
+            for impl in reversed(caller.get_hookimpls()):
+                origin = self.origins.get(impl.plugin_name, impl.plugin_name)
+
+                def register(name, target, options=None, description="", _origin=origin, _reg=registries[kind]):
+                    _reg.register(name, target, options=options, description=description, origin=_origin)
+
+                try:
+                    impl.function(register=register)
+                except PluginError:
+                    raise
+                except Exception as exc:  # a broken third-party plugin must not take the CLI down
+                    self.failures.append(f"plugin {origin} failed in {hook_name}: {type(exc).__name__}: {exc}")
+        return registries
+
+    @property
+    def models(self) -> Registry:
+        return self.registries["model"]
+
+    @property
+    def losses(self) -> Registry:
+        return self.registries["loss"]
+
+    @property
+    def augmentations(self) -> Registry:
+        return self.registries["augmentation"]
+
+    @property
+    def competitions(self) -> Registry:
+        return self.registries["competition"]
+
+    def competition(self, name: str):
+        """The :class:`cpx.data.competition.Competition` registered under ``name``."""
+        return self.competitions.get(name).target
+
+    def add_commands(self, app: Any) -> None:
+        for impl in reversed(self.manager.hook.register_commands.get_hookimpls()):
+            try:
+                impl.function(app=app)
+            except Exception as exc:
+                origin = self.origins.get(impl.plugin_name, impl.plugin_name)
+                self.failures.append(f"plugin {origin} failed in register_commands: {type(exc).__name__}: {exc}")
+
+
+def _allowed(ep: metadata.EntryPoint, only: Optional[set[str]]) -> bool:
+    if only is None:
+        return True
+    dist = getattr(ep, "dist", None)
+    return ep.name in only or (dist is not None and dist.name in only)
+
+
+def load_entry_points(host: PluginHost, only: Optional[set[str]] = None) -> None:
+    seen = set()
+    for ep in metadata.entry_points(group="cpx"):
+        if not _allowed(ep, only) or ep.value in seen:
+            continue
+        seen.add(ep.value)
+        dist = getattr(ep, "dist", None)
+        origin = f"{dist.name} {dist.version}" if dist is not None else ep.value
+        try:
+            plugin = ep.load()
+            host.register(plugin, name=f"{ep.name}", origin=origin)
+        except Exception as exc:
+            host.failures.append(f"plugin {ep.name} ({origin}) failed to load: {type(exc).__name__}: {exc}")
+
+
+def load_plugin_files(host: PluginHost, folders: Iterable[Path]) -> None:
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            host.failures.append(f"plugin folder {folder} does not exist")
+            continue
+        for path in sorted(folder.glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            mod_name = f"cpx_local_plugin_{abs(hash(str(path.resolve())))}_{path.stem}"
+            try:
+                spec = importlib.util.spec_from_file_location(mod_name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[mod_name] = module
+                spec.loader.exec_module(module)
+                host.register(module, name=str(path), origin=str(path))
+            except pluggy.PluginValidationError:
+                raise
+            except Exception as exc:
+                sys.modules.pop(mod_name, None)
+                host.failures.append(f"plugin file {path} failed to load: {type(exc).__name__}: {exc}")
+
+
+def create_plugin_host(*, entry_points: bool = True, builtins: bool = True,
+                       plugin_dirs: Iterable[Path] = (), only: Optional[set[str]] = None) -> PluginHost:
+    """A fresh manager. Tests use ``entry_points=False`` and register fakes explicitly."""
+    manager = pluggy.PluginManager("cpx")
+    manager.add_hookspecs(hookspecs)
+    host = PluginHost(manager)
+    if entry_points:
+        env = os.environ.get("CPX_LOAD_PLUGINS")
+        if only is None and env is not None:
+            only = {n.strip() for n in env.split(",") if n.strip()}
+        load_entry_points(host, only)
+    load_plugin_files(host, plugin_dirs)
+    if builtins:
+        for module_name in BUILTIN_PLUGINS:
+            host.register(importlib.import_module(module_name), name=module_name, origin="builtin")
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(str(exc)) from None
+    return host
+
+
+_current: Optional[PluginHost] = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide host, created on first use."""
+    global _current
+    if _current is None:
+        from cpx.kernel.workspace import Workspace
+
+        _current = create_plugin_host(plugin_dirs=Workspace.current().plugin_dirs())
+    return _current
+
+
+def set_host(host: Optional[PluginHost]) -> Optional[PluginHost]:
+    """Install ``host`` as the current one (None resets); returns the previous host."""
+    global _current
+    previous, _current = _current, host
+    return previous

@@ -1,0 +1,103 @@
+"""Named components (models, losses, augmentations, competitions) and where they came from."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+from pydantic import BaseModel, ValidationError
+
+from cpx.kernel.errors import ConfigError, PluginError, UnknownComponent
+
+
+class NoOptions(BaseModel, extra="forbid"):
+    """A component that takes no options."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    target: Any  # a factory, or for competitions the profile itself
+    options: type[BaseModel]
+    description: str
+    origin: str
+
+    def parse_options(self, values: Any = None, *, where: str = "options") -> BaseModel:
+        """Validate ``values`` against the component's options model.
+
+        Errors name the full key path (``where`` + field), one line per problem.
+        """
+        if isinstance(values, self.options):
+            return values
+        try:
+            return self.options.model_validate(values or {})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, prefix=where)) from None
+
+    def create(self, options: Any = None, *args: Any, where: str = "options") -> Any:
+        return self.target(self.parse_options(options, where=where), *args)
+
+    def options_schema(self) -> list[dict]:
+        """Each option with its type, default and description (for `cpx plugins`)."""
+        rows = []
+        for key, f in self.options.model_fields.items():
+            rows.append({
+                "name": key,
+                "type": getattr(f.annotation, "__name__", str(f.annotation)).replace("typing.", ""),
+                "default": None if f.is_required() else f.get_default(call_default_factory=True),
+                "description": f.description or "",
+            })
+        return rows
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"])
+        full = ".".join(p for p in (prefix, path) if p)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{full}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err and not isinstance(err["input"], dict) else ""))
+    return "\n".join(lines)
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, target: Any, *, options: Optional[type[BaseModel]] = None,
+                 description: str = "", origin: str = "?") -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{origin}: a {self.kind} needs a non-empty string name")
+        if name in self._entries:
+            first = self._entries[name].origin
+            raise PluginError(f"{self.kind} {name!r} is registered twice: by {first} and by {origin}")
+        if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
+            raise PluginError(f"{origin}: options for {self.kind} {name!r} must be a pydantic model class")
+        self._entries[name] = Entry(self.kind, name, target, options or NoOptions,
+                                    description or (getattr(target, "__doc__", "") or "").strip().split("\n")[0],
+                                    origin)
+
+    def get(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._entries, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(self._entries)) or 'none'}"
+            raise UnknownComponent(f"unknown {self.kind} {name!r}{hint}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries[n] for n in self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)

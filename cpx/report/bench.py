@@ -1,0 +1,358 @@
+"""`cpx bench`: what a recipe costs on this machine, measured rather than guessed.
+
+One call measures, in a fresh Python process (so the memory high-water mark belongs to the
+benchmark alone and nothing cached earlier flatters the numbers):
+
+* the model's parameters and FLOPs per image (forward, and forward + backward), counted with
+  ``torch.utils.flop_counter.FlopCounterMode`` at the training resolution;
+* the machine's attainable matmul throughput in the chosen precision (the best of a few large
+  square matmuls), the ceiling the achieved FLOP/s are compared with;
+* training images/s end to end through :class:`cpx.train.loop.Trainer` (uint8 batch to device,
+  augmentation, forward, loss, backward, clipping, optimizer step) and prediction images/s
+  through :class:`cpx.eval.predict.Predictor` (plain, and with flip TTA);
+* peak memory of training: the resident-set high-water mark (``getrusage``) on CPU,
+  ``torch.cuda.max_memory_allocated`` on CUDA.
+
+From these and the configured data it projects the time of one epoch (training plus
+validation) and of the whole recipe: the cost table to plan runs with.
+
+FLOP counts cover matmuls, convolutions and attention, the operations FlopCounterMode knows;
+elementwise work (norms, activations, the loss, the optimizer) is real time but no counted
+FLOPs, which is one reason small segmentation models reach a modest fraction of the ceiling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from cpx.kernel.errors import ConfigError, RunError
+from cpx.kernel.workspace import Workspace
+
+MATMUL_SIZE = 2048
+
+
+@dataclass
+class BenchRequest:
+    recipe: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    steps: int = 4  # timed training steps (and prediction batches)
+    warmup: int = 2  # untimed steps first: allocator, kernel selection, oneDNN primitive caches
+    isolate: bool = True  # measure in a fresh subprocess (the memory figure needs it)
+
+
+@dataclass
+class BenchResult:
+    recipe: str
+    model: str
+    params: int
+    image_size: int
+    batch_size: int
+    device: str
+    precision: str
+    threads: int
+    data: str  # where the benchmark's pixels came from
+    forward_flops: float  # per image at image_size
+    train_flops: float  # forward + backward, per image
+    attainable_flops: float  # FLOP/s of a large matmul in this precision
+    train_images_per_s: float
+    predict_images_per_s: float  # no TTA, at predict_size
+    predict_flip_images_per_s: float  # flip TTA (two views)
+    predict_size: int  # size of the images given to prediction (the competition's native size)
+    peak_memory_bytes: int  # training: RSS high-water on CPU, max allocated on CUDA
+    memory_kind: str
+    train_images: int  # of the configured data
+    val_images: int
+    data_bytes: int  # what holding the configured data in memory adds (uint8 images and masks)
+    epochs: int
+    budget_minutes: Optional[float] = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def train_flops_per_s(self) -> float:
+        return self.train_flops * self.train_images_per_s
+
+    @property
+    def predict_flops_per_s(self) -> float:
+        return self.forward_flops * self.predict_images_per_s
+
+    @property
+    def train_fraction(self) -> float:
+        return self.train_flops_per_s / self.attainable_flops if self.attainable_flops else 0.0
+
+    @property
+    def predict_fraction(self) -> float:
+        return self.predict_flops_per_s / self.attainable_flops if self.attainable_flops else 0.0
+
+    @property
+    def epoch_seconds(self) -> float:
+        """One epoch: training images, then validation (scored like a plain prediction)."""
+        train = self.train_images / self.train_images_per_s if self.train_images_per_s else 0.0
+        val = self.val_images / self.predict_images_per_s if self.predict_images_per_s else 0.0
+        return train + val
+
+    @property
+    def recipe_seconds(self) -> float:
+        """All configured epochs (patience may stop earlier), capped by a time budget."""
+        total = self.epochs * self.epoch_seconds
+        return min(total, self.budget_minutes * 60) if self.budget_minutes else total
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for name in ("train_flops_per_s", "predict_flops_per_s", "train_fraction", "predict_fraction",
+                     "epoch_seconds", "recipe_seconds"):
+            out[name] = getattr(self, name)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements (each usable on its own)
+
+
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
+    # torch's formula counts the weight gradient of a grouped convolution as if it were dense
+    # (groups times too much: 100x for a depthwise conv); divide that term by the groups
+    from torch.utils.flop_counter import conv_backward_flop
+
+    full = conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                              _output_padding, groups, output_mask, out_val=out_shape)
+    if groups == 1 or not output_mask[1]:
+        return full
+    weight_part = full - conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
+                                            transposed, _output_padding, groups, [output_mask[0], False, False],
+                                            out_val=out_shape)
+    return full - weight_part + weight_part // groups
+
+
+def _flop_formulas() -> dict:
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    formulas = {aten.convolution_backward: _conv_backward_flops}
+    # the CPU flash-attention kernels are not in torch's table
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        formulas[aten._scaled_dot_product_flash_attention_for_cpu] = (
+            lambda q, k, v, *args, out_shape=None, **kw: sdpa_flop_count(q, k, v))
+        formulas[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
+            lambda g, q, k, v, *args, out_shape=None, **kw: sdpa_backward_flop_count(g, q, k, v))
+    return formulas
+
+
+def count_flops(model: torch.nn.Module, image_size: int, device: torch.device) -> tuple[float, float]:
+    """(forward, forward + backward) FLOPs for one ``3 x S x S`` image, in training mode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand(1, 3, image_size, image_size, device=device)
+    was_training = model.training
+    model.train()
+    with FlopCounterMode(display=False, custom_mapping=_flop_formulas()) as fwd:
+        out = model(x)
+    with FlopCounterMode(display=False, custom_mapping=_flop_formulas()) as bwd:
+        out.float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return float(fwd.get_total_flops()), float(fwd.get_total_flops() + bwd.get_total_flops())
+
+
+def attainable_matmul_flops(device: torch.device, precision: str, size: int = MATMUL_SIZE, repeats: int = 4) -> float:
+    """FLOP/s of the best of ``repeats`` ``size``-square matmuls in ``precision``."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = float("inf")
+    for i in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        if i:  # the first call pays for packing and kernel selection
+            best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda max allocated"
+    # ru_maxrss is in kilobytes on Linux, bytes on macOS
+    scale = 1 if sys.platform == "darwin" else 1024
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale), "RSS high-water"
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def _bench_data(config, competition, count: int, size: int, seed: int = 0):
+    """``count`` training pairs at ``size``: real ones when a data folder is configured."""
+    from cpx.data import dataset as datalib
+    if config.data.path:
+        root = Path(config.data.path).expanduser()
+        names = datalib.train_names(root, competition)
+        train, _ = datalib.split_names(names, config.data.val_fraction, config.data.split_seed)
+        picked = (train * (count // max(1, len(train)) + 1))[:count]
+        images, masks = datalib.load_dataset(root, competition, picked, size)
+        return images, masks, f"{root} ({count} images)"
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=g)
+    masks = torch.randint(0, competition.num_classes, (count, size, size), dtype=torch.uint8, generator=g)
+    return images, masks, "random pixels (no data folder configured)"
+
+
+def data_counts(config, competition, workspace: Workspace) -> tuple[int, int]:
+    """(train, validation) images of the configured data, without decoding any."""
+    from cpx.data import dataset as datalib
+    if config.data.path:
+        root = Path(config.data.path).expanduser()
+        if not root.is_dir():
+            from cpx.kernel.errors import DataError
+
+            raise DataError(f"data folder {root} does not exist")
+        names = datalib.train_names(root, competition)
+    else:
+        names = [str(i) for i in range(config.data.synthetic_count)]
+    train, val = datalib.split_names(names, config.data.val_fraction, config.data.split_seed)
+    return len(train), len(val)
+
+
+def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2) -> BenchResult:
+    """Every figure of a :class:`BenchResult` for a resolved config, in this process."""
+    from cpx.eval.predict import Member, Predictor
+    from cpx.train.run import build_components, settings_from
+    from cpx.train.loop import Trainer, resolve_device, resolve_precision
+    from cpx.kernel.files import count_params
+
+    competition = host.competition(config.competition)
+    device = resolve_device(config.train.device)
+    precision = resolve_precision(config.train.precision, device)
+    size, batch = int(config.data.image_size), int(config.train.batch_size)
+    model, loss_fn, augment = build_components(config, host, competition)
+    params = count_params(model)
+    model = model.to(device)
+    forward_flops, train_flops = count_flops(model, size, device)
+    attainable = attainable_matmul_flops(device, precision)
+    notes = []
+
+    images, masks, source = _bench_data(config, competition, batch * (warmup + steps), size)
+    settings = settings_from(config, precision)
+    settings.epochs = 10 ** 6  # keeps the learning rate in warm-up/cosine range, never at its end
+    trainer = Trainer(model, loss_fn, augment, (images[:batch * warmup], masks[:batch * warmup]), None,
+                      settings, competition.num_classes, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer.train_epoch()
+    trainer.train_images, trainer.train_masks = images[batch * warmup:], masks[batch * warmup:]
+    _sync(device)
+    t0 = time.perf_counter()
+    trainer.train_epoch()
+    _sync(device)
+    train_ips = batch * steps / (time.perf_counter() - t0)
+    peak, kind = _peak_memory(device)
+    del images, masks, trainer
+
+    predict_size = int(competition.image_size or size)
+    g = torch.Generator().manual_seed(1)
+    pictures = list(torch.randint(0, 256, (batch * (1 + steps), 3, predict_size, predict_size),
+                                  dtype=torch.uint8, generator=g))
+    rates = []
+    for tta in ((), ("flip",)):
+        predictor = Predictor([Member(model, size)], competition, tta=tta, device=device, precision=precision)
+        predictor.predict(pictures[:batch])
+        _sync(device)
+        t0 = time.perf_counter()
+        for a in range(batch, len(pictures), batch):
+            predictor.predict(pictures[a:a + batch])
+        _sync(device)
+        rates.append(batch * steps / (time.perf_counter() - t0))
+
+    n_train, n_val = data_counts(config, competition, workspace)
+    if not config.data.path:
+        notes.append("no data folder: pixels are random and the data counts are the synthetic set's; "
+                     "pass --data DIR for the real cost table")
+    return BenchResult(
+        recipe=config.recipe, model=config.model.name, params=params, image_size=size, batch_size=batch,
+        device=str(device), precision=precision, threads=torch.get_num_threads(), data=source,
+        forward_flops=forward_flops, train_flops=train_flops, attainable_flops=attainable,
+        train_images_per_s=train_ips, predict_images_per_s=rates[0], predict_flip_images_per_s=rates[1],
+        predict_size=predict_size, peak_memory_bytes=peak, memory_kind=kind, train_images=n_train,
+        val_images=n_val, data_bytes=(n_train + n_val) * 4 * size * size, epochs=config.train.epochs,
+        budget_minutes=config.train.budget_minutes, notes=notes)
+
+
+def bench_config(request: BenchRequest, workspace: Workspace, host):
+    """The resolved config a benchmark measures. With no data folder and no explicit size, the
+    competition's native size is benchmarked rather than the small synthetic images'."""
+    from cpx.kernel.config import build_config, load_recipe
+
+    config, _ = build_config(request.recipe, request.overrides, workspace.experiments_dir, host)
+    raw = load_recipe(request.recipe, workspace.experiments_dir)
+    size_given = "data.image_size" in request.overrides or (raw.get("data") or {}).get("image_size")
+    if not config.data.path and not size_given:
+        config.data.image_size = host.competition(config.competition).image_size or config.data.image_size
+    return config
+
+
+def run_bench(request: BenchRequest, workspace: Workspace, host) -> BenchResult:
+    """Benchmark a recipe; in a fresh subprocess unless ``request.isolate`` is off."""
+    if request.steps < 1 or request.warmup < 1:
+        raise ConfigError("--steps and --warmup must be at least 1")
+    config = bench_config(request, workspace, host)
+    if not request.isolate:
+        return measure(config, host, workspace, request.steps, request.warmup)
+    spec = {"config": config.model_dump(mode="json"), "workspace": str(workspace.root),
+            "steps": request.steps, "warmup": request.warmup}
+    out = subprocess.run([sys.executable, "-m", "cpx.report.bench"], input=json.dumps(spec), capture_output=True,
+                         text=True, env={**os.environ, "CPX_WORKSPACE": str(workspace.root)})
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RunError(f"the benchmark process failed (exit code {out.returncode}): {tail}")
+    data = json.loads(lines[-1])
+    fields = set(BenchResult.__dataclass_fields__)
+    return BenchResult(**{k: v for k, v in data.items() if k in fields})
+
+
+def _child() -> None:
+    from cpx.kernel.config import validate
+    from cpx.kernel.manager import create_plugin_host
+
+    spec = json.loads(sys.stdin.read())
+    workspace = Workspace(Path(spec["workspace"]))
+    host = create_plugin_host(plugin_dirs=workspace.plugin_dirs())
+    result = measure(validate(spec["config"]), host, workspace, spec["steps"], spec["warmup"])
+    print(json.dumps(result.to_dict()))
+
+
+# --------------------------------------------------------------------------------------------
+# A factory for scripts that take "module:callable" (e.g. the reference training loop)
+
+
+def recipe_model(recipe: Optional[str] = None) -> torch.nn.Module:
+    """The model of ``recipe`` (default: ``$CPX_BENCH_RECIPE`` or msf-lmsa), built as cpx trains it."""
+    from cpx.kernel.config import build_config
+    from cpx.kernel.manager import create_plugin_host
+
+    workspace = Workspace.current()
+    host = create_plugin_host(plugin_dirs=workspace.plugin_dirs())
+    config, _ = build_config(recipe or os.environ.get("CPX_BENCH_RECIPE", "msf-lmsa"), {},
+                             workspace.experiments_dir, host)
+    competition = host.competition(config.competition)
+    return host.models.get(config.model.name).create(config.model.options, competition.num_classes)
+
+
+if __name__ == "__main__":
+    _child()

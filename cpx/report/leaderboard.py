@@ -1,0 +1,442 @@
+"""The leaderboard competitors keep by hand: every run and submission ranked, with the
+validation F, the test F read off Codabench, the gap between them, and for everything
+not yet submitted a *predicted* test F.
+
+Predicting the test F
+---------------------
+Each scored submission whose validation F is known gives a pair (val, test) and a gap
+``g = test - val``. The gap is what carries over from one model to the next (the
+validation split is easier or harder than the test set by a roughly constant amount),
+so with n pairs and gaps g_1..g_n:
+
+* prediction: ``test ≈ val + mean(g)``;
+* interval (n >= 2): the 95% *prediction* interval for one new gap,
+  ``mean(g) ± t(0.975, n-1) · s · sqrt(1 + 1/n)``, where ``s`` is the sample standard
+  deviation of the gaps and ``t`` the Student-t quantile with n-1 degrees of freedom.
+  The ``1`` under the root is the new model's own scatter around the mean gap, the
+  ``1/n`` the uncertainty of the mean itself. With two or three pairs ``t`` is large
+  (12.7 and 4.3), and the interval is honestly wide;
+* one pair: ``s`` cannot be estimated, so the interval is a fixed ±0.05
+  (:data:`SINGLE_PAIR_SPREAD`, about what separates validation and test F on a 100-image
+  test set) and the prediction is flagged "1 pair: rough";
+* no pair: nothing is predicted.
+
+The prediction and its bounds are clipped to [0, 1]. The model assumes the gap does not depend on the model;
+an overfitted validation score (tuned on the split) breaks that, which is one reason to
+keep the split fixed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Optional
+
+from cpx.runs.ledger import Ledger
+from cpx.submit.submissions import main_score
+
+DEFAULT_LEVEL = 0.95
+# Half-width used when only one (val, test) pair exists; see the module docstring.
+SINGLE_PAIR_SPREAD = 0.05
+SORTS = ("val", "test")
+# the table shows this many changed fields; --json carries all of config_diff
+KEY_CONFIG_ITEMS = 8
+
+
+# ---------------------------------------------------------------- Student t
+
+
+def _t_central(t: float, dof: int) -> float:
+    """P(|T| < t) for Student's t with an integer number of degrees of freedom, by the
+    closed-form finite series (Abramowitz & Stegun 26.7.3-4): exact, no special functions."""
+    if t <= 0:
+        return 0.0
+    theta = math.atan(t / math.sqrt(dof))
+    c2 = math.cos(theta) ** 2
+    if dof % 2 == 1:
+        total, term = 0.0, 1.0
+        if dof > 1:
+            total = 1.0
+            for k in range(1, (dof - 3) // 2 + 1):
+                term *= (2 * k) / (2 * k + 1) * c2
+                total += term
+            total *= math.sin(theta) * math.cos(theta)
+        return 2.0 / math.pi * (theta + total)
+    total, term = 1.0, 1.0
+    for k in range(1, (dof - 2) // 2 + 1):
+        term *= (2 * k - 1) / (2 * k) * c2
+        total += term
+    return math.sin(theta) * total
+
+
+def t_quantile(level: float, dof: int) -> float:
+    """The two-sided critical value: P(|T| < t) = ``level`` with ``dof`` degrees of freedom
+    (``t_quantile(0.95, 4)`` = 2.776)."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie strictly between 0 and 1, not {level}")
+    if dof < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, not {dof}")
+    low, high = 0.0, 1.0
+    while _t_central(high, dof) < level:
+        high *= 2.0
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        if _t_central(mid, dof) < level:
+            low = mid
+        else:
+            high = mid
+        if high - low < 1e-12:
+            break
+    return (low + high) / 2.0
+
+
+# ---------------------------------------------------------------- gap model
+
+
+@dataclass(frozen=True)
+class Prediction:
+    value: float
+    low: float
+    high: float
+    half_width: float
+    pairs: int
+    rough: bool
+
+    def text(self) -> str:
+        return f"~{self.value:.4f} ±{self.half_width:.4f}"
+
+
+@dataclass
+class GapModel:
+    """test = val + mean gap, with a prediction interval from the spread of the gaps."""
+
+    pairs: list[tuple[str, float, float]] = field(default_factory=list)  # (label, val, test)
+    level: float = DEFAULT_LEVEL
+    single_spread: float = SINGLE_PAIR_SPREAD
+
+    @property
+    def n(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def gaps(self) -> list[float]:
+        return [test - val for _, val, test in self.pairs]
+
+    @property
+    def mean_gap(self) -> Optional[float]:
+        return sum(self.gaps) / self.n if self.n else None
+
+    @property
+    def sd(self) -> Optional[float]:
+        if self.n < 2:
+            return None
+        mean = self.mean_gap
+        return math.sqrt(sum((g - mean) ** 2 for g in self.gaps) / (self.n - 1))
+
+    @property
+    def half_width(self) -> Optional[float]:
+        if self.n == 0:
+            return None
+        if self.n == 1:
+            return self.single_spread
+        return t_quantile(self.level, self.n - 1) * self.sd * math.sqrt(1.0 + 1.0 / self.n)
+
+    @property
+    def rough(self) -> bool:
+        return self.n == 1
+
+    def predict(self, val: Optional[float]) -> Optional[Prediction]:
+        if val is None or self.n == 0:
+            return None
+        value = val + self.mean_gap
+        hw = self.half_width
+        return Prediction(value=min(1.0, max(0.0, value)), low=max(0.0, value - hw), high=min(1.0, value + hw),
+                          half_width=hw, pairs=self.n, rough=self.rough)
+
+    def describe(self) -> str:
+        if self.n == 0:
+            return "no (val, test) pair recorded yet: no test F is predicted"
+        pct = f"{self.level * 100:g}%"
+        if self.n == 1:
+            return (f"predicted test F = val F {self.mean_gap:+.4f} (1 pair: rough, "
+                    f"±{self.single_spread:g} assumed)")
+        return (f"predicted test F = val F {self.mean_gap:+.4f} (mean gap of {self.n} pairs; "
+                f"{pct} interval ±{self.half_width:.4f}, gap sd {self.sd:.4f})")
+
+    def to_dict(self) -> dict:
+        return {"pairs": [{"label": label, "val": val, "test": test, "gap": test - val}
+                          for label, val, test in self.pairs],
+                "n": self.n, "mean_gap": self.mean_gap, "sd": self.sd, "half_width": self.half_width,
+                "level": self.level, "rough": self.rough, "method": self.describe()}
+
+
+def fit_gap_model(pairs: Iterable[tuple[str, float, float]], level: float = DEFAULT_LEVEL,
+                  single_spread: float = SINGLE_PAIR_SPREAD) -> GapModel:
+    """A :class:`GapModel` from (label, val F, test F) triples; see the module docstring."""
+    kept = [(str(label), float(val), float(test)) for label, val, test in pairs
+            if val is not None and test is not None]
+    return GapModel(kept, level, single_spread)
+
+
+# ---------------------------------------------------------------- key config
+
+
+_ALIASES = {"learning_rate": "lr", "weight_decay": "wd", "batch_size": "bs", "image_size": "size",
+            "img_size": "size", "num_epochs": "epochs", "max_epochs": "epochs"}
+_SUFFIXES = ("_weight", "_w")
+
+
+def _short_key(path: str) -> str:
+    parts = [p for p in path.split(".") if p != "options"]
+    if not parts:
+        return path
+    last = parts[-1]
+    if last in ("name", "type", "arch") and len(parts) > 1:
+        last = parts[-2]
+    last = _ALIASES.get(last, last)
+    for suffix in _SUFFIXES:
+        if last.endswith(suffix) and len(last) > len(suffix):
+            last = last[: -len(suffix)]
+    return last
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_short_value(v) for v in value) + "]"
+    if value is None:
+        return "none"
+    return str(value)
+
+
+def short_config(diff: Optional[dict], limit: Optional[int] = None) -> str:
+    """``{"loss.options.dice": 1.5, "model.name": "unet"}`` -> ``"dice=1.5, model=unet"``.
+    Keys that would shorten to the same word keep their section (``loss.ce``, ``aug.ce``)."""
+    if not diff or not isinstance(diff, dict):
+        return ""
+    shorts = {key: _short_key(key) for key in diff}
+    counts: dict[str, int] = {}
+    for s in shorts.values():
+        counts[s] = counts.get(s, 0) + 1
+    items = []
+    for key, value in diff.items():
+        label = shorts[key]
+        if counts[label] > 1:
+            section = key.split(".")[0]
+            label = f"{section}.{label}"
+        items.append(f"{label}={_short_value(value)}")
+    if limit is not None and len(items) > limit:
+        items = items[:limit] + [f"+{len(items) - limit}"]
+    return ", ".join(items)
+
+
+# ---------------------------------------------------------------- leaderboard
+
+
+@dataclass
+class Row:
+    label: str
+    run_id: Optional[str] = None
+    run_name: Optional[str] = None
+    kind: Optional[str] = None
+    submission: Optional[str] = None
+    checkpoint: Optional[str] = None
+    val_f: Optional[float] = None
+    val_source: str = ""
+    train_val_f: Optional[float] = None
+    test_f: Optional[float] = None
+    test_source: Optional[str] = None
+    predicted: Optional[Prediction] = None
+    best_epoch: Optional[int] = None
+    config_diff: dict = field(default_factory=dict)
+    rank: int = 0
+
+    @property
+    def gap(self) -> Optional[float]:
+        if self.test_f is None or self.val_f is None:
+            return None
+        return self.test_f - self.val_f
+
+    @property
+    def key_config(self) -> str:
+        return short_config(self.config_diff, limit=KEY_CONFIG_ITEMS)
+
+    def rank_value(self, sort: str) -> Optional[float]:
+        if sort == "test":
+            if self.test_f is not None:
+                return self.test_f
+            return self.predicted.value if self.predicted else None
+        return self.val_f
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["predicted"] = asdict(self.predicted) if self.predicted else None
+        out["gap"] = self.gap
+        out["key_config"] = self.key_config
+        return out
+
+
+@dataclass
+class Leaderboard:
+    rows: list[Row]
+    model: GapModel
+    sort: str = "val"
+    phase: str = "test"
+    total: int = 0
+
+    def to_dict(self) -> dict:
+        return {"phase": self.phase, "sort": self.sort, "total": self.total,
+                "prediction": self.model.to_dict(), "rows": [r.to_dict() for r in self.rows]}
+
+    def to_markdown(self) -> str:
+        head = ["#", "model", "val F", "test F", "gap", "run / checkpoint", "best ep", "key config"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        for r in self.rows:
+            lines.append("| " + " | ".join([
+                str(r.rank), r.label, _f(r.val_f), format_test_f(r, markdown=True), _signed(r.gap),
+                run_checkpoint(r),
+                str(r.best_epoch or "-"), r.key_config.replace("|", "/") or "-"]) + " |")
+        lines.append("")
+        lines.append(self.model.describe())
+        return "\n".join(lines) + "\n"
+
+
+def _f(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _signed(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
+def format_test_f(row: Row, markdown: bool = False) -> str:
+    """The observed test F, else the prediction marked as such, else ``-``."""
+    if row.test_f is not None:
+        return _f(row.test_f)
+    if row.predicted is not None:
+        mark = "predicted, 1 pair: rough" if row.predicted.rough else "predicted"
+        return row.predicted.text() + (f" *{mark}*" if markdown else f" ({mark})")
+    return "-"
+
+
+def run_checkpoint(row: Row) -> str:
+    """``run / checkpoint``, naming the ``cpx validate`` record when the val F comes from one."""
+    run = row.run_name or row.run_id or "-"
+    text = f"{run} / {row.checkpoint}" if row.checkpoint else run
+    if row.val_source.startswith("validate"):
+        text += f" ({row.val_source})"
+    return text
+
+
+def _run_val(ledger: Ledger, run: dict) -> tuple[Optional[float], str, Optional[str]]:
+    """The run's best validation F, where it comes from, and its checkpoint: the training
+    curve's best, unless a later ``cpx validate`` scored higher (with TTA, say)."""
+    val, source, checkpoint = run.get("best_val_f"), "", None
+    if val is not None:
+        source = f"train ep {run['best_epoch']}" if run.get("best_epoch") else "train"
+        checkpoint = "best" if run.get("kind") == "train" else None
+    if run.get("kind") == "ensemble":
+        source, checkpoint = ("ensemble" if val is not None else ""), "members"
+    if run.get("kind") == "imported":
+        ckpts = run.get("checkpoints") or []
+        checkpoint = _basename(ckpts[0]) if ckpts else None
+        if val is not None:
+            source = f"imported ep {run['best_epoch']}" if run.get("best_epoch") else "imported"
+    best = ledger.best_validation(run["id"])
+    if best is not None and best.get("score") is not None and (val is None or best["score"] > val):
+        val = best["score"]
+        source = f"validate #{best['id']}"
+        checkpoint = _with_tta(best.get("checkpoint") or checkpoint, best.get("tta"))
+    return val, source, checkpoint
+
+
+def _with_tta(checkpoint: Optional[str], tta: Optional[str]) -> Optional[str]:
+    if not tta or tta == "none":
+        return checkpoint
+    return f"{checkpoint or '?'}+{tta.replace(',', '+')}"
+
+
+def _basename(path: str) -> str:
+    return str(path).replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _submission_val(ledger: Ledger, sub: dict, run: Optional[dict]) -> tuple[Optional[float], str]:
+    if sub.get("val_score") is not None:
+        return float(sub["val_score"]), "package"
+    if run is None:
+        return None, ""
+    # the validation of exactly what was packaged, when cpx validate recorded one
+    for v in reversed(ledger.list_validations(run["id"])):
+        if v.get("score") is not None and v.get("checkpoint") == sub.get("checkpoint") \
+                and (v.get("tta") or "none") == (sub.get("tta") or "none"):
+            return float(v["score"]), f"validate #{v['id']}"
+    if run.get("best_val_f") is not None:
+        return float(run["best_val_f"]), "train"
+    return None, ""
+
+
+def build_leaderboard(ledger: Ledger, *, phase: str = "test", sort: str = "val",
+                      limit: Optional[int] = None, competition: Optional[str] = None,
+                      metric: str = "fscore", level: float = DEFAULT_LEVEL) -> Leaderboard:
+    """Rank every run (train, ensemble, imported) and every submission.
+
+    A run with submissions gives one row per submission; a run without, one row of its
+    own. ``sort='test'`` ranks by the observed test F, else the predicted one. Rows of
+    runs from another competition than ``competition`` are left out.
+    """
+    if sort not in SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
+    runs = ledger.list_runs()
+    if competition is not None:
+        runs = [r for r in runs if r.get("competition") in (None, competition)]
+    run_by_id = {r["id"]: r for r in runs}
+    subs_by_run: dict[Optional[str], list[dict]] = {}
+    for sub in ledger.list_submissions(phase):
+        if sub.get("run_id") is not None and sub["run_id"] not in run_by_id:
+            continue  # another competition's run
+        subs_by_run.setdefault(sub.get("run_id"), []).append(sub)
+
+    rows: list[Row] = []
+    for run in runs:
+        val, source, checkpoint = _run_val(ledger, run)
+        common = dict(run_id=run["id"], run_name=run.get("name") or run["id"], kind=run.get("kind"),
+                      best_epoch=run.get("best_epoch"), config_diff=run.get("config_diff") or {},
+                      train_val_f=run.get("best_val_f"))
+        subs = subs_by_run.get(run["id"], [])
+        if not subs:
+            rows.append(Row(label=run.get("name") or run["id"], checkpoint=checkpoint, val_f=val,
+                            val_source=source, **common))
+        for sub in subs:
+            sval, ssource = _submission_val(ledger, sub, run)
+            score = main_score(ledger.scores_for(sub["name"]), phase, metric)
+            rows.append(Row(label=sub["name"], submission=sub["name"],
+                            checkpoint=_with_tta(sub.get("checkpoint"), sub.get("tta")),
+                            val_f=sval, val_source=ssource,
+                            test_f=score["score"] if score else None,
+                            test_source=score["source"] if score else None, **common))
+    for sub in subs_by_run.get(None, []):
+        score = main_score(ledger.scores_for(sub["name"]), phase, metric)
+        rows.append(Row(label=sub["name"], submission=sub["name"], checkpoint=sub.get("checkpoint"),
+                        val_f=sub.get("val_score"), val_source="package" if sub.get("val_score") is not None else "",
+                        test_f=score["score"] if score else None,
+                        test_source=score["source"] if score else None))
+
+    model = fit_gap_model(((r.label, r.val_f, r.test_f) for r in rows), level=level)
+    for r in rows:
+        if r.test_f is None:
+            r.predicted = model.predict(r.val_f)
+
+    def key(r: Row):
+        value = r.rank_value(sort)
+        return (value is None, -(value or 0.0), -(r.val_f or 0.0), r.label)
+
+    rows.sort(key=key)
+    for i, r in enumerate(rows, 1):
+        r.rank = i
+    total = len(rows)
+    if limit is not None:
+        rows = rows[: max(0, limit)]
+    return Leaderboard(rows=rows, model=model, sort=sort, phase=phase, total=total)

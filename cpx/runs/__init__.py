@@ -1,0 +1,5 @@
+"""Runs: the SQLite ledger and its migrations, the run folder and the files in it, opening a
+recorded run, and importing runs made by other scripts.
+
+May import: ``cpx.kernel``, ``cpx.data``.
+"""

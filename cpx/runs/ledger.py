@@ -1,0 +1,724 @@
+"""The ledger: one SQLite file per workspace recording runs, validations, submissions
+and leaderboard scores.
+
+A training run, a validation and the CLI may all write to it at once, so the file is
+kept in WAL mode (readers never block the writer) with a busy timeout, and every write
+takes the write lock up front with ``BEGIN IMMEDIATE``.
+
+The schema grows through named migrations: functions appended to ``MIGRATIONS`` in
+order, each applied once in its own transaction and recorded in ``_migrations``.
+Never edit or reorder a migration that has shipped; add a new one instead.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+from cpx.kernel.errors import CpxError, RunError, SubmissionError
+
+DEFAULT_TIMEOUT = 10.0
+
+RUN_KINDS = ("train", "ensemble", "imported")
+RUN_STATUSES = ("running", "completed", "stopped", "failed", "imported")
+SCORE_SOURCES = ("manual", "codabench")
+RUN_ORDERS = ("created_at", "best_val_f")
+
+# Stored as JSON text, handed back decoded.
+_JSON_COLUMNS = {
+    "runs": frozenset({"config", "config_diff", "members"}),
+    "validations": frozenset({"per_class"}),
+}
+# Stored as 0/1 because SQLite has no boolean type, handed back as bool.
+_BOOL_COLUMNS = {
+    "runs": frozenset({"git_dirty"}),
+    "submissions": frozenset({"uploaded", "is_final"}),
+}
+# Enumerated values are checked here rather than with CHECK constraints, because
+# widening a CHECK in SQLite means rebuilding the table.
+_CHOICES = {
+    ("runs", "kind"): RUN_KINDS,
+    ("runs", "status"): RUN_STATUSES,
+    ("scores", "source"): SCORE_SOURCES,
+}
+_TABLES = ("runs", "validations", "submissions", "scores")
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register ``fn`` as the next migration; its function name is its record."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+# Migrations receive a connection already inside a transaction: they must not commit,
+# and must not use executescript(), which would commit behind the runner's back.
+
+
+@migration
+def m001_runs(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            name TEXT,
+            kind TEXT NOT NULL DEFAULT 'train',
+            recipe TEXT,
+            competition TEXT,
+            status TEXT NOT NULL DEFAULT 'running',
+            created_at TEXT NOT NULL,
+            finished_at TEXT,
+            config TEXT,
+            config_diff TEXT,
+            command TEXT,
+            params INTEGER,
+            best_val_f REAL,
+            best_epoch INTEGER,
+            last_epoch INTEGER,
+            epochs_planned INTEGER,
+            wall_seconds REAL,
+            data_fingerprint TEXT,
+            git_commit TEXT,
+            git_dirty INTEGER,
+            seed INTEGER,
+            device TEXT,
+            run_dir TEXT,
+            members TEXT,
+            error TEXT,
+            notes TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX runs_name ON runs (name)")
+    db.execute("CREATE INDEX runs_created_at ON runs (created_at)")
+
+
+@migration
+def m002_validations(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE validations (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            checkpoint TEXT,
+            tta TEXT,
+            data TEXT,
+            images INTEGER,
+            score REAL,
+            pooled_score REAL,
+            pixel_acc REAL,
+            miou REAL,
+            per_class TEXT,
+            wall_seconds REAL,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX validations_run_id ON validations (run_id)")
+
+
+@migration
+def m003_submissions(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE submissions (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            run_id TEXT REFERENCES runs (id) ON DELETE SET NULL,
+            checkpoint TEXT,
+            tta TEXT,
+            zip_path TEXT,
+            zip_sha256 TEXT,
+            size_bytes INTEGER,
+            created_at TEXT NOT NULL,
+            phase TEXT,
+            uploaded INTEGER NOT NULL DEFAULT 0,
+            uploaded_at TEXT,
+            codabench_id TEXT,
+            status TEXT,
+            val_score REAL,
+            note TEXT,
+            is_final INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+    db.execute("CREATE INDEX submissions_run_id ON submissions (run_id)")
+
+
+@migration
+def m004_scores(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE scores (
+            id INTEGER PRIMARY KEY,
+            submission_id INTEGER NOT NULL REFERENCES submissions (id) ON DELETE CASCADE,
+            phase TEXT NOT NULL,
+            column_key TEXT NOT NULL,
+            score REAL NOT NULL,
+            source TEXT NOT NULL DEFAULT 'manual',
+            recorded_at TEXT NOT NULL
+        )
+        """
+    )
+    # One score per submission, phase and column even for writers that bypass the API.
+    db.execute(
+        "CREATE UNIQUE INDEX scores_unique ON scores (submission_id, phase, column_key)"
+    )
+
+
+def utc_now() -> str:
+    """The current time as UTC ISO-8601, to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id(name: Optional[str] = None, when: Optional[_dt.datetime] = None) -> str:
+    """A fresh run id such as ``20261124-130501-msf-lmsa-3f2a`` (UTC time, name, random)."""
+    when = (when or _dt.datetime.now(_dt.timezone.utc)).astimezone(_dt.timezone.utc)
+    slug = re.sub(r"[^a-z0-9]+", "-", (name or "").lower()).strip("-") or "run"
+    return f"{when:%Y%m%d-%H%M%S}-{slug}-{secrets.token_hex(2)}"
+
+
+def connect(path: Union[str, os.PathLike], timeout: float = DEFAULT_TIMEOUT) -> sqlite3.Connection:
+    """Open the SQLite file at ``path`` the way the ledger needs it; no migrations.
+
+    The connection is in autocommit mode: callers open transactions themselves.
+    """
+    path = Path(path)
+    if str(path) != ":memory:":
+        path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    try:
+        _enable_wal(db, timeout)
+        db.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _enable_wal(db: sqlite3.Connection, timeout: float) -> None:
+    if db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        return
+    # Switching to WAL needs an exclusive lock, and the busy handler does not cover
+    # every path to it, so two processes creating the ledger at once retry here.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            # A file system without WAL support answers with the old mode; we then
+            # carry on in rollback-journal mode, where the busy timeout still applies.
+            db.execute("PRAGMA journal_mode = WAL").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+@contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    # IMMEDIATE takes the write lock at BEGIN, waiting under the busy timeout. A
+    # deferred transaction that reads first and writes later fails at once with
+    # "database is locked" when another writer got in between.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    try:
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def applied_migrations(db: sqlite3.Connection) -> list[str]:
+    """Names of the migrations recorded in ``db``, in the order they were applied."""
+    if not _has_table(db, "_migrations"):
+        return []
+    return [r[0] for r in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
+
+def migrate(db: sqlite3.Connection, migrations: Optional[Iterable[Migration]] = None) -> list[str]:
+    """Apply every migration not yet recorded in ``db``; return the names applied now.
+
+    ``migrations`` defaults to all of ``MIGRATIONS``; passing a leading slice builds an
+    older schema, which is how upgrades are tested. ``db`` must be in autocommit mode.
+    """
+    migrations = MIGRATIONS if migrations is None else list(migrations)
+    if not _has_table(db, "_migrations"):
+        with _immediate(db):
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS _migrations"
+                " (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+    done = set(applied_migrations(db))
+    applied: list[str] = []
+    for fn in migrations:
+        name = fn.__name__
+        if name in done:
+            continue
+        with _immediate(db):
+            # Another process may have applied it while we waited for the lock.
+            if db.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+                continue
+            fn(db)
+            db.execute(
+                "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, utc_now())
+            )
+        applied.append(name)
+    return applied
+
+
+def _has_table(db: sqlite3.Connection, table: str) -> bool:
+    row = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    return row is not None
+
+
+def _plain(value: Any) -> Any:
+    # Training code hands over numpy/torch scalars, which sqlite3 cannot bind.
+    if isinstance(value, (str, bytes, int, float)) or value is None:
+        return value
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.astimezone()  # a naive datetime is taken as local time
+        return value.astimezone(_dt.timezone.utc).isoformat(timespec="seconds")
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    plain = _plain(value)
+    return str(value) if plain is value else plain
+
+
+def _decode(table: str, row: Optional[sqlite3.Row]) -> Optional[dict]:
+    if row is None:
+        return None
+    out = dict(row)
+    for key in _JSON_COLUMNS.get(table, ()):
+        if isinstance(out.get(key), str):
+            try:
+                out[key] = json.loads(out[key])
+            except ValueError:
+                pass  # hand-edited junk: show it as it is rather than fail a listing
+    for key in _BOOL_COLUMNS.get(table, ()):
+        if out.get(key) is not None:
+            out[key] = bool(out[key])
+    return out
+
+
+class Ledger:
+    """The workspace's record of runs, validations, submissions and scores.
+
+    Opening migrates the file to the current schema. Rows come back as dicts with
+    JSON columns decoded and 0/1 flags as bools. Use as a context manager, or call
+    :meth:`close`.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], timeout: float = DEFAULT_TIMEOUT):
+        self.path = Path(path)
+        try:
+            self._db = connect(self.path, timeout)
+        except sqlite3.DatabaseError as exc:
+            raise CpxError(f"{self.path}: cannot open the ledger ({exc})") from None
+        try:
+            #: names of the migrations this open applied (empty when already current)
+            self.applied_migrations: list[str] = migrate(self._db)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise CpxError(f"{self.path}: cannot open the ledger ({exc})") from None
+        except BaseException:
+            self._db.close()
+            raise
+        # Read from the file rather than hard-coded so later migrations' columns
+        # are accepted without touching the API.
+        self._columns = {
+            t: [r["name"] for r in self._db.execute(f"PRAGMA table_info({t})")]
+            for t in _TABLES
+        }
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r})"
+
+    def close(self) -> None:
+        """Close the connection; closing twice is harmless."""
+        self._db.close()
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _encode(self, table: str, fields: dict[str, Any], *, allow_id: bool) -> dict[str, Any]:
+        columns = self._columns[table]
+        allowed = set(columns) if allow_id else set(columns) - {"id"}
+        unknown = sorted(set(fields) - allowed)
+        if unknown:
+            raise ValueError(
+                f"unknown {table} field(s): {', '.join(unknown)}"
+                f" (known: {', '.join(c for c in columns if c in allowed)})"
+            )
+        out: dict[str, Any] = {}
+        for key, value in fields.items():
+            choices = _CHOICES.get((table, key))
+            if choices is not None and value not in choices:
+                raise ValueError(f"{table}.{key} must be one of {', '.join(choices)}, not {value!r}")
+            if key in _JSON_COLUMNS.get(table, ()):
+                value = None if value is None else json.dumps(value, default=_json_default)
+            elif key in _BOOL_COLUMNS.get(table, ()):
+                value = None if value is None else int(bool(value))
+            elif key == "tta" and isinstance(value, bool):
+                value = "on" if value else "none"
+            else:
+                value = _plain(value)
+            out[key] = value
+        return out
+
+    def _insert(self, table: str, values: dict[str, Any]) -> int:
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        cur = self._db.execute(
+            f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(values.values())
+        )
+        return cur.lastrowid
+
+    def _update(self, table: str, key: str, key_value: Any, values: dict[str, Any]) -> None:
+        if not values:
+            return
+        sets = ", ".join(f"{k} = ?" for k in values)
+        self._db.execute(
+            f"UPDATE {table} SET {sets} WHERE {key} = ?", (*values.values(), key_value)
+        )
+
+    def _run_row(self, run_id: str) -> Optional[dict]:
+        return _decode("runs", self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+
+    def _require_run(self, run_id: str) -> None:
+        if self._db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+            raise RunError(f"no run with id '{run_id}'")
+
+    def _submission_row(self, name: str) -> Optional[dict]:
+        row = self._db.execute("SELECT * FROM submissions WHERE name = ?", (name,)).fetchone()
+        return _decode("submissions", row)
+
+    def _require_submission(self, name: str) -> dict:
+        row = self._submission_row(name)
+        if row is None:
+            raise SubmissionError(f"no submission named '{name}'")
+        return row
+
+    # -- runs ----------------------------------------------------------------------
+
+    def add_run(self, **fields: Any) -> dict:
+        """Record a run and return it.
+
+        Any runs column may be given. Defaults: ``kind='train'``; ``status='running'``
+        (``'imported'`` for imported runs); ``created_at`` now; ``id`` a fresh
+        :func:`new_run_id` from ``name``. Unknown fields or bad kind/status raise
+        ValueError; an id already taken raises RunError.
+        """
+        fields.setdefault("kind", "train")
+        fields.setdefault("status", "imported" if fields["kind"] == "imported" else "running")
+        fields.setdefault("created_at", utc_now())
+        if not fields.get("id"):
+            fields["id"] = new_run_id(fields.get("name") or fields["kind"])
+        values = self._encode("runs", fields, allow_id=True)
+        with _immediate(self._db):
+            if self._db.execute("SELECT 1 FROM runs WHERE id = ?", (values["id"],)).fetchone():
+                raise RunError(f"a run with id '{values['id']}' already exists")
+            self._insert("runs", values)
+        return self._run_row(values["id"])
+
+    def update_run(self, run_id: str, **fields: Any) -> dict:
+        """Set fields of the run with exactly this id and return it.
+
+        Unknown field names (``id`` included) raise ValueError; an unknown id, RunError.
+        """
+        values = self._encode("runs", fields, allow_id=False)
+        with _immediate(self._db):
+            self._require_run(run_id)
+            self._update("runs", "id", run_id, values)
+        return self._run_row(run_id)
+
+    def get_run(self, ref: str) -> dict:
+        """The run that ``ref`` names: an exact id, else a run name (the latest run
+        with it), else a unique id prefix. Raises RunError if none or several match.
+        """
+        ref = str(ref).strip()
+        if not ref:
+            raise RunError("no run given")
+        row = self._run_row(ref)
+        if row is not None:
+            return row
+        row = self._db.execute(
+            "SELECT * FROM runs WHERE name = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (ref,),
+        ).fetchone()
+        if row is not None:
+            return _decode("runs", row)
+        # substr rather than LIKE: LIKE ignores case and treats _ and % as wildcards.
+        ids = [
+            r[0]
+            for r in self._db.execute(
+                "SELECT id FROM runs WHERE substr(id, 1, ?) = ?"
+                " ORDER BY created_at DESC, rowid DESC",
+                (len(ref), ref),
+            )
+        ]
+        if len(ids) == 1:
+            return self._run_row(ids[0])
+        if ids:
+            shown = ", ".join(ids[:5])
+            more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
+            raise RunError(
+                f"'{ref}' matches {len(ids)} runs ({shown}{more}); give more of the id"
+            )
+        raise RunError(f"no run matches '{ref}' (tried id, name and id prefix)")
+
+    def list_runs(
+        self,
+        status: Union[str, Iterable[str], None] = None,
+        kind: Union[str, Iterable[str], None] = None,
+        order_by: str = "created_at",
+        limit: Optional[int] = None,
+        competition: Optional[str] = None,
+    ) -> list[dict]:
+        """Runs, newest first (``order_by='created_at'``) or best validation F first
+        (``'best_val_f'``, runs without one last). ``status`` and ``kind`` take one
+        value or several.
+        """
+        if order_by not in RUN_ORDERS:
+            raise ValueError(f"order_by must be one of {', '.join(RUN_ORDERS)}, not {order_by!r}")
+        where: list[str] = []
+        args: list[Any] = []
+        for column, wanted in (("status", status), ("kind", kind)):
+            if wanted is None:
+                continue
+            wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+            where.append(f"{column} IN ({', '.join('?' for _ in wanted)})")
+            args += wanted
+        if competition is not None:
+            where.append("competition = ?")
+            args.append(competition)
+        sql = "SELECT * FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        if order_by == "best_val_f":
+            sql += " ORDER BY best_val_f IS NULL, best_val_f DESC, created_at DESC, rowid DESC"
+        else:
+            sql += " ORDER BY created_at DESC, rowid DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        return [_decode("runs", r) for r in self._db.execute(sql, args)]
+
+    # -- validations ---------------------------------------------------------------
+
+    def add_validation(self, run_id: str, **fields: Any) -> dict:
+        """Record a validation of the run with exactly this id and return it.
+
+        ``per_class`` is stored as JSON; ``tta`` names the test-time augmentation
+        (a bool is stored as ``'on'``/``'none'``). Unknown run: RunError.
+        """
+        fields.setdefault("created_at", utc_now())
+        values = self._encode("validations", {**fields, "run_id": run_id}, allow_id=False)
+        with _immediate(self._db):
+            self._require_run(run_id)
+            row_id = self._insert("validations", values)
+        return _decode(
+            "validations",
+            self._db.execute("SELECT * FROM validations WHERE id = ?", (row_id,)).fetchone(),
+        )
+
+    def list_validations(self, run_id: str) -> list[dict]:
+        """The run's validations, oldest first. Unknown run: RunError."""
+        self._require_run(run_id)
+        rows = self._db.execute(
+            "SELECT * FROM validations WHERE run_id = ? ORDER BY created_at, id", (run_id,)
+        )
+        return [_decode("validations", r) for r in rows]
+
+    def best_validation(self, run_id: str) -> Optional[dict]:
+        """The run's highest-scoring validation (the latest on a tie), or None."""
+        self._require_run(run_id)
+        row = self._db.execute(
+            "SELECT * FROM validations WHERE run_id = ? AND score IS NOT NULL"
+            " ORDER BY score DESC, created_at DESC, id DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        return _decode("validations", row)
+
+    # -- submissions ---------------------------------------------------------------
+
+    def add_submission(self, name: str, **fields: Any) -> dict:
+        """Record a packaged submission and return it.
+
+        A name already used raises SubmissionError; a ``run_id`` that names no run,
+        RunError. ``created_at`` defaults to now.
+        """
+        name = str(name).strip()
+        if not name:
+            raise SubmissionError("a submission needs a name")
+        fields.setdefault("created_at", utc_now())
+        values = self._encode("submissions", {**fields, "name": name}, allow_id=False)
+        with _immediate(self._db):
+            if self._submission_row(name) is not None:
+                raise SubmissionError(f"a submission named '{name}' already exists")
+            if values.get("run_id") is not None:
+                self._require_run(values["run_id"])
+            self._insert("submissions", values)
+        return self._submission_row(name)
+
+    def get_submission(self, name: str) -> dict:
+        """The submission with this name; SubmissionError if there is none."""
+        return self._require_submission(name)
+
+    def update_submission(self, name: str, /, **fields: Any) -> dict:
+        """Set fields of a submission and return it; ``name=`` among the fields renames it.
+
+        Unknown field names raise ValueError; an unknown or clashing name,
+        SubmissionError.
+        """
+        values = self._encode("submissions", fields, allow_id=False)
+        with _immediate(self._db):
+            self._require_submission(name)
+            new_name = values.get("name", name)
+            if new_name != name and self._submission_row(new_name) is not None:
+                raise SubmissionError(f"a submission named '{new_name}' already exists")
+            if values.get("run_id") is not None:
+                self._require_run(values["run_id"])
+            self._update("submissions", "name", name, values)
+        return self._submission_row(values.get("name", name))
+
+    def list_submissions(self, phase: str = "test") -> list[dict]:
+        """Submissions, newest first, each with its run's ``run_name`` and
+        ``run_best_val_f`` and its latest score in ``phase``: ``latest_score``,
+        ``latest_score_column`` and ``latest_score_at`` (None when unscored).
+        """
+        rows = self._db.execute(
+            """
+            SELECT s.*,
+                   r.name AS run_name,
+                   r.best_val_f AS run_best_val_f,
+                   sc.score AS latest_score,
+                   sc.column_key AS latest_score_column,
+                   sc.recorded_at AS latest_score_at
+            FROM submissions s
+            LEFT JOIN runs r ON r.id = s.run_id
+            LEFT JOIN scores sc ON sc.id = (
+                SELECT id FROM scores
+                WHERE submission_id = s.id AND phase = ?
+                ORDER BY recorded_at DESC, id DESC LIMIT 1
+            )
+            ORDER BY s.created_at DESC, s.id DESC
+            """,
+            (phase,),
+        )
+        return [_decode("submissions", r) for r in rows]
+
+    # -- scores --------------------------------------------------------------------
+
+    def record_score(
+        self,
+        submission_name: str,
+        score: float,
+        phase: str = "test",
+        column_key: str = "score",
+        source: str = "manual",
+        replace: bool = False,
+    ) -> dict:
+        """Record a leaderboard score for a submission and return the score row.
+
+        The score must lie in [0, 1]. A submission has at most one score per phase
+        and column: recording another raises SubmissionError unless ``replace``.
+        """
+        try:
+            value = float(_plain(score))
+        except (TypeError, ValueError):
+            raise SubmissionError(f"score must be a number, not {score!r}") from None
+        if math.isnan(value) or not 0.0 <= value <= 1.0:
+            raise SubmissionError(f"score must lie between 0 and 1, not {score!r}")
+        if source not in SCORE_SOURCES:
+            raise ValueError(f"source must be one of {', '.join(SCORE_SOURCES)}, not {source!r}")
+        with _immediate(self._db):
+            sub = self._require_submission(submission_name)
+            old = self._db.execute(
+                "SELECT id, score FROM scores"
+                " WHERE submission_id = ? AND phase = ? AND column_key = ?",
+                (sub["id"], phase, column_key),
+            ).fetchone()
+            values = {"score": value, "source": source, "recorded_at": utc_now()}
+            if old is None:
+                row_id = self._insert(
+                    "scores",
+                    {"submission_id": sub["id"], "phase": phase, "column_key": column_key, **values},
+                )
+            elif replace:
+                row_id = old["id"]
+                self._update("scores", "id", row_id, values)
+            else:
+                raise SubmissionError(
+                    f"'{submission_name}' already has a {phase} score for '{column_key}'"
+                    f" ({old['score']}); use --replace to overwrite it"
+                )
+        return _decode("scores", self._db.execute("SELECT * FROM scores WHERE id = ?", (row_id,)).fetchone())
+
+    def scores_for(self, submission_name: str) -> list[dict]:
+        """A submission's scores by phase and column. Unknown name: SubmissionError."""
+        sub = self._require_submission(submission_name)
+        rows = self._db.execute(
+            "SELECT * FROM scores WHERE submission_id = ? ORDER BY phase, column_key, recorded_at",
+            (sub["id"],),
+        )
+        return [_decode("scores", r) for r in rows]
+
+
+# -- later migrations ----------------------------------------------------------------
+# Appended after the class so that the module reads top-down; MIGRATIONS is consulted
+# when a Ledger opens, long after import, so the order of definition is all that counts.
+
+
+@migration
+def m005_codabench_and_import_fields(db: sqlite3.Connection) -> None:
+    # Where an upload went (a submission id alone does not say which competition or
+    # phase to ask about later), why Codabench failed it, and the checkpoint files of
+    # runs imported from other training scripts, which have no run folder layout.
+    for column in ("codabench_competition INTEGER", "codabench_phase INTEGER", "status_detail TEXT"):
+        db.execute(f"ALTER TABLE submissions ADD COLUMN {column}")
+    db.execute("ALTER TABLE runs ADD COLUMN checkpoints TEXT")
+
+
+_JSON_COLUMNS["runs"] = _JSON_COLUMNS["runs"] | {"checkpoints"}
+
+
+@migration
+def m006_run_budget_and_world_size(db: sqlite3.Connection) -> None:
+    # A time-budgeted run records the wall-clock time it was given next to wall_seconds (the
+    # time it took), so planned and actual cost compare without parsing notes; world_size is
+    # the number of data-parallel processes that trained it (1 for a single process).
+    db.execute("ALTER TABLE runs ADD COLUMN budget_seconds REAL")
+    db.execute("ALTER TABLE runs ADD COLUMN world_size INTEGER")

@@ -1,0 +1,312 @@
+"""The ``solution/`` folder of a submission: a standalone predictor the organisers can run.
+
+It holds four things, none of which needs cpx:
+
+* the model's source as one module, a verbatim copy of the arch file a model names in
+  ``model.cpx_source = (arch_file, builder_name, kwargs)``; it may import only torch, numpy,
+  Pillow and the standard library;
+* ``model.json``: the builder's name and keyword arguments, the input size, the palette;
+* the weights file (``ckpt.pth``) with the weights under the competition's key;
+* ``run.py`` (``--input``, ``--output``, ``--weights``) and ``requirements.txt``.
+
+``run.py`` repeats cpx's own prediction (:class:`cpx.eval.predict.Predictor` without TTA) step
+by step: antialiased bilinear resize of the uint8 RGB image to the run's size, float in
+[0, 1], channels-last, the model (which normalises internally), logits resized back
+bilinearly (align_corners=False), softmax, argmax, palette PNG. One image per forward pass.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from cpx.data.competition import Competition
+from cpx.kernel.errors import SubmissionError
+from cpx.kernel.files import atomic_torch_save, atomic_write_text
+
+# top-level import names a shipped model module may use besides the standard library
+ALLOWED_IMPORTS = frozenset({"torch", "numpy", "PIL"})
+MODEL_JSON = "model.json"
+REQUIREMENTS = "requirements.txt"
+# PyPI distribution names of what run.py imports, pinned to the versions cpx ran with
+REQUIRED_DISTRIBUTIONS = ("torch", "numpy", "pillow")
+# images run.py reads besides the competition's own suffixes
+COMMON_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+RUN_PY = '''\
+#!/usr/bin/env python3
+"""Predict a segmentation mask for every image in a folder.
+
+    python run.py --input IMAGES --output MASKS [--weights ckpt.pth] [--device cpu]
+
+Writes OUTPUT/<image stem>.png: a single-channel palette PNG of class ids, the size of the
+image. Needs only torch, numpy and Pillow (requirements.txt); the network is defined in the
+module named in model.json, next to this file.
+"""
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+CONFIG = json.loads((HERE / "model.json").read_text())
+
+
+def load_model(weights, device):
+    sys.path.insert(0, str(HERE))
+    module = importlib.import_module(CONFIG["module"])
+    model = getattr(module, CONFIG["builder"])(**CONFIG["kwargs"])
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    key = CONFIG["weights_key"]
+    if isinstance(state, dict) and key in state:
+        state = state[key]
+    model.load_state_dict(state)
+    if CONFIG.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    return model.to(device).eval()
+
+
+def read_image(path):
+    """The image as a 1 x 3 x H x W uint8 tensor."""
+    with Image.open(path) as img:
+        arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
+
+
+@torch.inference_mode()
+def predict(model, image, device):
+    """Class ids (H x W uint8) at the image's own size."""
+    size = CONFIG["image_size"]
+    out_hw = tuple(image.shape[-2:])
+    x = image
+    if out_hw != (size, size):
+        # antialiased bilinear on uint8 reproduces the pixels of the Pillow resize used in
+        # training; done on the CPU, where this kernel exists for uint8
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    x = x.to(device).float().div_(255)
+    if CONFIG.get("channels_last"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    logits = model(x).float()
+    if tuple(logits.shape[-2:]) != out_hw:
+        # logits, not class ids, are resized back: that is how the masks were validated
+        logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
+    return logits.softmax(1).argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def write_mask(path, mask):
+    # built from raw bytes so every value stays its own palette index (= class id)
+    img = Image.frombytes("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask).tobytes())
+    img.putpalette(CONFIG["palette"])
+    img.save(path, format="PNG")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, help="folder of test images")
+    parser.add_argument("--output", required=True, help="folder for the masks (created)")
+    parser.add_argument("--weights", default=str(HERE / "ckpt.pth"), help="checkpoint file")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    args = parser.parse_args(argv)
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    suffixes = {s.lower() for s in CONFIG["image_suffixes"]}
+    images = sorted(p for p in Path(args.input).iterdir()
+                    if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes)
+    if not images:
+        sys.exit(f"no images ({', '.join(sorted(suffixes))}) in {args.input}")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.weights, device)
+    for path in images:
+        mask = predict(model, read_image(path), device)
+        write_mask(out / (path.stem + CONFIG["mask_suffix"]), mask)
+    print(f"wrote {len(images)} masks to {out}")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's standalone definition lives and how to rebuild it."""
+
+    arch_file: Path
+    builder: str
+    kwargs: dict
+
+    @property
+    def module_name(self) -> str:
+        stem = self.arch_file.stem
+        # the copy sits beside run.py, so it must not shadow it or be unimportable
+        return stem if stem.isidentifier() and stem not in ("run", "model") else "model_arch"
+
+
+def model_source(model: torch.nn.Module, model_name: str = "") -> ModelSource:
+    """The standalone source a model declares, checked to be shippable."""
+    label = f"model {model_name!r}" if model_name else "the model"
+    source = getattr(model, "cpx_source", None)
+    if not source:
+        raise SubmissionError(
+            f"{label} has no standalone source (model.cpx_source), so cpx cannot write the "
+            f"submission's solution/ folder; models need cpx_source = (arch_file, builder, kwargs)")
+    try:
+        arch_file, builder, kwargs = source
+    except (TypeError, ValueError):
+        raise SubmissionError(f"{label}: cpx_source must be (arch_file, builder_name, kwargs), "
+                              f"got {source!r}") from None
+    path = Path(arch_file)
+    if not path.is_file():
+        raise SubmissionError(f"{label}: arch file {path} does not exist")
+    try:
+        json.dumps(kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SubmissionError(f"{label}: builder arguments are not JSON values ({exc})") from None
+    src = ModelSource(path, str(builder), dict(kwargs))
+    check_standalone(path.read_text(), path, src.builder)
+    return src
+
+
+def foreign_imports(source: str, filename: str = "<source>") -> list[str]:
+    """Modules ``source`` imports beyond torch, numpy, Pillow and the standard library."""
+    tree = ast.parse(source, filename)
+    bad: list[str] = []
+    stdlib = set(getattr(sys, "stdlib_module_names", ())) | {"__future__"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                bad.append("." * node.level + (node.module or ""))
+                continue
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            if top not in ALLOWED_IMPORTS and top not in stdlib and name not in bad:
+                bad.append(name)
+    return bad
+
+
+def check_standalone(source: str, path: os.PathLike, builder: str) -> None:
+    """Raise SubmissionError unless ``source`` parses, imports only what a solution may
+    and defines ``builder`` at the top level."""
+    try:
+        bad = foreign_imports(source, str(path))
+        tree = ast.parse(source, str(path))
+    except SyntaxError as exc:
+        raise SubmissionError(f"{path}: not valid Python ({exc.msg}, line {exc.lineno})") from None
+    if bad:
+        raise SubmissionError(
+            f"{path}: imports {', '.join(bad)}; a submission's model source may import only "
+            f"torch, numpy, Pillow and the standard library")
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    if builder not in defined:
+        raise SubmissionError(f"{path}: defines no top-level {builder}()")
+
+
+def requirements_text() -> str:
+    lines = []
+    for dist in REQUIRED_DISTRIBUTIONS:
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            lines.append(dist)
+            continue
+        # local labels such as +cpu are not on PyPI, so pip could not resolve them
+        lines.append(f"{dist}=={version.split('+')[0]}")
+    return "\n".join(lines) + "\n"
+
+
+def export_solution(model: torch.nn.Module, dest: os.PathLike, competition: Competition, *,
+                    image_size: int, channels_last: bool = True, model_name: str = "") -> list[str]:
+    """Write a standalone solution for ``model`` into the folder ``dest``.
+
+    Returns the names of the files written (relative to ``dest``). Raises SubmissionError
+    when the model has no shippable source.
+    """
+    src = model_source(model, model_name)
+    fmt = competition.submission
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    module_file = f"{src.module_name}.py"
+    suffixes = list(dict.fromkeys([*(s.lower() for s in competition.layout.image_suffixes),
+                                   *COMMON_IMAGE_SUFFIXES]))
+    config = {
+        "module": src.module_name,
+        "builder": src.builder,
+        "kwargs": src.kwargs,
+        "image_size": int(image_size),
+        "num_classes": competition.num_classes,
+        "classes": list(competition.classes),
+        "weights_key": fmt.weights_key,
+        "channels_last": bool(channels_last),
+        "palette": competition.palette_bytes(),
+        "image_suffixes": suffixes,
+        "mask_suffix": competition.layout.mask_suffix,
+    }
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    runner = RUN_PY if fmt.weights_file == "ckpt.pth" else RUN_PY.replace('"ckpt.pth"', json.dumps(fmt.weights_file))
+
+    atomic_write_text(dest / module_file, src.arch_file.read_text())
+    atomic_write_text(dest / MODEL_JSON, json.dumps(config, indent=1) + "\n")
+    atomic_torch_save({fmt.weights_key: state}, dest / fmt.weights_file)
+    atomic_write_text(dest / fmt.runner, runner)
+    atomic_write_text(dest / REQUIREMENTS, requirements_text())
+    return sorted([module_file, MODEL_JSON, fmt.weights_file, fmt.runner, REQUIREMENTS])
+
+
+def run_solution(solution_dir: os.PathLike, input_dir: os.PathLike, output_dir: os.PathLike, *,
+                 runner: str = "run.py", weights: Optional[os.PathLike] = None,
+                 device: str = "cpu", timeout: float = 1800) -> float:
+    """Run a solution's runner in a fresh interpreter, as the organisers would; seconds taken.
+
+    The working directory is the solution folder's parent and ``PYTHONPATH`` is cleared, so
+    the runner cannot lean on anything outside its folder but the installed packages.
+    """
+    import time
+
+    solution_dir = Path(solution_dir).resolve()
+    cmd = [sys.executable, str(solution_dir / runner), "--input", str(input_dir),
+           "--output", str(output_dir), "--device", device]
+    if weights is not None:
+        cmd += ["--weights", str(weights)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=solution_dir.parent, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SubmissionError(f"{solution_dir / runner}: did not finish within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        tail = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
+        last = tail[-1] if tail else f"exit code {proc.returncode}"
+        raise SubmissionError(f"{solution_dir / runner} failed (exit {proc.returncode}): {last}")
+    return time.perf_counter() - start
+
+
+def runner_mentions_arguments(source: str) -> list[str]:
+    """The runner arguments the competition expects that ``source`` never mentions."""
+    return [a for a in ("--input", "--output", "--weights")
+            if not re.search(re.escape(a) + r"\b", source)]

@@ -126,7 +126,7 @@ def reference_style_predict(model, images: list[Path], out_dir: Path, size: int,
 
 
 def section_predict(args, ws, host) -> dict:
-    from cpx.data import dataset as datalib
+    from cpx import data as datalib
     from cpx.report.bench import recipe_model
     from cpx.eval.predict import Member, Predictor, predict_folder
 
@@ -227,7 +227,7 @@ def section_budget(args, ws, host) -> dict:
 
     # the other side's scorer on each final model: the gap is the training, not the metric
     reference = load_reference(args.reference)
-    from cpx.data import dataset as datalib
+    from cpx import data as datalib
 
     _, val_names = datalib.split_names(datalib.train_names(Path(args.data), host.competition("celebamask-mini")), 0.1, 42)
     val_files = [f"{n}.jpg" for n in val_names]

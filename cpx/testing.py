@@ -38,7 +38,7 @@ def cpx_host():
 @pytest.fixture
 def cpx_synthetic(tmp_path_factory, cpx_host) -> Path:
     """24 synthetic 64x64 images of the first registered competition with a generator (+4 test)."""
-    from cpx.data.dataset import write_dataset
+    from cpx.data import write_dataset
 
     competition = next(c.target for c in cpx_host.competitions if c.target.synthesize)
     root = tmp_path_factory.mktemp("synthetic")

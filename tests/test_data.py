@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cpx.data import dataset as data
+from cpx import data
+from cpx.data import dataset
 from cpx.data.competition import Competition, Layout
 from cpx.kernel.errors import DataError
 
@@ -192,7 +193,7 @@ def test_cache_hit_is_identical_and_does_not_decode(folder: Path, tmp_path: Path
     def no_decode(*args, **kwargs):
         raise AssertionError("decoded despite a cache hit")
 
-    monkeypatch.setattr(data, "_decode_pair", no_decode)
+    monkeypatch.setattr(dataset, "_decode_pair", no_decode)
     for mmap in (False, True):
         images, masks = data.load_dataset(folder, COMP, names, 24, cache, mmap=mmap)
         assert torch.equal(images, first[0]) and torch.equal(masks, first[1])

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_overrides
 from cpx.cli import create_app
-from cpx.data.dataset import write_dataset
+from cpx.data import write_dataset
 from cpx.kernel.errors import SubmissionError
 from cpx.runs.ledger import Ledger
 from cpx.submit.package import PackageRequest, check_submission, check_zip, list_test_images, package

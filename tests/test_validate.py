@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import tiny_overrides
 from cpx.cli import main
-from cpx.data.dataset import write_mask
+from cpx.data import write_mask
 from cpx.kernel.errors import DataError
 from cpx.eval.predict import Member, Predictor
 from cpx.runs.ledger import Ledger

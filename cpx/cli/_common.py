@@ -7,7 +7,6 @@ import os
 import sys
 from typing import Any, Optional
 
-import typer
 from rich.console import Console
 from rich.markup import escape
 
@@ -63,5 +62,3 @@ def pick_competition(name: Optional[str]) -> str:
     raise ConfigError(f"--competition: choose one of {', '.join(names) or '(none registered)'}")
 
 
-def fmt_f(value: Optional[float]) -> str:
-    return "-" if value is None or value < 0 else f"{value:.4f}"

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpx.data import dataset as datalib
+from cpx import data as datalib
 from cpx.kernel.errors import DataError
 from . import _common
 from ._common import console, print_json

@@ -17,7 +17,8 @@ from cpx.eval.predict import parse_tta, predict_run, tta_label
 from cpx.train.run import command_line
 from cpx.eval.validate import score_folders, validate_run
 from . import _common
-from ._common import console, err_console, fmt_f, print_json
+from ._common import console, err_console, print_json
+from cpx.kernel.text import format_f
 
 TTA_HELP = "test-time augmentation: flip, scale or flip,scale (default: none; an ensemble's own)"
 
@@ -43,8 +44,6 @@ def progress_bar(description: str, quiet: bool = False):
         yield update
 
 
-def _f(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
 def render_scores(scores, class_names, title: str) -> None:
@@ -53,11 +52,11 @@ def render_scores(scores, class_names, title: str) -> None:
     summary = Table(show_header=False)
     summary.add_column("metric")
     summary.add_column("value", justify="right")
-    summary.add_row("[bold]F (competition metric: per image, mean over images)[/]", f"[bold]{_f(scores.fscore)}[/]")
-    summary.add_row("pixel accuracy", _f(scores.pixel_acc))
-    summary.add_row("mIoU (pooled over all pixels)", _f(scores.miou))
+    summary.add_row("[bold]F (competition metric: per image, mean over images)[/]", f"[bold]{format_f(scores.fscore)}[/]")
+    summary.add_row("pixel accuracy", format_f(scores.pixel_acc))
+    summary.add_row("mIoU (pooled over all pixels)", format_f(scores.miou))
     summary.add_row(f"[dim]pooled F, {scores.pool_size} images as one mask (old scripts; NOT the scorer's)[/]",
-                    f"[dim]{_f(scores.pooled_fscore)}[/]")
+                    f"[dim]{format_f(scores.pooled_fscore)}[/]")
     summary.add_row("images", str(scores.num_images))
     console.print(summary)
     rows = sorted(range(len(scores.per_class_f)),
@@ -69,7 +68,7 @@ def render_scores(scores, class_names, title: str) -> None:
         table.add_column(col, justify=just)
     for i in rows:
         name = class_names[i] if i < len(class_names) else str(i)
-        table.add_row(str(i), name, _f(scores.per_class_f[i]), f"{scores.class_images[i]}/{scores.num_images}")
+        table.add_row(str(i), name, format_f(scores.per_class_f[i]), f"{scores.class_images[i]}/{scores.num_images}")
     console.print(table)
 
 
@@ -194,7 +193,7 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, justify=just)
         for m in result.members:
             label = m.run if m.name == m.run else f"{m.name}\n[dim]{m.run}[/]"
-            table.add_row(label, f"{m.weight:.3f}", fmt_f(m.fscore), fmt_f(m.recorded_val_f))
+            table.add_row(label, f"{m.weight:.3f}", format_f(m.fscore), format_f(m.recorded_val_f))
         console.print(table)
         if result.search_steps:
             console.print("search: " + " -> ".join(f"+{s['add']} ({s['fscore']:.4f})" for s in result.search_steps),

@@ -11,9 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cpx.eval.predict import parse_tta
-from cpx.report.figures import compare_runs, curves_for_runs, show_run
+from cpx.report.pictures import compare_runs, curves_for_runs, show_run
 from . import _common
-from ._common import console, err_console, fmt_f, print_json
+from ._common import console, err_console, print_json
+from cpx.kernel.text import format_f
 
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", "-c", help="best, last or a .pt path")]
 TtaOpt = Annotated[Optional[str], typer.Option("--tta", help="test-time views: flip, scale, flip,scale or none")]
@@ -71,7 +72,7 @@ def register(app: typer.Typer) -> None:
             print_json(result.to_dict())
             return
         ev = result.evaluation
-        console.print(f"[bold]{result.label}[/]  score {fmt_f(ev.scores.fscore)} on {len(ev.names)} validation "
+        console.print(f"[bold]{result.label}[/]  score {format_f(ev.scores.fscore)} on {len(ev.names)} validation "
                       f"images ({ev.checkpoint}, TTA {'+'.join(ev.tta) or 'none'})", highlight=False)
         if result.worst:
             table = Table(title=f"{len(result.worst)} worst validation images")
@@ -79,7 +80,7 @@ def register(app: typer.Typer) -> None:
             table.add_column("image")
             table.add_column("F", justify="right")
             for i, (name, f) in enumerate(result.worst, 1):
-                table.add_row(str(i), name, fmt_f(f))
+                table.add_row(str(i), name, format_f(f))
             console.print(table)
         if result.grid_path:
             console.print(f"images:    {result.grid_path}", highlight=False, soft_wrap=True)
@@ -116,9 +117,9 @@ def register(app: typer.Typer) -> None:
         table.add_column("B − A", justify="right")
         table.add_column("images A/B", justify="right")
         for c in result.by_difference():
-            table.add_row(c.name, fmt_f(c.f_a), fmt_f(c.f_b), _f_diff(c.diff), f"{c.images_a}/{c.images_b}")
+            table.add_row(c.name, format_f(c.f_a), format_f(c.f_b), _f_diff(c.diff), f"{c.images_a}/{c.images_b}")
         table.add_section()
-        table.add_row("[bold]score[/]", f"[bold]{fmt_f(result.fscore_a)}[/]", f"[bold]{fmt_f(result.fscore_b)}[/]",
+        table.add_row("[bold]score[/]", f"[bold]{format_f(result.fscore_a)}[/]", f"[bold]{format_f(result.fscore_b)}[/]",
                       _f_diff(result.fscore_b - result.fscore_a), f"{result.images_a}/{result.images_b}")
         console.print(table)
         console.print(f"figure: {result.path}", highlight=False, soft_wrap=True)

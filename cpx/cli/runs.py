@@ -9,7 +9,8 @@ from rich.table import Table
 
 from cpx.runs.ledger import Ledger
 from . import _common
-from ._common import console, fmt_f, print_json
+from ._common import console, print_json
+from cpx.kernel.text import format_f
 
 
 def register(app: typer.Typer) -> None:
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
             diff = r.get("config_diff") or {}
             label = r["id"] if (r.get("name") or r["id"]) == r["id"] else f"{r['name']}\n[dim]{r['id']}[/]"
             table.add_row(label, r.get("recipe") or "", r.get("status") or "",
-                          fmt_f(r.get("best_val_f")), str(r.get("best_epoch") or "-"), str(r.get("last_epoch") or "-"),
+                          format_f(r.get("best_val_f")), str(r.get("best_epoch") or "-"), str(r.get("last_epoch") or "-"),
                           f"{r['params']:,}" if r.get("params") else "-",
                           f"{r['wall_seconds']:.0f}s" if r.get("wall_seconds") else "-",
                           ", ".join(f"{k.split('.')[-1]}={v}" for k, v in diff.items()))

@@ -16,11 +16,10 @@ from cpx.runs.ledger import Ledger
 from cpx.submit.submissions import (DEFAULT_PHASE, mark_final, parse_score, record_score, register_submission,
                            submission_report, sync_submissions, upload_submission, used_in_phase)
 from . import _common
-from ._common import console, err_console, fmt_f, print_json
+from ._common import console, err_console, print_json
+from cpx.kernel.text import format_f, format_signed
 
 
-def _signed(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:+.4f}"
 
 
 def _cpx_competition(name: Optional[str] = None, run: Optional[dict] = None):
@@ -226,8 +225,8 @@ def register(app: typer.Typer) -> None:
                              no_wrap=col in ("name", "date"))
         for r in report.rows:
             status = escape(r.status) + ("" if r.counts else " [dim](not counted)[/]")
-            table.add_row(escape(r.name), escape(r.run_name or r.run_id or "-"), r.date, fmt_f(r.val_f), fmt_f(r.test_f),
-                          _signed(r.gap), status, "[bold green]final[/]" if r.final else "")
+            table.add_row(escape(r.name), escape(r.run_name or r.run_id or "-"), r.date, format_f(r.val_f), format_f(r.test_f),
+                          format_signed(r.gap), status, "[bold green]final[/]" if r.final else "")
         console.print(table)
         if report.limit is not None:
             console.print(f"phase {report.phase}: {report.used} of {report.limit} submissions used, "
@@ -276,7 +275,7 @@ def register(app: typer.Typer) -> None:
             if r.test_f is None and r.predicted is not None:
                 test = f"[italic]{test}[/]"
             kind = f" [dim]({r.kind})[/]" if r.kind and r.kind != "train" else ""
-            table.add_row(str(r.rank), escape(r.label) + kind, fmt_f(r.val_f), test, _signed(r.gap),
+            table.add_row(str(r.rank), escape(r.label) + kind, format_f(r.val_f), test, format_signed(r.gap),
                           escape(run_checkpoint(r)), str(r.best_epoch or "-"), escape(r.key_config) or "-")
         console.print(table)
         console.print(escape(board.model.describe()), style="dim", highlight=False)

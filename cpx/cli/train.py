@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Optional
 
 import typer
@@ -12,7 +11,8 @@ from rich.table import Table
 from cpx.kernel.config import parse_assignment
 from cpx.train.run import TrainRequest, command_line, train
 from . import _common
-from ._common import console, fmt_f
+from ._common import console
+from cpx.kernel.text import format_f
 
 # shortcut option -> config key path
 SHORTCUTS = {
@@ -76,7 +76,7 @@ class RichProgress:
         self.progress.update(self.batch_task, completed=i + 1)
 
     def on_epoch_end(self, trainer, record):
-        info = f"loss {record.train_loss:.4f}  val F {fmt_f(record.val_f)}  best {fmt_f(trainer.best_f)}  {record.images_per_s:.1f} img/s"
+        info = f"loss {record.train_loss:.4f}  val F {format_f(record.val_f)}  best {format_f(trainer.best_f)}  {record.images_per_s:.1f} img/s"
         self.progress.update(self.epoch_task, completed=trainer.epoch, total=trainer.settings.epochs, info=info)
         self.progress.update(self.batch_task, completed=0)
 
@@ -92,7 +92,7 @@ class LogProgress:
 
     def on_epoch_end(self, trainer, record):
         print(f"epoch {record.epoch}/{trainer.settings.epochs} loss {record.train_loss:.4f} "
-              f"val_f {fmt_f(record.val_f)} lr {record.lr:.2e} {record.images_per_s:.1f} img/s "
+              f"val_f {format_f(record.val_f)} lr {record.lr:.2e} {record.images_per_s:.1f} img/s "
               f"{record.seconds:.1f}s", flush=True)
 
 
@@ -157,7 +157,7 @@ def register(app: typer.Typer) -> None:
         table = Table(show_header=False, box=None)
         table.add_row("run", result.run_id)
         table.add_row("status", result.status + (f" ({result.message})" if result.message else ""))
-        table.add_row("best val F", f"{fmt_f(result.best_val_f)} (epoch {result.best_epoch})")
+        table.add_row("best val F", f"{format_f(result.best_val_f)} (epoch {result.best_epoch})")
         table.add_row("epochs", str(result.epochs))
         table.add_row("parameters", f"{result.params:,}")
         table.add_row("wall time", f"{result.wall_seconds:.0f} s")

@@ -26,16 +26,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cpx.data import dataset as datalib
+from cpx import data as datalib
 from cpx.kernel.errors import ConfigError, RunError
 from cpx.eval.predict import (ENSEMBLE_FILE, Member, Predictor, check_ensemble_allowed, is_ensemble,  # noqa: F401
                         parse_tta, tta_label)
 from cpx.runs.ledger import Ledger, new_run_id, utc_now
 from cpx.eval.metrics import ScoreAccumulator, class_ids
 from cpx.kernel.manager import PluginHost
-from cpx.train.loop import resolve_device
-from cpx.kernel.files import atomic_write_text, count_params
-from cpx.eval.validate import VAL_LIST, Evaluation, _pairs, evaluate, run_data_root, run_folder, run_val_names
+from cpx.kernel.device import resolve_device
+from cpx.kernel.files import atomic_write_text
+from cpx.kernel.device import count_params
+from cpx.eval.validate import VAL_LIST, Evaluation, _pairs, evaluate, run_data_root, run_val_names
 from cpx.kernel.workspace import Workspace
 
 Progress = Optional[Callable[[str, int, int], None]]

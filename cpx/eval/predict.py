@@ -37,8 +37,8 @@ from cpx.kernel.errors import ConfigError, DataError, RuleViolation, RunError
 from cpx.runs.ledger import Ledger
 from cpx.eval.metrics import class_ids
 from cpx.kernel.manager import PluginHost
-from cpx.train.loop import autocast, resolve_device, resolve_precision
-from cpx.kernel.files import keep_freed_memory
+from cpx.kernel.device import autocast, resolve_device, resolve_precision
+from cpx.kernel.device import keep_freed_memory
 from cpx.kernel.workspace import Workspace
 
 TTA_CHOICES = ("flip", "scale")
@@ -427,7 +427,7 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
                             "pass --overwrite or choose another --output")
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    from cpx.data.dataset import write_mask
+    from cpx.data import write_mask
 
     palette = predictor.competition.palette_bytes()
     # sorted by size so each batch holds one size and runs as a single forward pass

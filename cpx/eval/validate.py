@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cpx.data import dataset as datalib
+from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.kernel.errors import ConfigError, DataError, RunError
 from cpx.eval.predict import Predictor, is_ensemble, predictor_for_run, tta_label

@@ -1,4 +1,7 @@
-"""Domain errors. The CLI prints each as one line and exits with code 2."""
+"""Domain errors, and the ``Problem`` record that checks report. The CLI prints each error as
+one line and exits with code 2."""
+
+from dataclasses import dataclass
 
 
 class CpxError(Exception):
@@ -37,3 +40,17 @@ class SubmissionError(CpxError):
 
 class CodabenchError(CpxError):
     """The Codabench server refused a request or could not be reached."""
+
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a file or folder: ``path`` (relative to what was checked, or empty
+    for the whole), a short machine ``kind`` and a one-line ``message`` for people."""
+
+    path: str
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message

@@ -1,30 +1,41 @@
-"""Small helpers shared by the core: atomic writes, parameter counts, the CPU heap setting."""
+"""File primitives every part of cpx shares: atomic writes, sha256, JSON with one rule for bad
+files.
+
+An atomic write goes to a temporary file beside the target (``.<name>.<random>.tmp``) and is
+renamed over it, so a reader, or a process killed half-way, never leaves half a file behind.
+Temporary files of killed writers match :data:`TEMP_GLOB` and are removed by
+:func:`remove_stale_temps`.
+"""
 
 from __future__ import annotations
 
-import ctypes
+import hashlib
+import json
 import os
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, Callable, Optional, Type
 
 # mkstemp creates files 0600; saved results should get the usual permissions instead
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _MODE = 0o666 & ~_UMASK
 
+TEMP_GLOB = ".*.tmp"
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file beside ``path`` then rename, so a reader never sees half a file."""
+
+def atomic_write(path: os.PathLike, write: Callable[[Any], None]) -> None:
+    """Create or replace ``path`` atomically: ``write(fileobj)`` fills a temp file in the same
+    folder (binary mode), which is flushed, fsynced and renamed over ``path``.
+
+    :raises OSError: the folder cannot be created or written; nothing is left behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, _MODE)
@@ -34,52 +45,68 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_text(path: os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
     atomic_write_bytes(path, text.encode())
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, _MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`atomic_write`)."""
+    import torch
+
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def count_params(model: torch.nn.Module) -> int:
-    """Trainable parameters, counted the way competitions state their limits."""
-    return sum(p.numel() for p in model.parameters())
+def write_json(path: os.PathLike, data: Any, indent: Optional[int] = 1) -> None:
+    """Write ``data`` as strict JSON (no NaN or Infinity) atomically.
 
-
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
-_heap_kept = False
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of handing it back to the kernel.
-
-    By default every block above 32 MB is mmap-ed and unmapped on free, so each training or
-    prediction step page-faults its large activations (160 MB of logits at 512px, batch 8)
-    in afresh; at 512px that was about 6% of a CPU training step. Process-wide and idempotent;
-    the resident size stays at its high-water mark, which training reaches anyway. Set
-    ``CPX_KEEP_FREED_MEMORY=0`` to leave the allocator alone. Returns whether it is in effect.
+    :raises ValueError: ``data`` holds a non-finite float, which JSON cannot represent.
     """
-    global _heap_kept
-    if _heap_kept:
-        return True
-    if os.environ.get("CPX_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
-        return False
+    atomic_write_text(path, json.dumps(data, indent=indent, allow_nan=False))
+
+
+def read_json(path: os.PathLike, error: Type[Exception] = ValueError) -> Any:
+    """The JSON value in ``path``.
+
+    :raises error: (the given exception type) the file cannot be read or is not valid JSON;
+        the message names the file.
+    """
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = (libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1
-              and libc.mallopt(_M_TOP_PAD, 64 << 20) == 1)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        return False
-    _heap_kept = bool(ok)
-    return _heap_kept
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 digest of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: os.PathLike) -> str:
+    """Hex SHA-256 digest of the file at ``path``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_stale_temps(folder: os.PathLike) -> list[Path]:
+    """Delete temp files that killed atomic writers left in ``folder`` (not recursive).
+
+    Returns the paths removed. Safe while another cpx process writes there only when that
+    process holds the folder's lock; callers take it first.
+    """
+    removed = []
+    for tmp in Path(folder).glob(TEMP_GLOB):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

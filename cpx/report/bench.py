@@ -199,7 +199,7 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
 
 def _bench_data(config, competition, count: int, size: int, seed: int = 0):
     """``count`` training pairs at ``size``: real ones when a data folder is configured."""
-    from cpx.data import dataset as datalib
+    from cpx import data as datalib
     if config.data.path:
         root = Path(config.data.path).expanduser()
         names = datalib.train_names(root, competition)
@@ -215,7 +215,7 @@ def _bench_data(config, competition, count: int, size: int, seed: int = 0):
 
 def data_counts(config, competition, workspace: Workspace) -> tuple[int, int]:
     """(train, validation) images of the configured data, without decoding any."""
-    from cpx.data import dataset as datalib
+    from cpx import data as datalib
     if config.data.path:
         root = Path(config.data.path).expanduser()
         if not root.is_dir():
@@ -233,8 +233,8 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2)
     """Every figure of a :class:`BenchResult` for a resolved config, in this process."""
     from cpx.eval.predict import Member, Predictor
     from cpx.train.run import build_components, settings_from
-    from cpx.train.loop import Trainer, resolve_device, resolve_precision
-    from cpx.kernel.files import count_params
+    from cpx.kernel.device import count_params, resolve_device, resolve_precision
+    from cpx.train.loop import Trainer
 
     competition = host.competition(config.competition)
     device = resolve_device(config.train.device)

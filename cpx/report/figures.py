@@ -1,55 +1,28 @@
 """PNG figures with matplotlib (headless).
 
-Two layers: pure drawing functions that take arrays and numbers and a path (``plot_*``,
-``colorize``, ``error_overlay``), so they can be tested without a model, and three run-level
-functions (``show_run``, ``compare_runs``, ``curves_for_runs``) that evaluate or read runs and
-hand the numbers to the drawing layer. Every PNG is written atomically.
+Pure drawing: functions that take arrays, numbers and a path (``plot_*``, ``colorize``,
+``error_overlay``) and know nothing of runs or models, so they are tested without either.
+:mod:`cpx.report.pictures` feeds them from recorded runs. Every PNG is written atomically.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
-from cpx.kernel.errors import DataError, RunError
-from cpx.kernel.files import atomic_write_bytes
+from cpx.kernel.errors import DataError
+from cpx.kernel.plotting import RUN_COLORS, pyplot, save_figure
+from cpx.train.curves import plot_history  # noqa: F401  (re-exported: the figures of cpx in one place)
 
 if TYPE_CHECKING:  # the run-level functions import these lazily: drawing needs no torch model
-    from cpx.data.competition import Competition
-    from cpx.kernel.manager import PluginHost
-    from cpx.eval.validate import Evaluation
-    from cpx.kernel.workspace import Workspace
+    pass
 
 ERROR_RGB = (255, 32, 32)
-# Run colours for curves and comparisons; chosen to stay apart from each other in greyscale too.
-RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 MAX_GRID_ROWS = 32
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path, dpi: int = 100) -> Path:
-    plt = _pyplot()
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=dpi)
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return Path(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,7 +33,7 @@ def class_colors(num_classes: int, palette: Sequence[Sequence[int]] = ()) -> np.
     """``num_classes x 3`` uint8 colours: the competition palette, then a qualitative colormap
     for any class the palette does not cover (so no two classes share grey by accident)."""
     colors = np.zeros((max(num_classes, 1), 3), dtype=np.uint8)
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("tab20")
     for c in range(num_classes):
         if c < len(palette):
@@ -132,7 +105,7 @@ def plot_image_grid(rows: Sequence[ImageRow], class_names: Sequence[str], colors
         raise DataError("no images to draw")
     from matplotlib.patches import Patch
 
-    plt = _pyplot()
+    plt = pyplot()
     n = len(rows)
     panel = 3.0
     fig, axes = plt.subplots(n, 4, figsize=(4 * panel, n * panel + 1.4), layout="constrained", squeeze=False)
@@ -160,7 +133,7 @@ def plot_image_grid(rows: Sequence[ImageRow], class_names: Sequence[str], colors
                frameon=False, handlelength=1.6)
     if title:
         fig.suptitle(title, fontsize=13)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _wrap(text: str, width: int = 22) -> str:
@@ -191,7 +164,7 @@ def plot_per_class(class_names: Sequence[str], per_class_f: Sequence[Optional[fl
     if not (len(class_names) == len(per_class_f) == len(class_images)):
         raise DataError(f"{len(class_names)} class names, {len(per_class_f)} F values and "
                         f"{len(class_images)} image counts: they must match")
-    plt = _pyplot()
+    plt = pyplot()
     values = [_nan(v) for v in per_class_f]
     order = _label_order(values, sort)
     n = len(order)
@@ -217,7 +190,7 @@ def plot_per_class(class_names: Sequence[str], per_class_f: Sequence[Optional[fl
     ax.set_ylim(n - 0.5, -1.4)
     if title:
         ax.set_title(title, fontsize=12)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class_comparison(class_names: Sequence[str], f_a: Sequence[Optional[float]],
@@ -227,7 +200,7 @@ def plot_per_class_comparison(class_names: Sequence[str], f_a: Sequence[Optional
     """Grouped horizontal bars of per-class F for two runs, with B - A written at the right."""
     if not (len(class_names) == len(f_a) == len(f_b)):
         raise DataError(f"{len(class_names)} class names but {len(f_a)} and {len(f_b)} F values")
-    plt = _pyplot()
+    plt = pyplot()
     a = [_nan(v) for v in f_a]
     b = [_nan(v) for v in f_b]
     diff = [(y - x) if not (math.isnan(x) or math.isnan(y)) else math.nan for x, y in zip(a, b)]
@@ -260,336 +233,10 @@ def plot_per_class_comparison(class_names: Sequence[str], f_a: Sequence[Optional
     fig.legend(loc="outside lower center", ncol=2, frameon=False, fontsize=10)
     if title:
         ax.set_title(title, fontsize=12)
-    return _save(fig, path)
-
-
-def plot_history(runs: Sequence[tuple[str, list[dict]]], path: Path) -> Path:
-    """Training curves (train/val loss, val F, learning rate) for one or several runs.
-
-    One colour per run in every panel; solid lines are training, dashed validation, and a star
-    marks each run's best validation F.
-    """
-    from matplotlib.lines import Line2D
-
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), layout="constrained")
-    handles = []
-    for k, (label, history) in enumerate(runs):
-        color = RUN_COLORS[k % len(RUN_COLORS)]
-        history = [h for h in history if "epoch" in h]
-        marker = "o" if len(history) <= 30 else None
-        epochs = [h["epoch"] for h in history]
-        train = [(h["epoch"], h["train_loss"]) for h in history if h.get("train_loss") is not None]
-        if train:
-            axes[0].plot(*zip(*train), color=color, marker=marker, markersize=3)
-        val = [(h["epoch"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
-        if val:
-            axes[0].plot(*zip(*val), "--", color=color, marker=marker, markersize=3)
-        f = [(h["epoch"], h["val_f"]) for h in history if h.get("val_f") is not None]
-        best = ""
-        if f:
-            axes[1].plot(*zip(*f), color=color, marker=marker, markersize=3)
-            be, bf = max(f, key=lambda p: p[1])
-            axes[1].plot([be], [bf], "*", color=color, markersize=13, markeredgecolor="black", markeredgewidth=0.6)
-            best = f"  (best F {bf:.4f} @ {be})"
-        lr = [(h["epoch"], h["lr"]) for h in history if h.get("lr") is not None]
-        if lr:
-            axes[2].plot(*zip(*lr), color=color, marker=marker, markersize=3)
-        handles.append(Line2D([], [], color=color, linewidth=2.5, label=f"{label}{best}"))
-        if epochs and len(set(epochs)) == 1:
-            for ax in axes:  # a single point would get a zero-width axis
-                ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
-    styles = [Line2D([], [], color="0.3", label="train"), Line2D([], [], color="0.3", linestyle="--", label="val")]
-    axes[0].legend(handles=styles, fontsize=9, loc="upper right")
-    for ax, title in zip(axes, ("loss", "validation F (per image)", "learning rate")):
-        ax.set_title(title, fontsize=12)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[1].margins(y=0.1)  # room for the best-epoch stars at the top
-    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=10,
-                   frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
 # Run-level figures
 
-Progress = Optional[Callable[[int, int], None]]
 
-
-@dataclass
-class RunRef:
-    """What the figures need from a recorded run (trained or ensemble), from its ledger row."""
-
-    row: dict
-    run_dir: Path
-    competition: "Competition"
-
-    @property
-    def id(self) -> str:
-        return self.row["id"]
-
-    @property
-    def label(self) -> str:
-        return self.row.get("name") or self.id
-
-
-def _open_runs(refs: Sequence[str], workspace: "Workspace", host: "PluginHost") -> list[RunRef]:
-    # Ensemble runs have no config.yaml, so this works from the ledger row rather than open_run.
-    from cpx.eval.predict import is_ensemble, read_ensemble_spec
-    from cpx.runs.ledger import Ledger
-    from cpx.runs.handle import open_run
-    from cpx.eval.validate import run_folder
-
-    out = []
-    with Ledger(workspace.ledger_path) as ledger:
-        for ref in refs:
-            row = ledger.get_run(ref)
-            name = row.get("competition")
-            if not name:
-                name = (read_ensemble_spec(row, workspace).get("competition") if is_ensemble(row)
-                        else open_run(row["id"], workspace, host, ledger).competition.name)
-            out.append(RunRef(row, run_folder(row, workspace), host.competition(name)))
-    return out
-
-
-def _unique_labels(runs: Sequence[RunRef]) -> list[str]:
-    labels = [r.label for r in runs]
-    return labels if len(set(labels)) == len(labels) else [r.id for r in runs]
-
-
-@dataclass
-class ShowResult:
-    run_id: str
-    label: str
-    evaluation: "Evaluation"
-    worst: list[tuple[str, float]]
-    grid_path: Optional[Path]
-    per_class_path: Path
-
-    def to_dict(self) -> dict:
-        s = self.evaluation.scores
-        return {
-            "run": self.run_id,
-            "checkpoint": self.evaluation.checkpoint,
-            "tta": list(self.evaluation.tta),
-            "fscore": s.fscore,
-            "images": len(self.evaluation.names),
-            "worst": [{"name": n, "f": f} for n, f in self.worst],
-            "grid": str(self.grid_path) if self.grid_path else None,
-            "per_class_figure": str(self.per_class_path),
-            "per_class": self.evaluation.per_class(),
-        }
-
-
-def _default_outputs(output: Optional[Path], run_dir: Path, grid: bool) -> tuple[Optional[Path], Path]:
-    if output is None:
-        return (run_dir / "show.png" if grid else None), run_dir / "per_class.png"
-    output = Path(output)
-    if not grid:
-        return None, output
-    return output, output.with_name(f"{output.stem}_per_class.png")
-
-
-def _describe(evaluation: "Evaluation") -> str:
-    tta = f", TTA {'+'.join(evaluation.tta)}" if evaluation.tta else ""
-    return f"{evaluation.checkpoint} checkpoint{tta}"
-
-
-def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: int = 8, checkpoint: str = "best",
-             tta: Sequence[str] = (), output: Optional[Path] = None, device: str = "auto",
-             progress: Progress = None) -> ShowResult:
-    """Validate a run on its own validation list, then draw its ``images`` worst validation images
-    (by per-image F) and its per-class F chart.
-
-    Default outputs are ``show.png`` and ``per_class.png`` in the run folder. With ``output`` the
-    grid goes there and the chart beside it as ``<stem>_per_class.png``; with ``images=0`` only
-    the chart is drawn (at ``output`` when given). The validation is not recorded in the ledger:
-    looking at a run should not add rows to its history.
-    """
-    from cpx.data import dataset as datalib
-    from cpx.eval.predict import predictor_for_run
-    from cpx.eval.validate import run_data_root, validate_run
-
-    if images < 0:
-        raise DataError(f"--images must be 0 or more, not {images}")
-    if images > MAX_GRID_ROWS:
-        raise DataError(f"--images: at most {MAX_GRID_ROWS} rows fit in one legible picture, not {images}")
-    (run,) = _open_runs([ref], workspace, host)
-    grid_path, chart_path = _default_outputs(output, run.run_dir, images > 0)
-    evaluation = validate_run(run.id, workspace, host, checkpoint=checkpoint, tta=tuple(tta), record=False,
-                              device=device, progress=progress)
-    scores = evaluation.scores
-    worst = sorted(evaluation.per_image.items(), key=lambda kv: (kv[1], kv[0]))[:images]
-    comp = run.competition
-    colors = class_colors(comp.num_classes, comp.palette)
-    how = _describe(evaluation)
-    if worst:
-        root = run_data_root(run.run_dir)
-        found = datalib.scan(root, comp)
-        pics, _ = datalib.load_images([found.images[n] for n, _ in worst])
-        masks = [datalib.read_mask(found.masks[n], comp.num_classes) for n, _ in worst]
-        # same checkpoint and TTA as the validation, so the picture shows what was scored
-        predictor = predictor_for_run(run.id, workspace, host, checkpoint=checkpoint, tta=tuple(tta), device=device)
-        preds = predictor.predict(list(pics), sizes=[m.shape for m in masks])
-        rows = [ImageRow(name=n, image=np.asarray(pic), gt=gt, pred=np.asarray(pred), score=f)
-                for (n, f), pic, gt, pred in zip(worst, pics, masks, preds)]
-        plot_image_grid(rows, comp.classes, colors, grid_path,
-                        title=f"{run.label}: the {len(rows)} worst of {len(evaluation.names)} validation images "
-                              f"(score {scores.fscore:.4f}, {how})")
-    plot_per_class(comp.classes, scores.per_class_f, scores.class_images, chart_path, colors=colors,
-                   score=scores.fscore,
-                   title=f"{run.label}: per-class F on {len(evaluation.names)} validation images ({how})")
-    return ShowResult(run.id, run.label, evaluation, worst, grid_path if worst else None, chart_path)
-
-
-@dataclass
-class ClassDelta:
-    class_id: int
-    name: str
-    f_a: Optional[float]
-    f_b: Optional[float]
-    images_a: int
-    images_b: int
-
-    @property
-    def diff(self) -> Optional[float]:
-        if self.f_a is None or self.f_b is None:
-            return None
-        return self.f_b - self.f_a
-
-
-@dataclass
-class Comparison:
-    run_a: str
-    run_b: str
-    label_a: str
-    label_b: str
-    fscore_a: float
-    fscore_b: float
-    images_a: int
-    images_b: int
-    shared_images: int
-    classes: list[ClassDelta]
-    path: Path
-
-    @property
-    def same_val_list(self) -> bool:
-        return self.images_a == self.images_b == self.shared_images
-
-    @property
-    def warning(self) -> Optional[str]:
-        if self.same_val_list:
-            return None
-        return (f"the runs were validated on different lists ({self.images_a} and {self.images_b} images, "
-                f"{self.shared_images} shared): the scores are not directly comparable")
-
-    def by_difference(self) -> list[ClassDelta]:
-        """Biggest gain of B over A first; classes without a difference last."""
-        return sorted(self.classes, key=lambda c: (c.diff is None, -(c.diff or 0.0), c.class_id))
-
-    def to_dict(self) -> dict:
-        return {
-            "a": {"run": self.run_a, "label": self.label_a, "fscore": self.fscore_a, "images": self.images_a},
-            "b": {"run": self.run_b, "label": self.label_b, "fscore": self.fscore_b, "images": self.images_b},
-            "diff": self.fscore_b - self.fscore_a,
-            "same_val_list": self.same_val_list,
-            "shared_images": self.shared_images,
-            "warning": self.warning,
-            "classes": [{"id": c.class_id, "name": c.name, "f_a": c.f_a, "f_b": c.f_b, "diff": c.diff,
-                         "images_a": c.images_a, "images_b": c.images_b} for c in self.by_difference()],
-            "figure": str(self.path),
-        }
-
-
-def _finite(x: Optional[float]) -> Optional[float]:
-    return None if x is None or math.isnan(x) else float(x)
-
-
-def _safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
-
-
-def compare_runs(ref_a: str, ref_b: str, workspace: "Workspace", host: "PluginHost", *, checkpoint: str = "best",
-                 tta: Sequence[str] = (), output: Optional[Path] = None, device: str = "auto",
-                 progress: Optional[Callable[[str, int, int], None]] = None) -> Comparison:
-    """Validate two runs, each on its OWN validation list, and draw their per-class F side by side.
-
-    The default figure is ``experiments/compare/<A>__vs__<B>.png``. Nothing is recorded in the
-    ledger. ``progress(run_id, done, total)`` follows both validations.
-    """
-    from cpx.eval.validate import validate_run
-
-    a, b = _open_runs([ref_a, ref_b], workspace, host)
-    if a.competition.name != b.competition.name:
-        raise RunError(f"runs {a.id} ({a.competition.name}) and {b.id} ({b.competition.name}) "
-                       "are for different competitions")
-    if a.id == b.id:
-        raise RunError(f"{ref_a} and {ref_b} are the same run ({a.id})")
-    evs = []
-    for run in (a, b):
-        cb = (lambda done, total, rid=run.id: progress(rid, done, total)) if progress else None
-        evs.append(validate_run(run.id, workspace, host, checkpoint=checkpoint, tta=tuple(tta), record=False,
-                                device=device, progress=cb))
-    ev_a, ev_b = evs
-    la, lb = _unique_labels([a, b])
-    comp = a.competition
-    sa, sb = ev_a.scores, ev_b.scores
-    classes = [ClassDelta(c, comp.classes[c], _finite(sa.per_class_f[c]), _finite(sb.per_class_f[c]),
-                          int(sa.class_images[c]), int(sb.class_images[c])) for c in range(comp.num_classes)]
-    shared = len(set(ev_a.names) & set(ev_b.names))
-    path = Path(output) if output else workspace.experiments_dir / "compare" / f"{_safe(a.id)}__vs__{_safe(b.id)}.png"
-    result = Comparison(a.id, b.id, la, lb, sa.fscore, sb.fscore, len(ev_a.names), len(ev_b.names), shared,
-                        classes, path)
-    note = "" if result.same_val_list else (f"\n(different validation lists: {result.images_a} vs "
-                                            f"{result.images_b} images, {shared} shared)")
-    plot_per_class_comparison(comp.classes, [c.f_a for c in classes], [c.f_b for c in classes], path,
-                              labels=(f"A: {la}", f"B: {lb}"), scores=(sa.fscore, sb.fscore),
-                              title=f"per-class F on each run's validation list ({_describe(ev_a)}){note}")
-    return result
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "history.json"
-    if not path.is_file():
-        raise RunError(f"{path}: no training history (an ensemble, or a run that has not finished an epoch)")
-    try:
-        history = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(history, list) or not all(isinstance(h, dict) and "epoch" in h for h in history):
-        raise RunError(f"{path}: expected a list of epoch records")
-    return history
-
-
-def curves_for_runs(refs: Sequence[str], workspace: "Workspace", host: "PluginHost",
-                    output: Optional[Path] = None) -> Path:
-    """Training curves of one or several runs in one PNG, one colour per run, from history.json.
-
-    Default: the run's own ``curves.png`` for one run, ``experiments/compare/curves-...png`` for several.
-    """
-    from cpx.runs.ledger import Ledger
-    from cpx.eval.validate import run_folder
-
-    if not refs:
-        raise RunError("name at least one run")
-    with Ledger(workspace.ledger_path) as ledger:
-        rows = [ledger.get_run(ref) for ref in refs]
-    ids = [r["id"] for r in rows]
-    if len(set(ids)) < len(ids):
-        raise RunError(f"the same run is named twice ({', '.join(ids)})")
-    dirs = [run_folder(r, workspace) for r in rows]
-    labels = [r.get("name") or r["id"] for r in rows]
-    if len(set(labels)) < len(labels):
-        labels = ids
-    runs = [(label, read_history(d)) for label, d in zip(labels, dirs)]
-    if output:
-        path = Path(output)
-    elif len(rows) == 1:
-        path = dirs[0] / "curves.png"
-    else:
-        path = workspace.experiments_dir / "compare" / ("curves-" + "__".join(_safe(i) for i in ids)[:180] + ".png")
-    return plot_history(runs, path)

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Optional
 
 from cpx.runs.ledger import Ledger
 from cpx.submit.submissions import main_score
+from cpx.kernel.text import format_f, format_signed
 
 DEFAULT_LEVEL = 0.95
 # Half-width used when only one (val, test) pair exists; see the module docstring.
@@ -296,7 +297,7 @@ class Leaderboard:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         for r in self.rows:
             lines.append("| " + " | ".join([
-                str(r.rank), r.label, _f(r.val_f), format_test_f(r, markdown=True), _signed(r.gap),
+                str(r.rank), r.label, format_f(r.val_f), format_test_f(r, markdown=True), format_signed(r.gap),
                 run_checkpoint(r),
                 str(r.best_epoch or "-"), r.key_config.replace("|", "/") or "-"]) + " |")
         lines.append("")
@@ -304,18 +305,14 @@ class Leaderboard:
         return "\n".join(lines) + "\n"
 
 
-def _f(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
-def _signed(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:+.4f}"
 
 
 def format_test_f(row: Row, markdown: bool = False) -> str:
     """The observed test F, else the prediction marked as such, else ``-``."""
     if row.test_f is not None:
-        return _f(row.test_f)
+        return format_f(row.test_f)
     if row.predicted is not None:
         mark = "predicted, 1 pair: rough" if row.predicted.rough else "predicted"
         return row.predicted.text() + (f" *{mark}*" if markdown else f" ({mark})")

@@ -15,7 +15,6 @@ every problem instead of stopping at the first.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -35,13 +34,14 @@ from PIL import Image, UnidentifiedImageError
 
 from cpx import __version__
 from cpx.data.competition import Competition
-from cpx.kernel.errors import ConfigError, DataError, RuleViolation, SubmissionError
+from cpx.kernel.errors import ConfigError, DataError, Problem, RuleViolation, SubmissionError
 from cpx.runs.ledger import Ledger, utc_now
 from cpx.kernel.manager import PluginHost
 from cpx.runs.handle import RunHandle, open_run
 from cpx.submit.solution import export_solution, model_source, run_solution, runner_mentions_arguments
-from cpx.kernel.files import count_params
+from cpx.kernel.device import count_params
 from cpx.kernel.workspace import Workspace
+from cpx.kernel.files import sha256_bytes, sha256_file
 
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -58,16 +58,6 @@ Size = tuple[int, int]  # (height, width)
 
 # --------------------------------------------------------------------------------------------
 # Reports
-
-
-@dataclass
-class Problem:
-    path: str
-    kind: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
 
 
 @dataclass
@@ -196,16 +186,8 @@ class _ZipFiles(_Files):
         return self.map.get(name, name)
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -638,7 +620,7 @@ def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
     """
     from cpx.eval.predict import (check_ensemble_allowed, is_ensemble, parse_tta, predict_folder,
                             predictor_for_run, read_ensemble_spec)
-    from cpx.train.loop import resolve_device
+    from cpx.kernel.device import resolve_device
 
     start = time.perf_counter()
     name = str(request.name).strip()

@@ -10,7 +10,6 @@ Scores live in the ledger's ``scores`` table, one per submission, phase and colu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, Callable, Optional
 from cpx.data.competition import Competition
 from cpx.kernel.errors import CodabenchError, CpxError, SubmissionError
 from cpx.runs.ledger import Ledger, utc_now
+from cpx.kernel.files import sha256_file
 
 DEFAULT_PHASE = "test"
 NOT_COUNTED = ("failed", "cancelled")
@@ -117,12 +117,6 @@ def mark_final(ledger: Ledger, name: str) -> dict:
 # ---------------------------------------------------------------- zips made elsewhere
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_zip(zip_path: Path, workspace, host, *, competition: Optional[str] = None,

@@ -13,18 +13,18 @@ summed across ranks, so every rank sees the same numbers and takes the same deci
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from cpx.eval.metrics import ScoreAccumulator, class_ids
-from cpx.kernel.files import keep_freed_memory
+from cpx.kernel.device import keep_freed_memory
+from cpx.kernel.device import autocast
 
 
 @dataclass
@@ -65,29 +65,6 @@ def dist_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    # bf16 autocast only pays where the CPU has native bf16 dot products
-    supported = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return "bf16" if supported else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float, schedule: str) -> float:

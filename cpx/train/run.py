@@ -17,14 +17,16 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from cpx.data import dataset as datalib
+from cpx import data as datalib
 from cpx.data.competition import Competition
-from cpx.kernel.config import ExperimentConfig, build_config, config_diff, resolve, validate
+from cpx.kernel.config import ExperimentConfig, build_config, resolve, validate
 from cpx.kernel.errors import ConfigError, DataError, RuleViolation, RunError
 from cpx.runs.ledger import Ledger
 from cpx.kernel.manager import PluginHost
-from cpx.train.loop import Trainer, TrainerSettings, dist_rank_world, resolve_device, resolve_precision
-from cpx.kernel.files import atomic_write_text, atomic_torch_save, count_params
+from cpx.train.loop import Trainer, TrainerSettings, dist_rank_world
+from cpx.kernel.device import resolve_device, resolve_precision
+from cpx.kernel.files import atomic_write_text, atomic_torch_save
+from cpx.kernel.device import count_params
 from cpx.kernel.workspace import Workspace
 
 
@@ -335,7 +337,7 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
                            wall_seconds=round(wall, 2), message=message, config_diff=diff)
     if trainer.history:
         try:
-            from cpx.report.figures import plot_history
+            from cpx.train.curves import plot_history
 
             plot_history([(run_id, trainer.history)], run_dir / "curves.png")
         except Exception as exc:  # a plotting problem must not lose a finished run

@@ -9,8 +9,10 @@ from conftest import tiny_overrides
 from cpx.cli import create_app, main
 from cpx.kernel.errors import DataError, RunError
 from cpx.runs.ledger import Ledger
-from cpx.report.figures import (ERROR_RGB, ImageRow, class_colors, colorize, curves_for_runs, error_overlay,
-                       plot_history, plot_image_grid, plot_per_class, plot_per_class_comparison)
+from cpx.report.figures import (ERROR_RGB, ImageRow, class_colors, colorize, error_overlay, plot_image_grid,
+                                plot_per_class, plot_per_class_comparison)
+from cpx.report.pictures import curves_for_runs
+from cpx.train.curves import plot_history
 from cpx.train.run import TrainRequest, train
 from cpx.eval.validate import validate_run
 

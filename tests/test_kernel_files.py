@@ -1,7 +1,4 @@
-"""cpx.kernel.files: atomic writes and the CPU heap setting."""
-
-import os
-import sys
+"""cpx.kernel.files: atomic writes, sha256, JSON."""
 
 import pytest
 
@@ -29,18 +26,3 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
         utils.atomic_torch_save(Boom(), target)
     assert target.read_bytes() == b"old"
     assert [p.name for p in target.parent.iterdir()] == ["f.bin"]
-
-
-def test_keep_freed_memory_can_be_turned_off(monkeypatch):
-    monkeypatch.setattr(utils, "_heap_kept", False)
-    monkeypatch.setenv("CPX_KEEP_FREED_MEMORY", "0")
-    assert utils.keep_freed_memory() is False
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
-def test_keep_freed_memory_takes_effect_once_on_glibc(monkeypatch):
-    monkeypatch.delenv("CPX_KEEP_FREED_MEMORY", raising=False)
-    if os.confstr("CS_GNU_LIBC_VERSION") is None:
-        pytest.skip("not glibc")
-    assert utils.keep_freed_memory() is True
-    assert utils.keep_freed_memory() is True  # idempotent

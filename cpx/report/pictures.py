@@ -1,0 +1,300 @@
+"""Pictures of recorded runs: ``show`` (the worst validation images and per-class F),
+``compare`` (per-class F of two runs) and ``curves`` (training curves of several runs).
+Each evaluates or reads runs and hands the numbers to the pure drawing in
+:mod:`cpx.report.figures`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+import numpy as np
+from cpx.kernel.errors import DataError, RunError
+from cpx.report.figures import MAX_GRID_ROWS, ImageRow, class_colors, plot_image_grid, plot_per_class, plot_per_class_comparison
+from cpx.train.curves import plot_history
+from cpx.data.competition import Competition
+from cpx.eval.validate import Evaluation
+from cpx.kernel.manager import PluginHost
+from cpx.kernel.workspace import Workspace
+
+
+Progress = Optional[Callable[[int, int], None]]
+
+
+@dataclass
+class RunRef:
+    """What the figures need from a recorded run (trained or ensemble), from its ledger row."""
+
+    row: dict
+    run_dir: Path
+    competition: "Competition"
+
+    @property
+    def id(self) -> str:
+        return self.row["id"]
+
+    @property
+    def label(self) -> str:
+        return self.row.get("name") or self.id
+
+
+def _open_runs(refs: Sequence[str], workspace: "Workspace", host: "PluginHost") -> list[RunRef]:
+    # Ensemble runs have no config.yaml, so this works from the ledger row rather than open_run.
+    from cpx.eval.predict import is_ensemble, read_ensemble_spec
+    from cpx.runs.ledger import Ledger
+    from cpx.runs.handle import open_run
+    from cpx.eval.validate import run_folder
+
+    out = []
+    with Ledger(workspace.ledger_path) as ledger:
+        for ref in refs:
+            row = ledger.get_run(ref)
+            name = row.get("competition")
+            if not name:
+                name = (read_ensemble_spec(row, workspace).get("competition") if is_ensemble(row)
+                        else open_run(row["id"], workspace, host, ledger).competition.name)
+            out.append(RunRef(row, run_folder(row, workspace), host.competition(name)))
+    return out
+
+
+def _unique_labels(runs: Sequence[RunRef]) -> list[str]:
+    labels = [r.label for r in runs]
+    return labels if len(set(labels)) == len(labels) else [r.id for r in runs]
+
+
+@dataclass
+class ShowResult:
+    run_id: str
+    label: str
+    evaluation: "Evaluation"
+    worst: list[tuple[str, float]]
+    grid_path: Optional[Path]
+    per_class_path: Path
+
+    def to_dict(self) -> dict:
+        s = self.evaluation.scores
+        return {
+            "run": self.run_id,
+            "checkpoint": self.evaluation.checkpoint,
+            "tta": list(self.evaluation.tta),
+            "fscore": s.fscore,
+            "images": len(self.evaluation.names),
+            "worst": [{"name": n, "f": f} for n, f in self.worst],
+            "grid": str(self.grid_path) if self.grid_path else None,
+            "per_class_figure": str(self.per_class_path),
+            "per_class": self.evaluation.per_class(),
+        }
+
+
+def _default_outputs(output: Optional[Path], run_dir: Path, grid: bool) -> tuple[Optional[Path], Path]:
+    if output is None:
+        return (run_dir / "show.png" if grid else None), run_dir / "per_class.png"
+    output = Path(output)
+    if not grid:
+        return None, output
+    return output, output.with_name(f"{output.stem}_per_class.png")
+
+
+def _describe(evaluation: "Evaluation") -> str:
+    tta = f", TTA {'+'.join(evaluation.tta)}" if evaluation.tta else ""
+    return f"{evaluation.checkpoint} checkpoint{tta}"
+
+
+def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: int = 8, checkpoint: str = "best",
+             tta: Sequence[str] = (), output: Optional[Path] = None, device: str = "auto",
+             progress: Progress = None) -> ShowResult:
+    """Validate a run on its own validation list, then draw its ``images`` worst validation images
+    (by per-image F) and its per-class F chart.
+
+    Default outputs are ``show.png`` and ``per_class.png`` in the run folder. With ``output`` the
+    grid goes there and the chart beside it as ``<stem>_per_class.png``; with ``images=0`` only
+    the chart is drawn (at ``output`` when given). The validation is not recorded in the ledger:
+    looking at a run should not add rows to its history.
+    """
+    from cpx import data as datalib
+    from cpx.eval.predict import predictor_for_run
+    from cpx.eval.validate import run_data_root, validate_run
+
+    if images < 0:
+        raise DataError(f"--images must be 0 or more, not {images}")
+    if images > MAX_GRID_ROWS:
+        raise DataError(f"--images: at most {MAX_GRID_ROWS} rows fit in one legible picture, not {images}")
+    (run,) = _open_runs([ref], workspace, host)
+    grid_path, chart_path = _default_outputs(output, run.run_dir, images > 0)
+    evaluation = validate_run(run.id, workspace, host, checkpoint=checkpoint, tta=tuple(tta), record=False,
+                              device=device, progress=progress)
+    scores = evaluation.scores
+    worst = sorted(evaluation.per_image.items(), key=lambda kv: (kv[1], kv[0]))[:images]
+    comp = run.competition
+    colors = class_colors(comp.num_classes, comp.palette)
+    how = _describe(evaluation)
+    if worst:
+        root = run_data_root(run.run_dir)
+        found = datalib.scan(root, comp)
+        pics, _ = datalib.load_images([found.images[n] for n, _ in worst])
+        masks = [datalib.read_mask(found.masks[n], comp.num_classes) for n, _ in worst]
+        # same checkpoint and TTA as the validation, so the picture shows what was scored
+        predictor = predictor_for_run(run.id, workspace, host, checkpoint=checkpoint, tta=tuple(tta), device=device)
+        preds = predictor.predict(list(pics), sizes=[m.shape for m in masks])
+        rows = [ImageRow(name=n, image=np.asarray(pic), gt=gt, pred=np.asarray(pred), score=f)
+                for (n, f), pic, gt, pred in zip(worst, pics, masks, preds)]
+        plot_image_grid(rows, comp.classes, colors, grid_path,
+                        title=f"{run.label}: the {len(rows)} worst of {len(evaluation.names)} validation images "
+                              f"(score {scores.fscore:.4f}, {how})")
+    plot_per_class(comp.classes, scores.per_class_f, scores.class_images, chart_path, colors=colors,
+                   score=scores.fscore,
+                   title=f"{run.label}: per-class F on {len(evaluation.names)} validation images ({how})")
+    return ShowResult(run.id, run.label, evaluation, worst, grid_path if worst else None, chart_path)
+
+
+@dataclass
+class ClassDelta:
+    class_id: int
+    name: str
+    f_a: Optional[float]
+    f_b: Optional[float]
+    images_a: int
+    images_b: int
+
+    @property
+    def diff(self) -> Optional[float]:
+        if self.f_a is None or self.f_b is None:
+            return None
+        return self.f_b - self.f_a
+
+
+@dataclass
+class Comparison:
+    run_a: str
+    run_b: str
+    label_a: str
+    label_b: str
+    fscore_a: float
+    fscore_b: float
+    images_a: int
+    images_b: int
+    shared_images: int
+    classes: list[ClassDelta]
+    path: Path
+
+    @property
+    def same_val_list(self) -> bool:
+        return self.images_a == self.images_b == self.shared_images
+
+    @property
+    def warning(self) -> Optional[str]:
+        if self.same_val_list:
+            return None
+        return (f"the runs were validated on different lists ({self.images_a} and {self.images_b} images, "
+                f"{self.shared_images} shared): the scores are not directly comparable")
+
+    def by_difference(self) -> list[ClassDelta]:
+        """Biggest gain of B over A first; classes without a difference last."""
+        return sorted(self.classes, key=lambda c: (c.diff is None, -(c.diff or 0.0), c.class_id))
+
+    def to_dict(self) -> dict:
+        return {
+            "a": {"run": self.run_a, "label": self.label_a, "fscore": self.fscore_a, "images": self.images_a},
+            "b": {"run": self.run_b, "label": self.label_b, "fscore": self.fscore_b, "images": self.images_b},
+            "diff": self.fscore_b - self.fscore_a,
+            "same_val_list": self.same_val_list,
+            "shared_images": self.shared_images,
+            "warning": self.warning,
+            "classes": [{"id": c.class_id, "name": c.name, "f_a": c.f_a, "f_b": c.f_b, "diff": c.diff,
+                         "images_a": c.images_a, "images_b": c.images_b} for c in self.by_difference()],
+            "figure": str(self.path),
+        }
+
+
+def _finite(x: Optional[float]) -> Optional[float]:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def compare_runs(ref_a: str, ref_b: str, workspace: "Workspace", host: "PluginHost", *, checkpoint: str = "best",
+                 tta: Sequence[str] = (), output: Optional[Path] = None, device: str = "auto",
+                 progress: Optional[Callable[[str, int, int], None]] = None) -> Comparison:
+    """Validate two runs, each on its OWN validation list, and draw their per-class F side by side.
+
+    The default figure is ``experiments/compare/<A>__vs__<B>.png``. Nothing is recorded in the
+    ledger. ``progress(run_id, done, total)`` follows both validations.
+    """
+    from cpx.eval.validate import validate_run
+
+    a, b = _open_runs([ref_a, ref_b], workspace, host)
+    if a.competition.name != b.competition.name:
+        raise RunError(f"runs {a.id} ({a.competition.name}) and {b.id} ({b.competition.name}) "
+                       "are for different competitions")
+    if a.id == b.id:
+        raise RunError(f"{ref_a} and {ref_b} are the same run ({a.id})")
+    evs = []
+    for run in (a, b):
+        cb = (lambda done, total, rid=run.id: progress(rid, done, total)) if progress else None
+        evs.append(validate_run(run.id, workspace, host, checkpoint=checkpoint, tta=tuple(tta), record=False,
+                                device=device, progress=cb))
+    ev_a, ev_b = evs
+    la, lb = _unique_labels([a, b])
+    comp = a.competition
+    sa, sb = ev_a.scores, ev_b.scores
+    classes = [ClassDelta(c, comp.classes[c], _finite(sa.per_class_f[c]), _finite(sb.per_class_f[c]),
+                          int(sa.class_images[c]), int(sb.class_images[c])) for c in range(comp.num_classes)]
+    shared = len(set(ev_a.names) & set(ev_b.names))
+    path = Path(output) if output else workspace.experiments_dir / "compare" / f"{_safe(a.id)}__vs__{_safe(b.id)}.png"
+    result = Comparison(a.id, b.id, la, lb, sa.fscore, sb.fscore, len(ev_a.names), len(ev_b.names), shared,
+                        classes, path)
+    note = "" if result.same_val_list else (f"\n(different validation lists: {result.images_a} vs "
+                                            f"{result.images_b} images, {shared} shared)")
+    plot_per_class_comparison(comp.classes, [c.f_a for c in classes], [c.f_b for c in classes], path,
+                              labels=(f"A: {la}", f"B: {lb}"), scores=(sa.fscore, sb.fscore),
+                              title=f"per-class F on each run's validation list ({_describe(ev_a)}){note}")
+    return result
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "history.json"
+    if not path.is_file():
+        raise RunError(f"{path}: no training history (an ensemble, or a run that has not finished an epoch)")
+    try:
+        history = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(history, list) or not all(isinstance(h, dict) and "epoch" in h for h in history):
+        raise RunError(f"{path}: expected a list of epoch records")
+    return history
+
+
+def curves_for_runs(refs: Sequence[str], workspace: "Workspace", host: "PluginHost",
+                    output: Optional[Path] = None) -> Path:
+    """Training curves of one or several runs in one PNG, one colour per run, from history.json.
+
+    Default: the run's own ``curves.png`` for one run, ``experiments/compare/curves-...png`` for several.
+    """
+    from cpx.runs.ledger import Ledger
+    from cpx.eval.validate import run_folder
+
+    if not refs:
+        raise RunError("name at least one run")
+    with Ledger(workspace.ledger_path) as ledger:
+        rows = [ledger.get_run(ref) for ref in refs]
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) < len(ids):
+        raise RunError(f"the same run is named twice ({', '.join(ids)})")
+    dirs = [run_folder(r, workspace) for r in rows]
+    labels = [r.get("name") or r["id"] for r in rows]
+    if len(set(labels)) < len(labels):
+        labels = ids
+    runs = [(label, read_history(d)) for label, d in zip(labels, dirs)]
+    if output:
+        path = Path(output)
+    elif len(rows) == 1:
+        path = dirs[0] / "curves.png"
+    else:
+        path = workspace.experiments_dir / "compare" / ("curves-" + "__".join(_safe(i) for i in ids)[:180] + ".png")
+    return plot_history(runs, path)
+

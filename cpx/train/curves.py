@@ -1,0 +1,61 @@
+"""Training curves: train/val loss, validation F and learning rate per epoch, for one run
+(``curves.png`` in its folder) or several side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+from cpx.kernel.plotting import RUN_COLORS, pyplot, save_figure
+
+
+def plot_history(runs: Sequence[tuple[str, list[dict]]], path: Path) -> Path:
+    """Training curves (train/val loss, val F, learning rate) for one or several runs.
+
+    One colour per run in every panel; solid lines are training, dashed validation, and a star
+    marks each run's best validation F.
+    """
+    from matplotlib.lines import Line2D
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), layout="constrained")
+    handles = []
+    for k, (label, history) in enumerate(runs):
+        color = RUN_COLORS[k % len(RUN_COLORS)]
+        history = [h for h in history if "epoch" in h]
+        marker = "o" if len(history) <= 30 else None
+        epochs = [h["epoch"] for h in history]
+        train = [(h["epoch"], h["train_loss"]) for h in history if h.get("train_loss") is not None]
+        if train:
+            axes[0].plot(*zip(*train), color=color, marker=marker, markersize=3)
+        val = [(h["epoch"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
+        if val:
+            axes[0].plot(*zip(*val), "--", color=color, marker=marker, markersize=3)
+        f = [(h["epoch"], h["val_f"]) for h in history if h.get("val_f") is not None]
+        best = ""
+        if f:
+            axes[1].plot(*zip(*f), color=color, marker=marker, markersize=3)
+            be, bf = max(f, key=lambda p: p[1])
+            axes[1].plot([be], [bf], "*", color=color, markersize=13, markeredgecolor="black", markeredgewidth=0.6)
+            best = f"  (best F {bf:.4f} @ {be})"
+        lr = [(h["epoch"], h["lr"]) for h in history if h.get("lr") is not None]
+        if lr:
+            axes[2].plot(*zip(*lr), color=color, marker=marker, markersize=3)
+        handles.append(Line2D([], [], color=color, linewidth=2.5, label=f"{label}{best}"))
+        if epochs and len(set(epochs)) == 1:
+            for ax in axes:  # a single point would get a zero-width axis
+                ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    styles = [Line2D([], [], color="0.3", label="train"), Line2D([], [], color="0.3", linestyle="--", label="val")]
+    axes[0].legend(handles=styles, fontsize=9, loc="upper right")
+    for ax, title in zip(axes, ("loss", "validation F (per image)", "learning rate")):
+        ax.set_title(title, fontsize=12)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[1].margins(y=0.1)  # room for the best-epoch stars at the top
+    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=10,
+                   frameon=False)
+    return save_figure(fig, path)
+

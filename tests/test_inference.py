@@ -219,7 +219,7 @@ def test_predict_cli_from_a_run_and_ensemble_refusal(cpx_workspace, cpx_host, ti
                                                      capsys):
     a = _tiny_run(cpx_workspace, cpx_host, "a")
     pred = predictor_for_run("a", cpx_workspace, cpx_host, tta="flip")
-    assert pred.tta == ("flip",) and pred.members[0].image_size == 32 and pred.run_row["id"] == a.run_id
+    assert pred.tta == ("flip",) and pred.members[0].image_size == 32 and pred.members[0].run_id == a.run_id
     test_dir = cpx_synthetic / "test" / "images"
     code, out = cli(capsys, "predict", "a", "--input", test_dir, "--output", tmp_path / "o", "--tta", "flip,scale",
                     "--batch-size", "3")

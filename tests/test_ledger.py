@@ -7,7 +7,8 @@ import pytest
 
 from cpx.runs import ledger as L
 from cpx.kernel.errors import CpxError, RunError, SubmissionError
-from cpx.runs.ledger import MIGRATIONS, Ledger
+from cpx.runs.ledger import Ledger
+from cpx.runs.migrations import MIGRATIONS, _has_table, applied_migrations, migrate
 
 ALL_NAMES = [fn.__name__ for fn in MIGRATIONS]
 
@@ -63,7 +64,7 @@ def test_reopening_applies_nothing_again(tmp_path):
 def test_old_schema_upgrades_and_keeps_rows(tmp_path):
     path = tmp_path / "ledger.db"
     db = L.connect(path)
-    assert L.migrate(db, MIGRATIONS[:1]) == ["m001_runs"]
+    assert migrate(db, MIGRATIONS[:1]) == ["m001_runs"]
     db.execute(
         "INSERT INTO runs (id, name, kind, status, created_at, config)"
         " VALUES ('20250101-000000-old-abcd', 'old', 'train', 'completed',"
@@ -88,9 +89,9 @@ def test_failed_migration_leaves_nothing_behind(tmp_path):
 
     db = L.connect(tmp_path / "ledger.db")
     with pytest.raises(RuntimeError):
-        L.migrate(db, [*MIGRATIONS[:1], m900_broken])
-    assert L.applied_migrations(db) == ["m001_runs"]
-    assert not L._has_table(db, "half_done")
+        migrate(db, [*MIGRATIONS[:1], m900_broken])
+    assert applied_migrations(db) == ["m001_runs"]
+    assert not _has_table(db, "half_done")
     assert not db.in_transaction
     db.close()
 

@@ -15,7 +15,6 @@ so ``predictor_for_run`` (and packaging) accept it like a trained run.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,16 +27,17 @@ import torch.nn.functional as F
 
 from cpx import data as datalib
 from cpx.kernel.errors import ConfigError, RunError
-from cpx.eval.predict import (ENSEMBLE_FILE, Member, Predictor, check_ensemble_allowed, is_ensemble,  # noqa: F401
-                        parse_tta, tta_label)
-from cpx.runs.ledger import Ledger, new_run_id, utc_now
+from cpx.eval.predict import Member, Predictor, is_ensemble, parse_tta, tta_label
+from cpx.kernel.text import utc_now
+from cpx.runs.folder import new_run_id
+from cpx.runs.ledger import Ledger
 from cpx.eval.metrics import ScoreAccumulator, class_ids
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.device import resolve_device
-from cpx.kernel.files import atomic_write_text
 from cpx.kernel.device import count_params
-from cpx.eval.validate import VAL_LIST, Evaluation, _pairs, evaluate, run_data_root, run_val_names
+from cpx.eval.validate import VAL_LIST, Evaluation, _pairs, evaluate
 from cpx.kernel.workspace import Workspace
+from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE, RunFolder
 
 Progress = Optional[Callable[[str, int, int], None]]
 # Cached search probabilities are kept at most this many pixels on a side, in float16 when
@@ -109,11 +109,11 @@ def top_runs(ledger: Ledger, k: int) -> list[dict]:
 
 
 def _shared_images(handles, warnings: list[str]) -> tuple[Path, list[str]]:
-    lists = [run_val_names(h.run_dir) for h in handles]
+    lists = [h.folder.read_val_names() for h in handles]
     for h, names in zip(handles, lists):
         if not names:
-            raise RunError(f"run {h.id} has no validation list ({h.run_dir / 'val_list.txt'})")
-    roots = [run_data_root(h.run_dir) for h in handles]
+            raise RunError(f"run {h.id} has no validation list ({h.folder.file(VAL_LIST_FILE)})")
+    roots = [h.folder.data_root() for h in handles]
     if roots[0] is None or not roots[0].is_dir():
         raise RunError(f"run {handles[0].id}: its data folder {roots[0]} is gone")
     prints = {h.row.get("data_fingerprint") for h in handles}
@@ -331,22 +331,21 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
 def _record(workspace: Workspace, competition, result: EnsembleResult, name: Optional[str], params: int,
             command: str) -> str:
     run_id = new_run_id(name or "ensemble")
-    run_dir = workspace.runs_dir / run_id
+    folder = RunFolder.create(workspace.runs_dir, run_id)
     members = [{"run": m.run, "weight": m.weight, "checkpoint": m.checkpoint} for m in result.members if m.weight > 0]
     s = result.evaluation.scores
     spec = {"kind": "ensemble", "competition": competition.name, "members": members, "tta": list(result.tta),
             "score": s.fscore, "images": len(result.names), "best_single": result.best_single.__dict__,
             "gain": result.gain, "search_steps": result.search_steps, "warnings": result.warnings}
-    atomic_write_text(run_dir / ENSEMBLE_FILE, json.dumps(spec, indent=2))
-    atomic_write_text(run_dir / "val_list.txt", "".join(n + "\n" for n in result.names))
-    atomic_write_text(run_dir / "data.json", json.dumps({"path": str(result.data_root), "val": len(result.names),
-                                                         "ensemble": True}, indent=2))
+    folder.write_ensemble(spec)
+    folder.write_val_names(result.names)
+    folder.write_data_info({"path": str(result.data_root), "val": len(result.names), "ensemble": True})
     now = utc_now()
     with Ledger(workspace.ledger_path) as ledger:
         ledger.add_run(id=run_id, name=name or run_id, kind="ensemble", recipe="ensemble",
                        competition=competition.name, status="completed", created_at=now, finished_at=now,
                        command=command, params=params, best_val_f=s.fscore, members=members,
-                       wall_seconds=round(result.seconds, 2), run_dir=str(run_dir),
+                       wall_seconds=round(result.seconds, 2), run_dir=str(folder.path),
                        notes="; ".join(result.warnings) or None)
         ledger.add_validation(run_id, checkpoint="members", tta=tta_label(result.tta), data=VAL_LIST,
                               images=len(result.names), score=s.fscore, pooled_score=s.pooled_fscore,

@@ -19,7 +19,6 @@ TTA views:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,12 +39,12 @@ from cpx.kernel.manager import PluginHost
 from cpx.kernel.device import autocast, resolve_device, resolve_precision
 from cpx.kernel.device import keep_freed_memory
 from cpx.kernel.workspace import Workspace
+from cpx.runs.folder import ENSEMBLE, run_folder
 
 TTA_CHOICES = ("flip", "scale")
 DEFAULT_SCALES = (0.75, 1.0, 1.25)
 # Files predict_folder treats as images; anything else in the input folder is reported.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-ENSEMBLE_FILE = "ensemble.json"
 
 Progress = Optional[Callable[[int, int], None]]
 Size = tuple[int, int]
@@ -137,8 +136,6 @@ class Predictor:
         for m in self.members:
             # channels-last suits the convolutions of every built-in model on CPU and GPU
             m.model = m.model.to(self.device).to(memory_format=torch.channels_last).eval()
-        #: filled by predictor_for_run: the ledger row of the run behind this predictor
-        self.run_row: Optional[dict] = None
 
     @property
     def num_classes(self) -> int:
@@ -277,24 +274,19 @@ def check_ensemble_allowed(run_row: dict, competition: Competition, allow_rule_b
 
 def read_ensemble_spec(row: dict, workspace: Workspace) -> dict:
     """An ensemble run's recorded spec: members [{run, weight, checkpoint}], tta, competition."""
-    run_dir = Path(row["run_dir"]) if row.get("run_dir") else workspace.runs_dir / row["id"]
-    path = run_dir / ENSEMBLE_FILE
-    spec: dict = {}
-    if path.is_file():
-        try:
-            spec = json.loads(path.read_text())
-        except ValueError:
-            raise RunError(f"{path}: not valid JSON") from None
+    folder = run_folder(row, workspace.runs_dir)
+    spec = folder.read_ensemble() or {}
     members = spec.get("members") or row.get("members")
     if not members:
-        raise RunError(f"ensemble run {row['id']} records no members (looked in {path} and the ledger)")
+        raise RunError(f"ensemble run {row['id']} records no members (looked in {folder.file(ENSEMBLE)} "
+                       "and the ledger)")
     for i, m in enumerate(members):
         if not isinstance(m, dict) or not m.get("run"):
             raise RunError(f"ensemble run {row['id']}: member {i + 1} names no run")
     spec["members"] = members
     spec.setdefault("competition", row.get("competition"))
     spec.setdefault("tta", [])
-    spec["run_dir"] = str(run_dir)
+    spec["run_dir"] = str(folder.path)
     return spec
 
 
@@ -303,7 +295,9 @@ def predictor_for_run(ref: str, workspace: Workspace, host: PluginHost, *, check
                       precision: str = "auto", scales: Sequence[float] = DEFAULT_SCALES) -> Predictor:
     """A predictor for a trained run (its ``checkpoint``: best, last or a path) or an ensemble run
     (each member's recorded checkpoint and weight). ``tta=None`` uses the TTA an ensemble was
-    scored with (none for a trained run). The run's ledger row is kept in ``.run_row``.
+    scored with (none for a trained run).
+
+    :raises RunError: unknown run, missing or unreadable checkpoint, members of several competitions.
     """
     from cpx.runs.handle import open_run  # runs imports the ledger and config; keep module import light
 
@@ -331,10 +325,8 @@ def predictor_for_run(ref: str, workspace: Workspace, host: PluginHost, *, check
                               label=handle.row.get("name") or handle.id, run_id=handle.id, checkpoint=which))
     if tta is None:
         tta = spec.get("tta", ()) if spec else ()
-    predictor = Predictor(members, handles[0][0].competition, tta=parse_tta(tta), scales=scales,
-                          device=dev, precision=precision)
-    predictor.run_row = row
-    return predictor
+    return Predictor(members, handles[0][0].competition, tta=parse_tta(tta), scales=scales,
+                     device=dev, precision=precision)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from ``cpx.eval.metrics``. ``validate_run`` does that for a recorded run on its 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from cpx.runs.ledger import Ledger
 from cpx.eval.metrics import ScoreAccumulator, Scores
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
+from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE, run_folder
 
 Progress = Optional[Callable[[int, int], None]]
 VAL_LIST = "val_list"  # the ledger's ``data`` value for a run's own validation list
@@ -107,25 +107,10 @@ def evaluate(predictor: Predictor, data_root: os.PathLike, names: Sequence[str],
                       class_names=tuple(competition.classes))
 
 
-def run_folder(row: dict, workspace: Workspace) -> Path:
-    return Path(row["run_dir"]) if row.get("run_dir") else workspace.runs_dir / row["id"]
 
 
-def run_val_names(run_dir: Path) -> list[str]:
-    path = run_dir / "val_list.txt"
-    if not path.is_file():
-        return []
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_data_root(run_dir: Path) -> Optional[Path]:
-    info = run_dir / "data.json"
-    if not info.is_file():
-        return None
-    try:
-        return Path(json.loads(info.read_text())["path"])
-    except (ValueError, KeyError, TypeError):
-        raise RunError(f"{info}: no data 'path' recorded") from None
 
 
 def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint: str = "best",
@@ -135,15 +120,16 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
     ``data``, and (with ``record``) add the result to the ledger's validations."""
     predictor = predictor_for_run(ref, workspace, host, checkpoint=checkpoint, tta=tta, device=device,
                                   precision=precision)
-    row = predictor.run_row
+    with Ledger(workspace.ledger_path) as ledger:
+        row = ledger.get_run(ref)
     competition = predictor.competition
-    run_dir = run_folder(row, workspace)
-    own_root = run_data_root(run_dir)
+    folder = run_folder(row, workspace.runs_dir)
+    own_root = folder.data_root()
     warnings: list[str] = []
     if data is None:
-        names = run_val_names(run_dir)
+        names = folder.read_val_names()
         if not names:
-            raise RunError(f"run {row['id']} has no validation images ({run_dir / 'val_list.txt'}); "
+            raise RunError(f"run {row['id']} has no validation images ({folder.file(VAL_LIST_FILE)}); "
                            "pass --data DIR to score on a labelled folder")
         if own_root is None or not own_root.is_dir():
             raise RunError(f"run {row['id']}: its data folder {own_root} is gone; pass --data DIR")
@@ -158,7 +144,7 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
                             f"{competition.layout.train_images} / {competition.layout.train_masks} layout")
         data_label = str(root.resolve())
         if own_root is not None and own_root.resolve() == root.resolve():
-            held_out = set(run_val_names(run_dir))
+            held_out = set(folder.read_val_names())
             trained = sum(1 for n in names if n not in held_out)
             if trained:
                 warnings.append(f"--data is the run's own data folder: {trained} of {len(names)} images were "

@@ -1,8 +1,9 @@
-"""How cpx writes scores: one format for every F-score, gap and difference it prints or stores
-in a file name."""
+"""How cpx writes scores and times: one format for every F-score, gap and difference it prints
+or puts in a file name, and one for timestamps."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 from typing import Optional
 
@@ -22,3 +23,8 @@ def format_signed(value: Optional[float]) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:+.{DIGITS}f}"
+
+
+def utc_now() -> str:
+    """The current time as UTC ISO-8601 to the second, as the ledger stores times."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -6,7 +6,6 @@ Each evaluates or reads runs and hands the numbers to the pure drawing in
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,12 @@ from cpx.data.competition import Competition
 from cpx.eval.validate import Evaluation
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
+from cpx import data as datalib
+from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
+from cpx.eval.validate import validate_run
+from cpx.runs.folder import RunFolder, run_folder
+from cpx.runs.handle import open_run
+from cpx.runs.ledger import Ledger
 
 
 Progress = Optional[Callable[[int, int], None]]
@@ -29,8 +34,12 @@ class RunRef:
     """What the figures need from a recorded run (trained or ensemble), from its ledger row."""
 
     row: dict
-    run_dir: Path
+    folder: RunFolder
     competition: "Competition"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
 
     @property
     def id(self) -> str:
@@ -43,10 +52,6 @@ class RunRef:
 
 def _open_runs(refs: Sequence[str], workspace: "Workspace", host: "PluginHost") -> list[RunRef]:
     # Ensemble runs have no config.yaml, so this works from the ledger row rather than open_run.
-    from cpx.eval.predict import is_ensemble, read_ensemble_spec
-    from cpx.runs.ledger import Ledger
-    from cpx.runs.handle import open_run
-    from cpx.eval.validate import run_folder
 
     out = []
     with Ledger(workspace.ledger_path) as ledger:
@@ -56,7 +61,7 @@ def _open_runs(refs: Sequence[str], workspace: "Workspace", host: "PluginHost") 
             if not name:
                 name = (read_ensemble_spec(row, workspace).get("competition") if is_ensemble(row)
                         else open_run(row["id"], workspace, host, ledger).competition.name)
-            out.append(RunRef(row, run_folder(row, workspace), host.competition(name)))
+            out.append(RunRef(row, run_folder(row, workspace.runs_dir), host.competition(name)))
     return out
 
 
@@ -114,10 +119,6 @@ def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: in
     the chart is drawn (at ``output`` when given). The validation is not recorded in the ledger:
     looking at a run should not add rows to its history.
     """
-    from cpx import data as datalib
-    from cpx.eval.predict import predictor_for_run
-    from cpx.eval.validate import run_data_root, validate_run
-
     if images < 0:
         raise DataError(f"--images must be 0 or more, not {images}")
     if images > MAX_GRID_ROWS:
@@ -132,7 +133,7 @@ def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: in
     colors = class_colors(comp.num_classes, comp.palette)
     how = _describe(evaluation)
     if worst:
-        root = run_data_root(run.run_dir)
+        root = run.folder.data_root()
         found = datalib.scan(root, comp)
         pics, _ = datalib.load_images([found.images[n] for n, _ in worst])
         masks = [datalib.read_mask(found.masks[n], comp.num_classes) for n, _ in worst]
@@ -225,7 +226,6 @@ def compare_runs(ref_a: str, ref_b: str, workspace: "Workspace", host: "PluginHo
     The default figure is ``experiments/compare/<A>__vs__<B>.png``. Nothing is recorded in the
     ledger. ``progress(run_id, done, total)`` follows both validations.
     """
-    from cpx.eval.validate import validate_run
 
     a, b = _open_runs([ref_a, ref_b], workspace, host)
     if a.competition.name != b.competition.name:
@@ -256,16 +256,12 @@ def compare_runs(ref_a: str, ref_b: str, workspace: "Workspace", host: "PluginHo
     return result
 
 
-def read_history(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "history.json"
-    if not path.is_file():
-        raise RunError(f"{path}: no training history (an ensemble, or a run that has not finished an epoch)")
-    try:
-        history = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(history, list) or not all(isinstance(h, dict) and "epoch" in h for h in history):
-        raise RunError(f"{path}: expected a list of epoch records")
+def read_history(folder: RunFolder) -> list[dict]:
+    """The epoch records of a run, for drawing; :raises RunError: none, or not readable."""
+    history = [h for h in folder.read_history() if "epoch" in h]
+    if not history:
+        raise RunError(f"{folder.history_path}: no training history (an ensemble, or a run that has not "
+                       "finished an epoch)")
     return history
 
 
@@ -275,9 +271,6 @@ def curves_for_runs(refs: Sequence[str], workspace: "Workspace", host: "PluginHo
 
     Default: the run's own ``curves.png`` for one run, ``experiments/compare/curves-...png`` for several.
     """
-    from cpx.runs.ledger import Ledger
-    from cpx.eval.validate import run_folder
-
     if not refs:
         raise RunError("name at least one run")
     with Ledger(workspace.ledger_path) as ledger:
@@ -285,15 +278,15 @@ def curves_for_runs(refs: Sequence[str], workspace: "Workspace", host: "PluginHo
     ids = [r["id"] for r in rows]
     if len(set(ids)) < len(ids):
         raise RunError(f"the same run is named twice ({', '.join(ids)})")
-    dirs = [run_folder(r, workspace) for r in rows]
+    folders = [run_folder(r, workspace.runs_dir) for r in rows]
     labels = [r.get("name") or r["id"] for r in rows]
     if len(set(labels)) < len(labels):
         labels = ids
-    runs = [(label, read_history(d)) for label, d in zip(labels, dirs)]
+    runs = [(label, read_history(f)) for label, f in zip(labels, folders)]
     if output:
         path = Path(output)
     elif len(rows) == 1:
-        path = dirs[0] / "curves.png"
+        path = folders[0].curves_path
     else:
         path = workspace.experiments_dir / "compare" / ("curves-" + "__".join(_safe(i) for i in ids)[:180] + ".png")
     return plot_history(runs, path)

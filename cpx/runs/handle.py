@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
-import yaml
 
 from cpx.data.competition import Competition
 from cpx.kernel.config import ExperimentConfig, validate
@@ -16,12 +14,15 @@ from cpx.kernel.errors import RunError
 from cpx.runs.ledger import Ledger
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
+from cpx.runs.folder import CONFIG, RunFolder, run_folder
 
 
 @dataclass
 class RunHandle:
+    """A recorded run opened for use: its ledger row, folder, validated config and competition."""
+
     row: dict
-    run_dir: Path
+    folder: RunFolder
     config: ExperimentConfig
     competition: Competition
 
@@ -30,23 +31,28 @@ class RunHandle:
         return self.row["id"]
 
     @property
+    def run_dir(self) -> Path:
+        return self.folder.path
+
+    @property
     def data_root(self) -> Optional[Path]:
-        info = self.run_dir / "data.json"
-        if info.is_file():
-            return Path(json.loads(info.read_text())["path"])
+        """The data folder the run was trained on (``data.json``, else the config's ``data.path``)."""
+        root = self.folder.data_root()
+        if root is not None:
+            return root
         return Path(self.config.data.path) if self.config.data.path else None
 
     @property
     def val_names(self) -> list[str]:
-        path = self.run_dir / "val_list.txt"
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        return self.folder.read_val_names()
 
     @property
     def image_size(self) -> int:
         return int(self.config.data.image_size or self.competition.image_size)
 
     def checkpoint_path(self, which: str = "best") -> Path:
-        path = self.run_dir / f"{which}.pt" if which in ("best", "last") else Path(which)
+        """``best``, ``last`` or a path; :raises RunError: the file does not exist."""
+        path = self.folder.checkpoint(which)
         if not path.is_file():
             raise RunError(f"run {self.id}: checkpoint {path} does not exist")
         return path
@@ -78,13 +84,9 @@ def open_run(ref: str, workspace: Workspace, host: PluginHost, ledger: Optional[
     finally:
         if own:
             ledger.close()
-    run_dir = Path(row["run_dir"]) if row.get("run_dir") else workspace.runs_dir / row["id"]
-    config_file = run_dir / "config.yaml"
-    if config_file.is_file():
-        data = yaml.safe_load(config_file.read_text())
-    elif row.get("config"):
-        data = row["config"]
-    else:
-        raise RunError(f"run {row['id']} has no config (looked in {config_file})")
+    folder = run_folder(row, workspace.runs_dir)
+    data = folder.read_config() or row.get("config")
+    if not data:
+        raise RunError(f"run {row['id']} has no config (looked in {folder.file(CONFIG)} and the ledger)")
     config = validate(data)
-    return RunHandle(row, run_dir, config, host.competition(config.competition))
+    return RunHandle(row, folder, config, host.competition(config.competition))

@@ -5,9 +5,8 @@ A training run, a validation and the CLI may all write to it at once, so the fil
 kept in WAL mode (readers never block the writer) with a busy timeout, and every write
 takes the write lock up front with ``BEGIN IMMEDIATE``.
 
-The schema grows through named migrations: functions appended to ``MIGRATIONS`` in
-order, each applied once in its own transaction and recorded in ``_migrations``.
-Never edit or reorder a migration that has shipped; add a new one instead.
+The schema lives in :mod:`cpx.runs.migrations`; opening a ledger applies the ones a file
+has not seen yet.
 """
 
 from __future__ import annotations
@@ -16,15 +15,15 @@ import datetime as _dt
 import json
 import math
 import os
-import re
-import secrets
 import sqlite3
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 from cpx.kernel.errors import CpxError, RunError, SubmissionError
+from cpx.kernel.text import utc_now
+from cpx.runs.folder import new_run_id
+from cpx.runs.migrations import immediate, migrate
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -35,7 +34,7 @@ RUN_ORDERS = ("created_at", "best_val_f")
 
 # Stored as JSON text, handed back decoded.
 _JSON_COLUMNS = {
-    "runs": frozenset({"config", "config_diff", "members"}),
+    "runs": frozenset({"config", "config_diff", "members", "checkpoints"}),
     "validations": frozenset({"per_class"}),
 }
 # Stored as 0/1 because SQLite has no boolean type, handed back as bool.
@@ -52,141 +51,13 @@ _CHOICES = {
 }
 _TABLES = ("runs", "validations", "submissions", "scores")
 
-Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[Migration] = []
-
-
-def migration(fn: Migration) -> Migration:
-    """Register ``fn`` as the next migration; its function name is its record."""
-    MIGRATIONS.append(fn)
-    return fn
-
 
 # Migrations receive a connection already inside a transaction: they must not commit,
 # and must not use executescript(), which would commit behind the runner's back.
 
 
-@migration
-def m001_runs(db: sqlite3.Connection) -> None:
-    db.execute(
-        """
-        CREATE TABLE runs (
-            id TEXT PRIMARY KEY,
-            name TEXT,
-            kind TEXT NOT NULL DEFAULT 'train',
-            recipe TEXT,
-            competition TEXT,
-            status TEXT NOT NULL DEFAULT 'running',
-            created_at TEXT NOT NULL,
-            finished_at TEXT,
-            config TEXT,
-            config_diff TEXT,
-            command TEXT,
-            params INTEGER,
-            best_val_f REAL,
-            best_epoch INTEGER,
-            last_epoch INTEGER,
-            epochs_planned INTEGER,
-            wall_seconds REAL,
-            data_fingerprint TEXT,
-            git_commit TEXT,
-            git_dirty INTEGER,
-            seed INTEGER,
-            device TEXT,
-            run_dir TEXT,
-            members TEXT,
-            error TEXT,
-            notes TEXT
-        )
-        """
-    )
-    db.execute("CREATE INDEX runs_name ON runs (name)")
-    db.execute("CREATE INDEX runs_created_at ON runs (created_at)")
 
 
-@migration
-def m002_validations(db: sqlite3.Connection) -> None:
-    db.execute(
-        """
-        CREATE TABLE validations (
-            id INTEGER PRIMARY KEY,
-            run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-            checkpoint TEXT,
-            tta TEXT,
-            data TEXT,
-            images INTEGER,
-            score REAL,
-            pooled_score REAL,
-            pixel_acc REAL,
-            miou REAL,
-            per_class TEXT,
-            wall_seconds REAL,
-            created_at TEXT NOT NULL
-        )
-        """
-    )
-    db.execute("CREATE INDEX validations_run_id ON validations (run_id)")
-
-
-@migration
-def m003_submissions(db: sqlite3.Connection) -> None:
-    db.execute(
-        """
-        CREATE TABLE submissions (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
-            run_id TEXT REFERENCES runs (id) ON DELETE SET NULL,
-            checkpoint TEXT,
-            tta TEXT,
-            zip_path TEXT,
-            zip_sha256 TEXT,
-            size_bytes INTEGER,
-            created_at TEXT NOT NULL,
-            phase TEXT,
-            uploaded INTEGER NOT NULL DEFAULT 0,
-            uploaded_at TEXT,
-            codabench_id TEXT,
-            status TEXT,
-            val_score REAL,
-            note TEXT,
-            is_final INTEGER NOT NULL DEFAULT 0
-        )
-        """
-    )
-    db.execute("CREATE INDEX submissions_run_id ON submissions (run_id)")
-
-
-@migration
-def m004_scores(db: sqlite3.Connection) -> None:
-    db.execute(
-        """
-        CREATE TABLE scores (
-            id INTEGER PRIMARY KEY,
-            submission_id INTEGER NOT NULL REFERENCES submissions (id) ON DELETE CASCADE,
-            phase TEXT NOT NULL,
-            column_key TEXT NOT NULL,
-            score REAL NOT NULL,
-            source TEXT NOT NULL DEFAULT 'manual',
-            recorded_at TEXT NOT NULL
-        )
-        """
-    )
-    # One score per submission, phase and column even for writers that bypass the API.
-    db.execute(
-        "CREATE UNIQUE INDEX scores_unique ON scores (submission_id, phase, column_key)"
-    )
-
-
-def utc_now() -> str:
-    """The current time as UTC ISO-8601, to the second."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def new_run_id(name: Optional[str] = None, when: Optional[_dt.datetime] = None) -> str:
-    """A fresh run id such as ``20261124-130501-msf-lmsa-3f2a`` (UTC time, name, random)."""
-    when = (when or _dt.datetime.now(_dt.timezone.utc)).astimezone(_dt.timezone.utc)
-    slug = re.sub(r"[^a-z0-9]+", "-", (name or "").lower()).strip("-") or "run"
-    return f"{when:%Y%m%d-%H%M%S}-{slug}-{secrets.token_hex(2)}"
 
 
 def connect(path: Union[str, os.PathLike], timeout: float = DEFAULT_TIMEOUT) -> sqlite3.Connection:
@@ -224,70 +95,6 @@ def _enable_wal(db: sqlite3.Connection, timeout: float) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
-
-
-@contextmanager
-def _immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    # IMMEDIATE takes the write lock at BEGIN, waiting under the busy timeout. A
-    # deferred transaction that reads first and writes later fails at once with
-    # "database is locked" when another writer got in between.
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    try:
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-
-
-def applied_migrations(db: sqlite3.Connection) -> list[str]:
-    """Names of the migrations recorded in ``db``, in the order they were applied."""
-    if not _has_table(db, "_migrations"):
-        return []
-    return [r[0] for r in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
-
-
-def migrate(db: sqlite3.Connection, migrations: Optional[Iterable[Migration]] = None) -> list[str]:
-    """Apply every migration not yet recorded in ``db``; return the names applied now.
-
-    ``migrations`` defaults to all of ``MIGRATIONS``; passing a leading slice builds an
-    older schema, which is how upgrades are tested. ``db`` must be in autocommit mode.
-    """
-    migrations = MIGRATIONS if migrations is None else list(migrations)
-    if not _has_table(db, "_migrations"):
-        with _immediate(db):
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS _migrations"
-                " (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
-    done = set(applied_migrations(db))
-    applied: list[str] = []
-    for fn in migrations:
-        name = fn.__name__
-        if name in done:
-            continue
-        with _immediate(db):
-            # Another process may have applied it while we waited for the lock.
-            if db.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
-                continue
-            fn(db)
-            db.execute(
-                "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, utc_now())
-            )
-        applied.append(name)
-    return applied
-
-
-def _has_table(db: sqlite3.Connection, table: str) -> bool:
-    row = db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-    ).fetchone()
-    return row is not None
 
 
 def _plain(value: Any) -> Any:
@@ -447,7 +254,7 @@ class Ledger:
         if not fields.get("id"):
             fields["id"] = new_run_id(fields.get("name") or fields["kind"])
         values = self._encode("runs", fields, allow_id=True)
-        with _immediate(self._db):
+        with immediate(self._db):
             if self._db.execute("SELECT 1 FROM runs WHERE id = ?", (values["id"],)).fetchone():
                 raise RunError(f"a run with id '{values['id']}' already exists")
             self._insert("runs", values)
@@ -459,7 +266,7 @@ class Ledger:
         Unknown field names (``id`` included) raise ValueError; an unknown id, RunError.
         """
         values = self._encode("runs", fields, allow_id=False)
-        with _immediate(self._db):
+        with immediate(self._db):
             self._require_run(run_id)
             self._update("runs", "id", run_id, values)
         return self._run_row(run_id)
@@ -546,7 +353,7 @@ class Ledger:
         """
         fields.setdefault("created_at", utc_now())
         values = self._encode("validations", {**fields, "run_id": run_id}, allow_id=False)
-        with _immediate(self._db):
+        with immediate(self._db):
             self._require_run(run_id)
             row_id = self._insert("validations", values)
         return _decode(
@@ -585,7 +392,7 @@ class Ledger:
             raise SubmissionError("a submission needs a name")
         fields.setdefault("created_at", utc_now())
         values = self._encode("submissions", {**fields, "name": name}, allow_id=False)
-        with _immediate(self._db):
+        with immediate(self._db):
             if self._submission_row(name) is not None:
                 raise SubmissionError(f"a submission named '{name}' already exists")
             if values.get("run_id") is not None:
@@ -604,7 +411,7 @@ class Ledger:
         SubmissionError.
         """
         values = self._encode("submissions", fields, allow_id=False)
-        with _immediate(self._db):
+        with immediate(self._db):
             self._require_submission(name)
             new_name = values.get("name", name)
             if new_name != name and self._submission_row(new_name) is not None:
@@ -664,7 +471,7 @@ class Ledger:
             raise SubmissionError(f"score must lie between 0 and 1, not {score!r}")
         if source not in SCORE_SOURCES:
             raise ValueError(f"source must be one of {', '.join(SCORE_SOURCES)}, not {source!r}")
-        with _immediate(self._db):
+        with immediate(self._db):
             sub = self._require_submission(submission_name)
             old = self._db.execute(
                 "SELECT id, score FROM scores"
@@ -697,28 +504,7 @@ class Ledger:
         return [_decode("scores", r) for r in rows]
 
 
-# -- later migrations ----------------------------------------------------------------
-# Appended after the class so that the module reads top-down; MIGRATIONS is consulted
-# when a Ledger opens, long after import, so the order of definition is all that counts.
 
 
-@migration
-def m005_codabench_and_import_fields(db: sqlite3.Connection) -> None:
-    # Where an upload went (a submission id alone does not say which competition or
-    # phase to ask about later), why Codabench failed it, and the checkpoint files of
-    # runs imported from other training scripts, which have no run folder layout.
-    for column in ("codabench_competition INTEGER", "codabench_phase INTEGER", "status_detail TEXT"):
-        db.execute(f"ALTER TABLE submissions ADD COLUMN {column}")
-    db.execute("ALTER TABLE runs ADD COLUMN checkpoints TEXT")
 
 
-_JSON_COLUMNS["runs"] = _JSON_COLUMNS["runs"] | {"checkpoints"}
-
-
-@migration
-def m006_run_budget_and_world_size(db: sqlite3.Connection) -> None:
-    # A time-budgeted run records the wall-clock time it was given next to wall_seconds (the
-    # time it took), so planned and actual cost compare without parsing notes; world_size is
-    # the number of data-parallel processes that trained it (1 for a single process).
-    db.execute("ALTER TABLE runs ADD COLUMN budget_seconds REAL")
-    db.execute("ALTER TABLE runs ADD COLUMN world_size INTEGER")

@@ -35,7 +35,8 @@ from PIL import Image, UnidentifiedImageError
 from cpx import __version__
 from cpx.data.competition import Competition
 from cpx.kernel.errors import ConfigError, DataError, Problem, RuleViolation, SubmissionError
-from cpx.runs.ledger import Ledger, utc_now
+from cpx.kernel.text import utc_now
+from cpx.runs.ledger import Ledger
 from cpx.kernel.manager import PluginHost
 from cpx.runs.handle import RunHandle, open_run
 from cpx.submit.solution import export_solution, model_source, run_solution, runner_mentions_arguments
@@ -565,12 +566,8 @@ def _val_score(run: RunHandle, checkpoint: str) -> Optional[float]:
     best = run.row.get("best_val_f")
     if checkpoint == "best":
         return None if best is None or best < 0 else float(best)
-    history = run.run_dir / "history.json"
-    if checkpoint == "last" and history.is_file():
-        try:
-            scored = [h["val_f"] for h in json.loads(history.read_text()) if h.get("val_f") is not None]
-        except (ValueError, TypeError, KeyError):
-            scored = []
+    if checkpoint == "last":
+        scored = [h["val_f"] for h in run.folder.read_history() if isinstance(h.get("val_f"), (int, float))]
         if scored:
             return float(scored[-1])
     return None

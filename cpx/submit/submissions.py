@@ -10,16 +10,17 @@ Scores live in the ledger's ``scores`` table, one per submission, phase and colu
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from cpx.data.competition import Competition
-from cpx.kernel.errors import CodabenchError, CpxError, SubmissionError
-from cpx.runs.ledger import Ledger, utc_now
+from cpx.kernel.errors import CodabenchError, CpxError, RunError, SubmissionError
+from cpx.kernel.text import utc_now
+from cpx.runs.ledger import Ledger
 from cpx.kernel.files import sha256_file
+from cpx.runs.folder import RunFolder
 
 DEFAULT_PHASE = "test"
 NOT_COUNTED = ("failed", "cancelled")
@@ -133,10 +134,10 @@ def run_test_dir(run: Optional[dict], host) -> Optional[Path]:
     if not run or not run.get("run_dir") or not run.get("competition"):
         return None
     try:
-        recorded = json.loads((Path(run["run_dir"]) / "data.json").read_text())
-    except (OSError, ValueError):
+        recorded = RunFolder(run["run_dir"]).read_data_info()
+    except RunError:
         return None
-    if not isinstance(recorded, dict) or recorded.get("synthetic") or not recorded.get("path"):
+    if not recorded or recorded.get("synthetic") or not isinstance(recorded.get("path"), str):
         return None
     try:
         folder = host.competition(run["competition"]).data_path(Path(recorded["path"]), "test_images")

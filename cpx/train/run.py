@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import yaml
 
 from cpx import data as datalib
 from cpx.data.competition import Competition
@@ -25,9 +21,11 @@ from cpx.runs.ledger import Ledger
 from cpx.kernel.manager import PluginHost
 from cpx.train.loop import Trainer, TrainerSettings, dist_rank_world
 from cpx.kernel.device import resolve_device, resolve_precision
-from cpx.kernel.files import atomic_write_text, atomic_torch_save
+from cpx.kernel.files import atomic_torch_save
 from cpx.kernel.device import count_params
 from cpx.kernel.workspace import Workspace
+from cpx.kernel.text import utc_now
+from cpx.runs.folder import RunFolder, new_run_id
 
 
 @dataclass
@@ -113,9 +111,6 @@ def git_commit(path: Path) -> Optional[str]:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def new_run_id(recipe: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{recipe}-{uuid.uuid4().hex[:4]}"
 
 
 def build_components(config: ExperimentConfig, host: PluginHost, competition: Competition):
@@ -221,11 +216,11 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
     resume_state = None
     if request.resume:
         row = ledger.get_run(request.resume)
-        run_id, run_dir = row["id"], Path(row["run_dir"])
-        last = run_dir / "last.pt"
+        run_id, folder = row["id"], RunFolder(row["run_dir"])
+        last = folder.last_path
         if not last.is_file():
-            raise RunError(f"run {run_id} has no last.pt to resume from ({last})")
-        config = validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+            raise RunError(f"run {run_id} has no {last.name} to resume from ({last})")
+        config = validate(folder.read_config() or row.get("config") or {})
         config = resolve(config, host)
         diff = row.get("config_diff") or {}
         resume_state = torch.load(last, map_location="cpu", weights_only=False)
@@ -237,7 +232,8 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
             raise ConfigError("name a recipe (or a YAML file), or --resume RUN")
         config, diff = build_config(request.recipe, request.overrides, workspace.experiments_dir, host)
         run_id = _rank0_object(new_run_id(config.recipe))
-        run_dir = workspace.runs_dir / run_id
+        folder = RunFolder(workspace.runs_dir / run_id)
+    run_dir = folder.path
 
     competition: Competition = host.competition(config.competition)
     device = resolve_device(config.train.device)
@@ -261,14 +257,11 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
 
     budget_seconds = config.train.budget_minutes * 60 if config.train.budget_minutes else None
     if main and resume_state is None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        atomic_write_text(run_dir / "config_diff.json", json.dumps(diff, indent=2))
-        atomic_write_text(run_dir / "command.txt", request.command + "\n")
-        atomic_write_text(run_dir / "val_list.txt", "".join(n + "\n" for n in data.val_names))
-        atomic_write_text(run_dir / "data.json", json.dumps({
-            "path": str(data.root), "synthetic": data.synthetic, "fingerprint": data.fingerprint,
-            "train": len(data.train_names), "val": len(data.val_names)}, indent=2))
+        folder = RunFolder.create(workspace.runs_dir, run_id)
+        folder.write_config(config.model_dump(mode="json"), diff=diff, command=request.command)
+        folder.write_val_names(data.val_names)
+        folder.write_data_info({"path": str(data.root), "synthetic": data.synthetic, "fingerprint": data.fingerprint,
+                                "train": len(data.train_names), "val": len(data.val_names)})
         ledger.add_run(id=run_id, name=request.name or run_id, kind="train", recipe=config.recipe,
                        competition=competition.name, status="running", config=config.model_dump(mode="json"),
                        config_diff=diff, command=request.command, params=params,
@@ -290,10 +283,10 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
         state = tr.state_dict()
         state.update(config=config.model_dump(mode="json"), data_fingerprint=data.fingerprint, wall_seconds=wall,
                      run_id=run_id)
-        atomic_torch_save(state, run_dir / "last.pt")
+        atomic_torch_save(state, folder.last_path)
         if record.improved or (tr.val_data is None):
-            atomic_torch_save(best_payload(tr, config, competition, record, run_id), run_dir / "best.pt")
-        atomic_write_text(run_dir / "history.json", json.dumps(tr.history, indent=1))
+            atomic_torch_save(best_payload(tr, config, competition, record, run_id), folder.best_path)
+        folder.write_history(tr.history)
         ledger.update_run(run_id, last_epoch=tr.epoch, best_val_f=tr.best_f if tr.best_f >= 0 else None,
                           best_epoch=tr.best_epoch or None, wall_seconds=round(wall, 2),
                           epochs_planned=tr.settings.epochs)
@@ -327,7 +320,7 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
                    f"Resume with: cpx train --resume {run_id}")
     except BaseException:
         if main:
-            ledger.update_run(run_id, status="failed", finished_at=_now())
+            ledger.update_run(run_id, status="failed", finished_at=utc_now())
         raise
     wall = wall_before + time.perf_counter() - started
     if not main:
@@ -339,11 +332,11 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
         try:
             from cpx.train.curves import plot_history
 
-            plot_history([(run_id, trainer.history)], run_dir / "curves.png")
+            plot_history([(run_id, trainer.history)], folder.curves_path)
         except Exception as exc:  # a plotting problem must not lose a finished run
             message += f" (curves.png not written: {exc})"
     ledger.update_run(run_id, status=status,
-                      finished_at=_now(), wall_seconds=round(wall, 2),
+                      finished_at=utc_now(), wall_seconds=round(wall, 2),
                       epochs_planned=trainer.settings.epochs, notes=message or None)
     return TrainResult(run_id=run_id, run_dir=run_dir, status=status, best_val_f=trainer.best_f,
                        best_epoch=trainer.best_epoch, epochs=trainer.epoch, params=params,
@@ -366,8 +359,6 @@ def best_payload(tr: Trainer, config: ExperimentConfig, competition: Competition
     }
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def command_line() -> str:

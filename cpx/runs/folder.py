@@ -1,0 +1,211 @@
+"""A run folder and the files in it: the only module that knows their names.
+
+``experiments/runs/<run id>/`` holds, for a trained run::
+
+    config.yaml        the fully resolved experiment config
+    config_diff.json   the fields that differ from the recipe
+    command.txt        the command line that started the run
+    val_list.txt       the validation image stems, one a line
+    data.json          where the data came from (path, fingerprint, counts)
+    history.json       one record per epoch (loss, val F, learning rate, ...)
+    best.pt / last.pt  the best checkpoint (weights under ``state_dict``) / the resume state
+    curves.png         training curves
+
+and, for an ensemble run, ``ensemble.json`` (members and weights). Every write is atomic; a
+file that exists but cannot be read raises :class:`~cpx.kernel.errors.RunError` naming it,
+the same way for every file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from cpx.kernel.errors import RunError
+from cpx.kernel.files import atomic_write_text, read_json, write_json
+
+CONFIG = "config.yaml"
+CONFIG_DIFF = "config_diff.json"
+COMMAND = "command.txt"
+VAL_LIST = "val_list.txt"
+DATA = "data.json"
+HISTORY = "history.json"
+BEST = "best.pt"
+LAST = "last.pt"
+CURVES = "curves.png"
+ENSEMBLE = "ensemble.json"
+CHECKPOINTS = {"best": BEST, "last": LAST}
+
+
+def new_run_id(name: Optional[str] = None, when: Optional[_dt.datetime] = None) -> str:
+    """A fresh run id such as ``20261124-130501-msf-lmsa-3f2a``: UTC time to the second, the
+    name made filename-safe (``run`` when empty) and 16 random bits."""
+    when = (when or _dt.datetime.now(_dt.timezone.utc)).astimezone(_dt.timezone.utc)
+    slug = re.sub(r"[^a-z0-9]+", "-", (name or "").lower()).strip("-") or "run"
+    return f"{when:%Y%m%d-%H%M%S}-{slug}-{secrets.token_hex(2)}"
+
+
+class RunFolder:
+    """The files of one run at ``path``; reading never creates anything."""
+
+    def __init__(self, path: os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @classmethod
+    def create(cls, runs_dir: os.PathLike, run_id: str) -> "RunFolder":
+        """Make the folder of a new run; never reuses an existing one.
+
+        :raises RunError: a folder of that id already exists (another run owns it).
+        """
+        path = Path(runs_dir) / run_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise RunError(f"{path}: a run folder of that id exists already; not overwriting it") from None
+        return cls(path)
+
+    # ------------------------------------------------------------------ paths
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def best_path(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def last_path(self) -> Path:
+        return self.path / LAST
+
+    @property
+    def curves_path(self) -> Path:
+        return self.path / CURVES
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / HISTORY
+
+    def checkpoint(self, which: str = "best") -> Path:
+        """``best`` or ``last`` in this folder, else ``which`` as a path (not checked)."""
+        return self.path / CHECKPOINTS[which] if which in CHECKPOINTS else Path(which)
+
+    # ------------------------------------------------------------------ config
+
+    def read_config(self) -> Optional[dict]:
+        """The config mapping from ``config.yaml``; None when the file does not exist."""
+        path = self.path / CONFIG
+        if not path.is_file():
+            return None
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise RunError(f"{path}: cannot read the run's config ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise RunError(f"{path}: expected a mapping of config sections")
+        return data
+
+    def write_config(self, config: dict, diff: Optional[dict] = None, command: Optional[str] = None) -> None:
+        atomic_write_text(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
+        if diff is not None:
+            write_json(self.path / CONFIG_DIFF, diff, indent=2)
+        if command is not None:
+            atomic_write_text(self.path / COMMAND, command + "\n")
+
+    # ------------------------------------------------------------------ data
+
+    def read_val_names(self) -> list[str]:
+        """The validation stems in ``val_list.txt``; empty when there is none."""
+        path = self.path / VAL_LIST
+        if not path.is_file():
+            return []
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+    def write_val_names(self, names: list[str]) -> None:
+        atomic_write_text(self.path / VAL_LIST, "".join(n + "\n" for n in names))
+
+    def read_data_info(self) -> Optional[dict]:
+        """The mapping in ``data.json``; None when the file does not exist."""
+        path = self.path / DATA
+        if not path.is_file():
+            return None
+        info = read_json(path, RunError)
+        if not isinstance(info, dict):
+            raise RunError(f"{path}: expected a JSON object")
+        return info
+
+    def data_root(self) -> Optional[Path]:
+        """The data folder the run was trained on; None when ``data.json`` does not exist.
+
+        :raises RunError: ``data.json`` exists but records no data ``path``.
+        """
+        info = self.read_data_info()
+        if info is None:
+            return None
+        if not isinstance(info.get("path"), str):
+            raise RunError(f"{self.path / DATA}: no data 'path' recorded")
+        return Path(info["path"])
+
+    def write_data_info(self, info: dict[str, Any]) -> None:
+        write_json(self.path / DATA, info, indent=2)
+
+    # ------------------------------------------------------------------ history
+
+    def read_history(self) -> list[dict]:
+        """The per-epoch records in ``history.json``; empty when there is none."""
+        path = self.path / HISTORY
+        if not path.is_file():
+            return []
+        history = read_json(path, RunError)
+        if not isinstance(history, list):
+            raise RunError(f"{path}: expected a JSON list of epoch records")
+        return [h for h in history if isinstance(h, dict)]
+
+    def write_history(self, history: list[dict]) -> None:
+        """Write the epoch records; a non-finite number (a NaN loss) is stored as ``null``, so
+        the file stays valid JSON."""
+        write_json(self.path / HISTORY, _finite(history), indent=1)
+
+    # ------------------------------------------------------------------ ensembles
+
+    def read_ensemble(self) -> Optional[dict]:
+        """The ensemble spec in ``ensemble.json``; None for a run that is not an ensemble."""
+        path = self.path / ENSEMBLE
+        if not path.is_file():
+            return None
+        spec = read_json(path, RunError)
+        if not isinstance(spec, dict):
+            raise RunError(f"{path}: expected a JSON object")
+        return spec
+
+    def write_ensemble(self, spec: dict) -> None:
+        write_json(self.path / ENSEMBLE, spec, indent=2)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return (self.path / ENSEMBLE).is_file()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def run_folder(row: dict, runs_dir: os.PathLike) -> RunFolder:
+    """The folder of a ledger row: its recorded ``run_dir``, else ``runs_dir/<id>``."""
+    return RunFolder(row["run_dir"] if row.get("run_dir") else Path(runs_dir) / row["id"])

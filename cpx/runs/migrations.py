@@ -1,0 +1,225 @@
+"""The ledger's schema, as named migrations applied in order (after llm's ``migrations.py``).
+
+Each migration is a function ``mNNN_what(db)`` appended to ``MIGRATIONS`` by the
+``@migration`` decorator, applied once in its own ``BEGIN IMMEDIATE`` transaction and
+recorded by name in the ``_migrations`` table. Never edit or reorder a migration that has
+shipped; add a new one at the end. Migrations receive a connection already inside a
+transaction: they must not commit, and must not use ``executescript()``, which would commit
+behind the runner's back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Optional
+from cpx.kernel.text import utc_now
+
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register ``fn`` as the next migration; its function name is its record."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_runs(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            name TEXT,
+            kind TEXT NOT NULL DEFAULT 'train',
+            recipe TEXT,
+            competition TEXT,
+            status TEXT NOT NULL DEFAULT 'running',
+            created_at TEXT NOT NULL,
+            finished_at TEXT,
+            config TEXT,
+            config_diff TEXT,
+            command TEXT,
+            params INTEGER,
+            best_val_f REAL,
+            best_epoch INTEGER,
+            last_epoch INTEGER,
+            epochs_planned INTEGER,
+            wall_seconds REAL,
+            data_fingerprint TEXT,
+            git_commit TEXT,
+            git_dirty INTEGER,
+            seed INTEGER,
+            device TEXT,
+            run_dir TEXT,
+            members TEXT,
+            error TEXT,
+            notes TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX runs_name ON runs (name)")
+    db.execute("CREATE INDEX runs_created_at ON runs (created_at)")
+
+
+@migration
+def m002_validations(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE validations (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            checkpoint TEXT,
+            tta TEXT,
+            data TEXT,
+            images INTEGER,
+            score REAL,
+            pooled_score REAL,
+            pixel_acc REAL,
+            miou REAL,
+            per_class TEXT,
+            wall_seconds REAL,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX validations_run_id ON validations (run_id)")
+
+
+@migration
+def m003_submissions(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE submissions (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            run_id TEXT REFERENCES runs (id) ON DELETE SET NULL,
+            checkpoint TEXT,
+            tta TEXT,
+            zip_path TEXT,
+            zip_sha256 TEXT,
+            size_bytes INTEGER,
+            created_at TEXT NOT NULL,
+            phase TEXT,
+            uploaded INTEGER NOT NULL DEFAULT 0,
+            uploaded_at TEXT,
+            codabench_id TEXT,
+            status TEXT,
+            val_score REAL,
+            note TEXT,
+            is_final INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+    db.execute("CREATE INDEX submissions_run_id ON submissions (run_id)")
+
+
+@migration
+def m004_scores(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE scores (
+            id INTEGER PRIMARY KEY,
+            submission_id INTEGER NOT NULL REFERENCES submissions (id) ON DELETE CASCADE,
+            phase TEXT NOT NULL,
+            column_key TEXT NOT NULL,
+            score REAL NOT NULL,
+            source TEXT NOT NULL DEFAULT 'manual',
+            recorded_at TEXT NOT NULL
+        )
+        """
+    )
+    # One score per submission, phase and column even for writers that bypass the API.
+    db.execute(
+        "CREATE UNIQUE INDEX scores_unique ON scores (submission_id, phase, column_key)"
+    )
+
+
+@contextmanager
+def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A ``BEGIN IMMEDIATE`` transaction on ``db`` (autocommit mode): the write lock is taken up
+    front, committed on success and rolled back on any exception."""
+    # IMMEDIATE takes the write lock at BEGIN, waiting under the busy timeout. A
+    # deferred transaction that reads first and writes later fails at once with
+    # "database is locked" when another writer got in between.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    try:
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def applied_migrations(db: sqlite3.Connection) -> list[str]:
+    """Names of the migrations recorded in ``db``, in the order they were applied."""
+    if not _has_table(db, "_migrations"):
+        return []
+    return [r[0] for r in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
+
+def migrate(db: sqlite3.Connection, migrations: Optional[Iterable[Migration]] = None) -> list[str]:
+    """Apply every migration not yet recorded in ``db``; return the names applied now.
+
+    ``migrations`` defaults to all of ``MIGRATIONS``; passing a leading slice builds an
+    older schema, which is how upgrades are tested. ``db`` must be in autocommit mode.
+    """
+    migrations = MIGRATIONS if migrations is None else list(migrations)
+    if not _has_table(db, "_migrations"):
+        with immediate(db):
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS _migrations"
+                " (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+    done = set(applied_migrations(db))
+    applied: list[str] = []
+    for fn in migrations:
+        name = fn.__name__
+        if name in done:
+            continue
+        with immediate(db):
+            # Another process may have applied it while we waited for the lock.
+            if db.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+                continue
+            fn(db)
+            db.execute(
+                "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, utc_now())
+            )
+        applied.append(name)
+    return applied
+
+
+def _has_table(db: sqlite3.Connection, table: str) -> bool:
+    row = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    return row is not None
+
+
+@migration
+def m005_codabench_and_import_fields(db: sqlite3.Connection) -> None:
+    # Where an upload went (a submission id alone does not say which competition or
+    # phase to ask about later), why Codabench failed it, and the checkpoint files of
+    # runs imported from other training scripts, which have no run folder layout.
+    for column in ("codabench_competition INTEGER", "codabench_phase INTEGER", "status_detail TEXT"):
+        db.execute(f"ALTER TABLE submissions ADD COLUMN {column}")
+    db.execute("ALTER TABLE runs ADD COLUMN checkpoints TEXT")
+
+
+@migration
+def m006_run_budget_and_world_size(db: sqlite3.Connection) -> None:
+    # A time-budgeted run records the wall-clock time it was given next to wall_seconds (the
+    # time it took), so planned and actual cost compare without parsing notes; world_size is
+    # the number of data-parallel processes that trained it (1 for a single process).
+    db.execute("ALTER TABLE runs ADD COLUMN budget_seconds REAL")
+    db.execute("ALTER TABLE runs ADD COLUMN world_size INTEGER")
+

@@ -269,7 +269,7 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
     root, names = _shared_images(handles, warnings)
 
     dev = resolve_device(device)
-    members = [Member(h.load_model(host, checkpoint, dev), h.image_size, w, h.row.get("name") or h.id, h.id,
+    members = [Member(h.load_model(checkpoint, dev, host), h.image_size, w, h.row.get("name") or h.id, h.id,
                       checkpoint) for h, w in zip(handles, weights)]
     cache = _SearchCache(len(members)) if search else None
     singles, mix_scores, per_image = _one_pass(members, weights, competition, root, names, tta, dev, precision,

@@ -320,7 +320,7 @@ def predictor_for_run(ref: str, workspace: Workspace, host: PluginHost, *, check
     members = []
     for handle, m in handles:
         which = m.get("checkpoint") or "best"
-        model = handle.load_model(host, which, dev)
+        model = handle.load_model(which, dev, host)
         members.append(Member(model=model, image_size=handle.image_size, weight=float(m.get("weight", 1.0)),
                               label=handle.row.get("name") or handle.id, run_id=handle.id, checkpoint=which))
     if tta is None:

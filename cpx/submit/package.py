@@ -649,7 +649,7 @@ def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
     test_sizes = image_sizes(test_images)
 
     device = resolve_device(request.device)
-    model = run.load_model(host, request.checkpoint, "cpu")
+    model = run.load_model(request.checkpoint, "cpu", host)
     if fmt.solution_dir:
         model_source(model, run.config.model.name)  # fail before minutes of prediction
     params = count_params(model)

@@ -26,6 +26,7 @@ from cpx.kernel.device import count_params
 from cpx.kernel.workspace import Workspace
 from cpx.kernel.text import utc_now
 from cpx.runs.folder import RunFolder, new_run_id
+from cpx.runs.checkpoint import load_file
 
 
 @dataclass
@@ -223,7 +224,7 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
         config = validate(folder.read_config() or row.get("config") or {})
         config = resolve(config, host)
         diff = row.get("config_diff") or {}
-        resume_state = torch.load(last, map_location="cpu", weights_only=False)
+        resume_state = load_file(last, "resume state")
         if row.get("status") == "completed":
             raise RunError(f"run {run_id} already completed {resume_state.get('epoch')} epochs; "
                            f"nothing to resume (train a new run to go further)")

@@ -41,9 +41,8 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from cpx.data.competition import Competition
-from cpx.kernel.registry import Entry
-
 from cpx.kernel.manager import create_plugin_host, set_host
+from cpx.kernel.registry import Entry
 from cpx.kernel.workspace import Workspace
 
 

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_overrides
+
+from cpx.cli import main
 from cpx.report.bench import BenchRequest, count_flops, run_bench
 from cpx.runs.ledger import Ledger
 from cpx.train.run import BudgetCallback, TrainRequest, train
@@ -84,18 +85,17 @@ def test_cli_bench_measures_in_a_fresh_process(cpx_workspace):
     assert r["train_flops"] > r["forward_flops"] > 0 and r["recipe_seconds"] > 0
 
 
-def test_cli_bench_table_and_bad_values(cpx_workspace):
-    out = subprocess.run([sys.executable, "-m", "cpx", "bench", "msf-lmsa", "--set", "model.name=unet",
-                          "--set", "model.options={base_channels: 4, depth: 2}", "--image-size", "32",
-                          "--batch-size", "2", "--steps", "1", "--warmup", "1"],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+def test_cli_bench_table_and_bad_values(cpx_workspace, capsys):
+    code = main(["bench", "msf-lmsa", "--set", "model.name=unet", "--set", "model.options={base_channels: 4, depth: 2}",
+                 "--image-size", "32", "--batch-size", "2", "--steps", "1", "--warmup", "1"])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
     for label in ("parameters", "FLOPs per image", "attainable (matmul)", "training", "prediction",
                   "peak memory (training)", "one epoch", "whole recipe"):
-        assert label in out.stdout, label
-    out = subprocess.run([sys.executable, "-m", "cpx", "bench", "msf-lmsa", "--steps", "0"],
-                         capture_output=True, text=True)
-    assert out.returncode == 2 and "--steps" in out.stderr and "Traceback" not in out.stderr
+        assert label in out.out, label
+    assert main(["bench", "msf-lmsa", "--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--steps" in err and "Traceback" not in err
 
 
 class _Clock:

@@ -12,9 +12,9 @@ import sys
 import pytest
 import torch
 
-from cpx.train.distributed import parse_nnodes, plan_launch
 from cpx.kernel.errors import ConfigError
 from cpx.runs.ledger import Ledger
+from cpx.train.distributed import parse_nnodes, plan_launch
 from cpx.train.run import TrainRequest, train
 
 PLUGIN = '''

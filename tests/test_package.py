@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_overrides
 from cpx.cli import create_app
 from cpx.kernel.errors import SubmissionError
 from cpx.runs.ledger import Ledger
 from cpx.submit.package import PackageRequest, check_submission, check_zip, list_test_images, package
 from cpx.submit.solution import check_standalone, foreign_imports
 from cpx.train.run import TrainRequest, train
+
 
 @pytest.fixture
 def trained(trained_unet):

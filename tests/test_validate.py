@@ -4,17 +4,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 from PIL import Image
 
-from conftest import tiny_overrides
 from cpx.cli import main
 from cpx.data import write_mask
-from cpx.kernel.errors import DataError
-from cpx.eval.predict import Member, Predictor
-from cpx.runs.ledger import Ledger
 from cpx.eval.metrics import EPS
-from cpx.train.run import TrainRequest, train
+from cpx.eval.predict import Member, Predictor
 from cpx.eval.validate import evaluate, score_folders, validate_run
+from cpx.kernel.errors import DataError
+from cpx.runs.ledger import Ledger
+from cpx.train.run import TrainRequest, train
 
 
 @pytest.fixture

@@ -14,10 +14,8 @@ import typer
 
 from cpx import __version__
 from cpx.kernel.errors import CpxError
-from . import _common, data, evaluate, plugins, runs, pictures, train
-from . import package
-from . import submit
-from . import bench
+
+from . import _common, bench, data, evaluate, package, pictures, plugins, runs, submit, train
 
 COMMAND_MODULES = [train, runs, plugins, data, pictures, evaluate, package, submit, bench]
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cpx import data as datalib
 from cpx.kernel.errors import DataError
+
 from . import _common
 from ._common import console, print_json
 

@@ -12,13 +12,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cpx.eval.ensemble import build_ensemble, parse_weights
-from cpx.kernel.errors import DataError
 from cpx.eval.predict import parse_tta, predict_run, tta_label
-from cpx.train.run import command_line
 from cpx.eval.validate import score_folders, validate_run
+from cpx.kernel.errors import DataError
+from cpx.kernel.text import format_f
+from cpx.train.run import command_line
+
 from . import _common
 from ._common import console, err_console, print_json
-from cpx.kernel.text import format_f
 
 TTA_HELP = "test-time augmentation: flip, scale or flip,scale (default: none; an ensemble's own)"
 

@@ -10,10 +10,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cpx.kernel.errors import ConfigError
+from cpx.kernel.text import format_f
 from cpx.submit.package import CheckReport, PackageRequest, PackageResult, check_submission, package
+
 from . import _common
 from ._common import console, err_console, print_json
-from cpx.kernel.text import format_f
 
 
 def _size(n: int) -> str:

@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from cpx.kernel.text import format_f
 from cpx.runs.ledger import Ledger
+
 from . import _common
 from ._common import console, print_json
-from cpx.kernel.text import format_f
 
 
 def register(app: typer.Typer) -> None:
@@ -57,6 +58,7 @@ def register(app: typer.Typer) -> None:
         """Record a run trained elsewhere (config, per-epoch history, checkpoints); the folder is only read."""
         from cpx.kernel.errors import CpxError
         from cpx.runs.importer import import_run
+
         from ._common import err_console
 
         comp = competition

@@ -9,17 +9,25 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cpx.submit import codabench as cb
 from cpx.kernel.errors import CodabenchError, ConfigError, CpxError, SubmissionError
+from cpx.kernel.text import format_f, format_signed
 from cpx.report.leaderboard import SORTS, build_leaderboard, format_test_f, run_checkpoint
 from cpx.runs.ledger import Ledger
-from cpx.submit.submissions import (DEFAULT_PHASE, mark_final, parse_score, record_score, register_submission,
-                           submission_report, sync_submissions, upload_submission, used_in_phase)
+from cpx.submit import codabench as cb
+from cpx.submit.submissions import (
+    DEFAULT_PHASE,
+    mark_final,
+    parse_score,
+    record_score,
+    register_submission,
+    submission_report,
+    sync_submissions,
+    upload_submission,
+    used_in_phase,
+)
+
 from . import _common
 from ._common import console, err_console, print_json
-from cpx.kernel.text import format_f, format_signed
-
-
 
 
 def _cpx_competition(name: Optional[str] = None, run: Optional[dict] = None):

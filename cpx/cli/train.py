@@ -9,10 +9,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cpx.kernel.config import parse_assignment
+from cpx.kernel.text import format_f
 from cpx.train.run import TrainRequest, command_line, train
+
 from . import _common
 from ._common import console
-from cpx.kernel.text import format_f
 
 # shortcut option -> config key path
 SHORTCUTS = {

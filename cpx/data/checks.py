@@ -10,10 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
+
 import numpy as np
+
 from cpx.data.competition import Competition
 from cpx.data.dataset import Progress, worker_count
-from cpx.data.images import (BadFile, Size, bad_ids_message, check_mask_mode, mask_array, open_image, relative_path)
+from cpx.data.images import BadFile, Size, bad_ids_message, check_mask_mode, mask_array, open_image, relative_path
 from cpx.data.layout import scan
 from cpx.kernel.errors import Problem
 

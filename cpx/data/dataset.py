@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from cpx.data.competition import Competition
-from cpx.kernel.errors import DataError
 from cpx.data.images import BadFile, Size, bad_ids_message, mask_array, open_image, read_rgb, relative_path
 from cpx.data.layout import scan
+from cpx.kernel.errors import DataError
 from cpx.kernel.files import atomic_write
 
 # Bumped whenever the cached arrays would differ for the same inputs (resize rule, layout).

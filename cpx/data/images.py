@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
 from cpx.kernel.errors import DataError, Problem
 from cpx.kernel.files import atomic_write
-
 
 Size = tuple[int, int]  # (height, width)
 

@@ -13,12 +13,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
-import numpy as np
-from cpx.data.competition import Competition
-from cpx.kernel.errors import DataError
-from cpx.data.images import bad_ids_message, relative_path, write_image, write_mask
-from cpx.kernel.errors import Problem
 
+import numpy as np
+
+from cpx.data.competition import Competition
+from cpx.data.images import bad_ids_message, relative_path, write_image, write_mask
+from cpx.kernel.errors import DataError, Problem
 
 SYNTH_PREFIX = "synth_"
 

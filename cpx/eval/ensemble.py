@@ -26,18 +26,17 @@ import torch
 import torch.nn.functional as F
 
 from cpx import data as datalib
-from cpx.kernel.errors import ConfigError, RunError
-from cpx.eval.predict import Member, Predictor, is_ensemble, parse_tta, tta_label
-from cpx.kernel.text import utc_now
-from cpx.runs.folder import new_run_id
-from cpx.runs.ledger import Ledger
 from cpx.eval.metrics import ScoreAccumulator, class_ids
-from cpx.kernel.manager import PluginHost
-from cpx.kernel.device import resolve_device
-from cpx.kernel.device import count_params
+from cpx.eval.predict import Member, Predictor, is_ensemble, parse_tta, tta_label
 from cpx.eval.validate import VAL_LIST, Evaluation, _pairs, evaluate
+from cpx.kernel.device import count_params, resolve_device
+from cpx.kernel.errors import ConfigError, RunError
+from cpx.kernel.manager import PluginHost
+from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
-from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE, RunFolder
+from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE
+from cpx.runs.folder import RunFolder, new_run_id
+from cpx.runs.ledger import Ledger
 
 Progress = Optional[Callable[[str, int, int], None]]
 # Cached search probabilities are kept at most this many pixels on a side, in float16 when

@@ -32,14 +32,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cpx.data.competition import Competition
-from cpx.kernel.errors import ConfigError, DataError, RuleViolation, RunError
-from cpx.runs.ledger import Ledger
 from cpx.eval.metrics import class_ids
+from cpx.kernel.device import autocast, keep_freed_memory, resolve_device, resolve_precision
+from cpx.kernel.errors import ConfigError, DataError, RuleViolation, RunError
 from cpx.kernel.manager import PluginHost
-from cpx.kernel.device import autocast, resolve_device, resolve_precision
-from cpx.kernel.device import keep_freed_memory
 from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import ENSEMBLE, run_folder
+from cpx.runs.ledger import Ledger
 
 TTA_CHOICES = ("flip", "scale")
 DEFAULT_SCALES = (0.75, 1.0, 1.25)

@@ -21,13 +21,14 @@ from PIL import Image
 
 from cpx import data as datalib
 from cpx.data.competition import Competition
-from cpx.kernel.errors import ConfigError, DataError, RunError
-from cpx.eval.predict import Predictor, is_ensemble, predictor_for_run, tta_label
-from cpx.runs.ledger import Ledger
 from cpx.eval.metrics import ScoreAccumulator, Scores
+from cpx.eval.predict import Predictor, is_ensemble, predictor_for_run, tta_label
+from cpx.kernel.errors import ConfigError, DataError, RunError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
-from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE, run_folder
+from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE
+from cpx.runs.folder import run_folder
+from cpx.runs.ledger import Ledger
 
 Progress = Optional[Callable[[int, int], None]]
 VAL_LIST = "val_list"  # the ledger's ``data`` value for a run's own validation list

@@ -232,9 +232,9 @@ def data_counts(config, competition, workspace: Workspace) -> tuple[int, int]:
 def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2) -> BenchResult:
     """Every figure of a :class:`BenchResult` for a resolved config, in this process."""
     from cpx.eval.predict import Member, Predictor
-    from cpx.train.run import build_components, settings_from
     from cpx.kernel.device import count_params, resolve_device, resolve_precision
     from cpx.train.loop import Trainer
+    from cpx.train.run import build_components, settings_from
 
     competition = host.competition(config.competition)
     device = resolve_device(config.train.device)

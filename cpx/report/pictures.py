@@ -10,21 +10,28 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
+
 import numpy as np
-from cpx.kernel.errors import DataError, RunError
-from cpx.report.figures import MAX_GRID_ROWS, ImageRow, class_colors, plot_image_grid, plot_per_class, plot_per_class_comparison
-from cpx.train.curves import plot_history
+
+from cpx import data as datalib
 from cpx.data.competition import Competition
-from cpx.eval.validate import Evaluation
+from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
+from cpx.eval.validate import Evaluation, validate_run
+from cpx.kernel.errors import DataError, RunError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
-from cpx import data as datalib
-from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
-from cpx.eval.validate import validate_run
+from cpx.report.figures import (
+    MAX_GRID_ROWS,
+    ImageRow,
+    class_colors,
+    plot_image_grid,
+    plot_per_class,
+    plot_per_class_comparison,
+)
 from cpx.runs.folder import RunFolder, run_folder
 from cpx.runs.handle import open_run
 from cpx.runs.ledger import Ledger
-
+from cpx.train.curves import plot_history
 
 Progress = Optional[Callable[[int, int], None]]
 

@@ -11,11 +11,11 @@ import torch
 from cpx.data.competition import Competition
 from cpx.kernel.config import ExperimentConfig, validate
 from cpx.kernel.errors import RunError
-from cpx.runs.ledger import Ledger
 from cpx.kernel.manager import PluginHost, get_host
-from cpx.runs.checkpoint import load_weights, read_checkpoint
 from cpx.kernel.workspace import Workspace
+from cpx.runs.checkpoint import load_weights, read_checkpoint
 from cpx.runs.folder import CONFIG, RunFolder, run_folder
+from cpx.runs.ledger import Ledger
 
 
 @dataclass

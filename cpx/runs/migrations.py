@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Optional
-from cpx.kernel.text import utc_now
 
+from cpx.kernel.text import utc_now
 
 Migration = Callable[[sqlite3.Connection], None]
 

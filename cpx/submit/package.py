@@ -34,15 +34,15 @@ from PIL import Image, UnidentifiedImageError
 
 from cpx import __version__
 from cpx.data.competition import Competition
-from cpx.kernel.errors import ConfigError, DataError, Problem, RuleViolation, SubmissionError
-from cpx.kernel.text import utc_now
-from cpx.runs.ledger import Ledger
-from cpx.kernel.manager import PluginHost
-from cpx.runs.handle import RunHandle, open_run
-from cpx.submit.solution import export_solution, model_source, run_solution, runner_mentions_arguments
 from cpx.kernel.device import count_params
-from cpx.kernel.workspace import Workspace
+from cpx.kernel.errors import ConfigError, DataError, Problem, RuleViolation, SubmissionError
 from cpx.kernel.files import sha256_bytes, sha256_file
+from cpx.kernel.manager import PluginHost
+from cpx.kernel.text import utc_now
+from cpx.kernel.workspace import Workspace
+from cpx.runs.handle import RunHandle, open_run
+from cpx.runs.ledger import Ledger
+from cpx.submit.solution import export_solution, model_source, run_solution, runner_mentions_arguments
 
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -615,8 +615,14 @@ def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
     the masks), RuleViolation (a rule the competition forbids, unless allowed) or DataError;
     in every failure case ``submissions/`` is left as it was.
     """
-    from cpx.eval.predict import (check_ensemble_allowed, is_ensemble, parse_tta, predict_folder,
-                            predictor_for_run, read_ensemble_spec)
+    from cpx.eval.predict import (
+        check_ensemble_allowed,
+        is_ensemble,
+        parse_tta,
+        predict_folder,
+        predictor_for_run,
+        read_ensemble_spec,
+    )
     from cpx.kernel.device import resolve_device
 
     start = time.perf_counter()

@@ -17,10 +17,10 @@ from typing import Any, Callable, Optional
 
 from cpx.data.competition import Competition
 from cpx.kernel.errors import CodabenchError, CpxError, RunError, SubmissionError
-from cpx.kernel.text import utc_now
-from cpx.runs.ledger import Ledger
 from cpx.kernel.files import sha256_file
+from cpx.kernel.text import utc_now
 from cpx.runs.folder import RunFolder
+from cpx.runs.ledger import Ledger
 
 DEFAULT_PHASE = "test"
 NOT_COUNTED = ("failed", "cancelled")

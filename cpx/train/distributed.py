@@ -131,8 +131,8 @@ def launch(request, workspace: Workspace, host=None, *, nproc: int, nnodes: Any 
 
 def _check_request(request, workspace: Workspace, host) -> None:
     from cpx.kernel.config import build_config
-    from cpx.runs.ledger import Ledger
     from cpx.kernel.manager import get_host
+    from cpx.runs.ledger import Ledger
 
     if request.resume:
         with Ledger(workspace.ledger_path) as ledger:

@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cpx.eval.metrics import ScoreAccumulator, class_ids
-from cpx.kernel.device import keep_freed_memory
-from cpx.kernel.device import autocast
+from cpx.kernel.device import autocast, keep_freed_memory
 
 
 @dataclass

@@ -16,17 +16,16 @@ import torch
 from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.kernel.config import ExperimentConfig, build_config, resolve, validate
+from cpx.kernel.device import count_params, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, RuleViolation, RunError
-from cpx.runs.ledger import Ledger
-from cpx.kernel.manager import PluginHost
-from cpx.train.loop import Trainer, TrainerSettings, dist_rank_world
-from cpx.kernel.device import resolve_device, resolve_precision
 from cpx.kernel.files import atomic_torch_save
-from cpx.kernel.device import count_params
-from cpx.kernel.workspace import Workspace
+from cpx.kernel.manager import PluginHost
 from cpx.kernel.text import utc_now
-from cpx.runs.folder import RunFolder, new_run_id
+from cpx.kernel.workspace import Workspace
 from cpx.runs.checkpoint import load_file
+from cpx.runs.folder import RunFolder, new_run_id
+from cpx.runs.ledger import Ledger
+from cpx.train.loop import Trainer, TrainerSettings, dist_rank_world
 
 
 @dataclass

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import builtin_host
+
 import cpx_plugins.models
 from cpx.kernel.errors import ConfigError
 

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from cpx.kernel.text import format_f
 from cpx.runs.ledger import Ledger
+from cpx.runs.recovery import list_runs
 
 from . import _common
 from ._common import console, print_json
@@ -28,8 +29,7 @@ def register(app: typer.Typer) -> None:
         """List runs, newest first."""
         if ctx.invoked_subcommand:
             return
-        with Ledger(_common.workspace().ledger_path) as ledger:
-            rows = ledger.list_runs(status=status, limit=limit)
+        rows = list_runs(_common.workspace(), status=status, limit=limit)
         if json_:
             print_json(rows)
             return

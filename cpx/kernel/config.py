@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Iterable, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -20,7 +20,8 @@ from cpx.kernel.registry import format_validation_error
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # unknown keys are typos; inf and nan are never meaningful settings (``--lr inf`` trained to NaN)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Component(Section):
@@ -30,9 +31,10 @@ class Component(Section):
 
 class OptimizerConfig(Section):
     name: Literal["adamw", "sgd"] = Field("adamw", description="optimizer")
-    lr: float = Field(8e-4, gt=0, description="peak learning rate")
+    lr: float = Field(8e-4, gt=0, le=10, description="peak learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="decoupled weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="AdamW betas, each in [0, 1)")
     momentum: float = Field(0.9, ge=0, description="SGD momentum")
 
 
@@ -174,6 +176,27 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     return key, value
+
+
+def merge_overrides(assignments: Iterable[str], shortcuts: dict[str, Any]) -> dict[str, Any]:
+    """Overrides from ``--set key=value`` texts and shortcut options (key path -> value, None
+    for a shortcut not given).
+
+    :raises ConfigError: a malformed assignment, or a shortcut and a ``--set`` giving one key
+        two different values (neither silently wins).
+    """
+    overrides: dict[str, Any] = {}
+    for text in assignments:
+        key, value = parse_assignment(text)
+        overrides[key] = value
+    for key, value in shortcuts.items():
+        if value is None:
+            continue
+        if key in overrides and overrides[key] != value:
+            raise ConfigError(f"{key}: set twice, to {overrides[key]!r} by --set and to {value!r} by its "
+                              "shortcut option; give one")
+        overrides[key] = value
+    return overrides
 
 
 def set_path(data: dict, key: str, value: Any) -> None:

@@ -223,3 +223,11 @@ def m006_run_budget_and_world_size(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN budget_seconds REAL")
     db.execute("ALTER TABLE runs ADD COLUMN world_size INTEGER")
 
+
+
+@migration
+def m007_run_owner_process(db: sqlite3.Connection) -> None:
+    # The process training a run (PID and host name), recorded with the row before any file of
+    # the run exists: a "running" run whose process is gone shows as interrupted.
+    db.execute("ALTER TABLE runs ADD COLUMN pid INTEGER")
+    db.execute("ALTER TABLE runs ADD COLUMN host TEXT")

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 from cpx.eval.metrics import ScoreAccumulator, class_ids
 from cpx.kernel.device import autocast, keep_freed_memory
+from cpx.kernel.errors import RunError
+from cpx.train.collective import all_reduce, rank_world
 
 
 @dataclass
@@ -59,13 +61,6 @@ class TrainerSettings:
     val_batch_size: int = 16
 
 
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) of the current process group, (0, 1) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float, schedule: str) -> float:
     if warmup_steps and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
@@ -74,6 +69,10 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class Diverged(RunError):
+    """The training loss became NaN or infinite."""
 
 
 class StopTraining(Exception):
@@ -103,7 +102,7 @@ class Trainer:
         self.device = device
         if settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.rank, self.world = dist_rank_world()
+        self.rank, self.world = rank_world()
         # DDP broadcasts rank 0's weights on construction and averages gradients in backward;
         # ``self.model`` stays the bare module, so checkpoints and validation never see the wrapper
         self.net = self.model
@@ -165,6 +164,10 @@ class Trainer:
         try:
             while self.epoch < s.epochs:
                 record = self.train_epoch()
+                if not math.isfinite(record.train_loss):
+                    raise Diverged(f"epoch {record.epoch}: the training loss became {record.train_loss} "
+                                   f"(learning rate {record.lr:.3g}); lower the learning rate or clip gradients "
+                                   "(train.grad_clip); the checkpoints keep the last finite epoch")
                 if self.val_data is not None and ((self.epoch % s.val_every == 0) or self.epoch == s.epochs):
                     record.val_loss, record.val_f = self.validate()
                     if record.val_f > self.best_f:
@@ -228,7 +231,7 @@ class Trainer:
             seen += len(idx)
             self._fire("on_batch_end", i, loss)
         if self.world > 1:
-            totals = _all_reduce(torch.stack([total_loss, torch.tensor(float(seen), device=self.device)]))
+            totals = all_reduce(torch.stack([total_loss, torch.tensor(float(seen), device=self.device)]))
             total_loss, seen = totals[0], int(totals[1])
         train_loss = float(total_loss) / max(1, seen)  # waits for the device, so the time below is real
         seconds = time.perf_counter() - t0
@@ -269,7 +272,7 @@ class Trainer:
                 f_sum += float(acc.update(class_ids(one), gt[None]).sum())
                 count += 1
         if self.world > 1:
-            sums = _all_reduce(torch.tensor([loss_sum, f_sum, count], dtype=torch.float64, device=self.device))
+            sums = all_reduce(torch.tensor([loss_sum, f_sum, count], dtype=torch.float64, device=self.device))
             loss_sum, f_sum, count = float(sums[0]), float(sums[1]), int(sums[2])
         return loss_sum / max(1, count), f_sum / max(1, count)
 
@@ -294,8 +297,3 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         for key in ("epoch", "step", "best_f", "best_epoch", "stale", "history"):
             setattr(self, key, state[key])
-
-
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    torch.distributed.all_reduce(t)
-    return t

@@ -13,7 +13,8 @@ from conftest import tiny_overrides
 from cpx.cli import main
 from cpx.report.bench import BenchRequest, count_flops, run_bench
 from cpx.runs.ledger import Ledger
-from cpx.train.run import BudgetCallback, TrainRequest, train
+from cpx.train.budget import BudgetCallback
+from cpx.train.run import TrainRequest, train
 
 
 class _ConvAndDepthwise(torch.nn.Module):
@@ -108,7 +109,7 @@ class _Clock:
 
 def test_budget_plans_from_the_second_epoch_then_only_shortens(monkeypatch):
     clock = _Clock()
-    monkeypatch.setattr("cpx.train.run.time.perf_counter", clock)
+    monkeypatch.setattr("cpx.train.budget.time.perf_counter", clock)
     budget = BudgetCallback(minutes=10, start_epoch=0)  # 600 s, planned into 588 s
     trainer = SimpleNamespace(epoch=0, settings=SimpleNamespace(epochs=300))
 

@@ -61,8 +61,10 @@ def load_file(path: os.PathLike, what: str = "checkpoint") -> Any:
                 "torch.save(model), or code), which cpx never unpickles; save the weights instead: "
                 "torch.save({'state_dict': model.state_dict()}, path)") from None
         raise RunError(f"{path}: cannot read the {what}: not a PyTorch checkpoint of tensors") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
-        raise RunError(f"{path}: cannot read the {what} ({type(exc).__name__}: {_first_line(str(exc))})") from None
+    except OSError as exc:
+        raise RunError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    except Exception:  # torch's unpickler fails on random bytes with whatever it meets (KeyError, ...)
+        raise RunError(f"{path}: cannot read the {what}: not a PyTorch checkpoint of tensors") from None
 
 
 def _first_line(text: str) -> str:

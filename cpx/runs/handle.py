@@ -52,8 +52,14 @@ class RunHandle:
         return int(self.config.data.image_size or self.competition.image_size)
 
     def checkpoint_path(self, which: str = "best") -> Path:
-        """``best``, ``last`` or a path; :raises RunError: the file does not exist."""
+        """``best``, ``last`` or a path. An imported run without ``best.pt`` uses the best of the
+        checkpoints its import found (``best_model.pth``, ...).
+
+        :raises RunError: the file does not exist.
+        """
         path = self.folder.checkpoint(which)
+        if which == "best" and not path.is_file() and self.row.get("checkpoints"):
+            path = Path(self.row["checkpoints"][0])
         if not path.is_file():
             raise RunError(f"run {self.id}: checkpoint {path} does not exist")
         return path

@@ -93,7 +93,7 @@ def predict(run: Union[str, "RunHandle"], images: Sequence[ImageLike], *, checkp
     import numpy as np
     import torch
 
-    from cpx.data.images import read_rgb
+    from cpx.data.images import BadFile, read_rgb
     from cpx.eval.predict import predictor_for_run
     from cpx.kernel.errors import DataError
     from cpx.kernel.manager import get_host
@@ -103,7 +103,10 @@ def predict(run: Union[str, "RunHandle"], images: Sequence[ImageLike], *, checkp
     tensors = []
     for i, image in enumerate(images):
         if isinstance(image, (str, os.PathLike)):
-            array, _ = read_rgb(image, None)
+            try:
+                array, _ = read_rgb(image)
+            except BadFile as bad:
+                raise bad.error() from None
             tensors.append(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))))
         elif isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

@@ -129,7 +129,8 @@ def test_score_lists_every_problem_by_name(tmp_path, comp, capsys):
     report = score_folders(pred, gt, comp)
     assert not report.ok and report.scores is None
     text = "\n".join(report.problems)
-    for needle in ("missing.png: no prediction", "small.png: size 2x4", "rgb.png: mode RGB", "range.png: class id(s) 19",
+    for needle in ("missing.png: no prediction", "small.png: size 2x4", "rgb.png: mask has 3 channels (RGB)",
+                   "range.png: class id 19 outside 0..18",
                    "broken.png: cannot read"):
         assert needle in text, needle
     assert len(report.problems) == 5

@@ -29,9 +29,9 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from cpx.data.competition import Competition
+from cpx.data.images import BadFile, inspect_image, read_rgb
 from cpx.eval.metrics import class_ids
 from cpx.kernel.device import autocast, keep_freed_memory, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, RuleViolation, RunError
@@ -353,19 +353,16 @@ def _inspect_image(path: Path) -> tuple[Optional[Size], str]:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return None, f"not an image file (suffix {path.suffix or '(none)'}; expected {'/'.join(IMAGE_SUFFIXES)})"
     try:
-        with Image.open(path) as img:
-            img.load()
-            return (img.height, img.width), ""
-    except MemoryError:
-        raise
-    except Exception as exc:  # PIL raises many kinds for corrupt data
-        reason = str(exc).strip().replace(str(path), "").strip(" :") or type(exc).__name__
-        return None, f"cannot read image ({reason[:120]})"
+        return inspect_image(path), ""
+    except BadFile as bad:
+        return None, bad.message
 
 
 def _read_rgb(path: Path) -> torch.Tensor:
-    with Image.open(path) as img:
-        arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    try:
+        arr, _ = read_rgb(path)
+    except BadFile as bad:  # changed on disk since it was inspected
+        raise bad.error() from None
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 

@@ -17,10 +17,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cpx import data as datalib
 from cpx.data.competition import Competition
+from cpx.data.images import BadFile, bad_ids_message, mask_array, open_image
 from cpx.eval.metrics import ScoreAccumulator, Scores
 from cpx.eval.predict import Predictor, is_ensemble, predictor_for_run, tta_label
 from cpx.kernel.errors import ConfigError, DataError, RunError
@@ -205,28 +205,20 @@ def _list_files(folder: Path) -> list[Path]:
 
 
 def _read_pred(path: Path, competition: Competition, gt_shape: tuple[int, int]) -> tuple[Optional[np.ndarray], list[str]]:
-    modes = competition.submission.mask_modes
+    # the mask rules of every command (lossless PNG, one channel, the scorer's modes), then the sizes and ids
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in modes:
-                return None, [f"{path.name}: mode {img.mode}; the scorer expects a single-channel mask "
-                              f"of mode {' or '.join(modes)}"]
-            arr = np.asarray(img)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        reason = str(exc).strip().replace(str(path), "").strip(" :") or type(exc).__name__
-        return None, [f"{path.name}: cannot read the mask ({reason[:120]})"]
+        with open_image(path, "mask", decode=True) as img:
+            arr = mask_array(img, path, competition.submission.mask_modes)
+    except BadFile as bad:
+        return None, [f"{path.name}: {bad.message}"]
     problems = []
     if arr.shape != gt_shape:
         problems.append(f"{path.name}: size {arr.shape[0]}x{arr.shape[1]} but the ground truth is "
                         f"{gt_shape[0]}x{gt_shape[1]} (height x width)")
     if arr.size and int(arr.max()) >= competition.num_classes:
-        bad = sorted(int(v) for v in np.unique(arr[arr >= competition.num_classes]))
-        problems.append(f"{path.name}: class id(s) {', '.join(map(str, bad[:10]))} outside "
-                        f"0..{competition.num_classes - 1}")
-    return (None if problems else arr.astype(np.uint8, copy=False)), problems
+        problems.append(f"{path.name}: " + bad_ids_message(np.unique(arr[arr >= competition.num_classes]),
+                                                            competition.num_classes))
+    return (None if problems else arr), problems
 
 
 def score_folders(pred_dir: os.PathLike, gt_dir: os.PathLike, competition: Competition,

@@ -23,8 +23,8 @@ from typing import Any, Optional
 import yaml
 
 from cpx.kernel.config import flatten
-from cpx.runs.checkpoint import read_checkpoint
 from cpx.kernel.errors import CpxError, RunError
+from cpx.runs.checkpoint import read_checkpoint
 from cpx.runs.ledger import Ledger
 
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json", "hparams.yaml", "hparams.json",

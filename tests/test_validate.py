@@ -183,3 +183,21 @@ def test_validate_run_matches_training_and_is_recorded(cpx_workspace, cpx_host, 
         assert len(ledger.list_validations(run.run_id)) == 2
     code = main(["validate", "r", "--checkpoint", "nope.pt"])
     assert code == 2 and "nope.pt" in capsys.readouterr().err
+
+
+def test_validate_on_a_busy_ledger_prints_the_score_and_says_it_was_not_recorded(unet_run, cpx_workspace,
+                                                                                 monkeypatch, capsys):
+    import sqlite3
+
+    monkeypatch.setenv("CPX_LEDGER_TIMEOUT", "0.2")
+    browser = sqlite3.connect(cpx_workspace.ledger_path, isolation_level=None)
+    browser.execute("BEGIN IMMEDIATE")  # a DB browser with an open write transaction
+    try:
+        assert main(["validate", unet_run]) == 0
+    finally:
+        browser.execute("ROLLBACK")
+        browser.close()
+    out = capsys.readouterr()
+    assert "F (competition metric" in out.out and "Traceback" not in out.err
+    (line,) = [line for line in out.err.splitlines() if "not recorded" in line]
+    assert "locked by another program" in line

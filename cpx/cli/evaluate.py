@@ -99,11 +99,11 @@ def register(app: typer.Typer) -> None:
         if json_:
             print_json(ev.to_dict())
             return
-        _warn(ev.warnings)
         where = "its validation list" if ev.data == "val_list" else ev.data
         render_scores(ev.scores, ev.class_names,
                       f"run {ev.run_id}  checkpoint {ev.checkpoint}  tta {tta_label(ev.tta)}  on {where}  "
                       f"({ev.seconds:.1f} s)")
+        _warn(ev.warnings)
         if ev.validation_id is not None:
             console.print(f"[dim]recorded as validation {ev.validation_id} of {ev.run_id}[/]", highlight=False)
 

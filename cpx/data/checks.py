@@ -15,8 +15,17 @@ import numpy as np
 
 from cpx.data.competition import Competition
 from cpx.data.dataset import Progress, worker_count
-from cpx.data.images import (BadFile, Size, bad_ids_message, check_mask_mode, exif_rotation, mask_array, open_image,
-                             relative_path, rgb_array)
+from cpx.data.images import (
+    BadFile,
+    Size,
+    bad_ids_message,
+    check_mask_mode,
+    exif_rotation,
+    mask_array,
+    open_image,
+    relative_path,
+    rgb_array,
+)
 from cpx.data.layout import scan
 from cpx.kernel.errors import Problem
 

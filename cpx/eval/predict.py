@@ -35,6 +35,7 @@ from cpx.data.images import BadFile, inspect_image, read_rgb
 from cpx.eval.metrics import class_ids
 from cpx.kernel.device import autocast, keep_freed_memory, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, RuleViolation, RunError
+from cpx.kernel.files import check_writable, remove_stale_temps
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import ENSEMBLE, run_folder
@@ -413,7 +414,10 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
             shown = ", ".join(t.name for t in clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
             raise DataError(f"{output_dir}: {len(clash)} mask(s) already exist ({shown}); "
                             "pass --overwrite or choose another --output")
+    check_writable(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # masks half-written by a predict that was killed; a live writer's temps are seconds old
+    remove_stale_temps(output_dir, older_than=60)
 
     from cpx.data import write_mask
 

@@ -23,7 +23,7 @@ from cpx.data.competition import Competition
 from cpx.data.images import BadFile, bad_ids_message, mask_array, open_image
 from cpx.eval.metrics import ScoreAccumulator, Scores
 from cpx.eval.predict import Predictor, is_ensemble, predictor_for_run, tta_label
-from cpx.kernel.errors import ConfigError, DataError, RunError
+from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RunError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE
@@ -157,12 +157,16 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
     evaluation.warnings = warnings
     if record:
         s = evaluation.scores
-        with Ledger(workspace.ledger_path) as ledger:
-            saved = ledger.add_validation(
-                row["id"], checkpoint=evaluation.checkpoint, tta=tta_label(evaluation.tta), data=data_label,
-                images=len(names), score=s.fscore, pooled_score=s.pooled_fscore, pixel_acc=s.pixel_acc,
-                miou=s.miou, per_class=evaluation.per_class(), wall_seconds=round(evaluation.seconds, 2))
-        evaluation.validation_id = saved["id"]
+        try:
+            with Ledger(workspace.ledger_path) as ledger:
+                saved = ledger.add_validation(
+                    row["id"], checkpoint=evaluation.checkpoint, tta=tta_label(evaluation.tta), data=data_label,
+                    images=len(names), score=s.fscore, pooled_score=s.pooled_fscore, pixel_acc=s.pixel_acc,
+                    miou=s.miou, per_class=evaluation.per_class(), wall_seconds=round(evaluation.seconds, 2))
+        except LedgerBusy as exc:  # the score is computed: show it, and say it was not kept
+            evaluation.warnings.append(f"not recorded: {exc}; validate again to record it")
+        else:
+            evaluation.validation_id = saved["id"]
     return evaluation
 
 

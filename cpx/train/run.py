@@ -20,7 +20,7 @@ from cpx.data.competition import Competition
 from cpx.kernel.config import ExperimentConfig, build_config, resolve, validate
 from cpx.kernel.device import count_params, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RuleViolation, RunError
-from cpx.kernel.files import atomic_torch_save
+from cpx.kernel.files import atomic_torch_save, check_writable
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
@@ -183,17 +183,6 @@ class _LedgerWriter:
         return False
 
 
-def _check_writable(*paths: Path) -> None:
-    """Fail before any work when a folder cpx must write into cannot be written."""
-    for path in paths:
-        probe = path
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        mode = os.W_OK if probe.is_file() else os.W_OK | os.X_OK
-        if not os.access(probe, mode):
-            raise RunError(f"{path}: not writable; cpx needs to write there (check its permissions)")
-
-
 def _new_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledger: Optional[Ledger]) -> _Setup:
     if not request.recipe:
         raise ConfigError("name a recipe (or a YAML file), or --resume RUN")
@@ -272,7 +261,7 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     if problem:
         raise RuleViolation(problem)
     if main:
-        _check_writable(workspace.runs_dir, workspace.ledger_path)
+        check_writable(workspace.runs_dir, workspace.ledger_path)
 
     if not main:  # rank 0 generates or caches the data first; the others then read its cache
         barrier()

@@ -48,6 +48,9 @@ from cpx.kernel.workspace import Workspace
 
 @pytest.fixture
 def cpx_workspace(tmp_path, monkeypatch) -> Workspace:
+    """A fresh temporary workspace, made current (working directory and ``CPX_WORKSPACE``),
+    with Codabench credentials kept out of the user's home.
+    """
     root = tmp_path / "workspace"
     root.mkdir()
     monkeypatch.chdir(root)
@@ -59,6 +62,7 @@ def cpx_workspace(tmp_path, monkeypatch) -> Workspace:
 
 @pytest.fixture
 def cpx_host():
+    """A fresh plugin host with the built-ins and no installed entry points, current for the test."""
     host = create_plugin_host(entry_points=False)
     previous = set_host(host)
     yield host

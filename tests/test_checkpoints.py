@@ -7,8 +7,8 @@ must never run. Wrapper prefixes and bare state_dicts must give exactly the orig
 import pytest
 import torch
 import yaml
-
 from conftest import tiny_overrides
+
 from cpx.cli import main
 from cpx.eval.validate import validate_run
 from cpx.kernel.errors import RunError

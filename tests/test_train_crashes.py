@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from cpx.cli import main
 from cpx.kernel.errors import ConfigError, RunError
 from cpx.runs.folder import RunFolder
@@ -306,3 +306,36 @@ def test_twenty_random_sigkills_lose_nothing(cpx_workspace):
         else:
             run_id = latest["id"] if resumable else None
     print(f"{kills} SIGKILLs, {finished} runs completed, {len(list_runs(cpx_workspace))} runs recorded")
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make folders read-only for everyone, root included: a read-only bind mount onto itself
+    (root writes through file modes, so chmod proves nothing here)."""
+    mounted = []
+
+    def make(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        for cmd in (["mount", "--bind", str(path), str(path)], ["mount", "-o", "remount,ro,bind", str(path)]):
+            if subprocess.run(cmd, capture_output=True).returncode:
+                pytest.skip("cannot make a read-only mount here (needs root with mount rights)")
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in reversed(mounted):
+        subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def test_read_only_folders_are_refused_before_any_work(cpx_workspace, unet_run, trained_unet, read_only, capsys):
+    read_only(cpx_workspace.runs_dir)
+    started = time.perf_counter()
+    assert main(["train", "msf-lmsa", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{cpx_workspace.runs_dir}: not writable" in err and "Traceback" not in err
+    assert time.perf_counter() - started < 30  # refused before the data or the model did any work
+    out = read_only(cpx_workspace.root / "masks")
+    assert main(["predict", unet_run, "--input", str(trained_unet[2] / "test" / "images"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: not writable" in err and "Traceback" not in err
+    assert not list(out.iterdir())

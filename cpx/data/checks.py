@@ -32,6 +32,10 @@ from cpx.kernel.errors import Problem
 
 @dataclass
 class DataReport:
+    """What ``cpx data check`` found in a data folder: counts, image sizes, per-class pixel and
+    image shares (deep checks only), ``problems`` that stop training and ``warnings`` that do not.
+    """
+
     root: Path
     competition: str
     class_names: tuple[str, ...]
@@ -55,6 +59,7 @@ class DataReport:
         return not self.problems
 
     def to_dict(self) -> dict:
+        """JSON-ready form (sizes as ``"HxW"`` keys, problems as mappings, ``ok``)."""
         out = asdict(self)
         out["root"] = str(self.root)
         out["class_names"] = list(self.class_names)

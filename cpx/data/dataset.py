@@ -59,6 +59,9 @@ def _decode_pair(img_path: Path, mask_path: Path, size: int, num_classes: int
 
 
 def worker_count(workers: Optional[int]) -> int:
+    """Threads for decoding: ``workers`` when given (at least 1), else the CPU count capped at
+    :data:`MAX_WORKERS`.
+    """
     if workers is not None:
         return max(1, workers)
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))

@@ -45,13 +45,16 @@ class BadFile(Exception):
         self.message = message
 
     def problem(self, root: Path) -> Problem:
+        """This problem as a :class:`Problem` with its path relative to ``root``."""
         return Problem(relative_path(self.path, root), self.kind, self.message)
 
     def error(self) -> DataError:
+        """This problem as a one-line :class:`DataError` naming the file."""
         return DataError(f"{self.path}: {self.message}")
 
 
 def relative_path(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` in POSIX form, or in full when it is not below ``root``."""
     try:
         return Path(path).relative_to(root).as_posix()
     except ValueError:
@@ -60,6 +63,9 @@ def relative_path(path: Path, root: Path) -> str:
 
 def unreadable(path: Path, what: str, exc: BaseException) -> BadFile:
     # PIL's own message repeats the full path, which the problem already names
+    """A :class:`BadFile` for a file Pillow could not read, with Pillow's reason shortened and
+    without the path it repeats.
+    """
     if isinstance(exc, UnidentifiedImageError):
         return BadFile(path, "unreadable", f"cannot read {what} (not a recognised image format)")
     reason = str(exc).strip() or exc.__class__.__name__
@@ -163,6 +169,7 @@ def mask_array(img: Image.Image, path: Path, modes: Sequence[str] = ("P", "L", "
 
 
 def bad_ids_message(ids: Iterable[int], num_classes: int) -> str:
+    """``class ids 19, 25 outside 0..18``: the out-of-range ids, at most ten shown."""
     ids = sorted(int(i) for i in ids)
     shown = ", ".join(str(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
     noun = "class id" if len(ids) == 1 else "class ids"

@@ -31,6 +31,7 @@ from cpx.eval.predict import Member, Predictor, is_ensemble, parse_tta, tta_labe
 from cpx.eval.validate import VAL_LIST, Evaluation, _pairs, evaluate
 from cpx.kernel.device import count_params, resolve_device
 from cpx.kernel.errors import ConfigError, RunError
+from cpx.kernel.files import check_writable
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
@@ -47,6 +48,8 @@ SEARCH_SIDE = 256
 
 @dataclass
 class MemberScore:
+    """One member of an ensemble: its run, checkpoint, weight and F on the shared images."""
+
     run: str
     name: str
     weight: float
@@ -57,6 +60,10 @@ class MemberScore:
 
 @dataclass
 class EnsembleResult:
+    """What :func:`build_ensemble` measured: members with their weights, the ensemble's
+    evaluation, the best single member and the gain over it, and the greedy search steps.
+    """
+
     members: list[MemberScore]
     evaluation: Optional[Evaluation]  # the ensemble's exact score (None if no ensemble came out)
     names: list[str]
@@ -71,6 +78,7 @@ class EnsembleResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
+        """JSON-ready form."""
         return {
             "run_id": self.run_id, "tta": tta_label(self.tta), "images": len(self.names),
             "data": str(self.data_root),
@@ -84,6 +92,10 @@ class EnsembleResult:
 
 
 def parse_weights(text: Optional[str], count: Optional[int] = None) -> Optional[list[float]]:
+    """``"0.5,0.3,0.2"`` -> ``[0.5, 0.3, 0.2]`` (None for no text).
+
+    :raises ConfigError: not numbers, negative, all zero, or not ``count`` of them.
+    """
     if not text:
         return None
     try:
@@ -234,6 +246,9 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
     integer weights maximising validation F; each member's probabilities are computed once.
     """
     from cpx.runs.handle import open_run
+
+    if record:
+        check_writable(workspace.runs_dir, workspace.ledger_path)
 
     start = time.perf_counter()
     tta = parse_tta(tta)

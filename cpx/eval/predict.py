@@ -67,6 +67,7 @@ def parse_tta(value: Union[None, str, Iterable[str]]) -> tuple[str, ...]:
 
 
 def tta_label(tta: Sequence[str]) -> str:
+    """``("flip", "scale")`` -> ``"flip,scale"``; ``"none"`` for no TTA."""
     return ",".join(tta) if tta else "none"
 
 
@@ -100,6 +101,10 @@ def class_softmax(logits: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Member:
+    """One model of a predictor: the network (eval mode), the square size it was trained at, its
+    weight in the average, and where it came from.
+    """
+
     model: torch.nn.Module
     image_size: int
     weight: float = 1.0
@@ -241,6 +246,7 @@ class Predictor:
         return result  # type: ignore[return-value]
 
     def describe(self) -> str:
+        """One line: members with their sizes and weights, TTA, device and precision."""
         parts = [f"{m.label or 'model'}@{m.image_size}px" + (f" x{w:.2f}" if len(self.members) > 1 else "")
                  for m, w in zip(self.members, self.weights)]
         return f"{' + '.join(parts)}  tta {tta_label(self.tta)}  {self.device.type}/{self.precision}"
@@ -251,6 +257,7 @@ class Predictor:
 
 
 def is_ensemble(row: dict) -> bool:
+    """Whether a ledger row is an ensemble run."""
     return row.get("kind") == "ensemble"
 
 
@@ -335,6 +342,8 @@ def predictor_for_run(ref: str, workspace: Workspace, host: PluginHost, *, check
 
 @dataclass
 class PredictReport:
+    """What :func:`predict_folder` did: masks written, files skipped with the reason, seconds."""
+
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -343,6 +352,7 @@ class PredictReport:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """JSON-ready form."""
         return {"written": [str(p) for p in self.written],
                 "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped],
                 "seconds": round(self.seconds, 3), "output_dir": str(self.output_dir) if self.output_dir else None,

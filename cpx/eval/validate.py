@@ -24,6 +24,7 @@ from cpx.data.images import BadFile, bad_ids_message, mask_array, open_image
 from cpx.eval.metrics import ScoreAccumulator, Scores
 from cpx.eval.predict import Predictor, is_ensemble, predictor_for_run, tta_label
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RunError
+from cpx.kernel.files import check_writable
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE
@@ -36,6 +37,10 @@ VAL_LIST = "val_list"  # the ledger's ``data`` value for a run's own validation 
 
 @dataclass
 class Evaluation:
+    """A run scored on a set of labelled images: the :class:`Scores`, per-image F by stem, the
+    checkpoint, TTA and data used, warnings, and the ledger validation id when recorded.
+    """
+
     names: list[str]
     scores: Scores
     per_image: dict[str, float]
@@ -57,6 +62,7 @@ class Evaluation:
         return out
 
     def to_dict(self) -> dict:
+        """JSON-ready form."""
         s = self.scores
         return {"run_id": self.run_id, "checkpoint": self.checkpoint, "tta": tta_label(self.tta),
                 "data": self.data, "images": len(self.names), "fscore": s.fscore,
@@ -118,7 +124,14 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
                  data: Optional[os.PathLike] = None, tta=(), record: bool = True, batch_size: int = 8,
                  device: str = "auto", precision: str = "auto", progress: Progress = None) -> Evaluation:
     """Score a run (or ensemble run) on its validation list, or on every labelled image of
-    ``data``, and (with ``record``) add the result to the ledger's validations."""
+    ``data``, and (with ``record``) add the result to the ledger's validations.
+
+    :raises RunError: unknown run or unusable checkpoint; :raises DataError: unusable data;
+        :raises NotWritable: ``record`` with a read-only ledger (checked before any work). A
+        ledger locked by another program does not raise: the score is returned with a warning.
+    """
+    if record:
+        check_writable(workspace.ledger_path)
     predictor = predictor_for_run(ref, workspace, host, checkpoint=checkpoint, tta=tta, device=device,
                                   precision=precision)
     with Ledger(workspace.ledger_path) as ledger:
@@ -176,6 +189,10 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
 
 @dataclass
 class FolderScore:
+    """``cpx score``: predicted masks scored against ground truth by stem; ``problems`` stop the
+    scoring, ``warnings`` do not.
+    """
+
     pred_dir: Path
     gt_dir: Path
     names: list[str] = field(default_factory=list)
@@ -191,6 +208,7 @@ class FolderScore:
         return not self.problems and self.scores is not None
 
     def to_dict(self) -> dict:
+        """JSON-ready form."""
         out = {"pred_dir": str(self.pred_dir), "gt_dir": str(self.gt_dir), "ok": self.ok,
                "images": len(self.names), "problems": list(self.problems), "warnings": list(self.warnings),
                "seconds": round(self.seconds, 3)}

@@ -32,6 +32,8 @@ hookimpl = pluggy.HookimplMarker("cpx")
 
 
 class RegisterCompetition(Protocol):
+    """The ``register`` callback of :func:`register_competitions`."""
+
     def __call__(self, name: str, competition: Competition, options: None = None,
                  description: str = "") -> None:
         """Register ``competition`` under ``name`` (which must equal ``competition.name``)."""
@@ -43,18 +45,24 @@ AugmentationFactory = Callable[[BaseModel, Competition], "torch.nn.Module"]
 
 
 class RegisterModel(Protocol):
+    """The ``register`` callback of :func:`register_models`."""
+
     def __call__(self, name: str, factory: ModelFactory, options: Optional[type[BaseModel]] = None,
                  description: str = "") -> None:
         """Register a model factory ``factory(options, num_classes) -> nn.Module``."""
 
 
 class RegisterLoss(Protocol):
+    """The ``register`` callback of :func:`register_losses`."""
+
     def __call__(self, name: str, factory: LossFactory, options: Optional[type[BaseModel]] = None,
                  description: str = "") -> None:
         """Register a loss factory ``factory(options, num_classes) -> loss(logits, target)``."""
 
 
 class RegisterAugmentation(Protocol):
+    """The ``register`` callback of :func:`register_augmentations`."""
+
     def __call__(self, name: str, factory: AugmentationFactory, options: Optional[type[BaseModel]] = None,
                  description: str = "") -> None:
         """Register an augmentation factory ``factory(options, competition) -> nn.Module``."""

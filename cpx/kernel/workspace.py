@@ -24,6 +24,10 @@ SETTINGS_FILE = "cpx.yaml"
 
 @dataclass(frozen=True)
 class Workspace:
+    """A folder cpx works in (see the module docstring for how it is found) and the paths of
+    what it keeps there.
+    """
+
     root: Path
 
     @classmethod
@@ -66,6 +70,10 @@ class Workspace:
         return self.root / "submissions"
 
     def settings(self) -> dict:
+        """The mapping in ``cpx.yaml`` (empty without one).
+
+        :raises ConfigError: the file is not valid YAML or not a mapping.
+        """
         path = self.root / SETTINGS_FILE
         if not path.is_file():
             return {}
@@ -78,6 +86,9 @@ class Workspace:
         return data
 
     def plugin_dirs(self) -> list[Path]:
+        """Plugin folders: ``cpx.yaml``'s ``plugin_dirs`` (relative to the workspace) and
+        ``CPX_PLUGIN_DIRS`` (``os.pathsep``-separated).
+        """
         dirs = [self.root / d for d in self.settings().get("plugin_dirs", []) or []]
         env = os.environ.get("CPX_PLUGIN_DIRS")
         if env:

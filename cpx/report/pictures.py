@@ -79,6 +79,9 @@ def _unique_labels(runs: Sequence[RunRef]) -> list[str]:
 
 @dataclass
 class ShowResult:
+    """What ``cpx show`` drew: the grid of worst validation images, the per-class chart, and the
+    evaluation behind them.
+    """
     run_id: str
     label: str
     evaluation: "Evaluation"
@@ -87,6 +90,7 @@ class ShowResult:
     per_class_path: Path
 
     def to_dict(self) -> dict:
+        """JSON-ready form."""
         s = self.evaluation.scores
         return {
             "run": self.run_id,
@@ -160,6 +164,9 @@ def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: in
 
 @dataclass
 class ClassDelta:
+    """One class of a comparison: F of run A and of run B, their difference, and the number of
+    validation images holding the class in each.
+    """
     class_id: int
     name: str
     f_a: Optional[float]
@@ -176,6 +183,7 @@ class ClassDelta:
 
 @dataclass
 class Comparison:
+    """``cpx compare``: two runs scored on their validation lists, class by class."""
     run_a: str
     run_b: str
     label_a: str
@@ -204,6 +212,7 @@ class Comparison:
         return sorted(self.classes, key=lambda c: (c.diff is None, -(c.diff or 0.0), c.class_id))
 
     def to_dict(self) -> dict:
+        """JSON-ready form."""
         return {
             "a": {"run": self.run_a, "label": self.label_a, "fscore": self.fscore_a, "images": self.images_a},
             "b": {"run": self.run_b, "label": self.label_b, "fscore": self.fscore_b, "images": self.images_b},

@@ -136,6 +136,7 @@ class RunFolder:
     # ------------------------------------------------------------------ paths
 
     def file(self, name: str) -> Path:
+        """The path of the file called ``name`` in this folder."""
         return self.path / name
 
     @property
@@ -178,6 +179,7 @@ class RunFolder:
         return data
 
     def write_config(self, config: dict, diff: Optional[dict] = None, command: Optional[str] = None) -> None:
+        """Write ``config.yaml`` (and ``config_diff.json`` and ``command.txt`` when given)."""
         atomic_write_text(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
         if diff is not None:
             write_json(self.path / CONFIG_DIFF, diff, indent=2)
@@ -194,6 +196,7 @@ class RunFolder:
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
     def write_val_names(self, names: list[str]) -> None:
+        """Write ``val_list.txt``, one stem a line."""
         atomic_write_text(self.path / VAL_LIST, "".join(n + "\n" for n in names))
 
     def read_data_info(self) -> Optional[dict]:
@@ -219,6 +222,7 @@ class RunFolder:
         return Path(info["path"])
 
     def write_data_info(self, info: dict[str, Any]) -> None:
+        """Write ``data.json`` (path, fingerprint, counts)."""
         write_json(self.path / DATA, info, indent=2)
 
     # ------------------------------------------------------------------ history
@@ -252,9 +256,11 @@ class RunFolder:
         return info
 
     def write_status(self, status: str, message: str = "", finished_at: str = "") -> None:
+        """Write ``status.json``: how the run ended, with a message and the time."""
         write_json(self.path / STATUS, {"status": status, "message": message, "finished_at": finished_at}, indent=2)
 
     def clear_status(self) -> None:
+        """Remove ``status.json`` (a resumed run has not ended)."""
         (self.path / STATUS).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ ensembles
@@ -270,6 +276,7 @@ class RunFolder:
         return spec
 
     def write_ensemble(self, spec: dict) -> None:
+        """Write ``ensemble.json`` (members, weights, TTA, score)."""
         write_json(self.path / ENSEMBLE, spec, indent=2)
 
     @property

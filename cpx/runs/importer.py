@@ -51,6 +51,10 @@ _SECTION_ORDER = ("model", "arch", "loss", "optim", "lr", "train", "sched", "aug
 
 @dataclass
 class ImportResult:
+    """What ``cpx runs import`` recorded (``run``) and, in one line each, what it read, could
+    not read, and warnings (a model over the parameter limit).
+    """
+
     run: dict
     read: list[str] = field(default_factory=list)
     unread: list[str] = field(default_factory=list)

@@ -30,6 +30,10 @@ from cpx.train.collective import all_reduce, rank_world
 
 @dataclass
 class EpochRecord:
+    """One epoch of history: mean training loss, last learning rate, seconds, images/s, and when
+    validated the validation loss and per-image F (and whether it improved).
+    """
+
     epoch: int
     train_loss: float
     lr: float
@@ -42,6 +46,8 @@ class EpochRecord:
 
 @dataclass
 class TrainerSettings:
+    """The loop's settings, taken from an experiment config with a resolved precision."""
+
     epochs: int
     batch_size: int
     lr: float
@@ -62,6 +68,10 @@ class TrainerSettings:
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float, schedule: str) -> float:
+    """The learning rate at optimizer ``step``: linear warm-up over ``warmup_steps`` to
+    ``base_lr``, then constant or cosine to ``min_lr`` at ``total_steps`` (SGDR's half cosine,
+    Loshchilov & Hutter 2017, without restarts).
+    """
     if warmup_steps and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     if schedule == "constant":
@@ -138,6 +148,9 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, fused=self.device.type in ("cpu", "cuda"))
 
     def add_callback(self, event: str, fn: Callable) -> None:
+        """Call ``fn(trainer, *args)`` on ``event``: ``on_batch_end`` (i, loss), ``on_epoch_end``
+        (record) or ``on_train_end``.
+        """
         self.callbacks[event].append(fn)
 
     def _fire(self, event: str, *args) -> None:
@@ -153,6 +166,7 @@ class Trainer:
         return full + (1 if rest > max(1, self.world - 1) else 0) if full else 1
 
     def current_lr(self) -> float:
+        """The learning rate of the next step."""
         s = self.settings
         total = s.epochs * self.steps_per_epoch
         return lr_at(self.step, total, s.warmup_epochs * self.steps_per_epoch, s.lr, s.min_lr, s.schedule)
@@ -160,6 +174,11 @@ class Trainer:
     # --- loop ------------------------------------------------------------------------
 
     def fit(self) -> None:
+        """Train until ``settings.epochs``, early stopping (``patience`` validations without
+        improvement) or a callback's :class:`StopTraining`.
+
+        :raises Diverged: the training loss of an epoch is NaN or infinite.
+        """
         s = self.settings
         try:
             while self.epoch < s.epochs:
@@ -185,6 +204,9 @@ class Trainer:
         self._fire("on_train_end")
 
     def train_epoch(self) -> EpochRecord:
+        """One pass over the training images in shuffled batches (augmented on the device); returns
+        its :class:`EpochRecord`.
+        """
         s = self.settings
         self.model.train()
         # per-epoch seeding makes shuffling, augmentation and dropout replayable on resume
@@ -279,6 +301,9 @@ class Trainer:
     # --- checkpoints -----------------------------------------------------------------
 
     def state_dict(self) -> dict:
+        """Everything a resume needs, as tensors and plain types (loadable with
+        ``weights_only=True``).
+        """
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -292,6 +317,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])

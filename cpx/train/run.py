@@ -35,6 +35,10 @@ from cpx.train.loop import Trainer, TrainerSettings
 
 @dataclass
 class TrainRequest:
+    """What to train: a recipe with overrides (key path -> value) and a name, or a run to resume;
+    ``command`` is recorded with the run.
+    """
+
     recipe: Optional[str] = None
     overrides: dict[str, Any] = field(default_factory=dict)
     name: Optional[str] = None
@@ -44,6 +48,10 @@ class TrainRequest:
 
 @dataclass
 class TrainResult:
+    """How a training call ended: the run, its status (``completed``, ``stopped`` or ``failed``),
+    best validation F and epoch, epochs done, parameters, wall time and a message.
+    """
+
     run_id: str
     run_dir: Path
     status: str  # completed, stopped (interrupted or budget), failed
@@ -58,6 +66,10 @@ class TrainResult:
 
 @dataclass
 class PreparedData:
+    """The data of a run in memory: uint8 training tensors, validation images at the training
+    size with their masks at native size, and where they came from.
+    """
+
     root: Path
     fingerprint: str
     train_names: list[str]
@@ -82,6 +94,11 @@ def synthetic_root(workspace: Workspace, competition: Competition, count: int, s
 
 
 def prepare_data(config: ExperimentConfig, competition: Competition, workspace: Workspace) -> PreparedData:
+    """Load (through the decode-once cache) the training and validation data of ``config``: its
+    data folder, or the competition's synthetic data generated once into the cache.
+
+    :raises DataError: a missing folder, too few labelled images, or a bad file (named).
+    """
     d = config.data
     if d.path:
         root = Path(d.path).expanduser()
@@ -109,6 +126,7 @@ def prepare_data(config: ExperimentConfig, competition: Competition, workspace: 
 
 
 def git_commit(path: Path) -> Optional[str]:
+    """The git commit of ``path``'s checkout, or None outside one."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
@@ -119,6 +137,10 @@ def git_commit(path: Path) -> Optional[str]:
 
 
 def build_components(config: ExperimentConfig, host: PluginHost, competition: Competition):
+    """The model, loss and augmentation of ``config`` (seeded by ``train.seed``).
+
+    :raises ConfigError: options that do not validate.
+    """
     torch.manual_seed(config.train.seed)
     model = host.models.get(config.model.name).create(config.model.options, competition.num_classes,
                                                       where="model.options")
@@ -130,6 +152,7 @@ def build_components(config: ExperimentConfig, host: PluginHost, competition: Co
 
 
 def settings_from(config: ExperimentConfig, precision: str) -> TrainerSettings:
+    """The :class:`TrainerSettings` of ``config`` with ``precision`` resolved."""
     t, o, s = config.train, config.optimizer, config.schedule
     return TrainerSettings(
         epochs=t.epochs, batch_size=t.batch_size, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas),
@@ -412,4 +435,5 @@ def best_payload(tr: Trainer, config: ExperimentConfig, competition: Competition
 
 
 def command_line() -> str:
+    """This process's command line as ``cpx ...`` (shell-quoted)."""
     return shlex.join(["cpx", *sys.argv[1:]])

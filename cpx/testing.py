@@ -222,7 +222,8 @@ def check_augmentation(entry: Entry, competition: Competition) -> None:
 
 def check_competition(entry: Entry) -> None:
     """A competition profile: classes, a palette of RGB triples for them, flip pairs that are
-    valid distinct class ids, a positive image size, and a synthetic generator (when present)
+    valid distinct class ids (with a pair side of right, left or None and midline classes outside
+    the pairs), a positive image size, and a synthetic generator (when present)
     that gives images and masks of the size asked for."""
     comp = entry.target
     what = f"competition {entry.name}"
@@ -236,6 +237,9 @@ def check_competition(entry: Entry) -> None:
     assert len(ids) == len(set(ids)) and all(0 <= i < comp.num_classes for i in ids), f"{what}: bad flip pairs"
     perm = comp.flip_permutation()
     assert sorted(perm) == list(range(comp.num_classes)) and [perm[p] for p in perm] == list(range(comp.num_classes))
+    assert comp.pair_side in (None, "right", "left"), f"{what}: pair_side must be 'right', 'left' or None"
+    assert all(0 <= i < comp.num_classes and i not in ids for i in comp.midline_classes), \
+        f"{what}: midline classes must be class ids outside the flip pairs"
     assert comp.image_size > 0
     if comp.synthesize is not None:
         samples = list(comp.synthesize(2, 32, 0))

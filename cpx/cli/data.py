@@ -24,17 +24,21 @@ def register(app: typer.Typer) -> None:
     def check_command(
         folder: Annotated[Path, typer.Argument(help="a data folder in the competition's layout")],
         competition: Annotated[Optional[str], typer.Option(help="competition profile")] = None,
+        labels: Annotated[bool, typer.Option("--labels", help="also list masks whose left/right classes sit on the "
+                                                              "wrong side of the face, with a confidence")] = False,
         json_: Annotated[bool, typer.Option("--json")] = False,
     ):
         """Count images, show per-class pixel share and presence, and list every problem."""
         comp = _common.host().competition(_common.pick_competition(competition))
         if not folder.is_dir():
             raise DataError(f"data folder {folder} does not exist")
-        report = datalib.check_dataset(folder, comp)
+        report = datalib.check_dataset(folder, comp, labels=labels)
         if json_:
             print_json(report.to_dict())
         else:
             render_report(report, comp)
+            if report.labels is not None:
+                render_labels(report.labels, comp)
         if report.problems:
             raise typer.Exit(1)
 
@@ -57,6 +61,30 @@ def register(app: typer.Typer) -> None:
             raise DataError("--count must be >= 1, --size >= 8, --test-count >= 0")
         datalib.write_dataset(folder, comp, comp.synthesize(count + test_count, size, seed), test_count=test_count)
         console.print(f"wrote {count} labelled and {test_count} test images ({size}x{size}) to {folder}")
+
+
+def render_labels(check, comp) -> None:
+    """The label check: the side convention and its support, then every suspect mask."""
+    pairs = ", ".join(f"{comp.classes[a]}/{comp.classes[b]}" for a, b in comp.flip_pairs)
+    origin = "the profile says" if check.declared else "most masks say"
+    console.print(f"[bold]label check[/] ({pairs}): the first class of each pair belongs on the image "
+                  f"{check.side} ({origin}); {check.agree} of {check.agree + check.disagree} pairs with both classes "
+                  f"present sit that way", highlight=False)
+    for line in check.warnings:
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if not check.suspects:
+        console.print(f"[green]no suspect masks[/] among {check.checked}")
+        return
+    strong = len(check.selected(0.5))
+    table = Table(title=f"{len(check.suspects)} suspect mask(s) of {check.checked} ({strong} with confidence >= 0.5): "
+                        "left/right classes reversed against each other and the midline", title_justify="left")
+    for col, just in (("mask", "left"), ("confidence", "right"), ("reversed pairs (confidence)", "left")):
+        table.add_column(col, justify=just)
+    for s in check.suspects:
+        table.add_row(s.name, f"{s.confidence:.2f}", s.describe(comp.classes))
+    console.print(table)
+    console.print("[dim]train without them: --set data.exclude_suspect=true; or corrected: "
+                  "--set data.fix_suspect=true (data.suspect_min_confidence, default 0.5)[/]", highlight=False)
 
 
 def render_report(report, comp) -> None:

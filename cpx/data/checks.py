@@ -26,6 +26,7 @@ from cpx.data.images import (
     relative_path,
     rgb_array,
 )
+from cpx.data.labels import LabelCheck, class_centroids, judge_centroids
 from cpx.data.layout import scan
 from cpx.kernel.errors import Problem
 
@@ -52,6 +53,8 @@ class DataReport:
     problems: list[Problem] = field(default_factory=list)
     # things that do not stop training but deserve a look (EXIF rotation tags)
     warnings: list[Problem] = field(default_factory=list)
+    # masks with left/right classes on the wrong side (``labels=True`` only)
+    labels: Optional[LabelCheck] = None
     seconds: float = 0.0
 
     @property
@@ -69,6 +72,7 @@ class DataReport:
                                    for (h, w), n in sorted(self.test_image_sizes.items())}
         out["problems"] = [asdict(p) for p in self.problems]
         out["warnings"] = [asdict(p) for p in self.warnings]
+        out["labels"] = self.labels.to_dict() if self.labels is not None else None
         out["ok"] = self.ok
         return out
 
@@ -77,6 +81,7 @@ class DataReport:
 class _PairResult:
     image_size: Optional[Size] = None
     counts: Optional[np.ndarray] = None  # bincount over 0..255
+    centroids: Optional[np.ndarray] = None  # per class mean column (labels=True)
     problems: list[BadFile] = field(default_factory=list)
     warnings: list[BadFile] = field(default_factory=list)
 
@@ -89,7 +94,7 @@ def _rotation_warning(img, path: Path) -> Optional[BadFile]:
                    "cpx uses the pixels as stored (as the masks and the scorer do), so check that they match")
 
 
-def _check_pair(img_path: Path, mask_path: Path, num_classes: int, deep: bool) -> _PairResult:
+def _check_pair(img_path: Path, mask_path: Path, num_classes: int, deep: bool, labels: bool = False) -> _PairResult:
     res = _PairResult()
     mask_size = None
     try:
@@ -112,6 +117,8 @@ def _check_pair(img_path: Path, mask_path: Path, num_classes: int, deep: bool) -
                 if bad_ids.size:
                     res.problems.append(BadFile(mask_path, "bad_class",
                                              bad_ids_message(bad_ids, num_classes)))
+                elif labels:
+                    res.centroids = class_centroids(arr, num_classes)
             else:
                 check_mask_mode(m, mask_path)
     except BadFile as bad:
@@ -134,13 +141,15 @@ def _check_image(path: Path, deep: bool) -> tuple[Optional[Size], Optional[BadFi
         return None, bad
 
 
-def check_dataset(root: os.PathLike, competition: Competition, *, deep: bool = True,
+def check_dataset(root: os.PathLike, competition: Competition, *, deep: bool = True, labels: bool = False,
                   workers: Optional[int] = None, progress: Progress = None) -> DataReport:
     """Check a data folder and summarise it; problems are collected, never raised.
 
     ``deep`` decodes every file in full (finds truncated files and counts class pixels);
-    otherwise only headers are read.
+    otherwise only headers are read. ``labels`` (implies ``deep``) also looks for masks whose
+    left/right classes sit on the wrong side (:mod:`cpx.data.labels`), in ``report.labels``.
     """
+    deep = deep or labels
     start = time.perf_counter()
     root = Path(root)
     found = scan(root, competition)
@@ -168,9 +177,12 @@ def check_dataset(root: os.PathLike, competition: Competition, *, deep: bool = T
     presence = np.zeros(256, dtype=np.int64)
     masks_counted = 0
     with ThreadPoolExecutor(worker_count(workers)) as pool:
-        pair_results = pool.map(lambda s: _check_pair(found.images[s], found.masks[s], k, deep),
+        pair_results = pool.map(lambda s: _check_pair(found.images[s], found.masks[s], k, deep, labels),
                                 pairs)
-        for res in pair_results:
+        centroids: list[tuple[str, np.ndarray]] = []
+        for stem, res in zip(pairs, pair_results):
+            if res.centroids is not None:
+                centroids.append((stem, res.centroids))
             if res.image_size:
                 report.image_sizes[res.image_size] = report.image_sizes.get(res.image_size, 0) + 1
             if res.counts is not None:
@@ -196,6 +208,9 @@ def check_dataset(root: os.PathLike, competition: Competition, *, deep: bool = T
         report.pixel_share = [float(c) / pixels if pixels else 0.0 for c in counts[:k]]
         report.presence_share = [float(c) / masks_counted if masks_counted else 0.0
                                  for c in presence[:k]]
+    if labels:
+        table = np.stack([c for _, c in centroids]) if centroids else np.zeros((0, k))
+        report.labels = judge_centroids(table, [n for n, _ in centroids], competition)
     report.problems = problems
     report.seconds = time.perf_counter() - start
     return report

@@ -55,7 +55,8 @@ class Rules:
 @dataclass(frozen=True)
 class Competition:
     """A competition profile: classes (ids are positions), palette, left/right pairs a flip must
-    swap, image size, parameter limit, metric name, data layout, submission format, rules and
+    swap (with the image side of each pair's first class and the midline classes, for label
+    checks), image size, parameter limit, metric name, data layout, submission format, rules and
     an optional synthetic-data generator ``synthesize(count, size, seed)``.
     """
 
@@ -65,6 +66,12 @@ class Competition:
     palette: tuple[tuple[int, int, int], ...] = ()
     # class-id pairs that trade places when the image is mirrored left-right
     flip_pairs: tuple[tuple[int, int], ...] = ()
+    # the image side ("right" or "left") the FIRST class of each flip pair sits on in correctly
+    # labelled masks; None leaves it to the majority of the masks (``cpx data check --labels``)
+    pair_side: Optional[str] = None
+    # classes on the left/right midline (e.g. the nose), in order of preference: the label check
+    # expects each pair's classes on either side of the first one present in a mask
+    midline_classes: tuple[int, ...] = ()
     image_size: int = 512
     # trainable parameters must be strictly fewer than this
     max_params: Optional[int] = None

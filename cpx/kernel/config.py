@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.registry import format_validation_error
@@ -63,6 +63,18 @@ class DataConfig(Section):
     synthetic_size: int = Field(128, gt=7, description="size of generated images")
     synthetic_seed: int = Field(0, description="seed of the synthetic generator")
     cache: bool = Field(True, description="keep a decoded uint8 cache file under experiments/cache")
+    exclude_suspect: bool = Field(False, description="train without the training masks whose left/right classes "
+                                                     "sit on the wrong side (cpx data check --labels)")
+    fix_suspect: bool = Field(False, description="train on those masks with their reversed left/right pairs "
+                                                 "swapped back")
+    suspect_min_confidence: float = Field(0.5, ge=0, le=1, description="the label-check confidence from which "
+                                                                       "exclude_suspect / fix_suspect act on a mask")
+
+    @model_validator(mode="after")
+    def _one_label_policy(self) -> "DataConfig":
+        if self.exclude_suspect and self.fix_suspect:
+            raise ValueError("exclude_suspect and fix_suspect: choose one")
+        return self
 
 
 class TrainConfig(Section):

@@ -17,6 +17,7 @@ import torch
 
 from cpx import data as datalib
 from cpx.data.competition import Competition
+from cpx.data.labels import apply_label_policy
 from cpx.kernel.config import ExperimentConfig, build_config, resolve, validate
 from cpx.kernel.device import count_params, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RuleViolation, RunError
@@ -77,6 +78,8 @@ class PreparedData:
     train: tuple[torch.Tensor, torch.Tensor]
     val: Optional[tuple[torch.Tensor, list[torch.Tensor]]]
     synthetic: bool
+    # what data.exclude_suspect / data.fix_suspect did: {"action", "names", "pairs", "checked"}
+    label_policy: Optional[dict] = None
 
 
 def synthetic_root(workspace: Workspace, competition: Competition, count: int, size: int, seed: int) -> Path:
@@ -115,6 +118,23 @@ def prepare_data(config: ExperimentConfig, competition: Competition, workspace: 
     fp = datalib.fingerprint(root, competition)
     cache = workspace.cache_dir if d.cache else None
     train = datalib.load_dataset(root, competition, train_names, d.image_size, cache_dir=cache)
+    label_policy = None
+    if d.exclude_suspect or d.fix_suspect:
+        # only training masks: the validation split stays the competition's, labels and all
+        keep, masks, check, chosen = apply_label_policy(train_names, train[1], competition,
+                                                        exclude=d.exclude_suspect, fix=d.fix_suspect,
+                                                        min_confidence=d.suspect_min_confidence)
+        label_policy = {"action": "exclude" if d.exclude_suspect else "fix", "checked": check.checked,
+                        "min_confidence": d.suspect_min_confidence, "side": check.side,
+                        "names": [s.name for s in chosen], "pairs": [[list(p) for p in s.pairs] for s in chosen]}
+        if len(keep) < len(train_names):
+            index = torch.tensor(keep, dtype=torch.long)
+            train_names = [train_names[i] for i in keep]
+            train = (train[0].index_select(0, index), masks.index_select(0, index))
+        else:
+            train = (train[0], masks)
+        if not train_names:
+            raise DataError(f"{root}: every training mask is a label suspect; nothing left to train on")
     val = None
     if val_names:
         val_images, _ = datalib.load_dataset(root, competition, val_names, d.image_size, cache_dir=cache)
@@ -122,7 +142,7 @@ def prepare_data(config: ExperimentConfig, competition: Competition, workspace: 
         masks = datalib.scan(root, competition).masks
         val_masks = [torch.from_numpy(datalib.read_mask(masks[n], competition.num_classes).copy()) for n in val_names]
         val = (val_images, val_masks)
-    return PreparedData(root, fp, train_names, val_names, train, val, synthetic)
+    return PreparedData(root, fp, train_names, val_names, train, val, synthetic, label_policy)
 
 
 def git_commit(path: Path) -> Optional[str]:
@@ -318,9 +338,11 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
         if main and resume_state is None:
             folder.write_config(config.model_dump(mode="json"), diff=diff, command=request.command)
             folder.write_val_names(data.val_names)
-            folder.write_data_info({"path": str(data.root), "synthetic": data.synthetic,
-                                    "fingerprint": data.fingerprint, "train": len(data.train_names),
-                                    "val": len(data.val_names)})
+            info = {"path": str(data.root), "synthetic": data.synthetic, "fingerprint": data.fingerprint,
+                    "train": len(data.train_names), "val": len(data.val_names)}
+            if data.label_policy is not None:
+                info["label_suspects"] = data.label_policy
+            folder.write_data_info(info)
         return _fit(run_id, folder, config, diff, competition, device, precision, model, loss_fn, augment,
                     params, data, resume_state, ledger, callbacks)
 

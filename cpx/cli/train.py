@@ -53,7 +53,9 @@ class RichProgress:
         self.progress.update(self.batch_task, completed=i + 1)
 
     def on_epoch_end(self, trainer, record):
-        info = f"loss {record.train_loss:.4f}  val F {format_f(record.val_f)}  best {format_f(trainer.best_f)}  {record.images_per_s:.1f} img/s"
+        ema = f" (EMA {format_f(record.val_f_ema)})" if record.val_f_ema is not None else ""
+        info = (f"loss {record.train_loss:.4f}  val F {format_f(record.val_f)}{ema}  best {format_f(trainer.best_f)}  "
+                f"{record.images_per_s:.1f} img/s")
         self.progress.update(self.epoch_task, completed=trainer.epoch, total=trainer.settings.epochs, info=info)
         self.progress.update(self.batch_task, completed=0)
 
@@ -68,8 +70,9 @@ class LogProgress:
         _print_header(info)
 
     def on_epoch_end(self, trainer, record):
+        ema = f" val_f_ema {format_f(record.val_f_ema)}" if record.val_f_ema is not None else ""
         print(f"epoch {record.epoch}/{trainer.settings.epochs} loss {record.train_loss:.4f} "
-              f"val_f {format_f(record.val_f)} lr {record.lr:.2e} {record.images_per_s:.1f} img/s "
+              f"val_f {format_f(record.val_f)}{ema} lr {record.lr:.2e} {record.images_per_s:.1f} img/s "
               f"{record.seconds:.1f}s", flush=True)
 
 

@@ -79,7 +79,7 @@ class DataConfig(Section):
 
 class TrainConfig(Section):
     """The training loop: epochs, batch size, precision, device, clipping, early stopping,
-    seed, validation cadence and an optional wall-clock budget.
+    seed, validation cadence, an optional wall-clock budget and an optional weight EMA.
     """
 
     epochs: int = Field(300, gt=0, description="maximum number of epochs")
@@ -93,6 +93,9 @@ class TrainConfig(Section):
     val_every: int = Field(1, gt=0, description="validate every N epochs")
     channels_last: bool = Field(True, description="use channels-last memory format for convolutions")
     budget_minutes: Optional[float] = Field(None, gt=0, description="fit the schedule to this wall-clock budget")
+    ema: Optional[float] = Field(None, gt=0, lt=1, description="decay of an exponential moving average of the weights "
+                                                               "(e.g. 0.999), validated beside the raw weights; best.pt "
+                                                               "keeps whichever scored best; empty disables")
 
 
 class ExperimentConfig(Section):

@@ -33,10 +33,13 @@ def plot_history(runs: Sequence[tuple[str, list[dict]]], path: Path) -> Path:
         if val:
             axes[0].plot(*zip(*val), "--", color=color, marker=marker, markersize=3)
         f = [(h["epoch"], h["val_f"]) for h in history if h.get("val_f") is not None]
+        f_ema = [(h["epoch"], h["val_f_ema"]) for h in history if h.get("val_f_ema") is not None]
         best = ""
+        if f_ema:  # the EMA weights, dotted beside the raw ones
+            axes[1].plot(*zip(*f_ema), ":", color=color, marker=marker, markersize=3)
         if f:
             axes[1].plot(*zip(*f), color=color, marker=marker, markersize=3)
-            be, bf = max(f, key=lambda p: p[1])
+            be, bf = max(f + f_ema, key=lambda p: p[1])
             axes[1].plot([be], [bf], "*", color=color, markersize=13, markeredgecolor="black", markeredgewidth=0.6)
             best = f"  (best F {bf:.4f} @ {be})"
         lr = [(h["epoch"], h["lr"]) for h in history if h.get("lr") is not None]
@@ -48,6 +51,10 @@ def plot_history(runs: Sequence[tuple[str, list[dict]]], path: Path) -> Path:
                 ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
     styles = [Line2D([], [], color="0.3", label="train"), Line2D([], [], color="0.3", linestyle="--", label="val")]
     axes[0].legend(handles=styles, fontsize=9, loc="upper right")
+    if any(h.get("val_f_ema") is not None for _, history in runs for h in history):
+        axes[1].legend(handles=[Line2D([], [], color="0.3", label="raw weights"),
+                                Line2D([], [], color="0.3", linestyle=":", label="EMA weights")],
+                       fontsize=9, loc="lower right")
     for ax, title in zip(axes, ("loss", "validation F (per image)", "learning rate")):
         ax.set_title(title, fontsize=12)
         ax.set_xlabel("epoch")

@@ -13,6 +13,7 @@ summed across ranks, so every rank sees the same numbers and takes the same deci
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import defaultdict
@@ -31,7 +32,8 @@ from cpx.train.collective import all_reduce, rank_world
 @dataclass
 class EpochRecord:
     """One epoch of history: mean training loss, last learning rate, seconds, images/s, and when
-    validated the validation loss and per-image F (and whether it improved).
+    validated the validation loss and per-image F of the raw weights, those of the EMA weights
+    (``*_ema``, with ``train.ema``) and whether the better of the two improved on the best.
     """
 
     epoch: int
@@ -41,6 +43,8 @@ class EpochRecord:
     images_per_s: float
     val_loss: Optional[float] = None
     val_f: Optional[float] = None
+    val_loss_ema: Optional[float] = None
+    val_f_ema: Optional[float] = None
     improved: bool = False
 
 
@@ -65,6 +69,9 @@ class TrainerSettings:
     precision: str = "fp32"  # resolved: fp32, bf16 or fp16
     channels_last: bool = False
     val_batch_size: int = 16
+    ema: Optional[float] = None  # decay of the weights' exponential moving average; None: no EMA
+    # the weights best.pt keeps when nothing is validated: "ema" or "raw" (default: ema when on)
+    select_weights: Optional[str] = None
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float, schedule: str) -> float:
@@ -79,6 +86,16 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def ema_decay(decay: float, updates: int) -> float:
+    """The EMA decay after ``updates`` optimizer steps: ``min(decay, (1 + n) / (10 + n))``.
+
+    The warm-up is TensorFlow's ``tf.train.ExponentialMovingAverage(num_updates=...)``: early
+    on the average follows the weights closely, so a short run's EMA is not stuck near its
+    random initialisation (a constant 0.999 would keep 0.999**100 = 90% of it after 100 steps).
+    """
+    return min(decay, (1.0 + updates) / (10.0 + updates))
 
 
 class Diverged(RunError):
@@ -121,6 +138,13 @@ class Trainer:
                 if device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
                                                                  gradient_as_bucket_view=True)
+        # the EMA copy follows the bare module's parameters after every step; buffers (batch-norm
+        # statistics) are copied, not averaged, so they match the weights they were measured with
+        self.ema_model: Optional[torch.nn.Module] = None
+        if settings.ema is not None:
+            self.ema_model = copy.deepcopy(self.model).eval()
+            for p in self.ema_model.parameters():
+                p.requires_grad_(False)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
@@ -131,6 +155,8 @@ class Trainer:
         self.stale = 0  # validations since the last improvement
         self.history: list[dict] = []
         self.stop_reason = ""
+        # which weights scored best: "ema" or "raw" (best.pt says which)
+        self.best_weights = settings.select_weights or ("ema" if self.ema_model is not None else "raw")
 
     # --- setup -----------------------------------------------------------------------
 
@@ -189,12 +215,20 @@ class Trainer:
                                    "(train.grad_clip); the checkpoints keep the last finite epoch")
                 if self.val_data is not None and ((self.epoch % s.val_every == 0) or self.epoch == s.epochs):
                     record.val_loss, record.val_f = self.validate()
-                    if record.val_f > self.best_f:
-                        self.best_f, self.best_epoch, self.stale = record.val_f, self.epoch, 0
+                    score, kind = record.val_f, "raw"
+                    if self.ema_model is not None:
+                        record.val_loss_ema, record.val_f_ema = self.validate(self.ema_model)
+                        if record.val_f_ema >= score:
+                            score, kind = record.val_f_ema, "ema"
+                    if score > self.best_f:
+                        self.best_f, self.best_epoch, self.stale, self.best_weights = score, self.epoch, 0, kind
                         record.improved = True
                     else:
                         self.stale += 1
-                self.history.append(asdict(record))
+                entry = asdict(record)
+                if self.ema_model is None:
+                    del entry["val_loss_ema"], entry["val_f_ema"]
+                self.history.append(entry)
                 self._fire("on_epoch_end", record)
                 if s.patience and self.stale >= s.patience:
                     self.stop_reason = f"no improvement in {self.stale} validations (patience)"
@@ -249,6 +283,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.step += 1
+            if self.ema_model is not None:
+                self._update_ema()
             total_loss += loss.detach() * len(idx)
             seen += len(idx)
             self._fire("on_batch_end", i, loss)
@@ -262,21 +298,35 @@ class Trainer:
                            seconds=round(seconds, 3), images_per_s=round(seen / max(seconds, 1e-9), 3))
 
     @torch.no_grad()
-    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Float logits for a uint8 batch, at the batch's resolution."""
+    def _update_ema(self) -> None:
+        """ema = d * ema + (1 - d) * weights for every parameter (d from :func:`ema_decay`);
+        buffers copied."""
+        d = ema_decay(self.settings.ema, self.step)
+        ema_params = [p for p in self.ema_model.parameters()]
+        params = [p.detach() for p in self.model.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        for ema_buf, buf in zip(self.ema_model.buffers(), self.model.buffers()):
+            ema_buf.copy_(buf)
+
+    @torch.no_grad()
+    def predict_logits(self, images: torch.Tensor, model: Optional[torch.nn.Module] = None) -> torch.Tensor:
+        """Float logits of ``model`` (default: the trained weights) for a uint8 batch, at the
+        batch's resolution."""
         x = images.to(self.device).float().div_(255)
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.settings.precision):
-            return self.model(x).float()
+            return (model or self.model)(x).float()
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
-        """Validation loss and the competition's per-image F at the masks' own resolution.
+    def validate(self, model: Optional[torch.nn.Module] = None) -> tuple[float, float]:
+        """Validation loss and the competition's per-image F of ``model`` (default: the trained
+        weights; the EMA copy is validated through this too) at the masks' own resolution.
 
         Under data parallelism each rank scores every world-th image and the sums are reduced.
         """
-        self.model.eval()
+        model = model or self.model
+        model.eval()
         images, masks = self.val_data
         if self.world > 1:
             images, masks = images[self.rank::self.world], masks[self.rank::self.world]
@@ -284,7 +334,7 @@ class Trainer:
         loss_sum, f_sum, count = 0.0, 0.0, 0
         bs = self.settings.val_batch_size
         for a in range(0, len(images), bs):
-            logits = self.predict_logits(images[a:a + bs])
+            logits = self.predict_logits(images[a:a + bs], model)
             for j, gt in enumerate(masks[a:a + bs]):
                 gt = gt.to(self.device).long()
                 one = logits[j:j + 1]
@@ -314,6 +364,8 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "stale": self.stale,
             "history": self.history,
+            "best_weights": self.best_weights,
+            **({"ema": self.ema_model.state_dict()} if self.ema_model is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -323,3 +375,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         for key in ("epoch", "step", "best_f", "best_epoch", "stale", "history"):
             setattr(self, key, state[key])
+        self.best_weights = state.get("best_weights", self.best_weights)
+        if self.ema_model is not None:
+            if "ema" not in state:
+                raise RunError("the resume state holds no EMA weights (the run was started without train.ema)")
+            self.ema_model.load_state_dict(state["ema"])

@@ -178,7 +178,7 @@ def settings_from(config: ExperimentConfig, precision: str) -> TrainerSettings:
         epochs=t.epochs, batch_size=t.batch_size, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas),
         optimizer=o.name, momentum=o.momentum, schedule=s.name, warmup_epochs=s.warmup_epochs, min_lr=s.min_lr,
         grad_clip=t.grad_clip, patience=t.patience, seed=t.seed, val_every=t.val_every, precision=precision,
-        channels_last=t.channels_last,
+        channels_last=t.channels_last, ema=t.ema,
     )
 
 
@@ -439,8 +439,10 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
 
 
 def best_payload(tr: Trainer, config: ExperimentConfig, competition: Competition, record, run_id: str) -> dict:
-    """What best.pt holds: weights under ``state_dict`` (the competition's key) plus how to rebuild."""
-    state = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
+    """What best.pt holds: the weights that scored best under ``state_dict`` (the competition's
+    key), ``weights`` saying which (``ema`` or ``raw``), plus how to rebuild the model."""
+    source = tr.ema_model if tr.best_weights == "ema" and tr.ema_model is not None else tr.model
+    state = {k: v.detach().clone() for k, v in source.state_dict().items()}
     return {
         "state_dict": state,
         "model": config.model.name,
@@ -449,7 +451,8 @@ def best_payload(tr: Trainer, config: ExperimentConfig, competition: Competition
         "competition": competition.name,
         "image_size": config.data.image_size,
         "epoch": tr.epoch,
-        "val_f": record.val_f,
+        "val_f": tr.best_f if record.improved else record.val_f,
+        "weights": "ema" if source is tr.ema_model else "raw",
         "run_id": run_id,
     }
 

@@ -8,6 +8,12 @@ images and masks together:
 * Geometry is one affine matrix per sample (mirror x rotation x scale + translation), turned
   into one sampling grid for the whole batch; images sample it bilinearly and masks with
   nearest, so the two stay pixel-aligned and masks only ever hold ids already in them.
+* Multi-scale random crops (``crop_scale``, ``crop_size``) fold into the same matrix: each
+  sample is zoomed by a factor drawn from ``crop_scale`` and a ``crop_size`` square is cut at
+  a uniformly random position of the zoomed image (the image sits at a random place inside the
+  square, padded, when it is smaller), as DeepLab trains (random scale, then a fixed crop).
+  The batch comes out ``crop_size`` pixels square; prediction is unchanged (whole images at
+  the training size), which fully convolutional models take in their stride.
 * Areas brought in from outside the frame are 0 in the image and class 0 (background) in the
   mask. Reflect padding was rejected: it mirrors the border region, so a reflected eye or ear
   would carry the wrong left/right label.
@@ -59,8 +65,13 @@ class AugmentOptions(BaseModel):
     noise: float = Field(0.0, ge=0.0, le=0.5,
                          description="Maximum standard deviation of additive Gaussian noise; each sample draws "
                                      "its own in [0, noise].")
+    crop_scale: tuple[float, float] = Field((1.0, 1.0), description="Range (low, high) of the zoom drawn per sample "
+                                                                    "before a random crop (multi-scale training, "
+                                                                    "e.g. [0.5, 1.5]); (1, 1) with no crop_size: off.")
+    crop_size: Optional[int] = Field(None, gt=0, description="Side in pixels of the random square crop the batch is "
+                                                             "cut to; empty keeps the input size.")
 
-    @field_validator("scale", "blur_sigma")
+    @field_validator("scale", "blur_sigma", "crop_scale")
     @classmethod
     def _ordered_positive_range(cls, value: tuple[float, float]) -> tuple[float, float]:
         low, high = value
@@ -98,7 +109,8 @@ class BatchAugment(nn.Module):
         super().__init__()
         self.options = options
         o = options
-        self.warps = o.rotation > 0 or o.scale != (1.0, 1.0) or o.translate > 0
+        self.crops = o.crop_size is not None or tuple(o.crop_scale) != (1.0, 1.0)
+        self.warps = o.rotation > 0 or o.scale != (1.0, 1.0) or o.translate > 0 or self.crops
         self.color = (K.ColorJitter(o.brightness, o.contrast, o.saturation, o.hue, p=1.0)
                       if (o.brightness or o.contrast or o.saturation or o.hue) else None)
         if o.blur > 0:
@@ -150,7 +162,8 @@ class BatchAugment(nn.Module):
 
         if self.warps:
             # building the sampling grid costs more than sampling it, so both warps share one
-            grid = self._sampling_grid(batch, height, width, flipped, device)
+            size = (o.crop_size or height, o.crop_size or width) if self.crops else (height, width)
+            grid = self._sampling_grid(batch, height, width, flipped, device, size)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
             # float32 holds every id below 2**24 exactly, so the round trip is lossless
             m = F.grid_sample(m.unsqueeze(1).float(), grid, mode="nearest", padding_mode="zeros",
@@ -170,11 +183,14 @@ class BatchAugment(nn.Module):
         return x.to(images.dtype), m
 
     def _sampling_grid(self, batch: int, height: int, width: int, flipped: torch.Tensor,
-                       device: torch.device) -> torch.Tensor:
-        """One ``B x H x W x 2`` grid: per sample a mirror, a rotation and a zoom about the centre, and a shift.
+                       device: torch.device, out_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        """One ``B x H' x W' x 2`` grid (``out_size``, default the input's ``H x W``): per sample a
+        mirror, a rotation and a zoom about the centre, and a shift; with crops on, then a zoom
+        from ``crop_scale`` and a crop of ``out_size`` at a random position.
 
         The parameters are drawn on the CPU; only the small matrices travel to ``device``.
         """
+        out_h, out_w = out_size or (height, width)
         o = self.options
         angle = torch.deg2rad((torch.rand(batch) * 2 - 1) * o.rotation)
         low, high = o.scale
@@ -193,13 +209,25 @@ class BatchAugment(nn.Module):
         # pixel centres run 0..W-1 under align_corners=True, so the mirror axis is (W - 1) / 2
         centre = torch.tensor([(width - 1) / 2, (height - 1) / 2])
         offset = centre - (linear @ (centre + shift).unsqueeze(-1)).squeeze(-1)
+        if self.crops:
+            # Output pixel p of the crop is point (p + origin) / s of the zoomed frame, so the map
+            # above applies to that point: linear / s, and offset + linear @ origin / s.
+            low, high = o.crop_scale
+            s = low + torch.rand(batch) * (high - low)
+            extent = torch.stack([s * (width - 1) - (out_w - 1), s * (height - 1) - (out_h - 1)], dim=-1)
+            # uniform over the zoomed image when the crop fits in it, else over where the
+            # smaller image can sit inside the crop (a negative origin)
+            origin = torch.minimum(extent, torch.zeros(())) + torch.rand(batch, 2) * extent.abs()
+            linear = linear / s.view(batch, 1, 1)
+            offset = offset + (linear @ origin.unsqueeze(-1)).squeeze(-1)
         matrix = torch.zeros(batch, 3, 3)
         matrix[:, :2, :2] = linear
         matrix[:, :2, 2] = offset
         matrix[:, 2, 2] = 1.0
-        # affine_grid works in [-1, 1] coordinates rather than pixels
-        theta = normalize_homography(matrix, (height, width), (height, width), align_corners=True)[:, :2]
-        return F.affine_grid(theta.to(device), [batch, 1, height, width], align_corners=True)
+        # affine_grid works in [-1, 1] coordinates rather than pixels; the matrix maps output
+        # pixels (kornia's "source") to input pixels ("destination")
+        theta = normalize_homography(matrix, (out_h, out_w), (height, width), align_corners=True)[:, :2]
+        return F.affine_grid(theta.to(device), [batch, 1, out_h, out_w], align_corners=True)
 
 
 @hookimpl

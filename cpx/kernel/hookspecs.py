@@ -139,8 +139,9 @@ def register_augmentations(register: RegisterAugmentation) -> None:
     :param register: ``register(name, factory, options=OptionsModel, description="")``.
         ``factory(options, competition)`` returns an ``nn.Module`` whose
         ``forward(images, masks)`` takes float images ``B x 3 x H x W`` in [0, 1] and long
-        masks ``B x H x W`` and returns both transformed. The competition gives the
-        left/right class pairs a horizontal flip must swap.
+        masks ``B x H x W`` and returns both transformed, at ``H x W`` or (random crops) at
+        another size shared by images and masks. The competition gives the left/right class
+        pairs a horizontal flip must swap.
 
     Example::
 

@@ -41,8 +41,11 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             diff = r.get("config_diff") or {}
             label = r["id"] if (r.get("name") or r["id"]) == r["id"] else f"{r['name']}\n[dim]{r['id']}[/]"
+            val_f = format_f(r.get("best_val_f"))
+            if r.get("refit_of"):  # nothing was held out: the parent's score, marked
+                val_f += f"\n[dim]refit of {r['refit_of']}: its val F, not measurable[/]"
             table.add_row(label, r.get("recipe") or "", r.get("status") or "",
-                          format_f(r.get("best_val_f")), str(r.get("best_epoch") or "-"), str(r.get("last_epoch") or "-"),
+                          val_f, str(r.get("best_epoch") or "-"), str(r.get("last_epoch") or "-"),
                           f"{r['params']:,}" if r.get("params") else "-",
                           f"{r['wall_seconds']:.0f}s" if r.get("wall_seconds") else "-",
                           ", ".join(f"{k.split('.')[-1]}={v}" for k, v in diff.items()))

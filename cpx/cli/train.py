@@ -102,6 +102,9 @@ def register(app: typer.Typer) -> None:
         name: Annotated[Optional[str], typer.Option(help="a name for the run")] = None,
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="override any field: section.key=value (repeatable)")] = None,
         resume: Annotated[Optional[str], typer.Option(help="continue run RUN from its last.pt")] = None,
+        refit: Annotated[Optional[str], typer.Option(help="retrain run RUN's config on every labelled image (train + "
+                                                          "validation) for the epochs RUN chose; its val F is "
+                                                          "carried from RUN, marked as not measurable")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain log lines instead of progress bars")] = False,
         nproc: Annotated[int, typer.Option(help="data-parallel processes on this node (batch size stays global)")] = 1,
         nnodes: Annotated[str, typer.Option(help="nodes taking part: N, or MIN:MAX for elastic membership")] = "1",
@@ -115,7 +118,8 @@ def register(app: typer.Typer) -> None:
             from cpx.kernel.errors import ConfigError
 
             raise ConfigError("--resume continues a run with its own config; drop the recipe and overrides")
-        request = TrainRequest(recipe=recipe, overrides=overrides, name=name, resume=resume, command=command_line())
+        request = TrainRequest(recipe=recipe, overrides=overrides, name=name, resume=resume, refit=refit,
+                               command=command_line())
         if nproc != 1 or nnodes != "1" or rdzv_endpoint:
             from cpx.train.distributed import launch
 
@@ -131,7 +135,11 @@ def register(app: typer.Typer) -> None:
         table = Table(show_header=False, box=None)
         table.add_row("run", result.run_id)
         table.add_row("status", result.status + (f" ({result.message})" if result.message else ""))
-        table.add_row("best val F", f"{format_f(result.best_val_f)} (epoch {result.best_epoch})")
+        if result.refit_of:
+            table.add_row("val F", f"{format_f(result.best_val_f)}, carried from {result.refit_of} (not measurable: "
+                                   "every labelled image trained)")
+        else:
+            table.add_row("best val F", f"{format_f(result.best_val_f)} (epoch {result.best_epoch})")
         table.add_row("epochs", str(result.epochs))
         table.add_row("parameters", f"{result.params:,}")
         table.add_row("wall time", f"{result.wall_seconds:.0f} s")

@@ -93,6 +93,9 @@ class TrainConfig(Section):
     val_every: int = Field(1, gt=0, description="validate every N epochs")
     channels_last: bool = Field(True, description="use channels-last memory format for convolutions")
     budget_minutes: Optional[float] = Field(None, gt=0, description="fit the schedule to this wall-clock budget")
+    stop_after: Optional[int] = Field(None, gt=0, description="end after this many epochs while keeping the "
+                                                             "learning-rate schedule of train.epochs (a refit "
+                                                             "stops where its parent's best epoch was)")
     ema: Optional[float] = Field(None, gt=0, lt=1, description="decay of an exponential moving average of the weights "
                                                                "(e.g. 0.999), validated beside the raw weights; best.pt "
                                                                "keeps whichever scored best; empty disables")

@@ -323,7 +323,7 @@ def run_checkpoint(row: Row) -> str:
     """``run / checkpoint``, naming the ``cpx validate`` record when the val F comes from one."""
     run = row.run_name or row.run_id or "-"
     text = f"{run} / {row.checkpoint}" if row.checkpoint else run
-    if row.val_source.startswith("validate"):
+    if row.val_source.startswith(("validate", "refit")):
         text += f" ({row.val_source})"
     return text
 
@@ -335,6 +335,8 @@ def _run_val(ledger: Ledger, run: dict) -> tuple[Optional[float], str, Optional[
     if val is not None:
         source = f"train ep {run['best_epoch']}" if run.get("best_epoch") else "train"
         checkpoint = "best" if run.get("kind") == "train" else None
+    if run.get("refit_of") and val is not None:
+        source = f"refit of {run['refit_of']}: its val F, not measurable"
     if run.get("kind") == "ensemble":
         source, checkpoint = ("ensemble" if val is not None else ""), "members"
     if run.get("kind") == "imported":

@@ -238,3 +238,11 @@ def m007_run_owner_process(db: sqlite3.Connection) -> None:
     """The PID and host of the process training a run."""
     db.execute("ALTER TABLE runs ADD COLUMN pid INTEGER")
     db.execute("ALTER TABLE runs ADD COLUMN host TEXT")
+
+
+@migration
+def m008_run_refit_of(db: sqlite3.Connection) -> None:
+    # A refit retrains a validated run's config on every labelled image for the epochs that run
+    # chose; it has nothing left to validate on, so its val F is the parent's, carried and marked.
+    """The run a refit retrained (``refit_of``, the parent's id)."""
+    db.execute("ALTER TABLE runs ADD COLUMN refit_of TEXT")

@@ -47,8 +47,10 @@ def reconcile(folder: RunFolder, ledger: Ledger, run_id: str) -> dict:
         history = state.get("history") or []
         folder.write_history(history)
         best_f = state.get("best_f")
-        fields.update(last_epoch=int(state.get("epoch") or 0), best_epoch=best_epoch or None,
-                      best_val_f=float(best_f) if best_f is not None and best_f >= 0 else None)
+        fields["last_epoch"] = int(state.get("epoch") or 0)
+        # a run that never validated (a refit carries its parent's val F) keeps what its row says
+        if best_f is not None and best_f >= 0:
+            fields.update(best_epoch=best_epoch or None, best_val_f=float(best_f))
         if state.get("wall_seconds") is not None:
             fields["wall_seconds"] = round(float(state["wall_seconds"]), 2)
     else:

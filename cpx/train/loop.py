@@ -70,6 +70,7 @@ class TrainerSettings:
     channels_last: bool = False
     val_batch_size: int = 16
     ema: Optional[float] = None  # decay of the weights' exponential moving average; None: no EMA
+    stop_after: Optional[int] = None  # end after this epoch, the schedule still planned for ``epochs``
     # the weights best.pt keeps when nothing is validated: "ema" or "raw" (default: ema when on)
     select_weights: Optional[str] = None
 
@@ -200,20 +201,21 @@ class Trainer:
     # --- loop ------------------------------------------------------------------------
 
     def fit(self) -> None:
-        """Train until ``settings.epochs``, early stopping (``patience`` validations without
-        improvement) or a callback's :class:`StopTraining`.
+        """Train until ``settings.epochs`` (or ``settings.stop_after``), early stopping
+        (``patience`` validations without improvement) or a callback's :class:`StopTraining`.
 
         :raises Diverged: the training loss of an epoch is NaN or infinite.
         """
         s = self.settings
         try:
-            while self.epoch < s.epochs:
+            while self.epoch < min(s.epochs, s.stop_after or s.epochs):
                 record = self.train_epoch()
                 if not math.isfinite(record.train_loss):
                     raise Diverged(f"epoch {record.epoch}: the training loss became {record.train_loss} "
                                    f"(learning rate {record.lr:.3g}); lower the learning rate or clip gradients "
                                    "(train.grad_clip); the checkpoints keep the last finite epoch")
-                if self.val_data is not None and ((self.epoch % s.val_every == 0) or self.epoch == s.epochs):
+                last = self.epoch in (s.epochs, s.stop_after)
+                if self.val_data is not None and ((self.epoch % s.val_every == 0) or last):
                     record.val_loss, record.val_f = self.validate()
                     score, kind = record.val_f, "raw"
                     if self.ema_model is not None:

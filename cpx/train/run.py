@@ -18,7 +18,7 @@ import torch
 from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.data.labels import apply_label_policy
-from cpx.kernel.config import ExperimentConfig, build_config, resolve, validate
+from cpx.kernel.config import ExperimentConfig, apply_overrides, build_config, config_diff, resolve, validate
 from cpx.kernel.device import count_params, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RuleViolation, RunError
 from cpx.kernel.files import atomic_torch_save, check_writable
@@ -44,6 +44,9 @@ class TrainRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
     name: Optional[str] = None
     resume: Optional[str] = None
+    # retrain this run's config on every labelled image for the epochs it chose (``overrides``
+    # still apply on top, e.g. the device)
+    refit: Optional[str] = None
     command: str = ""
 
 
@@ -63,6 +66,8 @@ class TrainResult:
     wall_seconds: float
     message: str = ""
     config_diff: dict = field(default_factory=dict)
+    # a refit: the parent run's id; ``best_val_f`` is then the parent's, carried (not measured)
+    refit_of: Optional[str] = None
 
 
 @dataclass
@@ -178,7 +183,7 @@ def settings_from(config: ExperimentConfig, precision: str) -> TrainerSettings:
         epochs=t.epochs, batch_size=t.batch_size, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas),
         optimizer=o.name, momentum=o.momentum, schedule=s.name, warmup_epochs=s.warmup_epochs, min_lr=s.min_lr,
         grad_clip=t.grad_clip, patience=t.patience, seed=t.seed, val_every=t.val_every, precision=precision,
-        channels_last=t.channels_last, ema=t.ema,
+        channels_last=t.channels_last, ema=t.ema, stop_after=t.stop_after,
     )
 
 
@@ -191,6 +196,8 @@ class _Setup:
     config: ExperimentConfig
     diff: dict
     resume_state: Optional[dict] = None
+    parent: Optional[dict] = None  # a refit's parent ledger row
+    select_weights: Optional[str] = None  # a refit keeps the kind of weights its parent's best.pt held
 
 
 class _LedgerWriter:
@@ -234,6 +241,47 @@ def _new_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledg
     return _Setup(run_id, RunFolder(workspace.runs_dir / run_id), config, diff)
 
 
+def refit_overrides(parent: dict) -> dict[str, Any]:
+    """The config changes that turn a validated run into its refit: every labelled image trains
+    (``data.val_fraction=0``), no budget or patience, and the parent's schedule
+    (``train.epochs`` = the epochs it planned) cut at its best epoch (``train.stop_after``).
+
+    :raises RunError: a run without a validated best epoch.
+    """
+    best = parent.get("best_epoch")
+    if not best or parent.get("best_val_f") is None:
+        raise RunError(f"run {parent['id']} has no validated best epoch; only a run that validated can be refitted")
+    config = parent.get("config") or {}
+    planned = int(parent.get("epochs_planned") or (config.get("train") or {}).get("epochs") or best)
+    out: dict[str, Any] = {"data.val_fraction": 0.0, "train.budget_minutes": None, "train.patience": None}
+    if best < planned:
+        out.update({"train.epochs": planned, "train.stop_after": int(best)})
+    else:
+        out.update({"train.epochs": int(best), "train.stop_after": None})
+    return out
+
+
+def _refit_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledger: Ledger) -> _Setup:
+    parent = ledger.get_run(request.refit)
+    if parent.get("kind") != "train":
+        raise RunError(f"run {parent['id']} is an {parent.get('kind')} run; only cpx training runs can be refitted")
+    if parent.get("refit_of"):
+        raise RunError(f"run {parent['id']} is itself a refit of {parent['refit_of']}; refit that run instead")
+    changes = refit_overrides(parent)
+    folder = run_folder(parent, workspace.runs_dir)
+    raw = folder.read_config() or parent.get("config")
+    if not raw:
+        raise RunError(f"run {parent['id']} has no config to refit")
+    config = resolve(validate(apply_overrides(raw, {**changes, **request.overrides})), host)
+    diff = {**(parent.get("config_diff") or {}), **config_diff(config, resolve(validate(raw), host))}
+    kind = None
+    if folder.best_path.is_file():
+        kind = load_file(folder.best_path, "best checkpoint").get("weights")
+    run_id = rank0_object(new_run_id(f"{config.recipe}-refit"))
+    return _Setup(run_id, RunFolder(workspace.runs_dir / run_id), config, diff, parent=parent,
+                  select_weights=kind if kind in ("ema", "raw") else None)
+
+
 def _resume_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledger: Ledger) -> _Setup:
     row = ledger.get_run(request.resume)
     run_id = row["id"]
@@ -250,7 +298,8 @@ def _resume_run(request: TrainRequest, workspace: Workspace, host: PluginHost, l
         raise RunError(f"run {run_id} has no {folder.last_path.name}: it stopped before its first epoch finished; "
                        "nothing to resume (train it again)")
     config = resolve(validate(folder.read_config() or row.get("config") or {}), host)
-    return _Setup(run_id, folder, config, row.get("config_diff") or {})
+    parent = ledger.get_run(row["refit_of"]) if row.get("refit_of") else None
+    return _Setup(run_id, folder, config, row.get("config_diff") or {}, parent=parent)
 
 
 def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbacks: tuple = ()) -> TrainResult:
@@ -273,7 +322,11 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
     """
     rank, world = rank_world()
     main = rank == 0
+    if request.refit and (request.resume or request.recipe):
+        raise ConfigError("--refit RUN retrains that run's own config; drop the recipe and --resume")
     with Ledger(workspace.ledger_path) as ledger:
+        if request.refit:
+            return _train(request, _refit_run(request, workspace, host, ledger), workspace, host, ledger, callbacks)
         if request.resume:
             setup = _resume_run(request, workspace, host, ledger)
             with setup.folder.lock() if main else contextlib.nullcontext():
@@ -318,8 +371,14 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     owner = {"pid": os.getpid(), "host": socket.gethostname()}
     lock = contextlib.nullcontext()
     if main and resume_state is None:
+        parent = setup.parent
+        carried = {}
+        if parent is not None:  # nothing is held out, so the parent's val F stands for the refit's
+            carried = dict(refit_of=parent["id"], best_val_f=parent.get("best_val_f"),
+                           best_epoch=config.train.stop_after or config.train.epochs)
+        name = request.name or (f"{parent.get('name') or parent['id']}-refit" if parent is not None else run_id)
         # the ledger knows the run before its first file exists, so no kill leaves an unknown folder
-        ledger.add_run(id=run_id, name=request.name or run_id, kind="train", recipe=config.recipe,
+        ledger.add_run(id=run_id, name=name, kind="train", recipe=config.recipe, **carried,
                        competition=competition.name, status="running", config=config.model_dump(mode="json"),
                        config_diff=diff, command=request.command, params=params,
                        epochs_planned=config.train.epochs, data_fingerprint=data.fingerprint,
@@ -343,16 +402,22 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
             if data.label_policy is not None:
                 info["label_suspects"] = data.label_policy
             folder.write_data_info(info)
-        return _fit(run_id, folder, config, diff, competition, device, precision, model, loss_fn, augment,
-                    params, data, resume_state, ledger, callbacks)
+        result = _fit(run_id, folder, config, diff, competition, device, precision, model, loss_fn, augment,
+                      params, data, resume_state, ledger, callbacks, setup.select_weights)
+    if setup.parent is not None:
+        result.refit_of = setup.parent["id"]
+        result.best_val_f = setup.parent.get("best_val_f")
+        result.best_epoch = result.epochs
+    return result
 
 
 def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, competition: Competition, device,
          precision: str, model, loss_fn, augment, params: int, data: PreparedData, resume_state: Optional[dict],
-         ledger: Ledger, callbacks: tuple) -> TrainResult:
+         ledger: Ledger, callbacks: tuple, select_weights: Optional[str] = None) -> TrainResult:
     main = rank_world()[0] == 0
-    trainer = Trainer(model, loss_fn, augment, data.train, data.val, settings_from(config, precision),
-                      competition.num_classes, device)
+    settings = settings_from(config, precision)
+    settings.select_weights = select_weights
+    trainer = Trainer(model, loss_fn, augment, data.train, data.val, settings, competition.num_classes, device)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
     started = time.perf_counter()
@@ -374,8 +439,10 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
         if improved:
             os.replace(folder.pending_best_path, folder.best_path)
         folder.write_history(tr.history)
-        writer.update(last_epoch=tr.epoch, best_val_f=tr.best_f if tr.best_f >= 0 else None,
-                      best_epoch=tr.best_epoch or None, wall_seconds=round(wall, 2), epochs_planned=tr.settings.epochs)
+        # without validation images there is no best to record (a refit carries its parent's)
+        scores = dict(best_val_f=tr.best_f if tr.best_f >= 0 else None,
+                      best_epoch=tr.best_epoch or None) if tr.val_data is not None else {}
+        writer.update(last_epoch=tr.epoch, wall_seconds=round(wall, 2), epochs_planned=tr.settings.epochs, **scores)
 
     if main:
         trainer.add_callback("on_epoch_end", checkpoint)

@@ -10,7 +10,7 @@ Fixtures:
 
 Contract checks, one per kind of component, each raising ``AssertionError`` with the reason:
 :func:`check_model`, :func:`check_loss`, :func:`check_augmentation`,
-:func:`check_competition`. cpx runs them over every registered component, built-in or
+:func:`check_postprocessor`, :func:`check_competition`. cpx runs them over every registered component, built-in or
 third-party (``tests/test_contracts.py``); a plugin author runs them over their own::
 
     import pytest
@@ -218,6 +218,40 @@ def check_augmentation(entry: Entry, competition: Competition) -> None:
     torch.manual_seed(7)
     again = augment(images, masks)
     assert torch.equal(again[0], out_images) and torch.equal(again[1], out_masks), f"{what}: not reproducible"
+
+
+def check_postprocessor(entry: Entry, competition: Competition) -> None:
+    """The post-processor contract of :func:`cpx.kernel.hookspecs.register_postprocessors`, on
+    default options: an H x W uint8 mask comes back with its shape and dtype, holding only ids
+    of the competition, the same for the same input; and a ``cpx_source`` file imports only
+    numpy, torch, Pillow and the standard library and gives exactly the same mask."""
+    check_options(entry)
+    fn = entry.create({}, competition)
+    what = f"post-processor {entry.name}"
+    rng = np.random.default_rng(0)
+    mask = (rng.random((48, 40)) * 3).astype(np.uint8) * 4  # blobs of three classes plus specks
+    mask[10:30, 8:30] = 1
+    mask[15:18, 12:14] = 2
+    out = fn(mask.copy())
+    assert isinstance(out, np.ndarray) and out.shape == mask.shape and out.dtype == mask.dtype, \
+        f"{what}: expected an H x W uint8 array back"
+    assert int(out.max()) < competition.num_classes, f"{what}: unknown class ids"
+    assert np.array_equal(fn(mask.copy()), out), f"{what}: not deterministic"
+    source = getattr(fn, "cpx_source", None)
+    if source is None:
+        return
+    assert isinstance(source, tuple) and len(source) == 3, f"{what}: cpx_source must be (file, function, kwargs)"
+    path, function, kwargs = source
+    assert Path(path).is_file(), f"{what}: cpx_source names {path}, which does not exist"
+    for module in _imported_modules(path):
+        top = module.split(".")[0]
+        assert top in ("numpy", "torch", "PIL") or top in sys.stdlib_module_names, f"{what}: {path} imports {module}"
+    json.dumps(kwargs)  # the kwargs go into model.json
+    spec = importlib.util.spec_from_file_location(f"cpx_standalone_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    standalone = getattr(module, function)(mask.copy(), **kwargs)
+    assert np.array_equal(standalone, out), f"{what}: the standalone {function}() gives another mask"
 
 
 def check_competition(entry: Entry) -> None:

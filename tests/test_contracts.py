@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cpx.kernel.manager import create_plugin_host
-from cpx.testing import check_augmentation, check_competition, check_loss, check_model
+from cpx.testing import check_augmentation, check_competition, check_loss, check_model, check_postprocessor
 
 HOST = create_plugin_host()
 COMPETITIONS = HOST.competitions.names()
@@ -37,6 +37,11 @@ def test_loss_contract(name):
 @pytest.mark.parametrize("name", HOST.augmentations.names())
 def test_augmentation_contract(name):
     check_augmentation(HOST.augmentations.get(name), DEFAULT)
+
+
+@pytest.mark.parametrize("name", HOST.postprocessors.names())
+def test_postprocessor_contract(name):
+    check_postprocessor(HOST.postprocessors.get(name), DEFAULT)
 
 
 @pytest.mark.parametrize("name", COMPETITIONS)

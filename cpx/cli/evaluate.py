@@ -22,6 +22,9 @@ from . import _common
 from ._common import console, err_console, print_json
 
 TTA_HELP = "test-time augmentation: flip, scale or flip,scale (default: none; an ensemble's own)"
+POST_HELP = ("post-processing steps, comma-separated, each NAME or NAME:key=value (see `cpx plugins`), e.g. "
+             "small-components,fill-holes:max_share=0.001")
+CALIBRATION_HELP = "apply the per-class logit offsets `cpx calibrate` stored with the run"
 
 
 @contextlib.contextmanager
@@ -73,6 +76,24 @@ def render_scores(scores, class_names, title: str) -> None:
     console.print(table)
 
 
+def render_stages(ev) -> None:
+    """F of each stage (plain argmax, calibrated, post-processed), each with its gain over the one
+    before: the F with and without calibration and post-processing, from one forward pass."""
+    if not ev.stages:
+        return
+    rows = [("plain argmax", ev.stages["raw"])]
+    if ev.calibrated:
+        rows.append(("with the calibrated offsets", ev.stages.get("calibrated", ev.scores.fscore)))
+    if ev.post != "none":
+        rows.append((f"after post-processing ({ev.post})", ev.scores.fscore))
+    table = Table(title="F by stage", title_justify="left")
+    for col, just in (("stage", "left"), ("F", "right"), ("gain", "right")):
+        table.add_column(col, justify=just)
+    for i, (label, value) in enumerate(rows):
+        table.add_row(label, format_f(value), "" if i == 0 else f"{value - rows[i - 1][1]:+.4f}")
+    console.print(table)
+
+
 def _warn(lines) -> None:
     for line in lines:
         err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
@@ -89,20 +110,24 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
         precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
         record: Annotated[bool, typer.Option("--record/--no-record", help="add the result to the ledger")] = True,
+        post: Annotated[Optional[str], typer.Option(help=POST_HELP + "; F is reported with and without")] = None,
+        calibration: Annotated[bool, typer.Option("--calibration/--no-calibration", help=CALIBRATION_HELP)] = True,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """Score a run with the competition metric, at each mask's own size; recorded in the ledger."""
         with progress_bar("validating", json_) as cb:
             ev = validate_run(run, _common.workspace(), _common.host(), checkpoint=checkpoint, data=data,
                               tta=None if tta is None else parse_tta(tta), record=record, batch_size=batch_size,
-                              device=device, precision=precision, progress=cb)
+                              device=device, precision=precision, calibration=calibration, post=post, progress=cb)
         if json_:
             print_json(ev.to_dict())
             return
         where = "its validation list" if ev.data == "val_list" else ev.data
+        extra = ("  calibrated" if ev.calibrated else "") + (f"  post {ev.post}" if ev.post != "none" else "")
         render_scores(ev.scores, ev.class_names,
-                      f"run {ev.run_id}  checkpoint {ev.checkpoint}  tta {tta_label(ev.tta)}  on {where}  "
+                      f"run {ev.run_id}  checkpoint {ev.checkpoint}  tta {tta_label(ev.tta)}{extra}  on {where}  "
                       f"({ev.seconds:.1f} s)")
+        render_stages(ev)
         _warn(ev.warnings)
         if ev.validation_id is not None:
             console.print(f"[dim]recorded as validation {ev.validation_id} of {ev.run_id}[/]", highlight=False)
@@ -143,6 +168,8 @@ def register(app: typer.Typer) -> None:
         allow_rule_break: Annotated[bool, typer.Option("--allow-rule-break", help="predict with an ensemble even where the competition forbids ensembles")] = False,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
         precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
+        post: Annotated[Optional[str], typer.Option(help=POST_HELP)] = None,
+        calibration: Annotated[bool, typer.Option("--calibration/--no-calibration", help=CALIBRATION_HELP)] = True,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """Write one palette PNG mask per input image (same stem, same size)."""
@@ -150,16 +177,64 @@ def register(app: typer.Typer) -> None:
             report = predict_run(run, _common.workspace(), _common.host(), input, output, checkpoint=checkpoint,
                                  tta=None if tta is None else parse_tta(tta), batch_size=batch_size,
                                  skip_bad=skip_bad, overwrite=overwrite, allow_rule_break=allow_rule_break,
-                                 device=device, precision=precision, progress=cb)
+                                 device=device, precision=precision, calibration=calibration, post=post,
+                                 progress=cb)
         if json_:
             print_json(report.to_dict())
             return
         _warn(report.warnings)
         _warn(f"skipped {p}: {why}" for p, why in report.skipped)
         n = len(report.written)
-        console.print(f"wrote {n} mask(s) to {report.output_dir}  tta {tta_label(report.tta)}  "
+        extra = ("  calibrated" if report.calibrated else "") + (f"  post {report.post}" if report.post != "none" else "")
+        console.print(f"wrote {n} mask(s) to {report.output_dir}  tta {tta_label(report.tta)}{extra}  "
                       f"{report.seconds:.1f} s ({n / max(report.seconds, 1e-9):.1f} images/s)"
                       + (f", skipped {len(report.skipped)}" if report.skipped else ""), highlight=False)
+
+    @app.command("calibrate")
+    def calibrate_command(
+        run: Annotated[str, typer.Argument(help="run id, id prefix or name (a trained run with validation images)")],
+        checkpoint: Annotated[str, typer.Option(help="best, last or a checkpoint file")] = "best",
+        tta: Annotated[Optional[str], typer.Option(help="test-time augmentation of the logits fitted on")] = None,
+        store: Annotated[bool, typer.Option("--store/--no-store", help="store the offsets with the run")] = True,
+        force: Annotated[bool, typer.Option("--force", help="store even when the held-out gain is not positive")] = False,
+        seed: Annotated[int, typer.Option(help="seed of the split into two halves")] = 0,
+        batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 8,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+        precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
+        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    ):
+        """Fit per-class logit offsets for the per-image F on the validation images; report the
+        held-out gain (2-fold: fitted on one half, scored on the other, both ways); store the
+        offsets fitted on all images, which validate, predict and package then apply."""
+        from cpx.eval.calibrate import calibrate_run
+
+        with progress_bar("calibrating", json_) as cb:
+            result = calibrate_run(run, _common.workspace(), _common.host(), checkpoint=checkpoint,
+                                   tta=parse_tta(tta), store=store, force=force, seed=seed, batch_size=batch_size,
+                                   device=device, precision=precision, progress=cb)
+        if json_:
+            print_json(result.to_dict())
+            return
+        console.print(f"[bold]run {result.run_id}[/]  checkpoint {result.checkpoint}  tta {tta_label(result.tta)}  "
+                      f"{result.images} validation images  ({result.seconds:.1f} s)", highlight=False)
+        table = Table(title="held-out gain: offsets fitted on one half, scored on the other", title_justify="left")
+        for col in ("fitted on", "scored on", "F before", "F after", "gain"):
+            table.add_column(col, justify="right")
+        for f in result.folds:
+            table.add_row(f"{f.fit_on} images", f"{f.scored_on} images", format_f(f.before), format_f(f.after),
+                          f"{f.gain:+.4f}")
+        console.print(table)
+        console.print(f"mean held-out gain: [bold]{result.mean_gain:+.4f}[/]", highlight=False)
+        console.print(f"[dim]fitted on all {result.images} images: F {format_f(result.before)} -> "
+                      f"{format_f(result.after)} in-sample (optimistic; the held-out gain is the honest one)[/]",
+                      highlight=False)
+        offsets = ", ".join(f"{name} {v:+.1f}" for name, v in zip(result.classes, result.offsets) if v)
+        console.print(f"offsets: {offsets or 'none (no class gained)'}", highlight=False)
+        if result.stored:
+            console.print(f"stored in {result.path}; validate, predict and package apply them "
+                          "(--no-calibration to leave them out)", highlight=False)
+        else:
+            _warn([result.message])
 
     @app.command("ensemble")
     def ensemble_command(

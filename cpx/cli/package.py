@@ -111,6 +111,11 @@ def register(app: typer.Typer) -> None:
         checkpoint: Annotated[str, typer.Option(help="best, last or a checkpoint file")] = "best",
         allow_rule_break: Annotated[bool, typer.Option("--allow-rule-break", help="package even what the competition's rules forbid (recorded in the manifest)")] = False,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
+        post: Annotated[Optional[str], typer.Option(help="post-processing steps (see cpx validate --post); "
+                                                        "solution/run.py repeats them")] = None,
+        calibration: Annotated[bool, typer.Option("--calibration/--no-calibration",
+                                                  help="apply the run's stored logit offsets (cpx calibrate); "
+                                                       "solution/run.py repeats them")] = True,
         check: Annotated[Optional[Path], typer.Option("--check", help="only verify this zip (any zip, hand-made too)")] = None,
         competition: Annotated[Optional[str], typer.Option(help="with --check: the competition (default: the zip's manifest)")] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
@@ -138,7 +143,8 @@ def register(app: typer.Typer) -> None:
         for item in tta or []:
             views.extend(parse_tta(item))
         request = PackageRequest(run=run, name=name, tta=parse_tta(views), test_dir=str(test) if test else None,
-                                 checkpoint=checkpoint, allow_rule_break=allow_rule_break, device=device)
+                                 checkpoint=checkpoint, allow_rule_break=allow_rule_break, device=device,
+                                 calibration=calibration, post=(post,) if post else ())
         if json_ or not console.is_terminal:
             result = package(request, _common.workspace(), _common.host())
         else:

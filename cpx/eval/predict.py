@@ -15,6 +15,10 @@ TTA views:
   left/right class channels swapped (``Competition.flip_permutation``), because a left eye in
   a mirrored face is a right eye in the original.
 - ``scale``: the image is also predicted at 0.75x and 1.25x of the member's training size.
+
+A single-model predictor may carry per-class logit offsets (``cpx calibrate``): added to the
+merged view logits (their mean, so ``n_views x offsets`` to their sum) before the argmax. And
+any predictor may carry post-processing steps (``--post``), applied to each class-id mask.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ import torch.nn.functional as F
 from cpx.data.competition import Competition
 from cpx.data.images import BadFile, inspect_image, read_rgb
 from cpx.eval.metrics import class_ids
+from cpx.eval.postprocess import PostSpec, PostStep, apply_post, create_post, post_label
 from cpx.kernel.device import autocast, keep_freed_memory, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, RuleViolation, RunError
-from cpx.kernel.files import check_writable, remove_stale_temps
+from cpx.kernel.files import check_writable, remove_stale_temps, sha256_file
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import ENSEMBLE, run_folder
@@ -114,11 +119,17 @@ class Member:
 
 
 class Predictor:
-    """Softmax probabilities and class-id masks for uint8 images of any size."""
+    """Softmax probabilities and class-id masks for uint8 images of any size.
+
+    ``logit_offsets`` (a float sequence, one per class; one member only) shift the classes'
+    mean logits before the argmax (and the softmax); ``post`` steps clean each mask of
+    :meth:`predict`. ``notes`` says what was left out (e.g. a calibration of other weights).
+    """
 
     def __init__(self, members: list[Member], competition: Competition, tta: Sequence[str] = (),
                  scales: Sequence[float] = DEFAULT_SCALES, device: Union[str, torch.device] = "cpu",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", logit_offsets: Optional[Sequence[float]] = None,
+                 post: Sequence[PostStep] = ()):
         if not members:
             raise ConfigError("a predictor needs at least one model")
         weights = [float(m.weight) for m in members]
@@ -141,6 +152,20 @@ class Predictor:
         for m in self.members:
             # channels-last suits the convolutions of every built-in model on CPU and GPU
             m.model = m.model.to(self.device).to(memory_format=torch.channels_last).eval()
+        self.post = list(post)
+        self.notes: list[str] = []
+        self.logit_offsets: Optional[torch.Tensor] = None
+        if logit_offsets is not None:
+            if len(self.members) != 1:
+                raise ConfigError("logit offsets (calibration) apply to one model, not an ensemble")
+            offsets = torch.tensor([float(v) for v in logit_offsets], dtype=torch.float32)
+            if offsets.shape != (self.num_classes,) or not torch.isfinite(offsets).all():
+                raise ConfigError(f"logit offsets: expected {self.num_classes} finite numbers, got {list(logit_offsets)}")
+            self.logit_offsets = offsets.to(self.device)
+
+    def _offset_term(self) -> torch.Tensor:
+        """What the offsets add to the SUM of the view logits: ``n_views x offsets``, 1 x C x 1 x 1."""
+        return (self.logit_offsets * len(self.views)).view(1, -1, 1, 1)
 
     @property
     def num_classes(self) -> int:
@@ -157,9 +182,11 @@ class Predictor:
                 what = f"{im.dtype} {tuple(im.shape)}" if isinstance(im, torch.Tensor) else type(im).__name__
                 raise DataError(f"image {i}: expected a uint8 3 x H x W tensor, got {what}")
 
-    def _forward(self, x: torch.Tensor, out_hw: Size, masks_only: bool = False) -> torch.Tensor:
-        """Averaged probabilities (B x C x H' x W', float32) for a uint8 batch of one size;
-        with ``masks_only``, the argmax class ids (B x H' x W', uint8) instead."""
+    def _forward(self, x: torch.Tensor, out_hw: Size, mode: str = "probs") -> torch.Tensor:
+        """For a uint8 batch of one size, B x C x H' x W' float32: averaged probabilities
+        (``probs``, calibrated when there are offsets), the tensor whose argmax is the mask
+        before calibration (``decision``: one member's summed view logits, else the
+        probabilities) or one member's mean view logits (``logits``)."""
         total = None
         views = self.views
         active = [(m, w) for m, w in zip(self.members, self.weights) if w]
@@ -189,12 +216,17 @@ class Predictor:
                     summed.add_(logits)
             if coarse:  # as the model's forward would, then to the size asked for
                 summed = _resize(_resize(summed, (member.image_size, member.image_size)), out_hw)
-            if masks_only and len(active) == 1:
-                return class_ids(summed).to(torch.uint8)  # neither the mean nor softmax moves the argmax
-            p = class_softmax(summed.div_(len(views)))
+            if mode == "decision" and len(active) == 1:
+                return summed  # neither the mean nor softmax moves the argmax
+            if mode == "logits":
+                if len(active) != 1:
+                    raise ConfigError("logits are one model's; an ensemble averages probabilities")
+                return summed.div_(len(views))
+            summed.div_(len(views))
+            if self.logit_offsets is not None:
+                summed.add_(self.logit_offsets.view(1, -1, 1, 1))
+            p = class_softmax(summed)
             total = p.mul_(weight) if total is None else total.add_(p, alpha=weight)
-        if masks_only:
-            return class_ids(total).to(torch.uint8)
         return total
 
     def _view_logits(self, member: Member, x: torch.Tensor, flip: bool, side: int, coarse: bool) -> torch.Tensor:
@@ -215,18 +247,54 @@ class Predictor:
         return logits.float()
 
     def probs(self, images: list[torch.Tensor], sizes: Optional[Sequence[Size]] = None) -> list[torch.Tensor]:
-        """Per image a float C x H x W softmax (CPU): TTA views merged, then members averaged.
+        """Per image a float C x H x W softmax (CPU): TTA views merged (and shifted by the logit
+        offsets), then members averaged.
 
         The output is at each image's own size unless ``sizes`` gives (height, width) per
         image (e.g. its mask's size). Images of equal size run as one batch.
         """
-        return self._run(images, sizes, masks_only=False)
+        return self._run(images, sizes, mode="probs")
 
     def predict(self, images: list[torch.Tensor], sizes: Optional[Sequence[Size]] = None) -> list[torch.Tensor]:
-        """Per image an H x W uint8 mask of class ids: the argmax of :meth:`probs`."""
-        return self._run(images, sizes, masks_only=True)
+        """Per image an H x W uint8 mask of class ids: the argmax of :meth:`probs` (logit offsets
+        applied), then the post-processing steps."""
+        return [v["final"] for v in self._run(images, sizes, mode="variants", variants=False)]
 
-    def _run(self, images, sizes, masks_only: bool) -> list[torch.Tensor]:
+    def predict_variants(self, images: list[torch.Tensor],
+                         sizes: Optional[Sequence[Size]] = None) -> list[dict[str, torch.Tensor]]:
+        """Per image the masks of each stage from one forward pass: ``raw`` (plain argmax),
+        ``calibrated`` (with the logit offsets, when there are any), ``post`` (after the
+        post-processing steps, when there are any) and ``final`` (the last of these, which is
+        what :meth:`predict` gives)."""
+        return self._run(images, sizes, mode="variants", variants=True)
+
+    def logits(self, images: list[torch.Tensor], sizes: Optional[Sequence[Size]] = None) -> list[torch.Tensor]:
+        """Per image the model's mean view logits, C x H x W float32, before any offsets (one
+        model only): what :func:`cpx.eval.calibrate.fit_offsets` tunes on."""
+        return self._run(images, sizes, mode="logits")
+
+    def _masks(self, decision: torch.Tensor, variants: bool) -> list[dict[str, torch.Tensor]]:
+        """The stages of :meth:`predict_variants` for a batch's decision tensor (CPU masks)."""
+        stages: dict[str, torch.Tensor] = {}
+        if self.logit_offsets is not None:
+            if variants:
+                stages["raw"] = class_ids(decision).to(torch.uint8).cpu()
+            # in place, as run.py adds them: the same float sums, so the same argmax
+            stages["calibrated"] = class_ids(decision.add_(self._offset_term())).to(torch.uint8).cpu()
+        else:
+            stages["raw"] = class_ids(decision).to(torch.uint8).cpu()
+        last = "calibrated" if "calibrated" in stages else "raw"
+        out = []
+        for j in range(decision.shape[0]):
+            one = {k: v[j] for k, v in stages.items()}
+            final = one[last]  # the same object: a stage that is the final one is scored once
+            if self.post:
+                final = one["post"] = apply_post(self.post, final)
+            one["final"] = final
+            out.append(one)
+        return out
+
+    def _run(self, images, sizes, mode: str, variants: bool = False) -> list:
         images = list(images)
         self._check(images)
         if sizes is None:
@@ -240,16 +308,22 @@ class Predictor:
         with torch.inference_mode():
             for (_, out_hw), idx in groups.items():
                 x = torch.stack([images[i] for i in idx]).to(self.device)
-                p = self._forward(x, out_hw, masks_only).cpu()
+                if mode == "variants":
+                    per_image = self._masks(self._forward(x, out_hw, "decision"), variants)
+                else:
+                    p = self._forward(x, out_hw, mode).cpu()
+                    per_image = [p[j] for j in range(len(idx))]
                 for j, i in enumerate(idx):
-                    result[i] = p[j]
+                    result[i] = per_image[j]
         return result  # type: ignore[return-value]
 
     def describe(self) -> str:
         """One line: members with their sizes and weights, TTA, device and precision."""
         parts = [f"{m.label or 'model'}@{m.image_size}px" + (f" x{w:.2f}" if len(self.members) > 1 else "")
                  for m, w in zip(self.members, self.weights)]
-        return f"{' + '.join(parts)}  tta {tta_label(self.tta)}  {self.device.type}/{self.precision}"
+        extra = ("  calibrated" if self.logit_offsets is not None else "") + \
+            (f"  post {post_label(self.post)}" if self.post else "")
+        return f"{' + '.join(parts)}  tta {tta_label(self.tta)}{extra}  {self.device.type}/{self.precision}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,14 +371,35 @@ def read_ensemble_spec(row: dict, workspace: Workspace) -> dict:
     return spec
 
 
+def stored_calibration(handle, checkpoint: str = "best") -> tuple[Optional[list[float]], Optional[str]]:
+    """The logit offsets ``cpx calibrate`` stored with a run, when they were fitted on exactly
+    the weights of ``checkpoint`` (sha256 compared): ``(offsets, None)``; ``(None, why not)``
+    when they were fitted on other weights; ``(None, None)`` when the run has none.
+
+    :raises RunError: an unreadable ``calibration.json``.
+    """
+    spec = handle.folder.read_calibration()
+    if spec is None:
+        return None, None
+    path = handle.checkpoint_path(checkpoint)
+    if spec.get("checkpoint_sha256") != sha256_file(path):
+        return None, (f"{handle.folder.calibration_path.name} of run {handle.id} was fitted on other weights than "
+                      f"{path.name}; not applied (run `cpx calibrate {handle.id}` again)")
+    return [float(v) for v in spec["offsets"]], None
+
+
 def predictor_for_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint: str = "best",
                       tta: Union[None, str, Sequence[str]] = (), device: str = "auto",
-                      precision: str = "auto", scales: Sequence[float] = DEFAULT_SCALES) -> Predictor:
+                      precision: str = "auto", scales: Sequence[float] = DEFAULT_SCALES,
+                      calibration: bool = True, post: PostSpec = None) -> Predictor:
     """A predictor for a trained run (its ``checkpoint``: best, last or a path) or an ensemble run
     (each member's recorded checkpoint and weight). ``tta=None`` uses the TTA an ensemble was
-    scored with (none for a trained run).
+    scored with (none for a trained run). With ``calibration`` a trained run's stored logit
+    offsets apply (:func:`stored_calibration`; ``predictor.notes`` says when they do not fit
+    the weights); ``post`` names post-processing steps (:func:`cpx.eval.postprocess.parse_post`).
 
     :raises RunError: unknown run, missing or unreadable checkpoint, members of several competitions.
+    :raises ConfigError: unknown post-processors or bad options.
     """
     from cpx.runs.handle import open_run  # runs imports the ledger and config; keep module import light
 
@@ -332,8 +427,15 @@ def predictor_for_run(ref: str, workspace: Workspace, host: PluginHost, *, check
                               label=handle.row.get("name") or handle.id, run_id=handle.id, checkpoint=which))
     if tta is None:
         tta = spec.get("tta", ()) if spec else ()
-    return Predictor(members, handles[0][0].competition, tta=parse_tta(tta), scales=scales,
-                     device=dev, precision=precision)
+    competition = handles[0][0].competition
+    offsets, note = (None, None)
+    if calibration and spec is None:
+        offsets, note = stored_calibration(handles[0][0], checkpoint)
+    predictor = Predictor(members, competition, tta=parse_tta(tta), scales=scales, device=dev, precision=precision,
+                          logit_offsets=offsets, post=create_post(post, host, competition))
+    if note:
+        predictor.notes.append(note)
+    return predictor
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,13 +452,16 @@ class PredictReport:
     output_dir: Optional[Path] = None
     tta: tuple = ()
     warnings: list[str] = field(default_factory=list)
+    calibrated: bool = False
+    post: str = "none"
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {"written": [str(p) for p in self.written],
                 "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped],
                 "seconds": round(self.seconds, 3), "output_dir": str(self.output_dir) if self.output_dir else None,
-                "tta": tta_label(self.tta), "warnings": list(self.warnings)}
+                "tta": tta_label(self.tta), "calibrated": self.calibrated, "post": self.post,
+                "warnings": list(self.warnings)}
 
 
 def _inspect_image(path: Path) -> tuple[Optional[Size], str]:
@@ -475,8 +580,10 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
 def predict_run(ref: str, workspace: Workspace, host: PluginHost, input_dir: os.PathLike,
                 output_dir: os.PathLike, *, checkpoint: str = "best", tta=(), batch_size: int = 8,
                 skip_bad: bool = False, overwrite: bool = False, allow_rule_break: bool = False,
-                device: str = "auto", precision: str = "auto", progress: Progress = None) -> PredictReport:
-    """``cpx predict``: masks for a folder from a run, refusing forbidden ensembles."""
+                device: str = "auto", precision: str = "auto", calibration: bool = True, post: PostSpec = None,
+                progress: Progress = None) -> PredictReport:
+    """``cpx predict``: masks for a folder from a run (with its stored calibration unless
+    ``calibration`` is off, and the ``post`` steps), refusing forbidden ensembles."""
     with Ledger(workspace.ledger_path) as ledger:
         row = ledger.get_run(ref)
     if is_ensemble(row):
@@ -485,9 +592,12 @@ def predict_run(ref: str, workspace: Workspace, host: PluginHost, input_dir: os.
     else:
         warning = None
     predictor = predictor_for_run(row["id"], workspace, host, checkpoint=checkpoint, tta=tta,
-                                  device=device, precision=precision)
+                                  device=device, precision=precision, calibration=calibration, post=post)
     report = predict_folder(predictor, input_dir, output_dir, batch_size=batch_size, skip_bad=skip_bad,
                             overwrite=overwrite, progress=progress)
+    report.calibrated = predictor.logit_offsets is not None
+    report.post = post_label(predictor.post)
+    report.warnings.extend(predictor.notes)
     if warning:
         report.warnings.append(warning)
     return report

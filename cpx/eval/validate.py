@@ -22,6 +22,7 @@ from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.data.images import BadFile, bad_ids_message, mask_array, open_image
 from cpx.eval.metrics import ScoreAccumulator, Scores
+from cpx.eval.postprocess import PostSpec, post_label
 from cpx.eval.predict import Predictor, is_ensemble, predictor_for_run, tta_label
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RunError
 from cpx.kernel.files import check_writable
@@ -52,6 +53,11 @@ class Evaluation:
     class_names: tuple = ()
     warnings: list[str] = field(default_factory=list)
     validation_id: Optional[int] = None
+    # F of each stage before the last (``raw``, ``calibrated``), when calibration or
+    # post-processing changed the masks; ``scores`` are the last stage's
+    stages: dict[str, float] = field(default_factory=dict)
+    calibrated: bool = False
+    post: str = "none"
 
     def per_class(self) -> dict[str, dict]:
         """Class name -> {"f": mean F over images containing it (None if none), "images": n}."""
@@ -69,7 +75,8 @@ class Evaluation:
                 "pooled_fscore": s.pooled_fscore, "pool_size": s.pool_size, "pixel_acc": s.pixel_acc,
                 "miou": s.miou, "per_class": self.per_class(), "per_image": self.per_image,
                 "seconds": round(self.seconds, 3), "warnings": list(self.warnings),
-                "validation_id": self.validation_id}
+                "validation_id": self.validation_id, "calibrated": self.calibrated, "post": self.post,
+                "stages": dict(self.stages)}
 
 
 def _pairs(root: Path, names: Sequence[str], competition: Competition) -> list[tuple[str, Path, Path]]:
@@ -89,7 +96,9 @@ def evaluate(predictor: Predictor, data_root: os.PathLike, names: Sequence[str],
 
     Images go in at their own size and predictions come out at their mask's size, so the
     numbers are those of the scorer. Images are scored in ``names`` order (which fixes the
-    groups of the pooled, old-script F).
+    groups of the pooled, old-script F). With a calibrated or post-processing predictor, the
+    scores are those of its final masks and ``stages`` holds the F of the earlier stages
+    (``raw``, ``calibrated``), all from one forward pass.
     """
     start = time.perf_counter()
     names = [str(n) for n in names]
@@ -99,19 +108,26 @@ def evaluate(predictor: Predictor, data_root: os.PathLike, names: Sequence[str],
         raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
     pairs = _pairs(Path(data_root), names, competition)
     acc = ScoreAccumulator(competition.num_classes)
+    earlier: dict[str, ScoreAccumulator] = {}
     per_image: dict[str, float] = {}
     for a in range(0, len(pairs), batch_size):
         chunk = pairs[a:a + batch_size]
         images, _ = datalib.load_images([p for _, p, _ in chunk])
         masks = [datalib.read_mask(m, competition.num_classes) for _, _, m in chunk]
-        preds = predictor.predict(images, sizes=[m.shape for m in masks])
-        for (name, _, _), pred, gt in zip(chunk, preds, masks):
-            per_image[name] = float(acc.update(pred, torch.from_numpy(np.array(gt)))[0])
+        variants = predictor.predict_variants(images, sizes=[m.shape for m in masks])
+        for (name, _, _), stages, gt in zip(chunk, variants, masks):
+            truth = torch.from_numpy(np.array(gt))
+            per_image[name] = float(acc.update(stages["final"], truth)[0])
+            for stage in ("raw", "calibrated"):
+                if stage in stages and stages[stage] is not stages["final"]:
+                    earlier.setdefault(stage, ScoreAccumulator(competition.num_classes)).update(stages[stage], truth)
         if progress:
             progress(min(a + batch_size, len(pairs)), len(pairs))
     return Evaluation(names=names, scores=acc.compute(), per_image=per_image,
                       seconds=time.perf_counter() - start, tta=predictor.tta, checkpoint="",
-                      class_names=tuple(competition.classes))
+                      class_names=tuple(competition.classes),
+                      stages={k: v.compute().fscore for k, v in earlier.items()},
+                      calibrated=predictor.logit_offsets is not None, post=post_label(predictor.post))
 
 
 
@@ -122,9 +138,12 @@ def evaluate(predictor: Predictor, data_root: os.PathLike, names: Sequence[str],
 
 def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint: str = "best",
                  data: Optional[os.PathLike] = None, tta=(), record: bool = True, batch_size: int = 8,
-                 device: str = "auto", precision: str = "auto", progress: Progress = None) -> Evaluation:
+                 device: str = "auto", precision: str = "auto", calibration: bool = True, post: PostSpec = None,
+                 progress: Progress = None) -> Evaluation:
     """Score a run (or ensemble run) on its validation list, or on every labelled image of
-    ``data``, and (with ``record``) add the result to the ledger's validations.
+    ``data``, and (with ``record``) add the result to the ledger's validations. The run's stored
+    calibration applies unless ``calibration`` is off; ``post`` names post-processing steps
+    (the F without them is in ``stages``).
 
     :raises RunError: unknown run or unusable checkpoint; :raises DataError: unusable data;
         :raises NotWritable: ``record`` with a read-only ledger (checked before any work). A
@@ -133,7 +152,7 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
     if record:
         check_writable(workspace.ledger_path)
     predictor = predictor_for_run(ref, workspace, host, checkpoint=checkpoint, tta=tta, device=device,
-                                  precision=precision)
+                                  precision=precision, calibration=calibration, post=post)
     with Ledger(workspace.ledger_path) as ledger:
         row = ledger.get_run(ref)
     competition = predictor.competition
@@ -167,7 +186,7 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
     evaluation.run_id = row["id"]
     evaluation.checkpoint = "members" if is_ensemble(row) else str(checkpoint)
     evaluation.data = data_label
-    evaluation.warnings = warnings
+    evaluation.warnings = warnings + predictor.notes
     if record:
         s = evaluation.scores
         try:
@@ -175,7 +194,8 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
                 saved = ledger.add_validation(
                     row["id"], checkpoint=evaluation.checkpoint, tta=tta_label(evaluation.tta), data=data_label,
                     images=len(names), score=s.fscore, pooled_score=s.pooled_fscore, pixel_acc=s.pixel_acc,
-                    miou=s.miou, per_class=evaluation.per_class(), wall_seconds=round(evaluation.seconds, 2))
+                    miou=s.miou, per_class=evaluation.per_class(), wall_seconds=round(evaluation.seconds, 2),
+                    calibrated=evaluation.calibrated, post=None if evaluation.post == "none" else evaluation.post)
         except LedgerBusy as exc:  # the score is computed: show it, and say it was not kept
             evaluation.warnings.append(f"not recorded: {exc}; validate again to record it")
         else:

@@ -68,6 +68,17 @@ class RegisterAugmentation(Protocol):
         """Register an augmentation factory ``factory(options, competition) -> nn.Module``."""
 
 
+PostprocessorFactory = Callable[[BaseModel, Competition], Callable[[Any], Any]]
+
+
+class RegisterPostprocessor(Protocol):
+    """The ``register`` callback of :func:`register_postprocessors`."""
+
+    def __call__(self, name: str, factory: PostprocessorFactory, options: Optional[type[BaseModel]] = None,
+                 description: str = "") -> None:
+        """Register a post-processor factory ``factory(options, competition) -> fn(mask) -> mask``."""
+
+
 # --- components: called once per plugin manager, when its registries are first built ---
 
 
@@ -148,6 +159,33 @@ def register_augmentations(register: RegisterAugmentation) -> None:
         @hookimpl
         def register_augmentations(register):
             register("cutout", create_cutout, options=CutoutOptions)
+    """
+
+
+@hookspec
+def register_postprocessors(register: RegisterPostprocessor) -> None:
+    """Register mask post-processors, which validate, predict and package apply (``--post``)
+    to every predicted mask, in the order given.
+
+    :param register: ``register(name, factory, options=OptionsModel, description="")``.
+        ``factory(options, competition)`` returns a callable ``fn(mask) -> mask`` on H x W
+        uint8 numpy arrays of class ids (the same shape and dtype back).
+
+    Optional attribute of the returned callable that cpx uses when present:
+
+    * ``cpx_source = (file, function_name, kwargs)``: the absolute path of a file that imports
+      only numpy, torch, Pillow and the standard library, with a top-level function such that
+      ``function(mask, **kwargs)`` returns exactly what ``fn(mask)`` does. ``cpx package`` copies
+      the file into the submission's ``solution/`` and ``run.py`` calls it; a post-processor
+      without it validates and predicts, but cannot be packaged.
+
+    :func:`cpx.testing.check_postprocessor` checks this for a registered post-processor.
+
+    Example::
+
+        @hookimpl
+        def register_postprocessors(register):
+            register("majority", create_majority_filter, options=MajorityOptions)
     """
 
 

@@ -32,6 +32,7 @@ BUILTIN_PLUGINS = (
     "cpx_plugins.models",
     "cpx_plugins.losses",
     "cpx_plugins.augmentations",
+    "cpx_plugins.postprocess",
 )
 
 # registration hook -> registry kind
@@ -40,6 +41,7 @@ KINDS = {
     "register_models": "model",
     "register_losses": "loss",
     "register_augmentations": "augmentation",
+    "register_postprocessors": "postprocessor",
 }
 
 
@@ -97,6 +99,10 @@ class PluginHost:
     @property
     def augmentations(self) -> Registry:
         return self.registries["augmentation"]
+
+    @property
+    def postprocessors(self) -> Registry:
+        return self.registries["postprocessor"]
 
     @property
     def competitions(self) -> Registry:

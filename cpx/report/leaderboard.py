@@ -349,6 +349,10 @@ def _run_val(ledger: Ledger, run: dict) -> tuple[Optional[float], str, Optional[
         val = best["score"]
         source = f"validate #{best['id']}"
         checkpoint = _with_tta(best.get("checkpoint") or checkpoint, best.get("tta"))
+        # calibrated offsets and post-processing change what was scored: say so beside the TTA
+        marks = ("+calibrated" if best.get("calibrated") else "") + (f"+post:{best['post']}" if best.get("post") else "")
+        if marks:
+            checkpoint = (checkpoint or "?") + marks
     return val, source, checkpoint
 
 

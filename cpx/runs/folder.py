@@ -11,6 +11,7 @@
     best.pt / last.pt  the best checkpoint (weights under ``state_dict``) / the resume state
     curves.png         training curves
     status.json        how the run ended (written at the end, before the ledger)
+    calibration.json   per-class logit offsets from ``cpx calibrate`` (and how they were measured)
 
 and, for an ensemble run, ``ensemble.json`` (members and weights). Every write is atomic; a
 file that exists but cannot be read raises :class:`~cpx.kernel.errors.RunError` naming it,
@@ -47,6 +48,7 @@ LAST = "last.pt"
 CURVES = "curves.png"
 STATUS = "status.json"
 ENSEMBLE = "ensemble.json"
+CALIBRATION = "calibration.json"
 PENDING_BEST = ".best.pt.next"  # a new best checkpoint until last.pt commits its epoch
 LOCK = ".lock"
 CHECKPOINTS = {"best": BEST, "last": LAST}
@@ -262,6 +264,27 @@ class RunFolder:
     def clear_status(self) -> None:
         """Remove ``status.json`` (a resumed run has not ended)."""
         (self.path / STATUS).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ calibration
+
+    def read_calibration(self) -> Optional[dict]:
+        """The logit offsets ``cpx calibrate`` stored (``calibration.json``: offsets, classes,
+        checkpoint and its sha256, held-out gains); None when the run was never calibrated."""
+        path = self.path / CALIBRATION
+        if not path.is_file():
+            return None
+        spec = read_json(path, RunError)
+        if not isinstance(spec, dict) or not isinstance(spec.get("offsets"), list):
+            raise RunError(f"{path}: expected an object with a list of 'offsets'")
+        return spec
+
+    def write_calibration(self, spec: dict) -> None:
+        """Write ``calibration.json``."""
+        write_json(self.path / CALIBRATION, spec, indent=1)
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.path / CALIBRATION
 
     # ------------------------------------------------------------------ ensembles
 

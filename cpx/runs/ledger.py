@@ -43,6 +43,7 @@ _JSON_COLUMNS = {
 _BOOL_COLUMNS = {
     "runs": frozenset({"git_dirty"}),
     "submissions": frozenset({"uploaded", "is_final"}),
+    "validations": frozenset({"calibrated"}),
 }
 # Enumerated values are checked here rather than with CHECK constraints, because
 # widening a CHECK in SQLite means rebuilding the table.

@@ -246,3 +246,12 @@ def m008_run_refit_of(db: sqlite3.Connection) -> None:
     # chose; it has nothing left to validate on, so its val F is the parent's, carried and marked.
     """The run a refit retrained (``refit_of``, the parent's id)."""
     db.execute("ALTER TABLE runs ADD COLUMN refit_of TEXT")
+
+
+@migration
+def m009_validation_calibration_and_post(db: sqlite3.Connection) -> None:
+    # A validation may shift the logits by the run's calibrated offsets and clean the masks with
+    # post-processors; the score means something else then, so the row says which.
+    """Whether a validation applied the run's logit offsets, and its post-processing steps."""
+    db.execute("ALTER TABLE validations ADD COLUMN calibrated INTEGER")
+    db.execute("ALTER TABLE validations ADD COLUMN post TEXT")

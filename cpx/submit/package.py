@@ -42,7 +42,13 @@ from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
 from cpx.runs.handle import RunHandle, open_run
 from cpx.runs.ledger import Ledger
-from cpx.submit.solution import export_solution, model_source, run_solution, runner_mentions_arguments
+from cpx.submit.solution import (
+    export_solution,
+    model_source,
+    postprocess_sources,
+    run_solution,
+    runner_mentions_arguments,
+)
 
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -115,6 +121,9 @@ class PackageRequest:
     # one image per forward pass, exactly as run.py does: a different batch shape can pick a
     # different kernel and flip argmax ties, and the two must agree to the pixel
     batch_size: int = 1
+    # (recipe hook) the run's stored logit offsets, and post-processing steps (--post)
+    calibration: bool = True
+    post: tuple[str, ...] = ()
 
 
 @dataclass
@@ -674,7 +683,10 @@ def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
 
         # 1. masks
         predictor = predictor_for_run(run.id, workspace, host, checkpoint=request.checkpoint,
-                                      tta=tta, device=str(device), precision="fp32")
+                                      tta=tta, device=str(device), precision="fp32",
+                                      calibration=request.calibration, post=request.post)
+        if fmt.solution_dir:  # recipe hook: run.py must repeat every post step; fail before predicting
+            postprocess_sources(predictor.post)
         cb = (lambda done, total: progress("predict", done, total)) if progress else None
         predicted = predict_folder(predictor, test_dir, masks_dir, batch_size=request.batch_size,
                                    skip_bad=True, progress=cb)
@@ -694,7 +706,10 @@ def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
             # the predictor runs every model channels-last, and so must run.py to match it
             export_solution(model, stage / fmt.solution_dir, competition,
                             image_size=run.image_size, channels_last=True,
-                            model_name=run.config.model.name)
+                            model_name=run.config.model.name,
+                            logit_offsets=None if predictor.logit_offsets is None
+                            else predictor.logit_offsets.tolist(),
+                            postprocess=predictor.post)
 
         # 3. verify the staged files before anything is zipped
         staged = CheckReport(path=str(stage), competition=competition.name)

@@ -7,7 +7,10 @@ It holds four things, none of which needs cpx:
   Pillow and the standard library;
 * ``model.json``: the builder's name and keyword arguments, the input size, the palette;
 * the weights file (``ckpt.pth``) with the weights under the competition's key;
-* ``run.py`` (``--input``, ``--output``, ``--weights``) and ``requirements.txt``.
+* ``run.py`` (``--input``, ``--output``, ``--weights``) and ``requirements.txt``;
+* with a calibrated run, its logit offsets in ``model.json`` (``logit_offsets``), and with
+  post-processing, each step's standalone module beside ``run.py`` and its call in
+  ``model.json`` (``postprocess``: module, function, kwargs).
 
 ``run.py`` repeats cpx's own prediction (:class:`cpx.eval.predict.Predictor` without TTA) step
 by step: antialiased bilinear resize of the uint8 RGB image to the run's size, float in
@@ -107,7 +110,26 @@ def predict(model, image, device):
     if tuple(logits.shape[-2:]) != out_hw:
         # logits, not class ids, are resized back: that is how the masks were validated
         logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
-    return logits.softmax(1).argmax(1)[0].to(torch.uint8).cpu().numpy()
+    if CONFIG.get("logit_offsets"):
+        # per-class offsets fitted for the per-image F (cpx calibrate), added before the argmax
+        logits = logits + torch.tensor(CONFIG["logit_offsets"], dtype=logits.dtype,
+                                       device=logits.device).view(1, -1, 1, 1)
+    mask = logits.softmax(1).argmax(1)[0].to(torch.uint8).cpu().numpy()
+    for step in POSTPROCESS:
+        mask = step(mask)
+    return mask
+
+
+def load_postprocess():
+    """The post-processing steps of model.json: functions of the modules beside this file."""
+    steps = []
+    for step in CONFIG.get("postprocess") or []:
+        function = getattr(importlib.import_module(step["module"]), step["function"])
+        steps.append(lambda mask, f=function, kw=step["kwargs"]: f(mask, **kw))
+    return steps
+
+
+POSTPROCESS = []
 
 
 def write_mask(path, mask):
@@ -136,6 +158,7 @@ def main(argv=None):
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.weights, device)
+    POSTPROCESS.extend(load_postprocess())
     for path in images:
         mask = predict(model, read_image(path), device)
         write_mask(out / (path.stem + CONFIG["mask_suffix"]), mask)
@@ -239,14 +262,45 @@ def requirements_text() -> str:
     return "\n".join(lines) + "\n"
 
 
+def postprocess_sources(steps, taken: tuple[str, ...] = ()) -> list[tuple[Path, dict]]:
+    """Per post-processing step (anything with ``name`` and a ``source`` = (file, function,
+    kwargs), e.g. :class:`cpx.eval.postprocess.PostStep`) its checked standalone file and its
+    ``model.json`` entry ``{"module", "function", "kwargs"}``.
+
+    :raises SubmissionError: a step without a standalone source, or one that imports more than
+        a solution may, or whose module name would clash with ``taken`` or ``run``.
+    """
+    out = []
+    for step in steps:
+        source = getattr(step, "source", None)
+        if not source:
+            raise SubmissionError(f"post-processor {step.name!r} has no standalone source (cpx_source), so "
+                                  f"solution/run.py could not repeat it; package without --post {step.name}")
+        path, function, kwargs = source
+        path = Path(path)
+        if not path.is_file():
+            raise SubmissionError(f"post-processor {step.name!r}: source file {path} does not exist")
+        check_standalone(path.read_text(), path, function)
+        module = path.stem
+        if not module.isidentifier() or module in (*taken, "run", "model"):
+            raise SubmissionError(f"post-processor {step.name!r}: its module name {module!r} cannot sit beside "
+                                  "run.py and the model's module")
+        out.append((path, {"module": module, "function": function, "kwargs": kwargs}))
+    return out
+
+
 def export_solution(model: torch.nn.Module, dest: os.PathLike, competition: Competition, *,
-                    image_size: int, channels_last: bool = True, model_name: str = "") -> list[str]:
-    """Write a standalone solution for ``model`` into the folder ``dest``.
+                    image_size: int, channels_last: bool = True, model_name: str = "",
+                    logit_offsets: Optional[list[float]] = None, postprocess=()) -> list[str]:
+    """Write a standalone solution for ``model`` into the folder ``dest``; ``logit_offsets``
+    (one float per class, from ``cpx calibrate``) and ``postprocess`` steps (see
+    :func:`postprocess_sources`) are repeated by ``run.py``.
 
     Returns the names of the files written (relative to ``dest``). Raises SubmissionError
-    when the model has no shippable source.
+    when the model or a post-processing step has no shippable source.
     """
     src = model_source(model, model_name)
+    post = postprocess_sources(postprocess, taken=(src.module_name,))
     fmt = competition.submission
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -266,6 +320,10 @@ def export_solution(model: torch.nn.Module, dest: os.PathLike, competition: Comp
         "image_suffixes": suffixes,
         "mask_suffix": competition.layout.mask_suffix,
     }
+    if logit_offsets is not None:
+        config["logit_offsets"] = [float(v) for v in logit_offsets]
+    if post:
+        config["postprocess"] = [entry for _, entry in post]
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     runner = RUN_PY if fmt.weights_file == "ckpt.pth" else RUN_PY.replace('"ckpt.pth"', json.dumps(fmt.weights_file))
 
@@ -274,7 +332,10 @@ def export_solution(model: torch.nn.Module, dest: os.PathLike, competition: Comp
     atomic_torch_save({fmt.weights_key: state}, dest / fmt.weights_file)
     atomic_write_text(dest / fmt.runner, runner)
     atomic_write_text(dest / REQUIREMENTS, requirements_text())
-    return sorted([module_file, MODEL_JSON, fmt.weights_file, fmt.runner, REQUIREMENTS])
+    extra = sorted({f"{entry['module']}.py" for _, entry in post})
+    for path, entry in post:
+        atomic_write_text(dest / f"{entry['module']}.py", path.read_text())
+    return sorted([module_file, MODEL_JSON, fmt.weights_file, fmt.runner, REQUIREMENTS, *extra])
 
 
 def run_solution(solution_dir: os.PathLike, input_dir: os.PathLike, output_dir: os.PathLike, *,

@@ -1,0 +1,301 @@
+"""Per-class logit offsets fitted for the competition's per-image F (``cpx calibrate``).
+
+The score averages, per image, the F of the classes present in its ground truth, so a small
+class that is missed costs a whole term while its false positives elsewhere cost little.
+Adding an offset ``b_c`` to class c's logits before the argmax trades that class's precision
+for recall. ``b_0 = 0`` is fixed: one constant added to every class changes no argmax.
+
+Fitting is coordinate ascent over the classes on cached logits at each mask's own size (the
+model's mean view logits, stored as float16): for class c every candidate shift ``d`` of a
+grid is scored at once. With ``m`` = the pixel's class-c logit minus the best other class's
+and ``k*`` that other class, the pixel is predicted c exactly when ``m + d > 0``, else ``k*``;
+counting pixels by (ground truth, ``k*``, first grid index where they turn to c) gives every
+candidate's per-image confusion matrix, hence its per-image F, in one pass over the pixels.
+The best shift is kept when it raises the mean F by more than ``MIN_GAIN`` per image; rounds
+repeat until nothing changes (at most ``MAX_ROUNDS``), each offset within +-``MAX_OFFSET``.
+
+The gain is measured honestly by 2-fold cross-fitting: the validation images are split in two
+halves (a seeded permutation), offsets fitted on one half are scored on the other, both ways;
+only then are the stored offsets fitted on all of them. Scores are exact (the scorer's metric
+on the argmax of the cached logits plus offsets). Predictions through
+:class:`cpx.eval.predict.Predictor` apply the stored offsets to the same logits (their sum
+over TTA views plus ``n_views x offsets``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from cpx import data as datalib
+from cpx.eval.metrics import ScoreAccumulator, class_ids, fscore_from_confusion
+from cpx.eval.predict import is_ensemble, parse_tta, predictor_for_run, tta_label
+from cpx.kernel.errors import ConfigError, DataError, RunError
+from cpx.kernel.files import check_writable, sha256_file
+from cpx.kernel.manager import PluginHost
+from cpx.kernel.text import utc_now
+from cpx.kernel.workspace import Workspace
+from cpx.runs.handle import open_run
+
+GRID = tuple(round(-2.0 + 0.1 * i, 4) for i in range(41))  # candidate shifts per class step
+MAX_OFFSET = 3.0
+MAX_ROUNDS = 4
+MIN_GAIN = 1e-5  # per image: a shift must raise the mean F by more than this to be kept
+
+Progress = Optional[Callable[[str, int, int], None]]
+
+
+@dataclass
+class CachedLogits:
+    """One image's logits, ``C x P`` float16 (P = its mask's pixels), and its ground truth
+    (``P`` uint8 class ids)."""
+
+    logits: torch.Tensor
+    truth: torch.Tensor
+
+
+def mean_fscore(cache: Sequence[CachedLogits], offsets: Sequence[float], num_classes: int) -> float:
+    """The competition F (mean over images of the per-image F) of the argmax of the cached
+    logits plus ``offsets`` (one per class), exactly as the scorer computes it."""
+    b = torch.tensor([float(v) for v in offsets], dtype=torch.float32).view(-1, 1)
+    acc = ScoreAccumulator(num_classes)
+    for item in cache:
+        pred = class_ids((item.logits.float() + b).unsqueeze(0))
+        acc.update(pred, item.truth.unsqueeze(0))
+    return acc.compute().fscore
+
+
+class _Top2:
+    """Per image, the two largest of ``logits + b`` per pixel (values and classes), kept up to
+    date as single offsets change."""
+
+    def __init__(self, cache: Sequence[CachedLogits], b: torch.Tensor):
+        self.cache, self.b = cache, b
+        self.v1, self.i1, self.v2, self.i2 = [], [], [], []
+        for item in cache:
+            v, i = (item.logits.float() + b.view(-1, 1)).topk(2, dim=0)
+            self.v1.append(v[0])
+            self.i1.append(i[0])
+            self.v2.append(v[1])
+            self.i2.append(i[1])
+
+    def shift(self, c: int, d: float) -> None:
+        """Class c's offset grows by ``d``."""
+        self.b[c] += d
+        for k, item in enumerate(self.cache):
+            v1, i1, v2, i2 = self.v1[k], self.i1[k], self.v2[k], self.i2[k]
+            if d > 0:  # c can only climb: exact from the two values known
+                new = item.logits[c].float() + self.b[c]
+                top = i1 == c
+                v1[top] = new[top]
+                second = i2 == c
+                v2[second] = new[second]
+                enters = ~top & ~second & (new > v2)
+                v2[enters], i2[enters] = new[enters], c
+                swap = v2 > v1
+                v1[swap], v2[swap] = v2[swap], v1[swap].clone()
+                i1[swap], i2[swap] = i2[swap], i1[swap].clone()
+            else:  # c falls: where it was among the two, a third class may come up; recompute there
+                where = ((i1 == c) | (i2 == c)).nonzero().squeeze(1)
+                if where.numel():
+                    v, i = (item.logits[:, where].float() + self.b.view(-1, 1)).topk(2, dim=0)
+                    v1[where], i1[where], v2[where], i2[where] = v[0], i[0], v[1], i[1]
+
+
+def _candidate_scores(cache: Sequence[CachedLogits], top: _Top2, c: int, grid: torch.Tensor,
+                      num_classes: int) -> torch.Tensor:
+    """Sum over images of the per-image F for every shift in ``grid`` of class c's offset."""
+    C, J = num_classes, len(grid)
+    total = torch.zeros(J, dtype=torch.float64)
+    for k, item in enumerate(cache):
+        own = item.logits[c].float() + top.b[c]
+        is_top = top.i1[k] == c
+        other = torch.where(is_top, top.v2[k], top.v1[k])
+        runner_up = torch.where(is_top, top.i2[k], top.i1[k])
+        # the first grid index at which the pixel turns to c (J: never within the grid)
+        turn = torch.searchsorted(grid, (other - own).contiguous(), right=True)
+        index = (item.truth.long() * C + runner_up) * (J + 1) + turn
+        counts = torch.bincount(index, minlength=C * C * (J + 1)).view(C, C, J + 1)
+        to_c = counts.cumsum(-1)[..., :J].permute(2, 0, 1)  # J x truth x runner-up
+        conf = counts.sum(-1).unsqueeze(0) - to_c
+        conf[:, :, c] += to_c.sum(-1)
+        total += fscore_from_confusion(conf)
+    return total
+
+
+def fit_offsets(cache: Sequence[CachedLogits], num_classes: int, *, grid: Sequence[float] = GRID,
+                max_rounds: int = MAX_ROUNDS, max_offset: float = MAX_OFFSET, min_gain: float = MIN_GAIN,
+                fixed: Sequence[int] = (0,)) -> list[float]:
+    """Per-class logit offsets (``num_classes`` floats, ``fixed`` classes at 0) that raise the
+    mean per-image F of the cached images, by coordinate ascent (module docstring).
+
+    :raises DataError: no images.
+    """
+    if not cache:
+        raise DataError("no images to calibrate on")
+    grid_t = torch.tensor(sorted(float(g) for g in grid), dtype=torch.float32)
+    zero = int(torch.argmin(grid_t.abs()))
+    if float(grid_t[zero]) != 0.0:
+        raise ConfigError("the calibration grid must hold 0 (no change)")
+    b = torch.zeros(num_classes, dtype=torch.float32)
+    top = _Top2(cache, b)
+    order = [c for c in range(num_classes) if c not in set(fixed)]
+    for _ in range(max_rounds):
+        changed = False
+        for c in order:
+            scores = _candidate_scores(cache, top, c, grid_t, num_classes)
+            allowed = (top.b[c] + grid_t).abs() <= max_offset + 1e-6
+            scores[~allowed] = -np.inf
+            # the best shift, the smallest on a tie
+            best = max(range(len(grid_t)), key=lambda j: (float(scores[j]), -abs(float(grid_t[j]))))
+            if best != zero and float(scores[best] - scores[zero]) > min_gain * len(cache):
+                top.shift(c, float(grid_t[best]))
+                changed = True
+        if not changed:
+            break
+    return [round(float(v), 6) for v in top.b]
+
+
+@dataclass
+class Fold:
+    """One half of the 2-fold check: offsets fitted on ``fit_on`` images, scored on the other
+    ``scored_on``: F before and after, and the gain."""
+
+    fit_on: int
+    scored_on: int
+    before: float
+    after: float
+
+    @property
+    def gain(self) -> float:
+        return self.after - self.before
+
+
+@dataclass
+class CalibrationResult:
+    """What ``cpx calibrate`` measured and fitted: the offsets (fitted on every validation
+    image), the two held-out folds and their mean gain, the in-sample F before and after (an
+    optimistic number), and whether and where the offsets were stored."""
+
+    run_id: str
+    checkpoint: str
+    tta: tuple
+    classes: tuple[str, ...]
+    offsets: list[float]
+    folds: list[Fold]
+    before: float
+    after: float
+    images: int
+    seconds: float
+    stored: bool = False
+    path: str = ""
+    message: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mean_gain(self) -> float:
+        return float(np.mean([f.gain for f in self.folds])) if self.folds else 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        out = asdict(self)
+        out["tta"] = tta_label(self.tta)
+        out["folds"] = [{**asdict(f), "gain": f.gain} for f in self.folds]
+        out["mean_heldout_gain"] = self.mean_gain
+        return out
+
+
+def cache_logits(predictor, root, names: Sequence[str], competition, *, batch_size: int = 8,
+                 progress: Progress = None) -> list[CachedLogits]:
+    """The predictor's mean view logits for the named labelled images of ``root``, at each
+    mask's own size, with the ground truth: what :func:`fit_offsets` works on."""
+    found = datalib.scan(root, competition)
+    missing = [n for n in names if n not in found.images or n not in found.masks]
+    if missing:
+        raise DataError(f"{root}: no image and mask for {', '.join(missing[:5])}")
+    cache = []
+    for a in range(0, len(names), batch_size):
+        chunk = names[a:a + batch_size]
+        images, _ = datalib.load_images([found.images[n] for n in chunk])
+        masks = [datalib.read_mask(found.masks[n], competition.num_classes) for n in chunk]
+        logits = predictor.logits(images, sizes=[m.shape for m in masks])
+        for lg, gt in zip(logits, masks):
+            cache.append(CachedLogits(lg.reshape(lg.shape[0], -1).to(torch.float16),
+                                      torch.from_numpy(np.array(gt).reshape(-1))))
+        if progress:
+            progress("logits", min(a + batch_size, len(names)), len(names))
+    return cache
+
+
+def calibrate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint: str = "best", tta=(),
+                  device: str = "auto", precision: str = "auto", batch_size: int = 8, store: bool = True,
+                  force: bool = False, seed: int = 0, progress: Progress = None) -> CalibrationResult:
+    """``cpx calibrate``: fit per-class logit offsets on a run's validation images, measure the
+    gain by 2-fold cross-fitting, and (with ``store``) write the offsets fitted on all images to
+    the run's ``calibration.json``, which validate, predict and package then apply. Offsets
+    whose mean held-out gain is not positive are only stored with ``force``.
+
+    :raises RunError: an ensemble, a run without validation images (a refit) or data.
+    :raises NotWritable: ``store`` with a read-only run folder (checked before any work).
+    """
+    start = time.perf_counter()
+    run = open_run(ref, workspace, host)
+    if is_ensemble(run.row):
+        raise RunError(f"run {run.id} is an ensemble; calibration fits one model's logits")
+    names = run.val_names
+    if not names:
+        why = (f"it is a refit of {run.row['refit_of']} (every labelled image trained); calibrate that run"
+               if run.row.get("refit_of") else "it has no validation list")
+        raise RunError(f"run {run.id} has no held-out images to calibrate on: {why}")
+    root = run.data_root
+    if root is None or not root.is_dir():
+        raise RunError(f"run {run.id}: its data folder {root} is gone")
+    if len(names) < 4:
+        raise RunError(f"run {run.id} holds {len(names)} validation images; calibration needs at least 4")
+    if store:
+        check_writable(run.folder.calibration_path)
+    competition = run.competition
+    predictor = predictor_for_run(run.id, workspace, host, checkpoint=checkpoint, tta=parse_tta(tta),
+                                  device=device, precision=precision, calibration=False)
+    cache = cache_logits(predictor, root, names, competition, batch_size=batch_size, progress=progress)
+    k = competition.num_classes
+    zero = [0.0] * k
+
+    order = np.random.RandomState(seed).permutation(len(cache))
+    halves = [order[: len(cache) // 2].tolist(), order[len(cache) // 2:].tolist()]
+    folds = []
+    for i, (fit_idx, score_idx) in enumerate((halves, halves[::-1])):
+        fitted = fit_offsets([cache[j] for j in fit_idx], k)
+        held = [cache[j] for j in score_idx]
+        folds.append(Fold(len(fit_idx), len(score_idx), mean_fscore(held, zero, k), mean_fscore(held, fitted, k)))
+        if progress:
+            progress("folds", i + 1, 3)
+    offsets = fit_offsets(cache, k)
+    if progress:
+        progress("folds", 3, 3)
+    result = CalibrationResult(run_id=run.id, checkpoint=checkpoint, tta=predictor.tta,
+                               classes=tuple(competition.classes), offsets=offsets, folds=folds,
+                               before=mean_fscore(cache, zero, k), after=mean_fscore(cache, offsets, k),
+                               images=len(cache), seconds=0.0)
+    if not store:
+        result.message = "not stored (--no-store)"
+    elif result.mean_gain <= 0 and not force:
+        result.message = (f"not stored: the mean held-out gain is {result.mean_gain:+.4f}, so the offsets would not "
+                          "help on unseen images (--force stores them anyway)")
+    else:
+        path = run.checkpoint_path(checkpoint)
+        run.folder.write_calibration({
+            "offsets": offsets, "classes": list(competition.classes), "checkpoint": checkpoint,
+            "checkpoint_sha256": sha256_file(path), "tta": list(predictor.tta), "images": len(cache),
+            "data": "val_list", "folds": [{**asdict(f), "gain": f.gain} for f in folds],
+            "mean_heldout_gain": result.mean_gain, "in_sample": {"before": result.before, "after": result.after},
+            "grid": [min(GRID), max(GRID), len(GRID)], "max_offset": MAX_OFFSET, "split_seed": seed,
+            "created_at": utc_now(),
+        })
+        result.stored, result.path = True, str(run.folder.calibration_path)
+    result.seconds = time.perf_counter() - start
+    return result

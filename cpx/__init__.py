@@ -78,6 +78,7 @@ def open_run(ref: str, workspace: Optional[Union[str, os.PathLike]] = None) -> "
 
 def predict(run: Union[str, "RunHandle"], images: Sequence[ImageLike], *, checkpoint: str = "best",
             tta: Union[str, Sequence[str]] = (), device: str = "auto", precision: str = "auto",
+            calibration: bool = True, post: Union[None, str, Sequence[str]] = None,
             workspace: Optional[Union[str, os.PathLike]] = None) -> list["np.ndarray"]:
     """Class-id masks for ``images`` from a recorded run, as ``cpx predict`` makes them.
 
@@ -86,6 +87,8 @@ def predict(run: Union[str, "RunHandle"], images: Sequence[ImageLike], *, checkp
         uint8 tensors; any sizes.
     :param tta: test-time augmentation, ``"flip"``, ``"scale"`` or both (``"flip,scale"``);
         a flip swaps left/right classes back.
+    :param calibration: apply the logit offsets ``cpx calibrate`` stored with the run.
+    :param post: post-processing steps, e.g. ``"small-components,fill-holes"``.
     :returns: per image an ``H x W`` uint8 array of class ids at the image's own size.
     :raises DataError: an unreadable image or an array of the wrong shape or dtype.
     :raises RunError: the run or its checkpoint cannot be used.
@@ -115,7 +118,7 @@ def predict(run: Union[str, "RunHandle"], images: Sequence[ImageLike], *, checkp
         else:
             tensors.append(image)
     predictor = predictor_for_run(ref, Workspace.current(workspace), get_host(), checkpoint=checkpoint, tta=tta,
-                                  device=device, precision=precision)
+                                  device=device, precision=precision, calibration=calibration, post=post)
     return [mask.numpy() for mask in predictor.predict(tensors)]
 
 

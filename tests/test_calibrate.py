@@ -18,6 +18,7 @@ from cpx.eval.predict import predictor_for_run
 from cpx.eval.validate import validate_run
 from cpx.kernel.errors import RunError
 from cpx.runs.handle import open_run
+from cpx.report.leaderboard import build_leaderboard
 from cpx.runs.ledger import Ledger
 
 
@@ -136,9 +137,13 @@ def test_calibrate_reports_two_heldout_folds_and_stores_offsets(calib_run, cpx_w
     with Ledger(cpx_workspace.ledger_path) as ledger:
         row = ledger.list_validations(calib_run)[-1]
     assert row["calibrated"] is True and row["score"] == pytest.approx(ev.scores.fscore)
+    with Ledger(cpx_workspace.ledger_path) as ledger:  # in-sample: never the leaderboard's val F
+        board = build_leaderboard(ledger)
+    assert all(r.val_source != f"validate #{ev.validation_id}" for r in board.rows)
     assert main(["validate", calib_run, "--post", "small-components,fill-holes", "--no-record"]) == 0
-    out = capsys.readouterr().out
-    assert "calibrated" in out and "post small-components" in out and "without calibration" in out
+    captured = capsys.readouterr()
+    assert "F by stage" in captured.out and "with the calibrated offsets" in captured.out
+    assert "post small-components" in captured.out and "in-sample" in captured.err
 
 
 def test_a_calibration_of_other_weights_is_not_applied(calib_run, cpx_workspace, cpx_host):

@@ -187,6 +187,13 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
     evaluation.checkpoint = "members" if is_ensemble(row) else str(checkpoint)
     evaluation.data = data_label
     evaluation.warnings = warnings + predictor.notes
+    if evaluation.calibrated and data is None:
+        spec = folder.read_calibration() or {}
+        gain = spec.get("mean_heldout_gain")
+        evaluation.warnings.append(
+            "the logit offsets were fitted on these validation images, so the calibrated F is in-sample "
+            "(optimistic)" + (f"; cpx calibrate measured a held-out gain of {gain:+.4f}" if gain is not None else "")
+            + "; the leaderboard does not use this score")
     if record:
         s = evaluation.scores
         try:

@@ -344,7 +344,10 @@ def _run_val(ledger: Ledger, run: dict) -> tuple[Optional[float], str, Optional[
         checkpoint = _basename(ckpts[0]) if ckpts else None
         if val is not None:
             source = f"imported ep {run['best_epoch']}" if run.get("best_epoch") else "imported"
-    best = ledger.best_validation(run["id"])
+    # a calibrated score on the images the offsets were fitted on is in-sample: never the val F
+    honest = [v for v in ledger.list_validations(run["id"]) if v.get("score") is not None
+              and not (v.get("calibrated") and v.get("data") == "val_list")]
+    best = max(honest, key=lambda v: (v["score"], v["created_at"], v["id"])) if honest else None
     if best is not None and best.get("score") is not None and (val is None or best["score"] > val):
         val = best["score"]
         source = f"validate #{best['id']}"

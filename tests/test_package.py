@@ -21,7 +21,8 @@ from cpx.cli import create_app
 from cpx.data import write_dataset
 from cpx.kernel.errors import SubmissionError
 from cpx.runs.ledger import Ledger
-from cpx.submit.package import PackageRequest, check_submission, check_zip, list_test_images, package
+from cpx.submit.package import PackageRequest, package
+from cpx.submit.zipcheck import check_submission, check_zip, list_test_images
 from cpx.kernel.manager import create_plugin_host
 from cpx.submit.solution import check_standalone, foreign_imports
 from cpx.train.run import TrainRequest, train

@@ -10,7 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cpx.kernel.errors import ConfigError
-from cpx.submit.package import CheckReport, PackageRequest, PackageResult, check_submission, package
+from cpx.submit.package import PackageRequest, PackageResult, package
+from cpx.submit.zipcheck import CheckReport, check_submission
 from . import _common
 from ._common import console, err_console, print_json
 from cpx.kernel.text import format_f

@@ -21,6 +21,7 @@ from cpx.kernel.text import utc_now
 from cpx.runs.ledger import Ledger
 from cpx.kernel.files import sha256_file
 from cpx.runs.folder import RunFolder
+from cpx.submit.zipcheck import CheckReport, check_submission
 
 DEFAULT_PHASE = "test"
 NOT_COUNTED = ("failed", "cancelled")
@@ -120,15 +121,6 @@ def mark_final(ledger: Ledger, name: str) -> dict:
 
 
 
-def check_zip(zip_path: Path, workspace, host, *, competition: Optional[str] = None,
-              test_dir: Optional[Path] = None):
-    """The check ``cpx package --check`` runs (:func:`cpx.submit.package.check_submission`): its
-    report, with ``problems`` empty when the zip is fine."""
-    from cpx.submit.package import check_submission
-
-    return check_submission(Path(zip_path), workspace, host, competition=competition, test_dir=test_dir)
-
-
 def run_test_dir(run: Optional[dict], host) -> Optional[Path]:
     """The test images next to the data a run trained on, when that folder still exists."""
     if not run or not run.get("run_dir") or not run.get("competition"):
@@ -149,7 +141,7 @@ def run_test_dir(run: Optional[dict], host) -> Optional[Path]:
 @dataclass
 class Registered:
     submission: dict
-    check: Any  # cpx.submit.package.CheckReport
+    check: CheckReport
     notes: list[str] = field(default_factory=list)
 
 
@@ -180,8 +172,8 @@ def register_submission(ledger: Ledger, name: str, zip_path: Path, *, workspace,
     if test_dir is not None and not Path(test_dir).is_dir():
         raise SubmissionError(f"--test {test_dir}: no such folder")
     competition = competition or (run_row or {}).get("competition")
-    report = check_zip(zip_path, workspace, host, competition=competition,
-                       test_dir=test_dir or run_test_dir(run_row, host))
+    report = check_submission(zip_path, workspace, host, competition=competition,
+                              test_dir=test_dir or run_test_dir(run_row, host))
     if report.problems:
         problems = [str(p) for p in report.problems]
         raise SubmissionError("\n".join(

@@ -291,6 +291,9 @@ class _ApiHandler(_Base):
             errors = {k: ["This field is required."] for k in ("type", "request_sassy_file_name") if not data.get(k)}
             if errors:
                 return 400, errors
+            # as the real view does: the size is needed to check the user's storage quota
+            if not isinstance(data.get("file_size"), (int, float)) or isinstance(data.get("file_size"), bool):
+                return 400, {"file_size": ["This field is required."]}
             key = str(uuid.uuid4())
             name = data["request_sassy_file_name"]
             fake.datasets[key] = {"key": key, "name": data.get("name"), "type": data["type"],

@@ -34,6 +34,7 @@ from PIL import Image
 
 from cpx import __version__
 from cpx.data.competition import Competition
+from cpx.eval.predict import DEFAULT_SCALES
 from cpx.kernel.device import count_params
 from cpx.kernel.errors import DataError, RuleViolation, SubmissionError
 from cpx.kernel.files import sha256_file
@@ -65,8 +66,6 @@ class PackageRequest:
     test_dir: Optional[str] = None
     checkpoint: str = "best"
     allow_rule_break: bool = False
-    # test images the packaged solution/run.py is run on and compared with the masks
-    solution_check_images: int = 3
     device: str = "auto"
     # one image per forward pass, exactly as run.py does: a different batch shape can pick a
     # different kernel and flip argmax ties, and the two must agree to the pixel
@@ -276,7 +275,8 @@ def _write_solution(job: _Job, stage: Path) -> None:
     if solution_dir:
         # the predictor runs every model channels-last, and so must run.py to match it
         export_solution(job.model, stage / solution_dir, job.competition, image_size=job.run.image_size,
-                        channels_last=True, model_name=job.run.config.model.name)
+                        tta=job.tta, scales=DEFAULT_SCALES, channels_last=True,
+                        model_name=job.run.config.model.name)
 
 
 def _check_stage(job: _Job, stage: Path) -> None:
@@ -339,19 +339,59 @@ def _check_zip(job: _Job, partial: Path) -> CheckReport:
 
 
 def _prove_solution(job: _Job, partial: Path, scratch: Path) -> tuple[int, Optional[float], Optional[bool], float]:
-    """Run the zip's own solution on test images and compare with the packaged masks;
-    returns (images, share of equal pixels, exact, seconds)."""
+    """Run the zip's own ``solution/run.py`` on every test image, in a fresh interpreter from a
+    folder extracted from the zip, and compare each mask with the packaged one; any difference
+    fails the package. Returns (images, share of equal pixels, exact, seconds)."""
     fmt = job.competition.submission
-    if not fmt.solution_dir or job.request.solution_check_images <= 0:
+    if not fmt.solution_dir:
         return 0, None, None, 0.0
-    images, agreement, seconds = _try_solution(
-        partial, job.competition, job.test_images, job.request.solution_check_images, scratch,
-        device=job.device.type, progress=job.progress)
-    exact = agreement == 1.0
-    if not exact and not job.tta:
-        raise SubmissionError(f"solution/{fmt.runner} does not reproduce the packaged masks: "
-                              f"{agreement:.4%} of pixels agree on {images} test images")
-    return images, agreement, exact, seconds
+    suffix = job.competition.layout.mask_suffix
+    root, inputs, outputs = scratch / "solution-check", scratch / "solution-input", scratch / "solution-output"
+    inputs.mkdir(parents=True)
+    for path in job.test_images.values():
+        shutil.copy2(path, inputs / path.name)
+    with zipfile.ZipFile(partial) as zf:
+        # entries were checked above: relative, no '..', no links
+        zf.extractall(root, [n for n in zf.namelist() if n.startswith(fmt.solution_dir + "/")])
+    progress, total = job.progress, len(job.test_images)
+    if progress:
+        progress("solution", 0, total)
+    seconds = run_solution(root / fmt.solution_dir, inputs, outputs, runner=fmt.runner,
+                           weights=root / fmt.solution_dir / fmt.weights_file, device=job.device.type)
+    if progress:
+        progress("solution", total, total)
+    equal = pixels = 0
+    differ: list[tuple[str, float]] = []
+    with zipfile.ZipFile(partial) as zf:
+        for stem in sorted(job.test_images):
+            theirs = _read_png_array(zf.read(f"{fmt.masks_dir}/{stem}{suffix}"))
+            mine = _runner_mask(outputs / f"{stem}{suffix}", theirs.shape, job, stem)
+            same = int((mine == theirs).sum())
+            equal, pixels = equal + same, pixels + mine.size
+            if same != mine.size:
+                differ.append((stem, same / mine.size))
+    if differ:
+        stem, share = differ[0]
+        raise SubmissionError(
+            f"solution/{fmt.runner} does not reproduce the packaged masks: {len(differ)} of {total} differ "
+            f"(first {stem}: {share:.4%} of pixels agree); the zip was not written")
+    return total, (equal / pixels if pixels else 1.0), True, seconds
+
+
+def _runner_mask(path: Path, shape: tuple, job: _Job, stem: str) -> np.ndarray:
+    """The mask run.py wrote for ``stem``, checked to exist and match the packaged one's mode
+    and shape."""
+    fmt = job.competition.submission
+    if not path.is_file():
+        raise SubmissionError(f"solution/{fmt.runner} wrote no mask for {job.test_images[stem].name}")
+    with Image.open(path) as img:
+        if img.mode not in fmt.mask_modes:
+            raise SubmissionError(f"solution/{fmt.runner} wrote a mode {img.mode} mask for {stem}")
+        mine = np.asarray(img)
+    if mine.shape != shape:
+        raise SubmissionError(f"solution/{fmt.runner} wrote a {mine.shape[1]}x{mine.shape[0]} mask for "
+                              f"{stem}; the packaged one is {shape[1]}x{shape[0]}")
+    return mine
 
 
 def _publish(partial: Path, final: Path) -> None:
@@ -425,50 +465,6 @@ def _resolve_test_dir(run: RunHandle, request: PackageRequest) -> Path:
 def _read_png_array(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img)
-
-
-def _try_solution(zip_path: Path, competition: Competition, test_images: dict[str, Path],
-                  count: int, scratch: Path, *, device: str = "cpu",
-                  progress: Progress = None) -> tuple[int, float, float]:
-    """Run the zip's own solution on the first ``count`` test images, in a folder extracted
-    from the zip; return (images, share of pixels equal to the packaged masks, seconds)."""
-    fmt = competition.submission
-    root = scratch / "solution-check"
-    inputs, outputs = scratch / "solution-input", scratch / "solution-output"
-    for folder in (root, inputs, outputs):
-        shutil.rmtree(folder, ignore_errors=True)
-    inputs.mkdir(parents=True)
-    stems = sorted(test_images)[:count]
-    for stem in stems:
-        shutil.copy2(test_images[stem], inputs / test_images[stem].name)
-    with zipfile.ZipFile(zip_path) as zf:
-        # entries were checked above: relative, no '..', no links
-        members = [n for n in zf.namelist() if n.startswith(fmt.solution_dir + "/")]
-        zf.extractall(root, members)
-        packaged = {s: _read_png_array(zf.read(f"{fmt.masks_dir}/{s}{competition.layout.mask_suffix}"))
-                    for s in stems}
-    if progress:
-        progress("solution", 0, len(stems))
-    seconds = run_solution(root / fmt.solution_dir, inputs, outputs, runner=fmt.runner,
-                           weights=root / fmt.solution_dir / fmt.weights_file, device=device)
-    if progress:
-        progress("solution", len(stems), len(stems))
-    equal = total = 0
-    for stem in stems:
-        out = outputs / f"{stem}{competition.layout.mask_suffix}"
-        if not out.is_file():
-            raise SubmissionError(f"solution/{fmt.runner} wrote no mask for {test_images[stem].name}")
-        with Image.open(out) as img:
-            if img.mode not in fmt.mask_modes:
-                raise SubmissionError(f"solution/{fmt.runner} wrote a mode {img.mode} mask for {stem}")
-            mine = np.asarray(img)
-        theirs = packaged[stem]
-        if mine.shape != theirs.shape:
-            raise SubmissionError(f"solution/{fmt.runner} wrote a {mine.shape[1]}x{mine.shape[0]} mask "
-                                  f"for {stem}; the packaged one is {theirs.shape[1]}x{theirs.shape[0]}")
-        equal += int((mine == theirs).sum())
-        total += mine.size
-    return len(stems), (equal / total if total else 1.0), seconds
 
 
 __all__ = ["PackageRequest", "PackageResult", "package", "zip_name"]

@@ -306,7 +306,7 @@ def test_check_sees_through_a_nested_folder_and_checks_the_weights(cpx_workspace
     images = list_test_images(cpx_synthetic / "test" / "images", comp)
     files = _good_files(sorted(images))
     buf = io.BytesIO()
-    torch.save({"model": {}}, buf)
+    torch.save({"weights": {}}, buf)
     files["solution/ckpt.pth"] = buf.getvalue()
     files["solution/run.py"] = "print('hi')\n"
     del files["solution/requirements.txt"]

@@ -7,6 +7,13 @@ for (runner, requirements, weights under the expected key), an optional ``manife
 sha256 list matches the files, and a parameter count under the competition's cap. It also
 knows the entries no scorer wants (absolute or ``..`` paths, links, ``__MACOSX/``, OS junk).
 
+A zip is small on disk but its entries may inflate a thousandfold, so nothing is trusted to be
+small: an entry larger than :data:`MAX_ENTRY_BYTES` once unpacked, a large entry packed more
+tightly than :data:`MAX_RATIO` to 1 (a zip bomb), more than :data:`MAX_TOTAL_BYTES` in all, or
+a mask of more than :data:`MAX_MASK_PIXELS` pixels is a problem and is never unpacked; what is
+read is read in blocks (CRCs, hashes) or up to a per-kind limit (masks, text, weights).
+Weights are loaded with ``torch.load(weights_only=True)``, so a checkpoint cannot run code.
+
 :func:`check_zip` checks a zip, :func:`check_folder` a staged folder, and
 :func:`check_submission` a zip with its competition and test images worked out, as
 ``cpx package --check`` and ``cpx submit --zip`` do. Every check collects all problems into a
@@ -15,16 +22,19 @@ knows the entries no scorer wants (absolute or ``..`` paths, links, ``__MACOSX/`
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import re
 import stat
 import time
+import warnings
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import IO, Iterable, Optional
 
 import numpy as np
 import torch
@@ -32,7 +42,6 @@ from PIL import Image, UnidentifiedImageError
 
 from cpx.data.competition import Competition
 from cpx.kernel.errors import ConfigError, DataError, Problem, SubmissionError
-from cpx.kernel.files import sha256_bytes
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
 from cpx.submit.solution import runner_mentions_arguments
@@ -42,6 +51,17 @@ MANIFEST = "manifest.json"
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 # Batch-norm statistics sit in a state_dict but are not trainable parameters.
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+# Keys other scripts keep the weights under; the competition's own key is tried first.
+WEIGHT_KEYS = ("state_dict", "model_state_dict", "model")
+
+# Resource limits (bytes once unpacked unless said otherwise)
+MAX_ENTRY_BYTES = 512 * 2**20
+MAX_TOTAL_BYTES = 4 * 2**30
+# unpacked / packed; deflate reaches about 1030:1 on constant data, real masks and weights ~1-10:1
+MAX_RATIO = 200
+RATIO_FLOOR = 16 * 2**20  # smaller entries are not judged by their ratio
+MAX_MASK_PIXELS = 8192 * 8192
+_READ_LIMIT = {"mask": 64 * 2**20, "text": 16 * 2**20, "weights": MAX_ENTRY_BYTES}
 
 Size = tuple[int, int]  # (height, width)
 
@@ -64,6 +84,8 @@ class CheckReport:
     params_source: str = ""
     # floating-point weights in the checkpoint, batch-norm statistics left out
     weights_params: Optional[int] = None
+    # the key the weights were found under in the checkpoint
+    weights_key: Optional[str] = None
     max_params: Optional[int] = None
     classes_seen: list[int] = field(default_factory=list)
     manifest: Optional[dict] = None
@@ -90,13 +112,46 @@ class CheckReport:
 # File sources: the same checks run on a staged folder and on a zip
 
 
+class _Skipped(Exception):
+    """An entry not read because it broke a resource limit (already reported)."""
+
+
 class _Files:
     """Regular files by posix path relative to the submission root."""
 
     names: list[str]
 
-    def read(self, name: str) -> bytes:
+    def size(self, name: str) -> int:
         raise NotImplementedError
+
+    def open(self, name: str) -> IO[bytes]:
+        raise NotImplementedError
+
+    def skipped(self, name: str) -> bool:
+        """Whether ``name`` broke a resource limit and must not be read."""
+        return False
+
+    def read(self, name: str, kind: str) -> bytes:
+        """The whole file, when it is within the limit for its ``kind`` (mask, text, weights).
+
+        :raises _Skipped: it broke a limit (a problem already says so) or exceeds ``kind``'s.
+        """
+        limit = _READ_LIMIT[kind]
+        if self.skipped(name) or self.size(name) > limit:
+            raise _Skipped(name)
+        with self.open(name) as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise _Skipped(name)
+        return data
+
+    def sha256(self, name: str) -> str:
+        """Hex sha256 of the file, read in blocks."""
+        digest = hashlib.sha256()
+        with self.open(name) as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     def label(self, name: str) -> str:
         """How to name the file in a problem: its path as the user sees it."""
@@ -109,26 +164,33 @@ class _DirFiles(_Files):
         self.names = sorted(p.relative_to(self.root).as_posix()
                             for p in self.root.rglob("*") if p.is_file())
 
-    def read(self, name: str) -> bytes:
-        return (self.root / name).read_bytes()
+    def size(self, name: str) -> int:
+        return (self.root / name).stat().st_size
+
+    def open(self, name: str) -> IO[bytes]:
+        return open(self.root / name, "rb")
 
 
 class _ZipFiles(_Files):
-    def __init__(self, zf: zipfile.ZipFile, names: dict[str, str]):
+    def __init__(self, zf: zipfile.ZipFile, names: dict[str, str], skipped: frozenset = frozenset()):
         # names: path as checked -> name inside the zip (they differ under a nested top folder)
         self.zf = zf
         self.map = names
         self.names = sorted(names)
+        self._skipped = skipped  # zip names
 
-    def read(self, name: str) -> bytes:
-        return self.zf.read(self.map[name])
+    def size(self, name: str) -> int:
+        return self.zf.getinfo(self.map[name]).file_size
+
+    def open(self, name: str) -> IO[bytes]:
+        # a ZipExtFile never yields more than the entry's recorded size
+        return self.zf.open(self.map[name])
+
+    def skipped(self, name: str) -> bool:
+        return self.map.get(name, name) in self._skipped
 
     def label(self, name: str) -> str:
         return self.map.get(name, name)
-
-
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,6 +273,60 @@ def _entry_problems(infos: list[zipfile.ZipInfo], report: CheckReport) -> list[z
     return keep
 
 
+def _size_problems(infos: list[zipfile.ZipInfo], report: CheckReport) -> set[str]:
+    """Flag entries that would unpack to too much, judged by the sizes the zip records (reading
+    never yields more than those); return the names that must not be read."""
+    skipped: set[str] = set()
+    for info in infos:
+        if info.is_dir():
+            continue
+        if info.file_size > MAX_ENTRY_BYTES:
+            report.add(info.filename, "entry_too_large",
+                       f"unpacks to {_mib(info.file_size)}; cpx reads at most {_mib(MAX_ENTRY_BYTES)} per "
+                       f"entry (not unpacked)")
+            skipped.add(info.filename)
+        elif info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(1, info.compress_size):
+            ratio = info.file_size / max(1, info.compress_size)
+            report.add(info.filename, "compression_ratio",
+                       f"{_mib(info.compress_size)} unpacks to {_mib(info.file_size)} ({ratio:,.0f}:1), the mark "
+                       f"of a zip bomb; at most {MAX_RATIO}:1 above {_mib(RATIO_FLOOR)} (not unpacked)")
+            skipped.add(info.filename)
+    total = sum(i.file_size for i in infos if not i.is_dir())
+    if total > MAX_TOTAL_BYTES:
+        report.add("", "zip_too_large", f"the entries unpack to {_mib(total)} in all; cpx reads at most "
+                                        f"{_mib(MAX_TOTAL_BYTES)} (nothing was unpacked)")
+        skipped |= {i.filename for i in infos}
+    return skipped
+
+
+def _crc_problems(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], skipped: set[str],
+                  report: CheckReport) -> None:
+    """Unpack every entry within the limits in 1 MiB blocks, as a scorer would, and flag the
+    ones whose data or CRC is broken (``zipfile.testzip`` would unpack the oversized ones too)."""
+    for info in infos:
+        if info.is_dir() or info.filename in skipped:
+            continue
+        try:
+            with zf.open(info) as fh:
+                while fh.read(1 << 20):
+                    pass
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
+            report.add(info.filename, "corrupt_entry", f"entry cannot be unpacked ({_reason(exc)})")
+        except NotImplementedError as exc:
+            report.add(info.filename, "corrupt_entry", f"entry uses a compression cpx cannot read ({_reason(exc)})")
+        except RuntimeError as exc:  # encrypted entries
+            report.add(info.filename, "corrupt_entry", f"entry cannot be unpacked ({_reason(exc)})")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+    return text or exc.__class__.__name__
+
+
 def _strip_nested_top(names: list[str], competition: Competition, report: CheckReport) -> dict[str, str]:
     """Checked path -> zip name; a single wrapping folder is reported and looked through."""
     masks_dir = competition.submission.masks_dir
@@ -252,11 +368,34 @@ def _check_masks(files: _Files, competition: Competition, report: CheckReport,
             continue
         stems[stem] = name
         try:
-            with Image.open(io.BytesIO(files.read(name))) as img:
-                img.load()
-                fmt_name, mode, size = img.format, img.mode, (img.height, img.width)
-                bands = len(img.getbands())
-                arr = np.asarray(img) if mode in ("P", "L") else None
+            data = files.read(name, "mask")
+        except _Skipped:
+            if not files.skipped(name):
+                report.add(files.label(name), "mask_too_large",
+                           f"{_mib(files.size(name))}; a mask is at most {_mib(_READ_LIMIT['mask'])}")
+            continue
+        expected = test_sizes.get(stem) if test_sizes is not None else None
+        try:
+            with warnings.catch_warnings():
+                # Pillow's own decompression-bomb warning: the header check below answers first
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as img:
+                    fmt_name, mode, size = img.format, img.mode, (img.height, img.width)
+                    bands = len(img.getbands())
+                    if size[0] * size[1] > MAX_MASK_PIXELS or (expected is not None and size != expected
+                                                                and size[0] * size[1] > expected[0] * expected[1]):
+                        arr = None  # not decoded: too many pixels, or a wrong size reported below
+                        if size[0] * size[1] > MAX_MASK_PIXELS:
+                            report.add(files.label(name), "mask_too_large",
+                                       f"{size[1]}x{size[0]} pixels; a mask is at most {MAX_MASK_PIXELS:,} "
+                                       f"pixels (not decoded)")
+                    else:
+                        img.load()
+                        arr = np.asarray(img) if mode in ("P", "L") else None
+        except Image.DecompressionBombError:
+            report.add(files.label(name), "mask_too_large", "too many pixels to decode safely (Pillow's "
+                                                            "decompression-bomb limit)")
+            continue
         except Exception as exc:  # PIL raises many types for broken files
             report.add(files.label(name), "unreadable", f"cannot read the mask ({exc.__class__.__name__})")
             continue
@@ -306,11 +445,18 @@ def _check_solution(files: _Files, competition: Competition, report: CheckReport
                                        f"weights ({fmt.runner}, {fmt.weights_file})")
         return
     runner = sol + fmt.runner
+    source = None
     if runner not in files.names:
         report.add(files.label(runner), "no_runner", f"missing: {competition.name} requires {fmt.runner} "
                                         f"taking --input, --output and --weights")
     else:
-        source = files.read(runner).decode("utf-8", errors="replace")
+        try:
+            source = files.read(runner, "text").decode("utf-8", errors="replace")
+        except _Skipped:
+            if not files.skipped(runner):
+                report.add(files.label(runner), "runner_too_large",
+                           f"{_mib(files.size(runner))}; a runner script is at most {_mib(_READ_LIMIT['text'])}")
+    if source is not None:
         try:
             compile(source, runner, "exec")
         except SyntaxError as exc:
@@ -326,20 +472,33 @@ def _check_solution(files: _Files, competition: Competition, report: CheckReport
         report.add(files.label(weights), "no_weights", f"missing: the weights, under the key '{fmt.weights_key}'")
         return
     try:
-        state = torch.load(io.BytesIO(files.read(weights)), map_location="cpu", weights_only=True)
+        data = files.read(weights, "weights")
+    except _Skipped:
+        return  # too large: already a problem
+    try:
+        # weights_only: unpickling may rebuild tensors and plain containers, never run code
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__
         report.add(files.label(weights), "weights_unreadable",
                    f"torch.load(weights_only=True) cannot read it ({reason})")
         return
-    if not isinstance(state, dict) or fmt.weights_key not in state:
+    accepted = tuple(dict.fromkeys((fmt.weights_key, *WEIGHT_KEYS)))
+    key = next((k for k in accepted if isinstance(state, dict) and k in state), None)
+    if key is None:
         keys = ", ".join(map(str, list(state)[:6])) if isinstance(state, dict) else type(state).__name__
-        report.add(files.label(weights), "no_weights_key", f"no '{fmt.weights_key}' key (found: {keys or 'nothing'})")
+        report.add(files.label(weights), "no_weights_key",
+                   f"no '{fmt.weights_key}' key (nor {', '.join(repr(k) for k in accepted[1:])}; "
+                   f"found: {keys or 'nothing'})")
         return
-    weights_dict = state[fmt.weights_key]
+    report.weights_key = key
+    if key != fmt.weights_key:
+        report.notes.append(f"{fmt.weights_file}: weights found under '{key}' (cpx package writes "
+                            f"'{fmt.weights_key}'); the zip's own {fmt.runner} must load that key")
+    weights_dict = state[key]
     if not isinstance(weights_dict, dict) or not weights_dict or not all(
             isinstance(v, torch.Tensor) for v in weights_dict.values()):
-        report.add(files.label(weights), "bad_state_dict", f"'{fmt.weights_key}' is not a mapping of names to tensors")
+        report.add(files.label(weights), "bad_state_dict", f"'{key}' is not a mapping of names to tensors")
         return
     report.weights_params = estimate_params(weights_dict)
     if report.params is None:
@@ -355,9 +514,13 @@ def _check_manifest(files: _Files, report: CheckReport) -> None:
     if MANIFEST not in files.names:
         return
     try:
-        manifest = json.loads(files.read(MANIFEST))
+        manifest = json.loads(files.read(MANIFEST, "text"))
         if not isinstance(manifest, dict):
             raise ValueError("not a JSON object")
+    except _Skipped:
+        if not files.skipped(MANIFEST):
+            report.add(files.label(MANIFEST), "manifest_invalid", f"larger than {_mib(_READ_LIMIT['text'])}")
+        return
     except ValueError as exc:
         report.add(files.label(MANIFEST), "manifest_invalid", f"not a valid manifest ({exc})")
         return
@@ -372,7 +535,9 @@ def _check_manifest(files: _Files, report: CheckReport) -> None:
     for name in sorted(listed):
         if name not in files.names:
             report.add(files.label(name), "manifest_missing_file", "listed in the manifest but not in the zip")
-        elif sha256_bytes(files.read(name)) != listed[name]:
+        elif files.skipped(name):
+            continue  # too large to read: already a problem
+        elif files.sha256(name) != listed[name]:
             report.add(files.label(name), "manifest_hash", "content differs from the sha256 in the manifest")
     for name in files.names:
         if name != MANIFEST and name not in listed:
@@ -446,12 +611,11 @@ def check_zip(zip_path: os.PathLike, competition: Competition,
         report.entries = len(infos)
         if not infos:
             report.add("", "empty_zip", "the zip is empty")
-        corrupt = zf.testzip()
-        if corrupt is not None:
-            report.add(corrupt, "corrupt_entry", "entry fails its CRC check")
+        skipped = _size_problems(infos, report)
+        _crc_problems(zf, infos, skipped, report)
         keep = _entry_problems(infos, report)
         mapping = _strip_nested_top([i.filename for i in keep], competition, report)
-        check_files(_ZipFiles(zf, mapping), competition, report, test_sizes)
+        check_files(_ZipFiles(zf, mapping, frozenset(skipped)), competition, report, test_sizes)
     report.seconds = time.perf_counter() - start
     return report
 

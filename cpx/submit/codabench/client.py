@@ -20,9 +20,10 @@ from requests.auth import AuthBase
 
 from cpx import __version__
 from cpx.kernel.errors import CodabenchError
-from cpx.submit.codabench.credentials import LOGIN_HINT, normalize_url
-from cpx.submit.codabench.schema import (CANCELLED, FAILED, FINAL_STATUSES, FINISHED, Phase,
-                                         SubmissionResult, _phase, _phase_id, _result, _same, _scores)
+from cpx.submit.codabench.credentials import normalize_url, token_hint
+from cpx.submit.codabench.schema import (CANCELLED, FAILED, FINAL_STATUSES, FINISHED, Leaderboard, Phase,
+                                         SubmissionResult, _leaderboard, _phase, _phase_id, _result, _same,
+                                         _scores)
 
 Progress = Callable[[str], None]
 
@@ -54,10 +55,20 @@ _NO_NETRC = _NoNetrc()
 
 
 class CodabenchClient:
+    """Codabench's API at ``base_url`` with ``token`` (sent to that server only).
+
+    ``timeout`` is seconds per request, ``upload_timeout`` seconds for the zip's upload; GETs
+    are tried ``retries`` times with exponential backoff from ``retry_backoff`` seconds.
+    Plain ``http://`` is refused unless the server is loopback or ``allow_http``.
+
+    :raises CodabenchError: (from every method) the server refused, answered something that
+        is not Codabench's JSON, or could not be reached; one line that says what to do.
+    """
+
     def __init__(self, base_url: str, token: Optional[str] = None, timeout: float = 30,
                  session: Optional[requests.Session] = None, *, retries: int = 3,
-                 retry_backoff: float = 0.5, upload_timeout: float = 600):
-        self.base_url = normalize_url(base_url)
+                 retry_backoff: float = 0.5, upload_timeout: float = 600, allow_http: bool = False):
+        self.base_url = normalize_url(base_url, allow_http=allow_http)
         self.token = token
         self.timeout = timeout
         self.session = session or requests.Session()
@@ -133,9 +144,9 @@ class CodabenchClient:
         if status in (401, 403):
             text = detail or "permission denied"
             if not self.token:
-                raise fail(f"Codabench needs a login ({text}); {LOGIN_HINT}")
+                raise fail(f"Codabench needs a login ({text}); {token_hint(self.base_url)}")
             if status == 401 or _about_credentials(text):
-                raise fail(f"Codabench refused the token ({text}); {LOGIN_HINT}")
+                raise fail(f"Codabench refused the token ({text}); {token_hint(self.base_url)}")
             raise fail(f"Codabench refused {method} {path}: {text}")
         if status == 404:
             raise fail(f"Codabench has no {path} ({detail or 'not found'})")
@@ -176,6 +187,10 @@ class CodabenchClient:
         self.token = token
         return token
 
+    def my_profile(self) -> dict:
+        """``GET /api/my_profile/``: the logged-in user (``username``, ``email``, ...)."""
+        return self._get_dict("/api/my_profile/")
+
     def competition(self, competition_id: int) -> dict:
         return self._get_dict(f"/api/competitions/{int(competition_id)}/")
 
@@ -193,15 +208,23 @@ class CodabenchClient:
         reason = data.get("reason")
         return bool(data["can"]), (str(reason) if reason else None)
 
-    def create_dataset(self, file_name: str, file_size: int, name: Optional[str] = None) -> tuple[str, str]:
-        """Register a submission upload; returns (key, signed storage URL)."""
-        data = self.request("POST", "/api/datasets/", json_body={
+    def create_dataset(self, file_name: str, file_size: int, name: Optional[str] = None,
+                       competition_id: Optional[int] = None) -> tuple[str, str]:
+        """Register a submission upload of ``file_size`` bytes; returns (key, signed storage
+        URL). As the web client does, the dataset names its competition and file, so the
+        upload appears under the competition."""
+        body: dict[str, Any] = {
             "type": "submission",
             # the server refuses a second dataset of the same name from one user
             "name": name or _unique_name(file_name),
             "request_sassy_file_name": file_name,
-            "file_size": file_size,
-        })
+            "file_name": file_name,
+            # the server answers 400 without it: it checks the user's storage quota
+            "file_size": int(file_size),
+        }
+        if competition_id is not None:
+            body["competition"] = int(competition_id)
+        data = self.request("POST", "/api/datasets/", json_body=body)
         if not isinstance(data, dict) or not data.get("key") or not data.get("sassy_url"):
             raise CodabenchError("Codabench created the dataset but gave no key or upload URL")
         return str(data["key"]), str(data["sassy_url"])
@@ -234,6 +257,17 @@ class CodabenchClient:
         if not isinstance(data, dict) or data.get("id") is None:
             raise CodabenchError("Codabench accepted the submission but gave no id")
         return data
+
+    def add_to_leaderboard(self, submission_id: int) -> None:
+        """Put the submission on its phase's leaderboard
+        (``POST /api/submissions/<id>/submission_leaderboard_connection/``). Under the default
+        rule this is how an upload reaches the public leaderboard, replacing the owner's
+        previous entry; competitions with an automatic rule answer 403."""
+        self.request("POST", f"/api/submissions/{int(submission_id)}/submission_leaderboard_connection/")
+
+    def leaderboard(self, phase_id: int) -> Leaderboard:
+        """The phase's public leaderboard, rows in the server's ranking order."""
+        return _leaderboard(self.request("GET", f"/api/phases/{int(phase_id)}/get_leaderboard/"), int(phase_id))
 
     def submission(self, submission_id: int) -> dict:
         return self._get_dict(f"/api/submissions/{int(submission_id)}/")

@@ -132,3 +132,58 @@ def _result(sub: dict) -> SubmissionResult:
     )
 
 
+
+
+@dataclass(frozen=True)
+class LeaderboardColumn:
+    key: str
+    title: str
+    index: int = 0
+    # "desc": higher is better
+    sorting: str = "desc"
+
+
+@dataclass
+class LeaderboardEntry:
+    """One row of a phase's public leaderboard, in the server's order (``rank`` 1 is first)."""
+
+    rank: int
+    id: int
+    owner: str
+    scores: dict[str, float] = field(default_factory=dict)
+    entries: Optional[int] = None  # the owner's submissions in the phase
+    last_entry_date: Optional[str] = None
+    mine: bool = False
+
+
+@dataclass
+class Leaderboard:
+    """``GET /api/phases/<id>/get_leaderboard/``: the columns of the first task and the rows."""
+
+    phase_id: int
+    title: str
+    columns: list[LeaderboardColumn] = field(default_factory=list)
+    entries: list[LeaderboardEntry] = field(default_factory=list)
+
+
+def _leaderboard(raw: Any, phase_id: int) -> Leaderboard:
+    if not isinstance(raw, dict):
+        raise CodabenchError("Codabench answered get_leaderboard with an unexpected shape")
+    columns: list[LeaderboardColumn] = []
+    for task in raw.get("tasks") or []:
+        for col in (task.get("columns") or []) if isinstance(task, dict) else []:
+            if isinstance(col, dict) and col.get("key") and not col.get("hidden"):
+                column = LeaderboardColumn(str(col["key"]), str(col.get("title") or col["key"]),
+                                           _int_or_none(col.get("index")) or 0, str(col.get("sorting") or "desc"))
+                if column.key not in {c.key for c in columns}:
+                    columns.append(column)
+    entries = []
+    for row in raw.get("submissions") or []:
+        if not isinstance(row, dict) or _int_or_none(row.get("id")) is None:
+            continue
+        entries.append(LeaderboardEntry(
+            rank=len(entries) + 1, id=int(row["id"]), owner=str(row.get("owner") or "?"),
+            scores=_scores(row.get("scores")), entries=_int_or_none(row.get("num_entries")),
+            last_entry_date=str(row["last_entry_date"]) if row.get("last_entry_date") else None))
+    return Leaderboard(phase_id=int(raw.get("id") or phase_id), title=str(raw.get("title") or "Results"),
+                       columns=columns, entries=entries)

@@ -14,8 +14,8 @@ from cpx.kernel.errors import CodabenchError, ConfigError, SubmissionError
 from cpx.report.leaderboard import SORTS, build_leaderboard, format_test_f, run_checkpoint
 from cpx.runs.ledger import Ledger
 from cpx.submit.actions import (DEFAULT_TIMEOUT, SubmitRequest, codabench_client, codabench_competition_id,
-                                cpx_competition, submit)
-from cpx.submit.submissions import DEFAULT_PHASE, submission_report, sync_submissions
+                                cpx_competition, split_phase, submit)
+from cpx.submit.submissions import DEFAULT_PHASE, remote_leaderboard, submission_report, sync_submissions
 from . import _common
 from ._common import console, err_console, print_json
 from cpx.kernel.text import format_f, format_signed
@@ -58,15 +58,19 @@ def register(app: typer.Typer) -> None:
         poll: Annotated[float, typer.Option(help="with --wait: first polling interval in seconds "
                                                  "(doubles up to 30)")] = 2.0,
         url: Annotated[Optional[str], typer.Option(help="Codabench server (default: the one logged in to)")] = None,
+        leaderboard: Annotated[bool, typer.Option(
+            "--leaderboard", help="with --upload: put it on the public leaderboard (--final does too)")] = False,
+        yes: Annotated[bool, typer.Option("--yes", "-y", help="spend the last submission without asking")] = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Record a leaderboard score, register a hand-made zip, upload to Codabench, or mark the final one."""
+        """Record a leaderboard score, register a hand-made zip, upload to Codabench, or mark the final one
+        (which also puts an uploaded one on Codabench's public leaderboard)."""
         request = SubmitRequest(name=name, record_score=record_score_, phase=phase, note=note, replace=replace,
                                 final=final, zip_path=zip_, run=run, val_score=val_score, test_dir=test,
                                 competition=competition, upload=upload, wait=wait, timeout=timeout,
-                                poll=poll, url=url)
+                                poll=poll, url=url, leaderboard=leaderboard, yes=yes)
         say = None if json_ else _say
-        outcome = submit(request, _common.workspace(), _common.host(), progress=say)
+        outcome = submit(request, _common.workspace(), _common.host(), progress=say, confirm=_common.confirm)
         if json_:
             print_json(_outcome_json(outcome))
         else:
@@ -75,9 +79,9 @@ def register(app: typer.Typer) -> None:
             raise SubmissionError(outcome.failure)
 
     def _say(text: str) -> None:
-        # the first line names the upload; status changes follow it, indented
-        indent = "" if text.startswith("uploading ") else "  "
-        console.print(escape(indent + text), highlight=False)
+        # the lines naming the upload and the budget come first; status changes follow, indented
+        indent = "" if text.startswith(("uploading ", "budget: ")) else "  "
+        console.print(escape(indent + text), highlight=False, soft_wrap=True)
 
     def _outcome_json(o) -> dict:
         out: dict = {"name": o.name}
@@ -90,6 +94,10 @@ def register(app: typer.Typer) -> None:
         if o.recorded:
             out["score"] = o.recorded.score
             out["replaced"] = o.recorded.replaced
+        if o.budget:
+            out["budget"] = o.budget.to_dict()
+        out["leaderboard"] = o.leaderboard
+        out["warnings"] = o.warnings
         out["used"], out["limit"] = o.used, o.limit
         out["submission"] = o.submission
         return out
@@ -97,9 +105,11 @@ def register(app: typer.Typer) -> None:
     def _render_submit(o) -> None:
         name = o.name
         if o.registered:
-            sub = o.registered.submission
+            sub, key = o.registered.submission, o.registered.check.weights_key
+            weights = f", weights under '{escape(key)}'" if key else ""
             console.print(f"registered [bold]{escape(name)}[/]: {escape(sub['zip_path'])} "
-                          f"(sha256 {sub['zip_sha256'][:12]}…, checked: no problems)", highlight=False)
+                          f"(sha256 {sub['zip_sha256'][:12]}…{weights}, checked: no problems)", highlight=False,
+                          soft_wrap=True)
             for line in o.registered.notes:
                 err_console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
         if o.upload:
@@ -122,6 +132,10 @@ def register(app: typer.Typer) -> None:
             console.print(f"[bold]{escape(name)}[/] is now the final submission")
         elif o.note_kept:
             console.print(f"note kept with {escape(name)}", highlight=False)
+        if o.leaderboard:
+            console.print(escape(o.leaderboard), highlight=False)
+        for line in o.warnings:
+            err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
         if o.limit:
             console.print(f"phase {o.phase}: {o.used} of {o.limit} submissions used, {o.left} left",
                           highlight=False)
@@ -171,11 +185,19 @@ def register(app: typer.Typer) -> None:
         sort: Annotated[str, typer.Option(help="rank by val or test F (observed, else predicted)")] = "val",
         limit: Annotated[Optional[int], typer.Option(help="show the top N")] = None,
         phase: Annotated[str, typer.Option(help="leaderboard phase")] = DEFAULT_PHASE,
-        competition: Annotated[Optional[str], typer.Option(help="only runs of this competition")] = None,
+        competition: Annotated[Optional[str], typer.Option(
+            help="only runs of this competition; with --remote: the Codabench competition id")] = None,
         markdown: Annotated[bool, typer.Option("--markdown", help="a Markdown table")] = False,
+        remote: Annotated[bool, typer.Option(
+            "--remote", help="the public leaderboard on Codabench, your entries marked")] = False,
+        url: Annotated[Optional[str], typer.Option(help="with --remote: Codabench server")] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Rank runs and submissions by val or test F, predicting test F where none is known."""
+        """Rank runs and submissions by val or test F, predicting test F where none is known;
+        with --remote, show Codabench's public leaderboard and your rank on it."""
+        if remote:
+            _remote_leaderboard(competition, phase, url, limit, json_)
+            return
         if sort not in SORTS:
             raise ConfigError(f"--sort: choose {' or '.join(SORTS)}, not {sort!r}")
         if limit is not None and limit < 1:
@@ -206,6 +228,40 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         console.print(escape(board.model.describe()), style="dim", highlight=False)
 
+    def _remote_leaderboard(competition, phase, url, limit, json_) -> None:
+        if limit is not None and limit < 1:
+            raise ConfigError("--limit: at least 1")
+        _, phase_id = split_phase(phase)
+        cid = _codabench_competition(competition)
+        client = codabench_client(url, need_token=True)
+        with Ledger(_common.workspace().ledger_path) as ledger:
+            board = remote_leaderboard(ledger, client, cid, phase_id=phase_id)
+        if json_:
+            print_json(board.to_dict())
+            return
+        entries = board.board.entries
+        mine = [e for e in entries if e.mine]
+        shown = entries[:limit] if limit else entries
+        # your best entry stays in view even below the limit
+        shown += [e for e in mine if e not in shown][:1]
+        table = Table(title=escape(f"{board.board.title}: Codabench phase {board.phase.id} ({board.phase.name}), "
+                                   f"competition {cid}"))
+        table.add_column("#", justify="right")
+        table.add_column("participant")
+        for col in board.board.columns:
+            table.add_column(escape(col.title), justify="right")
+        table.add_column("entries", justify="right")
+        for e in shown:
+            who = f"[bold green]{escape(e.owner)} (you)[/]" if e.mine else escape(e.owner)
+            table.add_row(str(e.rank), who, *[format_f(e.scores.get(c.key)) for c in board.board.columns],
+                          str(e.entries) if e.entries is not None else "-")
+        console.print(table)
+        if board.my_rank is not None:
+            console.print(f"your rank: {board.my_rank} of {len(entries)}", highlight=False)
+        else:
+            console.print(f"you are not on this leaderboard ({len(entries)} entries); "
+                          f"`cpx submit NAME --final` adds an uploaded submission", highlight=False)
+
     # -- Codabench -------------------------------------------------------------------
 
     cb_app = typer.Typer(help="Log in to Codabench, check a competition's limits, sync scores.",
@@ -218,19 +274,29 @@ def register(app: typer.Typer) -> None:
         username: Annotated[Optional[str], typer.Option(help="Codabench user name")] = None,
         password_stdin: Annotated[bool, typer.Option(
             "--password-stdin", help="read the password from standard input")] = False,
+        allow_http: Annotated[bool, typer.Option(
+            "--allow-http", help="accept a plain http:// server that is not this machine (the password and "
+                                 "token travel unencrypted); remembered for that server only")] = False,
     ):
-        """Trade your user name and password for an API token, stored readable by you only."""
+        """Trade your user name (or e-mail) and password for an API token, stored readable by you only."""
         if not username:
-            username = typer.prompt("Codabench user name", default=cb.stored_username(url) or None)
+            stored = cb.load_credentials(check_mode=False)
+            username = typer.prompt("Codabench user name or e-mail", default=stored.get("username") or None)
         if password_stdin:
             password = sys.stdin.readline().rstrip("\r\n")
             if not password:
                 raise CodabenchError("--password-stdin: nothing on standard input")
         else:
             password = typer.prompt("Codabench password", hide_input=True)
-        path = cb.login(username, password, url)
-        console.print(escape(f"logged in to {cb.resolve_url(url)} as {username}; token stored in {path}"),
+        path = cb.login(username, password, url, allow_http=allow_http)
+        stored = cb.load_credentials(path)
+        who = stored.get("username")
+        console.print(escape(f"logged in to {stored['url']} as {who or username}; token stored in {path}"),
                       highlight=False)
+        if not who:
+            err_console.print("[yellow]warning:[/] the server did not say your username, so `cpx codabench sync` "
+                              "cannot tell your submissions from others'; log in with your username",
+                              highlight=False, soft_wrap=True)
 
     @cb_app.command("logout")
     def logout_command():
@@ -286,7 +352,6 @@ def register(app: typer.Typer) -> None:
         with Ledger(_common.workspace().ledger_path) as ledger:
             comp = _cpx_competition()
             report = sync_submissions(ledger, client, cid, phase_id=phase, phase=label,
-                                      owner=cb.stored_username(client.base_url),
                                       metric=comp.metric if comp else "fscore")
         if json_:
             print_json(report.to_dict())

@@ -1,6 +1,8 @@
 """``cpx submit`` as one core function: :func:`submit` reads a :class:`SubmitRequest`, decides
-what it asks for (register a zip, upload it, record a score, mark the final one, keep a note)
-and returns a :class:`SubmitOutcome` for the command line to render.
+what it asks for (register a zip, upload it, record a score, mark the final one and put it on
+the public leaderboard, keep a note) and returns a :class:`SubmitOutcome` for the command line
+to render. Questions to the user (spending the last submission) go through a ``confirm``
+callback, so the core never prompts.
 
 Also the small lookups the Codabench commands share: the Codabench competition id, the cpx
 competition whose rules apply, and a client with a token.
@@ -8,7 +10,7 @@ competition whose rules apply, and a client with a token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from cpx.data.competition import Competition
@@ -17,14 +19,18 @@ from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench as cb
-from cpx.submit.submissions import (DEFAULT_PHASE, Recorded, Registered, UploadOutcome, mark_final,
-                                    parse_score, record_score, register_submission, upload_submission,
-                                    used_in_phase)
+from cpx.submit.codabench import Phase
+from cpx.submit.submissions import (DEFAULT_PHASE, Budget, Recorded, Registered, UploadOutcome,
+                                    connect_to_leaderboard, final_not_best, mark_final, parse_score,
+                                    phase_budget, record_score, register_submission, submission_report,
+                                    upload_submission, used_in_phase)
 
 DEFAULT_TIMEOUT = 3600.0
 
 # progress(text): one line about what is happening now (an upload's status changes)
 Progress = Callable[[str], None]
+# confirm(question) -> True to go on
+Confirm = Callable[[str], bool]
 
 
 @dataclass
@@ -49,6 +55,10 @@ class SubmitRequest:
     timeout: Optional[float] = None  # seconds; DEFAULT_TIMEOUT when None
     poll: float = 2.0  # first polling interval in seconds
     url: Optional[str] = None
+    # with upload: put it on the public leaderboard (``final`` does too)
+    leaderboard: bool = False
+    # spend the last submission without asking
+    yes: bool = False
 
 
 @dataclass
@@ -70,6 +80,11 @@ class SubmitOutcome:
     used: int = 0
     limit: Optional[int] = None
     failure: Optional[str] = None
+    # the budget before an upload (ledger and server)
+    budget: Optional[Budget] = None
+    # what happened on Codabench's public leaderboard, when asked for
+    leaderboard: Optional[str] = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def left(self) -> Optional[int]:
@@ -77,13 +92,17 @@ class SubmitOutcome:
 
 
 def submit(request: SubmitRequest, workspace: Workspace, host: PluginHost, *,
-           progress: Optional[Progress] = None) -> SubmitOutcome:
+           progress: Optional[Progress] = None, confirm: Optional[Confirm] = None) -> SubmitOutcome:
     """Do what ``request`` asks for submission ``request.name``, in this order: register a zip
-    (``zip_path``), keep a note, then upload, record a score, or mark it final.
+    (``zip_path``), keep a note, then upload, record a score, or mark it final; a final
+    submission that is on Codabench is also put on the public leaderboard.
+
+    Before an upload the budget is shown through ``progress``; when it is the last submission
+    (or none is left) ``confirm(question)`` must say yes, unless ``request.yes``.
 
     :raises ConfigError: options that do not go together, or nothing to do.
     :raises SubmissionError: an unknown name, a bad score, a zip with problems (nothing is
-        registered then), an upload refused before it reached the server.
+        registered then), an upload refused or declined before it reached the server.
     :raises CodabenchError: the server refused or could not be reached.
     """
     label, phase_id = _check_options(request)
@@ -108,20 +127,7 @@ def submit(request: SubmitRequest, workspace: Workspace, host: PluginHost, *,
             ledger.update_submission(name, note=note)
             outcome.note_kept = not request.zip_path
         if request.upload:
-            cid = codabench_competition_id(request.competition, workspace)
-            client = codabench_client(request.url)
-            outcome.codabench_competition, outcome.url = cid, client.base_url
-            if progress:
-                progress(f"uploading {name} to {client.base_url} (competition {cid})")
-            timeout = DEFAULT_TIMEOUT if request.timeout is None else request.timeout
-            outcome.upload = upload_submission(
-                ledger, name, client, cid, phase_id=phase_id, phase=label, wait=request.wait,
-                timeout=timeout, initial_interval=request.poll, progress=progress, metric=metric,
-                final=request.final)
-            if (outcome.upload.status or "").casefold() == "failed":
-                detail = outcome.upload.detail
-                outcome.failure = (f"Codabench failed submission {outcome.upload.codabench_id} of '{name}'"
-                                   + (f": {detail}" if detail else ""))
+            _upload(request, outcome, ledger, workspace, comp, label, phase_id, progress, confirm)
         elif request.record_score is not None:
             outcome.recorded = record_score(ledger, name, request.record_score, phase=label,
                                             replace=request.replace, note=note, final=request.final,
@@ -131,10 +137,76 @@ def submit(request: SubmitRequest, workspace: Workspace, host: PluginHost, *,
         elif request.final:
             mark_final(ledger, name)
             outcome.marked_final = True
+        if request.final and not request.upload:
+            text, ok = _final_on_codabench(ledger.get_submission(name), request.url)
+            if ok:
+                outcome.leaderboard = text
+            else:
+                outcome.warnings.append(text)
         outcome.used = len(used_in_phase(ledger, label))
         outcome.limit = comp.rules.submissions_per_phase if comp else None
         outcome.submission = ledger.get_submission(name)
+        if comp is not None and comp.rules.only_final_counts and (request.final or request.record_score
+                                                                  or request.upload):
+            report = submission_report(ledger, comp, label)
+            warning = final_not_best(report.rows, report.final, comp.name) if report.final else None
+            outcome.warnings += [warning] if warning else []
     return outcome
+
+
+def _upload(request: SubmitRequest, outcome: SubmitOutcome, ledger: Ledger, workspace: Workspace,
+            comp: Optional[Competition], label: str, phase_id: Optional[int],
+            progress: Optional[Progress], confirm: Optional[Confirm]) -> None:
+    """Upload after showing the budget (ledger and server) and, for the last submission or
+    when none is left, asking; fills in ``outcome``."""
+    name = outcome.name
+    cid = codabench_competition_id(request.competition, workspace)
+    client = codabench_client(request.url)
+    outcome.codabench_competition, outcome.url = cid, client.base_url
+
+    def before_upload(phase: Phase) -> None:
+        outcome.budget = budget = phase_budget(ledger, comp, label, remote=phase)
+        if progress:
+            progress(f"budget: {budget.describe()}")
+        warning = budget.warning()
+        if warning and not request.yes:
+            question = f"{warning}; upload {name} anyway?"
+            if confirm is None or not confirm(question):
+                raise SubmissionError(f"not uploaded: {warning} (--yes uploads without asking)")
+
+    if progress:
+        progress(f"uploading {name} to {client.base_url} (competition {cid})")
+    timeout = DEFAULT_TIMEOUT if request.timeout is None else request.timeout
+    metric = comp.metric if comp else "fscore"
+    outcome.upload = upload_submission(
+        ledger, name, client, cid, phase_id=phase_id, phase=label, wait=request.wait, timeout=timeout,
+        initial_interval=request.poll, progress=progress, metric=metric, final=request.final,
+        leaderboard=request.leaderboard, before_upload=before_upload)
+    if outcome.upload.on_leaderboard:
+        outcome.leaderboard = outcome.upload.leaderboard
+    elif outcome.upload.leaderboard:
+        outcome.warnings.append(outcome.upload.leaderboard)
+    if (outcome.upload.status or "").casefold() == "failed":
+        detail = outcome.upload.detail
+        outcome.failure = (f"Codabench failed submission {outcome.upload.codabench_id} of '{name}'"
+                           + (f": {detail}" if detail else ""))
+
+
+def _final_on_codabench(sub: dict, url: Optional[str]) -> tuple[str, bool]:
+    """Make the final submission the public one on Codabench too; returns (what happened,
+    whether it is on the leaderboard now). A failure here is a warning: the ledger's final
+    mark stands."""
+    if not sub.get("codabench_id"):
+        return ("marked final in the ledger only: it was never uploaded "
+                f"(`cpx submit {sub['name']} --upload --final` uploads it and adds it to the leaderboard)", False)
+    try:
+        client = cb.client_from_config(url)
+        if not client.token:
+            return (f"marked final in the ledger only: no Codabench token for {client.base_url}, so it was not "
+                    f"added to the public leaderboard; {cb.token_hint(client.base_url)}", False)
+        return connect_to_leaderboard(client, int(sub["codabench_id"]), status=sub.get("status"))
+    except CodabenchError as exc:
+        return f"marked final in the ledger only; not added to the Codabench leaderboard: {exc}", False
 
 
 def _check_options(request: SubmitRequest) -> tuple[str, Optional[int]]:
@@ -143,6 +215,8 @@ def _check_options(request: SubmitRequest) -> tuple[str, Optional[int]]:
     upload = request.upload
     if request.record_score is not None and upload:
         raise ConfigError("--record-score and --upload: choose one (--upload --wait records the score itself)")
+    if request.leaderboard and not upload:
+        raise ConfigError("--leaderboard goes with --upload (--final adds an uploaded submission on its own)")
     if not (request.record_score is not None or upload or request.final or request.zip_path
             or request.note is not None):
         raise ConfigError(f"nothing to do for '{request.name}': give --record-score, --upload, --final, "
@@ -233,7 +307,7 @@ def codabench_client(url: Optional[str] = None, *, need_token: bool = False) -> 
     """
     client = cb.client_from_config(url)
     if need_token and not client.token:
-        raise CodabenchError(f"no Codabench token for {client.base_url}; {cb.LOGIN_HINT}")
+        raise CodabenchError(f"no Codabench token for {client.base_url}; {cb.token_hint(client.base_url)}")
     return client
 
 

@@ -44,6 +44,7 @@ from cpx.kernel.workspace import Workspace
 from cpx.runs.handle import RunHandle, open_run
 from cpx.runs.ledger import Ledger
 from cpx.submit.solution import export_solution, model_source, run_solution
+from cpx.submit.submissions import DEFAULT_PHASE, Budget, phase_budget, server_phase
 from cpx.submit.zipcheck import (MANIFEST, CheckReport, check_folder, check_zip, image_sizes,
                                  list_test_images, refusal)
 
@@ -67,6 +68,8 @@ class PackageRequest:
     checkpoint: str = "best"
     allow_rule_break: bool = False
     device: str = "auto"
+    # package for the last submission left (or none left) without asking
+    yes: bool = False
     # one image per forward pass, exactly as run.py does: a different batch shape can pick a
     # different kernel and flip argmax ties, and the two must agree to the pixel
     batch_size: int = 1
@@ -96,10 +99,13 @@ class PackageResult:
     seconds: float = 0.0
     rule_breaks: list[str] = field(default_factory=list)
     submission: dict = field(default_factory=dict)
+    # submissions left in the phase when it was packaged (ledger, and server when logged in)
+    budget: Optional[Budget] = None
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["check"] = self.check.to_dict()
+        out["budget"] = self.budget.to_dict() if self.budget else None
         return out
 
 
@@ -133,6 +139,7 @@ class _Job:
     device: Optional[torch.device] = None
     final: Optional[Path] = None
     predict_seconds: float = 0.0
+    budget: Optional[Budget] = None
 
     @property
     def competition(self) -> Competition:
@@ -145,11 +152,15 @@ class _Job:
 
 
 def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
-            progress: Progress = None) -> PackageResult:
+            progress: Progress = None, confirm: Optional[Callable[[str], bool]] = None) -> PackageResult:
     """Predict every test image with a run and write a verified submission zip.
 
-    :raises SubmissionError: a bad name or checkpoint, a name taken, a failed check, a
-        solution that does not reproduce the masks.
+    Before any work the phase's budget is worked out (the ledger, and Codabench when
+    ``codabench_competition`` is set and a token is at hand); when this would be the last
+    submission, or none is left, ``confirm(question)`` must say yes unless ``request.yes``.
+
+    :raises SubmissionError: a bad name or checkpoint, a name taken, a declined budget
+        question, a failed check, a solution that does not reproduce the masks.
     :raises RuleViolation: a rule the competition forbids (unless ``allow_rule_break``).
     :raises DataError: missing or unreadable test images.
 
@@ -159,6 +170,7 @@ def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
     job = _Job(request, workspace, host, progress)
     _read_request(job)
     _open_run(job)
+    _check_budget(job, confirm)
     _load_model(job)
     _find_test_images(job)
     with tempfile.TemporaryDirectory(prefix="cpx-package-") as tmp:
@@ -186,7 +198,8 @@ def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
         params=job.params, val_score=job.val_score, tta=list(job.tta), checkpoint=request.checkpoint,
         check=report, solution_images=sol_images, solution_agreement=agreement, solution_exact=exact,
         predict_seconds=round(job.predict_seconds, 3), solution_seconds=round(sol_seconds, 3),
-        seconds=round(time.perf_counter() - start, 3), rule_breaks=job.rule_breaks, submission=recorded)
+        seconds=round(time.perf_counter() - start, 3), rule_breaks=job.rule_breaks, submission=recorded,
+        budget=job.budget)
 
 
 def _read_request(job: _Job) -> None:
@@ -219,6 +232,17 @@ def _open_run(job: _Job) -> None:
                                   f"solution or count parameters for ensembles"
                                   + (f" ({warning})" if warning else ""))
         job.run = open_run(row["id"], job.workspace, job.host, ledger)
+
+
+def _check_budget(job: _Job, confirm: Optional[Callable[[str], bool]]) -> None:
+    """How many submissions are left; the last one (or none) is only packaged when confirmed."""
+    remote, note = server_phase(job.workspace)
+    with Ledger(job.workspace.ledger_path) as ledger:
+        job.budget = phase_budget(ledger, job.competition, DEFAULT_PHASE, remote=remote, remote_note=note)
+    warning = job.budget.warning()
+    if warning and not job.request.yes:
+        if confirm is None or not confirm(f"{warning}; package {job.name} anyway?"):
+            raise SubmissionError(f"not packaged: {warning} (--yes packages without asking)")
 
 
 def _load_model(job: _Job) -> None:

@@ -6,16 +6,19 @@
 * :mod:`.remote`: uploading to Codabench and syncing the ledger with the server.
 """
 
-from cpx.submit.submissions.budget import (NOT_COUNTED, SubmissionReport, SubmissionRow,
-                                           submission_report, used_in_phase)
+from cpx.submit.submissions.budget import (NOT_COUNTED, Budget, SubmissionReport, SubmissionRow,
+                                           final_not_best, phase_budget, server_phase, submission_report,
+                                           used_in_phase)
 from cpx.submit.submissions.records import (Recorded, Registered, mark_final, record_score,
                                             register_submission, run_test_dir)
-from cpx.submit.submissions.remote import SyncReport, UploadOutcome, sync_submissions, upload_submission
+from cpx.submit.submissions.remote import (RemoteLeaderboard, SyncReport, UploadOutcome, connect_to_leaderboard,
+                                           my_names, remote_leaderboard, sync_submissions, upload_submission)
 from cpx.submit.submissions.scores import DEFAULT_PHASE, main_score, parse_score
 
 __all__ = [
-    "DEFAULT_PHASE", "NOT_COUNTED", "Recorded", "Registered", "SubmissionReport", "SubmissionRow",
-    "SyncReport", "UploadOutcome", "main_score", "mark_final", "parse_score", "record_score",
-    "register_submission", "run_test_dir", "submission_report", "sync_submissions", "upload_submission",
-    "used_in_phase",
+    "Budget", "DEFAULT_PHASE", "NOT_COUNTED", "Recorded", "Registered", "RemoteLeaderboard",
+    "SubmissionReport", "SubmissionRow", "SyncReport", "UploadOutcome", "connect_to_leaderboard",
+    "final_not_best", "main_score", "mark_final", "my_names", "parse_score", "phase_budget",
+    "record_score", "register_submission", "remote_leaderboard", "run_test_dir", "server_phase",
+    "submission_report", "sync_submissions", "upload_submission", "used_in_phase",
 ]

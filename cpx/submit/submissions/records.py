@@ -102,7 +102,12 @@ def register_submission(ledger: Ledger, name: str, zip_path: Path, *, workspace,
                         note: Optional[str] = None) -> Registered:
     """Record a zip made before cpx (or by hand) as submission ``name``, after the same
     verification as ``cpx package --check``; any problem refuses it. The zip stays where
-    it is: the ledger keeps its absolute path and sha256."""
+    it is: the ledger keeps its absolute path and sha256.
+
+    :raises SubmissionError: no such zip, a name taken, the same zip (same sha256) already
+        recorded under another name (naming it), a bad ``val_score`` (0..1), or problems in
+        the zip (each listed; nothing is recorded).
+    """
     zip_path = Path(zip_path).expanduser()
     if not zip_path.is_file():
         raise SubmissionError(f"--zip {zip_path}: no such file")
@@ -112,6 +117,13 @@ def register_submission(ledger: Ledger, name: str, zip_path: Path, *, workspace,
         pass
     else:
         raise SubmissionError(f"a submission named '{name}' already exists; choose another name")
+    digest = sha256_file(zip_path)
+    same = [s for s in ledger.list_submissions() if s.get("zip_sha256") == digest]
+    if same:
+        first = same[-1]  # the oldest
+        raise SubmissionError(f"--zip {zip_path}: the same zip (sha256 {digest[:12]}…) is already recorded as "
+                              f"'{first['name']}' ({first.get('zip_path') or 'no path'}); one zip is one "
+                              f"submission, use that name")
     run_row = ledger.get_run(run) if run else None
     if val_score is not None:
         try:
@@ -134,6 +146,6 @@ def register_submission(ledger: Ledger, name: str, zip_path: Path, *, workspace,
         val_score = run_row.get("best_val_f")
     row = ledger.add_submission(
         name, run_id=run_row["id"] if run_row else None, zip_path=str(zip_path.resolve()),
-        zip_sha256=sha256_file(zip_path), size_bytes=zip_path.stat().st_size,
+        zip_sha256=digest, size_bytes=zip_path.stat().st_size,
         val_score=val_score, note=note, status="registered")
     return Registered(row, report, list(getattr(report, "notes", []) or []))

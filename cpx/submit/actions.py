@@ -88,6 +88,7 @@ class SubmitOutcome:
 
     @property
     def left(self) -> Optional[int]:
+        """Submissions left in the phase by the ledger's count; None without a known limit."""
         return None if self.limit is None else max(0, self.limit - self.used)
 
 

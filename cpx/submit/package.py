@@ -103,6 +103,7 @@ class PackageResult:
     budget: Optional[Budget] = None
 
     def to_dict(self) -> dict:
+        """Plain data for ``--json``."""
         out = asdict(self)
         out["check"] = self.check.to_dict()
         out["budget"] = self.budget.to_dict() if self.budget else None

@@ -61,6 +61,7 @@ class ModelSource:
 
     @property
     def module_name(self) -> str:
+        """The module name of the copy beside run.py."""
         stem = self.arch_file.stem
         # the copy sits beside run.py, so it must not shadow it or be unimportable
         return stem if stem.isidentifier() and stem not in ("run", "model") else "model_arch"

@@ -39,6 +39,7 @@ WEIGHT_KEYS = ("state_dict", "model_state_dict", "model")
 
 
 def read_config(folder=HERE):
+    """model.json: the network, input size, TTA views and scales, palette and file suffixes."""
     return json.loads((Path(folder) / "model.json").read_text())
 
 
@@ -66,6 +67,7 @@ def read_image(path):
 
 
 def resize_logits(logits, size):
+    """B x C x H x W logits resized bilinearly (align_corners=False) to ``size`` = (H', W')."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
@@ -141,6 +143,7 @@ def predict(model, image, device, config):
 
 
 def write_mask(path, mask, palette):
+    """Save H x W uint8 class ids as a palette PNG (value = class id)."""
     # built from raw bytes so every value stays its own palette index (= class id)
     img = Image.frombytes("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask).tobytes())
     img.putpalette(palette)
@@ -172,6 +175,7 @@ def plan(source, target, config):
 
 
 def main(argv=None):
+    """The command line; exits with a one-line message for a missing or empty --input."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="an image, or a folder of images")
     parser.add_argument("--output", required=True,

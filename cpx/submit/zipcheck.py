@@ -95,12 +95,15 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
+        """No problems found."""
         return not self.problems
 
     def add(self, path: str, kind: str, message: str) -> None:
+        """Record a problem with ``path`` (as the user sees it in the zip)."""
         self.problems.append(Problem(path, kind, message))
 
     def to_dict(self) -> dict:
+        """Plain data for ``--json``; the manifest without its file list."""
         out = asdict(self)
         out["ok"] = self.ok
         out["manifest"] = None if self.manifest is None else {

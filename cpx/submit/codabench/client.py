@@ -169,6 +169,11 @@ class CodabenchClient:
     # -- endpoints
 
     def obtain_token(self, username: str, password: str) -> str:
+        """``POST /api/api-token-auth/`` with a username (or the account's e-mail) and password;
+        the token is kept on the client and returned. The password goes in the form body only.
+
+        :raises CodabenchError: the credentials were refused (one line, without the password).
+        """
         # a stale token must not ride along: some servers reject the login because of it
         saved, self.token = self.token, None
         try:
@@ -192,9 +197,11 @@ class CodabenchClient:
         return self._get_dict("/api/my_profile/")
 
     def competition(self, competition_id: int) -> dict:
+        """``GET /api/competitions/<id>/``: the competition with its phases."""
         return self._get_dict(f"/api/competitions/{int(competition_id)}/")
 
     def phases(self, competition_id: int) -> list[Phase]:
+        """The competition's phases with their limits and, for the token's user, used counts."""
         data = self.competition(competition_id)
         raw = data.get("phases")
         if not isinstance(raw, list):
@@ -202,6 +209,7 @@ class CodabenchClient:
         return [_phase(p) for p in raw if isinstance(p, dict) and "id" in p]
 
     def can_make_submission(self, phase_id: int) -> tuple[bool, Optional[str]]:
+        """Whether the token's user may submit to the phase now, and the server's reason if not."""
         data = self._get_dict(f"/api/can_make_submission/{int(phase_id)}/")
         if "can" not in data:
             raise CodabenchError("Codabench answered can_make_submission without a 'can' field")
@@ -250,9 +258,12 @@ class CodabenchClient:
             raise CodabenchError(f"storage at {host} refused the upload ({resp.status_code}): {_snippet(resp)}")
 
     def complete_dataset(self, key: str) -> None:
+        """Tell the server the upload of dataset ``key`` to storage is complete."""
         self.request("PUT", f"/api/datasets/completed/{key}/")
 
     def create_submission(self, phase_id: int, data_key: str) -> dict:
+        """``POST /api/submissions/`` of the uploaded dataset ``data_key`` to the phase; the
+        server's record of the new submission (with its ``id``). Never retried: it counts."""
         data = self.request("POST", "/api/submissions/", json_body={"phase": int(phase_id), "data": data_key})
         if not isinstance(data, dict) or data.get("id") is None:
             raise CodabenchError("Codabench accepted the submission but gave no id")
@@ -270,9 +281,11 @@ class CodabenchClient:
         return _leaderboard(self.request("GET", f"/api/phases/{int(phase_id)}/get_leaderboard/"), int(phase_id))
 
     def submission(self, submission_id: int) -> dict:
+        """``GET /api/submissions/<id>/``: the submission's raw record."""
         return self._get_dict(f"/api/submissions/{int(submission_id)}/")
 
     def submission_details(self, submission_id: int) -> dict:
+        """``GET /api/submissions/<id>/get_details/``: logs and leaderboard column titles."""
         return self._get_dict(f"/api/submissions/{int(submission_id)}/get_details/")
 
     def result(self, submission_id: int, *, titles: bool = True) -> SubmissionResult:

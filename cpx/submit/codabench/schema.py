@@ -18,6 +18,9 @@ PENDING_STATUSES = ("Submitting", "Submitted", "Preparing", "Running", "Scoring"
 
 @dataclass(frozen=True)
 class Phase:
+    """A competition phase: its limits (None when not enforced) and, for the user who asked,
+    the submissions used today and in total, as the server counts them (Failed ones left out)."""
+
     id: int
     name: str
     # "Current", "Previous" or "Next"; None when the server does not say
@@ -30,6 +33,7 @@ class Phase:
 
     @property
     def is_current(self) -> bool:
+        """Whether the phase is open now (status Current)."""
         return (self.status or "").casefold() == "current"
 
     def limits_text(self) -> str:
@@ -45,6 +49,8 @@ class Phase:
 
 @dataclass
 class SubmissionResult:
+    """A submission's state: status, scores by column key (floats), and why it failed."""
+
     id: int
     phase_id: Optional[int]
     status: str
@@ -59,10 +65,12 @@ class SubmissionResult:
 
     @property
     def done(self) -> bool:
+        """Finished, Failed or Cancelled: it will not change any more."""
         return _same(self.status, *FINAL_STATUSES)
 
     @property
     def ok(self) -> bool:
+        """Finished (and so scored)."""
         return _same(self.status, FINISHED)
 
 
@@ -136,6 +144,8 @@ def _result(sub: dict) -> SubmissionResult:
 
 @dataclass(frozen=True)
 class LeaderboardColumn:
+    """A leaderboard column: the score's ``key``, its title, position and sort order."""
+
     key: str
     title: str
     index: int = 0

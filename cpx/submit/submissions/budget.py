@@ -77,9 +77,11 @@ class SubmissionReport:
 
     @property
     def left(self) -> Optional[int]:
+        """Submissions left by the ledger's count; None without a known limit."""
         return None if self.limit is None else max(0, self.limit - self.used)
 
     def to_dict(self) -> dict:
+        """Plain data for ``--json``."""
         out = asdict(self)
         out["left"] = self.left
         return out
@@ -184,6 +186,7 @@ class Budget:
 
     @property
     def left(self) -> Optional[int]:
+        """The fewest submissions left by any count; None when no limit is known."""
         spans = self.spans()
         return min(max(0, limit - used) for _, used, limit in spans) if spans else None
 
@@ -207,6 +210,7 @@ class Budget:
         return None
 
     def to_dict(self) -> dict:
+        """Plain data for ``--json``, with ``left`` and the one-line ``text``."""
         out = asdict(self)
         out["left"] = self.left
         out["text"] = self.describe()

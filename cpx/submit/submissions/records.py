@@ -21,6 +21,9 @@ from cpx.submit.zipcheck import CheckReport, check_submission
 
 @dataclass
 class Recorded:
+    """A score recorded by hand: the submission, the score row, the score it replaced, and
+    warnings about the phase's limit."""
+
     submission: dict
     score: dict
     replaced: Optional[float] = None
@@ -91,6 +94,8 @@ def run_test_dir(run: Optional[dict], host) -> Optional[Path]:
 
 @dataclass
 class Registered:
+    """A zip registered from elsewhere: its ledger row and the check it passed (with notes)."""
+
     submission: dict
     check: CheckReport
     notes: list[str] = field(default_factory=list)

@@ -154,6 +154,8 @@ def _apply_result(ledger: Ledger, name: str, result, phase: str, metric: str,
 
 @dataclass
 class SyncReport:
+    """What ``cpx codabench sync`` found and changed in the Codabench phase."""
+
     phase_id: int
     phase_name: str
     remote: int
@@ -164,6 +166,7 @@ class SyncReport:
     messages: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """Plain data for ``--json``."""
         return asdict(self)
 
 
@@ -251,10 +254,12 @@ class RemoteLeaderboard:
 
     @property
     def my_rank(self) -> Optional[int]:
+        """Your best rank on the leaderboard (1 is first); None when you are not on it."""
         ranks = [e.rank for e in self.board.entries if e.mine]
         return min(ranks) if ranks else None
 
     def to_dict(self) -> dict:
+        """Plain data for ``--json``."""
         return {"competition": self.competition_id, "phase": asdict(self.phase), "title": self.board.title,
                 "columns": [asdict(c) for c in self.board.columns],
                 "entries": [asdict(e) for e in self.board.entries], "me": list(self.me), "my_rank": self.my_rank}

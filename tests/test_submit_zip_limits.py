@@ -114,18 +114,25 @@ def test_limits_on_the_total_and_on_mask_pixels(tmp_path, cpx_host, monkeypatch)
     assert "zip_too_large" in kinds and "unreadable" not in kinds
     monkeypatch.undo()
 
-    # PNGs of a few kilobytes that decode to 81 and 1,600 million pixels: refused from the header
+    # PNGs of a few bytes whose headers claim 81 and 1,600 million pixels: refused from the header
     small = tmp_path / "pixels.zip"
     with zipfile.ZipFile(small, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, side in (("masks/c.png", 9000), ("masks/d.png", 40000)):
-            buf = io.BytesIO()
-            Image.new("P", (side, side)).save(buf, format="PNG")
-            assert len(buf.getvalue()) < 2**20
-            zf.writestr(name, buf.getvalue())
+        zf.writestr("masks/c.png", png_header_only(9000, 9000))
+        zf.writestr("masks/d.png", png_header_only(40000, 40000))
     report = check_zip(small, comp)
     problems = {p.path: p.message for p in report.problems if p.kind == "mask_too_large"}
     assert problems["masks/c.png"] == "9000x9000 pixels; a mask is at most 67,108,864 pixels (not decoded)"
     assert "too many pixels to decode safely" in problems["masks/d.png"]
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A palette PNG that claims ``width`` x ``height`` pixels but holds one row of data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"PLTE", bytes(768))
+            + chunk(b"IDAT", zlib.compress(bytes(width + 1))) + chunk(b"IEND", b""))
 
 
 def test_submit_zip_refuses_the_bomb_in_one_line_per_problem(tmp_path, cpx_workspace, capsys):

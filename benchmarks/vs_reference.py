@@ -127,8 +127,8 @@ def reference_style_predict(model, images: list[Path], out_dir: Path, size: int,
 
 def section_predict(args, ws, host) -> dict:
     from cpx import data as datalib
-    from cpx.report.bench import recipe_model
     from cpx.eval.predict import Member, Predictor, predict_folder
+    from cpx.report.bench import recipe_model
 
     competition = host.competition("celebamask-mini")
     paths = datalib.test_image_paths(Path(args.data), competition)
@@ -189,9 +189,9 @@ def section_precision(args, ws, host) -> dict:
 @torch.no_grad()
 def cpx_score(model, args, ws, host, size: int) -> float:
     """Validation F of ``model`` the way cpx validates (``Trainer.validate``)."""
-    from cpx.train.run import prepare_data
     from cpx.kernel.config import build_config
     from cpx.train.loop import Trainer, TrainerSettings
+    from cpx.train.run import prepare_data
 
     config, _ = build_config(args.recipe, {"data.path": args.data, "data.image_size": size},
                              ws.experiments_dir, host)

@@ -1,23 +1,56 @@
-"""Pytest fixtures for cpx and for authors of cpx plugins (registered as a pytest plugin).
+"""Pytest fixtures and contract checks for cpx and for authors of cpx plugins (installed as a
+pytest plugin, so a plugin's own test suite gets them without imports).
+
+Fixtures:
 
 * ``cpx_workspace``: a fresh temporary workspace, made current (cwd and ``CPX_WORKSPACE``).
 * ``cpx_host``: a fresh plugin host with the built-ins and no installed entry points, made
   current for the test; register fakes with ``cpx_host.register(module_or_object)``.
 * ``cpx_synthetic``: a small synthetic data folder in the competition layout.
+
+Contract checks, one per kind of component, each raising ``AssertionError`` with the reason:
+:func:`check_model`, :func:`check_loss`, :func:`check_augmentation`,
+:func:`check_competition`. cpx runs them over every registered component, built-in or
+third-party (``tests/test_contracts.py``); a plugin author runs them over their own::
+
+    import pytest
+    from cpx.kernel.manager import create_plugin_host
+    from cpx.testing import check_model
+
+    HOST = create_plugin_host()
+
+    @pytest.mark.parametrize("name", ["my-model"])
+    def test_my_model_keeps_the_contract(name):
+        check_model(HOST.models.get(name), num_classes=19, max_params=1_821_085)
 """
 
 from __future__ import annotations
 
+import ast
+import copy
+import importlib.util
+import json
+import sys
 from pathlib import Path
+from typing import Iterator, Optional
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
 
+from cpx.data.competition import Competition
 from cpx.kernel.manager import create_plugin_host, set_host
+from cpx.kernel.registry import Entry
 from cpx.kernel.workspace import Workspace
 
 
 @pytest.fixture
 def cpx_workspace(tmp_path, monkeypatch) -> Workspace:
+    """A fresh temporary workspace, made current (working directory and ``CPX_WORKSPACE``),
+    with Codabench credentials kept out of the user's home.
+    """
     root = tmp_path / "workspace"
     root.mkdir()
     monkeypatch.chdir(root)
@@ -29,6 +62,7 @@ def cpx_workspace(tmp_path, monkeypatch) -> Workspace:
 
 @pytest.fixture
 def cpx_host():
+    """A fresh plugin host with the built-ins and no installed entry points, current for the test."""
     host = create_plugin_host(entry_points=False)
     previous = set_host(host)
     yield host
@@ -44,3 +78,168 @@ def cpx_synthetic(tmp_path_factory, cpx_host) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     write_dataset(root, competition, competition.synthesize(28, 64, 0), test_count=4)
     return root
+
+
+# --------------------------------------------------------------------------------------------
+# Contract checks (tiny CPU inputs: each takes well under a second for a model of ~2M weights)
+
+
+def _imported_modules(path: Path) -> Iterator[str]:
+    tree = ast.parse(Path(path).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield "." * node.level + (node.module or "")
+
+
+def check_options(entry: Entry) -> None:
+    """The component's options model forbids unknown fields and describes every field."""
+    try:
+        entry.options.model_validate({"__not_an_option__": 1})
+    except ValidationError:
+        pass
+    else:
+        raise AssertionError(f"{entry.kind} {entry.name}: its options accept unknown fields (use extra='forbid')")
+    undocumented = [row["name"] for row in entry.options_schema() if not row["description"]]
+    assert not undocumented, f"{entry.kind} {entry.name}: options without a description: {undocumented}"
+
+
+def check_model(entry: Entry, num_classes: int = 19, max_params: Optional[int] = None,
+                size: tuple[int, int] = (64, 48)) -> torch.nn.Module:
+    """The model contract of :func:`cpx.kernel.hookspecs.register_models`, on default options.
+
+    Checks: logits ``B x num_classes x H x W`` (float32, finite) for float images at two sizes;
+    backward reaches every parameter; a bf16-autocast, channels-last training step (how cpx
+    trains on CPU); fewer than ``max_params`` parameters; ``forward_coarse`` (when present)
+    resizes bilinearly to ``forward``; ``cpx_source`` (when present) names a file importing only
+    torch and the standard library whose builder rebuilds the same network. Returns the model.
+    """
+    check_options(entry)
+    torch.manual_seed(0)
+    model = entry.create({}, num_classes)
+    what = f"model {entry.name}"
+    assert isinstance(model, torch.nn.Module), f"{what}: the factory returned {type(model).__name__}, not an nn.Module"
+    h, w = size
+    model.eval()
+    with torch.no_grad():
+        for shape in ((2, 3, h, w), (1, 3, h + 8, w - 8)):
+            out = model(torch.rand(*shape))
+            assert tuple(out.shape) == (shape[0], num_classes, *shape[2:]), \
+                f"{what}: input {tuple(shape)} gave {tuple(out.shape)}, expected logits at the input size"
+            assert out.dtype == torch.float32 and torch.isfinite(out).all(), f"{what}: non-finite or non-float32 logits"
+    if max_params is not None:
+        count = sum(p.numel() for p in model.parameters())
+        assert count < max_params, f"{what}: {count:,} parameters, the cap is fewer than {max_params:,}"
+    coarse = getattr(model, "forward_coarse", None)
+    if coarse is not None:
+        x = torch.rand(1, 3, h + 8, w - 8)
+        with torch.no_grad():
+            small, full = coarse(x), model(x)
+        assert small.dtype == torch.float32, f"{what}: forward_coarse must return float32"
+        torch.testing.assert_close(F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False),
+                                   full, msg=f"{what}: forward_coarse resized is not forward")
+    trained = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
+    trained.zero_grad(set_to_none=True)
+    x = torch.rand(2, 3, h, w).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = trained(x)
+    F.cross_entropy(out.float(), torch.randint(0, num_classes, (2, h, w))).backward()
+    missing = [n for n, p in trained.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{what}: no gradient reaches {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in trained.parameters() if p.grad is not None), \
+        f"{what}: non-finite gradients in a bf16 training step"
+    source = getattr(model, "cpx_source", None)
+    if source is not None:
+        check_model_source(model, what)
+    return model
+
+
+def check_model_source(model: torch.nn.Module, what: str = "model") -> None:
+    """``model.cpx_source = (arch_file, builder_name, kwargs)`` rebuilds ``model`` standalone:
+    the file imports only torch and the standard library, and ``builder(**kwargs)`` loads the
+    model's state_dict and gives the same logits. This is what ``cpx package`` copies into a
+    submission's ``solution/``."""
+    source = model.cpx_source
+    assert isinstance(source, tuple) and len(source) == 3, f"{what}: cpx_source must be (arch_file, builder, kwargs)"
+    arch_file, builder, kwargs = source
+    assert Path(arch_file).is_file(), f"{what}: cpx_source names {arch_file}, which does not exist"
+    for module in _imported_modules(arch_file):
+        top = module.split(".")[0]
+        assert top == "torch" or top in sys.stdlib_module_names, f"{what}: {arch_file} imports {module}"
+    json.dumps(kwargs)  # the kwargs go into model.json
+    spec = importlib.util.spec_from_file_location(f"cpx_standalone_{abs(hash(arch_file))}", arch_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rebuilt = getattr(module, builder)(**kwargs).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.rand(1, 3, 40, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model.eval()(x), msg=f"{what}: the standalone rebuild differs")
+
+
+def check_loss(entry: Entry, num_classes: int = 19) -> None:
+    """The loss contract of :func:`cpx.kernel.hookspecs.register_losses`, on default options:
+    a finite float32 scalar with finite gradients for float32 and bf16 logits ``B x C x H x W``
+    and long or uint8 targets ``B x H x W``; a perfect prediction scores lower than a wrong one."""
+    check_options(entry)
+    fn = entry.create({}, num_classes)
+    what = f"loss {entry.name}"
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(0, num_classes, (2, 24, 20), generator=gen)
+    for dtype, target_dtype in ((torch.float32, torch.long), (torch.bfloat16, torch.uint8)):
+        logits = torch.randn(2, num_classes, 24, 20, generator=gen).to(dtype).requires_grad_(True)
+        loss = fn(logits, target.to(target_dtype))
+        assert loss.ndim == 0 and loss.dtype == torch.float32 and torch.isfinite(loss), \
+            f"{what}: expected a finite float32 scalar for {dtype} logits, got {loss}"
+        loss.backward()
+        assert logits.grad is not None and torch.isfinite(logits.grad.float()).all(), f"{what}: bad gradient"
+    sure = F.one_hot(target, num_classes).permute(0, 3, 1, 2).float() * 20.0
+    wrong = F.one_hot((target + 1) % num_classes, num_classes).permute(0, 3, 1, 2).float() * 20.0
+    assert fn(sure, target) < fn(wrong, target), f"{what}: a perfect prediction does not score lower"
+
+
+def check_augmentation(entry: Entry, competition: Competition) -> None:
+    """The augmentation contract of :func:`cpx.kernel.hookspecs.register_augmentations`:
+    shapes and dtypes kept, images in [0, 1], masks hold only class ids, the same seed gives
+    the same batch."""
+    check_options(entry)
+    augment = entry.create({}, competition)
+    what = f"augmentation {entry.name}"
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 40, 48, generator=gen)
+    masks = torch.randint(0, competition.num_classes, (3, 40, 48), generator=gen)
+    torch.manual_seed(7)
+    out_images, out_masks = augment(images, masks)
+    assert out_images.shape == images.shape and out_images.dtype == images.dtype, f"{what}: image shape/dtype changed"
+    assert out_masks.shape == masks.shape and out_masks.dtype == masks.dtype, f"{what}: mask shape/dtype changed"
+    assert 0 <= float(out_images.min()) and float(out_images.max()) <= 1, f"{what}: images left [0, 1]"
+    assert set(out_masks.unique().tolist()) <= set(range(competition.num_classes)), f"{what}: unknown class ids"
+    torch.manual_seed(7)
+    again = augment(images, masks)
+    assert torch.equal(again[0], out_images) and torch.equal(again[1], out_masks), f"{what}: not reproducible"
+
+
+def check_competition(entry: Entry) -> None:
+    """A competition profile: classes, a palette of RGB triples for them, flip pairs that are
+    valid distinct class ids, a positive image size, and a synthetic generator (when present)
+    that gives images and masks of the size asked for."""
+    comp = entry.target
+    what = f"competition {entry.name}"
+    assert isinstance(comp, Competition), f"{what}: registered {type(comp).__name__}, not a Competition"
+    assert comp.name == entry.name, f"{what}: the profile is named {comp.name!r}"
+    assert comp.num_classes >= 2 and len(set(comp.classes)) == comp.num_classes, f"{what}: class names must be unique"
+    assert not comp.palette or (len(comp.palette) >= comp.num_classes
+                                and all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in comp.palette)), \
+        f"{what}: the palette needs an RGB triple (0..255) per class"
+    ids = [i for pair in comp.flip_pairs for i in pair]
+    assert len(ids) == len(set(ids)) and all(0 <= i < comp.num_classes for i in ids), f"{what}: bad flip pairs"
+    perm = comp.flip_permutation()
+    assert sorted(perm) == list(range(comp.num_classes)) and [perm[p] for p in perm] == list(range(comp.num_classes))
+    assert comp.image_size > 0
+    if comp.synthesize is not None:
+        samples = list(comp.synthesize(2, 32, 0))
+        assert len(samples) == 2, f"{what}: synthesize(2, ...) gave {len(samples)} samples"
+        for image, mask in samples:
+            assert image.shape == (32, 32, 3) and image.dtype == np.uint8, f"{what}: synthetic image {image.shape}"
+            assert mask.shape == (32, 32) and int(mask.max()) < comp.num_classes, f"{what}: synthetic mask"

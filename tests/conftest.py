@@ -1,3 +1,4 @@
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,41 @@ def builtin_host(module, name: str):
     host = create_plugin_host(entry_points=False, builtins=False)
     host.register(module, name=name)
     return host
+
+
+# a real built-in model (it has a standalone source) small enough to train in a second
+UNET = {"model.name": "unet", "model.options": {"base_channels": 4, "depth": 2}, "data.image_size": 32,
+        "train.epochs": 1, "train.batch_size": 8, "schedule.warmup_epochs": 1}
+
+
+@pytest.fixture(scope="session")
+def trained_unet(tmp_path_factory):
+    """One unet run on synthetic 64px faces (4 test images), trained once for the whole session:
+    (its workspace, the TrainResult, its data folder)."""
+    from cpx.data import write_dataset
+    from cpx.kernel.manager import create_plugin_host
+    from cpx.kernel.workspace import Workspace
+    from cpx.train.run import TrainRequest, train
+
+    host = create_plugin_host(entry_points=False)
+    comp = host.competition("celebamask-mini")
+    data = tmp_path_factory.mktemp("unetdata")
+    write_dataset(data, comp, comp.synthesize(28, 64, 0), test_count=4)
+    base = Workspace(tmp_path_factory.mktemp("unetbase"))
+    result = train(TrainRequest(recipe="msf-lmsa", overrides={**UNET, "data.path": str(data)}), base, host)
+    assert result.status == "completed"
+    return base, result, data
+
+
+@pytest.fixture
+def unet_run(trained_unet, cpx_workspace) -> str:
+    """The shared unet run, recorded in this test's own fresh ledger (its folder is shared: read it only)."""
+    base, result, _ = trained_unet
+    cpx_workspace.experiments_dir.mkdir(parents=True, exist_ok=True)
+    # the backup API, because a plain copy would miss rows still in the WAL file
+    src, dst = sqlite3.connect(base.ledger_path), sqlite3.connect(cpx_workspace.ledger_path)
+    with dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    return result.run_id

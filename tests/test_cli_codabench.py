@@ -9,11 +9,11 @@ import sys
 import zipfile
 
 import pytest
+from codabench_server import FakeCodabench
 
-from cpx.submit import codabench
 from cpx.cli import main
 from cpx.runs.ledger import Ledger
-from codabench_server import FakeCodabench
+from cpx.submit import codabench
 
 
 @pytest.fixture(autouse=True)

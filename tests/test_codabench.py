@@ -7,12 +7,19 @@ import stat
 import zipfile
 
 import pytest
-
-from cpx.submit import codabench
-from cpx.submit.codabench import (CodabenchClient, CodabenchConnectionError, Phase, choose_phase,
-                           client_from_config, login, submit_zip)
-from cpx.kernel.errors import CodabenchError, SubmissionError
 from codabench_server import FakeCodabench
+
+from cpx.kernel.errors import CodabenchError, SubmissionError
+from cpx.submit import codabench
+from cpx.submit.codabench import (
+    CodabenchClient,
+    CodabenchConnectionError,
+    Phase,
+    choose_phase,
+    client_from_config,
+    login,
+    submit_zip,
+)
 
 FAST = dict(initial_interval=0.01, max_interval=0.02, timeout=5)
 

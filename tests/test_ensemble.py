@@ -1,15 +1,15 @@
 import json
 
 import pytest
-
 from conftest import tiny_overrides
+
 from cpx.cli import main
 from cpx.eval.ensemble import build_ensemble, greedy_select, parse_weights, top_runs
-from cpx.kernel.errors import ConfigError, RuleViolation, RunError
 from cpx.eval.predict import check_ensemble_allowed, predict_run, predictor_for_run
+from cpx.eval.validate import validate_run
+from cpx.kernel.errors import ConfigError, RuleViolation, RunError
 from cpx.runs.ledger import Ledger
 from cpx.train.run import TrainRequest, train
-from cpx.eval.validate import validate_run
 
 
 def _runs(ws, host, n=2):

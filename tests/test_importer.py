@@ -149,7 +149,7 @@ def test_what_cannot_be_read_is_said_one_line_each(tmp_path, cpx_workspace):
     assert len(unread) == 4 and all("\n" not in line for line in unread)
     assert unread[0].startswith("no config file")
     assert unread[1] == "history.json: no validation F series (found: train_loss, val_loss)"
-    assert unread[2].startswith("weird.pth: not a plain weights file") and "parameter count unknown" in unread[2]
+    assert unread[2].startswith("weird.pth: refused: it holds pickled Python objects") and "parameter count unknown" in unread[2]
     assert unread[3].startswith("no validation list")
 
 

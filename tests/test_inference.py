@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from conftest import tiny_overrides
+from PIL import Image
+
 from cpx.cli import main
+from cpx.eval.predict import Member, Predictor, check_ensemble_allowed, parse_tta, predict_folder, predictor_for_run
 from cpx.kernel.errors import ConfigError, DataError, RuleViolation
-from cpx.eval.predict import (Member, Predictor, check_ensemble_allowed, parse_tta, predict_folder,
-                           predictor_for_run)
 from cpx.runs.ledger import Ledger
 from cpx.train.run import TrainRequest, train
 

@@ -8,8 +8,7 @@ import math
 import pytest
 
 from cpx.cli import main
-from cpx.report.leaderboard import (SINGLE_PAIR_SPREAD, build_leaderboard, fit_gap_model, short_config,
-                             t_quantile)
+from cpx.report.leaderboard import SINGLE_PAIR_SPREAD, build_leaderboard, fit_gap_model, short_config, t_quantile
 from cpx.runs.ledger import Ledger
 
 

@@ -5,8 +5,8 @@ import traceback
 
 import pytest
 
-from cpx.runs import ledger as L
 from cpx.kernel.errors import CpxError, RunError, SubmissionError
+from cpx.runs import ledger as L
 from cpx.runs.ledger import Ledger
 from cpx.runs.migrations import MIGRATIONS, _has_table, applied_migrations, migrate
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from cpx.kernel.errors import DataError, UnknownComponent
 from cpx.eval.metrics import (
     METRICS,
     ScoreAccumulator,
@@ -16,6 +15,7 @@ from cpx.eval.metrics import (
     fscore_reference,
     get_metric,
 )
+from cpx.kernel.errors import DataError, UnknownComponent
 
 
 def f_of(tp, fp, fn):

@@ -3,7 +3,6 @@ import io
 import json
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import zipfile
@@ -13,51 +12,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_overrides
 from cpx.cli import create_app
-from cpx.data import write_dataset
 from cpx.kernel.errors import SubmissionError
 from cpx.runs.ledger import Ledger
 from cpx.submit.package import PackageRequest, package
-from cpx.submit.zipcheck import check_submission, check_zip, list_test_images
-from cpx.kernel.manager import create_plugin_host
 from cpx.submit.solution import check_standalone, foreign_imports
+from cpx.submit.zipcheck import check_submission, check_zip, list_test_images
 from cpx.train.run import TrainRequest, train
-from cpx.kernel.workspace import Workspace
-
-# a real built-in model (it has a standalone source) small enough to train in a second
-UNET = {"model.name": "unet", "model.options": {"base_channels": 4, "depth": 2}, "data.image_size": 32,
-        "train.epochs": 1, "train.batch_size": 8, "schedule.warmup_epochs": 1}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One unet run on synthetic 64px faces (4 test images), shared by the module's tests."""
-    host = create_plugin_host(entry_points=False)
-    comp = host.competition("celebamask-mini")
-    data = tmp_path_factory.mktemp("pkgdata")
-    write_dataset(data, comp, comp.synthesize(28, 64, 0), test_count=4)
-    base = Workspace(tmp_path_factory.mktemp("pkgbase"))
-    result = train(TrainRequest(recipe="msf-lmsa", overrides={**UNET, "data.path": str(data)}), base, host)
-    assert result.status == "completed"
-    return base, result, data
 
 
 @pytest.fixture
-def run_id(trained, cpx_workspace):
-    """The shared run, recorded in this test's own fresh ledger."""
-    base, result, _ = trained
-    cpx_workspace.experiments_dir.mkdir(parents=True, exist_ok=True)
-    # the backup API, because a plain copy would miss rows still in the WAL file
-    src, dst = sqlite3.connect(base.ledger_path), sqlite3.connect(cpx_workspace.ledger_path)
-    with dst:
-        src.backup(dst)
-    src.close()
-    dst.close()
-    return result.run_id
+def trained(trained_unet):
+    return trained_unet
+
+
+@pytest.fixture
+def run_id(unet_run):
+    return unet_run
 
 
 @pytest.fixture

@@ -2,19 +2,27 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_overrides
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_overrides
 from cpx.cli import create_app, main
+from cpx.eval.validate import validate_run
 from cpx.kernel.errors import DataError, RunError
-from cpx.runs.ledger import Ledger
-from cpx.report.figures import (ERROR_RGB, ImageRow, class_colors, colorize, error_overlay, plot_image_grid,
-                                plot_per_class, plot_per_class_comparison)
+from cpx.report.figures import (
+    ERROR_RGB,
+    ImageRow,
+    class_colors,
+    colorize,
+    error_overlay,
+    plot_image_grid,
+    plot_per_class,
+    plot_per_class_comparison,
+)
 from cpx.report.pictures import curves_for_runs
+from cpx.runs.ledger import Ledger
 from cpx.train.curves import plot_history
 from cpx.train.run import TrainRequest, train
-from cpx.eval.validate import validate_run
 
 PALETTE = ((0, 0, 0), (204, 0, 0), (76, 153, 0), (51, 51, 255))
 NAMES = ("background", "skin", "nose", "eye")

@@ -11,9 +11,9 @@ import sys
 import zipfile
 
 import pytest
-
 from codabench_server import FakeCodabench
 from conftest import tiny_overrides
+
 from cpx.cli import main
 from cpx.kernel.errors import SubmissionError
 from cpx.runs.ledger import Ledger
@@ -320,7 +320,6 @@ def test_a_final_that_is_not_the_best_by_validation_is_warned_about(ledger, tmp_
 def test_submit_zip_accepts_the_weight_keys_of_older_scripts_and_says_which(ledger, capsys, cpx_synthetic,
                                                                            cpx_host, tmp_path, key):
     import torch
-
     from test_submissions import hand_made_zip
 
     comp = cpx_host.competition("celebamask-mini")

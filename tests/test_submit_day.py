@@ -10,15 +10,10 @@ import sys
 import zipfile
 
 import pytest
-
 from codabench_server import FakeCodabench
-from cpx.cli import main
-from cpx.data import write_dataset
-from cpx.runs.ledger import Ledger
-from cpx.train.run import TrainRequest, train
 
-UNET = {"model.name": "unet", "model.options": {"base_channels": 4, "depth": 2}, "data.image_size": 32,
-        "train.epochs": 1, "train.batch_size": 8, "schedule.warmup_epochs": 1}
+from cpx.cli import main
+from cpx.runs.ledger import Ledger
 
 
 @pytest.fixture(autouse=True)
@@ -27,11 +22,8 @@ def _no_proxy(monkeypatch):
     monkeypatch.delenv("CODABENCH_URL", raising=False)
 
 
-def test_a_whole_submission_day(cpx_workspace, cpx_host, tmp_path, capsys, monkeypatch):
-    comp = cpx_host.competition("celebamask-mini")
-    data = tmp_path / "data"
-    write_dataset(data, comp, comp.synthesize(28, 64, 0), test_count=4)
-    run = train(TrainRequest(recipe="msf-lmsa", overrides={**UNET, "data.path": str(data)}), cpx_workspace, cpx_host)
+def test_a_whole_submission_day(cpx_workspace, unet_run, capsys, monkeypatch):
+    # the session's unet run (synthetic faces, 4 test images), in this workspace's ledger
     (cpx_workspace.root / "cpx.yaml").write_text("codabench_competition: 42\n")
 
     def cpx(*args, stdin=None):
@@ -56,7 +48,7 @@ def test_a_whole_submission_day(cpx_workspace, cpx_host, tmp_path, capsys, monke
         assert used_today() == 0
 
         # package with flip TTA: every mask checked against what solution/run.py writes
-        out, _ = cpx("package", run.run_id, "--name", "v1", "--tta", "flip")
+        out, _ = cpx("package", unet_run, "--name", "v1", "--tta", "flip")
         assert "re-run on all 4 test images: identical masks" in out
         assert "budget phase 'test': 0 of 10 used, 10 left; Codabench phase 7 (Development) today: 0 of 5 used" in out
         with Ledger(cpx_workspace.ledger_path) as ledger:

@@ -15,8 +15,8 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
-
 from codabench_server import FakeCodabench
+
 from cpx.cli import main
 from cpx.kernel.errors import CodabenchError
 from cpx.runs.ledger import Ledger

@@ -1,12 +1,11 @@
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from PIL import Image
 
-from conftest import tiny_overrides
+from cpx.cli import main
 from cpx.kernel.errors import DataError, RuleViolation
 from cpx.runs.ledger import Ledger
 from cpx.train.run import TrainRequest, train
@@ -93,17 +92,19 @@ def test_budget_fits_the_epoch_count(cpx_workspace, cpx_host, tiny_model):
     assert row["epochs_planned"] < 1000
 
 
-def test_cli_bad_values_are_one_line_per_field_and_exit_2(cpx_workspace):
-    out = subprocess.run([sys.executable, "-m", "cpx", "train", "msf-lmsa", "--epochs", "0", "--set",
-                          "optimizer.lr=fast", "--set", "model.options.nope=1"], capture_output=True, text=True)
-    assert out.returncode == 2
-    assert "Traceback" not in out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+def test_cli_bad_values_are_one_line_per_field_and_exit_2(cpx_workspace, capsys):
+    code = main(["train", "msf-lmsa", "--epochs", "0", "--set", "optimizer.lr=fast", "--set", "model.options.nope=1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert any("train.epochs" in line for line in lines) and any("optimizer.lr" in line for line in lines)
 
 
-def test_cli_unknown_recipe_and_missing_run(cpx_workspace):
-    out = subprocess.run([sys.executable, "-m", "cpx", "train", "nope"], capture_output=True, text=True)
-    assert out.returncode == 2 and "unknown recipe 'nope'" in out.stderr and "Traceback" not in out.stderr
-    out = subprocess.run([sys.executable, "-m", "cpx", "train", "--resume", "nope"], capture_output=True, text=True)
-    assert out.returncode == 2 and "nope" in out.stderr and "Traceback" not in out.stderr
+def test_cli_unknown_recipe_and_missing_run(cpx_workspace, capsys):
+    assert main(["train", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown recipe 'nope'" in err and "Traceback" not in err
+    assert main(["train", "--resume", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "Traceback" not in err

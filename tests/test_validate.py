@@ -4,17 +4,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 from PIL import Image
 
-from conftest import tiny_overrides
 from cpx.cli import main
 from cpx.data import write_mask
-from cpx.kernel.errors import DataError
-from cpx.eval.predict import Member, Predictor
-from cpx.runs.ledger import Ledger
 from cpx.eval.metrics import EPS
-from cpx.train.run import TrainRequest, train
+from cpx.eval.predict import Member, Predictor
 from cpx.eval.validate import evaluate, score_folders, validate_run
+from cpx.kernel.errors import DataError
+from cpx.runs.ledger import Ledger
+from cpx.train.run import TrainRequest, train
 
 
 @pytest.fixture
@@ -129,7 +129,8 @@ def test_score_lists_every_problem_by_name(tmp_path, comp, capsys):
     report = score_folders(pred, gt, comp)
     assert not report.ok and report.scores is None
     text = "\n".join(report.problems)
-    for needle in ("missing.png: no prediction", "small.png: size 2x4", "rgb.png: mode RGB", "range.png: class id(s) 19",
+    for needle in ("missing.png: no prediction", "small.png: size 2x4", "rgb.png: mask has 3 channels (RGB)",
+                   "range.png: class id 19 outside 0..18",
                    "broken.png: cannot read"):
         assert needle in text, needle
     assert len(report.problems) == 5
@@ -182,3 +183,21 @@ def test_validate_run_matches_training_and_is_recorded(cpx_workspace, cpx_host, 
         assert len(ledger.list_validations(run.run_id)) == 2
     code = main(["validate", "r", "--checkpoint", "nope.pt"])
     assert code == 2 and "nope.pt" in capsys.readouterr().err
+
+
+def test_validate_on_a_busy_ledger_prints_the_score_and_says_it_was_not_recorded(unet_run, cpx_workspace,
+                                                                                 monkeypatch, capsys):
+    import sqlite3
+
+    monkeypatch.setenv("CPX_LEDGER_TIMEOUT", "0.2")
+    browser = sqlite3.connect(cpx_workspace.ledger_path, isolation_level=None)
+    browser.execute("BEGIN IMMEDIATE")  # a DB browser with an open write transaction
+    try:
+        assert main(["validate", unet_run]) == 0
+    finally:
+        browser.execute("ROLLBACK")
+        browser.close()
+    out = capsys.readouterr()
+    assert "F (competition metric" in out.out and "Traceback" not in out.err
+    (line,) = [line for line in out.err.splitlines() if "not recorded" in line]
+    assert "locked by another program" in line

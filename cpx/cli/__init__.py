@@ -12,25 +12,27 @@ from typing import Optional
 
 import typer
 
+from cpx import __version__
 from cpx.kernel.errors import CpxError
-from . import _common, data, evaluate, plugins, runs, pictures, train
-from . import package
-from . import submit
-from . import bench
+
+from . import _common, bench, data, evaluate, package, pictures, plugins, runs, submit, train
 
 COMMAND_MODULES = [train, runs, plugins, data, pictures, evaluate, package, submit, bench]
 
 
 def create_app(host=None) -> typer.Typer:
     """A fresh application; plugins add their commands through ``register_commands``."""
-    app = typer.Typer(name="cpx", no_args_is_help=True, add_completion=False,
+    app = typer.Typer(name="cpx", no_args_is_help=True, add_completion=True,
                       help="Train, validate, package and track models for Codabench segmentation challenges.",
                       pretty_exceptions_enable=False, rich_markup_mode="rich")
 
     @app.callback()
     def _root(workspace: Optional[str] = typer.Option(
             None, "--workspace", "-w", envvar="CPX_WORKSPACE",
-            help="workspace folder (runs, ledger, submissions); default: the current directory")):
+            help="workspace folder (runs, ledger, submissions); default: the nearest folder upwards holding "
+                 "cpx.yaml or experiments/ledger.db, else the current directory"),
+              version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                           help="print the version of cpx and exit")):
         if workspace:
             os.environ["CPX_WORKSPACE"] = workspace
 
@@ -39,6 +41,14 @@ def create_app(host=None) -> typer.Typer:
     host = host or _common.host()
     host.add_commands(app)
     return app
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import torch
+
+        print(f"cpx {__version__} (torch {torch.__version__}, python {sys.version.split()[0]})")
+        raise typer.Exit()
 
 
 def _workspace_from_argv(argv: list[str]) -> Optional[str]:
@@ -68,6 +78,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CpxError as exc:
         _common.print_error(exc)
         return exc.exit_code
+    except KeyboardInterrupt:
+        _common.err_console.print("[yellow]interrupted[/] (Ctrl-C): files already written are complete; nothing "
+                                  "half-written was kept", highlight=False)
+        return 130
     except KeyboardInterrupt:
         _common.err_console.print("interrupted")
         return 130

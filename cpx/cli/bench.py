@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cpx.report.bench import BenchRequest, run_bench
 from cpx.kernel.config import parse_assignment
+from cpx.report.bench import BenchRequest, run_bench
+
 from . import _common
 from ._common import console
 

@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cpx import data as datalib
 from cpx.kernel.errors import DataError
+
 from . import _common
 from ._common import console, print_json
 
@@ -70,6 +72,8 @@ def render_report(report, comp) -> None:
             table.add_row(str(i), name, f"{100 * report.pixel_share[i]:.2f}%",
                           f"{100 * report.presence_share[i]:.1f}%")
         console.print(table)
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
     if report.problems:
         console.print(f"[bold red]{len(report.problems)} problem(s):[/]")
         for p in report.problems:

@@ -12,13 +12,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cpx.eval.ensemble import build_ensemble, parse_weights
-from cpx.kernel.errors import DataError
 from cpx.eval.predict import parse_tta, predict_run, tta_label
-from cpx.train.run import command_line
 from cpx.eval.validate import score_folders, validate_run
+from cpx.kernel.errors import DataError
+from cpx.kernel.text import format_f
+from cpx.train.run import command_line
+
 from . import _common
 from ._common import console, err_console, print_json
-from cpx.kernel.text import format_f
 
 TTA_HELP = "test-time augmentation: flip, scale or flip,scale (default: none; an ensemble's own)"
 
@@ -98,11 +99,11 @@ def register(app: typer.Typer) -> None:
         if json_:
             print_json(ev.to_dict())
             return
-        _warn(ev.warnings)
         where = "its validation list" if ev.data == "val_list" else ev.data
         render_scores(ev.scores, ev.class_names,
                       f"run {ev.run_id}  checkpoint {ev.checkpoint}  tta {tta_label(ev.tta)}  on {where}  "
                       f"({ev.seconds:.1f} s)")
+        _warn(ev.warnings)
         if ev.validation_id is not None:
             console.print(f"[dim]recorded as validation {ev.validation_id} of {ev.run_id}[/]", highlight=False)
 

@@ -10,11 +10,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cpx.kernel.errors import ConfigError
+from cpx.kernel.text import format_f
 from cpx.submit.package import PackageRequest, PackageResult, package
 from cpx.submit.zipcheck import CheckReport, check_submission
+
 from . import _common
 from ._common import console, err_console, print_json
-from cpx.kernel.text import format_f
 
 
 def _size(n: int) -> str:
@@ -124,7 +125,8 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
         check: Annotated[Optional[Path], typer.Option("--check", help="only verify this zip (any zip, hand-made too)")] = None,
         competition: Annotated[Optional[str], typer.Option(help="with --check: the competition (default: the zip's manifest)")] = None,
-        yes: Annotated[bool, typer.Option("--yes", "-y", help="package for the last submission left without asking")] = False,
+        yes: Annotated[bool, typer.Option(
+            "--yes", "-y", help="package for the last submission left without asking")] = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """Predict the test images and write a verified submission zip to submissions/."""

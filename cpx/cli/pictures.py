@@ -11,10 +11,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cpx.eval.predict import parse_tta
+from cpx.kernel.text import format_f
 from cpx.report.pictures import compare_runs, curves_for_runs, show_run
+
 from . import _common
 from ._common import console, err_console, print_json
-from cpx.kernel.text import format_f
 
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", "-c", help="best, last or a .pt path")]
 TtaOpt = Annotated[Optional[str], typer.Option("--tta", help="test-time views: flip, scale, flip,scale or none")]

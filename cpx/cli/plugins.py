@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from cpx.kernel.config import build_config, list_recipes
+
 from . import _common
 from ._common import console, print_json
 

@@ -7,10 +7,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from cpx.kernel.text import format_f
 from cpx.runs.ledger import Ledger
+from cpx.runs.recovery import list_runs
+
 from . import _common
 from ._common import console, print_json
-from cpx.kernel.text import format_f
 
 
 def register(app: typer.Typer) -> None:
@@ -27,8 +29,7 @@ def register(app: typer.Typer) -> None:
         """List runs, newest first."""
         if ctx.invoked_subcommand:
             return
-        with Ledger(_common.workspace().ledger_path) as ledger:
-            rows = ledger.list_runs(status=status, limit=limit)
+        rows = list_runs(_common.workspace(), status=status, limit=limit)
         if json_:
             print_json(rows)
             return
@@ -57,6 +58,7 @@ def register(app: typer.Typer) -> None:
         """Record a run trained elsewhere (config, per-epoch history, checkpoints); the folder is only read."""
         from cpx.kernel.errors import CpxError
         from cpx.runs.importer import import_run
+
         from ._common import err_console
 
         comp = competition

@@ -9,16 +9,24 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cpx.submit import codabench as cb
 from cpx.kernel.errors import CodabenchError, ConfigError, SubmissionError
+from cpx.kernel.text import format_f, format_signed
 from cpx.report.leaderboard import SORTS, build_leaderboard, format_test_f, run_checkpoint
 from cpx.runs.ledger import Ledger
-from cpx.submit.actions import (DEFAULT_TIMEOUT, SubmitRequest, codabench_client, codabench_competition_id,
-                                cpx_competition, split_phase, submit)
+from cpx.submit import codabench as cb
+from cpx.submit.actions import (
+    DEFAULT_TIMEOUT,
+    SubmitRequest,
+    codabench_client,
+    codabench_competition_id,
+    cpx_competition,
+    split_phase,
+    submit,
+)
 from cpx.submit.submissions import DEFAULT_PHASE, remote_leaderboard, submission_report, sync_submissions
+
 from . import _common
 from ._common import console, err_console, print_json
-from cpx.kernel.text import format_f, format_signed
 
 
 def _cpx_competition(name: Optional[str] = None, run: Optional[dict] = None):

@@ -8,11 +8,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cpx.kernel.config import parse_assignment
+from cpx.kernel.config import merge_overrides
+from cpx.kernel.text import format_f
+from cpx.train.budget import parse_budget
 from cpx.train.run import TrainRequest, command_line, train
+
 from . import _common
 from ._common import console
-from cpx.kernel.text import format_f
 
 # shortcut option -> config key path
 SHORTCUTS = {
@@ -28,31 +30,6 @@ SHORTCUTS = {
     "precision": "train.precision",
     "budget_minutes": "train.budget_minutes",
 }
-
-
-def parse_budget(text: Optional[str]) -> Optional[float]:
-    """``90m``, ``2h``, ``1h30m`` or plain minutes -> minutes."""
-    if not text:
-        return None
-    from cpx.kernel.errors import ConfigError
-
-    s, total, num = text.strip().lower(), 0.0, ""
-    try:
-        for ch in s:
-            if ch.isdigit() or ch == ".":
-                num += ch
-            elif ch in "hms":
-                total += float(num) * {"h": 60, "m": 1, "s": 1 / 60}[ch]
-                num = ""
-            else:
-                raise ValueError
-        if num:
-            total += float(num)
-    except ValueError:
-        raise ConfigError(f"--budget: cannot read {text!r}; use e.g. 90m, 2h or 1h30m") from None
-    if total <= 0:
-        raise ConfigError("--budget: must be more than zero")
-    return total
 
 
 class RichProgress:
@@ -128,15 +105,9 @@ def register(app: typer.Typer) -> None:
         rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT every node meets at (needed with --nnodes > 1)")] = None,
     ):
         """Train a recipe; the run lands in experiments/runs/ and the ledger."""
-        overrides = {}
-        for assignment in set_ or []:
-            key, value = parse_assignment(assignment)
-            overrides[key] = value
         values = dict(dice=dice, ce=ce, lr=lr, epochs=epochs, batch_size=batch_size, image_size=image_size,
                       seed=seed, data=data, device=device, precision=precision, budget_minutes=parse_budget(budget))
-        for field, value in values.items():
-            if value is not None:
-                overrides[SHORTCUTS[field]] = value
+        overrides = merge_overrides(set_ or [], {SHORTCUTS[field]: value for field, value in values.items()})
         if resume and (recipe or overrides):
             from cpx.kernel.errors import ConfigError
 

@@ -10,16 +10,32 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
+
 import numpy as np
+
 from cpx.data.competition import Competition
 from cpx.data.dataset import Progress, worker_count
-from cpx.data.images import (BadFile, Size, bad_ids_message, check_mask_mode, mask_array, open_image, relative_path)
+from cpx.data.images import (
+    BadFile,
+    Size,
+    bad_ids_message,
+    check_mask_mode,
+    exif_rotation,
+    mask_array,
+    open_image,
+    relative_path,
+    rgb_array,
+)
 from cpx.data.layout import scan
 from cpx.kernel.errors import Problem
 
 
 @dataclass
 class DataReport:
+    """What ``cpx data check`` found in a data folder: counts, image sizes, per-class pixel and
+    image shares (deep checks only), ``problems`` that stop training and ``warnings`` that do not.
+    """
+
     root: Path
     competition: str
     class_names: tuple[str, ...]
@@ -34,6 +50,8 @@ class DataReport:
     image_sizes: dict[Size, int] = field(default_factory=dict)
     test_image_sizes: dict[Size, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    # things that do not stop training but deserve a look (EXIF rotation tags)
+    warnings: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -41,6 +59,7 @@ class DataReport:
         return not self.problems
 
     def to_dict(self) -> dict:
+        """JSON-ready form (sizes as ``"HxW"`` keys, problems as mappings, ``ok``)."""
         out = asdict(self)
         out["root"] = str(self.root)
         out["class_names"] = list(self.class_names)
@@ -49,6 +68,7 @@ class DataReport:
         out["test_image_sizes"] = {f"{h}x{w}": n
                                    for (h, w), n in sorted(self.test_image_sizes.items())}
         out["problems"] = [asdict(p) for p in self.problems]
+        out["warnings"] = [asdict(p) for p in self.warnings]
         out["ok"] = self.ok
         return out
 
@@ -58,6 +78,15 @@ class _PairResult:
     image_size: Optional[Size] = None
     counts: Optional[np.ndarray] = None  # bincount over 0..255
     problems: list[BadFile] = field(default_factory=list)
+    warnings: list[BadFile] = field(default_factory=list)
+
+
+def _rotation_warning(img, path: Path) -> Optional[BadFile]:
+    tag = exif_rotation(img)
+    if tag is None:
+        return None
+    return BadFile(path, "exif_rotation", f"EXIF orientation tag {tag} asks viewers to rotate or flip this image; "
+                   "cpx uses the pixels as stored (as the masks and the scorer do), so check that they match")
 
 
 def _check_pair(img_path: Path, mask_path: Path, num_classes: int, deep: bool) -> _PairResult:
@@ -66,6 +95,11 @@ def _check_pair(img_path: Path, mask_path: Path, num_classes: int, deep: bool) -
     try:
         with open_image(img_path, "image", decode=deep) as img:
             res.image_size = (img.height, img.width)
+            if deep:
+                rgb_array(img, img_path)  # a mode with no faithful RGB form is refused here too
+            warning = _rotation_warning(img, img_path)
+            if warning:
+                res.warnings.append(warning)
     except BadFile as bad:
         res.problems.append(bad)
     try:
@@ -93,6 +127,8 @@ def _check_pair(img_path: Path, mask_path: Path, num_classes: int, deep: bool) -
 def _check_image(path: Path, deep: bool) -> tuple[Optional[Size], Optional[BadFile]]:
     try:
         with open_image(path, "image", decode=deep) as img:
+            if deep:
+                rgb_array(img, path)
             return (img.height, img.width), None
     except BadFile as bad:
         return None, bad
@@ -142,6 +178,7 @@ def check_dataset(root: os.PathLike, competition: Competition, *, deep: bool = T
                 presence += res.counts > 0
                 masks_counted += 1
             problems.extend(b.problem(root) for b in res.problems)
+            report.warnings.extend(b.problem(root) for b in res.warnings)
             done += 1
             if progress:
                 progress(done, total)

@@ -41,6 +41,10 @@ class SubmissionFormat:
 
 @dataclass(frozen=True)
 class Rules:
+    """What the organisers allow: ensembles, pretrained weights, external data, the number of
+    submissions per phase, and whether only the final submission counts.
+    """
+
     ensembles_allowed: bool = True
     pretrained_allowed: bool = True
     external_data_allowed: bool = True
@@ -50,6 +54,11 @@ class Rules:
 
 @dataclass(frozen=True)
 class Competition:
+    """A competition profile: classes (ids are positions), palette, left/right pairs a flip must
+    swap, image size, parameter limit, metric name, data layout, submission format, rules and
+    an optional synthetic-data generator ``synthesize(count, size, seed)``.
+    """
+
     name: str
     classes: tuple[str, ...]
     title: str = ""
@@ -95,4 +104,7 @@ class Competition:
         return None
 
     def data_path(self, root: Path, part: str) -> Path:
+        """``root`` joined with the layout's folder for ``part`` (``train_images``, ``train_masks``,
+        ``test_images``).
+        """
         return Path(root) / getattr(self.layout, part)

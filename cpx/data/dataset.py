@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from cpx.data.competition import Competition
-from cpx.kernel.errors import DataError
 from cpx.data.images import BadFile, Size, bad_ids_message, mask_array, open_image, read_rgb, relative_path
 from cpx.data.layout import scan
+from cpx.kernel.errors import DataError
 from cpx.kernel.files import atomic_write
 
 # Bumped whenever the cached arrays would differ for the same inputs (resize rule, layout).
@@ -59,6 +59,9 @@ def _decode_pair(img_path: Path, mask_path: Path, size: int, num_classes: int
 
 
 def worker_count(workers: Optional[int]) -> int:
+    """Threads for decoding: ``workers`` when given (at least 1), else the CPU count capped at
+    :data:`MAX_WORKERS`.
+    """
     if workers is not None:
         return max(1, workers)
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))

@@ -13,12 +13,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
-import numpy as np
-from cpx.data.competition import Competition
-from cpx.kernel.errors import DataError
-from cpx.data.images import bad_ids_message, relative_path, write_image, write_mask
-from cpx.kernel.errors import Problem
 
+import numpy as np
+
+from cpx.data.competition import Competition
+from cpx.data.images import bad_ids_message, relative_path, write_image, write_mask
+from cpx.kernel.errors import DataError, Problem
 
 SYNTH_PREFIX = "synth_"
 
@@ -68,6 +68,9 @@ def _list_folder(root: Path, folder: Path, suffixes: Sequence[str], what: str,
 
 
 def scan(root: os.PathLike, competition: Competition) -> Scan:
+    """The files of the data folder ``root`` under ``competition.layout``, by stem; no file is
+    opened. Missing folders and duplicate stems are collected in ``problems``.
+    """
     root = Path(root)
     lay = competition.layout
     out = Scan(root)
@@ -94,6 +97,7 @@ def train_names(root: os.PathLike, competition: Competition) -> list[str]:
 
 
 def test_image_paths(root: os.PathLike, competition: Competition) -> list[Path]:
+    """The test images of ``root``, sorted by name."""
     return scan(root, competition).test_images
 
 

@@ -26,18 +26,18 @@ import torch
 import torch.nn.functional as F
 
 from cpx import data as datalib
-from cpx.kernel.errors import ConfigError, RunError
-from cpx.eval.predict import Member, Predictor, is_ensemble, parse_tta, tta_label
-from cpx.kernel.text import utc_now
-from cpx.runs.folder import new_run_id
-from cpx.runs.ledger import Ledger
 from cpx.eval.metrics import ScoreAccumulator, class_ids
-from cpx.kernel.manager import PluginHost
-from cpx.kernel.device import resolve_device
-from cpx.kernel.device import count_params
+from cpx.eval.predict import Member, Predictor, is_ensemble, parse_tta, tta_label
 from cpx.eval.validate import VAL_LIST, Evaluation, _pairs, evaluate
+from cpx.kernel.device import count_params, resolve_device
+from cpx.kernel.errors import ConfigError, RunError
+from cpx.kernel.files import check_writable
+from cpx.kernel.manager import PluginHost
+from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
-from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE, RunFolder
+from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE
+from cpx.runs.folder import RunFolder, new_run_id
+from cpx.runs.ledger import Ledger
 
 Progress = Optional[Callable[[str, int, int], None]]
 # Cached search probabilities are kept at most this many pixels on a side, in float16 when
@@ -48,6 +48,8 @@ SEARCH_SIDE = 256
 
 @dataclass
 class MemberScore:
+    """One member of an ensemble: its run, checkpoint, weight and F on the shared images."""
+
     run: str
     name: str
     weight: float
@@ -58,6 +60,10 @@ class MemberScore:
 
 @dataclass
 class EnsembleResult:
+    """What :func:`build_ensemble` measured: members with their weights, the ensemble's
+    evaluation, the best single member and the gain over it, and the greedy search steps.
+    """
+
     members: list[MemberScore]
     evaluation: Optional[Evaluation]  # the ensemble's exact score (None if no ensemble came out)
     names: list[str]
@@ -72,6 +78,7 @@ class EnsembleResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
+        """JSON-ready form."""
         return {
             "run_id": self.run_id, "tta": tta_label(self.tta), "images": len(self.names),
             "data": str(self.data_root),
@@ -85,6 +92,10 @@ class EnsembleResult:
 
 
 def parse_weights(text: Optional[str], count: Optional[int] = None) -> Optional[list[float]]:
+    """``"0.5,0.3,0.2"`` -> ``[0.5, 0.3, 0.2]`` (None for no text).
+
+    :raises ConfigError: not numbers, negative, all zero, or not ``count`` of them.
+    """
     if not text:
         return None
     try:
@@ -236,6 +247,9 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
     """
     from cpx.runs.handle import open_run
 
+    if record:
+        check_writable(workspace.runs_dir, workspace.ledger_path)
+
     start = time.perf_counter()
     tta = parse_tta(tta)
     if top < 1:
@@ -269,7 +283,7 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
     root, names = _shared_images(handles, warnings)
 
     dev = resolve_device(device)
-    members = [Member(h.load_model(host, checkpoint, dev), h.image_size, w, h.row.get("name") or h.id, h.id,
+    members = [Member(h.load_model(checkpoint, dev, host), h.image_size, w, h.row.get("name") or h.id, h.id,
                       checkpoint) for h, w in zip(handles, weights)]
     cache = _SearchCache(len(members)) if search else None
     singles, mix_scores, per_image = _one_pass(members, weights, competition, root, names, tta, dev, precision,

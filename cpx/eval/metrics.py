@@ -243,6 +243,7 @@ class ScoreAccumulator:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every image seen so far."""
         c = self.num_classes
         self._per_image: list[float] = []
         self._class_f_sum = torch.zeros(c, dtype=torch.float64)
@@ -279,6 +280,11 @@ class ScoreAccumulator:
         self._pool_count = 0
 
     def compute(self) -> Scores:
+        """The :class:`Scores` of every image seen: mean per-image F (the competition score), pooled
+        F, per-class F with the number of images each class is present in, pixel accuracy and mIoU.
+
+        :raises DataError: no image was added.
+        """
         if not self._per_image:
             raise DataError("no images were scored")
         pooled = list(self._pool_scores)

@@ -29,17 +29,17 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from cpx.data.competition import Competition
-from cpx.kernel.errors import ConfigError, DataError, RuleViolation, RunError
-from cpx.runs.ledger import Ledger
+from cpx.data.images import BadFile, inspect_image, read_rgb
 from cpx.eval.metrics import class_ids
+from cpx.kernel.device import autocast, keep_freed_memory, resolve_device, resolve_precision
+from cpx.kernel.errors import ConfigError, DataError, RuleViolation, RunError
+from cpx.kernel.files import check_writable, remove_stale_temps
 from cpx.kernel.manager import PluginHost
-from cpx.kernel.device import autocast, resolve_device, resolve_precision
-from cpx.kernel.device import keep_freed_memory
 from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import ENSEMBLE, run_folder
+from cpx.runs.ledger import Ledger
 
 TTA_CHOICES = ("flip", "scale")
 DEFAULT_SCALES = (0.75, 1.0, 1.25)
@@ -67,6 +67,7 @@ def parse_tta(value: Union[None, str, Iterable[str]]) -> tuple[str, ...]:
 
 
 def tta_label(tta: Sequence[str]) -> str:
+    """``("flip", "scale")`` -> ``"flip,scale"``; ``"none"`` for no TTA."""
     return ",".join(tta) if tta else "none"
 
 
@@ -100,6 +101,10 @@ def class_softmax(logits: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Member:
+    """One model of a predictor: the network (eval mode), the square size it was trained at, its
+    weight in the average, and where it came from.
+    """
+
     model: torch.nn.Module
     image_size: int
     weight: float = 1.0
@@ -241,6 +246,7 @@ class Predictor:
         return result  # type: ignore[return-value]
 
     def describe(self) -> str:
+        """One line: members with their sizes and weights, TTA, device and precision."""
         parts = [f"{m.label or 'model'}@{m.image_size}px" + (f" x{w:.2f}" if len(self.members) > 1 else "")
                  for m, w in zip(self.members, self.weights)]
         return f"{' + '.join(parts)}  tta {tta_label(self.tta)}  {self.device.type}/{self.precision}"
@@ -251,6 +257,7 @@ class Predictor:
 
 
 def is_ensemble(row: dict) -> bool:
+    """Whether a ledger row is an ensemble run."""
     return row.get("kind") == "ensemble"
 
 
@@ -320,7 +327,7 @@ def predictor_for_run(ref: str, workspace: Workspace, host: PluginHost, *, check
     members = []
     for handle, m in handles:
         which = m.get("checkpoint") or "best"
-        model = handle.load_model(host, which, dev)
+        model = handle.load_model(which, dev, host)
         members.append(Member(model=model, image_size=handle.image_size, weight=float(m.get("weight", 1.0)),
                               label=handle.row.get("name") or handle.id, run_id=handle.id, checkpoint=which))
     if tta is None:
@@ -335,6 +342,8 @@ def predictor_for_run(ref: str, workspace: Workspace, host: PluginHost, *, check
 
 @dataclass
 class PredictReport:
+    """What :func:`predict_folder` did: masks written, files skipped with the reason, seconds."""
+
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -343,6 +352,7 @@ class PredictReport:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """JSON-ready form."""
         return {"written": [str(p) for p in self.written],
                 "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped],
                 "seconds": round(self.seconds, 3), "output_dir": str(self.output_dir) if self.output_dir else None,
@@ -354,19 +364,16 @@ def _inspect_image(path: Path) -> tuple[Optional[Size], str]:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return None, f"not an image file (suffix {path.suffix or '(none)'}; expected {'/'.join(IMAGE_SUFFIXES)})"
     try:
-        with Image.open(path) as img:
-            img.load()
-            return (img.height, img.width), ""
-    except MemoryError:
-        raise
-    except Exception as exc:  # PIL raises many kinds for corrupt data
-        reason = str(exc).strip().replace(str(path), "").strip(" :") or type(exc).__name__
-        return None, f"cannot read image ({reason[:120]})"
+        return inspect_image(path), ""
+    except BadFile as bad:
+        return None, bad.message
 
 
 def _read_rgb(path: Path) -> torch.Tensor:
-    with Image.open(path) as img:
-        arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    try:
+        arr, _ = read_rgb(path)
+    except BadFile as bad:  # changed on disk since it was inspected
+        raise bad.error() from None
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
@@ -417,7 +424,10 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
             shown = ", ".join(t.name for t in clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
             raise DataError(f"{output_dir}: {len(clash)} mask(s) already exist ({shown}); "
                             "pass --overwrite or choose another --output")
+    check_writable(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # masks half-written by a predict that was killed; a live writer's temps are seconds old
+    remove_stale_temps(output_dir, older_than=60)
 
     from cpx.data import write_mask
 

@@ -17,17 +17,19 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cpx import data as datalib
 from cpx.data.competition import Competition
-from cpx.kernel.errors import ConfigError, DataError, RunError
-from cpx.eval.predict import Predictor, is_ensemble, predictor_for_run, tta_label
-from cpx.runs.ledger import Ledger
+from cpx.data.images import BadFile, bad_ids_message, mask_array, open_image
 from cpx.eval.metrics import ScoreAccumulator, Scores
+from cpx.eval.predict import Predictor, is_ensemble, predictor_for_run, tta_label
+from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RunError
+from cpx.kernel.files import check_writable
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
-from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE, run_folder
+from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE
+from cpx.runs.folder import run_folder
+from cpx.runs.ledger import Ledger
 
 Progress = Optional[Callable[[int, int], None]]
 VAL_LIST = "val_list"  # the ledger's ``data`` value for a run's own validation list
@@ -35,6 +37,10 @@ VAL_LIST = "val_list"  # the ledger's ``data`` value for a run's own validation 
 
 @dataclass
 class Evaluation:
+    """A run scored on a set of labelled images: the :class:`Scores`, per-image F by stem, the
+    checkpoint, TTA and data used, warnings, and the ledger validation id when recorded.
+    """
+
     names: list[str]
     scores: Scores
     per_image: dict[str, float]
@@ -56,6 +62,7 @@ class Evaluation:
         return out
 
     def to_dict(self) -> dict:
+        """JSON-ready form."""
         s = self.scores
         return {"run_id": self.run_id, "checkpoint": self.checkpoint, "tta": tta_label(self.tta),
                 "data": self.data, "images": len(self.names), "fscore": s.fscore,
@@ -117,7 +124,14 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
                  data: Optional[os.PathLike] = None, tta=(), record: bool = True, batch_size: int = 8,
                  device: str = "auto", precision: str = "auto", progress: Progress = None) -> Evaluation:
     """Score a run (or ensemble run) on its validation list, or on every labelled image of
-    ``data``, and (with ``record``) add the result to the ledger's validations."""
+    ``data``, and (with ``record``) add the result to the ledger's validations.
+
+    :raises RunError: unknown run or unusable checkpoint; :raises DataError: unusable data;
+        :raises NotWritable: ``record`` with a read-only ledger (checked before any work). A
+        ledger locked by another program does not raise: the score is returned with a warning.
+    """
+    if record:
+        check_writable(workspace.ledger_path)
     predictor = predictor_for_run(ref, workspace, host, checkpoint=checkpoint, tta=tta, device=device,
                                   precision=precision)
     with Ledger(workspace.ledger_path) as ledger:
@@ -156,12 +170,16 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
     evaluation.warnings = warnings
     if record:
         s = evaluation.scores
-        with Ledger(workspace.ledger_path) as ledger:
-            saved = ledger.add_validation(
-                row["id"], checkpoint=evaluation.checkpoint, tta=tta_label(evaluation.tta), data=data_label,
-                images=len(names), score=s.fscore, pooled_score=s.pooled_fscore, pixel_acc=s.pixel_acc,
-                miou=s.miou, per_class=evaluation.per_class(), wall_seconds=round(evaluation.seconds, 2))
-        evaluation.validation_id = saved["id"]
+        try:
+            with Ledger(workspace.ledger_path) as ledger:
+                saved = ledger.add_validation(
+                    row["id"], checkpoint=evaluation.checkpoint, tta=tta_label(evaluation.tta), data=data_label,
+                    images=len(names), score=s.fscore, pooled_score=s.pooled_fscore, pixel_acc=s.pixel_acc,
+                    miou=s.miou, per_class=evaluation.per_class(), wall_seconds=round(evaluation.seconds, 2))
+        except LedgerBusy as exc:  # the score is computed: show it, and say it was not kept
+            evaluation.warnings.append(f"not recorded: {exc}; validate again to record it")
+        else:
+            evaluation.validation_id = saved["id"]
     return evaluation
 
 
@@ -171,6 +189,10 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
 
 @dataclass
 class FolderScore:
+    """``cpx score``: predicted masks scored against ground truth by stem; ``problems`` stop the
+    scoring, ``warnings`` do not.
+    """
+
     pred_dir: Path
     gt_dir: Path
     names: list[str] = field(default_factory=list)
@@ -186,6 +208,7 @@ class FolderScore:
         return not self.problems and self.scores is not None
 
     def to_dict(self) -> dict:
+        """JSON-ready form."""
         out = {"pred_dir": str(self.pred_dir), "gt_dir": str(self.gt_dir), "ok": self.ok,
                "images": len(self.names), "problems": list(self.problems), "warnings": list(self.warnings),
                "seconds": round(self.seconds, 3)}
@@ -204,28 +227,20 @@ def _list_files(folder: Path) -> list[Path]:
 
 
 def _read_pred(path: Path, competition: Competition, gt_shape: tuple[int, int]) -> tuple[Optional[np.ndarray], list[str]]:
-    modes = competition.submission.mask_modes
+    # the mask rules of every command (lossless PNG, one channel, the scorer's modes), then the sizes and ids
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in modes:
-                return None, [f"{path.name}: mode {img.mode}; the scorer expects a single-channel mask "
-                              f"of mode {' or '.join(modes)}"]
-            arr = np.asarray(img)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        reason = str(exc).strip().replace(str(path), "").strip(" :") or type(exc).__name__
-        return None, [f"{path.name}: cannot read the mask ({reason[:120]})"]
+        with open_image(path, "mask", decode=True) as img:
+            arr = mask_array(img, path, competition.submission.mask_modes)
+    except BadFile as bad:
+        return None, [f"{path.name}: {bad.message}"]
     problems = []
     if arr.shape != gt_shape:
         problems.append(f"{path.name}: size {arr.shape[0]}x{arr.shape[1]} but the ground truth is "
                         f"{gt_shape[0]}x{gt_shape[1]} (height x width)")
     if arr.size and int(arr.max()) >= competition.num_classes:
-        bad = sorted(int(v) for v in np.unique(arr[arr >= competition.num_classes]))
-        problems.append(f"{path.name}: class id(s) {', '.join(map(str, bad[:10]))} outside "
-                        f"0..{competition.num_classes - 1}")
-    return (None if problems else arr.astype(np.uint8, copy=False)), problems
+        problems.append(f"{path.name}: " + bad_ids_message(np.unique(arr[arr >= competition.num_classes]),
+                                                            competition.num_classes))
+    return (None if problems else arr), problems
 
 
 def score_folders(pred_dir: os.PathLike, gt_dir: os.PathLike, competition: Competition,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Iterable, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -20,29 +20,41 @@ from cpx.kernel.registry import format_validation_error
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # unknown keys are typos; inf and nan are never meaningful settings (``--lr inf`` trained to NaN)
+    """Base of every config section: unknown keys and non-finite numbers are errors."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Component(Section):
+    """A plugin component chosen by registered ``name`` with its own ``options``."""
+
     name: str = Field(description="registered name of the plugin component")
     options: dict[str, Any] = Field(default_factory=dict, description="the component's own options")
 
 
 class OptimizerConfig(Section):
+    """The optimizer and its hyper-parameters."""
+
     name: Literal["adamw", "sgd"] = Field("adamw", description="optimizer")
-    lr: float = Field(8e-4, gt=0, description="peak learning rate")
+    lr: float = Field(8e-4, gt=0, le=10, description="peak learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="decoupled weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="AdamW betas, each in [0, 1)")
     momentum: float = Field(0.9, ge=0, description="SGD momentum")
 
 
 class ScheduleConfig(Section):
+    """The learning-rate schedule: linear warm-up, then cosine (or constant) down to ``min_lr``."""
+
     name: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule after warm-up")
     warmup_epochs: int = Field(5, ge=0, description="linear warm-up length in epochs")
     min_lr: float = Field(1e-6, ge=0, description="learning rate at the end of the cosine")
 
 
 class DataConfig(Section):
+    """Where the data comes from, the training resolution, the split and the cache."""
+
     path: Optional[str] = Field(None, description="competition data folder; empty means the competition's synthetic data")
     image_size: Optional[int] = Field(None, gt=0, description="training resolution (square); empty means the competition's native size")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of labelled images held out for validation")
@@ -54,6 +66,10 @@ class DataConfig(Section):
 
 
 class TrainConfig(Section):
+    """The training loop: epochs, batch size, precision, device, clipping, early stopping,
+    seed, validation cadence and an optional wall-clock budget.
+    """
+
     epochs: int = Field(300, gt=0, description="maximum number of epochs")
     batch_size: int = Field(32, gt=0, description="images per optimizer step")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -68,6 +84,10 @@ class TrainConfig(Section):
 
 
 class ExperimentConfig(Section):
+    """A fully resolved experiment: competition, model, loss, augmentation, optimizer, schedule,
+    data and training settings. Every run writes its own as ``config.yaml``.
+    """
+
     recipe: str = Field("", description="the recipe this config came from")
     description: str = Field("", description="what the recipe is for")
     competition: str = Field(description="registered competition profile")
@@ -93,6 +113,7 @@ def builtin_recipes() -> dict[str, str]:
 
 
 def workspace_recipes(experiments_dir: Path) -> dict[str, Path]:
+    """Recipe name -> YAML file for every ``*.yaml`` in the workspace's ``experiments/``."""
     if not experiments_dir.is_dir():
         return {}
     return {p.stem: p for p in sorted(experiments_dir.glob("*.yaml"))}
@@ -147,6 +168,9 @@ def load_recipe(ref: str, experiments_dir: Path, _seen: tuple = ()) -> dict:
 
 
 def deep_merge(base: dict, update: dict) -> dict:
+    """``base`` updated by ``update`` recursively (a new copy); a component's ``options`` are
+    replaced, not merged, when the component changes.
+    """
     out = copy.deepcopy(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
@@ -176,7 +200,32 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def merge_overrides(assignments: Iterable[str], shortcuts: dict[str, Any]) -> dict[str, Any]:
+    """Overrides from ``--set key=value`` texts and shortcut options (key path -> value, None
+    for a shortcut not given).
+
+    :raises ConfigError: a malformed assignment, or a shortcut and a ``--set`` giving one key
+        two different values (neither silently wins).
+    """
+    overrides: dict[str, Any] = {}
+    for text in assignments:
+        key, value = parse_assignment(text)
+        overrides[key] = value
+    for key, value in shortcuts.items():
+        if value is None:
+            continue
+        if key in overrides and overrides[key] != value:
+            raise ConfigError(f"{key}: set twice, to {overrides[key]!r} by --set and to {value!r} by its "
+                              "shortcut option; give one")
+        overrides[key] = value
+    return overrides
+
+
 def set_path(data: dict, key: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating sections.
+
+    :raises ConfigError: a part of the path is a value, not a section.
+    """
     parts = key.split(".")
     node = data
     for part in parts[:-1]:
@@ -189,6 +238,9 @@ def set_path(data: dict, key: str, value: Any) -> None:
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """``data`` with each ``key path -> value`` of ``overrides`` set (a new copy). Switching a
+    component by name drops the options meant for the old one.
+    """
     out = copy.deepcopy(data)
     for key, value in overrides.items():
         set_path(out, key, value)
@@ -201,6 +253,10 @@ def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
 
 
 def validate(data: dict) -> ExperimentConfig:
+    """The :class:`ExperimentConfig` of ``data``.
+
+    :raises ConfigError: one line per field that does not validate, naming its key path.
+    """
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
@@ -222,6 +278,7 @@ def resolve(config: ExperimentConfig, host) -> ExperimentConfig:
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
     if isinstance(data, dict):
         out: dict[str, Any] = {}
         for key, value in data.items():

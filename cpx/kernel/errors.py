@@ -30,6 +30,10 @@ class RunError(CpxError):
     """A run that does not exist or cannot be resumed."""
 
 
+class LedgerBusy(RunError):
+    """Another process holds the ledger's write lock for longer than the busy timeout."""
+
+
 class RuleViolation(CpxError):
     """Something the competition's rules forbid (too many parameters, an ensemble, ...)."""
 

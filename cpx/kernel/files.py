@@ -13,8 +13,15 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Type
+
+from cpx.kernel.errors import CpxError
+
+
+class NotWritable(CpxError):
+    """A file or folder cpx must write is read-only."""
 
 # mkstemp creates files 0600; saved results should get the usual permissions instead
 _UMASK = os.umask(0)
@@ -98,15 +105,32 @@ def sha256_file(path: os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def remove_stale_temps(folder: os.PathLike) -> list[Path]:
+def remove_stale_temps(folder: os.PathLike, older_than: float = 0.0) -> list[Path]:
     """Delete temp files that killed atomic writers left in ``folder`` (not recursive).
 
-    Returns the paths removed. Safe while another cpx process writes there only when that
-    process holds the folder's lock; callers take it first.
+    :param older_than: seconds since a temp file was last modified; younger ones may belong to
+        a writer at work and are kept (callers holding the folder's lock pass 0).
+    :returns: the paths removed.
     """
     removed = []
+    now = time.time()
     for tmp in Path(folder).glob(TEMP_GLOB):
-        if tmp.is_file():
+        if tmp.is_file() and now - tmp.stat().st_mtime >= older_than:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+def check_writable(*paths: os.PathLike) -> None:
+    """Fail before any work when a file or folder cpx must write cannot be written: for a path
+    that does not exist yet, its nearest existing parent must be a writable folder.
+
+    :raises NotWritable: naming the path, in one line.
+    """
+    for path in map(Path, paths):
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        mode = os.W_OK if probe.is_file() else os.W_OK | os.X_OK
+        if not os.access(probe, mode):
+            raise NotWritable(f"{path}: not writable; cpx needs to write there (check its permissions)")

@@ -10,17 +10,69 @@ Registration hooks receive a ``register`` callback rather than returning values,
 plugin can register several components and each registration carries its options model.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+
 import pluggy
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    import torch
+
+# The kernel sits below cpx.data, so the competition profile type is named, not imported:
+# a ``cpx.data.competition.Competition``.
+Competition = Any
 
 hookspec = pluggy.HookspecMarker("cpx")
 hookimpl = pluggy.HookimplMarker("cpx")
+
+
+# --- the registrars the registration hooks receive ---
+
+
+class RegisterCompetition(Protocol):
+    """The ``register`` callback of :func:`register_competitions`."""
+
+    def __call__(self, name: str, competition: Competition, options: None = None,
+                 description: str = "") -> None:
+        """Register ``competition`` under ``name`` (which must equal ``competition.name``)."""
+
+
+ModelFactory = Callable[[BaseModel, int], "torch.nn.Module"]
+LossFactory = Callable[[BaseModel, int], Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]]
+AugmentationFactory = Callable[[BaseModel, Competition], "torch.nn.Module"]
+
+
+class RegisterModel(Protocol):
+    """The ``register`` callback of :func:`register_models`."""
+
+    def __call__(self, name: str, factory: ModelFactory, options: Optional[type[BaseModel]] = None,
+                 description: str = "") -> None:
+        """Register a model factory ``factory(options, num_classes) -> nn.Module``."""
+
+
+class RegisterLoss(Protocol):
+    """The ``register`` callback of :func:`register_losses`."""
+
+    def __call__(self, name: str, factory: LossFactory, options: Optional[type[BaseModel]] = None,
+                 description: str = "") -> None:
+        """Register a loss factory ``factory(options, num_classes) -> loss(logits, target)``."""
+
+
+class RegisterAugmentation(Protocol):
+    """The ``register`` callback of :func:`register_augmentations`."""
+
+    def __call__(self, name: str, factory: AugmentationFactory, options: Optional[type[BaseModel]] = None,
+                 description: str = "") -> None:
+        """Register an augmentation factory ``factory(options, competition) -> nn.Module``."""
 
 
 # --- components: called once per plugin manager, when its registries are first built ---
 
 
 @hookspec
-def register_competitions(register):
+def register_competitions(register: RegisterCompetition) -> None:
     """Register competition profiles.
 
     :param register: ``register(name, competition, description="")`` where ``competition``
@@ -36,15 +88,25 @@ def register_competitions(register):
 
 
 @hookspec
-def register_models(register):
+def register_models(register: RegisterModel) -> None:
     """Register segmentation models.
 
     :param register: ``register(name, factory, options=OptionsModel, description="")``.
         ``factory(options, num_classes)`` returns an ``nn.Module`` mapping float images
-        ``B x 3 x H x W`` in [0, 1] to logits ``B x num_classes x H x W``. Optionally the
-        module also has ``forward_coarse(x)``: float32 logits at a reduced size whose
-        bilinear (``align_corners=False``) resize to the input size is ``forward(x)``; with
-        several TTA views cpx then merges views at that size and resizes once.
+        ``B x 3 x H x W`` in [0, 1] to logits ``B x num_classes x H x W`` (any H, W).
+
+    Optional attributes of the returned module that cpx uses when present:
+
+    * ``cpx_source = (arch_file, builder_name, kwargs)``: the absolute path of a file that
+      imports only torch and the standard library, the name of a function in it, and JSON-able
+      keyword arguments such that ``builder(**kwargs)`` rebuilds the network. ``cpx package``
+      copies the file into the submission's ``solution/``; a model without it trains,
+      validates and predicts, but cannot be packaged (cpx says so before predicting).
+    * ``forward_coarse(x)``: float32 logits at a reduced size whose bilinear
+      (``align_corners=False``) resize to the input size is ``forward(x)``; with several TTA
+      views cpx then merges views at that size and resizes once.
+
+    :func:`cpx.testing.check_model` checks all of this for a registered model.
 
     Example::
 
@@ -55,7 +117,7 @@ def register_models(register):
 
 
 @hookspec
-def register_losses(register):
+def register_losses(register: RegisterLoss) -> None:
     """Register training losses.
 
     :param register: ``register(name, factory, options=OptionsModel, description="")``.
@@ -71,7 +133,7 @@ def register_losses(register):
 
 
 @hookspec
-def register_augmentations(register):
+def register_augmentations(register: RegisterAugmentation) -> None:
     """Register batch augmentations that run on tensors (image and mask together).
 
     :param register: ``register(name, factory, options=OptionsModel, description="")``.
@@ -92,7 +154,7 @@ def register_augmentations(register):
 
 
 @hookspec
-def register_commands(app):
+def register_commands(app: Any) -> None:
     """Add commands to the ``cpx`` command line.
 
     :param app: the ``typer.Typer`` application; add commands with ``@app.command()``.

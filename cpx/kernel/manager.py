@@ -65,6 +65,9 @@ class PluginHost:
 
     @cached_property
     def registries(self) -> dict[str, Registry]:
+        """Kind -> :class:`Registry`, built on first use by calling every registration hook; a
+        plugin that raises becomes one entry in ``failures``.
+        """
         registries = {kind: Registry(kind) for kind in KINDS.values()}
         for hook_name, kind in KINDS.items():
             caller = getattr(self.manager.hook, hook_name)
@@ -104,6 +107,7 @@ class PluginHost:
         return self.competitions.get(name).target
 
     def add_commands(self, app: Any) -> None:
+        """Let every plugin add commands to the CLI ``app`` (``register_commands``)."""
         for impl in reversed(self.manager.hook.register_commands.get_hookimpls()):
             try:
                 impl.function(app=app)
@@ -120,6 +124,9 @@ def _allowed(ep: metadata.EntryPoint, only: Optional[set[str]]) -> bool:
 
 
 def load_entry_points(host: PluginHost, only: Optional[set[str]] = None) -> None:
+    """Register the modules of the ``cpx`` entry-point group (only those named in ``only``
+    when given); a module that fails to import becomes one entry in ``host.failures``.
+    """
     seen = set()
     for ep in metadata.entry_points(group="cpx"):
         if not _allowed(ep, only) or ep.value in seen:
@@ -135,6 +142,9 @@ def load_entry_points(host: PluginHost, only: Optional[set[str]] = None) -> None
 
 
 def load_plugin_files(host: PluginHost, folders: Iterable[Path]) -> None:
+    """Register every ``*.py`` file of ``folders`` as a plugin (the workspace's ``plugin_dirs``);
+    a file that fails to import becomes one entry in ``host.failures``.
+    """
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():

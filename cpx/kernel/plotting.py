@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from cpx.kernel.files import atomic_write_bytes
 
+from cpx.kernel.files import atomic_write_bytes
 
 # Run colours for curves and comparisons; chosen to stay apart from each other in greyscale too.
 RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")

@@ -17,6 +17,10 @@ class NoOptions(BaseModel, extra="forbid"):
 
 @dataclass(frozen=True)
 class Entry:
+    """A registered component: kind, name, target (a factory, or a competition profile), its
+    options model, a description and where it came from.
+    """
+
     kind: str
     name: str
     target: Any  # a factory, or for competitions the profile itself
@@ -37,6 +41,10 @@ class Entry:
             raise ConfigError(format_validation_error(exc, prefix=where)) from None
 
     def create(self, options: Any = None, *args: Any, where: str = "options") -> Any:
+        """``target(options, *args)`` with ``options`` validated first.
+
+        :raises ConfigError: options that do not validate, one line per field (``where`` + key).
+        """
         return self.target(self.parse_options(options, where=where), *args)
 
     def options_schema(self) -> list[dict]:
@@ -53,6 +61,7 @@ class Entry:
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line per pydantic error: ``prefix.key.path: message (got value)``."""
     lines = []
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"])
@@ -65,12 +74,19 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
 
 
 class Registry:
+    """Components of one kind by name; a name registered twice is an error naming both origins."""
+
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, target: Any, *, options: Optional[type[BaseModel]] = None,
                  description: str = "", origin: str = "?") -> None:
+        """Add a component.
+
+        :raises PluginError: empty name, a name already taken (naming both origins), or options
+            that are not a pydantic model class.
+        """
         if not isinstance(name, str) or not name:
             raise PluginError(f"{origin}: a {self.kind} needs a non-empty string name")
         if name in self._entries:
@@ -83,6 +99,10 @@ class Registry:
                                     origin)
 
     def get(self, name: str) -> Entry:
+        """The entry called ``name``.
+
+        :raises UnknownComponent: no such name; close names are suggested.
+        """
         try:
             return self._entries[name]
         except KeyError:
@@ -91,6 +111,7 @@ class Registry:
             raise UnknownComponent(f"unknown {self.kind} {name!r}{hint}") from None
 
     def names(self) -> list[str]:
+        """Every registered name, sorted."""
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:

@@ -1,6 +1,8 @@
 """A workspace is a folder cpx works in: recipes, runs, the ledger and submissions.
 
-The current directory by default; ``--workspace`` or ``CPX_WORKSPACE`` choose another.
+``--workspace`` or ``CPX_WORKSPACE`` name it; otherwise it is the nearest folder, from the
+current directory upwards, that holds ``cpx.yaml`` or ``experiments/ledger.db`` (so cpx works
+from a subfolder of a workspace), and the current directory when there is none.
 An optional ``cpx.yaml`` at its root may name plugin folders::
 
     plugin_dirs: [my_plugins]
@@ -22,12 +24,30 @@ SETTINGS_FILE = "cpx.yaml"
 
 @dataclass(frozen=True)
 class Workspace:
+    """A folder cpx works in (see the module docstring for how it is found) and the paths of
+    what it keeps there.
+    """
+
     root: Path
 
     @classmethod
     def current(cls, override: Optional[os.PathLike] = None) -> "Workspace":
-        root = override or os.environ.get("CPX_WORKSPACE") or os.getcwd()
-        return cls(Path(root).expanduser().resolve())
+        """The workspace named by ``override`` or ``CPX_WORKSPACE``, else the one found upwards
+        from the current directory (see the module docstring)."""
+        root = override or os.environ.get("CPX_WORKSPACE")
+        if root:
+            return cls(Path(root).expanduser().resolve())
+        return cls(cls.find(Path.cwd()) or Path.cwd().resolve())
+
+    @staticmethod
+    def find(start: os.PathLike) -> Optional[Path]:
+        """The nearest folder at or above ``start`` holding ``cpx.yaml`` or
+        ``experiments/ledger.db``; None when there is none."""
+        here = Path(start).expanduser().resolve()
+        for folder in (here, *here.parents):
+            if (folder / SETTINGS_FILE).is_file() or (folder / "experiments" / "ledger.db").is_file():
+                return folder
+        return None
 
     @property
     def experiments_dir(self) -> Path:
@@ -50,6 +70,10 @@ class Workspace:
         return self.root / "submissions"
 
     def settings(self) -> dict:
+        """The mapping in ``cpx.yaml`` (empty without one).
+
+        :raises ConfigError: the file is not valid YAML or not a mapping.
+        """
         path = self.root / SETTINGS_FILE
         if not path.is_file():
             return {}
@@ -62,6 +86,9 @@ class Workspace:
         return data
 
     def plugin_dirs(self) -> list[Path]:
+        """Plugin folders: ``cpx.yaml``'s ``plugin_dirs`` (relative to the workspace) and
+        ``CPX_PLUGIN_DIRS`` (``os.pathsep``-separated).
+        """
         dirs = [self.root / d for d in self.settings().get("plugin_dirs", []) or []]
         env = os.environ.get("CPX_PLUGIN_DIRS")
         if env:

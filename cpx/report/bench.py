@@ -43,6 +43,9 @@ MATMUL_SIZE = 2048
 
 @dataclass
 class BenchRequest:
+    """What ``cpx bench`` measures: a recipe with overrides, image size, batch size, precision,
+    device, steps to time (after warm-up steps) and the data to use.
+    """
     recipe: str
     overrides: dict[str, Any] = field(default_factory=dict)
     steps: int = 4  # timed training steps (and prediction batches)
@@ -52,6 +55,10 @@ class BenchRequest:
 
 @dataclass
 class BenchResult:
+    """Measured costs of a recipe on this machine: parameters, FLOPs per image (forward and
+    training), attainable matmul FLOP/s, training and prediction images/s, peak memory (bytes),
+    and the projected seconds of one epoch and of the whole recipe.
+    """
     recipe: str
     model: str
     params: int
@@ -107,6 +114,7 @@ class BenchResult:
         return min(total, self.budget_minutes * 60) if self.budget_minutes else total
 
     def to_dict(self) -> dict:
+        """JSON-ready form."""
         out = asdict(self)
         for name in ("train_flops_per_s", "predict_flops_per_s", "train_fraction", "predict_fraction",
                      "epoch_seconds", "recipe_seconds"):
@@ -232,9 +240,9 @@ def data_counts(config, competition, workspace: Workspace) -> tuple[int, int]:
 def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2) -> BenchResult:
     """Every figure of a :class:`BenchResult` for a resolved config, in this process."""
     from cpx.eval.predict import Member, Predictor
-    from cpx.train.run import build_components, settings_from
     from cpx.kernel.device import count_params, resolve_device, resolve_precision
     from cpx.train.loop import Trainer
+    from cpx.train.run import build_components, settings_from
 
     competition = host.competition(config.competition)
     device = resolve_device(config.train.device)

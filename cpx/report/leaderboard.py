@@ -32,9 +32,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
+from cpx.kernel.text import format_f, format_signed
 from cpx.runs.ledger import Ledger
 from cpx.submit.submissions import main_score
-from cpx.kernel.text import format_f, format_signed
 
 DEFAULT_LEVEL = 0.95
 # Half-width used when only one (val, test) pair exists; see the module docstring.

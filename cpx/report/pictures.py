@@ -10,21 +10,28 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
+
 import numpy as np
-from cpx.kernel.errors import DataError, RunError
-from cpx.report.figures import MAX_GRID_ROWS, ImageRow, class_colors, plot_image_grid, plot_per_class, plot_per_class_comparison
-from cpx.train.curves import plot_history
+
+from cpx import data as datalib
 from cpx.data.competition import Competition
-from cpx.eval.validate import Evaluation
+from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
+from cpx.eval.validate import Evaluation, validate_run
+from cpx.kernel.errors import DataError, RunError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
-from cpx import data as datalib
-from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
-from cpx.eval.validate import validate_run
+from cpx.report.figures import (
+    MAX_GRID_ROWS,
+    ImageRow,
+    class_colors,
+    plot_image_grid,
+    plot_per_class,
+    plot_per_class_comparison,
+)
 from cpx.runs.folder import RunFolder, run_folder
 from cpx.runs.handle import open_run
 from cpx.runs.ledger import Ledger
-
+from cpx.train.curves import plot_history
 
 Progress = Optional[Callable[[int, int], None]]
 
@@ -72,6 +79,9 @@ def _unique_labels(runs: Sequence[RunRef]) -> list[str]:
 
 @dataclass
 class ShowResult:
+    """What ``cpx show`` drew: the grid of worst validation images, the per-class chart, and the
+    evaluation behind them.
+    """
     run_id: str
     label: str
     evaluation: "Evaluation"
@@ -80,6 +90,7 @@ class ShowResult:
     per_class_path: Path
 
     def to_dict(self) -> dict:
+        """JSON-ready form."""
         s = self.evaluation.scores
         return {
             "run": self.run_id,
@@ -153,6 +164,9 @@ def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: in
 
 @dataclass
 class ClassDelta:
+    """One class of a comparison: F of run A and of run B, their difference, and the number of
+    validation images holding the class in each.
+    """
     class_id: int
     name: str
     f_a: Optional[float]
@@ -169,6 +183,7 @@ class ClassDelta:
 
 @dataclass
 class Comparison:
+    """``cpx compare``: two runs scored on their validation lists, class by class."""
     run_a: str
     run_b: str
     label_a: str
@@ -197,6 +212,7 @@ class Comparison:
         return sorted(self.classes, key=lambda c: (c.diff is None, -(c.diff or 0.0), c.class_id))
 
     def to_dict(self) -> dict:
+        """JSON-ready form."""
         return {
             "a": {"run": self.run_a, "label": self.label_a, "fscore": self.fscore_a, "images": self.images_a},
             "b": {"run": self.run_b, "label": self.label_b, "fscore": self.fscore_b, "images": self.images_b},

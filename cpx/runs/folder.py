@@ -10,6 +10,7 @@
     history.json       one record per epoch (loss, val F, learning rate, ...)
     best.pt / last.pt  the best checkpoint (weights under ``state_dict``) / the resume state
     curves.png         training curves
+    status.json        how the run ended (written at the end, before the ledger)
 
 and, for an ensemble run, ``ensemble.json`` (members and weights). Every write is atomic; a
 file that exists but cannot be read raises :class:`~cpx.kernel.errors.RunError` naming it,
@@ -19,17 +20,21 @@ the same way for every file.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import json
 import math
 import os
 import re
 import secrets
+import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import yaml
 
 from cpx.kernel.errors import RunError
-from cpx.kernel.files import atomic_write_text, read_json, write_json
+from cpx.kernel.files import atomic_write_text, read_json, remove_stale_temps, write_json
 
 CONFIG = "config.yaml"
 CONFIG_DIFF = "config_diff.json"
@@ -40,7 +45,10 @@ HISTORY = "history.json"
 BEST = "best.pt"
 LAST = "last.pt"
 CURVES = "curves.png"
+STATUS = "status.json"
 ENSEMBLE = "ensemble.json"
+PENDING_BEST = ".best.pt.next"  # a new best checkpoint until last.pt commits its epoch
+LOCK = ".lock"
 CHECKPOINTS = {"best": BEST, "last": LAST}
 
 
@@ -75,9 +83,60 @@ class RunFolder:
             raise RunError(f"{path}: a run folder of that id exists already; not overwriting it") from None
         return cls(path)
 
+    # ------------------------------------------------------------------ ownership
+
+    def lock_owner(self) -> Optional[dict]:
+        """Who holds this folder's lock: ``{"pid", "host", "since"}`` of a live process, or None
+        when nobody does (no lock file, or its process is gone: a stale lock). A lock taken on
+        another host cannot be checked from here and counts as held."""
+        path = self.path / LOCK
+        try:
+            owner = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+            return None
+        if owner.get("host") != socket.gethostname():
+            return owner
+        return owner if pid_alive(owner["pid"]) else None
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this folder for the current process (a lock file with its PID and host).
+
+        A stale lock, whose process is gone, is taken over; the temp files its writers left
+        are removed then.
+
+        :raises RunError: a live process holds the folder (naming its PID and host).
+        """
+        path = self.path / LOCK
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _dt.datetime.now(_dt.timezone.utc)
+              .isoformat(timespec="seconds")}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                owner = self.lock_owner()
+                if owner is not None and owner.get("pid") != os.getpid():
+                    raise RunError(f"{self.path}: in use by process {owner['pid']} on {owner.get('host')} "
+                                   f"since {owner.get('since')}; wait for it or stop it first") from None
+                path.unlink(missing_ok=True)  # stale: its owner died
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            break
+        else:
+            raise RunError(f"{self.path}: cannot take the lock {path}")
+        remove_stale_temps(self.path)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
     # ------------------------------------------------------------------ paths
 
     def file(self, name: str) -> Path:
+        """The path of the file called ``name`` in this folder."""
         return self.path / name
 
     @property
@@ -87,6 +146,10 @@ class RunFolder:
     @property
     def last_path(self) -> Path:
         return self.path / LAST
+
+    @property
+    def pending_best_path(self) -> Path:
+        return self.path / PENDING_BEST
 
     @property
     def curves_path(self) -> Path:
@@ -116,6 +179,7 @@ class RunFolder:
         return data
 
     def write_config(self, config: dict, diff: Optional[dict] = None, command: Optional[str] = None) -> None:
+        """Write ``config.yaml`` (and ``config_diff.json`` and ``command.txt`` when given)."""
         atomic_write_text(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
         if diff is not None:
             write_json(self.path / CONFIG_DIFF, diff, indent=2)
@@ -132,6 +196,7 @@ class RunFolder:
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
     def write_val_names(self, names: list[str]) -> None:
+        """Write ``val_list.txt``, one stem a line."""
         atomic_write_text(self.path / VAL_LIST, "".join(n + "\n" for n in names))
 
     def read_data_info(self) -> Optional[dict]:
@@ -157,6 +222,7 @@ class RunFolder:
         return Path(info["path"])
 
     def write_data_info(self, info: dict[str, Any]) -> None:
+        """Write ``data.json`` (path, fingerprint, counts)."""
         write_json(self.path / DATA, info, indent=2)
 
     # ------------------------------------------------------------------ history
@@ -176,6 +242,27 @@ class RunFolder:
         the file stays valid JSON."""
         write_json(self.path / HISTORY, _finite(history), indent=1)
 
+    # ------------------------------------------------------------------ final status
+
+    def read_status(self) -> Optional[dict]:
+        """How the run ended (``status.json``: status, message, finished_at); None while it has
+        not ended or for runs made before cpx wrote it."""
+        path = self.path / STATUS
+        if not path.is_file():
+            return None
+        info = read_json(path, RunError)
+        if not isinstance(info, dict) or not isinstance(info.get("status"), str):
+            raise RunError(f"{path}: expected an object with a 'status'")
+        return info
+
+    def write_status(self, status: str, message: str = "", finished_at: str = "") -> None:
+        """Write ``status.json``: how the run ended, with a message and the time."""
+        write_json(self.path / STATUS, {"status": status, "message": message, "finished_at": finished_at}, indent=2)
+
+    def clear_status(self) -> None:
+        """Remove ``status.json`` (a resumed run has not ended)."""
+        (self.path / STATUS).unlink(missing_ok=True)
+
     # ------------------------------------------------------------------ ensembles
 
     def read_ensemble(self) -> Optional[dict]:
@@ -189,11 +276,21 @@ class RunFolder:
         return spec
 
     def write_ensemble(self, spec: dict) -> None:
+        """Write ``ensemble.json`` (members, weights, TTA, score)."""
         write_json(self.path / ENSEMBLE, spec, indent=2)
 
     @property
     def is_ensemble(self) -> bool:
         return (self.path / ENSEMBLE).is_file()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this PID exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM  # exists, owned by someone else
+    return True
 
 
 def _finite(value: Any) -> Any:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 from cpx.data.competition import Competition
 from cpx.kernel.config import ExperimentConfig, validate
 from cpx.kernel.errors import RunError
-from cpx.runs.ledger import Ledger
-from cpx.kernel.manager import PluginHost
+from cpx.kernel.manager import PluginHost, get_host
 from cpx.kernel.workspace import Workspace
+from cpx.runs.checkpoint import load_weights, read_checkpoint
 from cpx.runs.folder import CONFIG, RunFolder, run_folder
+from cpx.runs.ledger import Ledger
 
 
 @dataclass
@@ -51,32 +52,54 @@ class RunHandle:
         return int(self.config.data.image_size or self.competition.image_size)
 
     def checkpoint_path(self, which: str = "best") -> Path:
-        """``best``, ``last`` or a path; :raises RunError: the file does not exist."""
+        """``best``, ``last`` or a path. An imported run without ``best.pt`` uses the best of the
+        checkpoints its import found (``best_model.pth``, ...).
+
+        :raises RunError: the file does not exist.
+        """
         path = self.folder.checkpoint(which)
+        if which == "best" and not path.is_file() and self.row.get("checkpoints"):
+            path = Path(self.row["checkpoints"][0])
         if not path.is_file():
             raise RunError(f"run {self.id}: checkpoint {path} does not exist")
         return path
 
-    def load_model(self, host: PluginHost, checkpoint: str = "best", device: str | torch.device = "cpu") -> torch.nn.Module:
-        """The run's model with the checkpoint's weights, in eval mode."""
-        path = self.checkpoint_path(checkpoint)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise RunError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from None
-        weights = state.get("state_dict") or state.get("model")
-        if weights is None:
-            raise RunError(f"{path}: no 'state_dict' or 'model' weights inside")
-        model = host.models.get(self.config.model.name).create(self.config.model.options, self.competition.num_classes)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as exc:
-            raise RunError(f"{path}: weights do not fit model {self.config.model.name}: {str(exc).splitlines()[0]}") from None
+    @property
+    def history(self) -> list[dict]:
+        """The per-epoch records (``history.json``): epoch, train_loss, val_loss, val_f, lr, ..."""
+        return self.folder.read_history()
+
+    def create_model(self, host: Optional[PluginHost] = None) -> torch.nn.Module:
+        """A freshly initialised model of the run's architecture and options."""
+        host = host or get_host()
+        return host.models.get(self.config.model.name).create(self.config.model.options, self.competition.num_classes,
+                                                              where="model.options")
+
+    def load_model(self, checkpoint: str = "best", device: Union[str, torch.device] = "cpu",
+                   host: Optional[PluginHost] = None) -> torch.nn.Module:
+        """The run's model with the weights of ``checkpoint`` (``best``, ``last`` or a path), in
+        eval mode on ``device``.
+
+        The file is read with ``weights_only=True`` (see :mod:`cpx.runs.checkpoint`): wrapper
+        prefixes are stripped and bare state_dicts accepted.
+
+        :raises RunError: missing or unsafe file, or weights that do not fit the architecture
+            (with counts and examples of the keys that differ).
+        """
+        model = self.create_model(host)
+        load_weights(model, read_checkpoint(self.checkpoint_path(checkpoint)), f"model {self.config.model.name}")
         return model.to(device).eval()
 
 
-def open_run(ref: str, workspace: Workspace, host: PluginHost, ledger: Optional[Ledger] = None) -> RunHandle:
-    """A run by id, unique id prefix or name, as recorded in the workspace's ledger."""
+def open_run(ref: str, workspace: Optional[Workspace] = None, host: Optional[PluginHost] = None,
+             ledger: Optional[Ledger] = None) -> RunHandle:
+    """A recorded run by id, unique id prefix or name, from the workspace's ledger (default:
+    the current workspace and plugin host).
+
+    :raises RunError: no such run, an ambiguous prefix, or a run without a readable config.
+    """
+    workspace = workspace or Workspace.current()
+    host = host or get_host()
     own = ledger is None
     ledger = ledger or Ledger(workspace.ledger_path)
     try:

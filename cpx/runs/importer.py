@@ -24,6 +24,7 @@ import yaml
 
 from cpx.kernel.config import flatten
 from cpx.kernel.errors import CpxError, RunError
+from cpx.runs.checkpoint import read_checkpoint
 from cpx.runs.ledger import Ledger
 
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json", "hparams.yaml", "hparams.json",
@@ -50,6 +51,10 @@ _SECTION_ORDER = ("model", "arch", "loss", "optim", "lr", "train", "sched", "aug
 
 @dataclass
 class ImportResult:
+    """What ``cpx runs import`` recorded (``run``) and, in one line each, what it read, could
+    not read, and warnings (a model over the parameter limit).
+    """
+
     run: dict
     read: list[str] = field(default_factory=list)
     unread: list[str] = field(default_factory=list)
@@ -156,36 +161,18 @@ def _val_f_key(series: dict[str, list]) -> Optional[str]:
     return None
 
 
-def _state_dict(obj: Any) -> Optional[dict]:
-    def tensors(d: Any) -> bool:
-        return isinstance(d, dict) and d and all(hasattr(v, "numel") for v in d.values())
-
-    if tensors(obj):
-        return obj
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model", "net", "weights", "ema"):
-            if tensors(obj.get(key)):
-                return obj[key]
-    return None
-
-
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def _read_checkpoint(path: Path) -> tuple[Optional[int], dict]:
-    """(parameter count, scalar metadata) of a checkpoint, without running code from it."""
-    import torch
+def _read_checkpoint(path: Path) -> tuple[int, dict]:
+    """(parameter count, scalar metadata) of a checkpoint, without running code from it.
 
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    state = _state_dict(obj)
-    params = None
-    if state is not None:
-        params = sum(int(v.numel()) for k, v in state.items() if k.rsplit(".", 1)[-1] not in _BUFFERS)
-    meta = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if isinstance(v, (int, float, str)) and not isinstance(v, bool) and len(str(v)) < 60:
-                meta[str(k)] = v
+    :raises RunError: the file is unsafe, unreadable or holds no weights (the message says why).
+    """
+    checkpoint = read_checkpoint(path)
+    params = sum(int(v.numel()) for k, v in checkpoint.weights.items() if k.rsplit(".", 1)[-1] not in _BUFFERS)
+    meta = {str(k): v for k, v in checkpoint.extra.items()
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool) and len(str(v)) < 60}
     return params, meta
 
 
@@ -330,15 +317,11 @@ def import_run(folder: Path, ledger: Ledger, *, name: Optional[str] = None,
         first = ckpts[0]
         try:
             params, meta = _read_checkpoint(first)
-        except Exception as exc:  # a checkpoint pickling custom classes, or not torch at all
-            unread.append(f"{first.relative_to(folder)}: not a plain weights file "
-                          f"({type(exc).__name__}); parameter count unknown")
+        except RunError as exc:  # pickled objects or code, not torch at all, or no weights inside
+            unread.append(f"{str(exc).replace(str(first), str(first.relative_to(folder)))}; parameter count unknown")
         else:
-            if params is None:
-                unread.append(f"{first.relative_to(folder)}: no state_dict inside; parameter count unknown")
-            else:
-                fields["params"] = params
-                read.append(f"{params:,} parameters in {first.relative_to(folder)} (BatchNorm statistics excluded)")
+            fields["params"] = params
+            read.append(f"{params:,} parameters in {first.relative_to(folder)} (BatchNorm statistics excluded)")
             if "best_val_f" not in fields:
                 for key in ("best_f", "best_val_f", "val_f_score", "best_score", "f_score"):
                     value = _finite(meta.get(key))

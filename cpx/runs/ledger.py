@@ -12,15 +12,17 @@ has not seen yet.
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import json
 import math
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
-from cpx.kernel.errors import CpxError, RunError, SubmissionError
+from cpx.kernel.errors import CpxError, LedgerBusy, RunError, SubmissionError
 from cpx.kernel.text import utc_now
 from cpx.runs.folder import new_run_id
 from cpx.runs.migrations import immediate, migrate
@@ -28,7 +30,7 @@ from cpx.runs.migrations import immediate, migrate
 DEFAULT_TIMEOUT = 10.0
 
 RUN_KINDS = ("train", "ensemble", "imported")
-RUN_STATUSES = ("running", "completed", "stopped", "failed", "imported")
+RUN_STATUSES = ("running", "completed", "stopped", "interrupted", "failed", "imported")
 SCORE_SOURCES = ("manual", "codabench")
 RUN_ORDERS = ("created_at", "best_val_f")
 
@@ -143,8 +145,11 @@ class Ledger:
     :meth:`close`.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, path: Union[str, os.PathLike], timeout: Optional[float] = None):
         self.path = Path(path)
+        # seconds a write waits for another process's lock; CPX_LEDGER_TIMEOUT overrides
+        timeout = float(os.environ.get("CPX_LEDGER_TIMEOUT") or DEFAULT_TIMEOUT) if timeout is None else timeout
+        self.timeout = timeout
         try:
             self._db = connect(self.path, timeout)
         except sqlite3.DatabaseError as exc:
@@ -179,6 +184,18 @@ class Ledger:
         self._db.close()
 
     # -- helpers -------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; a lock held elsewhere past the busy timeout is LedgerBusy."""
+        try:
+            with immediate(self._db) as db:
+                yield db
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise LedgerBusy(f"{self.path}: the ledger is locked by another program (a database browser with an "
+                                 f"open transaction, a backup?) for over {self.timeout:g} s") from None
+            raise
 
     def _encode(self, table: str, fields: dict[str, Any], *, allow_id: bool) -> dict[str, Any]:
         columns = self._columns[table]
@@ -254,7 +271,7 @@ class Ledger:
         if not fields.get("id"):
             fields["id"] = new_run_id(fields.get("name") or fields["kind"])
         values = self._encode("runs", fields, allow_id=True)
-        with immediate(self._db):
+        with self._write():
             if self._db.execute("SELECT 1 FROM runs WHERE id = ?", (values["id"],)).fetchone():
                 raise RunError(f"a run with id '{values['id']}' already exists")
             self._insert("runs", values)
@@ -266,7 +283,7 @@ class Ledger:
         Unknown field names (``id`` included) raise ValueError; an unknown id, RunError.
         """
         values = self._encode("runs", fields, allow_id=False)
-        with immediate(self._db):
+        with self._write():
             self._require_run(run_id)
             self._update("runs", "id", run_id, values)
         return self._run_row(run_id)
@@ -304,7 +321,10 @@ class Ledger:
             raise RunError(
                 f"'{ref}' matches {len(ids)} runs ({shown}{more}); give more of the id"
             )
-        raise RunError(f"no run matches '{ref}' (tried id, name and id prefix)")
+        known = [name for r in self._db.execute("SELECT id, name FROM runs") for name in (r[0], r[1]) if name]
+        close = difflib.get_close_matches(ref, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(dict.fromkeys(close))}?" if close else ""
+        raise RunError(f"no run matches '{ref}' (tried id, name and id prefix){hint}")
 
     def list_runs(
         self,
@@ -353,7 +373,7 @@ class Ledger:
         """
         fields.setdefault("created_at", utc_now())
         values = self._encode("validations", {**fields, "run_id": run_id}, allow_id=False)
-        with immediate(self._db):
+        with self._write():
             self._require_run(run_id)
             row_id = self._insert("validations", values)
         return _decode(
@@ -392,7 +412,7 @@ class Ledger:
             raise SubmissionError("a submission needs a name")
         fields.setdefault("created_at", utc_now())
         values = self._encode("submissions", {**fields, "name": name}, allow_id=False)
-        with immediate(self._db):
+        with self._write():
             if self._submission_row(name) is not None:
                 raise SubmissionError(f"a submission named '{name}' already exists")
             if values.get("run_id") is not None:
@@ -411,7 +431,7 @@ class Ledger:
         SubmissionError.
         """
         values = self._encode("submissions", fields, allow_id=False)
-        with immediate(self._db):
+        with self._write():
             self._require_submission(name)
             new_name = values.get("name", name)
             if new_name != name and self._submission_row(new_name) is not None:
@@ -471,7 +491,7 @@ class Ledger:
             raise SubmissionError(f"score must lie between 0 and 1, not {score!r}")
         if source not in SCORE_SOURCES:
             raise ValueError(f"source must be one of {', '.join(SCORE_SOURCES)}, not {source!r}")
-        with immediate(self._db):
+        with self._write():
             sub = self._require_submission(submission_name)
             old = self._db.execute(
                 "SELECT id, score FROM scores"

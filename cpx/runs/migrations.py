@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Optional
-from cpx.kernel.text import utc_now
 
+from cpx.kernel.text import utc_now
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -30,6 +30,7 @@ def migration(fn: Migration) -> Migration:
 
 @migration
 def m001_runs(db: sqlite3.Connection) -> None:
+    """The runs table: one row per training run, ensemble or imported run."""
     db.execute(
         """
         CREATE TABLE runs (
@@ -68,6 +69,7 @@ def m001_runs(db: sqlite3.Connection) -> None:
 
 @migration
 def m002_validations(db: sqlite3.Connection) -> None:
+    """The validations table: every scoring of a run (checkpoint, TTA, data, scores)."""
     db.execute(
         """
         CREATE TABLE validations (
@@ -92,6 +94,7 @@ def m002_validations(db: sqlite3.Connection) -> None:
 
 @migration
 def m003_submissions(db: sqlite3.Connection) -> None:
+    """The submissions table: packaged or registered zips and their upload state."""
     db.execute(
         """
         CREATE TABLE submissions (
@@ -120,6 +123,7 @@ def m003_submissions(db: sqlite3.Connection) -> None:
 
 @migration
 def m004_scores(db: sqlite3.Connection) -> None:
+    """The scores table: leaderboard scores of submissions, manual or from Codabench."""
     db.execute(
         """
         CREATE TABLE scores (
@@ -210,6 +214,7 @@ def m005_codabench_and_import_fields(db: sqlite3.Connection) -> None:
     # Where an upload went (a submission id alone does not say which competition or
     # phase to ask about later), why Codabench failed it, and the checkpoint files of
     # runs imported from other training scripts, which have no run folder layout.
+    """Codabench competition and phase of an upload, why it failed, and imported checkpoints."""
     for column in ("codabench_competition INTEGER", "codabench_phase INTEGER", "status_detail TEXT"):
         db.execute(f"ALTER TABLE submissions ADD COLUMN {column}")
     db.execute("ALTER TABLE runs ADD COLUMN checkpoints TEXT")
@@ -220,6 +225,16 @@ def m006_run_budget_and_world_size(db: sqlite3.Connection) -> None:
     # A time-budgeted run records the wall-clock time it was given next to wall_seconds (the
     # time it took), so planned and actual cost compare without parsing notes; world_size is
     # the number of data-parallel processes that trained it (1 for a single process).
+    """The wall-clock budget a run was given and its number of data-parallel processes."""
     db.execute("ALTER TABLE runs ADD COLUMN budget_seconds REAL")
     db.execute("ALTER TABLE runs ADD COLUMN world_size INTEGER")
 
+
+
+@migration
+def m007_run_owner_process(db: sqlite3.Connection) -> None:
+    # The process training a run (PID and host name), recorded with the row before any file of
+    # the run exists: a "running" run whose process is gone shows as interrupted.
+    """The PID and host of the process training a run."""
+    db.execute("ALTER TABLE runs ADD COLUMN pid INTEGER")
+    db.execute("ALTER TABLE runs ADD COLUMN host TEXT")

@@ -20,10 +20,23 @@ from cpx.kernel.workspace import Workspace
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench as cb
 from cpx.submit.codabench import Phase
-from cpx.submit.submissions import (DEFAULT_PHASE, Budget, Recorded, Registered, UploadOutcome,
-                                    connect_to_leaderboard, final_not_best, mark_final, parse_score,
-                                    phase_budget, record_score, register_submission, submission_report,
-                                    upload_submission, used_in_phase)
+from cpx.submit.submissions import (
+    DEFAULT_PHASE,
+    Budget,
+    Recorded,
+    Registered,
+    UploadOutcome,
+    connect_to_leaderboard,
+    final_not_best,
+    mark_final,
+    parse_score,
+    phase_budget,
+    record_score,
+    register_submission,
+    submission_report,
+    upload_submission,
+    used_in_phase,
+)
 
 DEFAULT_TIMEOUT = 3600.0
 

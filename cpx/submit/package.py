@@ -45,8 +45,7 @@ from cpx.runs.handle import RunHandle, open_run
 from cpx.runs.ledger import Ledger
 from cpx.submit.solution import export_solution, model_source, run_solution
 from cpx.submit.submissions import DEFAULT_PHASE, Budget, phase_budget, server_phase
-from cpx.submit.zipcheck import (MANIFEST, CheckReport, check_folder, check_zip, image_sizes,
-                                 list_test_images, refusal)
+from cpx.submit.zipcheck import MANIFEST, CheckReport, check_folder, check_zip, image_sizes, list_test_images, refusal
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # A fixed timestamp keeps the same files zipping to the same bytes.
@@ -252,7 +251,7 @@ def _load_model(job: _Job) -> None:
 
     run, request = job.run, job.request
     job.device = resolve_device(request.device)
-    job.model = run.load_model(job.host, request.checkpoint, "cpu")
+    job.model = run.load_model(request.checkpoint, "cpu", job.host)
     if job.competition.submission.solution_dir:
         model_source(job.model, run.config.model.name)  # fail before minutes of prediction
     job.params = count_params(job.model)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
+
 from cpx.kernel.plotting import RUN_COLORS, pyplot, save_figure
 
 

@@ -45,6 +45,10 @@ ERROR_FILE = "rank{rank}.error.json"
 
 @dataclass(frozen=True)
 class LaunchPlan:
+    """How ``cpx train --nproc/--nnodes`` starts its processes: counts, rendezvous, threads per
+    process and where the workers' logs go.
+    """
+
     nproc: int
     min_nodes: int
     max_nodes: int
@@ -69,6 +73,11 @@ def parse_nnodes(text: Any) -> tuple[int, int]:
 
 def plan_launch(workspace: Workspace, nproc: int, nnodes: Any = 1, rdzv_endpoint: Optional[str] = None,
                 rdzv_id: str = "cpx-train") -> LaunchPlan:
+    """The launch plan for ``nproc`` processes on each of ``nnodes`` nodes (``N`` or ``MIN:MAX``).
+
+    :raises ConfigError: fewer than one process, a bad node count, or several nodes without a
+        rendezvous endpoint.
+    """
     if nproc < 1:
         raise ConfigError(f"--nproc: need at least 1 process, got {nproc}")
     lo, hi = parse_nnodes(nnodes)
@@ -131,8 +140,8 @@ def launch(request, workspace: Workspace, host=None, *, nproc: int, nnodes: Any 
 
 def _check_request(request, workspace: Workspace, host) -> None:
     from cpx.kernel.config import build_config
-    from cpx.runs.ledger import Ledger
     from cpx.kernel.manager import get_host
+    from cpx.runs.ledger import Ledger
 
     if request.resume:
         with Ledger(workspace.ledger_path) as ledger:

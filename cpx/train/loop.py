@@ -23,12 +23,17 @@ import torch
 import torch.nn.functional as F
 
 from cpx.eval.metrics import ScoreAccumulator, class_ids
-from cpx.kernel.device import keep_freed_memory
-from cpx.kernel.device import autocast
+from cpx.kernel.device import autocast, keep_freed_memory
+from cpx.kernel.errors import RunError
+from cpx.train.collective import all_reduce, rank_world
 
 
 @dataclass
 class EpochRecord:
+    """One epoch of history: mean training loss, last learning rate, seconds, images/s, and when
+    validated the validation loss and per-image F (and whether it improved).
+    """
+
     epoch: int
     train_loss: float
     lr: float
@@ -41,6 +46,8 @@ class EpochRecord:
 
 @dataclass
 class TrainerSettings:
+    """The loop's settings, taken from an experiment config with a resolved precision."""
+
     epochs: int
     batch_size: int
     lr: float
@@ -60,14 +67,11 @@ class TrainerSettings:
     val_batch_size: int = 16
 
 
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) of the current process group, (0, 1) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float, schedule: str) -> float:
+    """The learning rate at optimizer ``step``: linear warm-up over ``warmup_steps`` to
+    ``base_lr``, then constant or cosine to ``min_lr`` at ``total_steps`` (SGDR's half cosine,
+    Loshchilov & Hutter 2017, without restarts).
+    """
     if warmup_steps and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     if schedule == "constant":
@@ -75,6 +79,10 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class Diverged(RunError):
+    """The training loss became NaN or infinite."""
 
 
 class StopTraining(Exception):
@@ -104,7 +112,7 @@ class Trainer:
         self.device = device
         if settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.rank, self.world = dist_rank_world()
+        self.rank, self.world = rank_world()
         # DDP broadcasts rank 0's weights on construction and averages gradients in backward;
         # ``self.model`` stays the bare module, so checkpoints and validation never see the wrapper
         self.net = self.model
@@ -140,6 +148,9 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, fused=self.device.type in ("cpu", "cuda"))
 
     def add_callback(self, event: str, fn: Callable) -> None:
+        """Call ``fn(trainer, *args)`` on ``event``: ``on_batch_end`` (i, loss), ``on_epoch_end``
+        (record) or ``on_train_end``.
+        """
         self.callbacks[event].append(fn)
 
     def _fire(self, event: str, *args) -> None:
@@ -155,6 +166,7 @@ class Trainer:
         return full + (1 if rest > max(1, self.world - 1) else 0) if full else 1
 
     def current_lr(self) -> float:
+        """The learning rate of the next step."""
         s = self.settings
         total = s.epochs * self.steps_per_epoch
         return lr_at(self.step, total, s.warmup_epochs * self.steps_per_epoch, s.lr, s.min_lr, s.schedule)
@@ -162,10 +174,19 @@ class Trainer:
     # --- loop ------------------------------------------------------------------------
 
     def fit(self) -> None:
+        """Train until ``settings.epochs``, early stopping (``patience`` validations without
+        improvement) or a callback's :class:`StopTraining`.
+
+        :raises Diverged: the training loss of an epoch is NaN or infinite.
+        """
         s = self.settings
         try:
             while self.epoch < s.epochs:
                 record = self.train_epoch()
+                if not math.isfinite(record.train_loss):
+                    raise Diverged(f"epoch {record.epoch}: the training loss became {record.train_loss} "
+                                   f"(learning rate {record.lr:.3g}); lower the learning rate or clip gradients "
+                                   "(train.grad_clip); the checkpoints keep the last finite epoch")
                 if self.val_data is not None and ((self.epoch % s.val_every == 0) or self.epoch == s.epochs):
                     record.val_loss, record.val_f = self.validate()
                     if record.val_f > self.best_f:
@@ -183,6 +204,9 @@ class Trainer:
         self._fire("on_train_end")
 
     def train_epoch(self) -> EpochRecord:
+        """One pass over the training images in shuffled batches (augmented on the device); returns
+        its :class:`EpochRecord`.
+        """
         s = self.settings
         self.model.train()
         # per-epoch seeding makes shuffling, augmentation and dropout replayable on resume
@@ -229,7 +253,7 @@ class Trainer:
             seen += len(idx)
             self._fire("on_batch_end", i, loss)
         if self.world > 1:
-            totals = _all_reduce(torch.stack([total_loss, torch.tensor(float(seen), device=self.device)]))
+            totals = all_reduce(torch.stack([total_loss, torch.tensor(float(seen), device=self.device)]))
             total_loss, seen = totals[0], int(totals[1])
         train_loss = float(total_loss) / max(1, seen)  # waits for the device, so the time below is real
         seconds = time.perf_counter() - t0
@@ -270,13 +294,16 @@ class Trainer:
                 f_sum += float(acc.update(class_ids(one), gt[None]).sum())
                 count += 1
         if self.world > 1:
-            sums = _all_reduce(torch.tensor([loss_sum, f_sum, count], dtype=torch.float64, device=self.device))
+            sums = all_reduce(torch.tensor([loss_sum, f_sum, count], dtype=torch.float64, device=self.device))
             loss_sum, f_sum, count = float(sums[0]), float(sums[1]), int(sums[2])
         return loss_sum / max(1, count), f_sum / max(1, count)
 
     # --- checkpoints -----------------------------------------------------------------
 
     def state_dict(self) -> dict:
+        """Everything a resume needs, as tensors and plain types (loadable with
+        ``weights_only=True``).
+        """
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -290,13 +317,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         for key in ("epoch", "step", "best_f", "best_epoch", "stale", "history"):
             setattr(self, key, state[key])
-
-
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    torch.distributed.all_reduce(t)
-    return t

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -16,20 +18,27 @@ import torch
 from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.kernel.config import ExperimentConfig, build_config, resolve, validate
-from cpx.kernel.errors import ConfigError, DataError, RuleViolation, RunError
-from cpx.runs.ledger import Ledger
+from cpx.kernel.device import count_params, resolve_device, resolve_precision
+from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RuleViolation, RunError
+from cpx.kernel.files import atomic_torch_save, check_writable
 from cpx.kernel.manager import PluginHost
-from cpx.train.loop import Trainer, TrainerSettings, dist_rank_world
-from cpx.kernel.device import resolve_device, resolve_precision
-from cpx.kernel.files import atomic_torch_save
-from cpx.kernel.device import count_params
-from cpx.kernel.workspace import Workspace
 from cpx.kernel.text import utc_now
-from cpx.runs.folder import RunFolder, new_run_id
+from cpx.kernel.workspace import Workspace
+from cpx.runs.checkpoint import load_file
+from cpx.runs.folder import RunFolder, new_run_id, run_folder
+from cpx.runs.ledger import Ledger
+from cpx.runs.recovery import reconcile
+from cpx.train.budget import BudgetCallback
+from cpx.train.collective import barrier, rank0_object, rank_world
+from cpx.train.loop import Trainer, TrainerSettings
 
 
 @dataclass
 class TrainRequest:
+    """What to train: a recipe with overrides (key path -> value) and a name, or a run to resume;
+    ``command`` is recorded with the run.
+    """
+
     recipe: Optional[str] = None
     overrides: dict[str, Any] = field(default_factory=dict)
     name: Optional[str] = None
@@ -39,6 +48,10 @@ class TrainRequest:
 
 @dataclass
 class TrainResult:
+    """How a training call ended: the run, its status (``completed``, ``stopped`` or ``failed``),
+    best validation F and epoch, epochs done, parameters, wall time and a message.
+    """
+
     run_id: str
     run_dir: Path
     status: str  # completed, stopped (interrupted or budget), failed
@@ -53,6 +66,10 @@ class TrainResult:
 
 @dataclass
 class PreparedData:
+    """The data of a run in memory: uint8 training tensors, validation images at the training
+    size with their masks at native size, and where they came from.
+    """
+
     root: Path
     fingerprint: str
     train_names: list[str]
@@ -77,6 +94,11 @@ def synthetic_root(workspace: Workspace, competition: Competition, count: int, s
 
 
 def prepare_data(config: ExperimentConfig, competition: Competition, workspace: Workspace) -> PreparedData:
+    """Load (through the decode-once cache) the training and validation data of ``config``: its
+    data folder, or the competition's synthetic data generated once into the cache.
+
+    :raises DataError: a missing folder, too few labelled images, or a bad file (named).
+    """
     d = config.data
     if d.path:
         root = Path(d.path).expanduser()
@@ -104,6 +126,7 @@ def prepare_data(config: ExperimentConfig, competition: Competition, workspace: 
 
 
 def git_commit(path: Path) -> Optional[str]:
+    """The git commit of ``path``'s checkout, or None outside one."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
@@ -114,6 +137,10 @@ def git_commit(path: Path) -> Optional[str]:
 
 
 def build_components(config: ExperimentConfig, host: PluginHost, competition: Competition):
+    """The model, loss and augmentation of ``config`` (seeded by ``train.seed``).
+
+    :raises ConfigError: options that do not validate.
+    """
     torch.manual_seed(config.train.seed)
     model = host.models.get(config.model.name).create(config.model.options, competition.num_classes,
                                                       where="model.options")
@@ -125,6 +152,7 @@ def build_components(config: ExperimentConfig, host: PluginHost, competition: Co
 
 
 def settings_from(config: ExperimentConfig, precision: str) -> TrainerSettings:
+    """The :class:`TrainerSettings` of ``config`` with ``precision`` resolved."""
     t, o, s = config.train, config.optimizer, config.schedule
     return TrainerSettings(
         epochs=t.epochs, batch_size=t.batch_size, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas),
@@ -134,107 +162,116 @@ def settings_from(config: ExperimentConfig, precision: str) -> TrainerSettings:
     )
 
 
-class BudgetCallback:
-    """Fits the epoch count (and so the cosine length) to a wall-clock budget.
+@dataclass
+class _Setup:
+    """What a new or resumed run starts from."""
 
-    After the first epoch it plans the epochs that fit; after the second it plans once more
-    from the second alone, as the first pays one-off costs (allocations, kernel selection).
-    Later it only ever shortens the plan, when epochs run slower than planned, so the cosine
-    still ends inside the budget instead of being cut off at a high learning rate. The time
-    includes validation and checkpoints. Under data parallelism rank 0's clock decides, so
-    every rank plans the same epochs.
-    """
-
-    margin = 0.98  # plan into 98% of the budget: later epochs wobble by a percent or two
-
-    def __init__(self, minutes: float, start_epoch: int):
-        self.budget = minutes * 60
-        self.start_epoch = start_epoch
-        self.started = time.perf_counter()
-        self.planned: Optional[int] = None
-        self.first_plan: Optional[int] = None
-        self.durations: list[float] = []
-        self._cap: Optional[int] = None
-        self._seen = 0.0
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def on_epoch_end(self, trainer: Trainer, record) -> None:
-        elapsed = _rank0_float(self.elapsed())
-        self.durations.append(elapsed - self._seen)
-        self._seen = elapsed
-        if self._cap is None:
-            self._cap = trainer.settings.epochs
-        recent = self.durations[1:] or self.durations
-        per_epoch = sum(recent) / len(recent)
-        fit = trainer.epoch + int(max(0.0, self.budget * self.margin - elapsed) // max(per_epoch, 1e-9))
-        ceiling = self._cap if len(self.durations) <= 2 else trainer.settings.epochs
-        self.planned = max(trainer.epoch, min(ceiling, fit))
-        if self.first_plan is None:
-            self.first_plan = self.planned
-        trainer.settings.epochs = self.planned
-
-    def summary(self) -> str:
-        return (f"budget {self.budget / 60:g} min: planned {self.planned} epochs "
-                f"(first plan {self.first_plan}), used {self.elapsed() / 60:.2f} min")
+    run_id: str
+    folder: RunFolder
+    config: ExperimentConfig
+    diff: dict
+    resume_state: Optional[dict] = None
 
 
-def _rank0_float(value: float) -> float:
-    """``value`` as rank 0 has it (itself without a process group)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return value
-    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    torch.distributed.broadcast(t, 0)
-    return float(t)
+class _LedgerWriter:
+    """Ledger updates that never end a training run: while another program holds the ledger's
+    lock past the busy timeout the fields wait here and go in with the next update."""
+
+    def __init__(self, ledger: Ledger, run_id: str):
+        self.ledger, self.run_id = ledger, run_id
+        self.pending: dict[str, Any] = {}
+        self.busy_since: Optional[float] = None
+
+    def update(self, **fields: Any) -> bool:
+        self.pending.update(fields)
+        try:
+            self.ledger.update_run(self.run_id, **self.pending)
+        except LedgerBusy:
+            self.busy_since = self.busy_since or time.monotonic()
+            return False
+        self.pending.clear()
+        self.busy_since = None
+        return True
+
+    def flush(self, tries: int = 5) -> bool:
+        """Write what is pending, retrying with backoff (1, 2, 4, 8 s between tries, each try
+        itself waiting up to the ledger's busy timeout)."""
+        delay = 1.0
+        for attempt in range(tries):
+            if not self.pending or self.update():
+                return True
+            if attempt + 1 < tries:
+                time.sleep(delay)
+                delay *= 2
+        return False
 
 
-def _rank0_object(value):
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, 0)
-    return box[0]
+def _new_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledger: Optional[Ledger]) -> _Setup:
+    if not request.recipe:
+        raise ConfigError("name a recipe (or a YAML file), or --resume RUN")
+    config, diff = build_config(request.recipe, request.overrides, workspace.experiments_dir, host)
+    run_id = rank0_object(new_run_id(config.recipe))
+    return _Setup(run_id, RunFolder(workspace.runs_dir / run_id), config, diff)
 
 
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+def _resume_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledger: Ledger) -> _Setup:
+    row = ledger.get_run(request.resume)
+    run_id = row["id"]
+    if row.get("kind") == "imported":
+        raise RunError(f"run {run_id} was imported from another tool's folder, which cpx never writes into; "
+                       "it cannot be resumed (train a cpx run instead)")
+    if row.get("kind") != "train":
+        raise RunError(f"run {run_id} is an {row.get('kind')} run; there is no training to resume")
+    if row.get("status") == "completed":
+        raise RunError(f"run {run_id} already completed {row.get('last_epoch')} epochs; nothing to resume "
+                       "(train a new run to go further)")
+    folder = run_folder(row, workspace.runs_dir)
+    if not folder.last_path.is_file():
+        raise RunError(f"run {run_id} has no {folder.last_path.name}: it stopped before its first epoch finished; "
+                       "nothing to resume (train it again)")
+    config = resolve(validate(folder.read_config() or row.get("config") or {}), host)
+    return _Setup(run_id, folder, config, row.get("config_diff") or {})
 
 
 def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbacks: tuple = ()) -> TrainResult:
     """Train a recipe (or resume a run) and record it in the ledger.
 
-    Inside a ``torch.distributed`` process group (see :mod:`cpx.train.distributed`) every rank calls
-    this; rank 0 alone names the run, writes the run folder, checkpoints and ledger rows, and
-    runs ``callbacks``; it also prepares (and caches) the data before the others load it.
-    """
-    rank, world = dist_rank_world()
-    main = rank == 0
-    ledger = Ledger(workspace.ledger_path)
-    resume_state = None
-    if request.resume:
-        row = ledger.get_run(request.resume)
-        run_id, folder = row["id"], RunFolder(row["run_dir"])
-        last = folder.last_path
-        if not last.is_file():
-            raise RunError(f"run {run_id} has no {last.name} to resume from ({last})")
-        config = validate(folder.read_config() or row.get("config") or {})
-        config = resolve(config, host)
-        diff = row.get("config_diff") or {}
-        resume_state = torch.load(last, map_location="cpu", weights_only=False)
-        if row.get("status") == "completed":
-            raise RunError(f"run {run_id} already completed {resume_state.get('epoch')} epochs; "
-                           f"nothing to resume (train a new run to go further)")
-    else:
-        if not request.recipe:
-            raise ConfigError("name a recipe (or a YAML file), or --resume RUN")
-        config, diff = build_config(request.recipe, request.overrides, workspace.experiments_dir, host)
-        run_id = _rank0_object(new_run_id(config.recipe))
-        folder = RunFolder(workspace.runs_dir / run_id)
-    run_dir = folder.path
+    A new run gets its ledger row (status ``running``, with this process's PID) before any file
+    of it exists; its folder is then created exclusively and locked for the training. Each
+    epoch commits in a crash-safe order (see :mod:`cpx.runs.recovery`). A resume refuses a run
+    another live process holds, and first rolls the run forward from its ``last.pt``.
 
+    Inside a ``torch.distributed`` process group (see :mod:`cpx.train.distributed`) every rank
+    calls this; rank 0 alone names the run, writes the run folder, checkpoints and ledger rows,
+    and runs ``callbacks``; it also prepares (and caches) the data before the others load it.
+
+    :raises ConfigError: a recipe or override that does not validate.
+    :raises RuleViolation: a model over the competition's parameter limit (nothing is written).
+    :raises DataError: unusable data.
+    :raises RunError: a run that cannot be resumed, an unwritable folder, or a diverged loss
+        (the run is then marked failed).
+    """
+    rank, world = rank_world()
+    main = rank == 0
+    with Ledger(workspace.ledger_path) as ledger:
+        if request.resume:
+            setup = _resume_run(request, workspace, host, ledger)
+            with setup.folder.lock() if main else contextlib.nullcontext():
+                if main:
+                    reconcile(setup.folder, ledger, setup.run_id)
+                    setup.folder.clear_status()
+                setup.resume_state = load_file(setup.folder.last_path, "resume state")
+                return _train(request, setup, workspace, host, ledger, callbacks)
+        setup = _new_run(request, workspace, host, ledger)
+        return _train(request, setup, workspace, host, ledger, callbacks)
+
+
+def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: PluginHost, ledger: Ledger,
+           callbacks: tuple) -> TrainResult:
+    rank, world = rank_world()
+    main = rank == 0
+    run_id, folder, config, diff, resume_state = (setup.run_id, setup.folder, setup.config, setup.diff,
+                                                  setup.resume_state)
     competition: Competition = host.competition(config.competition)
     device = resolve_device(config.train.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -246,50 +283,77 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
     problem = competition.check_params(params)
     if problem:
         raise RuleViolation(problem)
+    if main:
+        check_writable(workspace.runs_dir, workspace.ledger_path)
 
     if not main:  # rank 0 generates or caches the data first; the others then read its cache
-        _barrier()
+        barrier()
     data = prepare_data(config, competition, workspace)
     if main:
-        _barrier()
+        barrier()
     if resume_state is not None and resume_state.get("data_fingerprint") not in (None, data.fingerprint):
         raise RunError(f"run {run_id}: the data in {data.root} changed since the run started; cannot resume")
 
     budget_seconds = config.train.budget_minutes * 60 if config.train.budget_minutes else None
+    owner = {"pid": os.getpid(), "host": socket.gethostname()}
+    lock = contextlib.nullcontext()
     if main and resume_state is None:
-        folder = RunFolder.create(workspace.runs_dir, run_id)
-        folder.write_config(config.model_dump(mode="json"), diff=diff, command=request.command)
-        folder.write_val_names(data.val_names)
-        folder.write_data_info({"path": str(data.root), "synthetic": data.synthetic, "fingerprint": data.fingerprint,
-                                "train": len(data.train_names), "val": len(data.val_names)})
+        # the ledger knows the run before its first file exists, so no kill leaves an unknown folder
         ledger.add_run(id=run_id, name=request.name or run_id, kind="train", recipe=config.recipe,
                        competition=competition.name, status="running", config=config.model_dump(mode="json"),
                        config_diff=diff, command=request.command, params=params,
                        epochs_planned=config.train.epochs, data_fingerprint=data.fingerprint,
-                       git_commit=git_commit(workspace.root), run_dir=str(run_dir),
-                       budget_seconds=budget_seconds, world_size=world, device=str(device))
+                       git_commit=git_commit(workspace.root), run_dir=str(folder.path),
+                       budget_seconds=budget_seconds, world_size=world, device=str(device), **owner)
+        try:
+            folder = RunFolder.create(workspace.runs_dir, run_id)
+        except RunError:
+            ledger.update_run(run_id, status="failed", notes="its folder existed already", finished_at=utc_now())
+            raise
+        lock = folder.lock()
     elif main:
-        ledger.update_run(run_id, status="running", budget_seconds=budget_seconds, world_size=world)
+        ledger.update_run(run_id, status="running", budget_seconds=budget_seconds, world_size=world, **owner)
 
+    with lock:
+        if main and resume_state is None:
+            folder.write_config(config.model_dump(mode="json"), diff=diff, command=request.command)
+            folder.write_val_names(data.val_names)
+            folder.write_data_info({"path": str(data.root), "synthetic": data.synthetic,
+                                    "fingerprint": data.fingerprint, "train": len(data.train_names),
+                                    "val": len(data.val_names)})
+        return _fit(run_id, folder, config, diff, competition, device, precision, model, loss_fn, augment,
+                    params, data, resume_state, ledger, callbacks)
+
+
+def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, competition: Competition, device,
+         precision: str, model, loss_fn, augment, params: int, data: PreparedData, resume_state: Optional[dict],
+         ledger: Ledger, callbacks: tuple) -> TrainResult:
+    main = rank_world()[0] == 0
     trainer = Trainer(model, loss_fn, augment, data.train, data.val, settings_from(config, precision),
                       competition.num_classes, device)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
     started = time.perf_counter()
     wall_before = float(resume_state.get("wall_seconds", 0.0)) if resume_state else 0.0
+    writer = _LedgerWriter(ledger, run_id)
+    committed = {"epoch": trainer.epoch}
 
     def checkpoint(tr: Trainer, record) -> None:
+        # Commit order (cpx.runs.recovery): pending best, last.pt (the commit), best.pt, history, ledger.
         wall = wall_before + time.perf_counter() - started
+        improved = record.improved or tr.val_data is None
+        if improved:
+            atomic_torch_save(best_payload(tr, config, competition, record, run_id), folder.pending_best_path)
         state = tr.state_dict()
         state.update(config=config.model_dump(mode="json"), data_fingerprint=data.fingerprint, wall_seconds=wall,
                      run_id=run_id)
         atomic_torch_save(state, folder.last_path)
-        if record.improved or (tr.val_data is None):
-            atomic_torch_save(best_payload(tr, config, competition, record, run_id), folder.best_path)
+        committed["epoch"] = tr.epoch
+        if improved:
+            os.replace(folder.pending_best_path, folder.best_path)
         folder.write_history(tr.history)
-        ledger.update_run(run_id, last_epoch=tr.epoch, best_val_f=tr.best_f if tr.best_f >= 0 else None,
-                          best_epoch=tr.best_epoch or None, wall_seconds=round(wall, 2),
-                          epochs_planned=tr.settings.epochs)
+        writer.update(last_epoch=tr.epoch, best_val_f=tr.best_f if tr.best_f >= 0 else None,
+                      best_epoch=tr.best_epoch or None, wall_seconds=round(wall, 2), epochs_planned=tr.settings.epochs)
 
     if main:
         trainer.add_callback("on_epoch_end", checkpoint)
@@ -302,7 +366,7 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
             if hasattr(cb, event):
                 trainer.add_callback(event, getattr(cb, event))
         if hasattr(cb, "on_start"):
-            cb.on_start(run_id=run_id, run_dir=run_dir, config=config, params=params, device=str(device),
+            cb.on_start(run_id=run_id, run_dir=folder.path, config=config, params=params, device=str(device),
                         precision=precision, train_images=len(data.train_names), val_images=len(data.val_names),
                         start_epoch=trainer.epoch, steps_per_epoch=trainer.steps_per_epoch)
 
@@ -316,18 +380,24 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
             message = "; ".join(m for m in (message, budget.summary()) if m)
     except KeyboardInterrupt:
         status = "stopped"
-        message = (f"interrupted; progress saved at epoch {trainer.epoch}. "
-                   f"Resume with: cpx train --resume {run_id}")
-    except BaseException:
+        if committed["epoch"]:
+            message = (f"interrupted; progress saved at epoch {committed['epoch']}. "
+                       f"Resume with: cpx train --resume {run_id}")
+        else:
+            message = "interrupted before the first epoch finished; nothing saved to resume (train it again)"
+    except BaseException as exc:
         if main:
-            ledger.update_run(run_id, status="failed", finished_at=utc_now())
+            note = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            folder.write_status("failed", note, utc_now())
+            writer.update(status="failed", finished_at=utc_now(), notes=note)
+            writer.flush(tries=2)  # still locked: status.json has it, and `cpx runs` records it later
         raise
     wall = wall_before + time.perf_counter() - started
+    result = TrainResult(run_id=run_id, run_dir=folder.path, status=status, best_val_f=trainer.best_f,
+                         best_epoch=trainer.best_epoch, epochs=trainer.epoch, params=params,
+                         wall_seconds=round(wall, 2), message=message, config_diff=diff)
     if not main:
-        ledger.close()
-        return TrainResult(run_id=run_id, run_dir=run_dir, status=status, best_val_f=trainer.best_f,
-                           best_epoch=trainer.best_epoch, epochs=trainer.epoch, params=params,
-                           wall_seconds=round(wall, 2), message=message, config_diff=diff)
+        return result
     if trainer.history:
         try:
             from cpx.train.curves import plot_history
@@ -335,12 +405,15 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
             plot_history([(run_id, trainer.history)], folder.curves_path)
         except Exception as exc:  # a plotting problem must not lose a finished run
             message += f" (curves.png not written: {exc})"
-    ledger.update_run(run_id, status=status,
-                      finished_at=utc_now(), wall_seconds=round(wall, 2),
-                      epochs_planned=trainer.settings.epochs, notes=message or None)
-    return TrainResult(run_id=run_id, run_dir=run_dir, status=status, best_val_f=trainer.best_f,
-                       best_epoch=trainer.best_epoch, epochs=trainer.epoch, params=params,
-                       wall_seconds=round(wall, 2), message=message, config_diff=diff)
+    finished = utc_now()
+    folder.write_status(status, message, finished)
+    writer.update(status=status, finished_at=finished, wall_seconds=round(wall, 2),
+                  epochs_planned=trainer.settings.epochs, notes=message or None)
+    if not writer.flush():
+        message += (f" (the ledger {ledger.path} stayed locked by another program: the run's files are complete; "
+                    f"`cpx runs` records them once the lock is free)")
+    result.message = message
+    return result
 
 
 def best_payload(tr: Trainer, config: ExperimentConfig, competition: Competition, record, run_id: str) -> dict:
@@ -362,4 +435,5 @@ def best_payload(tr: Trainer, config: ExperimentConfig, competition: Competition
 
 
 def command_line() -> str:
+    """This process's command line as ``cpx ...`` (shell-quoted)."""
     return shlex.join(["cpx", *sys.argv[1:]])

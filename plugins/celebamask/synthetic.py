@@ -135,31 +135,32 @@ class _Face:
     u ~ +-0.1; mouth at v ~ 0.23; chin at v ~ 0.4.
     """
 
-    def __init__(self, size: int, g: np.random.Generator, n: np.random.Generator,
-                 p: np.random.Generator):
-        self.size, self.g, self.n, self.p = size, g, n, p
+    def __init__(self, size: int, rng: np.random.Generator, field_rng: np.random.Generator,
+                 pixel_rng: np.random.Generator):
+        # three streams, so the same geometry keeps the same noise fields and pixel noise
+        self.size, self.rng, self.field_rng, self.pixel_rng = size, rng, field_rng, pixel_rng
         self.mask = np.zeros((size, size), np.uint8)
-        self.img = np.zeros((size, size, 3), np.float32)
+        self.image = np.zeros((size, size, 3), np.float32)
 
         # pose: the real crops are aligned, so only mild jitter
-        self.s = float(np.clip(g.normal(1.04, 0.07), 0.85, 1.25))
-        self.rot = float(np.clip(g.normal(0.0, 0.08), -0.25, 0.25))
-        self.tx = float(np.clip(g.normal(0.0, 0.025), -0.06, 0.06))
-        self.ty = float(np.clip(g.normal(-0.025, 0.025), -0.08, 0.04))
+        self.scale = float(np.clip(rng.normal(1.04, 0.07), 0.85, 1.25))
+        self.rotation = float(np.clip(rng.normal(0.0, 0.08), -0.25, 0.25))
+        self.shift_x = float(np.clip(rng.normal(0.0, 0.025), -0.06, 0.06))
+        self.shift_y = float(np.clip(rng.normal(-0.025, 0.025), -0.08, 0.04))
         c = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
-        self.X, self.Y = c[None, :], c[:, None]
-        cr, sr = np.cos(self.rot), np.sin(self.rot)
-        dx, dy = self.X - self.tx, self.Y - self.ty
-        self.U = ((cr * dx + sr * dy) / self.s).astype(np.float32)
-        self.V = ((-sr * dx + cr * dy) / self.s).astype(np.float32)
+        self.grid_x, self.grid_y = c[None, :], c[:, None]
+        cr, sr = np.cos(self.rotation), np.sin(self.rotation)
+        dx, dy = self.grid_x - self.shift_x, self.grid_y - self.shift_y
+        self.face_u = ((cr * dx + sr * dy) / self.scale).astype(np.float32)
+        self.face_v = ((-sr * dx + cr * dy) / self.scale).astype(np.float32)
 
         # smooth random fields; cell counts are fixed so the same sample looks alike at any size
-        self.n_low = _upsample(n.standard_normal((4, 4)), size)
-        self.n_mid = _upsample(n.standard_normal((12, 12)), size)
-        self.n_fine = _upsample(n.standard_normal((40, 40)), size)
-        self.wob = _upsample(n.standard_normal((16, 16)), size)
-        self.streak = _upsample(n.standard_normal((8, 72)), size)
-        self.chroma = np.stack([_upsample(n.standard_normal((6, 6)), size) for _ in range(3)], -1)
+        self.noise_low = _upsample(field_rng.standard_normal((4, 4)), size)
+        self.noise_mid = _upsample(field_rng.standard_normal((12, 12)), size)
+        self.noise_fine = _upsample(field_rng.standard_normal((40, 40)), size)
+        self.wobble = _upsample(field_rng.standard_normal((16, 16)), size)
+        self.streak = _upsample(field_rng.standard_normal((8, 72)), size)
+        self.chroma = np.stack([_upsample(field_rng.standard_normal((6, 6)), size) for _ in range(3)], -1)
 
     # ---------------------------------------------------------------- canvas primitives
 
@@ -167,9 +168,9 @@ class _Face:
         """Pixel rows/cols covering a local-coordinate box, so small parts stay cheap."""
         us = np.array([u0, u1, u0, u1])
         vs = np.array([v0, v0, v1, v1])
-        cr, sr = np.cos(self.rot), np.sin(self.rot)
-        x = self.tx + self.s * (cr * us - sr * vs)
-        y = self.ty + self.s * (sr * us + cr * vs)
+        cr, sr = np.cos(self.rotation), np.sin(self.rotation)
+        x = self.shift_x + self.scale * (cr * us - sr * vs)
+        y = self.shift_y + self.scale * (sr * us + cr * vs)
         px, py = (x + 0.5) * self.size - 0.5, (y + 0.5) * self.size - 0.5
         c0, c1 = max(int(np.floor(px.min())) - 1, 0), min(int(np.ceil(px.max())) + 2, self.size)
         r0, r1 = max(int(np.floor(py.min())) - 1, 0), min(int(np.ceil(py.max())) + 2, self.size)
@@ -180,7 +181,7 @@ class _Face:
     FULL = (slice(None), slice(None))
 
     def uv(self, win):
-        U, V = self.U[win], self.V[win]
+        U, V = self.face_u[win], self.face_v[win]
         return U, V
 
     def paint(self, win, region: np.ndarray, cls: int, colour) -> None:
@@ -188,10 +189,10 @@ class _Face:
             return
         # copyto with where= is several times faster than boolean-index assignment here
         np.copyto(self.mask[win], np.uint8(cls), where=region)
-        np.copyto(self.img[win], np.asarray(colour, np.float32), where=region[..., None])
+        np.copyto(self.image[win], np.asarray(colour, np.float32), where=region[..., None])
 
     def shade(self, win, base, mid=0.05, fine=0.03, chroma=5.0, extra=None) -> np.ndarray:
-        lum = self.light[win] * (1.0 + mid * self.n_mid[win] + fine * self.n_fine[win])
+        lum = self.light[win] * (1.0 + mid * self.noise_mid[win] + fine * self.noise_fine[win])
         if extra is not None:
             lum = lum * extra
         return np.asarray(base, np.float32) * lum[..., None] + chroma * self.chroma[win]
@@ -233,128 +234,128 @@ class _Face:
         return self.finish(), self.mask
 
     def sample_look(self) -> None:
-        g = self.g
-        t = g.beta(1.5, 2.4) * (len(_SKIN_ANCHORS) - 1)
+        rng = self.rng
+        t = rng.beta(1.5, 2.4) * (len(_SKIN_ANCHORS) - 1)
         i = min(int(t), len(_SKIN_ANCHORS) - 2)
         self.skin_rgb = np.clip(_mix(_SKIN_ANCHORS[i], _SKIN_ANCHORS[i + 1], t - i)
-                                + g.normal(0, 6, 3), 0, 255).astype(np.float32)
-        hair = _pick(g, _HAIR_COLOURS)
+                                + rng.normal(0, 6, 3), 0, 255).astype(np.float32)
+        hair = _pick(rng, _HAIR_COLOURS)
         if hair is None:
-            hair_rgb = _hsv(g.random(), g.uniform(0.4, 0.9), g.uniform(0.3, 0.9))
+            hair_rgb = _hsv(rng.random(), rng.uniform(0.4, 0.9), rng.uniform(0.3, 0.9))
         else:
-            hair_rgb = np.array(hair, np.float32) * g.uniform(0.8, 1.2) + g.normal(0, 5, 3)
+            hair_rgb = np.array(hair, np.float32) * rng.uniform(0.8, 1.2) + rng.normal(0, 5, 3)
         self.hair_rgb = np.clip(hair_rgb, 0, 255).astype(np.float32)
-        lip_t = g.uniform(0.15, 0.85)  # low: lips nearly skin coloured
-        self.lip_rgb = _mix(self.skin_rgb, _LIPSTICK[g.integers(len(_LIPSTICK))], lip_t)
-        self.brow_rgb = _mix(self.hair_rgb, self.skin_rgb, g.uniform(0.05, 0.55)) * g.uniform(0.6, 0.95)
-        self.iris_rgb = _IRIS[g.integers(len(_IRIS))] * g.uniform(0.8, 1.2)
-        la = g.uniform(0, 2 * np.pi)
-        strength = g.uniform(0.0, 0.45)
+        lip_t = rng.uniform(0.15, 0.85)  # low: lips nearly skin coloured
+        self.lip_rgb = _mix(self.skin_rgb, _LIPSTICK[rng.integers(len(_LIPSTICK))], lip_t)
+        self.brow_rgb = _mix(self.hair_rgb, self.skin_rgb, rng.uniform(0.05, 0.55)) * rng.uniform(0.6, 0.95)
+        self.iris_rgb = _IRIS[rng.integers(len(_IRIS))] * rng.uniform(0.8, 1.2)
+        la = rng.uniform(0, 2 * np.pi)
+        strength = rng.uniform(0.0, 0.45)
         self.light_dir = (np.cos(la) * strength, np.sin(la) * strength)
-        lum = 1.0 + (self.light_dir[0] * self.U + self.light_dir[1] * self.V) / 0.35
-        self.light = np.clip(lum + 0.07 * self.n_low, 0.45, 1.6).astype(np.float32)
-        self.makeup = g.uniform(0.0, 0.5) if g.random() < 0.4 else 0.0
-        self.blush = g.uniform(0.0, 0.25)
+        lum = 1.0 + (self.light_dir[0] * self.face_u + self.light_dir[1] * self.face_v) / 0.35
+        self.light = np.clip(lum + 0.07 * self.noise_low, 0.45, 1.6).astype(np.float32)
+        self.makeup = rng.uniform(0.0, 0.5) if rng.random() < 0.4 else 0.0
+        self.blush = rng.uniform(0.0, 0.25)
 
     def sample_geometry(self) -> None:
-        g = self.g
-        self.yaw = g.uniform(-1.0, 1.0) * 0.6
-        self.ox = self.yaw * 0.03  # inner features slide with the head turn
+        rng = self.rng
+        self.yaw = rng.uniform(-1.0, 1.0) * 0.6
+        self.feature_shift = self.yaw * 0.03  # inner features slide with the head turn
         # face outline: superellipse whose half-width tapers towards the chin
-        self.fa = g.uniform(0.255, 0.30)
-        self.fb = g.uniform(0.35, 0.41)
-        self.fcy = g.uniform(0.02, 0.05)
-        self.jaw = g.uniform(0.15, 0.42)
-        self.fp = g.uniform(2.0, 2.8)
-        self.chin = self.fcy + self.fb
+        self.face_half_width = rng.uniform(0.255, 0.30)
+        self.face_half_height = rng.uniform(0.35, 0.41)
+        self.face_centre_v = rng.uniform(0.02, 0.05)
+        self.jaw = rng.uniform(0.15, 0.42)
+        self.face_exponent = rng.uniform(2.0, 2.8)
+        self.chin = self.face_centre_v + self.face_half_height
         # features
-        self.eye_y = g.uniform(-0.025, 0.015)
-        self.eye_dx = g.uniform(0.09, 0.115)
-        self.eye_w = g.uniform(0.045, 0.058)
-        self.eye_ht = g.uniform(0.013, 0.022)
-        self.eye_hb = g.uniform(0.007, 0.014)
-        self.eye_tilt = g.uniform(-0.08, 0.15)
-        self.gaze = g.normal(0, 0.25, 2)
-        self.brow_y = self.eye_y - g.uniform(0.05, 0.075)
-        self.brow_dx = self.eye_dx + g.uniform(-0.005, 0.012)
-        self.brow_w = g.uniform(0.065, 0.082)
-        self.brow_t = g.uniform(0.026, 0.042)
-        self.brow_arch = g.uniform(0.0, 0.02)
-        self.brow_slope = g.uniform(-0.12, 0.12)
-        self.nose_top = self.eye_y + g.uniform(-0.01, 0.015)
-        self.nose_bot = g.uniform(0.15, 0.19)
-        self.nose_wt = g.uniform(0.026, 0.04)
-        self.nose_wb = g.uniform(0.066, 0.088)
-        self.my = self.nose_bot + g.uniform(0.06, 0.09)
-        self.mw = g.uniform(0.09, 0.125)
-        self.ut = g.uniform(0.022, 0.038)
-        self.lb = g.uniform(0.032, 0.055)
-        self.smile = g.uniform(-0.006, 0.022)
-        self.bow = g.uniform(0.1, 0.5)
-        self.mouth_open = g.random() < P_MOUTH_OPEN
-        self.open_up = g.uniform(0.005, 0.018)
-        self.open_dn = g.uniform(0.01, 0.045)
-        self.teeth = g.random() < 0.7
+        self.eye_y = rng.uniform(-0.025, 0.015)
+        self.eye_dx = rng.uniform(0.09, 0.115)
+        self.eye_half_width = rng.uniform(0.045, 0.058)
+        self.eye_height_top = rng.uniform(0.013, 0.022)
+        self.eye_height_bottom = rng.uniform(0.007, 0.014)
+        self.eye_tilt = rng.uniform(-0.08, 0.15)
+        self.gaze = rng.normal(0, 0.25, 2)
+        self.brow_y = self.eye_y - rng.uniform(0.05, 0.075)
+        self.brow_dx = self.eye_dx + rng.uniform(-0.005, 0.012)
+        self.brow_half_width = rng.uniform(0.065, 0.082)
+        self.brow_thickness = rng.uniform(0.026, 0.042)
+        self.brow_arch = rng.uniform(0.0, 0.02)
+        self.brow_slope = rng.uniform(-0.12, 0.12)
+        self.nose_top = self.eye_y + rng.uniform(-0.01, 0.015)
+        self.nose_bot = rng.uniform(0.15, 0.19)
+        self.nose_width_top = rng.uniform(0.026, 0.04)
+        self.nose_width_bottom = rng.uniform(0.066, 0.088)
+        self.mouth_v = self.nose_bot + rng.uniform(0.06, 0.09)
+        self.mouth_half_width = rng.uniform(0.09, 0.125)
+        self.upper_lip_height = rng.uniform(0.022, 0.038)
+        self.lower_lip_height = rng.uniform(0.032, 0.055)
+        self.smile = rng.uniform(-0.006, 0.022)
+        self.bow = rng.uniform(0.1, 0.5)
+        self.mouth_open = rng.random() < P_MOUTH_OPEN
+        self.open_up = rng.uniform(0.005, 0.018)
+        self.open_dn = rng.uniform(0.01, 0.045)
+        self.teeth = rng.random() < 0.7
         # ears: the one on the side the face turns towards tends to disappear behind the cheek
-        self.ear_v = g.uniform(0.04, 0.1)
-        self.ear_w = g.uniform(0.036, 0.05)
-        self.ear_h = g.uniform(0.068, 0.09)
-        self.ear_out = g.uniform(0.0, 0.022)
-        self.ear_vis = {s: bool(g.random() < 0.54 - 0.35 * self.yaw * s) for s in (-1.0, 1.0)}
+        self.ear_v = rng.uniform(0.04, 0.1)
+        self.ear_half_width = rng.uniform(0.036, 0.05)
+        self.ear_half_height = rng.uniform(0.068, 0.09)
+        self.ear_out = rng.uniform(0.0, 0.022)
+        self.ear_vis = {s: bool(rng.random() < 0.54 - 0.35 * self.yaw * s) for s in (-1.0, 1.0)}
         # hair
-        self.has_hair = g.random() >= P_BALD
-        self.vol = g.uniform(0.03, 0.14)
-        self.cap_cy = self.fcy - self.fb * 0.3
-        self.cap_b = self.fb * 0.72 + self.vol + g.uniform(0.02, 0.07)
-        r = g.random()
-        self.hair_len = (g.uniform(-0.05, 0.1) if r < 0.3 else
-                         g.uniform(0.15, 0.4) if r < 0.55 else g.uniform(0.45, 0.95))
-        self.hair_flare = g.uniform(0.0, 0.5)
-        self.bangs = g.random() < 0.22
-        self.hairline = (self.brow_y - g.uniform(-0.01, 0.04) if self.bangs
-                         else self.fcy - self.fb + g.uniform(0.07, 0.16))
-        self.hairline_curve = g.uniform(0.6, 2.2)
-        self.part = g.uniform(-0.1, 0.1)
-        self.part_depth = g.uniform(0.0, 0.05)
-        self.strands_front = self.hair_len > self.chin and g.random() < 0.6
-        self.lock = {s: (not self.ear_vis[s]) or g.random() < 0.15 for s in (-1.0, 1.0)}
-        self.lock_len = {s: g.uniform(0.1, 0.25) for s in (-1.0, 1.0)}
+        self.has_hair = rng.random() >= P_BALD
+        self.hair_volume = rng.uniform(0.03, 0.14)
+        self.cap_centre_v = self.face_centre_v - self.face_half_height * 0.3
+        self.cap_half_height = self.face_half_height * 0.72 + self.hair_volume + rng.uniform(0.02, 0.07)
+        r = rng.random()
+        self.hair_len = (rng.uniform(-0.05, 0.1) if r < 0.3 else
+                         rng.uniform(0.15, 0.4) if r < 0.55 else rng.uniform(0.45, 0.95))
+        self.hair_flare = rng.uniform(0.0, 0.5)
+        self.bangs = rng.random() < 0.22
+        self.hairline = (self.brow_y - rng.uniform(-0.01, 0.04) if self.bangs
+                         else self.face_centre_v - self.face_half_height + rng.uniform(0.07, 0.16))
+        self.hairline_curve = rng.uniform(0.6, 2.2)
+        self.part = rng.uniform(-0.1, 0.1)
+        self.part_depth = rng.uniform(0.0, 0.05)
+        self.strands_front = self.hair_len > self.chin and rng.random() < 0.6
+        self.lock = {s: (not self.ear_vis[s]) or rng.random() < 0.15 for s in (-1.0, 1.0)}
+        self.lock_len = {s: rng.uniform(0.1, 0.25) for s in (-1.0, 1.0)}
         # neck and torso
-        self.nw = g.uniform(0.13, 0.18)
-        self.neck_flare = g.uniform(0.1, 0.6)
-        self.sy = self.chin + g.uniform(-0.06, 0.07)
-        self.ta = g.uniform(0.5, 0.85)
-        self.tb = g.uniform(0.15, 0.35)
-        self.cloth = g.random() < P_CLOTH
-        self.turtle = self.cloth and g.random() < 0.08
-        self.neckline_depth = g.uniform(0.0, 0.18)
-        self.neckline_w = self.nw * g.uniform(0.9, 2.2)
-        self.neckline_v = g.random() < 0.4
+        self.neck_half_width = rng.uniform(0.13, 0.18)
+        self.neck_flare = rng.uniform(0.1, 0.6)
+        self.shoulder_v = self.chin + rng.uniform(-0.06, 0.07)
+        self.torso_half_width = rng.uniform(0.5, 0.85)
+        self.torso_half_height = rng.uniform(0.15, 0.35)
+        self.cloth = rng.random() < P_CLOTH
+        self.turtle = self.cloth and rng.random() < 0.08
+        self.neckline_depth = rng.uniform(0.0, 0.18)
+        self.neckline_w = self.neck_half_width * rng.uniform(0.9, 2.2)
+        self.neckline_v = rng.random() < 0.4
         # accessories
-        self.glasses = g.random() < P_GLASSES
-        self.sunglasses = self.glasses and g.random() < P_SUNGLASSES
-        self.hat = g.random() < P_HAT
-        self.necklace = g.random() < P_NECKLACE
-        self.earrings = any(self.ear_vis.values()) and g.random() < P_EARRINGS
+        self.glasses = rng.random() < P_GLASSES
+        self.sunglasses = self.glasses and rng.random() < P_SUNGLASSES
+        self.hat = rng.random() < P_HAT
+        self.necklace = rng.random() < P_NECKLACE
+        self.earrings = any(self.ear_vis.values()) and rng.random() < P_EARRINGS
 
     # ---------------------------------------------------------------- layers
 
     def background(self) -> None:
-        g, size = self.g, self.size
-        c1 = _random_colour(g, self.skin_rgb, self.hair_rgb)
-        c2 = _random_colour(g, self.skin_rgb, self.hair_rgb)
-        a = g.uniform(0, 2 * np.pi)
-        ramp = np.clip((np.cos(a) * self.X + np.sin(a) * self.Y) + 0.5, 0, 1)
+        rng, size = self.rng, self.size
+        c1 = _random_colour(rng, self.skin_rgb, self.hair_rgb)
+        c2 = _random_colour(rng, self.skin_rgb, self.hair_rgb)
+        a = rng.uniform(0, 2 * np.pi)
+        ramp = np.clip((np.cos(a) * self.grid_x + np.sin(a) * self.grid_y) + 0.5, 0, 1)
         bg = c1 + (c2 - c1) * ramp[..., None]
-        bg *= (1.0 + g.uniform(0.05, 0.25) * self.n_low)[..., None]
+        bg *= (1.0 + rng.uniform(0.05, 0.25) * self.noise_low)[..., None]
         bg += 14.0 * self.chroma
-        for _ in range(int(g.integers(0, 8))):
-            col = _random_colour(g, self.skin_rgb, self.hair_rgb)
-            cx, cy = g.uniform(-0.6, 0.6, 2)
-            w, h = g.uniform(0.03, 0.4, 2)
-            kind = g.integers(3)
-            alpha = g.uniform(0.5, 1.0)
-            b = g.uniform(0, np.pi)
+        for _ in range(int(rng.integers(0, 8))):
+            col = _random_colour(rng, self.skin_rgb, self.hair_rgb)
+            cx, cy = rng.uniform(-0.6, 0.6, 2)
+            w, h = rng.uniform(0.03, 0.4, 2)
+            kind = rng.integers(3)
+            alpha = rng.uniform(0.5, 1.0)
+            b = rng.uniform(0, np.pi)
             if kind == 2:  # a band across the whole frame
                 rows, cols = slice(None), slice(None)
             else:
@@ -363,7 +364,7 @@ class _Face:
                 if r0 >= r1 or c0 >= c1:
                     continue
                 rows, cols = slice(r0, r1), slice(c0, c1)
-            X, Y, sub = self.X[:, cols], self.Y[rows], bg[rows, cols]
+            X, Y, sub = self.grid_x[:, cols], self.grid_y[rows], bg[rows, cols]
             if kind == 0:
                 region = (np.abs(X - cx) < w) & (np.abs(Y - cy) < h)
             elif kind == 1:
@@ -371,57 +372,57 @@ class _Face:
             else:
                 region = np.abs(np.cos(b) * (X - cx) + np.sin(b) * (Y - cy)) < w * 0.3
             np.copyto(sub, _mix(sub, col, alpha), where=region[..., None])
-        if g.random() < 0.3:
-            bg = bg * (1.0 + g.uniform(0.05, 0.2) * self.n_fine[..., None])
-        radius = g.uniform(0.0, 0.012) * size
+        if rng.random() < 0.3:
+            bg = bg * (1.0 + rng.uniform(0.05, 0.2) * self.noise_fine[..., None])
+        radius = rng.uniform(0.0, 0.012) * size
         if radius > 0.3:
             bg8 = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
             bg = np.asarray(bg8.filter(ImageFilter.GaussianBlur(radius)), np.float32)
-        self.img[:] = bg
+        self.image[:] = bg
 
     def _cap(self, U, V, wob):
-        a = self.fa + self.vol
-        return (U / a) ** 2 + ((V - self.cap_cy) / self.cap_b) ** 2 < 1.0 + 0.08 * wob
+        a = self.face_half_width + self.hair_volume
+        return (U / a) ** 2 + ((V - self.cap_centre_v) / self.cap_half_height) ** 2 < 1.0 + 0.08 * wob
 
     def _hair_colour(self, win, U, V):
         streak = np.clip(0.5 + 0.35 * self.streak[win], 0, 1)
-        shine = 0.25 * np.exp(-((V - self.cap_cy + 0.05 * self.n_low[win]) / 0.07) ** 2)
+        shine = 0.25 * np.exp(-((V - self.cap_centre_v + 0.05 * self.noise_low[win]) / 0.07) ** 2)
         return self.shade(win, self.hair_rgb, mid=0.08, fine=0.08, chroma=4.0,
                           extra=(0.72 + 0.56 * streak) * (1.0 + shine)) + 30.0 * shine[..., None]
 
     def hair_back(self) -> None:
         win = self.FULL
         U, V = self.uv(win)
-        wob = self.wob
+        wob = self.wobble
         cap = self._cap(U, V, wob)
-        if self.hair_len > self.cap_cy:
-            half = self.fa + self.vol + self.hair_flare * np.clip(V - self.chin + 0.1, 0, None)
+        if self.hair_len > self.cap_centre_v:
+            half = self.face_half_width + self.hair_volume + self.hair_flare * np.clip(V - self.chin + 0.1, 0, None)
             half = half * (1.0 + 0.08 * wob)
-            fall = (np.abs(U) < half) & (V > self.cap_cy) & (V < self.hair_len + 0.03 * wob)
+            fall = (np.abs(U) < half) & (V > self.cap_centre_v) & (V < self.hair_len + 0.03 * wob)
             cap = cap | fall
         self.paint(win, cap, HAIR, self._hair_colour(win, U, V))
 
     def torso(self) -> None:
-        win = self.window(-1.5, 1.5, self.sy - 0.01, 1.5)
+        win = self.window(-1.5, 1.5, self.shoulder_v - 0.01, 1.5)
         if win is None:
             return
         U, V = self.uv(win)
-        cy = self.sy + self.tb
-        body = np.where(V < cy, (U / self.ta) ** 2 + ((V - cy) / self.tb) ** 2 < 1,
-                        np.abs(U) < self.ta)
-        skin = self.shade(win, self.skin_rgb * 0.92, extra=1.0 - 0.2 * np.clip(V - self.sy, 0, 0.3))
+        cy = self.shoulder_v + self.torso_half_height
+        body = np.where(V < cy, (U / self.torso_half_width) ** 2 + ((V - cy) / self.torso_half_height) ** 2 < 1,
+                        np.abs(U) < self.torso_half_width)
+        skin = self.shade(win, self.skin_rgb * 0.92, extra=1.0 - 0.2 * np.clip(V - self.shoulder_v, 0, 0.3))
         self.paint(win, body, NECK, skin)
         if not self.cloth:
             return
-        g = self.g
-        du = np.abs(U - self.ox * 0.5) / self.neckline_w
+        rng = self.rng
+        du = np.abs(U - self.feature_shift * 0.5) / self.neckline_w
         prof = np.clip(1 - du, 0, 1) if self.neckline_v else np.sqrt(np.clip(1 - du ** 2, 0, 1))
-        bare = (du < 1) & (V < self.sy + self.neckline_depth * prof + 0.01 * self.wob[win])
-        c1 = _random_colour(g, self.skin_rgb, self.hair_rgb)
-        c2 = _random_colour(g, self.skin_rgb, self.hair_rgb)
-        kind = g.integers(4)
-        period = g.uniform(0.02, 0.08)
-        ang = g.uniform(0, np.pi)
+        bare = (du < 1) & (V < self.shoulder_v + self.neckline_depth * prof + 0.01 * self.wobble[win])
+        c1 = _random_colour(rng, self.skin_rgb, self.hair_rgb)
+        c2 = _random_colour(rng, self.skin_rgb, self.hair_rgb)
+        kind = rng.integers(4)
+        period = rng.uniform(0.02, 0.08)
+        ang = rng.uniform(0, np.pi)
         if kind == 1:  # stripes
             t = (np.sin(2 * np.pi * (np.cos(ang) * U + np.sin(ang) * V) / period) > 0)
             col = _mix(c1, c2, t[..., None].astype(np.float32))
@@ -430,43 +431,43 @@ class _Face:
             col = _mix(c1, c2, 0.5 * t[..., None].astype(np.float32))
         else:
             col = c1[None, None, :]
-        folds = 1.0 + 0.15 * self.n_mid[win] + 0.08 * np.sin(U * g.uniform(20, 60) + 3 * self.n_low[win])
+        folds = 1.0 + 0.15 * self.noise_mid[win] + 0.08 * np.sin(U * rng.uniform(20, 60) + 3 * self.noise_low[win])
         col = col * (self.light[win] * folds)[..., None] + 6.0 * self.chroma[win]
         self.paint(win, body & ~bare, CLOTH, col)
 
     def neck(self) -> None:
-        win = self.window(-0.6, 0.6, self.fcy, 1.5)
+        win = self.window(-0.6, 0.6, self.face_centre_v, 1.5)
         if win is None:
             return
         U, V = self.uv(win)
-        half = self.nw + self.neck_flare * np.clip(V - self.chin - 0.05, 0, None) ** 2 * 4
-        region = (np.abs(U - self.ox * 0.5) < half) & (V > self.fcy)
+        half = self.neck_half_width + self.neck_flare * np.clip(V - self.chin - 0.05, 0, None) ** 2 * 4
+        region = (np.abs(U - self.feature_shift * 0.5) < half) & (V > self.face_centre_v)
         shadow = 1.0 - 0.35 * np.exp(-np.clip(V - self.chin, 0, None) / 0.04)
         col = self.shade(win, self.skin_rgb * 0.93, extra=shadow)
         self.paint(win, region, NECK, col)
         if self.turtle:
-            collar = region & (V > self.chin + self.g.uniform(-0.02, 0.05))
-            col = self.shade(win, _random_colour(self.g, self.skin_rgb, self.hair_rgb), mid=0.12)
+            collar = region & (V > self.chin + self.rng.uniform(-0.02, 0.05))
+            col = self.shade(win, _random_colour(self.rng, self.skin_rgb, self.hair_rgb), mid=0.12)
             self.paint(win, collar, CLOTH, col)
 
     def draw_necklace(self) -> None:
-        g = self.g
-        top = self.chin + g.uniform(-0.02, 0.08)
-        curve = g.uniform(0.5, 3.0)
-        half = self.nw * g.uniform(1.0, 1.6)
-        thick = g.uniform(0.004, 0.011)
+        rng = self.rng
+        top = self.chin + rng.uniform(-0.02, 0.08)
+        curve = rng.uniform(0.5, 3.0)
+        half = self.neck_half_width * rng.uniform(1.0, 1.6)
+        thick = rng.uniform(0.004, 0.011)
         win = self.window(-half - 0.05, half + 0.05, top - 0.05, top + curve * half ** 2 + 0.1)
         if win is None:
             return
         U, V = self.uv(win)
-        du = U - self.ox * 0.5
+        du = U - self.feature_shift * 0.5
         line = top + curve * du ** 2
         region = (np.abs(V - line) < thick) & (np.abs(du) < half)
-        if g.random() < 0.5:  # pendant
-            pr = g.uniform(0.008, 0.02)
+        if rng.random() < 0.5:  # pendant
+            pr = rng.uniform(0.008, 0.02)
             region |= (du ** 2 + (V - top - pr) ** 2) < pr ** 2
         region &= np.isin(self.mask[win], (NECK, CLOTH))
-        metal = _METALS[g.integers(len(_METALS))]
+        metal = _METALS[rng.integers(len(_METALS))]
         glint = 1.0 + 0.3 * np.sin(U * 400.0)
         self.paint(win, region, NECK_L, self.shade(win, metal, mid=0.1, fine=0.1, extra=glint))
 
@@ -475,10 +476,10 @@ class _Face:
         if win is None:
             return
         U, V = self.uv(win)
-        wob = self.wob[win]
-        half = (self.fa + self.vol + self.hair_flare * np.clip(V - self.chin + 0.1, 0, None)) * (1 + 0.08 * wob)
-        inner = self.fa * self.g.uniform(0.55, 0.85)
-        if float(self.fa + self.vol - inner) < 0.04:  # would only leave slivers
+        wob = self.wobble[win]
+        half = (self.face_half_width + self.hair_volume + self.hair_flare * np.clip(V - self.chin + 0.1, 0, None)) * (1 + 0.08 * wob)
+        inner = self.face_half_width * self.rng.uniform(0.55, 0.85)
+        if float(self.face_half_width + self.hair_volume - inner) < 0.04:  # would only leave slivers
             return
         inner = inner + 0.02 * wob
         mid, width = (half + inner) / 2, (half - inner) / 2
@@ -488,7 +489,7 @@ class _Face:
         self.paint(win, region, HAIR, self._hair_colour(win, U, V))
 
     def _ear_centre(self, side):
-        return side * (self.fa + self.ear_out) - self.yaw * 0.03, self.ear_v
+        return side * (self.face_half_width + self.ear_out) - self.yaw * 0.03, self.ear_v
 
     def ear(self, side: float) -> None:
         eu, ev = self._ear_centre(side)
@@ -496,7 +497,7 @@ class _Face:
         if win is None:
             return
         U, V = self.uv(win)
-        du, dv = (U - eu) / self.ear_w, (V - ev) / self.ear_h
+        du, dv = (U - eu) / self.ear_half_width, (V - ev) / self.ear_half_height
         # wider at the top, narrower lobe
         du = du / (1.0 - 0.25 * np.clip(dv, 0, 1))
         region = du ** 2 + dv ** 2 < 1
@@ -505,31 +506,31 @@ class _Face:
         self.paint(win, region, L_EAR if side == _L_SIDE else R_EAR, col)
 
     def _face_f(self, U, V):
-        dv = (V - self.fcy) / self.fb
-        hw = self.fa * (1.0 - self.jaw * np.clip(dv, 0, 1) ** 1.5)
-        return np.abs(U / hw) ** self.fp + np.abs(dv) ** self.fp
+        dv = (V - self.face_centre_v) / self.face_half_height
+        hw = self.face_half_width * (1.0 - self.jaw * np.clip(dv, 0, 1) ** 1.5)
+        return np.abs(U / hw) ** self.face_exponent + np.abs(dv) ** self.face_exponent
 
     def face(self) -> None:
-        top = self.fcy - self.fb
-        win = self.window(-self.fa - 0.01, self.fa + 0.01, top - 0.2, self.chin + 0.01)
+        top = self.face_centre_v - self.face_half_height
+        win = self.window(-self.face_half_width - 0.01, self.face_half_width + 0.01, top - 0.2, self.chin + 0.01)
         if win is None:
             return
         U, V = self.uv(win)
         f = self._face_f(U, V)
         region = f < 1.0
         if not self.has_hair:  # the scalp of a bald head is labelled skin
-            region |= self._cap(U, V, self.wob[win]) & (V < self.fcy)
+            region |= self._cap(U, V, self.wobble[win]) & (V < self.face_centre_v)
         rim = 1.0 - 0.3 * np.clip(f, 0, 1) ** 4
         # soft shadow under the hairline ignores the hard hair boundary drawn later
         hl = self.hairline + self.hairline_curve * U ** 2
         hshadow = 1.0 - (0.25 * np.exp(-np.clip(V - hl, 0, None) / 0.03) if self.has_hair else 0.0)
         extra = rim * hshadow
         col = self.shade(win, self.skin_rgb, extra=extra)
-        cheeks = sum(np.exp(-(((U - s * 0.13 - self.ox) / 0.06) ** 2 + ((V - 0.1) / 0.05) ** 2))
+        cheeks = sum(np.exp(-(((U - s * 0.13 - self.feature_shift) / 0.06) ** 2 + ((V - 0.1) / 0.05) ** 2))
                      for s in (-1, 1))
         col = col + (self.blush * cheeks)[..., None] * np.array([40, -15, -10], np.float32)
         if self.makeup:
-            around = sum(np.exp(-(((U - s * self.eye_dx - self.ox) / 0.07) ** 2
+            around = sum(np.exp(-(((U - s * self.eye_dx - self.feature_shift) / 0.07) ** 2
                                   + ((V - self.eye_y + 0.015) / 0.035) ** 2)) for s in (-1, 1))
             col = col * (1.0 - self.makeup * 0.5 * around)[..., None]
         self.paint(win, region, SKIN, col)
@@ -540,36 +541,36 @@ class _Face:
             return
         U, V = self.uv(win)
         tt = np.clip((V - self.nose_top) / (self.nose_bot - self.nose_top), 0, 1)
-        cx = self.ox + self.yaw * 0.02 * tt
+        cx = self.feature_shift + self.yaw * 0.02 * tt
         du = U - cx
-        half = self.nose_wt + (self.nose_wb - self.nose_wt) * tt ** 2.5
+        half = self.nose_width_top + (self.nose_width_bottom - self.nose_width_top) * tt ** 2.5
         region = (V > self.nose_top) & (V < self.nose_bot) & (np.abs(du) < half)
         bulb_v = self.nose_bot - 0.012
-        region |= (du / self.nose_wb) ** 2 + ((V - bulb_v) / 0.028) ** 2 < 1
+        region |= (du / self.nose_width_bottom) ** 2 + ((V - bulb_v) / 0.028) ** 2 < 1
         side = np.sign(self.light_dir[0] + 1e-6)
         shade = 1.0 - 0.18 * np.clip(-side * du / (half + 1e-3), 0, 1)  # far side from the light
         shade = shade + 0.12 * np.exp(-((du / 0.02) ** 2 + ((V - bulb_v + 0.01) / 0.02) ** 2))
         for s in (-1.0, 1.0):
-            nostril = ((du - s * self.nose_wb * 0.45) / (self.nose_wb * 0.28)) ** 2 \
+            nostril = ((du - s * self.nose_width_bottom * 0.45) / (self.nose_width_bottom * 0.28)) ** 2 \
                 + ((V - self.nose_bot - 0.006) / 0.009) ** 2
             shade = shade * (1.0 - 0.55 * np.exp(-nostril * 2.0))
         self.paint(win, region, NOSE, self.shade(win, self.skin_rgb, extra=shade))
 
     def lips(self) -> None:
-        mx = self.ox * 1.1
-        win = self.window(mx - self.mw - 0.01, mx + self.mw + 0.01, self.my - 0.05, self.my + 0.09)
+        mx = self.feature_shift * 1.1
+        win = self.window(mx - self.mouth_half_width - 0.01, mx + self.mouth_half_width + 0.01, self.mouth_v - 0.05, self.mouth_v + 0.09)
         if win is None:
             return
         U, V = self.uv(win)
         du = U - mx
-        tw = 1.0 - (du / self.mw) ** 2
+        tw = 1.0 - (du / self.mouth_half_width) ** 2
         inside = tw > 0
         tw = np.clip(tw, 0, None)
-        line = self.my - self.smile * (du / self.mw) ** 2
-        top = self.my - self.ut * np.sqrt(tw) * (1.0 - self.bow * np.exp(-(du / (0.22 * self.mw)) ** 2))
-        bottom = self.my + self.lb * tw ** 0.6
+        line = self.mouth_v - self.smile * (du / self.mouth_half_width) ** 2
+        top = self.mouth_v - self.upper_lip_height * np.sqrt(tw) * (1.0 - self.bow * np.exp(-(du / (0.22 * self.mouth_half_width)) ** 2))
+        bottom = self.mouth_v + self.lower_lip_height * tw ** 0.6
         if self.mouth_open:
-            ti = np.clip(1.0 - (du / (self.mw * 0.82)) ** 2, 0, None)
+            ti = np.clip(1.0 - (du / (self.mouth_half_width * 0.82)) ** 2, 0, None)
             up_in, dn_in = line - self.open_up * ti, line + self.open_dn * ti
         else:
             up_in = dn_in = line
@@ -587,112 +588,112 @@ class _Face:
             self.paint(win, mouth, MOUTH, col)
 
     def brow(self, side: float) -> None:
-        bx = side * self.brow_dx + self.ox
-        win = self.window(bx - self.brow_w - 0.01, bx + self.brow_w + 0.01,
+        bx = side * self.brow_dx + self.feature_shift
+        win = self.window(bx - self.brow_half_width - 0.01, bx + self.brow_half_width + 0.01,
                           self.brow_y - 0.06, self.brow_y + 0.05)
         if win is None:
             return
         U, V = self.uv(win)
         du = U - bx
-        centre = self.brow_y - self.brow_arch * (1 - (du / self.brow_w) ** 2) - side * self.brow_slope * du
-        thick = self.brow_t * (1.0 - 0.55 * np.clip(side * du / self.brow_w, 0, 1))
-        region = (np.abs(du) < self.brow_w) & (np.abs(V - centre) < thick / 2)
+        centre = self.brow_y - self.brow_arch * (1 - (du / self.brow_half_width) ** 2) - side * self.brow_slope * du
+        thick = self.brow_thickness * (1.0 - 0.55 * np.clip(side * du / self.brow_half_width, 0, 1))
+        region = (np.abs(du) < self.brow_half_width) & (np.abs(V - centre) < thick / 2)
         col = self.shade(win, self.brow_rgb, mid=0.1, fine=0.15, extra=0.85 + 0.3 * np.clip(
             0.5 + 0.4 * self.streak[win], 0, 1))
         self.paint(win, region, L_BROW if side == _L_SIDE else R_BROW, col)
 
     def hair_front(self) -> None:
-        top = self.cap_cy - self.cap_b - 0.05
+        top = self.cap_centre_v - self.cap_half_height - 0.05
         win = self.window(-0.5, 0.5, top, 0.5)
         if win is None:
             return
         U, V = self.uv(win)
-        wob = self.wob[win]
+        wob = self.wobble[win]
         cap = self._cap(U, V, wob)
         line = (self.hairline + self.hairline_curve * U ** 2 + 0.015 * wob
                 - self.part_depth * np.exp(-((U - self.part) / 0.03) ** 2))
         # the cap ellipse reaches below the jaw; in front of the face only the part over the face
         # itself and above the ears belongs to this layer (the rest was drawn behind)
-        region = cap & (V < line) & ((self._face_f(U, V) < 1.0) | (V < self.ear_v - self.ear_h))
+        region = cap & (V < line) & ((self._face_f(U, V) < 1.0) | (V < self.ear_v - self.ear_half_height))
         for s in (-1.0, 1.0):
             if not self.lock[s]:
                 continue
             eu, ev = self._ear_centre(s)
-            bottom = max(ev + self.ear_h * 1.2, self.lock_len[s]) + 0.02 * wob
+            bottom = max(ev + self.ear_half_height * 1.2, self.lock_len[s]) + 0.02 * wob
             taper = np.sqrt(np.clip((bottom - V) / 0.06, 0, 1))  # strands end in a rounded tip
-            lock = ((np.abs(U - eu) < (self.ear_w * 1.6 + 0.015 + 0.01 * wob) * taper)
-                    & (V > self.cap_cy) & (s * U > self.fa * 0.72 + 0.01 * wob))
+            lock = ((np.abs(U - eu) < (self.ear_half_width * 1.6 + 0.015 + 0.01 * wob) * taper)
+                    & (V > self.cap_centre_v) & (s * U > self.face_half_width * 0.72 + 0.01 * wob))
             region |= lock
         self.paint(win, region, HAIR, self._hair_colour(win, U, V))
 
     def draw_hat(self) -> None:
-        g = self.g
-        brim_v = self.hairline + g.uniform(-0.04, 0.05)
-        a = self.fa + self.vol + g.uniform(0.01, 0.05)
-        b = self.cap_b + g.uniform(0.02, 0.08)
-        win = self.window(-a - 0.15, a + 0.15, self.cap_cy - b - 0.05, brim_v + 0.05)
+        rng = self.rng
+        brim_v = self.hairline + rng.uniform(-0.04, 0.05)
+        a = self.face_half_width + self.hair_volume + rng.uniform(0.01, 0.05)
+        b = self.cap_half_height + rng.uniform(0.02, 0.08)
+        win = self.window(-a - 0.15, a + 0.15, self.cap_centre_v - b - 0.05, brim_v + 0.05)
         if win is None:
             return
         U, V = self.uv(win)
-        region = ((U / a) ** 2 + ((V - self.cap_cy) / b) ** 2 < 1) & (V < brim_v)
-        if g.random() < 0.5:
-            bw = a + g.uniform(0.02, 0.12)
-            region |= (np.abs(V - brim_v + 0.005) < g.uniform(0.012, 0.03)) & (np.abs(U) < bw)
-        col = _random_colour(g, self.skin_rgb, self.hair_rgb)
-        knit = 1.0 + g.uniform(0, 0.15) * np.sin(U * g.uniform(60, 200))
+        region = ((U / a) ** 2 + ((V - self.cap_centre_v) / b) ** 2 < 1) & (V < brim_v)
+        if rng.random() < 0.5:
+            bw = a + rng.uniform(0.02, 0.12)
+            region |= (np.abs(V - brim_v + 0.005) < rng.uniform(0.012, 0.03)) & (np.abs(U) < bw)
+        col = _random_colour(rng, self.skin_rgb, self.hair_rgb)
+        knit = 1.0 + rng.uniform(0, 0.15) * np.sin(U * rng.uniform(60, 200))
         self.paint(win, region, HAT, self.shade(win, col, mid=0.12, fine=0.08, extra=knit))
 
     def draw_glasses(self) -> None:
-        g = self.g
-        gw, gh = g.uniform(0.055, 0.075), g.uniform(0.032, 0.055)
-        gp = g.uniform(2.0, 5.0)
-        ft = g.uniform(0.004, 0.01)
-        gy = self.eye_y - g.uniform(0.0, 0.012)
-        reach = self.fa + 0.02
+        rng = self.rng
+        gw, gh = rng.uniform(0.055, 0.075), rng.uniform(0.032, 0.055)
+        gp = rng.uniform(2.0, 5.0)
+        ft = rng.uniform(0.004, 0.01)
+        gy = self.eye_y - rng.uniform(0.0, 0.012)
+        reach = self.face_half_width + 0.02
         win = self.window(-reach - 0.02, reach + 0.02, gy - gh - 0.02, gy + gh + 0.02)
         if win is None:
             return
         U, V = self.uv(win)
-        frame_rgb = (_METALS[g.integers(len(_METALS))] if g.random() < 0.35
-                     else _random_colour(g, self.skin_rgb, self.hair_rgb) * 0.6)
-        tint = _hsv(g.random(), g.uniform(0, 0.3), 1.0) / 255.0
-        lens_dark = _hsv(g.random(), g.uniform(0, 0.5), g.uniform(0.08, 0.3))
+        frame_rgb = (_METALS[rng.integers(len(_METALS))] if rng.random() < 0.35
+                     else _random_colour(rng, self.skin_rgb, self.hair_rgb) * 0.6)
+        tint = _hsv(rng.random(), rng.uniform(0, 0.3), 1.0) / 255.0
+        lens_dark = _hsv(rng.random(), rng.uniform(0, 0.5), rng.uniform(0.08, 0.3))
         lens = np.zeros(U.shape, bool)
         frame = np.zeros(U.shape, bool)
         for s in (-1.0, 1.0):
-            du, dv = np.abs(U - s * self.eye_dx - self.ox), np.abs(V - gy)
+            du, dv = np.abs(U - s * self.eye_dx - self.feature_shift), np.abs(V - gy)
             outer = (du / gw) ** gp + (dv / gh) ** gp < 1
             inner = (du / (gw - ft)) ** gp + (dv / (gh - ft)) ** gp < 1
             lens |= inner
             frame |= outer & ~inner
-            temple = (s * (U - self.ox) > self.eye_dx + gw - ft) & (s * U < reach) \
+            temple = (s * (U - self.feature_shift) > self.eye_dx + gw - ft) & (s * U < reach) \
                 & (np.abs(V - gy + gh * 0.45) < ft * 0.7)
             frame |= temple
-        bridge = (np.abs(U - self.ox) < self.eye_dx - gw + ft) & (np.abs(V - gy + gh * 0.35) < ft * 0.8)
+        bridge = (np.abs(U - self.feature_shift) < self.eye_dx - gw + ft) & (np.abs(V - gy + gh * 0.35) < ft * 0.8)
         frame |= bridge
-        sheen = 0.12 * np.clip(0.5 + 0.5 * np.sin((U + V) * 60.0 + g.uniform(0, 6)), 0, 1)
+        sheen = 0.12 * np.clip(0.5 + 0.5 * np.sin((U + V) * 60.0 + rng.uniform(0, 6)), 0, 1)
         if self.sunglasses:
             lens_col = self.shade(win, lens_dark, mid=0.05, chroma=2.0, extra=1.0 + 2.0 * sheen)
         else:
-            lens_col = self.img[win] * tint + 255.0 * sheen[..., None]
+            lens_col = self.image[win] * tint + 255.0 * sheen[..., None]
         self.paint(win, lens, EYE_G, lens_col)
         self.paint(win, frame, EYE_G, self.shade(win, frame_rgb, mid=0.05, fine=0.05))
 
     def eye(self, side: float) -> None:
-        ex = side * self.eye_dx + self.ox
-        win = self.window(ex - self.eye_w - 0.01, ex + self.eye_w + 0.01,
+        ex = side * self.eye_dx + self.feature_shift
+        win = self.window(ex - self.eye_half_width - 0.01, ex + self.eye_half_width + 0.01,
                           self.eye_y - 0.04, self.eye_y + 0.04)
         if win is None:
             return
         U, V = self.uv(win)
         du = U - ex
         centre = self.eye_y - side * self.eye_tilt * du
-        t = np.clip(1.0 - (du / self.eye_w) ** 2, 0, None) ** 0.8
+        t = np.clip(1.0 - (du / self.eye_half_width) ** 2, 0, None) ** 0.8
         dv = V - centre
-        region = (t > 0) & (dv > -self.eye_ht * t) & (dv < self.eye_hb * t)
+        region = (t > 0) & (dv > -self.eye_height_top * t) & (dv < self.eye_height_bottom * t)
         region &= ~np.isin(self.mask[win], (HAIR, HAT))  # bangs may hide an eye
-        r_iris = (self.eye_ht + self.eye_hb) * 0.62
-        ix = ex + self.gaze[0] * self.eye_w * 0.3
+        r_iris = (self.eye_height_top + self.eye_height_bottom) * 0.62
+        ix = ex + self.gaze[0] * self.eye_half_width * 0.3
         iy = self.eye_y + self.gaze[1] * 0.004
         d = np.sqrt((U - ix) ** 2 + (V - iy) ** 2)
         sclera = _mix(np.array([232, 226, 220], np.float32), self.skin_rgb, 0.25)
@@ -700,52 +701,52 @@ class _Face:
         iris = self.shade(win, self.iris_rgb, fine=0.1, extra=1.0 - 0.3 * np.clip(d / r_iris, 0, 1))
         col = np.where((d < r_iris)[..., None], iris, col)
         col = np.where((d < r_iris * 0.42)[..., None], np.float32(15.0), col)
-        lid = np.clip(1.0 - (dv + self.eye_ht * t) / (self.eye_ht * 0.5 + 1e-4), 0, 1)
+        lid = np.clip(1.0 - (dv + self.eye_height_top * t) / (self.eye_height_top * 0.5 + 1e-4), 0, 1)
         col = col * (1.0 - 0.75 * lid)[..., None]
         self.paint(win, region, L_EYE if side == _L_SIDE else R_EYE, col)
 
     def earring(self, side: float) -> None:
-        g = self.g
+        rng = self.rng
         eu, ev = self._ear_centre(side)
-        av = ev + self.ear_h * 0.95
+        av = ev + self.ear_half_height * 0.95
         win = self.window(eu - 0.09, eu + 0.09, av - 0.02, av + 0.14)
         if win is None:
             return
         U, V = self.uv(win)
-        kind = g.integers(3)
+        kind = rng.integers(3)
         if kind == 0:  # stud
-            r = g.uniform(0.01, 0.02)
+            r = rng.uniform(0.01, 0.02)
             region = (U - eu) ** 2 + (V - av) ** 2 < r ** 2
         elif kind == 1:  # hoop
-            R, t = g.uniform(0.03, 0.07), g.uniform(0.004, 0.01)
+            R, t = rng.uniform(0.03, 0.07), rng.uniform(0.004, 0.01)
             d = np.sqrt((U - eu) ** 2 + (V - av - R) ** 2)
             region = np.abs(d - R) < t
         else:  # drop
-            dh = g.uniform(0.02, 0.045)
-            region = ((U - eu) / g.uniform(0.01, 0.02)) ** 2 + ((V - av - 0.01 - dh) / dh) ** 2 < 1
+            dh = rng.uniform(0.02, 0.045)
+            region = ((U - eu) / rng.uniform(0.01, 0.02)) ** 2 + ((V - av - 0.01 - dh) / dh) ** 2 < 1
             region |= (np.abs(U - eu) < 0.002) & (V > av) & (V < av + 0.01)
-        metal = (_METALS[g.integers(len(_METALS))] if g.random() < 0.7
-                 else _random_colour(g, self.skin_rgb, self.hair_rgb))
+        metal = (_METALS[rng.integers(len(_METALS))] if rng.random() < 0.7
+                 else _random_colour(rng, self.skin_rgb, self.hair_rgb))
         glint = 1.0 + 0.35 * np.sin((U - V) * 300.0)
         self.paint(win, region, EAR_R, self.shade(win, metal, mid=0.05, fine=0.1, extra=glint))
 
     # ---------------------------------------------------------------- camera
 
     def finish(self) -> np.ndarray:
-        g, size = self.g, self.size
-        img = self.img
-        cast = g.normal(1.0, 0.05, 3).astype(np.float32)
-        contrast = g.uniform(0.8, 1.15)
-        gamma = g.uniform(0.85, 1.2)
-        vignette = 1.0 - g.uniform(0, 0.35) * (self.X ** 2 + self.Y ** 2)
+        rng, size = self.rng, self.size
+        img = self.image
+        cast = rng.normal(1.0, 0.05, 3).astype(np.float32)
+        contrast = rng.uniform(0.8, 1.15)
+        gamma = rng.uniform(0.85, 1.2)
+        vignette = 1.0 - rng.uniform(0, 0.35) * (self.grid_x ** 2 + self.grid_y ** 2)
         img = img * cast * vignette[..., None]
         # tone curve through a lookup table: a per-pixel pow is the slowest step at 512 px
         levels = np.arange(256, dtype=np.float32) / 255.0
         curve = (np.clip((levels - 0.5) * contrast + 0.5, 0, 1) ** gamma * 255.0).astype(np.float32)
         img = curve[np.clip(img, 0, 255).astype(np.uint8)]
-        sigma = g.uniform(1.0, 7.0)
-        blur = g.uniform(0.0, 0.0016) * size
-        img += self.p.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
+        sigma = rng.uniform(1.0, 7.0)
+        blur = rng.uniform(0.0, 0.0016) * size
+        img += self.pixel_rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
         out = np.clip(img + 0.5, 0, 255).astype(np.uint8)
         if blur > 0.35:  # lens softness: blends a pixel across edges, never moves them
             out = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(blur)))

@@ -5,8 +5,8 @@ Parametrized over the registry, so a new preset is tested without touching this 
 
 import pytest
 import torch
-
 from conftest import builtin_host
+
 import cpx_plugins.augmentations
 from cpx.data.competition import Competition
 from cpx.kernel.errors import ConfigError

@@ -1,8 +1,8 @@
 """The celebamask-mini profile, as its register_competitions hook registers it."""
 
+from conftest import builtin_host
 from PIL import Image
 
-from conftest import builtin_host
 import cpx_plugins.celebamask as celebamask
 
 SAMPLE = "sample-submission/masks"

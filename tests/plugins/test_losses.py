@@ -5,8 +5,8 @@ Parametrized over the registry, so a new loss is tested without touching this fi
 
 import pytest
 import torch
-
 from conftest import builtin_host
+
 import cpx_plugins.losses
 from cpx.kernel.errors import ConfigError
 

@@ -10,16 +10,36 @@ prints. The names below are the public interface.
 """
 
 from cpx.submit.codabench.client import CodabenchClient, CodabenchConnectionError, CodabenchHTTPError
-from cpx.submit.codabench.credentials import (CONFIG_FILE, DEFAULT_URL, LOGIN_HINT, config_dir,
-                                              config_path, forget_credentials, is_loopback,
-                                              load_credentials, normalize_url, resolve_token,
-                                              resolve_url, save_credentials, stored_identity,
-                                              stored_username, token_hint)
-from cpx.submit.codabench.schema import (CANCELLED, FAILED, FINAL_STATUSES, FINISHED, PENDING_STATUSES,
-                                         Leaderboard, LeaderboardColumn, LeaderboardEntry, Phase,
-                                         SubmissionResult)
-from cpx.submit.codabench.workflow import (Identity, choose_phase, client_from_config, login, submit_zip,
-                                           whoami)
+from cpx.submit.codabench.credentials import (
+                                              CONFIG_FILE,
+                                              DEFAULT_URL,
+                                              LOGIN_HINT,
+                                              config_dir,
+                                              config_path,
+                                              forget_credentials,
+                                              is_loopback,
+                                              load_credentials,
+                                              normalize_url,
+                                              resolve_token,
+                                              resolve_url,
+                                              save_credentials,
+                                              stored_identity,
+                                              stored_username,
+                                              token_hint,
+)
+from cpx.submit.codabench.schema import (
+                                              CANCELLED,
+                                              FAILED,
+                                              FINAL_STATUSES,
+                                              FINISHED,
+                                              PENDING_STATUSES,
+                                              Leaderboard,
+                                              LeaderboardColumn,
+                                              LeaderboardEntry,
+                                              Phase,
+                                              SubmissionResult,
+)
+from cpx.submit.codabench.workflow import Identity, choose_phase, client_from_config, login, submit_zip, whoami
 
 __all__ = [
     "CANCELLED", "CONFIG_FILE", "DEFAULT_URL", "FAILED", "FINAL_STATUSES", "FINISHED", "LOGIN_HINT",

@@ -21,9 +21,21 @@ from requests.auth import AuthBase
 from cpx import __version__
 from cpx.kernel.errors import CodabenchError
 from cpx.submit.codabench.credentials import normalize_url, token_hint
-from cpx.submit.codabench.schema import (CANCELLED, FAILED, FINAL_STATUSES, FINISHED, Leaderboard, Phase,
-                                         SubmissionResult, _leaderboard, _phase, _phase_id, _result, _same,
-                                         _scores)
+from cpx.submit.codabench.schema import (
+    CANCELLED,
+    FAILED,
+    FINAL_STATUSES,
+    FINISHED,
+    Leaderboard,
+    Phase,
+    SubmissionResult,
+    _leaderboard,
+    _phase,
+    _phase_id,
+    _result,
+    _same,
+    _scores,
+)
 
 Progress = Callable[[str], None]
 

@@ -20,8 +20,7 @@ import requests
 
 from cpx.kernel.errors import CodabenchError, SubmissionError
 from cpx.submit.codabench.client import CodabenchClient, CodabenchHTTPError, Progress
-from cpx.submit.codabench.credentials import (LOGIN_HINT, resolve_token, resolve_url,
-                                              save_credentials)
+from cpx.submit.codabench.credentials import LOGIN_HINT, resolve_token, resolve_url, save_credentials
 from cpx.submit.codabench.schema import Phase, SubmissionResult, _result
 
 

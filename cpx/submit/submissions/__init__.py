@@ -6,13 +6,35 @@
 * :mod:`.remote`: uploading to Codabench and syncing the ledger with the server.
 """
 
-from cpx.submit.submissions.budget import (NOT_COUNTED, Budget, SubmissionReport, SubmissionRow,
-                                           final_not_best, phase_budget, server_phase, submission_report,
-                                           used_in_phase)
-from cpx.submit.submissions.records import (Recorded, Registered, mark_final, record_score,
-                                            register_submission, run_test_dir)
-from cpx.submit.submissions.remote import (RemoteLeaderboard, SyncReport, UploadOutcome, connect_to_leaderboard,
-                                           my_names, remote_leaderboard, sync_submissions, upload_submission)
+from cpx.submit.submissions.budget import (
+                                           NOT_COUNTED,
+                                           Budget,
+                                           SubmissionReport,
+                                           SubmissionRow,
+                                           final_not_best,
+                                           phase_budget,
+                                           server_phase,
+                                           submission_report,
+                                           used_in_phase,
+)
+from cpx.submit.submissions.records import (
+                                           Recorded,
+                                           Registered,
+                                           mark_final,
+                                           record_score,
+                                           register_submission,
+                                           run_test_dir,
+)
+from cpx.submit.submissions.remote import (
+                                           RemoteLeaderboard,
+                                           SyncReport,
+                                           UploadOutcome,
+                                           connect_to_leaderboard,
+                                           my_names,
+                                           remote_leaderboard,
+                                           sync_submissions,
+                                           upload_submission,
+)
 from cpx.submit.submissions.scores import DEFAULT_PHASE, main_score, parse_score
 
 __all__ = [

@@ -13,8 +13,16 @@ from cpx.kernel.errors import CodabenchError, SubmissionError
 from cpx.kernel.files import sha256_file
 from cpx.kernel.text import utc_now
 from cpx.runs.ledger import Ledger
-from cpx.submit.codabench import (CodabenchClient, CodabenchHTTPError, Leaderboard, Phase, choose_phase,
-                                  stored_identity, submit_zip, whoami)
+from cpx.submit.codabench import (
+    CodabenchClient,
+    CodabenchHTTPError,
+    Leaderboard,
+    Phase,
+    choose_phase,
+    stored_identity,
+    submit_zip,
+    whoami,
+)
 from cpx.submit.submissions.records import mark_final
 from cpx.submit.submissions.scores import DEFAULT_PHASE, main_score
 

@@ -8,11 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_overrides
+
+from cpx.cli import main
 from cpx.report.bench import BenchRequest, count_flops, run_bench
 from cpx.runs.ledger import Ledger
-from cpx.train.run import BudgetCallback, TrainRequest, train
+from cpx.train.budget import BudgetCallback
+from cpx.train.run import TrainRequest, train
 
 
 class _ConvAndDepthwise(torch.nn.Module):
@@ -84,18 +86,17 @@ def test_cli_bench_measures_in_a_fresh_process(cpx_workspace):
     assert r["train_flops"] > r["forward_flops"] > 0 and r["recipe_seconds"] > 0
 
 
-def test_cli_bench_table_and_bad_values(cpx_workspace):
-    out = subprocess.run([sys.executable, "-m", "cpx", "bench", "msf-lmsa", "--set", "model.name=unet",
-                          "--set", "model.options={base_channels: 4, depth: 2}", "--image-size", "32",
-                          "--batch-size", "2", "--steps", "1", "--warmup", "1"],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+def test_cli_bench_table_and_bad_values(cpx_workspace, capsys):
+    code = main(["bench", "msf-lmsa", "--set", "model.name=unet", "--set", "model.options={base_channels: 4, depth: 2}",
+                 "--image-size", "32", "--batch-size", "2", "--steps", "1", "--warmup", "1"])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
     for label in ("parameters", "FLOPs per image", "attainable (matmul)", "training", "prediction",
                   "peak memory (training)", "one epoch", "whole recipe"):
-        assert label in out.stdout, label
-    out = subprocess.run([sys.executable, "-m", "cpx", "bench", "msf-lmsa", "--steps", "0"],
-                         capture_output=True, text=True)
-    assert out.returncode == 2 and "--steps" in out.stderr and "Traceback" not in out.stderr
+        assert label in out.out, label
+    assert main(["bench", "msf-lmsa", "--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--steps" in err and "Traceback" not in err
 
 
 class _Clock:
@@ -108,7 +109,7 @@ class _Clock:
 
 def test_budget_plans_from_the_second_epoch_then_only_shortens(monkeypatch):
     clock = _Clock()
-    monkeypatch.setattr("cpx.train.run.time.perf_counter", clock)
+    monkeypatch.setattr("cpx.train.budget.time.perf_counter", clock)
     budget = BudgetCallback(minutes=10, start_epoch=0)  # 600 s, planned into 588 s
     trainer = SimpleNamespace(epoch=0, settings=SimpleNamespace(epochs=300))
 

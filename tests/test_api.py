@@ -1,0 +1,87 @@
+"""The public API (``import cpx``): what a notebook user calls, with shapes and errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cpx
+from cpx.cli import main
+from cpx.kernel.errors import ConfigError, DataError, RunError, UnknownComponent
+from cpx.kernel.workspace import Workspace
+
+
+def test_all_lists_the_documented_functions():
+    assert set(cpx.__all__) == {"__version__", "create_model", "open_run", "predict", "score"}
+    for name in cpx.__all__[1:]:
+        assert getattr(cpx, name).__doc__, name
+
+
+def test_create_model_takes_options_and_checks_them():
+    model = cpx.create_model("unet", num_classes=5, base_channels=4, depth=2)
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 5, 32, 32)
+    # the only registered competition gives the class count
+    assert cpx.create_model("unet", base_channels=4, depth=2)(torch.rand(1, 3, 16, 16)).shape[1] == 19
+    with pytest.raises(ConfigError, match="unet options.not_an_option: unknown field"):
+        cpx.create_model("unet", num_classes=5, not_an_option=1)
+    with pytest.raises(UnknownComponent, match="did you mean unet"):
+        cpx.create_model("unnet", num_classes=5)
+
+
+def test_open_run_gives_config_history_and_weights(unet_run, trained_unet):
+    run = cpx.open_run(unet_run)
+    assert run.id == unet_run and run.config.model.name == "unet"
+    assert [h["epoch"] for h in run.history] == [1]
+    net = run.load_model("best")
+    assert not net.training
+    saved = torch.load(run.folder.best_path, weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in net.state_dict().items())
+    with pytest.raises(RunError, match="no run"):
+        cpx.open_run("nope")
+
+
+def test_predict_accepts_paths_arrays_and_tensors(unet_run, trained_unet, tmp_path):
+    _, _, data = trained_unet
+    path = sorted((data / "test" / "images").iterdir())[0]
+    array = np.asarray(Image.open(path).convert("RGB"))
+    from_path, from_array, from_tensor = cpx.predict(
+        unet_run, [path, array, torch.from_numpy(array.transpose(2, 0, 1).copy())], tta="flip")
+    assert from_path.shape == array.shape[:2] and from_path.dtype == np.uint8
+    assert np.array_equal(from_path, from_array) and np.array_equal(from_path, from_tensor)
+    assert from_path.max() < 19
+    with pytest.raises(DataError, match="image 0: expected an H x W x 3 uint8 array"):
+        cpx.predict(unet_run, [array.astype(np.float32)])
+
+
+def test_score_matches_the_cli(unet_run, trained_unet, tmp_path, capsys):
+    _, _, data = trained_unet
+    masks = data / "train" / "masks"
+    result = cpx.score(masks, masks)
+    assert result.scores.fscore == pytest.approx(1.0)
+    assert main(["score", str(masks), str(masks), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["per_image"] == result.per_image
+    with pytest.raises(DataError, match="does not exist"):
+        cpx.score(tmp_path / "missing", masks)
+
+
+def test_workspace_is_found_from_a_subfolder(tmp_path, monkeypatch):
+    root = tmp_path / "comp"
+    (root / "experiments").mkdir(parents=True)
+    (root / "experiments" / "ledger.db").write_bytes(b"")
+    deep = root / "notebooks" / "week2"
+    deep.mkdir(parents=True)
+    monkeypatch.delenv("CPX_WORKSPACE")
+    monkeypatch.chdir(deep)
+    assert Workspace.current().root == root.resolve()
+    (deep / "cpx.yaml").write_text("plugin_dirs: []\n")  # the nearest wins
+    assert Workspace.current().root == deep.resolve()
+    monkeypatch.chdir(tmp_path)
+    assert Workspace.current().root == tmp_path.resolve()  # none above: the current directory
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith(f"cpx {cpx.__version__} (torch ")

@@ -1,0 +1,61 @@
+"""Every registered component keeps its contract (cpx.testing), built-in or installed.
+
+The host here loads installed entry points too, so a third-party plugin in this environment
+is checked the moment it registers. Per-kind specifics live in tests/plugins/.
+"""
+
+import pytest
+import torch
+
+from cpx.kernel.manager import create_plugin_host
+from cpx.testing import check_augmentation, check_competition, check_loss, check_model
+
+HOST = create_plugin_host()
+COMPETITIONS = HOST.competitions.names()
+DEFAULT = HOST.competition(COMPETITIONS[0])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # tiny tensors: a second thread only adds synchronisation
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", HOST.models.names())
+def test_model_contract(name):
+    check_model(HOST.models.get(name), num_classes=DEFAULT.num_classes, max_params=DEFAULT.max_params)
+
+
+@pytest.mark.parametrize("name", HOST.losses.names())
+def test_loss_contract(name):
+    check_loss(HOST.losses.get(name), num_classes=DEFAULT.num_classes)
+
+
+@pytest.mark.parametrize("name", HOST.augmentations.names())
+def test_augmentation_contract(name):
+    check_augmentation(HOST.augmentations.get(name), DEFAULT)
+
+
+@pytest.mark.parametrize("name", COMPETITIONS)
+def test_competition_contract(name):
+    check_competition(HOST.competitions.get(name))
+
+
+def test_a_broken_model_fails_its_contract_with_the_reason():
+    from cpx.kernel.registry import Registry
+
+    class Half(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 19, 1)
+
+        def forward(self, x):
+            return self.conv(x)[..., ::2, ::2]  # half resolution: breaks the contract
+
+    registry = Registry("model")
+    registry.register("half", lambda options, num_classes: Half(), origin="test")
+    with pytest.raises(AssertionError, match="expected logits at the input size"):
+        check_model(registry.get("half"))

@@ -262,17 +262,17 @@ def test_check_reports_every_problem_of_a_hand_made_zip(cpx_workspace, cpx_host,
     del files["solution/ckpt.pth"]
     bad = _zip(cpx_workspace.root / "bad.zip", files)
     report = check_zip(bad, comp, images)
-    assert _kinds(report) == sorted(["missing_mask", "mask_mode", "bad_class", "mask_size", "extra_mask",
+    assert _kinds(report) == sorted(["missing_mask", "mask_channels", "bad_class", "mask_size", "extra_mask",
                                      "macosx", "parent_path", "absolute_path", "no_weights"])
     messages = "\n".join(map(str, report.problems))
-    assert f"masks/{stems[0]}.png: missing" in messages and "mode RGB" in messages
-    assert "value 25 outside the class ids 0..18" in messages and "mask is 32x32 but the test image is 64x64" in messages
+    assert f"masks/{stems[0]}.png: missing" in messages and "mask has 3 channels (RGB)" in messages
+    assert "class id 25 outside 0..18" in messages and "mask is 32x32 but the test image is 64x64" in messages
 
     # the command line lists each problem and exits 1
     out = CliRunner().invoke(create_app(cpx_host), ["package", "--check", str(bad), "--test",
                                                     str(cpx_synthetic / "test" / "images")])
     assert out.exit_code == 1
-    for needle in ("9 problems", "missing", "mode RGB", "value 25", "__MACOSX", "../evil.png", "ckpt.pth"):
+    for needle in ("9 problems", "missing", "3 channels (RGB)", "class id 25", "__MACOSX", "../evil.png", "ckpt.pth"):
         assert needle in out.output, needle
 
 

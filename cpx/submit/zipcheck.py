@@ -41,6 +41,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from cpx.data.competition import Competition
+from cpx.data.images import BadFile, bad_ids_message, check_mask_mode
 from cpx.kernel.errors import ConfigError, DataError, Problem, SubmissionError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
@@ -402,19 +403,15 @@ def _check_masks(files: _Files, competition: Competition, report: CheckReport,
         except Exception as exc:  # PIL raises many types for broken files
             report.add(files.label(name), "unreadable", f"cannot read the mask ({exc.__class__.__name__})")
             continue
-        if fmt_name != "PNG":
-            report.add(files.label(name), "not_png", f"file is {fmt_name or 'not an image'}, not PNG")
-        if mode not in fmt.mask_modes:
-            report.add(files.label(name), "mask_mode",
-                       f"mode {mode} ({bands} channel{'s' if bands != 1 else ''}); the scorer "
-                       f"needs one channel of class ids, mode {' or '.join(fmt.mask_modes)}")
+        try:  # the mask rules every command applies (cpx.data.images): lossless PNG, one channel, a scorer's mode
+            check_mask_mode(_Header(fmt_name, mode, bands), Path(name), fmt.mask_modes)
+        except BadFile as bad:
+            report.add(files.label(name), bad.kind, bad.message)
         if arr is not None and arr.size:
             values = np.unique(arr)
             bad = values[values >= k]
             if bad.size:
-                shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-                report.add(files.label(name), "bad_class", f"value{'s' if bad.size > 1 else ''} {shown} outside "
-                                              f"the class ids 0..{k - 1}")
+                report.add(files.label(name), "bad_class", bad_ids_message(bad, k))
             seen_classes[values[values < k]] = True
         if test_sizes is not None and stem in test_sizes and size != test_sizes[stem]:
             h, w = test_sizes[stem]
@@ -427,6 +424,16 @@ def _check_masks(files: _Files, competition: Competition, report: CheckReport,
                        "missing: the test image has no mask")
         for stem in sorted(set(stems) - set(test_sizes)):
             report.add(files.label(stems[stem]), "extra_mask", "no test image has this name")
+
+
+class _Header:
+    """What :func:`cpx.data.images.check_mask_mode` reads of an image, kept from a zip entry."""
+
+    def __init__(self, format: Optional[str], mode: str, bands: int):
+        self.format, self.mode, self._bands = format or "an unknown format", mode, bands
+
+    def getbands(self) -> tuple:
+        return tuple(range(self._bands))
 
 
 def estimate_params(state: dict) -> int:

@@ -120,7 +120,8 @@ class DLV3POptions(BaseModel):
     expansion: float = Field(4.0, gt=0, description="Hidden-width multiple of the inverted-residual blocks.")
     output_stride: Literal[8, 16] = Field(16, description="Resolution of the deep stage and ASPP: 16 (1/16) or 8 "
                                                           "(1/8, dilated; about twice the training time).")
-    dilations: tuple[int, ...] = Field((1, 2), description="Dilation cycle of the deep stage's blocks after its first.")
+    dilations: tuple[int, ...] = Field((1, 2), description="Dilations of the deep stage: block i > 0 (from 0) uses "
+                                                              "dilations[i % len(dilations)], block 0 uses 1.")
     aspp_channels: int = Field(128, ge=8, description="Width of each ASPP branch and of the ASPP output.")
     aspp_rates: tuple[int, ...] = Field((2, 4, 6), description="Dilations of the depthwise-separable ASPP branches, "
                                                                "in pixels of the deep map (6/12/18 at 512px and "

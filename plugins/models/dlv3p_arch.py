@@ -9,11 +9,13 @@ Architecture
 ------------
 * Stem at 1/2: a 3x3 stride-2 convolution, then a depthwise-separable residual block. Its
   output is the 1/2-resolution skip.
-* Encoder: inverted-residual blocks (1x1 expand, 3x3 depthwise, 1x1 project, residual when
-  the shapes match) in three stages at 1/4, 1/8 and a deep stage at 1/16 or (with
-  ``output_stride=8``) still at 1/8. The deep stage cycles through ``dilations`` (e.g. 1, 2,
-  4) to widen the receptive field without losing resolution. The 1/4 stage output is the
-  second skip.
+* Encoder: three stages at 1/4, 1/8 and a deep stage at 1/16 or (with ``output_stride=8``)
+  still at 1/8. The 1/4 and 1/8 stages open with a fused inverted residual (a dense strided
+  3x3 expanding convolution, then a 1x1 projection: oneDNN trains strided depthwise
+  convolutions slowly); every other block is an inverted residual (1x1 expand, 3x3
+  depthwise, 1x1 linear projection, residual when the shapes match). Block ``i`` (from 0) of
+  the deep stage uses dilation ``dilations[i % len(dilations)]``, except block 0, which
+  changes width and stride and uses 1. The 1/4 stage output is the second skip.
 * Context: an ASPP module -- a 1x1 branch, depthwise-separable 3x3 branches at the
   ``aspp_rates`` dilations and an image-pooling branch -- concatenated and fused by a 1x1
   convolution.
@@ -27,8 +29,8 @@ Architecture
 Because the last step is that resize, :meth:`DeepLabV3Plus.forward_coarse` returns the 1/2
 logits exactly, and ``forward(x)`` is their bilinear (``align_corners=False``) resize.
 
-Every convolution is followed by batch norm and ReLU (the fast pair for oneDNN on CPU, in
-fp32 or under bf16 autocast); maps are kept channels-last.
+Convolutions are followed by batch norm and, except the linear projections, ReLU (the fast
+pair for oneDNN on CPU, in fp32 or under bf16 autocast); maps are kept channels-last.
 """
 
 import torch
@@ -248,7 +250,7 @@ def build_dlv3p(num_classes=19, stem_channels=16, widths=(24, 32, 64, 160), dept
     :param depths: blocks per stage (separable residual blocks at 1/2, inverted residuals after).
     :param expansion: hidden-width multiple of the inverted-residual blocks.
     :param output_stride: 16 (deep stage at 1/16) or 8 (deep stage dilated, at 1/8).
-    :param dilations: dilation cycle of the deep stage's blocks after its first.
+    :param dilations: deep-stage block ``i > 0`` uses ``dilations[i % len(dilations)]``.
     :param aspp_channels: width of each ASPP branch and of its output.
     :param aspp_rates: dilations of the separable ASPP branches, on the deep map.
     :param decoder_channels: widths of the decoder at 1/2 and 1/4.

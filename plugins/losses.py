@@ -13,14 +13,10 @@ Class weights from the data
 ---------------------------
 ``class_weights`` takes a list (one weight per class) or the name of a scheme computed from
 the training data's class pixel frequencies, ``"sqrt-inverse-frequency"``
-(``w_c = 1 / sqrt(f_c)``, scaled to mean 1 over the classes). A loss factory receives only
-its options and the class count, so the frequencies come through a module-level hook that
-the trainer calls before it builds the loss::
-
-    from cpx_plugins import losses
-    losses.set_class_frequencies(losses.class_frequencies_from_masks(train_masks, num_classes))
-
-A loss asking for a scheme when no frequencies were set is a configuration error.
+(``w_c = 1 / sqrt(f_c)``, scaled to mean 1 over the classes). The trainer passes those
+frequencies to every loss factory that takes the ``class_frequencies`` keyword (see
+``register_losses`` in :mod:`cpx.kernel.hookspecs`); a loss asking for a scheme without them
+(built outside training) is a configuration error.
 """
 
 from __future__ import annotations
@@ -58,9 +54,6 @@ WEIGHT_SCHEMES = ("sqrt-inverse-frequency",)
 
 # --- class pixel frequencies: the hook through which a trainer hands the data's statistics ---
 
-_class_frequencies: Optional[list[float]] = None
-
-
 def class_frequencies_from_masks(masks: torch.Tensor, num_classes: int) -> list[float]:
     """Share of pixels of each class id in ``masks`` (any integer tensor; ids outside
     ``0..num_classes-1`` are ignored), as a list summing to 1."""
@@ -73,29 +66,12 @@ def class_frequencies_from_masks(masks: torch.Tensor, num_classes: int) -> list[
     return (counts / total).tolist()
 
 
-def set_class_frequencies(frequencies: Optional[Sequence[float]]) -> Optional[list[float]]:
-    """Set (or with ``None`` clear) the class pixel frequencies that weight schemes use.
-
-    ``frequencies`` are per-class pixel counts or shares, in class-id order; they are scaled
-    to sum to 1. Returns the previous value, so a caller can restore it. Losses built after
-    the call use the new frequencies; losses already built keep their weights.
-    """
-    global _class_frequencies
-    previous = _class_frequencies
-    if frequencies is None:
-        _class_frequencies = None
-        return previous
+def _normalised(frequencies: Sequence[float]) -> list[float]:
     values = [float(f) for f in frequencies]
     if any(not math.isfinite(f) or f < 0 for f in values) or sum(values) <= 0:
-        raise ValueError("class frequencies must be finite, non-negative and not all zero")
+        raise ConfigError("class frequencies must be finite, non-negative and not all zero")
     total = sum(values)
-    _class_frequencies = [f / total for f in values]
-    return previous
-
-
-def get_class_frequencies() -> Optional[list[float]]:
-    """The class pixel frequencies set by :func:`set_class_frequencies`, or None."""
-    return None if _class_frequencies is None else list(_class_frequencies)
+    return [f / total for f in values]
 
 
 def weights_from_frequencies(frequencies: Sequence[float], scheme: str = "sqrt-inverse-frequency") -> list[float]:
@@ -211,18 +187,18 @@ class CombinedOptions(BaseModel):
         return self
 
 
-def _weight_tensor(values: Optional[ClassWeights], num_classes: int) -> Optional[torch.Tensor]:
+def _weight_tensor(values: Optional[ClassWeights], num_classes: int,
+                   class_frequencies: Optional[Sequence[float]] = None) -> Optional[torch.Tensor]:
     if values is None:
         return None
     if isinstance(values, str):
-        if _class_frequencies is None:
-            raise ConfigError(f"class_weights: {values!r} needs the training data's class pixel frequencies, and "
-                              "none were given (the trainer calls cpx_plugins.losses.set_class_frequencies "
-                              "before building the loss); give a list of weights instead")
-        if len(_class_frequencies) != num_classes:
-            raise ConfigError(f"class_weights: the class frequencies set have {len(_class_frequencies)} values, "
+        if class_frequencies is None:
+            raise ConfigError(f"class_weights: {values!r} needs the training data's class pixel frequencies, which "
+                              "only training provides; give a list of weights instead")
+        if len(class_frequencies) != num_classes:
+            raise ConfigError(f"class_weights: {len(class_frequencies)} class frequencies given, "
                               f"expected {num_classes} (one per class)")
-        values = weights_from_frequencies(_class_frequencies, values)
+        values = weights_from_frequencies(_normalised(class_frequencies), values)
     if len(values) != num_classes:
         raise ConfigError(f"class_weights: expected {num_classes} values (one per class), got {len(values)}")
     return torch.tensor(values, dtype=torch.float32)
@@ -471,8 +447,8 @@ class _Loss(nn.Module):
 
 
 class CrossEntropyLoss(_Loss):
-    def __init__(self, options: CEOptions, num_classes: int):
-        super().__init__(_weight_tensor(options.class_weights, num_classes))
+    def __init__(self, options: CEOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
         self.label_smoothing = options.label_smoothing
 
     def compute(self, logits, target, weight):
@@ -481,7 +457,7 @@ class CrossEntropyLoss(_Loss):
 
 
 class DiceLoss(_Loss):
-    def __init__(self, options: DiceOptions, num_classes: int):
+    def __init__(self, options: DiceOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
         super().__init__()
         self.smooth = options.smooth
 
@@ -491,8 +467,8 @@ class DiceLoss(_Loss):
 
 
 class FocalLoss(_Loss):
-    def __init__(self, options: FocalOptions, num_classes: int):
-        super().__init__(_weight_tensor(options.class_weights, num_classes))
+    def __init__(self, options: FocalOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
         self.gamma = options.gamma
 
     def compute(self, logits, target, weight):
@@ -501,7 +477,7 @@ class FocalLoss(_Loss):
 
 
 class LovaszLoss(_Loss):
-    def __init__(self, options: LovaszOptions, num_classes: int):
+    def __init__(self, options: LovaszOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
         super().__init__()
         self.options = options
 
@@ -511,8 +487,8 @@ class LovaszLoss(_Loss):
 
 
 class OHEMLoss(_Loss):
-    def __init__(self, options: OHEMOptions, num_classes: int):
-        super().__init__(_weight_tensor(options.class_weights, num_classes))
+    def __init__(self, options: OHEMOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
         self.options = options
 
     def compute(self, logits, target, weight):
@@ -522,8 +498,8 @@ class OHEMLoss(_Loss):
 
 
 class BoundaryLoss(_Loss):
-    def __init__(self, options: BoundaryOptions, num_classes: int):
-        super().__init__(_weight_tensor(options.class_weights, num_classes))
+    def __init__(self, options: BoundaryOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
         self.options = options
 
     def compute(self, logits, target, weight):
@@ -535,8 +511,8 @@ _TERMS = ("ce", "dice", "focal", "lovasz", "ohem", "boundary")
 
 
 class CombinedLoss(_Loss):
-    def __init__(self, options: CombinedOptions, num_classes: int):
-        super().__init__(_weight_tensor(options.class_weights, num_classes))
+    def __init__(self, options: CombinedOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
         self.options = options
 
     def compute(self, logits, target, weight):

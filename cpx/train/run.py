@@ -136,19 +136,33 @@ def git_commit(path: Path) -> Optional[str]:
 
 
 
-def build_components(config: ExperimentConfig, host: PluginHost, competition: Competition):
+def build_components(config: ExperimentConfig, host: PluginHost, competition: Competition,
+                     class_frequencies: Optional[list[float]] = None):
     """The model, loss and augmentation of ``config`` (seeded by ``train.seed``).
+
+    ``class_frequencies`` (pixel share of each class in the training masks) go to a loss
+    factory that takes them, for data-derived class weights.
 
     :raises ConfigError: options that do not validate.
     """
     torch.manual_seed(config.train.seed)
     model = host.models.get(config.model.name).create(config.model.options, competition.num_classes,
                                                       where="model.options")
-    loss = host.losses.get(config.loss.name).create(config.loss.options, competition.num_classes,
-                                                    where="loss.options")
+    entry = host.losses.get(config.loss.name)
+    extra = {"class_frequencies": class_frequencies} if class_frequencies and entry.accepts("class_frequencies") else {}
+    loss = entry.create(config.loss.options, competition.num_classes, where="loss.options", **extra)
     augment = host.augmentations.get(config.augmentation.name).create(config.augmentation.options, competition,
                                                                       where="augmentation.options")
     return model, loss, augment
+
+
+def class_frequencies(masks: torch.Tensor, num_classes: int) -> list[float]:
+    """Share of all pixels of each class id in ``masks`` (``N x H x W`` integer ids), in class-id
+    order (ids outside ``0..num_classes-1`` are not counted)."""
+    flat = masks.reshape(-1).long()
+    counts = torch.bincount(flat[(flat >= 0) & (flat < num_classes)], minlength=num_classes).double()
+    total = float(counts.sum())
+    return (counts / total).tolist() if total else [0.0] * num_classes
 
 
 def settings_from(config: ExperimentConfig, precision: str) -> TrainerSettings:
@@ -278,8 +292,9 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
         raise ConfigError(f"train.device: {config.train.device} asked for but CUDA is not available")
     precision = resolve_precision(config.train.precision, device)
 
-    model, loss_fn, augment = build_components(config, host, competition)
-    params = count_params(model)
+    # the parameter check comes before any work
+    params = count_params(host.models.get(config.model.name).create(config.model.options, competition.num_classes,
+                                                                    where="model.options"))
     problem = competition.check_params(params)
     if problem:
         raise RuleViolation(problem)
@@ -291,6 +306,9 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     data = prepare_data(config, competition, workspace)
     if main:
         barrier()
+    # built again once the data is known: a loss may weight classes by the training masks' pixel shares
+    frequencies = class_frequencies(data.train[1], competition.num_classes)
+    model, loss_fn, augment = build_components(config, host, competition, frequencies)
     if resume_state is not None and resume_state.get("data_fingerprint") not in (None, data.fingerprint):
         raise RunError(f"run {run_id}: the data in {data.root} changed since the run started; cannot resume")
 
@@ -320,7 +338,8 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
             folder.write_val_names(data.val_names)
             folder.write_data_info({"path": str(data.root), "synthetic": data.synthetic,
                                     "fingerprint": data.fingerprint, "train": len(data.train_names),
-                                    "val": len(data.val_names)})
+                                    "val": len(data.val_names),
+                                    "class_pixel_share": [round(f, 8) for f in frequencies]})
         return _fit(run_id, folder, config, diff, competition, device, precision, model, loss_fn, augment,
                     params, data, resume_state, ledger, callbacks)
 

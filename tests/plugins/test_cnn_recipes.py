@@ -2,7 +2,7 @@
 
 import pytest
 
-from cpx.config import build_config
+from cpx.kernel.config import build_config
 
 PARAM_CAP = 1_821_085
 

@@ -6,10 +6,10 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import builtin_host
+
 import cpx_plugins.models
-from cpx.errors import ConfigError
+from cpx.kernel.errors import ConfigError
 from cpx_plugins.models import dlv3p_arch
 
 NUM_CLASSES = 19

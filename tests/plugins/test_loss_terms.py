@@ -6,23 +6,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import builtin_host
+
 import cpx_plugins.losses as L
-from cpx.errors import ConfigError
+from cpx.kernel.errors import ConfigError
 
 NUM_CLASSES = 19
 
 
-def make(name, num_classes=NUM_CLASSES, **options):
-    return builtin_host(L, "losses").losses.get(name).create(options, num_classes)
-
-
-@pytest.fixture(autouse=True)
-def _no_frequencies():
-    previous = L.set_class_frequencies(None)
-    yield
-    L.set_class_frequencies(previous)
+def make(name, num_classes=NUM_CLASSES, class_frequencies=None, **options):
+    entry = builtin_host(L, "losses").losses.get(name)
+    if class_frequencies is None:
+        return entry.create(options, num_classes)
+    return entry.create(options, num_classes, class_frequencies=class_frequencies)
 
 
 def two_class_logits(p_class0):
@@ -187,26 +183,23 @@ def test_class_frequencies_from_masks():
 
 
 def test_sqrt_inverse_frequency_needs_frequencies():
-    with pytest.raises(ConfigError, match="set_class_frequencies"):
+    with pytest.raises(ConfigError, match="only training provides"):
         make("ce", class_weights="sqrt-inverse-frequency")
 
 
 @pytest.mark.parametrize("name", ["ce", "focal", "ohem", "boundary", "combined"])
-def test_sqrt_inverse_frequency_uses_the_frequencies_set(name, batch):
+def test_sqrt_inverse_frequency_uses_the_frequencies_given(name, batch):
     freqs = [float(i + 1) for i in range(NUM_CLASSES)]
-    assert L.set_class_frequencies(freqs) is None
-    assert L.get_class_frequencies() == pytest.approx([f / sum(freqs) for f in freqs])
     explicit = L.weights_from_frequencies(freqs)
-    torch.testing.assert_close(make(name, class_weights="sqrt-inverse-frequency")(*batch),
+    torch.testing.assert_close(make(name, class_frequencies=freqs, class_weights="sqrt-inverse-frequency")(*batch),
                                make(name, class_weights=explicit)(*batch))
 
 
 def test_frequencies_of_the_wrong_length_or_sign_are_errors():
-    L.set_class_frequencies([1.0, 2.0])
     with pytest.raises(ConfigError, match="expected 19"):
-        make("ce", class_weights="sqrt-inverse-frequency")
-    with pytest.raises(ValueError):
-        L.set_class_frequencies([1.0, -1.0])
+        make("ce", class_frequencies=[1.0, 2.0], class_weights="sqrt-inverse-frequency")
+    with pytest.raises(ConfigError, match="not all zero"):
+        make("ce", class_frequencies=[1.0, -1.0] + [0.0] * 17, class_weights="sqrt-inverse-frequency")
     with pytest.raises(ConfigError, match="class_weights"):
         make("ce", class_weights="inverse-frequency")
 

@@ -352,6 +352,8 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
                       competition.num_classes, device)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
+        if resume_state.get("epochs_planned"):  # a budget's plan, so the cosine goes on where it was
+            trainer.settings.epochs = int(resume_state["epochs_planned"])
     started = time.perf_counter()
     wall_before = float(resume_state.get("wall_seconds", 0.0)) if resume_state else 0.0
     writer = _LedgerWriter(ledger, run_id)
@@ -365,7 +367,7 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
             atomic_torch_save(best_payload(tr, config, competition, record, run_id), folder.pending_best_path)
         state = tr.state_dict()
         state.update(config=config.model_dump(mode="json"), data_fingerprint=data.fingerprint, wall_seconds=wall,
-                     run_id=run_id)
+                     run_id=run_id, epochs_planned=tr.settings.epochs)
         atomic_torch_save(state, folder.last_path)
         committed["epoch"] = tr.epoch
         if improved:
@@ -378,7 +380,8 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
         trainer.add_callback("on_epoch_end", checkpoint)
     budget = None
     if config.train.budget_minutes:
-        budget = BudgetCallback(config.train.budget_minutes, trainer.epoch)
+        # a resumed run goes on with what is left of its budget, not a fresh one
+        budget = BudgetCallback(config.train.budget_minutes, trainer.epoch, used_seconds=wall_before)
         trainer.add_callback("on_epoch_end", budget.on_epoch_end)
     for cb in callbacks if main else ():
         for event in ("on_batch_end", "on_epoch_end", "on_train_end"):

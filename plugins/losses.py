@@ -1,4 +1,5 @@
-"""Built-in training losses: cross-entropy, soft Dice, focal, and a weighted combination.
+"""Built-in training losses: cross-entropy, soft Dice, focal, Lovasz-softmax, OHEM
+cross-entropy, boundary-weighted cross-entropy, and a weighted combination of any of them.
 
 Every loss takes logits ``B x C x H x W`` (any float dtype, bf16 under autocast included) and
 class ids ``B x H x W``, and works in float32: bf16 keeps about three significant digits, too
@@ -7,11 +8,21 @@ few for probabilities summed over every pixel of a batch (Dice) or for log(1 - p
 Each loss keeps the detached value of its last call; ``last_terms`` turns them into floats only
 when someone reads it, so a trainer that logs every N steps pays for one device sync per log,
 not one per step.
+
+Class weights from the data
+---------------------------
+``class_weights`` takes a list (one weight per class) or the name of a scheme computed from
+the training data's class pixel frequencies, ``"sqrt-inverse-frequency"``
+(``w_c = 1 / sqrt(f_c)``, scaled to mean 1 over the classes). The trainer passes those
+frequencies to every loss factory that takes the ``class_frequencies`` keyword (see
+``register_losses`` in :mod:`cpx.kernel.hookspecs`); a loss asking for a scheme without them
+(built outside training) is a configuration error.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import math
+from typing import Annotated, Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +34,9 @@ from cpx.kernel.hookspecs import hookimpl
 
 NonNegative = Annotated[float, Field(ge=0)]
 
-_CLASS_WEIGHTS_HELP = ("Per-class weights, one per class in class-id order; rare classes get "
-                       "more weight. None weighs every class equally.")
+_CLASS_WEIGHTS_HELP = ("Per-class weights, one per class in class-id order (rare classes get more weight), "
+                       "or 'sqrt-inverse-frequency' to compute 1/sqrt(pixel share) from the training data "
+                       "(scaled to mean 1). None weighs every class equally.")
 
 
 def _check_weights(value: list[float]) -> list[float]:
@@ -34,7 +46,50 @@ def _check_weights(value: list[float]) -> list[float]:
     return value
 
 
-ClassWeights = Annotated[list[NonNegative], AfterValidator(_check_weights)]
+WeightList = Annotated[list[NonNegative], AfterValidator(_check_weights)]
+# a list of weights, or a scheme computed from the data's class pixel frequencies
+ClassWeights = Union[WeightList, Literal["sqrt-inverse-frequency"]]
+WEIGHT_SCHEMES = ("sqrt-inverse-frequency",)
+
+
+# --- class pixel frequencies: the hook through which a trainer hands the data's statistics ---
+
+def class_frequencies_from_masks(masks: torch.Tensor, num_classes: int) -> list[float]:
+    """Share of pixels of each class id in ``masks`` (any integer tensor; ids outside
+    ``0..num_classes-1`` are ignored), as a list summing to 1."""
+    flat = masks.reshape(-1).long()
+    flat = flat[(flat >= 0) & (flat < num_classes)]
+    counts = torch.bincount(flat, minlength=num_classes).double()
+    total = float(counts.sum())
+    if total == 0:
+        raise ValueError("the masks hold no pixel of any class")
+    return (counts / total).tolist()
+
+
+def _normalised(frequencies: Sequence[float]) -> list[float]:
+    values = [float(f) for f in frequencies]
+    if any(not math.isfinite(f) or f < 0 for f in values) or sum(values) <= 0:
+        raise ConfigError("class frequencies must be finite, non-negative and not all zero")
+    total = sum(values)
+    return [f / total for f in values]
+
+
+def weights_from_frequencies(frequencies: Sequence[float], scheme: str = "sqrt-inverse-frequency") -> list[float]:
+    """Class weights of ``scheme`` from pixel frequencies, scaled to mean 1 over the classes.
+
+    ``sqrt-inverse-frequency``: ``w_c = 1 / sqrt(f_c)``. A class with no pixels gets the largest
+    weight of the others (it only matters once such a class appears).
+    """
+    if scheme != "sqrt-inverse-frequency":
+        raise ValueError(f"unknown class weight scheme {scheme!r}; known: {', '.join(WEIGHT_SCHEMES)}")
+    total = float(sum(frequencies))
+    raw = [1.0 / math.sqrt(f / total) if f > 0 else 0.0 for f in frequencies]
+    top = max(raw)
+    if top == 0:
+        raise ValueError("class frequencies are all zero")
+    raw = [w if w > 0 else top for w in raw]
+    mean = sum(raw) / len(raw)
+    return [w / mean for w in raw]
 
 
 class CEOptions(BaseModel):
@@ -60,6 +115,41 @@ class FocalOptions(BaseModel):
         None, description="Per-class alpha: weights, one per class in class-id order; None weighs every class equally.")
 
 
+class LovaszOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    per_image: bool = Field(False, description="Average the loss over images (each over its own classes) instead "
+                                               "of computing it once over the whole batch.")
+    classes: Literal["present", "all"] = Field(
+        "present", description="Average over the classes present in the target ('present') or over every class "
+                               "('all'; absent classes then only penalise false positives).")
+
+
+class OHEMOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: Optional[float] = Field(0.7, gt=0.0, le=1.0,
+                                       description="Keep pixels whose predicted probability of their true class is "
+                                                   "below this; None keeps by keep_fraction and min_kept alone.")
+    keep_fraction: Optional[float] = Field(None, gt=0.0, le=1.0,
+                                           description="Also keep at least this share of the batch's pixels, the "
+                                                       "hardest (highest cross-entropy) first; None: no share.")
+    min_kept: int = Field(65536, ge=1, description="Keep at least this many pixels (the hardest), whatever the "
+                                                   "threshold, so easy batches still train.")
+    class_weights: Optional[ClassWeights] = Field(None, description=_CLASS_WEIGHTS_HELP)
+
+
+class BoundaryOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(2, ge=1, description="Half-width of the band around label edges, in pixels of the training "
+                                            "resolution: a pixel is in the band when a pixel of another class lies "
+                                            "within this many pixels (a (2 width + 1) square window).")
+    band_weight: float = Field(5.0, ge=1.0, description="Cross-entropy weight of band pixels relative to the others "
+                                                        "(1 gives plain cross-entropy).")
+    class_weights: Optional[ClassWeights] = Field(None, description=_CLASS_WEIGHTS_HELP)
+
+
 class CombinedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -67,23 +157,48 @@ class CombinedOptions(BaseModel):
     ce: float = Field(1.0, ge=0.0, description="Weight of the cross-entropy term; 0 skips it.")
     dice: float = Field(1.0, ge=0.0, description="Weight of the soft Dice term; 0 skips it.")
     focal: float = Field(0.0, ge=0.0, description="Weight of the focal term; 0 skips it.")
+    lovasz: float = Field(0.0, ge=0.0, description="Weight of the Lovasz-softmax term; 0 skips it.")
+    ohem: float = Field(0.0, ge=0.0, description="Weight of the OHEM cross-entropy term; 0 skips it.")
+    boundary: float = Field(0.0, ge=0.0, description="Weight of the boundary-weighted cross-entropy term; 0 skips it.")
     class_weights: Optional[ClassWeights] = Field(
-        None, description=_CLASS_WEIGHTS_HELP + " Used by the cross-entropy and focal terms.")
+        None, description=_CLASS_WEIGHTS_HELP + " Used by the cross-entropy, focal, OHEM and boundary terms.")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0,
                                    description="Label smoothing of the cross-entropy term, in [0, 1).")
     focal_gamma: float = Field(2.0, ge=0.0, description="Focusing exponent of the focal term.")
     dice_smooth: float = Field(1.0, ge=0.0, description="Smoothing constant of the Dice term.")
+    lovasz_per_image: bool = Field(False, description="Lovasz term: average over images instead of over the batch.")
+    ohem_threshold: Optional[float] = Field(0.7, gt=0.0, le=1.0,
+                                            description="OHEM term: keep pixels whose true-class probability is "
+                                                        "below this (None: by fraction and minimum alone).")
+    ohem_keep_fraction: Optional[float] = Field(None, gt=0.0, le=1.0,
+                                                description="OHEM term: also keep at least this share of the "
+                                                            "pixels, the hardest first.")
+    ohem_min_kept: int = Field(65536, ge=1, description="OHEM term: keep at least this many pixels (the hardest).")
+    boundary_width: int = Field(2, ge=1, description="Boundary term: half-width in pixels of the band around "
+                                                     "label edges.")
+    boundary_band_weight: float = Field(5.0, ge=1.0, description="Boundary term: cross-entropy weight of band "
+                                                                 "pixels relative to the others.")
 
     @model_validator(mode="after")
     def _some_term(self) -> "CombinedOptions":
-        if self.ce == 0 and self.dice == 0 and self.focal == 0:
-            raise ValueError("ce, dice and focal are all 0; at least one term needs a positive weight")
+        if not any((self.ce, self.dice, self.focal, self.lovasz, self.ohem, self.boundary)):
+            raise ValueError("ce, dice, focal, lovasz, ohem and boundary are all 0; "
+                             "at least one term needs a positive weight")
         return self
 
 
-def _weight_tensor(values: Optional[list[float]], num_classes: int) -> Optional[torch.Tensor]:
+def _weight_tensor(values: Optional[ClassWeights], num_classes: int,
+                   class_frequencies: Optional[Sequence[float]] = None) -> Optional[torch.Tensor]:
     if values is None:
         return None
+    if isinstance(values, str):
+        if class_frequencies is None:
+            raise ConfigError(f"class_weights: {values!r} needs the training data's class pixel frequencies, which "
+                              "only training provides; give a list of weights instead")
+        if len(class_frequencies) != num_classes:
+            raise ConfigError(f"class_weights: {len(class_frequencies)} class frequencies given, "
+                              f"expected {num_classes} (one per class)")
+        values = weights_from_frequencies(_normalised(class_frequencies), values)
     if len(values) != num_classes:
         raise ConfigError(f"class_weights: expected {num_classes} values (one per class), got {len(values)}")
     return torch.tensor(values, dtype=torch.float32)
@@ -215,6 +330,97 @@ def focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
     return (w * loss).sum() / w.sum().clamp_min(1e-12)
 
 
+def _lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss (Berman et al. 2018, eq. 8-9).
+
+    ``fg_sorted``: ``K x N`` 0/1 foreground indicators, each row sorted by decreasing error.
+    Returns the ``K x N`` weights whose dot product with the sorted errors is the loss.
+    """
+    gts = fg_sorted.sum(1, keepdim=True)
+    intersection = gts - fg_sorted.cumsum(1)
+    union = gts + (1 - fg_sorted).cumsum(1)
+    jaccard = 1 - intersection / union.clamp_min(1e-12)
+    return torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], 1)
+
+
+def _lovasz_flat(probs: torch.Tensor, labels: torch.Tensor, classes: str) -> torch.Tensor:
+    # probs: C x N, labels: N
+    num_classes = probs.shape[0]
+    fg = (labels.unsqueeze(0) == torch.arange(num_classes, device=labels.device).unsqueeze(1)).to(probs.dtype)
+    errors = (fg - probs).abs()
+    errors_sorted, order = errors.sort(dim=1, descending=True)
+    per_class = (errors_sorted * _lovasz_grad(fg.gather(1, order))).sum(1)
+    if classes == "present":
+        present = fg.sum(1) > 0
+        if not bool(present.any()):
+            return probs.sum() * 0.0
+        return per_class[present].mean()
+    return per_class.mean()
+
+
+def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, per_image: bool = False,
+                   classes: str = "present") -> torch.Tensor:
+    """Lovasz-softmax loss (Berman, Rannen Triki, Blaschko, CVPR 2018): for each class, the
+    Lovasz extension of the Jaccard loss applied to the errors ``|[y = c] - p_c|``, averaged
+    over the classes present (or all). All classes are sorted at once (one ``C x N`` sort)."""
+    probs = logits.softmax(1)
+    c = probs.shape[1]
+    if per_image:
+        values = [_lovasz_flat(p.reshape(c, -1), t.reshape(-1), classes) for p, t in zip(probs, target)]
+        return torch.stack(values).mean()
+    return _lovasz_flat(probs.transpose(0, 1).reshape(c, -1), target.reshape(-1), classes)
+
+
+def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, threshold: Optional[float] = 0.7,
+                       keep_fraction: Optional[float] = None, min_kept: int = 1,
+                       weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cross-entropy over the hardest pixels only (online hard example mining).
+
+    Keeps the ``k`` pixels of highest cross-entropy, ``k = max(min_kept, pixels whose
+    true-class probability is below threshold, ceil(keep_fraction * pixels))``, at most every
+    pixel. Since cross-entropy falls as that probability rises, the pixels under the threshold
+    are exactly the hardest ones, so every rule selects from the same ranking. The kept pixels
+    are averaged like weighted cross-entropy (normalised by their summed class weights).
+    """
+    nll = F.cross_entropy(logits, target, reduction="none").reshape(-1)
+    n = nll.numel()
+    k = min_kept
+    if threshold is not None:
+        k = max(k, int((nll.detach() > -math.log(threshold)).sum()))
+    if keep_fraction is not None:
+        k = max(k, math.ceil(keep_fraction * n))
+    k = min(k, n)
+    flat_target = target.reshape(-1)
+    if k < n:
+        index = nll.detach().topk(k, sorted=False).indices
+        nll, flat_target = nll[index], flat_target[index]
+    if weight is None:
+        return nll.mean()
+    w = weight[flat_target]
+    return (w * nll).sum() / w.sum().clamp_min(1e-12)
+
+
+def boundary_band(target: torch.Tensor, width: int) -> torch.Tensor:
+    """``B x H x W`` bool: pixels with a pixel of another class within ``width`` pixels
+    (a ``2 width + 1`` square window), from a max-pool dilation and erosion of the labels."""
+    labels = target.unsqueeze(1).float()
+    k = 2 * width + 1
+    dilated = F.max_pool2d(labels, k, 1, width)
+    eroded = -F.max_pool2d(-labels, k, 1, width)
+    return (dilated != eroded).squeeze(1)
+
+
+def boundary_cross_entropy(logits: torch.Tensor, target: torch.Tensor, width: int = 2, band_weight: float = 5.0,
+                           weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cross-entropy with pixels in the band around label edges weighted ``band_weight`` times
+    (times their class weight), normalised by the summed pixel weights."""
+    nll = F.cross_entropy(logits, target, reduction="none")
+    w = 1.0 + (band_weight - 1.0) * boundary_band(target, width).to(nll.dtype)
+    if weight is not None:
+        w = w * weight[target]
+    return (w * nll).sum() / w.sum().clamp_min(1e-12)
+
+
 class _Loss(nn.Module):
     """Shared plumbing: float32 inputs outside autocast, and lazily read term values."""
 
@@ -241,8 +447,8 @@ class _Loss(nn.Module):
 
 
 class CrossEntropyLoss(_Loss):
-    def __init__(self, options: CEOptions, num_classes: int):
-        super().__init__(_weight_tensor(options.class_weights, num_classes))
+    def __init__(self, options: CEOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
         self.label_smoothing = options.label_smoothing
 
     def compute(self, logits, target, weight):
@@ -251,7 +457,7 @@ class CrossEntropyLoss(_Loss):
 
 
 class DiceLoss(_Loss):
-    def __init__(self, options: DiceOptions, num_classes: int):
+    def __init__(self, options: DiceOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
         super().__init__()
         self.smooth = options.smooth
 
@@ -261,8 +467,8 @@ class DiceLoss(_Loss):
 
 
 class FocalLoss(_Loss):
-    def __init__(self, options: FocalOptions, num_classes: int):
-        super().__init__(_weight_tensor(options.class_weights, num_classes))
+    def __init__(self, options: FocalOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
         self.gamma = options.gamma
 
     def compute(self, logits, target, weight):
@@ -270,16 +476,50 @@ class FocalLoss(_Loss):
         return {"focal": value}, value
 
 
+class LovaszLoss(_Loss):
+    def __init__(self, options: LovaszOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
+        super().__init__()
+        self.options = options
+
+    def compute(self, logits, target, weight):
+        value = lovasz_softmax(logits, target, self.options.per_image, self.options.classes)
+        return {"lovasz": value}, value
+
+
+class OHEMLoss(_Loss):
+    def __init__(self, options: OHEMOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
+        self.options = options
+
+    def compute(self, logits, target, weight):
+        o = self.options
+        value = ohem_cross_entropy(logits, target, o.threshold, o.keep_fraction, o.min_kept, weight)
+        return {"ohem": value}, value
+
+
+class BoundaryLoss(_Loss):
+    def __init__(self, options: BoundaryOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
+        self.options = options
+
+    def compute(self, logits, target, weight):
+        value = boundary_cross_entropy(logits, target, self.options.width, self.options.band_weight, weight)
+        return {"boundary": value}, value
+
+
+_TERMS = ("ce", "dice", "focal", "lovasz", "ohem", "boundary")
+
+
 class CombinedLoss(_Loss):
-    def __init__(self, options: CombinedOptions, num_classes: int):
-        super().__init__(_weight_tensor(options.class_weights, num_classes))
+    def __init__(self, options: CombinedOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
         self.options = options
 
     def compute(self, logits, target, weight):
         o = self.options
         terms: dict[str, torch.Tensor] = {}
         total = 0
-        if o.dice:  # CE and Dice share one softmax (see _SoftmaxCEDice)
+        if o.dice:  # CE and Dice share one softmax (see _SoftmaxCEDice): the fast path
             total, ce, terms["dice"] = ce_dice(logits, target, o.ce, o.dice, weight, o.label_smoothing,
                                                o.dice_smooth)
             if o.ce:
@@ -290,7 +530,18 @@ class CombinedLoss(_Loss):
         if o.focal:
             terms["focal"] = focal(logits, target, o.focal_gamma, weight)
             total = total + o.focal * terms["focal"]
-        return {name: terms[name] for name in ("ce", "dice", "focal") if name in terms}, total
+        if o.lovasz:
+            terms["lovasz"] = lovasz_softmax(logits, target, o.lovasz_per_image)
+            total = total + o.lovasz * terms["lovasz"]
+        if o.ohem:
+            terms["ohem"] = ohem_cross_entropy(logits, target, o.ohem_threshold, o.ohem_keep_fraction,
+                                               o.ohem_min_kept, weight)
+            total = total + o.ohem * terms["ohem"]
+        if o.boundary:
+            terms["boundary"] = boundary_cross_entropy(logits, target, o.boundary_width, o.boundary_band_weight,
+                                                       weight)
+            total = total + o.boundary * terms["boundary"]
+        return {name: terms[name] for name in _TERMS if name in terms}, total
 
 
 @hookimpl
@@ -301,5 +552,13 @@ def register_losses(register):
              description="Soft multi-class Dice loss (1 - mean Dice over classes)")
     register("focal", FocalLoss, options=FocalOptions,
              description="Focal loss: cross-entropy down-weighting pixels already classified well")
+    register("lovasz", LovaszLoss, options=LovaszOptions,
+             description="Lovasz-softmax: a convex surrogate of the per-class Jaccard loss (Berman et al. 2018)")
+    register("ohem", OHEMLoss, options=OHEMOptions,
+             description="OHEM cross-entropy: only the hardest pixels (under a probability threshold, "
+                         "a kept share, at least a minimum count)")
+    register("boundary", BoundaryLoss, options=BoundaryOptions,
+             description="Cross-entropy up-weighted in a band around label edges")
     register("combined", CombinedLoss, options=CombinedOptions,
-             description="Weighted sum of cross-entropy, Dice and focal terms (weights ce, dice, focal)")
+             description="Weighted sum of cross-entropy, Dice, focal, Lovasz, OHEM and boundary terms "
+                         "(CE and Dice fused into one pass)")

@@ -1,7 +1,13 @@
 """An in-memory Codabench for tests: the API on one local port, signed-URL storage on another.
 
-It speaks just enough of Codabench's robot-submission API for :mod:`cpx.submit.codabench`, and
-records every request so tests can count calls and inspect what reached storage::
+It speaks just enough of Codabench's API for :mod:`cpx.submit.codabench`, as strict as the real
+server (codalab/codabench ``src/apps/api/``) wherever cpx depends on it: ``POST /api/datasets/``
+answers 400 without ``file_size``; login takes the username or the account's e-mail, while
+submissions are owned by the username (``GET /api/my_profile/`` tells it); a submission reaches
+the leaderboard only through ``submission_leaderboard_connection`` (which replaces the owner's
+previous entry, or answers 403 under an automatic rule); the used counts of a phase leave out
+Failed submissions only. It records every request so tests can count calls and inspect what
+reached storage::
 
     with FakeCodabench() as fake:
         client = CodabenchClient(fake.url, token=fake.token)
@@ -43,6 +49,7 @@ class Recorded:
 @dataclass
 class FakeCodabench:
     username: str = "alice"
+    email: str = "alice@example.org"
     password: str = "s3cret"
     token: str = "tok-alice"
     competition_id: int = 42
@@ -53,10 +60,14 @@ class FakeCodabench:
     # when set, a finished submission gets one child per entry with that final status
     child_statuses: Optional[list] = None
     can_make: tuple = (True, None)
+    # the phases' leaderboard rule: "add_delete" (the default: participants choose their entry)
+    # or an automatic one such as "force_best", where participants may not choose
+    leaderboard_rule: str = "add_delete"
 
     def __post_init__(self):
         self.lock = threading.Lock()
         self.tokens = {self.token: self.username}
+        self.leaderboard_id = 3
         self.phases = [
             {"id": 7, "index": 0, "name": "Development", "status": "Current", "has_max_submissions": True,
              "max_submissions_per_day": 5, "max_submissions_per_person": 100,
@@ -121,16 +132,33 @@ class FakeCodabench:
             return sum(1 for r in self.requests if r.method == method.upper() and r.path == path)
 
     def add_submission(self, *, owner: str, phase: int = 7, status: str = "Finished",
-                       parent: Optional[int] = None, scores: Optional[dict] = None) -> int:
+                       parent: Optional[int] = None, scores: Optional[dict] = None,
+                       on_leaderboard: bool = False) -> int:
         with self.lock:
             sid = self._new_id()
             self.submissions[sid] = self._record(sid, owner, phase, status, parent, scores or {})
+            if on_leaderboard:
+                self.submissions[sid]["leaderboard"] = self.leaderboard_id
             if parent is not None and parent in self.submissions:
                 self.submissions[parent]["children"].append(sid)
                 self.submissions[parent]["has_children"] = True
             return sid
 
+    def leaderboard_entries(self, phase: int = 7) -> list[int]:
+        """Ids of the submissions on the phase's leaderboard."""
+        with self.lock:
+            return sorted(s["id"] for s in self.submissions.values()
+                          if s["phase"] == phase and s["leaderboard"] is not None)
+
     # -- internals, called with the lock held
+
+    def _phase_view(self, phase: dict, user: str) -> dict:
+        """A phase as the server shows it to ``user``: the stored counts are what was used
+        before the test; the user's own top-level submissions that did not fail add to them."""
+        used = sum(1 for s in self.submissions.values() if s["owner"] == user and s["phase"] == phase["id"]
+                   and s["parent"] is None and s["status"] != "Failed")
+        return {**phase, "used_submissions_per_day": phase["used_submissions_per_day"] + used,
+                "used_submissions_per_person": phase["used_submissions_per_person"] + used}
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -140,7 +168,7 @@ class FakeCodabench:
         return {"id": sid, "pk": sid, "owner": owner, "phase": phase, "status": status,
                 "status_details": None, "parent": parent, "children": [], "has_children": False,
                 "created_when": f"2024-01-01 00:{sid % 60:02d}", "filename": "submission.zip",
-                "scores": _score_rows(scores),
+                "scores": _score_rows(scores), "leaderboard": None,
                 "_script": list(script or [])}
 
     def _advance(self, sub: dict) -> None:
@@ -269,7 +297,8 @@ class _ApiHandler(_Base):
         missing = {k: ["This field is required."] for k in ("username", "password") if not form.get(k)}
         if missing:
             self._send(400, missing)
-        elif form["username"] == fake.username and form["password"] == fake.password:
+        elif form["username"] in (fake.username, fake.email) and form["password"] == fake.password:
+            # as Django's auth backend configured by Codabench: the e-mail works as the login name
             self._send(200, {"token": fake.token})
         else:
             self._send(400, {"non_field_errors": ["Unable to log in with provided credentials."]})
@@ -282,7 +311,16 @@ class _ApiHandler(_Base):
         if method == "GET" and seg[:2] == ["api", "competitions"] and len(seg) == 3:
             if seg[2] != str(fake.competition_id):
                 return 404, {"detail": "Not found."}
-            return 200, {"id": fake.competition_id, "title": "Fake challenge", "phases": fake.phases}
+            return 200, {"id": fake.competition_id, "title": "Fake challenge",
+                         "phases": [fake._phase_view(p, user) for p in fake.phases]}
+        if method == "GET" and path == "/api/my_profile/":
+            return 200, {"id": 1, "username": user, "email": fake.email if user == fake.username else None,
+                         "display_name": None}
+        if method == "GET" and seg[:2] == ["api", "phases"] and len(seg) == 4 and seg[3] == "get_leaderboard":
+            return self._leaderboard(int(seg[2]) if seg[2].isdigit() else -1)
+        if (method == "POST" and seg[:2] == ["api", "submissions"] and len(seg) == 4
+                and seg[3] == "submission_leaderboard_connection"):
+            return self._connect(int(seg[2]) if seg[2].isdigit() else -1, user)
         if method == "GET" and seg[:2] == ["api", "can_make_submission"] and len(seg) == 3:
             can, reason = fake.can_make
             return 200, {"can": can, "reason": reason}
@@ -291,10 +329,14 @@ class _ApiHandler(_Base):
             errors = {k: ["This field is required."] for k in ("type", "request_sassy_file_name") if not data.get(k)}
             if errors:
                 return 400, errors
+            # as the real view does: the size is needed to check the user's storage quota
+            if not isinstance(data.get("file_size"), (int, float)) or isinstance(data.get("file_size"), bool):
+                return 400, {"file_size": ["This field is required."]}
             key = str(uuid.uuid4())
             name = data["request_sassy_file_name"]
             fake.datasets[key] = {"key": key, "name": data.get("name"), "type": data["type"],
                                   "file_size": data.get("file_size"), "completed": False,
+                                  "competition": data.get("competition"), "file_name": data.get("file_name"),
                                   "object": f"/bucket/{key}/{name}", "owner": user}
             return 201, {"key": key, "sassy_url": f"{fake.storage_url}/bucket/{key}/{name}?signature=abc"}
         if method == "PUT" and seg[:3] == ["api", "datasets", "completed"] and len(seg) == 4:
@@ -336,10 +378,49 @@ class _ApiHandler(_Base):
             return 400, {"data": ["upload not completed"]}
         sid = fake._new_id()
         fake.submissions[sid] = fake._record(sid, user, phase["id"], "Submitting", None, {}, fake.statuses)
-        phase["used_submissions_per_day"] += 1
-        phase["used_submissions_per_person"] += 1
         return 201, {"id": sid, "phase": phase["id"], "data": dataset["key"], "status": "Submitting",
                      "filename": dataset["object"].rsplit("/", 1)[-1]}
+
+
+    def _connect(self, sid: int, user: str) -> tuple[int, Any]:
+        fake = self.fake
+        sub = fake.submissions.get(sid)
+        if sub is None:
+            return 404, {"detail": "Not found."}
+        if sub["owner"] != user:
+            return 403, {"detail": "You cannot perform this action, contact the competition organizer!"}
+        if fake.leaderboard_rule != "add_delete":
+            return 403, {"detail": "Users are not allowed to edit the leaderboard on this Competition"}
+        for other in fake.submissions.values():
+            if other["phase"] == sub["phase"] and other["owner"] == user:
+                other["leaderboard"] = None
+        targets = [fake.submissions[c] for c in sub["children"]] if sub["has_children"] else [sub]
+        for target in targets:
+            target["leaderboard"] = fake.leaderboard_id
+        return 200, {}
+
+    def _leaderboard(self, phase_id: int) -> tuple[int, Any]:
+        fake = self.fake
+        if not any(p["id"] == phase_id for p in fake.phases):
+            return 404, {"detail": "Not found."}
+        columns = [{"id": i + 1, "key": k, "title": t, "index": i, "sorting": "desc", "precision": 4,
+                    "hidden": False, "computation": None, "computation_indexes": None}
+                   for i, (k, t) in enumerate(fake.column_titles.items())]
+        primary = columns[0]["key"]
+        rows = [s for s in fake.submissions.values() if s["phase"] == phase_id and s["leaderboard"] is not None
+                and not s["has_children"]]
+        rows.sort(key=lambda s: (-max((float(x["score"]) for x in s["scores"] if x["column_key"] == primary),
+                                      default=float("-inf")), s["created_when"]))
+        out = []
+        for s in rows:
+            mine = [x for x in fake.submissions.values() if x["owner"] == s["owner"] and x["phase"] == phase_id
+                    and x["parent"] is None]
+            out.append({"id": s["id"], "owner": s["owner"], "fact_sheet_answers": None, "slug_url": "",
+                        "organization": None, "num_entries": len(mine), "last_entry_date": "2024-01-01",
+                        "scores": [{**x, "score": str(round(float(x["score"]), 4)), "task_id": 1}
+                                   for x in s["scores"]]})
+        return 200, {"title": "Results", "id": phase_id, "submissions": out, "fact_sheet_keys": None,
+                     "tasks": [{"name": "Segmentation", "id": 1, "colWidth": len(columns), "columns": columns}]}
 
 
 def _score_rows(scores: dict) -> list:

@@ -160,7 +160,8 @@ def test_nothing_to_calibrate_on_is_refused(unet_run, cpx_workspace, cpx_host):
         calibrate_run(unet_run, cpx_workspace, cpx_host)
 
 
-def test_package_repeats_calibration_and_post_processing_in_run_py(calib_run, cpx_workspace, cpx_host, capsys):
+@pytest.mark.parametrize("tta", [(), ("flip",)])
+def test_package_repeats_calibration_and_post_processing_in_run_py(calib_run, cpx_workspace, cpx_host, tta):
     from cpx.submit.package import PackageRequest, package
 
     folder = cpx_workspace.runs_dir / calib_run
@@ -170,8 +171,8 @@ def test_package_repeats_calibration_and_post_processing_in_run_py(calib_run, cp
     offsets = [0.0] + [1.5 if c % 2 else -1.5 for c in range(1, 19)]
     (folder / "calibration.json").write_text(json.dumps({"offsets": offsets,
                                                           "checkpoint_sha256": sha256_file(folder / "best.pt")}))
-    result = package(PackageRequest(run=calib_run, name="calpost", post=("small-components:min_share=0.01,"
-                                                                         "fill-holes:max_share=0.01",)),
+    result = package(PackageRequest(run=calib_run, name=f"calpost{len(tta)}", tta=tta,
+                                    post=("small-components:min_share=0.01,fill-holes:max_share=0.01",)),
                      cpx_workspace, cpx_host)
     assert result.solution_exact  # run.py reproduced every mask to the pixel
     with zipfile.ZipFile(result.zip_path) as zf:

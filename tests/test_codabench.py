@@ -325,3 +325,12 @@ def test_local_file_problems_are_caught_before_any_request(fake, client, tmp_pat
     with pytest.raises(SubmissionError, match="not a zip file"):
         submit_zip(client, not_zip, fake.competition_id)
     assert fake.requests == []
+
+
+def test_the_test_server_refuses_a_dataset_without_file_size(fake, client):
+    # the real POST /api/datasets/ answers 400 without file_size; cpx always sends it
+    with pytest.raises(CodabenchError, match="file_size: This field is required"):
+        client.request("POST", "/api/datasets/", json_body={"type": "submission", "name": "x",
+                                                             "request_sassy_file_name": "x.zip"})
+    key, url = client.create_dataset("x.zip", 123)
+    assert fake.datasets[key]["file_size"] == 123

@@ -73,6 +73,7 @@ def _sets():
     return [a for k, v in OVERRIDES.items() for a in ("--set", f"{k}={json.dumps(v)}")]
 
 
+@pytest.mark.slow  # two torchrun workers: minutes on a loaded 2-core machine
 def test_two_processes_match_one_with_the_same_global_batch(cpx_workspace, cpx_host, ddp_plugin):
     single = train(TrainRequest(recipe="msf-lmsa", overrides=dict(OVERRIDES)), cpx_workspace, cpx_host)
 
@@ -94,6 +95,7 @@ def test_two_processes_match_one_with_the_same_global_batch(cpx_workspace, cpx_h
     assert sorted(p.name for p in cpx_workspace.runs_dir.iterdir()) == sorted([single.run_id, row["id"]])
 
 
+@pytest.mark.slow
 def test_a_dying_rank_ends_the_job_with_one_error_line(cpx_workspace, ddp_plugin):
     out = _cli("train", "msf-lmsa", "--nproc", "2", "--quiet", "--name", "dies", *_sets(), CPX_TEST_DIE_RANK="1")
     assert out.returncode == 2

@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 from cpx.cli import create_app
 from cpx.kernel.errors import SubmissionError
 from cpx.runs.ledger import Ledger
-from cpx.submit.package import PackageRequest, check_submission, check_zip, list_test_images, package
+from cpx.submit.package import PackageRequest, package
 from cpx.submit.solution import check_standalone, foreign_imports
+from cpx.submit.zipcheck import check_submission, check_zip, list_test_images
 from cpx.train.run import TrainRequest, train
 
 
@@ -83,10 +84,11 @@ def test_package_writes_a_verified_zip_and_records_it(run_id, cpx_workspace, cpx
     model = build_unet(num_classes=19, base_channels=4, depth=2)
     model.load_state_dict(ckpt["state_dict"])  # strict: every key fits
     assert sum(p.numel() for p in model.parameters()) == result.params
-    assert all(re.fullmatch(rf"{d}==\d+\.\d+.*", line) for d, line in zip(("torch", "numpy", "pillow"), reqs.split()))
+    # ranges pip can resolve on the organisers' machine, not this machine's exact builds
+    assert reqs.split() == ["torch>=2.2,<3", "numpy>=1.24", "pillow>=10"]
     assert foreign_imports(arch) == []
 
-    assert result.solution_images == 3 and result.solution_exact is True and result.check.ok
+    assert result.solution_images == 4 and result.solution_exact is True and result.check.ok
     with Ledger(cpx_workspace.ledger_path) as ledger:
         row = ledger.get_submission("v1")
     assert row["run_id"] == run_id and row["zip_path"] == str(zpath) and row["tta"] == "none"
@@ -118,6 +120,20 @@ def test_package_writes_a_verified_zip_and_records_it(run_id, cpx_workspace, cpx
         assert Image.open(tmp / "out" / f"{stem}.png").mode == "P"
         assert np.array_equal(mine, np.asarray(Image.open(tmp / "masks" / f"{stem}.png"))), stem
 
+    # the organisers' interface: one image in, one mask out, run from the unzipped folder
+    one = test_dir / f"{stems[0]}.jpg"
+    shutil.copy2(one, tmp / "one.jpg")
+    shutil.move(tmp / "weights.pth", tmp / "solution" / "ckpt.pth")
+    proc = subprocess.run([sys.executable, "solution/run.py", "--input", "one.jpg", "--output", "one.png"],
+                          cwd=tmp, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(tmp / "one.png") as img:
+        assert img.mode == "P" and img.size == Image.open(one).size
+        assert np.array_equal(np.asarray(img), np.asarray(Image.open(tmp / "masks" / f"{stems[0]}.png")))
+    proc = subprocess.run([sys.executable, "solution/run.py", "--input", "missing.jpg", "--output", "x.png"],
+                          cwd=tmp, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip() == "--input missing.jpg: no such file or folder"
+
 
 def test_a_zip_file_with_the_name_is_refused_too(run_id, cpx_workspace, cpx_host):
     cpx_workspace.submissions_dir.mkdir()
@@ -131,30 +147,35 @@ def test_a_zip_file_with_the_name_is_refused_too(run_id, cpx_workspace, cpx_host
 
 
 def test_a_solution_that_does_not_reproduce_the_masks_leaves_nothing(run_id, cpx_workspace, cpx_host,
-                                                                     monkeypatch):
+                                                                     monkeypatch, test_dir):
     import cpx.submit.solution
 
-    # a runner that ignores its model and writes background everywhere
-    broken = cpx.submit.solution.RUN_PY.replace("mask = predict(model, read_image(path), device)",
-                                         "mask = predict(model, read_image(path), device) * 0")
+    # a runner that gets one image wrong (the last one) by predicting background there
+    last = sorted(p.stem for p in test_dir.iterdir())[-1]
+    line = "        mask = predict(model, read_image(image_path), device, config)\n"
+    broken = cpx.submit.solution.RUN_PY.replace(
+        line, line + f"        mask = mask * 0 if image_path.stem == {last!r} else mask\n")
     assert broken != cpx.submit.solution.RUN_PY
     monkeypatch.setattr(cpx.submit.solution, "RUN_PY", broken)
-    with pytest.raises(SubmissionError, match="does not reproduce the packaged masks"):
+    with pytest.raises(SubmissionError, match=rf"does not reproduce the packaged masks: 1 of 4 differ \(first {last}"):
         _package(cpx_workspace, cpx_host, run=run_id, name="bad")
     assert not any(cpx_workspace.submissions_dir.iterdir())
     with Ledger(cpx_workspace.ledger_path) as ledger:
         assert ledger.list_submissions() == []
 
 
-def test_tta_package_reports_agreement_instead_of_failing(run_id, cpx_workspace, cpx_host):
-    result = _package(cpx_workspace, cpx_host, run=run_id, name="flip", tta=("flip",),
-                      solution_check_images=2)
-    assert result.tta == ["flip"] and result.solution_images == 2
-    assert 0.0 < result.solution_agreement <= 1.0
+def test_a_tta_package_holds_exactly_the_masks_its_run_py_writes(run_id, cpx_workspace, cpx_host, test_dir):
+    result = _package(cpx_workspace, cpx_host, run=run_id, name="flip", tta=("flip", "scale"))
+    # the self-check compared every packaged mask with what run.py writes, to the pixel
+    assert result.tta == ["flip", "scale"] and result.solution_images == 4
+    assert result.solution_exact is True and result.solution_agreement == 1.0
     with zipfile.ZipFile(result.zip_path) as zf:
-        assert json.loads(zf.read("manifest.json"))["tta"] == ["flip"]
+        assert json.loads(zf.read("manifest.json"))["tta"] == ["flip", "scale"]
+        config = json.loads(zf.read("solution/model.json"))
+    assert config["tta"] == ["flip", "scale"] and config["scales"] == [0.75, 1.0, 1.25]
+    assert config["flip_permutation"][4:10] == [5, 4, 7, 6, 9, 8]
     with Ledger(cpx_workspace.ledger_path) as ledger:
-        assert ledger.get_submission("flip")["tta"] == "flip"
+        assert ledger.get_submission("flip")["tta"] == "flip,scale"
 
 
 def test_a_model_without_standalone_source_gets_a_clear_error(cpx_workspace, cpx_host, tiny_model,
@@ -241,17 +262,17 @@ def test_check_reports_every_problem_of_a_hand_made_zip(cpx_workspace, cpx_host,
     del files["solution/ckpt.pth"]
     bad = _zip(cpx_workspace.root / "bad.zip", files)
     report = check_zip(bad, comp, images)
-    assert _kinds(report) == sorted(["missing_mask", "mask_mode", "bad_class", "mask_size", "extra_mask",
+    assert _kinds(report) == sorted(["missing_mask", "mask_channels", "bad_class", "mask_size", "extra_mask",
                                      "macosx", "parent_path", "absolute_path", "no_weights"])
     messages = "\n".join(map(str, report.problems))
-    assert f"masks/{stems[0]}.png: missing" in messages and "mode RGB" in messages
-    assert "value 25 outside the class ids 0..18" in messages and "mask is 32x32 but the test image is 64x64" in messages
+    assert f"masks/{stems[0]}.png: missing" in messages and "mask has 3 channels (RGB)" in messages
+    assert "class id 25 outside 0..18" in messages and "mask is 32x32 but the test image is 64x64" in messages
 
     # the command line lists each problem and exits 1
     out = CliRunner().invoke(create_app(cpx_host), ["package", "--check", str(bad), "--test",
                                                     str(cpx_synthetic / "test" / "images")])
     assert out.exit_code == 1
-    for needle in ("9 problems", "missing", "mode RGB", "value 25", "__MACOSX", "../evil.png", "ckpt.pth"):
+    for needle in ("9 problems", "missing", "3 channels (RGB)", "class id 25", "__MACOSX", "../evil.png", "ckpt.pth"):
         assert needle in out.output, needle
 
 
@@ -260,7 +281,7 @@ def test_check_sees_through_a_nested_folder_and_checks_the_weights(cpx_workspace
     images = list_test_images(cpx_synthetic / "test" / "images", comp)
     files = _good_files(sorted(images))
     buf = io.BytesIO()
-    torch.save({"model": {}}, buf)
+    torch.save({"weights": {}}, buf)
     files["solution/ckpt.pth"] = buf.getvalue()
     files["solution/run.py"] = "print('hi')\n"
     del files["solution/requirements.txt"]

@@ -136,3 +136,15 @@ def test_budgeted_run_records_its_budget_and_world_size(cpx_workspace, cpx_host,
     assert row["budget_seconds"] == pytest.approx(3.0) and row["world_size"] == 1
     assert row["status"] == "completed" and row["epochs_planned"] == result.epochs < 1000
     assert row["wall_seconds"] > 0 and "budget 0.05 min" in row["notes"]
+
+
+def test_a_resumed_budget_counts_the_time_already_spent(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr("cpx.train.budget.time.perf_counter", clock)
+    budget = BudgetCallback(minutes=10, start_epoch=5, used_seconds=400)  # 200 s left of 600
+    trainer = SimpleNamespace(epoch=5, settings=SimpleNamespace(epochs=300))
+    clock.now += 50
+    trainer.epoch += 1
+    budget.on_epoch_end(trainer, None)
+    assert trainer.settings.epochs == 6 + int((588 - 450) // 50)  # 50 s an epoch in the 138 s left
+    assert budget.elapsed() == pytest.approx(450)

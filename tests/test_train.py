@@ -108,3 +108,11 @@ def test_cli_unknown_recipe_and_missing_run(cpx_workspace, capsys):
     assert main(["train", "--resume", "nope"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "Traceback" not in err
+
+
+def test_class_weights_from_the_training_masks(cpx_workspace, cpx_host, tiny_model):
+    result = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{
+        "loss.options": {"ce": 0.3, "dice": 0.7, "class_weights": "sqrt-inverse-frequency"}})), cpx_workspace, cpx_host)
+    assert result.status == "completed"
+    shares = json.loads((result.run_dir / "data.json").read_text())["class_pixel_share"]
+    assert len(shares) == 19 and abs(sum(shares) - 1) < 1e-6 and shares[0] > shares[16]

@@ -62,3 +62,13 @@ def pick_competition(name: Optional[str]) -> str:
     raise ConfigError(f"--competition: choose one of {', '.join(names) or '(none registered)'}")
 
 
+
+
+def confirm(question: str) -> bool:
+    """Ask ``question`` on the terminal; without one (a pipe, a script) the answer is no, and
+    the caller's error says which option answers yes."""
+    if not sys.stdin.isatty():
+        return False
+    import typer
+
+    return typer.confirm(question, default=False)

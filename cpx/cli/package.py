@@ -11,7 +11,8 @@ from rich.table import Table
 
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.text import format_f
-from cpx.submit.package import CheckReport, PackageRequest, PackageResult, check_submission, package
+from cpx.submit.package import PackageRequest, PackageResult, package
+from cpx.submit.zipcheck import CheckReport, check_submission
 
 from . import _common
 from ._common import console, err_console, print_json
@@ -76,10 +77,12 @@ def render_result(result: PackageResult) -> None:
     table.add_row("parameters", f"{result.params:,}"
                   + (f" < {result.check.max_params:,}" if result.check.max_params else ""))
     if result.solution_images:
-        verdict = ("identical masks" if result.solution_exact
-                   else f"{result.solution_agreement:.4%} of pixels agree (run.py has no TTA)")
-        table.add_row("solution/run.py", f"re-run on {result.solution_images} test images: {verdict}")
+        table.add_row("solution/run.py", f"re-run on all {result.solution_images} test images: identical masks")
     table.add_row("size", _size(result.size_bytes))
+    if result.budget:
+        table.add_row("budget", result.budget.describe())
+        if result.budget.remote_note:
+            table.add_row("", f"[dim]{result.budget.remote_note}[/]")
     table.add_row("sha256", result.sha256)
     table.add_row("time", f"{result.seconds:.1f} s (predict {result.predict_seconds:.1f} s, "
                           f"solution check {result.solution_seconds:.1f} s)")
@@ -87,6 +90,15 @@ def render_result(result: PackageResult) -> None:
         table.add_row("[bold red]rule break[/]", line)
     console.print(table)
     console.print(f"[bold green]packaged[/] {result.name}; the check passed", highlight=False)
+
+
+def _confirm_paused(bars: "_Bars", question: str) -> bool:
+    # a question under live progress bars would be redrawn over: stop them while asking
+    bars.progress.stop()
+    try:
+        return _common.confirm(question)
+    finally:
+        bars.progress.start()
 
 
 class _Bars:
@@ -118,6 +130,8 @@ def register(app: typer.Typer) -> None:
                                                        "solution/run.py repeats them")] = True,
         check: Annotated[Optional[Path], typer.Option("--check", help="only verify this zip (any zip, hand-made too)")] = None,
         competition: Annotated[Optional[str], typer.Option(help="with --check: the competition (default: the zip's manifest)")] = None,
+        yes: Annotated[bool, typer.Option(
+            "--yes", "-y", help="package for the last submission left without asking")] = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """Predict the test images and write a verified submission zip to submissions/."""
@@ -144,13 +158,14 @@ def register(app: typer.Typer) -> None:
             views.extend(parse_tta(item))
         request = PackageRequest(run=run, name=name, tta=parse_tta(views), test_dir=str(test) if test else None,
                                  checkpoint=checkpoint, allow_rule_break=allow_rule_break, device=device,
-                                 calibration=calibration, post=(post,) if post else ())
+                                 yes=yes, calibration=calibration, post=(post,) if post else ())
         if json_ or not console.is_terminal:
-            result = package(request, _common.workspace(), _common.host())
+            result = package(request, _common.workspace(), _common.host(), confirm=_common.confirm)
         else:
             bars = _Bars()
             with bars.progress:
-                result = package(request, _common.workspace(), _common.host(), progress=bars)
+                result = package(request, _common.workspace(), _common.host(), progress=bars,
+                                 confirm=lambda q: _confirm_paused(bars, q))
         if json_:
             print_json(result.to_dict())
         else:

@@ -9,71 +9,32 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cpx.kernel.errors import CodabenchError, ConfigError, CpxError, SubmissionError
+from cpx.kernel.errors import CodabenchError, ConfigError, SubmissionError
 from cpx.kernel.text import format_f, format_signed
 from cpx.report.leaderboard import SORTS, build_leaderboard, format_test_f, run_checkpoint
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench as cb
-from cpx.submit.submissions import (
-    DEFAULT_PHASE,
-    mark_final,
-    parse_score,
-    record_score,
-    register_submission,
-    submission_report,
-    sync_submissions,
-    upload_submission,
-    used_in_phase,
+from cpx.submit.actions import (
+    DEFAULT_TIMEOUT,
+    SubmitRequest,
+    codabench_client,
+    codabench_competition_id,
+    cpx_competition,
+    split_phase,
+    submit,
 )
+from cpx.submit.submissions import DEFAULT_PHASE, remote_leaderboard, submission_report, sync_submissions
 
 from . import _common
 from ._common import console, err_console, print_json
 
 
 def _cpx_competition(name: Optional[str] = None, run: Optional[dict] = None):
-    """The competition profile for rules and metric: the named one, the run's, else the
-    workspace's or the only registered one; None when that is ambiguous."""
-    if name:
-        return _common.host().competition(name)
-    if run and run.get("competition"):
-        try:
-            return _common.host().competition(run["competition"])
-        except CpxError:
-            pass
-    try:
-        return _common.host().competition(_common.pick_competition(None))
-    except CpxError:
-        return None
+    return cpx_competition(_common.host(), _common.workspace(), name, run)
 
 
 def _codabench_competition(value: Optional[str]) -> int:
-    value = value or str(_common.workspace().settings().get("codabench_competition") or "")
-    if not value:
-        raise ConfigError("--competition: give the Codabench competition id (the number in its URL), "
-                          "or set codabench_competition in cpx.yaml")
-    if not value.strip().isdigit():
-        raise ConfigError(f"--competition: {value!r} is not a Codabench competition id (a number)")
-    return int(value)
-
-
-def _client(url: Optional[str], *, need_token: bool = False):
-    client = cb.client_from_config(url)
-    if need_token and not client.token:
-        raise CodabenchError(f"no Codabench token for {client.base_url}; {cb.LOGIN_HINT}")
-    return client
-
-
-def _split_phase(phase: Optional[str]) -> tuple[str, Optional[int]]:
-    """``--phase``: a name labels scores in the ledger; a number picks a Codabench phase
-    (whose scores are then filed under ``test``)."""
-    if phase is None:
-        return DEFAULT_PHASE, None
-    phase = phase.strip()
-    if not phase:
-        raise ConfigError("--phase: empty")
-    if phase.isdigit():
-        return DEFAULT_PHASE, int(phase)
-    return phase, None
+    return codabench_competition_id(value, _common.workspace())
 
 
 def register(app: typer.Typer) -> None:
@@ -100,113 +61,92 @@ def register(app: typer.Typer) -> None:
             help="with --upload: Codabench competition id; with --zip: cpx competition name")] = None,
         upload: Annotated[bool, typer.Option("--upload", help="upload the zip to Codabench")] = False,
         wait: Annotated[bool, typer.Option("--wait", help="with --upload: wait for the score and record it")] = False,
-        timeout: Annotated[float, typer.Option(help="with --wait: give up waiting after this many seconds")] = 3600.0,
+        timeout: Annotated[Optional[float], typer.Option(
+            help=f"with --wait: give up waiting after this many seconds (default {DEFAULT_TIMEOUT:.0f})")] = None,
         poll: Annotated[float, typer.Option(help="with --wait: first polling interval in seconds "
                                                  "(doubles up to 30)")] = 2.0,
         url: Annotated[Optional[str], typer.Option(help="Codabench server (default: the one logged in to)")] = None,
+        leaderboard: Annotated[bool, typer.Option(
+            "--leaderboard", help="with --upload: put it on the public leaderboard (--final does too)")] = False,
+        yes: Annotated[bool, typer.Option("--yes", "-y", help="spend the last submission without asking")] = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Record a leaderboard score, register a hand-made zip, upload to Codabench, or mark the final one."""
-        if record_score_ is not None and upload:
-            raise ConfigError("--record-score and --upload: choose one (--upload --wait records the score itself)")
-        if not (record_score_ is not None or upload or final or zip_ or note is not None):
-            raise ConfigError(f"nothing to do for '{name}': give --record-score, --upload, --final, --zip or --note")
-        if (wait or timeout != 3600.0) and not upload:
-            raise ConfigError("--wait and --timeout go with --upload")
-        label, phase_id = _split_phase(phase)
-        if phase_id is not None and not upload:
-            raise ConfigError(f"--phase {phase}: a Codabench phase id goes with --upload; "
-                              f"name the leaderboard phase instead (e.g. test)")
-        if record_score_ is not None:
-            parse_score(record_score_)  # before --zip registers anything
-        out: dict = {"name": name}
-        failure = None
-        ws = _common.workspace()
-        with Ledger(ws.ledger_path) as ledger:
-            if zip_:
-                named = competition if competition and not competition.strip().isdigit() else None
-                reg = register_submission(ledger, name, zip_, workspace=ws, host=_common.host(),
-                                          competition=named, run=run, val_score=val_score,
-                                          test_dir=test, note=note)
-                out["registered"] = reg.submission
-                if not json_:
-                    console.print(f"registered [bold]{escape(name)}[/]: {escape(reg.submission['zip_path'])} "
-                                  f"(sha256 {reg.submission['zip_sha256'][:12]}…, checked: no problems)",
-                                  highlight=False)
-                    for line in reg.notes:
-                        err_console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
-                note = None
-            elif run or val_score is not None or test:
-                raise ConfigError("--run, --val-score and --test go with --zip")
-            try:
-                sub = ledger.get_submission(name)
-            except SubmissionError:
-                known = [s["name"] for s in ledger.list_submissions()][:8]
-                raise SubmissionError(
-                    f"no submission named '{name}'"
-                    + (f" (known: {', '.join(known)})" if known else "")
-                    + "; package one with `cpx package` or register a zip with --zip PATH") from None
-            run_row = ledger.get_run(sub["run_id"]) if sub.get("run_id") else None
-            comp = _cpx_competition(run=run_row)
-            metric = comp.metric if comp else "fscore"
-
-            if note is not None and record_score_ is None:
-                ledger.update_submission(name, note=note)
-            if upload:
-                cid = _codabench_competition(competition)
-                client = _client(url)
-                say = None if json_ else (lambda status: console.print(f"  {escape(status)}", highlight=False))
-                if not json_:
-                    console.print(f"uploading {escape(name)} to {client.base_url} (competition {cid})",
-                                  highlight=False)
-                outcome = upload_submission(ledger, name, client, cid, phase_id=phase_id, phase=label,
-                                            wait=wait, timeout=timeout, initial_interval=poll,
-                                            progress=say, metric=metric, final=final)
-                out["upload"] = {"codabench_id": outcome.codabench_id, "status": outcome.status,
-                                 "phase_id": outcome.phase_id, "scores": outcome.scores,
-                                 "score": outcome.main, "detail": outcome.detail}
-                if not json_:
-                    console.print(escape(f"Codabench submission {outcome.codabench_id}: {outcome.status}"
-                                         + (f" ({outcome.detail})" if outcome.detail else "")), highlight=False)
-                    if outcome.main is not None:
-                        _print_recorded(name, label, outcome.main, sub.get("val_score"), "codabench")
-                    elif not wait:
-                        console.print("  check later with `cpx codabench sync --competition "
-                                      f"{cid}`", highlight=False)
-                    for line in outcome.messages:
-                        err_console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
-                if outcome.status and outcome.status.casefold() == "failed":
-                    failure = (f"Codabench failed submission {outcome.codabench_id} of '{name}'"
-                               + (f": {outcome.detail}" if outcome.detail else ""))
-            elif record_score_ is not None:
-                rec = record_score(ledger, name, record_score_, phase=label, replace=replace, note=note,
-                                   final=final, metric=metric, competition=comp)
-                out["score"] = rec.score
-                out["replaced"] = rec.replaced
-                if not json_:
-                    _print_recorded(name, label, rec.score["score"], rec.submission.get("val_score")
-                                    if rec.submission.get("val_score") is not None
-                                    else (run_row or {}).get("best_val_f"), "manual", rec.replaced)
-                    for line in rec.warnings:
-                        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
-            else:
-                if final:
-                    mark_final(ledger, name)
-                    if not json_:
-                        console.print(f"[bold]{escape(name)}[/] is now the final submission")
-                elif note is not None and not json_ and not zip_:
-                    console.print(f"note kept with {escape(name)}", highlight=False)
-            used = used_in_phase(ledger, label)
-            limit = comp.rules.submissions_per_phase if comp else None
-            out["used"], out["limit"] = len(used), limit
-            out["submission"] = ledger.get_submission(name)
+        """Record a leaderboard score, register a hand-made zip, upload to Codabench, or mark the final one
+        (which also puts an uploaded one on Codabench's public leaderboard)."""
+        request = SubmitRequest(name=name, record_score=record_score_, phase=phase, note=note, replace=replace,
+                                final=final, zip_path=zip_, run=run, val_score=val_score, test_dir=test,
+                                competition=competition, upload=upload, wait=wait, timeout=timeout,
+                                poll=poll, url=url, leaderboard=leaderboard, yes=yes)
+        say = None if json_ else _say
+        outcome = submit(request, _common.workspace(), _common.host(), progress=say, confirm=_common.confirm)
         if json_:
-            print_json(out)
-        elif limit:
-            console.print(f"phase {label}: {len(used)} of {limit} submissions used, "
-                          f"{max(0, limit - len(used))} left", highlight=False)
-        if failure:
-            raise SubmissionError(failure)
+            print_json(_outcome_json(outcome))
+        else:
+            _render_submit(outcome)
+        if outcome.failure:
+            raise SubmissionError(outcome.failure)
+
+    def _say(text: str) -> None:
+        # the lines naming the upload and the budget come first; status changes follow, indented
+        indent = "" if text.startswith(("uploading ", "budget: ")) else "  "
+        console.print(escape(indent + text), highlight=False, soft_wrap=True)
+
+    def _outcome_json(o) -> dict:
+        out: dict = {"name": o.name}
+        if o.registered:
+            out["registered"] = o.registered.submission
+        if o.upload:
+            u = o.upload
+            out["upload"] = {"codabench_id": u.codabench_id, "status": u.status, "phase_id": u.phase_id,
+                             "scores": u.scores, "score": u.main, "detail": u.detail}
+        if o.recorded:
+            out["score"] = o.recorded.score
+            out["replaced"] = o.recorded.replaced
+        if o.budget:
+            out["budget"] = o.budget.to_dict()
+        out["leaderboard"] = o.leaderboard
+        out["warnings"] = o.warnings
+        out["used"], out["limit"] = o.used, o.limit
+        out["submission"] = o.submission
+        return out
+
+    def _render_submit(o) -> None:
+        name = o.name
+        if o.registered:
+            sub, key = o.registered.submission, o.registered.check.weights_key
+            weights = f", weights under '{escape(key)}'" if key else ""
+            console.print(f"registered [bold]{escape(name)}[/]: {escape(sub['zip_path'])} "
+                          f"(sha256 {sub['zip_sha256'][:12]}…{weights}, checked: no problems)", highlight=False,
+                          soft_wrap=True)
+            for line in o.registered.notes:
+                err_console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
+        if o.upload:
+            u = o.upload
+            console.print(escape(f"Codabench submission {u.codabench_id}: {u.status}"
+                                 + (f" ({u.detail})" if u.detail else "")), highlight=False)
+            if u.main is not None:
+                _print_recorded(name, o.phase, u.main, o.val_score, "codabench")
+            elif not o.upload.status or o.upload.status.casefold() not in ("finished", "failed", "cancelled"):
+                console.print(f"  check later with `cpx codabench sync --competition {o.codabench_competition}`",
+                              highlight=False)
+            for line in u.messages:
+                err_console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
+        elif o.recorded:
+            rec = o.recorded
+            _print_recorded(name, o.phase, rec.score["score"], o.val_score, "manual", rec.replaced)
+            for line in rec.warnings:
+                err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+        elif o.marked_final:
+            console.print(f"[bold]{escape(name)}[/] is now the final submission")
+        elif o.note_kept:
+            console.print(f"note kept with {escape(name)}", highlight=False)
+        if o.leaderboard:
+            console.print(escape(o.leaderboard), highlight=False)
+        for line in o.warnings:
+            err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        if o.limit:
+            console.print(f"phase {o.phase}: {o.used} of {o.limit} submissions used, {o.left} left",
+                          highlight=False)
 
     def _print_recorded(name, phase, score, val, source, replaced=None):
         gap = f", gap {score - val:+.4f} vs val {val:.4f}" if val is not None else ""
@@ -253,11 +193,19 @@ def register(app: typer.Typer) -> None:
         sort: Annotated[str, typer.Option(help="rank by val or test F (observed, else predicted)")] = "val",
         limit: Annotated[Optional[int], typer.Option(help="show the top N")] = None,
         phase: Annotated[str, typer.Option(help="leaderboard phase")] = DEFAULT_PHASE,
-        competition: Annotated[Optional[str], typer.Option(help="only runs of this competition")] = None,
+        competition: Annotated[Optional[str], typer.Option(
+            help="only runs of this competition; with --remote: the Codabench competition id")] = None,
         markdown: Annotated[bool, typer.Option("--markdown", help="a Markdown table")] = False,
+        remote: Annotated[bool, typer.Option(
+            "--remote", help="the public leaderboard on Codabench, your entries marked")] = False,
+        url: Annotated[Optional[str], typer.Option(help="with --remote: Codabench server")] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Rank runs and submissions by val or test F, predicting test F where none is known."""
+        """Rank runs and submissions by val or test F, predicting test F where none is known;
+        with --remote, show Codabench's public leaderboard and your rank on it."""
+        if remote:
+            _remote_leaderboard(competition, phase, url, limit, json_)
+            return
         if sort not in SORTS:
             raise ConfigError(f"--sort: choose {' or '.join(SORTS)}, not {sort!r}")
         if limit is not None and limit < 1:
@@ -288,6 +236,40 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         console.print(escape(board.model.describe()), style="dim", highlight=False)
 
+    def _remote_leaderboard(competition, phase, url, limit, json_) -> None:
+        if limit is not None and limit < 1:
+            raise ConfigError("--limit: at least 1")
+        _, phase_id = split_phase(phase)
+        cid = _codabench_competition(competition)
+        client = codabench_client(url, need_token=True)
+        with Ledger(_common.workspace().ledger_path) as ledger:
+            board = remote_leaderboard(ledger, client, cid, phase_id=phase_id)
+        if json_:
+            print_json(board.to_dict())
+            return
+        entries = board.board.entries
+        mine = [e for e in entries if e.mine]
+        shown = entries[:limit] if limit else entries
+        # your best entry stays in view even below the limit
+        shown += [e for e in mine if e not in shown][:1]
+        table = Table(title=escape(f"{board.board.title}: Codabench phase {board.phase.id} ({board.phase.name}), "
+                                   f"competition {cid}"))
+        table.add_column("#", justify="right")
+        table.add_column("participant")
+        for col in board.board.columns:
+            table.add_column(escape(col.title), justify="right")
+        table.add_column("entries", justify="right")
+        for e in shown:
+            who = f"[bold green]{escape(e.owner)} (you)[/]" if e.mine else escape(e.owner)
+            table.add_row(str(e.rank), who, *[format_f(e.scores.get(c.key)) for c in board.board.columns],
+                          str(e.entries) if e.entries is not None else "-")
+        console.print(table)
+        if board.my_rank is not None:
+            console.print(f"your rank: {board.my_rank} of {len(entries)}", highlight=False)
+        else:
+            console.print(f"you are not on this leaderboard ({len(entries)} entries); "
+                          f"`cpx submit NAME --final` adds an uploaded submission", highlight=False)
+
     # -- Codabench -------------------------------------------------------------------
 
     cb_app = typer.Typer(help="Log in to Codabench, check a competition's limits, sync scores.",
@@ -300,19 +282,29 @@ def register(app: typer.Typer) -> None:
         username: Annotated[Optional[str], typer.Option(help="Codabench user name")] = None,
         password_stdin: Annotated[bool, typer.Option(
             "--password-stdin", help="read the password from standard input")] = False,
+        allow_http: Annotated[bool, typer.Option(
+            "--allow-http", help="accept a plain http:// server that is not this machine (the password and "
+                                 "token travel unencrypted); remembered for that server only")] = False,
     ):
-        """Trade your user name and password for an API token, stored readable by you only."""
+        """Trade your user name (or e-mail) and password for an API token, stored readable by you only."""
         if not username:
-            username = typer.prompt("Codabench user name", default=cb.stored_username(url) or None)
+            stored = cb.load_credentials(check_mode=False)
+            username = typer.prompt("Codabench user name or e-mail", default=stored.get("username") or None)
         if password_stdin:
             password = sys.stdin.readline().rstrip("\r\n")
             if not password:
                 raise CodabenchError("--password-stdin: nothing on standard input")
         else:
             password = typer.prompt("Codabench password", hide_input=True)
-        path = cb.login(username, password, url)
-        console.print(escape(f"logged in to {cb.resolve_url(url)} as {username}; token stored in {path}"),
+        path = cb.login(username, password, url, allow_http=allow_http)
+        stored = cb.load_credentials(path)
+        who = stored.get("username")
+        console.print(escape(f"logged in to {stored['url']} as {who or username}; token stored in {path}"),
                       highlight=False)
+        if not who:
+            err_console.print("[yellow]warning:[/] the server did not say your username, so `cpx codabench sync` "
+                              "cannot tell your submissions from others'; log in with your username",
+                              highlight=False, soft_wrap=True)
 
     @cb_app.command("logout")
     def logout_command():
@@ -331,7 +323,7 @@ def register(app: typer.Typer) -> None:
     ):
         """The competition's phases, your submission limits, and whether you can submit now."""
         cid = _codabench_competition(competition)
-        client = _client(url, need_token=True)
+        client = codabench_client(url, need_token=True)
         phases = client.phases(cid)
         rows = []
         for p in phases:
@@ -364,11 +356,10 @@ def register(app: typer.Typer) -> None:
     ):
         """Match your Codabench submissions to the ledger by id and fill in missing scores."""
         cid = _codabench_competition(competition)
-        client = _client(url, need_token=True)
+        client = codabench_client(url, need_token=True)
         with Ledger(_common.workspace().ledger_path) as ledger:
             comp = _cpx_competition()
             report = sync_submissions(ledger, client, cid, phase_id=phase, phase=label,
-                                      owner=cb.stored_username(client.base_url),
                                       metric=comp.metric if comp else "fscore")
         if json_:
             print_json(report.to_dict())

@@ -133,7 +133,10 @@ def register_losses(register: RegisterLoss) -> None:
 
     :param register: ``register(name, factory, options=OptionsModel, description="")``.
         ``factory(options, num_classes)`` returns a callable ``loss(logits, target)`` giving a
-        scalar tensor; ``target`` holds class ids, ``B x H x W`` (long).
+        scalar tensor; ``target`` holds class ids, ``B x H x W`` (long). A factory that also
+        takes the keyword ``class_frequencies`` gets, in training, the share of the training
+        masks' pixels of each class (a list of ``num_classes`` floats summing to 1), for class
+        weights computed from the data (``class_weights: sqrt-inverse-frequency``).
 
     Example::
 

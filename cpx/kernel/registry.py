@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -40,12 +41,19 @@ class Entry:
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, prefix=where)) from None
 
-    def create(self, options: Any = None, *args: Any, where: str = "options") -> Any:
-        """``target(options, *args)`` with ``options`` validated first.
+    def create(self, options: Any = None, *args: Any, where: str = "options", **kwargs: Any) -> Any:
+        """``target(options, *args, **kwargs)`` with ``options`` validated first.
 
         :raises ConfigError: options that do not validate, one line per field (``where`` + key).
         """
-        return self.target(self.parse_options(options, where=where), *args)
+        return self.target(self.parse_options(options, where=where), *args, **kwargs)
+
+    def accepts(self, keyword: str) -> bool:
+        """Whether the factory takes the optional keyword argument ``keyword``."""
+        try:
+            return keyword in inspect.signature(self.target).parameters
+        except (TypeError, ValueError):  # builtins and odd callables: assume not
+            return False
 
     def options_schema(self) -> list[dict]:
         """Each option with its type, default and description (for `cpx plugins`)."""

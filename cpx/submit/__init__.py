@@ -1,6 +1,16 @@
-"""Submissions: checking a submission zip against the competition's layout, packaging a run
-into one (with its standalone ``solution/``), the submission records in the ledger, and the
-Codabench client.
+"""Submissions: everything between a trained run and a score on the leaderboard.
 
-May import: ``cpx.kernel``, ``cpx.data``, ``cpx.runs``, ``cpx.eval``.
+* :mod:`.zipcheck` owns the zip rules (one checker for ``cpx package``, ``package --check``
+  and ``submit --zip``) and the resource limits for reading untrusted zips;
+* :mod:`.package` packages a run as a verified zip, a pipeline of named steps;
+* :mod:`.solution` writes the standalone ``solution/`` folder, whose ``run.py`` is
+  :mod:`.standalone_run` (cpx's exact prediction, TTA included, needing only torch, numpy and
+  Pillow);
+* :mod:`.submissions` keeps the records in the ledger: scores, the final pick, the budget, and
+  uploads to and syncs with Codabench;
+* :mod:`.codabench` is the Codabench client (credentials, schema, HTTP client, workflow);
+* :mod:`.actions` is ``cpx submit`` as one core function.
+
+May import: ``cpx.kernel``, ``cpx.data``, ``cpx.runs``, ``cpx.eval``; never ``cpx.train``,
+``cpx.report`` or ``cpx.cli``, and never typer or rich.
 """

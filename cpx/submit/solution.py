@@ -12,16 +12,18 @@ It holds four things, none of which needs cpx:
   post-processing, each step's standalone module beside ``run.py`` and its call in
   ``model.json`` (``postprocess``: module, function, kwargs).
 
-``run.py`` repeats cpx's own prediction (:class:`cpx.eval.predict.Predictor` without TTA) step
-by step: antialiased bilinear resize of the uint8 RGB image to the run's size, float in
-[0, 1], channels-last, the model (which normalises internally), logits resized back
-bilinearly (align_corners=False), softmax, argmax, palette PNG. One image per forward pass.
+``run.py`` (a verbatim copy of :mod:`cpx.submit.standalone_run`) repeats cpx's own prediction
+(:class:`cpx.eval.predict.Predictor` with one model) step by step, test-time augmentation
+included: antialiased bilinear resize of the uint8 RGB image to the run's size, float in
+[0, 1], channels-last, the model (which normalises internally), TTA views merged as logits
+(mirrored ones mirrored back with left/right classes swapped), logits resized back
+bilinearly (align_corners=False), the first maximum, palette PNG. One image per forward pass.
+It takes one image (one mask out) or a folder (a mask per image).
 """
 
 from __future__ import annotations
 
 import ast
-import importlib.metadata
 import json
 import os
 import re
@@ -29,7 +31,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -41,133 +43,15 @@ from cpx.kernel.files import atomic_torch_save, atomic_write_text
 ALLOWED_IMPORTS = frozenset({"torch", "numpy", "PIL"})
 MODEL_JSON = "model.json"
 REQUIREMENTS = "requirements.txt"
-# PyPI distribution names of what run.py imports, pinned to the versions cpx ran with
-REQUIRED_DISTRIBUTIONS = ("torch", "numpy", "pillow")
+# What run.py and the model source need, as version ranges pip can resolve anywhere (not this
+# machine's exact builds): the torch range cpx itself supports, numpy and Pillow as cpx needs them
+REQUIREMENTS_LINES = ("torch>=2.2,<3", "numpy>=1.24", "pillow>=10")
 # images run.py reads besides the competition's own suffixes
 COMMON_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
-RUN_PY = '''\
-#!/usr/bin/env python3
-"""Predict a segmentation mask for every image in a folder.
-
-    python run.py --input IMAGES --output MASKS [--weights ckpt.pth] [--device cpu]
-
-Writes OUTPUT/<image stem>.png: a single-channel palette PNG of class ids, the size of the
-image. Needs only torch, numpy and Pillow (requirements.txt); the network is defined in the
-module named in model.json, next to this file.
-"""
-
-import argparse
-import importlib
-import json
-import sys
-from pathlib import Path
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
-
-HERE = Path(__file__).resolve().parent
-CONFIG = json.loads((HERE / "model.json").read_text())
-
-
-def load_model(weights, device):
-    sys.path.insert(0, str(HERE))
-    module = importlib.import_module(CONFIG["module"])
-    model = getattr(module, CONFIG["builder"])(**CONFIG["kwargs"])
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    key = CONFIG["weights_key"]
-    if isinstance(state, dict) and key in state:
-        state = state[key]
-    model.load_state_dict(state)
-    if CONFIG.get("channels_last"):
-        model = model.to(memory_format=torch.channels_last)
-    return model.to(device).eval()
-
-
-def read_image(path):
-    """The image as a 1 x 3 x H x W uint8 tensor."""
-    with Image.open(path) as img:
-        arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
-
-
-@torch.inference_mode()
-def predict(model, image, device):
-    """Class ids (H x W uint8) at the image's own size."""
-    size = CONFIG["image_size"]
-    out_hw = tuple(image.shape[-2:])
-    x = image
-    if out_hw != (size, size):
-        # antialiased bilinear on uint8 reproduces the pixels of the Pillow resize used in
-        # training; done on the CPU, where this kernel exists for uint8
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    x = x.to(device).float().div_(255)
-    if CONFIG.get("channels_last"):
-        x = x.contiguous(memory_format=torch.channels_last)
-    logits = model(x).float()
-    if tuple(logits.shape[-2:]) != out_hw:
-        # logits, not class ids, are resized back: that is how the masks were validated
-        logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
-    if CONFIG.get("logit_offsets"):
-        # per-class offsets fitted for the per-image F (cpx calibrate), added before the argmax
-        logits = logits + torch.tensor(CONFIG["logit_offsets"], dtype=logits.dtype,
-                                       device=logits.device).view(1, -1, 1, 1)
-    mask = logits.softmax(1).argmax(1)[0].to(torch.uint8).cpu().numpy()
-    for step in POSTPROCESS:
-        mask = step(mask)
-    return mask
-
-
-def load_postprocess():
-    """The post-processing steps of model.json: functions of the modules beside this file."""
-    steps = []
-    for step in CONFIG.get("postprocess") or []:
-        function = getattr(importlib.import_module(step["module"]), step["function"])
-        steps.append(lambda mask, f=function, kw=step["kwargs"]: f(mask, **kw))
-    return steps
-
-
-POSTPROCESS = []
-
-
-def write_mask(path, mask):
-    # built from raw bytes so every value stays its own palette index (= class id)
-    img = Image.frombytes("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask).tobytes())
-    img.putpalette(CONFIG["palette"])
-    img.save(path, format="PNG")
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True, help="folder of test images")
-    parser.add_argument("--output", required=True, help="folder for the masks (created)")
-    parser.add_argument("--weights", default=str(HERE / "ckpt.pth"), help="checkpoint file")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    args = parser.parse_args(argv)
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    suffixes = {s.lower() for s in CONFIG["image_suffixes"]}
-    images = sorted(p for p in Path(args.input).iterdir()
-                    if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes)
-    if not images:
-        sys.exit(f"no images ({', '.join(sorted(suffixes))}) in {args.input}")
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    model = load_model(args.weights, device)
-    POSTPROCESS.extend(load_postprocess())
-    for path in images:
-        mask = predict(model, read_image(path), device)
-        write_mask(out / (path.stem + CONFIG["mask_suffix"]), mask)
-    print(f"wrote {len(images)} masks to {out}")
-
-
-if __name__ == "__main__":
-    main()
-'''
+# the runner shipped as solution/run.py: a standalone copy of cpx's own prediction, kept as a
+# real module beside this one so that tests can import it and compare it with the predictor
+RUN_PY = (Path(__file__).resolve().parent / "standalone_run.py").read_text()
 
 
 @dataclass(frozen=True)
@@ -180,6 +64,7 @@ class ModelSource:
 
     @property
     def module_name(self) -> str:
+        """The module name of the copy beside run.py."""
         stem = self.arch_file.stem
         # the copy sits beside run.py, so it must not shadow it or be unimportable
         return stem if stem.isidentifier() and stem not in ("run", "model") else "model_arch"
@@ -250,16 +135,8 @@ def check_standalone(source: str, path: os.PathLike, builder: str) -> None:
 
 
 def requirements_text() -> str:
-    lines = []
-    for dist in REQUIRED_DISTRIBUTIONS:
-        try:
-            version = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            lines.append(dist)
-            continue
-        # local labels such as +cpu are not on PyPI, so pip could not resolve them
-        lines.append(f"{dist}=={version.split('+')[0]}")
-    return "\n".join(lines) + "\n"
+    """The ``requirements.txt`` of a solution: one range per package, e.g. ``torch>=2.2,<3``."""
+    return "\n".join(REQUIREMENTS_LINES) + "\n"
 
 
 def postprocess_sources(steps, taken: tuple[str, ...] = ()) -> list[tuple[Path, dict]]:
@@ -290,14 +167,18 @@ def postprocess_sources(steps, taken: tuple[str, ...] = ()) -> list[tuple[Path, 
 
 
 def export_solution(model: torch.nn.Module, dest: os.PathLike, competition: Competition, *,
-                    image_size: int, channels_last: bool = True, model_name: str = "",
-                    logit_offsets: Optional[list[float]] = None, postprocess=()) -> list[str]:
-    """Write a standalone solution for ``model`` into the folder ``dest``; ``logit_offsets``
-    (one float per class, from ``cpx calibrate``) and ``postprocess`` steps (see
-    :func:`postprocess_sources`) are repeated by ``run.py``.
+                    image_size: int, tta: Sequence[str] = (), scales: Sequence[float] = (1.0,),
+                    channels_last: bool = True, model_name: str = "",
+                    logit_offsets: Optional[Sequence[float]] = None, postprocess=()) -> list[str]:
+    """Write a standalone solution for ``model`` into the folder ``dest``: its ``run.py``
+    predicts exactly as :class:`cpx.eval.predict.Predictor` with one member, the input size
+    ``image_size`` (pixels, square), the TTA views ``tta`` ("flip", "scale") and the
+    ``scales`` a "scale" view uses, the per-class ``logit_offsets`` (``cpx calibrate``) and
+    the ``postprocess`` steps (see :func:`postprocess_sources`).
 
-    Returns the names of the files written (relative to ``dest``). Raises SubmissionError
-    when the model or a post-processing step has no shippable source.
+    Returns the names of the files written (relative to ``dest``).
+
+    :raises SubmissionError: the model or a post-processing step has no shippable source.
     """
     src = model_source(model, model_name)
     post = postprocess_sources(postprocess, taken=(src.module_name,))
@@ -317,6 +198,9 @@ def export_solution(model: torch.nn.Module, dest: os.PathLike, competition: Comp
         "weights_key": fmt.weights_key,
         "channels_last": bool(channels_last),
         "palette": competition.palette_bytes(),
+        "tta": list(tta),
+        "scales": [float(v) for v in scales],
+        "flip_permutation": competition.flip_permutation(),
         "image_suffixes": suffixes,
         "mask_suffix": competition.layout.mask_suffix,
     }

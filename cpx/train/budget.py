@@ -50,18 +50,20 @@ class BudgetCallback:
 
     margin = 0.98  # plan into 98% of the budget: later epochs wobble by a percent or two
 
-    def __init__(self, minutes: float, start_epoch: int):
+    def __init__(self, minutes: float, start_epoch: int, used_seconds: float = 0.0):
+        """``used_seconds``: budget already spent by earlier sessions of a resumed run."""
         self.budget = minutes * 60
         self.start_epoch = start_epoch
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() - used_seconds
         self.planned: Optional[int] = None
         self.first_plan: Optional[int] = None
         self.durations: list[float] = []
         self._cap: Optional[int] = None
-        self._seen = 0.0
+        self._seen = used_seconds
 
     def elapsed(self) -> float:
-        """Seconds since the callback was made (the run started or resumed)."""
+        """Seconds of the budget spent: since the callback was made, plus what earlier sessions
+        of a resumed run used."""
         return time.perf_counter() - self.started
 
     def on_epoch_end(self, trainer: Trainer, record) -> None:

@@ -161,19 +161,33 @@ def git_commit(path: Path) -> Optional[str]:
 
 
 
-def build_components(config: ExperimentConfig, host: PluginHost, competition: Competition):
+def build_components(config: ExperimentConfig, host: PluginHost, competition: Competition,
+                     class_frequencies: Optional[list[float]] = None):
     """The model, loss and augmentation of ``config`` (seeded by ``train.seed``).
+
+    ``class_frequencies`` (pixel share of each class in the training masks) go to a loss
+    factory that takes them, for data-derived class weights.
 
     :raises ConfigError: options that do not validate.
     """
     torch.manual_seed(config.train.seed)
     model = host.models.get(config.model.name).create(config.model.options, competition.num_classes,
                                                       where="model.options")
-    loss = host.losses.get(config.loss.name).create(config.loss.options, competition.num_classes,
-                                                    where="loss.options")
+    entry = host.losses.get(config.loss.name)
+    extra = {"class_frequencies": class_frequencies} if class_frequencies and entry.accepts("class_frequencies") else {}
+    loss = entry.create(config.loss.options, competition.num_classes, where="loss.options", **extra)
     augment = host.augmentations.get(config.augmentation.name).create(config.augmentation.options, competition,
                                                                       where="augmentation.options")
     return model, loss, augment
+
+
+def class_frequencies(masks: torch.Tensor, num_classes: int) -> list[float]:
+    """Share of all pixels of each class id in ``masks`` (``N x H x W`` integer ids), in class-id
+    order (ids outside ``0..num_classes-1`` are not counted)."""
+    flat = masks.reshape(-1).long()
+    counts = torch.bincount(flat[(flat >= 0) & (flat < num_classes)], minlength=num_classes).double()
+    total = float(counts.sum())
+    return (counts / total).tolist() if total else [0.0] * num_classes
 
 
 def settings_from(config: ExperimentConfig, precision: str) -> TrainerSettings:
@@ -351,8 +365,9 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
         raise ConfigError(f"train.device: {config.train.device} asked for but CUDA is not available")
     precision = resolve_precision(config.train.precision, device)
 
-    model, loss_fn, augment = build_components(config, host, competition)
-    params = count_params(model)
+    # the parameter check comes before any work
+    params = count_params(host.models.get(config.model.name).create(config.model.options, competition.num_classes,
+                                                                    where="model.options"))
     problem = competition.check_params(params)
     if problem:
         raise RuleViolation(problem)
@@ -364,6 +379,9 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     data = prepare_data(config, competition, workspace)
     if main:
         barrier()
+    # built again once the data is known: a loss may weight classes by the training masks' pixel shares
+    frequencies = class_frequencies(data.train[1], competition.num_classes)
+    model, loss_fn, augment = build_components(config, host, competition, frequencies)
     if resume_state is not None and resume_state.get("data_fingerprint") not in (None, data.fingerprint):
         raise RunError(f"run {run_id}: the data in {data.root} changed since the run started; cannot resume")
 
@@ -398,7 +416,8 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
             folder.write_config(config.model_dump(mode="json"), diff=diff, command=request.command)
             folder.write_val_names(data.val_names)
             info = {"path": str(data.root), "synthetic": data.synthetic, "fingerprint": data.fingerprint,
-                    "train": len(data.train_names), "val": len(data.val_names)}
+                    "train": len(data.train_names), "val": len(data.val_names),
+                    "class_pixel_share": [round(f, 8) for f in frequencies]}
             if data.label_policy is not None:
                 info["label_suspects"] = data.label_policy
             folder.write_data_info(info)
@@ -420,6 +439,8 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
     trainer = Trainer(model, loss_fn, augment, data.train, data.val, settings, competition.num_classes, device)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
+        if resume_state.get("epochs_planned"):  # a budget's plan, so the cosine goes on where it was
+            trainer.settings.epochs = int(resume_state["epochs_planned"])
     started = time.perf_counter()
     wall_before = float(resume_state.get("wall_seconds", 0.0)) if resume_state else 0.0
     writer = _LedgerWriter(ledger, run_id)
@@ -433,7 +454,7 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
             atomic_torch_save(best_payload(tr, config, competition, record, run_id), folder.pending_best_path)
         state = tr.state_dict()
         state.update(config=config.model_dump(mode="json"), data_fingerprint=data.fingerprint, wall_seconds=wall,
-                     run_id=run_id)
+                     run_id=run_id, epochs_planned=tr.settings.epochs)
         atomic_torch_save(state, folder.last_path)
         committed["epoch"] = tr.epoch
         if improved:
@@ -448,7 +469,8 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
         trainer.add_callback("on_epoch_end", checkpoint)
     budget = None
     if config.train.budget_minutes:
-        budget = BudgetCallback(config.train.budget_minutes, trainer.epoch)
+        # a resumed run goes on with what is left of its budget, not a fresh one
+        budget = BudgetCallback(config.train.budget_minutes, trainer.epoch, used_seconds=wall_before)
         trainer.add_callback("on_epoch_end", budget.on_epoch_end)
     for cb in callbacks if main else ():
         for event in ("on_batch_end", "on_epoch_end", "on_train_end"):

@@ -45,8 +45,10 @@ CELEBAMASK_MINI = Competition(
                   image_suffixes=(".jpg",), mask_suffix=".png"),
     submission=SubmissionFormat(masks_dir="masks", mask_modes=("P", "L"), solution_dir="solution",
                                 weights_file="ckpt.pth", weights_key="state_dict", runner="run.py"),
+    # The organisers' rules: no ensembles, no pretrained weights or outside data, and of a
+    # participant's submissions only the final one counts (cpx warns when it is not the best).
     rules=Rules(ensembles_allowed=False, pretrained_allowed=False, external_data_allowed=False,
-                submissions_per_phase=10, only_final_counts=False),
+                submissions_per_phase=10, only_final_counts=True),
     synthesize=_synthesize,
     url="https://www.codabench.org",
 )

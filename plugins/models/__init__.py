@@ -1,6 +1,7 @@
-"""Built-in segmentation models: ``msf``, ``msf-lmsa`` (MicroSegFormer) and ``unet``.
+"""Built-in segmentation models: ``msf``, ``msf-lmsa`` (MicroSegFormer), ``unet`` and the
+compact DeepLabV3+-style CNNs ``dlv3p`` and ``dlv3p-s``.
 
-The networks live in self-contained files (``msf_arch.py``, ``unet_arch.py``) that import
+The networks live in self-contained files (``msf_arch.py``, ``unet_arch.py``, ``dlv3p_arch.py``) that import
 only torch, so a submission can ship one verbatim. This module adds what cpx needs around
 them: validated options, factories and registration.
 
@@ -22,24 +23,28 @@ need the file before building a model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cpx.kernel.hookspecs import hookimpl
 
-from . import msf_arch, unet_arch
+from . import dlv3p_arch, msf_arch, unet_arch
 
 MSF_FILE = str(Path(msf_arch.__file__).resolve())
 UNET_FILE = str(Path(unet_arch.__file__).resolve())
+DLV3P_FILE = str(Path(dlv3p_arch.__file__).resolve())
 
 ARCH_SOURCES = {
     "msf": (MSF_FILE, "build_msf"),
     "msf-lmsa": (MSF_FILE, "build_msf"),
     "unet": (UNET_FILE, "build_unet"),
+    "dlv3p": (DLV3P_FILE, "build_dlv3p"),
+    "dlv3p-s": (DLV3P_FILE, "build_dlv3p"),
 }
 
 Quad = tuple[int, int, int, int]
+Pair = tuple[int, int]
 
 
 def _plain(value: Any) -> Any:
@@ -103,6 +108,47 @@ class UNetOptions(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Channel dropout right before the classifier.")
 
 
+class DLV3POptions(BaseModel):
+    """Compact DeepLabV3+ CNN (defaults: 1,515,283 parameters at 19 classes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stem_channels: int = Field(16, ge=4, description="Width of the dense 3x3 stride-2 stem convolution.")
+    widths: Quad = Field((24, 32, 64, 160), description="Widths of the 1/2, 1/4, 1/8 and deep encoder stages.")
+    depths: Quad = Field((1, 2, 3, 6), description="Blocks per stage: separable residual blocks at 1/2, then "
+                                                   "inverted residuals (the first of the 1/4 and 1/8 stages fused).")
+    expansion: float = Field(4.0, gt=0, description="Hidden-width multiple of the inverted-residual blocks.")
+    output_stride: Literal[8, 16] = Field(16, description="Resolution of the deep stage and ASPP: 16 (1/16) or 8 "
+                                                          "(1/8, dilated; about twice the training time).")
+    dilations: tuple[int, ...] = Field((1, 2), description="Dilations of the deep stage: block i > 0 (from 0) uses "
+                                                              "dilations[i % len(dilations)], block 0 uses 1.")
+    aspp_channels: int = Field(128, ge=8, description="Width of each ASPP branch and of the ASPP output.")
+    aspp_rates: tuple[int, ...] = Field((2, 4, 6), description="Dilations of the depthwise-separable ASPP branches, "
+                                                               "in pixels of the deep map (6/12/18 at 512px and "
+                                                               "output stride 8 cover the same share of the face).")
+    decoder_channels: Pair = Field((32, 96), description="Decoder widths at 1/2 and at 1/4 resolution.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Channel dropout after ASPP and before the classifier.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if min(self.depths) < 1 or min(self.widths) < 1:
+            raise ValueError("depths and widths must be >= 1")
+        if not self.dilations or min(self.dilations) < 1 or (self.aspp_rates and min(self.aspp_rates) < 1):
+            raise ValueError("dilations need at least one value; dilations and aspp_rates must be >= 1")
+        return self
+
+
+class DLV3PSmallOptions(DLV3POptions):
+    """Smaller, faster compact DeepLabV3+ CNN (defaults: 648,883 parameters at 19 classes)."""
+
+    stem_channels: int = Field(16, ge=4, description="Width of the dense 3x3 stride-2 stem convolution.")
+    widths: Quad = Field((16, 24, 48, 128), description="Widths of the 1/2, 1/4, 1/8 and deep encoder stages.")
+    depths: Quad = Field((1, 2, 2, 4), description="Blocks per stage: separable residual blocks at 1/2, then "
+                                                   "inverted residuals (the first of the 1/4 and 1/8 stages fused).")
+    aspp_channels: int = Field(96, ge=8, description="Width of each ASPP branch and of the ASPP output.")
+    decoder_channels: Pair = Field((24, 64), description="Decoder widths at 1/2 and at 1/4 resolution.")
+
+
 def _msf_kwargs(options: MSFOptions, num_classes: int, lmsa: bool) -> dict:
     kwargs = dict(num_classes=num_classes, lmsa=lmsa, **options.model_dump())
     return kwargs
@@ -126,6 +172,18 @@ def create_unet(options: UNetOptions, num_classes: int):
     return _attach_source(unet_arch.build_unet(**kwargs), "unet", kwargs)
 
 
+def create_dlv3p(options: DLV3POptions, num_classes: int):
+    """Compact DeepLabV3+: inverted-residual encoder, ASPP with image pooling, 1/4 and 1/2 skips."""
+    kwargs = dict(num_classes=num_classes, **options.model_dump())
+    return _attach_source(dlv3p_arch.build_dlv3p(**kwargs), "dlv3p", kwargs)
+
+
+def create_dlv3p_s(options: DLV3PSmallOptions, num_classes: int):
+    """The smaller, faster width/depth variant of :func:`create_dlv3p`."""
+    kwargs = dict(num_classes=num_classes, **options.model_dump())
+    return _attach_source(dlv3p_arch.build_dlv3p(**kwargs), "dlv3p-s", kwargs)
+
+
 @hookimpl
 def register_models(register):
     register("msf", create_msf, options=MSFOptions,
@@ -134,3 +192,7 @@ def register_models(register):
              description="MicroSegFormer + Lightweight Multi-Scale Attention in the decoder (~1.76M params)")
     register("unet", create_unet, options=UNetOptions,
              description="Small U-Net baseline (~0.49M params)")
+    register("dlv3p", create_dlv3p, options=DLV3POptions,
+             description="Compact DeepLabV3+ CNN: inverted residuals, ASPP + image pooling, 1/4 and 1/2 skips (1,515,283 params)")
+    register("dlv3p-s", create_dlv3p_s, options=DLV3PSmallOptions,
+             description="Smaller, faster compact DeepLabV3+ CNN (648,883 params)")

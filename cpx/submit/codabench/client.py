@@ -1,25 +1,16 @@
-"""A Codabench client for robot submissions: token login, phase lookup, upload, polling.
+"""The HTTP client for Codabench's API: one method per endpoint cpx uses, retries for GETs
+only, and every error status turned into one line that says what to do.
 
-The flow follows Codabench's own API (every path under ``/api/`` with its trailing slash):
-a token from ``api-token-auth``, the competition's phases, ``can_make_submission``, a
-submission dataset whose zip goes straight to storage through a signed ("sassy") URL,
-the submission itself, then polling until a final status.
-
-Credentials live in ``<config dir>/codabench.json`` (``~/.config/cpx`` unless
-``CPX_CONFIG_DIR`` says otherwise); ``CODABENCH_TOKEN`` and ``CODABENCH_URL`` override it.
-Everything here returns plain data and raises :class:`CodabenchError`; nothing prints.
+Every path is under ``/api/`` with its trailing slash. The token goes in an
+``Authorization: Token ...`` header to the API host only; uploads go to the signed storage URL
+without it.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 import time
 import uuid
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
@@ -28,18 +19,23 @@ import requests
 from requests.auth import AuthBase
 
 from cpx import __version__
-from cpx.kernel.errors import CodabenchError, SubmissionError
-
-DEFAULT_URL = "https://www.codabench.org"
-CONFIG_FILE = "codabench.json"
-
-FINISHED = "Finished"
-FAILED = "Failed"
-CANCELLED = "Cancelled"
-FINAL_STATUSES = (FINISHED, FAILED, CANCELLED)
-PENDING_STATUSES = ("Submitting", "Submitted", "Preparing", "Running", "Scoring")
-
-LOGIN_HINT = "run `cpx codabench login` (or set CODABENCH_TOKEN)"
+from cpx.kernel.errors import CodabenchError
+from cpx.submit.codabench.credentials import normalize_url, token_hint
+from cpx.submit.codabench.schema import (
+    CANCELLED,
+    FAILED,
+    FINAL_STATUSES,
+    FINISHED,
+    Leaderboard,
+    Phase,
+    SubmissionResult,
+    _leaderboard,
+    _phase,
+    _phase_id,
+    _result,
+    _same,
+    _scores,
+)
 
 Progress = Callable[[str], None]
 
@@ -59,175 +55,6 @@ class CodabenchConnectionError(CodabenchError):
     """No answer at all: refused, dropped or timed out."""
 
 
-# ---------------------------------------------------------------- credentials
-
-
-def config_dir() -> Path:
-    override = os.environ.get("CPX_CONFIG_DIR")
-    if override:
-        return Path(override).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(base) / "cpx"
-
-
-def config_path() -> Path:
-    return config_dir() / CONFIG_FILE
-
-
-def normalize_url(url: str) -> str:
-    url = url.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise CodabenchError(f"not a Codabench server URL: {url!r} (expected https://host)")
-    return url
-
-
-def load_credentials(path: Optional[Path] = None) -> dict:
-    """The stored ``{"url", "token", "username"}``, or ``{}`` when nothing is stored."""
-    path = path or config_path()
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise CodabenchError(f"{path}: unreadable Codabench credentials ({exc.__class__.__name__}); "
-                             f"{LOGIN_HINT} again") from None
-    return data if isinstance(data, dict) else {}
-
-
-def save_credentials(url: str, token: str, username: Optional[str] = None,
-                     path: Optional[Path] = None) -> Path:
-    """Write the token so that only its owner can read it, without a window where it is
-    readable or half written: a private temp file in the same folder, then a rename."""
-    path = path or config_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    record = {"url": normalize_url(url), "token": token}
-    if username:
-        record["username"] = username
-    fd, tmp = tempfile.mkstemp(prefix=".codabench-", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
-def forget_credentials(path: Optional[Path] = None) -> bool:
-    """Delete the stored token; False when there was none."""
-    path = path or config_path()
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def resolve_url(url: Optional[str] = None) -> str:
-    """Explicit URL, then ``CODABENCH_URL``, then the stored one, then codabench.org."""
-    chosen = url or os.environ.get("CODABENCH_URL") or load_credentials().get("url") or DEFAULT_URL
-    return normalize_url(chosen)
-
-
-def resolve_token(url: str) -> Optional[str]:
-    """``CODABENCH_TOKEN``, else the stored token, but only if it was issued by this same
-    server: a token must never travel to a host it was not made for."""
-    env = os.environ.get("CODABENCH_TOKEN", "").strip()
-    if env:
-        return env
-    stored = load_credentials()
-    if stored.get("token") and stored.get("url") and normalize_url(stored["url"]) == normalize_url(url):
-        return stored["token"]
-    return None
-
-
-def stored_username(url: Optional[str] = None) -> Optional[str]:
-    stored = load_credentials()
-    if url and stored.get("url") and normalize_url(stored["url"]) != normalize_url(url):
-        return None
-    return stored.get("username")
-
-
-def client_from_config(url: Optional[str] = None, **kwargs: Any) -> "CodabenchClient":
-    base = resolve_url(url)
-    return CodabenchClient(base, token=resolve_token(base), **kwargs)
-
-
-def login(username: str, password: str, url: Optional[str] = None, *,
-          session: Optional[requests.Session] = None, timeout: float = 30,
-          path: Optional[Path] = None) -> Path:
-    """Trade a username and password for an API token and store it; returns the file."""
-    base = resolve_url(url)
-    client = CodabenchClient(base, session=session, timeout=timeout)
-    token = client.obtain_token(username, password)
-    return save_credentials(base, token, username=username, path=path)
-
-
-# ---------------------------------------------------------------- plain data
-
-
-@dataclass(frozen=True)
-class Phase:
-    id: int
-    name: str
-    # "Current", "Previous" or "Next"; None when the server does not say
-    status: Optional[str] = None
-    index: Optional[int] = None
-    max_submissions_per_day: Optional[int] = None
-    max_submissions_per_person: Optional[int] = None
-    used_submissions_per_day: Optional[int] = None
-    used_submissions_per_person: Optional[int] = None
-
-    @property
-    def is_current(self) -> bool:
-        return (self.status or "").casefold() == "current"
-
-    def limits_text(self) -> str:
-        """``"3 of 5 today, 10 of 100 in total"``; empty when the server gave no limits."""
-        parts = []
-        for used, limit, span in ((self.used_submissions_per_day, self.max_submissions_per_day, "today"),
-                                  (self.used_submissions_per_person, self.max_submissions_per_person,
-                                   "in total")):
-            if limit:
-                parts.append(f"{used} of {limit} {span}" if used is not None else f"at most {limit} {span}")
-        return ", ".join(parts)
-
-
-@dataclass
-class SubmissionResult:
-    id: int
-    phase_id: Optional[int]
-    status: str
-    scores: dict[str, float] = field(default_factory=dict)
-    # why it failed, or the server's status_details
-    detail: Optional[str] = None
-    # column key -> leaderboard column title, when the server tells
-    titles: dict[str, str] = field(default_factory=dict)
-    owner: Optional[str] = None
-    created_when: Optional[str] = None
-    filename: Optional[str] = None
-
-    @property
-    def done(self) -> bool:
-        return _same(self.status, *FINAL_STATUSES)
-
-    @property
-    def ok(self) -> bool:
-        return _same(self.status, FINISHED)
-
-
-# ---------------------------------------------------------------- client
-
-
 class _NoNetrc(AuthBase):
     """Passing any auth keeps requests from reading ~/.netrc, whose Basic credentials
     would otherwise replace our token or reach the storage host."""
@@ -240,10 +67,20 @@ _NO_NETRC = _NoNetrc()
 
 
 class CodabenchClient:
+    """Codabench's API at ``base_url`` with ``token`` (sent to that server only).
+
+    ``timeout`` is seconds per request, ``upload_timeout`` seconds for the zip's upload; GETs
+    are tried ``retries`` times with exponential backoff from ``retry_backoff`` seconds.
+    Plain ``http://`` is refused unless the server is loopback or ``allow_http``.
+
+    :raises CodabenchError: (from every method) the server refused, answered something that
+        is not Codabench's JSON, or could not be reached; one line that says what to do.
+    """
+
     def __init__(self, base_url: str, token: Optional[str] = None, timeout: float = 30,
                  session: Optional[requests.Session] = None, *, retries: int = 3,
-                 retry_backoff: float = 0.5, upload_timeout: float = 600):
-        self.base_url = normalize_url(base_url)
+                 retry_backoff: float = 0.5, upload_timeout: float = 600, allow_http: bool = False):
+        self.base_url = normalize_url(base_url, allow_http=allow_http)
         self.token = token
         self.timeout = timeout
         self.session = session or requests.Session()
@@ -319,9 +156,9 @@ class CodabenchClient:
         if status in (401, 403):
             text = detail or "permission denied"
             if not self.token:
-                raise fail(f"Codabench needs a login ({text}); {LOGIN_HINT}")
+                raise fail(f"Codabench needs a login ({text}); {token_hint(self.base_url)}")
             if status == 401 or _about_credentials(text):
-                raise fail(f"Codabench refused the token ({text}); {LOGIN_HINT}")
+                raise fail(f"Codabench refused the token ({text}); {token_hint(self.base_url)}")
             raise fail(f"Codabench refused {method} {path}: {text}")
         if status == 404:
             raise fail(f"Codabench has no {path} ({detail or 'not found'})")
@@ -344,6 +181,11 @@ class CodabenchClient:
     # -- endpoints
 
     def obtain_token(self, username: str, password: str) -> str:
+        """``POST /api/api-token-auth/`` with a username (or the account's e-mail) and password;
+        the token is kept on the client and returned. The password goes in the form body only.
+
+        :raises CodabenchError: the credentials were refused (one line, without the password).
+        """
         # a stale token must not ride along: some servers reject the login because of it
         saved, self.token = self.token, None
         try:
@@ -362,10 +204,16 @@ class CodabenchClient:
         self.token = token
         return token
 
+    def my_profile(self) -> dict:
+        """``GET /api/my_profile/``: the logged-in user (``username``, ``email``, ...)."""
+        return self._get_dict("/api/my_profile/")
+
     def competition(self, competition_id: int) -> dict:
+        """``GET /api/competitions/<id>/``: the competition with its phases."""
         return self._get_dict(f"/api/competitions/{int(competition_id)}/")
 
     def phases(self, competition_id: int) -> list[Phase]:
+        """The competition's phases with their limits and, for the token's user, used counts."""
         data = self.competition(competition_id)
         raw = data.get("phases")
         if not isinstance(raw, list):
@@ -373,21 +221,30 @@ class CodabenchClient:
         return [_phase(p) for p in raw if isinstance(p, dict) and "id" in p]
 
     def can_make_submission(self, phase_id: int) -> tuple[bool, Optional[str]]:
+        """Whether the token's user may submit to the phase now, and the server's reason if not."""
         data = self._get_dict(f"/api/can_make_submission/{int(phase_id)}/")
         if "can" not in data:
             raise CodabenchError("Codabench answered can_make_submission without a 'can' field")
         reason = data.get("reason")
         return bool(data["can"]), (str(reason) if reason else None)
 
-    def create_dataset(self, file_name: str, file_size: int, name: Optional[str] = None) -> tuple[str, str]:
-        """Register a submission upload; returns (key, signed storage URL)."""
-        data = self.request("POST", "/api/datasets/", json_body={
+    def create_dataset(self, file_name: str, file_size: int, name: Optional[str] = None,
+                       competition_id: Optional[int] = None) -> tuple[str, str]:
+        """Register a submission upload of ``file_size`` bytes; returns (key, signed storage
+        URL). As the web client does, the dataset names its competition and file, so the
+        upload appears under the competition."""
+        body: dict[str, Any] = {
             "type": "submission",
             # the server refuses a second dataset of the same name from one user
             "name": name or _unique_name(file_name),
             "request_sassy_file_name": file_name,
-            "file_size": file_size,
-        })
+            "file_name": file_name,
+            # the server answers 400 without it: it checks the user's storage quota
+            "file_size": int(file_size),
+        }
+        if competition_id is not None:
+            body["competition"] = int(competition_id)
+        data = self.request("POST", "/api/datasets/", json_body=body)
         if not isinstance(data, dict) or not data.get("key") or not data.get("sassy_url"):
             raise CodabenchError("Codabench created the dataset but gave no key or upload URL")
         return str(data["key"]), str(data["sassy_url"])
@@ -413,18 +270,34 @@ class CodabenchClient:
             raise CodabenchError(f"storage at {host} refused the upload ({resp.status_code}): {_snippet(resp)}")
 
     def complete_dataset(self, key: str) -> None:
+        """Tell the server the upload of dataset ``key`` to storage is complete."""
         self.request("PUT", f"/api/datasets/completed/{key}/")
 
     def create_submission(self, phase_id: int, data_key: str) -> dict:
+        """``POST /api/submissions/`` of the uploaded dataset ``data_key`` to the phase; the
+        server's record of the new submission (with its ``id``). Never retried: it counts."""
         data = self.request("POST", "/api/submissions/", json_body={"phase": int(phase_id), "data": data_key})
         if not isinstance(data, dict) or data.get("id") is None:
             raise CodabenchError("Codabench accepted the submission but gave no id")
         return data
 
+    def add_to_leaderboard(self, submission_id: int) -> None:
+        """Put the submission on its phase's leaderboard
+        (``POST /api/submissions/<id>/submission_leaderboard_connection/``). Under the default
+        rule this is how an upload reaches the public leaderboard, replacing the owner's
+        previous entry; competitions with an automatic rule answer 403."""
+        self.request("POST", f"/api/submissions/{int(submission_id)}/submission_leaderboard_connection/")
+
+    def leaderboard(self, phase_id: int) -> Leaderboard:
+        """The phase's public leaderboard, rows in the server's ranking order."""
+        return _leaderboard(self.request("GET", f"/api/phases/{int(phase_id)}/get_leaderboard/"), int(phase_id))
+
     def submission(self, submission_id: int) -> dict:
+        """``GET /api/submissions/<id>/``: the submission's raw record."""
         return self._get_dict(f"/api/submissions/{int(submission_id)}/")
 
     def submission_details(self, submission_id: int) -> dict:
+        """``GET /api/submissions/<id>/get_details/``: logs and leaderboard column titles."""
         return self._get_dict(f"/api/submissions/{int(submission_id)}/get_details/")
 
     def result(self, submission_id: int, *, titles: bool = True) -> SubmissionResult:
@@ -526,150 +399,6 @@ class CodabenchClient:
         return out
 
 
-# ---------------------------------------------------------------- high level
-
-
-def choose_phase(phases: list[Phase], phase_id: Optional[int] = None,
-                 competition_id: Optional[int] = None) -> Phase:
-    where = f"competition {competition_id}" if competition_id is not None else "the competition"
-    listing = ", ".join(f"{p.id} ({p.name}, {p.status or 'status unknown'})" for p in phases) or "none"
-    if phase_id is not None:
-        for phase in phases:
-            if phase.id == int(phase_id):
-                return phase
-        raise CodabenchError(f"phase {phase_id} is not part of {where}; its phases: {listing}")
-    current = [p for p in phases if p.is_current]
-    if len(current) == 1:
-        return current[0]
-    if len(current) > 1:
-        raise CodabenchError(f"{where} has several current phases; choose one by id: {listing}")
-    if any(p.status is None for p in phases):
-        raise CodabenchError(f"the server does not say which phase of {where} is current; "
-                             f"choose one by id: {listing}")
-    raise CodabenchError(f"no phase of {where} is open now; its phases: {listing}")
-
-
-def submit_zip(client: CodabenchClient, zip_path: os.PathLike | str, competition_id: int,
-               phase_id: Optional[int] = None, wait: bool = False, *, timeout: float = 3600,
-               initial_interval: float = 2.0, max_interval: float = 30.0,
-               progress: Optional[Progress] = None) -> SubmissionResult:
-    """Submit a zip to the competition's current phase (or ``phase_id``); with ``wait``,
-    also poll until it is scored. ``progress`` hears each step and status change."""
-    path = Path(zip_path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):
-        raise SubmissionError(f"{path}: not a zip file")
-    if not client.token:
-        raise CodabenchError(f"no Codabench token for {client.base_url}; {LOGIN_HINT}")
-
-    last: list[str] = []
-
-    def say(text: str) -> None:
-        # the creation reply and the first poll often repeat the same status
-        if progress and (not last or last[-1] != text):
-            last.append(text)
-            progress(text)
-
-    phase = choose_phase(client.phases(competition_id), phase_id, competition_id)
-    can, reason = client.can_make_submission(phase.id)
-    if not can:
-        limits = phase.limits_text()
-        raise CodabenchError(f"Codabench will not take a submission to phase {phase.id} ({phase.name}): "
-                             f"{reason or 'no reason given'}" + (f" [used {limits}]" if limits else ""))
-
-    say("uploading")
-    key, sassy_url = client.create_dataset(path.name, path.stat().st_size)
-    client.upload_to_storage(sassy_url, path)
-    client.complete_dataset(key)
-    say("uploaded")
-
-    try:
-        created = client.create_submission(phase.id, key)
-    except CodabenchHTTPError as exc:
-        limits = phase.limits_text()
-        if exc.status_code >= 500 and limits:
-            raise CodabenchHTTPError(f"{exc} (used {limits})", exc.status_code, exc.method, exc.path,
-                                     exc.detail) from None
-        raise
-    result = _result(created)
-    result.phase_id = result.phase_id or phase.id
-    if not result.status or result.status == "unknown":
-        result.status = "Submitted"
-    say(result.status)
-    if not wait:
-        return result
-    final = client.wait(result.id, timeout, initial_interval=initial_interval,
-                        max_interval=max_interval, progress=say if progress else None)
-    final.phase_id = final.phase_id or phase.id
-    return final
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _same(status: Optional[str], *names: str) -> bool:
-    folded = (status or "").casefold()
-    return any(folded == n.casefold() for n in names)
-
-
-def _int_or_none(value: Any) -> Optional[int]:
-    try:
-        return int(value) if value is not None and value != "" else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _phase_id(value: Any) -> Optional[int]:
-    if isinstance(value, dict):
-        value = value.get("id")
-    return _int_or_none(value)
-
-
-def _phase(raw: dict) -> Phase:
-    # has_max_submissions off means the numbers are stored but not enforced
-    enforced = raw.get("has_max_submissions", True) is not False
-    return Phase(
-        id=int(raw["id"]),
-        name=str(raw.get("name") or f"phase {raw['id']}"),
-        status=str(raw["status"]) if raw.get("status") else None,
-        index=_int_or_none(raw.get("index")),
-        max_submissions_per_day=_int_or_none(raw.get("max_submissions_per_day")) if enforced else None,
-        max_submissions_per_person=_int_or_none(raw.get("max_submissions_per_person")) if enforced else None,
-        used_submissions_per_day=_int_or_none(raw.get("used_submissions_per_day")),
-        used_submissions_per_person=_int_or_none(raw.get("used_submissions_per_person")),
-    )
-
-
-def _scores(raw: Any) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for item in raw or []:
-        if not isinstance(item, dict):
-            continue
-        key = item.get("column_key") or item.get("key")
-        try:
-            value = float(item.get("score"))
-        except (TypeError, ValueError):
-            continue
-        if key is not None:
-            out.setdefault(str(key), value)
-    return out
-
-
-def _result(sub: dict) -> SubmissionResult:
-    if sub.get("id") is None:
-        raise CodabenchError("Codabench sent a submission without an id")
-    detail = sub.get("status_details")
-    return SubmissionResult(
-        id=int(sub["id"]),
-        phase_id=_phase_id(sub.get("phase")),
-        status=str(sub.get("status") or "unknown"),
-        scores=_scores(sub.get("scores")),
-        detail=str(detail) if detail else None,
-        owner=str(sub["owner"]) if sub.get("owner") else None,
-        created_when=str(sub["created_when"]) if sub.get("created_when") else None,
-        filename=str(sub["filename"]) if sub.get("filename") else None,
-    )
 
 
 def _unique_name(file_name: str) -> str:
@@ -743,10 +472,3 @@ def _short_reason(exc: BaseException) -> str:
         return "TLS error"
     return exc.__class__.__name__
 
-
-__all__ = [
-    "DEFAULT_URL", "FINAL_STATUSES", "PENDING_STATUSES", "CodabenchClient", "CodabenchHTTPError",
-    "CodabenchConnectionError", "Phase", "SubmissionResult", "choose_phase", "submit_zip",
-    "login", "client_from_config", "config_path", "config_dir", "load_credentials",
-    "save_credentials", "forget_credentials", "resolve_url", "resolve_token", "stored_username",
-]

@@ -1,0 +1,263 @@
+"""A compact DeepLabV3+-style CNN for face parsing (and other dense labelling).
+
+Self-contained on purpose (imports only ``torch`` and the standard library) so it can be
+copied verbatim into a competition submission as the model source. Build a model with
+:func:`build_dlv3p`; it maps float RGB images ``B x 3 x H x W`` in [0, 1] to logits
+``B x num_classes x H x W`` for any ``H`` and ``W``.
+
+Architecture
+------------
+* Stem at 1/2: a 3x3 stride-2 convolution, then a depthwise-separable residual block. Its
+  output is the 1/2-resolution skip.
+* Encoder: three stages at 1/4, 1/8 and a deep stage at 1/16 or (with ``output_stride=8``)
+  still at 1/8. The 1/4 and 1/8 stages open with a fused inverted residual (a dense strided
+  3x3 expanding convolution, then a 1x1 projection: oneDNN trains strided depthwise
+  convolutions slowly); every other block is an inverted residual (1x1 expand, 3x3
+  depthwise, 1x1 linear projection, residual when the shapes match). Block ``i`` (from 0) of
+  the deep stage uses dilation ``dilations[i % len(dilations)]``, except block 0, which
+  changes width and stride and uses 1. The 1/4 stage output is the second skip.
+* Context: an ASPP module -- a 1x1 branch, depthwise-separable 3x3 branches at the
+  ``aspp_rates`` dilations and an image-pooling branch -- concatenated and fused by a 1x1
+  convolution.
+* Decoder (FPN-like): the context map is projected (1x1) to the 1/4 decoder width,
+  upsampled to 1/4, added to the 1x1-projected 1/4 skip and refined by two
+  depthwise-separable convolutions; the same again at 1/2 with the 1/2 skip and one
+  refinement; a 1x1 classifier gives logits at 1/2 that a bilinear resize brings to the
+  input size. Adding projected maps instead of concatenating keeps the depthwise work at
+  1/2 resolution to the narrow decoder width, the most expensive place of the network.
+
+Because the last step is that resize, :meth:`DeepLabV3Plus.forward_coarse` returns the 1/2
+logits exactly, and ``forward(x)`` is their bilinear (``align_corners=False``) resize.
+
+Convolutions are followed by batch norm and, except the linear projections, ReLU (the fast
+pair for oneDNN on CPU, in fp32 or under bf16 autocast); maps are kept channels-last.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ImageNet statistics: a fixed, well-known normalisation that needs no data to compute.
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+def _up(x, size):
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def dilated_depthwise(x, weight, dilation):
+    """A 'same' 3x3 depthwise convolution with ``dilation``, run as an undilated one.
+
+    The pixels ``dilation`` apart form ``dilation ** 2`` interleaved sub-images; a dilated
+    3x3 convolution only ever combines pixels of one sub-image, so it equals an ordinary 3x3
+    convolution of each sub-image stacked along the batch (zero-padding the map to a multiple
+    of ``dilation`` first adds only zeros the dilated convolution would read as padding).
+    oneDNN trains dilated depthwise convolutions several times slower than undilated ones.
+    """
+    d = dilation
+    b, c, h, w = x.shape
+    hp, wp = -(-h // d) * d, -(-w // d) * d
+    if hp != h or wp != w:
+        x = F.pad(x, (0, wp - w, 0, hp - h))
+    sub = x.reshape(b, c, hp // d, d, wp // d, d).permute(0, 3, 5, 1, 2, 4).reshape(b * d * d, c, hp // d, wp // d)
+    y = F.conv2d(sub.contiguous(memory_format=torch.channels_last), weight, None, 1, 1, 1, c)
+    y = y.reshape(b, d, d, c, hp // d, wp // d).permute(0, 3, 4, 1, 5, 2).reshape(b, c, hp, wp)
+    return y[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
+
+
+class DepthwiseConv(nn.Conv2d):
+    """3x3 depthwise convolution (no bias); dilated ones run through :func:`dilated_depthwise`."""
+
+    def __init__(self, channels, stride=1, dilation=1):
+        super().__init__(channels, channels, 3, stride, dilation, dilation=dilation, groups=channels, bias=False)
+
+    def forward(self, x):
+        d = self.dilation[0]
+        if d == 1 or self.stride[0] != 1:
+            return super().forward(x)
+        return dilated_depthwise(x, self.weight, d)
+
+
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, in_ch, out_ch, kernel=1, stride=1, dilation=1, groups=1, relu=True):
+        pad = dilation * (kernel - 1) // 2
+        if kernel == 3 and groups == in_ch == out_ch and groups > 1:
+            conv = DepthwiseConv(in_ch, stride, dilation)
+        else:
+            conv = nn.Conv2d(in_ch, out_ch, kernel, stride, pad, dilation=dilation, groups=groups, bias=False)
+        layers = [conv, nn.BatchNorm2d(out_ch)]
+        if relu:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class SeparableConv(nn.Sequential):
+    """3x3 depthwise (optionally dilated) + batch norm + ReLU, then 1x1 pointwise + batch norm + ReLU."""
+
+    def __init__(self, in_ch, out_ch, dilation=1, stride=1):
+        super().__init__(ConvBNReLU(in_ch, in_ch, 3, stride, dilation, groups=in_ch),
+                         ConvBNReLU(in_ch, out_ch, 1))
+
+
+class SeparableResidual(nn.Module):
+    """A depthwise-separable block with a residual (a 1x1 projection when widths differ)."""
+
+    def __init__(self, in_ch, out_ch):
+        super().__init__()
+        self.dw = ConvBNReLU(in_ch, in_ch, 3, groups=in_ch)
+        self.pw = ConvBNReLU(in_ch, out_ch, 1, relu=False)
+        self.short = None if in_ch == out_ch else ConvBNReLU(in_ch, out_ch, 1, relu=False)
+
+    def forward(self, x):
+        y = self.pw(self.dw(x))
+        return F.relu(y + (x if self.short is None else self.short(x)))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise (stride, dilation), 1x1 linear projection."""
+
+    def __init__(self, in_ch, out_ch, stride=1, dilation=1, expansion=4.0):
+        super().__init__()
+        hidden = max(8, int(round(in_ch * expansion)))
+        self.use_res = stride == 1 and in_ch == out_ch
+        layers = []
+        if hidden != in_ch:
+            layers.append(ConvBNReLU(in_ch, hidden, 1))
+        layers += [ConvBNReLU(hidden, hidden, 3, stride, dilation, groups=hidden),
+                   ConvBNReLU(hidden, out_ch, 1, relu=False)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        y = self.body(x)
+        return x + y if self.use_res else y
+
+
+class FusedInvertedResidual(nn.Module):
+    """Fused-MBConv block: one dense 3x3 expanding convolution (with the stride), 1x1 linear projection.
+
+    Used where the encoder halves the resolution: a dense strided 3x3 convolution on few
+    channels runs on oneDNN's fast path, where a strided depthwise one trains slowly on CPU.
+    """
+
+    def __init__(self, in_ch, out_ch, stride=1, expansion=4.0):
+        super().__init__()
+        hidden = max(8, int(round(in_ch * expansion)))
+        self.use_res = stride == 1 and in_ch == out_ch
+        self.body = nn.Sequential(ConvBNReLU(in_ch, hidden, 3, stride), ConvBNReLU(hidden, out_ch, 1, relu=False))
+
+    def forward(self, x):
+        y = self.body(x)
+        return x + y if self.use_res else y
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling with depthwise-separable atrous branches and image pooling."""
+
+    def __init__(self, in_ch, out_ch, rates=(6, 12, 18), dropout=0.1):
+        super().__init__()
+        self.branches = nn.ModuleList([ConvBNReLU(in_ch, out_ch, 1)]
+                                      + [SeparableConv(in_ch, out_ch, dilation=r) for r in rates])
+        # no batch norm on the pooled branch: a 1 x 1 map of a batch of one has no batch statistics
+        self.pool = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1), nn.ReLU(inplace=True))
+        self.project = ConvBNReLU(out_ch * (len(rates) + 2), out_ch, 1)
+        self.dropout = nn.Dropout2d(dropout)
+
+    def forward(self, x):
+        outs = [branch(x) for branch in self.branches]
+        pooled = self.pool(x.mean((2, 3), keepdim=True))
+        outs.append(pooled.expand(-1, -1, x.shape[2], x.shape[3]))
+        return self.dropout(self.project(torch.cat(outs, 1)))
+
+
+class DeepLabV3Plus(nn.Module):
+    def __init__(self, num_classes=19, stem_channels=16, widths=(24, 32, 64, 160), depths=(1, 2, 3, 6),
+                 expansion=4.0, output_stride=16, dilations=(1, 2), aspp_channels=128,
+                 aspp_rates=(2, 4, 6), decoder_channels=(32, 96), dropout=0.1):
+        super().__init__()
+        if output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+        if len(widths) != 4 or len(depths) != 4 or min(depths) < 1:
+            raise ValueError("widths and depths need 4 entries each (1/2, 1/4, 1/8, deep stage), depths >= 1")
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        w2, w4, w8, wd = widths
+        # 1/2: a dense strided stem, then depthwise-separable residual blocks
+        stem = [ConvBNReLU(3, stem_channels, 3, 2)]
+        prev = stem_channels
+        for _ in range(depths[0]):
+            stem.append(SeparableResidual(prev, w2))
+            prev = w2
+        self.stem = nn.Sequential(*stem)
+
+        def stage(in_ch, out_ch, depth, stride, dil_cycle, fused):
+            first = (FusedInvertedResidual(in_ch, out_ch, stride, expansion) if fused
+                     else InvertedResidual(in_ch, out_ch, stride, 1, expansion))
+            blocks = [first]
+            for i in range(1, depth):
+                blocks.append(InvertedResidual(out_ch, out_ch, 1, dil_cycle[i % len(dil_cycle)], expansion))
+            return nn.Sequential(*blocks)
+
+        self.quarter = stage(w2, w4, depths[1], 2, (1,), fused=True)
+        self.eighth = stage(w4, w8, depths[2], 2, (1,), fused=True)
+        self.deep = stage(w8, wd, depths[3], 2 if output_stride == 16 else 1, tuple(dilations), fused=False)
+        self.aspp = ASPP(wd, aspp_channels, tuple(aspp_rates), dropout)
+        # decoder, FPN-like: project to the next width, upsample, add the projected skip, refine
+        d2, d4 = decoder_channels
+        self.up4 = ConvBNReLU(aspp_channels, d4, 1, relu=False)
+        self.skip4 = ConvBNReLU(w4, d4, 1, relu=False)
+        self.dec4 = nn.Sequential(SeparableConv(d4, d4), SeparableConv(d4, d4))
+        self.up2 = ConvBNReLU(d4, d2, 1, relu=False)
+        self.skip2 = ConvBNReLU(w2, d2, 1, relu=False)
+        self.dec2 = SeparableConv(d2, d2)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(d2, num_classes, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_coarse(self, x):
+        """Float32 logits at 1/2 of the input size (``ceil(H/2) x ceil(W/2)``), plain NCHW."""
+        # channels-last is the fast layout for oneDNN convolutions on CPU
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        f2 = self.stem(x)
+        f4 = self.quarter(f2)
+        y = self.aspp(self.deep(self.eighth(f4)))
+        y = F.relu(_up(self.up4(y), f4.shape[-2:]) + self.skip4(f4))
+        y = self.dec4(y)
+        y = F.relu(_up(self.up2(y), f2.shape[-2:]) + self.skip2(f2))
+        y = self.dec2(y)
+        # NCHW before the resize: bilinear upsampling of a few channels is twice as fast in NCHW
+        return self.classifier(self.dropout(y)).float().contiguous()
+
+    def forward(self, x):
+        # plain NCHW float32 logits at the input size, whatever precision the body ran in
+        return _up(self.forward_coarse(x), x.shape[-2:])
+
+
+def build_dlv3p(num_classes=19, stem_channels=16, widths=(24, 32, 64, 160), depths=(1, 2, 3, 6),
+                expansion=4.0, output_stride=16, dilations=(1, 2), aspp_channels=128,
+                aspp_rates=(2, 4, 6), decoder_channels=(32, 96), dropout=0.1):
+    """Build the network from plain values.
+
+    :param stem_channels: width of the stride-2 stem convolution.
+    :param widths: widths of the 1/2, 1/4, 1/8 and deep stages.
+    :param depths: blocks per stage (separable residual blocks at 1/2, inverted residuals after).
+    :param expansion: hidden-width multiple of the inverted-residual blocks.
+    :param output_stride: 16 (deep stage at 1/16) or 8 (deep stage dilated, at 1/8).
+    :param dilations: deep-stage block ``i > 0`` uses ``dilations[i % len(dilations)]``.
+    :param aspp_channels: width of each ASPP branch and of its output.
+    :param aspp_rates: dilations of the separable ASPP branches, on the deep map.
+    :param decoder_channels: widths of the decoder at 1/2 and 1/4.
+    :param dropout: channel dropout after ASPP and before the classifier.
+    """
+    return DeepLabV3Plus(num_classes=num_classes, stem_channels=stem_channels, widths=tuple(widths),
+                         depths=tuple(depths), expansion=expansion, output_stride=output_stride,
+                         dilations=tuple(dilations), aspp_channels=aspp_channels, aspp_rates=tuple(aspp_rates),
+                         decoder_channels=tuple(decoder_channels),
+                         dropout=dropout)

@@ -1,0 +1,18 @@
+"""The CNN recipes resolve, build their model under the cap and keep their documented choices."""
+
+import pytest
+
+from cpx.kernel.config import build_config
+
+PARAM_CAP = 1_821_085
+
+
+@pytest.mark.parametrize("recipe, model, size", [("cnn-cpu", "dlv3p", 256), ("cnn-cpu-s", "dlv3p-s", 256),
+                                                 ("cnn-cpu-384", "dlv3p", 384)])
+def test_cnn_recipes_resolve_and_build(cpx_workspace, cpx_host, recipe, model, size):
+    config, _ = build_config(recipe, {}, cpx_workspace.experiments_dir, cpx_host)
+    assert config.model.name == model and config.data.image_size == size
+    assert config.model.options["dropout"] == 0.1  # not the msf base recipe's 0.15
+    assert config.train.patience is None and config.train.precision == "auto"
+    net = cpx_host.models.get(model).create(config.model.options, 19)
+    assert sum(p.numel() for p in net.parameters()) < PARAM_CAP

@@ -1,0 +1,117 @@
+"""The compact DeepLabV3+ CNNs (dlv3p, dlv3p-s): sizes, shapes, exact rewrites, options."""
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import builtin_host
+
+import cpx_plugins.models
+from cpx.kernel.errors import ConfigError
+from cpx_plugins.models import dlv3p_arch
+
+NUM_CLASSES = 19
+PARAM_CAP = 1_821_085
+NAMES = ["dlv3p", "dlv3p-s"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def host():
+    return builtin_host(cpx_plugins.models, "models")
+
+
+@pytest.fixture(scope="module")
+def models(host):
+    torch.manual_seed(0)
+    return {name: host.models.get(name).create({}, NUM_CLASSES) for name in NAMES}
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_parameter_counts_are_the_documented_ones_and_under_the_cap(host, models):
+    assert n_params(models["dlv3p"]) == 1_515_283
+    assert n_params(models["dlv3p-s"]) == 648_883
+    for name in NAMES:
+        assert n_params(models[name]) < PARAM_CAP
+        assert f"{n_params(models[name]):,}" in host.models.get(name).description
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", [256, 512])
+def test_logits_at_the_input_size(models, name, size):
+    model = models[name].eval()
+    with torch.no_grad():
+        coarse = model.forward_coarse(torch.rand(1, 3, size, size))
+        out = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    assert coarse.shape == (1, NUM_CLASSES, size // 2, size // 2)
+    assert out.shape == (1, NUM_CLASSES, size, size)
+    if size == 256:
+        with torch.no_grad():
+            torch.testing.assert_close(model(torch.zeros(1, 3, size, size)),
+                                       F.interpolate(model.forward_coarse(torch.zeros(1, 3, size, size)),
+                                                     size=(size, size), mode="bilinear", align_corners=False))
+
+
+@pytest.mark.parametrize("options", [{}, {"output_stride": 8, "dilations": [1, 2, 4]},
+                                     {"widths": [16, 16, 32, 64], "depths": [1, 1, 1, 2], "aspp_rates": [3]}])
+def test_cpx_source_rebuilds_the_model_standalone(host, options):
+    model = host.models.get("dlv3p").create(options, 7).eval()
+    arch_file, builder, kwargs = model.cpx_source
+    assert builder == "build_dlv3p" and kwargs["num_classes"] == 7
+    spec = importlib.util.spec_from_file_location("standalone_dlv3p_test", arch_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rebuilt = getattr(module, builder)(**kwargs).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 70, 54)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x))
+
+
+@pytest.mark.parametrize("dilation", [2, 3, 4, 6])
+@pytest.mark.parametrize("hw", [(16, 16), (13, 9), (5, 7)])
+def test_dilated_depthwise_equals_the_dilated_convolution(dilation, hw):
+    g = torch.Generator().manual_seed(dilation)
+    x = torch.randn(2, 5, *hw, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(5, 1, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    expected = F.conv2d(x, w, None, 1, dilation, dilation, 5)
+    torch.testing.assert_close(dlv3p_arch.dilated_depthwise(x, w, dilation), expected)
+    assert torch.autograd.gradcheck(lambda a, b: dlv3p_arch.dilated_depthwise(a, b, dilation), (x, w),
+                                    fast_mode=True)
+
+
+def test_output_stride_8_keeps_the_deep_map_at_one_eighth(host):
+    model = host.models.get("dlv3p").create({"output_stride": 8}, NUM_CLASSES).eval()
+    seen = {}
+    model.aspp.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
+    with torch.no_grad():
+        model(torch.rand(1, 3, 64, 64))
+    assert seen["shape"][-2:] == (8, 8)
+
+
+def test_a_batch_of_one_trains(models):
+    # the image-pooling branch has no batch norm, so a 1 x 1 pooled map of one image is fine
+    model = copy.deepcopy(models["dlv3p-s"]).train()
+    loss = F.cross_entropy(model(torch.rand(1, 3, 64, 64)), torch.randint(0, NUM_CLASSES, (1, 64, 64)))
+    loss.backward()
+
+
+@pytest.mark.parametrize("options, match", [({"output_stride": 4}, "output_stride"),
+                                            ({"depths": [1, 0, 1, 1]}, "depths"),
+                                            ({"dilations": []}, "dilations"),
+                                            ({"widths": [16, 16, 16]}, "widths")])
+def test_bad_options_are_config_errors(host, options, match):
+    with pytest.raises(ConfigError, match=match):
+        host.models.get("dlv3p").create(options, NUM_CLASSES)

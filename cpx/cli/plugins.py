@@ -25,7 +25,7 @@ def plugin_listing(host) -> list[dict]:
 def register(app: typer.Typer) -> None:
     @app.command("plugins")
     def plugins_command(json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False):
-        """List every model, loss, augmentation and competition, with origin and options."""
+        """List every model, loss, augmentation, post-processor and competition, with origin and options."""
         rows = plugin_listing(_common.host())
         if json_:
             print_json({"components": rows, "failures": _common.host().failures})

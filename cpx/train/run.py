@@ -335,6 +335,8 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
             plot_history([(run_id, trainer.history)], folder.curves_path)
         except Exception as exc:  # a plotting problem must not lose a finished run
             message += f" (curves.png not written: {exc})"
+    if trainer.best_scores and "interrupted" not in message:  # a resumed run records it when it ends
+        record_best_validation(ledger, run_id, trainer.best_scores, data.val_names, competition)
     ledger.update_run(run_id, status=status,
                       finished_at=utc_now(), wall_seconds=round(wall, 2),
                       epochs_planned=trainer.settings.epochs, notes=message or None)
@@ -359,6 +361,20 @@ def best_payload(tr: Trainer, config: ExperimentConfig, competition: Competition
     }
 
 
+
+
+def record_best_validation(ledger: Ledger, run_id: str, scores: dict, val_names: list[str],
+                           competition: Competition) -> dict:
+    """The best epoch's validation as a ledger row (checkpoint ``best``, no TTA, the run's own
+    validation list), with each image's F so runs can later be compared image by image."""
+    from cpx.eval.validate import VAL_LIST
+
+    per_class = {str(name): {"f": f, "images": n}
+                 for name, f, n in zip(competition.classes, scores["per_class_f"], scores["class_images"])}
+    return ledger.add_validation(run_id, checkpoint="best", tta="none", data=VAL_LIST, images=len(val_names),
+                                 score=scores["fscore"], pooled_score=scores["pooled_fscore"],
+                                 pixel_acc=scores["pixel_acc"], miou=scores["miou"], per_class=per_class,
+                                 per_image=dict(zip(val_names, scores["per_image"])))
 
 
 def command_line() -> str:

@@ -17,8 +17,9 @@ from . import _common, data, evaluate, plugins, runs, pictures, train
 from . import package
 from . import submit
 from . import bench
+from . import report, sweep
 
-COMMAND_MODULES = [train, runs, plugins, data, pictures, evaluate, package, submit, bench]
+COMMAND_MODULES = [train, runs, plugins, data, pictures, evaluate, package, submit, bench, sweep, report]
 
 
 def create_app(host=None) -> typer.Typer:

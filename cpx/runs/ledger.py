@@ -28,7 +28,7 @@ from cpx.runs.migrations import immediate, migrate
 DEFAULT_TIMEOUT = 10.0
 
 RUN_KINDS = ("train", "ensemble", "imported")
-RUN_STATUSES = ("running", "completed", "stopped", "failed", "imported")
+RUN_STATUSES = ("running", "completed", "stopped", "failed", "imported", "pruned")
 SCORE_SOURCES = ("manual", "codabench")
 RUN_ORDERS = ("created_at", "best_val_f")
 

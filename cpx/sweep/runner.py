@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 import optuna
 from optuna.trial import TrialState
 
+from cpx.kernel.config import build_config
 from cpx.kernel.errors import RunError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
@@ -203,6 +204,9 @@ def run_sweep(request: SweepRequest, workspace: Workspace, host: PluginHost, on_
 
     ``callbacks`` go to every trial's trainer (progress bars, tests).
     """
+    if request.spec is not None:  # a misspelt factor or override fails here, not in every trial
+        example = {f.key: f.values[0] if f.values is not None else f.low for f in request.spec.factors}
+        build_config(request.spec.recipe, request.spec.trial_overrides(example), workspace.experiments_dir, host)
     url = request.storage or studylib.default_storage(workspace.experiments_dir)
     storage = studylib.open_storage(url, request.heartbeat_seconds)
     if request.spec is None and not request.study:

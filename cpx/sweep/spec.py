@@ -148,6 +148,12 @@ class SweepSpec(BaseModel):
 
 
 def _scalar(text: str, where: str) -> Any:
+    # numbers first: YAML 1.1 reads 1e-4 (no dot) as a string
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:

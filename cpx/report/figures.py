@@ -276,7 +276,7 @@ def plot_factor_panels(panels: Sequence[FactorPanel], path: Path, *, title: str 
     n = len(panels)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.4 * rows + 0.8), layout="constrained",
+    fig, axes = plt.subplots(rows, cols, figsize=(max(7.5, 5.6 * cols), 4.4 * rows + 0.8), layout="constrained",
                              squeeze=False, sharey=True)
     seeds = sorted({p[2] for panel in panels for p in panel.points if p[2] is not None})
     handles = {}
@@ -319,4 +319,34 @@ def plot_factor_panels(panels: Sequence[FactorPanel], path: Path, *, title: str 
     fig.legend(legend, labels, loc="outside lower center", ncol=min(len(legend), 6), frameon=False, fontsize=10)
     if title or subtitle:
         fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=12)
+    return save_figure(fig, path)
+
+
+def plot_per_class_runs(class_names: Sequence[str], runs: Sequence[tuple[str, Sequence[Optional[float]], Optional[float]]],
+                        path: Path, *, title: str = "") -> Path:
+    """Per-class F of several runs as a table of colours (class x run) with each F written in its
+    cell; ``runs`` holds (label, per-class F or None where the class is absent, overall score)."""
+    if not runs:
+        raise DataError("no runs to draw")
+    plt = pyplot()
+    n, k = len(class_names), len(runs)
+    grid = np.array([[math.nan if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+                      for v in values] for _, values, _ in runs]).T
+    fig, ax = plt.subplots(figsize=(3.2 + 2.3 * k, 1.6 + 0.36 * n), layout="constrained")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#e6e6e6")
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    for i in range(n):
+        for j in range(k):
+            v = grid[i, j]
+            text = "absent" if math.isnan(v) else f"{v:.3f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                    color="0.35" if math.isnan(v) else ("black" if v > 0.6 else "white"))
+    ax.set_yticks(range(n), list(class_names), fontsize=10)
+    ax.set_xticks(range(k), [_wrap(label, 24) + (f"\nscore {score:.4f}" if score is not None else "")
+                             for label, _, score in runs], fontsize=9.5)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    fig.colorbar(im, ax=ax, shrink=0.6, label="per-class F")
+    ax.set_title(title or "per-class F of the top runs (mean over the validation images holding the class)",
+                 fontsize=11)
     return save_figure(fig, path)

@@ -144,16 +144,17 @@ def _recompute(fact, values):
     return None
 
 
-def test_every_number_in_the_report_traces_to_the_ledger(ledger_ws, cpx_host):
-    result = build_report(ledger_ws, cpx_host)
+def assert_traced(result, ws):
+    """Every fact's ledger cells hold what it says, plain arithmetic facts recompute from them, and
+    the Markdown prints no score-like number or integer table cell that is not a fact."""
     doc = result.document
     md = result.markdown.read_text()
-    db = sqlite3.connect(ledger_ws.ledger_path)
-    checked = Counter = {}
+    db = sqlite3.connect(ws.ledger_path)
+    checked = {}
     for fact in doc.facts:
         values = []
         for ref in fact.refs:
-            value = _cell(db, ledger_ws, ref)
+            value = _cell(db, ws, ref)
             if ref.column != "config":
                 assert value == ref.value, (fact, ref)
             values.append(value)
@@ -163,10 +164,10 @@ def test_every_number_in_the_report_traces_to_the_ledger(ledger_ws, cpx_host):
                 assert fact.value == pytest.approx(expected, abs=1e-12), fact
             else:
                 assert fact.value == expected, fact
-            Counter[fact.how] = Counter.get(fact.how, 0) + 1
+            checked[fact.how] = checked.get(fact.how, 0) + 1
         assert fact.refs or fact.how == "assumed_spread", fact
     for how in ("value", "diff", "count", "mean", "sd", "left", "effect", "gap_prediction", "gap_half_width",
-                "mean_gap", "paired_diff", "shared_images", "longest_wait"):
+                "mean_gap", "gap_sd", "paired_diff", "shared_images", "longest_wait"):
         assert checked.get(how), f"no {how} fact was checked"
 
     # every score-like number printed (3+ decimals) and every integer table cell is one of the facts
@@ -182,7 +183,7 @@ def test_every_number_in_the_report_traces_to_the_ledger(ledger_ws, cpx_host):
                     assert cell.strip() in fact_tokens, f"table cell {cell!r} is no ledger fact ({line})"
 
 
-def test_report_regenerated_from_recorded_test_scores(ledger_ws, cpx_host, capsys):
+def test_report_regenerated_from_recorded_test_scores_every_number_traced(ledger_ws, cpx_host, capsys):
     assert main(["report"]) == 0
     out = ledger_ws.experiments_dir / "report"
     md = (out / "report.md").read_text()
@@ -219,8 +220,9 @@ def test_report_regenerated_from_recorded_test_scores(ledger_ws, cpx_host, capsy
         unet = ledger.get_run("unet")
         ledger.add_submission("v3", run_id=unet["id"], val_score=0.6500, created_at="2026-01-04T10:00:00+00:00")
         ledger.record_score("v3", 0.6900)
-    assert main(["report"]) == 0
-    md2 = (out / "report.md").read_text()
+    result = build_report(ledger_ws, cpx_host)
+    md2 = result.markdown.read_text()
+    assert_traced(result, ledger_ws)
     assert "| v3 | 2026-01-04 10:00 | unet | 0.6500 | 0.6900 | +0.0400 | 7 |" in md2
     assert "over 3 pair(s)" in md2 and "Spearman" in md2
     assert "is **not** the best scored one" not in md2  # v2 (0.74) stays final and best

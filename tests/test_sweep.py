@@ -91,6 +91,28 @@ def test_later_trials_on_a_taken_cell_are_surplus():
     assert {k: s.state for k, s in found.items()} == {0: "complete", 1: "complete", 2: "running"}
 
 
+def test_journal_trials_without_a_recent_heartbeat_are_stale(tmp_path):
+    spec = grid_spec(seeds=1)
+    storage = studylib.open_storage(f"journal:{tmp_path / 'j.log'}", heartbeat=1)
+    study, _ = studylib.open_study(storage, "j", spec)
+    quiet, beating = study.ask(), study.ask()
+    quiet.set_user_attr(studylib.BEAT_ATTR, 0.0)  # last beat long ago, on another machine
+    quiet.set_user_attr(studylib.HOST_ATTR, "elsewhere")
+    studylib.record_heartbeat(study, beating._trial_id)
+    assert [t.number for t in studylib.stale_trials(study, heartbeat=1)] == [quiet.number]
+    assert [t.number for t in studylib.recover(study, heartbeat=1)] == [quiet.number]
+    trials = study.get_trials()
+    assert trials[quiet.number].state == TrialState.FAIL
+    retry = trials[-1]
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == quiet.number
+    # the retry is the last one: a second failure is final
+    assert studylib.fail_and_retry(study, trials[beating.number]) and len(study.get_trials()) == 4
+    retried = study.ask()
+    assert retried.number == retry.number
+    studylib.fail_and_retry(study, study.get_trials()[retried.number])
+    assert [t.state for t in study.get_trials()].count(TrialState.WAITING) == 1  # only beating's retry
+
+
 # ---------------------------------------------------------------- a sweep, interrupted and resumed
 
 
@@ -215,7 +237,7 @@ def register_models(register):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+@pytest.mark.parametrize("kind", ["sqlite"])  # the default storage; journal files: in-process tests above
 def test_two_workers_share_one_study(cpx_workspace, kind, tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
@@ -263,6 +285,9 @@ def test_cli_sweep_show_and_errors(resumed_sweep, monkeypatch, capsys):
     # a factor that is no config field is refused before any study or run exists
     assert main(["sweep", "msf-lmsa", "--grid", "nonsense=1,2", "--storage", "journal:bad.log"]) == 2
     assert "nonsense" in capsys.readouterr().err and not os.path.exists("bad.log")
+    # a worker that names only the study reads the sweep's definition from it (nothing is left here)
+    joined = run_sweep(SweepRequest(study=out.name, storage=out.storage), resumed_sweep["ws"], None)
+    assert joined.spec == out.spec and joined.trained == [] and joined.status.complete == 8
     with pytest.raises(RunError):
         run_sweep(SweepRequest(study="missing", storage=f"journal:{resumed_sweep['ws'].root / 'x.log'}"),
                   resumed_sweep["ws"], None)

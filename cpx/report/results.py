@@ -492,7 +492,7 @@ class _Builder:
                 continue
             lines = []
             for e in significant[:3]:
-                tested = sorted({stats._key(r.params.get(e.factor)) for r in res.runs}, key=stats._sort_key)
+                tested = sorted({stats.level_key(r.params.get(e.factor)) for r in res.runs}, key=stats.level_order)
                 best_level = best.params.get(e.factor)
                 for value in _neighbours(tested, best_level):
                     if self._tried(res, e.factor, value, best.params):
@@ -560,7 +560,7 @@ def _effect(doc: Document, res: SweepResults, e: stats.Effect) -> str:
     """An effect's estimate as a fact: the runs at its level and at the reference level."""
     def refs(level):
         return [Ref("runs", r.run_id, "best_val_f", r.value) for r in res.counted
-                if stats._key(r.params.get(e.factor)) == level]
+                if stats.level_key(r.params.get(e.factor)) == level]
 
     lv, ref = refs(e.level), refs(e.reference)
     return _signed(doc, e.estimate, lv + ref, "effect", {"level": lv, "reference": ref})

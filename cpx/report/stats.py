@@ -202,7 +202,7 @@ def noise(observations: Sequence[tuple[Mapping[str, Any], float]], factors: Sequ
     with too few runs for that either, none."""
     cells: dict[tuple, list[float]] = {}
     for params, y in observations:
-        cells.setdefault(tuple(_key(params.get(f)) for f in factors), []).append(float(y))
+        cells.setdefault(tuple(level_key(params.get(f)) for f in factors), []).append(float(y))
     n = sum(len(v) for v in cells.values())
     dof = n - len(cells)
     if dof > 0:
@@ -212,9 +212,9 @@ def noise(observations: Sequence[tuple[Mapping[str, Any], float]], factors: Sequ
     columns = [np.ones(n)]
     rows = [(params, y) for params, y in observations]
     for f in factors:
-        levels = sorted({_key(p.get(f)) for p, _ in rows}, key=_sort_key)
+        levels = sorted({level_key(p.get(f)) for p, _ in rows}, key=level_order)
         for lv in levels[1:]:
-            columns.append(np.array([1.0 if _key(p.get(f)) == lv else 0.0 for p, _ in rows]))
+            columns.append(np.array([1.0 if level_key(p.get(f)) == lv else 0.0 for p, _ in rows]))
     x = np.column_stack(columns)
     y = np.array([y for _, y in rows], dtype=float)
     rank = np.linalg.matrix_rank(x)
@@ -226,17 +226,19 @@ def noise(observations: Sequence[tuple[Mapping[str, Any], float]], factors: Sequ
     return Noise(math.sqrt(ss / dof), dof, "residual")
 
 
-def _key(value: Any) -> Any:
+def level_key(value: Any) -> Any:
+    """A factor level as a hashable key (lists become tuples)."""
     return tuple(value) if isinstance(value, list) else value
 
 
-def _sort_key(value: Any) -> tuple:
+def level_order(value: Any) -> tuple:
+    """Sort key of factor levels: numbers in order, then the rest by name."""
     return (0, float(value), "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0.0, str(value))
 
 
 def factor_levels(observations: Sequence[tuple[Mapping[str, Any], float]], factor: str) -> list:
     """The levels of ``factor`` seen, numbers in order, then the rest by name."""
-    return sorted({_key(p.get(factor)) for p, _ in observations}, key=_sort_key)
+    return sorted({level_key(p.get(factor)) for p, _ in observations}, key=level_order)
 
 
 def factor_effects(observations: Sequence[tuple[Mapping[str, Any], float]], factors: Sequence[str],
@@ -252,14 +254,14 @@ def factor_effects(observations: Sequence[tuple[Mapping[str, Any], float]], fact
         levels = factor_levels(observations, f)
         if len(levels) < 2:
             continue
-        ref = _key((references or {}).get(f, levels[0]))
+        ref = level_key((references or {}).get(f, levels[0]))
         if ref not in levels:
             ref = levels[0]
-        ref_values = [y for p, y in observations if _key(p.get(f)) == ref]
+        ref_values = [y for p, y in observations if level_key(p.get(f)) == ref]
         for lv in levels:
             if lv == ref:
                 continue
-            values = [y for p, y in observations if _key(p.get(f)) == lv]
+            values = [y for p, y in observations if level_key(p.get(f)) == lv]
             est = float(np.mean(values) - np.mean(ref_values))
             low = high = p = None
             if nz.sd is not None:
@@ -279,7 +281,7 @@ def level_means(observations: Sequence[tuple[Mapping[str, Any], float]], factor:
     """(level, mean score, runs, interval half-width from the pooled noise) per level of ``factor``."""
     out = []
     for lv in factor_levels(observations, factor):
-        values = [y for p, y in observations if _key(p.get(factor)) == lv]
+        values = [y for p, y in observations if level_key(p.get(factor)) == lv]
         hw = None
         if nz.sd is not None:
             hw = t_quantile(level, nz.dof) * nz.sd / math.sqrt(len(values))

@@ -8,13 +8,11 @@ validation F; pruned and failed runs are counted but left out, as their best F i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from cpx.kernel.config import flatten
-from cpx.kernel.errors import RunError
 from cpx.report import stats
 from cpx.report.figures import FactorPanel, plot_factor_panels
 from cpx.runs.ledger import Ledger
@@ -133,7 +131,7 @@ def sweep_results(ledger: Ledger, name: str, level: float = stats.DEFAULT_LEVEL)
         runs.append(SweepRun(run_id=row["id"], name=row.get("name") or row["id"], status=row.get("status") or "",
                              params=params, seed=seed, value=row.get("best_val_f"), best_epoch=row.get("best_epoch"),
                              last_epoch=row.get("last_epoch")))
-    runs.sort(key=lambda r: (tuple(stats._sort_key(r.params.get(k)) for k in keys), r.seed or 0, r.run_id))
+    runs.sort(key=lambda r: (tuple(stats.level_order(r.params.get(k)) for k in keys), r.seed or 0, r.run_id))
     result = SweepResults(name=name, sweep=sweep, factors=factors, runs=runs, cells=[])
     # references: the recipe's own level where the grid holds it (a run whose diff lacks the key)
     for key in keys:
@@ -144,7 +142,7 @@ def sweep_results(ledger: Ledger, name: str, level: float = stats.DEFAULT_LEVEL)
     if result.mode == "grid":
         groups: dict[tuple, list[SweepRun]] = {}
         for r in runs:
-            groups.setdefault(tuple(stats._key(r.params.get(k)) for k in keys), []).append(r)
+            groups.setdefault(tuple(stats.level_key(r.params.get(k)) for k in keys), []).append(r)
         for params, members in groups.items():
             values = [m.value for m in members if m.counted]
             result.cells.append(Cell(dict(zip(keys, params)), members,
@@ -221,12 +219,3 @@ def plot_sweep(results: SweepResults, path: Path, level: float = stats.DEFAULT_L
     if noise is not None and noise.sd is not None:
         sub = f"seed-to-seed sd {noise.sd:.4f} ({noise.source}, {noise.dof} dof); bars: {level * 100:g}% interval of the mean"
     return plot_factor_panels(panels, path, title=f"sweep {results.name}: best val F per run", subtitle=sub)
-
-
-def missing_sweep(ledger: Ledger, name: str) -> RunError:
-    known = ", ".join(s["name"] for s in ledger.list_sweeps()) or "none recorded"
-    return RunError(f"no sweep named '{name}' (known: {known})")
-
-
-def finite(x: Optional[float]) -> Optional[float]:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x

@@ -78,6 +78,7 @@ def _retry_callback(max_retry: int):
 
 def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS):
     """An Optuna storage for ``url`` (see the module docstring)."""
+    quiet_optuna()
     if is_journal(url):
         path = Path(url[len("journal:"):] if url.startswith("journal:") else url).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,10 +92,15 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS):
     if url.startswith("sqlite"):
         # several workers write one file: wait for the lock instead of failing at once
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    try:
-        return optuna.storages.RDBStorage(url, **kwargs)
-    except Exception as exc:  # a bad URL or a missing database driver
-        raise ConfigError(f"--storage {url}: {type(exc).__name__}: {exc}") from None
+    # workers started together race to create the schema: the loser's insert of the schema
+    # version fails, and a second look finds the tables made
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as exc:  # a bad URL, a missing database driver, or that race
+            if attempt == 4 or type(exc).__name__ not in ("IntegrityError", "OperationalError"):
+                raise ConfigError(f"--storage {url}: {type(exc).__name__}: {exc}") from None
+            time.sleep(0.2 * (attempt + 1))
 
 
 def create_sampler(spec: SweepSpec):

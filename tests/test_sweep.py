@@ -68,6 +68,8 @@ def test_spec_counts_trials_and_names_itself_from_what_it_varies():
     search = SweepSpec(recipe="msf-lmsa", mode="search", factors=[parse_search("lr=1e-4..1e-2:log")], trials=5)
     assert search.identity() == search.model_copy(update={"trials": 9, "prune": True}).identity()
     assert grid_spec(seeds=3).identity() != spec.identity()
+    # where the study lives is recorded in the ledger, but never a database password
+    assert studylib.public_url("postgresql://me:secret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
     with pytest.raises(ValueError, match="--trials"):
         SweepSpec(recipe="r", mode="search", factors=[parse_search("lr=1e-4..1e-2:log")])
     with pytest.raises(ValueError, match="ranges need --search"):

@@ -235,8 +235,10 @@ def register(app: typer.Typer) -> None:
             err_console.print(f"[yellow]note:[/] trial(s) {', '.join(map(str, outcome.recovered))} had died and "
                               "were marked failed (each is retried once)", highlight=False)
         if outcome.interrupted:
+            from cpx.sweep.study import public_url
+
             console.print(f"interrupted: run the same command again to resume (study {outcome.name} in "
-                          f"{outcome.storage})", highlight=False, soft_wrap=True)
+                          f"{public_url(outcome.storage)})", highlight=False, soft_wrap=True)
             raise typer.Exit(130)
         if s.left == 0 and s.running == 0:
             console.print(f"statistics: cpx sweep show {outcome.name}", highlight=False)

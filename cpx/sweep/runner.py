@@ -215,7 +215,7 @@ def run_sweep(request: SweepRequest, workspace: Workspace, host: PluginHost, on_
     with Ledger(workspace.ledger_path) as ledger:
         ledger.add_sweep(name, recipe=spec.recipe, mode=spec.mode,
                          factors=[f.model_dump(mode="json") for f in spec.factors], seeds=spec.seeds,
-                         trials=spec.total, overrides=spec.overrides, storage=url, study=name)
+                         trials=spec.total, overrides=spec.overrides, storage=studylib.public_url(url), study=name)
 
     def emit(kind: str, **fields) -> None:
         if on_event is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import socket
 import time
 import warnings
@@ -65,6 +66,11 @@ def default_storage(workspace_experiments: Path) -> str:
     path = Path(workspace_experiments) / "sweeps" / "optuna.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def public_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit to be stored or printed."""
+    return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", url)
 
 
 def is_journal(url: str) -> bool:

@@ -9,6 +9,7 @@ The output folder gets ``report.md``, ``report.html`` (figures inlined) and ``fi
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -313,7 +314,7 @@ class _Builder:
                 est = _effect(d, res, e)
                 ci = "-" if e.low is None else (_signed(d, e.low, all_refs, "effect_low") + " .. "
                                                 + _signed(d, e.high, all_refs, "effect_high"))
-                p = "-" if e.p is None else d.fact(e.p, f"{e.p:.3f}", all_refs, "p_value")
+                p = "-" if e.p is None else d.fact(e.p, _p_text(e.p), all_refs, "p_value")
                 verdict = f"**{e.verdict}**" if e.significant else e.verdict
                 rows.append([short_key(e.factor), f"{show_value(e.level)} vs {show_value(e.reference)}", est, ci, p,
                              verdict])
@@ -371,7 +372,7 @@ class _Builder:
             rows.append([short_key(key), f"{self._label(a)} ({show_value(fa)}) → {self._label(b)} ({show_value(fb)})",
                          _signed(d, t.diff, refs, "paired_diff"),
                          _signed(d, t.low, refs, "paired_low") + " .. " + _signed(d, t.high, refs, "paired_high"),
-                         _int(d, t.n, refs, "shared_images"), d.fact(t.t_p, f"{t.t_p:.3f}", refs, "paired_t_p"),
+                         _int(d, t.n, refs, "shared_images"), d.fact(t.t_p, _p_text(t.t_p), refs, "paired_t_p"),
                          t.verdict + "; single seed"])
         if rows:
             s.add(Table(["factor", "runs", "B − A", f"{self.level * 100:g}% bootstrap interval", "images", "paired t p",
@@ -497,7 +498,9 @@ class _Builder:
                 for value in _neighbours(tested, best_level):
                     if self._tried(res, e.factor, value, best.params):
                         continue
-                    others = " ".join(f"--set {k}={show_value(v)}" for k, v in best.params.items() if k != e.factor)
+                    fixed = {**(res.sweep.get("overrides") or {}),
+                             **{k: v for k, v in best.params.items() if k != e.factor}}
+                    others = " ".join(f"--set {k}={_set_value(v)}" for k, v in fixed.items())
                     command = (f"cpx sweep {res.sweep.get('recipe')} --grid {e.factor}={show_value(best_level)},"
                                f"{show_value(value)} --seeds {max(2, res.sweep.get('seeds') or 2)} {others}").strip()
                     lines.append([short_key(e.factor), show_value(best_level), show_value(value), _effect(d, res, e),
@@ -564,6 +567,17 @@ def _effect(doc: Document, res: SweepResults, e: stats.Effect) -> str:
 
     lv, ref = refs(e.level), refs(e.reference)
     return _signed(doc, e.estimate, lv + ref, "effect", {"level": lv, "reference": ref})
+
+
+def _p_text(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _set_value(value: Any) -> str:
+    """A value as ``--set`` reads it back (YAML)."""
+    if isinstance(value, (dict, list)):
+        return "'" + json.dumps(value) + "'"
+    return show_value(value)
 
 
 def _safe(text: str) -> str:

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from cpx.eval.metrics import ScoreAccumulator, class_ids
+from cpx.eval.metrics import ScoreAccumulator, Scores, class_ids
 from cpx.kernel.device import autocast, keep_freed_memory
 from cpx.kernel.errors import RunError
 from cpx.train.collective import all_reduce, rank_world
@@ -131,6 +131,10 @@ class Trainer:
         self.stale = 0  # validations since the last improvement
         self.history: list[dict] = []
         self.stop_reason = ""
+        # the full scores of the latest and of the best validation (single process only: under
+        # data parallelism each rank sees a share of the images)
+        self.val_scores: Optional[Scores] = None
+        self.best_scores: Optional[dict] = None
 
     # --- setup -----------------------------------------------------------------------
 
@@ -192,6 +196,7 @@ class Trainer:
                     if record.val_f > self.best_f:
                         self.best_f, self.best_epoch, self.stale = record.val_f, self.epoch, 0
                         record.improved = True
+                        self.best_scores = self.val_scores.to_dict() if self.val_scores else None
                     else:
                         self.stale += 1
                 self.history.append(asdict(record))
@@ -296,6 +301,7 @@ class Trainer:
         if self.world > 1:
             sums = all_reduce(torch.tensor([loss_sum, f_sum, count], dtype=torch.float64, device=self.device))
             loss_sum, f_sum, count = float(sums[0]), float(sums[1]), int(sums[2])
+        self.val_scores = acc.compute() if self.world == 1 and count else None
         return loss_sum / max(1, count), f_sum / max(1, count)
 
     # --- checkpoints -----------------------------------------------------------------
@@ -314,6 +320,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "stale": self.stale,
             "history": self.history,
+            "best_scores": self.best_scores,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -323,3 +330,5 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         for key in ("epoch", "step", "best_f", "best_epoch", "stale", "history"):
             setattr(self, key, state[key])
+        self.best_scores = state.get("best_scores")  # absent from checkpoints of older versions
+

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cpx.report.results import TOP, build_report
+
 from . import _common
 from ._common import console
 

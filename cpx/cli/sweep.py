@@ -17,6 +17,7 @@ from cpx.kernel.registry import format_validation_error
 from cpx.kernel.text import format_f
 from cpx.runs.ledger import Ledger
 from cpx.train.run import command_line
+
 from . import _common
 from ._common import console, err_console, print_json
 from .train import SHORTCUTS, parse_budget

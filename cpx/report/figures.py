@@ -16,6 +16,7 @@ import numpy as np
 
 from cpx.kernel.errors import DataError
 from cpx.kernel.plotting import RUN_COLORS, pyplot, save_figure
+from cpx.kernel.text import format_f
 from cpx.train.curves import plot_history  # noqa: F401  (re-exported: the figures of cpx in one place)
 
 if TYPE_CHECKING:  # the run-level functions import these lazily: drawing needs no torch model
@@ -125,7 +126,7 @@ def plot_image_grid(rows: Sequence[ImageRow], class_names: Sequence[str], colors
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(headers[c], fontsize=11)
-        axes[r][0].set_ylabel(_wrap(row.name) + f"\nF = {row.score:.4f}", fontsize=10)
+        axes[r][0].set_ylabel(_wrap(row.name) + f"\nF = {format_f(row.score)}", fontsize=10)
         axes[r][3].set_xlabel(f"{100 * wrong:.1f}% of pixels wrong", fontsize=9)
     handles = [Patch(facecolor=colors[c] / 255.0, edgecolor="0.3",
                      label=class_names[c] if c < len(class_names) else str(c)) for c in sorted(seen)]
@@ -180,7 +181,7 @@ def plot_per_class(class_names: Sequence[str], per_class_f: Sequence[Optional[fl
                 va="center", fontsize=9, color="0.15")
     if score is not None:
         ax.axvline(score, color="0.3", linestyle="--", linewidth=1)
-        ax.text(score, -0.85, f" score {score:.4f}", fontsize=9, color="0.3", va="center")
+        ax.text(score, -0.85, f" score {format_f(score)}", fontsize=9, color="0.3", va="center")
     ax.set_yticks(y, [class_names[i] for i in order], fontsize=10)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.22)
@@ -211,7 +212,7 @@ def plot_per_class_comparison(class_names: Sequence[str], f_a: Sequence[Optional
     h = 0.38
     names = list(labels)
     if scores is not None:
-        names = [f"{labels[0]}  (score {scores[0]:.4f})", f"{labels[1]}  (score {scores[1]:.4f})"]
+        names = [f"{labels[0]}  (score {format_f(scores[0])})", f"{labels[1]}  (score {format_f(scores[1])})"]
     for k, (vals, offset) in enumerate(((a, -h / 2), (b, h / 2))):
         ax.barh(y + offset, [0.0 if math.isnan(vals[i]) else vals[i] for i in order], height=h,
                 color=RUN_COLORS[k], label=names[k])
@@ -295,7 +296,7 @@ def plot_factor_panels(panels: Sequence[FactorPanel], path: Path, *, title: str 
                 ax.plot([x - 0.22, x + 0.22], [mean, mean], color="black", linewidth=2.4, zorder=4)
                 if hw is not None:
                     ax.errorbar([x], [mean], yerr=[[hw], [hw]], color="black", capsize=8, linewidth=1.3, zorder=4)
-                ax.annotate(f"{mean:.4f}\n(n={count})", (x + 0.25, mean), fontsize=9, va="center", color="0.15")
+                ax.annotate(f"{format_f(mean)}\n(n={count})", (x + 0.25, mean), fontsize=9, va="center", color="0.15")
             labels = [_level_text(lv) + ("\n(recipe)" if panel.reference is not None and lv == panel.reference else "")
                       for lv in levels]
             ax.set_xticks(range(len(levels)), labels, fontsize=10)
@@ -342,7 +343,7 @@ def plot_per_class_runs(class_names: Sequence[str], runs: Sequence[tuple[str, Se
             ax.text(j, i, text, ha="center", va="center", fontsize=9,
                     color="0.35" if math.isnan(v) else ("black" if v > 0.6 else "white"))
     ax.set_yticks(range(n), list(class_names), fontsize=10)
-    ax.set_xticks(range(k), [_wrap(label, 24) + (f"\nscore {score:.4f}" if score is not None else "")
+    ax.set_xticks(range(k), [_wrap(label, 24) + (f"\nscore {format_f(score)}" if score is not None else "")
                              for label, _, score in runs], fontsize=9.5)
     ax.xaxis.tick_top()
     ax.tick_params(length=0)

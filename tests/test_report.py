@@ -205,6 +205,7 @@ def test_report_regenerated_from_recorded_test_scores_every_number_traced(ledger
     assert re.search(r"\| dice \| ref \(1\.5\) → dice2 \(2\) \| \+0\.0118 \| \+0\.01\d\d \.\. \+0\.01\d\d \| 8 \|", md)
     # convergence, generalisation and next experiments
     assert "patience of about 5" in md and "Mean gap +0.0356 over 2 pair(s)" in md
+    assert "latest best epoch among them is 120; about 145 epochs" in md  # all stopped by patience
     assert "untested neighbour" in md and "--grid loss.options.dice=2,3 --seeds 2`" in md
     # figures written, linked from the Markdown and inlined in the HTML
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))

@@ -415,13 +415,19 @@ class _Builder:
             best_refs = [Ref("runs", r["id"], "best_epoch", r["best_epoch"]) for r in trained]
             latest_best = max(r["best_epoch"] for r in trained)
             if late:
+                last_refs = [Ref("runs", r["id"], "last_epoch", r["last_epoch"]) for r in late]
+                longest = max(r["last_epoch"] for r in late)
+                suggestion = int(math.ceil(longest * 1.5 / 5.0) * 5)
                 s.text(f"{_int(d, len(late), [Ref('runs', r['id'], 'best_epoch', r['best_epoch']) for r in late], 'count')} "
-                       f"of the runs still improved in the last tenth of their epochs: they stopped too early; "
-                       "train them longer (or give them a larger --budget).")
-            suggestion = int(math.ceil(latest_best * 1.2 / 5.0) * 5)
-            s.text(f"The latest best epoch among them is {_int(d, latest_best, best_refs, 'max')}; "
-                   f"about {d.fact(suggestion, str(suggestion), best_refs, 'epochs_suggestion')} epochs "
-                   "(20% beyond it, rounded up to 5) leave room for the cosine to finish.")
+                       f"of them still improved in the last tenth of their epochs: they stopped too early. Train "
+                       f"longer: about {d.fact(suggestion, str(suggestion), last_refs, 'epochs_suggestion')} epochs "
+                       f"(1.5 times the {_int(d, longest, last_refs, 'max')} they ran, rounded up to 5), or give them "
+                       "a larger --budget.")
+            else:
+                suggestion = int(math.ceil(latest_best * 1.2 / 5.0) * 5)
+                s.text(f"The latest best epoch among them is {_int(d, latest_best, best_refs, 'max')}; "
+                       f"about {d.fact(suggestion, str(suggestion), best_refs, 'epochs_suggestion')} epochs "
+                       "(20% beyond it, rounded up to 5) are enough, with room for the cosine to finish.")
         if waits:
             wait, run, wref = max(waits, key=lambda w: w[0])
             patience = max(5, int(math.ceil(wait * 1.5)))

@@ -161,8 +161,11 @@ def test_validate_run_matches_training_and_is_recorded(cpx_workspace, cpx_host, 
     assert ev.names == (run.run_dir / "val_list.txt").read_text().split()
     with Ledger(cpx_workspace.ledger_path) as ledger:
         rows = ledger.list_validations(run.run_id)
-    assert len(rows) == 1
-    row = rows[0]
+    assert len(rows) == 2  # training recorded its best epoch's validation; cpx validate the second
+    trained, row = rows
+    # the trainer's record and cpx validate agree image by image
+    assert trained["score"] == pytest.approx(row["score"], abs=1e-9)
+    assert trained["per_image"] == pytest.approx(row["per_image"], abs=1e-9) and len(row["per_image"]) == len(ev.names)
     assert row["checkpoint"] == "best" and row["tta"] == "none" and row["data"] == "val_list"
     assert row["score"] == pytest.approx(ev.scores.fscore) and row["pooled_score"] == pytest.approx(ev.scores.pooled_fscore)
     assert row["pixel_acc"] == pytest.approx(ev.scores.pixel_acc) and row["miou"] == pytest.approx(ev.scores.miou)
@@ -180,7 +183,7 @@ def test_validate_run_matches_training_and_is_recorded(cpx_workspace, cpx_host, 
     captured = capsys.readouterr()
     assert code == 0 and "optimistic" in captured.err and "NOT the scorer's" in captured.out
     with Ledger(cpx_workspace.ledger_path) as ledger:
-        assert len(ledger.list_validations(run.run_id)) == 2
+        assert len(ledger.list_validations(run.run_id)) == 3  # training's, and two cpx validate
     code = main(["validate", "r", "--checkpoint", "nope.pt"])
     assert code == 2 and "nope.pt" in capsys.readouterr().err
 

@@ -48,6 +48,39 @@ def _f_diff(value: Optional[float]) -> str:
     return f"[{colour}]{value:+.4f}[/]"
 
 
+def _compare_stats(run_a: str, run_b: str, checkpoint: str, tta: Optional[str], json_: bool) -> None:
+    from cpx.eval.predict import tta_label
+    from cpx.report.paired import compare_recorded
+    from cpx.runs.ledger import Ledger
+
+    with Ledger(_common.workspace().ledger_path) as ledger:
+        result = compare_recorded(ledger, run_a, run_b, checkpoint=checkpoint, tta=tta_label(parse_tta(tta)))
+    if json_:
+        print_json(result.to_dict())
+        return
+    t = result.test
+    for tag, label, run, v in (("A", result.label_a, result.run_a, result.validation_a),
+                               ("B", result.label_b, result.run_b, result.validation_b)):
+        extra = f" ({run['id']})" if label != run["id"] else ""
+        console.print(f"[bold]{tag}[/] {label}{extra}: validation #{v['id']} ({v.get('checkpoint')}, TTA "
+                      f"{v.get('tta') or 'none'}), {len(v['per_image'])} images", highlight=False, soft_wrap=True)
+    table = Table(title=f"paired over the {t.n} images both runs were scored on", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("mean F of A", format_f(t.mean_a))
+    table.add_row("mean F of B", format_f(t.mean_b))
+    ci = f"  ({t.level * 100:g}% bootstrap CI {t.low:+.4f}..{t.high:+.4f})" if t.low is not None else ""
+    table.add_row("[bold]B − A[/]", f"[bold]{t.diff:+.4f}[/]{ci}")
+    table.add_row("paired t-test p", f"{t.t_p:.4f}" if t.t_p is not None else "-")
+    table.add_row("Wilcoxon signed-rank p", f"{t.wilcoxon_p:.4f}" if t.wilcoxon_p is not None else "-")
+    colour = ("green" if t.diff > 0 else "red") if t.significant else "yellow"
+    table.add_row("verdict", f"[{colour}]{t.verdict}[/]")
+    console.print(table)
+    if t.only_a or t.only_b:
+        err_console.print(f"[yellow]warning:[/] {t.only_a} image(s) scored for A only and {t.only_b} for B only "
+                          "are left out", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("show")
     def show_command(
@@ -97,8 +130,15 @@ def register(app: typer.Typer) -> None:
         tta: TtaOpt = None,
         device: DeviceOpt = "auto",
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+        stats: Annotated[bool, typer.Option(
+            "--stats", help="a paired test over the images both runs were scored on, from their recorded "
+                            "per-image F (no evaluation, no picture)")] = False,
     ):
-        """Per-class F of two runs side by side, each validated on its own validation list."""
+        """Per-class F of two runs side by side, each validated on its own validation list; with --stats,
+        the difference B − A with its bootstrap interval and paired t / Wilcoxon p-values."""
+        if stats:
+            _compare_stats(run_a, run_b, checkpoint, tta, json_)
+            return
         with _validation_bar(not json_) as bar:
             result = compare_runs(run_a, run_b, _common.workspace(), _common.host(), checkpoint=checkpoint,
                                   tta=parse_tta(tta), output=output, device=device, progress=bar)

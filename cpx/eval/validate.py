@@ -201,7 +201,8 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
                 saved = ledger.add_validation(
                     row["id"], checkpoint=evaluation.checkpoint, tta=tta_label(evaluation.tta), data=data_label,
                     images=len(names), score=s.fscore, pooled_score=s.pooled_fscore, pixel_acc=s.pixel_acc,
-                    miou=s.miou, per_class=evaluation.per_class(), wall_seconds=round(evaluation.seconds, 2),
+                    miou=s.miou, per_class=evaluation.per_class(), per_image=evaluation.per_image,
+                    wall_seconds=round(evaluation.seconds, 2),
                     calibrated=evaluation.calibrated, post=None if evaluation.post == "none" else evaluation.post)
         except LedgerBusy as exc:  # the score is computed: show it, and say it was not kept
             evaluation.warnings.append(f"not recorded: {exc}; validate again to record it")

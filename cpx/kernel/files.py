@@ -31,9 +31,11 @@ _MODE = 0o666 & ~_UMASK
 TEMP_GLOB = ".*.tmp"
 
 
-def atomic_write(path: os.PathLike, write: Callable[[Any], None]) -> None:
+def atomic_write(path: os.PathLike, write: Callable[[Any], None], mode: Optional[int] = None) -> None:
     """Create or replace ``path`` atomically: ``write(fileobj)`` fills a temp file in the same
-    folder (binary mode), which is flushed, fsynced and renamed over ``path``.
+    folder (binary mode), which is flushed, fsynced and renamed over ``path``. ``mode`` sets the
+    file's permissions (default: the usual ones under the umask; 0o600 for secrets, set before
+    anything is written).
 
     :raises OSError: the folder cannot be created or written; nothing is left behind.
     """
@@ -41,11 +43,14 @@ def atomic_write(path: os.PathLike, write: Callable[[Any], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode is not None:
+            os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, _MODE)
+        if mode is None:
+            os.chmod(tmp, _MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -96,13 +101,25 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: os.PathLike) -> str:
-    """Hex SHA-256 digest of the file at ``path``, read in 1 MiB blocks."""
+def sha256_stream(stream: Any, limit: Optional[int] = None) -> str:
+    """Hex SHA-256 digest of a binary stream read in 1 MiB blocks (at most ``limit`` bytes).
+
+    :raises ValueError: the stream holds more than ``limit`` bytes.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    seen = 0
+    for block in iter(lambda: stream.read(1 << 20), b""):
+        seen += len(block)
+        if limit is not None and seen > limit:
+            raise ValueError(f"more than {limit} bytes")
+        digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file(path: os.PathLike) -> str:
+    """Hex SHA-256 digest of the file at ``path``."""
+    with open(path, "rb") as fh:
+        return sha256_stream(fh)
 
 
 def remove_stale_temps(folder: os.PathLike, older_than: float = 0.0) -> list[Path]:

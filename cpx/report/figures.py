@@ -16,6 +16,7 @@ import numpy as np
 
 from cpx.kernel.errors import DataError
 from cpx.kernel.plotting import RUN_COLORS, pyplot, save_figure
+from cpx.kernel.text import format_f
 from cpx.train.curves import plot_history  # noqa: F401  (re-exported: the figures of cpx in one place)
 
 if TYPE_CHECKING:  # the run-level functions import these lazily: drawing needs no torch model
@@ -125,7 +126,7 @@ def plot_image_grid(rows: Sequence[ImageRow], class_names: Sequence[str], colors
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(headers[c], fontsize=11)
-        axes[r][0].set_ylabel(_wrap(row.name) + f"\nF = {row.score:.4f}", fontsize=10)
+        axes[r][0].set_ylabel(_wrap(row.name) + f"\nF = {format_f(row.score)}", fontsize=10)
         axes[r][3].set_xlabel(f"{100 * wrong:.1f}% of pixels wrong", fontsize=9)
     handles = [Patch(facecolor=colors[c] / 255.0, edgecolor="0.3",
                      label=class_names[c] if c < len(class_names) else str(c)) for c in sorted(seen)]
@@ -180,7 +181,7 @@ def plot_per_class(class_names: Sequence[str], per_class_f: Sequence[Optional[fl
                 va="center", fontsize=9, color="0.15")
     if score is not None:
         ax.axvline(score, color="0.3", linestyle="--", linewidth=1)
-        ax.text(score, -0.85, f" score {score:.4f}", fontsize=9, color="0.3", va="center")
+        ax.text(score, -0.85, f" score {format_f(score)}", fontsize=9, color="0.3", va="center")
     ax.set_yticks(y, [class_names[i] for i in order], fontsize=10)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.22)
@@ -211,7 +212,7 @@ def plot_per_class_comparison(class_names: Sequence[str], f_a: Sequence[Optional
     h = 0.38
     names = list(labels)
     if scores is not None:
-        names = [f"{labels[0]}  (score {scores[0]:.4f})", f"{labels[1]}  (score {scores[1]:.4f})"]
+        names = [f"{labels[0]}  (score {format_f(scores[0])})", f"{labels[1]}  (score {format_f(scores[1])})"]
     for k, (vals, offset) in enumerate(((a, -h / 2), (b, h / 2))):
         ax.barh(y + offset, [0.0 if math.isnan(vals[i]) else vals[i] for i in order], height=h,
                 color=RUN_COLORS[k], label=names[k])
@@ -240,3 +241,113 @@ def plot_per_class_comparison(class_names: Sequence[str], f_a: Sequence[Optional
 # Run-level figures
 
 
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps
+
+
+@dataclass
+class FactorPanel:
+    """One factor of a sweep: each run as (level, score, seed), and per level (level, mean, runs,
+    interval half-width or None)."""
+
+    factor: str
+    points: list[tuple[Any, float, Optional[int]]]
+    means: list[tuple[Any, float, int, Optional[float]]]
+    categorical: bool = True
+    log: bool = False
+    title: str = ""
+    reference: Any = None
+    notes: dict = None
+
+
+def _level_text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def plot_factor_panels(panels: Sequence[FactorPanel], path: Path, *, title: str = "", subtitle: str = "",
+                       ylabel: str = "best validation F") -> Path:
+    """Score against each factor, one panel per factor: every run a dot (colour = seed), every
+    level's mean a black bar with its interval. Categorical factors sit at evenly spaced
+    positions; ranged ones on a (log) axis."""
+    if not panels:
+        raise DataError("no factors to draw")
+    plt = pyplot()
+    n = len(panels)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(7.5, 5.6 * cols), 4.4 * rows + 0.8), layout="constrained",
+                             squeeze=False, sharey=True)
+    seeds = sorted({p[2] for panel in panels for p in panel.points if p[2] is not None})
+    handles = {}
+    for ax, panel in zip(axes.flat, panels):
+        if panel.categorical:
+            levels = [m[0] for m in panel.means] or sorted({p[0] for p in panel.points}, key=str)
+            pos = {lv: i for i, lv in enumerate(levels)}
+            for x, y, seed in panel.points:
+                k = seeds.index(seed) if seed in seeds else 0
+                offset = (k - (len(seeds) - 1) / 2) * 0.06 if len(seeds) > 1 else 0.0
+                h = ax.plot(pos.get(x, 0) + offset, y, "o", color=RUN_COLORS[k % len(RUN_COLORS)], alpha=0.75,
+                            markersize=7, markeredgecolor="white", markeredgewidth=0.6)[0]
+                handles.setdefault(f"seed {seed}" if seed is not None else "run", h)
+            for lv, mean, count, hw in panel.means:
+                x = pos[lv]
+                ax.plot([x - 0.22, x + 0.22], [mean, mean], color="black", linewidth=2.4, zorder=4)
+                if hw is not None:
+                    ax.errorbar([x], [mean], yerr=[[hw], [hw]], color="black", capsize=8, linewidth=1.3, zorder=4)
+                ax.annotate(f"{format_f(mean)}\n(n={count})", (x + 0.25, mean), fontsize=9, va="center", color="0.15")
+            labels = [_level_text(lv) + ("\n(recipe)" if panel.reference is not None and lv == panel.reference else "")
+                      for lv in levels]
+            ax.set_xticks(range(len(levels)), labels, fontsize=10)
+            ax.set_xlim(-0.6, len(levels) - 0.1)
+        else:
+            xs = [p[0] for p in panel.points]
+            ax.scatter(xs, [p[1] for p in panel.points], color=RUN_COLORS[0], alpha=0.8, edgecolor="white", s=45)
+            if panel.log:
+                ax.set_xscale("log")
+        ax.set_xlabel(panel.factor, fontsize=11)
+        ax.set_title(panel.title or panel.factor, fontsize=10.5)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=11)
+    from matplotlib.lines import Line2D
+
+    legend = list(handles.values()) + [Line2D([], [], color="black", linewidth=2.4, label="mean ± interval")]
+    labels = list(handles.keys()) + ["mean ± interval"]
+    fig.legend(legend, labels, loc="outside lower center", ncol=min(len(legend), 6), frameon=False, fontsize=10)
+    if title or subtitle:
+        fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=12)
+    return save_figure(fig, path)
+
+
+def plot_per_class_runs(class_names: Sequence[str], runs: Sequence[tuple[str, Sequence[Optional[float]], Optional[float]]],
+                        path: Path, *, title: str = "") -> Path:
+    """Per-class F of several runs as a table of colours (class x run) with each F written in its
+    cell; ``runs`` holds (label, per-class F or None where the class is absent, overall score)."""
+    if not runs:
+        raise DataError("no runs to draw")
+    plt = pyplot()
+    n, k = len(class_names), len(runs)
+    grid = np.array([[math.nan if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+                      for v in values] for _, values, _ in runs]).T
+    fig, ax = plt.subplots(figsize=(3.2 + 2.3 * k, 1.6 + 0.36 * n), layout="constrained")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#e6e6e6")
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    for i in range(n):
+        for j in range(k):
+            v = grid[i, j]
+            text = "absent" if math.isnan(v) else f"{v:.3f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                    color="0.35" if math.isnan(v) else ("black" if v > 0.6 else "white"))
+    ax.set_yticks(range(n), list(class_names), fontsize=10)
+    ax.set_xticks(range(k), [_wrap(label, 24) + (f"\nscore {format_f(score)}" if score is not None else "")
+                             for label, _, score in runs], fontsize=9.5)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    fig.colorbar(im, ax=ax, shrink=0.6, label="per-class F")
+    ax.set_title(title or "per-class F of the top runs (mean over the validation images holding the class)",
+                 fontsize=11)
+    return save_figure(fig, path)

@@ -12,7 +12,8 @@ so with n pairs and gaps g_1..g_n:
 * prediction: ``test ≈ val + mean(g)``;
 * interval (n >= 2): the 95% *prediction* interval for one new gap,
   ``mean(g) ± t(0.975, n-1) · s · sqrt(1 + 1/n)``, where ``s`` is the sample standard
-  deviation of the gaps and ``t`` the Student-t quantile with n-1 degrees of freedom.
+  deviation of the gaps and ``t`` the Student-t quantile with n-1 degrees of freedom
+  (``scipy.stats.t``).
   The ``1`` under the root is the new model's own scatter around the mean gap, the
   ``1/n`` the uncertainty of the mean itself. With two or three pairs ``t`` is large
   (12.7 and 4.3), and the interval is honestly wide;
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
 from cpx.kernel.text import format_f, format_signed
+from cpx.report.stats import t_quantile  # noqa: F401  (scipy's Student t; re-exported)
 from cpx.runs.ledger import Ledger
 from cpx.submit.submissions import main_score
 
@@ -42,53 +44,6 @@ SINGLE_PAIR_SPREAD = 0.05
 SORTS = ("val", "test")
 # the table shows this many changed fields; --json carries all of config_diff
 KEY_CONFIG_ITEMS = 8
-
-
-# ---------------------------------------------------------------- Student t
-
-
-def _t_central(t: float, dof: int) -> float:
-    """P(|T| < t) for Student's t with an integer number of degrees of freedom, by the
-    closed-form finite series (Abramowitz & Stegun 26.7.3-4): exact, no special functions."""
-    if t <= 0:
-        return 0.0
-    theta = math.atan(t / math.sqrt(dof))
-    c2 = math.cos(theta) ** 2
-    if dof % 2 == 1:
-        total, term = 0.0, 1.0
-        if dof > 1:
-            total = 1.0
-            for k in range(1, (dof - 3) // 2 + 1):
-                term *= (2 * k) / (2 * k + 1) * c2
-                total += term
-            total *= math.sin(theta) * math.cos(theta)
-        return 2.0 / math.pi * (theta + total)
-    total, term = 1.0, 1.0
-    for k in range(1, (dof - 2) // 2 + 1):
-        term *= (2 * k - 1) / (2 * k) * c2
-        total += term
-    return math.sin(theta) * total
-
-
-def t_quantile(level: float, dof: int) -> float:
-    """The two-sided critical value: P(|T| < t) = ``level`` with ``dof`` degrees of freedom
-    (``t_quantile(0.95, 4)`` = 2.776)."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie strictly between 0 and 1, not {level}")
-    if dof < 1:
-        raise ValueError(f"degrees of freedom must be at least 1, not {dof}")
-    low, high = 0.0, 1.0
-    while _t_central(high, dof) < level:
-        high *= 2.0
-    for _ in range(200):
-        mid = (low + high) / 2.0
-        if _t_central(mid, dof) < level:
-            low = mid
-        else:
-            high = mid
-        if high - low < 1e-12:
-            break
-    return (low + high) / 2.0
 
 
 # ---------------------------------------------------------------- gap model

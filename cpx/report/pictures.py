@@ -19,6 +19,7 @@ from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
 from cpx.eval.validate import Evaluation, validate_run
 from cpx.kernel.errors import DataError, RunError
 from cpx.kernel.manager import PluginHost
+from cpx.kernel.text import format_f
 from cpx.kernel.workspace import Workspace
 from cpx.report.figures import (
     MAX_GRID_ROWS,
@@ -155,7 +156,7 @@ def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: in
                 for (n, f), pic, gt, pred in zip(worst, pics, masks, preds)]
         plot_image_grid(rows, comp.classes, colors, grid_path,
                         title=f"{run.label}: the {len(rows)} worst of {len(evaluation.names)} validation images "
-                              f"(score {scores.fscore:.4f}, {how})")
+                              f"(score {format_f(scores.fscore)}, {how})")
     plot_per_class(comp.classes, scores.per_class_f, scores.class_images, chart_path, colors=colors,
                    score=scores.fscore,
                    title=f"{run.label}: per-class F on {len(evaluation.names)} validation images ({how})")

@@ -30,14 +30,15 @@ from cpx.runs.migrations import immediate, migrate
 DEFAULT_TIMEOUT = 10.0
 
 RUN_KINDS = ("train", "ensemble", "imported")
-RUN_STATUSES = ("running", "completed", "stopped", "interrupted", "failed", "imported")
+RUN_STATUSES = ("running", "completed", "stopped", "interrupted", "failed", "imported", "pruned")
 SCORE_SOURCES = ("manual", "codabench")
 RUN_ORDERS = ("created_at", "best_val_f")
 
 # Stored as JSON text, handed back decoded.
 _JSON_COLUMNS = {
     "runs": frozenset({"config", "config_diff", "members", "checkpoints"}),
-    "validations": frozenset({"per_class"}),
+    "validations": frozenset({"per_class", "per_image"}),
+    "sweeps": frozenset({"factors", "overrides"}),
 }
 # Stored as 0/1 because SQLite has no boolean type, handed back as bool.
 _BOOL_COLUMNS = {
@@ -52,7 +53,7 @@ _CHOICES = {
     ("runs", "status"): RUN_STATUSES,
     ("scores", "source"): SCORE_SOURCES,
 }
-_TABLES = ("runs", "validations", "submissions", "scores")
+_TABLES = ("runs", "validations", "submissions", "scores", "sweeps")
 
 
 # Migrations receive a connection already inside a transaction: they must not commit,
@@ -523,6 +524,31 @@ class Ledger:
             (sub["id"],),
         )
         return [_decode("scores", r) for r in rows]
+
+    # -- sweeps --------------------------------------------------------------------
+
+    def add_sweep(self, name: str, **fields: Any) -> dict:
+        """Record a sweep (its factors and where its study lives) and return it; a sweep of
+        that name already recorded is returned unchanged."""
+        fields.setdefault("created_at", utc_now())
+        values = self._encode("sweeps", {**fields, "name": name}, allow_id=True)
+        with immediate(self._db):
+            if self._db.execute("SELECT 1 FROM sweeps WHERE name = ?", (name,)).fetchone() is None:
+                self._insert("sweeps", values)
+        return self.get_sweep(name)
+
+    def get_sweep(self, name: str) -> dict:
+        """The sweep of this name; RunError if none."""
+        row = self._db.execute("SELECT * FROM sweeps WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            known = ", ".join(s["name"] for s in self.list_sweeps()) or "none recorded"
+            raise RunError(f"no sweep named '{name}' (known: {known})")
+        return _decode("sweeps", row)
+
+    def list_sweeps(self) -> list[dict]:
+        """Every sweep, oldest first."""
+        rows = self._db.execute("SELECT * FROM sweeps ORDER BY created_at, rowid")
+        return [_decode("sweeps", r) for r in rows]
 
 
 

@@ -232,7 +232,39 @@ def m006_run_budget_and_world_size(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m007_run_owner_process(db: sqlite3.Connection) -> None:
+def m007_validation_per_image(db: sqlite3.Connection) -> None:
+    # Each validated image's F ({image stem: F}, JSON), so two runs scored on the same images can
+    # be compared image by image (a paired test) without evaluating them again.
+    db.execute("ALTER TABLE validations ADD COLUMN per_image TEXT")
+
+
+@migration
+def m008_sweeps(db: sqlite3.Connection) -> None:
+    # A sweep is a set of runs that differ in a few named factors (and seeds); each run names its
+    # sweep and its trial number in the sweep's Optuna study.
+    db.execute(
+        """
+        CREATE TABLE sweeps (
+            name TEXT PRIMARY KEY,
+            recipe TEXT,
+            mode TEXT NOT NULL,
+            factors TEXT,
+            seeds INTEGER,
+            trials INTEGER,
+            overrides TEXT,
+            storage TEXT,
+            study TEXT,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("ALTER TABLE runs ADD COLUMN sweep TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN sweep_trial INTEGER")
+    db.execute("CREATE INDEX runs_sweep ON runs (sweep)")
+
+
+@migration
+def m009_run_owner_process(db: sqlite3.Connection) -> None:
     # The process training a run (PID and host name), recorded with the row before any file of
     # the run exists: a "running" run whose process is gone shows as interrupted.
     """The PID and host of the process training a run."""
@@ -241,7 +273,7 @@ def m007_run_owner_process(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m008_run_refit_of(db: sqlite3.Connection) -> None:
+def m010_run_refit_of(db: sqlite3.Connection) -> None:
     # A refit retrains a validated run's config on every labelled image for the epochs that run
     # chose; it has nothing left to validate on, so its val F is the parent's, carried and marked.
     """The run a refit retrained (``refit_of``, the parent's id)."""
@@ -249,7 +281,7 @@ def m008_run_refit_of(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m009_validation_calibration_and_post(db: sqlite3.Connection) -> None:
+def m011_validation_calibration_and_post(db: sqlite3.Connection) -> None:
     # A validation may shift the logits by the run's calibrated offsets and clean the masks with
     # post-processors; the score means something else then, so the row says which.
     """Whether a validation applied the run's logit offsets, and its post-processing steps."""

@@ -22,7 +22,6 @@ Weights are loaded with ``torch.load(weights_only=True)``, so a checkpoint canno
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -43,6 +42,7 @@ from PIL import Image, UnidentifiedImageError
 from cpx.data.competition import Competition
 from cpx.data.images import BadFile, bad_ids_message, check_mask_mode
 from cpx.kernel.errors import ConfigError, DataError, Problem, SubmissionError
+from cpx.kernel.files import sha256_stream
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
 from cpx.submit.solution import runner_mentions_arguments
@@ -151,11 +151,8 @@ class _Files:
 
     def sha256(self, name: str) -> str:
         """Hex sha256 of the file, read in blocks."""
-        digest = hashlib.sha256()
         with self.open(name) as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+            return sha256_stream(fh)
 
     def label(self, name: str) -> str:
         """How to name the file in a problem: its path as the user sees it."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cpx.kernel.plotting import RUN_COLORS, pyplot, save_figure
+from cpx.kernel.text import format_f
 
 
 def plot_history(runs: Sequence[tuple[str, list[dict]]], path: Path) -> Path:
@@ -41,7 +42,7 @@ def plot_history(runs: Sequence[tuple[str, list[dict]]], path: Path) -> Path:
             axes[1].plot(*zip(*f), color=color, marker=marker, markersize=3)
             be, bf = max(f + f_ema, key=lambda p: p[1])
             axes[1].plot([be], [bf], "*", color=color, markersize=13, markeredgecolor="black", markeredgewidth=0.6)
-            best = f"  (best F {bf:.4f} @ {be})"
+            best = f"  (best F {format_f(bf)} @ {be})"
         lr = [(h["epoch"], h["lr"]) for h in history if h.get("lr") is not None]
         if lr:
             axes[2].plot(*zip(*lr), color=color, marker=marker, markersize=3)

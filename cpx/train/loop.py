@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from cpx.eval.metrics import ScoreAccumulator, class_ids
+from cpx.eval.metrics import ScoreAccumulator, Scores, class_ids
 from cpx.kernel.device import autocast, keep_freed_memory
 from cpx.kernel.errors import RunError
 from cpx.train.collective import all_reduce, rank_world
@@ -158,6 +158,10 @@ class Trainer:
         self.stop_reason = ""
         # which weights scored best: "ema" or "raw" (best.pt says which)
         self.best_weights = settings.select_weights or ("ema" if self.ema_model is not None else "raw")
+        # the full scores of the latest and of the best validation (single process only: under
+        # data parallelism each rank sees a share of the images)
+        self.val_scores: Optional[Scores] = None
+        self.best_scores: Optional[dict] = None
 
     # --- setup -----------------------------------------------------------------------
 
@@ -217,14 +221,16 @@ class Trainer:
                 last = self.epoch in (s.epochs, s.stop_after)
                 if self.val_data is not None and ((self.epoch % s.val_every == 0) or last):
                     record.val_loss, record.val_f = self.validate()
-                    score, kind = record.val_f, "raw"
+                    score, kind, scores = record.val_f, "raw", self.val_scores
                     if self.ema_model is not None:
                         record.val_loss_ema, record.val_f_ema = self.validate(self.ema_model)
                         if record.val_f_ema >= score:
-                            score, kind = record.val_f_ema, "ema"
+                            score, kind, scores = record.val_f_ema, "ema", self.val_scores
                     if score > self.best_f:
                         self.best_f, self.best_epoch, self.stale, self.best_weights = score, self.epoch, 0, kind
                         record.improved = True
+                        # the scores of the weights that won, which best.pt holds
+                        self.best_scores = scores.to_dict() if scores else None
                     else:
                         self.stale += 1
                 entry = asdict(record)
@@ -348,6 +354,7 @@ class Trainer:
         if self.world > 1:
             sums = all_reduce(torch.tensor([loss_sum, f_sum, count], dtype=torch.float64, device=self.device))
             loss_sum, f_sum, count = float(sums[0]), float(sums[1]), int(sums[2])
+        self.val_scores = acc.compute() if self.world == 1 and count else None
         return loss_sum / max(1, count), f_sum / max(1, count)
 
     # --- checkpoints -----------------------------------------------------------------
@@ -366,6 +373,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "stale": self.stale,
             "history": self.history,
+            "best_scores": self.best_scores,
             "best_weights": self.best_weights,
             **({"ema": self.ema_model.state_dict()} if self.ema_model is not None else {}),
         }
@@ -377,6 +385,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         for key in ("epoch", "step", "best_f", "best_epoch", "stale", "history"):
             setattr(self, key, state[key])
+        self.best_scores = state.get("best_scores")  # absent from checkpoints of older versions
         self.best_weights = state.get("best_weights", self.best_weights)
         if self.ema_model is not None:
             if "ema" not in state:

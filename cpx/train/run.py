@@ -518,6 +518,11 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
             message += f" (curves.png not written: {exc})"
     finished = utc_now()
     folder.write_status(status, message, finished)
+    if trainer.best_scores and "interrupted" not in message:  # a resumed run records it when it ends
+        try:
+            record_best_validation(ledger, run_id, trainer.best_scores, data.val_names, competition)
+        except LedgerBusy:  # the scores are in history.json; the row is a convenience for comparisons
+            message += " (its best validation's per-image scores were not recorded: the ledger was locked)"
     writer.update(status=status, finished_at=finished, wall_seconds=round(wall, 2),
                   epochs_planned=trainer.settings.epochs, notes=message or None)
     if not writer.flush():
@@ -546,6 +551,20 @@ def best_payload(tr: Trainer, config: ExperimentConfig, competition: Competition
     }
 
 
+
+
+def record_best_validation(ledger: Ledger, run_id: str, scores: dict, val_names: list[str],
+                           competition: Competition) -> dict:
+    """The best epoch's validation as a ledger row (checkpoint ``best``, no TTA, the run's own
+    validation list), with each image's F so runs can later be compared image by image."""
+    from cpx.eval.validate import VAL_LIST
+
+    per_class = {str(name): {"f": f, "images": n}
+                 for name, f, n in zip(competition.classes, scores["per_class_f"], scores["class_images"])}
+    return ledger.add_validation(run_id, checkpoint="best", tta="none", data=VAL_LIST, images=len(val_names),
+                                 score=scores["fscore"], pooled_score=scores["pooled_fscore"],
+                                 pixel_acc=scores["pixel_acc"], miou=scores["miou"], per_class=per_class,
+                                 per_image=dict(zip(val_names, scores["per_image"])))
 
 
 def command_line() -> str:

@@ -21,12 +21,12 @@ import ipaddress
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
 from cpx.kernel.errors import CodabenchError
+from cpx.kernel.files import atomic_write
 
 DEFAULT_URL = "https://www.codabench.org"
 CONFIG_FILE = "codabench.json"
@@ -133,21 +133,8 @@ def save_credentials(url: str, token: str, username: Optional[str] = None,
         record["display_name"] = display_name
     if allow_http and urlsplit(record["url"]).scheme == "http":
         record["allow_http"] = True
-    fd, tmp = tempfile.mkstemp(prefix=".codabench-", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    text = json.dumps(record, indent=2) + "\n"
+    atomic_write(path, lambda fh: fh.write(text.encode()), mode=0o600)  # private before a byte is written
     return path
 
 

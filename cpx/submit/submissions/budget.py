@@ -15,6 +15,7 @@ from typing import Optional
 
 from cpx.data.competition import Competition
 from cpx.kernel.errors import CodabenchError
+from cpx.kernel.text import format_f
 from cpx.kernel.workspace import Workspace
 from cpx.runs.ledger import Ledger
 from cpx.submit.codabench import Phase, choose_phase, client_from_config
@@ -145,9 +146,9 @@ def final_not_best(rows: list[SubmissionRow], final: str, competition: str) -> O
             continue
         best = max(known, key=value)
         if best.name != final and (value(mine) is None or value(best) > value(mine)):
-            shown = f"{value(mine):.4f}" if value(mine) is not None else "unscored"
+            shown = f"{format_f(value(mine))}" if value(mine) is not None else "unscored"
             return (f"only the final submission counts in {competition}, and the final one, {final} "
-                    f"({shown}), is not your best: {best.name} ({value(best):.4f}) by {label}; "
+                    f"({shown}), is not your best: {best.name} ({format_f(value(best))}) by {label}; "
                     f"choose it with `cpx submit {best.name} --final`")
         return None
     return None

@@ -12,6 +12,7 @@ from typing import Any, Optional
 from cpx.data.competition import Competition
 from cpx.kernel.errors import CpxError, RunError, SubmissionError
 from cpx.kernel.files import sha256_file
+from cpx.kernel.text import format_f
 from cpx.runs.folder import RunFolder
 from cpx.runs.ledger import Ledger
 from cpx.submit.submissions.budget import used_in_phase
@@ -43,7 +44,7 @@ def record_score(ledger: Ledger, name: str, score: float, *, phase: str = DEFAUL
     existing = main_score(ledger.scores_for(name), phase, metric)
     if existing is not None and not replace:
         raise SubmissionError(
-            f"'{name}' already has a {phase} score {existing['score']:.4f} ({existing['source']}, "
+            f"'{name}' already has a {phase} score {format_f(existing['score'])} ({existing['source']}, "
             f"{existing['recorded_at']}); use --replace to overwrite it")
     before = used_in_phase(ledger, phase)
     column = existing["column_key"] if existing else "score"

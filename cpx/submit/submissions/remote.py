@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 from cpx.kernel.errors import CodabenchError, SubmissionError
 from cpx.kernel.files import sha256_file
-from cpx.kernel.text import utc_now
+from cpx.kernel.text import format_f, utc_now
 from cpx.runs.ledger import Ledger
 from cpx.submit.codabench import (
     CodabenchClient,
@@ -88,7 +88,7 @@ def upload_submission(ledger: Ledger, name: str, client: CodabenchClient, compet
                               f"{sub.get('status') or 'status unknown'}); run `cpx codabench sync` for its score")
     scored = main_score(ledger.scores_for(name), phase, metric)
     if scored is not None:
-        raise SubmissionError(f"'{name}' already has a {phase} score ({scored['score']:.4f}, {scored['source']}), "
+        raise SubmissionError(f"'{name}' already has a {phase} score ({format_f(scored['score'])}, {scored['source']}), "
                               f"so it was submitted already; package it again under a new name to resubmit")
     if not sub.get("zip_path"):
         raise SubmissionError(f"'{name}' has no zip recorded")

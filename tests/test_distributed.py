@@ -106,6 +106,7 @@ def test_a_dying_rank_ends_the_job_with_one_error_line(cpx_workspace, ddp_plugin
         assert ledger.get_run("dies")["status"] == "failed"
 
 
+@pytest.mark.slow  # a fresh interpreter and real processes: run by .ci/run after the plain suite
 def test_launch_arguments_are_checked_before_any_process_starts(cpx_workspace):
     assert parse_nnodes("2") == (2, 2) and parse_nnodes("1:4") == (1, 4)
     with pytest.raises(ConfigError, match="--nnodes"):

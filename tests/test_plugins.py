@@ -85,6 +85,7 @@ def test_third_party_plugin_loads_from_its_entry_point(installed_plugin, monkeyp
     assert model(__import__("torch").zeros(1, 3, 8, 8)).shape == (1, 19, 8, 8)
 
 
+@pytest.mark.slow  # a fresh interpreter and real processes: run by .ci/run after the plain suite
 def test_third_party_model_shows_in_cli_and_trains(installed_plugin, cpx_workspace):
     env = _env_with(installed_plugin)
     out = subprocess.run([sys.executable, "-m", "cpx", "plugins", "--json"], env=env, capture_output=True,

@@ -73,6 +73,7 @@ def test_bench_in_process_projects_epoch_and_recipe_time(cpx_workspace, cpx_host
     assert "random pixels" in r.data and r.notes
 
 
+@pytest.mark.slow  # a fresh interpreter and real processes: run by .ci/run after the plain suite
 def test_cli_bench_measures_in_a_fresh_process(cpx_workspace):
     out = subprocess.run([sys.executable, "-m", "cpx", "bench", "msf-lmsa", "--set", "model.name=unet",
                           "--set", "model.options={base_channels: 4, depth: 2}", "--image-size", "32",

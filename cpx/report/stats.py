@@ -74,8 +74,28 @@ def mean_interval(values: Sequence[float], level: float = DEFAULT_LEVEL) -> Mean
 # ---------------------------------------------------------------- paired per-image test
 
 
+class _Verdict:
+    """An estimate with an interval (``low``, ``high``) says in words whether it is significant."""
+
+    low: Optional[float]
+    high: Optional[float]
+
+    @property
+    def significant(self) -> bool:
+        return words(self.low, self.high) == SIGNIFICANT
+
+    @property
+    def verdict(self) -> str:
+        return words(self.low, self.high)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["verdict"] = self.verdict
+        return out
+
+
 @dataclass(frozen=True)
-class PairedTest:
+class PairedTest(_Verdict):
     """B − A over the images both were scored on."""
 
     n: int
@@ -90,18 +110,6 @@ class PairedTest:
     only_a: int = 0  # images scored for A only
     only_b: int = 0
 
-    @property
-    def significant(self) -> bool:
-        return words(self.low, self.high) == SIGNIFICANT
-
-    @property
-    def verdict(self) -> str:
-        return words(self.low, self.high)
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["verdict"] = self.verdict
-        return out
 
 
 def _rng_kwargs(seed: int) -> dict:
@@ -155,7 +163,7 @@ def paired_test(a: Mapping[Hashable, float], b: Mapping[Hashable, float], level:
 
 
 @dataclass(frozen=True)
-class Effect:
+class Effect(_Verdict):
     """``level`` against ``reference`` of ``factor``: the difference of their mean scores."""
 
     factor: str
@@ -173,18 +181,6 @@ class Effect:
     noise_sd: Optional[float]  # the seed-to-seed standard deviation used
     confidence: float = DEFAULT_LEVEL
 
-    @property
-    def significant(self) -> bool:
-        return words(self.low, self.high) == SIGNIFICANT
-
-    @property
-    def verdict(self) -> str:
-        return words(self.low, self.high)
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["verdict"] = self.verdict
-        return out
 
 
 @dataclass(frozen=True)

@@ -85,3 +85,10 @@ def test_workspace_is_found_from_a_subfolder(tmp_path, monkeypatch):
 def test_version(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith(f"cpx {cpx.__version__} (torch ")
+
+
+def test_a_misspelt_workspace_is_an_error_not_a_new_ledger(tmp_path, capsys):
+    missing = tmp_path / "nope" / "ws"
+    assert main(["--workspace", str(missing), "runs"]) == 2
+    assert f"--workspace: {missing} is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "nope").exists()

@@ -36,7 +36,10 @@ class Workspace:
         from the current directory (see the module docstring)."""
         root = override or os.environ.get("CPX_WORKSPACE")
         if root:
-            return cls(Path(root).expanduser().resolve())
+            path = Path(root).expanduser().resolve()
+            if not path.is_dir():  # a typo must not grow an empty ledger somewhere
+                raise ConfigError(f"--workspace: {path} is not a folder (create it first, or check the path)")
+            return cls(path)
         return cls(cls.find(Path.cwd()) or Path.cwd().resolve())
 
     @staticmethod

@@ -43,11 +43,13 @@ class PairedComparison:
 
 
 def recorded_validation(ledger: Ledger, run: dict, checkpoint: str = "best", tta: str = "none") -> Optional[dict]:
-    """The run's latest validation of ``checkpoint`` with ``tta`` on its own list that holds
-    per-image F; None if there is none."""
+    """The run's latest plain validation of ``checkpoint`` with ``tta`` on its own list that holds
+    per-image F; None if there is none. Calibrated (offsets fitted on these very images, so
+    in-sample) and post-processed validations are not plain, and never taken here."""
     for v in reversed(ledger.list_validations(run["id"])):
         if (v.get("per_image") and (v.get("checkpoint") or "best") == checkpoint
-                and (v.get("tta") or "none") == tta and (v.get("data") or OWN_LIST) == OWN_LIST):
+                and (v.get("tta") or "none") == tta and (v.get("data") or OWN_LIST) == OWN_LIST
+                and not v.get("calibrated") and not v.get("post")):
             return v
     return None
 

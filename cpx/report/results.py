@@ -134,7 +134,8 @@ class _Builder:
     def _tta_best(self, run: dict) -> Optional[dict]:
         best = None
         for v in self.ledger.list_validations(run["id"]):
-            if (v.get("tta") or "none") != "none" and v.get("score") is not None:
+            in_sample = v.get("calibrated") and (v.get("data") or "val_list") == "val_list"
+            if (v.get("tta") or "none") != "none" and v.get("score") is not None and not in_sample:
                 if best is None or v["score"] > best["score"]:
                     best = v
         return best

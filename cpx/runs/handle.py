@@ -27,6 +27,10 @@ class RunHandle:
     config: ExperimentConfig
     competition: Competition
 
+    def __repr__(self) -> str:
+        return (f"RunHandle({self.id!r}, model={self.config.model.name!r}, competition={self.competition.name!r}, "
+                f"best_val_f={self.row.get('best_val_f')}, folder={str(self.folder.path)!r})")
+
     @property
     def id(self) -> str:
         return self.row["id"]

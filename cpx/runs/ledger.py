@@ -326,7 +326,7 @@ class Ledger:
         known = [name for r in self._db.execute("SELECT id, name FROM runs") for name in (r[0], r[1]) if name]
         close = difflib.get_close_matches(ref, known, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(dict.fromkeys(close))}?" if close else ""
-        raise RunError(f"no run matches '{ref}' (tried id, name and id prefix){hint}")
+        raise RunError(f"no run matches '{ref}' in {self.path} (tried id, name and id prefix){hint}")
 
     def list_runs(
         self,

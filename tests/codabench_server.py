@@ -29,6 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional, Union
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
 # "drop", "html500", ("slow", seconds) then a normal answer, (status, json_body)
 # or (status, raw_text, content_type)
 Action = Union[str, tuple]
@@ -429,3 +431,44 @@ def _score_rows(scores: dict) -> list:
 
 def _public(sub: dict) -> dict:
     return {k: v for k, v in sub.items() if not k.startswith("_")}
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures and helpers the Codabench test modules share (import them into the module)
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    """Requests to the local server never go through a proxy; no server URL leaks in."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.delenv("CODABENCH_URL", raising=False)
+
+
+@pytest.fixture
+def fake():
+    """A running test Codabench on loopback."""
+    with FakeCodabench() as server:
+        yield server
+
+
+@pytest.fixture
+def logged_in(fake):
+    """The test Codabench with its credentials stored, as after `cpx codabench login`."""
+    from cpx.submit import codabench
+
+    codabench.save_credentials(fake.url, fake.token, username=fake.username)
+    return fake
+
+
+def cpx(capsys, *args, stdin=None, monkeypatch=None):
+    """Run the CLI in-process: (exit code, stdout, stderr); ``stdin`` answers prompts."""
+    import io
+    import sys
+
+    from cpx.cli import main
+
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -17,8 +17,8 @@ from cpx.eval.metrics import class_ids
 from cpx.eval.predict import predictor_for_run
 from cpx.eval.validate import validate_run
 from cpx.kernel.errors import RunError
-from cpx.runs.handle import open_run
 from cpx.report.leaderboard import build_leaderboard
+from cpx.runs.handle import open_run
 from cpx.runs.ledger import Ledger
 
 

@@ -7,14 +7,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sys
 import zipfile
 
 import pytest
-from codabench_server import FakeCodabench
+from codabench_server import FakeCodabench, _no_proxy, cpx, fake, logged_in  # noqa: F401  (fixtures)
 from conftest import tiny_overrides
 
-from cpx.cli import main
 from cpx.kernel.errors import SubmissionError
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench
@@ -25,36 +23,10 @@ from cpx.train.run import TrainRequest, train
 FAST = ["--poll", "0.01", "--timeout", "10"]
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.delenv("CODABENCH_URL", raising=False)
-
-
-@pytest.fixture
-def fake():
-    with FakeCodabench() as server:
-        yield server
-
-
-@pytest.fixture
-def logged_in(fake):
-    codabench.save_credentials(fake.url, fake.token, username=fake.username)
-    return fake
-
-
 @pytest.fixture
 def ledger(cpx_workspace):
     with Ledger(cpx_workspace.ledger_path) as led:
         yield led
-
-
-def cpx(capsys, *args, stdin=None, monkeypatch=None):
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line(text: str) -> str:

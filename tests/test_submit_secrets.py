@@ -5,19 +5,16 @@ password (issue 9, section 5)."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import stat
-import sys
 import zipfile
 from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
-from codabench_server import FakeCodabench
+from codabench_server import FakeCodabench, _no_proxy, cpx  # noqa: F401  (fixtures)
 
-from cpx.cli import main
 from cpx.kernel.errors import CodabenchError
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench
@@ -26,24 +23,10 @@ PASSWORD = "pw-Zq8!unique"
 TOKEN = "tok-9f3c1e77d2unique"
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.delenv("CODABENCH_URL", raising=False)
-
-
 @pytest.fixture
 def fake():
     with FakeCodabench(password=PASSWORD, token=TOKEN) as server:
         yield server
-
-
-def cpx(capsys, *args, stdin=None, monkeypatch=None):
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def errors(err: str) -> list[str]:

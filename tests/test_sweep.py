@@ -12,9 +12,9 @@ from collections import Counter
 
 import optuna
 import pytest
+from conftest import tiny_overrides
 from optuna.trial import TrialState
 
-from conftest import tiny_overrides
 from cpx.cli import main
 from cpx.kernel.errors import ConfigError, RunError
 from cpx.runs.ledger import Ledger
@@ -139,6 +139,7 @@ def resumed_sweep(tmp_path_factory):
     """A 2 x 2 grid over 2 seeds, interrupted in its third trial, then holding a trial whose worker
     died, then run again: shared by the tests below (it trains 8 tiny runs)."""
     from conftest import _TinyPlugin
+
     from cpx.kernel.manager import create_plugin_host, set_host
     from cpx.kernel.workspace import Workspace
 

@@ -232,10 +232,10 @@ def section_budget(args, ws, host) -> dict:
     _, val_names = datalib.split_names(datalib.train_names(Path(args.data), host.competition("celebamask-mini")), 0.1, 42)
     val_files = [f"{n}.jpg" for n in val_names]
     ref_model = recipe_model(args.recipe)
-    ref_model.load_state_dict(torch.load(ref_weights, map_location="cpu")["state_dict"])
+    ref_model.load_state_dict(torch.load(ref_weights, map_location="cpu", weights_only=True)["state_dict"])
     ref_by_cpx = cpx_score(ref_model, args, ws, host, 256)
     handle = open_run(result.run_id, ws, host)
-    cpx_model = handle.load_model(host, "last", torch.device("cpu"))
+    cpx_model = handle.load_model("last", torch.device("cpu"), host)
     cpx_by_ref = reference.evaluate(cpx_model.float(), args.data, val_files, 256)
     print(f"  cross-check: reference model scored by cpx {ref_by_cpx:.4f}; cpx final model scored by the "
           f"reference's evaluate() {cpx_by_ref:.4f}", flush=True)

@@ -7,7 +7,7 @@ must never run. Wrapper prefixes and bare state_dicts must give exactly the orig
 import pytest
 import torch
 import yaml
-from conftest import tiny_overrides
+from conftest import CtrlCInEpoch2, tiny_overrides
 
 from cpx.cli import main
 from cpx.eval.validate import validate_run
@@ -55,10 +55,6 @@ def test_no_command_runs_code_from_a_checkpoint(command, unet_run, trained_unet,
 
 
 def test_resume_never_runs_code_from_last_pt(cpx_workspace, cpx_host, tiny_model, marker):
-    class CtrlCInEpoch2:
-        def on_batch_end(self, trainer, i, loss):
-            if trainer.epoch == 1:
-                raise KeyboardInterrupt
 
     result = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{"train.epochs": 3})), cpx_workspace,
                    cpx_host, callbacks=(CtrlCInEpoch2(),))

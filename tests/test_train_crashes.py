@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import CtrlCInEpoch2, tiny_overrides
 
 from cpx.cli import main
 from cpx.kernel.errors import ConfigError, RunError
@@ -158,10 +158,6 @@ def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(cpx_workspace, cpx_hos
 
 
 def test_ctrl_c_later_names_the_epoch_that_was_saved_and_resume_works(cpx_workspace, cpx_host, tiny_model):
-    class CtrlCInEpoch2:
-        def on_batch_end(self, trainer, i, loss):
-            if trainer.epoch == 1:
-                raise KeyboardInterrupt
 
     result = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{"train.epochs": 3})),
                    cpx_workspace, cpx_host, callbacks=(CtrlCInEpoch2(),))
@@ -170,10 +166,6 @@ def test_ctrl_c_later_names_the_epoch_that_was_saved_and_resume_works(cpx_worksp
 
 
 def test_resume_while_another_process_trains_the_run_is_refused(cpx_workspace, cpx_host, tiny_model):
-    class CtrlCInEpoch2:
-        def on_batch_end(self, trainer, i, loss):
-            if trainer.epoch == 1:
-                raise KeyboardInterrupt
 
     result = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{"train.epochs": 3})),
                    cpx_workspace, cpx_host, callbacks=(CtrlCInEpoch2(),))

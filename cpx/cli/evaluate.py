@@ -59,7 +59,7 @@ def render_scores(scores, class_names, title: str) -> None:
     summary.add_row("[bold]F (competition metric: per image, mean over images)[/]", f"[bold]{format_f(scores.fscore)}[/]")
     summary.add_row("pixel accuracy", format_f(scores.pixel_acc))
     summary.add_row("mIoU (pooled over all pixels)", format_f(scores.miou))
-    summary.add_row(f"[dim]pooled F, {scores.pool_size} images as one mask (old scripts; NOT the scorer's)[/]",
+    summary.add_row(f"[dim]pooled F, groups of up to {scores.pool_size} images as one mask (old scripts; NOT the scorer's)[/]",
                     f"[dim]{format_f(scores.pooled_fscore)}[/]")
     summary.add_row("images", str(scores.num_images))
     console.print(summary)

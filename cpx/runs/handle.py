@@ -65,7 +65,7 @@ class RunHandle:
         if which == "best" and not path.is_file() and self.row.get("checkpoints"):
             path = Path(self.row["checkpoints"][0])
         if not path.is_file():
-            raise RunError(f"run {self.id}: checkpoint {path} does not exist")
+            raise RunError(f"run {self.id}: checkpoint {path} does not exist (give best, last or a checkpoint file)")
         return path
 
     @property

@@ -103,3 +103,14 @@ class CtrlCInEpoch2:
     def on_batch_end(self, trainer, i, loss):
         if trainer.epoch == 1:
             raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only adds synchronisation, which hurts on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,12 +16,8 @@ DEFAULT = HOST.competition(COMPETITIONS[0])
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny tensors: a second thread only adds synchronisation
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", HOST.models.names())

@@ -23,12 +23,8 @@ MODEL_NAMES = _host().models.names()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny tensors: a second thread only adds synchronisation, which hurts on a busy machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,9 @@ class AugmentOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     flip: Probability = Field(0.0, description="Probability of a horizontal mirror (left/right classes swapped).")
+    flip_swap: bool = Field(True, description="Swap the competition's left/right classes in a mirrored mask; false "
+                                              "keeps the labels as they are, the reference recipe's mistake "
+                                              "(for ablations).")
     rotation: float = Field(0.0, ge=0.0, le=180.0,
                             description="Maximum rotation in degrees; each sample draws an angle in [-rotation, rotation].")
     scale: tuple[float, float] = Field((1.0, 1.0), description="Range (low, high) of the zoom factor drawn per sample; "
@@ -119,7 +122,7 @@ class BatchAugment(nn.Module):
             self.blur = K.RandomGaussianBlur((size, size), o.blur_sigma, p=o.blur)
         else:
             self.blur = None
-        pairs = tuple(getattr(competition, "flip_pairs", ()) or ())
+        pairs = tuple(getattr(competition, "flip_pairs", ()) or ()) if o.flip_swap else ()
         if pairs:
             num_classes = competition.num_classes
             # 256 entries at least, so ignore values such as 255 pass through unchanged

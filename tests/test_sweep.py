@@ -20,7 +20,7 @@ from cpx.kernel.errors import ConfigError, RunError
 from cpx.runs.ledger import Ledger
 from cpx.sweep import study as studylib
 from cpx.sweep.runner import SweepRequest, run_sweep
-from cpx.sweep.spec import Factor, SweepSpec, parse_grid, parse_search
+from cpx.sweep.spec import Factor, SweepSpec, parse_ablate, parse_grid, parse_search
 
 DICE, LR = "loss.options.dice", "optimizer.lr"
 
@@ -58,6 +58,62 @@ def test_factors_parse_from_the_command_line():
     for bad in ("lr=3..1", "lr=0..1:log", "lr=a..b", "lr=1..2:cube"):
         with pytest.raises(ConfigError):
             parse_search(bad)
+
+
+def test_ablation_variants_parse_into_one_factor_with_the_baseline_first():
+    f = parse_ablate(["plain-flip:augmentation.options.flip_swap=false", "msf:model.name=msf-lmsa",
+                      "msf:lr=8e-4", "crops:augmentation.options.crop_scale=[0.5, 1.5]"], {"lr": LR})
+    assert f.key == "variant" and f.values == ["baseline", "plain-flip", "msf", "crops"]
+    assert f.variants["msf"] == {"model.name": "msf-lmsa", LR: 8e-4}
+    assert f.variants["crops"] == {"augmentation.options.crop_scale": [0.5, 1.5]}
+    spec = SweepSpec(recipe="msf-lmsa", mode="grid", factors=[f], seeds=2, overrides={"train.epochs": 3},
+                     budget_minutes=5)
+    assert spec.total == 8 and "ablation plain-flip: augmentation.options.flip_swap=false" in spec.describe()
+    # a trial's overrides hold the variant's keys, never the word "variant"
+    assert spec.trial_overrides({"variant": "msf", "train.seed": 1}) == {
+        "train.epochs": 3, "model.name": "msf-lmsa", LR: 8e-4, "train.seed": 1, "train.budget_minutes": 5}
+    assert spec.trial_overrides({"variant": "baseline", "train.seed": 0}) == {
+        "train.epochs": 3, "train.seed": 0, "train.budget_minutes": 5}
+    for bad in ("noname", ":dice=1", "x:dice", "baseline:dice=2", "a b:dice=2", "x:scale=[1,"):
+        with pytest.raises(ConfigError):
+            parse_ablate([bad])
+    with pytest.raises(ValueError, match="not --search"):
+        SweepSpec(recipe="r", mode="search", trials=3, factors=[f])
+
+
+def test_an_ablation_trains_each_variant_and_scores_it_against_the_recipe(cpx_workspace, cpx_host, tiny_model):
+    from cpx.report.sweeps import sweep_results
+
+    variants = parse_ablate(["no-flip:augmentation.options.flip=0", "lr:optimizer.lr=3e-3",
+                             "lr:loss.options.dice=2"])
+    spec = SweepSpec(recipe="msf-lmsa", mode="grid", factors=[variants], seeds=2,
+                     overrides=tiny_overrides(**{"train.epochs": 1}))
+    out = run_sweep(SweepRequest(spec=spec), cpx_workspace, cpx_host)
+    assert out.status.complete == 6 and out.name.startswith("msf-lmsa-variant-")
+    runs = {r["id"]: r["config"] for r in sweep_runs(cpx_workspace, out.name)}
+    with Ledger(cpx_workspace.ledger_path) as ledger:
+        results = sweep_results(ledger, out.name)
+    by_variant = Counter(r.params["variant"] for r in results.runs)
+    assert by_variant == {"baseline": 2, "no-flip": 2, "lr": 2}
+    for r in results.runs:  # each run is recognised from its own config
+        config = runs[r.run_id]
+        flip, lr = config["augmentation"]["options"]["flip"], config["optimizer"]["lr"]
+        assert r.params["variant"] == ("no-flip" if flip == 0 else "lr" if lr == 3e-3 else "baseline")
+    assert {(e.level, e.reference) for e in results.effects} == {("no-flip", "baseline"), ("lr", "baseline")}
+    assert results.noise.source == "seeds" and results.noise.dof == 3
+
+
+def test_an_ablation_variant_that_changes_nothing_is_refused_before_training(cpx_workspace, monkeypatch, capsys):
+    monkeypatch.setenv("CPX_WORKSPACE", str(cpx_workspace.root))
+    # msf-lmsa already flips with probability 0.5
+    assert main(["sweep", "msf-lmsa", "--ablate", "same:augmentation.options.flip=0.5"]) == 2
+    assert "same: trains the same config as baseline" in capsys.readouterr().err
+    assert main(["sweep", "msf-lmsa", "--ablate", "a:dice=2", "--ablate", "b:loss.options.dice=2"]) == 2
+    assert "b: trains the same config as a" in capsys.readouterr().err
+    assert main(["sweep", "msf-lmsa", "--ablate", "x:nonsense.key=1"]) == 2
+    assert "nonsense" in capsys.readouterr().err
+    with Ledger(cpx_workspace.ledger_path) as ledger:
+        assert ledger.list_sweeps() == [] and ledger.list_runs() == []
 
 
 def test_spec_counts_trials_and_names_itself_from_what_it_varies():

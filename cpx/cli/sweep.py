@@ -97,8 +97,8 @@ def log_event(event) -> None:
         print(_summary(s), flush=True)
 
 
-def _spec(recipe, grid, search, seeds, trials, budget, prune, set_):
-    from cpx.sweep.spec import SweepSpec, parse_grid, parse_search
+def _spec(recipe, grid, search, seeds, trials, budget, prune, set_, ablate=None):
+    from cpx.sweep.spec import SweepSpec, parse_ablate, parse_grid, parse_search
 
     if grid and search:
         raise ConfigError("use --grid or --search, not both in one sweep")
@@ -107,6 +107,8 @@ def _spec(recipe, grid, search, seeds, trials, budget, prune, set_):
         key, value = parse_assignment(assignment)
         overrides[SHORTCUTS.get(key, key)] = value
     factors = [parse_grid(g, SHORTCUTS) for g in grid or []] + [parse_search(s, SHORTCUTS) for s in search or []]
+    if ablate:
+        factors.insert(0, parse_ablate(ablate, SHORTCUTS))
     try:
         return SweepSpec(recipe=recipe, mode="search" if search else "grid", factors=factors, seeds=seeds,
                          trials=trials, overrides=overrides, budget_minutes=parse_budget(budget), prune=prune)
@@ -185,6 +187,9 @@ def register(app: typer.Typer) -> None:
             "--grid", help="a grid factor: key=v1,v2,... (dice, lr, ... or a key path; repeatable)")] = None,
         search: Annotated[Optional[list[str]], typer.Option(
             "--search", help="a searched factor: key=low..high[:log|:int] or key=a,b (repeatable; TPE)")] = None,
+        ablate: Annotated[Optional[list[str]], typer.Option(
+            "--ablate", help="an ablation variant: NAME:key=value, each scored against the recipe unchanged "
+                             "(baseline); a NAME given twice sets several keys (repeatable)")] = None,
         seeds: Annotated[int, typer.Option(help="grid: train every cell with seeds 0..N-1")] = 1,
         trials: Annotated[Optional[int], typer.Option(help="search: number of trials")] = None,
         budget: Annotated[Optional[str], typer.Option(help="wall-clock budget of each trial, e.g. 30m")] = None,
@@ -204,8 +209,8 @@ def register(app: typer.Typer) -> None:
             "--output", "-o", help="with `show`: the factor plot's path (default experiments/sweeps/SWEEP.png)")] = None,
         json_: Annotated[bool, typer.Option("--json", help="with `show`: machine-readable output")] = False,
     ):
-        """Run a sweep (or resume it: the same command again) on Optuna: --grid with --seeds, or --search
-        with --trials; each trial is a normal run tagged with the sweep. Several workers can share one
+        """Run a sweep (or resume it: the same command again) on Optuna: --grid with --seeds, --ablate
+        (one change at a time against the recipe) with --seeds, or --search with --trials; each trial is a normal run tagged with the sweep. Several workers can share one
         study (--storage URL --study NAME --worker). `cpx sweep show SWEEP`: per cell mean and sd over
         seeds, each factor's effect with its 95% interval, and a factor plot."""
         if recipe == SHOW:
@@ -215,15 +220,15 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"unexpected argument {name!r} (did you mean `cpx sweep show {name}`?)")
         from cpx.sweep import SweepRequest, run_sweep
 
-        if worker and not (grid or search):
+        if worker and not (grid or search or ablate):
             if recipe or not study:
                 raise ConfigError("--worker without --grid/--search joins an existing study: give --study NAME "
                                   "(and --storage URL) and no recipe")
             spec = None
         else:
             if not recipe:
-                raise ConfigError("name a recipe and give --grid or --search factors (or `cpx sweep show`)")
-            spec = _spec(recipe, grid, search, seeds, trials, budget, prune, set_)
+                raise ConfigError("name a recipe and give --grid, --search or --ablate factors (or `cpx sweep show`)")
+            spec = _spec(recipe, grid, search, seeds, trials, budget, prune, set_, ablate)
         request = SweepRequest(spec=spec, storage=storage, study=study, command=command_line(),
                                max_trials=max_trials)
         handler = log_event if quiet or not console.is_terminal else LiveSweep()

@@ -16,7 +16,7 @@ from cpx.kernel.config import flatten
 from cpx.report import stats
 from cpx.report.figures import FactorPanel, plot_factor_panels
 from cpx.runs.ledger import Ledger
-from cpx.sweep.spec import SEED_KEY, Factor
+from cpx.sweep.spec import BASELINE, SEED_KEY, Factor
 
 COUNTED = ("completed", "stopped")
 
@@ -117,6 +117,17 @@ def _value(config: Optional[dict], diff: Optional[dict], key: str) -> Any:
     return flat.get(key)
 
 
+def _level(factor: Factor, config: Optional[dict], diff: Optional[dict]) -> Any:
+    """The factor's level a run was trained at: its config value, or for an ablation the variant
+    whose overrides the run's config holds (the one setting most keys; baseline when none)."""
+    if factor.variants is None:
+        return _value(config, diff, factor.key)
+    flat = flatten(config or {})
+    matches = [(len(o), name) for name, o in factor.variants.items()
+               if all(k in flat and flat[k] == v for k, v in o.items())]
+    return max(matches)[1] if matches else BASELINE
+
+
 def sweep_results(ledger: Ledger, name: str, level: float = stats.DEFAULT_LEVEL) -> SweepResults:
     """Collect a sweep's runs from the ledger and compute its cells and effects."""
     sweep = ledger.get_sweep(name)
@@ -126,7 +137,7 @@ def sweep_results(ledger: Ledger, name: str, level: float = stats.DEFAULT_LEVEL)
     for row in ledger.list_runs():
         if row.get("sweep") != name:
             continue
-        params = {k: _value(row.get("config"), row.get("config_diff"), k) for k in keys}
+        params = {f.key: _level(f, row.get("config"), row.get("config_diff")) for f in factors}
         seed = _value(row.get("config"), row.get("config_diff"), SEED_KEY)
         runs.append(SweepRun(run_id=row["id"], name=row.get("name") or row["id"], status=row.get("status") or "",
                              params=params, seed=seed, value=row.get("best_val_f"), best_epoch=row.get("best_epoch"),
@@ -134,7 +145,12 @@ def sweep_results(ledger: Ledger, name: str, level: float = stats.DEFAULT_LEVEL)
     runs.sort(key=lambda r: (tuple(stats.level_order(r.params.get(k)) for k in keys), r.seed or 0, r.run_id))
     result = SweepResults(name=name, sweep=sweep, factors=factors, runs=runs, cells=[])
     # references: the recipe's own level where the grid holds it (a run whose diff lacks the key)
+    for f in factors:
+        if f.variants is not None:
+            result.references[f.key] = BASELINE
     for key in keys:
+        if key in result.references:
+            continue
         for row in ledger.list_runs():
             if row.get("sweep") == name and key not in (row.get("config_diff") or {}):
                 result.references[key] = _value(row.get("config"), None, key)

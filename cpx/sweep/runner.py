@@ -11,6 +11,7 @@ Progress goes to ``on_event(SweepEvent)``: the core renders nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -21,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from cpx.kernel.config import build_config
-from cpx.kernel.errors import RunError
+from cpx.kernel.errors import ConfigError, RunError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import RunFolder, run_folder
@@ -197,6 +198,28 @@ def _mark_dead_runs(trials, ledger_path) -> None:
                                   notes=f"sweep trial {t.number}: its process died; the trial is retried once")
 
 
+def _check_spec(spec: SweepSpec, workspace: Workspace, host: PluginHost) -> None:
+    """Build one trial's config (every variant's, for an ablation), so a misspelt key fails before
+    any training.
+
+    :raises ConfigError: a bad key or value, or an ablation variant that changes nothing or trains
+        the same config as another.
+    """
+    example = {f.key: f.values[0] if f.values is not None else f.low for f in spec.factors}
+    build_config(spec.recipe, spec.trial_overrides(example), workspace.experiments_dir, host)
+    for f in spec.factors:
+        if f.variants is None:
+            continue
+        seen: dict[str, str] = {}
+        for level in f.values or []:
+            config, _ = build_config(spec.recipe, spec.trial_overrides({**example, f.key: level}),
+                                     workspace.experiments_dir, host)
+            text = json.dumps(config.model_dump(mode="json", exclude={"recipe", "description"}), sort_keys=True)
+            if text in seen:
+                raise ConfigError(f"--ablate {level}: trains the same config as {seen[text]}")
+            seen[text] = level
+
+
 def run_sweep(request: SweepRequest, workspace: Workspace, host: PluginHost, on_event: EventHandler = None,
               callbacks: tuple = ()) -> SweepOutcome:
     """Work on a sweep until no trial is left to start (or ``max_trials`` are trained here).
@@ -204,8 +227,7 @@ def run_sweep(request: SweepRequest, workspace: Workspace, host: PluginHost, on_
     ``callbacks`` go to every trial's trainer (progress bars, tests).
     """
     if request.spec is not None:  # a misspelt factor or override fails here, not in every trial
-        example = {f.key: f.values[0] if f.values is not None else f.low for f in request.spec.factors}
-        build_config(request.spec.recipe, request.spec.trial_overrides(example), workspace.experiments_dir, host)
+        _check_spec(request.spec, workspace, host)
     url = request.storage or studylib.default_storage(workspace.experiments_dir)
     storage = studylib.open_storage(url, request.heartbeat_seconds)
     if request.spec is None and not request.study:

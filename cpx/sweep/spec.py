@@ -21,6 +21,8 @@ from cpx.kernel.errors import ConfigError
 
 SEED_KEY = "train.seed"
 BUDGET_KEY = "train.budget_minutes"
+VARIANT_KEY = "variant"  # the factor of an ablation: its levels are named sets of overrides
+BASELINE = "baseline"  # the ablation's reference level: the recipe as it is
 
 
 class Factor(BaseModel):
@@ -34,9 +36,17 @@ class Factor(BaseModel):
     high: Optional[float] = Field(None, description="upper end of a searched range")
     log: bool = Field(False, description="search the range on a log scale")
     integer: bool = Field(False, description="search whole numbers only")
+    variants: Optional[dict[str, dict[str, Any]]] = Field(
+        None, description="an ablation: each level's overrides (key path -> value); the first level, "
+                          "baseline, is the recipe unchanged")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Factor":
+        if self.variants is not None:
+            if self.key != VARIANT_KEY or self.values != [BASELINE, *self.variants]:
+                raise ValueError(f"an ablation factor is {VARIANT_KEY}={BASELINE},<its variants>")
+            if not self.variants or not all(self.variants.values()):
+                raise ValueError("each ablation variant needs at least one key=value")
         ranged = self.low is not None or self.high is not None
         if (self.values is None) == (not ranged):
             raise ValueError(f"{self.key}: give either values or a low..high range")
@@ -53,7 +63,16 @@ class Factor(BaseModel):
     def ranged(self) -> bool:
         return self.values is None
 
+    def overrides(self, level: Any) -> dict[str, Any]:
+        """What this factor's ``level`` sets: ``{key: level}``, or an ablation variant's overrides."""
+        if self.variants is None:
+            return {self.key: level}
+        return dict(self.variants.get(level, {}))
+
     def describe(self) -> str:
+        if self.variants is not None:
+            return "ablation " + "; ".join(
+                f"{name}: " + ", ".join(f"{k}={_show(v)}" for k, v in o.items()) for name, o in self.variants.items())
         if self.values is not None:
             return f"{self.key}=" + ",".join(_show(v) for v in self.values)
         suffix = ":log" if self.log else ":int" if self.integer else ""
@@ -85,6 +104,8 @@ class SweepSpec(BaseModel):
         if not self.factors:
             raise ValueError("a sweep needs at least one --grid or --search factor")
         keys = [f.key for f in self.factors]
+        if VARIANT_KEY in keys and self.mode != "grid":
+            raise ValueError("--ablate makes a grid over its variants; combine it with --grid, not --search")
         if len(set(keys)) != len(keys):
             raise ValueError(f"a factor is given twice: {', '.join(sorted({k for k in keys if keys.count(k) > 1}))}")
         if self.mode == "grid":
@@ -132,8 +153,12 @@ class SweepSpec(BaseModel):
         return f"{slug}-{self.identity()}"
 
     def trial_overrides(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The overrides of one trial: the fixed ones, the trial's factor values, its budget."""
-        out = {**self.overrides, **params}
+        """The overrides of one trial: the fixed ones, the trial's factor values (an ablation
+        variant's overrides in place of its name), its budget."""
+        out = dict(self.overrides)
+        factors = {f.key: f for f in self.factors}
+        for key, value in params.items():
+            out.update(factors[key].overrides(value) if key in factors else {key: value})
         if self.budget_minutes:
             out[BUDGET_KEY] = self.budget_minutes
         return out
@@ -173,6 +198,31 @@ def parse_grid(text: str, shortcuts: Optional[dict[str, str]] = None) -> Factor:
     if len(set(map(json.dumps, values))) != len(values):
         raise ConfigError(f"--grid {key}: a value is listed twice")
     return Factor(key=key, values=values)
+
+
+def parse_ablate(texts: list[str], shortcuts: Optional[dict[str, str]] = None) -> Factor:
+    """``["plain-flip:augmentation.options.flip_swap=false", "msf:model.name=msf-lmsa"]`` -> the
+    ablation factor ``variant`` with levels ``baseline`` (the recipe as it is) and each named
+    variant. A name given twice collects several keys into one variant.
+
+    :raises ConfigError: a text that is not ``NAME:key=value``, or a variant named baseline.
+    """
+    variants: dict[str, dict[str, Any]] = {}
+    for text in texts:
+        name, sep, assignment = text.partition(":")
+        key, eq, raw = assignment.partition("=")
+        name, key = name.strip(), (shortcuts or {}).get(key.strip(), key.strip())
+        if not sep or not eq or not name or not key or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+            raise ConfigError(f"--ablate {text!r}: expected NAME:key=value (NAME of letters, digits, . _ + -)")
+        if name == BASELINE:
+            raise ConfigError(f"--ablate {text!r}: {BASELINE} is the recipe unchanged; name the variant otherwise")
+        raw = raw.strip()
+        try:  # a list such as [0.5, 1.5] as YAML; one value as --grid reads it
+            value = yaml.safe_load(raw) if raw.startswith("[") else _scalar(raw, f"--ablate {name}")
+        except yaml.YAMLError:
+            raise ConfigError(f"--ablate {text!r}: {raw!r} is not a value or a [list]") from None
+        variants.setdefault(name, {})[key] = value
+    return Factor(key=VARIANT_KEY, values=[BASELINE, *variants], variants=variants)
 
 
 def parse_search(text: str, shortcuts: Optional[dict[str, str]] = None) -> Factor:

@@ -95,6 +95,14 @@ def test_without_flip_pairs_a_flip_only_mirrors():
     assert torch.equal(out_masks, masks.flip(-1))
 
 
+def test_flip_swap_false_mirrors_without_relabelling_as_the_reference_did():
+    images, masks = sample_batch()
+    assert (masks.flip(-1) != masks).any() and any((masks == a).any() for a in SWAP)
+    out_images, out_masks = make("baseline", flip=1.0, flip_swap=False, rotation=0.0, scale=(1.0, 1.0),
+                                 **NO_COLOUR)(images, masks)
+    assert torch.equal(out_images, images.flip(-1)) and torch.equal(out_masks, masks.flip(-1))
+
+
 def test_ignore_values_pass_through_the_swap():
     images, masks = sample_batch()
     masks[:, :5] = 255

@@ -129,6 +129,11 @@ def test_calibrate_reports_two_heldout_folds_and_stores_offsets(calib_run, cpx_w
     assert len(spec["offsets"]) == 19 and spec["offsets"][0] == 0.0 and len(spec["folds"]) == 2
     assert {f["fit_on"] + f["scored_on"] for f in spec["folds"]} == {spec["images"]} and spec["images"] == 14
     assert spec["mean_heldout_gain"] == pytest.approx(np.mean([f["gain"] for f in spec["folds"]]))
+    # each image's cross-fitted scores: the folds' means are the means of their halves
+    per_image = spec["heldout_per_image"]
+    assert len(per_image) == 14 and all(len(v) == 2 for v in per_image.values())
+    assert np.mean([a - b for b, a in per_image.values()]) == pytest.approx(
+        sum(f["gain"] * f["scored_on"] for f in spec["folds"]) / 14, abs=1e-9)
 
     ev = validate_run(calib_run, cpx_workspace, cpx_host)
     assert ev.calibrated and "raw" in ev.stages

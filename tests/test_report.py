@@ -65,7 +65,14 @@ def ledger_ws(cpx_workspace):
                    history=[(1, 0.2), (2, 0.3), (3, 0.3), (4, 0.3), (5, 0.31), (6, 0.30)])
         dice2 = _run(ledger, ws, "dice2", 0.7000, dice=2.0, best=98, last=118,
                      per_image={n: f + 0.01 + 0.002 * (i % 3) for i, (n, f) in enumerate(base.items())})
-        ledger.add_validation(dice2["id"], checkpoint="best", tta="flip", data="val_list", images=8, score=0.7100)
+        ledger.add_validation(dice2["id"], checkpoint="best", tta="flip", data="val_list", images=8, score=0.7100,
+                              per_image={n: f + 0.01 + 0.002 * (i % 3) + 0.004 for i, (n, f) in enumerate(base.items())})
+        # evaluation-time ingredients of ref: a post-processed validation and held-out calibration
+        ledger.add_validation(ref["id"], checkpoint="best", tta="none", data="val_list", images=8, score=0.6870,
+                              post="small-components", per_image={n: f - 0.002 for n, f in base.items()})
+        RunFolder(ws.runs_dir / ref["id"]).write_calibration(
+            {"offsets": [0.0, 0.1, 0.2], "classes": CLASSES, "tta": [],
+             "heldout_per_image": {n: [f, f + 0.003 * (i % 2)] for i, (n, f) in enumerate(base.items())}})
         _run(ledger, ws, "unet", 0.6500, model="unet", best=60, last=80)
         ledger.add_sweep("sw", recipe="msf-lmsa", mode="grid", factors=[{"key": "loss.options.dice", "values": [1.0, 2.0]}],
                          seeds=2, trials=4, overrides={}, storage="sqlite:///x.db", study="sw")
@@ -83,6 +90,8 @@ def ledger_ws(cpx_workspace):
 
 
 def _cell(db, ws, ref):
+    if ref.table == "calibration":
+        return RunFolder(ws.runs_dir / ref.key).read_calibration()[ref.column]
     if ref.table == "history":
         history = RunFolder(ws.runs_dir / ref.key).read_history()
         return [h["val_f"] for h in history if h.get("val_f") is not None]
@@ -128,6 +137,8 @@ def _recompute(fact, values):
         sd = statistics.stdev(gaps)
         return sd if how == "gap_sd" else sps.t.ppf(0.975, len(gaps) - 1) * sd * math.sqrt(1 + 1 / len(gaps))
     if how in ("paired_diff", "shared_images"):
+        if len(values) == 1:  # cross-fitted calibration scores: image -> [before, after]
+            values = [{k: v[0] for k, v in values[0].items()}, {k: v[1] for k, v in values[0].items()}]
         a, b = values
         shared = sorted(set(a) & set(b))
         return len(shared) if how == "shared_images" else _mean([b[k] - a[k] for k in shared])
@@ -203,6 +214,10 @@ def test_report_regenerated_from_recorded_test_scores_every_number_traced(ledger
     assert "single-seed evidence" in md and "significant; single seed" in md
     # dice2 beats ref by 0.010, 0.012 or 0.014 on each of the 8 images: +0.01175 on average
     assert re.search(r"\| dice \| ref \(1\.5\) → dice2 \(2\) \| \+0\.0118 \| \+0\.01\d\d \.\. \+0\.01\d\d \| 8 \|", md)
+    # evaluation-time ingredients, paired per image against the plain validation
+    assert "| dice2 | TTA flip | 0.6817 | +0.0040 | +0.0040 .. +0.0040 | 8 |" in md
+    assert "| ref | post-processing small-components | 0.6700 | -0.0020 |" in md
+    assert "| ref | calibration, held out | 0.6700 | +0.0015 |" in md and "never in-sample" in md
     # convergence, generalisation and next experiments
     assert "patience of about 5" in md and "Mean gap +0.0356 over 2 pair(s)" in md
     assert "latest best epoch among them is 120; about 145 epochs" in md  # all stopped by patience

@@ -58,15 +58,22 @@ class CachedLogits:
     truth: torch.Tensor
 
 
-def mean_fscore(cache: Sequence[CachedLogits], offsets: Sequence[float], num_classes: int) -> float:
-    """The competition F (mean over images of the per-image F) of the argmax of the cached
-    logits plus ``offsets`` (one per class), exactly as the scorer computes it."""
+def per_image_fscore(cache: Sequence[CachedLogits], offsets: Sequence[float], num_classes: int) -> list[float]:
+    """Each image's F (the competition's per-image F, in ``cache`` order) of the argmax of its
+    cached logits plus ``offsets`` (one per class)."""
     b = torch.tensor([float(v) for v in offsets], dtype=torch.float32).view(-1, 1)
     acc = ScoreAccumulator(num_classes)
     for item in cache:
         pred = class_ids((item.logits.float() + b).unsqueeze(0))
         acc.update(pred, item.truth.unsqueeze(0))
-    return acc.compute().fscore
+    return list(acc.compute().per_image)
+
+
+def mean_fscore(cache: Sequence[CachedLogits], offsets: Sequence[float], num_classes: int) -> float:
+    """The competition F (mean over images of the per-image F) of the argmax of the cached
+    logits plus ``offsets`` (one per class), exactly as the scorer computes it."""
+    scores = per_image_fscore(cache, offsets, num_classes)
+    return float(np.mean(scores)) if scores else 0.0
 
 
 class _Top2:
@@ -191,6 +198,9 @@ class CalibrationResult:
     after: float
     images: int
     seconds: float
+    # image name -> [F without offsets, F with the offsets fitted on the other half]: the
+    # cross-fitted per-image scores behind the folds, for paired comparisons
+    heldout_per_image: dict[str, list[float]] = field(default_factory=dict)
     stored: bool = False
     path: str = ""
     message: str = ""
@@ -268,10 +278,13 @@ def calibrate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoin
     order = np.random.RandomState(seed).permutation(len(cache))
     halves = [order[: len(cache) // 2].tolist(), order[len(cache) // 2:].tolist()]
     folds = []
+    heldout: dict[str, list[float]] = {}
     for i, (fit_idx, score_idx) in enumerate((halves, halves[::-1])):
         fitted = fit_offsets([cache[j] for j in fit_idx], k)
         held = [cache[j] for j in score_idx]
-        folds.append(Fold(len(fit_idx), len(score_idx), mean_fscore(held, zero, k), mean_fscore(held, fitted, k)))
+        before, after = per_image_fscore(held, zero, k), per_image_fscore(held, fitted, k)
+        heldout.update({names[j]: [b, a] for j, b, a in zip(score_idx, before, after)})
+        folds.append(Fold(len(fit_idx), len(score_idx), float(np.mean(before)), float(np.mean(after))))
         if progress:
             progress("folds", i + 1, 3)
     offsets = fit_offsets(cache, k)
@@ -280,7 +293,7 @@ def calibrate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoin
     result = CalibrationResult(run_id=run.id, checkpoint=checkpoint, tta=predictor.tta,
                                classes=tuple(competition.classes), offsets=offsets, folds=folds,
                                before=mean_fscore(cache, zero, k), after=mean_fscore(cache, offsets, k),
-                               images=len(cache), seconds=0.0)
+                               images=len(cache), seconds=0.0, heldout_per_image=heldout)
     if not store:
         result.message = "not stored (--no-store)"
     elif result.mean_gain <= 0 and not force:
@@ -292,7 +305,7 @@ def calibrate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoin
             "offsets": offsets, "classes": list(competition.classes), "checkpoint": checkpoint,
             "checkpoint_sha256": sha256_file(path), "tta": list(predictor.tta), "images": len(cache),
             "data": "val_list", "folds": [{**asdict(f), "gain": f.gain} for f in folds],
-            "mean_heldout_gain": result.mean_gain, "in_sample": {"before": result.before, "after": result.after},
+            "mean_heldout_gain": result.mean_gain, "heldout_per_image": heldout, "in_sample": {"before": result.before, "after": result.after},
             "grid": [min(GRID), max(GRID), len(GRID)], "max_offset": MAX_OFFSET, "split_seed": seed,
             "created_at": utc_now(),
         })

@@ -20,7 +20,7 @@ from cpx.kernel.config import flatten
 from cpx.kernel.files import atomic_write_text
 from cpx.kernel.text import format_f, format_signed, utc_now
 from cpx.kernel.workspace import Workspace
-from cpx.report import stats
+from cpx.report import evaltime, stats
 from cpx.report.document import Document, Figure, Ref, Section, Table
 from cpx.report.figures import plot_per_class_runs
 from cpx.report.leaderboard import short_config
@@ -34,6 +34,7 @@ from cpx.train.curves import plot_history
 TOP = 12
 CURVES = 4
 RANKED_STATUSES = ("completed", "stopped", "pruned", "imported")
+MAX_GAIN_ROWS = 24  # rows of the evaluation-time table
 # config fields that never make two runs a "different setting"
 IGNORED_KEYS = ("recipe", "description", "data.path", "train.device", "train.precision")
 
@@ -382,6 +383,39 @@ class _Builder:
                                 "covers the images of the validation list (paired per image), not the spread between "
                                 "seeds, which is often as large as the difference itself."))
 
+    def evaluation_time(self) -> None:
+        """TTA, post-processing and held-out calibration gains, paired per image, per run."""
+        d = self.doc
+        s = d.section("Evaluation-time ingredients")
+        ranked = [r for r in self.runs if r.get("best_val_f") is not None and r.get("status") in RANKED_STATUSES]
+        found = evaltime.gains(self.ledger, self.workspace.runs_dir, ranked, self.level)
+        if not found:
+            s.text("No run has a TTA, post-processed or calibrated score beside its plain one: "
+                   "`cpx validate RUN --tta flip`, `cpx validate RUN --post small-components` and "
+                   "`cpx calibrate RUN` measure them.")
+            return
+        rows, by_ingredient = [], {}
+        for g in found[:MAX_GAIN_ROWS]:
+            refs = [Ref(*src) for src in g.sources]
+            t = g.test
+            rows.append([self._label(g.run), g.ingredient, _f(d, t.mean_a, None, "paired_mean_a", refs),
+                         _signed(d, t.diff, refs, "paired_diff"),
+                         _signed(d, t.low, refs, "paired_low") + " .. " + _signed(d, t.high, refs, "paired_high"),
+                         _int(d, t.n, refs, "shared_images"), d.fact(t.t_p, _p_text(t.t_p), refs, "paired_t_p"),
+                         t.verdict])
+            by_ingredient.setdefault(g.ingredient, []).append((t.diff, refs))
+        s.add(Table(["run", "ingredient", "F without", "gain", f"{self.level * 100:g}% bootstrap interval", "images",
+                     "paired t p", "verdict"], rows,
+                    caption="Each ingredient against the plain prediction of the same checkpoint, paired per "
+                            "validation image. Calibration is scored on held-out halves: each image with the "
+                            "offsets fitted on the other half (2-fold), never in-sample."))
+        for name, items in by_ingredient.items():
+            if len(items) > 1:
+                refs = [r for _, rs in items for r in rs]
+                mean = sum(x for x, _ in items) / len(items)
+                s.text(f"{name}: mean gain {_signed(d, mean, refs, 'mean_paired_diff')} over "
+                       f"{_int(d, len(items), refs, 'count')} runs.")
+
     def convergence(self, shown: list[dict]) -> None:
         d = self.doc
         s = d.section("Convergence")
@@ -655,6 +689,7 @@ def build_report(workspace: Workspace, host=None, output: Optional[Path] = None,
         shown = b.ranking()
         b.submissions()
         sweeps = b.factors()
+        b.evaluation_time()
         b.convergence(shown)
         b.generalisation(shown)
         b.next_experiments(sweeps, shown)

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from conftest import tiny_overrides
 
 from cpx.cli import main
-from cpx.report.bench import BenchRequest, count_flops, run_bench
+from cpx.kernel.errors import ConfigError
+from cpx.report.bench import BenchRequest, count_flops, project, run_bench
 from cpx.runs.ledger import Ledger
 from cpx.train.budget import BudgetCallback
 from cpx.train.run import TrainRequest, train
@@ -71,6 +72,17 @@ def test_bench_in_process_projects_epoch_and_recipe_time(cpx_workspace, cpx_host
     assert r.recipe_seconds == pytest.approx(7 * r.epoch_seconds)
     assert r.data_bytes == 24 * 4 * 32 * 32 and r.peak_memory_bytes > 0
     assert "random pixels" in r.data and r.notes
+    # onto a T4 at the share of the ceiling reached here: FLOPs over the peak times that share
+    t4 = project(r, "t4")
+    assert t4.accelerator.peak_flops == 65e12 and t4.train_fraction == r.train_fraction and t4.epochs == 7
+    per_epoch = 22 * r.train_flops / (65e12 * r.train_fraction) + 2 * r.forward_flops / (65e12 * r.predict_fraction)
+    assert t4.epoch_seconds == pytest.approx(per_epoch) and t4.total_seconds == pytest.approx(7 * per_epoch)
+    # a smaller share assumed takes proportionally longer; a given epoch count replaces the recipe's
+    slow = project(r, "T4", epochs=88, fraction=r.train_fraction / 2)
+    assert slow.epochs == 88 and slow.total_seconds > 88 / 7 * t4.total_seconds
+    for key, fraction in (("tpu", None), ("t4", 0.0), ("t4", 1.5)):
+        with pytest.raises(ConfigError):
+            project(r, key, fraction=fraction)
 
 
 @pytest.mark.slow  # a fresh interpreter and real processes: run by .ci/run after the plain suite
@@ -89,12 +101,15 @@ def test_cli_bench_measures_in_a_fresh_process(cpx_workspace):
 
 def test_cli_bench_table_and_bad_values(cpx_workspace, capsys):
     code = main(["bench", "msf-lmsa", "--set", "model.name=unet", "--set", "model.options={base_channels: 4, depth: 2}",
-                 "--image-size", "32", "--batch-size", "2", "--steps", "1", "--warmup", "1"])
+                 "--image-size", "32", "--batch-size", "2", "--steps", "1", "--warmup", "1", "--gpu", "a100"])
     out = capsys.readouterr()
+    assert "projected on NVIDIA A100 (312.00 TFLOP/s peak;" in out.out and "lower bounds" in out.out
     assert code == 0, out.err[-2000:]
     for label in ("parameters", "FLOPs per image", "attainable (matmul)", "training", "prediction",
                   "peak memory (training)", "one epoch", "whole recipe"):
         assert label in out.out, label
+    assert main(["bench", "msf-lmsa", "--gpu", "nope"]) == 2
+    assert "--gpu nope: unknown; choose from a100, h100, l4, t4, v100" in capsys.readouterr().err
     assert main(["bench", "msf-lmsa", "--steps", "0"]) == 2
     err = capsys.readouterr().err
     assert "--steps" in err and "Traceback" not in err

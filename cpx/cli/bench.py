@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from cpx.kernel.config import parse_assignment
-from cpx.report.bench import BenchRequest, run_bench
+from cpx.report.bench import ACCELERATORS, BenchRequest, project, project_check, run_bench
 
 from . import _common
 from ._common import console
@@ -70,6 +70,13 @@ def register(app: typer.Typer) -> None:
         steps: Annotated[int, typer.Option(help="timed training steps and prediction batches")] = 4,
         warmup: Annotated[int, typer.Option(help="untimed steps first")] = 2,
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="override any field: section.key=value")] = None,
+        gpu: Annotated[Optional[list[str]], typer.Option(
+            "--gpu", help="also project the times onto this GPU at the share of its peak measured here: "
+                          + ", ".join(sorted(ACCELERATORS)) + " (repeatable)")] = None,
+        gpu_fraction: Annotated[Optional[float], typer.Option(
+            help="with --gpu: the share of the GPU's peak to assume instead of the one measured here")] = None,
+        epochs: Annotated[Optional[int], typer.Option(
+            help="with --gpu: project this many epochs (default: the recipe's), e.g. those a budget run trained")] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """Measure a recipe's cost here: FLOPs, throughput vs the machine's ceiling, memory, epoch time."""
@@ -83,10 +90,22 @@ def register(app: typer.Typer) -> None:
         if not json_:
             console.print("measuring in a fresh process (a minute or two at 512px on a small CPU) ...",
                           style="dim", highlight=False)
+        for key in gpu or []:  # an unknown name fails before the minutes of measuring
+            project_check(key, gpu_fraction)
         result = run_bench(request, _common.workspace(), _common.host())
+        projections = [project(result, key, epochs, gpu_fraction) for key in gpu or []]
         if json_:
-            _common.print_json(result.to_dict())
+            _common.print_json({**result.to_dict(), "projections": [p.to_dict() for p in projections]})
             return
         console.print(render(result))
+        for p in projections:
+            console.print(f"projected on {p.accelerator.name} ({_si(p.accelerator.peak_flops, 'FLOP/s')} peak; "
+                          f"{100 * p.train_fraction:.1f}% of it in training, {100 * p.predict_fraction:.1f}% in "
+                          f"prediction): one epoch {_duration(p.epoch_seconds)}, {p.epochs} epochs "
+                          f"{_duration(p.total_seconds)}", highlight=False)
+        if projections:
+            console.print("projection: the GPU is assumed to reach the share of its datasheet peak measured here; "
+                          "small depthwise models often reach less on GPUs, so read the times as lower bounds "
+                          "(--gpu-fraction sets another share)", style="dim", highlight=False)
         for note in result.notes:
             console.print(f"note: {note}", style="yellow", highlight=False)

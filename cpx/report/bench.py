@@ -123,6 +123,81 @@ class BenchResult:
 
 
 # --------------------------------------------------------------------------------------------
+# Projections to accelerators that are not here
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """A GPU's peak dense tensor throughput in bf16/fp16 (FLOP/s), from its vendor's datasheet."""
+
+    name: str
+    peak_flops: float
+    source: str
+
+
+ACCELERATORS = {
+    "t4": Accelerator("NVIDIA T4", 65e12, "NVIDIA T4 datasheet: 65 TFLOPS mixed-precision (FP16/FP32)"),
+    "v100": Accelerator("NVIDIA V100 SXM2", 125e12, "NVIDIA V100 datasheet: 125 TFLOPS tensor performance"),
+    "l4": Accelerator("NVIDIA L4", 121e12, "NVIDIA L4 datasheet: 242 TFLOPS FP16/BF16 with sparsity, 121 dense"),
+    "a100": Accelerator("NVIDIA A100", 312e12, "NVIDIA A100 datasheet: 312 TFLOPS BF16/FP16 tensor, dense"),
+    "h100": Accelerator("NVIDIA H100 SXM", 989e12, "NVIDIA H100 datasheet: 1,979 TFLOPS BF16 with sparsity, 989 dense"),
+}
+
+
+@dataclass
+class Projection:
+    """A measured recipe's times on an accelerator that is not here, assuming it reaches the same
+    fraction of its peak as the measured device reached of its matmul ceiling (``fraction``,
+    training and prediction separately): seconds per epoch and for ``epochs`` epochs."""
+
+    accelerator: Accelerator
+    train_fraction: float
+    predict_fraction: float
+    epoch_seconds: float
+    epochs: int
+    total_seconds: float
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "accelerator": asdict(self.accelerator)}
+
+
+def project_check(key: str, fraction: Optional[float] = None) -> Accelerator:
+    """The accelerator ``key`` names, after checking ``fraction``.
+
+    :raises ConfigError: an unknown accelerator, or a fraction outside (0, 1].
+    """
+    accel = ACCELERATORS.get(key.lower())
+    if accel is None:
+        raise ConfigError(f"--gpu {key}: unknown; choose from {', '.join(sorted(ACCELERATORS))}")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ConfigError(f"--gpu-fraction {fraction}: must be in (0, 1]")
+    return accel
+
+
+def project(result: BenchResult, key: str, epochs: Optional[int] = None, fraction: Optional[float] = None) -> Projection:
+    """Project ``result`` onto the accelerator ``key`` (see :data:`ACCELERATORS`):
+
+    ``seconds per training image = train FLOPs per image / (peak FLOP/s x fraction)``, the same
+    for prediction with the forward FLOPs, and an epoch as in :attr:`BenchResult.epoch_seconds`.
+    ``fraction`` defaults to the share of the ceiling measured here. Small depthwise models tend
+    to reach a smaller share of a GPU's tensor peak (short kernels, launch overhead, memory-bound
+    depthwise and elementwise work), so the projection is a lower bound of the time unless a
+    smaller ``fraction`` is given. ``epochs`` defaults to the recipe's.
+
+    :raises ConfigError: an unknown accelerator, or a fraction outside (0, 1].
+    """
+    accel = project_check(key, fraction)
+    train_fraction = fraction if fraction is not None else result.train_fraction
+    predict_fraction = fraction if fraction is not None else result.predict_fraction
+    if train_fraction <= 0 or predict_fraction <= 0:
+        raise ConfigError("the measurement reached no throughput to project from; give --gpu-fraction")
+    train = result.train_images * result.train_flops / (accel.peak_flops * train_fraction)
+    val = result.val_images * result.forward_flops / (accel.peak_flops * predict_fraction)
+    n = epochs if epochs is not None else result.epochs
+    return Projection(accel, train_fraction, predict_fraction, train + val, n, n * (train + val))
+
+
+# --------------------------------------------------------------------------------------------
 # Measurements (each usable on its own)
 
 

@@ -123,7 +123,7 @@ class _Clock:
         return self.now
 
 
-def test_budget_plans_from_the_second_epoch_then_only_shortens(monkeypatch):
+def test_budget_plans_from_the_second_epoch_follows_the_pace_then_only_shortens(monkeypatch):
     clock = _Clock()
     monkeypatch.setattr("cpx.train.budget.time.perf_counter", clock)
     budget = BudgetCallback(minutes=10, start_epoch=0)  # 600 s, planned into 588 s
@@ -137,9 +137,11 @@ def test_budget_plans_from_the_second_epoch_then_only_shortens(monkeypatch):
 
     assert epoch(100) == 1 + 488 // 100  # the first epoch pays warm-up costs: a cautious plan
     assert epoch(50) == 2 + 438 // 50  # re-planned from the second epoch alone: 10
-    assert epoch(80) == 3 + 358 // 65  # slower than planned: the cosine is shortened to 8
-    assert epoch(10) == 8  # faster again: the plan never grows back after the second epoch
-    assert budget.first_plan == 5 and "planned 8 epochs (first plan 5)" in budget.summary()
+    assert epoch(20) == 3 + 418 // 35  # faster while in the plan's first half: it grows to 14
+    assert epoch(100) == 4 + int(318 // (170 / 3))  # slower: the cosine is shortened to 9
+    assert epoch(10) == 9  # faster again, but past half of the plan: it never grows back
+    assert epoch(200) == 6 + int(108 // (380 / 5))  # much slower: shortening is always allowed, to 7
+    assert budget.first_plan == 5 and "planned 7 epochs (first plan 5)" in budget.summary()
 
 
 def test_budgeted_run_records_its_budget_and_world_size(cpx_workspace, cpx_host, tiny_model):

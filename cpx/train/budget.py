@@ -42,8 +42,10 @@ class BudgetCallback:
 
     After the first epoch it plans the epochs that fit; after the second it plans once more
     from the second alone, as the first pays one-off costs (allocations, kernel selection).
-    Later it only ever shortens the plan, when epochs run slower than planned, so the cosine
-    still ends inside the budget instead of being cut off at a high learning rate. The time
+    While the plan is in its first half it follows the pace both ways (epochs that ran slower
+    while the machine was shared shorten it, a quieter machine lengthens it again); in the
+    second half it only ever shortens the plan, so the cosine still ends inside the budget
+    instead of being cut off at a high learning rate. The time
     includes validation and checkpoints. Under data parallelism rank 0's clock decides, so
     every rank plans the same epochs.
     """
@@ -76,7 +78,10 @@ class BudgetCallback:
         recent = self.durations[1:] or self.durations
         per_epoch = sum(recent) / len(recent)
         fit = trainer.epoch + int(max(0.0, self.budget * self.margin - elapsed) // max(per_epoch, 1e-9))
-        ceiling = self._cap if len(self.durations) <= 2 else trainer.settings.epochs
+        # the plan may grow again (a shared machine got quieter) while the cosine is in its first
+        # half, where a slightly longer schedule changes the learning rate little; later only shorten
+        early = len(self.durations) <= 2 or trainer.epoch < trainer.settings.epochs / 2
+        ceiling = self._cap if early else trainer.settings.epochs
         self.planned = max(trainer.epoch, min(ceiling, fit))
         if self.first_plan is None:
             self.first_plan = self.planned

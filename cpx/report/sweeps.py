@@ -207,8 +207,7 @@ def factor_panels(results: SweepResults, level: float = stats.DEFAULT_LEVEL) -> 
             title = f"{short_key(f.key)}"
             sig = [e for e in results.effects if e.factor == f.key]
             if sig:
-                title += "  (" + "; ".join(f"{show_value(e.level)}: {e.estimate:+.4f}, "
-                                           f"{'significant' if e.significant else 'not significant'}"
+                title += "  (" + "; ".join(f"{show_value(e.level)}: {e.estimate:+.4f}, {_short_verdict(e)}"
                                            for e in sig) + ")"
             panels.append(FactorPanel(factor=short_key(f.key), points=points, means=means, categorical=True,
                                       log=False, title=title, reference=results.references.get(f.key),
@@ -219,6 +218,13 @@ def factor_panels(results: SweepResults, level: float = stats.DEFAULT_LEVEL) -> 
             panels.append(FactorPanel(factor=short_key(f.key), points=points, means=[], categorical=not f.ranged,
                                       log=f.log, title=title, reference=None, notes={}))
     return panels
+
+
+def _short_verdict(e: stats.Effect) -> str:
+    """The verdict in a plot title's few words: significant, not significant, or cannot tell."""
+    if e.low is None:
+        return "cannot tell"
+    return "significant" if e.significant else "not significant"
 
 
 def s_text(slope: stats.Slope) -> str:

@@ -165,6 +165,20 @@ def test_ctrl_c_later_names_the_epoch_that_was_saved_and_resume_works(cpx_worksp
     assert train(TrainRequest(resume=result.run_id), cpx_workspace, cpx_host).epochs == 3
 
 
+def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(cpx_workspace, cpx_host, tiny_model):
+    class Terminated:  # `kill PID` (or a scheduler) in the second epoch, after epoch 1 is saved
+        def on_batch_end(self, trainer, i, loss):
+            if trainer.epoch == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    result = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{"train.epochs": 3})),
+                   cpx_workspace, cpx_host, callbacks=(Terminated(),))
+    assert result.status == "stopped" and "progress saved at epoch 1" in result.message
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lives only while training
+    assert only_run(cpx_workspace)["status"] == "stopped"
+    assert train(TrainRequest(resume=result.run_id), cpx_workspace, cpx_host).epochs == 3
+
+
 def test_resume_while_another_process_trains_the_run_is_refused(cpx_workspace, cpx_host, tiny_model):
 
     result = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{"train.epochs": 3})),

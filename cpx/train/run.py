@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,6 +318,29 @@ def _resume_run(request: TrainRequest, workspace: Workspace, host: PluginHost, l
     return _Setup(run_id, folder, config, row.get("config_diff") or {}, parent=parent)
 
 
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """While training, SIGTERM (``kill``, ``docker stop``, a scheduler ending a job) stops the
+    run as Ctrl-C does: the last finished epoch stays saved and ``cpx train --resume`` goes on
+    from it. Only in the main thread, and only where nobody else handles SIGTERM (the
+    data-parallel launcher has its own); a second SIGTERM ends the process at once.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
 def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbacks: tuple = ()) -> TrainResult:
     """Train a recipe (or resume a run) and record it in the ledger.
 
@@ -483,7 +508,8 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
 
     status, message = "completed", ""
     try:
-        trainer.fit()
+        with sigterm_interrupts():
+            trainer.fit()
         if trainer.stop_reason:
             message = trainer.stop_reason
             status = "stopped" if "budget" in message else "completed"

@@ -166,3 +166,10 @@ def test_a_resumed_budget_counts_the_time_already_spent(monkeypatch):
     budget.on_epoch_end(trainer, None)
     assert trainer.settings.epochs == 6 + int((588 - 450) // 50)  # 50 s an epoch in the 138 s left
     assert budget.elapsed() == pytest.approx(450)
+    # a resumed run whose machine got quieter may grow its earlier plan, up to train.epochs
+    budget = BudgetCallback(minutes=10, start_epoch=5, used_seconds=300, max_epochs=40)
+    trainer = SimpleNamespace(epoch=5, settings=SimpleNamespace(epochs=12))  # planned 12 before
+    clock.now += 20
+    trainer.epoch += 1
+    budget.on_epoch_end(trainer, None)
+    assert trainer.settings.epochs == 6 + int((588 - 320) // 20) == 19

@@ -45,22 +45,26 @@ class BudgetCallback:
     While the plan is in its first half it follows the pace both ways (epochs that ran slower
     while the machine was shared shorten it, a quieter machine lengthens it again); in the
     second half it only ever shortens the plan, so the cosine still ends inside the budget
-    instead of being cut off at a high learning rate. The time
-    includes validation and checkpoints. Under data parallelism rank 0's clock decides, so
+    instead of being cut off at a high learning rate. The time includes validation and
+    checkpoints. Under data parallelism rank 0's clock decides, so
     every rank plans the same epochs.
     """
 
     margin = 0.98  # plan into 98% of the budget: later epochs wobble by a percent or two
 
-    def __init__(self, minutes: float, start_epoch: int, used_seconds: float = 0.0):
-        """``used_seconds``: budget already spent by earlier sessions of a resumed run."""
+    def __init__(self, minutes: float, start_epoch: int, used_seconds: float = 0.0,
+                 max_epochs: Optional[int] = None):
+        """``used_seconds``: budget already spent by earlier sessions of a resumed run;
+        ``max_epochs``: the most the plan may grow to (the config's ``train.epochs``; by
+        default the trainer's epochs when the first epoch ends, which for a resumed run is
+        its earlier plan)."""
         self.budget = minutes * 60
         self.start_epoch = start_epoch
         self.started = time.perf_counter() - used_seconds
         self.planned: Optional[int] = None
         self.first_plan: Optional[int] = None
         self.durations: list[float] = []
-        self._cap: Optional[int] = None
+        self._cap: Optional[int] = max_epochs
         self._seen = used_seconds
 
     def elapsed(self) -> float:

@@ -495,7 +495,8 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
     budget = None
     if config.train.budget_minutes:
         # a resumed run goes on with what is left of its budget, not a fresh one
-        budget = BudgetCallback(config.train.budget_minutes, trainer.epoch, used_seconds=wall_before)
+        budget = BudgetCallback(config.train.budget_minutes, trainer.epoch, used_seconds=wall_before,
+                                max_epochs=config.train.epochs)
         trainer.add_callback("on_epoch_end", budget.on_epoch_end)
     for cb in callbacks if main else ():
         for event in ("on_batch_end", "on_epoch_end", "on_train_end"):

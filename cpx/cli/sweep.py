@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -97,6 +98,18 @@ def log_event(event) -> None:
         print(_summary(s), flush=True)
 
 
+def _check_key(key: str) -> None:
+    """A factor's key is a shortcut (dice, lr, ...) or a section.key path.
+
+    :raises ConfigError: neither, naming the closest shortcuts.
+    """
+    if not key or "." in key or key in SHORTCUTS:
+        return
+    close = difflib.get_close_matches(key, list(SHORTCUTS), n=3)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise ConfigError(f"{key}: not a shortcut nor a section.key path; {hint}(shortcuts: {', '.join(SHORTCUTS)})")
+
+
 def _spec(recipe, grid, search, seeds, trials, budget, prune, set_, ablate=None):
     from cpx.sweep.spec import SweepSpec, parse_ablate, parse_grid, parse_search
 
@@ -106,6 +119,8 @@ def _spec(recipe, grid, search, seeds, trials, budget, prune, set_, ablate=None)
     for assignment in set_ or []:
         key, value = parse_assignment(assignment)
         overrides[SHORTCUTS.get(key, key)] = value
+    for text in [*(grid or []), *(search or []), *(set_ or []), *(a.partition(":")[2] for a in ablate or [])]:
+        _check_key(text.partition("=")[0].strip())
     factors = [parse_grid(g, SHORTCUTS) for g in grid or []] + [parse_search(s, SHORTCUTS) for s in search or []]
     if ablate:
         factors.insert(0, parse_ablate(ablate, SHORTCUTS))

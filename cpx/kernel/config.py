@@ -278,7 +278,7 @@ def validate(data: dict) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, model=ExperimentConfig)) from None
 
 
 def resolve(config: ExperimentConfig, host) -> ExperimentConfig:

@@ -39,7 +39,7 @@ class Entry:
         try:
             return self.options.model_validate(values or {})
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, prefix=where)) from None
+            raise ConfigError(format_validation_error(exc, prefix=where, model=self.options)) from None
 
     def create(self, options: Any = None, *args: Any, where: str = "options", **kwargs: Any) -> Any:
         """``target(options, *args, **kwargs)`` with ``options`` validated first.
@@ -68,8 +68,18 @@ class Entry:
         return rows
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line per pydantic error: ``prefix.key.path: message (got value)``."""
+def _fields_at(model: Optional[type[BaseModel]], loc: tuple) -> list[str]:
+    """The field names of the (nested) pydantic model holding the last part of ``loc``."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if model is not None else None
+        sub = getattr(field, "annotation", None) if field is not None else None
+        model = sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "", model: Optional[type[BaseModel]] = None) -> str:
+    """One line per pydantic error: ``prefix.key.path: message (got value)``; an unknown field
+    of ``model`` (or of a section of it) names the closest known ones."""
     lines = []
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"])
@@ -77,6 +87,10 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
+            close = difflib.get_close_matches(str(err["loc"][-1]), _fields_at(model, tuple(err["loc"])), n=3)
+            if close:
+                parent = full.rpartition(".")[0]
+                msg += f"; did you mean {' or '.join(f'{parent}.{c}' if parent else c for c in close)}?"
         lines.append(f"{full}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err and not isinstance(err["input"], dict) else ""))
     return "\n".join(lines)
 

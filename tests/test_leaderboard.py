@@ -90,6 +90,10 @@ def test_short_config():
         "loss.scale=2, augmentation.scale=[0.9,1.1]"
     assert short_config({}) == "" and short_config(None) == ""
     assert short_config({"a.x": 1, "a.y": 2, "a.z": 3}, limit=2) == "x=1, y=2, +1"
+    # a switched model's options are the new model's own: counted, not listed as changes
+    switched = {"model.name": "msf-lmsa", "model.options.dropout": 0.15, "model.options.depths": [2, 2],
+                "optimizer.lr": 8e-4}
+    assert short_config(switched) == "model=msf-lmsa (+2 options), lr=0.0008"
 
 
 # ---------------------------------------------------------------- the board

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cpx.kernel.config import merge_overrides
 from cpx.kernel.text import format_f
+from cpx.report.leaderboard import collapse_switches
 from cpx.train.budget import parse_budget
 from cpx.train.run import TrainRequest, command_line, train
 
@@ -143,7 +144,8 @@ def register(app: typer.Typer) -> None:
         table.add_row("epochs", str(result.epochs))
         table.add_row("parameters", f"{result.params:,}")
         table.add_row("wall time", f"{result.wall_seconds:.0f} s")
-        table.add_row("changed", ", ".join(f"{k}={v}" for k, v in result.config_diff.items()) or "(recipe as is)")
+        changed = collapse_switches(result.config_diff or {})
+        table.add_row("changed", ", ".join(f"{k}={v}" for k, v in changed.items()) or "(recipe as is)")
         table.add_row("folder", str(result.run_dir))
         console.print(table)
         if result.status == "stopped" and "interrupted" in result.message:

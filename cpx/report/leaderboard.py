@@ -168,11 +168,31 @@ def _short_value(value: Any) -> str:
     return str(value)
 
 
+def collapse_switches(diff: dict) -> dict:
+    """A config diff with the options of every switched component (``model.name`` changed)
+    folded into one entry: ``{"model.name": "unet", "model.options.depth": 4, ...}`` ->
+    ``{"model.name": "unet (+3 options)"}``; the new component's options are its own, not
+    changes to the old one's."""
+    out = dict(diff)
+    for key in diff:
+        section, _, leaf = key.partition(".")
+        if leaf != "name":
+            continue
+        options = [k for k in out if k.startswith(f"{section}.options.")]
+        for k in options:
+            del out[k]
+        if options:
+            out[key] = f"{diff[key]} (+{len(options)} options)"
+    return out
+
+
 def short_config(diff: Optional[dict], limit: Optional[int] = None) -> str:
     """``{"loss.options.dice": 1.5, "model.name": "unet"}`` -> ``"dice=1.5, model=unet"``.
-    Keys that would shorten to the same word keep their section (``loss.ce``, ``aug.ce``)."""
+    Keys that would shorten to the same word keep their section (``loss.ce``, ``aug.ce``); a
+    switched component's options are counted, not listed (:func:`collapse_switches`)."""
     if not diff or not isinstance(diff, dict):
         return ""
+    diff = collapse_switches(diff)
     shorts = {key: _short_key(key) for key in diff}
     counts: dict[str, int] = {}
     for s in shorts.values():

@@ -76,10 +76,15 @@ def test_bench_in_process_projects_epoch_and_recipe_time(cpx_workspace, cpx_host
     t4 = project(r, "t4")
     assert t4.accelerator.peak_flops == 65e12 and t4.train_fraction == r.train_fraction and t4.epochs == 7
     per_epoch = 22 * r.train_flops / (65e12 * r.train_fraction) + 2 * r.forward_flops / (65e12 * r.predict_fraction)
-    assert t4.epoch_seconds == pytest.approx(per_epoch) and t4.total_seconds == pytest.approx(7 * per_epoch)
+    by_memory = r.epoch_seconds * r.memory_bandwidth / 320e9  # the copy measured here against 320 GB/s
+    assert r.memory_bandwidth > 1e8 and t4.bound == ("memory" if by_memory > per_epoch else "compute")
+    assert t4.epoch_seconds == pytest.approx(max(per_epoch, by_memory))
+    assert t4.total_seconds == pytest.approx(7 * t4.epoch_seconds)
     # a smaller share assumed takes proportionally longer; a given epoch count replaces the recipe's
-    slow = project(r, "T4", epochs=88, fraction=r.train_fraction / 2)
-    assert slow.epochs == 88 and slow.total_seconds > 88 / 7 * t4.total_seconds
+    slow = project(r, "T4", epochs=88, fraction=r.train_fraction / 2)  # a given share: compute only
+    assert slow.epochs == 88 and slow.bound == "compute"
+    assert slow.epoch_seconds == pytest.approx(2 * 22 * r.train_flops / (65e12 * r.train_fraction)
+                                               + 2 * r.forward_flops / (65e12 * r.train_fraction / 2))
     for key, fraction in (("tpu", None), ("t4", 0.0), ("t4", 1.5)):
         with pytest.raises(ConfigError):
             project(r, key, fraction=fraction)
@@ -103,7 +108,7 @@ def test_cli_bench_table_and_bad_values(cpx_workspace, capsys):
     code = main(["bench", "msf-lmsa", "--set", "model.name=unet", "--set", "model.options={base_channels: 4, depth: 2}",
                  "--image-size", "32", "--batch-size", "2", "--steps", "1", "--warmup", "1", "--gpu", "a100"])
     out = capsys.readouterr()
-    assert "projected on NVIDIA A100 (312.00 TFLOP/s peak;" in out.out and "lower bounds" in out.out
+    assert "projected on NVIDIA A100 40GB (312.00 TFLOP/s, 1.55 TB/s;" in out.out and "lower bounds" in out.out
     assert code == 0, out.err[-2000:]
     for label in ("parameters", "FLOPs per image", "attainable (matmul)", "training", "prediction",
                   "peak memory (training)", "one epoch", "whole recipe"):

@@ -25,6 +25,8 @@ def _si(value: float, unit: str) -> str:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2g} s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 2 * 3600:
@@ -41,6 +43,7 @@ def render(r) -> Table:
         ("parameters", f"{r.params:,}"),
         ("FLOPs per image", f"{_si(r.forward_flops, 'FLOP')} forward, {_si(r.train_flops, 'FLOP')} forward+backward"),
         ("attainable (matmul)", f"{_si(r.attainable_flops, 'FLOP/s')} in {r.precision}"),
+        ("memory bandwidth", f"{_si(r.memory_bandwidth, 'B/s')} (a large tensor copy)"),
         ("training", f"{r.train_images_per_s:.2f} images/s = {_si(r.train_flops_per_s, 'FLOP/s')} "
                      f"({100 * r.train_fraction:.1f}% of attainable)"),
         ("prediction", f"{r.predict_images_per_s:.2f} images/s plain, {r.predict_flip_images_per_s:.2f} with flip TTA "
@@ -99,13 +102,14 @@ def register(app: typer.Typer) -> None:
             return
         console.print(render(result))
         for p in projections:
-            console.print(f"projected on {p.accelerator.name} ({_si(p.accelerator.peak_flops, 'FLOP/s')} peak; "
-                          f"{100 * p.train_fraction:.1f}% of it in training, {100 * p.predict_fraction:.1f}% in "
-                          f"prediction): one epoch {_duration(p.epoch_seconds)}, {p.epochs} epochs "
+            a = p.accelerator
+            console.print(f"projected on {a.name} ({_si(a.peak_flops, 'FLOP/s')}, {_si(a.bandwidth, 'B/s')}; "
+                          f"{p.bound}-bound): one epoch {_duration(p.epoch_seconds)}, {p.epochs} epochs "
                           f"{_duration(p.total_seconds)}", highlight=False)
         if projections:
-            console.print("projection: the GPU is assumed to reach the share of its datasheet peak measured here; "
-                          "small depthwise models often reach less on GPUs, so read the times as lower bounds "
-                          "(--gpu-fraction sets another share)", style="dim", highlight=False)
+            console.print("projection: the slower of the FLOPs at the share of the peak measured here and the "
+                          "epoch measured here scaled by memory bandwidth (datasheet figures); launch overhead "
+                          "and data loading are left out, so read the times as lower bounds", style="dim",
+                          highlight=False)
         for note in result.notes:
             console.print(f"note: {note}", style="yellow", highlight=False)

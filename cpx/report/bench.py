@@ -83,6 +83,7 @@ class BenchResult:
     epochs: int
     budget_minutes: Optional[float] = None
     notes: list[str] = field(default_factory=list)
+    memory_bandwidth: float = 0.0  # bytes/s of a large tensor copy (read + write), 0 if not measured
 
     @property
     def train_flops_per_s(self) -> float:
@@ -132,15 +133,17 @@ class Accelerator:
 
     name: str
     peak_flops: float
+    bandwidth: float  # memory bytes/s
     source: str
 
 
 ACCELERATORS = {
-    "t4": Accelerator("NVIDIA T4", 65e12, "NVIDIA T4 datasheet: 65 TFLOPS mixed-precision (FP16/FP32)"),
-    "v100": Accelerator("NVIDIA V100 SXM2", 125e12, "NVIDIA V100 datasheet: 125 TFLOPS tensor performance"),
-    "l4": Accelerator("NVIDIA L4", 121e12, "NVIDIA L4 datasheet: 242 TFLOPS FP16/BF16 with sparsity, 121 dense"),
-    "a100": Accelerator("NVIDIA A100", 312e12, "NVIDIA A100 datasheet: 312 TFLOPS BF16/FP16 tensor, dense"),
-    "h100": Accelerator("NVIDIA H100 SXM", 989e12, "NVIDIA H100 datasheet: 1,979 TFLOPS BF16 with sparsity, 989 dense"),
+    "t4": Accelerator("NVIDIA T4", 65e12, 320e9, "NVIDIA T4 datasheet: 65 TFLOPS mixed precision, 320 GB/s"),
+    "v100": Accelerator("NVIDIA V100 SXM2", 125e12, 900e9, "NVIDIA V100 datasheet: 125 TFLOPS tensor, 900 GB/s"),
+    "l4": Accelerator("NVIDIA L4", 121e12, 300e9, "NVIDIA L4 datasheet: 121 TFLOPS FP16/BF16 dense, 300 GB/s"),
+    "a100": Accelerator("NVIDIA A100 40GB", 312e12, 1555e9,
+                        "NVIDIA A100 datasheet: 312 TFLOPS BF16/FP16 dense, 1,555 GB/s"),
+    "h100": Accelerator("NVIDIA H100 SXM", 989e12, 3350e9, "NVIDIA H100 datasheet: 989 TFLOPS BF16 dense, 3.35 TB/s"),
 }
 
 
@@ -156,6 +159,7 @@ class Projection:
     epoch_seconds: float
     epochs: int
     total_seconds: float
+    bound: str = "compute"  # which bound decided: compute (FLOPs) or memory (bandwidth)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "accelerator": asdict(self.accelerator)}
@@ -177,12 +181,20 @@ def project_check(key: str, fraction: Optional[float] = None) -> Accelerator:
 def project(result: BenchResult, key: str, epochs: Optional[int] = None, fraction: Optional[float] = None) -> Projection:
     """Project ``result`` onto the accelerator ``key`` (see :data:`ACCELERATORS`):
 
-    ``seconds per training image = train FLOPs per image / (peak FLOP/s x fraction)``, the same
-    for prediction with the forward FLOPs, and an epoch as in :attr:`BenchResult.epoch_seconds`.
-    ``fraction`` defaults to the share of the ceiling measured here. Small depthwise models tend
-    to reach a smaller share of a GPU's tensor peak (short kernels, launch overhead, memory-bound
-    depthwise and elementwise work), so the projection is a lower bound of the time unless a
-    smaller ``fraction`` is given. ``epochs`` defaults to the recipe's.
+    A roofline in two parts; the slower one decides (``bound``):
+
+    * compute: ``seconds per training image = train FLOPs per image / (peak FLOP/s x fraction)``,
+      the same for prediction with the forward FLOPs, and an epoch as in
+      :attr:`BenchResult.epoch_seconds`; ``fraction`` defaults to the share of the matmul
+      ceiling measured here;
+    * memory: the epoch measured here scaled by the memory bandwidths, measured here (a large
+      tensor copy) against the GPU's datasheet figure. Small depthwise models spend much of
+      their time moving activations (depthwise, norm and elementwise layers), which this bound
+      covers.
+
+    With an explicit ``fraction`` only the compute part is used. Kernel launch overhead and data
+    loading are in neither, so read the result as a lower bound of the time. ``epochs``
+    defaults to the recipe's.
 
     :raises ConfigError: an unknown accelerator, or a fraction outside (0, 1].
     """
@@ -193,8 +205,13 @@ def project(result: BenchResult, key: str, epochs: Optional[int] = None, fractio
         raise ConfigError("the measurement reached no throughput to project from; give --gpu-fraction")
     train = result.train_images * result.train_flops / (accel.peak_flops * train_fraction)
     val = result.val_images * result.forward_flops / (accel.peak_flops * predict_fraction)
+    compute, bound = train + val, "compute"
+    if result.memory_bandwidth > 0 and fraction is None:
+        memory = result.epoch_seconds * result.memory_bandwidth / accel.bandwidth
+        if memory > compute:
+            compute, bound = memory, "memory"
     n = epochs if epochs is not None else result.epochs
-    return Projection(accel, train_fraction, predict_fraction, train + val, n, n * (train + val))
+    return Projection(accel, train_fraction, predict_fraction, compute, n, n * compute, bound)
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,6 +280,23 @@ def attainable_matmul_flops(device: torch.device, precision: str, size: int = MA
     return 2 * size ** 3 / best
 
 
+def copy_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 3) -> float:
+    """Bytes/s of the best of ``repeats`` copies of a ``megabytes`` float32 tensor, counting the
+    bytes read and written (STREAM's copy kernel, through torch)."""
+    n = megabytes * 2 ** 20 // 4
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for i in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        if i:  # the first call pays for page faults
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n * 4 / best
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -328,6 +362,7 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2)
     model = model.to(device)
     forward_flops, train_flops = count_flops(model, size, device)
     attainable = attainable_matmul_flops(device, precision)
+    bandwidth = copy_bandwidth(device)
     notes = []
 
     images, masks, source = _bench_data(config, competition, batch * (warmup + steps), size)
@@ -369,7 +404,7 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2)
     return BenchResult(
         recipe=config.recipe, model=config.model.name, params=params, image_size=size, batch_size=batch,
         device=str(device), precision=precision, threads=torch.get_num_threads(), data=source,
-        forward_flops=forward_flops, train_flops=train_flops, attainable_flops=attainable,
+        forward_flops=forward_flops, train_flops=train_flops, attainable_flops=attainable, memory_bandwidth=bandwidth,
         train_images_per_s=train_ips, predict_images_per_s=rates[0], predict_flip_images_per_s=rates[1],
         predict_size=predict_size, peak_memory_bytes=peak, memory_kind=kind, train_images=n_train,
         val_images=n_val, data_bytes=(n_train + n_val) * 4 * size * size, epochs=config.train.epochs,

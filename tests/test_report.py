@@ -248,3 +248,32 @@ def test_report_on_an_empty_ledger(cpx_workspace, cpx_host):
     result = build_report(cpx_workspace, cpx_host)
     md = result.markdown.read_text()
     assert "No run with a validation F" in md and "No submission" in md and result.figures == []
+
+
+def test_an_ablation_sweep_is_reported_against_its_baseline(cpx_workspace, cpx_host):
+    ws = cpx_workspace
+    variants = {"plain-flip": {"augmentation.options.flip_swap": False}, "no-ema": {"train.ema": None}}
+    with Ledger(ws.ledger_path) as ledger:
+        ledger.add_sweep("abl", recipe="msf-lmsa", mode="grid", seeds=2, trials=6, overrides={},
+                         storage="sqlite:///x.db", study="abl",
+                         factors=[{"key": "variant", "values": ["baseline", "plain-flip", "no-ema"],
+                                   "variants": variants}])
+        for variant, scores in (("baseline", (0.750, 0.758)), ("plain-flip", (0.630, 0.633)),
+                                ("no-ema", (0.752, 0.762))):
+            for seed, value in enumerate(scores):
+                config = _config(seed=seed)
+                config["augmentation"] = {"name": "baseline", "options": {"flip_swap": variant != "plain-flip"}}
+                config["train"]["ema"] = None if variant == "no-ema" else 0.998
+                folder = RunFolder.create(ws.runs_dir, f"20260101-000000-{variant}-{seed}")
+                ledger.add_run(id=folder.path.name, name=f"abl#{variant}-{seed}", recipe="msf-lmsa", competition=COMP,
+                               status="completed", best_val_f=value, best_epoch=10, last_epoch=12, config=config,
+                               config_diff={}, data_fingerprint="fp", run_dir=str(folder.path), sweep="abl")
+    result = build_report(ws, cpx_host)
+    md = result.markdown.read_text()
+    assert "| variant | plain-flip vs baseline | -0.1225 |" in md and "| variant | no-ema vs baseline | +0.0030 |" in md
+    assert "Ablation abl: beyond the noise, against the baseline: plain-flip (-0.1225)" in md
+    assert "The largest effect within the noise is no-ema (+0.0030)" in md
+    # the ablation's numbers come from the ledger cells they name
+    db = sqlite3.connect(ws.ledger_path)
+    effects = [f for f in result.document.facts if f.how == "effect"]
+    assert effects and all(_cell(db, ws, ref) == ref.value for f in effects for ref in f.refs)

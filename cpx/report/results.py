@@ -520,6 +520,9 @@ class _Builder:
                 continue
             significant = sorted((e for e in res.effects if e.significant), key=lambda e: -abs(e.estimate))
             all_refs = [Ref("runs", r.run_id, "best_val_f", r.value) for r in res.counted]
+            if any(f.variants is not None for f in res.factors):
+                found = self._next_after_ablation(s, res, significant, all_refs) or found
+                continue
             if not significant:
                 biggest = max(res.effects, key=lambda e: abs(e.estimate), default=None)
                 if biggest is not None and res.noise is not None and res.noise.sd:
@@ -554,6 +557,30 @@ class _Builder:
         if not found:
             s.text("No significant effect is recorded yet, so there is no direction to follow: run a sweep with seeds "
                    "over the settings you care about, e.g. `cpx sweep RECIPE --grid dice=1,1.5,2 --seeds 3`.")
+
+    def _next_after_ablation(self, s: Section, res: SweepResults, significant: list, all_refs: list) -> bool:
+        """What an ablation says to do: which variants moved val F beyond the noise, and how many
+        seeds would tell the largest of the others from noise."""
+        d = self.doc
+        said = False
+        if significant:
+            parts = [f"{show_value(e.level)} ({_effect(d, res, e)})" for e in significant]
+            s.text(f"Ablation {res.name}: beyond the noise, against the baseline: " + ", ".join(parts)
+                   + ". A negative effect is an ingredient of the baseline worth keeping; a positive one, a change "
+                     "worth adopting.")
+            said = True
+        rest = [e for e in res.effects if not e.significant]
+        biggest = max(rest, key=lambda e: abs(e.estimate), default=None)
+        if biggest is not None and res.noise is not None and res.noise.sd:
+            need = stats.seeds_needed(res.noise.sd, abs(biggest.estimate), level=self.level)
+            if need:
+                s.text(f"The largest effect within the noise is {show_value(biggest.level)} "
+                       f"({_effect(d, res, biggest)}); telling it from noise of sd "
+                       f"{d.fact(res.noise.sd, format_f(res.noise.sd), all_refs, 'noise_sd')} takes about "
+                       f"{d.fact(need, str(need), all_refs, 'seeds_needed')} runs per variant (80% power), or a "
+                       "longer budget per run if the effect grows with training.")
+                said = True
+        return said
 
     def _tried(self, res: SweepResults, factor: str, value: Any, params: dict) -> bool:
         want = {**params, factor: value}

@@ -299,7 +299,9 @@ def plot_factor_panels(panels: Sequence[FactorPanel], path: Path, *, title: str 
                 ax.annotate(f"{format_f(mean)}\n(n={count})", (x + 0.25, mean), fontsize=9, va="center", color="0.15")
             labels = [_level_text(lv) + ("\n(recipe)" if panel.reference is not None and lv == panel.reference else "")
                       for lv in levels]
-            ax.set_xticks(range(len(levels)), labels, fontsize=10)
+            many = len(levels) > 4 or max((len(t) for t in labels), default=0) > 12
+            ax.set_xticks(range(len(levels)), labels, fontsize=9 if many else 10,
+                          rotation=30 if many else 0, ha="right" if many else "center")
             ax.set_xlim(-0.6, len(levels) - 0.1)
         else:
             xs = [p[0] for p in panel.points]

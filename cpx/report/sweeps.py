@@ -206,7 +206,11 @@ def factor_panels(results: SweepResults, level: float = stats.DEFAULT_LEVEL) -> 
             verdicts = {e.level: e.verdict for e in results.effects if e.factor == f.key}
             title = f"{short_key(f.key)}"
             sig = [e for e in results.effects if e.factor == f.key]
-            if sig:
+            if len(sig) > 3:  # many levels (an ablation): name the ones beyond the noise only
+                beyond = [e for e in sig if e.significant]
+                title += ("  (significant: " + ", ".join(f"{show_value(e.level)} {e.estimate:+.4f}" for e in beyond)
+                          + ")") if beyond else "  (no level beyond the noise)"
+            elif sig:
                 title += "  (" + "; ".join(f"{show_value(e.level)}: {e.estimate:+.4f}, {_short_verdict(e)}"
                                            for e in sig) + ")"
             panels.append(FactorPanel(factor=short_key(f.key), points=points, means=means, categorical=True,

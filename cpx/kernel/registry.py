@@ -87,7 +87,7 @@ def format_validation_error(exc: ValidationError, prefix: str = "", model: Optio
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
-            close = difflib.get_close_matches(str(err["loc"][-1]), _fields_at(model, tuple(err["loc"])), n=3)
+            close = difflib.get_close_matches(str(err["loc"][-1]), _fields_at(model, tuple(err["loc"])), n=3, cutoff=0.7)
             if close:
                 parent = full.rpartition(".")[0]
                 msg += f"; did you mean {' or '.join(f'{parent}.{c}' if parent else c for c in close)}?"

@@ -272,6 +272,8 @@ def test_an_ablation_sweep_is_reported_against_its_baseline(cpx_workspace, cpx_h
     md = result.markdown.read_text()
     assert "| variant | plain-flip vs baseline | -0.1225 |" in md and "| variant | no-ema vs baseline | +0.0030 |" in md
     assert "Ablation abl: beyond the noise, against the baseline: plain-flip (-0.1225)" in md
+    assert "(ablation, recipe msf-lmsa)" in md and "plain-flip: `augmentation.options.flip_swap=false`" in md
+    assert "`--seeds " in md
     assert "The largest effect within the noise is no-ema (+0.0030)" in md
     # the ablation's numbers come from the ledger cells they name
     db = sqlite3.connect(ws.ledger_path)

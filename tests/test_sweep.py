@@ -77,6 +77,8 @@ def test_ablation_variants_parse_into_one_factor_with_the_baseline_first():
     for bad in ("noname", ":dice=1", "x:dice", "baseline:dice=2", "a b:dice=2", "x:scale=[1,"):
         with pytest.raises(ConfigError):
             parse_ablate([bad])
+    with pytest.raises(ConfigError, match="a: optimizer.lr is set twice"):
+        parse_ablate(["a:lr=1e-3", "a:lr=2e-3"], {"lr": LR})
     with pytest.raises(ValueError, match="not --search"):
         SweepSpec(recipe="r", mode="search", trials=3, factors=[f])
 
@@ -100,7 +102,7 @@ def test_an_ablation_trains_each_variant_and_scores_it_against_the_recipe(cpx_wo
         flip, lr = config["augmentation"]["options"]["flip"], config["optimizer"]["lr"]
         assert r.params["variant"] == ("no-flip" if flip == 0 else "lr" if lr == 3e-3 else "baseline")
     assert {(e.level, e.reference) for e in results.effects} == {("no-flip", "baseline"), ("lr", "baseline")}
-    assert results.noise.source == "seeds" and results.noise.dof == 3
+    assert results.noise.source == "seeds" and results.noise.dof == 3 and results.kind == "ablation"
 
 
 def test_an_ablation_variant_that_changes_nothing_is_refused_before_training(cpx_workspace, monkeypatch, capsys):

@@ -91,7 +91,8 @@ def register(app: typer.Typer) -> None:
         overrides.update({SHORTCUTS[k]: v for k, v in values.items() if v is not None})
         request = BenchRequest(recipe=recipe, overrides=overrides, steps=steps, warmup=warmup)
         if not json_:
-            console.print("measuring in a fresh process (a minute or two at 512px on a small CPU) ...",
+            console.print("measuring in a fresh process (a minute or two at 512px on a small CPU, less when "
+                          "smaller) ...",
                           style="dim", highlight=False)
         for key in gpu or []:  # an unknown name fails before the minutes of measuring
             project_check(key, gpu_fraction)

@@ -156,8 +156,11 @@ def _show(name: Optional[str], output: Optional[Path], json_: bool) -> None:
         print_json({**results.to_dict(), "figure": str(figure) if figure else None})
         return
     counts = results.status_counts()
-    console.print(f"[bold]sweep[/] {name}  {results.mode}, {len(results.runs)} runs ("
+    console.print(f"[bold]sweep[/] {name}  {results.kind}, {len(results.runs)} runs ("
                   + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")", highlight=False)
+    for f in results.factors:
+        for variant, changes in (f.variants or {}).items():
+            console.print(f"  {variant}: " + ", ".join(f"{k}={v}" for k, v in changes.items()), highlight=False)
     table = Table(title="best val F per cell, over seeds" if results.mode == "grid" else "trials")
     for f in results.factors:
         table.add_column(f.key.split(".")[-1], justify="right")

@@ -285,10 +285,15 @@ class _Builder:
     def _sweep(self, s: Section, res: SweepResults) -> None:
         d = self.doc
         counts = res.status_counts()
-        s.text(f"**Sweep {res.name}** ({res.mode}, recipe {res.sweep.get('recipe')}): "
+        s.text(f"**Sweep {res.name}** ({res.kind}, recipe {res.sweep.get('recipe')}): "
                + ", ".join(f"{_int(d, n, [Ref('runs', r.run_id, 'status', r.status) for r in res.runs if r.status == st], 'count')} {st}"
                            for st, n in sorted(counts.items())) + ".")
         keys = res.factor_keys
+        for f in res.factors:
+            if f.variants:
+                s.text("Variants (each against the recipe unchanged, `baseline`): " + "; ".join(
+                    f"{name}: " + ", ".join(f"`{k}={_set_value(v)}`" for k, v in changes.items())
+                    for name, changes in f.variants.items()) + ".")
         rows = []
         for cell in sorted(res.cells, key=lambda c: -(c.summary.mean if c.summary else -1)):
             counted = [r for r in cell.runs if r.counted]
@@ -577,8 +582,9 @@ class _Builder:
                 s.text(f"The largest effect within the noise is {show_value(biggest.level)} "
                        f"({_effect(d, res, biggest)}); telling it from noise of sd "
                        f"{d.fact(res.noise.sd, format_f(res.noise.sd), all_refs, 'noise_sd')} takes about "
-                       f"{d.fact(need, str(need), all_refs, 'seeds_needed')} runs per variant (80% power), or a "
-                       "longer budget per run if the effect grows with training.")
+                       f"{d.fact(need, str(need), all_refs, 'seeds_needed')} runs per variant (80% power, "
+                       f"`--seeds {need}` on the same command), or a longer budget per run if the effect grows "
+                       "with training.")
                 said = True
         return said
 
@@ -645,6 +651,8 @@ def _set_value(value: Any) -> str:
     """A value as ``--set`` reads it back (YAML)."""
     if isinstance(value, (dict, list)):
         return "'" + json.dumps(value) + "'"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)  # null, true, false
     return show_value(value)
 
 

@@ -69,6 +69,11 @@ class SweepResults:
         return self.sweep.get("mode") or "grid"
 
     @property
+    def kind(self) -> str:
+        """``ablation`` for a grid over ablation variants, else the mode (grid or search)."""
+        return "ablation" if any(f.variants is not None for f in self.factors) else self.mode
+
+    @property
     def counted(self) -> list[SweepRun]:
         return [r for r in self.runs if r.counted]
 

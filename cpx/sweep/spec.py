@@ -221,7 +221,10 @@ def parse_ablate(texts: list[str], shortcuts: Optional[dict[str, str]] = None) -
             value = yaml.safe_load(raw) if raw.startswith("[") else _scalar(raw, f"--ablate {name}")
         except yaml.YAMLError:
             raise ConfigError(f"--ablate {text!r}: {raw!r} is not a value or a [list]") from None
-        variants.setdefault(name, {})[key] = value
+        variant = variants.setdefault(name, {})
+        if key in variant and variant[key] != value:
+            raise ConfigError(f"--ablate {name}: {key} is set twice ({variant[key]!r} and {value!r}); give one")
+        variant[key] = value
     return Factor(key=VARIANT_KEY, values=[BASELINE, *variants], variants=variants)
 
 

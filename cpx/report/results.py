@@ -529,16 +529,15 @@ class _Builder:
                 found = self._next_after_ablation(s, res, significant, all_refs) or found
                 continue
             if not significant:
-                biggest = max(res.effects, key=lambda e: abs(e.estimate), default=None)
-                if biggest is not None and res.noise is not None and res.noise.sd:
-                    need = stats.seeds_needed(res.noise.sd, abs(biggest.estimate), level=self.level)
-                    if need:
-                        s.text(f"Sweep {res.name}: no factor has an effect beyond the noise. To tell an effect as large "
-                               f"as the biggest seen ({_effect(d, res, biggest)}, "
-                               f"{short_key(biggest.factor)}) from noise of sd {d.fact(res.noise.sd, format_f(res.noise.sd), all_refs, 'noise_sd')}, "
-                               f"about {d.fact(need, str(need), all_refs, 'seeds_needed')} runs per level are needed "
-                               "(80% power): add seeds before trusting any ranking of these settings.")
-                        found = True
+                biggest, need = self._seeds_to_resolve(res, res.effects)
+                if need:
+                    s.text(f"Sweep {res.name}: no factor has an effect beyond the noise. To tell an effect as large "
+                           f"as the biggest seen ({_effect(d, res, biggest)}, "
+                           f"{short_key(biggest.factor)}) from noise of sd "
+                           f"{d.fact(res.noise.sd, format_f(res.noise.sd), all_refs, 'noise_sd')}, "
+                           f"about {d.fact(need, str(need), all_refs, 'seeds_needed')} runs per level are needed "
+                           "(80% power): add seeds before trusting any ranking of these settings.")
+                    found = True
                 continue
             lines = []
             for e in significant[:3]:
@@ -563,6 +562,14 @@ class _Builder:
             s.text("No significant effect is recorded yet, so there is no direction to follow: run a sweep with seeds "
                    "over the settings you care about, e.g. `cpx sweep RECIPE --grid dice=1,1.5,2 --seeds 3`.")
 
+    def _seeds_to_resolve(self, res: SweepResults, effects: list) -> tuple[Optional[stats.Effect], Optional[int]]:
+        """The largest of ``effects`` and the runs per level that would tell it from the sweep's
+        noise (80% power); ``(None, None)`` without effects or a noise estimate."""
+        biggest = max(effects, key=lambda e: abs(e.estimate), default=None)
+        if biggest is None or res.noise is None or not res.noise.sd:
+            return None, None
+        return biggest, stats.seeds_needed(res.noise.sd, abs(biggest.estimate), level=self.level)
+
     def _next_after_ablation(self, s: Section, res: SweepResults, significant: list, all_refs: list) -> bool:
         """What an ablation says to do: which variants moved val F beyond the noise, and how many
         seeds would tell the largest of the others from noise."""
@@ -574,18 +581,15 @@ class _Builder:
                    + ". A negative effect is an ingredient of the baseline worth keeping; a positive one, a change "
                      "worth adopting.")
             said = True
-        rest = [e for e in res.effects if not e.significant]
-        biggest = max(rest, key=lambda e: abs(e.estimate), default=None)
-        if biggest is not None and res.noise is not None and res.noise.sd:
-            need = stats.seeds_needed(res.noise.sd, abs(biggest.estimate), level=self.level)
-            if need:
-                s.text(f"The largest effect within the noise is {show_value(biggest.level)} "
-                       f"({_effect(d, res, biggest)}); telling it from noise of sd "
-                       f"{d.fact(res.noise.sd, format_f(res.noise.sd), all_refs, 'noise_sd')} takes about "
-                       f"{d.fact(need, str(need), all_refs, 'seeds_needed')} runs per variant (80% power, "
-                       f"`--seeds {need}` on the same command), or a longer budget per run if the effect grows "
-                       "with training.")
-                said = True
+        biggest, need = self._seeds_to_resolve(res, [e for e in res.effects if not e.significant])
+        if need:
+            s.text(f"The largest effect within the noise is {show_value(biggest.level)} "
+                   f"({_effect(d, res, biggest)}); telling it from noise of sd "
+                   f"{d.fact(res.noise.sd, format_f(res.noise.sd), all_refs, 'noise_sd')} takes about "
+                   f"{d.fact(need, str(need), all_refs, 'seeds_needed')} runs per variant (80% power, "
+                   f"`--seeds {need}` on the same command), or a longer budget per run if the effect grows "
+                   "with training.")
+            said = True
         return said
 
     def _tried(self, res: SweepResults, factor: str, value: Any, params: dict) -> bool:

@@ -279,3 +279,16 @@ def test_an_ablation_sweep_is_reported_against_its_baseline(cpx_workspace, cpx_h
     db = sqlite3.connect(ws.ledger_path)
     effects = [f for f in result.document.facts if f.how == "effect"]
     assert effects and all(_cell(db, ws, ref) == ref.value for f in effects for ref in f.refs)
+
+
+def test_a_grid_without_effects_says_how_many_seeds_would_tell(cpx_workspace, cpx_host):
+    ws = cpx_workspace
+    with Ledger(ws.ledger_path) as ledger:
+        ledger.add_sweep("flat", recipe="msf-lmsa", mode="grid", seeds=2, trials=4, overrides={},
+                         storage="sqlite:///x.db", study="flat",
+                         factors=[{"key": "loss.options.dice", "values": [1.0, 2.0]}])
+        for dice, scores in ((1.0, (0.700, 0.720)), (2.0, (0.705, 0.723))):
+            for seed, value in enumerate(scores):
+                _run(ledger, ws, f"flat#{dice}-{seed}", value, dice=dice, seed=seed, sweep="flat", best=10, last=12)
+    md = build_report(ws, cpx_host).markdown.read_text()
+    assert "Sweep flat: no factor has an effect beyond the noise" in md and "runs per level are needed" in md

@@ -18,10 +18,12 @@ def test_cnn_recipes_resolve_and_build(cpx_workspace, cpx_host, recipe, model, s
     assert sum(p.numel() for p in net.parameters()) < PARAM_CAP
 
 
-@pytest.mark.parametrize("recipe", ["best", "best-cpu"])
-def test_the_winning_recipes_add_ema_and_corrected_labels_to_cnn_cpu(cpx_workspace, cpx_host, recipe):
+@pytest.mark.parametrize("recipe, base_recipe", [("best", "cnn-cpu"), ("best-cpu", "cnn-cpu"),
+                                                ("best-cpu-384", "cnn-cpu-384")])
+def test_the_winning_recipes_add_ema_and_corrected_labels_to_their_cnn(cpx_workspace, cpx_host, recipe,
+                                                                       base_recipe):
     config, _ = build_config(recipe, {}, cpx_workspace.experiments_dir, cpx_host)
-    base, _ = build_config("cnn-cpu", {}, cpx_workspace.experiments_dir, cpx_host)
+    base, _ = build_config(base_recipe, {}, cpx_workspace.experiments_dir, cpx_host)
     assert config.train.ema == 0.998 and config.data.fix_suspect and not config.data.exclude_suspect
     assert config.augmentation.options["flip"] == 0.5 and config.augmentation.options["flip_swap"] is True
     same = config.model_dump(exclude={"recipe", "description"})

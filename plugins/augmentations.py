@@ -36,12 +36,20 @@ import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from kornia.geometry.conversions import normalize_homography
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
 from torch import nn
 
 from cpx.kernel.hookspecs import hookimpl
 
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+def _not_a_switch(value: Any) -> Any:
+    # YAML reads yes/no/on/off as booleans and pydantic would take True as 1.0: `flip: yes`
+    # would mirror every sample. A probability is asked for as a number.
+    if isinstance(value, bool):
+        raise ValueError("expected a probability between 0 and 1, not a yes/no switch")
+    return value
+
+
+Probability = Annotated[float, BeforeValidator(_not_a_switch), Field(ge=0.0, le=1.0)]
 
 
 class AugmentOptions(BaseModel):

@@ -315,5 +315,22 @@ def build_config(recipe: str, overrides: dict[str, Any], experiments_dir: Path, 
     """The resolved config of ``recipe`` with ``overrides`` applied, and its diff to the recipe."""
     raw = load_recipe(recipe, experiments_dir)
     baseline = resolve(validate(raw), host)
+    _check_override_paths(overrides, baseline)
     config = resolve(validate(apply_overrides(raw, overrides)), host)
     return config, config_diff(config, baseline)
+
+
+def _check_override_paths(overrides: dict[str, Any], baseline: ExperimentConfig) -> None:
+    """Refuse an override whose key names no section of the config but is the last part of
+    known keys (``--set flip=0`` for ``augmentation.options.flip``), naming them.
+
+    :raises ConfigError: ``KEY: unknown field; did you mean A or B?``.
+    """
+    known = flatten(baseline.model_dump(mode="json"))
+    for key in overrides:
+        if key in known or key.split(".")[0] in ExperimentConfig.model_fields:
+            continue
+        leaf = key.rpartition(".")[2]
+        matches = sorted(k for k in known if k.rpartition(".")[2] == leaf)
+        if matches:
+            raise ConfigError(f"{key}: unknown field; did you mean {' or '.join(matches[:3])}?")

@@ -84,7 +84,7 @@ def format_validation_error(exc: ValidationError, prefix: str = "", model: Optio
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"])
         full = ".".join(p for p in (prefix, path) if p)
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
             close = difflib.get_close_matches(str(err["loc"][-1]), _fields_at(model, tuple(err["loc"])), n=3, cutoff=0.7)

@@ -34,9 +34,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _predict_sizes(r) -> str:
+    if r.predict_size == r.image_size:
+        return f"{r.predict_size}px images"
+    return f"{r.predict_size}px images, run by the model at {r.image_size}px"
+
+
 def render(r) -> Table:
     table = Table(title=f"cpx bench {r.recipe}: {r.model} at {r.image_size}px, batch {r.batch_size}, "
-                        f"{r.device}/{r.precision}, {r.threads} threads", show_header=False, title_justify="left")
+                        f"{r.device}/{r.precision}, {r.threads} thread{'s' if r.threads != 1 else ''}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     rows = [
@@ -47,7 +53,7 @@ def render(r) -> Table:
         ("training", f"{r.train_images_per_s:.2f} images/s = {_si(r.train_flops_per_s, 'FLOP/s')} "
                      f"({100 * r.train_fraction:.1f}% of attainable)"),
         ("prediction", f"{r.predict_images_per_s:.2f} images/s plain, {r.predict_flip_images_per_s:.2f} with flip TTA "
-                       f"({r.predict_size}px inputs; {100 * r.predict_fraction:.1f}% of attainable)"),
+                       f"({_predict_sizes(r)}; {100 * r.predict_fraction:.1f}% of attainable)"),
         ("peak memory (training)", f"{r.peak_memory_bytes / 2 ** 30:.2f} GiB {r.memory_kind}; the full data set "
                                    f"adds {r.data_bytes / 2 ** 30:.2f} GiB"),
         ("data", f"{r.train_images} train / {r.val_images} val images; measured on {r.data}"),

@@ -28,3 +28,9 @@ def format_signed(value: Optional[float]) -> str:
 def utc_now() -> str:
     """The current time as UTC ISO-8601 to the second, as the ledger stores times."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def safe_filename(text: str) -> str:
+    """``text`` with every character other than letters, digits, ``-``, ``_`` and ``.``
+    replaced by ``_``: a run or sweep name usable as one file name on any system."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)

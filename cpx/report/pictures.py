@@ -19,7 +19,7 @@ from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
 from cpx.eval.validate import Evaluation, validate_run
 from cpx.kernel.errors import DataError, RunError
 from cpx.kernel.manager import PluginHost
-from cpx.kernel.text import format_f
+from cpx.kernel.text import format_f, safe_filename
 from cpx.kernel.workspace import Workspace
 from cpx.report.figures import (
     MAX_GRID_ROWS,
@@ -231,10 +231,6 @@ def _finite(x: Optional[float]) -> Optional[float]:
     return None if x is None or math.isnan(x) else float(x)
 
 
-def _safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
-
-
 def compare_runs(ref_a: str, ref_b: str, workspace: "Workspace", host: "PluginHost", *, checkpoint: str = "best",
                  tta: Sequence[str] = (), output: Optional[Path] = None, device: str = "auto",
                  progress: Optional[Callable[[str, int, int], None]] = None) -> Comparison:
@@ -262,7 +258,8 @@ def compare_runs(ref_a: str, ref_b: str, workspace: "Workspace", host: "PluginHo
     classes = [ClassDelta(c, comp.classes[c], _finite(sa.per_class_f[c]), _finite(sb.per_class_f[c]),
                           int(sa.class_images[c]), int(sb.class_images[c])) for c in range(comp.num_classes)]
     shared = len(set(ev_a.names) & set(ev_b.names))
-    path = Path(output) if output else workspace.experiments_dir / "compare" / f"{_safe(a.id)}__vs__{_safe(b.id)}.png"
+    name = f"{safe_filename(a.id)}__vs__{safe_filename(b.id)}.png"
+    path = Path(output) if output else workspace.experiments_dir / "compare" / name
     result = Comparison(a.id, b.id, la, lb, sa.fscore, sb.fscore, len(ev_a.names), len(ev_b.names), shared,
                         classes, path)
     note = "" if result.same_val_list else (f"\n(different validation lists: {result.images_a} vs "
@@ -305,6 +302,7 @@ def curves_for_runs(refs: Sequence[str], workspace: "Workspace", host: "PluginHo
     elif len(rows) == 1:
         path = folders[0].curves_path
     else:
-        path = workspace.experiments_dir / "compare" / ("curves-" + "__".join(_safe(i) for i in ids)[:180] + ".png")
+        name = "curves-" + "__".join(safe_filename(i) for i in ids)[:180] + ".png"
+        path = workspace.experiments_dir / "compare" / name
     return plot_history(runs, path)
 

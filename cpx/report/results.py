@@ -9,23 +9,22 @@ The output folder gets ``report.md``, ``report.html`` (figures inlined) and ``fi
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from cpx.kernel.config import flatten
 from cpx.kernel.files import atomic_write_text
-from cpx.kernel.text import format_f, format_signed, utc_now
+from cpx.kernel.text import format_f, utc_now
 from cpx.kernel.workspace import Workspace
 from cpx.report import evaltime, stats
-from cpx.report.document import Document, Figure, Ref, Section, Table
+from cpx.report.document import Document, Figure, Ref, Table
+from cpx.report.effects import RANKED_STATUSES, EffectSections, config_diff_vs
+from cpx.report.facts import fact_f, fact_int, fact_signed, p_text
 from cpx.report.figures import plot_per_class_runs
 from cpx.report.leaderboard import short_config
 from cpx.report.paired import recorded_validation
-from cpx.report.sweeps import SweepResults, plot_sweep, short_key, show_value, sweep_results
 from cpx.runs.folder import run_folder
 from cpx.runs.ledger import Ledger
 from cpx.submit.submissions import main_score
@@ -33,10 +32,7 @@ from cpx.train.curves import plot_history
 
 TOP = 12
 CURVES = 4
-RANKED_STATUSES = ("completed", "stopped", "pruned", "imported")
 MAX_GAIN_ROWS = 24  # rows of the evaluation-time table
-# config fields that never make two runs a "different setting"
-IGNORED_KEYS = ("recipe", "description", "data.path", "train.device", "train.precision")
 
 
 @dataclass
@@ -47,30 +43,7 @@ class ReportResult:
     document: Document
 
 
-def _f(doc: Document, value: Optional[float], ref: Optional[Ref], how: str = "value", refs=None, detail=None) -> str:
-    if value is None:
-        return "-"
-    return doc.fact(value, format_f(value), refs if refs is not None else ([ref] if ref else []), how, detail)
-
-
-def _signed(doc: Document, value: Optional[float], refs, how: str, detail=None) -> str:
-    if value is None:
-        return "-"
-    return doc.fact(value, format_signed(value), refs, how, detail)
-
-
-def _int(doc: Document, value: Optional[int], refs, how: str = "value") -> str:
-    if value is None:
-        return "-"
-    return doc.fact(int(value), str(int(value)), refs, how)
-
-
-def _config_diff_vs(config: dict, other: dict) -> dict:
-    a, b = flatten(config or {}), flatten(other or {})
-    return {k: v for k, v in a.items() if b.get(k, object()) != v and not k.startswith(IGNORED_KEYS)}
-
-
-class _Builder:
+class _Builder(EffectSections):
     def __init__(self, ledger: Ledger, workspace: Workspace, host, out: Path, top: int, level: float):
         self.ledger, self.workspace, self.host, self.out, self.top, self.level = ledger, workspace, host, out, top, level
         self.doc = Document("Training results")
@@ -181,33 +154,33 @@ class _Builder:
         for i, run in enumerate(shown, 1):
             rid = run["id"]
             val_ref = Ref("runs", rid, "best_val_f", run["best_val_f"])
-            val = _f(d, run["best_val_f"], val_ref)
+            val = fact_f(d, run["best_val_f"], val_ref)
             tta = self._tta_best(run)
             tta_text = "-"
             if tta is not None:
-                tta_text = _f(d, tta["score"], Ref("validations", tta["id"], "score", tta["score"])) + f" ({tta['tta']})"
+                tta_text = fact_f(d, tta["score"], Ref("validations", tta["id"], "score", tta["score"])) + f" ({tta['tta']})"
             test = self._run_test(run)
             test_text = gap_text = pred_text = "-"
             if test is not None:
                 sub, score = test
                 tref = Ref("scores", score["id"], "score", score["score"])
-                test_text = _f(d, score["score"], tref) + f" ({sub['name']})"
+                test_text = fact_f(d, score["score"], tref) + f" ({sub['name']})"
                 sval, sref = self._sub_val(sub)
                 if sval is not None:
-                    gap_text = _signed(d, float(score["score"]) - sval, [sref, tref], "diff")
+                    gap_text = fact_signed(d, float(score["score"]) - sval, [sref, tref], "diff")
             elif model is not None:
                 mean, _, hw, n = model
                 value = run["best_val_f"] + mean
                 refs = [val_ref, *self._pair_refs()]
-                pred_text = (_f(d, value, None, "gap_prediction", refs) + " ±"
+                pred_text = (fact_f(d, value, None, "gap_prediction", refs) + " ±"
                              + d.fact(hw, f"{hw:.4f}", refs[1:], "gap_half_width" if n > 1 else "assumed_spread"))
                 if n == 1:
                     pred_text += " (1 pair: rough)"
             vs_recipe = short_config(run.get("config_diff") or {}, limit=6) or "recipe as is"
-            vs_top = "-" if i == 1 else (short_config(_config_diff_vs(run.get("config"), top_config), limit=4) or "same")
+            vs_top = "-" if i == 1 else (short_config(config_diff_vs(run.get("config"), top_config), limit=4) or "same")
             rows.append([str(i), self._label(run), run.get("status") or "", val, tta_text, test_text, pred_text, gap_text,
-                         _int(d, run.get("best_epoch"), [Ref("runs", rid, "best_epoch", run.get("best_epoch"))]),
-                         _int(d, run.get("last_epoch"), [Ref("runs", rid, "last_epoch", run.get("last_epoch"))]),
+                         fact_int(d, run.get("best_epoch"), [Ref("runs", rid, "best_epoch", run.get("best_epoch"))]),
+                         fact_int(d, run.get("last_epoch"), [Ref("runs", rid, "last_epoch", run.get("last_epoch"))]),
                          d.fact(vs_recipe, vs_recipe, [Ref("runs", rid, "config_diff", run.get("config_diff"))], "config"),
                          d.fact(vs_top, vs_top, [Ref("runs", rid, "config", None)], "config")])
         if not rows:
@@ -248,8 +221,8 @@ class _Builder:
                                                      {"limit": limit})
             best = "yes" if r.test_f is not None and r.test_f == best_test else ("-" if r.test_f is None else "no")
             run = self.by_id.get(sub.get("run_id"))
-            rows.append([r.name, r.date, self._label(run) if run else "-", _f(d, sval, sref),
-                         _f(d, r.test_f, tref), _signed(d, None if r.test_f is None or sval is None else r.test_f - sval,
+            rows.append([r.name, r.date, self._label(run) if run else "-", fact_f(d, sval, sref),
+                         fact_f(d, r.test_f, tref), fact_signed(d, None if r.test_f is None or sval is None else r.test_f - sval,
                                                         [sref, tref], "diff"),
                          left, "**final**" if r.final else "", best])
         s.add(Table(["submission", "date", "run", "val F", "test F", "gap", "left", "final", "best test F"], rows,
@@ -266,128 +239,6 @@ class _Builder:
         for w in rep.warnings:
             s.text(f"Warning: {w}")
 
-    def factors(self) -> list[SweepResults]:
-        d = self.doc
-        s = d.section("Factor effects")
-        results = []
-        for sw in self.ledger.list_sweeps():
-            res = sweep_results(self.ledger, sw["name"], self.level)
-            if not res.runs:
-                continue
-            results.append(res)
-            self._sweep(s, res)
-        if not results:
-            s.text("No sweep is recorded: `cpx sweep RECIPE --grid key=a,b --seeds 3` measures effects against the "
-                   "seed-to-seed noise.")
-        self._single_pairs(s)
-        return results
-
-    def _sweep(self, s: Section, res: SweepResults) -> None:
-        d = self.doc
-        counts = res.status_counts()
-        s.text(f"**Sweep {res.name}** ({res.kind}, recipe {res.sweep.get('recipe')}): "
-               + ", ".join(f"{_int(d, n, [Ref('runs', r.run_id, 'status', r.status) for r in res.runs if r.status == st], 'count')} {st}"
-                           for st, n in sorted(counts.items())) + ".")
-        keys = res.factor_keys
-        for f in res.factors:
-            if f.variants:
-                s.text("Variants (each against the recipe unchanged, `baseline`): " + "; ".join(
-                    f"{name}: " + ", ".join(f"`{k}={_set_value(v)}`" for k, v in changes.items())
-                    for name, changes in f.variants.items()) + ".")
-        rows = []
-        for cell in sorted(res.cells, key=lambda c: -(c.summary.mean if c.summary else -1)):
-            counted = [r for r in cell.runs if r.counted]
-            refs = [Ref("runs", r.run_id, "best_val_f", r.value) for r in counted]
-            summ = cell.summary
-            rows.append([*(show_value(cell.params.get(k)) for k in keys),
-                         _int(d, len(counted), refs, "count"),
-                         _f(d, summ.mean if summ else None, None, "mean", refs),
-                         "-" if not summ or summ.sd is None else d.fact(summ.sd, format_f(summ.sd), refs, "sd")])
-        s.add(Table([*(short_key(k) for k in keys), "runs", "mean best val F", "sd over seeds"], rows,
-                    caption=f"Sweep {res.name}: each cell over its seeds."))
-        nz = res.noise
-        all_refs = [Ref("runs", r.run_id, "best_val_f", r.value) for r in res.counted]
-        if nz is not None:
-            if nz.sd is None:
-                s.text("One run per cell and no spare degrees of freedom: the noise, and so the significance of "
-                       "any effect, cannot be judged. Re-run with `--seeds 3`.")
-            else:
-                sd = d.fact(nz.sd, format_f(nz.sd), all_refs, "noise_sd", {"source": nz.source, "dof": nz.dof})
-                src = "replicate seeds" if nz.source == "seeds" else "the residual of an additive model"
-                s.text(f"Seed-to-seed noise: sd {sd} (from {src}).")
-        if res.effects:
-            rows = []
-            for e in res.effects:
-                est = _effect(d, res, e)
-                ci = "-" if e.low is None else (_signed(d, e.low, all_refs, "effect_low") + " .. "
-                                                + _signed(d, e.high, all_refs, "effect_high"))
-                p = "-" if e.p is None else d.fact(e.p, _p_text(e.p), all_refs, "p_value")
-                verdict = f"**{e.verdict}**" if e.significant else e.verdict
-                rows.append([short_key(e.factor), f"{show_value(e.level)} vs {show_value(e.reference)}", est, ci, p,
-                             verdict])
-            s.add(Table(["factor", "levels", "effect on val F", f"{self.level * 100:g}% interval", "p", "verdict"], rows,
-                        caption=f"Sweep {res.name}: effect of each level against the reference level (difference "
-                                "of mean best val F over all other factors and seeds)."))
-        for sl in res.slopes:
-            unit = "per x10" if sl.log else "per unit"
-            refs = all_refs
-            s.text(f"{short_key(sl.factor)}: trend {_signed(d, sl.slope, refs, 'slope')} {unit} "
-                   f"({self.level * 100:g}% interval {_signed(d, sl.low, refs, 'slope_low')} .. "
-                   f"{_signed(d, sl.high, refs, 'slope_high')}): {sl.verdict}.")
-        path = plot_sweep(res, self.out / "figures" / f"sweep-{_safe(res.name)}.png", self.level)
-        if path:
-            self.figures.append(path)
-            s.add(Figure(path, f"Sweep {res.name}: best val F against each factor; dots are runs (colour: seed), "
-                               "bars are level means with their interval."))
-
-    def _single_pairs(self, s: Section) -> None:
-        """Pairs of single runs that differ in exactly one config field (same recipe, data and seed)."""
-        d = self.doc
-        candidates = [r for r in self.runs if r.get("kind") == "train" and r.get("config") and r.get("best_val_f") is not None
-                      and r.get("status") in RANKED_STATUSES]
-        pairs = []
-        for i, a in enumerate(candidates):
-            for b in candidates[i + 1:]:
-                if a.get("recipe") != b.get("recipe") or a.get("data_fingerprint") != b.get("data_fingerprint"):
-                    continue
-                if a.get("sweep") and a.get("sweep") == b.get("sweep"):
-                    continue  # a sweep's own analysis covers it, with its seeds
-                diff = _config_diff_vs(b["config"], a["config"])
-                if len(diff) == 1:
-                    key = next(iter(diff))
-                    # A is the baseline: the run that keeps the recipe's value, else the older run
-                    a_changed, b_changed = key in (a.get("config_diff") or {}), key in (b.get("config_diff") or {})
-                    if (a_changed and not b_changed) or (a_changed == b_changed and a["created_at"] > b["created_at"]):
-                        a, b = b, a
-                    pairs.append((a, b, key))
-        shown = 0
-        rows = []
-        for a, b, key in pairs:
-            if shown >= 8:
-                break
-            va, vb = recorded_validation(self.ledger, a), recorded_validation(self.ledger, b)
-            if va is None or vb is None:
-                continue
-            try:
-                t = stats.paired_test(va["per_image"], vb["per_image"], level=self.level)
-            except ValueError:
-                continue
-            shown += 1
-            refs = [Ref("validations", va["id"], "per_image", va["per_image"]),
-                    Ref("validations", vb["id"], "per_image", vb["per_image"])]
-            fa, fb = flatten(a["config"]).get(key), flatten(b["config"]).get(key)
-            rows.append([short_key(key), f"{self._label(a)} ({show_value(fa)}) → {self._label(b)} ({show_value(fb)})",
-                         _signed(d, t.diff, refs, "paired_diff"),
-                         _signed(d, t.low, refs, "paired_low") + " .. " + _signed(d, t.high, refs, "paired_high"),
-                         _int(d, t.n, refs, "shared_images"), d.fact(t.t_p, _p_text(t.t_p), refs, "paired_t_p"),
-                         t.verdict + "; single seed"])
-        if rows:
-            s.add(Table(["factor", "runs", "B − A", f"{self.level * 100:g}% bootstrap interval", "images", "paired t p",
-                         "verdict"], rows,
-                        caption="One-factor comparisons between single runs: **single-seed evidence**. The interval "
-                                "covers the images of the validation list (paired per image), not the spread between "
-                                "seeds, which is often as large as the difference itself."))
-
     def evaluation_time(self) -> None:
         """TTA, post-processing and held-out calibration gains, paired per image, per run."""
         d = self.doc
@@ -403,10 +254,10 @@ class _Builder:
         for g in found[:MAX_GAIN_ROWS]:
             refs = [Ref(*src) for src in g.sources]
             t = g.test
-            rows.append([self._label(g.run), g.ingredient, _f(d, t.mean_a, None, "paired_mean_a", refs),
-                         _signed(d, t.diff, refs, "paired_diff"),
-                         _signed(d, t.low, refs, "paired_low") + " .. " + _signed(d, t.high, refs, "paired_high"),
-                         _int(d, t.n, refs, "shared_images"), d.fact(t.t_p, _p_text(t.t_p), refs, "paired_t_p"),
+            rows.append([self._label(g.run), g.ingredient, fact_f(d, t.mean_a, None, "paired_mean_a", refs),
+                         fact_signed(d, t.diff, refs, "paired_diff"),
+                         fact_signed(d, t.low, refs, "paired_low") + " .. " + fact_signed(d, t.high, refs, "paired_high"),
+                         fact_int(d, t.n, refs, "shared_images"), d.fact(t.t_p, p_text(t.t_p), refs, "paired_t_p"),
                          t.verdict])
             by_ingredient.setdefault(g.ingredient, []).append((t.diff, refs))
         s.add(Table(["run", "ingredient", "F without", "gain", f"{self.level * 100:g}% bootstrap interval", "images",
@@ -418,8 +269,8 @@ class _Builder:
             if len(items) > 1:
                 refs = [r for _, rs in items for r in rs]
                 mean = sum(x for x, _ in items) / len(items)
-                s.text(f"{name}: mean gain {_signed(d, mean, refs, 'mean_paired_diff')} over "
-                       f"{_int(d, len(items), refs, 'count')} runs.")
+                s.text(f"{name}: mean gain {fact_signed(d, mean, refs, 'mean_paired_diff')} over "
+                       f"{fact_int(d, len(items), refs, 'count')} runs.")
 
     def convergence(self, shown: list[dict]) -> None:
         d = self.doc
@@ -437,12 +288,12 @@ class _Builder:
             cfg = (run.get("config") or {}).get("train") or {}
             best, last = run.get("best_epoch"), run.get("last_epoch")
             reason = _stop_reason(run, cfg)
-            rows.append([self._label(run), _int(d, best, [Ref("runs", rid, "best_epoch", best)]),
-                         _int(d, last, [Ref("runs", rid, "last_epoch", last)]),
-                         _int(d, run.get("epochs_planned"), [Ref("runs", rid, "epochs_planned", run.get("epochs_planned"))]),
-                         _int(d, None if best is None or last is None else last - best,
+            rows.append([self._label(run), fact_int(d, best, [Ref("runs", rid, "best_epoch", best)]),
+                         fact_int(d, last, [Ref("runs", rid, "last_epoch", last)]),
+                         fact_int(d, run.get("epochs_planned"), [Ref("runs", rid, "epochs_planned", run.get("epochs_planned"))]),
+                         fact_int(d, None if best is None or last is None else last - best,
                               [Ref("runs", rid, "best_epoch", best), Ref("runs", rid, "last_epoch", last)], "diff"),
-                         "-" if wait is None else _int(d, wait, [wref], "longest_wait"), reason])
+                         "-" if wait is None else fact_int(d, wait, [wref], "longest_wait"), reason])
         if not rows:
             s.text("No run to look at yet.")
             return
@@ -458,21 +309,21 @@ class _Builder:
                 last_refs = [Ref("runs", r["id"], "last_epoch", r["last_epoch"]) for r in late]
                 longest = max(r["last_epoch"] for r in late)
                 suggestion = int(math.ceil(longest * 1.5 / 5.0) * 5)
-                s.text(f"{_int(d, len(late), [Ref('runs', r['id'], 'best_epoch', r['best_epoch']) for r in late], 'count')} "
+                s.text(f"{fact_int(d, len(late), [Ref('runs', r['id'], 'best_epoch', r['best_epoch']) for r in late], 'count')} "
                        f"of them still improved in the last tenth of their epochs: they stopped too early. Train "
                        f"longer: about {d.fact(suggestion, str(suggestion), last_refs, 'epochs_suggestion')} epochs "
-                       f"(1.5 times the {_int(d, longest, last_refs, 'max')} they ran, rounded up to 5), or give them "
+                       f"(1.5 times the {fact_int(d, longest, last_refs, 'max')} they ran, rounded up to 5), or give them "
                        "a larger --budget.")
             else:
                 suggestion = int(math.ceil(latest_best * 1.2 / 5.0) * 5)
-                s.text(f"The latest best epoch among them is {_int(d, latest_best, best_refs, 'max')}; "
+                s.text(f"The latest best epoch among them is {fact_int(d, latest_best, best_refs, 'max')}; "
                        f"about {d.fact(suggestion, str(suggestion), best_refs, 'epochs_suggestion')} epochs "
                        "(20% beyond it, rounded up to 5) are enough, with room for the cosine to finish.")
         if waits:
             wait, run, wref = max(waits, key=lambda w: w[0])
             patience = max(5, int(math.ceil(wait * 1.5)))
             s.text(f"The longest stretch without a new best that still ended in one was "
-                   f"{_int(d, wait, [wref], 'longest_wait')} epochs ({self._label(run)}): a patience of about "
+                   f"{fact_int(d, wait, [wref], 'longest_wait')} epochs ({self._label(run)}): a patience of about "
                    f"{d.fact(patience, str(patience), [wref], 'patience_suggestion')} (1.5 times that, at least 5) "
                    "would not have cut any of these runs short.")
 
@@ -485,11 +336,11 @@ class _Builder:
             return
         rows = []
         for sub, val, vref, test, tref in self.pairs:
-            rows.append([sub["name"], _f(d, val, vref), _f(d, test, tref), _signed(d, test - val, [vref, tref], "diff")])
+            rows.append([sub["name"], fact_f(d, val, vref), fact_f(d, test, tref), fact_signed(d, test - val, [vref, tref], "diff")])
         s.add(Table(["submission", "val F", "test F", "gap (test − val)"], rows, caption="Observed val→test pairs."))
         mean, sd, hw, n = self._gap_model()
         refs = self._pair_refs()
-        line = f"Mean gap {_signed(d, mean, refs, 'mean_gap')} over {_int(d, n, refs[1::2], 'count')} pair(s)"
+        line = f"Mean gap {fact_signed(d, mean, refs, 'mean_gap')} over {fact_int(d, n, refs[1::2], 'count')} pair(s)"
         if sd is not None:
             line += (f", sd {d.fact(sd, format_f(sd), refs, 'gap_sd')}; {self.level * 100:g}% prediction interval for "
                      f"a new model ±{d.fact(hw, f'{hw:.4f}', refs, 'gap_half_width')} (t with n−1 degrees of freedom, "
@@ -502,8 +353,8 @@ class _Builder:
             best = unsubmitted[0]
             vref = Ref("runs", best["id"], "best_val_f", best["best_val_f"])
             value = best["best_val_f"] + mean
-            s.text(f"So the best run not yet submitted, {self._label(best)} (val F {_f(d, best['best_val_f'], vref)}), "
-                   f"should score about {_f(d, value, None, 'gap_prediction', [vref, *refs])} ± "
+            s.text(f"So the best run not yet submitted, {self._label(best)} (val F {fact_f(d, best['best_val_f'], vref)}), "
+                   f"should score about {fact_f(d, value, None, 'gap_prediction', [vref, *refs])} ± "
                    f"{d.fact(hw, f'{hw:.4f}', refs, 'gap_half_width' if sd is not None else 'assumed_spread')} on the test set. "
                    "This assumes the gap does not depend on the model; keep the validation split fixed.")
         if len(self.pairs) >= 3:
@@ -514,91 +365,6 @@ class _Builder:
                    f"{d.fact(rho, f'{rho:+.3f}', refs, 'spearman')}"
                    + (" — validation ranks models as the leaderboard does." if rho > 0.5 else
                       " — validation does not rank models as the leaderboard does; trust it less for small differences."))
-
-    def next_experiments(self, sweeps: list[SweepResults], shown: list[dict]) -> None:
-        d = self.doc
-        s = d.section("Next experiments")
-        found = False
-        for res in sweeps:
-            best = res.best_cell
-            if best is None or res.mode != "grid":
-                continue
-            significant = sorted((e for e in res.effects if e.significant), key=lambda e: -abs(e.estimate))
-            all_refs = [Ref("runs", r.run_id, "best_val_f", r.value) for r in res.counted]
-            if any(f.variants is not None for f in res.factors):
-                found = self._next_after_ablation(s, res, significant, all_refs) or found
-                continue
-            if not significant:
-                biggest, need = self._seeds_to_resolve(res, res.effects)
-                if need:
-                    s.text(f"Sweep {res.name}: no factor has an effect beyond the noise. To tell an effect as large "
-                           f"as the biggest seen ({_effect(d, res, biggest)}, "
-                           f"{short_key(biggest.factor)}) from noise of sd "
-                           f"{d.fact(res.noise.sd, format_f(res.noise.sd), all_refs, 'noise_sd')}, "
-                           f"about {d.fact(need, str(need), all_refs, 'seeds_needed')} runs per level are needed "
-                           "(80% power): add seeds before trusting any ranking of these settings.")
-                    found = True
-                continue
-            lines = []
-            for e in significant[:3]:
-                tested = sorted({stats.level_key(r.params.get(e.factor)) for r in res.runs}, key=stats.level_order)
-                best_level = best.params.get(e.factor)
-                for value in _neighbours(tested, best_level):
-                    if self._tried(res, e.factor, value, best.params):
-                        continue
-                    fixed = {**(res.sweep.get("overrides") or {}),
-                             **{k: v for k, v in best.params.items() if k != e.factor}}
-                    others = " ".join(f"--set {k}={_set_value(v)}" for k, v in fixed.items())
-                    command = (f"cpx sweep {res.sweep.get('recipe')} --grid {e.factor}={show_value(best_level)},"
-                               f"{show_value(value)} --seeds {max(2, res.sweep.get('seeds') or 2)} {others}").strip()
-                    lines.append([short_key(e.factor), show_value(best_level), show_value(value), _effect(d, res, e),
-                                  f"`{command}`"])
-            if lines:
-                found = True
-                s.add(Table(["factor", "best level", "untested neighbour", "effect seen", "command"], lines,
-                            caption=f"Sweep {res.name}: untested neighbours of the best cell ({best.label}) along the "
-                                    "factors with the largest significant effects."))
-        if not found:
-            s.text("No significant effect is recorded yet, so there is no direction to follow: run a sweep with seeds "
-                   "over the settings you care about, e.g. `cpx sweep RECIPE --grid dice=1,1.5,2 --seeds 3`.")
-
-    def _seeds_to_resolve(self, res: SweepResults, effects: list) -> tuple[Optional[stats.Effect], Optional[int]]:
-        """The largest of ``effects`` and the runs per level that would tell it from the sweep's
-        noise (80% power); ``(None, None)`` without effects or a noise estimate."""
-        biggest = max(effects, key=lambda e: abs(e.estimate), default=None)
-        if biggest is None or res.noise is None or not res.noise.sd:
-            return None, None
-        return biggest, stats.seeds_needed(res.noise.sd, abs(biggest.estimate), level=self.level)
-
-    def _next_after_ablation(self, s: Section, res: SweepResults, significant: list, all_refs: list) -> bool:
-        """What an ablation says to do: which variants moved val F beyond the noise, and how many
-        seeds would tell the largest of the others from noise."""
-        d = self.doc
-        said = False
-        if significant:
-            parts = [f"{show_value(e.level)} ({_effect(d, res, e)})" for e in significant]
-            s.text(f"Ablation {res.name}: beyond the noise, against the baseline: " + ", ".join(parts)
-                   + ". A negative effect is an ingredient of the baseline worth keeping; a positive one, a change "
-                     "worth adopting.")
-            said = True
-        biggest, need = self._seeds_to_resolve(res, [e for e in res.effects if not e.significant])
-        if need:
-            s.text(f"The largest effect within the noise is {show_value(biggest.level)} "
-                   f"({_effect(d, res, biggest)}); telling it from noise of sd "
-                   f"{d.fact(res.noise.sd, format_f(res.noise.sd), all_refs, 'noise_sd')} takes about "
-                   f"{d.fact(need, str(need), all_refs, 'seeds_needed')} runs per variant (80% power, "
-                   f"`--seeds {need}` on the same command), or a longer budget per run if the effect grows "
-                   "with training.")
-            said = True
-        return said
-
-    def _tried(self, res: SweepResults, factor: str, value: Any, params: dict) -> bool:
-        want = {**params, factor: value}
-        for run in self.runs:
-            flat = flatten(run.get("config") or {})
-            if run.get("recipe") == res.sweep.get("recipe") and all(flat.get(k) == v for k, v in want.items()):
-                return True
-        return False
 
     def figures_section(self, shown: list[dict]) -> None:
         d = self.doc
@@ -637,33 +403,6 @@ class _Builder:
             s.text("No run has a training history or per-class scores yet.")
 
 
-def _effect(doc: Document, res: SweepResults, e: stats.Effect) -> str:
-    """An effect's estimate as a fact: the runs at its level and at the reference level."""
-    def refs(level):
-        return [Ref("runs", r.run_id, "best_val_f", r.value) for r in res.counted
-                if stats.level_key(r.params.get(e.factor)) == level]
-
-    lv, ref = refs(e.level), refs(e.reference)
-    return _signed(doc, e.estimate, lv + ref, "effect", {"level": lv, "reference": ref})
-
-
-def _p_text(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _set_value(value: Any) -> str:
-    """A value as ``--set`` reads it back (YAML)."""
-    if isinstance(value, (dict, list)):
-        return "'" + json.dumps(value) + "'"
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)  # null, true, false
-    return show_value(value)
-
-
-def _safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
-
-
 def _longest_wait(history: list[dict]) -> Optional[int]:
     """Most epochs between two successive new bests of val F (None with fewer than two bests)."""
     best, last_epoch, longest = None, None, None
@@ -690,31 +429,6 @@ def _stop_reason(run: dict, train_cfg: dict) -> str:
     if run.get("last_epoch") and run.get("last_epoch") == run.get("epochs_planned"):
         return "planned epochs"
     return run.get("status") or "-"
-
-
-def _neighbours(levels: list, best: Any) -> list:
-    """Untested values next to ``best`` along sorted numeric ``levels``: one step beyond an end,
-    midpoints towards inner neighbours."""
-    nums = [v for v in levels if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if best not in nums or len(nums) < 2:
-        return []
-    i = nums.index(best)
-    out = []
-    if i == len(nums) - 1:
-        out.append(_round(best + (best - nums[i - 1])))
-    else:
-        out.append(_round((best + nums[i + 1]) / 2))
-    if i == 0:
-        step = nums[1] - best
-        if best - step > 0:
-            out.append(_round(best - step))
-    else:
-        out.append(_round((best + nums[i - 1]) / 2))
-    return out
-
-
-def _round(x: float) -> float:
-    return float(f"{x:.4g}")
 
 
 def build_report(workspace: Workspace, host=None, output: Optional[Path] = None, top: int = TOP,

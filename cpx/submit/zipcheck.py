@@ -1,17 +1,14 @@
 """The zip rules: every problem a scorer would trip on in a submission zip, or in a folder
 about to become one.
 
-This module alone knows what a valid submission holds: ``masks/<stem>.png`` for every test image
-(single-channel class ids at the image's size), the ``solution/`` folder the competition asks
-for (runner, requirements, weights under the expected key), an optional ``manifest.json`` whose
-sha256 list matches the files, and a parameter count under the competition's cap. It also
-knows the entries no scorer wants (absolute or ``..`` paths, links, ``__MACOSX/``, OS junk).
-
-A zip is small on disk but its entries may inflate a thousandfold, so nothing is trusted to be
-small: an entry larger than :data:`MAX_ENTRY_BYTES` once unpacked, a large entry packed more
-tightly than :data:`MAX_RATIO` to 1 (a zip bomb), more than :data:`MAX_TOTAL_BYTES` in all, or
-a mask of more than :data:`MAX_MASK_PIXELS` pixels is a problem and is never unpacked; what is
-read is read in blocks (CRCs, hashes) or up to a per-kind limit (masks, text, weights).
+This module and its two helpers alone know what a valid submission holds: ``masks/<stem>.png``
+for every test image (single-channel class ids at the image's size), the ``solution/`` folder
+the competition asks for (runner, requirements, weights under the expected key;
+:mod:`cpx.submit.solutioncheck`), an optional ``manifest.json`` whose sha256 list matches the
+files, and a parameter count under the competition's cap. :mod:`cpx.submit.zipentries` knows
+the entries no scorer wants (absolute or ``..`` paths, links, ``__MACOSX/``, OS junk) and the
+resource limits: nothing in a zip is trusted to be small. A mask of more than
+:data:`~cpx.submit.zipentries.MAX_MASK_PIXELS` pixels is a problem and is never decoded.
 Weights are loaded with ``torch.load(weights_only=True)``, so a checkpoint cannot run code.
 
 :func:`check_zip` checks a zip, :func:`check_folder` a staged folder, and
@@ -25,44 +22,36 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
-import stat
 import time
 import warnings
 import zipfile
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Optional
+from typing import Iterable, Optional
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from cpx.data.competition import Competition
 from cpx.data.images import BadFile, bad_ids_message, check_mask_mode
 from cpx.kernel.errors import ConfigError, DataError, Problem, SubmissionError
-from cpx.kernel.files import sha256_stream
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
-from cpx.submit.solution import runner_mentions_arguments
+from cpx.submit.solutioncheck import check_solution, estimate_params
+from cpx.submit.zipentries import (
+    MAX_MASK_PIXELS,
+    READ_LIMIT,
+    DirSource,
+    FileSource,
+    Skipped,
+    ZipSource,
+    crc_problems,
+    entry_problems,
+    mib,
+    size_problems,
+)
 
 MANIFEST = "manifest.json"
-# Files that archivers add on their own and that a scorer would count as extra entries.
-JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
-# Batch-norm statistics sit in a state_dict but are not trainable parameters.
-_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-# Keys other scripts keep the weights under; the competition's own key is tried first.
-WEIGHT_KEYS = ("state_dict", "model_state_dict", "model")
-
-# Resource limits (bytes once unpacked unless said otherwise)
-MAX_ENTRY_BYTES = 512 * 2**20
-MAX_TOTAL_BYTES = 4 * 2**30
-# unpacked / packed; deflate reaches about 1030:1 on constant data, real masks and weights ~1-10:1
-MAX_RATIO = 200
-RATIO_FLOOR = 16 * 2**20  # smaller entries are not judged by their ratio
-MAX_MASK_PIXELS = 8192 * 8192
-_READ_LIMIT = {"mask": 64 * 2**20, "text": 16 * 2**20, "weights": MAX_ENTRY_BYTES}
 
 Size = tuple[int, int]  # (height, width)
 
@@ -113,88 +102,6 @@ class CheckReport:
 
 
 # --------------------------------------------------------------------------------------------
-# File sources: the same checks run on a staged folder and on a zip
-
-
-class _Skipped(Exception):
-    """An entry not read because it broke a resource limit (already reported)."""
-
-
-class _Files:
-    """Regular files by posix path relative to the submission root."""
-
-    names: list[str]
-
-    def size(self, name: str) -> int:
-        raise NotImplementedError
-
-    def open(self, name: str) -> IO[bytes]:
-        raise NotImplementedError
-
-    def skipped(self, name: str) -> bool:
-        """Whether ``name`` broke a resource limit and must not be read."""
-        return False
-
-    def read(self, name: str, kind: str) -> bytes:
-        """The whole file, when it is within the limit for its ``kind`` (mask, text, weights).
-
-        :raises _Skipped: it broke a limit (a problem already says so) or exceeds ``kind``'s.
-        """
-        limit = _READ_LIMIT[kind]
-        if self.skipped(name) or self.size(name) > limit:
-            raise _Skipped(name)
-        with self.open(name) as fh:
-            data = fh.read(limit + 1)
-        if len(data) > limit:
-            raise _Skipped(name)
-        return data
-
-    def sha256(self, name: str) -> str:
-        """Hex sha256 of the file, read in blocks."""
-        with self.open(name) as fh:
-            return sha256_stream(fh)
-
-    def label(self, name: str) -> str:
-        """How to name the file in a problem: its path as the user sees it."""
-        return name
-
-
-class _DirFiles(_Files):
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.names = sorted(p.relative_to(self.root).as_posix()
-                            for p in self.root.rglob("*") if p.is_file())
-
-    def size(self, name: str) -> int:
-        return (self.root / name).stat().st_size
-
-    def open(self, name: str) -> IO[bytes]:
-        return open(self.root / name, "rb")
-
-
-class _ZipFiles(_Files):
-    def __init__(self, zf: zipfile.ZipFile, names: dict[str, str], skipped: frozenset = frozenset()):
-        # names: path as checked -> name inside the zip (they differ under a nested top folder)
-        self.zf = zf
-        self.map = names
-        self.names = sorted(names)
-        self._skipped = skipped  # zip names
-
-    def size(self, name: str) -> int:
-        return self.zf.getinfo(self.map[name]).file_size
-
-    def open(self, name: str) -> IO[bytes]:
-        # a ZipExtFile never yields more than the entry's recorded size
-        return self.zf.open(self.map[name])
-
-    def skipped(self, name: str) -> bool:
-        return self.map.get(name, name) in self._skipped
-
-    def label(self, name: str) -> str:
-        return self.map.get(name, name)
-
-
-# --------------------------------------------------------------------------------------------
 # Test images
 
 
@@ -233,101 +140,6 @@ def image_sizes(paths: dict[str, Path]) -> dict[str, Size]:
 # Checking
 
 
-def _entry_problems(infos: list[zipfile.ZipInfo], report: CheckReport) -> list[zipfile.ZipInfo]:
-    """Flag unsafe or junk entries; return the regular files worth checking further."""
-    keep: list[zipfile.ZipInfo] = []
-    seen: set[str] = set()
-    macosx = 0
-    for info in infos:
-        name = info.filename
-        parts = [p for p in name.replace("\\", "/").split("/") if p]
-        if name in seen:
-            report.add(name, "duplicate", "entry appears twice in the zip")
-            continue
-        seen.add(name)
-        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-            report.add(name, "absolute_path", "absolute path; entries must be relative to the zip root")
-            continue
-        if ".." in parts:
-            report.add(name, "parent_path", "path climbs out of the zip folder ('..')")
-            continue
-        if "\\" in name:
-            report.add(name, "backslash", "path uses backslashes; a Linux scorer reads them as part "
-                                          "of the file name (zip with forward slashes)")
-            continue
-        if parts and parts[0] == "__MACOSX":
-            macosx += 1
-            continue
-        if stat.S_ISLNK(info.external_attr >> 16):
-            report.add(name, "symlink", "symbolic link; the scorer needs real files")
-            continue
-        if info.is_dir():
-            continue
-        if parts and (parts[-1] in JUNK_NAMES or parts[-1].startswith("._")):
-            report.add(name, "junk_file", "file added by the operating system; remove it")
-            continue
-        keep.append(info)
-    if macosx:
-        report.add("__MACOSX/", "macosx",
-                   f"{macosx} macOS resource entr{'y' if macosx == 1 else 'ies'} under __MACOSX/; "
-                   f"zip without them (e.g. `zip -r -X` from inside the folder, or cpx package)")
-    return keep
-
-
-def _size_problems(infos: list[zipfile.ZipInfo], report: CheckReport) -> set[str]:
-    """Flag entries that would unpack to too much, judged by the sizes the zip records (reading
-    never yields more than those); return the names that must not be read."""
-    skipped: set[str] = set()
-    for info in infos:
-        if info.is_dir():
-            continue
-        if info.file_size > MAX_ENTRY_BYTES:
-            report.add(info.filename, "entry_too_large",
-                       f"unpacks to {_mib(info.file_size)}; cpx reads at most {_mib(MAX_ENTRY_BYTES)} per "
-                       f"entry (not unpacked)")
-            skipped.add(info.filename)
-        elif info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(1, info.compress_size):
-            ratio = info.file_size / max(1, info.compress_size)
-            report.add(info.filename, "compression_ratio",
-                       f"{_mib(info.compress_size)} unpacks to {_mib(info.file_size)} ({ratio:,.0f}:1), the mark "
-                       f"of a zip bomb; at most {MAX_RATIO}:1 above {_mib(RATIO_FLOOR)} (not unpacked)")
-            skipped.add(info.filename)
-    total = sum(i.file_size for i in infos if not i.is_dir())
-    if total > MAX_TOTAL_BYTES:
-        report.add("", "zip_too_large", f"the entries unpack to {_mib(total)} in all; cpx reads at most "
-                                        f"{_mib(MAX_TOTAL_BYTES)} (nothing was unpacked)")
-        skipped |= {i.filename for i in infos}
-    return skipped
-
-
-def _crc_problems(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], skipped: set[str],
-                  report: CheckReport) -> None:
-    """Unpack every entry within the limits in 1 MiB blocks, as a scorer would, and flag the
-    ones whose data or CRC is broken (``zipfile.testzip`` would unpack the oversized ones too)."""
-    for info in infos:
-        if info.is_dir() or info.filename in skipped:
-            continue
-        try:
-            with zf.open(info) as fh:
-                while fh.read(1 << 20):
-                    pass
-        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
-            report.add(info.filename, "corrupt_entry", f"entry cannot be unpacked ({_reason(exc)})")
-        except NotImplementedError as exc:
-            report.add(info.filename, "corrupt_entry", f"entry uses a compression cpx cannot read ({_reason(exc)})")
-        except RuntimeError as exc:  # encrypted entries
-            report.add(info.filename, "corrupt_entry", f"entry cannot be unpacked ({_reason(exc)})")
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
-    return text or exc.__class__.__name__
-
-
 def _strip_nested_top(names: list[str], competition: Competition, report: CheckReport) -> dict[str, str]:
     """Checked path -> zip name; a single wrapping folder is reported and looked through."""
     masks_dir = competition.submission.masks_dir
@@ -345,7 +157,7 @@ def _strip_nested_top(names: list[str], competition: Competition, report: CheckR
     return mapping
 
 
-def _check_masks(files: _Files, competition: Competition, report: CheckReport,
+def _check_masks(files: FileSource, competition: Competition, report: CheckReport,
                  test_sizes: Optional[dict[str, Size]]) -> None:
     fmt = competition.submission
     k = competition.num_classes
@@ -370,10 +182,10 @@ def _check_masks(files: _Files, competition: Competition, report: CheckReport,
         stems[stem] = name
         try:
             data = files.read(name, "mask")
-        except _Skipped:
+        except Skipped:
             if not files.skipped(name):
                 report.add(files.label(name), "mask_too_large",
-                           f"{_mib(files.size(name))}; a mask is at most {_mib(_READ_LIMIT['mask'])}")
+                           f"{mib(files.size(name))}; a mask is at most {mib(READ_LIMIT['mask'])}")
             continue
         expected = test_sizes.get(stem) if test_sizes is not None else None
         try:
@@ -433,100 +245,16 @@ class _Header:
         return tuple(range(self._bands))
 
 
-def estimate_params(state: dict) -> int:
-    """Trainable parameters a state_dict holds, leaving out batch-norm statistics."""
-    return int(sum(v.numel() for k, v in state.items()
-                   if isinstance(v, torch.Tensor) and not k.endswith(_BUFFER_SUFFIXES)
-                   and v.is_floating_point()))
-
-
-def _check_solution(files: _Files, competition: Competition, report: CheckReport) -> None:
-    fmt = competition.submission
-    if not fmt.solution_dir:
-        return
-    report.solution_required = True
-    sol = fmt.solution_dir + "/"
-    report.solution_files = [n[len(sol):] for n in files.names if n.startswith(sol)]
-    if not report.solution_files:
-        report.add(sol, "no_solution", f"no {sol} folder; {competition.name} requires the code and "
-                                       f"weights ({fmt.runner}, {fmt.weights_file})")
-        return
-    runner = sol + fmt.runner
-    source = None
-    if runner not in files.names:
-        report.add(files.label(runner), "no_runner", f"missing: {competition.name} requires {fmt.runner} "
-                                        f"taking --input, --output and --weights")
-    else:
-        try:
-            source = files.read(runner, "text").decode("utf-8", errors="replace")
-        except _Skipped:
-            if not files.skipped(runner):
-                report.add(files.label(runner), "runner_too_large",
-                           f"{_mib(files.size(runner))}; a runner script is at most {_mib(_READ_LIMIT['text'])}")
-    if source is not None:
-        try:
-            compile(source, runner, "exec")
-        except SyntaxError as exc:
-            report.add(files.label(runner), "runner_syntax", f"not valid Python ({exc.msg}, line {exc.lineno})")
-        missing = runner_mentions_arguments(source)
-        if missing:
-            report.add(files.label(runner), "runner_arguments", f"never mentions {', '.join(missing)}; the "
-                                                   f"organisers call it with --input, --output, --weights")
-    if sol + "requirements.txt" not in files.names:
-        report.add(sol + "requirements.txt", "no_requirements", "missing: list the packages run.py needs")
-    weights = sol + fmt.weights_file
-    if weights not in files.names:
-        report.add(files.label(weights), "no_weights", f"missing: the weights, under the key '{fmt.weights_key}'")
-        return
-    try:
-        data = files.read(weights, "weights")
-    except _Skipped:
-        return  # too large: already a problem
-    try:
-        # weights_only: unpickling may rebuild tensors and plain containers, never run code
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__
-        report.add(files.label(weights), "weights_unreadable",
-                   f"torch.load(weights_only=True) cannot read it ({reason})")
-        return
-    accepted = tuple(dict.fromkeys((fmt.weights_key, *WEIGHT_KEYS)))
-    key = next((k for k in accepted if isinstance(state, dict) and k in state), None)
-    if key is None:
-        keys = ", ".join(map(str, list(state)[:6])) if isinstance(state, dict) else type(state).__name__
-        report.add(files.label(weights), "no_weights_key",
-                   f"no '{fmt.weights_key}' key (nor {', '.join(repr(k) for k in accepted[1:])}; "
-                   f"found: {keys or 'nothing'})")
-        return
-    report.weights_key = key
-    if key != fmt.weights_key:
-        report.notes.append(f"{fmt.weights_file}: weights found under '{key}' (cpx package writes "
-                            f"'{fmt.weights_key}'); the zip's own {fmt.runner} must load that key")
-    weights_dict = state[key]
-    if not isinstance(weights_dict, dict) or not weights_dict or not all(
-            isinstance(v, torch.Tensor) for v in weights_dict.values()):
-        report.add(files.label(weights), "bad_state_dict", f"'{key}' is not a mapping of names to tensors")
-        return
-    report.weights_params = estimate_params(weights_dict)
-    if report.params is None:
-        report.params = report.weights_params
-        report.params_source = f"{fmt.weights_file} (excluding batch-norm statistics)"
-    elif report.params != report.weights_params:
-        # not a problem by itself: models may keep other buffers in their state_dict
-        report.notes.append(f"{MANIFEST} states {report.params:,} parameters; {fmt.weights_file} holds "
-                            f"{report.weights_params:,} weights besides batch-norm statistics")
-
-
-def _check_manifest(files: _Files, report: CheckReport) -> None:
+def _check_manifest(files: FileSource, report: CheckReport) -> None:
     if MANIFEST not in files.names:
         return
     try:
         manifest = json.loads(files.read(MANIFEST, "text"))
         if not isinstance(manifest, dict):
             raise ValueError("not a JSON object")
-    except _Skipped:
+    except Skipped:
         if not files.skipped(MANIFEST):
-            report.add(files.label(MANIFEST), "manifest_invalid", f"larger than {_mib(_READ_LIMIT['text'])}")
+            report.add(files.label(MANIFEST), "manifest_invalid", f"larger than {mib(READ_LIMIT['text'])}")
         return
     except ValueError as exc:
         report.add(files.label(MANIFEST), "manifest_invalid", f"not a valid manifest ({exc})")
@@ -551,7 +279,7 @@ def _check_manifest(files: _Files, report: CheckReport) -> None:
             report.add(files.label(name), "manifest_unlisted", "file is not listed in the manifest")
 
 
-def check_files(files: _Files, competition: Competition, report: CheckReport,
+def check_files(files: FileSource, competition: Competition, report: CheckReport,
                 test_sizes: Optional[dict[str, Size]] = None) -> CheckReport:
     """Masks, solution, manifest and parameter checks on a set of files; adds to ``report``
     and returns it. ``test_sizes`` maps each test image's stem to its (height, width); when
@@ -562,7 +290,7 @@ def check_files(files: _Files, competition: Competition, report: CheckReport,
         report.notes.append(f"unexpected top-level entry {top} (left as is)")
     _check_manifest(files, report)
     _check_masks(files, competition, report, test_sizes)
-    _check_solution(files, competition, report)
+    check_solution(files, competition, report)
     report.max_params = competition.max_params
     if report.params is not None:
         message = competition.check_params(report.params)
@@ -582,7 +310,7 @@ def check_folder(root: os.PathLike, competition: Competition,
     zip's top level); used on a staged package before it is zipped."""
     start = time.perf_counter()
     report = CheckReport(path=str(root), competition=competition.name)
-    check_files(_DirFiles(Path(root)), competition, report, test_sizes)
+    check_files(DirSource(Path(root)), competition, report, test_sizes)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -618,11 +346,11 @@ def check_zip(zip_path: os.PathLike, competition: Competition,
         report.entries = len(infos)
         if not infos:
             report.add("", "empty_zip", "the zip is empty")
-        skipped = _size_problems(infos, report)
-        _crc_problems(zf, infos, skipped, report)
-        keep = _entry_problems(infos, report)
+        skipped = size_problems(infos, report)
+        crc_problems(zf, infos, skipped, report)
+        keep = entry_problems(infos, report)
         mapping = _strip_nested_top([i.filename for i in keep], competition, report)
-        check_files(_ZipFiles(zf, mapping, frozenset(skipped)), competition, report, test_sizes)
+        check_files(ZipSource(zf, mapping, frozenset(skipped)), competition, report, test_sizes)
     report.seconds = time.perf_counter() - start
     return report
 

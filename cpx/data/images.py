@@ -32,6 +32,10 @@ from PIL import Image, UnidentifiedImageError
 from cpx.kernel.errors import DataError, Problem
 from cpx.kernel.files import atomic_write
 
+# Files `cpx predict` and a packaged solution/run.py treat as images, besides a competition's
+# own suffixes; anything else in an input folder is reported, not guessed at.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
 Size = tuple[int, int]  # (height, width)
 
 

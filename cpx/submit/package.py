@@ -278,7 +278,8 @@ def _find_test_images(job: _Job) -> None:
 
 def _predict_masks(job: _Job, stage: Path) -> None:
     """A mask for every test image, into ``stage/masks``, as the scorer will read them."""
-    from cpx.eval.predict import predict_folder, predictor_for_run
+    from cpx.eval.folders import predict_folder
+    from cpx.eval.predict import predictor_for_run
 
     masks_dir = stage / job.competition.submission.masks_dir
     masks_dir.mkdir(parents=True)

@@ -36,6 +36,7 @@ from typing import Optional, Sequence
 import torch
 
 from cpx.data.competition import Competition
+from cpx.data.images import IMAGE_SUFFIXES
 from cpx.kernel.errors import SubmissionError
 from cpx.kernel.files import atomic_torch_save, atomic_write_text
 
@@ -46,8 +47,6 @@ REQUIREMENTS = "requirements.txt"
 # What run.py and the model source need, as version ranges pip can resolve anywhere (not this
 # machine's exact builds): the torch range cpx itself supports, numpy and Pillow as cpx needs them
 REQUIREMENTS_LINES = ("torch>=2.2,<3", "numpy>=1.24", "pillow>=10")
-# images run.py reads besides the competition's own suffixes
-COMMON_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 # the runner shipped as solution/run.py: a standalone copy of cpx's own prediction, kept as a
 # real module beside this one so that tests can import it and compare it with the predictor
@@ -187,7 +186,7 @@ def export_solution(model: torch.nn.Module, dest: os.PathLike, competition: Comp
     dest.mkdir(parents=True, exist_ok=True)
     module_file = f"{src.module_name}.py"
     suffixes = list(dict.fromkeys([*(s.lower() for s in competition.layout.image_suffixes),
-                                   *COMMON_IMAGE_SUFFIXES]))
+                                   *IMAGE_SUFFIXES]))
     config = {
         "module": src.module_name,
         "builder": src.builder,

@@ -18,7 +18,7 @@ def test_cnn_recipes_resolve_and_build(cpx_workspace, cpx_host, recipe, model, s
     assert sum(p.numel() for p in net.parameters()) < PARAM_CAP
 
 
-@pytest.mark.parametrize("recipe, base_recipe", [("best", "cnn-cpu"), ("best-cpu", "cnn-cpu"),
+@pytest.mark.parametrize("recipe, base_recipe", [("best", "cnn-cpu-384"), ("best-cpu", "cnn-cpu"),
                                                 ("best-cpu-384", "cnn-cpu-384")])
 def test_the_winning_recipes_add_ema_and_corrected_labels_to_their_cnn(cpx_workspace, cpx_host, recipe,
                                                                        base_recipe):

@@ -14,6 +14,7 @@ from cpx.cli import main
 CASES = [
     # train
     (["train", "nope"], "unknown recipe 'nope'"),
+    (["train", "bset"], "unknown recipe 'bset'; did you mean best?"),
     (["train", "msf-lmsa", "--lr", "inf"], "optimizer.lr"),
     (["train", "msf-lmsa", "--lr", "-1"], "optimizer.lr"),
     (["train", "msf-lmsa", "--lr", "nan"], "optimizer.lr"),

@@ -111,6 +111,8 @@ def test_cli_bench_table_and_bad_values(cpx_workspace, capsys):
     assert "projected on NVIDIA A100 40GB (312.00 TFLOP/s, 1.55 TB/s;" in out.out and "lower bounds" in out.out
     assert code == 0, out.err[-2000:]
     assert "(512px images, run by the model at 32px;" in out.out  # the competition's images, the recipe's size
+    flat = " ".join(out.out.split())  # one timed step: the table says its figures are rough
+    assert "timed over 1 step of 2 images" in flat or "timed no slower than plain prediction" in flat
     for label in ("parameters", "FLOPs per image", "attainable (matmul)", "training", "prediction",
                   "peak memory (training)", "one epoch", "whole recipe"):
         assert label in out.out, label

@@ -8,6 +8,7 @@ another recipe. Built-in recipes ship in ``cpx_recipes``; YAML files in the work
 from __future__ import annotations
 
 import copy
+import difflib
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Optional
@@ -171,8 +172,10 @@ def load_recipe(ref: str, experiments_dir: Path, _seen: tuple = ()) -> dict:
         elif ref in shipped:
             data = _parse_yaml(shipped[ref], f"recipe {ref}")
         else:
-            known = ", ".join(sorted(set(local) | set(shipped)))
-            raise ConfigError(f"unknown recipe {ref!r}; known: {known}")
+            names = sorted(set(local) | set(shipped))
+            close = difflib.get_close_matches(ref, names, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"unknown recipe {ref!r}; {hint}known: {', '.join(names)}")
         name = ref
     base = data.pop("base", None)
     if base:

@@ -346,6 +346,10 @@ def data_counts(config, competition, workspace: Workspace) -> tuple[int, int]:
     return len(train), len(val)
 
 
+# fewer timed steps than this get a note that the figures are rough
+FEW_STEPS = 4
+
+
 def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2) -> BenchResult:
     """Every figure of a :class:`BenchResult` for a resolved config, in this process."""
     from cpx.eval.predict import Member, Predictor
@@ -398,6 +402,13 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2)
         rates.append(batch * steps / (time.perf_counter() - t0))
 
     n_train, n_val = data_counts(config, competition, workspace)
+    if rates[1] >= rates[0]:
+        notes.append(f"flip TTA (two views) timed no slower than plain prediction ({rates[1]:.1f} against "
+                     f"{rates[0]:.1f} images/s): the timings are noise on this machine; measure again with "
+                     "more --steps before planning with them")
+    elif steps < FEW_STEPS:
+        notes.append(f"timed over {steps} step{'s' if steps != 1 else ''} of {batch} images: on a shared "
+                     f"machine such figures can be off several times over; --steps {FEW_STEPS} or more to plan with")
     if not config.data.path:
         notes.append("no data folder: pixels are random and the data counts are the synthetic set's; "
                      "pass --data DIR for the real cost table")

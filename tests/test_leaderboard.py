@@ -157,6 +157,16 @@ def test_board_ranks_runs_and_submissions_with_predictions(ledger):
     assert rows["ens"].kind == "ensemble"
 
 
+def test_runs_on_generated_faces_are_marked_synthetic(ledger):
+    ledger.add_run(name="demo", recipe="msf-lmsa", competition="celebamask-mini", status="completed",
+                   best_val_f=0.49, config={"data": {"path": None}}, config_diff={"train.epochs": 30})
+    ledger.add_run(name="real", recipe="msf-lmsa", competition="celebamask-mini", status="completed",
+                   best_val_f=0.70, config={"data": {"path": "/data/celebamask-mini"}}, config_diff={})
+    rows = {r.label: r for r in build_leaderboard(ledger, competition="celebamask-mini").rows}
+    assert rows["demo"].synthetic and rows["demo"].key_config == "synthetic data, epochs=30"
+    assert not rows["real"].synthetic and rows["real"].key_config == ""
+
+
 def test_sort_by_test_uses_observed_then_predicted(ledger):
     build_ledger(ledger)
     board = build_leaderboard(ledger, sort="test", competition="celebamask-mini")

@@ -209,6 +209,12 @@ def short_config(diff: Optional[dict], limit: Optional[int] = None) -> str:
     return ", ".join(items)
 
 
+def _synthetic(run: dict) -> bool:
+    """Whether a cpx-trained run had no data folder, so trained on generated faces."""
+    config = run.get("config")
+    return run.get("kind") == "train" and isinstance(config, dict) and not (config.get("data") or {}).get("path")
+
+
 # ---------------------------------------------------------------- leaderboard
 
 
@@ -229,6 +235,8 @@ class Row:
     best_epoch: Optional[int] = None
     config_diff: dict = field(default_factory=dict)
     rank: int = 0
+    # trained on the competition profile's generated faces (no data.path): a demo, not a result
+    synthetic: bool = False
 
     @property
     def gap(self) -> Optional[float]:
@@ -238,7 +246,8 @@ class Row:
 
     @property
     def key_config(self) -> str:
-        return short_config(self.config_diff, limit=KEY_CONFIG_ITEMS)
+        text = short_config(self.config_diff, limit=KEY_CONFIG_ITEMS)
+        return ", ".join(t for t in ("synthetic data" if self.synthetic else "", text) if t)
 
     def rank_value(self, sort: str) -> Optional[float]:
         if sort == "test":
@@ -385,7 +394,7 @@ def build_leaderboard(ledger: Ledger, *, phase: str = "test", sort: str = "val",
         val, source, checkpoint = _run_val(ledger, run)
         common = dict(run_id=run["id"], run_name=run.get("name") or run["id"], kind=run.get("kind"),
                       best_epoch=run.get("best_epoch"), config_diff=run.get("config_diff") or {},
-                      train_val_f=run.get("best_val_f"))
+                      train_val_f=run.get("best_val_f"), synthetic=_synthetic(run))
         subs = subs_by_run.get(run["id"], [])
         if not subs:
             rows.append(Row(label=run.get("name") or run["id"], checkpoint=checkpoint, val_f=val,

@@ -12,7 +12,8 @@ from rich.table import Table
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.text import format_f
 from cpx.submit.package import PackageRequest, PackageResult, package
-from cpx.submit.zipcheck import CheckReport, check_submission
+from cpx.submit.checkreport import CheckReport
+from cpx.submit.zipcheck import check_submission
 
 from . import _common
 from ._common import console, err_console, print_json

@@ -35,8 +35,11 @@ class RegisterCompetition(Protocol):
     """The ``register`` callback of :func:`register_competitions`."""
 
     def __call__(self, name: str, competition: Competition, options: None = None,
-                 description: str = "") -> None:
-        """Register ``competition`` under ``name`` (which must equal ``competition.name``)."""
+                 description: str = "", origin: Optional[str] = None) -> None:
+        """Register ``competition`` under ``name`` (which must equal ``competition.name``);
+        ``origin`` names the file it was read from. A :class:`cpx.kernel.errors.ConfigError`
+        in place of the profile records a file that could not be read: asking for ``name``
+        then raises it."""
 
 
 ModelFactory = Callable[[BaseModel, int], "torch.nn.Module"]
@@ -69,6 +72,24 @@ class RegisterAugmentation(Protocol):
 
 
 PostprocessorFactory = Callable[[BaseModel, Competition], Callable[[Any], Any]]
+MetricFactory = Callable[[BaseModel, tuple], Any]
+SubmissionFormatFactory = Callable[[BaseModel, Competition], Any]
+
+
+class RegisterMetric(Protocol):
+    """The ``register`` callback of :func:`register_metrics`."""
+
+    def __call__(self, name: str, factory: MetricFactory, options: Optional[type[BaseModel]] = None,
+                 description: str = "") -> None:
+        """Register a metric factory ``factory(options, classes) -> cpx.eval.metrics.Metric``."""
+
+
+class RegisterSubmissionFormat(Protocol):
+    """The ``register`` callback of :func:`register_submission_formats`."""
+
+    def __call__(self, name: str, factory: SubmissionFormatFactory, options: Optional[type[BaseModel]] = None,
+                 description: str = "") -> None:
+        """Register a format factory ``factory(options, competition) -> cpx.submit.formats.SubmissionFormat``."""
 
 
 class RegisterPostprocessor(Protocol):
@@ -87,14 +108,17 @@ def register_competitions(register: RegisterCompetition) -> None:
     """Register competition profiles.
 
     :param register: ``register(name, competition, description="")`` where ``competition``
-        is a :class:`cpx.data.competition.Competition` (classes, palette, flip pairs, limits,
-        submission layout, rules).
+        is a :class:`cpx.data.competition.Competition` (classes, channels, layout, mask
+        encoding, metric, submission format, limits, rules), usually read from a YAML file
+        with :func:`cpx.data.competition.load_profile`. A workspace's own
+        ``competitions/*.yaml`` are registered the same way, by the built-in
+        ``cpx_plugins.competitions``.
 
     Example::
 
         @hookimpl
         def register_competitions(register):
-            register("my-challenge", Competition(name="my-challenge", classes=["bg", "road"]))
+            register("my-challenge", load_profile(Path(__file__).with_name("my-challenge.yaml")))
     """
 
 
@@ -189,6 +213,51 @@ def register_postprocessors(register: RegisterPostprocessor) -> None:
         @hookimpl
         def register_postprocessors(register):
             register("majority", create_majority_filter, options=MajorityOptions)
+    """
+
+
+# --- scoring and submitting: what the organisers rank, and the files they rank ---
+
+
+@hookspec
+def register_metrics(register: RegisterMetric) -> None:
+    """Register metrics a competition profile can rank by (``metric: {name: ..., ...}``).
+
+    :param register: ``register(name, factory, options=OptionsModel, description="")``.
+        ``factory(options, classes)`` gets the options written beside the name in the profile
+        (validated) and the competition's class names, and returns a
+        :class:`cpx.eval.metrics.Metric`: each image's value and the value over a set, both
+        from per-image confusion counts (tp, fp, fn per class), so per-image means and
+        dataset-pooled metrics share one contract. Pixels at the competition's ignore index
+        are never counted.
+
+    :func:`cpx.testing.check_metric` checks a registered metric.
+
+    Example::
+
+        @hookimpl
+        def register_metrics(register):
+            register("recall", lambda options, classes: MeanRecall(), description="mean class recall")
+    """
+
+
+@hookspec
+def register_submission_formats(register: RegisterSubmissionFormat) -> None:
+    """Register submission formats: what a zip holds for the scorer (``submission: {name: ...}``).
+
+    :param register: ``register(name, factory, options=OptionsModel, description="")``.
+        ``factory(options, competition)`` returns a :class:`cpx.submit.formats.SubmissionFormat`:
+        a writer (``cpx package``, and the references ``--official`` scoring lays out) and a
+        reader that decodes a zip or folder back into masks, naming each problem (``package
+        --check``, ``submit --zip``, ``cpx score``).
+
+    :func:`cpx.testing.check_submission_format` checks a registered format (a round trip).
+
+    Example::
+
+        @hookimpl
+        def register_submission_formats(register):
+            register("csv-rle", CsvRle, options=CsvRleOptions)
     """
 
 

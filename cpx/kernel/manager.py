@@ -24,11 +24,13 @@ from typing import Any, Iterable, Optional
 import pluggy
 
 from cpx.kernel import hookspecs
-from cpx.kernel.errors import PluginError
+from cpx.kernel.errors import ConfigError, PluginError
 from cpx.kernel.registry import Registry
 
 BUILTIN_PLUGINS = (
-    "cpx_plugins.celebamask",
+    "cpx_plugins.competitions",
+    "cpx_plugins.metrics",
+    "cpx_plugins.formats",
     "cpx_plugins.models",
     "cpx_plugins.losses",
     "cpx_plugins.augmentations",
@@ -42,6 +44,8 @@ KINDS = {
     "register_losses": "loss",
     "register_augmentations": "augmentation",
     "register_postprocessors": "postprocessor",
+    "register_metrics": "metric",
+    "register_submission_formats": "submission format",
 }
 
 
@@ -52,6 +56,7 @@ class PluginHost:
     manager: pluggy.PluginManager
     origins: dict[str, str] = field(default_factory=dict)  # plugin name -> where it came from
     failures: list[str] = field(default_factory=list)
+    _bound: set = field(default_factory=set)  # competitions whose metric and format were checked
 
     def register(self, plugin: Any, name: Optional[str] = None, origin: str = "builtin") -> None:
         """Add a plugin object or module; registries built after this see it."""
@@ -64,6 +69,7 @@ class PluginHost:
             raise PluginError(f"plugin {origin}: {exc}") from None
         self.origins[name] = origin
         self.__dict__.pop("registries", None)
+        self._bound.clear()
 
     @cached_property
     def registries(self) -> dict[str, Registry]:
@@ -77,8 +83,10 @@ class PluginHost:
             for impl in reversed(caller.get_hookimpls()):
                 origin = self.origins.get(impl.plugin_name, impl.plugin_name)
 
-                def register(name, target, options=None, description="", _origin=origin, _reg=registries[kind]):
-                    _reg.register(name, target, options=options, description=description, origin=_origin)
+                def register(name, target, options=None, description="", origin=None, _origin=origin,
+                             _reg=registries[kind]):
+                    # ``origin`` lets a plugin name the file a component came from (a profile)
+                    _reg.register(name, target, options=options, description=description, origin=origin or _origin)
 
                 try:
                     impl.function(register=register)
@@ -105,12 +113,34 @@ class PluginHost:
         return self.registries["postprocessor"]
 
     @property
+    def metrics(self) -> Registry:
+        return self.registries["metric"]
+
+    @property
+    def submission_formats(self) -> Registry:
+        return self.registries["submission format"]
+
+    @property
     def competitions(self) -> Registry:
         return self.registries["competition"]
 
     def competition(self, name: str):
-        """The :class:`cpx.data.competition.Competition` registered under ``name``."""
-        return self.competitions.get(name).target
+        """The :class:`cpx.data.competition.Competition` registered under ``name``, its metric
+        and submission format checked against this host's registries.
+
+        :raises UnknownComponent: no such competition (close names suggested).
+        :raises ConfigError: a profile file that does not validate, or names an unknown metric
+            or format (one line naming the file and field).
+        """
+        entry = self.competitions.get(name)
+        if name not in self._bound:
+            try:
+                entry.target.bind(self)
+            except ConfigError as exc:
+                where = entry.origin if entry.origin.endswith((".yaml", ".yml")) else f"competition {name}"
+                raise ConfigError("\n".join(f"{where}: {line}" for line in str(exc).splitlines())) from None
+            self._bound.add(name)
+        return entry.target
 
     def add_commands(self, app: Any) -> None:
         """Let every plugin add commands to the CLI ``app`` (``register_commands``)."""

@@ -9,7 +9,7 @@ from typing import Any, Iterator, Optional
 
 from pydantic import BaseModel, ValidationError
 
-from cpx.kernel.errors import ConfigError, PluginError, UnknownComponent
+from cpx.kernel.errors import ConfigError, CpxError, PluginError, UnknownComponent
 
 
 class NoOptions(BaseModel, extra="forbid"):
@@ -101,19 +101,26 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        # names whose definition could not be read (a profile file with an error): asking for
+        # one raises its error, which names the file and field, instead of "unknown"
+        self._broken: dict[str, tuple[CpxError, str]] = {}
 
     def register(self, name: str, target: Any, *, options: Optional[type[BaseModel]] = None,
                  description: str = "", origin: str = "?") -> None:
-        """Add a component.
+        """Add a component; a :class:`CpxError` as ``target`` records a definition that could
+        not be read, raised whenever ``name`` is asked for.
 
         :raises PluginError: empty name, a name already taken (naming both origins), or options
             that are not a pydantic model class.
         """
         if not isinstance(name, str) or not name:
             raise PluginError(f"{origin}: a {self.kind} needs a non-empty string name")
-        if name in self._entries:
-            first = self._entries[name].origin
+        if name in self._entries or name in self._broken:
+            first = self._entries[name].origin if name in self._entries else self._broken[name][1]
             raise PluginError(f"{self.kind} {name!r} is registered twice: by {first} and by {origin}")
+        if isinstance(target, CpxError):
+            self._broken[name] = (target, origin)
+            return
         if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
             raise PluginError(f"{origin}: options for {self.kind} {name!r} must be a pydantic model class")
         self._entries[name] = Entry(self.kind, name, target, options or NoOptions,
@@ -125,6 +132,8 @@ class Registry:
 
         :raises UnknownComponent: no such name; close names are suggested.
         """
+        if name in self._broken:
+            raise self._broken[name][0]
         try:
             return self._entries[name]
         except KeyError:
@@ -135,6 +144,10 @@ class Registry:
     def names(self) -> list[str]:
         """Every registered name, sorted."""
         return sorted(self._entries)
+
+    def broken(self) -> list[tuple[str, str, str]]:
+        """(name, origin, error) of every definition that could not be read."""
+        return [(n, origin, str(err)) for n, (err, origin) in sorted(self._broken.items())]
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -69,6 +69,11 @@ class Workspace:
         return self.experiments_dir / "cache"
 
     @property
+    def competitions_dir(self) -> Path:
+        """The workspace's own competition profiles, ``competitions/NAME.yaml``."""
+        return self.root / "competitions"
+
+    @property
     def submissions_dir(self) -> Path:
         return self.root / "submissions"
 

@@ -45,7 +45,8 @@ from cpx.runs.handle import RunHandle, open_run
 from cpx.runs.ledger import Ledger
 from cpx.submit.solution import export_solution, model_source, postprocess_sources, run_solution
 from cpx.submit.submissions import DEFAULT_PHASE, Budget, phase_budget, server_phase
-from cpx.submit.zipcheck import MANIFEST, CheckReport, check_folder, check_zip, image_sizes, list_test_images, refusal
+from cpx.submit.checkreport import CheckReport
+from cpx.submit.zipcheck import MANIFEST, check_folder, check_zip, image_sizes, list_test_images, refusal
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # A fixed timestamp keeps the same files zipping to the same bytes.

@@ -16,7 +16,7 @@ from cpx.submit.solution import runner_mentions_arguments
 from cpx.submit.zipentries import READ_LIMIT, FileSource, Skipped, mib
 
 if TYPE_CHECKING:
-    from cpx.submit.zipcheck import CheckReport
+    from cpx.submit.checkreport import CheckReport
 
 # Batch-norm statistics sit in a state_dict but are not trainable parameters.
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")

@@ -37,6 +37,7 @@ from cpx.data.images import BadFile, bad_ids_message, check_mask_mode
 from cpx.kernel.errors import ConfigError, DataError, Problem, SubmissionError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
+from cpx.submit.checkreport import CheckReport
 from cpx.submit.solutioncheck import check_solution, estimate_params
 from cpx.submit.zipentries import (
     MAX_MASK_PIXELS,
@@ -54,51 +55,6 @@ from cpx.submit.zipentries import (
 MANIFEST = "manifest.json"
 
 Size = tuple[int, int]  # (height, width)
-
-
-@dataclass
-class CheckReport:
-    """What :func:`check_zip` found. ``ok`` when ``problems`` is empty."""
-
-    path: str
-    competition: str
-    entries: int = 0
-    size_bytes: int = 0
-    masks: int = 0
-    # test images the masks were compared with; None when no test folder was known
-    test_images: Optional[int] = None
-    test_dir: Optional[str] = None
-    solution_required: bool = False
-    solution_files: list[str] = field(default_factory=list)
-    params: Optional[int] = None
-    params_source: str = ""
-    # floating-point weights in the checkpoint, batch-norm statistics left out
-    weights_params: Optional[int] = None
-    # the key the weights were found under in the checkpoint
-    weights_key: Optional[str] = None
-    max_params: Optional[int] = None
-    classes_seen: list[int] = field(default_factory=list)
-    manifest: Optional[dict] = None
-    problems: list[Problem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """No problems found."""
-        return not self.problems
-
-    def add(self, path: str, kind: str, message: str) -> None:
-        """Record a problem with ``path`` (as the user sees it in the zip)."""
-        self.problems.append(Problem(path, kind, message))
-
-    def to_dict(self) -> dict:
-        """Plain data for ``--json``; the manifest without its file list."""
-        out = asdict(self)
-        out["ok"] = self.ok
-        out["manifest"] = None if self.manifest is None else {
-            k: v for k, v in self.manifest.items() if k != "files"}
-        return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING
 from cpx.kernel.files import sha256_stream
 
 if TYPE_CHECKING:
-    from cpx.submit.zipcheck import CheckReport
+    from cpx.submit.checkreport import CheckReport
 
 # Files that archivers add on their own and that a scorer would count as extra entries.
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})

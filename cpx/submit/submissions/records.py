@@ -17,7 +17,8 @@ from cpx.runs.folder import RunFolder
 from cpx.runs.ledger import Ledger
 from cpx.submit.submissions.budget import used_in_phase
 from cpx.submit.submissions.scores import DEFAULT_PHASE, main_score, parse_score
-from cpx.submit.zipcheck import CheckReport, check_submission
+from cpx.submit.checkreport import CheckReport
+from cpx.submit.zipcheck import check_submission
 
 
 @dataclass

@@ -64,7 +64,7 @@ _IRIS = np.array([[70, 45, 30], [40, 28, 22], [90, 120, 150], [80, 110, 80], [12
 _METALS = np.array([[212, 175, 70], [196, 196, 204], [235, 230, 220], [150, 110, 60]], np.float32)
 
 
-def synthesize_faces(count: int, size: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def synthesize(count: int, size: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``count`` (image RGB uint8 size x size x 3, mask uint8 size x size) face-parsing pairs.
 
     Sample ``i`` depends only on ``(seed, i)``.

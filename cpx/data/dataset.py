@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from cpx.data.competition import Competition
-from cpx.data.images import BadFile, Size, bad_ids_message, mask_array, open_image, read_rgb, relative_path
+from cpx.data.images import BadFile, Size, read_image, read_mask, relative_path
 from cpx.data.layout import scan
 from cpx.kernel.errors import DataError
 from cpx.kernel.files import atomic_write
@@ -40,19 +40,15 @@ Progress = Optional[Callable[[int, int], None]]
 # Decoding single files
 
 
-def _decode_pair(img_path: Path, mask_path: Path, size: int, num_classes: int
+def _decode_pair(img_path: Path, mask_path: Path, size: int, competition: Competition
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """One training pair at size x size: (3 x S x S, S x S), validated."""
-    with open_image(mask_path, "mask", decode=True) as m:
-        mask = mask_array(m, mask_path)
-    image, original = read_rgb(img_path, size)
+    """One training pair at size x size: (C x S x S, S x S class ids), validated."""
+    mask = read_mask(mask_path, competition)
+    image, original = read_image(img_path, competition.channels, competition.pixel_max, size)
     if mask.shape != original:
         raise BadFile(mask_path, "size_mismatch",
-                   f"mask is {mask.shape[0]}x{mask.shape[1]} but {img_path.name} is "
-                   f"{original[0]}x{original[1]} (height x width)")
-    if mask.size and int(mask.max()) >= num_classes:
-        raise BadFile(mask_path, "bad_class",
-                   bad_ids_message(np.unique(mask[mask >= num_classes]), num_classes))
+                      f"mask is {mask.shape[0]}x{mask.shape[1]} but {img_path.name} is "
+                      f"{original[0]}x{original[1]} (height x width)")
     if mask.shape != (size, size):
         mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
     return image.transpose(2, 0, 1), mask
@@ -122,7 +118,7 @@ def _load_cached(paths: tuple[Path, Path], n: int, size: int, mmap: bool
         masks = np.load(mask_path, mmap_mode=mode, allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return None
-    if (images.shape != (n, 3, size, size) or masks.shape != (n, size, size)
+    if (images.shape[0] != n or images.shape[2:] != (size, size) or masks.shape != (n, size, size)
             or images.dtype != np.uint8 or masks.dtype != np.uint8):
         return None
     return images, masks
@@ -177,12 +173,11 @@ def load_dataset(root: os.PathLike, competition: Competition, names: Sequence[st
                             f"{name}{competition.layout.mask_suffix} in {mask_dir}")
         pairs.append((found.images[name], found.masks[name]))
 
-    images = np.empty((len(names), 3, size, size), dtype=np.uint8)
+    images = np.empty((len(names), competition.channels, size, size), dtype=np.uint8)
     masks = np.empty((len(names), size, size), dtype=np.uint8)
-    k = competition.num_classes
 
     def work(i: int) -> None:
-        images[i], masks[i] = _decode_pair(pairs[i][0], pairs[i][1], size, k)
+        images[i], masks[i] = _decode_pair(pairs[i][0], pairs[i][1], size, competition)
 
     _run_indexed(work, len(pairs), workers, progress)
 
@@ -213,21 +208,22 @@ def _run_indexed(work: Callable[[int], None], n: int, workers: Optional[int],
             raise bad.error() from None
 
 
-def load_images(paths: Sequence[os.PathLike], image_size: Optional[int] = None, *,
-                workers: Optional[int] = None, progress: Progress = None
+def load_images(paths: Sequence[os.PathLike], image_size: Optional[int] = None, *, channels: int = 3,
+                pixel_max: Optional[int] = None, workers: Optional[int] = None, progress: Progress = None
                 ) -> tuple[Union[torch.Tensor, list[torch.Tensor]], list[Size]]:
     """Unlabelled images and their original (height, width) sizes.
 
-    With ``image_size`` the images come back as one N x 3 x S x S uint8 tensor; without it,
-    as a list of 3 x H x W uint8 tensors at their own sizes.
+    With ``image_size`` the images come back as one N x C x S x S uint8 tensor; without it,
+    as a list of C x H x W uint8 tensors at their own sizes (C = ``channels``; 16-bit images
+    need ``pixel_max``, see :func:`cpx.data.images.read_image`).
     """
     paths = [Path(p) for p in paths]
     sizes: list[Optional[Size]] = [None] * len(paths)
     if image_size is not None:
-        batch = np.empty((len(paths), 3, image_size, image_size), dtype=np.uint8)
+        batch = np.empty((len(paths), channels, image_size, image_size), dtype=np.uint8)
 
         def into_batch(i: int) -> None:
-            arr, sizes[i] = read_rgb(paths[i], image_size)
+            arr, sizes[i] = read_image(paths[i], channels, pixel_max, image_size)
             batch[i] = arr.transpose(2, 0, 1)
 
         _run_indexed(into_batch, len(paths), workers, progress)
@@ -236,7 +232,7 @@ def load_images(paths: Sequence[os.PathLike], image_size: Optional[int] = None, 
     singles: list[Optional[torch.Tensor]] = [None] * len(paths)
 
     def one(i: int) -> None:
-        arr, sizes[i] = read_rgb(paths[i], None)
+        arr, sizes[i] = read_image(paths[i], channels, pixel_max)
         singles[i] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
     _run_indexed(one, len(paths), workers, progress)

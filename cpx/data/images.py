@@ -1,11 +1,16 @@
 """Image and mask files: the one reader and writer every command uses.
 
-Images decode to RGB uint8 (``H x W x 3``) from every mode Pillow opens: 8-bit modes convert
-as Pillow does, 16-bit greyscale keeps its top 8 bits, and modes that cannot be shown as
-8-bit RGB without guessing (floating point, 32-bit integers over 16 bits) are refused. Masks
-are single-channel PNGs (palette "P" or greyscale "L") whose pixel values are class ids; a
-mask stored in a lossy format (JPEG bytes under a ``.png`` name) is refused, since lossy
-compression changes class ids. Sizes are (height, width), the order torch uses.
+Images decode to ``H x W x C`` uint8, C being the competition's channels (bands). Through
+Pillow (JPEG, PNG, ...) 8-bit modes convert as Pillow does (greyscale repeated into RGB, RGBA
+to RGB without its alpha, RGBA kept whole for 4 channels); through tifffile (``.tif``/``.tiff``)
+one-band, band-interleaved and planar tiles of any band count read as stored. 16-bit images map
+``0..pixel_max`` linearly onto ``0..255`` (the profile's ``pixel_max``; without one, Pillow's
+16-bit greyscale keeps its top byte and 16-bit TIFF is refused, naming the field to set);
+floating-point images, and a band count other than the competition's channels, are refused
+in one line. Masks are one band of integers (PNG in mode P, L, 1 or I;16, or a TIFF); a mask
+stored in a lossy format (JPEG bytes under a ``.png`` name) is refused, since lossy compression
+changes class ids. Stored values become class ids through the profile's mask encoding
+(:class:`cpx.data.masks.MaskCodec`). Sizes are (height, width), the order torch uses.
 
 EXIF orientation: cpx uses the pixels as stored and ignores the EXIF rotation tag, as the
 competition's masks and scorer do (the masks align with the stored pixels); ``cpx data check``
@@ -21,20 +26,29 @@ naming the file.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cpx.data.masks import IGNORE, MaskCodec, UnknownValues, bad_ids_message
 from cpx.kernel.errors import DataError, Problem
 from cpx.kernel.files import atomic_write
+
+if TYPE_CHECKING:
+    from cpx.data.competition import Competition
 
 # Files `cpx predict` and a packaged solution/run.py treat as images, besides a competition's
 # own suffixes; anything else in an input folder is reported, not guessed at.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Read and written with tifffile (any band count, 16-bit, planar), not Pillow.
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+__all__ = ["IGNORE", "bad_ids_message"]  # re-exported from cpx.data.masks
 
 Size = tuple[int, int]  # (height, width)
 
@@ -78,11 +92,14 @@ def unreadable(path: Path, what: str, exc: BaseException) -> BadFile:
     return BadFile(path, "unreadable", f"cannot read {what} ({reason})")
 
 
-def open_image(path: Path, what: str, decode: bool) -> Image.Image:
-    """``Image.open`` (and with ``decode`` the full decode) with one-line failures.
+def open_image(path, what: str, decode: bool, name: Optional[Path] = None) -> Image.Image:
+    """``Image.open`` of a path or a binary file object (``name`` then labels it), and with
+    ``decode`` the full decode, with one-line failures.
 
     :raises BadFile: unreadable, truncated, not an image, or over Pillow's pixel limit.
     """
+    label = Path(name) if name is not None else Path(path) if isinstance(path, (str, os.PathLike)) else Path("<file>")
+    path = path if not isinstance(path, str) else Path(path)
     try:
         with warnings.catch_warnings():
             # between one and two times the limit Pillow only warns; that is too big here too
@@ -94,10 +111,10 @@ def open_image(path: Path, what: str, decode: bool) -> Image.Image:
     except MemoryError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadFile(path, "too_large", f"{what} is too large to open safely (over Pillow's limit of "
+        raise BadFile(label, "too_large", f"{what} is too large to open safely (over Pillow's limit of "
                       f"{Image.MAX_IMAGE_PIXELS:,} pixels); it may be a decompression bomb") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ...
-        raise unreadable(path, what, exc) from None
+        raise unreadable(label, what, exc) from None
 
 
 def exif_rotation(img: Image.Image) -> Optional[int]:
@@ -109,144 +126,354 @@ def exif_rotation(img: Image.Image) -> Optional[int]:
     return int(value) if isinstance(value, int) and value not in (0, 1) else None
 
 
-def rgb_array(img: Image.Image, path: Path) -> np.ndarray:
-    """The image as RGB uint8, ``H x W x 3``, from any mode (module docstring).
+Source = Union[os.PathLike, str, bytes]  # a file, or a file's bytes (a zip entry)
 
-    :raises BadFile: a mode that has no faithful 8-bit RGB form.
+
+def _is_tiff(path: Path, data: Optional[bytes] = None) -> bool:
+    if data is not None:
+        return data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    return path.suffix.lower() in TIFF_SUFFIXES
+
+
+def _scale16(values: np.ndarray, pixel_max: Optional[int], path: Path, what: str) -> np.ndarray:
+    """16-bit values as 8-bit: ``0..pixel_max`` linearly onto ``0..255`` (rounded, clipped)."""
+    if pixel_max is None:
+        raise BadFile(path, "image_depth", f"16-bit {what}; set pixel_max in the competition profile (the "
+                      "largest value its images use, e.g. 4095 or 65535) to read it")
+    scaled = np.rint(values.astype(np.float32) * (255.0 / pixel_max))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def _bands(arr: np.ndarray, channels: int, path: Path, origin: str) -> np.ndarray:
+    """``H x W x B`` as ``H x W x channels``: one band repeats into three (greyscale to RGB);
+    any other count than ``channels`` is refused."""
+    bands = arr.shape[2]
+    if bands == channels:
+        return arr
+    if bands == 1 and channels == 3:
+        return np.repeat(arr, 3, axis=2)
+    raise BadFile(path, "image_bands", f"{origin} has {bands} band{'s' if bands != 1 else ''}, but the competition "
+                  f"takes {channels} channel{'s' if channels != 1 else ''} (its profile's channels)")
+
+
+def pixel_array(img: Image.Image, path: Path, channels: int = 3, pixel_max: Optional[int] = None) -> np.ndarray:
+    """An opened Pillow image as ``H x W x channels`` uint8 (module docstring).
+
+    :raises BadFile: a mode with no faithful 8-bit form, or a band count the competition does
+        not take.
     """
     mode = img.mode
-    if mode == "RGB":
-        return np.asarray(img)
     if mode.startswith("I;16") or mode == "I":
         values = np.asarray(img)
         top = int(values.max()) if values.size else 0
         if mode == "I" and (values.size and int(values.min()) < 0 or top > 65535):
             raise BadFile(path, "image_mode", "32-bit integer image with values outside 0..65535; "
-                          "save it as 8-bit RGB")
-        if top > 255 or mode.startswith("I;16"):
-            values = values.astype(np.uint32) >> 8  # 16-bit: keep the top byte
-        grey = values.astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
+                          "save it as 8-bit")
+        if pixel_max is not None:
+            grey = _scale16(values, pixel_max, path, "image")
+        elif top > 255 or mode.startswith("I;16"):
+            grey = (values.astype(np.uint32) >> 8).astype(np.uint8)  # 16-bit: keep the top byte
+        else:
+            grey = values.astype(np.uint8)
+        return _bands(grey[:, :, None], channels, path, "the image")
     if mode == "F":
-        raise BadFile(path, "image_mode", "floating-point image (mode F); save it as 8-bit RGB")
-    return np.asarray(img.convert("RGB"))
+        raise BadFile(path, "image_mode", "floating-point image (mode F); save it as 8- or 16-bit integers")
+    if channels == 1:
+        return np.asarray(img.convert("L"))[:, :, None]
+    if channels == 4 and mode in ("RGBA", "CMYK"):
+        return np.asarray(img if mode == "RGBA" else img.convert("RGBA"))
+    if channels == 3:
+        return np.asarray(img if mode == "RGB" else img.convert("RGB"))
+    raise BadFile(path, "image_bands", f"the image is {mode} ({len(img.getbands())} bands), but the competition "
+                  f"takes {channels} channels; save {channels}-band images as TIFF")
 
 
-def inspect_image(path: Path) -> Size:
-    """(height, width) of an image file that decodes in full to RGB.
+def rgb_array(img: Image.Image, path: Path) -> np.ndarray:
+    """The image as RGB uint8, ``H x W x 3`` (:func:`pixel_array` with 3 channels)."""
+    return pixel_array(img, path, 3)
 
-    :raises BadFile: it does not (see :func:`read_rgb`).
+
+def _tiff_array(source: Source, path: Path, what: str, max_pixels: Optional[int]) -> np.ndarray:
+    """The first image of a TIFF as ``H x W x B`` (bands last), its size checked against
+    Pillow's pixel limit before anything is decoded.
+
+    :raises BadFile: unreadable, too large, or an axis layout that is not one image.
     """
-    arr, original = read_rgb(path, None)
-    return original
+    import tifffile
+
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else str(path)
+        with tifffile.TiffFile(handle) as tif:
+            series = tif.series[0]
+            axes, shape = series.axes, series.shape
+            keep = [i for i, a in enumerate(axes) if a in "YXSC" and not (a in "SC" and shape[i] == 1)]
+            if any(shape[i] != 1 for i, a in enumerate(axes) if i not in keep):
+                raise BadFile(path, "tiff_layout", f"{what} is a TIFF of several images (axes {axes}, shape "
+                              f"{tuple(shape)}); cpx reads one image per file")
+            if "Y" not in axes or "X" not in axes:
+                raise BadFile(path, "tiff_layout", f"{what} is a TIFF without rows and columns (axes {axes})")
+            h, w = shape[axes.index("Y")], shape[axes.index("X")]
+            if max_pixels and h * w > max_pixels:
+                raise BadFile(path, "too_large", f"{what} is too large to open safely ({w}x{h}, over the limit "
+                              f"of {max_pixels:,} pixels); it may be a decompression bomb")
+            arr = series.asarray()
+    except BadFile:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct errors, ...
+        raise unreadable(path, what, exc) from None
+    kept_axes = "".join(axes[i] for i in keep)
+    arr = arr.reshape([shape[i] for i in keep])
+    band_axis = next((i for i, a in enumerate(kept_axes) if a in "SC"), None)
+    if band_axis is None:
+        arr = arr[:, :, None]
+    else:
+        order = [kept_axes.index("Y"), kept_axes.index("X"), band_axis]
+        arr = arr.transpose(order)
+    return arr
 
 
-def check_mask_mode(img: Image.Image, path: Path, modes: Sequence[str] = ("P", "L", "1")) -> None:
-    """A mask must be a PNG (lossless) with one channel of class ids in one of ``modes``.
+def _tiff_pixels(arr: np.ndarray, path: Path, channels: int, pixel_max: Optional[int]) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype in (np.uint16, np.int16) and (arr.dtype == np.uint16 or not arr.size or arr.min() >= 0):
+        out = _scale16(arr, pixel_max, path, "image")
+    elif arr.dtype == bool:
+        out = arr.astype(np.uint8) * 255
+    else:
+        raise BadFile(path, "image_mode", f"{arr.dtype} pixels; cpx reads 8- and 16-bit integer images")
+    return _bands(np.ascontiguousarray(out), channels, path, "the image")
+
+
+def read_image(path: os.PathLike, channels: int = 3, pixel_max: Optional[int] = None,
+               size: Optional[int] = None) -> tuple[np.ndarray, Size]:
+    """An image file as ``H x W x channels`` uint8 (resized to ``size`` x ``size`` when given,
+    bilinear with antialiasing, band by band) and its original (height, width).
+
+    :raises BadFile: unreadable, truncated, too large, a mode with no faithful 8-bit form, or
+        another band count than ``channels``.
+    """
+    path = Path(path)
+    if _is_tiff(path):
+        arr = _tiff_pixels(_tiff_array(path, path, "image", Image.MAX_IMAGE_PIXELS), path, channels, pixel_max)
+    else:
+        with open_image(path, "image", decode=True) as img:
+            try:
+                arr = pixel_array(img, path, channels, pixel_max)
+            except (MemoryError, BadFile):
+                raise
+            except Exception as exc:
+                raise unreadable(path, "image", exc) from None
+    original = (int(arr.shape[0]), int(arr.shape[1]))
+    if size is not None and original != (size, size):
+        arr = resize_bands(arr, (size, size))
+    return arr, original
+
+
+def resize_bands(arr: np.ndarray, hw: Size) -> np.ndarray:
+    """``H x W x C`` uint8 resized to ``hw`` with Pillow's bilinear filter (antialiased when
+    shrinking), one band at a time when there are not exactly 3: the pixels every training
+    cache and prediction use."""
+    h, w = hw
+    if arr.shape[2] == 3:
+        return np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR))
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(arr[:, :, c])).resize((w, h), Image.Resampling.BILINEAR))
+              for c in range(arr.shape[2])]
+    return np.stack(planes, axis=2)
+
+
+def read_rgb(path: os.PathLike, size: Optional[int] = None) -> tuple[np.ndarray, Size]:
+    """:func:`read_image` with 3 channels."""
+    return read_image(path, 3, None, size)
+
+
+def image_size(path: os.PathLike) -> Size:
+    """(height, width) of an image file, from its header (nothing decoded).
+
+    :raises BadFile: unreadable, not an image, or over the pixel limit.
+    """
+    path = Path(path)
+    if _is_tiff(path):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(str(path)) as tif:
+                series = tif.series[0]
+                axes, shape = series.axes, series.shape
+                h, w = shape[axes.index("Y")], shape[axes.index("X")]
+        except Exception as exc:
+            raise unreadable(path, "image", exc) from None
+        if h * w > Image.MAX_IMAGE_PIXELS:
+            raise BadFile(path, "too_large", f"image is too large to open safely ({w}x{h}, over Pillow's limit of "
+                          f"{Image.MAX_IMAGE_PIXELS:,} pixels); it may be a decompression bomb")
+        return int(h), int(w)
+    with open_image(path, "image", decode=False) as img:
+        return img.height, img.width
+
+
+def inspect_image(path: Path, channels: int = 3, pixel_max: Optional[int] = None) -> Size:
+    """(height, width) of an image file that decodes in full to ``channels`` bands.
+
+    :raises BadFile: it does not (see :func:`read_image`).
+    """
+    return read_image(path, channels, pixel_max)[1]
+
+
+MASK_MODES = ("P", "L", "1", "I;16", "I;16B", "I;16L", "I")
+
+
+def check_mask_mode(img: Image.Image, path: Path, modes: Sequence[str] = MASK_MODES) -> None:
+    """A mask must be lossless (PNG, or TIFF) with one band of integers in one of ``modes``.
 
     :raises BadFile: another format, several channels, or another mode.
     """
-    if img.format not in (None, "PNG"):
-        raise BadFile(path, "mask_format", f"mask is stored as {img.format}, not PNG: a lossy format changes "
-                      "class ids at every edge; save masks as PNG")
+    if img.format not in (None, "PNG", "TIFF"):
+        raise BadFile(path, "mask_format", f"mask is stored as {img.format}, not PNG or TIFF: a lossy format "
+                      "changes class ids at every edge; save masks as PNG")
     bands = img.getbands()
     if len(bands) > 1:
         raise BadFile(path, "mask_channels",
-                   f"mask has {len(bands)} channels ({img.mode}); expected one channel of class "
-                   f"ids (mode P or L)")
+                      f"mask has {len(bands)} channels ({img.mode}); expected one channel of class "
+                      f"ids (mode P or L)")
     if img.mode not in modes:
         raise BadFile(path, "mask_mode", f"mask mode {img.mode} is not supported; expected "
-                      f"{' or '.join(m for m in modes if m != '1')}")
+                      f"{' or '.join(m for m in modes if m in ('P', 'L'))}")
 
 
-def mask_array(img: Image.Image, path: Path, modes: Sequence[str] = ("P", "L", "1")) -> np.ndarray:
-    """The class ids of an opened mask, ``H x W`` uint8 (see :func:`check_mask_mode`)."""
+def mask_array(img: Image.Image, path: Path, modes: Sequence[str] = MASK_MODES) -> np.ndarray:
+    """The stored values of an opened mask, ``H x W`` uint8 (uint16 for 16-bit masks); see
+    :func:`check_mask_mode`."""
     check_mask_mode(img, path, modes)
     try:
-        # for mode P this is the palette indices, which are the class ids
+        # for mode P this is the palette indices, which are the stored values
         arr = np.asarray(img)
     except MemoryError:
         raise
     except Exception as exc:
         raise unreadable(path, "mask", exc) from None
-    return arr.astype(np.uint8) if arr.dtype != np.uint8 else arr
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise BadFile(path, "mask_mode", "mask values outside 0..65535")
+    return arr.astype(np.uint16)
 
 
-def bad_ids_message(ids: Iterable[int], num_classes: int) -> str:
-    """``class ids 19, 25 outside 0..18``: the out-of-range ids, at most ten shown."""
-    ids = sorted(int(i) for i in ids)
-    shown = ", ".join(str(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
-    noun = "class id" if len(ids) == 1 else "class ids"
-    return f"{noun} {shown} outside 0..{num_classes - 1}"
+def _stored_mask(source: Source, path: Path, modes: Sequence[str]) -> np.ndarray:
+    """A mask file's (or bytes') stored values, ``H x W`` uint8 or uint16."""
+    data = source if isinstance(source, bytes) else None
+    if _is_tiff(path, data) if data is not None else _is_tiff(path):
+        arr = _tiff_array(source, path, "mask", Image.MAX_IMAGE_PIXELS)
+        if arr.shape[2] != 1:
+            raise BadFile(path, "mask_channels", f"mask has {arr.shape[2]} bands; expected one band of class ids")
+        arr = arr[:, :, 0]
+        if arr.dtype == bool:
+            return arr.astype(np.uint8)
+        if arr.dtype.kind not in "ui" or (arr.size and (arr.min() < 0 or arr.max() > 65535)):
+            raise BadFile(path, "mask_mode", f"mask holds {arr.dtype} values; expected integer class ids")
+        return np.ascontiguousarray(arr.astype(np.uint8 if arr.size == 0 or arr.max() <= 255 else np.uint16))
+    opened = io.BytesIO(data) if data is not None else path
+    with open_image(opened, "mask", decode=True, name=path) as img:
+        return mask_array(img, path, modes)
 
 
-def read_mask(path: os.PathLike, num_classes: Optional[int] = None,
-              modes: Sequence[str] = ("P", "L", "1")) -> np.ndarray:
-    """A mask's class ids as an ``H x W`` uint8 array.
+def read_mask(source: Source, competition: Optional["Competition"] = None, *, name: Optional[str] = None,
+              modes: Sequence[str] = MASK_MODES) -> np.ndarray:
+    """A mask's class ids as an ``H x W`` uint8 array (:data:`IGNORE` at the competition's ignore
+    index), from a file or from a file's bytes (``name`` then labels it). Without a
+    ``competition`` the stored values come back as they are (uint8 or uint16).
 
-    :raises DataError: an unreadable file, a lossy format, a multi-channel mask, a mode not in
-        ``modes`` or (when ``num_classes`` is given) a class id out of range.
+    :raises DataError: an unreadable file, a lossy format, several channels, a mode not in
+        ``modes``, or a stored value the competition's mask encoding has no class for, in one
+        line naming the file.
     """
-    path = Path(path)
+    path = Path(name) if name is not None else Path(source) if not isinstance(source, bytes) else Path("<mask>")
     try:
-        with open_image(path, "mask", decode=True) as img:
-            arr = mask_array(img, path, modes)
-        if num_classes is not None and arr.size and int(arr.max()) >= num_classes:
-            raise BadFile(path, "bad_class",
-                       bad_ids_message(np.unique(arr[arr >= num_classes]), num_classes))
+        stored = _stored_mask(source, path, modes)
+        if competition is None:
+            return stored
+        try:
+            return MaskCodec(competition).decode(stored)
+        except UnknownValues as exc:
+            raise BadFile(path, "bad_class", str(exc)) from None
     except BadFile as bad:
         raise bad.error() from None
-    return arr
 
 
-def read_rgb(path: os.PathLike, size: Optional[int] = None) -> tuple[np.ndarray, Size]:
-    """An image file as RGB uint8 ``H x W x 3`` (resized to ``size`` x ``size`` when given,
-    bilinear with antialiasing) and its original (height, width).
-
-    :raises BadFile: unreadable, truncated, too large, or a mode with no faithful RGB form.
-    """
+def write_mask(path: os.PathLike, ids: np.ndarray, competition: "Competition") -> None:
+    """Write class ids as the competition stores masks: its value map and ignore index, a PNG in
+    its mask mode (P with the palette, or L; 16-bit greyscale when a stored value is over 255),
+    or a one-band TIFF for ``.tif``/``.tiff``; atomically."""
     path = Path(path)
-    with open_image(path, "image", decode=True) as img:
-        original = (img.height, img.width)
-        try:
-            arr = rgb_array(img, path)
-            if size is not None and original != (size, size):
-                # PIL widens the bilinear kernel when shrinking, so this is antialiased
-                arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
-        except (MemoryError, BadFile):
-            raise
-        except Exception as exc:
-            raise unreadable(path, "image", exc) from None
-    return arr, original
-
-
-def write_mask(path: os.PathLike, mask: np.ndarray, palette: Sequence[int]) -> None:
-    """Write class ids as a single-channel palette PNG."""
-    arr = np.asarray(mask)
+    arr = np.asarray(ids)
     if arr.ndim != 2:
         raise DataError(f"{path}: a mask must be H x W, got shape {arr.shape}")
     if arr.dtype != np.uint8:
         if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise DataError(f"{path}: mask values must fit in 0..255")
+            raise DataError(f"{path}: class ids must fit in 0..255")
         arr = arr.astype(np.uint8)
-    pal = [int(v) for v in palette]
-    if len(pal) > 768 or len(pal) % 3:
-        raise DataError(f"{path}: a palette is up to 256 RGB triples, got {len(pal)} values")
-    # a P image built from raw bytes keeps every value as its own palette index
-    img = Image.frombytes("P", (arr.shape[1], arr.shape[0]), np.ascontiguousarray(arr).tobytes())
-    img.putpalette(pal + [0] * (768 - len(pal)))
-    atomic_write(Path(path), lambda f: img.save(f, format="PNG"))
+    stored = MaskCodec(competition).encode(arr)
+    write_stored_mask(path, stored, competition.masks.mode, competition.palette_bytes())
 
 
-def write_image(path: os.PathLike, rgb: np.ndarray) -> None:
-    """Write an H x W x 3 uint8 image: JPEG (quality 95) for .jpg/.jpeg, PNG otherwise."""
+def write_stored_mask(path: os.PathLike, stored: np.ndarray, mode: str = "P",
+                      palette: Optional[Sequence[int]] = None) -> None:
+    """Write stored mask values as they are: a one-band TIFF for ``.tif``/``.tiff``, else a PNG
+    in ``mode`` (P with ``palette``, or L; 16-bit greyscale for uint16 values); atomically."""
     path = Path(path)
-    arr = np.asarray(rgb)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise DataError(f"{path}: an image must be H x W x 3 uint8, got {arr.dtype} {arr.shape}")
+    arr = np.ascontiguousarray(stored)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        _atomic_tiff(path, arr, photometric="minisblack")
+        return
+    if arr.dtype == np.uint16:
+        img = Image.fromarray(arr.astype(np.uint16), mode="I;16")
+    elif mode == "P":
+        pal = [int(v) for v in (palette if palette is not None else [i for i in range(256) for _ in range(3)])]
+        if len(pal) > 768 or len(pal) % 3:
+            raise DataError(f"{path}: a palette is up to 256 RGB triples, got {len(pal)} values")
+        # a P image built from raw bytes keeps every value as its own palette index
+        img = Image.frombytes("P", (arr.shape[1], arr.shape[0]), arr.astype(np.uint8).tobytes())
+        img.putpalette(pal + [0] * (768 - len(pal)))
+    else:
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+def _atomic_tiff(path: Path, arr: np.ndarray, **options) -> None:
+    """A TIFF (zlib-compressed) written atomically; tifffile needs a named file, so it is
+    encoded in memory first."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.ascontiguousarray(arr), compression="zlib", **options)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def write_image(path: os.PathLike, pixels: np.ndarray) -> None:
+    """Write an ``H x W x C`` (or ``H x W``) uint8 image: JPEG (quality 95) for .jpg/.jpeg (1 or
+    3 bands), a TIFF for .tif/.tiff (any bands, uint8 or uint16), PNG otherwise (1, 3 or 4
+    bands); atomically."""
+    path = Path(path)
+    arr = np.asarray(pixels)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
+            raise DataError(f"{path}: a TIFF image must be H x W (x C) uint8 or uint16, got {arr.dtype} {arr.shape}")
+        photometric = "rgb" if arr.ndim == 3 and arr.shape[2] == 3 else "minisblack"
+        _atomic_tiff(path, arr, photometric=photometric,
+                     planarconfig="contig" if arr.ndim == 3 else None)
+        return
+    bands = 1 if arr.ndim == 2 else arr.shape[2]
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or bands not in ((1, 3) if suffix in (".jpg", ".jpeg")
+                                                                        else (1, 3, 4)):
+        raise DataError(f"{path}: an image must be H x W x 3 uint8 (1 or 4 bands: PNG or TIFF, more: TIFF), "
+                        f"got {arr.dtype} {arr.shape}")
     img = Image.fromarray(np.ascontiguousarray(arr))
-    if path.suffix.lower() in (".jpg", ".jpeg"):
+    if suffix in (".jpg", ".jpeg"):
         atomic_write(path, lambda f: img.save(f, format="JPEG", quality=95))
     else:
         atomic_write(path, lambda f: img.save(f, format="PNG"))
-

@@ -17,7 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from cpx.data.competition import Competition
-from cpx.data.images import bad_ids_message, relative_path, write_image, write_mask
+from cpx.data.images import relative_path, write_image, write_mask
+from cpx.data.masks import bad_ids_message
 from cpx.kernel.errors import DataError, Problem
 
 SYNTH_PREFIX = "synth_"
@@ -103,53 +104,59 @@ def test_image_paths(root: os.PathLike, competition: Competition) -> list[Path]:
 
 def write_dataset(root: os.PathLike, competition: Competition,
                   samples: Iterable[tuple[np.ndarray, np.ndarray]], test_count: int = 0, *,
-                  exist_ok: bool = False) -> tuple[int, int]:
-    """Write (image, mask) pairs into the competition layout as synth_00000, synth_00001, ...
+                  val_count: int = 0, exist_ok: bool = False) -> tuple[int, int]:
+    """Write (image, mask) pairs (class ids) into the competition layout as synth_00000,
+    synth_00001, ... with its first image suffix, its mask names and its mask encoding.
 
-    The last ``test_count`` samples become test images without masks. Returns
-    (train pairs, test images) written. Refuses folders that already hold files unless
+    The last ``test_count`` samples become test images without masks; the ``val_count`` before
+    them go to the layout's validation folders (a layout without them: refused). Returns
+    (labelled pairs, test images) written. Refuses folders that already hold files unless
     ``exist_ok``.
     """
     root = Path(root)
-    if test_count < 0:
-        raise DataError(f"test count must be >= 0, not {test_count}")
+    if test_count < 0 or val_count < 0:
+        raise DataError(f"test and validation counts must be >= 0, not {test_count} and {val_count}")
     lay = competition.layout
-    dirs = [competition.data_path(root, p) for p in ("train_images", "train_masks", "test_images")]
+    parts = ["train_images", "train_masks", "test_images"] + (["val_images", "val_masks"] if val_count else [])
+    dirs = {p: competition.data_path(root, p) for p in parts}
     if not exist_ok:
-        for d in dirs:
+        for d in dirs.values():
             if d.is_dir() and any(not e.name.startswith(".") for e in os.scandir(d)):
                 raise DataError(f"{d}: folder is not empty; choose an empty destination")
-    for d in dirs:
+    for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    image_suffix = lay.image_suffixes[0] if lay.image_suffixes else ".png"
-    palette = competition.palette_bytes()
-    k = competition.num_classes
+    image_suffix = lay.image_suffixes[0]
+    k, channels = competition.num_classes, competition.channels
 
     def name(i: int) -> str:
-        return f"{SYNTH_PREFIX}{i:05d}"
+        return f"{SYNTH_PREFIX}{i:05d}{image_suffix}"
 
     def validate(i: int, image: np.ndarray, mask: np.ndarray) -> None:
         image, mask = np.asarray(image), np.asarray(mask)
-        if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
-            raise DataError(f"sample {i}: expected image H x W x 3 and mask H x W, got "
+        if image.ndim != 3 or image.shape[2] != channels or mask.shape != image.shape[:2]:
+            raise DataError(f"sample {i}: expected image H x W x {channels} and mask H x W, got "
                             f"{image.shape} and {mask.shape}")
         if mask.size and (int(mask.max()) >= k or int(mask.min()) < 0):
             raise DataError(f"sample {i}: {bad_ids_message(np.unique(mask[(mask >= k) | (mask < 0)]), k)}")
 
-    # samples may be a generator of unknown length, so hold back the last test_count
+    def write_pair(i: int, img: np.ndarray, msk: np.ndarray, part: str) -> None:
+        write_image(dirs[f"{part}_images"] / name(i), img)
+        write_mask(dirs[f"{part}_masks"] / lay.mask_name(name(i)), msk, competition)
+
+    # samples may be a generator of unknown length, so hold back the last val + test samples
     pending: deque = deque()
-    n_train = 0
+    labelled = 0
     index = 0
     for image, mask in samples:
         validate(index, image, mask)
         pending.append((index, image, mask))
         index += 1
-        if len(pending) > test_count:
-            i, img, msk = pending.popleft()
-            write_image(dirs[0] / f"{name(i)}{image_suffix}", img)
-            write_mask(dirs[1] / f"{name(i)}{lay.mask_suffix}", msk, palette)
-            n_train += 1
+        if len(pending) > test_count + val_count:
+            write_pair(*pending.popleft(), "train")
+            labelled += 1
+    while len(pending) > test_count:
+        write_pair(*pending.popleft(), "val")
+        labelled += 1
     for i, img, _ in pending:
-        write_image(dirs[2] / f"{name(i)}{image_suffix}", img)
-    return n_train, len(pending)
-
+        write_image(dirs["test_images"] / name(i), img)
+    return labelled, len(pending)

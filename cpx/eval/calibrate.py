@@ -231,7 +231,7 @@ def cache_logits(predictor, root, names: Sequence[str], competition, *, batch_si
     for a in range(0, len(names), batch_size):
         chunk = names[a:a + batch_size]
         images, _ = datalib.load_images([found.images[n] for n in chunk])
-        masks = [datalib.read_mask(found.masks[n], competition.num_classes) for n in chunk]
+        masks = [datalib.read_mask(found.masks[n], competition) for n in chunk]
         logits = predictor.logits(images, sizes=[m.shape for m in masks])
         for lg, gt in zip(logits, masks):
             cache.append(CachedLogits(lg.reshape(lg.shape[0], -1).to(torch.float16),

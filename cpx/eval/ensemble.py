@@ -214,7 +214,7 @@ def _one_pass(members: list[Member], weights: list[float], competition, root: Pa
     for a in range(0, len(pairs), batch_size):
         chunk = pairs[a:a + batch_size]
         images, _ = datalib.load_images([p for _, p, _ in chunk])
-        masks = [torch.from_numpy(np.array(datalib.read_mask(m, competition.num_classes))) for _, _, m in chunk]
+        masks = [torch.from_numpy(np.array(datalib.read_mask(m, competition))) for _, _, m in chunk]
         sizes = [tuple(m.shape) for m in masks]
         mixes: list[Optional[torch.Tensor]] = [None] * len(chunk)
         for k, pred in enumerate(singles):

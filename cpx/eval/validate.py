@@ -113,7 +113,7 @@ def evaluate(predictor: Predictor, data_root: os.PathLike, names: Sequence[str],
     for a in range(0, len(pairs), batch_size):
         chunk = pairs[a:a + batch_size]
         images, _ = datalib.load_images([p for _, p, _ in chunk])
-        masks = [datalib.read_mask(m, competition.num_classes) for _, _, m in chunk]
+        masks = [datalib.read_mask(m, competition) for _, _, m in chunk]
         variants = predictor.predict_variants(images, sizes=[m.shape for m in masks])
         for (name, _, _), stages, gt in zip(chunk, variants, masks):
             truth = torch.from_numpy(np.array(gt))
@@ -309,7 +309,7 @@ def score_folders(pred_dir: os.PathLike, gt_dir: os.PathLike, competition: Compe
     scorable = [n for n in names if n in preds]
     for i, name in enumerate(scorable):
         try:
-            truth = datalib.read_mask(gt[name], competition.num_classes)
+            truth = datalib.read_mask(gt[name], competition)
         except DataError as exc:
             report.problems.append(f"ground truth {exc}")
             continue

@@ -148,7 +148,7 @@ def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: in
         root = run.folder.data_root()
         found = datalib.scan(root, comp)
         pics, _ = datalib.load_images([found.images[n] for n, _ in worst])
-        masks = [datalib.read_mask(found.masks[n], comp.num_classes) for n, _ in worst]
+        masks = [datalib.read_mask(found.masks[n], comp) for n, _ in worst]
         # same checkpoint and TTA as the validation, so the picture shows what was scored
         predictor = predictor_for_run(run.id, workspace, host, checkpoint=checkpoint, tta=tuple(tta), device=device)
         preds = predictor.predict(list(pics), sizes=[m.shape for m in masks])

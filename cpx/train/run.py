@@ -147,7 +147,7 @@ def prepare_data(config: ExperimentConfig, competition: Competition, workspace: 
         val_images, _ = datalib.load_dataset(root, competition, val_names, d.image_size, cache_dir=cache)
         # score against masks at their own size, as the scorer does
         masks = datalib.scan(root, competition).masks
-        val_masks = [torch.from_numpy(datalib.read_mask(masks[n], competition.num_classes).copy()) for n in val_names]
+        val_masks = [torch.from_numpy(datalib.read_mask(masks[n], competition).copy()) for n in val_names]
         val = (val_images, val_masks)
     return PreparedData(root, fp, train_names, val_names, train, val, synthetic, label_policy)
 

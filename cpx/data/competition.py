@@ -414,13 +414,17 @@ class Competition(_Section):
         :raises ConfigError: an unregistered name or options that do not validate, one line
             naming the field (``metric.class: ...``).
         """
-        for field, registry in (("metric", host.metrics), ("submission", host.submission_formats)):
+        for field, registry, arg in (("metric", host.metrics, tuple(self.classes)),
+                                     ("submission", host.submission_formats, self)):
             spec = getattr(self, field)
             try:
                 entry = registry.get(spec.name)
             except Exception as exc:  # UnknownComponent, with close names
                 raise ConfigError(f"{field}.name: {exc}") from None
-            entry.parse_options(spec.options, where=field)
+            try:  # built once here, so a class the options name that the profile lacks is caught
+                entry.create(spec.options, arg, where=field)
+            except ValueError as exc:
+                raise ConfigError(f"{field}.{exc}") from None
         return self
 
 

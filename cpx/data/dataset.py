@@ -15,13 +15,14 @@ import torch
 from PIL import Image
 
 from cpx.data.competition import Competition
-from cpx.data.images import BadFile, Size, read_image, read_mask, relative_path
+from cpx.data.images import BadFile, Size, letterbox, read_image, read_mask, relative_path
+from cpx.data.masks import IGNORE
 from cpx.data.layout import scan
 from cpx.kernel.errors import DataError
 from cpx.kernel.files import atomic_write
 
 # Bumped whenever the cached arrays would differ for the same inputs (resize rule, layout).
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: letterboxed non-square images, C channels
 # Over-eager values gain nothing on a laptop and crowd a shared machine.
 MAX_WORKERS = 8
 
@@ -42,7 +43,8 @@ Progress = Optional[Callable[[int, int], None]]
 
 def _decode_pair(img_path: Path, mask_path: Path, size: int, competition: Competition
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """One training pair at size x size: (C x S x S, S x S class ids), validated."""
+    """One training pair letterboxed onto a size x size canvas (:func:`cpx.data.images.letterbox`):
+    (C x S x S, S x S class ids, :data:`IGNORE` on the padding), validated."""
     mask = read_mask(mask_path, competition)
     image, original = read_image(img_path, competition.channels, competition.pixel_max, size)
     if mask.shape != original:
@@ -50,7 +52,7 @@ def _decode_pair(img_path: Path, mask_path: Path, size: int, competition: Compet
                       f"mask is {mask.shape[0]}x{mask.shape[1]} but {img_path.name} is "
                       f"{original[0]}x{original[1]} (height x width)")
     if mask.shape != (size, size):
-        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
+        mask = letterbox(mask, size, fill=IGNORE, nearest=True)
     return image.transpose(2, 0, 1), mask
 
 

@@ -246,10 +246,40 @@ def _tiff_pixels(arr: np.ndarray, path: Path, channels: int, pixel_max: Optional
     return _bands(np.ascontiguousarray(out), channels, path, "the image")
 
 
+def fit_size(hw: Size, side: int) -> Size:
+    """The size an image of (height, width) ``hw`` takes on a square canvas of ``side``:
+    ``side x side`` for a square image; otherwise its long side becomes ``side`` and its short
+    side keeps the aspect ratio (rounded, at least 1), the rest of the canvas being padding on
+    the right and below. This is letterboxing: cpx never squashes a non-square image, in
+    training (the cache) or in prediction (:class:`cpx.eval.predict.Predictor`)."""
+    h, w = int(hw[0]), int(hw[1])
+    if h == w:
+        return side, side
+    long = max(h, w)
+    return max(1, round(h * side / long)), max(1, round(w * side / long))
+
+
+def letterbox(arr: np.ndarray, side: int, fill: int = 0, nearest: bool = False) -> np.ndarray:
+    """``H x W`` or ``H x W x C`` uint8 resized to :func:`fit_size` (bilinear, antialiased, or
+    nearest for masks) and padded with ``fill`` to ``side x side``."""
+    fh, fw = fit_size(arr.shape[:2], side)
+    if arr.shape[:2] != (fh, fw):
+        if nearest:
+            arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((fw, fh), Image.Resampling.NEAREST))
+        else:
+            arr = resize_bands(arr, (fh, fw))
+    if (fh, fw) == (side, side):
+        return arr
+    out = np.full((side, side) + arr.shape[2:], fill, dtype=arr.dtype)
+    out[:fh, :fw] = arr
+    return out
+
+
 def read_image(path: os.PathLike, channels: int = 3, pixel_max: Optional[int] = None,
                size: Optional[int] = None) -> tuple[np.ndarray, Size]:
-    """An image file as ``H x W x channels`` uint8 (resized to ``size`` x ``size`` when given,
-    bilinear with antialiasing, band by band) and its original (height, width).
+    """An image file as ``H x W x channels`` uint8 (with ``size``: letterboxed onto a ``size`` x
+    ``size`` canvas, :func:`letterbox`; a square image is simply resized) and its original
+    (height, width).
 
     :raises BadFile: unreadable, truncated, too large, a mode with no faithful 8-bit form, or
         another band count than ``channels``.
@@ -267,7 +297,7 @@ def read_image(path: os.PathLike, channels: int = 3, pixel_max: Optional[int] = 
                 raise unreadable(path, "image", exc) from None
     original = (int(arr.shape[0]), int(arr.shape[1]))
     if size is not None and original != (size, size):
-        arr = resize_bands(arr, (size, size))
+        arr = letterbox(arr, size)
     return arr, original
 
 

@@ -1,29 +1,36 @@
-"""Segmentation scores, computed the way the competition scorer computes them.
+"""Metrics: what a competition ranks by, computed from per-image confusion counts.
 
-The competition metric (``fscore``) is a per-image score: for every class id present in an
-image's ground truth, F = 2PR/(P+R+eps) from that image's pixel counts, averaged over those
-classes, then averaged over images. Classes that are predicted but absent from the ground truth
-are never averaged in; their pixels only show up as false negatives of the true class.
+A metric is a plugin (``register_metrics``; built-ins in ``cpx_plugins.metrics``) that turns
+per-image counts into scores: for each image and class, ``tp`` (pixels of the class predicted
+as it), ``fp`` (other pixels predicted as it) and ``fn`` (pixels of the class predicted as
+something else), ground-truth pixels at the competition's ignore index left out. From those
+counts a metric gives each image's own value and the value over a set of images — the mean of
+the images' values for a per-image metric (the CelebAMask F-score, mean Dice), or the formula
+applied once to the counts summed over every image for a pooled one (mmsegmentation's mIoU,
+the IoU of one class over a test set). As torchmetrics and mmsegmentation do, the counts are
+collected first and the formula applied at the end, so per-image means and dataset-pooled
+values share one contract and are never confused.
 
-Everything is derived from one per-image confusion matrix built with a single ``bincount``,
-so a 32 x 512 x 512 batch costs one pass over the pixels on whichever device it lives on.
-Scores are then finished in float64 on the CPU so they match a plain numpy scorer to ~1e-12.
+Values are fractions (0..1) inside a metric; :class:`ScoreAccumulator` gives them on the
+metric's scale (``metric: {scale: 100}`` for organisers who print percent), which is what
+cpx shows, records and compares with leaderboard scores.
+
+Counting is one ``bincount`` per batch on whichever device the masks live on; formulas are
+finished in float64 on the CPU, so they match a plain numpy scorer to ~1e-12.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
 
-from cpx.kernel.errors import DataError, UnknownComponent
-
-# The organisers' constant: it sits in every denominator of the published formula, so the
-# scores are reproducible only if we use the same value in the same places.
-EPS = 1e-7
+from cpx.data.masks import IGNORE
+from cpx.kernel.errors import DataError
 
 MaskLike = Union[torch.Tensor, np.ndarray]
 
@@ -61,12 +68,15 @@ def _as_batch(x: MaskLike, what: str) -> torch.Tensor:
     return t
 
 
-def _check_range(t: torch.Tensor, num_classes: int, what: str) -> None:
+def _check_range(t: torch.Tensor, num_classes: int, what: str, ignore: bool = False) -> None:
     # An out-of-range id would not just be wrong: with the flat per-image index it would
     # land in another image's (or another class's) bins, so it has to be refused.
     if t.numel() == 0:
         return
-    lo, hi = torch.aminmax(t)
+    values = t[t != IGNORE] if ignore else t
+    if values.numel() == 0:
+        return
+    lo, hi = torch.aminmax(values)
     lo, hi = int(lo), int(hi)
     if lo < 0 or hi >= num_classes:
         raise DataError(f"{what} holds class id {lo if lo < 0 else hi}, outside "
@@ -75,11 +85,14 @@ def _check_range(t: torch.Tensor, num_classes: int, what: str) -> None:
 
 def confusion_per_image(pred: MaskLike, gt: MaskLike, num_classes: int) -> torch.Tensor:
     """Pixel confusion matrices, one per image: ``out[b, g, p]`` counts pixels of ground-truth
-    class ``g`` predicted as ``p`` in image ``b``.
+    class ``g`` predicted as ``p`` in image ``b``; ground-truth pixels holding
+    :data:`cpx.data.masks.IGNORE` (the competition's ignore index) are not counted.
 
     ``pred`` and ``gt`` are H x W or B x H x W tensors (or numpy arrays) of class ids, any
     integer dtype (uint8 included), same shape, same device. Returns a ``LongTensor[B, C, C]``
     on that device.
+
+    :raises DataError: shapes or devices that differ, float masks, ids out of range.
     """
     if num_classes < 1:
         raise DataError(f"num_classes must be at least 1, got {num_classes}")
@@ -90,94 +103,112 @@ def confusion_per_image(pred: MaskLike, gt: MaskLike, num_classes: int) -> torch
     if p.device != g.device:
         raise DataError(f"pred and gt are on different devices: {p.device} vs {g.device}")
     _check_range(p, num_classes, "pred")
-    _check_range(g, num_classes, "gt")
+    _check_range(g, num_classes, "gt", ignore=num_classes <= IGNORE)
     b = g.shape[0]
     c = num_classes
     # In-place on one int64 buffer: the batch can be ~8M pixels, so every temporary counts.
     idx = g.to(torch.long, copy=True)
+    keep = None
+    if num_classes <= IGNORE and bool((g == IGNORE).any()):
+        keep = (g != IGNORE).view(-1)
     idx.mul_(c).add_(p)
     idx.add_((torch.arange(b, device=idx.device) * (c * c)).view(b, 1, 1))
-    counts = torch.bincount(idx.view(-1), minlength=b * c * c)
+    flat = idx.view(-1) if keep is None else idx.view(-1)[keep]
+    counts = torch.bincount(flat, minlength=b * c * c)
     return counts.view(b, c, c)
 
 
-def _counts(conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """tp, fp, fn per class along the last dim, from ``[..., C, C]`` confusion."""
+def counts_of(conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(tp, fp, fn)`` per class along the last dim, from ``[..., C, C]`` confusion
+    (``conf[..., g, p]``)."""
     tp = conf.diagonal(dim1=-2, dim2=-1)
     fp = conf.sum(dim=-2) - tp
     fn = conf.sum(dim=-1) - tp
     return tp, fp, fn
 
 
-def class_fscore(conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class F (float64, CPU) and a mask of the classes present in the ground truth, from
-    ``[..., C, C]`` confusion. F of an absent class is computed but meaningless: use the mask.
+def safe_ratio(num: torch.Tensor, den: torch.Tensor, empty: float = math.nan) -> torch.Tensor:
+    """``num / den`` in float64, ``empty`` where ``den`` is 0."""
+    num, den = num.to(torch.float64), den.to(torch.float64)
+    return torch.where(den > 0, num / den.clamp(min=1e-300), torch.full_like(num, empty))
+
+
+def nanmean(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """The mean over ``dim`` of the values that are not NaN (NaN where all are)."""
+    ok = ~torch.isnan(values)
+    total = torch.where(ok, values, torch.zeros_like(values)).sum(dim)
+    n = ok.sum(dim)
+    return torch.where(n > 0, total / n.clamp(min=1), torch.full_like(total, math.nan))
+
+
+class Metric(ABC):
+    """A metric over per-image confusion counts (see the module docstring).
+
+    Subclasses set :attr:`label` (what the number is, for people), :attr:`pooled` and, for a
+    metric where lower is better, :attr:`greater_is_better`; they implement
+    :meth:`image_values` and, when pooled, :meth:`pooled_value`. The registry's factory
+    ``factory(options, classes)`` builds one for a competition's class names; the core sets
+    :attr:`name` and :attr:`scale` from the profile.
+
+    Every method takes ``tp``, ``fp``, ``fn`` as ``LongTensor[N, C]`` (N images, C classes) or
+    ``[C]`` (counts summed over a set) and returns float64 fractions on the CPU.
     """
-    # Float64 on the CPU: matches a numpy scorer, and MPS has no float64 at all. The
-    # confusion is tiny next to the masks, so the copy costs nothing.
-    conf = conf.detach().to("cpu", torch.float64)
-    tp, fp, fn = _counts(conf)
-    precision = tp / (tp + fp + EPS)
-    recall = tp / (tp + fn + EPS)
-    f = 2 * precision * recall / (precision + recall + EPS)
-    present = (tp + fn) > 0
-    return f, present
+
+    name: str = ""
+    label: str = ""
+    scale: float = 1.0
+    greater_is_better: bool = True
+    pooled: bool = False  # one value from the summed counts, not the mean of the images' values
+
+    @abstractmethod
+    def image_values(self, tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+        """Each image's own value, ``Tensor[N]`` in 0..1 (NaN where the formula is undefined):
+        for a per-image metric the value averaged over images; for a pooled one the same
+        formula on one image's counts, used for paired per-image comparisons of runs."""
+
+    def pooled_value(self, tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> float:
+        """The value of counts summed over a set (``[C]`` each); pooled metrics implement it."""
+        raise NotImplementedError(f"metric {self.name} is not pooled")
+
+    def value(self, tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> float:
+        """The metric over N images (``[N, C]`` counts), in 0..1: the pooled formula on the
+        summed counts, or the mean of the images' values (NaN images left out)."""
+        if self.pooled:
+            return float(self.pooled_value(tp.sum(0), fp.sum(0), fn.sum(0)))
+        return float(nanmean(self.image_values(tp, fp, fn), dim=0))
+
+    def class_values(self, tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+        """Each class's value for the per-class table, ``Tensor[C]`` (NaN: not defined). The
+        default is the class's IoU pooled over the set, tp / (tp + fp + fn)."""
+        return safe_ratio(tp.sum(0), (tp + fp + fn).sum(0))
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether score ``a`` beats score ``b`` (NaN and None never beat anything)."""
+        if a is None or a != a:
+            return False
+        if b is None or b != b:
+            return True
+        return a > b if self.greater_is_better else a < b
+
+    def worst(self) -> float:
+        """A score every real score beats."""
+        return -math.inf if self.greater_is_better else math.inf
 
 
-def _mean_over_present(f: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    # An image with no pixels has no classes present: 0/0 gives NaN, which is the honest
-    # answer and is refused earlier by the accumulator anyway.
-    return (f * present).sum(dim=-1) / present.sum(dim=-1)
+def create_metric(competition: Any, host: Any) -> Metric:
+    """The ranked metric of ``competition`` (its ``metric`` spec) from ``host``'s registry, on
+    the profile's scale.
 
-
-def fscore_from_confusion(conf: torch.Tensor) -> torch.Tensor:
-    """The competition F-score of each ``[C, C]`` confusion in ``conf[..., C, C]``."""
-    f, present = class_fscore(conf)
-    return _mean_over_present(f, present)
-
-
-def fscore_per_image(pred: MaskLike, gt: MaskLike, num_classes: int) -> torch.Tensor:
-    """The competition score of each image: ``Tensor[B]``, float64, on the CPU.
-
-    For every class present in that image's ground truth, F = 2PR/(P+R+1e-7) with
-    P = tp/(tp+fp+1e-7) and R = tp/(tp+fn+1e-7); the image's score is the mean of those F.
-    A class that is predicted but absent from the ground truth is not averaged in.
+    :raises UnknownComponent: an unregistered metric; :raises ConfigError: options that do not
+        validate (named ``metric.<field>``).
     """
-    return fscore_from_confusion(confusion_per_image(pred, gt, num_classes))
-
-
-def fscore_reference(pred: np.ndarray, gt: np.ndarray) -> float:
-    """The README formula for one image, written out literally, for cross-checking.
-
-    Deliberately slow and obvious; use ``fscore_per_image`` for real work.
-    """
-    pred = np.asarray(pred)
-    gt = np.asarray(gt)
-    scores = []
-    for c in np.unique(gt):
-        tp = np.sum((pred == c) & (gt == c))
-        fp = np.sum((pred == c) & (gt != c))
-        fn = np.sum((pred != c) & (gt == c))
-        precision = tp / (tp + fp + 1e-7)
-        recall = tp / (tp + fn + 1e-7)
-        scores.append(2 * precision * recall / (precision + recall + 1e-7))
-    return float(np.mean(scores))
-
-
-# A competition's ``metric`` name picks its per-image scorer here:
-# (pred, gt, num_classes) -> Tensor[B] of per-image scores, higher is better.
-METRICS: dict[str, Callable[[MaskLike, MaskLike, int], torch.Tensor]] = {
-    "fscore": fscore_per_image,
-}
-
-
-def get_metric(name: str) -> Callable[[MaskLike, MaskLike, int], torch.Tensor]:
-    """The per-image scorer registered as ``name``."""
-    try:
-        return METRICS[name]
-    except KeyError:
-        known = ", ".join(sorted(METRICS))
-        raise UnknownComponent(f"unknown metric {name!r}; cpx knows: {known}") from None
+    spec = competition.metric
+    metric = host.metrics.get(spec.name).create(spec.options, tuple(competition.classes), where="metric")
+    if not isinstance(metric, Metric):
+        raise DataError(f"metric {spec.name}: its factory returned {type(metric).__name__}, not a cpx Metric")
+    metric.name = spec.name
+    metric.scale = float(spec.scale)
+    return metric
 
 
 def _nan_to_none(x: Any) -> Any:
@@ -191,31 +222,27 @@ def _nan_to_none(x: Any) -> Any:
 
 @dataclass
 class Scores:
-    """What a validation pass measured.
+    """What a validation pass measured, every score on the metric's scale.
 
-    - ``fscore``: THE competition metric: mean over images of the per-image F-score.
-    - ``per_image``: each image's F-score, in the order the images were given to ``update``.
-    - ``per_class_f``: for class c, the mean of c's F over the images whose ground truth
-      contains c (images without c do not count); NaN when no image contains c. Its mean is
-      not ``fscore``: here a class seen in two images weighs as much as one seen in all.
-    - ``class_images``: how many images' ground truth contains each class.
-    - ``pixel_acc``: correctly labelled pixels / all pixels, over the whole set.
-    - ``miou``: mean IoU = tp/(tp+fp+fn) over the classes present in the pooled ground truth,
-      counts pooled over the whole set.
-    - ``pooled_fscore``: NOT the scorer's metric. What the old scripts reported: the same F
-      formula on groups of ``pool_size`` consecutive images pooled into one mask (classes
-      present in the pooled ground truth), averaged over the groups; a trailing short group
-      counts as one group. It rewards large classes and is kept only to compare with old logs.
+    - ``score``: THE competition metric over the images (``metric``, ``label``, ``scale``).
+    - ``per_image``: each image's own value, in the order the images were given to ``update``
+      (for pooled metrics the same formula on that image alone; for paired comparisons).
+    - ``per_class``: the metric's per-class table (NaN: not defined); ``class_images``: how many
+      images' ground truth contains each class.
+    - ``pixel_acc`` and ``miou``: pixel accuracy and mmsegmentation's mIoU over the set, as
+      fractions, for reference whatever the ranked metric is.
     """
 
-    fscore: float
+    metric: str
+    label: str
+    scale: float
+    greater_is_better: bool
+    score: float
     per_image: list[float]
-    per_class_f: list[float]
+    per_class: list[float]
     class_images: list[int]
     pixel_acc: float
     miou: float
-    pooled_fscore: float
-    pool_size: int
     num_images: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -227,86 +254,69 @@ class Scores:
 
 
 class ScoreAccumulator:
-    """Collects scores over batches; ``compute()`` gives the totals as ``Scores``.
+    """Collects per-image counts over batches; ``compute()`` gives :class:`Scores`.
 
-    ``update(pred, gt)`` takes B x H x W (or H x W) integer masks of class ids. Only small
-    per-class counts are kept, on the CPU, so memory does not grow with image size.
+    ``update(pred, gt)`` takes B x H x W (or H x W) integer masks of class ids. Only the
+    per-image counts (3 x C numbers an image) and the pooled confusion are kept, so memory does
+    not grow with image size.
     """
 
-    def __init__(self, num_classes: int, pool_size: int = 32):
+    def __init__(self, metric: Metric, num_classes: int):
         if num_classes < 1:
             raise DataError(f"num_classes must be at least 1, got {num_classes}")
-        if pool_size < 1:
-            raise DataError(f"pool_size must be at least 1, got {pool_size}")
+        self.metric = metric
         self.num_classes = num_classes
-        self.pool_size = pool_size
         self.reset()
 
     def reset(self) -> None:
         """Forget every image seen so far."""
         c = self.num_classes
-        self._per_image: list[float] = []
-        self._class_f_sum = torch.zeros(c, dtype=torch.float64)
-        self._class_images = torch.zeros(c, dtype=torch.long)
-        self._total = torch.zeros(c, c, dtype=torch.long)
-        self._pool = torch.zeros(c, c, dtype=torch.long)
-        self._pool_count = 0
-        self._pool_scores: list[float] = []
+        self._counts: list[torch.Tensor] = []  # [B, 3, C] per batch: tp, fp, fn
+        self.confusion = torch.zeros(c, c, dtype=torch.long)  # pooled, ``[g, p]``
 
     def update(self, pred: MaskLike, gt: MaskLike) -> torch.Tensor:
-        """Adds a batch; returns its per-image scores (``Tensor[B]``, float64, CPU)."""
+        """Adds a batch; returns its images' values on the metric's scale (``Tensor[B]``,
+        float64, CPU)."""
         g = _as_batch(gt, "gt")
         if g.shape[-1] == 0 or g.shape[-2] == 0:
             raise DataError(f"cannot score empty masks of shape {tuple(g.shape)}")
         conf = confusion_per_image(pred, g, self.num_classes).cpu()
-        f, present = class_fscore(conf)
-        scores = _mean_over_present(f, present)
-        self._per_image.extend(scores.tolist())
-        self._class_f_sum += (f * present).sum(dim=0)
-        self._class_images += present.sum(dim=0)
-        self._total += conf.sum(dim=0)
-        # Pools follow update order across batch boundaries, so the result does not depend
-        # on how the caller batched the images.
-        for one in conf:
-            self._pool += one
-            self._pool_count += 1
-            if self._pool_count == self.pool_size:
-                self._close_pool()
-        return scores
+        tp, fp, fn = counts_of(conf)
+        self._counts.append(torch.stack([tp, fp, fn], dim=1))
+        self.confusion += conf.sum(dim=0)
+        return self.metric.image_values(tp, fp, fn) * self.metric.scale
 
-    def _close_pool(self) -> None:
-        self._pool_scores.append(float(fscore_from_confusion(self._pool)))
-        self._pool.zero_()
-        self._pool_count = 0
+    @property
+    def images(self) -> int:
+        """How many images were added."""
+        return sum(len(c) for c in self._counts)
+
+    def counts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(tp, fp, fn)`` of every image added, ``LongTensor[N, C]`` each."""
+        if not self._counts:
+            empty = torch.zeros(0, self.num_classes, dtype=torch.long)
+            return empty, empty, empty
+        stacked = torch.cat(self._counts)
+        return stacked[:, 0], stacked[:, 1], stacked[:, 2]
 
     def compute(self) -> Scores:
-        """The :class:`Scores` of every image seen: mean per-image F (the competition score), pooled
-        F, per-class F with the number of images each class is present in, pixel accuracy and mIoU.
+        """The :class:`Scores` of every image added.
 
         :raises DataError: no image was added.
         """
-        if not self._per_image:
+        if not self._counts:
             raise DataError("no images were scored")
-        pooled = list(self._pool_scores)
-        if self._pool_count:
-            pooled.append(float(fscore_from_confusion(self._pool)))
-
-        n = self._class_images
-        per_class = torch.where(n > 0, self._class_f_sum / n.clamp(min=1),
-                                torch.full_like(self._class_f_sum, math.nan))
-
-        total = self._total.to(torch.float64)
-        tp, fp, fn = _counts(total)
-        present = (tp + fn) > 0
-        iou = tp / (tp + fp + fn).clamp(min=1)
-
+        m = self.metric
+        tp, fp, fn = self.counts()
+        scale = m.scale
+        per_image = (m.image_values(tp, fp, fn) * scale).tolist()
+        per_class = (m.class_values(tp, fp, fn) * scale).tolist()
+        total_tp, total_fp, total_fn = tp.sum(0), fp.sum(0), fn.sum(0)
+        union = total_tp + total_fp + total_fn
         return Scores(
-            fscore=float(np.mean(self._per_image)),
-            per_image=list(self._per_image),
-            per_class_f=per_class.tolist(),
-            class_images=n.tolist(),
-            pixel_acc=float(tp.sum() / total.sum()),
-            miou=float(iou[present].mean()),
-            pooled_fscore=float(np.mean(pooled)),
-            pool_size=self.pool_size,
+            metric=m.name, label=m.label, scale=scale, greater_is_better=m.greater_is_better,
+            score=m.value(tp, fp, fn) * scale, per_image=per_image, per_class=per_class,
+            class_images=((tp + fn) > 0).sum(0).tolist(),
+            pixel_acc=float(total_tp.sum() / (total_tp + total_fn).sum().clamp(min=1)),
+            miou=float(nanmean(safe_ratio(total_tp, union))) if bool((union > 0).any()) else math.nan,
         )

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from cpx.data.competition import Competition
+from cpx.data.images import fit_size
 from cpx.eval.metrics import class_ids
 from cpx.eval.postprocess import PostSpec, PostStep, apply_post, create_post, post_label
 from cpx.kernel.device import autocast, keep_freed_memory, resolve_device, resolve_precision
@@ -75,6 +76,27 @@ def _resize(logits: torch.Tensor, size: Size) -> torch.Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def resize_uint8(x: torch.Tensor, hw: Size) -> torch.Tensor:
+    """A B x C x H x W uint8 batch resized to ``hw``, bilinear with antialiasing: on a CPU
+    resized as uint8, which gives exactly the pixels Pillow gives the training cache."""
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    if x.device.type == "cpu":
+        return F.interpolate(x, size=tuple(hw), mode="bilinear", align_corners=False, antialias=True)
+    # GPUs have no uint8 bilinear kernel
+    return F.interpolate(x.float(), size=tuple(hw), mode="bilinear", align_corners=False,
+                         antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Window starts along one side: every ``stride`` from 0, the last window flush with the end
+    (mmsegmentation's slide inference)."""
+    if length <= tile:
+        return [0]
+    count = (length - tile + stride - 1) // stride + 1
+    return sorted({min(i * stride, length - tile) for i in range(count)})
+
+
 def class_softmax(logits: torch.Tensor) -> torch.Tensor:
     """``logits.softmax(1)`` for B x C x H x W float32 logits.
 
@@ -99,9 +121,9 @@ def class_softmax(logits: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Member:
-    """One model of a predictor: the network (eval mode), the square size it was trained at, its
-    weight in the average, and where it came from.
-    """
+    """One model of a predictor: the network (eval mode), the square canvas side it was trained
+    at, its weight in the average, where it came from, and optionally the side of the windows
+    of sliding-window inference (``tile``)."""
 
     model: torch.nn.Module
     image_size: int
@@ -109,14 +131,24 @@ class Member:
     label: str = ""
     run_id: str = ""
     checkpoint: str = ""
+    tile: Optional[int] = None
+
+
+# the share of a window that overlaps the next in sliding-window inference
+TILE_OVERLAP = 1 / 3
 
 
 class Predictor:
-    """Softmax probabilities and class-id masks for uint8 images of any size.
+    """Softmax probabilities and class-id masks for uint8 images of any size and the
+    competition's channels.
 
-    ``logit_offsets`` (a float sequence, one per class; one member only) shift the classes'
-    mean logits before the argmax (and the softmax); ``post`` steps clean each mask of
-    :meth:`predict`. ``notes`` says what was left out (e.g. a calibration of other weights).
+    Each member sees an image at its training scale (:func:`fit_size`: a square image resized
+    to its canvas, another letterboxed into it), in sliding windows of ``tile`` pixels when the
+    member has one, and its logits are cropped to the image and resized back to the size asked
+    for BEFORE the softmax and the argmax, which is how the scorer sees a prediction.
+    ``logit_offsets`` (one per class; one member only) shift the classes' mean logits before
+    the argmax (and the softmax); ``post`` steps clean each mask of :meth:`predict`. ``notes``
+    says what was left out (e.g. a calibration of other weights).
     """
 
     def __init__(self, members: list[Member], competition: Competition, tta: Sequence[str] = (),
@@ -128,6 +160,9 @@ class Predictor:
         weights = [float(m.weight) for m in members]
         if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
             raise ConfigError(f"member weights must be non-negative with a positive sum, got {weights}")
+        for m in members:
+            if m.tile is not None and m.tile < 8:
+                raise ConfigError(f"--tile {m.tile}: windows of at least 8 pixels")
         self.members = list(members)
         self.competition = competition
         self.tta = parse_tta(tta)
@@ -170,10 +205,11 @@ class Predictor:
         return [(flip, scale) for scale in self.scales for flip in flips]
 
     def _check(self, images: Sequence[torch.Tensor]) -> None:
+        c = self.competition.channels
         for i, im in enumerate(images):
-            if not isinstance(im, torch.Tensor) or im.dtype != torch.uint8 or im.dim() != 3 or im.shape[0] != 3:
+            if not isinstance(im, torch.Tensor) or im.dtype != torch.uint8 or im.dim() != 3 or im.shape[0] != c:
                 what = f"{im.dtype} {tuple(im.shape)}" if isinstance(im, torch.Tensor) else type(im).__name__
-                raise DataError(f"image {i}: expected a uint8 3 x H x W tensor, got {what}")
+                raise DataError(f"image {i}: expected a uint8 {c} x H x W tensor, got {what}")
 
     def _forward(self, x: torch.Tensor, out_hw: Size, mode: str = "probs") -> torch.Tensor:
         """For a uint8 batch of one size, B x C x H' x W' float32: averaged probabilities
@@ -183,12 +219,14 @@ class Predictor:
         total = None
         views = self.views
         active = [(m, w) for m, w in zip(self.members, self.weights) if w]
+        hw = tuple(x.shape[-2:])
         for member, weight in active:
             # A model may offer forward_coarse: logits at a reduced size whose bilinear resize
             # to the input size is its forward. Resizing is linear and commutes with mirroring,
-            # so views of one size are merged coarse and resized once instead of per view.
-            coarse = (len(views) > 1 and all(scale == 1.0 for _, scale in views)
-                      and callable(getattr(member.model, "forward_coarse", None)))
+            # so views of one size are merged coarse and resized once instead of per view
+            # (not through padding or windows, which the coarse map does not line up with).
+            coarse = (len(views) > 1 and all(scale == 1.0 for _, scale in views) and hw[0] == hw[1]
+                      and member.tile is None and callable(getattr(member.model, "forward_coarse", None)))
             summed = None  # this member's view logits, summed
             for flip, scale in views:
                 side = max(1, int(round(member.image_size * scale)))
@@ -223,21 +261,38 @@ class Predictor:
         return total
 
     def _view_logits(self, member: Member, x: torch.Tensor, flip: bool, side: int, coarse: bool) -> torch.Tensor:
-        """Float32 logits of one TTA view (from ``forward_coarse`` if ``coarse``), still
-        mirrored for a flipped view."""
-        if tuple(x.shape[-2:]) != (side, side):
-            if x.device.type == "cpu":
-                # resized as uint8, these are exactly the pixels PIL gave the model in training
-                x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
-            else:  # GPUs have no uint8 bilinear kernel
-                x = F.interpolate(x.float(), size=(side, side), mode="bilinear", align_corners=False,
-                                  antialias=True).round_().clamp_(0, 255)
+        """Float32 logits of one TTA view at the image's fitted size (:func:`fit_size`), the
+        canvas padding cropped away (from ``forward_coarse`` if ``coarse``: at its size), still
+        mirrored for a mirrored view."""
+        fh, fw = fit_size(tuple(x.shape[-2:]), side)
+        x = resize_uint8(x, (fh, fw))
         if flip:
             x = x.flip(-1)
-        x = x.float().div(255).contiguous(memory_format=torch.channels_last)
+        x = x.float().div(255)
+        if (fh, fw) != (side, side):  # letterbox: zero padding right and below, as in training
+            x = F.pad(x, (0, side - fw, 0, side - fh))
+        x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
-            logits = member.model.forward_coarse(x) if coarse else member.model(x)
-        return logits.float()
+            if member.tile is not None and member.tile < side:
+                logits = self._tiled(member.model, x, member.tile)
+            else:
+                logits = member.model.forward_coarse(x) if coarse else member.model(x)
+        logits = logits.float()
+        return logits[..., :fh, :fw] if (fh, fw) != (side, side) else logits
+
+    def _tiled(self, model: torch.nn.Module, x: torch.Tensor, tile: int) -> torch.Tensor:
+        """Logits of ``x`` (B x C x S x S) from ``tile`` x ``tile`` windows overlapping by
+        :data:`TILE_OVERLAP`, averaged where they overlap (mmsegmentation's slide mode)."""
+        b, _, h, w = x.shape
+        stride = max(1, int(round(tile * (1 - TILE_OVERLAP))))
+        total = torch.zeros(b, self.num_classes, h, w, dtype=torch.float32, device=x.device)
+        count = torch.zeros(1, 1, h, w, dtype=torch.float32, device=x.device)
+        for top in tile_starts(h, tile, stride):
+            for left in tile_starts(w, tile, stride):
+                window = x[..., top:top + tile, left:left + tile]
+                total[..., top:top + tile, left:left + tile] += model(window).float()
+                count[..., top:top + tile, left:left + tile] += 1
+        return total.div_(count)
 
     def probs(self, images: list[torch.Tensor], sizes: Optional[Sequence[Size]] = None) -> list[torch.Tensor]:
         """Per image a float C x H x W softmax (CPU): TTA views merged (and shifted by the logit

@@ -222,7 +222,7 @@ def section_budget(args, ws, host) -> dict:
     history = json.loads((result.run_dir / "history.json").read_text())
     validated = [h for h in history if h.get("val_f") is not None]
     final_f = validated[-1]["val_f"]
-    print(f"  cpx: final val F {final_f:.4f} (best {result.best_val_f:.4f}) after {result.epochs} epochs; "
+    print(f"  cpx: final val F {final_f:.4f} (best {result.best_val_score:.4f}) after {result.epochs} epochs; "
           f"{result.wall_seconds:.0f} s of training, {wall:.0f} s with data loading  (load {load_avg()})", flush=True)
 
     # the other side's scorer on each final model: the gap is the training, not the metric
@@ -241,7 +241,7 @@ def section_budget(args, ws, host) -> dict:
           f"reference's evaluate() {cpx_by_ref:.4f}", flush=True)
     gain = final_f - ref["val_f_score"]
     print(f"  cpx - reference = {gain:+.4f}", flush=True)
-    return {"minutes": minutes, "reference": ref, "cpx_final_val_f": final_f, "cpx_best_val_f": result.best_val_f,
+    return {"minutes": minutes, "reference": ref, "cpx_final_val_f": final_f, "cpx_best_val_f": result.best_val_score,
             "cpx_epochs": result.epochs, "cpx_train_seconds": result.wall_seconds, "cpx_wall_seconds": wall,
             "reference_scored_by_cpx": ref_by_cpx, "cpx_scored_by_reference": cpx_by_ref, "gain": gain,
             "run_dir": str(result.run_dir), "notes": result.message}

@@ -24,7 +24,7 @@ def errors(err):
 
 
 def packaged(ledger, tmp_path, name="v2", val=0.69):
-    run = ledger.add_run(name="r1", competition="celebamask-mini", status="completed", best_val_f=val)
+    run = ledger.add_run(name="r1", competition="celebamask-mini", status="completed", best_val_score=val)
     path = tmp_path / f"submission-{name}.zip"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("masks/0001.png", b"\x89PNG mask" * 20)

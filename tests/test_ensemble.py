@@ -52,13 +52,13 @@ def test_ensemble_is_scored_recorded_and_reusable(cpx_workspace, cpx_host, tiny_
     singles = {m.run: m.fscore for m in result.members}
     # alone, each member scores what its own validation says (same list, same metric)
     for run in (a, b):
-        assert singles[run.run_id] == pytest.approx(run.best_val_f, abs=1e-9)
+        assert singles[run.run_id] == pytest.approx(run.best_val_score, abs=1e-9)
     score = result.evaluation.scores.fscore
     assert result.gain == pytest.approx(score - max(singles.values()))
     with Ledger(cpx_workspace.ledger_path) as ledger:
         row = ledger.get_run("duo")
         val = ledger.best_validation(row["id"])
-    assert row["kind"] == "ensemble" and row["status"] == "completed" and row["best_val_f"] == pytest.approx(score)
+    assert row["kind"] == "ensemble" and row["status"] == "completed" and row["best_val_score"] == pytest.approx(score)
     assert row["members"] == [{"run": a.run_id, "weight": 2.0, "checkpoint": "best"},
                               {"run": b.run_id, "weight": 1.0, "checkpoint": "best"}]
     assert val["score"] == pytest.approx(score) and val["checkpoint"] == "members"
@@ -104,7 +104,7 @@ def test_cli_top_k_and_search(cpx_workspace, cpx_host, tiny_model, capsys):
     runs = _runs(cpx_workspace, cpx_host, n=3)
     with Ledger(cpx_workspace.ledger_path) as ledger:
         top = [r["id"] for r in top_runs(ledger, 2)]
-    f = {r.run_id: r.best_val_f for r in runs}
+    f = {r.run_id: r.best_val_score for r in runs}
     assert [f[t] for t in top] == sorted(f.values(), reverse=True)[:2]
     left_out = next(r for r in f if r not in top)
 
@@ -128,7 +128,7 @@ def test_cli_top_k_and_search(cpx_workspace, cpx_host, tiny_model, capsys):
         if len(picked) > 1:
             row = ledger.get_run("picked")
             # 32 px images are cached at full size, so the search's score is the exact one
-            assert row["best_val_f"] == pytest.approx(steps[-1]["fscore"], abs=1e-9) == out["fscore"]
+            assert row["best_val_score"] == pytest.approx(steps[-1]["fscore"], abs=1e-9) == out["fscore"]
             assert {m["run"]: m["weight"] for m in row["members"]} == pytest.approx(picked)
             assert out["gain"] == pytest.approx(out["fscore"] - max(alone.values()))
         else:

@@ -78,7 +78,7 @@ def test_import_old_script_run_records_what_it_reads_and_touches_nothing(tmp_pat
     assert run["kind"] == "imported" and run["status"] == "imported"
     assert run["name"] == "run7" and run["run_dir"] == str(folder.resolve())
     assert run["competition"] == "celebamask-mini"
-    assert run["best_val_f"] == pytest.approx(0.6712)
+    assert run["best_val_score"] == pytest.approx(0.6712)
     assert (run["best_epoch"], run["last_epoch"], run["epochs_planned"]) == (4, 6, 6)
     assert run["params"] == NET_PARAMS
     assert run["config"] == yaml.safe_load((folder / "config.yaml").read_text())
@@ -125,7 +125,7 @@ def test_read_only_folder_list_history_and_json_config(tmp_path, cpx_workspace):
 
     run = result.run
     assert run["name"] == "unet-old" and run["competition"] == "celebamask-mini"
-    assert run["best_val_f"] == pytest.approx(0.66) and run["best_epoch"] == 6 and run["last_epoch"] == 6
+    assert run["best_val_score"] == pytest.approx(0.66) and run["best_epoch"] == 6 and run["last_epoch"] == 6
     assert run["config_diff"] == {"arch": "unet", "learning_rate": 0.001, "bs": 8}
     assert run["params"] == NET_PARAMS
     assert any("(given in percent)" in line for line in result.read)
@@ -142,7 +142,7 @@ def test_what_cannot_be_read_is_said_one_line_each(tmp_path, cpx_workspace):
         result = import_run(folder, ledger)
 
     run = result.run
-    assert run["best_val_f"] is None and run["last_epoch"] == 2
+    assert run["best_val_score"] is None and run["last_epoch"] == 2
     assert run["config"] is None and run["params"] is None
     assert run["checkpoints"] == [str(folder / "weird.pth")]
     unread = result.unread

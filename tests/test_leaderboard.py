@@ -103,19 +103,19 @@ def build_ledger(ledger):
     """Three trained runs, one imported, one ensemble; two runs submitted and scored."""
     runs = {}
     runs["ref"] = ledger.add_run(name="ref", recipe="msf-lmsa", competition="celebamask-mini", status="completed",
-                                 best_val_f=0.6889, best_epoch=120, config_diff={})
+                                 best_val_score=0.6889, best_epoch=120, config_diff={})
     runs["dice2"] = ledger.add_run(name="dice2", recipe="msf-lmsa", competition="celebamask-mini",
-                                   status="completed", best_val_f=0.7000, best_epoch=98,
+                                   status="completed", best_val_score=0.7000, best_epoch=98,
                                    config_diff={"loss.options.dice": 2.0})
     runs["unet"] = ledger.add_run(name="unet", recipe="unet", competition="celebamask-mini", status="completed",
-                                  best_val_f=0.6500, best_epoch=60, config_diff={"model.name": "unet"})
+                                  best_val_score=0.6500, best_epoch=60, config_diff={"model.name": "unet"})
     runs["old"] = ledger.add_run(name="old-script", kind="imported", competition="celebamask-mini",
-                                 best_val_f=0.6950, best_epoch=150, checkpoints=["/x/best_model.pth"],
+                                 best_val_score=0.6950, best_epoch=150, checkpoints=["/x/best_model.pth"],
                                  config_diff={"loss.dice_weight": 1.5})
     runs["ens"] = ledger.add_run(name="ens", kind="ensemble", competition="celebamask-mini", status="completed",
-                                 best_val_f=0.7100, members=["ref", "dice2"])
+                                 best_val_score=0.7100, members=["ref", "dice2"])
     runs["other"] = ledger.add_run(name="other-comp", competition="something-else", status="completed",
-                                   best_val_f=0.99)
+                                   best_val_score=0.99)
     # cpx validate with flip TTA scored the unet run higher than its training curve
     ledger.add_validation(runs["unet"]["id"], checkpoint="best", tta="flip", score=0.6600)
     ledger.add_validation(runs["unet"]["id"], checkpoint="best", tta="none", score=0.6400)
@@ -159,9 +159,9 @@ def test_board_ranks_runs_and_submissions_with_predictions(ledger):
 
 def test_runs_on_generated_faces_are_marked_synthetic(ledger):
     ledger.add_run(name="demo", recipe="msf-lmsa", competition="celebamask-mini", status="completed",
-                   best_val_f=0.49, config={"data": {"path": None}}, config_diff={"train.epochs": 30})
+                   best_val_score=0.49, config={"data": {"path": None}}, config_diff={"train.epochs": 30})
     ledger.add_run(name="real", recipe="msf-lmsa", competition="celebamask-mini", status="completed",
-                   best_val_f=0.70, config={"data": {"path": "/data/celebamask-mini"}}, config_diff={})
+                   best_val_score=0.70, config={"data": {"path": "/data/celebamask-mini"}}, config_diff={})
     rows = {r.label: r for r in build_leaderboard(ledger, competition="celebamask-mini").rows}
     assert rows["demo"].synthetic and rows["demo"].key_config == "synthetic data, epochs=30"
     assert not rows["real"].synthetic and rows["real"].key_config == ""

@@ -114,10 +114,10 @@ def test_run_crud(led):
     assert run["finished_at"] is None
 
     done = led.update_run(
-        run["id"], status="completed", best_val_f=0.81, best_epoch=40,
+        run["id"], status="completed", best_val_score=0.81, best_epoch=40,
         finished_at=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
     )
-    assert done["status"] == "completed" and done["best_val_f"] == 0.81
+    assert done["status"] == "completed" and done["best_val_score"] == 0.81
     assert done["finished_at"] == "2026-01-02T03:04:05+00:00"
     assert done["params"] == 1_234_567
 
@@ -167,25 +167,25 @@ def test_json_round_trip(led):
     members = [{"run": "r1", "weight": 0.6}, {"run": "r2", "weight": 0.4}]
     run = led.add_run(
         name="ens", kind="ensemble", config=config, config_diff=diff, members=members,
-        best_val_f=np.float32(0.5), params=np.int64(12), git_dirty=True,
+        best_val_score=np.float32(0.5), params=np.int64(12), git_dirty=True,
     )
     again = led.get_run(run["id"])
     assert again["config"] == config
     assert again["config_diff"] == diff
     assert again["members"] == members
-    assert again["best_val_f"] == 0.5 and again["params"] == 12 and again["git_dirty"] is True
+    assert again["best_val_score"] == 0.5 and again["params"] == 12 and again["git_dirty"] is True
     assert led.update_run(run["id"], config_diff={})["config_diff"] == {}
     assert led.update_run(run["id"], config=None)["config"] is None
 
 
 def test_list_runs_filters_and_order(led):
-    led.add_run(id="r1", name="one", created_at="2026-01-01T00:00:00+00:00", best_val_f=0.7, status="completed")
+    led.add_run(id="r1", name="one", created_at="2026-01-01T00:00:00+00:00", best_val_score=0.7, status="completed")
     led.add_run(id="r2", name="two", created_at="2026-01-02T00:00:00+00:00", status="failed")
-    led.add_run(id="r3", name="three", created_at="2026-01-03T00:00:00+00:00", best_val_f=0.8, status="completed")
-    led.add_run(id="r4", name="four", kind="ensemble", created_at="2026-01-04T00:00:00+00:00", best_val_f=0.75)
+    led.add_run(id="r3", name="three", created_at="2026-01-03T00:00:00+00:00", best_val_score=0.8, status="completed")
+    led.add_run(id="r4", name="four", kind="ensemble", created_at="2026-01-04T00:00:00+00:00", best_val_score=0.75)
 
     assert [r["id"] for r in led.list_runs()] == ["r4", "r3", "r2", "r1"]
-    assert [r["id"] for r in led.list_runs(order_by="best_val_f")] == ["r3", "r4", "r1", "r2"]
+    assert [r["id"] for r in led.list_runs(order_by="best_val_score")] == ["r3", "r4", "r1", "r2"]
     assert [r["id"] for r in led.list_runs(status="completed")] == ["r3", "r1"]
     assert [r["id"] for r in led.list_runs(status=["completed", "failed"], limit=2)] == ["r3", "r2"]
     assert [r["id"] for r in led.list_runs(kind="ensemble")] == ["r4"]
@@ -219,7 +219,7 @@ def test_validations(led, tmp_path):
 
 
 def test_submissions(led):
-    run = led.add_run(name="m", best_val_f=0.8)
+    run = led.add_run(name="m", best_val_score=0.8)
     sub = led.add_submission("sub-01", run_id=run["id"], zip_path="submissions/sub-01.zip", val_score=0.79)
     assert sub["uploaded"] is False and sub["is_final"] is False and sub["run_id"] == run["id"]
     with pytest.raises(SubmissionError, match="already exists"):
@@ -240,9 +240,9 @@ def test_submissions(led):
 
     listed = {s["name"]: s for s in led.list_submissions()}
     assert set(listed) == {"sub-01", "sub-03"}
-    assert listed["sub-01"]["run_best_val_f"] == 0.8 and listed["sub-01"]["run_name"] == "m"
+    assert listed["sub-01"]["run_best_val_score"] == 0.8 and listed["sub-01"]["run_name"] == "m"
     assert listed["sub-01"]["latest_score"] is None
-    assert listed["sub-03"]["run_best_val_f"] is None
+    assert listed["sub-03"]["run_best_val_score"] is None
 
 
 def test_score_rules(led):

@@ -54,7 +54,7 @@ def test_package_writes_a_verified_zip_and_records_it(run_id, cpx_workspace, cpx
     zpath = Path(result.zip_path)
     assert zpath.parent == cpx_workspace.submissions_dir
     assert re.fullmatch(r"submission-v1_f\d\.\d{4}\.zip", zpath.name)
-    assert zpath.name == f"submission-v1_f{trained[1].best_val_f:.4f}.zip"
+    assert zpath.name == f"submission-v1_f{trained[1].best_val_score:.4f}.zip"
     # nothing but the zip: no temp files left over
     assert [p.name for p in cpx_workspace.submissions_dir.iterdir()] == [zpath.name]
 
@@ -93,7 +93,7 @@ def test_package_writes_a_verified_zip_and_records_it(run_id, cpx_workspace, cpx
         row = ledger.get_submission("v1")
     assert row["run_id"] == run_id and row["zip_path"] == str(zpath) and row["tta"] == "none"
     assert row["zip_sha256"] == _sha(zpath.read_bytes()) and row["size_bytes"] == zpath.stat().st_size
-    assert row["val_score"] == pytest.approx(trained[1].best_val_f) and row["checkpoint"] == "best"
+    assert row["val_score"] == pytest.approx(trained[1].best_val_score) and row["checkpoint"] == "best"
 
     # reusing the name is refused and leaves the zip alone
     before = zpath.read_bytes()

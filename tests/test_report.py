@@ -46,7 +46,7 @@ def _run(ledger, ws, name, val, dice=1.5, seed=0, model="msf-lmsa", sweep=None, 
     if history:
         folder.write_history([{"epoch": e, "val_f": f, "train_loss": 1.0 / e, "lr": 1e-3} for e, f in history])
     row = ledger.add_run(id=folder.path.name, name=name, recipe="msf-lmsa", competition=COMP, status="completed",
-                         best_val_f=val, best_epoch=best, last_epoch=last, epochs_planned=300,
+                         best_val_score=val, best_epoch=best, last_epoch=last, epochs_planned=300,
                          config=_config(dice, seed, model), config_diff=_diff(dice, seed, model), data_fingerprint="fp",
                          run_dir=str(folder.path), sweep=sweep, notes="no improvement in 20 validations (patience)")
     if per_image is not None:
@@ -266,7 +266,7 @@ def test_an_ablation_sweep_is_reported_against_its_baseline(cpx_workspace, cpx_h
                 config["train"]["ema"] = None if variant == "no-ema" else 0.998
                 folder = RunFolder.create(ws.runs_dir, f"20260101-000000-{variant}-{seed}")
                 ledger.add_run(id=folder.path.name, name=f"abl#{variant}-{seed}", recipe="msf-lmsa", competition=COMP,
-                               status="completed", best_val_f=value, best_epoch=10, last_epoch=12, config=config,
+                               status="completed", best_val_score=value, best_epoch=10, last_epoch=12, config=config,
                                config_diff={}, data_fingerprint="fp", run_dir=str(folder.path), sweep="abl")
     result = build_report(ws, cpx_host)
     md = result.markdown.read_text()

@@ -93,8 +93,8 @@ def test_factor_effects_with_seed_noise():
 @pytest.fixture
 def two_runs(cpx_workspace):
     with Ledger(cpx_workspace.ledger_path) as ledger:
-        a = ledger.add_run(name="base", status="completed", best_val_f=0.585, data_fingerprint="fp")
-        b = ledger.add_run(name="dice2", status="completed", best_val_f=0.63, data_fingerprint="fp")
+        a = ledger.add_run(name="base", status="completed", best_val_score=0.585, data_fingerprint="fp")
+        b = ledger.add_run(name="dice2", status="completed", best_val_score=0.63, data_fingerprint="fp")
         ledger.add_validation(a["id"], checkpoint="best", tta="none", data="val_list", images=6,
                               score=float(np.mean(list(A.values()))), per_image=A)
         ledger.add_validation(b["id"], checkpoint="best", tta="none", data="val_list", images=6,

@@ -42,7 +42,7 @@ def packaged(ledger, name, *, run_name="r1", val=0.69, tmp=None, created=None, *
         run = ledger.get_run(run_name)
     except Exception:
         run = ledger.add_run(name=run_name, competition="celebamask-mini", status="completed",
-                             best_val_f=val, best_epoch=40)
+                             best_val_score=val, best_epoch=40)
     path = Path(tmp or ".") / f"submission-{name}.zip"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("masks/a.png", b"not checked here")
@@ -163,7 +163,7 @@ def hand_made_zip(path: Path, data_root: Path, competition, *, drop_first=False,
 
 def test_register_a_hand_made_zip(ledger, capsys, cpx_synthetic, cpx_host, tmp_path):
     comp = cpx_host.competition("celebamask-mini")
-    run = ledger.add_run(name="old", competition=comp.name, status="completed", best_val_f=0.68)
+    run = ledger.add_run(name="old", competition=comp.name, status="completed", best_val_score=0.68)
     zip_path = hand_made_zip(tmp_path / "mine.zip", cpx_synthetic, comp)
     before = zip_path.read_bytes()
     test_dir = comp.data_path(cpx_synthetic, "test_images")

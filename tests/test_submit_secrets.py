@@ -125,7 +125,7 @@ def test_nothing_cpx_writes_or_prints_holds_the_token_or_the_password(fake, cpx_
     assert run("codabench", "login", "--url", fake.url, "--username", fake.email, "--password-stdin",
                stdin=PASSWORD + "\n") == 0
     with Ledger(cpx_workspace.ledger_path) as ledger:
-        run_row = ledger.add_run(name="r1", competition="celebamask-mini", status="completed", best_val_f=0.7)
+        run_row = ledger.add_run(name="r1", competition="celebamask-mini", status="completed", best_val_score=0.7)
         zpath = cpx_workspace.root / "submission-v1.zip"
         with zipfile.ZipFile(zpath, "w") as zf:
             zf.writestr("masks/a.png", b"x" * 100)

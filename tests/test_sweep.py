@@ -263,7 +263,7 @@ def test_grid_sweep_interrupted_killed_and_resumed(resumed_sweep):
     with Ledger(ws.ledger_path) as ledger:
         for row in runs:
             (v,) = ledger.list_validations(row["id"])
-            assert v["score"] == pytest.approx(row["best_val_f"]) and len(v["per_image"]) == 2
+            assert v["score"] == pytest.approx(row["best_val_score"]) and len(v["per_image"]) == 2
 
 
 def test_search_with_pruning_records_pruned_trials(cpx_workspace, cpx_host, tiny_model, monkeypatch):

@@ -33,7 +33,7 @@ def test_train_writes_run_folder_and_ledger_row(cpx_workspace, cpx_host, tiny_mo
     with Ledger(cpx_workspace.ledger_path) as ledger:
         row = ledger.get_run("first")
     assert row["status"] == "completed" and row["last_epoch"] == 2
-    assert row["best_val_f"] == pytest.approx(max(h["val_f"] for h in history))
+    assert row["best_val_score"] == pytest.approx(max(h["val_f"] for h in history))
     assert row["config_diff"]["model.name"] == "tiny" and row["params"] == result.params
     assert row["data_fingerprint"] and row["config"]["loss"]["options"]["dice"] == 1.5
 

@@ -96,7 +96,7 @@ def assert_consistent(ws, row: dict) -> None:
     # ties keep the earliest, as the trainer does
     best = next(h for h in scored if h["val_f"] == best["val_f"])
     assert row["best_epoch"] == best["epoch"], (row["best_epoch"], best)
-    assert row["best_val_f"] == pytest.approx(best["val_f"])
+    assert row["best_val_score"] == pytest.approx(best["val_f"])
     assert row["last_epoch"] == history[-1]["epoch"]
     saved = torch.load(folder.best_path, weights_only=True)
     assert saved["epoch"] == best["epoch"] and saved["val_f"] == pytest.approx(best["val_f"])
@@ -234,7 +234,7 @@ def test_a_busy_ledger_never_ends_training(cpx_workspace, cpx_host, tiny_model, 
     assert result.status == "completed" and result.epochs == 3
     row = only_run(cpx_workspace)
     assert row["status"] == "completed" and row["last_epoch"] == 3
-    assert row["best_val_f"] == pytest.approx(result.best_val_f)
+    assert row["best_val_score"] == pytest.approx(result.best_val_score)
 
 
 def test_a_diverging_loss_fails_the_run_naming_the_epoch(cpx_workspace, cpx_host, tiny_model, monkeypatch):

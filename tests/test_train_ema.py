@@ -49,7 +49,7 @@ def test_history_checkpoints_and_ledger_hold_both(cpx_workspace, cpx_host, tiny_
     assert all(0 <= r["val_f"] <= 1 and 0 <= r["val_f_ema"] <= 1 and r["val_loss_ema"] > 0 for r in records)
     best_f = max(max(r["val_f"], r["val_f_ema"]) for r in records)
     with Ledger(cpx_workspace.ledger_path) as ledger:
-        assert ledger.get_run(result.run_id)["best_val_f"] == pytest.approx(best_f)
+        assert ledger.get_run(result.run_id)["best_val_score"] == pytest.approx(best_f)
         # the recorded best validation is that of the weights that won, raw or EMA
         assert ledger.best_validation(result.run_id)["score"] == pytest.approx(best_f)
     # both checkpoints hold tensors and plain values only

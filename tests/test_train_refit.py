@@ -21,13 +21,13 @@ def _parent(ws, host, **overrides):
 
 
 def test_overrides_keep_the_parents_schedule_and_stop_at_its_best_epoch():
-    row = {"id": "p", "best_epoch": 4, "best_val_f": 0.5, "epochs_planned": 10, "config": {}}
+    row = {"id": "p", "best_epoch": 4, "best_val_score": 0.5, "epochs_planned": 10, "config": {}}
     assert refit_overrides(row) == {"data.val_fraction": 0.0, "train.budget_minutes": None, "train.patience": None,
                                     "train.epochs": 10, "train.stop_after": 4}
     assert refit_overrides({**row, "best_epoch": 10})["train.epochs"] == 10
     assert refit_overrides({**row, "best_epoch": 10})["train.stop_after"] is None
     with pytest.raises(RunError, match="no validated best epoch"):
-        refit_overrides({**row, "best_epoch": None, "best_val_f": None})
+        refit_overrides({**row, "best_epoch": None, "best_val_score": None})
 
 
 def test_stop_after_keeps_the_schedule_of_the_full_run(cpx_workspace, cpx_host, tiny_model):
@@ -46,11 +46,11 @@ def test_refit_trains_on_every_image_and_carries_the_parents_val_f(cpx_workspace
     parent = _parent(cpx_workspace, cpx_host, **{"train.ema": 0.9})
     refit = train(TrainRequest(refit="parent"), cpx_workspace, cpx_host)
     assert refit.status == "completed" and refit.refit_of == parent.run_id
-    assert refit.epochs == parent.best_epoch and refit.best_val_f == pytest.approx(parent.best_val_f)
+    assert refit.epochs == parent.best_epoch and refit.best_val_score == pytest.approx(parent.best_val_score)
     with Ledger(cpx_workspace.ledger_path) as ledger:
         row = ledger.get_run(refit.run_id)
     assert row["refit_of"] == parent.run_id and row["name"] == "parent-refit" and row["kind"] == "train"
-    assert row["best_val_f"] == pytest.approx(parent.best_val_f) and row["last_epoch"] == parent.best_epoch
+    assert row["best_val_score"] == pytest.approx(parent.best_val_score) and row["last_epoch"] == parent.best_epoch
     assert row["config"]["data"]["val_fraction"] == 0 and row["config_diff"]["data.val_fraction"] == 0
     info = json.loads((refit.run_dir / "data.json").read_text())
     assert info["train"] == 24 and info["val"] == 0
@@ -89,9 +89,9 @@ def test_an_interrupted_refit_resumes_and_keeps_the_carried_val_f(cpx_workspace,
     assert cut.status == "stopped"
     resumed = train(TrainRequest(resume=cut.run_id), cpx_workspace, cpx_host)
     assert resumed.status == "completed" and resumed.epochs == parent.best_epoch
-    assert resumed.refit_of == parent.run_id and resumed.best_val_f == pytest.approx(parent.best_val_f)
+    assert resumed.refit_of == parent.run_id and resumed.best_val_score == pytest.approx(parent.best_val_score)
     with Ledger(cpx_workspace.ledger_path) as ledger:
-        assert ledger.get_run(cut.run_id)["best_val_f"] == pytest.approx(parent.best_val_f)
+        assert ledger.get_run(cut.run_id)["best_val_score"] == pytest.approx(parent.best_val_score)
 
 
 def test_cli_refit_shows_in_runs_and_leaderboard(cpx_workspace, cpx_host, tiny_model, capsys):

@@ -157,7 +157,7 @@ def test_validate_run_matches_training_and_is_recorded(cpx_workspace, cpx_host, 
     run = _tiny_run(cpx_workspace, cpx_host)
     ev = validate_run("r", cpx_workspace, cpx_host)
     # same images, sizes, precision and metric as the trainer's own validation
-    assert ev.scores.fscore == pytest.approx(run.best_val_f, abs=1e-9)
+    assert ev.scores.fscore == pytest.approx(run.best_val_score, abs=1e-9)
     assert ev.names == (run.run_dir / "val_list.txt").read_text().split()
     with Ledger(cpx_workspace.ledger_path) as ledger:
         rows = ledger.list_validations(run.run_id)

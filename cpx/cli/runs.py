@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             diff = r.get("config_diff") or {}
             label = r["id"] if (r.get("name") or r["id"]) == r["id"] else f"{r['name']}\n[dim]{r['id']}[/]"
-            val_f = format_f(r.get("best_val_f"))
+            val_f = format_f(r.get("best_val_score"))
             if r.get("refit_of"):  # nothing was held out: the parent's score, marked
                 val_f += f"\n[dim]refit of {r['refit_of']}: its val F, not measurable[/]"
             table.add_row(label, r.get("recipe") or "", r.get("status") or "",

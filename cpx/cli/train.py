@@ -137,10 +137,10 @@ def register(app: typer.Typer) -> None:
         table.add_row("run", result.run_id)
         table.add_row("status", result.status + (f" ({result.message})" if result.message else ""))
         if result.refit_of:
-            table.add_row("val F", f"{format_f(result.best_val_f)}, carried from {result.refit_of} (not measurable: "
+            table.add_row("val F", f"{format_f(result.best_val_score)}, carried from {result.refit_of} (not measurable: "
                                    "every labelled image trained)")
         else:
-            table.add_row("best val F", f"{format_f(result.best_val_f)} (epoch {result.best_epoch})")
+            table.add_row("best val F", f"{format_f(result.best_val_score)} (epoch {result.best_epoch})")
         table.add_row("epochs", str(result.epochs))
         table.add_row("parameters", f"{result.params:,}")
         table.add_row("wall time", f"{result.wall_seconds:.0f} s")

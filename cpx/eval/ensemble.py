@@ -111,8 +111,8 @@ def parse_weights(text: Optional[str], count: Optional[int] = None) -> Optional[
 
 def top_runs(ledger: Ledger, k: int) -> list[dict]:
     """The ``k`` completed trained runs with the best validation F (of the best run's competition)."""
-    rows = [r for r in ledger.list_runs(status="completed", kind="train", order_by="best_val_f")
-            if r.get("best_val_f") is not None]
+    rows = [r for r in ledger.list_runs(status="completed", kind="train", order_by="best_val_score")
+            if r.get("best_val_score") is not None]
     if not rows:
         raise RunError("no completed runs with a validation score in the ledger; name the runs to ensemble")
     comp = rows[0].get("competition")
@@ -288,7 +288,7 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
     cache = _SearchCache(len(members)) if search else None
     singles, mix_scores, per_image = _one_pass(members, weights, competition, root, names, tta, dev, precision,
                                                batch_size, cache, progress)
-    member_scores = [MemberScore(h.id, h.row.get("name") or h.id, w, checkpoint, s.fscore, h.row.get("best_val_f"))
+    member_scores = [MemberScore(h.id, h.row.get("name") or h.id, w, checkpoint, s.fscore, h.row.get("best_val_score"))
                      for h, w, s in zip(handles, weights, singles)]
     best_single = max(member_scores, key=lambda m: m.fscore)
 
@@ -358,7 +358,7 @@ def _record(workspace: Workspace, competition, result: EnsembleResult, name: Opt
     with Ledger(workspace.ledger_path) as ledger:
         ledger.add_run(id=run_id, name=name or run_id, kind="ensemble", recipe="ensemble",
                        competition=competition.name, status="completed", created_at=now, finished_at=now,
-                       command=command, params=params, best_val_f=s.fscore, members=members,
+                       command=command, params=params, best_val_score=s.fscore, members=members,
                        wall_seconds=round(result.seconds, 2), run_dir=str(folder.path),
                        notes="; ".join(result.warnings) or None)
         ledger.add_validation(run_id, checkpoint="members", tta=tta_label(result.tta), data=VAL_LIST,

@@ -308,13 +308,17 @@ class Predictor:
         applied), then the post-processing steps."""
         return [v["final"] for v in self._run(images, sizes, mode="variants", variants=False)]
 
-    def predict_variants(self, images: list[torch.Tensor],
-                         sizes: Optional[Sequence[Size]] = None) -> list[dict[str, torch.Tensor]]:
+    def predict_variants(self, images: list[torch.Tensor], sizes: Optional[Sequence[Size]] = None,
+                         on_decision: Optional[Callable[[torch.Tensor, list[int]], None]] = None
+                         ) -> list[dict[str, torch.Tensor]]:
         """Per image the masks of each stage from one forward pass: ``raw`` (plain argmax),
         ``calibrated`` (with the logit offsets, when there are any), ``post`` (after the
         post-processing steps, when there are any) and ``final`` (the last of these, which is
-        what :meth:`predict` gives)."""
-        return self._run(images, sizes, mode="variants", variants=True)
+        what :meth:`predict` gives). ``on_decision(decision, index)`` sees each group's decision
+        tensor (one model: its summed view logits, B x C x H x W at the output size) with the
+        positions of its images in ``images``, before the argmax (training measures its loss
+        there)."""
+        return self._run(images, sizes, mode="variants", variants=True, on_decision=on_decision)
 
     def logits(self, images: list[torch.Tensor], sizes: Optional[Sequence[Size]] = None) -> list[torch.Tensor]:
         """Per image the model's mean view logits, C x H x W float32, before any offsets (one
@@ -342,7 +346,7 @@ class Predictor:
             out.append(one)
         return out
 
-    def _run(self, images, sizes, mode: str, variants: bool = False) -> list:
+    def _run(self, images, sizes, mode: str, variants: bool = False, on_decision=None) -> list:
         images = list(images)
         self._check(images)
         if sizes is None:
@@ -357,7 +361,10 @@ class Predictor:
             for (_, out_hw), idx in groups.items():
                 x = torch.stack([images[i] for i in idx]).to(self.device)
                 if mode == "variants":
-                    per_image = self._masks(self._forward(x, out_hw, "decision"), variants)
+                    decision = self._forward(x, out_hw, "decision")
+                    if on_decision is not None:
+                        on_decision(decision, idx)
+                    per_image = self._masks(decision, variants)
                 else:
                     p = self._forward(x, out_hw, mode).cpu()
                     per_image = [p[j] for j in range(len(idx))]
@@ -370,6 +377,7 @@ class Predictor:
         parts = [f"{m.label or 'model'}@{m.image_size}px" + (f" x{w:.2f}" if len(self.members) > 1 else "")
                  for m, w in zip(self.members, self.weights)]
         extra = ("  calibrated" if self.logit_offsets is not None else "") + \
+            (f"  tiles {self.members[0].tile}px" if self.members[0].tile else "") + \
             (f"  post {post_label(self.post)}" if self.post else "")
         return f"{' + '.join(parts)}  tta {tta_label(self.tta)}{extra}  {self.device.type}/{self.precision}"
 
@@ -439,7 +447,7 @@ def stored_calibration(handle, checkpoint: str = "best") -> tuple[Optional[list[
 def predictor_for_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint: str = "best",
                       tta: Union[None, str, Sequence[str]] = (), device: str = "auto",
                       precision: str = "auto", scales: Sequence[float] = DEFAULT_SCALES,
-                      calibration: bool = True, post: PostSpec = None) -> Predictor:
+                      calibration: bool = True, post: PostSpec = None, tile: Optional[int] = None) -> Predictor:
     """A predictor for a trained run (its ``checkpoint``: best, last or a path) or an ensemble run
     (each member's recorded checkpoint and weight). ``tta=None`` uses the TTA an ensemble was
     scored with (none for a trained run). With ``calibration`` a trained run's stored logit
@@ -472,7 +480,8 @@ def predictor_for_run(ref: str, workspace: Workspace, host: PluginHost, *, check
         which = m.get("checkpoint") or "best"
         model = handle.load_model(which, dev, host)
         members.append(Member(model=model, image_size=handle.image_size, weight=float(m.get("weight", 1.0)),
-                              label=handle.row.get("name") or handle.id, run_id=handle.id, checkpoint=which))
+                              label=handle.row.get("name") or handle.id, run_id=handle.id, checkpoint=which,
+                              tile=tile))
     if tta is None:
         tta = spec.get("tta", ()) if spec else ()
     competition = handles[0][0].competition

@@ -63,7 +63,7 @@ class EffectSections:
         rows = []
         for cell in sorted(res.cells, key=lambda c: -(c.summary.mean if c.summary else -1)):
             counted = [r for r in cell.runs if r.counted]
-            refs = [Ref("runs", r.run_id, "best_val_f", r.value) for r in counted]
+            refs = [Ref("runs", r.run_id, "best_val_score", r.value) for r in counted]
             summ = cell.summary
             rows.append([*(show_value(cell.params.get(k)) for k in keys),
                          fact_int(d, len(counted), refs, "count"),
@@ -72,7 +72,7 @@ class EffectSections:
         s.add(Table([*(short_key(k) for k in keys), "runs", "mean best val F", "sd over seeds"], rows,
                     caption=f"Sweep {res.name}: each cell over its seeds."))
         nz = res.noise
-        all_refs = [Ref("runs", r.run_id, "best_val_f", r.value) for r in res.counted]
+        all_refs = [Ref("runs", r.run_id, "best_val_score", r.value) for r in res.counted]
         if nz is not None:
             if nz.sd is None:
                 s.text("One run per cell and no spare degrees of freedom: the noise, and so the significance of "
@@ -109,7 +109,7 @@ class EffectSections:
     def _single_pairs(self, s: Section) -> None:
         """Pairs of single runs that differ in exactly one config field (same recipe, data and seed)."""
         d = self.doc
-        candidates = [r for r in self.runs if r.get("kind") == "train" and r.get("config") and r.get("best_val_f") is not None
+        candidates = [r for r in self.runs if r.get("kind") == "train" and r.get("config") and r.get("best_val_score") is not None
                       and r.get("status") in RANKED_STATUSES]
         pairs = []
         for i, a in enumerate(candidates):
@@ -163,7 +163,7 @@ class EffectSections:
             if best is None or res.mode != "grid":
                 continue
             significant = sorted((e for e in res.effects if e.significant), key=lambda e: -abs(e.estimate))
-            all_refs = [Ref("runs", r.run_id, "best_val_f", r.value) for r in res.counted]
+            all_refs = [Ref("runs", r.run_id, "best_val_score", r.value) for r in res.counted]
             if any(f.variants is not None for f in res.factors):
                 found = self._next_after_ablation(s, res, significant, all_refs) or found
                 continue
@@ -243,7 +243,7 @@ class EffectSections:
 def effect_fact(doc: Document, res: SweepResults, e: stats.Effect) -> str:
     """An effect's estimate as a fact: the runs at its level and at the reference level."""
     def refs(level):
-        return [Ref("runs", r.run_id, "best_val_f", r.value) for r in res.counted
+        return [Ref("runs", r.run_id, "best_val_score", r.value) for r in res.counted
                 if stats.level_key(r.params.get(e.factor)) == level]
 
     lv, ref = refs(e.level), refs(e.reference)

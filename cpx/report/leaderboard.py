@@ -315,7 +315,7 @@ def run_checkpoint(row: Row) -> str:
 def _run_val(ledger: Ledger, run: dict) -> tuple[Optional[float], str, Optional[str]]:
     """The run's best validation F, where it comes from, and its checkpoint: the training
     curve's best, unless a later ``cpx validate`` scored higher (with TTA, say)."""
-    val, source, checkpoint = run.get("best_val_f"), "", None
+    val, source, checkpoint = run.get("best_val_score"), "", None
     if val is not None:
         source = f"train ep {run['best_epoch']}" if run.get("best_epoch") else "train"
         checkpoint = "best" if run.get("kind") == "train" else None
@@ -363,8 +363,8 @@ def _submission_val(ledger: Ledger, sub: dict, run: Optional[dict]) -> tuple[Opt
         if v.get("score") is not None and v.get("checkpoint") == sub.get("checkpoint") \
                 and (v.get("tta") or "none") == (sub.get("tta") or "none"):
             return float(v["score"]), f"validate #{v['id']}"
-    if run.get("best_val_f") is not None:
-        return float(run["best_val_f"]), "train"
+    if run.get("best_val_score") is not None:
+        return float(run["best_val_score"]), "train"
     return None, ""
 
 
@@ -394,7 +394,7 @@ def build_leaderboard(ledger: Ledger, *, phase: str = "test", sort: str = "val",
         val, source, checkpoint = _run_val(ledger, run)
         common = dict(run_id=run["id"], run_name=run.get("name") or run["id"], kind=run.get("kind"),
                       best_epoch=run.get("best_epoch"), config_diff=run.get("config_diff") or {},
-                      train_val_f=run.get("best_val_f"), synthetic=_synthetic(run))
+                      train_val_f=run.get("best_val_score"), synthetic=_synthetic(run))
         subs = subs_by_run.get(run["id"], [])
         if not subs:
             rows.append(Row(label=run.get("name") or run["id"], checkpoint=checkpoint, val_f=val,

@@ -48,7 +48,7 @@ class _Builder(EffectSections):
         self.ledger, self.workspace, self.host, self.out, self.top, self.level = ledger, workspace, host, out, top, level
         self.doc = Document("Training results")
         self.figures: list[Path] = []
-        self.runs = ledger.list_runs(order_by="best_val_f")
+        self.runs = ledger.list_runs(order_by="best_val_score")
         self.by_id = {r["id"]: r for r in self.runs}
         self.subs = ledger.list_submissions()
         self.competition = self._competition()
@@ -75,8 +75,8 @@ class _Builder(EffectSections):
         if sub.get("val_score") is not None:
             return float(sub["val_score"]), Ref("submissions", sub["name"], "val_score", sub["val_score"])
         run = self.by_id.get(sub.get("run_id"))
-        if run is not None and run.get("best_val_f") is not None:
-            return float(run["best_val_f"]), Ref("runs", run["id"], "best_val_f", run["best_val_f"])
+        if run is not None and run.get("best_val_score") is not None:
+            return float(run["best_val_score"]), Ref("runs", run["id"], "best_val_score", run["best_val_score"])
         return None, None
 
     def _pairs(self) -> list[tuple[dict, float, Ref, float, Ref]]:
@@ -144,7 +144,7 @@ class _Builder(EffectSections):
     def ranking(self) -> list[dict]:
         d = self.doc
         s = d.section("Ranking")
-        ranked = [r for r in self.runs if r.get("best_val_f") is not None and r.get("status") in RANKED_STATUSES]
+        ranked = [r for r in self.runs if r.get("best_val_score") is not None and r.get("status") in RANKED_STATUSES]
         shown = ranked[: self.top]
         model = self._gap_model()
         header = ["#", "run", "status", "val F", "TTA val F", "test F", "predicted test F", "val→test gap",
@@ -153,8 +153,8 @@ class _Builder(EffectSections):
         top_config = shown[0].get("config") if shown else None
         for i, run in enumerate(shown, 1):
             rid = run["id"]
-            val_ref = Ref("runs", rid, "best_val_f", run["best_val_f"])
-            val = fact_f(d, run["best_val_f"], val_ref)
+            val_ref = Ref("runs", rid, "best_val_score", run["best_val_score"])
+            val = fact_f(d, run["best_val_score"], val_ref)
             tta = self._tta_best(run)
             tta_text = "-"
             if tta is not None:
@@ -170,7 +170,7 @@ class _Builder(EffectSections):
                     gap_text = fact_signed(d, float(score["score"]) - sval, [sref, tref], "diff")
             elif model is not None:
                 mean, _, hw, n = model
-                value = run["best_val_f"] + mean
+                value = run["best_val_score"] + mean
                 refs = [val_ref, *self._pair_refs()]
                 pred_text = (fact_f(d, value, None, "gap_prediction", refs) + " ±"
                              + d.fact(hw, f"{hw:.4f}", refs[1:], "gap_half_width" if n > 1 else "assumed_spread"))
@@ -243,7 +243,7 @@ class _Builder(EffectSections):
         """TTA, post-processing and held-out calibration gains, paired per image, per run."""
         d = self.doc
         s = d.section("Evaluation-time ingredients")
-        ranked = [r for r in self.runs if r.get("best_val_f") is not None and r.get("status") in RANKED_STATUSES]
+        ranked = [r for r in self.runs if r.get("best_val_score") is not None and r.get("status") in RANKED_STATUSES]
         found = evaltime.gains(self.ledger, self.workspace.runs_dir, ranked, self.level)
         if not found:
             s.text("No run has a TTA, post-processed or calibrated score beside its plain one: "
@@ -351,9 +351,9 @@ class _Builder(EffectSections):
         unsubmitted = [r for r in shown if self._run_test(r) is None]
         if unsubmitted:
             best = unsubmitted[0]
-            vref = Ref("runs", best["id"], "best_val_f", best["best_val_f"])
-            value = best["best_val_f"] + mean
-            s.text(f"So the best run not yet submitted, {self._label(best)} (val F {fact_f(d, best['best_val_f'], vref)}), "
+            vref = Ref("runs", best["id"], "best_val_score", best["best_val_score"])
+            value = best["best_val_score"] + mean
+            s.text(f"So the best run not yet submitted, {self._label(best)} (val F {fact_f(d, best['best_val_score'], vref)}), "
                    f"should score about {fact_f(d, value, None, 'gap_prediction', [vref, *refs])} ± "
                    f"{d.fact(hw, f'{hw:.4f}', refs, 'gap_half_width' if sd is not None else 'assumed_spread')} on the test set. "
                    "This assumes the gap does not depend on the model; keep the validation split fixed.")

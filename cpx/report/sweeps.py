@@ -145,7 +145,7 @@ def sweep_results(ledger: Ledger, name: str, level: float = stats.DEFAULT_LEVEL)
         params = {f.key: _level(f, row.get("config"), row.get("config_diff")) for f in factors}
         seed = _value(row.get("config"), row.get("config_diff"), SEED_KEY)
         runs.append(SweepRun(run_id=row["id"], name=row.get("name") or row["id"], status=row.get("status") or "",
-                             params=params, seed=seed, value=row.get("best_val_f"), best_epoch=row.get("best_epoch"),
+                             params=params, seed=seed, value=row.get("best_val_score"), best_epoch=row.get("best_epoch"),
                              last_epoch=row.get("last_epoch")))
     runs.sort(key=lambda r: (tuple(stats.level_order(r.params.get(k)) for k in keys), r.seed or 0, r.run_id))
     result = SweepResults(name=name, sweep=sweep, factors=factors, runs=runs, cells=[])

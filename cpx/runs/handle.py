@@ -29,7 +29,7 @@ class RunHandle:
 
     def __repr__(self) -> str:
         return (f"RunHandle({self.id!r}, model={self.config.model.name!r}, competition={self.competition.name!r}, "
-                f"best_val_f={self.row.get('best_val_f')}, folder={str(self.folder.path)!r})")
+                f"best_val_score={self.row.get('best_val_score')}, folder={str(self.folder.path)!r})")
 
     @property
     def id(self) -> str:

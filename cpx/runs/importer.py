@@ -290,7 +290,7 @@ def import_run(folder: Path, ledger: Ledger, *, name: Optional[str] = None,
                     if not 0.0 <= best <= 1.0:
                         unread.append(f"{history_path.name}: '{key}' peaks at {best}, not an F value in 0..1")
                     else:
-                        fields.update(best_val_f=best, best_epoch=best_epoch)
+                        fields.update(best_val_score=best, best_epoch=best_epoch)
                         read.append(f"validation F from '{key}' in {history_path.name}: best {best:.4f} "
                                     f"at epoch {best_epoch} of {len(values)}"
                                     + (" (given in percent)" if percent else ""))
@@ -322,11 +322,11 @@ def import_run(folder: Path, ledger: Ledger, *, name: Optional[str] = None,
         else:
             fields["params"] = params
             read.append(f"{params:,} parameters in {first.relative_to(folder)} (BatchNorm statistics excluded)")
-            if "best_val_f" not in fields:
-                for key in ("best_f", "best_val_f", "val_f_score", "best_score", "f_score"):
+            if "best_val_score" not in fields:
+                for key in ("best_f", "best_val_score", "val_f_score", "best_score", "f_score"):
                     value = _finite(meta.get(key))
                     if value is not None and 0.0 <= value <= 1.0:
-                        fields["best_val_f"] = value
+                        fields["best_val_score"] = value
                         epoch = meta.get("epoch") or meta.get("best_epoch")
                         if isinstance(epoch, int):
                             fields["best_epoch"] = epoch

@@ -32,7 +32,7 @@ DEFAULT_TIMEOUT = 10.0
 RUN_KINDS = ("train", "ensemble", "imported")
 RUN_STATUSES = ("running", "completed", "stopped", "interrupted", "failed", "imported", "pruned")
 SCORE_SOURCES = ("manual", "codabench")
-RUN_ORDERS = ("created_at", "best_val_f")
+RUN_ORDERS = ("created_at", "best_val_score")
 
 # Stored as JSON text, handed back decoded.
 _JSON_COLUMNS = {
@@ -337,7 +337,7 @@ class Ledger:
         competition: Optional[str] = None,
     ) -> list[dict]:
         """Runs, newest first (``order_by='created_at'``) or best validation F first
-        (``'best_val_f'``, runs without one last). ``status`` and ``kind`` take one
+        (``'best_val_score'``, runs without one last). ``status`` and ``kind`` take one
         value or several.
         """
         if order_by not in RUN_ORDERS:
@@ -356,8 +356,8 @@ class Ledger:
         sql = "SELECT * FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        if order_by == "best_val_f":
-            sql += " ORDER BY best_val_f IS NULL, best_val_f DESC, created_at DESC, rowid DESC"
+        if order_by == "best_val_score":
+            sql += " ORDER BY best_val_score IS NULL, best_val_score DESC, created_at DESC, rowid DESC"
         else:
             sql += " ORDER BY created_at DESC, rowid DESC"
         if limit is not None:
@@ -445,14 +445,14 @@ class Ledger:
 
     def list_submissions(self, phase: str = "test") -> list[dict]:
         """Submissions, newest first, each with its run's ``run_name`` and
-        ``run_best_val_f`` and its latest score in ``phase``: ``latest_score``,
+        ``run_best_val_score`` and its latest score in ``phase``: ``latest_score``,
         ``latest_score_column`` and ``latest_score_at`` (None when unscored).
         """
         rows = self._db.execute(
             """
             SELECT s.*,
                    r.name AS run_name,
-                   r.best_val_f AS run_best_val_f,
+                   r.best_val_score AS run_best_val_score,
                    sc.score AS latest_score,
                    sc.column_key AS latest_score_column,
                    sc.recorded_at AS latest_score_at

@@ -143,6 +143,17 @@ def m004_scores(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m012_metric_not_only_f(db: sqlite3.Connection) -> None:
+    # A competition ranks by its own metric (IoU, Dice, ...), not always an F-score: the run's
+    # best validation score loses its F in the name, and runs and validations say which metric
+    # (and on which scale) their numbers are.
+    """``runs.best_val_f`` becomes ``best_val_score``; runs and validations record their metric."""
+    db.execute("ALTER TABLE runs RENAME COLUMN best_val_f TO best_val_score")
+    db.execute("ALTER TABLE runs ADD COLUMN metric TEXT")
+    db.execute("ALTER TABLE validations ADD COLUMN metric TEXT")
+
+
 @contextmanager
 def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A ``BEGIN IMMEDIATE`` transaction on ``db`` (autocommit mode): the write lock is taken up

@@ -50,7 +50,7 @@ def reconcile(folder: RunFolder, ledger: Ledger, run_id: str) -> dict:
         fields["last_epoch"] = int(state.get("epoch") or 0)
         # a run that never validated (a refit carries its parent's val F) keeps what its row says
         if best_f is not None and best_f >= 0:
-            fields.update(best_epoch=best_epoch or None, best_val_f=float(best_f))
+            fields.update(best_epoch=best_epoch or None, best_val_score=float(best_f))
         if state.get("wall_seconds") is not None:
             fields["wall_seconds"] = round(float(state["wall_seconds"]), 2)
     else:

@@ -147,7 +147,7 @@ def submit(request: SubmitRequest, workspace: Workspace, host: PluginHost, *,
                                             replace=request.replace, note=note, final=request.final,
                                             metric=metric, competition=comp)
             if outcome.recorded.submission.get("val_score") is None:
-                outcome.val_score = (run_row or {}).get("best_val_f")
+                outcome.val_score = (run_row or {}).get("best_val_score")
         elif request.final:
             mark_final(ledger, name)
             outcome.marked_final = True

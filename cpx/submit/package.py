@@ -481,7 +481,7 @@ def _name_taken(name: str, workspace: Workspace, ledger: Ledger) -> Optional[str
 
 
 def _val_score(run: RunHandle, checkpoint: str) -> Optional[float]:
-    best = run.row.get("best_val_f")
+    best = run.row.get("best_val_score")
     if checkpoint == "best":
         return None if best is None or best < 0 else float(best)
     if checkpoint == "last":

@@ -299,7 +299,7 @@ def _run_trial(trial: optuna.Trial, spec: SweepSpec, params: dict, name: str, re
     if result.status == "stopped" and "interrupted" in result.message:
         studylib.fail_and_retry(study, study.get_trials(deepcopy=False)[trial.number], interrupted=True)
         return "interrupted", None, result.run_id, result.message
-    value = result.best_val_f if result.best_val_f >= 0 else None
+    value = result.best_val_score if result.best_val_score >= 0 else None
     if cb.pruned_at is not None:
         with Ledger(workspace.ledger_path) as ledger:
             ledger.update_run(result.run_id, status="pruned")

@@ -61,14 +61,14 @@ class TrainResult:
     run_id: str
     run_dir: Path
     status: str  # completed, stopped (interrupted or budget), failed
-    best_val_f: float
+    best_val_score: float
     best_epoch: int
     epochs: int
     params: int
     wall_seconds: float
     message: str = ""
     config_diff: dict = field(default_factory=dict)
-    # a refit: the parent run's id; ``best_val_f`` is then the parent's, carried (not measured)
+    # a refit: the parent run's id; ``best_val_score`` is then the parent's, carried (not measured)
     refit_of: Optional[str] = None
 
 
@@ -265,7 +265,7 @@ def refit_overrides(parent: dict) -> dict[str, Any]:
     :raises RunError: a run without a validated best epoch.
     """
     best = parent.get("best_epoch")
-    if not best or parent.get("best_val_f") is None:
+    if not best or parent.get("best_val_score") is None:
         raise RunError(f"run {parent['id']} has no validated best epoch; only a run that validated can be refitted")
     config = parent.get("config") or {}
     planned = int(parent.get("epochs_planned") or (config.get("train") or {}).get("epochs") or best)
@@ -417,7 +417,7 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
         parent = setup.parent
         carried = {}
         if parent is not None:  # nothing is held out, so the parent's val F stands for the refit's
-            carried = dict(refit_of=parent["id"], best_val_f=parent.get("best_val_f"),
+            carried = dict(refit_of=parent["id"], best_val_score=parent.get("best_val_score"),
                            best_epoch=config.train.stop_after or config.train.epochs)
         name = request.name or (f"{parent.get('name') or parent['id']}-refit" if parent is not None else run_id)
         # the ledger knows the run before its first file exists, so no kill leaves an unknown folder
@@ -450,7 +450,7 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
                       params, data, resume_state, ledger, callbacks, setup.select_weights)
     if setup.parent is not None:
         result.refit_of = setup.parent["id"]
-        result.best_val_f = setup.parent.get("best_val_f")
+        result.best_val_score = setup.parent.get("best_val_score")
         result.best_epoch = result.epochs
     return result
 
@@ -486,7 +486,7 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
             os.replace(folder.pending_best_path, folder.best_path)
         folder.write_history(tr.history)
         # without validation images there is no best to record (a refit carries its parent's)
-        scores = dict(best_val_f=tr.best_f if tr.best_f >= 0 else None,
+        scores = dict(best_val_score=tr.best_f if tr.best_f >= 0 else None,
                       best_epoch=tr.best_epoch or None) if tr.val_data is not None else {}
         writer.update(last_epoch=tr.epoch, wall_seconds=round(wall, 2), epochs_planned=tr.settings.epochs, **scores)
 
@@ -531,7 +531,7 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
             writer.flush(tries=2)  # still locked: status.json has it, and `cpx runs` records it later
         raise
     wall = wall_before + time.perf_counter() - started
-    result = TrainResult(run_id=run_id, run_dir=folder.path, status=status, best_val_f=trainer.best_f,
+    result = TrainResult(run_id=run_id, run_dir=folder.path, status=status, best_val_score=trainer.best_f,
                          best_epoch=trainer.best_epoch, epochs=trainer.epoch, params=params,
                          wall_seconds=round(wall, 2), message=message, config_diff=diff)
     if not main:

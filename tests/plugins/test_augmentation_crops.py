@@ -92,4 +92,4 @@ def test_training_on_crops(cpx_workspace, cpx_host, tiny_model):
     overrides = tiny_overrides(**{"augmentation.name": "baseline",
                                   "augmentation.options": {"crop_size": 24, "crop_scale": [0.75, 1.25]}})
     result = train(TrainRequest(recipe="msf-lmsa", overrides=overrides), cpx_workspace, cpx_host)
-    assert result.status == "completed" and result.best_val_f > 0
+    assert result.status == "completed" and result.best_val_score > 0

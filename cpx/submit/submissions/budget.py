@@ -98,7 +98,7 @@ def submission_report(ledger: Ledger, competition: Optional[Competition] = None,
         test = score["score"] if score else None
         val = sub.get("val_score")
         if val is None:
-            val = sub.get("run_best_val_f")
+            val = sub.get("run_best_val_score")
         in_phase = score is not None or (sub.get("phase") or DEFAULT_PHASE) == phase
         status = sub.get("status") or "packaged"
         if score is not None and status in ("packaged", "registered"):

@@ -150,7 +150,7 @@ def register_submission(ledger: Ledger, name: str, zip_path: Path, *, workspace,
             [f"{zip_path}: {len(problems)} problem{'s' if len(problems) != 1 else ''}; not registered"]
             + [f"  {p}" for p in problems]))
     if val_score is None and run_row is not None:
-        val_score = run_row.get("best_val_f")
+        val_score = run_row.get("best_val_score")
     row = ledger.add_submission(
         name, run_id=run_row["id"] if run_row else None, zip_path=str(zip_path.resolve()),
         zip_sha256=digest, size_bytes=zip_path.stat().st_size,

@@ -287,7 +287,8 @@ class _Tile:
             rows = 1.0 + amp * np.sin(along * (2 * np.pi / self.row_period)) + 0.03 * self.fine
             # parcel edges: a thin darker margin
             fu, fv = u - np.floor(u), v - np.floor(v)
-            edge = np.minimum(np.minimum(fu, 1 - fu) * self.parcel_size[0], np.minimum(fv, 1 - fv) * self.parcel_size[1])
+            edge = np.minimum(np.minimum(fu, 1 - fu) * self.parcel_size[0],
+                              np.minimum(fv, 1 - fv) * self.parcel_size[1])
             rows = rows * (1.0 - 0.15 * (edge < 0.6 / size))
             np.copyto(lum, rows, where=crop)
         forest = mask == FOREST

@@ -19,7 +19,9 @@ from cpx.kernel.workspace import Workspace
 PROFILES = Path(__file__).resolve().parent
 
 # profile name -> module beside this one whose ``synthesize(count, size, seed)`` draws its data
-GENERATORS = {"celebamask-mini": "faces"}
+GENERATORS = {"celebamask-mini": "faces",
+              "drone-vegetation": "vegetation",
+              "landcover-tiles": "landcover"}
 
 
 def _generator(name: str):

@@ -286,6 +286,11 @@ class ScoreAccumulator:
         self.confusion += conf.sum(dim=0)
         return self.metric.image_values(tp, fp, fn) * self.metric.scale
 
+    def add_counts(self, tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> None:
+        """Add images by their counts (``LongTensor[N, C]`` each), e.g. another process's."""
+        if len(tp):
+            self._counts.append(torch.stack([tp, fp, fn], dim=1).cpu())
+
     @property
     def images(self) -> int:
         """How many images were added."""

@@ -148,13 +148,14 @@ class Predictor:
     for BEFORE the softmax and the argmax, which is how the scorer sees a prediction.
     ``logit_offsets`` (one per class; one member only) shift the classes' mean logits before
     the argmax (and the softmax); ``post`` steps clean each mask of :meth:`predict`. ``notes``
-    says what was left out (e.g. a calibration of other weights).
+    says what was left out (e.g. a calibration of other weights). ``prepare=False`` leaves the
+    models on their device and memory format (a trainer validating its live model).
     """
 
     def __init__(self, members: list[Member], competition: Competition, tta: Sequence[str] = (),
                  scales: Sequence[float] = DEFAULT_SCALES, device: Union[str, torch.device] = "cpu",
                  precision: str = "fp32", logit_offsets: Optional[Sequence[float]] = None,
-                 post: Sequence[PostStep] = ()):
+                 post: Sequence[PostStep] = (), prepare: bool = True):
         if not members:
             raise ConfigError("a predictor needs at least one model")
         weights = [float(m.weight) for m in members]
@@ -178,8 +179,10 @@ class Predictor:
         self.weights = [w / sum(weights) for w in weights]
         self.flip_perm = torch.tensor(competition.flip_permutation(), device=self.device)
         for m in self.members:
-            # channels-last suits the convolutions of every built-in model on CPU and GPU
-            m.model = m.model.to(self.device).to(memory_format=torch.channels_last).eval()
+            if prepare:  # a model being trained stays as its trainer keeps it
+                # channels-last suits the convolutions of every built-in model on CPU and GPU
+                m.model = m.model.to(self.device).to(memory_format=torch.channels_last)
+            m.model.eval()
         self.post = list(post)
         self.notes: list[str] = []
         self.logit_offsets: Optional[torch.Tensor] = None

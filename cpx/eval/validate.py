@@ -71,6 +71,8 @@ class Evaluation:
     calibrated: bool = False
     post: str = "none"
     loss: Optional[float] = None  # the mean training loss of the images, when a loss was given
+    # the per-image counts behind ``scores`` (to combine several processes' shares)
+    accumulator: Optional[ScoreAccumulator] = field(default=None, repr=False)
 
     @property
     def score(self) -> float:
@@ -199,7 +201,7 @@ def evaluate(predictor: Predictor, batches: Iterable[list[Labelled]], metric: Me
                       class_names=tuple(predictor.competition.classes),
                       stages={key: a.compute().score for key, a in earlier.items()},
                       calibrated=predictor.logit_offsets is not None, post=post_label(predictor.post),
-                      loss=loss_sum / len(names) if loss_fn is not None else None)
+                      loss=loss_sum / len(names) if loss_fn is not None else None, accumulator=acc)
 
 
 def evaluate_files(predictor: Predictor, root: os.PathLike, names: Sequence[str], competition: Competition,

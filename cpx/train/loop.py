@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
-from cpx.eval.metrics import ScoreAccumulator, Scores, class_ids
+from cpx.data.competition import Competition
+from cpx.eval.metrics import Metric, ScoreAccumulator
+from cpx.eval.predict import Member, Predictor
+from cpx.eval.validate import Evaluation, Labelled, evaluate, in_batches
 from cpx.kernel.device import autocast, keep_freed_memory
 from cpx.kernel.errors import RunError
 from cpx.train.collective import all_reduce, rank_world
@@ -32,8 +34,9 @@ from cpx.train.collective import all_reduce, rank_world
 @dataclass
 class EpochRecord:
     """One epoch of history: mean training loss, last learning rate, seconds, images/s, and when
-    validated the validation loss and per-image F of the raw weights, those of the EMA weights
-    (``*_ema``, with ``train.ema``) and whether the better of the two improved on the best.
+    validated the validation loss and the competition's metric (on its scale) of the raw
+    weights, those of the EMA weights (``*_ema``, with ``train.ema``) and whether the better of
+    the two improved on the best.
     """
 
     epoch: int
@@ -42,9 +45,9 @@ class EpochRecord:
     seconds: float
     images_per_s: float
     val_loss: Optional[float] = None
-    val_f: Optional[float] = None
+    val_score: Optional[float] = None
     val_loss_ema: Optional[float] = None
-    val_f_ema: Optional[float] = None
+    val_score_ema: Optional[float] = None
     improved: bool = False
 
 
@@ -115,9 +118,9 @@ class Trainer:
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Callable, augment: Optional[torch.nn.Module],
-                 train_data: tuple[torch.Tensor, torch.Tensor],
-                 val_data: Optional[tuple[torch.Tensor, list[torch.Tensor]]],
-                 settings: TrainerSettings, num_classes: int, device: torch.device):
+                 train_data: tuple[torch.Tensor, torch.Tensor], val_data: Optional[list[Labelled]],
+                 settings: TrainerSettings, competition: Competition, metric: Metric, device: torch.device,
+                 image_size: int):
         if device.type == "cpu":
             keep_freed_memory()
         self.model = model.to(device)
@@ -126,7 +129,10 @@ class Trainer:
         self.train_images, self.train_masks = train_data
         self.val_data = val_data
         self.settings = settings
-        self.num_classes = num_classes
+        self.competition = competition
+        self.metric = metric
+        self.num_classes = competition.num_classes
+        self.image_size = image_size
         self.device = device
         if settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -151,16 +157,15 @@ class Trainer:
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
         self.epoch = 0  # epochs completed
         self.step = 0
-        self.best_f = -1.0
+        self.best_score: Optional[float] = None
         self.best_epoch = 0
         self.stale = 0  # validations since the last improvement
         self.history: list[dict] = []
         self.stop_reason = ""
         # which weights scored best: "ema" or "raw" (best.pt says which)
         self.best_weights = settings.select_weights or ("ema" if self.ema_model is not None else "raw")
-        # the full scores of the latest and of the best validation (single process only: under
-        # data parallelism each rank sees a share of the images)
-        self.val_scores: Optional[Scores] = None
+        # the best validation in full (``Evaluation.to_dict()``, with each image's score), for
+        # the ledger's row of the run's best epoch
         self.best_scores: Optional[dict] = None
 
     # --- setup -----------------------------------------------------------------------
@@ -220,22 +225,24 @@ class Trainer:
                                    "(train.grad_clip); the checkpoints keep the last finite epoch")
                 last = self.epoch in (s.epochs, s.stop_after)
                 if self.val_data is not None and ((self.epoch % s.val_every == 0) or last):
-                    record.val_loss, record.val_f = self.validate()
-                    score, kind, scores = record.val_f, "raw", self.val_scores
+                    raw = self.validate()
+                    record.val_loss, record.val_score = raw.loss, raw.score
+                    best, kind = raw, "raw"
                     if self.ema_model is not None:
-                        record.val_loss_ema, record.val_f_ema = self.validate(self.ema_model)
-                        if record.val_f_ema >= score:
-                            score, kind, scores = record.val_f_ema, "ema", self.val_scores
-                    if score > self.best_f:
-                        self.best_f, self.best_epoch, self.stale, self.best_weights = score, self.epoch, 0, kind
+                        ema = self.validate(self.ema_model)
+                        record.val_loss_ema, record.val_score_ema = ema.loss, ema.score
+                        if not self.metric.better(raw.score, ema.score):  # a tie goes to the EMA
+                            best, kind = ema, "ema"
+                    if self.metric.better(best.score, self.best_score):
+                        self.best_score, self.best_epoch, self.stale, self.best_weights = best.score, self.epoch, 0, kind
                         record.improved = True
                         # the scores of the weights that won, which best.pt holds
-                        self.best_scores = scores.to_dict() if scores else None
+                        self.best_scores = best.to_dict()
                     else:
                         self.stale += 1
                 entry = asdict(record)
                 if self.ema_model is None:
-                    del entry["val_loss_ema"], entry["val_f_ema"]
+                    del entry["val_loss_ema"], entry["val_score_ema"]
                 self.history.append(entry)
                 self._fire("on_epoch_end", record)
                 if s.patience and self.stale >= s.patience:
@@ -317,45 +324,24 @@ class Trainer:
             ema_buf.copy_(buf)
 
     @torch.no_grad()
-    def predict_logits(self, images: torch.Tensor, model: Optional[torch.nn.Module] = None) -> torch.Tensor:
-        """Float logits of ``model`` (default: the trained weights) for a uint8 batch, at the
-        batch's resolution."""
-        x = images.to(self.device).float().div_(255)
-        if self.settings.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.settings.precision):
-            return (model or self.model)(x).float()
+    def validate(self, model: Optional[torch.nn.Module] = None) -> Evaluation:
+        """The competition's metric and the validation loss of ``model`` (default: the trained
+        weights; the EMA copy is validated through this too), through the one prediction-and-
+        scoring loop (:func:`cpx.eval.validate.evaluate`) at each mask's own size.
 
-    @torch.no_grad()
-    def validate(self, model: Optional[torch.nn.Module] = None) -> tuple[float, float]:
-        """Validation loss and the competition's per-image F of ``model`` (default: the trained
-        weights; the EMA copy is validated through this too) at the masks' own resolution.
-
-        Under data parallelism each rank scores every world-th image and the sums are reduced.
+        Under data parallelism each rank scores every world-th image, and the per-image counts
+        of all ranks are gathered, so every rank sees the whole set's score.
         """
         model = model or self.model
         model.eval()
-        images, masks = self.val_data
+        items = self.val_data if self.world == 1 else self.val_data[self.rank::self.world]
+        predictor = Predictor([Member(model, self.image_size)], self.competition, device=self.device,
+                              precision=self.settings.precision, prepare=False)
+        evaluation = evaluate(predictor, in_batches(items, self.settings.val_batch_size), self.metric,
+                              loss_fn=self.loss_fn)
         if self.world > 1:
-            images, masks = images[self.rank::self.world], masks[self.rank::self.world]
-        acc = ScoreAccumulator(self.num_classes)
-        loss_sum, f_sum, count = 0.0, 0.0, 0
-        bs = self.settings.val_batch_size
-        for a in range(0, len(images), bs):
-            logits = self.predict_logits(images[a:a + bs], model)
-            for j, gt in enumerate(masks[a:a + bs]):
-                gt = gt.to(self.device).long()
-                one = logits[j:j + 1]
-                if one.shape[-2:] != gt.shape[-2:]:
-                    one = F.interpolate(one, size=gt.shape[-2:], mode="bilinear", align_corners=False)
-                loss_sum += float(self.loss_fn(one, gt[None]))  # the training loss, so curves compare
-                f_sum += float(acc.update(class_ids(one), gt[None]).sum())
-                count += 1
-        if self.world > 1:
-            sums = all_reduce(torch.tensor([loss_sum, f_sum, count], dtype=torch.float64, device=self.device))
-            loss_sum, f_sum, count = float(sums[0]), float(sums[1]), int(sums[2])
-        self.val_scores = acc.compute() if self.world == 1 and count else None
-        return loss_sum / max(1, count), f_sum / max(1, count)
+            evaluation = gather_evaluation(evaluation, self.metric, self.num_classes)
+        return evaluation
 
     # --- checkpoints -----------------------------------------------------------------
 
@@ -369,7 +355,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
-            "best_f": self.best_f,
+            "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "stale": self.stale,
             "history": self.history,
@@ -383,11 +369,37 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        for key in ("epoch", "step", "best_f", "best_epoch", "stale", "history"):
+        for key in ("epoch", "step", "best_epoch", "stale", "history"):
             setattr(self, key, state[key])
+        # checkpoints of older versions call it best_f, with -1 for "none yet"
+        best = state.get("best_score", state.get("best_f"))
+        self.best_score = None if best is None or best == -1.0 and "best_f" in state else best
         self.best_scores = state.get("best_scores")  # absent from checkpoints of older versions
         self.best_weights = state.get("best_weights", self.best_weights)
         if self.ema_model is not None:
             if "ema" not in state:
                 raise RunError("the resume state holds no EMA weights (the run was started without train.ema)")
             self.ema_model.load_state_dict(state["ema"])
+
+
+def gather_evaluation(evaluation: Evaluation, metric: Metric, num_classes: int) -> Evaluation:
+    """One rank's :class:`Evaluation` of its share of the images, combined with every other
+    rank's: their per-image counts gathered, the metric computed on all of them."""
+    import torch.distributed as dist
+
+    mine = (evaluation.names, evaluation.accumulator.counts(), evaluation.loss, len(evaluation.names))
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    acc = ScoreAccumulator(metric, num_classes)
+    names: list[str] = []
+    loss_sum, count = 0.0, 0
+    for part_names, (tp, fp, fn), loss, n in everyone:
+        acc.add_counts(tp, fp, fn)
+        names.extend(part_names)
+        if loss is not None:
+            loss_sum, count = loss_sum + loss * n, count + n
+    scores = acc.compute()
+    evaluation.names, evaluation.scores = names, scores
+    evaluation.per_image = dict(zip(names, scores.per_image))
+    evaluation.loss = loss_sum / count if count else None
+    return evaluation

@@ -20,6 +20,7 @@ import torch
 from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.data.labels import apply_label_policy
+from cpx.data.masks import IGNORE
 from cpx.kernel.config import ExperimentConfig, apply_overrides, build_config, config_diff, resolve, validate
 from cpx.kernel.device import count_params, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RuleViolation, RunError
@@ -33,6 +34,8 @@ from cpx.runs.ledger import Ledger
 from cpx.runs.recovery import reconcile
 from cpx.train.budget import BudgetCallback
 from cpx.train.collective import barrier, rank0_object, rank_world
+from cpx.eval.metrics import create_metric
+from cpx.eval.validate import Labelled, labelled_files, read_labelled
 from cpx.train.loop import Trainer, TrainerSettings
 
 
@@ -74,8 +77,9 @@ class TrainResult:
 
 @dataclass
 class PreparedData:
-    """The data of a run in memory: uint8 training tensors, validation images at the training
-    size with their masks at native size, and where they came from.
+    """The data of a run in memory: uint8 training tensors at the training size, validation
+    images and masks at their own size, and where they came from (``val_part``: the training
+    folders, a share held out, or the organisers' validation folders).
     """
 
     root: Path
@@ -83,8 +87,9 @@ class PreparedData:
     train_names: list[str]
     val_names: list[str]
     train: tuple[torch.Tensor, torch.Tensor]
-    val: Optional[tuple[torch.Tensor, list[torch.Tensor]]]
+    val: Optional[list[Labelled]]
     synthetic: bool
+    val_part: str = "train"
     # what data.exclude_suspect / data.fix_suspect did: {"action", "names", "pairs", "checked"}
     label_policy: Optional[dict] = None
 
@@ -93,12 +98,15 @@ def synthetic_root(workspace: Workspace, competition: Competition, count: int, s
     """Generate (once) the competition's synthetic data set into the workspace cache."""
     if competition.synthesize is None:
         raise DataError(f"competition {competition.name} has no synthetic data; pass --data DIR")
-    # a tenth more unlabelled images, so predict and package work on synthetic data too
+    # a tenth more unlabelled images, so predict and package work on synthetic data too; a
+    # competition with the organisers' own validation folders gets a tenth of the count there
     tests = max(2, count // 10)
+    vals = max(2, count // 10) if competition.layout.has_val else 0
     root = workspace.cache_dir / "synthetic" / f"{competition.name}-n{count}-t{tests}-s{size}-seed{seed}"
     if not root.is_dir():
         tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-        datalib.write_dataset(tmp, competition, competition.synthesize(count + tests, size, seed), test_count=tests)
+        datalib.write_dataset(tmp, competition, competition.synthesize(count + tests, size, seed), test_count=tests,
+                              val_count=vals)
         os.replace(tmp, root)
     return root
 
@@ -119,9 +127,17 @@ def prepare_data(config: ExperimentConfig, competition: Competition, workspace: 
         root = synthetic_root(workspace, competition, d.synthetic_count, d.synthetic_size, d.synthetic_seed)
         synthetic = True
     names = datalib.train_names(root, competition)
-    if len(names) < 2:
-        raise DataError(f"{root}: need at least 2 labelled images, found {len(names)}")
-    train_names, val_names = datalib.split_names(names, d.val_fraction, d.split_seed)
+    val_part = "train"
+    if competition.layout.has_val and d.val_fraction > 0:
+        # the organisers' split: every training pair trains, their validation pairs validate
+        train_names, val_names, val_part = names, datalib.scan(root, competition).val_pairs, "val"
+        if not val_names:
+            raise DataError(f"{competition.data_path(root, 'val_images')}: no validation pairs (competition "
+                            f"{competition.name} names the organisers' validation folders)")
+    else:
+        if len(names) < 2:
+            raise DataError(f"{root}: need at least 2 labelled images, found {len(names)}")
+        train_names, val_names = datalib.split_names(names, d.val_fraction, d.split_seed)
     fp = datalib.fingerprint(root, competition)
     cache = workspace.cache_dir if d.cache else None
     train = datalib.load_dataset(root, competition, train_names, d.image_size, cache_dir=cache)
@@ -144,12 +160,10 @@ def prepare_data(config: ExperimentConfig, competition: Competition, workspace: 
             raise DataError(f"{root}: every training mask is a label suspect; nothing left to train on")
     val = None
     if val_names:
-        val_images, _ = datalib.load_dataset(root, competition, val_names, d.image_size, cache_dir=cache)
-        # score against masks at their own size, as the scorer does
-        masks = datalib.scan(root, competition).masks
-        val_masks = [torch.from_numpy(datalib.read_mask(masks[n], competition).copy()) for n in val_names]
-        val = (val_images, val_masks)
-    return PreparedData(root, fp, train_names, val_names, train, val, synthetic, label_policy)
+        # images and masks at their own size: validation predicts and scores them as the scorer does
+        files = labelled_files(root, val_names, competition, val_part)
+        val = [item for batch in read_labelled(files, competition, 16) for item in batch]
+    return PreparedData(root, fp, train_names, val_names, train, val, synthetic, label_policy, val_part)
 
 
 def git_commit(path: Path) -> Optional[str]:
@@ -173,14 +187,32 @@ def build_components(config: ExperimentConfig, host: PluginHost, competition: Co
     :raises ConfigError: options that do not validate.
     """
     torch.manual_seed(config.train.seed)
-    model = host.models.get(config.model.name).create(config.model.options, competition.num_classes,
-                                                      where="model.options")
+    model = create_model(config, host, competition)
     entry = host.losses.get(config.loss.name)
     extra = {"class_frequencies": class_frequencies} if class_frequencies and entry.accepts("class_frequencies") else {}
+    if entry.accepts("ignore_index"):  # padding of letterboxed images and the profile's ignore index
+        extra["ignore_index"] = IGNORE
     loss = entry.create(config.loss.options, competition.num_classes, where="loss.options", **extra)
     augment = host.augmentations.get(config.augmentation.name).create(config.augmentation.options, competition,
                                                                       where="augmentation.options")
     return model, loss, augment
+
+
+def create_model(config: ExperimentConfig, host: PluginHost, competition: Competition) -> torch.nn.Module:
+    """The model of ``config`` for ``competition``'s classes and channels (``in_channels`` goes to
+    a factory that takes it; one that does not must be given 3-channel images).
+
+    :raises ConfigError: options that do not validate; a factory without ``in_channels`` for a
+        competition whose images are not RGB.
+    """
+    entry = host.models.get(config.model.name)
+    extra = {}
+    if entry.accepts("in_channels"):
+        extra["in_channels"] = competition.channels
+    elif competition.channels != 3:
+        raise ConfigError(f"model.name: {config.model.name} takes 3-channel images, but competition "
+                          f"{competition.name} has {competition.channels} channels")
+    return entry.create(config.model.options, competition.num_classes, where="model.options", **extra)
 
 
 def class_frequencies(masks: torch.Tensor, num_classes: int) -> list[float]:
@@ -385,14 +417,14 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     run_id, folder, config, diff, resume_state = (setup.run_id, setup.folder, setup.config, setup.diff,
                                                   setup.resume_state)
     competition: Competition = host.competition(config.competition)
+    create_metric(competition, host)  # an unknown metric or bad options fail before any work
     device = resolve_device(config.train.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {config.train.device} asked for but CUDA is not available")
     precision = resolve_precision(config.train.precision, device)
 
     # the parameter check comes before any work
-    params = count_params(host.models.get(config.model.name).create(config.model.options, competition.num_classes,
-                                                                    where="model.options"))
+    params = count_params(create_model(config, host, competition))
     problem = competition.check_params(params)
     if problem:
         raise RuleViolation(problem)
@@ -441,13 +473,14 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
             folder.write_config(config.model_dump(mode="json"), diff=diff, command=request.command)
             folder.write_val_names(data.val_names)
             info = {"path": str(data.root), "synthetic": data.synthetic, "fingerprint": data.fingerprint,
-                    "train": len(data.train_names), "val": len(data.val_names),
+                    "train": len(data.train_names), "val": len(data.val_names), "val_part": data.val_part,
                     "class_pixel_share": [round(f, 8) for f in frequencies]}
             if data.label_policy is not None:
                 info["label_suspects"] = data.label_policy
             folder.write_data_info(info)
         result = _fit(run_id, folder, config, diff, competition, device, precision, model, loss_fn, augment,
-                      params, data, resume_state, ledger, callbacks, setup.select_weights)
+                      params, data, resume_state, ledger, callbacks, setup.select_weights,
+                      metric=create_metric(competition, host))
     if setup.parent is not None:
         result.refit_of = setup.parent["id"]
         result.best_val_score = setup.parent.get("best_val_score")
@@ -457,11 +490,12 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
 
 def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, competition: Competition, device,
          precision: str, model, loss_fn, augment, params: int, data: PreparedData, resume_state: Optional[dict],
-         ledger: Ledger, callbacks: tuple, select_weights: Optional[str] = None) -> TrainResult:
+         ledger: Ledger, callbacks: tuple, select_weights: Optional[str] = None, *, metric) -> TrainResult:
     main = rank_world()[0] == 0
     settings = settings_from(config, precision)
     settings.select_weights = select_weights
-    trainer = Trainer(model, loss_fn, augment, data.train, data.val, settings, competition.num_classes, device)
+    trainer = Trainer(model, loss_fn, augment, data.train, data.val, settings, competition, metric, device,
+                      int(config.data.image_size or competition.image_size))
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
         if resume_state.get("epochs_planned"):  # a budget's plan, so the cosine goes on where it was
@@ -486,8 +520,7 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
             os.replace(folder.pending_best_path, folder.best_path)
         folder.write_history(tr.history)
         # without validation images there is no best to record (a refit carries its parent's)
-        scores = dict(best_val_score=tr.best_f if tr.best_f >= 0 else None,
-                      best_epoch=tr.best_epoch or None) if tr.val_data is not None else {}
+        scores = dict(best_val_score=tr.best_score, best_epoch=tr.best_epoch or None) if tr.val_data is not None else {}
         writer.update(last_epoch=tr.epoch, wall_seconds=round(wall, 2), epochs_planned=tr.settings.epochs, **scores)
 
     if main:
@@ -531,7 +564,7 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
             writer.flush(tries=2)  # still locked: status.json has it, and `cpx runs` records it later
         raise
     wall = wall_before + time.perf_counter() - started
-    result = TrainResult(run_id=run_id, run_dir=folder.path, status=status, best_val_score=trainer.best_f,
+    result = TrainResult(run_id=run_id, run_dir=folder.path, status=status, best_val_score=trainer.best_score,
                          best_epoch=trainer.best_epoch, epochs=trainer.epoch, params=params,
                          wall_seconds=round(wall, 2), message=message, config_diff=diff)
     if not main:
@@ -547,7 +580,7 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
     folder.write_status(status, message, finished)
     if trainer.best_scores and "interrupted" not in message:  # a resumed run records it when it ends
         try:
-            record_best_validation(ledger, run_id, trainer.best_scores, data.val_names, competition)
+            record_best_validation(ledger, run_id, trainer.best_scores)
         except LedgerBusy:  # the scores are in history.json; the row is a convenience for comparisons
             message += " (its best validation's per-image scores were not recorded: the ledger was locked)"
     writer.update(status=status, finished_at=finished, wall_seconds=round(wall, 2),
@@ -572,7 +605,8 @@ def best_payload(tr: Trainer, config: ExperimentConfig, competition: Competition
         "competition": competition.name,
         "image_size": config.data.image_size,
         "epoch": tr.epoch,
-        "val_f": tr.best_f if record.improved else record.val_f,
+        "val_score": tr.best_score if record.improved else record.val_score,
+        "metric": tr.metric.name,
         "weights": "ema" if source is tr.ema_model else "raw",
         "run_id": run_id,
     }
@@ -580,18 +614,16 @@ def best_payload(tr: Trainer, config: ExperimentConfig, competition: Competition
 
 
 
-def record_best_validation(ledger: Ledger, run_id: str, scores: dict, val_names: list[str],
-                           competition: Competition) -> dict:
-    """The best epoch's validation as a ledger row (checkpoint ``best``, no TTA, the run's own
-    validation list), with each image's F so runs can later be compared image by image."""
+def record_best_validation(ledger: Ledger, run_id: str, scores: dict) -> dict:
+    """The best epoch's validation (``Evaluation.to_dict()`` of the weights best.pt holds) as a
+    ledger row (checkpoint ``best``, no TTA, the run's own validation list), with each image's
+    score so runs can later be compared image by image."""
     from cpx.eval.validate import VAL_LIST
 
-    per_class = {str(name): {"f": f, "images": n}
-                 for name, f, n in zip(competition.classes, scores["per_class_f"], scores["class_images"])}
-    return ledger.add_validation(run_id, checkpoint="best", tta="none", data=VAL_LIST, images=len(val_names),
-                                 score=scores["fscore"], pooled_score=scores["pooled_fscore"],
-                                 pixel_acc=scores["pixel_acc"], miou=scores["miou"], per_class=per_class,
-                                 per_image=dict(zip(val_names, scores["per_image"])))
+    label = scores["metric"] + (f" x{scores['scale']:g}" if scores.get("scale", 1) != 1 else "")
+    return ledger.add_validation(run_id, checkpoint="best", tta="none", data=VAL_LIST, images=scores["images"],
+                                 score=scores["score"], metric=label, pixel_acc=scores["pixel_acc"],
+                                 miou=scores["miou"], per_class=scores["per_class"], per_image=scores["per_image"])
 
 
 def command_line() -> str:

@@ -48,8 +48,11 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def pick_competition(name: Optional[str]) -> str:
-    """The competition to use: the option, the workspace's setting, or the only one registered."""
+def pick_competition(name: Optional[str], data: Optional[os.PathLike] = None) -> str:
+    """The competition to use: the option, the workspace's ``cpx.yaml``, the one profile whose
+    layout the ``data`` folder follows, or the only one registered."""
+    from cpx.data.competition import matching_profiles
+
     if name:
         host().competitions.get(name)
         return name
@@ -57,9 +60,16 @@ def pick_competition(name: Optional[str]) -> str:
     if configured:
         return configured
     names = host().competitions.names()
+    if data is not None and os.path.isdir(data):
+        fits = matching_profiles(data, [host().competitions.get(n).target for n in names])
+        if len(fits) == 1:
+            return fits[0].name
+        if fits:
+            names = [c.name for c in fits]
     if len(names) == 1:
         return names[0]
-    raise ConfigError(f"--competition: choose one of {', '.join(names) or '(none registered)'}")
+    raise ConfigError(f"--competition: choose one of {', '.join(names) or '(none registered)'} "
+                      "(or set competition: in the workspace's cpx.yaml)")
 
 
 

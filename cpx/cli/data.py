@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         json_: Annotated[bool, typer.Option("--json")] = False,
     ):
         """Count images, show per-class pixel share and presence, and list every problem."""
-        comp = _common.host().competition(_common.pick_competition(competition))
+        comp = _common.host().competition(_common.pick_competition(competition, folder))
         if not folder.is_dir():
             raise DataError(f"data folder {folder} does not exist")
         report = datalib.check_dataset(folder, comp, labels=labels)

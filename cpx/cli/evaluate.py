@@ -26,6 +26,8 @@ TTA_HELP = "test-time augmentation: flip, scale or flip,scale (default: none; an
 POST_HELP = ("post-processing steps, comma-separated, each NAME or NAME:key=value (see `cpx plugins`), e.g. "
              "small-components,fill-holes:max_share=0.001")
 CALIBRATION_HELP = "apply the per-class logit offsets `cpx calibrate` stored with the run"
+TILE_HELP = ("predict in sliding windows of this many pixels (of the training canvas), overlapping by a third "
+             "and averaged (mmsegmentation's slide mode), e.g. the run's crop size")
 
 
 @contextlib.contextmanager
@@ -51,44 +53,50 @@ def progress_bar(description: str, quiet: bool = False):
 
 
 
+def metric_name(scores) -> str:
+    """``class-iou (x100)``: the metric's name, with its scale when it is not 1."""
+    return scores.metric + (f" (x{scores.scale:g})" if scores.scale != 1 else "")
+
+
 def render_scores(scores, class_names, title: str) -> None:
-    """The summary (scorer's F first) and per-class F, worst class first."""
+    """The summary (the competition's metric first) and the metric's per-class values, worst
+    class first."""
     console.print(f"[bold]{title}[/]", highlight=False)
     summary = Table(show_header=False)
     summary.add_column("metric")
     summary.add_column("value", justify="right")
-    summary.add_row("[bold]F (competition metric: per image, mean over images)[/]", f"[bold]{format_f(scores.fscore)}[/]")
+    summary.add_row(f"[bold]{metric_name(scores)}: {scores.label} (the competition's metric)[/]",
+                    f"[bold]{format_f(scores.score)}[/]")
     summary.add_row("pixel accuracy", format_f(scores.pixel_acc))
-    summary.add_row("mIoU (pooled over all pixels)", format_f(scores.miou))
-    summary.add_row(f"[dim]pooled F, groups of up to {scores.pool_size} images as one mask (old scripts; NOT the scorer's)[/]",
-                    f"[dim]{format_f(scores.pooled_fscore)}[/]")
+    summary.add_row("mIoU (counts pooled over the set)", format_f(scores.miou))
     summary.add_row("images", str(scores.num_images))
     console.print(summary)
-    rows = sorted(range(len(scores.per_class_f)),
-                  key=lambda i: (math.isnan(scores.per_class_f[i]), scores.per_class_f[i]))
-    console.print("per class, worst first (F averaged over the images whose ground truth contains the class)",
-                  highlight=False)
+    sign = 1 if scores.greater_is_better else -1
+    rows = sorted(range(len(scores.per_class)),
+                  key=lambda i: (math.isnan(scores.per_class[i]), sign * scores.per_class[i]))
+    console.print(f"per class, worst first ({scores.metric}'s value for each class)", highlight=False)
     table = Table()
-    for col, just in (("id", "right"), ("class", "left"), ("F", "right"), ("images with it", "right")):
+    for col, just in (("id", "right"), ("class", "left"), (scores.metric, "right"), ("images with it", "right")):
         table.add_column(col, justify=just)
     for i in rows:
         name = class_names[i] if i < len(class_names) else str(i)
-        table.add_row(str(i), name, format_f(scores.per_class_f[i]), f"{scores.class_images[i]}/{scores.num_images}")
+        table.add_row(str(i), name, format_f(scores.per_class[i]), f"{scores.class_images[i]}/{scores.num_images}")
     console.print(table)
 
 
 def render_stages(ev) -> None:
-    """F of each stage (plain argmax, calibrated, post-processed), each with its gain over the one
-    before: the F with and without calibration and post-processing, from one forward pass."""
+    """The score of each stage (plain argmax, calibrated, post-processed), each with its gain
+    over the one before: with and without calibration and post-processing, from one forward
+    pass."""
     if not ev.stages:
         return
     rows = [("plain argmax", ev.stages["raw"])]
     if ev.calibrated:
-        rows.append(("with the calibrated offsets", ev.stages.get("calibrated", ev.scores.fscore)))
+        rows.append(("with the calibrated offsets", ev.stages.get("calibrated", ev.score)))
     if ev.post != "none":
-        rows.append((f"after post-processing ({ev.post})", ev.scores.fscore))
-    table = Table(title="F by stage", title_justify="left")
-    for col, just in (("stage", "left"), ("F", "right"), ("gain", "right")):
+        rows.append((f"after post-processing ({ev.post})", ev.score))
+    table = Table(title=f"{ev.scores.metric} by stage", title_justify="left")
+    for col, just in (("stage", "left"), (ev.scores.metric, "right"), ("gain", "right")):
         table.add_column(col, justify=just)
     for i, (label, value) in enumerate(rows):
         table.add_row(label, format_f(value), "" if i == 0 else f"{value - rows[i - 1][1]:+.4f}")
@@ -113,13 +121,15 @@ def register(app: typer.Typer) -> None:
         record: Annotated[bool, typer.Option("--record/--no-record", help="add the result to the ledger")] = True,
         post: Annotated[Optional[str], typer.Option(help=POST_HELP + "; F is reported with and without")] = None,
         calibration: Annotated[bool, typer.Option("--calibration/--no-calibration", help=CALIBRATION_HELP)] = True,
+        tile: Annotated[Optional[int], typer.Option(help=TILE_HELP)] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Score a run with the competition metric, at each mask's own size; recorded in the ledger."""
+        """Score a run with its competition's metric, at each mask's own size; recorded in the ledger."""
         with progress_bar("validating", json_) as cb:
             ev = validate_run(run, _common.workspace(), _common.host(), checkpoint=checkpoint, data=data,
                               tta=None if tta is None else parse_tta(tta), record=record, batch_size=batch_size,
-                              device=device, precision=precision, calibration=calibration, post=post, progress=cb)
+                              device=device, precision=precision, calibration=calibration, post=post, tile=tile,
+                              progress=cb)
         if json_:
             print_json(ev.to_dict())
             return
@@ -135,14 +145,16 @@ def register(app: typer.Typer) -> None:
 
     @app.command("score")
     def score_command(
-        pred_dir: Annotated[Path, typer.Argument(help="folder of predicted masks (<stem>.png)")],
-        gt_dir: Annotated[Path, typer.Argument(help="folder of ground-truth masks (<stem>.png)")],
-        competition: Annotated[Optional[str], typer.Option(help="competition profile (default: the only one)")] = None,
+        pred_dir: Annotated[Path, typer.Argument(help="folder of predicted masks (<stem> + the mask suffix)")],
+        gt_dir: Annotated[Path, typer.Argument(help="folder of ground-truth masks (<stem> + the mask suffix)")],
+        competition: Annotated[Optional[str], typer.Option(help="competition profile (default: cpx.yaml's)")] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Score a folder of predicted masks against ground truth, as the scorer would."""
+        """Score a folder of predicted masks against ground truth with the competition's metric."""
+        from cpx.eval.metrics import create_metric
+
         comp = _common.host().competition(_common.pick_competition(competition))
-        report = score_folders(pred_dir, gt_dir, comp)
+        report = score_folders(pred_dir, gt_dir, comp, create_metric(comp, _common.host()))
         if json_:
             print_json(report.to_dict())
         else:
@@ -171,15 +183,17 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
         post: Annotated[Optional[str], typer.Option(help=POST_HELP)] = None,
         calibration: Annotated[bool, typer.Option("--calibration/--no-calibration", help=CALIBRATION_HELP)] = True,
+        tile: Annotated[Optional[int], typer.Option(help=TILE_HELP)] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Write one palette PNG mask per input image (same stem, same size)."""
+        """Write one mask per input image (same stem, same size), stored as the competition's
+        masks are (its mask suffix, value map and mode)."""
         with progress_bar("predicting", json_) as cb:
             report = predict_run(run, _common.workspace(), _common.host(), input, output, checkpoint=checkpoint,
                                  tta=None if tta is None else parse_tta(tta), batch_size=batch_size,
                                  skip_bad=skip_bad, overwrite=overwrite, allow_rule_break=allow_rule_break,
                                  device=device, precision=precision, calibration=calibration, post=post,
-                                 progress=cb)
+                                 tile=tile, progress=cb)
         if json_:
             print_json(report.to_dict())
             return
@@ -204,7 +218,7 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Fit per-class logit offsets for the per-image F on the validation images; report the
+        """Fit per-class logit offsets for the competition's metric on the validation images; report the
         held-out gain (2-fold: fitted on one half, scored on the other, both ways); store the
         offsets fitted on all images, which validate, predict and package then apply."""
         from cpx.eval.calibrate import calibrate_run
@@ -219,14 +233,14 @@ def register(app: typer.Typer) -> None:
         console.print(f"[bold]run {result.run_id}[/]  checkpoint {result.checkpoint}  tta {tta_label(result.tta)}  "
                       f"{result.images} validation images  ({result.seconds:.1f} s)", highlight=False)
         table = Table(title="held-out gain: offsets fitted on one half, scored on the other", title_justify="left")
-        for col in ("fitted on", "scored on", "F before", "F after", "gain"):
+        for col in ("fitted on", "scored on", f"{result.metric} before", "after", "gain"):
             table.add_column(col, justify="right")
         for f in result.folds:
             table.add_row(f"{f.fit_on} images", f"{f.scored_on} images", format_f(f.before), format_f(f.after),
                           f"{f.gain:+.4f}")
         console.print(table)
         console.print(f"mean held-out gain: [bold]{result.mean_gain:+.4f}[/]", highlight=False)
-        console.print(f"[dim]fitted on all {result.images} images: F {format_f(result.before)} -> "
+        console.print(f"[dim]fitted on all {result.images} images: {result.metric} {format_f(result.before)} -> "
                       f"{format_f(result.after)} in-sample (optimistic; the held-out gain is the honest one)[/]",
                       highlight=False)
         offsets = ", ".join(f"{name} {v:+.1f}" for name, v in zip(result.classes, result.offsets) if v)
@@ -239,7 +253,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("ensemble")
     def ensemble_command(
-        runs: Annotated[Optional[list[str]], typer.Argument(help="runs to average (default: the --top K by validation F)")] = None,
+        runs: Annotated[Optional[list[str]], typer.Argument(help="runs to average (default: the --top K by validation score)")] = None,
         weights: Annotated[Optional[str], typer.Option(help="comma-separated weights, one per run")] = None,
         tta: Annotated[Optional[str], typer.Option(help="test-time augmentation: flip, scale or flip,scale")] = None,
         top: Annotated[int, typer.Option(help="with no runs named: the best K completed runs")] = 3,
@@ -266,14 +280,14 @@ def register(app: typer.Typer) -> None:
         _warn(result.warnings)
         table = Table(title=f"members  (alone, on the {len(result.names)} shared validation images, "
                             f"tta {tta_label(result.tta)})", title_justify="left")
-        for col, just in (("run", "left"), ("weight", "right"), ("F alone", "right"), ("recorded val F", "right")):
+        for col, just in (("run", "left"), ("weight", "right"), ("alone", "right"), ("recorded val", "right")):
             table.add_column(col, justify=just)
         for m in result.members:
             label = m.run if m.name == m.run else f"{m.name}\n[dim]{m.run}[/]"
-            table.add_row(label, f"{m.weight:.3f}", format_f(m.fscore), format_f(m.recorded_val_f))
+            table.add_row(label, f"{m.weight:.3f}", format_f(m.score), format_f(m.recorded_val_score))
         console.print(table)
         if result.search_steps:
-            console.print("search: " + " -> ".join(f"+{s['add']} ({s['fscore']:.4f})" for s in result.search_steps),
+            console.print("search: " + " -> ".join(f"+{s['add']} ({s['score']:.4f})" for s in result.search_steps),
                           highlight=False)
         if result.message:
             console.print(result.message, highlight=False)
@@ -281,6 +295,6 @@ def register(app: typer.Typer) -> None:
             render_scores(result.evaluation.scores, result.evaluation.class_names,
                           f"ensemble of {len(result.members)}  ({result.seconds:.1f} s)")
             console.print(f"gain over the best single member ({result.best_single.name}, "
-                          f"{result.best_single.fscore:.4f}): [bold]{result.gain:+.4f}[/]", highlight=False)
+                          f"{result.best_single.score:.4f}): [bold]{result.gain:+.4f}[/]", highlight=False)
         if result.run_id:
             console.print(f"recorded as ensemble run [bold]{result.run_id}[/]", highlight=False)

@@ -214,7 +214,7 @@ def register(app: typer.Typer) -> None:
         with Ledger(_common.workspace().ledger_path) as ledger:
             board = build_leaderboard(ledger, phase=phase, sort=sort, limit=limit,
                                       competition=comp.name if comp else None,
-                                      metric=comp.metric if comp else "fscore")
+                                      metric=comp.metric.name if comp else "")
         if json_:
             print_json(board.to_dict())
             return
@@ -360,7 +360,7 @@ def register(app: typer.Typer) -> None:
         with Ledger(_common.workspace().ledger_path) as ledger:
             comp = _cpx_competition()
             report = sync_submissions(ledger, client, cid, phase_id=phase, phase=label,
-                                      metric=comp.metric if comp else "fscore")
+                                      metric=comp.metric.name if comp else "")
         if json_:
             print_json(report.to_dict())
             return

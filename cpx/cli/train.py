@@ -30,6 +30,7 @@ SHORTCUTS = {
     "device": "train.device",
     "precision": "train.precision",
     "budget_minutes": "train.budget_minutes",
+    "competition": "competition",
 }
 
 
@@ -54,9 +55,9 @@ class RichProgress:
         self.progress.update(self.batch_task, completed=i + 1)
 
     def on_epoch_end(self, trainer, record):
-        ema = f" (EMA {format_f(record.val_f_ema)})" if record.val_f_ema is not None else ""
-        info = (f"loss {record.train_loss:.4f}  val F {format_f(record.val_f)}{ema}  best {format_f(trainer.best_f)}  "
-                f"{record.images_per_s:.1f} img/s")
+        ema = f" (EMA {format_f(record.val_score_ema)})" if record.val_score_ema is not None else ""
+        info = (f"loss {record.train_loss:.4f}  val {trainer.metric.name} {format_f(record.val_score)}{ema}  "
+                f"best {format_f(trainer.best_score)}  {record.images_per_s:.1f} img/s")
         self.progress.update(self.epoch_task, completed=trainer.epoch, total=trainer.settings.epochs, info=info)
         self.progress.update(self.batch_task, completed=0)
 
@@ -71,15 +72,16 @@ class LogProgress:
         _print_header(info)
 
     def on_epoch_end(self, trainer, record):
-        ema = f" val_f_ema {format_f(record.val_f_ema)}" if record.val_f_ema is not None else ""
+        ema = f" (EMA {format_f(record.val_score_ema)})" if record.val_score_ema is not None else ""
         print(f"epoch {record.epoch}/{trainer.settings.epochs} loss {record.train_loss:.4f} "
-              f"val_f {format_f(record.val_f)}{ema} lr {record.lr:.2e} {record.images_per_s:.1f} img/s "
-              f"{record.seconds:.1f}s", flush=True)
+              f"val {trainer.metric.name} {format_f(record.val_score)}{ema} lr {record.lr:.2e} "
+              f"{record.images_per_s:.1f} img/s {record.seconds:.1f}s", flush=True)
 
 
 def _print_header(info):
     c = info["config"]
-    console.print(f"[bold]run[/] {info['run_id']}  recipe {c.recipe}  model {c.model.name} "
+    console.print(f"[bold]run[/] {info['run_id']}  recipe {c.recipe}  competition {c.competition}  "
+                  f"model {c.model.name} "
                   f"({info['params']:,} params)  {info['device']}/{info['precision']}  "
                   f"train {info['train_images']} / val {info['val_images']} images at {c.data.image_size}px",
                   highlight=False)
@@ -97,6 +99,8 @@ def register(app: typer.Typer) -> None:
         image_size: Annotated[Optional[int], typer.Option(help="training resolution")] = None,
         seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
         data: Annotated[Optional[str], typer.Option(help="competition data folder (default: synthetic data)")] = None,
+        competition: Annotated[Optional[str], typer.Option(help="competition profile (default: cpx.yaml's, else the "
+                                                                 "recipe's); see `cpx competitions`")] = None,
         device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
         precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16")] = None,
         budget: Annotated[Optional[str], typer.Option(help="wall-clock budget, e.g. 20m or 2h: fits the schedule to it")] = None,
@@ -113,7 +117,8 @@ def register(app: typer.Typer) -> None:
     ):
         """Train a recipe; the run lands in experiments/runs/ and the ledger."""
         values = dict(dice=dice, ce=ce, lr=lr, epochs=epochs, batch_size=batch_size, image_size=image_size,
-                      seed=seed, data=data, device=device, precision=precision, budget_minutes=parse_budget(budget))
+                      seed=seed, data=data, device=device, precision=precision, budget_minutes=parse_budget(budget),
+                      competition=competition)
         overrides = merge_overrides(set_ or [], {SHORTCUTS[field]: value for field, value in values.items()})
         if resume and (recipe or overrides):
             from cpx.kernel.errors import ConfigError
@@ -137,10 +142,10 @@ def register(app: typer.Typer) -> None:
         table.add_row("run", result.run_id)
         table.add_row("status", result.status + (f" ({result.message})" if result.message else ""))
         if result.refit_of:
-            table.add_row("val F", f"{format_f(result.best_val_score)}, carried from {result.refit_of} (not measurable: "
-                                   "every labelled image trained)")
+            table.add_row(f"val {result.metric}", f"{format_f(result.best_val_score)}, carried from {result.refit_of} "
+                                                  "(not measurable: every labelled image trained)")
         else:
-            table.add_row("best val F", f"{format_f(result.best_val_score)} (epoch {result.best_epoch})")
+            table.add_row(f"best val {result.metric}", f"{format_f(result.best_val_score)} (epoch {result.best_epoch})")
         table.add_row("epochs", str(result.epochs))
         table.add_row("parameters", f"{result.params:,}")
         table.add_row("wall time", f"{result.wall_seconds:.0f} s")

@@ -428,6 +428,17 @@ class Competition(_Section):
         return self
 
 
+def matching_profiles(root: Path, profiles: list[Competition]) -> list[Competition]:
+    """The profiles whose layout a data folder follows: its training-image folder exists and
+    holds files with one of the profile's image suffixes (any case). Nothing is opened."""
+    out = []
+    for profile in profiles:
+        folder = Path(root) / profile.layout.train_images
+        if folder.is_dir() and any(profile.layout.accepts_image(p.name) for p in folder.iterdir()):
+            out.append(profile)
+    return out
+
+
 def profile_error(exc: ValidationError, source: str) -> ConfigError:
     """A profile's validation errors as one line each, prefixed with ``source``."""
     return ConfigError("\n".join(f"{source}: {line}" for line in

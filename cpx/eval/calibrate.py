@@ -1,18 +1,22 @@
-"""Per-class logit offsets fitted for the competition's per-image F (``cpx calibrate``).
+"""Per-class logit offsets fitted for the competition's metric (``cpx calibrate``).
 
-The score averages, per image, the F of the classes present in its ground truth, so a small
-class that is missed costs a whole term while its false positives elsewhere cost little.
 Adding an offset ``b_c`` to class c's logits before the argmax trades that class's precision
-for recall. ``b_0 = 0`` is fixed: one constant added to every class changes no argmax.
+for recall, and a metric rarely weighs both as plain pixel accuracy does: the CelebAMask F
+averages, per image, the F of the classes present in its ground truth, so a small class that
+is missed costs a whole term while its false positives elsewhere cost little; a pooled IoU of
+one class weighs its false positives and negatives alike. The offsets are fitted for whatever
+metric the competition ranks by (calibrate what is scored). ``b_0 = 0`` is fixed: one
+constant added to every class changes no argmax.
 
 Fitting is coordinate ascent over the classes on cached logits at each mask's own size (the
 model's mean view logits, stored as float16): for class c every candidate shift ``d`` of a
 grid is scored at once. With ``m`` = the pixel's class-c logit minus the best other class's
 and ``k*`` that other class, the pixel is predicted c exactly when ``m + d > 0``, else ``k*``;
 counting pixels by (ground truth, ``k*``, first grid index where they turn to c) gives every
-candidate's per-image confusion matrix, hence its per-image F, in one pass over the pixels.
-The best shift is kept when it raises the mean F by more than ``MIN_GAIN`` per image; rounds
-repeat until nothing changes (at most ``MAX_ROUNDS``), each offset within +-``MAX_OFFSET``.
+candidate's per-image confusion matrix, hence its per-image counts and the metric (per-image
+mean or pooled), in one pass over the pixels. The best shift is kept when it improves the
+metric by more than ``MIN_GAIN`` (on 0..1); rounds repeat until nothing changes (at most
+``MAX_ROUNDS``), each offset within +-``MAX_OFFSET``.
 
 The gain is measured honestly by 2-fold cross-fitting: the validation images are split in two
 halves (a seeded permutation), offsets fitted on one half are scored on the other, both ways;
@@ -31,9 +35,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from cpx import data as datalib
-from cpx.eval.metrics import ScoreAccumulator, class_ids, fscore_from_confusion
+from cpx.eval.metrics import Metric, ScoreAccumulator, class_ids, counts_of, create_metric
 from cpx.eval.predict import is_ensemble, parse_tta, predictor_for_run, tta_label
+from cpx.eval.validate import labelled_files, read_labelled
 from cpx.kernel.errors import ConfigError, DataError, RunError
 from cpx.kernel.files import check_writable, sha256_file
 from cpx.kernel.manager import PluginHost
@@ -44,7 +48,7 @@ from cpx.runs.handle import open_run
 GRID = tuple(round(-2.0 + 0.1 * i, 4) for i in range(41))  # candidate shifts per class step
 MAX_OFFSET = 3.0
 MAX_ROUNDS = 4
-MIN_GAIN = 1e-5  # per image: a shift must raise the mean F by more than this to be kept
+MIN_GAIN = 1e-5  # a shift must improve the metric (on 0..1) by more than this to be kept
 
 Progress = Optional[Callable[[str, int, int], None]]
 
@@ -58,22 +62,27 @@ class CachedLogits:
     truth: torch.Tensor
 
 
-def per_image_fscore(cache: Sequence[CachedLogits], offsets: Sequence[float], num_classes: int) -> list[float]:
-    """Each image's F (the competition's per-image F, in ``cache`` order) of the argmax of its
-    cached logits plus ``offsets`` (one per class)."""
+def _accumulate(cache: Sequence[CachedLogits], offsets: Sequence[float], metric: Metric,
+                num_classes: int) -> ScoreAccumulator:
     b = torch.tensor([float(v) for v in offsets], dtype=torch.float32).view(-1, 1)
-    acc = ScoreAccumulator(num_classes)
+    acc = ScoreAccumulator(metric, num_classes)
     for item in cache:
         pred = class_ids((item.logits.float() + b).unsqueeze(0))
         acc.update(pred, item.truth.unsqueeze(0))
-    return list(acc.compute().per_image)
+    return acc
 
 
-def mean_fscore(cache: Sequence[CachedLogits], offsets: Sequence[float], num_classes: int) -> float:
-    """The competition F (mean over images of the per-image F) of the argmax of the cached
-    logits plus ``offsets`` (one per class), exactly as the scorer computes it."""
-    scores = per_image_fscore(cache, offsets, num_classes)
-    return float(np.mean(scores)) if scores else 0.0
+def per_image_scores(cache: Sequence[CachedLogits], offsets: Sequence[float], metric: Metric,
+                     num_classes: int) -> list[float]:
+    """Each image's value of ``metric`` (on its scale, in ``cache`` order) for the argmax of its
+    cached logits plus ``offsets`` (one per class)."""
+    return list(_accumulate(cache, offsets, metric, num_classes).compute().per_image)
+
+
+def set_score(cache: Sequence[CachedLogits], offsets: Sequence[float], metric: Metric, num_classes: int) -> float:
+    """``metric`` over the cached images (on its scale) of the argmax of their logits plus
+    ``offsets``, exactly as the scorer computes it."""
+    return _accumulate(cache, offsets, metric, num_classes).compute().score if cache else 0.0
 
 
 class _Top2:
@@ -114,10 +123,11 @@ class _Top2:
 
 
 def _candidate_scores(cache: Sequence[CachedLogits], top: _Top2, c: int, grid: torch.Tensor,
-                      num_classes: int) -> torch.Tensor:
-    """Sum over images of the per-image F for every shift in ``grid`` of class c's offset."""
+                      metric: Metric, num_classes: int) -> torch.Tensor:
+    """``metric`` (on 0..1, signed so larger is better) for every shift in ``grid`` of class c's
+    offset."""
     C, J = num_classes, len(grid)
-    total = torch.zeros(J, dtype=torch.float64)
+    tps, fps, fns = [], [], []
     for k, item in enumerate(cache):
         own = item.logits[c].float() + top.b[c]
         is_top = top.i1[k] == c
@@ -125,20 +135,27 @@ def _candidate_scores(cache: Sequence[CachedLogits], top: _Top2, c: int, grid: t
         runner_up = torch.where(is_top, top.i2[k], top.i1[k])
         # the first grid index at which the pixel turns to c (J: never within the grid)
         turn = torch.searchsorted(grid, (other - own).contiguous(), right=True)
-        index = (item.truth.long() * C + runner_up) * (J + 1) + turn
+        truth = item.truth.long()
+        keep = truth < C  # ignored pixels (the profile's ignore index, letterbox padding) are not scored
+        index = ((truth * C + runner_up) * (J + 1) + turn)[keep]
         counts = torch.bincount(index, minlength=C * C * (J + 1)).view(C, C, J + 1)
         to_c = counts.cumsum(-1)[..., :J].permute(2, 0, 1)  # J x truth x runner-up
         conf = counts.sum(-1).unsqueeze(0) - to_c
         conf[:, :, c] += to_c.sum(-1)
-        total += fscore_from_confusion(conf)
-    return total
+        tp, fp, fn = counts_of(conf)
+        tps.append(tp)
+        fps.append(fp)
+        fns.append(fn)
+    tp, fp, fn = torch.stack(tps, 1), torch.stack(fps, 1), torch.stack(fns, 1)  # J x N x C
+    values = torch.tensor([metric.value(tp[j], fp[j], fn[j]) for j in range(J)], dtype=torch.float64)
+    return values if metric.greater_is_better else -values
 
 
-def fit_offsets(cache: Sequence[CachedLogits], num_classes: int, *, grid: Sequence[float] = GRID,
+def fit_offsets(cache: Sequence[CachedLogits], metric: Metric, num_classes: int, *, grid: Sequence[float] = GRID,
                 max_rounds: int = MAX_ROUNDS, max_offset: float = MAX_OFFSET, min_gain: float = MIN_GAIN,
                 fixed: Sequence[int] = (0,)) -> list[float]:
-    """Per-class logit offsets (``num_classes`` floats, ``fixed`` classes at 0) that raise the
-    mean per-image F of the cached images, by coordinate ascent (module docstring).
+    """Per-class logit offsets (``num_classes`` floats, ``fixed`` classes at 0) that improve
+    ``metric`` on the cached images, by coordinate ascent (module docstring).
 
     :raises DataError: no images.
     """
@@ -154,12 +171,12 @@ def fit_offsets(cache: Sequence[CachedLogits], num_classes: int, *, grid: Sequen
     for _ in range(max_rounds):
         changed = False
         for c in order:
-            scores = _candidate_scores(cache, top, c, grid_t, num_classes)
+            scores = _candidate_scores(cache, top, c, grid_t, metric, num_classes)
             allowed = (top.b[c] + grid_t).abs() <= max_offset + 1e-6
             scores[~allowed] = -np.inf
             # the best shift, the smallest on a tie
             best = max(range(len(grid_t)), key=lambda j: (float(scores[j]), -abs(float(grid_t[j]))))
-            if best != zero and float(scores[best] - scores[zero]) > min_gain * len(cache):
+            if best != zero and float(scores[best] - scores[zero]) > min_gain:
                 top.shift(c, float(grid_t[best]))
                 changed = True
         if not changed:
@@ -170,7 +187,7 @@ def fit_offsets(cache: Sequence[CachedLogits], num_classes: int, *, grid: Sequen
 @dataclass
 class Fold:
     """One half of the 2-fold check: offsets fitted on ``fit_on`` images, scored on the other
-    ``scored_on``: F before and after, and the gain."""
+    ``scored_on``: the metric before and after, and the gain."""
 
     fit_on: int
     scored_on: int
@@ -185,8 +202,9 @@ class Fold:
 @dataclass
 class CalibrationResult:
     """What ``cpx calibrate`` measured and fitted: the offsets (fitted on every validation
-    image), the two held-out folds and their mean gain, the in-sample F before and after (an
-    optimistic number), and whether and where the offsets were stored."""
+    image), the two held-out folds and their mean gain, the in-sample score before and after (an
+    optimistic number), and whether and where the offsets were stored; scores on the
+    competition metric's scale."""
 
     run_id: str
     checkpoint: str
@@ -198,9 +216,10 @@ class CalibrationResult:
     after: float
     images: int
     seconds: float
-    # image name -> [F without offsets, F with the offsets fitted on the other half]: the
+    # image name -> [score without offsets, with the offsets fitted on the other half]: the
     # cross-fitted per-image scores behind the folds, for paired comparisons
     heldout_per_image: dict[str, list[float]] = field(default_factory=dict)
+    metric: str = ""
     stored: bool = False
     path: str = ""
     message: str = ""
@@ -208,6 +227,7 @@ class CalibrationResult:
 
     @property
     def mean_gain(self) -> float:
+        """The mean held-out change of the score; for a lower-is-better metric negative is good."""
         return float(np.mean([f.gain for f in self.folds])) if self.folds else 0.0
 
     def to_dict(self) -> dict:
@@ -219,25 +239,19 @@ class CalibrationResult:
         return out
 
 
-def cache_logits(predictor, root, names: Sequence[str], competition, *, batch_size: int = 8,
+def cache_logits(predictor, root, names: Sequence[str], competition, *, part: str = "train", batch_size: int = 8,
                  progress: Progress = None) -> list[CachedLogits]:
-    """The predictor's mean view logits for the named labelled images of ``root``, at each
-    mask's own size, with the ground truth: what :func:`fit_offsets` works on."""
-    found = datalib.scan(root, competition)
-    missing = [n for n in names if n not in found.images or n not in found.masks]
-    if missing:
-        raise DataError(f"{root}: no image and mask for {', '.join(missing[:5])}")
+    """The predictor's mean view logits for the named labelled images of ``root`` (``part``: the
+    training or the organisers' validation folders), at each mask's own size, with the ground
+    truth: what :func:`fit_offsets` works on."""
+    files = labelled_files(root, list(names), competition, part)
     cache = []
-    for a in range(0, len(names), batch_size):
-        chunk = names[a:a + batch_size]
-        images, _ = datalib.load_images([found.images[n] for n in chunk])
-        masks = [datalib.read_mask(found.masks[n], competition) for n in chunk]
-        logits = predictor.logits(images, sizes=[m.shape for m in masks])
-        for lg, gt in zip(logits, masks):
-            cache.append(CachedLogits(lg.reshape(lg.shape[0], -1).to(torch.float16),
-                                      torch.from_numpy(np.array(gt).reshape(-1))))
+    for batch in read_labelled(files, competition, batch_size):
+        logits = predictor.logits([item.image for item in batch], sizes=[tuple(item.mask.shape) for item in batch])
+        for lg, item in zip(logits, batch):
+            cache.append(CachedLogits(lg.reshape(lg.shape[0], -1).to(torch.float16), item.mask.reshape(-1).clone()))
         if progress:
-            progress("logits", min(a + batch_size, len(names)), len(names))
+            progress("logits", len(cache), len(files))
     return cache
 
 
@@ -271,7 +285,9 @@ def calibrate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoin
     competition = run.competition
     predictor = predictor_for_run(run.id, workspace, host, checkpoint=checkpoint, tta=parse_tta(tta),
                                   device=device, precision=precision, calibration=False)
-    cache = cache_logits(predictor, root, names, competition, batch_size=batch_size, progress=progress)
+    part = (run.folder.read_data_info() or {}).get("val_part", "train")
+    cache = cache_logits(predictor, root, names, competition, part=part, batch_size=batch_size, progress=progress)
+    metric = create_metric(competition, host)
     k = competition.num_classes
     zero = [0.0] * k
 
@@ -280,23 +296,25 @@ def calibrate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoin
     folds = []
     heldout: dict[str, list[float]] = {}
     for i, (fit_idx, score_idx) in enumerate((halves, halves[::-1])):
-        fitted = fit_offsets([cache[j] for j in fit_idx], k)
+        fitted = fit_offsets([cache[j] for j in fit_idx], metric, k)
         held = [cache[j] for j in score_idx]
-        before, after = per_image_fscore(held, zero, k), per_image_fscore(held, fitted, k)
+        before, after = per_image_scores(held, zero, metric, k), per_image_scores(held, fitted, metric, k)
         heldout.update({names[j]: [b, a] for j, b, a in zip(score_idx, before, after)})
-        folds.append(Fold(len(fit_idx), len(score_idx), float(np.mean(before)), float(np.mean(after))))
+        folds.append(Fold(len(fit_idx), len(score_idx), set_score(held, zero, metric, k),
+                          set_score(held, fitted, metric, k)))
         if progress:
             progress("folds", i + 1, 3)
-    offsets = fit_offsets(cache, k)
+    offsets = fit_offsets(cache, metric, k)
     if progress:
         progress("folds", 3, 3)
     result = CalibrationResult(run_id=run.id, checkpoint=checkpoint, tta=predictor.tta,
                                classes=tuple(competition.classes), offsets=offsets, folds=folds,
-                               before=mean_fscore(cache, zero, k), after=mean_fscore(cache, offsets, k),
-                               images=len(cache), seconds=0.0, heldout_per_image=heldout)
+                               before=set_score(cache, zero, metric, k), after=set_score(cache, offsets, metric, k),
+                               images=len(cache), seconds=0.0, heldout_per_image=heldout,
+                               metric=metric.name + (f" x{metric.scale:g}" if metric.scale != 1 else ""))
     if not store:
         result.message = "not stored (--no-store)"
-    elif result.mean_gain <= 0 and not force:
+    elif (result.mean_gain <= 0 if metric.greater_is_better else result.mean_gain >= 0) and not force:
         result.message = (f"not stored: the mean held-out gain is {result.mean_gain:+.4f}, so the offsets would not "
                           "help on unseen images (--force stores them anyway)")
     else:

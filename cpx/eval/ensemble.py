@@ -21,14 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cpx import data as datalib
-from cpx.eval.metrics import ScoreAccumulator, class_ids
-from cpx.eval.predict import Member, Predictor, is_ensemble, parse_tta, tta_label
-from cpx.eval.validate import VAL_LIST, Evaluation, _pairs, evaluate
+from cpx.eval.metrics import Metric, ScoreAccumulator, class_ids, create_metric
+from cpx.eval.predict import Member, Predictor, class_softmax, is_ensemble, parse_tta, tta_label
+from cpx.eval.validate import VAL_LIST, Evaluation, Labelled, evaluate, labelled_files, read_labelled, record_validation
 from cpx.kernel.device import count_params, resolve_device
 from cpx.kernel.errors import ConfigError, RunError
 from cpx.kernel.files import check_writable
@@ -48,14 +46,15 @@ SEARCH_SIDE = 256
 
 @dataclass
 class MemberScore:
-    """One member of an ensemble: its run, checkpoint, weight and F on the shared images."""
+    """One member of an ensemble: its run, checkpoint, weight and score (the competition's
+    metric) on the shared images."""
 
     run: str
     name: str
     weight: float
     checkpoint: str
-    fscore: float  # alone, on the shared images, with the same TTA
-    recorded_val_f: Optional[float] = None
+    score: float  # alone, on the shared images, with the same TTA
+    recorded_val_score: Optional[float] = None
 
 
 @dataclass
@@ -70,7 +69,7 @@ class EnsembleResult:
     data_root: Path
     tta: tuple
     best_single: MemberScore
-    gain: Optional[float]  # ensemble F minus the best single member's F
+    gain: Optional[float]  # the ensemble's score minus the best single member's
     run_id: Optional[str] = None
     warnings: list[str] = field(default_factory=list)
     search_steps: list[dict] = field(default_factory=list)
@@ -83,7 +82,8 @@ class EnsembleResult:
             "run_id": self.run_id, "tta": tta_label(self.tta), "images": len(self.names),
             "data": str(self.data_root),
             "members": [m.__dict__ for m in self.members],
-            "fscore": self.evaluation.scores.fscore if self.evaluation else None,
+            "score": self.evaluation.score if self.evaluation else None,
+            "metric": self.evaluation.scores.metric if self.evaluation else None,
             "evaluation": self.evaluation.to_dict() if self.evaluation else None,
             "best_single": self.best_single.__dict__, "gain": self.gain,
             "search_steps": self.search_steps, "warnings": self.warnings, "message": self.message,
@@ -110,7 +110,8 @@ def parse_weights(text: Optional[str], count: Optional[int] = None) -> Optional[
 
 
 def top_runs(ledger: Ledger, k: int) -> list[dict]:
-    """The ``k`` completed trained runs with the best validation F (of the best run's competition)."""
+    """The ``k`` completed trained runs with the best validation score (of the best run's
+    competition; the ledger orders higher first, the metrics cpx ships all being higher-is-better)."""
     rows = [r for r in ledger.list_runs(status="completed", kind="train", order_by="best_val_score")
             if r.get("best_val_score") is not None]
     if not rows:
@@ -119,7 +120,7 @@ def top_runs(ledger: Ledger, k: int) -> list[dict]:
     return [r for r in rows if r.get("competition") == comp][:k]
 
 
-def _shared_images(handles, warnings: list[str]) -> tuple[Path, list[str]]:
+def _shared_images(handles, warnings: list[str]) -> tuple[Path, list[str], str]:
     lists = [h.folder.read_val_names() for h in handles]
     for h, names in zip(handles, lists):
         if not names:
@@ -143,7 +144,8 @@ def _shared_images(handles, warnings: list[str]) -> tuple[Path, list[str]]:
     if not names:
         raise RunError("the members share no validation image: no honest score is possible; "
                        "ensemble runs trained with the same split (data.split_seed, data.val_fraction)")
-    return roots[0], names
+    part = (handles[0].folder.read_data_info() or {}).get("val_part", "train")
+    return roots[0], names, part
 
 
 def _downsized(p: torch.Tensor, side: int) -> torch.Tensor:
@@ -163,9 +165,22 @@ class _SearchCache:
         self.probs: list[list[torch.Tensor]] = [[] for _ in range(count)]
         self.masks: list[torch.Tensor] = []
 
-    def score(self, counts: dict[int, int], num_classes: int) -> float:
+    def observer(self, k: int, views: int):
+        """What :func:`evaluate` calls with member ``k``'s decision tensor: its probabilities,
+        kept (downsized), and for the first member the masks."""
+        def observe(batch: list[Labelled], decision: torch.Tensor, index: list[int]) -> None:
+            probs = class_softmax(decision.float() / views)
+            for j, i in enumerate(index):
+                self.probs[k].append(_downsized(probs[j].cpu(), SEARCH_SIDE))
+                if k == 0:
+                    self.masks.append(batch[i].mask)
+        return observe
+
+    def score(self, counts: dict[int, int], metric: Metric, num_classes: int) -> float:
+        """The metric of the mix weighted by ``counts`` (member -> count), signed so that
+        larger is better."""
         total = sum(counts.values())
-        acc = ScoreAccumulator(num_classes)
+        acc = ScoreAccumulator(metric, num_classes)
         for i, gt in enumerate(self.masks):
             mix = None
             for m, c in counts.items():
@@ -174,7 +189,8 @@ class _SearchCache:
             if tuple(mix.shape[-2:]) != tuple(gt.shape):
                 mix = F.interpolate(mix[None], size=tuple(gt.shape), mode="bilinear", align_corners=False)[0]
             acc.update(class_ids(mix, 0), gt)
-        return acc.compute().fscore
+        value = acc.compute().score
+        return value if metric.greater_is_better else -value
 
 
 def greedy_select(score: Callable[[dict[int, int]], float], n: int, max_rounds: int = 20,
@@ -201,37 +217,19 @@ def greedy_select(score: Callable[[dict[int, int]], float], n: int, max_rounds: 
     return counts, steps
 
 
-def _one_pass(members: list[Member], weights: list[float], competition, root: Path, names: list[str], tta,
-              device, precision, batch_size: int, cache: Optional[_SearchCache], progress) -> tuple:
-    """Exact scores of every member alone and of the weighted mix, from one pass over the images."""
-    singles = [Predictor([Member(m.model, m.image_size, 1.0, m.label)], competition, tta=tta, device=device,
-                         precision=precision) for m in members]
-    accs = [ScoreAccumulator(competition.num_classes) for _ in members]
-    mix_acc = ScoreAccumulator(competition.num_classes)
-    per_image: dict[str, float] = {}
-    norm = [w / sum(weights) for w in weights]
-    pairs = _pairs(root, names, competition)
-    for a in range(0, len(pairs), batch_size):
-        chunk = pairs[a:a + batch_size]
-        images, _ = datalib.load_images([p for _, p, _ in chunk])
-        masks = [torch.from_numpy(np.array(datalib.read_mask(m, competition))) for _, _, m in chunk]
-        sizes = [tuple(m.shape) for m in masks]
-        mixes: list[Optional[torch.Tensor]] = [None] * len(chunk)
-        for k, pred in enumerate(singles):
-            for j, p in enumerate(pred.probs(images, sizes)):
-                accs[k].update(class_ids(p, 0), masks[j])
-                if cache is not None:
-                    cache.probs[k].append(_downsized(p, SEARCH_SIDE))
-                if norm[k]:
-                    part = p.mul(norm[k])
-                    mixes[j] = part if mixes[j] is None else mixes[j].add_(part)
-        for j, (name, _, _) in enumerate(chunk):
-            per_image[name] = float(mix_acc.update(class_ids(mixes[j], 0), masks[j])[0])
-        if cache is not None:
-            cache.masks.extend(masks)
-        if progress:
-            progress("scoring members", min(a + batch_size, len(pairs)), len(pairs))
-    return [acc.compute() for acc in accs], mix_acc.compute(), per_image
+def _score_members(members: list[Member], competition, metric: Metric, files, tta, device, precision,
+                   batch_size: int, cache: Optional[_SearchCache], progress) -> list[Evaluation]:
+    """Each member alone on the shared images, through the one scoring loop (the probabilities
+    kept for the search when there is one)."""
+    out = []
+    for k, m in enumerate(members):
+        single = Predictor([Member(m.model, m.image_size, 1.0, m.label, tile=m.tile)], competition, tta=tta,
+                           device=device, precision=precision)
+        observe = cache.observer(k, len(single.views)) if cache is not None else None
+        out.append(evaluate(single, read_labelled(files, competition, batch_size), metric, total=len(files),
+                            observe=observe,
+                            progress=(lambda d, t, k=k: progress(f"scoring member {k + 1}", d, t)) if progress else None))
+    return out
 
 
 def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, *,
@@ -279,51 +277,55 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
     if len(comps) > 1:
         raise RunError(f"the runs belong to different competitions ({', '.join(sorted(comps))})")
     competition = handles[0].competition
+    metric = create_metric(competition, host)
     warnings: list[str] = []
-    root, names = _shared_images(handles, warnings)
+    root, names, part = _shared_images(handles, warnings)
+    files = labelled_files(root, names, competition, part)
 
     dev = resolve_device(device)
     members = [Member(h.load_model(checkpoint, dev, host), h.image_size, w, h.row.get("name") or h.id, h.id,
                       checkpoint) for h, w in zip(handles, weights)]
     cache = _SearchCache(len(members)) if search else None
-    singles, mix_scores, per_image = _one_pass(members, weights, competition, root, names, tta, dev, precision,
-                                               batch_size, cache, progress)
-    member_scores = [MemberScore(h.id, h.row.get("name") or h.id, w, checkpoint, s.fscore, h.row.get("best_val_score"))
-                     for h, w, s in zip(handles, weights, singles)]
-    best_single = max(member_scores, key=lambda m: m.fscore)
+    singles = _score_members(members, competition, metric, files, tta, dev, precision, batch_size, cache, progress)
+    member_scores = [MemberScore(h.id, h.row.get("name") or h.id, w, checkpoint, ev.score, h.row.get("best_val_score"))
+                     for h, w, ev in zip(handles, weights, singles)]
+    best_single = member_scores[0]
+    for ms in member_scores[1:]:
+        if metric.better(ms.score, best_single.score):
+            best_single = ms
 
     steps: list[dict] = []
     message = ""
-    evaluation: Optional[Evaluation]
+    chosen_members = [(k, m.weight) for k, m in enumerate(member_scores)]
     if search:
         def on_step(step: int) -> None:
             if progress:
                 progress("searching", step, max_rounds)
 
-        counts, picks = greedy_select(lambda c: cache.score(c, competition.num_classes), len(members),
+        counts, picks = greedy_select(lambda c: cache.score(c, metric, competition.num_classes), len(members),
                                       max_rounds, on_step)
-        steps = [{"add": handles[k].id, "fscore": score} for k, score in picks]
-        chosen = sorted(counts)
+        steps = [{"add": handles[k].id, "score": score if metric.greater_is_better else -score} for k, score in picks]
         total = sum(counts.values())
         # every candidate stays listed (weight 0 if not picked) so the table shows what was passed over
-        member_scores = [MemberScore(ms.run, ms.name, counts[k] / total, ms.checkpoint, ms.fscore, ms.recorded_val_f)
-                         for k, ms in enumerate(member_scores)]
-        if len(chosen) < 2:
-            message = (f"the search kept only {handles[chosen[0]].id}: no mix of these runs beats it on "
-                       "validation; nothing recorded")
-            evaluation = None
-        else:
-            final = Predictor([Member(members[k].model, members[k].image_size, counts[k] / total, members[k].label,
-                                      members[k].run_id, checkpoint) for k in chosen],
-                              competition, tta=tta, device=dev, precision=precision)
-            evaluation = evaluate(final, root, names, competition, batch_size=batch_size,
-                                  progress=(lambda d, t: progress("scoring the ensemble", d, t)) if progress else None)
+        member_scores = [MemberScore(ms.run, ms.name, counts[k] / total, ms.checkpoint, ms.score,
+                                     ms.recorded_val_score) for k, ms in enumerate(member_scores)]
+        chosen_members = [(k, counts[k] / total) for k in sorted(counts)]
+        warnings.append("the weights were searched on these validation images, so the ensemble's score and its "
+                        "gain over the best member are in-sample (optimistic); confirm on other labelled images "
+                        "with `cpx validate RUN --data DIR`")
+    evaluation: Optional[Evaluation] = None
+    if len(chosen_members) < 2:
+        message = (f"the search kept only {handles[chosen_members[0][0]].id}: no mix of these runs beats it on "
+                   "validation; nothing recorded")
     else:
-        evaluation = Evaluation(names=names, scores=mix_scores, per_image=per_image, seconds=0.0, tta=tta,
-                                checkpoint="members", class_names=tuple(competition.classes))
+        mix = Predictor([Member(members[k].model, members[k].image_size, w, members[k].label, members[k].run_id,
+                                checkpoint) for k, w in chosen_members],
+                        competition, tta=tta, device=dev, precision=precision)
+        evaluation = evaluate(mix, read_labelled(files, competition, batch_size), metric, total=len(files),
+                              progress=(lambda d, t: progress("scoring the ensemble", d, t)) if progress else None)
     result = EnsembleResult(members=member_scores, evaluation=evaluation, names=names, data_root=root, tta=tta,
                             best_single=best_single, warnings=warnings, search_steps=steps, message=message,
-                            gain=(evaluation.scores.fscore - best_single.fscore) if evaluation else None)
+                            gain=(evaluation.score - best_single.score) if evaluation else None)
     result.seconds = time.perf_counter() - start
     if evaluation is not None:
         evaluation.seconds = result.seconds
@@ -337,32 +339,31 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
             result.message = "only one member has a weight above zero: not an ensemble, nothing recorded"
         elif record:
             params = sum(count_params(members[k].model) for k, ms in enumerate(member_scores) if ms.weight > 0)
-            result.run_id = _record(workspace, competition, result, name, params, command)
+            result.run_id = _record(workspace, competition, result, name, params, command, part)
             evaluation.run_id = result.run_id
     return result
 
 
 def _record(workspace: Workspace, competition, result: EnsembleResult, name: Optional[str], params: int,
-            command: str) -> str:
+            command: str, part: str) -> str:
     run_id = new_run_id(name or "ensemble")
     folder = RunFolder.create(workspace.runs_dir, run_id)
     members = [{"run": m.run, "weight": m.weight, "checkpoint": m.checkpoint} for m in result.members if m.weight > 0]
     s = result.evaluation.scores
     spec = {"kind": "ensemble", "competition": competition.name, "members": members, "tta": list(result.tta),
-            "score": s.fscore, "images": len(result.names), "best_single": result.best_single.__dict__,
-            "gain": result.gain, "search_steps": result.search_steps, "warnings": result.warnings}
+            "score": s.score, "metric": s.metric, "images": len(result.names),
+            "best_single": result.best_single.__dict__, "gain": result.gain, "search_steps": result.search_steps,
+            "warnings": result.warnings}
     folder.write_ensemble(spec)
     folder.write_val_names(result.names)
-    folder.write_data_info({"path": str(result.data_root), "val": len(result.names), "ensemble": True})
+    folder.write_data_info({"path": str(result.data_root), "val": len(result.names), "ensemble": True,
+                            "val_part": part})
     now = utc_now()
     with Ledger(workspace.ledger_path) as ledger:
         ledger.add_run(id=run_id, name=name or run_id, kind="ensemble", recipe="ensemble",
                        competition=competition.name, status="completed", created_at=now, finished_at=now,
-                       command=command, params=params, best_val_score=s.fscore, members=members,
+                       command=command, params=params, best_val_score=s.score, metric=s.metric, members=members,
                        wall_seconds=round(result.seconds, 2), run_dir=str(folder.path),
                        notes="; ".join(result.warnings) or None)
-        ledger.add_validation(run_id, checkpoint="members", tta=tta_label(result.tta), data=VAL_LIST,
-                              images=len(result.names), score=s.fscore, pooled_score=s.pooled_fscore,
-                              pixel_acc=s.pixel_acc, miou=s.miou, per_class=result.evaluation.per_class(),
-                              wall_seconds=round(result.seconds, 2))
+        record_validation(ledger, run_id, result.evaluation, checkpoint="members", data=VAL_LIST)
     return run_id

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from cpx.data.images import IMAGE_SUFFIXES, BadFile, inspect_image, read_rgb
+from cpx.data.images import IMAGE_SUFFIXES, BadFile, inspect_image, read_image, write_mask
 from cpx.eval.postprocess import PostSpec, post_label
 from cpx.eval.predict import (
     Predictor,
@@ -56,19 +56,21 @@ class PredictReport:
                 "warnings": list(self.warnings)}
 
 
-def _inspect_image(path: Path) -> tuple[Optional[Size], str]:
-    """(height, width) of an image that decodes in full, or (None, why not)."""
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        return None, f"not an image file (suffix {path.suffix or '(none)'}; expected {'/'.join(IMAGE_SUFFIXES)})"
+def _inspect_image(path: Path, competition) -> tuple[Optional[Size], str]:
+    """(height, width) of an image that decodes in full to the competition's channels, or
+    (None, why not)."""
+    suffixes = sorted({*IMAGE_SUFFIXES, *(s.lower() for s in competition.layout.image_suffixes)})
+    if path.suffix.lower() not in suffixes:
+        return None, f"not an image file (suffix {path.suffix or '(none)'}; expected {'/'.join(suffixes)})"
     try:
-        return inspect_image(path), ""
+        return inspect_image(path, competition.channels, competition.pixel_max), ""
     except BadFile as bad:
         return None, bad.message
 
 
-def _read_rgb(path: Path) -> torch.Tensor:
+def _read_pixels(path: Path, competition) -> torch.Tensor:
     try:
-        arr, _ = read_rgb(path)
+        arr, _ = read_image(path, competition.channels, competition.pixel_max)
     except BadFile as bad:  # changed on disk since it was inspected
         raise bad.error() from None
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
@@ -77,7 +79,9 @@ def _read_rgb(path: Path) -> torch.Tensor:
 def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.PathLike, *,
                    batch_size: int = 8, skip_bad: bool = False, overwrite: bool = False,
                    progress: Progress = None) -> PredictReport:
-    """One palette PNG mask per image of ``input_dir``, same stem and size, into ``output_dir``.
+    """One mask per image of ``input_dir``, same size, into ``output_dir``, named and stored as
+    the competition stores masks (``layout.mask_name``: the image's stem and the mask suffix by
+    default; its value map and mode, :func:`cpx.data.images.write_mask`).
 
     Every file is checked before anything is written: an unreadable or non-image file fails
     the call (DataError naming each) unless ``skip_bad``, and existing masks of the same
@@ -98,14 +102,16 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
     good: list[tuple[Path, Size]] = []
     bad: list[tuple[Path, str]] = []
     seen: dict[str, Path] = {}
+    competition = predictor.competition
     for path in files:
-        size, why = _inspect_image(path)
+        size, why = _inspect_image(path, competition)
+        target = competition.layout.mask_name(path.name)
         if size is None:
             bad.append((path, why))
-        elif path.stem in seen:
-            bad.append((path, f"same stem as {seen[path.stem].name}: both would write {path.stem}.png"))
+        elif target in seen:
+            bad.append((path, f"same mask name as {seen[target].name}: both would write {target}"))
         else:
-            seen[path.stem] = path
+            seen[target] = path
             good.append((path, size))
     if bad and not skip_bad:
         lines = [f"{p}: {why}" for p, why in bad]
@@ -114,7 +120,7 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
     report.skipped = bad
     if not good:
         raise DataError(f"{input_dir}: no readable images to predict")
-    targets = {path: output_dir / f"{path.stem}.png" for path, _ in good}
+    targets = {path: output_dir / competition.layout.mask_name(path.name) for path, _ in good}
     if not overwrite:
         clash = [t for t in targets.values() if t.exists()]
         if clash:
@@ -126,9 +132,6 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
     # masks half-written by a predict that was killed; a live writer's temps are seconds old
     remove_stale_temps(output_dir, older_than=60)
 
-    from cpx.data import write_mask
-
-    palette = predictor.competition.palette_bytes()
     # sorted by size so each batch holds one size and runs as a single forward pass
     order = sorted(good, key=lambda item: (item[1], item[0].name))
     chunks: list[list[tuple[Path, Size]]] = []
@@ -140,12 +143,12 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
 
     def write(chunk, masks) -> None:
         for (path, _), mask in zip(chunk, masks):
-            write_mask(targets[path], mask.numpy(), palette)
+            write_mask(targets[path], mask.numpy(), competition)
 
     # Decoding the next batch and encoding the last one's PNGs run in a second thread while
     # the model works (PIL releases the GIL), so the files cost little time of their own.
     def read(chunk) -> list[torch.Tensor]:
-        return [_read_rgb(path) for path, _ in chunk]
+        return [_read_pixels(path, competition) for path, _ in chunk]
 
     done = 0
     with ThreadPoolExecutor(max_workers=1) as io:
@@ -173,9 +176,10 @@ def predict_run(ref: str, workspace: Workspace, host: PluginHost, input_dir: os.
                 output_dir: os.PathLike, *, checkpoint: str = "best", tta=(), batch_size: int = 8,
                 skip_bad: bool = False, overwrite: bool = False, allow_rule_break: bool = False,
                 device: str = "auto", precision: str = "auto", calibration: bool = True, post: PostSpec = None,
-                progress: Progress = None) -> PredictReport:
+                tile: Optional[int] = None, progress: Progress = None) -> PredictReport:
     """``cpx predict``: masks for a folder from a run (with its stored calibration unless
-    ``calibration`` is off, and the ``post`` steps), refusing forbidden ensembles."""
+    ``calibration`` is off, the ``post`` steps, in ``tile`` windows when given), refusing
+    forbidden ensembles."""
     with Ledger(workspace.ledger_path) as ledger:
         row = ledger.get_run(ref)
     if is_ensemble(row):
@@ -184,7 +188,8 @@ def predict_run(ref: str, workspace: Workspace, host: PluginHost, input_dir: os.
     else:
         warning = None
     predictor = predictor_for_run(row["id"], workspace, host, checkpoint=checkpoint, tta=tta,
-                                  device=device, precision=precision, calibration=calibration, post=post)
+                                  device=device, precision=precision, calibration=calibration, post=post,
+                                  tile=tile)
     report = predict_folder(predictor, input_dir, output_dir, batch_size=batch_size, skip_bad=skip_bad,
                             overwrite=overwrite, progress=progress)
     report.calibrated = predictor.logit_offsets is not None

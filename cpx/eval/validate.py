@@ -157,6 +157,7 @@ def in_batches(items: Sequence[Labelled], batch_size: int) -> Iterator[list[Labe
 
 def evaluate(predictor: Predictor, batches: Iterable[list[Labelled]], metric: Metric, *,
              total: Optional[int] = None, loss_fn: Optional[Callable] = None,
+             observe: Optional[Callable[[list[Labelled], torch.Tensor, list[int]], None]] = None,
              progress: Progress = None) -> Evaluation:
     """THE prediction-and-scoring loop: every command that scores a model on labelled images
     (training's validation, ``validate``, ``calibrate``'s baseline, ``ensemble``) goes through it.
@@ -166,7 +167,8 @@ def evaluate(predictor: Predictor, batches: Iterable[list[Labelled]], metric: Me
     confusion counts of ``metric``. With a calibrated or post-processing predictor the scores
     are those of its final masks and ``stages`` holds the score of the earlier stages (``raw``,
     ``calibrated``), all from one forward pass. With ``loss_fn`` (one model, no TTA) the mean
-    loss of the images' logits is measured too (training curves).
+    loss of the images' logits is measured too (training curves); ``observe(batch, decision,
+    index)`` sees each group's decision tensor (an ensemble search keeps probabilities).
     """
     start = time.perf_counter()
     k = predictor.num_classes
@@ -178,13 +180,16 @@ def evaluate(predictor: Predictor, batches: Iterable[list[Labelled]], metric: Me
     for batch in batches:
         masks = [item.mask for item in batch]
 
-        def on_decision(decision: torch.Tensor, index: list[int]) -> None:
+        def on_decision(decision: torch.Tensor, index: list[int], batch=batch) -> None:
             nonlocal loss_sum
-            for j, i in enumerate(index):  # the training loss of each image at its mask's size
-                loss_sum += float(loss_fn(decision[j:j + 1].float(), masks[i][None].to(decision.device).long()))
+            if observe is not None:
+                observe(batch, decision, index)
+            if loss_fn is not None:
+                for j, i in enumerate(index):  # the training loss of each image at its mask's size
+                    loss_sum += float(loss_fn(decision[j:j + 1].float(), masks[i][None].to(decision.device).long()))
 
         variants = predictor.predict_variants([item.image for item in batch], sizes=[m.shape for m in masks],
-                                              on_decision=on_decision if loss_fn is not None else None)
+                                              on_decision=on_decision if loss_fn is not None or observe else None)
         for item, stages in zip(batch, variants):
             truth = item.mask
             per_image[item.name] = float(acc.update(stages["final"], truth)[0])

@@ -370,7 +370,7 @@ def _submission_val(ledger: Ledger, sub: dict, run: Optional[dict]) -> tuple[Opt
 
 def build_leaderboard(ledger: Ledger, *, phase: str = "test", sort: str = "val",
                       limit: Optional[int] = None, competition: Optional[str] = None,
-                      metric: str = "fscore", level: float = DEFAULT_LEVEL) -> Leaderboard:
+                      metric: str = "", level: float = DEFAULT_LEVEL) -> Leaderboard:
     """Rank every run (train, ensemble, imported) and every submission.
 
     A run with submissions gives one row per submission; a run without, one row of its

@@ -53,7 +53,7 @@ class _Builder(EffectSections):
         self.subs = ledger.list_submissions()
         self.competition = self._competition()
         self.scores = {s["name"]: main_score(ledger.scores_for(s["name"]), "test",
-                                             self.competition.metric if self.competition else "fscore")
+                                             self.competition.metric.name if self.competition else "")
                        for s in self.subs}
         self.pairs = self._pairs()
 
@@ -279,10 +279,10 @@ class _Builder(EffectSections):
         waits: list[tuple[int, dict, Ref]] = []
         for run in shown:
             rid = run["id"]
-            history = [h for h in run_folder(run, self.workspace.runs_dir).read_history() if h.get("val_f") is not None] \
+            history = [h for h in run_folder(run, self.workspace.runs_dir).read_history() if h.get("val_score") is not None] \
                 if run.get("kind") == "train" else []
             wait = _longest_wait(history)
-            wref = Ref("history", rid, "val_f", [h["val_f"] for h in history])
+            wref = Ref("history", rid, "val_score", [h["val_score"] for h in history])
             if wait is not None:
                 waits.append((wait, run, wref))
             cfg = (run.get("config") or {}).get("train") or {}
@@ -407,7 +407,7 @@ def _longest_wait(history: list[dict]) -> Optional[int]:
     """Most epochs between two successive new bests of val F (None with fewer than two bests)."""
     best, last_epoch, longest = None, None, None
     for h in history:
-        f = h["val_f"]
+        f = h["val_score"]
         if best is None or f > best:
             if last_epoch is not None:
                 gap = h["epoch"] - last_epoch

@@ -237,7 +237,7 @@ class RunFolder:
         history = read_json(path, RunError)
         if not isinstance(history, list):
             raise RunError(f"{path}: expected a JSON list of epoch records")
-        return [h for h in history if isinstance(h, dict)]
+        return [_renamed(h) for h in history if isinstance(h, dict)]
 
     def write_history(self, history: list[dict]) -> None:
         """Write the epoch records; a non-finite number (a NaN loss) is stored as ``null``, so
@@ -305,6 +305,14 @@ class RunFolder:
     @property
     def is_ensemble(self) -> bool:
         return (self.path / ENSEMBLE).is_file()
+
+
+# history keys of runs trained before scores were any competition's metric, not only F
+_OLD_HISTORY_KEYS = {"val_f": "val_score", "val_f_ema": "val_score_ema"}
+
+
+def _renamed(record: dict) -> dict:
+    return {_OLD_HISTORY_KEYS.get(k, k): v for k, v in record.items()}
 
 
 def pid_alive(pid: int) -> bool:

@@ -70,7 +70,7 @@ class RunHandle:
 
     @property
     def history(self) -> list[dict]:
-        """The per-epoch records (``history.json``): epoch, train_loss, val_loss, val_f, lr, ..."""
+        """The per-epoch records (``history.json``): epoch, train_loss, val_loss, val_score, lr, ..."""
         return self.folder.read_history()
 
     def create_model(self, host: Optional[PluginHost] = None) -> torch.nn.Module:

@@ -46,11 +46,12 @@ def reconcile(folder: RunFolder, ledger: Ledger, run_id: str) -> dict:
                 pending.unlink(missing_ok=True)  # written for an epoch that never committed
         history = state.get("history") or []
         folder.write_history(history)
-        best_f = state.get("best_f")
+        # states of older versions call it best_f, with -1 for "none yet"
+        best = state.get("best_score", None if state.get("best_f", -1.0) == -1.0 else state.get("best_f"))
         fields["last_epoch"] = int(state.get("epoch") or 0)
-        # a run that never validated (a refit carries its parent's val F) keeps what its row says
-        if best_f is not None and best_f >= 0:
-            fields.update(best_epoch=best_epoch or None, best_val_score=float(best_f))
+        # a run that never validated (a refit carries its parent's score) keeps what its row says
+        if best is not None:
+            fields.update(best_epoch=best_epoch or None, best_val_score=float(best))
         if state.get("wall_seconds") is not None:
             fields["wall_seconds"] = round(float(state["wall_seconds"]), 2)
     else:

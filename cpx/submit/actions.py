@@ -133,7 +133,7 @@ def submit(request: SubmitRequest, workspace: Workspace, host: PluginHost, *,
         sub = _known_submission(ledger, name)
         run_row = ledger.get_run(sub["run_id"]) if sub.get("run_id") else None
         comp = cpx_competition(host, workspace, run=run_row)
-        metric = comp.metric if comp else "fscore"
+        metric = comp.metric.name if comp else ""
         outcome = SubmitOutcome(name=name, phase=label, submission=sub, registered=registered,
                                 val_score=sub.get("val_score"))
 
@@ -191,7 +191,7 @@ def _upload(request: SubmitRequest, outcome: SubmitOutcome, ledger: Ledger, work
     if progress:
         progress(f"uploading {name} to {client.base_url} (competition {cid})")
     timeout = DEFAULT_TIMEOUT if request.timeout is None else request.timeout
-    metric = comp.metric if comp else "fscore"
+    metric = comp.metric.name if comp else ""
     outcome.upload = upload_submission(
         ledger, name, client, cid, phase_id=phase_id, phase=label, wait=request.wait, timeout=timeout,
         initial_interval=request.poll, progress=progress, metric=metric, final=request.final,

@@ -1,8 +1,11 @@
 """Packaging a run as a verified submission zip.
 
-A package is ``submissions/submission-<name>_f<val F>.zip`` holding ``masks/<stem>.png`` for
-every test image, a standalone ``solution/`` (see :mod:`cpx.submit.solution`) and ``manifest.json``
-(the run, its config, the parameter count, TTA and the sha256 of every other file).
+A package is ``submissions/submission-<name>_<metric><validation score>.zip`` holding the
+predictions of every test image in the competition's submission format (``masks/<stem>.png``,
+one ``results.json``, ...; :mod:`cpx.submit.formats`), the standalone ``solution/`` when the
+competition asks for one (see :mod:`cpx.submit.solution`) and ``manifest.json`` (the run, its
+config, the parameter count, what the prediction applied, the validation score of exactly that
+prediction and the sha256 of every other file).
 
 :func:`package` is a pipeline of small steps, each named for what it does: prepare (the
 request, the run, its model and the test images), stage (masks, solution, a check of the
@@ -15,7 +18,6 @@ The zip rules themselves live in :mod:`cpx.submit.zipcheck`.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -30,7 +32,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cpx import __version__
 from cpx.data.competition import Competition
@@ -46,6 +47,7 @@ from cpx.runs.ledger import Ledger
 from cpx.submit.solution import export_solution, model_source, postprocess_sources, run_solution
 from cpx.submit.submissions import DEFAULT_PHASE, Budget, phase_budget, server_phase
 from cpx.submit.checkreport import CheckReport
+from cpx.submit.formats import SubmissionFormat, create_format, duplicate_keys
 from cpx.submit.zipcheck import MANIFEST, check_folder, check_zip, image_sizes, list_test_images, refusal
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -70,12 +72,13 @@ class PackageRequest:
     device: str = "auto"
     # package for the last submission left (or none left) without asking
     yes: bool = False
-    # one image per forward pass, exactly as run.py does: a different batch shape can pick a
-    # different kernel and flip argmax ties, and the two must agree to the pixel
-    batch_size: int = 1
+    # images of one size per forward pass; solution/run.py batches them the same way, since a
+    # different batch shape can pick a different kernel and flip argmax ties
+    batch_size: int = 8
     # (recipe hook) the run's stored logit offsets, and post-processing steps (--post)
     calibration: bool = True
     post: tuple[str, ...] = ()
+    tile: Optional[int] = None
 
 
 @dataclass
@@ -94,6 +97,8 @@ class PackageResult:
     tta: list[str]
     checkpoint: str
     check: CheckReport
+    metric: str = ""  # what val_score is (the competition's metric, and its scale when not 1)
+    format: str = ""
     solution_images: int = 0
     solution_agreement: Optional[float] = None
     solution_exact: Optional[bool] = None
@@ -113,9 +118,11 @@ class PackageResult:
         return out
 
 
-def zip_name(name: str, val_score: Optional[float]) -> str:
-    """``submission-<name>_f<val F, 4 decimals>.zip``, or without the score when unknown."""
-    return f"submission-{name}_f{val_score:.4f}.zip" if val_score is not None else f"submission-{name}.zip"
+def zip_name(name: str, metric: str, val_score: Optional[float]) -> str:
+    """``submission-<name>_<metric><validation score, 4 decimals>.zip`` (``..._fscore0.7312.zip``,
+    ``..._class-iou29.5871.zip``), or without the score when unknown."""
+    return (f"submission-{name}_{metric}{val_score:.4f}.zip" if val_score is not None
+            else f"submission-{name}.zip")
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,8 +146,10 @@ class _Job:
     val_score: Optional[float] = None
     test_dir: Optional[Path] = None
     test_images: dict[str, Path] = field(default_factory=dict)
-    test_sizes: dict[str, Size] = field(default_factory=dict)
+    test_sizes: dict[str, Size] = field(default_factory=dict)  # by image file name
     device: Optional[torch.device] = None
+    format: Optional[SubmissionFormat] = None
+    validation: Optional[dict] = None  # the ledger validation of exactly what is packaged
     final: Optional[Path] = None
     predict_seconds: float = 0.0
     budget: Optional[Budget] = None
@@ -151,6 +160,11 @@ class _Job:
     @property
     def competition(self) -> Competition:
         return self.run.competition
+
+    @property
+    def metric_label(self) -> str:
+        spec = self.competition.metric
+        return spec.name + (f" x{spec.scale:g}" if spec.scale != 1 else "")
 
     def blocking(self, report: CheckReport) -> list:
         """The problems that stop packaging: all of them, but the parameter cap when the
@@ -180,6 +194,7 @@ def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
     _check_budget(job, confirm)
     _load_model(job)
     _find_test_images(job)
+    _measure_validation(job)
     with tempfile.TemporaryDirectory(prefix="cpx-package-") as tmp:
         scratch = Path(tmp)
         stage = scratch / "stage"
@@ -203,7 +218,7 @@ def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
         name=job.name, run_id=job.run.id, competition=job.competition.name, zip_path=str(job.final),
         sha256=recorded["zip_sha256"], size_bytes=recorded["size_bytes"], masks=report.masks,
         params=job.params, val_score=job.val_score, tta=list(job.tta), checkpoint=request.checkpoint,
-        check=report, solution_images=sol_images, solution_agreement=agreement, solution_exact=exact,
+        check=report, metric=job.metric_label, format=job.format.describe(), solution_images=sol_images, solution_agreement=agreement, solution_exact=exact,
         predict_seconds=round(job.predict_seconds, 3), solution_seconds=round(sol_seconds, 3),
         seconds=round(time.perf_counter() - start, 3), rule_breaks=job.rule_breaks, submission=recorded,
         budget=job.budget)
@@ -253,13 +268,14 @@ def _check_budget(job: _Job, confirm: Optional[Callable[[str], bool]]) -> None:
 
 
 def _load_model(job: _Job) -> None:
-    """The checkpoint's model, its parameter count against the cap, and its val F."""
+    """The checkpoint's model, its parameter count against the cap, and the submission format."""
     from cpx.kernel.device import resolve_device
 
     run, request = job.run, job.request
     job.device = resolve_device(request.device)
     job.model = run.load_model(request.checkpoint, "cpu", job.host)
-    if job.competition.submission.solution_dir:
+    job.format = create_format(job.competition, job.host)
+    if job.competition.submission.solution:
         model_source(job.model, run.config.model.name)  # fail before minutes of prediction
     job.params = count_params(job.model)
     too_many = job.competition.check_params(job.params)
@@ -267,60 +283,117 @@ def _load_model(job: _Job) -> None:
         if not request.allow_rule_break:
             raise RuleViolation(f"{too_many} (run {run.id}); --allow-rule-break packages it anyway")
         job.rule_breaks.append(too_many)
-    job.val_score = _val_score(run, request.checkpoint)
-    job.final = job.workspace.submissions_dir / zip_name(job.name, job.val_score)
 
 
 def _find_test_images(job: _Job) -> None:
     job.test_dir = _resolve_test_dir(job.run, job.request)
     job.test_images = list_test_images(job.test_dir, job.competition)
-    job.test_sizes = image_sizes(job.test_images)
+    job.test_sizes = {job.test_images[stem].name: size for stem, size in image_sizes(job.test_images).items()}
+    clashes = duplicate_keys(job.format, sorted(job.test_sizes))
+    if clashes:
+        a, b = clashes[0]
+        raise DataError(f"{job.test_dir}: {a} and {b} would both be stored as {job.format.key(a)!r} in "
+                        f"{job.format.describe()}; rename one")
+
+
+def _measure_validation(job: _Job) -> None:
+    """The validation score of exactly what is packaged (checkpoint, TTA, calibration,
+    post-processing, tiles): the ledger's when recorded, else measured now (and recorded), so
+    the zip's name, the manifest and the leaderboard's gap all speak of this prediction."""
+    from cpx.eval.validate import VAL_LIST, validate_run
+
+    request, run = job.request, job.run
+    if not run.val_names or run.data_root is None or not run.data_root.is_dir():
+        job.val_score = _carried_score(run, request.checkpoint)
+        return
+    calibrated = request.calibration and run.folder.read_calibration() is not None
+    post = ",".join(request.post) or None
+    with Ledger(job.workspace.ledger_path) as ledger:
+        rows = [v for v in ledger.list_validations(run.id) if v.get("data") == VAL_LIST
+                and v.get("checkpoint") == request.checkpoint and v.get("tta") == (",".join(job.tta) or "none")
+                and bool(v.get("calibrated")) == calibrated and (v.get("post") or None) == post
+                and request.tile is None and v.get("score") is not None]
+    if rows:
+        job.validation = rows[-1]
+    else:
+        progress = job.progress
+        evaluation = validate_run(run.id, job.workspace, job.host, checkpoint=request.checkpoint, tta=job.tta,
+                                  device=request.device, calibration=request.calibration, post=request.post or None,
+                                  tile=request.tile, record=True,
+                                  progress=(lambda d, t: progress("validate", d, t)) if progress else None)
+        job.validation = {"id": evaluation.validation_id, "score": evaluation.score, "measured_now": True}
+    job.val_score = float(job.validation["score"])
+    job.final = job.workspace.submissions_dir / zip_name(job.name, job.competition.metric.name, job.val_score)
+
+
+def _chunks(sizes: dict[str, Size], batch_size: int) -> list[list[str]]:
+    """Image names in (size, name) order, cut into batches of one size: the order and batches
+    of :func:`cpx.eval.folders.predict_folder`, which solution/run.py repeats."""
+    chunks: list[list[str]] = []
+    for name in sorted(sizes, key=lambda n: (sizes[n], n)):
+        if chunks and len(chunks[-1]) < batch_size and sizes[chunks[-1][-1]] == sizes[name]:
+            chunks[-1].append(name)
+        else:
+            chunks.append([name])
+    return chunks
 
 
 def _predict_masks(job: _Job, stage: Path) -> None:
-    """A mask for every test image, into ``stage/masks``, as the scorer will read them."""
-    from cpx.eval.folders import predict_folder
+    """A prediction of every test image, written into ``stage`` by the competition's format."""
+    from cpx.data.images import read_image
     from cpx.eval.predict import predictor_for_run
 
-    masks_dir = stage / job.competition.submission.masks_dir
-    masks_dir.mkdir(parents=True)
+    if job.final is None:
+        job.final = job.workspace.submissions_dir / zip_name(job.name, job.competition.metric.name, job.val_score)
     predictor = predictor_for_run(job.run.id, job.workspace, job.host, checkpoint=job.request.checkpoint,
                                   tta=job.tta, device=str(job.device), precision="fp32",
-                                  calibration=job.request.calibration, post=job.request.post)
+                                  calibration=job.request.calibration, post=job.request.post, tile=job.request.tile)
     # (recipe hook) run.py must repeat the offsets and every post step: fail before predicting
     job.logit_offsets = None if predictor.logit_offsets is None else predictor.logit_offsets.tolist()
     job.post = predictor.post
-    if job.competition.submission.solution_dir:
+    if job.competition.submission.solution:
         postprocess_sources(job.post)
-    progress = job.progress
-    cb = (lambda done, total: progress("predict", done, total)) if progress else None
-    predicted = predict_folder(predictor, job.test_dir, masks_dir, batch_size=job.request.batch_size,
-                               skip_bad=True, progress=cb)
-    job.predict_seconds = float(predicted.seconds)
-    # predict_folder takes every image in the folder; only the competition's test images
-    # count, and any of those it could not read is fatal
-    unreadable = [f"{p}: {why}" for p, why in predicted.skipped
-                  if p.stem in job.test_images and job.test_images[p.stem] == p]
-    if unreadable:
-        raise DataError("\n".join(unreadable))
-    for path in masks_dir.iterdir():
-        if path.stem not in job.test_images:
-            path.unlink()
+    if job.request.batch_size < 1:
+        raise SubmissionError(f"--batch-size must be at least 1, not {job.request.batch_size}")
+    paths = {p.name: p for p in job.test_images.values()}
+    comp = job.competition
+    start, done = time.perf_counter(), 0
+    with job.format.writer(stage) as writer:
+        for chunk in _chunks(job.test_sizes, job.request.batch_size):
+            images = []
+            for name in chunk:
+                arr, _ = _read(read_image, paths[name], comp)
+                images.append(torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))))
+            for name, mask in zip(chunk, predictor.predict(images)):
+                writer.add(name, mask.numpy())
+            done += len(chunk)
+            if job.progress:
+                job.progress("predict", done, len(paths))
+    job.predict_seconds = time.perf_counter() - start
+
+
+def _read(reader, path: Path, comp: Competition):
+    from cpx.data.images import BadFile
+
+    try:
+        return reader(path, comp.channels, comp.pixel_max)
+    except BadFile as bad:
+        raise bad.error() from None
 
 
 def _write_solution(job: _Job, stage: Path) -> None:
-    solution_dir = job.competition.submission.solution_dir
-    if solution_dir:
+    solution = job.competition.submission.solution
+    if solution:
         # the predictor runs every model channels-last, and so must run.py to match it
-        export_solution(job.model, stage / solution_dir, job.competition, image_size=job.run.image_size,
+        export_solution(job.model, stage / solution.folder, job.competition, image_size=job.run.image_size,
                         tta=job.tta, scales=DEFAULT_SCALES, channels_last=True,
                         model_name=job.run.config.model.name, logit_offsets=job.logit_offsets,
-                        postprocess=job.post)
+                        postprocess=job.post, batch_size=job.request.batch_size, tile=job.request.tile)
 
 
 def _check_stage(job: _Job, stage: Path) -> None:
     """The zip rules on the staged folder, before anything is zipped."""
-    blocking = job.blocking(check_folder(stage, job.competition, job.test_sizes))
+    blocking = job.blocking(check_folder(stage, job.competition, job.format, job.test_sizes))
     if blocking:
         raise refusal("the staged submission failed its check", blocking)
 
@@ -337,6 +410,12 @@ def _write_manifest(job: _Job, stage: Path) -> None:
         "config": run.config.model_dump(mode="json"),
         "checkpoint": job.request.checkpoint,
         "val_score": job.val_score,
+        "metric": job.metric_label,
+        "validation": job.validation,
+        "format": job.format.describe(),
+        "calibrated": job.logit_offsets is not None,
+        "post": [step.name for step in job.post],
+        "tile": job.request.tile,
         "params": job.params,
         "max_params": job.competition.max_params,
         "tta": list(job.tta),
@@ -368,7 +447,7 @@ def _zip_folder(src: Path, dest: Path) -> None:
 
 def _check_zip(job: _Job, partial: Path) -> CheckReport:
     """The zip reopened and checked as a scorer would see it."""
-    report = check_zip(partial, job.competition, test_sizes=job.test_sizes)
+    report = check_zip(partial, job.competition, job.format, test_sizes=job.test_sizes)
     report.path = str(job.final)
     report.test_dir = str(job.test_dir)
     blocking = job.blocking(report)
@@ -379,58 +458,55 @@ def _check_zip(job: _Job, partial: Path) -> CheckReport:
 
 def _prove_solution(job: _Job, partial: Path, scratch: Path) -> tuple[int, Optional[float], Optional[bool], float]:
     """Run the zip's own ``solution/run.py`` on every test image, in a fresh interpreter from a
-    folder extracted from the zip, and compare each mask with the packaged one; any difference
-    fails the package. Returns (images, share of equal pixels, exact, seconds)."""
-    fmt = job.competition.submission
-    if not fmt.solution_dir:
+    folder extracted from the zip, and compare each mask with the packaged prediction (decoded
+    by the format); any difference fails the package. Returns (images, share of equal pixels,
+    exact, seconds)."""
+    from cpx.data.images import read_mask
+    from cpx.submit.zipentries import ZipSource
+
+    sol = job.competition.submission.solution
+    if not sol:
         return 0, None, None, 0.0
-    suffix = job.competition.layout.mask_suffix
     root, inputs, outputs = scratch / "solution-check", scratch / "solution-input", scratch / "solution-output"
     inputs.mkdir(parents=True)
     for path in job.test_images.values():
         shutil.copy2(path, inputs / path.name)
     with zipfile.ZipFile(partial) as zf:
         # entries were checked above: relative, no '..', no links
-        zf.extractall(root, [n for n in zf.namelist() if n.startswith(fmt.solution_dir + "/")])
+        zf.extractall(root, [n for n in zf.namelist() if n.startswith(sol.folder + "/")])
+        packaged = job.format.read(ZipSource(zf, {n: n for n in zf.namelist() if not n.endswith("/")}),
+                                   CheckReport(path=str(partial), competition=job.competition.name))
     progress, total = job.progress, len(job.test_images)
     if progress:
         progress("solution", 0, total)
-    seconds = run_solution(root / fmt.solution_dir, inputs, outputs, runner=fmt.runner,
-                           weights=root / fmt.solution_dir / fmt.weights_file, device=job.device.type)
+    seconds = run_solution(root / sol.folder, inputs, outputs, runner=sol.runner,
+                           weights=root / sol.folder / sol.weights_file, device=job.device.type)
     if progress:
         progress("solution", total, total)
     equal = pixels = 0
     differ: list[tuple[str, float]] = []
-    with zipfile.ZipFile(partial) as zf:
-        for stem in sorted(job.test_images):
-            theirs = _read_png_array(zf.read(f"{fmt.masks_dir}/{stem}{suffix}"))
-            mine = _runner_mask(outputs / f"{stem}{suffix}", theirs.shape, job, stem)
-            same = int((mine == theirs).sum())
-            equal, pixels = equal + same, pixels + mine.size
-            if same != mine.size:
-                differ.append((stem, same / mine.size))
+    for name in sorted(job.test_sizes):
+        theirs = packaged[job.format.key(name)]
+        out = outputs / job.competition.layout.mask_name(name)
+        if not out.is_file():
+            raise SubmissionError(f"solution/{sol.runner} wrote no mask for {name}")
+        try:
+            mine = read_mask(out, job.competition)
+        except DataError as exc:
+            raise SubmissionError(f"solution/{sol.runner} wrote a mask cpx cannot read: {exc}") from None
+        if mine.shape != theirs.shape:
+            raise SubmissionError(f"solution/{sol.runner} wrote a {mine.shape[1]}x{mine.shape[0]} mask for "
+                                  f"{name}; the packaged one is {theirs.shape[1]}x{theirs.shape[0]}")
+        same = int((mine == theirs).sum())
+        equal, pixels = equal + same, pixels + mine.size
+        if same != mine.size:
+            differ.append((name, same / mine.size))
     if differ:
-        stem, share = differ[0]
+        name, share = differ[0]
         raise SubmissionError(
-            f"solution/{fmt.runner} does not reproduce the packaged masks: {len(differ)} of {total} differ "
-            f"(first {stem}: {share:.4%} of pixels agree); the zip was not written")
+            f"solution/{sol.runner} does not reproduce the packaged masks: {len(differ)} of {total} differ "
+            f"(first {name}: {share:.4%} of pixels agree); the zip was not written")
     return total, (equal / pixels if pixels else 1.0), True, seconds
-
-
-def _runner_mask(path: Path, shape: tuple, job: _Job, stem: str) -> np.ndarray:
-    """The mask run.py wrote for ``stem``, checked to exist and match the packaged one's mode
-    and shape."""
-    fmt = job.competition.submission
-    if not path.is_file():
-        raise SubmissionError(f"solution/{fmt.runner} wrote no mask for {job.test_images[stem].name}")
-    with Image.open(path) as img:
-        if img.mode not in fmt.mask_modes:
-            raise SubmissionError(f"solution/{fmt.runner} wrote a mode {img.mode} mask for {stem}")
-        mine = np.asarray(img)
-    if mine.shape != shape:
-        raise SubmissionError(f"solution/{fmt.runner} wrote a {mine.shape[1]}x{mine.shape[0]} mask for "
-                              f"{stem}; the packaged one is {shape[1]}x{shape[0]}")
-    return mine
 
 
 def _publish(partial: Path, final: Path) -> None:
@@ -471,7 +547,7 @@ def _name_taken(name: str, workspace: Workspace, ledger: Ledger) -> Optional[str
         row = None
     if row is not None:
         return f"a submission named '{name}' is already recorded ({row.get('zip_path') or 'no zip'})"
-    pattern = re.compile(rf"^submission-{re.escape(name)}(_f\d+\.\d+)?\.zip$")
+    pattern = re.compile(rf"^submission-{re.escape(name)}(_[a-z0-9.-]*?-?\d+\.\d+)?\.zip$")
     folder = workspace.submissions_dir
     if folder.is_dir():
         for path in sorted(folder.iterdir()):
@@ -480,15 +556,10 @@ def _name_taken(name: str, workspace: Workspace, ledger: Ledger) -> Optional[str
     return None
 
 
-def _val_score(run: RunHandle, checkpoint: str) -> Optional[float]:
+def _carried_score(run: RunHandle, checkpoint: str) -> Optional[float]:
+    """The score a run without validation images carries (a refit's parent's), for ``best``."""
     best = run.row.get("best_val_score")
-    if checkpoint == "best":
-        return None if best is None or best < 0 else float(best)
-    if checkpoint == "last":
-        scored = [h["val_f"] for h in run.folder.read_history() if isinstance(h.get("val_f"), (int, float))]
-        if scored:
-            return float(scored[-1])
-    return None
+    return None if checkpoint != "best" or best is None else float(best)
 
 
 def _resolve_test_dir(run: RunHandle, request: PackageRequest) -> Path:
@@ -499,11 +570,6 @@ def _resolve_test_dir(run: RunHandle, request: PackageRequest) -> Path:
         raise DataError(f"run {run.id} trained on synthetic data, so it has no test images; "
                         f"give --test DIR")
     return run.competition.data_path(root, "test_images")
-
-
-def _read_png_array(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img)
 
 
 __all__ = ["PackageRequest", "PackageResult", "package", "zip_name"]

@@ -33,10 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
-from cpx.data.competition import Competition
+from cpx.data.competition import Competition, Solution
 from cpx.data.images import IMAGE_SUFFIXES
+from cpx.data.masks import MaskCodec
+from cpx.eval.predict import TILE_OVERLAP
 from cpx.kernel.errors import SubmissionError
 from cpx.kernel.files import atomic_torch_save, atomic_write_text
 
@@ -168,12 +171,15 @@ def postprocess_sources(steps, taken: tuple[str, ...] = ()) -> list[tuple[Path, 
 def export_solution(model: torch.nn.Module, dest: os.PathLike, competition: Competition, *,
                     image_size: int, tta: Sequence[str] = (), scales: Sequence[float] = (1.0,),
                     channels_last: bool = True, model_name: str = "",
-                    logit_offsets: Optional[Sequence[float]] = None, postprocess=()) -> list[str]:
+                    logit_offsets: Optional[Sequence[float]] = None, postprocess=(), batch_size: int = 1,
+                    tile: Optional[int] = None) -> list[str]:
     """Write a standalone solution for ``model`` into the folder ``dest``: its ``run.py``
-    predicts exactly as :class:`cpx.eval.predict.Predictor` with one member, the input size
-    ``image_size`` (pixels, square), the TTA views ``tta`` ("flip", "scale") and the
-    ``scales`` a "scale" view uses, the per-class ``logit_offsets`` (``cpx calibrate``) and
-    the ``postprocess`` steps (see :func:`postprocess_sources`).
+    predicts exactly as :class:`cpx.eval.predict.Predictor` with one member, the canvas side
+    ``image_size`` (pixels), the TTA views ``tta`` ("flip", "scale") and the ``scales`` a
+    "scale" view uses, the per-class ``logit_offsets`` (``cpx calibrate``), the ``postprocess``
+    steps (see :func:`postprocess_sources`), sliding windows of ``tile`` pixels when given,
+    and images of one size in batches of ``batch_size`` (as cpx predicted them), and writes
+    masks as the competition stores them (its value map, mode and palette).
 
     Returns the names of the files written (relative to ``dest``).
 
@@ -181,7 +187,7 @@ def export_solution(model: torch.nn.Module, dest: os.PathLike, competition: Comp
     """
     src = model_source(model, model_name)
     post = postprocess_sources(postprocess, taken=(src.module_name,))
-    fmt = competition.submission
+    fmt = competition.submission.solution or Solution()
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     module_file = f"{src.module_name}.py"
@@ -202,7 +208,17 @@ def export_solution(model: torch.nn.Module, dest: os.PathLike, competition: Comp
         "flip_permutation": competition.flip_permutation(),
         "image_suffixes": suffixes,
         "mask_suffix": competition.layout.mask_suffix,
+        "mask_name": competition.layout.mask_pattern or "{stem}" + competition.layout.mask_suffix,
+        "mask_mode": competition.masks.mode,
+        "channels": competition.channels,
+        "batch_size": int(batch_size),
     }
+    stored = MaskCodec(competition).encode(np.arange(competition.num_classes, dtype=np.uint8))
+    if not np.array_equal(stored, np.arange(competition.num_classes)):
+        config["mask_values"] = [int(v) for v in stored] + [0] * (256 - competition.num_classes)
+    if tile is not None:
+        config["tile"] = int(tile)
+        config["tile_overlap"] = TILE_OVERLAP
     if logit_offsets is not None:
         config["logit_offsets"] = [float(v) for v in logit_offsets]
     if post:

@@ -34,11 +34,11 @@ def estimate_params(state: dict) -> int:
 def check_solution(files: FileSource, competition: Competition, report: CheckReport) -> None:
     """Add to ``report`` every problem of the competition's solution folder in ``files`` (none
     asked for: nothing to check), and the weights' parameter count when no manifest gave one."""
-    fmt = competition.submission
-    if not fmt.solution_dir:
+    fmt = competition.submission.solution
+    if fmt is None:
         return
     report.solution_required = True
-    sol = fmt.solution_dir + "/"
+    sol = fmt.folder + "/"
     report.solution_files = [n[len(sol):] for n in files.names if n.startswith(sol)]
     if not report.solution_files:
         report.add(sol, "no_solution", f"no {sol} folder; {competition.name} requires the code and "

@@ -19,13 +19,10 @@ Weights are loaded with ``torch.load(weights_only=True)``, so a checkpoint canno
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
-import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -33,14 +30,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cpx.data.competition import Competition
-from cpx.data.images import BadFile, bad_ids_message, check_mask_mode
+from cpx.data.masks import bad_ids_message
 from cpx.kernel.errors import ConfigError, DataError, Problem, SubmissionError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
 from cpx.submit.checkreport import CheckReport
+from cpx.submit.formats import SubmissionFormat, create_format
 from cpx.submit.solutioncheck import check_solution, estimate_params
 from cpx.submit.zipentries import (
-    MAX_MASK_PIXELS,
     READ_LIMIT,
     DirSource,
     FileSource,
@@ -96,109 +93,57 @@ def image_sizes(paths: dict[str, Path]) -> dict[str, Size]:
 # Checking
 
 
-def _strip_nested_top(names: list[str], competition: Competition, report: CheckReport) -> dict[str, str]:
+def _tops(fmt: SubmissionFormat) -> set[str]:
+    return {e.rstrip("/") for e in fmt.entries()}
+
+
+def _strip_nested_top(names: list[str], fmt: SubmissionFormat, report: CheckReport) -> dict[str, str]:
     """Checked path -> zip name; a single wrapping folder is reported and looked through."""
-    masks_dir = competition.submission.masks_dir
+    expected = _tops(fmt)
     mapping = {n: n for n in names}
-    if any(n.startswith(masks_dir + "/") for n in names):
+    if any(n.split("/", 1)[0] in expected for n in names):
         return mapping
     tops = {n.split("/", 1)[0] for n in names}
     if len(tops) == 1 and all("/" in n for n in names):
         top = tops.pop()
-        if any(n.startswith(f"{top}/{masks_dir}/") for n in names):
+        if any(n.split("/", 2)[1] in expected for n in names):
+            shown = ", ".join(sorted(fmt.entries()))
             report.add(f"{top}/", "nested_top_folder",
-                       f"everything sits inside the folder {top}/; the scorer expects {masks_dir}/ "
+                       f"everything sits inside the folder {top}/; the scorer expects {shown} "
                        f"at the top of the zip (zip the folder's contents, not the folder)")
             return {n.split("/", 1)[1]: n for n in names}
     return mapping
 
 
-def _check_masks(files: FileSource, competition: Competition, report: CheckReport,
-                 test_sizes: Optional[dict[str, Size]]) -> None:
-    fmt = competition.submission
+def check_predictions(files: FileSource, fmt: SubmissionFormat, competition: Competition, report: CheckReport,
+                      expected: Optional[dict[str, Size]]) -> dict[str, np.ndarray]:
+    """Decode the predictions in ``files`` with the competition's submission format and check
+    them the same way whatever the format: class ids in range, one prediction per test image
+    (``expected``: format key -> (height, width) of its image; None: names and sizes not
+    compared) at the image's size. Returns what decoded, by key."""
+    masks = fmt.read(files, report)
     k = competition.num_classes
-    prefix = fmt.masks_dir + "/"
-    entries = [n for n in files.names if n.startswith(prefix)]
-    if not entries:
-        report.add(prefix, "no_masks", f"no {prefix} folder with masks at the top of the zip")
-    stems: dict[str, str] = {}
     seen_classes = np.zeros(256, dtype=bool)
-    for name in entries:
-        rel = name[len(prefix):]
-        if "/" in rel:
-            report.add(files.label(name), "mask_subfolder", f"masks must sit directly in {prefix}, not in a subfolder")
-            continue
-        stem, suffix = os.path.splitext(rel)
-        if suffix != competition.layout.mask_suffix:
-            report.add(files.label(name), "mask_suffix", f"not a {competition.layout.mask_suffix} file")
-            continue
-        if stem in stems:
-            report.add(files.label(name), "duplicate_mask", f"second mask for {stem} (also {stems[stem]})")
-            continue
-        stems[stem] = name
-        try:
-            data = files.read(name, "mask")
-        except Skipped:
-            if not files.skipped(name):
-                report.add(files.label(name), "mask_too_large",
-                           f"{mib(files.size(name))}; a mask is at most {mib(READ_LIMIT['mask'])}")
-            continue
-        expected = test_sizes.get(stem) if test_sizes is not None else None
-        try:
-            with warnings.catch_warnings():
-                # Pillow's own decompression-bomb warning: the header check below answers first
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as img:
-                    fmt_name, mode, size = img.format, img.mode, (img.height, img.width)
-                    bands = len(img.getbands())
-                    if size[0] * size[1] > MAX_MASK_PIXELS or (expected is not None and size != expected
-                                                                and size[0] * size[1] > expected[0] * expected[1]):
-                        arr = None  # not decoded: too many pixels, or a wrong size reported below
-                        if size[0] * size[1] > MAX_MASK_PIXELS:
-                            report.add(files.label(name), "mask_too_large",
-                                       f"{size[1]}x{size[0]} pixels; a mask is at most {MAX_MASK_PIXELS:,} "
-                                       f"pixels (not decoded)")
-                    else:
-                        img.load()
-                        arr = np.asarray(img) if mode in ("P", "L") else None
-        except Image.DecompressionBombError:
-            report.add(files.label(name), "mask_too_large", "too many pixels to decode safely (Pillow's "
-                                                            "decompression-bomb limit)")
-            continue
-        except Exception as exc:  # PIL raises many types for broken files
-            report.add(files.label(name), "unreadable", f"cannot read the mask ({exc.__class__.__name__})")
-            continue
-        try:  # the mask rules every command applies (cpx.data.images): lossless PNG, one channel, a scorer's mode
-            check_mask_mode(_Header(fmt_name, mode, bands), Path(name), fmt.mask_modes)
-        except BadFile as bad:
-            report.add(files.label(name), bad.kind, bad.message)
-        if arr is not None and arr.size:
+    for key in sorted(masks):
+        arr = masks[key]
+        if arr.size:
             values = np.unique(arr)
             bad = values[values >= k]
             if bad.size:
-                report.add(files.label(name), "bad_class", bad_ids_message(bad, k))
+                report.add(key, "bad_class", bad_ids_message(bad, k))
             seen_classes[values[values < k]] = True
-        if test_sizes is not None and stem in test_sizes and size != test_sizes[stem]:
-            h, w = test_sizes[stem]
-            report.add(files.label(name), "mask_size", f"mask is {size[1]}x{size[0]} but the test image is {w}x{h}")
-    report.masks = len(stems)
+        if expected is not None and key in expected and tuple(arr.shape) != tuple(expected[key]):
+            h, w = expected[key]
+            report.add(key, "mask_size", f"prediction is {arr.shape[1]}x{arr.shape[0]} but the test image is {w}x{h}")
+    report.masks = len(masks)
     report.classes_seen = [int(c) for c in np.flatnonzero(seen_classes)]
-    if test_sizes is not None:
-        for stem in sorted(set(test_sizes) - set(stems)):
-            report.add(f"{prefix}{stem}{competition.layout.mask_suffix}", "missing_mask",
-                       "missing: the test image has no mask")
-        for stem in sorted(set(stems) - set(test_sizes)):
-            report.add(files.label(stems[stem]), "extra_mask", "no test image has this name")
-
-
-class _Header:
-    """What :func:`cpx.data.images.check_mask_mode` reads of an image, kept from a zip entry."""
-
-    def __init__(self, format: Optional[str], mode: str, bands: int):
-        self.format, self.mode, self._bands = format or "an unknown format", mode, bands
-
-    def getbands(self) -> tuple:
-        return tuple(range(self._bands))
+    if expected is not None:
+        for key in sorted(set(expected) - set(masks)):
+            if not any(p.path.endswith(key) or key in p.message for p in report.problems):
+                report.add(key, "missing_mask", "missing: the test image has no prediction")
+        for key in sorted(set(masks) - set(expected)):
+            report.add(key, "extra_mask", "no test image has this name")
+    return masks
 
 
 def _check_manifest(files: FileSource, report: CheckReport) -> None:
@@ -235,17 +180,19 @@ def _check_manifest(files: FileSource, report: CheckReport) -> None:
             report.add(files.label(name), "manifest_unlisted", "file is not listed in the manifest")
 
 
-def check_files(files: FileSource, competition: Competition, report: CheckReport,
+def check_files(files: FileSource, competition: Competition, fmt: SubmissionFormat, report: CheckReport,
                 test_sizes: Optional[dict[str, Size]] = None) -> CheckReport:
-    """Masks, solution, manifest and parameter checks on a set of files; adds to ``report``
-    and returns it. ``test_sizes`` maps each test image's stem to its (height, width); when
-    None, mask names and sizes are not compared with the test images (and a note says so)."""
-    fmt = competition.submission
-    known_tops = {fmt.masks_dir, fmt.solution_dir, MANIFEST} - {None}
+    """Predictions (through the format's reader), solution, manifest and parameter checks on a
+    set of files; adds to ``report`` and returns it. ``test_sizes`` maps each test image's FILE
+    NAME to its (height, width); when None, prediction names and sizes are not compared with
+    the test images (and a note says so)."""
+    solution = competition.submission.solution
+    known_tops = _tops(fmt) | {MANIFEST} | ({solution.folder} if solution else set())
     for top in sorted({n.split("/", 1)[0] for n in files.names} - known_tops):
         report.notes.append(f"unexpected top-level entry {top} (left as is)")
     _check_manifest(files, report)
-    _check_masks(files, competition, report, test_sizes)
+    expected = None if test_sizes is None else {fmt.key(name): size for name, size in test_sizes.items()}
+    check_predictions(files, fmt, competition, report, expected)
     check_solution(files, competition, report)
     report.max_params = competition.max_params
     if report.params is not None:
@@ -260,25 +207,26 @@ def check_files(files: FileSource, competition: Competition, report: CheckReport
     return report
 
 
-def check_folder(root: os.PathLike, competition: Competition,
+def check_folder(root: os.PathLike, competition: Competition, fmt: SubmissionFormat,
                  test_sizes: Optional[dict[str, Size]] = None) -> CheckReport:
     """The checks of :func:`check_zip` on a folder laid out as the zip will be (``root`` is the
     zip's top level); used on a staged package before it is zipped."""
     start = time.perf_counter()
     report = CheckReport(path=str(root), competition=competition.name)
-    check_files(DirSource(Path(root)), competition, report, test_sizes)
+    check_files(DirSource(Path(root)), competition, fmt, report, test_sizes)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def check_zip(zip_path: os.PathLike, competition: Competition,
+def check_zip(zip_path: os.PathLike, competition: Competition, fmt: SubmissionFormat,
               test_images: Optional[dict[str, Path]] = None, *,
               test_sizes: Optional[dict[str, Size]] = None) -> CheckReport:
-    """Every problem a scorer would trip on in the submission zip at ``zip_path``.
+    """Every problem a scorer would trip on in the submission zip at ``zip_path``, read with
+    the competition's submission format ``fmt``.
 
-    ``test_images`` (stem -> path) or ``test_sizes`` (stem -> (height, width)) name the test
-    images the masks must match one to one. A file that is not a zip is a ``not_a_zip``
-    problem in the report.
+    ``test_images`` (stem -> path) or ``test_sizes`` (image file name -> (height, width)) name
+    the test images the predictions must match one to one. A file that is not a zip is a
+    ``not_a_zip`` problem in the report.
 
     :raises SubmissionError: ``zip_path`` does not exist.
     :raises DataError: a test image cannot be read.
@@ -287,7 +235,7 @@ def check_zip(zip_path: os.PathLike, competition: Competition,
     zip_path = Path(zip_path)
     report = CheckReport(path=str(zip_path), competition=competition.name)
     if test_sizes is None and test_images is not None:
-        test_sizes = image_sizes(test_images)
+        test_sizes = {test_images[stem].name: size for stem, size in image_sizes(test_images).items()}
     if not zip_path.is_file():
         raise SubmissionError(f"{zip_path}: no such file")
     report.size_bytes = zip_path.stat().st_size
@@ -305,8 +253,8 @@ def check_zip(zip_path: os.PathLike, competition: Competition,
         skipped = size_problems(infos, report)
         crc_problems(zf, infos, skipped, report)
         keep = entry_problems(infos, report)
-        mapping = _strip_nested_top([i.filename for i in keep], competition, report)
-        check_files(ZipSource(zf, mapping, frozenset(skipped)), competition, report, test_sizes)
+        mapping = _strip_nested_top([i.filename for i in keep], fmt, report)
+        check_files(ZipSource(zf, mapping, frozenset(skipped)), competition, fmt, report, test_sizes)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -339,7 +287,7 @@ def check_submission(zip_path: os.PathLike, workspace: Workspace, host: PluginHo
         candidate = comp.data_path(Path(workspace.settings()["data"]), "test_images")
         folder = candidate if candidate.is_dir() else None
     images = list_test_images(folder, comp) if folder is not None else None
-    report = check_zip(zip_path, comp, images)
+    report = check_zip(zip_path, comp, create_format(comp, host), images)
     report.test_dir = str(folder) if folder is not None else None
     return report
 

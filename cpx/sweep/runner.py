@@ -142,16 +142,16 @@ class _TrialCallback:
         # a resumed run already has epochs: the pruner should see them too
         history = RunFolder(info["run_dir"]).read_history() if info.get("start_epoch") else []
         for h in history:
-            if h.get("val_f") is not None:
-                self.trial.report(float(h["val_f"]), int(h["epoch"]))
+            if h.get("val_score") is not None:
+                self.trial.report(float(h["val_score"]), int(h["epoch"]))
         self.emit("trial_start", run_id=run_id)
 
     def on_epoch_end(self, trainer, record) -> None:
-        if record.val_f is not None:
-            self.trial.report(float(record.val_f), record.epoch)
+        if record.val_score is not None:
+            self.trial.report(float(record.val_score), record.epoch)
         self.emit("epoch", run_id=self.run_id, epoch=record.epoch, epochs=trainer.settings.epochs,
-                  value=record.val_f)
-        if self.prune and record.val_f is not None and self.trial.should_prune():
+                  value=record.val_score)
+        if self.prune and record.val_score is not None and self.trial.should_prune():
             self.pruned_at = record.epoch
             raise StopTraining(f"pruned by the sweep at epoch {record.epoch} (val F below the median of "
                                "earlier trials at this epoch)")

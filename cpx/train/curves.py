@@ -33,8 +33,8 @@ def plot_history(runs: Sequence[tuple[str, list[dict]]], path: Path) -> Path:
         val = [(h["epoch"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
         if val:
             axes[0].plot(*zip(*val), "--", color=color, marker=marker, markersize=3)
-        f = [(h["epoch"], h["val_f"]) for h in history if h.get("val_f") is not None]
-        f_ema = [(h["epoch"], h["val_f_ema"]) for h in history if h.get("val_f_ema") is not None]
+        f = [(h["epoch"], h["val_score"]) for h in history if h.get("val_score") is not None]
+        f_ema = [(h["epoch"], h["val_score_ema"]) for h in history if h.get("val_score_ema") is not None]
         best = ""
         if f_ema:  # the EMA weights, dotted beside the raw ones
             axes[1].plot(*zip(*f_ema), ":", color=color, marker=marker, markersize=3)
@@ -52,7 +52,7 @@ def plot_history(runs: Sequence[tuple[str, list[dict]]], path: Path) -> Path:
                 ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
     styles = [Line2D([], [], color="0.3", label="train"), Line2D([], [], color="0.3", linestyle="--", label="val")]
     axes[0].legend(handles=styles, fontsize=9, loc="upper right")
-    if any(h.get("val_f_ema") is not None for _, history in runs for h in history):
+    if any(h.get("val_score_ema") is not None for _, history in runs for h in history):
         axes[1].legend(handles=[Line2D([], [], color="0.3", label="raw weights"),
                                 Line2D([], [], color="0.3", linestyle=":", label="EMA weights")],
                        fontsize=9, loc="lower right")

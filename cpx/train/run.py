@@ -73,6 +73,7 @@ class TrainResult:
     config_diff: dict = field(default_factory=dict)
     # a refit: the parent run's id; ``best_val_score`` is then the parent's, carried (not measured)
     refit_of: Optional[str] = None
+    metric: str = ""  # the competition's metric that best_val_score is on (name, scale when not 1)
 
 
 @dataclass
@@ -284,7 +285,11 @@ class _LedgerWriter:
 def _new_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledger: Optional[Ledger]) -> _Setup:
     if not request.recipe:
         raise ConfigError("name a recipe (or a YAML file), or --resume RUN")
-    config, diff = build_config(request.recipe, request.overrides, workspace.experiments_dir, host)
+    overrides = dict(request.overrides)
+    # the competition: --competition, else the workspace's cpx.yaml, else the recipe's default
+    if "competition" not in overrides and workspace.settings().get("competition"):
+        overrides["competition"] = workspace.settings()["competition"]
+    config, diff = build_config(request.recipe, overrides, workspace.experiments_dir, host)
     run_id = rank0_object(new_run_id(config.recipe))
     return _Setup(run_id, RunFolder(workspace.runs_dir / run_id), config, diff)
 
@@ -566,7 +571,8 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
     wall = wall_before + time.perf_counter() - started
     result = TrainResult(run_id=run_id, run_dir=folder.path, status=status, best_val_score=trainer.best_score,
                          best_epoch=trainer.best_epoch, epochs=trainer.epoch, params=params,
-                         wall_seconds=round(wall, 2), message=message, config_diff=diff)
+                         wall_seconds=round(wall, 2), message=message, config_diff=diff,
+                         metric=metric.name + (f" x{metric.scale:g}" if metric.scale != 1 else ""))
     if not main:
         return result
     if trainer.history:

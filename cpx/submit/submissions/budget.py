@@ -91,7 +91,7 @@ class SubmissionReport:
 def submission_report(ledger: Ledger, competition: Optional[Competition] = None,
                       phase: str = DEFAULT_PHASE) -> SubmissionReport:
     """Every submission with its val and test F, the phase's budget, and the final pick."""
-    metric = competition.metric if competition else "fscore"
+    metric = competition.metric.name if competition else ""
     rows: list[SubmissionRow] = []
     for sub in ledger.list_submissions(phase):
         score = main_score(ledger.scores_for(sub["name"]), phase, metric)

@@ -34,13 +34,13 @@ class Recorded:
 
 def record_score(ledger: Ledger, name: str, score: float, *, phase: str = DEFAULT_PHASE,
                  replace: bool = False, note: Optional[str] = None, final: bool = False,
-                 metric: str = "fscore", competition: Optional[Competition] = None) -> Recorded:
+                 metric: str = "", competition: Optional[Competition] = None) -> Recorded:
     """Record the leaderboard score of submission ``name`` read off by hand.
 
     A second score for the same phase is refused unless ``replace`` (then it overwrites
     the submission's main score, whatever column it was recorded under).
     """
-    value = parse_score(score)
+    value = parse_score(score, competition)
     sub = ledger.get_submission(name)
     existing = main_score(ledger.scores_for(name), phase, metric)
     if existing is not None and not replace:

@@ -66,7 +66,7 @@ class UploadOutcome:
 def upload_submission(ledger: Ledger, name: str, client: CodabenchClient, competition_id: int, *,
                       phase_id: Optional[int] = None, phase: str = DEFAULT_PHASE, wait: bool = False,
                       timeout: float = 3600, initial_interval: float = 2.0, max_interval: float = 30.0,
-                      progress: Optional[Progress] = None, metric: str = "fscore",
+                      progress: Optional[Progress] = None, metric: str = "",
                       final: bool = False, leaderboard: bool = False,
                       before_upload: Optional[Callable[[Phase], None]] = None) -> UploadOutcome:
     """Upload the packaged zip of ``name`` to Codabench and record the upload.
@@ -190,7 +190,7 @@ def my_names(client: CodabenchClient) -> tuple[str, ...]:
 
 def sync_submissions(ledger: Ledger, client: CodabenchClient, competition_id: int, *,
                      phase_id: Optional[int] = None, phase: str = DEFAULT_PHASE, owner: Optional[str] = None,
-                     metric: str = "fscore") -> SyncReport:
+                     metric: str = "") -> SyncReport:
     """Match your Codabench submissions to the ledger by Codabench id; update their status
     and fill in the scores of finished ones that have none in ``phase`` yet.
 

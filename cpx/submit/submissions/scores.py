@@ -1,8 +1,8 @@
 """Leaderboard scores of submissions: the one that stands for a submission's result in a
-phase, and a score typed on the command line checked to be an F value.
+phase, and a score typed on the command line checked against the competition metric's scale.
 
 Scores live in the ledger's ``scores`` table, one per submission, phase and column; the
-"test F" of a submission is its main column (:func:`main_score`).
+test score of a submission is its main column (:func:`main_score`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from cpx.kernel.errors import SubmissionError
 DEFAULT_PHASE = "test"
 
 
-def main_score(scores: list[dict], phase: str = DEFAULT_PHASE, metric: str = "fscore") -> Optional[dict]:
+def main_score(scores: list[dict], phase: str = DEFAULT_PHASE, metric: str = "") -> Optional[dict]:
     """The score row that stands for a submission's result in ``phase``.
 
     A hand-recorded score sits in column ``score``; Codabench reports its own column keys.
@@ -36,13 +36,30 @@ def main_score(scores: list[dict], phase: str = DEFAULT_PHASE, metric: str = "fs
     return None
 
 
-def parse_score(score: Any) -> float:
-    """A leaderboard score given on the command line, checked to be a number in 0..1."""
+def parse_score(score: Any, competition: Optional[Any] = None) -> float:
+    """A leaderboard score given on the command line, checked to be a number on the scale of the
+    competition's metric: ``0..1``, or ``0..100`` for organisers who print percent
+    (``metric: {scale: 100}``). Without a competition only a finite number is required.
+
+    :raises SubmissionError: not a number, or outside the metric's range (with a hint when the
+        value looks like the other scale).
+    """
     try:
         value = float(score)
     except (TypeError, ValueError):
         raise SubmissionError(f"--record-score: {score!r} is not a number") from None
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise SubmissionError(f"--record-score: {score!r} is outside 0..1 (scores are F values, e.g. 0.73)")
+    if not math.isfinite(value):
+        raise SubmissionError(f"--record-score: {score!r} is not a finite number")
+    if competition is None:
+        return value
+    spec = competition.metric
+    top = float(spec.scale)
+    if not 0.0 <= value <= top:
+        hint = ""
+        if top == 1 and 1 < value <= 100:
+            hint = (f"; {competition.name} scores {spec.name} in 0..1 (if the leaderboard prints percent, set "
+                    "metric.scale: 100 in its profile, or give {value / 100:g})").replace("{value / 100:g}",
+                                                                                          f"{value / 100:g}")
+        raise SubmissionError(f"--record-score: {score!r} is outside 0..{top:g}, the scale of {competition.name}'s "
+                              f"{spec.name}{hint}")
     return value
-

@@ -15,7 +15,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from cpx.data.images import IMAGE_SUFFIXES, BadFile, inspect_image, read_rgb
+from cpx.data.competition import Competition
+from cpx.data.images import IMAGE_SUFFIXES, BadFile, inspect_image, read_image
+from cpx.data.layout import FOLDER_KINDS, scan_images
 from cpx.eval.postprocess import PostSpec, post_label
 from cpx.eval.predict import (
     Predictor,
@@ -56,19 +58,18 @@ class PredictReport:
                 "warnings": list(self.warnings)}
 
 
-def _inspect_image(path: Path) -> tuple[Optional[Size], str]:
-    """(height, width) of an image that decodes in full, or (None, why not)."""
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        return None, f"not an image file (suffix {path.suffix or '(none)'}; expected {'/'.join(IMAGE_SUFFIXES)})"
+def _inspect_image(path: Path, competition: Competition) -> tuple[Optional[Size], str]:
+    """(height, width) of an image that decodes in full to the competition's channels, or
+    (None, why not)."""
     try:
-        return inspect_image(path), ""
+        return inspect_image(path, competition.channels, competition.pixel_max), ""
     except BadFile as bad:
         return None, bad.message
 
 
-def _read_rgb(path: Path) -> torch.Tensor:
+def _read_pixels(path: Path, competition: Competition) -> torch.Tensor:
     try:
-        arr, _ = read_rgb(path)
+        arr, _ = read_image(path, competition.channels, competition.pixel_max)
     except BadFile as bad:  # changed on disk since it was inspected
         raise bad.error() from None
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
@@ -93,20 +94,23 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
         raise DataError(f"{output_dir}: exists and is not a folder")
     if output_dir.resolve() == input_dir.resolve():
         raise DataError(f"{output_dir}: choose an output folder other than the input folder")
-    files = sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    competition = predictor.competition
+    suffixes = tuple(dict.fromkeys((*IMAGE_SUFFIXES, *(s.lower() for s in competition.layout.image_suffixes))))
+    listing = scan_images(input_dir, suffixes=suffixes)
     report = PredictReport(output_dir=output_dir, tta=predictor.tta)
     good: list[tuple[Path, Size]] = []
-    bad: list[tuple[Path, str]] = []
-    seen: dict[str, Path] = {}
-    for path in files:
-        size, why = _inspect_image(path)
+    # folders, broken links and second files of one stem, named like images; then other files
+    bad: list[tuple[Path, str]] = [(input_dir / p.path, p.message) for p in listing.problems
+                                   if p.kind not in FOLDER_KINDS]
+    bad += [(path, f"not an image file (suffix {path.suffix or '(none)'}; expected {'/'.join(suffixes)})")
+            for path in listing.ignored]
+    for path in listing.test_images:
+        size, why = _inspect_image(path, competition)
         if size is None:
             bad.append((path, why))
-        elif path.stem in seen:
-            bad.append((path, f"same stem as {seen[path.stem].name}: both would write {path.stem}.png"))
         else:
-            seen[path.stem] = path
             good.append((path, size))
+    bad.sort(key=lambda item: item[0].name)
     if bad and not skip_bad:
         lines = [f"{p}: {why}" for p, why in bad]
         raise DataError("\n".join(lines + [f"{len(bad)} bad file(s) in {input_dir}; nothing was written "
@@ -145,7 +149,7 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
     # Decoding the next batch and encoding the last one's PNGs run in a second thread while
     # the model works (PIL releases the GIL), so the files cost little time of their own.
     def read(chunk) -> list[torch.Tensor]:
-        return [_read_rgb(path) for path, _ in chunk]
+        return [_read_pixels(path, competition) for path, _ in chunk]
 
     done = 0
     with ThreadPoolExecutor(max_workers=1) as io:

@@ -15,7 +15,6 @@ The zip rules themselves live in :mod:`cpx.submit.zipcheck`.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -30,10 +29,10 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cpx import __version__
 from cpx.data.competition import Competition
+from cpx.data.images import read_mask
 from cpx.eval.predict import DEFAULT_SCALES
 from cpx.kernel.device import count_params
 from cpx.kernel.errors import DataError, RuleViolation, SubmissionError
@@ -403,7 +402,8 @@ def _prove_solution(job: _Job, partial: Path, scratch: Path) -> tuple[int, Optio
     differ: list[tuple[str, float]] = []
     with zipfile.ZipFile(partial) as zf:
         for stem in sorted(job.test_images):
-            theirs = _read_png_array(zf.read(f"{fmt.masks_dir}/{stem}{suffix}"))
+            entry = f"{fmt.masks_dir}/{stem}{suffix}"
+            theirs = _read_png_array(zf.read(entry), entry)
             mine = _runner_mask(outputs / f"{stem}{suffix}", theirs.shape, job, stem)
             same = int((mine == theirs).sum())
             equal, pixels = equal + same, pixels + mine.size
@@ -423,10 +423,10 @@ def _runner_mask(path: Path, shape: tuple, job: _Job, stem: str) -> np.ndarray:
     fmt = job.competition.submission
     if not path.is_file():
         raise SubmissionError(f"solution/{fmt.runner} wrote no mask for {job.test_images[stem].name}")
-    with Image.open(path) as img:
-        if img.mode not in fmt.mask_modes:
-            raise SubmissionError(f"solution/{fmt.runner} wrote a mode {img.mode} mask for {stem}")
-        mine = np.asarray(img)
+    try:
+        mine = read_mask(path, modes=fmt.mask_modes)  # stored values, in one of the scorer's modes
+    except DataError as exc:
+        raise SubmissionError(f"solution/{fmt.runner} wrote a mask for {stem} the scorer cannot use: {exc}") from None
     if mine.shape != shape:
         raise SubmissionError(f"solution/{fmt.runner} wrote a {mine.shape[1]}x{mine.shape[0]} mask for "
                               f"{stem}; the packaged one is {shape[1]}x{shape[0]}")
@@ -501,9 +501,9 @@ def _resolve_test_dir(run: RunHandle, request: PackageRequest) -> Path:
     return run.competition.data_path(root, "test_images")
 
 
-def _read_png_array(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img)
+def _read_png_array(data: bytes, name: str) -> np.ndarray:
+    """The stored values of a packaged mask (``name`` labels it in errors)."""
+    return read_mask(data, name=name)
 
 
 __all__ = ["PackageRequest", "PackageResult", "package", "zip_name"]

@@ -100,3 +100,81 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     found = [t for _, t in _imports("cpx.data.bad", fake)]
     assert "cpx.train.run" in found and "cpx.cli.main" in found
     assert _layer(_package("cpx.train.run")) > _layer("data")
+
+
+# --------------------------------------------------------------------------------------------
+# One reader: only cpx/data/images.py opens image and mask files
+
+
+REPO = ROOT.parent
+READER = "cpx/data/images.py"
+# solution/run.py, copied into every submission, runs without cpx: torch, numpy and Pillow only
+STANDALONE = "cpx/submit/standalone_run.py"
+STANDALONE_LIBRARIES = {"torch", "numpy", "PIL"}
+# TEMPORARY: zipcheck still decodes zip entries itself (_check_masks) until the submission-format
+# plugins (plugins/formats) take mask decoding over; delete this entry when they do.
+TEMPORARY_READERS = {"cpx/submit/zipcheck.py": 1}
+
+
+def _opens_files(path: Path) -> list[str]:
+    """``line N: what`` for every direct use of an image library's file reader in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Attribute):
+            owner = node.value.id if isinstance(node.value, ast.Name) else \
+                node.value.attr if isinstance(node.value, ast.Attribute) else ""
+            if (owner, node.attr) in {("Image", "open"), ("tifffile", "imread"), ("tifffile", "TiffFile"),
+                                      ("cv2", "imread")}:
+                found.append(f"line {node.lineno}: {owner}.{node.attr}")
+        elif isinstance(node, ast.ImportFrom):
+            names = {a.name for a in node.names}
+            if (node.module == "PIL.Image" and "open" in names or node.module == "tifffile"
+                    and names & {"imread", "TiffFile"} or node.module == "cv2" and "imread" in names):
+                found.append(f"line {node.lineno}: from {node.module} import {', '.join(sorted(names))}")
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [f"line {node.lineno}: import {m}" for m in modules if m.split(".")[0] == "imageio"]
+    return found
+
+
+SOURCES = sorted(p.relative_to(REPO).as_posix() for folder in ("cpx", "plugins")
+                 for p in (REPO / folder).rglob("*.py"))
+
+
+def test_only_the_reader_opens_image_files():
+    wrong = []
+    for rel in SOURCES:
+        if rel in (READER, STANDALONE):
+            continue
+        uses = _opens_files(REPO / rel)
+        if len(uses) > TEMPORARY_READERS.get(rel, 0):
+            wrong += [f"{rel} {use}" for use in uses]
+    assert not wrong, ("read images and masks through cpx.data.images (read_image, image_size, read_mask, "
+                       "image_header), not directly:\n" + "\n".join(wrong))
+
+
+def test_temporary_reader_allowances_are_still_needed():
+    stale = []
+    for rel, allowed in TEMPORARY_READERS.items():
+        used = len(_opens_files(REPO / rel)) if (REPO / rel).is_file() else 0
+        if used < allowed:
+            stale.append(f"{rel}: allowed {allowed}, uses {used}")
+    assert not stale, "lower or remove these entries of TEMPORARY_READERS:\n" + "\n".join(stale)
+
+
+def test_the_standalone_runner_imports_only_torch_numpy_and_pillow():
+    import sys
+
+    tops = {t.split(".")[0] for _, t in _imports("standalone_run", REPO / STANDALONE)}
+    assert tops - STANDALONE_LIBRARIES - set(sys.stdlib_module_names) == set()
+
+
+def test_the_reader_checker_sees_every_direct_read(tmp_path):
+    fake = tmp_path / "bad.py"
+    fake.write_text("import imageio.v3 as iio\nfrom PIL import Image\nimport PIL\nimport tifffile, cv2\n"
+                    "from tifffile import imread\n"
+                    "def f(p):\n    Image.open(p); PIL.Image.open(p); tifffile.TiffFile(p); tifffile.imread(p)\n"
+                    "    return cv2.imread(p)\n")
+    found = sorted(f.split(": ", 1)[1] for f in _opens_files(fake))
+    assert found == sorted(["import imageio.v3", "from tifffile import imread", "Image.open", "Image.open",
+                            "tifffile.TiffFile", "tifffile.imread", "cv2.imread"])

@@ -14,7 +14,7 @@ from cpx.data import dataset
 from cpx.data.competition import Competition, Layout
 from cpx.kernel.errors import DataError
 
-COMP = Competition(name="t", classes=tuple("abcde"), image_size=32,
+COMP = Competition(name="t", classes=tuple("abcde"), size=32,
                    palette=((0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)))
 
 
@@ -170,7 +170,8 @@ def _truncate(root: Path) -> Path:
 
 @pytest.mark.parametrize("breaker, needle", [
     (lambda r: _mask(r, "synth_00001").unlink(), "synth_00001.jpg: image has no mask"),
-    (lambda r: _img(r, "synth_00001").unlink(), "no image named synth_00001"),
+    # a mask left without its image is a listing problem, named before anything is decoded
+    (lambda r: _img(r, "synth_00001").unlink(), "train/masks/synth_00001.png: mask has no image"),
     (lambda r: Image.new("RGB", (32, 32)).save(_mask(r, "synth_00001")), "synth_00001.png: mask has 3"),
     (lambda r: Image.fromarray(np.full((32, 32), 25, np.uint8)).save(_mask(r, "synth_00001")),
      "synth_00001.png: class id 25 outside 0..4"),
@@ -209,7 +210,7 @@ def test_cache_misses_when_the_data_changes(folder: Path, tmp_path: Path, monkey
     data.load_dataset(folder, COMP, names, 32, tmp_path / "cache")
     mask = _sample(0)[1].copy()
     mask[5, 5] = 4
-    data.write_mask(_mask(folder, "synth_00000"), mask, COMP.palette_bytes())
+    data.write_mask(_mask(folder, "synth_00000"), mask, COMP)
     _, masks = data.load_dataset(folder, COMP, names, 32, tmp_path / "cache")
     assert masks[0, 5, 5] == 4
 
@@ -256,15 +257,15 @@ def test_write_mask_round_trip(tmp_path: Path):
     out = tmp_path / "out"
     out.mkdir()
     path = out / "m.png"
-    data.write_mask(path, mask, COMP.palette_bytes())
+    data.write_mask(path, mask, COMP)
     with Image.open(path) as img:
         assert img.mode == "P" and img.size == (48, 64)
         assert img.getpalette()[:15] == [c for rgb in COMP.palette for c in rgb]
         assert np.array_equal(np.asarray(img), mask)
-    assert np.array_equal(data.read_mask(path, num_classes=5), mask.astype(np.uint8))
+    assert np.array_equal(data.read_mask(path, COMP), mask.astype(np.uint8))
     assert [p.name for p in out.iterdir()] == ["m.png"]
     with pytest.raises(DataError):
-        data.write_mask(tmp_path / "bad.png", np.zeros((4, 4, 3), np.uint8), COMP.palette_bytes())
+        data.write_mask(tmp_path / "bad.png", np.zeros((4, 4, 3), np.uint8), COMP)
 
 
 def test_read_mask_rejects_rgb_and_accepts_greyscale(tmp_path: Path):
@@ -274,7 +275,7 @@ def test_read_mask_rejects_rgb_and_accepts_greyscale(tmp_path: Path):
     Image.fromarray(np.full((8, 8), 3, np.uint8)).save(tmp_path / "l.png")
     assert data.read_mask(tmp_path / "l.png").tolist() == [[3] * 8] * 8
     with pytest.raises(DataError, match="class id 3 outside 0..2"):
-        data.read_mask(tmp_path / "l.png", num_classes=3)
+        data.read_mask(tmp_path / "l.png", Competition(name="three", classes=("a", "b", "c")))
 
 
 def test_write_image_formats(tmp_path: Path):
@@ -283,8 +284,12 @@ def test_write_image_formats(tmp_path: Path):
     data.write_image(tmp_path / "a.png", rgb)
     assert Image.open(tmp_path / "a.jpg").format == "JPEG"
     assert Image.open(tmp_path / "a.png").format == "PNG"
-    with pytest.raises(DataError):
-        data.write_image(tmp_path / "b.png", np.zeros((10, 12), np.uint8))
+    data.write_image(tmp_path / "grey.png", np.zeros((10, 12), np.uint8))  # one band: greyscale
+    assert Image.open(tmp_path / "grey.png").mode == "L"
+    with pytest.raises(DataError, match="H x W x 3 uint8"):
+        data.write_image(tmp_path / "b.png", np.zeros((10, 12, 2), np.uint8))
+    with pytest.raises(DataError, match="H x W x 3 uint8"):
+        data.write_image(tmp_path / "f.png", np.zeros((10, 12, 3), np.float32))
 
 
 def test_write_dataset_layout(folder: Path):

@@ -17,7 +17,8 @@ RGB = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
 
 @pytest.fixture
 def comp(cpx_host):
-    return cpx_host.competition("celebamask-mini")
+    # the profile as registered: the data layer needs no metric or submission format bound
+    return cpx_host.competitions.get("celebamask-mini").target
 
 
 def _saved(tmp_path, image: Image.Image, name: str, **kw):
@@ -46,7 +47,7 @@ def test_sixteen_bit_grey_keeps_its_top_byte(tmp_path):
 
 def test_float_images_are_refused_in_one_line(tmp_path):
     path = _saved(tmp_path, Image.fromarray(np.zeros((4, 4), np.float32), mode="F"), "f.tif")
-    with pytest.raises(BadFile, match="floating-point image"):
+    with pytest.raises(BadFile, match="float32 pixels; cpx reads 8- and 16-bit integer images"):
         read_rgb(path)
 
 
@@ -105,7 +106,7 @@ def test_an_exif_rotation_tag_is_a_warning_not_a_problem(tmp_path, comp, capsys)
 def test_mask_rules_are_the_same_for_training_and_scoring(tmp_path, comp):
     gt = tmp_path / "gt"
     gt.mkdir()
-    write_mask(gt / "a.png", np.zeros((4, 4), np.uint8), comp.palette_bytes())
+    write_mask(gt / "a.png", np.zeros((4, 4), np.uint8), comp)
     pred = tmp_path / "pred"
     pred.mkdir()
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(pred / "a.png")

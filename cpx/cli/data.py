@@ -89,8 +89,9 @@ def render_labels(check, comp) -> None:
 
 def render_report(report, comp) -> None:
     sizes = ", ".join(f"{h}x{w} ({n})" for (h, w), n in sorted(report.image_sizes.items())) or "-"
+    val = f"{report.val_pairs} validation pairs, " if report.val_images or report.val_masks else ""
     console.print(f"[bold]{report.root}[/]: {report.train_pairs} labelled pairs "
-                  f"({report.train_images} images, {report.train_masks} masks), {report.test_images} test images; "
+                  f"({report.train_images} images, {report.train_masks} masks), {val}{report.test_images} test images; "
                   f"sizes {sizes}; checked in {report.seconds:.1f} s", highlight=False)
     if report.pixel_share is not None and report.train_pairs:
         table = Table(title=f"classes of {comp.name}")

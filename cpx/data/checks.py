@@ -1,5 +1,10 @@
 """``cpx data check``: every problem of a data folder, each naming its file, and the class
 statistics of its masks.
+
+The listing's problems come from :func:`cpx.data.layout.scan`; every file is read through
+:mod:`cpx.data.images` with the competition's channels, ``pixel_max`` and mask encoding, so a
+file passes here exactly when training, validation and prediction can read it. Images with
+samples wider than 8 bits are a problem when the profile has no ``pixel_max``.
 """
 
 from __future__ import annotations
@@ -17,14 +22,13 @@ from cpx.data.competition import Competition
 from cpx.data.dataset import Progress, worker_count
 from cpx.data.images import (
     BadFile,
+    ImageHeader,
     Size,
-    bad_ids_message,
-    check_mask_mode,
-    exif_rotation,
-    mask_array,
-    open_image,
-    relative_path,
-    rgb_array,
+    check_mask_header,
+    decode_mask,
+    depth_problem,
+    image_header,
+    read_image,
 )
 from cpx.data.labels import LabelCheck, class_centroids, judge_centroids
 from cpx.data.layout import scan
@@ -44,6 +48,10 @@ class DataReport:
     train_pairs: int = 0
     train_images: int = 0
     train_masks: int = 0
+    # the organisers' validation split, when the layout names one
+    val_pairs: int = 0
+    val_images: int = 0
+    val_masks: int = 0
     test_images: int = 0
     # per class id: share of all mask pixels / share of masks containing it; None when not deep
     pixel_share: Optional[list[float]] = None
@@ -80,47 +88,52 @@ class DataReport:
 @dataclass
 class _PairResult:
     image_size: Optional[Size] = None
-    counts: Optional[np.ndarray] = None  # bincount over 0..255
+    counts: Optional[np.ndarray] = None  # bincount of class ids over 0..255 (255: ignored pixels)
     centroids: Optional[np.ndarray] = None  # per class mean column (labels=True)
     problems: list[BadFile] = field(default_factory=list)
     warnings: list[BadFile] = field(default_factory=list)
 
 
-def _rotation_warning(img, path: Path) -> Optional[BadFile]:
-    tag = exif_rotation(img)
-    if tag is None:
+def _rotation_warning(header: ImageHeader, path: Path) -> Optional[BadFile]:
+    if header.rotation is None:
         return None
-    return BadFile(path, "exif_rotation", f"EXIF orientation tag {tag} asks viewers to rotate or flip this image; "
-                   "cpx uses the pixels as stored (as the masks and the scorer do), so check that they match")
+    return BadFile(path, "exif_rotation", f"EXIF orientation tag {header.rotation} asks viewers to rotate or flip "
+                   "this image; cpx uses the pixels as stored (as the masks and the scorer do), so check that "
+                   "they match")
 
 
-def _check_pair(img_path: Path, mask_path: Path, num_classes: int, deep: bool, labels: bool = False) -> _PairResult:
-    res = _PairResult()
-    mask_size = None
+def _check_image(path: Path, competition: Competition, deep: bool, res: _PairResult) -> None:
+    """The image rules of :func:`cpx.data.images.read_image` for the competition's channels and
+    ``pixel_max``, plus a wide image in a profile without ``pixel_max``; sets ``res.image_size``."""
     try:
-        with open_image(img_path, "image", decode=deep) as img:
-            res.image_size = (img.height, img.width)
-            if deep:
-                rgb_array(img, img_path)  # a mode with no faithful RGB form is refused here too
-            warning = _rotation_warning(img, img_path)
-            if warning:
-                res.warnings.append(warning)
+        header = image_header(path)
+        res.image_size = header.size
+        warning = _rotation_warning(header, path)
+        if warning:
+            res.warnings.append(warning)
+        depth = depth_problem(header, path, competition.pixel_max)
+        if depth is not None:
+            res.problems.append(depth)
+        elif deep:
+            read_image(path, competition.channels, competition.pixel_max)
     except BadFile as bad:
         res.problems.append(bad)
+
+
+def _check_pair(img_path: Path, mask_path: Path, competition: Competition, deep: bool,
+                labels: bool = False) -> _PairResult:
+    res = _PairResult()
+    _check_image(img_path, competition, deep, res)
+    mask_size = None
     try:
-        with open_image(mask_path, "mask", decode=deep) as m:
-            mask_size = (m.height, m.width)
-            if deep:
-                arr = mask_array(m, mask_path)
-                res.counts = np.bincount(arr.ravel(), minlength=256)
-                bad_ids = np.flatnonzero(res.counts[num_classes:]) + num_classes
-                if bad_ids.size:
-                    res.problems.append(BadFile(mask_path, "bad_class",
-                                             bad_ids_message(bad_ids, num_classes)))
-                elif labels:
-                    res.centroids = class_centroids(arr, num_classes)
-            else:
-                check_mask_mode(m, mask_path)
+        header = image_header(mask_path, "mask")
+        mask_size = header.size
+        check_mask_header(header, mask_path)
+        if deep:
+            ids = decode_mask(mask_path, competition)
+            res.counts = np.bincount(ids.ravel(), minlength=256)
+            if labels:
+                res.centroids = class_centroids(ids, competition.num_classes)
     except BadFile as bad:
         res.problems.append(bad)
     if res.image_size and mask_size and res.image_size != mask_size:
@@ -131,14 +144,10 @@ def _check_pair(img_path: Path, mask_path: Path, num_classes: int, deep: bool, l
     return res
 
 
-def _check_image(path: Path, deep: bool) -> tuple[Optional[Size], Optional[BadFile]]:
-    try:
-        with open_image(path, "image", decode=deep) as img:
-            if deep:
-                rgb_array(img, path)
-            return (img.height, img.width), None
-    except BadFile as bad:
-        return None, bad
+def _check_test_image(path: Path, competition: Competition, deep: bool) -> _PairResult:
+    res = _PairResult()
+    _check_image(path, competition, deep, res)
+    return res
 
 
 def check_dataset(root: os.PathLike, competition: Competition, *, deep: bool = True, labels: bool = False,
@@ -157,19 +166,14 @@ def check_dataset(root: os.PathLike, competition: Competition, *, deep: bool = T
     report = DataReport(root=root, competition=competition.name,
                         class_names=tuple(competition.classes), deep=deep,
                         train_images=len(found.images), train_masks=len(found.masks),
+                        val_images=len(found.val_images), val_masks=len(found.val_masks),
                         test_images=len(found.test_images))
     problems = list(found.problems)
-    # with one side missing altogether, its folder problem says it once instead of per file
-    if found.masks:
-        for stem in sorted(set(found.images) - set(found.masks)):
-            problems.append(Problem(relative_path(found.images[stem], root), "no_mask",
-                                    f"image has no mask {stem}{competition.layout.mask_suffix}"))
-    if found.images:
-        for stem in sorted(set(found.masks) - set(found.images)):
-            problems.append(Problem(relative_path(found.masks[stem], root), "no_image",
-                                    "mask has no image of the same name"))
-    pairs = found.pairs
-    report.train_pairs = len(pairs)
+    pairs = [(s, found.images[s], found.masks[s]) for s in found.pairs]
+    # the organisers' validation pairs obey the same rules and count in the class statistics
+    pairs += [(s, found.val_images[s], found.val_masks[s]) for s in found.val_pairs]
+    report.train_pairs = len(found.pairs)
+    report.val_pairs = len(found.val_pairs)
 
     total = len(pairs) + len(found.test_images)
     done = 0
@@ -177,10 +181,9 @@ def check_dataset(root: os.PathLike, competition: Competition, *, deep: bool = T
     presence = np.zeros(256, dtype=np.int64)
     masks_counted = 0
     with ThreadPoolExecutor(worker_count(workers)) as pool:
-        pair_results = pool.map(lambda s: _check_pair(found.images[s], found.masks[s], k, deep, labels),
-                                pairs)
+        pair_results = pool.map(lambda p: _check_pair(p[1], p[2], competition, deep, labels), pairs)
         centroids: list[tuple[str, np.ndarray]] = []
-        for stem, res in zip(pairs, pair_results):
+        for (stem, _, _), res in zip(pairs, pair_results):
             if res.centroids is not None:
                 centroids.append((stem, res.centroids))
             if res.image_size:
@@ -194,17 +197,18 @@ def check_dataset(root: os.PathLike, competition: Competition, *, deep: bool = T
             done += 1
             if progress:
                 progress(done, total)
-        for size, bad in pool.map(lambda p: _check_image(p, deep), found.test_images):
+        for res in pool.map(lambda p: _check_test_image(p, competition, deep), found.test_images):
+            size = res.image_size
             if size:
                 report.test_image_sizes[size] = report.test_image_sizes.get(size, 0) + 1
-            if bad:
-                problems.append(bad.problem(root))
+            problems.extend(b.problem(root) for b in res.problems)
+            report.warnings.extend(b.problem(root) for b in res.warnings)
             done += 1
             if progress:
                 progress(done, total)
 
     if deep:
-        pixels = int(counts.sum())
+        pixels = int(counts[:k].sum())  # ignored pixels are no class's share
         report.pixel_share = [float(c) / pixels if pixels else 0.0 for c in counts[:k]]
         report.presence_share = [float(c) / masks_counted if masks_counted else 0.0
                                  for c in presence[:k]]

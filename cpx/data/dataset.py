@@ -8,7 +8,7 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,8 +16,8 @@ from PIL import Image
 
 from cpx.data.competition import Competition
 from cpx.data.images import BadFile, Size, letterbox, read_image, read_mask, relative_path
+from cpx.data.layout import LABELLED_PARTS, Scan, scan
 from cpx.data.masks import IGNORE
-from cpx.data.layout import scan
 from cpx.kernel.errors import DataError
 from cpx.kernel.files import atomic_write
 
@@ -27,14 +27,6 @@ CACHE_VERSION = 2  # 2: letterboxed non-square images, C channels
 MAX_WORKERS = 8
 
 Progress = Optional[Callable[[int, int], None]]
-
-
-# --------------------------------------------------------------------------------------------
-# Problems and reports
-
-
-# --------------------------------------------------------------------------------------------
-# Scanning
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,27 +58,24 @@ def worker_count(workers: Optional[int]) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Checking
-
-
-# --------------------------------------------------------------------------------------------
 # Fingerprint
 
 
 def fingerprint(root: os.PathLike, competition: Competition) -> str:
-    """A short hash of the training images and masks: their relative paths and contents."""
-    root = Path(root)
-    files: list[Path] = []
-    for part, suffixes in (("train_images", competition.layout.image_suffixes),
-                           ("train_masks", (competition.layout.mask_suffix,))):
-        folder = competition.data_path(root, part)
-        if not folder.is_dir():
-            raise DataError(f"{folder}: folder is missing")
-        wanted = {s.lower() for s in suffixes}
-        files.extend(p for p in folder.iterdir()
-                     if not p.name.startswith(".") and p.suffix.lower() in wanted and p.is_file())
+    """A short hash of the labelled data: the relative paths and contents of the train (and
+    the organisers' val) images and masks, as :func:`cpx.data.layout.scan` lists them.
+
+    :raises DataError: a problem in those folders, in one line.
+    """
+    found = scan(root, competition)
+    found.require(LABELLED_PARTS)
+    return _fingerprint(found)
+
+
+def _fingerprint(found: Scan) -> str:
+    files = [*found.images.values(), *found.masks.values(), *found.val_images.values(), *found.val_masks.values()]
     h = hashlib.sha256()
-    for rel, path in sorted((relative_path(p, root), p) for p in files):
+    for rel, path in sorted((relative_path(p, found.root), p) for p in files):
         data = path.read_bytes()
         # lengths keep (path, content) boundaries unambiguous
         h.update(rel.encode("utf-8") + b"\0" + len(data).to_bytes(8, "little"))
@@ -134,46 +123,49 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 def load_dataset(root: os.PathLike, competition: Competition, names: Sequence[str],
                  image_size: Optional[int] = None, cache_dir: Optional[os.PathLike] = None, *,
-                 mmap: bool = False, workers: Optional[int] = None,
+                 split: Literal["train", "val"] = "train", mmap: bool = False, workers: Optional[int] = None,
                  progress: Progress = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training pairs as (images N x 3 x S x S uint8, masks N x S x S uint8), in ``names`` order.
+    """Labelled pairs as (images N x C x S x S uint8, masks N x S x S uint8 class ids), in
+    ``names`` order (stems), from the train folders, or with ``split="val"`` from the
+    organisers' validation folders.
 
     Each file is decoded once; images are resized bilinearly (antialiased) and masks with
-    nearest-neighbour, only when their size differs from S. Any problem raises DataError
-    naming the file. With ``cache_dir`` the arrays are stored there, keyed by the data
-    fingerprint, the names and S, and reused on the next call.
+    nearest-neighbour, only when their size differs from S. A problem in the listing of the
+    labelled folders (:meth:`cpx.data.layout.Scan.require`), a name that is not there or a bad
+    file raises DataError in one line naming the file. With ``cache_dir`` the arrays are stored
+    there, keyed by the data fingerprint, the split, the names and S, and reused on the next call.
     """
     root = Path(root)
     size = int(image_size or competition.image_size)
     names = [str(n) for n in names]
     if size <= 0:
         raise DataError(f"image size must be positive, not {size}")
+    if split not in ("train", "val"):
+        raise ValueError(f"split is train or val, not {split!r}")
+    found = scan(root, competition)
+    found.require(LABELLED_PARTS)
+    if split == "val" and not competition.layout.has_val:
+        raise DataError(f"competition {competition.name} names no validation folders (layout.val_images)")
 
     cache_paths = None
     if cache_dir is not None:
-        cache_paths = _cache_paths(Path(cache_dir), competition, fingerprint(root, competition),
-                                   names, size)
+        cache_paths = _cache_paths(Path(cache_dir), competition, _fingerprint(found),
+                                   names if split == "train" else ["val:", *names], size)
         hit = _load_cached(cache_paths, len(names), size, mmap)
         if hit is not None:
             if progress:
                 progress(len(names), len(names))
             return torch.from_numpy(hit[0]), torch.from_numpy(hit[1])
 
-    image_dir = competition.data_path(root, "train_images")
-    mask_dir = competition.data_path(root, "train_masks")
-    for folder in (image_dir, mask_dir):
-        if not folder.is_dir():
-            raise DataError(f"{folder}: folder is missing")
-    found = scan(root, competition)
+    image_dir = competition.data_path(root, f"{split}_images")
+    images_by, masks_by = (found.images, found.masks) if split == "train" else (found.val_images, found.val_masks)
     pairs = []
     for name in names:
-        if name not in found.images:
+        # after require() every listed image has its mask
+        if name not in images_by or name not in masks_by:
             raise DataError(f"{image_dir}: no image named {name} "
                             f"({'/'.join(competition.layout.image_suffixes)})")
-        if name not in found.masks:
-            raise DataError(f"{found.images[name]}: image has no mask "
-                            f"{name}{competition.layout.mask_suffix} in {mask_dir}")
-        pairs.append((found.images[name], found.masks[name]))
+        pairs.append((images_by[name], masks_by[name]))
 
     images = np.empty((len(names), competition.channels, size, size), dtype=np.uint8)
     masks = np.empty((len(names), size, size), dtype=np.uint8)
@@ -259,9 +251,3 @@ def split_names(names: Iterable[str], val_fraction: float, seed: int
     n_val = int(len(names) * val_fraction)
     cut = len(names) - n_val
     return [names[i] for i in idx[:cut]], [names[i] for i in idx[cut:]]
-
-
-# --------------------------------------------------------------------------------------------
-# Writing
-
-

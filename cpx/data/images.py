@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence, Union
 
@@ -318,28 +319,79 @@ def read_rgb(path: os.PathLike, size: Optional[int] = None) -> tuple[np.ndarray,
     return read_image(path, 3, None, size)
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, with nothing decoded: ``size`` (height, width), ``bands``
+    (samples per pixel), ``bits`` per sample (1, 8, 16 or 32), ``format`` (``JPEG``, ``PNG``,
+    ``TIFF``, ...), ``mode`` (Pillow's mode; for TIFF the sample type, e.g. ``uint16``) and
+    ``rotation`` (the EXIF orientation tag when it asks for a turn or flip, else None)."""
+
+    size: Size
+    bands: int
+    bits: int
+    format: str
+    mode: str
+    rotation: Optional[int] = None
+
+    @property
+    def wide(self) -> bool:
+        """Whether samples are wider than 8 bits (integers), so reading them needs the
+        profile's ``pixel_max``."""
+        return self.bits > 8 and self.mode not in ("F", "float16", "float32", "float64")
+
+
+def _pillow_bits(mode: str) -> int:
+    if mode == "1":
+        return 1
+    if mode.startswith("I;16"):
+        return 16
+    return 32 if mode in ("I", "F") else 8
+
+
+def image_header(path: os.PathLike, what: str = "image") -> ImageHeader:
+    """The header of an image or mask file (:class:`ImageHeader`), nothing decoded; TIFF
+    through tifffile, anything else through Pillow.
+
+    :raises BadFile: unreadable, not an image, or over the pixel limit
+        (``Image.MAX_IMAGE_PIXELS``), in one line.
+    """
+    path = Path(path)
+    if not _is_tiff(path):
+        with open_image(path, what, decode=False) as img:
+            return ImageHeader((img.height, img.width), len(img.getbands()), _pillow_bits(img.mode),
+                               img.format or "", img.mode, exif_rotation(img))
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            axes, shape, dtype = series.axes, series.shape, np.dtype(series.dtype)
+            h, w = shape[axes.index("Y")], shape[axes.index("X")]
+    except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct errors, ...
+        raise unreadable(path, what, exc) from None
+    if h * w > Image.MAX_IMAGE_PIXELS:
+        raise BadFile(path, "too_large", f"{what} is too large to open safely ({w}x{h}, over Pillow's limit of "
+                      f"{Image.MAX_IMAGE_PIXELS:,} pixels); it may be a decompression bomb")
+    bands = int(np.prod([n for a, n in zip(axes, shape) if a in "SC"], dtype=np.int64))
+    return ImageHeader((int(h), int(w)), bands, 1 if dtype == bool else dtype.itemsize * 8, "TIFF", dtype.name)
+
+
 def image_size(path: os.PathLike) -> Size:
     """(height, width) of an image file, from its header (nothing decoded).
 
     :raises BadFile: unreadable, not an image, or over the pixel limit.
     """
-    path = Path(path)
-    if _is_tiff(path):
-        import tifffile
+    return image_header(path).size
 
-        try:
-            with tifffile.TiffFile(str(path)) as tif:
-                series = tif.series[0]
-                axes, shape = series.axes, series.shape
-                h, w = shape[axes.index("Y")], shape[axes.index("X")]
-        except Exception as exc:
-            raise unreadable(path, "image", exc) from None
-        if h * w > Image.MAX_IMAGE_PIXELS:
-            raise BadFile(path, "too_large", f"image is too large to open safely ({w}x{h}, over Pillow's limit of "
-                          f"{Image.MAX_IMAGE_PIXELS:,} pixels); it may be a decompression bomb")
-        return int(h), int(w)
-    with open_image(path, "image", decode=False) as img:
-        return img.height, img.width
+
+def depth_problem(header: ImageHeader, path: os.PathLike, pixel_max: Optional[int]) -> Optional[BadFile]:
+    """A :class:`BadFile` (kind ``image_depth``) when the image has samples wider than 8 bits
+    and the profile gives no ``pixel_max`` to map them onto 0..255, else None."""
+    if not header.wide or pixel_max is not None:
+        return None
+    return BadFile(Path(path), "image_depth", f"{header.bits}-bit image ({header.format} {header.mode}); set "
+                   "pixel_max in the competition profile (the largest value its images use, e.g. 4095 or "
+                   "65535) to read it")
 
 
 def inspect_image(path: Path, channels: int = 3, pixel_max: Optional[int] = None) -> Size:
@@ -358,16 +410,34 @@ def check_mask_mode(img: Image.Image, path: Path, modes: Sequence[str] = MASK_MO
 
     :raises BadFile: another format, several channels, or another mode.
     """
-    if img.format not in (None, "PNG", "TIFF"):
-        raise BadFile(path, "mask_format", f"mask is stored as {img.format}, not PNG or TIFF: a lossy format "
+    _mask_rules(img.format, img.mode, len(img.getbands()), path, modes)
+
+
+def check_mask_header(header: ImageHeader, path: os.PathLike, modes: Sequence[str] = MASK_MODES) -> None:
+    """:func:`check_mask_mode` on a file's header (:func:`image_header`): a TIFF mask needs one
+    band of integers of up to 16 bits, anything else a PNG in one of ``modes``.
+
+    :raises BadFile: the header breaks a mask rule.
+    """
+    path = Path(path)
+    if header.format != "TIFF":
+        _mask_rules(header.format, header.mode, header.bands, path, modes)
+    elif header.bands != 1:
+        raise BadFile(path, "mask_channels", f"mask has {header.bands} bands; expected one band of class ids")
+    elif header.mode not in ("bool", "uint8", "uint16", "int8", "int16"):
+        raise BadFile(path, "mask_mode", f"mask holds {header.mode} values; expected integer class ids")
+
+
+def _mask_rules(fmt: Optional[str], mode: str, bands: int, path: Path, modes: Sequence[str]) -> None:
+    if fmt not in (None, "", "PNG", "TIFF"):
+        raise BadFile(path, "mask_format", f"mask is stored as {fmt}, not PNG or TIFF: a lossy format "
                       "changes class ids at every edge; save masks as PNG")
-    bands = img.getbands()
-    if len(bands) > 1:
+    if bands > 1:
         raise BadFile(path, "mask_channels",
-                      f"mask has {len(bands)} channels ({img.mode}); expected one channel of class "
+                      f"mask has {bands} channels ({mode}); expected one channel of class "
                       f"ids (mode P or L)")
-    if img.mode not in modes:
-        raise BadFile(path, "mask_mode", f"mask mode {img.mode} is not supported; expected "
+    if mode not in modes:
+        raise BadFile(path, "mask_mode", f"mask mode {mode} is not supported; expected "
                       f"{' or '.join(m for m in modes if m in ('P', 'L'))}")
 
 
@@ -409,6 +479,20 @@ def _stored_mask(source: Source, path: Path, modes: Sequence[str]) -> np.ndarray
         return mask_array(img, path, modes)
 
 
+def decode_mask(source: Source, competition: Optional["Competition"] = None, *, name: Optional[str] = None,
+                modes: Sequence[str] = MASK_MODES) -> np.ndarray:
+    """:func:`read_mask` for checks: the same array, but a file that cannot be used raises
+    :class:`BadFile` (its kind and path kept) instead of :class:`DataError`."""
+    path = Path(name) if name is not None else Path(source) if not isinstance(source, bytes) else Path("<mask>")
+    stored = _stored_mask(source, path, modes)
+    if competition is None:
+        return stored
+    try:
+        return MaskCodec(competition).decode(stored)
+    except UnknownValues as exc:
+        raise BadFile(path, "bad_class", str(exc)) from None
+
+
 def read_mask(source: Source, competition: Optional["Competition"] = None, *, name: Optional[str] = None,
               modes: Sequence[str] = MASK_MODES) -> np.ndarray:
     """A mask's class ids as an ``H x W`` uint8 array (:data:`IGNORE` at the competition's ignore
@@ -419,15 +503,8 @@ def read_mask(source: Source, competition: Optional["Competition"] = None, *, na
         ``modes``, or a stored value the competition's mask encoding has no class for, in one
         line naming the file.
     """
-    path = Path(name) if name is not None else Path(source) if not isinstance(source, bytes) else Path("<mask>")
     try:
-        stored = _stored_mask(source, path, modes)
-        if competition is None:
-            return stored
-        try:
-            return MaskCodec(competition).decode(stored)
-        except UnknownValues as exc:
-            raise BadFile(path, "bad_class", str(exc)) from None
+        return decode_mask(source, competition, name=name, modes=modes)
     except BadFile as bad:
         raise bad.error() from None
 

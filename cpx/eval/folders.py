@@ -15,7 +15,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from cpx.data.competition import Competition
 from cpx.data.images import IMAGE_SUFFIXES, BadFile, inspect_image, read_image, write_mask
+from cpx.data.layout import FOLDER_KINDS, scan_images
 from cpx.eval.postprocess import PostSpec, post_label
 from cpx.eval.predict import (
     Predictor,
@@ -56,19 +58,16 @@ class PredictReport:
                 "warnings": list(self.warnings)}
 
 
-def _inspect_image(path: Path, competition) -> tuple[Optional[Size], str]:
+def _inspect_image(path: Path, competition: Competition) -> tuple[Optional[Size], str]:
     """(height, width) of an image that decodes in full to the competition's channels, or
     (None, why not)."""
-    suffixes = sorted({*IMAGE_SUFFIXES, *(s.lower() for s in competition.layout.image_suffixes)})
-    if path.suffix.lower() not in suffixes:
-        return None, f"not an image file (suffix {path.suffix or '(none)'}; expected {'/'.join(suffixes)})"
     try:
         return inspect_image(path, competition.channels, competition.pixel_max), ""
     except BadFile as bad:
         return None, bad.message
 
 
-def _read_pixels(path: Path, competition) -> torch.Tensor:
+def _read_pixels(path: Path, competition: Competition) -> torch.Tensor:
     try:
         arr, _ = read_image(path, competition.channels, competition.pixel_max)
     except BadFile as bad:  # changed on disk since it was inspected
@@ -97,13 +96,18 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
         raise DataError(f"{output_dir}: exists and is not a folder")
     if output_dir.resolve() == input_dir.resolve():
         raise DataError(f"{output_dir}: choose an output folder other than the input folder")
-    files = sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    competition = predictor.competition
+    suffixes = tuple(dict.fromkeys((*IMAGE_SUFFIXES, *(s.lower() for s in competition.layout.image_suffixes))))
+    listing = scan_images(input_dir, suffixes=suffixes)
     report = PredictReport(output_dir=output_dir, tta=predictor.tta)
     good: list[tuple[Path, Size]] = []
-    bad: list[tuple[Path, str]] = []
+    # folders, broken links and second files of one stem, named like images; then other files
+    bad: list[tuple[Path, str]] = [(input_dir / p.path, p.message) for p in listing.problems
+                                   if p.kind not in FOLDER_KINDS]
+    bad += [(path, f"not an image file (suffix {path.suffix or '(none)'}; expected {'/'.join(suffixes)})")
+            for path in listing.ignored]
     seen: dict[str, Path] = {}
-    competition = predictor.competition
-    for path in files:
+    for path in listing.test_images:
         size, why = _inspect_image(path, competition)
         target = competition.layout.mask_name(path.name)
         if size is None:
@@ -113,6 +117,7 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
         else:
             seen[target] = path
             good.append((path, size))
+    bad.sort(key=lambda item: item[0].name)
     if bad and not skip_bad:
         lines = [f"{p}: {why}" for p, why in bad]
         raise DataError("\n".join(lines + [f"{len(bad)} bad file(s) in {input_dir}; nothing was written "

@@ -35,6 +35,7 @@ import torch
 
 from cpx import __version__
 from cpx.data.competition import Competition
+from cpx.data.images import read_mask
 from cpx.eval.predict import DEFAULT_SCALES
 from cpx.kernel.device import count_params
 from cpx.kernel.errors import DataError, RuleViolation, SubmissionError

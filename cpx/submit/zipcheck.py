@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from cpx.data.competition import Competition
+from cpx.data.images import BadFile, image_size
+from cpx.data.layout import scan_images
 from cpx.data.masks import bad_ids_message
-from cpx.kernel.errors import ConfigError, DataError, Problem, SubmissionError
+from cpx.kernel.errors import ConfigError, Problem, SubmissionError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
 from cpx.submit.checkreport import CheckReport
@@ -59,33 +60,30 @@ Size = tuple[int, int]  # (height, width)
 
 
 def list_test_images(folder: os.PathLike, competition: Competition) -> dict[str, Path]:
-    """Test images in ``folder`` by stem, with the competition's image suffixes."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: test image folder does not exist")
-    wanted = {s.lower() for s in competition.layout.image_suffixes}
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in wanted:
-            continue
-        if path.stem in found:
-            raise DataError(f"{path}: two test images share the stem {path.stem!r} "
-                            f"({found[path.stem].name}); masks are named by stem")
-        found[path.stem] = path
-    if not found:
-        raise DataError(f"{folder}: no test images ({'/'.join(competition.layout.image_suffixes)})")
-    return found
+    """Test images in ``folder`` by stem, with the competition's image suffixes (any case), as
+    :func:`cpx.data.layout.scan_images` lists them.
+
+    :raises DataError: a missing or empty folder, two images of one stem, or a folder or broken
+        link named like an image, in one line naming the count and the first.
+    """
+    found = scan_images(folder, competition, what="test image")
+    found.require()
+    return {path.stem: path for path in found.test_images}
 
 
 def image_sizes(paths: dict[str, Path]) -> dict[str, Size]:
-    """(height, width) of each image, read from the file headers only."""
+    """(height, width) of each image, read from the file headers only
+    (:func:`cpx.data.images.image_size`).
+
+    :raises DataError: an image that cannot be read or is over the pixel limit, in one line
+        naming the file.
+    """
     sizes: dict[str, Size] = {}
     for stem, path in paths.items():
         try:
-            with Image.open(path) as img:
-                sizes[stem] = (img.height, img.width)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"{path}: cannot read test image ({exc.__class__.__name__})") from None
+            sizes[stem] = image_size(path)
+        except BadFile as bad:
+            raise bad.error() from None
     return sizes
 
 

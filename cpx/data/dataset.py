@@ -12,7 +12,6 @@ from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cpx.data.competition import Competition
 from cpx.data.images import BadFile, Size, letterbox, read_image, read_mask, relative_path

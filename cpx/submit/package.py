@@ -462,7 +462,6 @@ def _prove_solution(job: _Job, partial: Path, scratch: Path) -> tuple[int, Optio
     folder extracted from the zip, and compare each mask with the packaged prediction (decoded
     by the format); any difference fails the package. Returns (images, share of equal pixels,
     exact, seconds)."""
-    from cpx.data.images import read_mask
     from cpx.submit.zipentries import ZipSource
 
     sol = job.competition.submission.solution

@@ -254,11 +254,13 @@ def check_postprocessor(entry: Entry, competition: Competition) -> None:
     assert np.array_equal(standalone, out), f"{what}: the standalone {function}() gives another mask"
 
 
-def check_competition(entry: Entry) -> None:
+def check_competition(entry: Entry, host=None) -> None:
     """A competition profile: classes, a palette of RGB triples for them, flip pairs that are
     valid distinct class ids (with a pair side of right, left or None and midline classes outside
-    the pairs), a positive image size, and a synthetic generator (when present)
-    that gives images and masks of the size asked for."""
+    the pairs), a positive training size, a metric and a submission format the plugins know,
+    and a synthetic generator (when present) that gives images of the competition's channels
+    (height the size asked for; width too unless the profile's size is ``variable``) with masks
+    of class ids of the same size."""
     comp = entry.target
     what = f"competition {entry.name}"
     assert isinstance(comp, Competition), f"{what}: registered {type(comp).__name__}, not a Competition"
@@ -275,9 +277,14 @@ def check_competition(entry: Entry) -> None:
     assert all(0 <= i < comp.num_classes and i not in ids for i in comp.midline_classes), \
         f"{what}: midline classes must be class ids outside the flip pairs"
     assert comp.image_size > 0
+    if host is not None:
+        comp.bind(host)  # an unknown metric or format, or options that do not validate, raise here
     if comp.synthesize is not None:
         samples = list(comp.synthesize(2, 32, 0))
         assert len(samples) == 2, f"{what}: synthesize(2, ...) gave {len(samples)} samples"
         for image, mask in samples:
-            assert image.shape == (32, 32, 3) and image.dtype == np.uint8, f"{what}: synthetic image {image.shape}"
-            assert mask.shape == (32, 32) and int(mask.max()) < comp.num_classes, f"{what}: synthetic mask"
+            h, w = image.shape[:2]
+            assert image.ndim == 3 and image.shape[2] == comp.channels and image.dtype == np.uint8, \
+                f"{what}: synthetic image {image.shape}, expected H x W x {comp.channels} uint8"
+            assert h == 32 and (w == 32 or comp.size == "variable"), f"{what}: synthetic image {h}x{w} for size 32"
+            assert mask.shape == (h, w) and int(mask.max()) < comp.num_classes, f"{what}: synthetic mask"

@@ -386,7 +386,7 @@ def _stored_mask(source: Source, path: Path, modes: Sequence[str], formats: Sequ
         if img.format in ("PNG", "TIFF") and img.format not in formats:
             raise BadFile(path, "mask_format", f"mask is stored as {img.format}; expected {' or '.join(formats)}")
         if img.width * img.height > limit:
-            raise BadFile(path, "too_large", f"mask is too large to decode safely ({img.width}x{img.height}, over "
+            raise BadFile(path, "too_large", f"mask is too large to open safely ({img.width}x{img.height}, over "
                           f"the limit of {limit:,} pixels); it may be a decompression bomb")
         return mask_array(img, path, modes)
 

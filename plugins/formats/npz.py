@@ -165,7 +165,9 @@ def _load_member(npz, info: zipfile.ZipInfo, label: str, report: CheckReport) ->
                           f"({dtype} {height}x{width})")
         return None
     try:
-        return npz[member]  # read with allow_pickle=False, as np.load was called
+        # by its ZipInfo rather than npz[key]: NpzFile also answers "a.npy" with a member "a.npy.npy"
+        with npz.zip.open(info) as fh:
+            return np.lib.format.read_array(fh, allow_pickle=False)
     except Exception as exc:  # a broken member: CRC, truncated data
         refuse("bad_npz", f"cannot be loaded ({reason(exc)})")
         return None

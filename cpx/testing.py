@@ -11,8 +11,9 @@ Fixtures:
 Contract checks, one per kind of component, each raising ``AssertionError`` with the reason:
 :func:`check_model`, :func:`check_loss`, :func:`check_augmentation`,
 :func:`check_postprocessor`, :func:`check_competition`, :func:`check_submission_format` (a
-format's writer and reader agree, from a folder and from a zip). cpx runs them over every registered component, built-in or
-third-party (``tests/test_contracts.py``); a plugin author runs them over their own::
+format's writer and reader agree, from a folder and from a zip). cpx runs them over every
+registered component, built-in or third-party (``tests/test_contracts.py``); a plugin author
+runs them over their own::
 
     import pytest
     from cpx.kernel.manager import create_plugin_host
@@ -329,7 +330,8 @@ def check_submission_format(entry: Entry, competition: Competition) -> Submissio
             except DataError:
                 pass
             else:
-                raise AssertionError(f"{what}: the writer took a {bad.dtype} {bad.shape} mask; refuse it with DataError")
+                raise AssertionError(f"{what}: the writer took a {bad.dtype} {bad.shape} mask; "
+                                     "refuse it with DataError")
         for name, mask in masks.items():
             writer.add(name, mask)
         written = writer.close()

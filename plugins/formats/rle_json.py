@@ -138,10 +138,10 @@ class RleJson(SubmissionFormat):
                                           "file name")
             return {}
         masks: dict[str, np.ndarray] = {}
-        for key in top.duplicates:
+        for key in getattr(top, "duplicates", ()):
             report.add(label, "duplicate_entry", f"{key}: appears more than once")
         for key, value in top.items():
-            if key in top.duplicates:
+            if key in getattr(top, "duplicates", ()):
                 continue
             problems = []
             mask = self._entry(key, value, problems)
@@ -156,7 +156,7 @@ class RleJson(SubmissionFormat):
         if not isinstance(value, dict):
             problems.append((key, f"{_kind(value)}; expected an object with counts, height and width"))
             return None
-        for field in value.duplicates:
+        for field in getattr(value, "duplicates", ()):
             problems.append((f"{key}.{field}", "appears more than once"))
         for field in FIELDS:
             if field not in value:
@@ -164,13 +164,10 @@ class RleJson(SubmissionFormat):
         for field in value:
             if field not in FIELDS:
                 problems.append((f"{key}.{field}", "unknown field (an entry has counts, height and width)"))
-        sides = {}
         for field in ("height", "width"):
             side = value.get(field)
-            if field in value and not (type(side) is int and side > 0):
+            if field in value and not (type(side) is int and side > 0):  # True is no side
                 problems.append((f"{key}.{field}", f"{side!r} is not a positive integer"))
-            else:
-                sides[field] = side
         counts = None
         if "counts" in value:
             counts, problem = _counts(value["counts"])
@@ -178,7 +175,7 @@ class RleJson(SubmissionFormat):
                 problems.append((f"{key}.counts{problem[0]}", problem[1]))
         if problems or counts is None:
             return None
-        height, width = sides["height"], sides["width"]
+        height, width = value["height"], value["width"]
         if height * width > MAX_MASK_PIXELS:
             problems.append((key, f"{width}x{height} pixels; a mask is at most {MAX_MASK_PIXELS:,} pixels "
                                   "(not decoded)"))

@@ -347,6 +347,23 @@ def test_a_mask_folder_reports_every_name_the_scorer_would_not_find(tmp_path):
     ]
 
 
+def test_a_mask_that_does_not_decode_is_one_problem_naming_it(tmp_path):
+    masks_dir = tmp_path / "masks"
+    noise = np.random.default_rng(0).integers(0, 2, (64, 64)).astype(np.uint8)
+    write_stored_mask(masks_dir / "cut.png", noise, "L")
+    data = (masks_dir / "cut.png").read_bytes()
+    (masks_dir / "cut.png").write_bytes(data[:len(data) // 2])
+    write_stored_mask(masks_dir / "deep.png", np.array([[0, 1000]], np.uint16))  # 16-bit, mode I;16
+    write_image(masks_dir / "rgb.png", np.zeros((2, 2, 3), np.uint8))
+    write_stored_mask(masks_dir / "ok.png", np.array([[1, 0]], np.uint8), "P")
+    masks, problems = read(make(competition(submission={"name": "masks-png"})), tmp_path)
+    assert list(masks) == ["ok"] and masks["ok"].tolist() == [[1, 0]]
+    assert len(problems) == 3
+    assert problems[0].startswith("masks/cut.png: cannot read mask (")
+    assert problems[1] == "masks/deep.png: mask mode I;16 is not supported; expected P or L"
+    assert problems[2] == "masks/rgb.png: mask has 3 channels (RGB); expected one channel of class ids (mode P or L)"
+
+
 def test_an_empty_submission_has_no_masks_folder(tmp_path):
     masks, problems = read(make(competition(submission={"name": "masks-tiff", "suffix": ".tiff"})), tmp_path)
     assert masks == {} and problems == ["masks/: no masks/ folder of .tiff masks at the top of the zip"]

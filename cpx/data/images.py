@@ -457,7 +457,7 @@ def write_stored_mask(path: os.PathLike, stored: np.ndarray, mode: str = "P",
         _atomic_tiff(path, arr, photometric="minisblack")
         return
     if arr.dtype == np.uint16:
-        # Pillow makes uint16 an I;16 image itself (and refuses the mode argument since 11.3)
+        # Pillow makes uint16 an I;16 image itself; Pillow 13 refuses an explicit mode="I;16" here
         img = Image.fromarray(arr.astype(np.uint16))
     elif mode == "P":
         pal = [int(v) for v in (palette if palette is not None else [i for i in range(256) for _ in range(3)])]

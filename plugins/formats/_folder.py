@@ -113,8 +113,8 @@ class MaskFolderWriter(FormatWriter):
     def add(self, image_name: str, mask: np.ndarray) -> None:
         key = self.fmt.key(image_name)
         rel = self.fmt.path_of(key)
-        self.keys.claim(key, image_name, rel)
         stored = stored_values(self.codec, image_name, checked_mask(image_name, mask))
+        self.keys.claim(key, image_name, rel)
         write_stored_mask(self.root / rel, stored, self.fmt.competition.masks.mode, self.palette)
         self.written.append(rel)
 

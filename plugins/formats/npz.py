@@ -188,8 +188,8 @@ class NpzWriter(FormatWriter):
     def add(self, image_name: str, mask: np.ndarray) -> None:
         key = self.fmt.key(image_name)
         member = f"{key}.npy"
-        self.keys.claim(key, image_name, f"{self.fmt.options.file}: {member}")
         stored = stored_values(self.codec, image_name, checked_mask(image_name, mask))
+        self.keys.claim(key, image_name, f"{self.fmt.options.file}: {member}")
         with self.zip.open(member, "w", force_zip64=True) as fh:
             np.lib.format.write_array(fh, np.ascontiguousarray(stored), allow_pickle=False)
 

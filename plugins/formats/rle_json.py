@@ -212,11 +212,11 @@ class RleJsonWriter(FormatWriter):
 
     def add(self, image_name: str, mask: np.ndarray) -> None:
         key = self.fmt.key(image_name)
-        self.keys.claim(key, image_name, f"{self.fmt.file}: {key}")
         mask = checked_mask(image_name, mask)
         k = self.fmt.competition.num_classes
         if int(mask.max()) >= k:
             raise DataError(f"{image_name}: class id {int(mask.max())} is outside 0..{k - 1}")
+        self.keys.claim(key, image_name, f"{self.fmt.file}: {key}")
         height, width = mask.shape
         self.entries[key] = {"counts": self.fmt.encode(mask), "height": int(height), "width": int(width)}
 

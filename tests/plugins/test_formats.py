@@ -392,7 +392,8 @@ def test_writers_refuse_what_they_cannot_store(tmp_path):
         writer.add("X.jpg", np.zeros((2, 2), np.uint8))
     with pytest.raises(DataError, match=r"^z\.jpg: a prediction must be a non-empty H x W uint8 array"):
         writer.add("z.jpg", np.zeros((0, 2), np.uint8))
-    assert writer.close() == ["masks/x.png"]
+    writer.add("y.jpg", np.ones((2, 2), np.uint8))  # a refused mask leaves its name free
+    assert writer.close() == ["masks/x.png", "masks/y.png"]
     with pytest.raises(DataError, match=r"^x\.jpg: class id 2 is outside 0\.\.1"):
         rle().writer(tmp_path).add("x.jpg", np.full((2, 2), 2, np.uint8))
 

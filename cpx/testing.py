@@ -10,8 +10,10 @@ Fixtures:
 
 Contract checks, one per kind of component, each raising ``AssertionError`` with the reason:
 :func:`check_model`, :func:`check_loss`, :func:`check_augmentation`,
-:func:`check_postprocessor`, :func:`check_competition`. cpx runs them over every registered component, built-in or
-third-party (``tests/test_contracts.py``); a plugin author runs them over their own::
+:func:`check_postprocessor`, :func:`check_competition`, :func:`check_submission_format` (a
+format's writer and reader agree, from a folder and from a zip). cpx runs them over every
+registered component, built-in or third-party (``tests/test_contracts.py``); a plugin author
+runs them over their own::
 
     import pytest
     from cpx.kernel.manager import create_plugin_host
@@ -31,6 +33,8 @@ import copy
 import importlib.util
 import json
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -41,9 +45,13 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from cpx.data.competition import Competition
+from cpx.kernel.errors import DataError
 from cpx.kernel.manager import create_plugin_host, set_host
 from cpx.kernel.registry import Entry
 from cpx.kernel.workspace import Workspace
+from cpx.submit.checkreport import CheckReport
+from cpx.submit.formats import SubmissionFormat
+from cpx.submit.zipentries import DirSource, FileSource, ZipSource, entry_problems, size_problems
 
 
 @pytest.fixture
@@ -288,3 +296,82 @@ def check_competition(entry: Entry, host=None) -> None:
                 f"{what}: synthetic image {image.shape}, expected H x W x {comp.channels} uint8"
             assert h == 32 and (w == 32 or comp.size == "variable"), f"{what}: synthetic image {h}x{w} for size 32"
             assert mask.shape == (h, w) and int(mask.max()) < comp.num_classes, f"{what}: synthetic mask"
+
+
+def check_submission_format(entry: Entry, competition: Competition) -> SubmissionFormat:
+    """The submission-format contract of :func:`cpx.kernel.hookspecs.register_submission_formats`,
+    for ``competition`` with its own ``submission`` options when it names this format (else the
+    format's defaults).
+
+    Checks: the factory returns a :class:`~cpx.submit.formats.SubmissionFormat` with a one-line
+    ``describe()`` and its ``entries()``; the writer refuses a mask that is not ``H x W`` uint8
+    (``DataError``); random masks of three sizes (ids among ``kept_classes()``) written under
+    image names with different suffixes are read back exactly (``H x W`` uint8, keyed by
+    ``key()``) from the folder (``DirSource``) and from a zip of it opened as
+    :func:`cpx.submit.zipcheck.check_zip` opens one (``ZipSource``), with no problem reported;
+    the writer lists every file it wrote, each under one of ``entries()``. Returns the format.
+    """
+    check_options(entry)
+    what = f"submission format {entry.name}"
+    spec = competition.submission
+    fmt = entry.create(spec.options if spec.name == entry.name else {}, competition, where="submission")
+    assert isinstance(fmt, SubmissionFormat), f"{what}: the factory returned {type(fmt).__name__}"
+    line = fmt.describe()
+    assert isinstance(line, str) and line.strip() and "\n" not in line, f"{what}: describe() must be one line"
+    tops = fmt.entries()
+    assert isinstance(tops, tuple) and tops and all(isinstance(t, str) and t for t in tops), \
+        f"{what}: entries() must be a non-empty tuple of top-level names"
+    kept = fmt.kept_classes()
+    assert set(kept) <= set(range(competition.num_classes)), f"{what}: kept_classes() {kept} are not class ids"
+    rng = np.random.default_rng(0)
+    masks = {name: rng.choice(np.array(kept, dtype=np.uint8), size=shape)
+             for name, shape in (("IMG_0001.JPG", (37, 53)), ("scan-2.png", (64, 9)), ("a.b.tif", (1, 17)))}
+    keys = {name: fmt.key(name) for name in masks}
+    assert len(set(keys.values())) == len(keys), f"{what}: key() gives {keys}, not one key per image"
+    with tempfile.TemporaryDirectory(prefix="cpx-format-") as tmp:
+        root = Path(tmp) / "submission"
+        writer = fmt.writer(root)
+        for bad in (np.zeros((4, 5, 3), np.uint8), np.zeros((4, 5), np.float32)):
+            try:
+                writer.add("refused.png", bad)
+            except DataError:
+                pass
+            else:
+                raise AssertionError(f"{what}: the writer took a {bad.dtype} {bad.shape} mask; "
+                                     "refuse it with DataError")
+        for name, mask in masks.items():
+            writer.add(name, mask)
+        written = writer.close()
+        on_disk = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        assert sorted(written) == on_disk, f"{what}: close() lists {sorted(written)}, but it wrote {on_disk}"
+        for rel in written:
+            assert any(rel == t or (t.endswith("/") and rel.startswith(t)) for t in tops), \
+                f"{what}: it wrote {rel}, outside its entries() {tops}"
+        archive = Path(tmp) / "submission.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            for rel in on_disk:
+                zf.write(root / rel, rel)
+        _check_read(fmt, DirSource(root), masks, keys, f"{what}, read from a folder")
+        with zipfile.ZipFile(archive) as zf:
+            report = CheckReport(path=str(archive), competition=competition.name)
+            infos = zf.infolist()
+            skipped = size_problems(infos, report)
+            keep = entry_problems(infos, report)
+            assert not report.problems, f"{what}: the zip of its files has problems: {report.problems}"
+            source = ZipSource(zf, {i.filename: i.filename for i in keep}, frozenset(skipped))
+            _check_read(fmt, source, masks, keys, f"{what}, read from a zip")
+    return fmt
+
+
+def _check_read(fmt: SubmissionFormat, files: FileSource, masks: dict[str, np.ndarray], keys: dict[str, str],
+                what: str) -> None:
+    report = CheckReport(path="", competition=fmt.competition.name)
+    read = fmt.read(files, report)
+    assert not report.problems, f"{what}: problems in what it wrote: {[str(p) for p in report.problems]}"
+    assert sorted(read) == sorted(keys.values()), f"{what}: read keys {sorted(read)}, expected {sorted(keys.values())}"
+    for name, mask in masks.items():
+        got = read[keys[name]]
+        assert isinstance(got, np.ndarray) and got.dtype == np.uint8 and got.shape == mask.shape, \
+            f"{what}: {name} came back as {getattr(got, 'dtype', type(got))} {getattr(got, 'shape', '')}, " \
+            f"expected uint8 {mask.shape}"
+        assert np.array_equal(got, mask), f"{what}: {name} came back with {int((got != mask).sum())} pixels changed"

@@ -461,11 +461,17 @@ def mask_array(img: Image.Image, path: Path, modes: Sequence[str] = MASK_MODES) 
     return arr.astype(np.uint16)
 
 
-def _stored_mask(source: Source, path: Path, modes: Sequence[str]) -> np.ndarray:
-    """A mask file's (or bytes') stored values, ``H x W`` uint8 or uint16."""
+def _stored_mask(source: Source, path: Path, modes: Sequence[str], formats: Sequence[str] = ("PNG", "TIFF"),
+                 max_pixels: Optional[int] = None) -> np.ndarray:
+    """A mask file's (or bytes') stored values, ``H x W`` uint8 or uint16; its size is read from
+    the header and checked against ``max_pixels`` (and Pillow's limit) before anything is
+    decoded, and its container must be one of ``formats``."""
     data = source if isinstance(source, bytes) else None
+    limit = min(max_pixels or Image.MAX_IMAGE_PIXELS, Image.MAX_IMAGE_PIXELS)
     if _is_tiff(path, data) if data is not None else _is_tiff(path):
-        arr = _tiff_array(source, path, "mask", Image.MAX_IMAGE_PIXELS)
+        if "TIFF" not in formats:
+            raise BadFile(path, "mask_format", f"mask is stored as TIFF; expected {' or '.join(formats)}")
+        arr = _tiff_array(source, path, "mask", limit)
         if arr.shape[2] != 1:
             raise BadFile(path, "mask_channels", f"mask has {arr.shape[2]} bands; expected one band of class ids")
         arr = arr[:, :, 0]
@@ -475,7 +481,13 @@ def _stored_mask(source: Source, path: Path, modes: Sequence[str]) -> np.ndarray
             raise BadFile(path, "mask_mode", f"mask holds {arr.dtype} values; expected integer class ids")
         return np.ascontiguousarray(arr.astype(np.uint8 if arr.size == 0 or arr.max() <= 255 else np.uint16))
     opened = io.BytesIO(data) if data is not None else path
-    with open_image(opened, "mask", decode=True, name=path) as img:
+    # opened without decoding: the header's size and format are judged first
+    with open_image(opened, "mask", decode=False, name=path) as img:
+        if img.format in ("PNG", "TIFF") and img.format not in formats:
+            raise BadFile(path, "mask_format", f"mask is stored as {img.format}; expected {' or '.join(formats)}")
+        if img.width * img.height > limit:
+            raise BadFile(path, "too_large", f"mask is too large to open safely ({img.width}x{img.height}, over "
+                          f"the limit of {limit:,} pixels); it may be a decompression bomb")
         return mask_array(img, path, modes)
 
 
@@ -491,6 +503,23 @@ def decode_mask(source: Source, competition: Optional["Competition"] = None, *, 
         return MaskCodec(competition).decode(stored)
     except UnknownValues as exc:
         raise BadFile(path, "bad_class", str(exc)) from None
+
+
+def read_stored_mask(source: Source, *, name: Optional[str] = None, modes: Sequence[str] = MASK_MODES,
+                     formats: Sequence[str] = ("PNG", "TIFF"), max_pixels: Optional[int] = None) -> np.ndarray:
+    """A mask's stored values, ``H x W`` uint8 (uint16 for 16-bit masks), for checks that turn
+    each problem into a :class:`Problem` (a submission's masks): like :func:`read_mask` without
+    a competition, but raising :class:`BadFile`, whose ``kind`` says what is wrong.
+
+    ``formats`` are the containers accepted (``PNG``, ``TIFF``); ``max_pixels`` caps height x
+    width, read from the header, so an oversized mask is refused before it is decoded.
+
+    :raises BadFile: unreadable, truncated, over ``max_pixels`` or Pillow's limit, another
+        container than ``formats`` (a lossy one named as such), several channels, or a mode not
+        in ``modes``.
+    """
+    path = Path(name) if name is not None else Path(source) if not isinstance(source, bytes) else Path("<mask>")
+    return _stored_mask(source, path, modes, formats, max_pixels)
 
 
 def read_mask(source: Source, competition: Optional["Competition"] = None, *, name: Optional[str] = None,
@@ -535,7 +564,8 @@ def write_stored_mask(path: os.PathLike, stored: np.ndarray, mode: str = "P",
         _atomic_tiff(path, arr, photometric="minisblack")
         return
     if arr.dtype == np.uint16:
-        img = Image.fromarray(arr.astype(np.uint16), mode="I;16")
+        # Pillow makes uint16 an I;16 image itself; Pillow 13 refuses an explicit mode="I;16" here
+        img = Image.fromarray(arr.astype(np.uint16))
     elif mode == "P":
         pal = [int(v) for v in (palette if palette is not None else [i for i in range(256) for _ in range(3)])]
         if len(pal) > 768 or len(pal) % 3:

@@ -96,6 +96,12 @@ class SubmissionFormat(ABC):
         the field (``results.json: IMG_1.JPG.counts: ...``); what cannot be decoded is left out.
         Class ids are not range-checked here (the core does it for every format)."""
 
+    def kept_classes(self) -> tuple[int, ...]:
+        """The class ids a mask keeps through this format: every class of the competition,
+        unless the format stores only some (run lengths of one class write every other id as
+        background); only masks of these ids read back as they were written."""
+        return tuple(range(self.competition.num_classes))
+
     def describe(self) -> str:
         """One line saying what the zip holds, for ``cpx competitions`` and messages."""
         return self.name

@@ -32,7 +32,10 @@ MAX_TOTAL_BYTES = 4 * 2**30
 MAX_RATIO = 200
 RATIO_FLOOR = 16 * 2**20  # smaller entries are not judged by their ratio
 MAX_MASK_PIXELS = 8192 * 8192
-READ_LIMIT = {"mask": 64 * 2**20, "text": 16 * 2**20, "weights": MAX_ENTRY_BYTES}
+# per kind of file read whole: a JSON of run lengths holds every test mask (parsed, each number
+# becomes a Python int, about six times its text), an archive (an npz) every mask compressed
+READ_LIMIT = {"mask": 64 * 2**20, "text": 16 * 2**20, "json": 128 * 2**20, "archive": MAX_ENTRY_BYTES,
+              "weights": MAX_ENTRY_BYTES}
 
 
 class Skipped(Exception):
@@ -55,7 +58,8 @@ class FileSource:
         return False
 
     def read(self, name: str, kind: str) -> bytes:
-        """The whole file, when it is within the limit for its ``kind`` (mask, text, weights).
+        """The whole file, when it is within the limit for its ``kind`` (a key of
+        :data:`READ_LIMIT`: mask, text, json, archive, weights).
 
         :raises Skipped: it broke a limit (a problem already says so) or exceeds ``kind``'s.
         """

@@ -1,4 +1,5 @@
-"""The competition F-score: hand-worked cases, a numpy cross-check, and the accumulator."""
+"""Metrics: the CelebAMask F-score worked by hand, every built-in metric against a literal
+numpy reference (per image and pooled), the ignore index, and the accumulator."""
 
 import json
 import math
@@ -7,15 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from cpx.eval.metrics import (
-    METRICS,
-    ScoreAccumulator,
-    confusion_per_image,
-    fscore_per_image,
-    fscore_reference,
-    get_metric,
-)
-from cpx.kernel.errors import DataError, UnknownComponent
+from cpx.data.competition import Competition
+from cpx.data.masks import IGNORE
+from cpx.eval.metrics import ScoreAccumulator, confusion_per_image, counts_of, create_metric
+from cpx.kernel.errors import ConfigError, DataError, UnknownComponent
+from cpx.kernel.manager import create_plugin_host
+
+HOST = create_plugin_host(entry_points=False)
+CLASSES = tuple(f"c{i}" for i in range(19))
+
+
+def metric(name="fscore", names=CLASSES, **options):
+    comp = Competition(name="t", classes=names, metric={"name": name, **options})
+    return create_metric(comp, HOST)
 
 
 def f_of(tp, fp, fn):
@@ -25,8 +30,23 @@ def f_of(tp, fp, fn):
     return 2 * p * r / (p + r + 1e-7)
 
 
+def fscore_reference(pred: np.ndarray, gt: np.ndarray) -> float:
+    """The organisers' formula for one image, written out literally."""
+    scores = []
+    for c in np.unique(gt):
+        tp = np.sum((pred == c) & (gt == c))
+        fp = np.sum((pred == c) & (gt != c))
+        fn = np.sum((pred != c) & (gt == c))
+        precision = tp / (tp + fp + 1e-7)
+        recall = tp / (tp + fn + 1e-7)
+        scores.append(2 * precision * recall / (precision + recall + 1e-7))
+    return float(np.mean(scores))
+
+
 def score(pred, gt, num_classes):
-    return fscore_per_image(torch.tensor(pred), torch.tensor(gt), num_classes)
+    m = metric("fscore", tuple(f"c{i}" for i in range(num_classes)))
+    tp, fp, fn = counts_of(confusion_per_image(torch.tensor(pred), torch.tensor(gt), num_classes))
+    return m.image_values(tp, fp, fn)
 
 
 # (a) ------------------------------------------------------------------------------------------
@@ -110,8 +130,7 @@ def test_vectorised_matches_numpy_reference_on_random_images():
         pred = np.where(rng.random(gt.shape) < 0.7, gt, rng.integers(0, num_classes, gt.shape))
         preds.append(pred)
         gts.append(gt)
-    got = fscore_per_image(torch.tensor(np.stack(preds)), torch.tensor(np.stack(gts)),
-                           num_classes)
+    got = score(np.stack(preds), np.stack(gts), num_classes)
     want = [fscore_reference(p, g) for p, g in zip(preds, gts)]
     assert got.dtype == torch.float64
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-9)
@@ -121,7 +140,7 @@ def test_vectorised_matches_numpy_reference_on_random_images():
 
 def test_accumulator_over_batches_equals_mean_of_per_image():
     rng = np.random.default_rng(1)
-    acc = ScoreAccumulator(5)
+    acc = ScoreAccumulator(metric("fscore", CLASSES[:5]), 5)
     every = []
     for batch in (3, 1, 4):
         gt = torch.tensor(rng.integers(0, 5, (batch, 16, 16)))
@@ -131,103 +150,7 @@ def test_accumulator_over_batches_equals_mean_of_per_image():
     s = acc.compute()
     assert s.num_images == 8
     np.testing.assert_allclose(s.per_image, every, rtol=0, atol=1e-9)
-    assert s.fscore == pytest.approx(float(np.mean(every)), abs=1e-12)
-
-
-def _pooled_case():
-    # image A: gt 0 0, pred 0 0 -> class 0 perfect, F ~ 1
-    # image B: gt 1 1, pred 0 0 -> class 1 tp=0, F = 0
-    gt = torch.tensor([[[0, 0]], [[1, 1]]])
-    pred = torch.tensor([[[0, 0]], [[0, 0]]])
-    return pred, gt
-
-
-def test_pooled_score_differs_from_per_image_and_matches_hand_value():
-    pred, gt = _pooled_case()
-    acc = ScoreAccumulator(3, pool_size=2)
-    acc.update(pred, gt)
-    s = acc.compute()
-    # per image: (F_A + F_B)/2 ~ (1 + 0)/2 = 0.5
-    assert s.fscore == pytest.approx((f_of(2, 0, 0) + 0.0) / 2, abs=1e-12)
-    # pooled as one mask gt 0 0 1 1 / pred 0 0 0 0:
-    # class 0: tp=2 fp=2 fn=0 -> P ~ 0.5, R ~ 1, F ~ 2/3; class 1: tp=0 -> F = 0
-    # pooled ~ (2/3 + 0)/2 = 1/3
-    assert s.pooled_fscore == pytest.approx((f_of(2, 2, 0) + 0.0) / 2, abs=1e-12)
-    assert s.pooled_fscore == pytest.approx(1 / 3, abs=1e-6)
-    assert abs(s.pooled_fscore - s.fscore) > 0.1
-
-    # class 0 is in image A only (F ~ 1), class 1 in image B only (F = 0), class 2 nowhere
-    assert s.class_images == [1, 1, 0]
-    assert s.per_class_f[0] == pytest.approx(f_of(2, 0, 0), abs=1e-12)
-    assert s.per_class_f[1] == 0.0
-    assert math.isnan(s.per_class_f[2])
-    # 2 of 4 pixels right; IoU0 = 2/(2+2+0) = 0.5, IoU1 = 0/(0+0+2) = 0 -> mIoU 0.25
-    assert s.pixel_acc == pytest.approx(0.5)
-    assert s.miou == pytest.approx(0.25)
-
-    d = s.to_dict()
-    assert d["per_class_f"][2] is None
-    json.dumps(d, allow_nan=False)
-
-
-def test_pools_follow_update_order_across_batches():
-    pred, gt = _pooled_case()
-    whole = ScoreAccumulator(3, pool_size=2)
-    whole.update(pred, gt)
-    one_by_one = ScoreAccumulator(3, pool_size=2)
-    one_by_one.update(pred[:1], gt[:1])
-    one_by_one.update(pred[1:], gt[1:])
-    assert one_by_one.compute().pooled_fscore == whole.compute().pooled_fscore
-
-    # pool_size 1 pools nothing, so pooled equals per-image
-    single = ScoreAccumulator(3, pool_size=1)
-    single.update(pred, gt)
-    s = single.compute()
-    assert s.pooled_fscore == pytest.approx(s.fscore, abs=1e-15)
-
-    # a trailing short pool counts as one pool: pools [A, B] and [A]
-    trailing = ScoreAccumulator(3, pool_size=2)
-    trailing.update(torch.cat([pred, pred[:1]]), torch.cat([gt, gt[:1]]))
-    expected = ((f_of(2, 2, 0) + 0.0) / 2 + f_of(2, 0, 0)) / 2
-    assert trailing.compute().pooled_fscore == pytest.approx(expected, abs=1e-12)
-
-
-# (g) ------------------------------------------------------------------------------------------
-
-def test_uint8_inputs_match_long_and_result_is_on_cpu():
-    rng = np.random.default_rng(2)
-    gt = torch.tensor(rng.integers(0, 7, (4, 20, 24)))
-    pred = torch.tensor(rng.integers(0, 7, (4, 20, 24)))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    as_long = fscore_per_image(pred.to(device), gt.to(device), 7)
-    as_u8 = fscore_per_image(pred.to(device, torch.uint8), gt.to(device, torch.uint8), 7)
-    assert as_u8.device.type == "cpu"
-    assert torch.equal(as_long, as_u8)
-    # a single H x W image is a batch of one
-    assert float(fscore_per_image(pred[0].to(torch.uint8), gt[0], 7)[0]) == float(as_long[0])
-
-
-# errors ---------------------------------------------------------------------------------------
-
-def test_bad_inputs_are_refused():
-    gt = torch.zeros(1, 4, 4, dtype=torch.long)
-    with pytest.raises(DataError, match="shape"):
-        fscore_per_image(torch.zeros(1, 4, 5, dtype=torch.long), gt, 2)
-    with pytest.raises(DataError, match="class id 2"):
-        fscore_per_image(torch.full((1, 4, 4), 2), gt, 2)
-    with pytest.raises(DataError, match="class id -1"):
-        fscore_per_image(gt, torch.full((1, 4, 4), -1), 2)
-    with pytest.raises(DataError, match="argmax"):
-        fscore_per_image(torch.zeros(1, 4, 4), gt, 2)
-    with pytest.raises(DataError, match="no images"):
-        ScoreAccumulator(2).compute()
-
-
-def test_metric_lookup():
-    assert get_metric("fscore") is fscore_per_image
-    assert METRICS["fscore"] is fscore_per_image
-    with pytest.raises(UnknownComponent, match="fscore"):
-        get_metric("dice")
+    assert s.score == pytest.approx(float(np.mean(every)), abs=1e-12)
 
 
 def test_class_ids_is_argmax_with_first_maximum_on_ties():
@@ -241,3 +164,172 @@ def test_class_ids_is_argmax_with_first_maximum_on_ties():
     assert torch.equal(class_ids(scores[0], 0).long(), scores[0].argmax(0))
     many = torch.randn(1, 300, 4, 4, generator=g)  # more classes than uint8 holds
     assert torch.equal(class_ids(many), many.argmax(1))
+
+
+# --- every built-in metric against a literal numpy reference ---------------------------------
+
+
+def _np_counts(pred, gt, k, ignore=None):
+    keep = np.ones(gt.shape, bool) if ignore is None else gt != ignore
+    tp = np.array([np.sum((pred == c) & (gt == c) & keep) for c in range(k)], float)
+    fp = np.array([np.sum((pred == c) & (gt != c) & keep) for c in range(k)], float)
+    fn = np.array([np.sum((pred != c) & (gt == c) & keep) for c in range(k)], float)
+    return tp, fp, fn
+
+
+def ref_miou(preds, gts, k):
+    # mmsegmentation IoUMetric: areas summed over the set, IoU per class, nanmean
+    inter = sum(np.array([np.sum((p == c) & (g == c)) for c in range(k)], float) for p, g in zip(preds, gts))
+    area_p = sum(np.array([np.sum(p == c) for c in range(k)], float) for p in preds)
+    area_g = sum(np.array([np.sum(g == c) for c in range(k)], float) for g in gts)
+    union = area_p + area_g - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.nanmean(np.where(union > 0, inter / union, np.nan)))
+
+
+def ref_class_iou(preds, gts, c):
+    tp = sum(np.sum((p == c) & (g == c)) for p, g in zip(preds, gts))
+    fp = sum(np.sum((p == c) & (g != c)) for p, g in zip(preds, gts))
+    fn = sum(np.sum((p != c) & (g == c)) for p, g in zip(preds, gts))
+    return 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn)
+
+
+def ref_dice_image(p, g, classes):
+    values = []
+    for c in classes:
+        a, b = p == c, g == c
+        denom = a.sum() + b.sum()
+        values.append(1.0 if denom == 0 else 2 * np.sum(a & b) / denom)
+    return float(np.mean(values))
+
+
+def ref_pooled_dice(preds, gts, classes):
+    values = []
+    for c in classes:
+        inter = sum(np.sum((p == c) & (g == c)) for p, g in zip(preds, gts))
+        denom = sum(np.sum(p == c) + np.sum(g == c) for p, g in zip(preds, gts))
+        values.append(1.0 if denom == 0 else 2 * inter / denom)
+    return float(np.mean(values))
+
+
+def ref_pixel_accuracy(preds, gts):
+    return sum(np.sum(p == g) for p, g in zip(preds, gts)) / sum(g.size for g in gts)
+
+
+def ref_mean_class_accuracy(preds, gts, k):
+    accs = []
+    for c in range(k):
+        total = sum(np.sum(g == c) for g in gts)
+        if total:
+            accs.append(sum(np.sum((p == c) & (g == c)) for p, g in zip(preds, gts)) / total)
+    return float(np.mean(accs))
+
+
+def _random_set(k, seed, n=12):
+    rng = np.random.default_rng(seed)
+    preds, gts = [], []
+    for _ in range(n):
+        present = rng.choice(k, size=rng.integers(1, k + 1), replace=False)
+        g = rng.choice(present, size=(17, 23))
+        p = np.where(rng.random(g.shape) < 0.6, g, rng.integers(0, k, g.shape))
+        preds.append(p)
+        gts.append(g)
+    return preds, gts
+
+
+def _accumulate(m, preds, gts, k):
+    acc = ScoreAccumulator(m, k)
+    for p, g in zip(preds, gts):
+        acc.update(torch.tensor(p), torch.tensor(g))
+    return acc.compute()
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_every_builtin_metric_matches_its_numpy_reference(k):
+    names = tuple(f"c{i}" for i in range(k))
+    preds, gts = _random_set(k, seed=k)
+    fg = list(range(1, k))
+    cases = {
+        "fscore": (metric("fscore", names), float(np.mean([fscore_reference(p, g) for p, g in zip(preds, gts)]))),
+        "miou": (metric("miou", names), ref_miou(preds, gts, k)),
+        "class-iou": (metric("class-iou", names, **{"class": names[1]}), ref_class_iou(preds, gts, 1)),
+        "dice": (metric("dice", names), float(np.mean([ref_dice_image(p, g, fg) for p, g in zip(preds, gts)]))),
+        "pooled-dice": (metric("pooled-dice", names), ref_pooled_dice(preds, gts, fg)),
+        "pixel-accuracy": (metric("pixel-accuracy", names), ref_pixel_accuracy(preds, gts)),
+        "mean-class-accuracy": (metric("mean-class-accuracy", names), ref_mean_class_accuracy(preds, gts, k)),
+    }
+    assert set(cases) == set(HOST.metrics.names())  # a new built-in needs its reference here
+    for name, (m, want) in cases.items():
+        got = _accumulate(m, preds, gts, k).score
+        assert got == pytest.approx(want, abs=1e-9), name
+
+
+def test_pooled_and_per_image_metrics_differ_as_their_definitions_say():
+    # image A is large and right, image B small and all wrong: pooling weighs pixels, the
+    # per-image mean weighs images
+    a_gt = np.ones((10, 10), int)
+    b_gt = np.ones((1, 2), int)
+    preds, gts = [a_gt.copy(), np.zeros((1, 2), int)], [a_gt, b_gt]
+    names = ("bg", "fg")
+    pooled = _accumulate(metric("class-iou", names, **{"class": "fg"}), preds, gts, 2)
+    assert pooled.score == pytest.approx(100 / 102)
+    assert pooled.per_image == [1.0, 0.0]  # the same formula on each image alone
+    per_image = _accumulate(metric("dice", names), preds, gts, 2)
+    assert per_image.score == pytest.approx(0.5)
+
+
+def test_dice_both_empty_is_one_and_the_class_list_is_an_option():
+    names = ("bg", "a", "b")
+    g = np.zeros((4, 4), int)
+    g[0, 0] = 1
+    p = g.copy()  # class b absent from both: 1 by the medical convention
+    assert _accumulate(metric("dice", names), [p], [g], 3).score == 1.0
+    only_b = metric("dice", names, classes=["b"])
+    assert _accumulate(only_b, [p], [g], 3).score == 1.0
+    with pytest.raises(ConfigError, match="metric.classes"):
+        Competition(name="t", classes=names, metric={"name": "dice", "classes": ["z"]}).bind(HOST)
+
+
+def test_every_metric_ignores_pixels_at_the_ignore_index():
+    rng = np.random.default_rng(7)
+    names = tuple(f"c{i}" for i in range(4))
+    g = rng.integers(0, 4, (12, 12))
+    p = rng.integers(0, 4, (12, 12))
+    g_ignored = g.copy()
+    g_ignored[:, 6:] = IGNORE  # the right half is padding
+    for name in HOST.metrics.names():
+        options = {"class": "c1"} if name == "class-iou" else {}
+        m = metric(name, names, **options)
+        got = _accumulate(m, [p], [g_ignored], 4).score
+        want = _accumulate(m, [p[:, :6]], [g[:, :6]], 4).score
+        assert got == pytest.approx(want, abs=1e-12), name
+
+
+def test_scale_and_direction_come_from_the_profile():
+    m = metric("class-iou", ("bg", "veg"), **{"class": "veg", "scale": 100})
+    s = _accumulate(m, [np.array([[0, 1, 1]])], [np.array([[0, 1, 0]])], 2)
+    assert s.score == pytest.approx(50.0) and s.scale == 100 and s.metric == "class-iou"
+    assert m.better(0.6, 0.5) and not m.better(float("nan"), 0.1) and m.better(0.1, None)
+
+
+def test_scores_are_json_ready_with_nan_as_null():
+    s = _accumulate(metric("fscore", CLASSES[:3]), [np.array([[0, 0]])], [np.array([[0, 0]])], 3)
+    d = s.to_dict()
+    assert d["per_class"][2] is None and d["class_images"] == [1, 0, 0]
+    json.dumps(d, allow_nan=False)
+
+
+def test_bad_inputs_are_refused():
+    gt = torch.zeros(1, 4, 4, dtype=torch.long)
+    with pytest.raises(DataError, match="shape"):
+        confusion_per_image(torch.zeros(1, 4, 5, dtype=torch.long), gt, 2)
+    with pytest.raises(DataError, match="class id 2"):
+        confusion_per_image(torch.full((1, 4, 4), 2), gt, 2)
+    with pytest.raises(DataError, match="class id -1"):
+        confusion_per_image(gt, torch.full((1, 4, 4), -1), 2)
+    with pytest.raises(DataError, match="argmax"):
+        confusion_per_image(torch.zeros(1, 4, 4), gt, 2)
+    with pytest.raises(DataError, match="no images"):
+        ScoreAccumulator(metric("miou", CLASSES[:2]), 2).compute()
+    with pytest.raises(UnknownComponent, match="fscore"):
+        HOST.metrics.get("fscor")

@@ -59,8 +59,14 @@ def register(app: typer.Typer) -> None:
             raise DataError(f"{folder} is not empty; choose a new folder")
         if count < 1 or size < 8 or test_count < 0:
             raise DataError("--count must be >= 1, --size >= 8, --test-count >= 0")
-        datalib.write_dataset(folder, comp, comp.synthesize(count + test_count, size, seed), test_count=test_count)
-        console.print(f"wrote {count} labelled and {test_count} test images ({size}x{size}) to {folder}")
+        # a layout with the organisers' validation folders gets a fifth of the labelled pairs there
+        val_count = max(1, count // 5) if comp.layout.has_val and count > 1 else 0
+        datalib.write_dataset(folder, comp, comp.synthesize(count + test_count, size, seed), test_count=test_count,
+                              val_count=val_count)
+        shape = f"{size}x{size}" if comp.size != "variable" else f"{size} pixels high, widths varying"
+        split = f" ({val_count} of them in {comp.layout.val_images})" if val_count else ""
+        console.print(f"wrote {count} labelled{split} and {test_count} test images ({shape}) to {folder}",
+                      highlight=False)
 
 
 def render_labels(check, comp) -> None:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cpx.kernel.errors import CodabenchError, ConfigError, SubmissionError
 from cpx.kernel.text import format_f, format_signed
-from cpx.report.leaderboard import SORTS, build_leaderboard, format_test_f, run_checkpoint
+from cpx.report.leaderboard import SORTS, build_leaderboard, format_test_score, run_checkpoint
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench as cb
 from cpx.submit.actions import (
@@ -173,7 +173,7 @@ def register(app: typer.Typer) -> None:
                              no_wrap=col in ("name", "date"))
         for r in report.rows:
             status = escape(r.status) + ("" if r.counts else " [dim](not counted)[/]")
-            table.add_row(escape(r.name), escape(r.run_name or r.run_id or "-"), r.date, format_f(r.val_f), format_f(r.test_f),
+            table.add_row(escape(r.name), escape(r.run_name or r.run_id or "-"), r.date, format_f(r.val_score), format_f(r.test_score),
                           format_signed(r.gap), status, "[bold green]final[/]" if r.final else "")
         console.print(table)
         if report.limit is not None:
@@ -201,8 +201,9 @@ def register(app: typer.Typer) -> None:
         url: Annotated[Optional[str], typer.Option(help="with --remote: Codabench server")] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Rank runs and submissions by val or test F, predicting test F where none is known;
-        with --remote, show Codabench's public leaderboard and your rank on it."""
+        """Rank runs and submissions by the competition's metric on validation or test, predicting
+        the test score where none is known; with --remote, show Codabench's public leaderboard
+        and your rank on it."""
         if remote:
             _remote_leaderboard(competition, phase, url, limit, json_)
             return
@@ -210,11 +211,17 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--sort: choose {' or '.join(SORTS)}, not {sort!r}")
         if limit is not None and limit < 1:
             raise ConfigError("--limit: at least 1")
-        comp = _cpx_competition(competition) if competition else None
+        from cpx.eval.metrics import create_metric
+
         with Ledger(_common.workspace().ledger_path) as ledger:
+            latest = next(iter(ledger.list_runs()), None)
+            # the named competition, else cpx.yaml's, else the latest run's
+            comp = _cpx_competition(competition, run=None if competition else latest)
+            metric = create_metric(comp, _common.host()) if comp else None
             board = build_leaderboard(ledger, phase=phase, sort=sort, limit=limit,
                                       competition=comp.name if comp else None,
-                                      metric=comp.metric.name if comp else "")
+                                      metric=comp.metric.name if comp else "", scale=metric.scale if metric else 1.0,
+                                      greater_is_better=metric.greater_is_better if metric else True)
         if json_:
             print_json(board.to_dict())
             return
@@ -222,16 +229,17 @@ def register(app: typer.Typer) -> None:
             print(board.to_markdown(), end="")
             return
         shown = f"{len(board.rows)} of {board.total}" if len(board.rows) < board.total else str(board.total)
-        table = Table(title=f"leaderboard by {sort} F ({shown})")
-        for col in ("#", "model", "val F", "test F", "gap", "run / checkpoint", "best ep", "key config"):
-            table.add_column(col, justify="right" if col in ("#", "val F", "gap", "best ep") else "left",
-                             overflow="fold", no_wrap=col in ("#", "val F", "gap"))
+        m = board.metric
+        table = Table(title=f"leaderboard by {sort} {m} ({shown})")
+        for col in ("#", "model", f"val {m}", f"test {m}", "gap", "run / checkpoint", "best ep", "key config"):
+            table.add_column(col, justify="right" if col in ("#", f"val {m}", "gap", "best ep") else "left",
+                             overflow="fold", no_wrap=col in ("#", f"val {m}", "gap"))
         for r in board.rows:
-            test = escape(format_test_f(r))
-            if r.test_f is None and r.predicted is not None:
+            test = escape(format_test_score(r))
+            if r.test_score is None and r.predicted is not None:
                 test = f"[italic]{test}[/]"
             kind = f" [dim]({r.kind})[/]" if r.kind and r.kind != "train" else ""
-            table.add_row(str(r.rank), escape(r.label) + kind, format_f(r.val_f), test, format_signed(r.gap),
+            table.add_row(str(r.rank), escape(r.label) + kind, format_f(r.val_score), test, format_signed(r.gap),
                           escape(run_checkpoint(r)), str(r.best_epoch or "-"), escape(r.key_config) or "-")
         console.print(table)
         console.print(escape(board.model.describe()), style="dim", highlight=False)

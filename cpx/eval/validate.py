@@ -137,7 +137,7 @@ def read_labelled(files: Sequence[tuple[str, Path, Path]], competition: Competit
                 raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but {image_path.name} is "
                                 f"{hw[0]}x{hw[1]} (height x width)")
             out.append(Labelled(name, torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))),
-                                torch.from_numpy(np.ascontiguousarray(mask))))
+                                torch.from_numpy(np.array(mask, copy=True))))
         return out
 
     chunks = [files[a:a + batch_size] for a in range(0, len(files), batch_size)]

@@ -1,10 +1,11 @@
 """The leaderboard competitors keep by hand: every run and submission ranked, with the
-validation F, the test F read off Codabench, the gap between them, and for everything
-not yet submitted a *predicted* test F.
+validation score, the test score read off Codabench, the gap between them, and for everything
+not yet submitted a *predicted* test score; all on the competition metric's scale (0..1, or
+0..100 for organisers who print percent), ranked in its direction.
 
-Predicting the test F
----------------------
-Each scored submission whose validation F is known gives a pair (val, test) and a gap
+Predicting the test score
+-------------------------
+Each scored submission whose validation score is known gives a pair (val, test) and a gap
 ``g = test - val``. The gap is what carries over from one model to the next (the
 validation split is easier or harder than the test set by a roughly constant amount),
 so with n pairs and gaps g_1..g_n:
@@ -17,12 +18,12 @@ so with n pairs and gaps g_1..g_n:
   The ``1`` under the root is the new model's own scatter around the mean gap, the
   ``1/n`` the uncertainty of the mean itself. With two or three pairs ``t`` is large
   (12.7 and 4.3), and the interval is honestly wide;
-* one pair: ``s`` cannot be estimated, so the interval is a fixed ±0.05
+* one pair: ``s`` cannot be estimated, so the interval is a fixed ±0.05 of the scale
   (:data:`SINGLE_PAIR_SPREAD`, about what separates validation and test F on a 100-image
   test set) and the prediction is flagged "1 pair: rough";
 * no pair: nothing is predicted.
 
-The prediction and its bounds are clipped to [0, 1]. The model assumes the gap does not depend on the model;
+The prediction and its bounds are clipped to [0, scale]. The model assumes the gap does not depend on the model;
 an overfitted validation score (tuned on the split) breaks that, which is one reason to
 keep the split fixed.
 """
@@ -69,6 +70,8 @@ class GapModel:
     pairs: list[tuple[str, float, float]] = field(default_factory=list)  # (label, val, test)
     level: float = DEFAULT_LEVEL
     single_spread: float = SINGLE_PAIR_SPREAD
+    scale: float = 1.0  # scores lie in 0..scale
+    metric: str = "score"
 
     @property
     def n(self) -> int:
@@ -94,7 +97,7 @@ class GapModel:
         if self.n == 0:
             return None
         if self.n == 1:
-            return self.single_spread
+            return self.single_spread * self.scale
         return t_quantile(self.level, self.n - 1) * self.sd * math.sqrt(1.0 + 1.0 / self.n)
 
     @property
@@ -106,17 +109,19 @@ class GapModel:
             return None
         value = val + self.mean_gap
         hw = self.half_width
-        return Prediction(value=min(1.0, max(0.0, value)), low=max(0.0, value - hw), high=min(1.0, value + hw),
+        top = self.scale
+        return Prediction(value=min(top, max(0.0, value)), low=max(0.0, value - hw), high=min(top, value + hw),
                           half_width=hw, pairs=self.n, rough=self.rough)
 
     def describe(self) -> str:
+        m = self.metric
         if self.n == 0:
-            return "no (val, test) pair recorded yet: no test F is predicted"
+            return f"no (val, test) pair recorded yet: no test {m} is predicted"
         pct = f"{self.level * 100:g}%"
         if self.n == 1:
-            return (f"predicted test F = val F {self.mean_gap:+.4f} (1 pair: rough, "
-                    f"±{self.single_spread:g} assumed)")
-        return (f"predicted test F = val F {self.mean_gap:+.4f} (mean gap of {self.n} pairs; "
+            return (f"predicted test {m} = val {m} {self.mean_gap:+.4f} (1 pair: rough, "
+                    f"±{self.single_spread * self.scale:g} assumed)")
+        return (f"predicted test {m} = val {m} {self.mean_gap:+.4f} (mean gap of {self.n} pairs; "
                 f"{pct} interval ±{self.half_width:.4f}, gap sd {self.sd:.4f})")
 
     def to_dict(self) -> dict:
@@ -127,11 +132,12 @@ class GapModel:
 
 
 def fit_gap_model(pairs: Iterable[tuple[str, float, float]], level: float = DEFAULT_LEVEL,
-                  single_spread: float = SINGLE_PAIR_SPREAD) -> GapModel:
-    """A :class:`GapModel` from (label, val F, test F) triples; see the module docstring."""
+                  single_spread: float = SINGLE_PAIR_SPREAD, scale: float = 1.0, metric: str = "score") -> GapModel:
+    """A :class:`GapModel` from (label, val score, test score) triples, scores in 0..``scale``;
+    see the module docstring."""
     kept = [(str(label), float(val), float(test)) for label, val, test in pairs
             if val is not None and test is not None]
-    return GapModel(kept, level, single_spread)
+    return GapModel(kept, level, single_spread, scale, metric)
 
 
 # ---------------------------------------------------------------- key config
@@ -226,10 +232,10 @@ class Row:
     kind: Optional[str] = None
     submission: Optional[str] = None
     checkpoint: Optional[str] = None
-    val_f: Optional[float] = None
+    val_score: Optional[float] = None
     val_source: str = ""
-    train_val_f: Optional[float] = None
-    test_f: Optional[float] = None
+    train_val_score: Optional[float] = None
+    test_score: Optional[float] = None
     test_source: Optional[str] = None
     predicted: Optional[Prediction] = None
     best_epoch: Optional[int] = None
@@ -240,9 +246,9 @@ class Row:
 
     @property
     def gap(self) -> Optional[float]:
-        if self.test_f is None or self.val_f is None:
+        if self.test_score is None or self.val_score is None:
             return None
-        return self.test_f - self.val_f
+        return self.test_score - self.val_score
 
     @property
     def key_config(self) -> str:
@@ -251,10 +257,10 @@ class Row:
 
     def rank_value(self, sort: str) -> Optional[float]:
         if sort == "test":
-            if self.test_f is not None:
-                return self.test_f
+            if self.test_score is not None:
+                return self.test_score
             return self.predicted.value if self.predicted else None
-        return self.val_f
+        return self.val_score
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -271,17 +277,19 @@ class Leaderboard:
     sort: str = "val"
     phase: str = "test"
     total: int = 0
+    metric: str = "score"  # the competition's metric (with its scale when not 1) the scores are on
 
     def to_dict(self) -> dict:
-        return {"phase": self.phase, "sort": self.sort, "total": self.total,
+        return {"phase": self.phase, "sort": self.sort, "total": self.total, "metric": self.metric,
                 "prediction": self.model.to_dict(), "rows": [r.to_dict() for r in self.rows]}
 
     def to_markdown(self) -> str:
-        head = ["#", "model", "val F", "test F", "gap", "run / checkpoint", "best ep", "key config"]
+        m = self.metric
+        head = ["#", "model", f"val {m}", f"test {m}", "gap", "run / checkpoint", "best ep", "key config"]
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         for r in self.rows:
             lines.append("| " + " | ".join([
-                str(r.rank), r.label, format_f(r.val_f), format_test_f(r, markdown=True), format_signed(r.gap),
+                str(r.rank), r.label, format_f(r.val_score), format_test_score(r, markdown=True), format_signed(r.gap),
                 run_checkpoint(r),
                 str(r.best_epoch or "-"), r.key_config.replace("|", "/") or "-"]) + " |")
         lines.append("")
@@ -293,10 +301,10 @@ class Leaderboard:
 
 
 
-def format_test_f(row: Row, markdown: bool = False) -> str:
+def format_test_score(row: Row, markdown: bool = False) -> str:
     """The observed test F, else the prediction marked as such, else ``-``."""
-    if row.test_f is not None:
-        return format_f(row.test_f)
+    if row.test_score is not None:
+        return format_f(row.test_score)
     if row.predicted is not None:
         mark = "predicted, 1 pair: rough" if row.predicted.rough else "predicted"
         return row.predicted.text() + (f" *{mark}*" if markdown else f" ({mark})")
@@ -312,9 +320,11 @@ def run_checkpoint(row: Row) -> str:
     return text
 
 
-def _run_val(ledger: Ledger, run: dict) -> tuple[Optional[float], str, Optional[str]]:
-    """The run's best validation F, where it comes from, and its checkpoint: the training
-    curve's best, unless a later ``cpx validate`` scored higher (with TTA, say)."""
+def _run_val(ledger: Ledger, run: dict, better=None) -> tuple[Optional[float], str, Optional[str]]:
+    """The run's best validation score, where it comes from, and its checkpoint: the training
+    curve's best, unless a later ``cpx validate`` scored better (with TTA, say); ``better(a,
+    b)`` says whether score a beats b (default: higher)."""
+    better = better or (lambda a, b: a > b)
     val, source, checkpoint = run.get("best_val_score"), "", None
     if val is not None:
         source = f"train ep {run['best_epoch']}" if run.get("best_epoch") else "train"
@@ -330,9 +340,13 @@ def _run_val(ledger: Ledger, run: dict) -> tuple[Optional[float], str, Optional[
             source = f"imported ep {run['best_epoch']}" if run.get("best_epoch") else "imported"
     # a calibrated score on the images the offsets were fitted on is in-sample: never the val F
     honest = [v for v in ledger.list_validations(run["id"]) if v.get("score") is not None
-              and not (v.get("calibrated") and v.get("data") == "val_list")]
-    best = max(honest, key=lambda v: (v["score"], v["created_at"], v["id"])) if honest else None
-    if best is not None and best.get("score") is not None and (val is None or best["score"] > val):
+              and not (v.get("calibrated") and v.get("data") == "val_list")
+              and (not v.get("metric") or not run.get("metric") or v["metric"] == run["metric"])]
+    best = None
+    for v in sorted(honest, key=lambda v: (v["created_at"], v["id"])):
+        if best is None or better(v["score"], best["score"]) or v["score"] == best["score"]:
+            best = v
+    if best is not None and best.get("score") is not None and (val is None or better(best["score"], val)):
         val = best["score"]
         source = f"validate #{best['id']}"
         checkpoint = _with_tta(best.get("checkpoint") or checkpoint, best.get("tta"))
@@ -370,11 +384,14 @@ def _submission_val(ledger: Ledger, sub: dict, run: Optional[dict]) -> tuple[Opt
 
 def build_leaderboard(ledger: Ledger, *, phase: str = "test", sort: str = "val",
                       limit: Optional[int] = None, competition: Optional[str] = None,
-                      metric: str = "", level: float = DEFAULT_LEVEL) -> Leaderboard:
-    """Rank every run (train, ensemble, imported) and every submission.
+                      metric: str = "", scale: float = 1.0, greater_is_better: bool = True,
+                      level: float = DEFAULT_LEVEL) -> Leaderboard:
+    """Rank every run (train, ensemble, imported) and every submission by the competition's
+    ``metric`` (its scores in 0..``scale``, better when greater unless ``greater_is_better`` is
+    off).
 
     A run with submissions gives one row per submission; a run without, one row of its
-    own. ``sort='test'`` ranks by the observed test F, else the predicted one. Rows of
+    own. ``sort='test'`` ranks by the observed test score, else the predicted one. Rows of
     runs from another competition than ``competition`` are left out.
     """
     if sort not in SORTS:
@@ -390,38 +407,41 @@ def build_leaderboard(ledger: Ledger, *, phase: str = "test", sort: str = "val",
         subs_by_run.setdefault(sub.get("run_id"), []).append(sub)
 
     rows: list[Row] = []
+    sign = 1.0 if greater_is_better else -1.0
     for run in runs:
-        val, source, checkpoint = _run_val(ledger, run)
+        val, source, checkpoint = _run_val(ledger, run, lambda a, b: sign * a > sign * b)
         common = dict(run_id=run["id"], run_name=run.get("name") or run["id"], kind=run.get("kind"),
                       best_epoch=run.get("best_epoch"), config_diff=run.get("config_diff") or {},
-                      train_val_f=run.get("best_val_score"), synthetic=_synthetic(run))
+                      train_val_score=run.get("best_val_score"), synthetic=_synthetic(run))
         subs = subs_by_run.get(run["id"], [])
         if not subs:
-            rows.append(Row(label=run.get("name") or run["id"], checkpoint=checkpoint, val_f=val,
+            rows.append(Row(label=run.get("name") or run["id"], checkpoint=checkpoint, val_score=val,
                             val_source=source, **common))
         for sub in subs:
             sval, ssource = _submission_val(ledger, sub, run)
             score = main_score(ledger.scores_for(sub["name"]), phase, metric)
             rows.append(Row(label=sub["name"], submission=sub["name"],
                             checkpoint=_with_tta(sub.get("checkpoint"), sub.get("tta")),
-                            val_f=sval, val_source=ssource,
-                            test_f=score["score"] if score else None,
+                            val_score=sval, val_source=ssource,
+                            test_score=score["score"] if score else None,
                             test_source=score["source"] if score else None, **common))
     for sub in subs_by_run.get(None, []):
         score = main_score(ledger.scores_for(sub["name"]), phase, metric)
         rows.append(Row(label=sub["name"], submission=sub["name"], checkpoint=sub.get("checkpoint"),
-                        val_f=sub.get("val_score"), val_source="package" if sub.get("val_score") is not None else "",
-                        test_f=score["score"] if score else None,
+                        val_score=sub.get("val_score"), val_source="package" if sub.get("val_score") is not None else "",
+                        test_score=score["score"] if score else None,
                         test_source=score["source"] if score else None))
 
-    model = fit_gap_model(((r.label, r.val_f, r.test_f) for r in rows), level=level)
+    label = metric + (f" x{scale:g}" if scale != 1 else "") if metric else "score"
+    model = fit_gap_model(((r.label, r.val_score, r.test_score) for r in rows), level=level, scale=scale,
+                          metric=label)
     for r in rows:
-        if r.test_f is None:
-            r.predicted = model.predict(r.val_f)
+        if r.test_score is None:
+            r.predicted = model.predict(r.val_score)
 
     def key(r: Row):
         value = r.rank_value(sort)
-        return (value is None, -(value or 0.0), -(r.val_f or 0.0), r.label)
+        return (value is None, -sign * (value or 0.0), -sign * (r.val_score or 0.0), r.label)
 
     rows.sort(key=key)
     for i, r in enumerate(rows, 1):
@@ -429,4 +449,4 @@ def build_leaderboard(ledger: Ledger, *, phase: str = "test", sort: str = "val",
     total = len(rows)
     if limit is not None:
         rows = rows[: max(0, limit)]
-    return Leaderboard(rows=rows, model=model, sort=sort, phase=phase, total=total)
+    return Leaderboard(rows=rows, model=model, sort=sort, phase=phase, total=total, metric=label)

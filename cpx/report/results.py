@@ -209,7 +209,7 @@ class _Builder(EffectSections):
         rows = []
         used: list[Ref] = []
         by_name = {sub["name"]: sub for sub in self.subs}
-        best_test = max((r.test_f for r in rep.rows if r.test_f is not None), default=None)
+        best_test = max((r.test_score for r in rep.rows if r.test_score is not None), default=None)
         for r in reversed(rep.rows):  # oldest first
             sub = by_name[r.name]
             score = self.scores.get(r.name)
@@ -219,10 +219,10 @@ class _Builder(EffectSections):
                 used.append(Ref("submissions", r.name, "name", r.name))
             left = "-" if limit is None else d.fact(limit - len(used), str(limit - len(used)), list(used), "left",
                                                      {"limit": limit})
-            best = "yes" if r.test_f is not None and r.test_f == best_test else ("-" if r.test_f is None else "no")
+            best = "yes" if r.test_score is not None and r.test_score == best_test else ("-" if r.test_score is None else "no")
             run = self.by_id.get(sub.get("run_id"))
             rows.append([r.name, r.date, self._label(run) if run else "-", fact_f(d, sval, sref),
-                         fact_f(d, r.test_f, tref), fact_signed(d, None if r.test_f is None or sval is None else r.test_f - sval,
+                         fact_f(d, r.test_score, tref), fact_signed(d, None if r.test_score is None or sval is None else r.test_score - sval,
                                                         [sref, tref], "diff"),
                          left, "**final**" if r.final else "", best])
         s.add(Table(["submission", "date", "run", "val F", "test F", "gap", "left", "final", "best test F"], rows,
@@ -231,8 +231,8 @@ class _Builder(EffectSections):
             final = next(r for r in rep.rows if r.name == rep.final)
             why = "marked with --final" if rep.final_reason == "marked" else "the latest that counts"
             line = f"The final submission is **{rep.final}** ({why})"
-            if best_test is not None and final.test_f is not None:
-                line += "; it is " + ("the best scored one." if final.test_f == best_test else
+            if best_test is not None and final.test_score is not None:
+                line += "; it is " + ("the best scored one." if final.test_score == best_test else
                                       "**not** the best scored one.")
             s.text(line + ("" if not rep.only_final_counts else " Only the final submission counts in this "
                                                                   "competition."))

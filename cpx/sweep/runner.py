@@ -127,7 +127,8 @@ class _Heartbeat:
 
 
 class _TrialCallback:
-    """Tags the run with its sweep, reports each epoch's val F to Optuna and prunes."""
+    """Tags the run with its sweep, reports each epoch's validation score to Optuna (the better
+    of the raw and the EMA weights', as the trial's objective is) and prunes."""
 
     def __init__(self, sweep: str, trial: optuna.Trial, ledger_path, emit: Callable[..., None], prune: bool):
         self.sweep, self.trial, self.ledger_path, self.emit, self.prune = sweep, trial, ledger_path, emit, prune
@@ -142,19 +143,23 @@ class _TrialCallback:
         # a resumed run already has epochs: the pruner should see them too
         history = RunFolder(info["run_dir"]).read_history() if info.get("start_epoch") else []
         for h in history:
-            if h.get("val_score") is not None:
-                self.trial.report(float(h["val_score"]), int(h["epoch"]))
+            scores = [v for v in (h.get("val_score"), h.get("val_score_ema")) if v is not None]
+            if scores:  # the better of raw and EMA, in the study's direction
+                pick = max if self.trial.study.direction.name == "MAXIMIZE" else min
+                self.trial.report(float(pick(scores)), int(h["epoch"]))
         self.emit("trial_start", run_id=run_id)
 
     def on_epoch_end(self, trainer, record) -> None:
-        if record.val_score is not None:
-            self.trial.report(float(record.val_score), record.epoch)
-        self.emit("epoch", run_id=self.run_id, epoch=record.epoch, epochs=trainer.settings.epochs,
-                  value=record.val_score)
-        if self.prune and record.val_score is not None and self.trial.should_prune():
+        value = record.val_score
+        if record.val_score_ema is not None and trainer.metric.better(record.val_score_ema, value):
+            value = record.val_score_ema
+        if value is not None:
+            self.trial.report(float(value), record.epoch)
+        self.emit("epoch", run_id=self.run_id, epoch=record.epoch, epochs=trainer.settings.epochs, value=value)
+        if self.prune and value is not None and self.trial.should_prune():
             self.pruned_at = record.epoch
-            raise StopTraining(f"pruned by the sweep at epoch {record.epoch} (val F below the median of "
-                               "earlier trials at this epoch)")
+            raise StopTraining(f"pruned by the sweep at epoch {record.epoch} ({trainer.metric.name} worse than the "
+                               "median of earlier trials at this epoch)")
 
 
 def _suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
@@ -205,8 +210,13 @@ def _check_spec(spec: SweepSpec, workspace: Workspace, host: PluginHost) -> None
     :raises ConfigError: a bad key or value, or an ablation variant that changes nothing or trains
         the same config as another.
     """
+    from cpx.eval.metrics import create_metric
+
     example = {f.key: f.values[0] if f.values is not None else f.low for f in spec.factors}
-    build_config(spec.recipe, spec.trial_overrides(example), workspace.experiments_dir, host)
+    config, _ = build_config(spec.recipe, spec.trial_overrides(example), workspace.experiments_dir, host)
+    # the study optimises the competition's metric in its own direction
+    metric = create_metric(host.competition(config.competition), host)
+    spec.direction = "maximize" if metric.greater_is_better else "minimize"
     for f in spec.factors:
         if f.variants is None:
             continue

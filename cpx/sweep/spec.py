@@ -97,7 +97,9 @@ class SweepSpec(BaseModel):
     trials: Optional[int] = Field(None, ge=1, description="search: number of trials")
     overrides: dict[str, Any] = Field(default_factory=dict, description="fixed overrides of every trial")
     budget_minutes: Optional[float] = Field(None, gt=0, description="wall-clock budget of each trial")
-    prune: bool = Field(False, description="stop hopeless trials early (median of per-epoch val F)")
+    prune: bool = Field(False, description="stop hopeless trials early (median of per-epoch validation scores)")
+    direction: Literal["maximize", "minimize"] = Field(
+        "maximize", description="the competition metric's direction, which the study optimises")
 
     @model_validator(mode="after")
     def _consistent(self) -> "SweepSpec":

@@ -133,7 +133,7 @@ def open_study(storage, name: str, spec: Optional[SweepSpec], wait: float = 30.0
     quiet_optuna()
     if spec is not None:
         try:
-            study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+            study = optuna.create_study(storage=storage, study_name=name, direction=spec.direction,
                                         sampler=create_sampler(spec), pruner=create_pruner(spec))
             study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
             return study, spec

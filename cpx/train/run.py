@@ -90,9 +90,9 @@ class PreparedData:
     train: tuple[torch.Tensor, torch.Tensor]
     val: Optional[list[Labelled]]
     synthetic: bool
-    val_part: str = "train"
     # what data.exclude_suspect / data.fix_suspect did: {"action", "names", "pairs", "checked"}
     label_policy: Optional[dict] = None
+    val_part: str = "train"
 
 
 def synthetic_root(workspace: Workspace, competition: Competition, count: int, size: int, seed: int) -> Path:

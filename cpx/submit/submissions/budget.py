@@ -50,8 +50,8 @@ class SubmissionRow:
     run_id: Optional[str]
     run_name: Optional[str]
     date: str
-    val_f: Optional[float]
-    test_f: Optional[float]
+    val_score: Optional[float]
+    test_score: Optional[float]
     gap: Optional[float]
     status: str
     score_source: Optional[str]
@@ -106,7 +106,7 @@ def submission_report(ledger: Ledger, competition: Optional[Competition] = None,
         rows.append(SubmissionRow(
             name=sub["name"], run_id=sub.get("run_id"), run_name=sub.get("run_name"),
             date=(sub.get("uploaded_at") or sub.get("created_at") or "")[:16].replace("T", " "),
-            val_f=val, test_f=test, gap=None if test is None or val is None else test - val,
+            val_score=val, test_score=test, gap=None if test is None or val is None else test - val,
             status=status, score_source=score["source"] if score else None,
             counts=in_phase and _counts(sub, score is not None), final=bool(sub.get("is_final")),
             codabench_id=sub.get("codabench_id"), zip_path=sub.get("zip_path"), note=sub.get("note")))
@@ -140,7 +140,7 @@ def final_not_best(rows: list[SubmissionRow], final: str, competition: str) -> O
     when any is scored, else by validation F; None when it is the best (or nothing compares)."""
     counted = [r for r in rows if r.counts or r.name == final]
     mine = next(r for r in rows if r.name == final)
-    for label, value in (("test F", lambda r: r.test_f), ("validation F", lambda r: r.val_f)):
+    for label, value in (("test F", lambda r: r.test_score), ("validation F", lambda r: r.val_score)):
         known = [r for r in counted if value(r) is not None]
         if not known:
             continue

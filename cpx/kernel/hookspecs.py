@@ -160,7 +160,13 @@ def register_losses(register: RegisterLoss) -> None:
         scalar tensor; ``target`` holds class ids, ``B x H x W`` (long). A factory that also
         takes the keyword ``class_frequencies`` gets, in training, the share of the training
         masks' pixels of each class (a list of ``num_classes`` floats summing to 1), for class
-        weights computed from the data (``class_weights: sqrt-inverse-frequency``).
+        weights computed from the data (``class_weights: sqrt-inverse-frequency``). A factory
+        that takes the keyword ``ignore_index`` gets ``255`` (:data:`cpx.data.masks.IGNORE`):
+        target pixels holding it (letterbox padding, a competition's ``masks.ignore_index``)
+        must add nothing to the loss or its gradient, normalisations counting only the others,
+        as ``F.cross_entropy(ignore_index=255)`` does. A factory without the keyword gets
+        targets holding 255 all the same, so a loss that cannot ignore pixels should say so
+        (a ``ValueError``) rather than index with 255.
 
     Example::
 

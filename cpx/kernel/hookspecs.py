@@ -164,9 +164,9 @@ def register_losses(register: RegisterLoss) -> None:
         that takes the keyword ``ignore_index`` gets ``255`` (:data:`cpx.data.masks.IGNORE`):
         target pixels holding it (letterbox padding, a competition's ``masks.ignore_index``)
         must add nothing to the loss or its gradient, normalisations counting only the others,
-        as ``F.cross_entropy(ignore_index=255)`` does. A factory without the keyword gets
-        targets holding 255 all the same, so a loss that cannot ignore pixels should say so
-        (a ``ValueError``) rather than index with 255.
+        as ``F.cross_entropy(ignore_index=255)`` does. A factory without the keyword may still
+        get targets holding 255 (letterboxed images), so a loss that cannot ignore pixels
+        should say so (a ``ValueError``) rather than index with 255.
 
     Example::
 

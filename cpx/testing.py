@@ -201,20 +201,25 @@ def check_loss(entry: Entry, num_classes: int = 19) -> None:
 
 def check_augmentation(entry: Entry, competition: Competition) -> None:
     """The augmentation contract of :func:`cpx.kernel.hookspecs.register_augmentations`:
-    shapes and dtypes kept, images in [0, 1], masks hold only class ids, the same seed gives
-    the same batch."""
+    on images of the competition's ``channels`` bands and masks with some ignored pixels,
+    shapes and dtypes kept, images in [0, 1], masks hold only class ids and
+    :data:`cpx.data.masks.IGNORE`, the same seed gives the same batch."""
+    from cpx.data.masks import IGNORE
+
     check_options(entry)
     augment = entry.create({}, competition)
     what = f"augmentation {entry.name}"
     gen = torch.Generator().manual_seed(0)
-    images = torch.rand(3, 3, 40, 48, generator=gen)
+    images = torch.rand(3, competition.channels, 40, 48, generator=gen)
     masks = torch.randint(0, competition.num_classes, (3, 40, 48), generator=gen)
+    masks[:, :, -6:] = IGNORE  # as letterboxing pads a wide image
     torch.manual_seed(7)
     out_images, out_masks = augment(images, masks)
     assert out_images.shape == images.shape and out_images.dtype == images.dtype, f"{what}: image shape/dtype changed"
     assert out_masks.shape == masks.shape and out_masks.dtype == masks.dtype, f"{what}: mask shape/dtype changed"
     assert 0 <= float(out_images.min()) and float(out_images.max()) <= 1, f"{what}: images left [0, 1]"
-    assert set(out_masks.unique().tolist()) <= set(range(competition.num_classes)), f"{what}: unknown class ids"
+    assert set(out_masks.unique().tolist()) <= set(range(competition.num_classes)) | {IGNORE}, \
+        f"{what}: ids that are neither class ids nor IGNORE ({IGNORE})"
     torch.manual_seed(7)
     again = augment(images, masks)
     assert torch.equal(again[0], out_images) and torch.equal(again[1], out_masks), f"{what}: not reproducible"

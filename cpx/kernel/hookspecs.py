@@ -182,10 +182,12 @@ def register_augmentations(register: RegisterAugmentation) -> None:
 
     :param register: ``register(name, factory, options=OptionsModel, description="")``.
         ``factory(options, competition)`` returns an ``nn.Module`` whose
-        ``forward(images, masks)`` takes float images ``B x 3 x H x W`` in [0, 1] and long
-        masks ``B x H x W`` and returns both transformed, at ``H x W`` or (random crops) at
-        another size shared by images and masks. The competition gives the left/right class
-        pairs a horizontal flip must swap.
+        ``forward(images, masks)`` takes float images ``B x C x H x W`` in [0, 1] (C the
+        competition's ``channels``) and long masks ``B x H x W`` and returns both transformed,
+        at ``H x W`` or (random crops) at another size shared by images and masks. Masks hold
+        class ids and ``255`` (:data:`cpx.data.masks.IGNORE`) at ignored pixels, which must
+        stay ``255`` wherever they land. The competition gives the left/right class pairs a
+        horizontal flip must swap.
 
     Example::
 

@@ -106,8 +106,13 @@ def check_options(entry: Entry) -> None:
 
 
 def check_model(entry: Entry, num_classes: int = 19, max_params: Optional[int] = None,
-                size: tuple[int, int] = (64, 48)) -> torch.nn.Module:
-    """The model contract of :func:`cpx.kernel.hookspecs.register_models`, on default options.
+                size: tuple[int, int] = (64, 48), in_channels: int = 3) -> torch.nn.Module:
+    """The model contract of :func:`cpx.kernel.hookspecs.register_models`, on default options,
+    for images of ``in_channels`` bands.
+
+    A factory that takes the keyword ``in_channels`` gets it, as training passes the
+    competition's ``channels``; one that does not takes RGB only, so checking it at another
+    band count fails with that reason.
 
     Checks: logits ``B x num_classes x H x W`` (float32, finite) for float images at two sizes;
     backward reaches every parameter; a bf16-autocast, channels-last training step (how cpx
@@ -116,14 +121,20 @@ def check_model(entry: Entry, num_classes: int = 19, max_params: Optional[int] =
     torch and the standard library whose builder rebuilds the same network. Returns the model.
     """
     check_options(entry)
-    torch.manual_seed(0)
-    model = entry.create({}, num_classes)
     what = f"model {entry.name}"
+    torch.manual_seed(0)
+    if entry.accepts("in_channels"):
+        model = entry.create({}, num_classes, in_channels=in_channels)
+    else:
+        assert in_channels == 3, \
+            f"{what}: its factory takes no in_channels keyword, so it cannot build a model for {in_channels} bands"
+        model = entry.create({}, num_classes)
     assert isinstance(model, torch.nn.Module), f"{what}: the factory returned {type(model).__name__}, not an nn.Module"
     h, w = size
+    c = in_channels
     model.eval()
     with torch.no_grad():
-        for shape in ((2, 3, h, w), (1, 3, h + 8, w - 8)):
+        for shape in ((2, c, h, w), (1, c, h + 8, w - 8)):
             out = model(torch.rand(*shape))
             assert tuple(out.shape) == (shape[0], num_classes, *shape[2:]), \
                 f"{what}: input {tuple(shape)} gave {tuple(out.shape)}, expected logits at the input size"
@@ -133,7 +144,7 @@ def check_model(entry: Entry, num_classes: int = 19, max_params: Optional[int] =
         assert count < max_params, f"{what}: {count:,} parameters, the cap is fewer than {max_params:,}"
     coarse = getattr(model, "forward_coarse", None)
     if coarse is not None:
-        x = torch.rand(1, 3, h + 8, w - 8)
+        x = torch.rand(1, c, h + 8, w - 8)
         with torch.no_grad():
             small, full = coarse(x), model(x)
         assert small.dtype == torch.float32, f"{what}: forward_coarse must return float32"
@@ -141,7 +152,7 @@ def check_model(entry: Entry, num_classes: int = 19, max_params: Optional[int] =
                                    full, msg=f"{what}: forward_coarse resized is not forward")
     trained = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
     trained.zero_grad(set_to_none=True)
-    x = torch.rand(2, 3, h, w).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, c, h, w).contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = trained(x)
     F.cross_entropy(out.float(), torch.randint(0, num_classes, (2, h, w))).backward()
@@ -151,15 +162,15 @@ def check_model(entry: Entry, num_classes: int = 19, max_params: Optional[int] =
         f"{what}: non-finite gradients in a bf16 training step"
     source = getattr(model, "cpx_source", None)
     if source is not None:
-        check_model_source(model, what)
+        check_model_source(model, what, in_channels)
     return model
 
 
-def check_model_source(model: torch.nn.Module, what: str = "model") -> None:
+def check_model_source(model: torch.nn.Module, what: str = "model", in_channels: int = 3) -> None:
     """``model.cpx_source = (arch_file, builder_name, kwargs)`` rebuilds ``model`` standalone:
     the file imports only torch and the standard library, and ``builder(**kwargs)`` loads the
-    model's state_dict and gives the same logits. This is what ``cpx package`` copies into a
-    submission's ``solution/``."""
+    model's state_dict and gives the same logits on images of ``in_channels`` bands. This is
+    what ``cpx package`` copies into a submission's ``solution/``."""
     source = model.cpx_source
     assert isinstance(source, tuple) and len(source) == 3, f"{what}: cpx_source must be (arch_file, builder, kwargs)"
     arch_file, builder, kwargs = source
@@ -173,7 +184,7 @@ def check_model_source(model: torch.nn.Module, what: str = "model") -> None:
     spec.loader.exec_module(module)
     rebuilt = getattr(module, builder)(**kwargs).eval()
     rebuilt.load_state_dict(model.state_dict())
-    x = torch.rand(1, 3, 40, 32)
+    x = torch.rand(1, in_channels, 40, 32)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model.eval()(x), msg=f"{what}: the standalone rebuild differs")
 

@@ -52,7 +52,7 @@ class RegisterModel(Protocol):
 
     def __call__(self, name: str, factory: ModelFactory, options: Optional[type[BaseModel]] = None,
                  description: str = "") -> None:
-        """Register a model factory ``factory(options, num_classes) -> nn.Module``."""
+        """Register a model factory ``factory(options, num_classes[, in_channels=C]) -> nn.Module``."""
 
 
 class RegisterLoss(Protocol):
@@ -60,7 +60,8 @@ class RegisterLoss(Protocol):
 
     def __call__(self, name: str, factory: LossFactory, options: Optional[type[BaseModel]] = None,
                  description: str = "") -> None:
-        """Register a loss factory ``factory(options, num_classes) -> loss(logits, target)``."""
+        """Register a loss factory ``factory(options, num_classes[, class_frequencies=..., ignore_index=255])
+        -> loss(logits, target)``."""
 
 
 class RegisterAugmentation(Protocol):
@@ -128,7 +129,11 @@ def register_models(register: RegisterModel) -> None:
 
     :param register: ``register(name, factory, options=OptionsModel, description="")``.
         ``factory(options, num_classes)`` returns an ``nn.Module`` mapping float images
-        ``B x 3 x H x W`` in [0, 1] to logits ``B x num_classes x H x W`` (any H, W).
+        ``B x C x H x W`` in [0, 1] to logits ``B x num_classes x H x W`` (any H, W), where C
+        is the competition's ``channels`` (3 for RGB; 1 for grey, 4 for RGB + near-infrared,
+        ...). A factory that also takes the keyword ``in_channels`` gets C and builds its
+        first layer for that many bands; a factory without it builds models for RGB (C = 3)
+        only. With three bands or more, the first three are RGB.
 
     Optional attributes of the returned module that cpx uses when present:
 
@@ -147,7 +152,8 @@ def register_models(register: RegisterModel) -> None:
 
         @hookimpl
         def register_models(register):
-            register("tiny", lambda options, num_classes: Tiny(num_classes), options=TinyOptions)
+            register("tiny", lambda options, num_classes, in_channels=3: Tiny(num_classes, in_channels),
+                     options=TinyOptions)
     """
 
 

@@ -9,7 +9,7 @@ Fixtures:
 * ``cpx_synthetic``: a small synthetic data folder in the competition layout.
 
 Contract checks, one per kind of component, each raising ``AssertionError`` with the reason:
-:func:`check_model`, :func:`check_loss`, :func:`check_augmentation`,
+:func:`check_model`, :func:`check_loss` (with :func:`check_loss_ignores`), :func:`check_augmentation`,
 :func:`check_postprocessor`, :func:`check_competition`. cpx runs them over every registered component, built-in or
 third-party (``tests/test_contracts.py``); a plugin author runs them over their own::
 
@@ -192,7 +192,8 @@ def check_model_source(model: torch.nn.Module, what: str = "model", in_channels:
 def check_loss(entry: Entry, num_classes: int = 19) -> None:
     """The loss contract of :func:`cpx.kernel.hookspecs.register_losses`, on default options:
     a finite float32 scalar with finite gradients for float32 and bf16 logits ``B x C x H x W``
-    and long or uint8 targets ``B x H x W``; a perfect prediction scores lower than a wrong one."""
+    and long or uint8 targets ``B x H x W``; a perfect prediction scores lower than a wrong one;
+    and, for a factory taking ``ignore_index``, :func:`check_loss_ignores`."""
     check_options(entry)
     fn = entry.create({}, num_classes)
     what = f"loss {entry.name}"
@@ -208,6 +209,38 @@ def check_loss(entry: Entry, num_classes: int = 19) -> None:
     sure = F.one_hot(target, num_classes).permute(0, 3, 1, 2).float() * 20.0
     wrong = F.one_hot((target + 1) % num_classes, num_classes).permute(0, 3, 1, 2).float() * 20.0
     assert fn(sure, target) < fn(wrong, target), f"{what}: a perfect prediction does not score lower"
+    if entry.accepts("ignore_index"):
+        check_loss_ignores(entry, num_classes)
+
+
+def check_loss_ignores(entry: Entry, num_classes: int = 19) -> None:
+    """A loss built with ``ignore_index=255`` leaves out target pixels holding 255: other logits
+    there change neither the loss nor the gradient elsewhere, their own gradient is 0, and a
+    batch of ignored pixels only gives a finite loss."""
+    from cpx.data.masks import IGNORE
+
+    fn = entry.create({}, num_classes, ignore_index=IGNORE)
+    what = f"loss {entry.name} (ignore_index={IGNORE})"
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(0, num_classes, (2, 24, 20), generator=gen)
+    target[:, :, 15:] = IGNORE
+    ignored = (target == IGNORE).unsqueeze(1).expand(-1, num_classes, -1, -1)
+    logits = torch.randn(2, num_classes, 24, 20, generator=gen)
+    results = []
+    for values in (logits, logits.masked_fill(ignored, 5.0)):
+        z = values.clone().requires_grad_(True)
+        loss = fn(z, target)
+        loss.backward()
+        results.append((loss.detach(), z.grad))
+    (loss, grad), (other_loss, other_grad) = results
+    assert torch.isfinite(loss), f"{what}: non-finite loss"
+    torch.testing.assert_close(other_loss, loss, msg=f"{what}: logits at ignored pixels change the loss")
+    torch.testing.assert_close(other_grad, grad, msg=f"{what}: logits at ignored pixels change the gradient")
+    assert (grad[ignored] == 0).all(), f"{what}: ignored pixels get a gradient"
+    z = logits.clone().requires_grad_(True)
+    empty = fn(z, torch.full_like(target, IGNORE))
+    empty.backward()
+    assert torch.isfinite(empty) and torch.isfinite(z.grad).all(), f"{what}: a wholly ignored batch is not finite"
 
 
 def check_augmentation(entry: Entry, competition: Competition) -> None:

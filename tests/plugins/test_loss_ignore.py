@@ -209,3 +209,10 @@ def test_fused_ce_dice_with_ignored_pixels_passes_gradcheck(weights):
     assert torch.autograd.gradcheck(lambda z: L.ce_dice(z, target, 1.0, 1.5, w, 0.1, 1.0, IGNORE)[0], (logits,))
     target[:] = IGNORE  # nothing kept: a constant 0
     assert torch.autograd.gradcheck(lambda z: L.ce_dice(z, target, 1.0, 1.5, w, 0.1, 1.0, IGNORE)[0], (logits,))
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_keeps_the_contract_with_ignored_pixels(name):
+    from cpx.testing import check_loss
+
+    check_loss(LOSSES.get(name), num_classes=19)  # includes check_loss_ignores

@@ -9,11 +9,11 @@ Fixtures:
 * ``cpx_synthetic``: a small synthetic data folder in the competition layout.
 
 Contract checks, one per kind of component, each raising ``AssertionError`` with the reason:
-:func:`check_model`, :func:`check_loss`, :func:`check_augmentation`,
+:func:`check_model`, :func:`check_loss` (with :func:`check_loss_ignores`), :func:`check_augmentation`,
 :func:`check_postprocessor`, :func:`check_competition`, :func:`check_submission_format` (a
-format's writer and reader agree, from a folder and from a zip). cpx runs them over every
-registered component, built-in or third-party (``tests/test_contracts.py``); a plugin author
-runs them over their own::
+format's writer and reader agree, from a folder and from a zip), :func:`check_metric`. cpx runs
+them over every registered component, built-in or third-party (``tests/test_contracts.py``); a
+plugin author runs them over their own::
 
     import pytest
     from cpx.kernel.manager import create_plugin_host
@@ -114,8 +114,13 @@ def check_options(entry: Entry) -> None:
 
 
 def check_model(entry: Entry, num_classes: int = 19, max_params: Optional[int] = None,
-                size: tuple[int, int] = (64, 48)) -> torch.nn.Module:
-    """The model contract of :func:`cpx.kernel.hookspecs.register_models`, on default options.
+                size: tuple[int, int] = (64, 48), in_channels: int = 3) -> torch.nn.Module:
+    """The model contract of :func:`cpx.kernel.hookspecs.register_models`, on default options,
+    for images of ``in_channels`` bands.
+
+    A factory that takes the keyword ``in_channels`` gets it, as training passes the
+    competition's ``channels``; one that does not takes RGB only, so checking it at another
+    band count fails with that reason.
 
     Checks: logits ``B x num_classes x H x W`` (float32, finite) for float images at two sizes;
     backward reaches every parameter; a bf16-autocast, channels-last training step (how cpx
@@ -124,14 +129,20 @@ def check_model(entry: Entry, num_classes: int = 19, max_params: Optional[int] =
     torch and the standard library whose builder rebuilds the same network. Returns the model.
     """
     check_options(entry)
-    torch.manual_seed(0)
-    model = entry.create({}, num_classes)
     what = f"model {entry.name}"
+    torch.manual_seed(0)
+    if entry.accepts("in_channels"):
+        model = entry.create({}, num_classes, in_channels=in_channels)
+    else:
+        assert in_channels == 3, \
+            f"{what}: its factory takes no in_channels keyword, so it cannot build a model for {in_channels} bands"
+        model = entry.create({}, num_classes)
     assert isinstance(model, torch.nn.Module), f"{what}: the factory returned {type(model).__name__}, not an nn.Module"
     h, w = size
+    c = in_channels
     model.eval()
     with torch.no_grad():
-        for shape in ((2, 3, h, w), (1, 3, h + 8, w - 8)):
+        for shape in ((2, c, h, w), (1, c, h + 8, w - 8)):
             out = model(torch.rand(*shape))
             assert tuple(out.shape) == (shape[0], num_classes, *shape[2:]), \
                 f"{what}: input {tuple(shape)} gave {tuple(out.shape)}, expected logits at the input size"
@@ -141,7 +152,7 @@ def check_model(entry: Entry, num_classes: int = 19, max_params: Optional[int] =
         assert count < max_params, f"{what}: {count:,} parameters, the cap is fewer than {max_params:,}"
     coarse = getattr(model, "forward_coarse", None)
     if coarse is not None:
-        x = torch.rand(1, 3, h + 8, w - 8)
+        x = torch.rand(1, c, h + 8, w - 8)
         with torch.no_grad():
             small, full = coarse(x), model(x)
         assert small.dtype == torch.float32, f"{what}: forward_coarse must return float32"
@@ -149,7 +160,7 @@ def check_model(entry: Entry, num_classes: int = 19, max_params: Optional[int] =
                                    full, msg=f"{what}: forward_coarse resized is not forward")
     trained = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
     trained.zero_grad(set_to_none=True)
-    x = torch.rand(2, 3, h, w).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, c, h, w).contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = trained(x)
     F.cross_entropy(out.float(), torch.randint(0, num_classes, (2, h, w))).backward()
@@ -159,15 +170,15 @@ def check_model(entry: Entry, num_classes: int = 19, max_params: Optional[int] =
         f"{what}: non-finite gradients in a bf16 training step"
     source = getattr(model, "cpx_source", None)
     if source is not None:
-        check_model_source(model, what)
+        check_model_source(model, what, in_channels)
     return model
 
 
-def check_model_source(model: torch.nn.Module, what: str = "model") -> None:
+def check_model_source(model: torch.nn.Module, what: str = "model", in_channels: int = 3) -> None:
     """``model.cpx_source = (arch_file, builder_name, kwargs)`` rebuilds ``model`` standalone:
     the file imports only torch and the standard library, and ``builder(**kwargs)`` loads the
-    model's state_dict and gives the same logits. This is what ``cpx package`` copies into a
-    submission's ``solution/``."""
+    model's state_dict and gives the same logits on images of ``in_channels`` bands. This is
+    what ``cpx package`` copies into a submission's ``solution/``."""
     source = model.cpx_source
     assert isinstance(source, tuple) and len(source) == 3, f"{what}: cpx_source must be (arch_file, builder, kwargs)"
     arch_file, builder, kwargs = source
@@ -181,7 +192,7 @@ def check_model_source(model: torch.nn.Module, what: str = "model") -> None:
     spec.loader.exec_module(module)
     rebuilt = getattr(module, builder)(**kwargs).eval()
     rebuilt.load_state_dict(model.state_dict())
-    x = torch.rand(1, 3, 40, 32)
+    x = torch.rand(1, in_channels, 40, 32)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model.eval()(x), msg=f"{what}: the standalone rebuild differs")
 
@@ -189,7 +200,8 @@ def check_model_source(model: torch.nn.Module, what: str = "model") -> None:
 def check_loss(entry: Entry, num_classes: int = 19) -> None:
     """The loss contract of :func:`cpx.kernel.hookspecs.register_losses`, on default options:
     a finite float32 scalar with finite gradients for float32 and bf16 logits ``B x C x H x W``
-    and long or uint8 targets ``B x H x W``; a perfect prediction scores lower than a wrong one."""
+    and long or uint8 targets ``B x H x W``; a perfect prediction scores lower than a wrong one;
+    and, for a factory taking ``ignore_index``, :func:`check_loss_ignores`."""
     check_options(entry)
     fn = entry.create({}, num_classes)
     what = f"loss {entry.name}"
@@ -205,24 +217,61 @@ def check_loss(entry: Entry, num_classes: int = 19) -> None:
     sure = F.one_hot(target, num_classes).permute(0, 3, 1, 2).float() * 20.0
     wrong = F.one_hot((target + 1) % num_classes, num_classes).permute(0, 3, 1, 2).float() * 20.0
     assert fn(sure, target) < fn(wrong, target), f"{what}: a perfect prediction does not score lower"
+    if entry.accepts("ignore_index"):
+        check_loss_ignores(entry, num_classes)
+
+
+def check_loss_ignores(entry: Entry, num_classes: int = 19) -> None:
+    """A loss built with ``ignore_index=255`` leaves out target pixels holding 255: other logits
+    there change neither the loss nor the gradient elsewhere, their own gradient is 0, and a
+    batch of ignored pixels only gives a finite loss."""
+    from cpx.data.masks import IGNORE
+
+    fn = entry.create({}, num_classes, ignore_index=IGNORE)
+    what = f"loss {entry.name} (ignore_index={IGNORE})"
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(0, num_classes, (2, 24, 20), generator=gen)
+    target[:, :, 15:] = IGNORE
+    ignored = (target == IGNORE).unsqueeze(1).expand(-1, num_classes, -1, -1)
+    logits = torch.randn(2, num_classes, 24, 20, generator=gen)
+    results = []
+    for values in (logits, logits.masked_fill(ignored, 5.0)):
+        z = values.clone().requires_grad_(True)
+        loss = fn(z, target)
+        loss.backward()
+        results.append((loss.detach(), z.grad))
+    (loss, grad), (other_loss, other_grad) = results
+    assert torch.isfinite(loss), f"{what}: non-finite loss"
+    torch.testing.assert_close(other_loss, loss, msg=f"{what}: logits at ignored pixels change the loss")
+    torch.testing.assert_close(other_grad, grad, msg=f"{what}: logits at ignored pixels change the gradient")
+    assert (grad[ignored] == 0).all(), f"{what}: ignored pixels get a gradient"
+    z = logits.clone().requires_grad_(True)
+    empty = fn(z, torch.full_like(target, IGNORE))
+    empty.backward()
+    assert torch.isfinite(empty) and torch.isfinite(z.grad).all(), f"{what}: a wholly ignored batch is not finite"
 
 
 def check_augmentation(entry: Entry, competition: Competition) -> None:
     """The augmentation contract of :func:`cpx.kernel.hookspecs.register_augmentations`:
-    shapes and dtypes kept, images in [0, 1], masks hold only class ids, the same seed gives
-    the same batch."""
+    on images of the competition's ``channels`` bands and masks with some ignored pixels,
+    shapes and dtypes kept, images in [0, 1], masks hold only class ids and
+    :data:`cpx.data.masks.IGNORE`, the same seed gives the same batch."""
+    from cpx.data.masks import IGNORE
+
     check_options(entry)
     augment = entry.create({}, competition)
     what = f"augmentation {entry.name}"
     gen = torch.Generator().manual_seed(0)
-    images = torch.rand(3, 3, 40, 48, generator=gen)
+    images = torch.rand(3, competition.channels, 40, 48, generator=gen)
     masks = torch.randint(0, competition.num_classes, (3, 40, 48), generator=gen)
+    masks[:, :, -6:] = IGNORE  # as letterboxing pads a wide image
     torch.manual_seed(7)
     out_images, out_masks = augment(images, masks)
     assert out_images.shape == images.shape and out_images.dtype == images.dtype, f"{what}: image shape/dtype changed"
     assert out_masks.shape == masks.shape and out_masks.dtype == masks.dtype, f"{what}: mask shape/dtype changed"
     assert 0 <= float(out_images.min()) and float(out_images.max()) <= 1, f"{what}: images left [0, 1]"
-    assert set(out_masks.unique().tolist()) <= set(range(competition.num_classes)), f"{what}: unknown class ids"
+    assert set(out_masks.unique().tolist()) <= set(range(competition.num_classes)) | {IGNORE}, \
+        f"{what}: ids that are neither class ids nor IGNORE ({IGNORE})"
     torch.manual_seed(7)
     again = augment(images, masks)
     assert torch.equal(again[0], out_images) and torch.equal(again[1], out_masks), f"{what}: not reproducible"

@@ -1,7 +1,8 @@
 """Built-in batch augmentations: mirror, one random affine per sample, colour, blur and noise.
 
 They run on whole batches of tensors (on whatever device the batch lives on) and transform
-images and masks together:
+images ``B x C x H x W`` (C the competition's ``channels``: 1 for grey, 3 for RGB, 4 for RGB +
+near-infrared, ...) and masks ``B x H x W`` together:
 
 * A horizontal flip also swaps the competition's left/right classes in the mask; mirroring a
   face without relabelling teaches the model that a left eye may be labelled right.
@@ -16,9 +17,17 @@ images and masks together:
   the training size), which fully convolutional models take in their stride.
 * Areas brought in from outside the frame are 0 in the image and class 0 (background) in the
   mask. Reflect padding was rejected: it mirrors the border region, so a reflected eye or ear
-  would carry the wrong left/right label.
+  would carry the wrong left/right label. Ignored pixels (``IGNORE = 255``: letterbox padding,
+  a competition's ignore index) inside the frame stay ignored: nearest sampling only copies
+  ids, and the left/right swap table maps 255 to itself.
 * Colour, blur and noise touch the image only, and run before the warp so the padded border
-  stays exactly 0.
+  stays exactly 0. Blur and noise treat every band alike. Colour jitter (brightness,
+  contrast, saturation, hue) models how a camera renders visible colour, so with three bands
+  or more it changes the first three, taken as RGB, and leaves the others (near-infrared,
+  elevation, ...) as they are: those bands measure other quantities, and scaling them with the
+  RGB factors would change the ratios between bands (NDVI, for one) that a model may rely on.
+  With one or two bands there is no colour: brightness and contrast apply to each band as to a
+  grey image (the same factors for every band of a sample), saturation and hue not at all.
 
 All randomness comes from torch's global RNG (parameters are drawn on the CPU generator,
 noise on the batch's device), so seeding it reproduces an epoch exactly.
@@ -114,7 +123,8 @@ StrongAugmentOptions = _preset_options(
 
 
 class BatchAugment(nn.Module):
-    """``forward(images, masks)`` on ``B x 3 x H x W`` float images and ``B x H x W`` integer masks."""
+    """``forward(images, masks)`` on ``B x C x H x W`` float images in [0, 1] (any number of
+    bands C) and ``B x H x W`` integer masks (class ids, and IGNORE at ignored pixels)."""
 
     def __init__(self, options: AugmentOptions, competition: Optional[Any] = None):
         super().__init__()
@@ -124,6 +134,8 @@ class BatchAugment(nn.Module):
         self.warps = o.rotation > 0 or o.scale != (1.0, 1.0) or o.translate > 0 or self.crops
         self.color = (K.ColorJitter(o.brightness, o.contrast, o.saturation, o.hue, p=1.0)
                       if (o.brightness or o.contrast or o.saturation or o.hue) else None)
+        # one or two bands: no colour, so only the grey-image steps (see the module docstring)
+        self.grey = K.ColorJitter(o.brightness, o.contrast, p=1.0) if (o.brightness or o.contrast) else None
         if o.blur > 0:
             # +-3 sigma holds 99.7% of the kernel's mass; an odd size keeps it centred
             size = 2 * math.ceil(3 * o.blur_sigma[1]) + 1
@@ -164,7 +176,7 @@ class BatchAugment(nn.Module):
         flipped = torch.rand(batch) < o.flip
 
         if self.color is not None:
-            x = self.color(x)
+            x = self._jitter(x)
         if self.blur is not None:
             x = self.blur(x)
         if o.noise:
@@ -192,6 +204,20 @@ class BatchAugment(nn.Module):
             m = m.index_copy(0, rows, swapped)
 
         return x.to(images.dtype), m
+
+    def _jitter(self, x: torch.Tensor) -> torch.Tensor:
+        """Colour jitter of the first three bands as RGB, or of each of one or two grey bands."""
+        bands = x.shape[1]
+        if bands == 3:
+            return self.color(x)
+        if bands > 3:
+            return torch.cat([self.color(x[:, :3]), x[:, 3:]], 1)
+        if self.grey is None:
+            return x
+        first = self.grey(x[:, :1])
+        # replaying the parameters drawn for the first band gives each band the same factors
+        rest = [self.grey(x[:, i:i + 1], params=self.grey._params) for i in range(1, bands)]
+        return torch.cat([first, *rest], 1)
 
     def _sampling_grid(self, batch: int, height: int, width: int, flipped: torch.Tensor,
                        device: torch.device, out_size: Optional[tuple[int, int]] = None) -> torch.Tensor:

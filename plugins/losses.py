@@ -9,6 +9,17 @@ Each loss keeps the detached value of its last call; ``last_terms`` turns them i
 when someone reads it, so a trainer that logs every N steps pays for one device sync per log,
 not one per step.
 
+Ignored pixels
+--------------
+Every loss takes ``ignore_index`` (the trainer passes cpx's ``IGNORE = 255``, which marks the
+padding of letterboxed images and a competition's ``masks.ignore_index``): pixels holding it
+add nothing to the loss or to its gradient, and every normalisation counts only the other
+pixels, as ``F.cross_entropy(ignore_index=...)`` does (a weighted mean over the kept pixels).
+A batch with no kept pixel scores 0. Without ``ignore_index``, a target id outside
+``0..C-1`` is a ``ValueError`` rather than an out-of-range index deep inside a gather; that
+check reads one boolean per term and call (on a GPU, a device sync per step, which is cheap
+next to an opaque device-side assert).
+
 Class weights from the data
 ---------------------------
 ``class_weights`` takes a list (one weight per class) or the name of a scheme computed from
@@ -204,34 +215,98 @@ def _weight_tensor(values: Optional[ClassWeights], num_classes: int,
     return torch.tensor(values, dtype=torch.float32)
 
 
+# --- ignored pixels ---
+
+
+def kept_pixels(target: torch.Tensor, num_classes: int, ignore_index: Optional[int] = None,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(target, keep)``: the target with ignored pixels relabelled 0, and ``keep``, ``B x H x W``
+    of ``dtype``, 1 at the other pixels and 0 at ignored ones (``None`` without ``ignore_index``).
+
+    Relabelling lets gathers, scatters and bincounts index every pixel safely; each term then
+    multiplies by ``keep`` so the stand-in id adds nothing. Raises ``ValueError`` when the
+    target holds an id that is neither a class id (``0..num_classes-1``) nor ``ignore_index``.
+    """
+    outside = (target < 0) | (target >= num_classes)
+    ignored = None if ignore_index is None else target == ignore_index
+    if ignored is not None:
+        outside &= ~ignored
+    # one reduction per call (a device sync on a GPU) buys an error that names the bad id;
+    # an out-of-range gather would fail, on a GPU, as an opaque device-side assert
+    if bool(outside.any()):
+        bad = int(target[outside][0])
+        hint = (f" nor the ignore index {ignore_index}" if ignore_index is not None else
+                "; pass ignore_index (cpx marks ignored pixels 255) if that id marks pixels to ignore")
+        raise ValueError(f"target holds id {bad}, which is not a class id of {num_classes}-class logits "
+                         f"(0..{num_classes - 1}){hint}")
+    if ignored is None:
+        return target, None
+    return target.masked_fill(ignored, 0), (~ignored).to(dtype)
+
+
+def _masked_mean(values: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """``sum(weights * values) / sum(weights)``; 0, not 0/0, when every weight is 0."""
+    if weights is None:
+        return values.mean()
+    return (weights * values).sum() / weights.sum().clamp_min(1e-12)
+
+
+def _pixel_weights(target: torch.Tensor, keep: Optional[torch.Tensor],
+                   weight: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Each pixel's share of a weighted mean: its class weight, times 0 when ignored."""
+    if weight is None:
+        return keep
+    w = weight[target]
+    return w if keep is None else w * keep
+
+
 # --- the terms, on float32 logits ---
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                  label_smoothing: float = 0.0) -> torch.Tensor:
-    return F.cross_entropy(logits, target, weight=weight, label_smoothing=label_smoothing)
+                  label_smoothing: float = 0.0, ignore_index: Optional[int] = None) -> torch.Tensor:
+    """``F.cross_entropy``; with ``ignore_index``, 0 rather than NaN when every pixel is ignored."""
+    if ignore_index is None:
+        kept_pixels(target, logits.shape[1])
+        return F.cross_entropy(logits, target, weight=weight, label_smoothing=label_smoothing)
+    safe, keep = kept_pixels(target, logits.shape[1], ignore_index, logits.dtype)
+    # a sum over the kept pixels divided by their summed weights is F.cross_entropy's mean,
+    # without its 0/0 when nothing is kept
+    total = F.cross_entropy(logits, target, weight=weight, label_smoothing=label_smoothing,
+                            ignore_index=ignore_index, reduction="sum")
+    return total / _pixel_weights(safe, keep, weight).sum().clamp_min(1e-12)
 
 
-def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
+              ignore_index: Optional[int] = None) -> torch.Tensor:
     """1 - mean over classes of the Dice score, each class pooled over the whole batch.
 
     The readable definition: training uses :func:`ce_dice`, which computes the same value and
     gradient faster and is tested against this.
 
     Pooling over the batch rather than per image keeps small parts (ears, eyes) that are absent
-    from one image from yielding a meaningless 0/0 score.
+    from one image from yielding a meaningless 0/0 score. Ignored pixels count in no class's
+    sums, neither as target nor as prediction.
     """
     num_classes = logits.shape[1]
+    target, keep = kept_pixels(target, num_classes, ignore_index, logits.dtype)
     probs = logits.softmax(dim=1)
     flat_target = target.reshape(-1)
     # the intersection only needs each pixel's probability of its own class, which avoids
     # materialising a B x C x H x W one-hot target
     own = probs.gather(1, target.unsqueeze(1)).reshape(-1)
+    if keep is None:
+        target_count = torch.bincount(flat_target, minlength=num_classes).to(probs.dtype)
+        prob_sum = probs.sum(dim=(0, 2, 3))
+    else:
+        own = own * keep.reshape(-1)
+        target_count = probs.new_zeros(num_classes).scatter_add(0, flat_target, keep.reshape(-1))
+        prob_sum = (probs * keep.unsqueeze(1)).sum(dim=(0, 2, 3))
     intersection = probs.new_zeros(num_classes).scatter_add(0, flat_target, own)
-    target_count = torch.bincount(flat_target, minlength=num_classes).to(probs.dtype)
-    prob_sum = probs.sum(dim=(0, 2, 3))
     dice = (2 * intersection + smooth) / (prob_sum + target_count + smooth).clamp_min(1e-7)
-    return 1 - dice.mean()
+    loss = 1 - dice.mean()
+    # with smooth = 0 an empty batch would score 1; nothing kept is nothing to learn: 0
+    return loss if keep is None else loss * keep.amax()
 
 
 class _SoftmaxCEDice(torch.autograd.Function):
@@ -246,34 +321,58 @@ class _SoftmaxCEDice(torch.autograd.Function):
     Returns the weighted total and the two unweighted terms (these are not differentiable).
     Cross-entropy follows ``F.cross_entropy``: class weights normalise by the summed weights
     of the target pixels, and label smoothing mixes in the weighted mean of -log p over classes.
+
+    ``keep`` (``B x H x W``, 1 for kept and 0 for ignored pixels, or None for all kept) comes
+    with a ``target`` whose ignored pixels hold any class id (see :func:`kept_pixels`): it
+    scales every pixel's share of the sums, and the gradient at ignored pixels is exactly 0.
+    Ignored pixels leave the backward through the saved ``probs`` and ``own``, zeroed there.
     """
 
     @staticmethod
-    def forward(ctx, logits, target, ce_w: float, dice_w: float, weight, eps: float, smooth: float):
+    def forward(ctx, logits, target, ce_w: float, dice_w: float, weight, eps: float, smooth: float, keep):
         num_classes = logits.shape[1]
         index = target.unsqueeze(1)
         log_p = F.log_softmax(logits, dim=1)
         own_log = log_p.gather(1, index).squeeze(1)
+        if keep is not None:
+            keep = keep.to(logits.dtype)
         if weight is None:
-            pixel_w, w_sum, w_total = None, float(target.numel()), float(num_classes)
+            w_total = float(num_classes)
         else:
             weight = weight.to(logits.dtype)
-            pixel_w, w_total = weight[target], weight.sum()
-            w_sum = pixel_w.sum()
+            w_total = weight.sum()
+        pixel_w = _pixel_weights(target, keep, weight)
+        # clamped: with every pixel ignored (or of zero weight) the sums below are all 0
+        w_sum = float(target.numel()) if pixel_w is None else pixel_w.sum().clamp_min(1e-12)
         nll = -(own_log if pixel_w is None else own_log * pixel_w).sum() / w_sum
         ce = nll
         if eps:
             spread = log_p.sum(1) if weight is None else (log_p * weight.view(1, -1, 1, 1)).sum(1)
+            if keep is not None:
+                spread = spread * keep
             ce = (1 - eps) * nll - eps * spread.sum() / (w_sum * num_classes)
         probs = log_p.exp_()  # log_p is ours: reuse its memory
         own = own_log.exp()
         flat = target.reshape(-1)
+        if keep is None:
+            target_count = torch.bincount(flat, minlength=num_classes).to(probs.dtype)
+        else:
+            # Zeroing an ignored pixel's probabilities (in place, like exp_ above) takes it out
+            # of the sums here and, as every gradient term but label smoothing's is a multiple
+            # of them or of own, out of the backward too. Summing the masked map was 8x faster
+            # than a masked einsum on CPU.
+            probs.mul_(keep.unsqueeze(1))
+            own = own * keep
+            target_count = probs.new_zeros(num_classes).scatter_add_(0, flat, keep.reshape(-1))
         intersection = probs.new_zeros(num_classes).scatter_add_(0, flat, own.reshape(-1))
-        target_count = torch.bincount(flat, minlength=num_classes).to(probs.dtype)
         denom = (probs.sum(dim=(0, 2, 3)) + target_count + smooth).clamp_min(1e-7)
         per_class = (2 * intersection + smooth) / denom
         dice = 1 - per_class.mean()
-        ctx.save_for_backward(probs, target, own, pixel_w, weight, denom, per_class)
+        if keep is not None:
+            # nothing kept, nothing to learn: 0 even when smooth = 0 would make it 1 (the
+            # gradient is 0 either way, so backward needs no term for this factor)
+            dice = dice * keep.amax()
+        ctx.save_for_backward(probs, target, own, pixel_w, weight, denom, per_class, keep)
         ctx.args = (ce_w, dice_w, eps, w_sum, w_total)
         total = ce_w * ce + dice_w * dice
         ce, dice = ce.detach(), dice.detach()
@@ -282,7 +381,7 @@ class _SoftmaxCEDice(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad, _grad_ce, _grad_dice):
-        probs, target, own, pixel_w, weight, denom, per_class = ctx.saved_tensors
+        probs, target, own, pixel_w, weight, denom, per_class, keep = ctx.saved_tensors
         ce_w, dice_w, eps, w_sum, w_total = ctx.args
         num_classes = probs.shape[1]
         # d dice / d p_ic = a_c [y_i = c] + b_c; through the softmax this becomes
@@ -305,29 +404,34 @@ class _SoftmaxCEDice(torch.autograd.Function):
         out.scatter_add_(1, target.unsqueeze(1), beta.unsqueeze(1))
         if eps:
             w = torch.ones_like(b) if weight is None else weight
-            out.sub_((eps * ce_w * grad / (num_classes * w_sum)) * w.view(1, -1, 1, 1))
-        return out, None, None, None, None, None, None
+            step = (-eps * ce_w * grad / (num_classes * w_sum)) * w.view(1, -1, 1, 1)
+            if keep is None:
+                out.add_(step)
+            else:
+                # the one term that is no multiple of probs or own: masked here
+                out.addcmul_(keep.unsqueeze(1), step)
+        return out, None, None, None, None, None, None, None
 
 
 def ce_dice(logits: torch.Tensor, target: torch.Tensor, ce_weight: float, dice_weight: float,
             weight: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
-            smooth: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(ce_weight * CE + dice_weight * Dice, CE, Dice)`` in one fused pass (see ``_SoftmaxCEDice``)."""
+            smooth: float = 1.0, ignore_index: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ce_weight * CE + dice_weight * Dice, CE, Dice)`` in one fused pass (see ``_SoftmaxCEDice``),
+    the pixels holding ``ignore_index`` left out."""
+    target, keep = kept_pixels(target, logits.shape[1], ignore_index, logits.dtype)
     return _SoftmaxCEDice.apply(logits, target, float(ce_weight), float(dice_weight), weight,
-                                float(label_smoothing), float(smooth))
+                                float(label_smoothing), float(smooth), keep)
 
 
 def focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
-          weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+          weight: Optional[torch.Tensor] = None, ignore_index: Optional[int] = None) -> torch.Tensor:
     """Focal loss, normalised like weighted cross-entropy, so gamma=0 reproduces it exactly."""
+    target, keep = kept_pixels(target, logits.shape[1], ignore_index, logits.dtype)
     log_p = logits.log_softmax(dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
     loss = -log_p
     if gamma:
         loss = (1 - log_p.exp()).clamp_min(0).pow(gamma) * loss
-    if weight is None:
-        return loss.mean()
-    w = weight[target]
-    return (w * loss).sum() / w.sum().clamp_min(1e-12)
+    return _masked_mean(loss, _pixel_weights(target, keep, weight))
 
 
 def _lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
@@ -343,11 +447,18 @@ def _lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
     return torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], 1)
 
 
-def _lovasz_flat(probs: torch.Tensor, labels: torch.Tensor, classes: str) -> torch.Tensor:
-    # probs: C x N, labels: N
+def _lovasz_flat(probs: torch.Tensor, labels: torch.Tensor, classes: str,
+                 keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    # probs: C x N, labels: N, keep: N (1 kept, 0 ignored) or None
     num_classes = probs.shape[0]
     fg = (labels.unsqueeze(0) == torch.arange(num_classes, device=labels.device).unsqueeze(1)).to(probs.dtype)
     errors = (fg - probs).abs()
+    if keep is not None:
+        # An ignored pixel becomes background of every class with error 0: it sorts after
+        # every pixel with an error, so the Jaccard steps of those (the only products that
+        # are not 0) see the same counts as without it, and its constant 0 has no gradient.
+        fg = fg * keep
+        errors = errors * keep
     errors_sorted, order = errors.sort(dim=1, descending=True)
     per_class = (errors_sorted * _lovasz_grad(fg.gather(1, order))).sum(1)
     if classes == "present":
@@ -359,21 +470,29 @@ def _lovasz_flat(probs: torch.Tensor, labels: torch.Tensor, classes: str) -> tor
 
 
 def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, per_image: bool = False,
-                   classes: str = "present") -> torch.Tensor:
+                   classes: str = "present", ignore_index: Optional[int] = None) -> torch.Tensor:
     """Lovasz-softmax loss (Berman, Rannen Triki, Blaschko, CVPR 2018): for each class, the
     Lovasz extension of the Jaccard loss applied to the errors ``|[y = c] - p_c|``, averaged
-    over the classes present (or all). All classes are sorted at once (one ``C x N`` sort)."""
+    over the classes present (or all). All classes are sorted at once (one ``C x N`` sort).
+    ``per_image`` averages over the images with at least one pixel not ignored."""
+    c = logits.shape[1]
+    target, keep = kept_pixels(target, c, ignore_index, logits.dtype)
     probs = logits.softmax(1)
-    c = probs.shape[1]
     if per_image:
-        values = [_lovasz_flat(p.reshape(c, -1), t.reshape(-1), classes) for p, t in zip(probs, target)]
-        return torch.stack(values).mean()
-    return _lovasz_flat(probs.transpose(0, 1).reshape(c, -1), target.reshape(-1), classes)
+        masks = [None] * len(probs) if keep is None else [k.reshape(-1) for k in keep]
+        values = torch.stack([_lovasz_flat(p.reshape(c, -1), t.reshape(-1), classes, k)
+                              for p, t, k in zip(probs, target, masks)])
+        if keep is None:
+            return values.mean()
+        # a wholly ignored image has nothing to score; counting its 0 would dilute the others
+        return _masked_mean(values, keep.flatten(1).amax(1))
+    flat_keep = None if keep is None else keep.reshape(-1)
+    return _lovasz_flat(probs.transpose(0, 1).reshape(c, -1), target.reshape(-1), classes, flat_keep)
 
 
 def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, threshold: Optional[float] = 0.7,
                        keep_fraction: Optional[float] = None, min_kept: int = 1,
-                       weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+                       weight: Optional[torch.Tensor] = None, ignore_index: Optional[int] = None) -> torch.Tensor:
     """Cross-entropy over the hardest pixels only (online hard example mining).
 
     Keeps the ``k`` pixels of highest cross-entropy, ``k = max(min_kept, pixels whose
@@ -381,53 +500,79 @@ def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, threshold: Op
     pixel. Since cross-entropy falls as that probability rises, the pixels under the threshold
     are exactly the hardest ones, so every rule selects from the same ranking. The kept pixels
     are averaged like weighted cross-entropy (normalised by their summed class weights).
+    Ignored pixels are never selected, and "pixels" above counts only the others.
     """
+    target, keep = kept_pixels(target, logits.shape[1], ignore_index, logits.dtype)
     nll = F.cross_entropy(logits, target, reduction="none").reshape(-1)
-    n = nll.numel()
+    flat_target = target.reshape(-1)
+    rank = nll.detach()
+    if keep is None:
+        n = nll.numel()
+    else:
+        flat_keep = keep.reshape(-1) > 0
+        n = int(flat_keep.sum())
+        if n == 0:
+            return (nll * 0).sum()  # nothing kept: 0, still part of the graph
+        # ignored pixels rank below every kept one, so a top-k with k <= n never picks them
+        rank = rank.masked_fill(~flat_keep, -math.inf)
     k = min_kept
     if threshold is not None:
-        k = max(k, int((nll.detach() > -math.log(threshold)).sum()))
+        hard = rank > -math.log(threshold)
+        k = max(k, int(hard.sum()))
     if keep_fraction is not None:
         k = max(k, math.ceil(keep_fraction * n))
     k = min(k, n)
-    flat_target = target.reshape(-1)
-    if k < n:
-        index = nll.detach().topk(k, sorted=False).indices
+    if k < nll.numel():
+        index = rank.topk(k, sorted=False).indices
         nll, flat_target = nll[index], flat_target[index]
-    if weight is None:
-        return nll.mean()
-    w = weight[flat_target]
-    return (w * nll).sum() / w.sum().clamp_min(1e-12)
+    return _masked_mean(nll, None if weight is None else weight[flat_target])
 
 
-def boundary_band(target: torch.Tensor, width: int) -> torch.Tensor:
+def boundary_band(target: torch.Tensor, width: int, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``B x H x W`` bool: pixels with a pixel of another class within ``width`` pixels
-    (a ``2 width + 1`` square window), from a max-pool dilation and erosion of the labels."""
+    (a ``2 width + 1`` square window), from a max-pool dilation and erosion of the labels.
+
+    With ``keep`` (1 kept, 0 ignored), only kept pixels count, as centres and as neighbours:
+    the edge of an ignored area (letterbox padding, an unlabelled region) is no class edge.
+    """
     labels = target.unsqueeze(1).float()
     k = 2 * width + 1
-    dilated = F.max_pool2d(labels, k, 1, width)
-    eroded = -F.max_pool2d(-labels, k, 1, width)
-    return (dilated != eroded).squeeze(1)
+    if keep is None:
+        dilated = F.max_pool2d(labels, k, 1, width)
+        eroded = -F.max_pool2d(-labels, k, 1, width)
+        return (dilated != eroded).squeeze(1)
+    kept = keep.unsqueeze(1) > 0
+    # an ignored pixel takes -inf for the maximum and +inf for the minimum, so it decides
+    # neither; a kept centre always has its own id in its window, so both stay finite there
+    dilated = F.max_pool2d(labels.masked_fill(~kept, -math.inf), k, 1, width)
+    eroded = -F.max_pool2d(-labels.masked_fill(~kept, math.inf), k, 1, width)
+    return ((dilated != eroded) & kept).squeeze(1)
 
 
 def boundary_cross_entropy(logits: torch.Tensor, target: torch.Tensor, width: int = 2, band_weight: float = 5.0,
-                           weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           weight: Optional[torch.Tensor] = None, ignore_index: Optional[int] = None) -> torch.Tensor:
     """Cross-entropy with pixels in the band around label edges weighted ``band_weight`` times
-    (times their class weight), normalised by the summed pixel weights."""
+    (times their class weight), normalised by the summed pixel weights (see :func:`boundary_band`
+    for ignored pixels)."""
+    target, keep = kept_pixels(target, logits.shape[1], ignore_index, logits.dtype)
     nll = F.cross_entropy(logits, target, reduction="none")
-    w = 1.0 + (band_weight - 1.0) * boundary_band(target, width).to(nll.dtype)
+    w = 1.0 + (band_weight - 1.0) * boundary_band(target, width, keep).to(nll.dtype)
     if weight is not None:
         w = w * weight[target]
+    if keep is not None:
+        w = w * keep
     return (w * nll).sum() / w.sum().clamp_min(1e-12)
 
 
 class _Loss(nn.Module):
-    """Shared plumbing: float32 inputs outside autocast, and lazily read term values."""
+    """Shared plumbing: float32 inputs outside autocast, lazily read term values, and the
+    ignore index every term leaves out (None: every pixel counts)."""
 
-    def __init__(self, class_weights: Optional[torch.Tensor] = None):
+    def __init__(self, class_weights: Optional[torch.Tensor] = None, ignore_index: Optional[int] = None):
         super().__init__()
         # a buffer follows .to(device) with the rest of the training state
         self.register_buffer("class_weights", class_weights, persistent=False)
+        self.ignore_index = ignore_index
         self._last: dict[str, torch.Tensor] = {}
 
     @property
@@ -447,63 +592,71 @@ class _Loss(nn.Module):
 
 
 class CrossEntropyLoss(_Loss):
-    def __init__(self, options: CEOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
-        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
+    def __init__(self, options: CEOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None,
+                 ignore_index: Optional[int] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies), ignore_index)
         self.label_smoothing = options.label_smoothing
 
     def compute(self, logits, target, weight):
-        value = cross_entropy(logits, target, weight, self.label_smoothing)
+        value = cross_entropy(logits, target, weight, self.label_smoothing, self.ignore_index)
         return {"ce": value}, value
 
 
 class DiceLoss(_Loss):
-    def __init__(self, options: DiceOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
-        super().__init__()
+    def __init__(self, options: DiceOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None,
+                 ignore_index: Optional[int] = None):
+        super().__init__(ignore_index=ignore_index)
         self.smooth = options.smooth
 
     def compute(self, logits, target, weight):
-        value, _, dice = ce_dice(logits, target, 0.0, 1.0, smooth=self.smooth)
+        value, _, dice = ce_dice(logits, target, 0.0, 1.0, smooth=self.smooth, ignore_index=self.ignore_index)
         return {"dice": dice}, value
 
 
 class FocalLoss(_Loss):
-    def __init__(self, options: FocalOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
-        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
+    def __init__(self, options: FocalOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None,
+                 ignore_index: Optional[int] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies), ignore_index)
         self.gamma = options.gamma
 
     def compute(self, logits, target, weight):
-        value = focal(logits, target, self.gamma, weight)
+        value = focal(logits, target, self.gamma, weight, self.ignore_index)
         return {"focal": value}, value
 
 
 class LovaszLoss(_Loss):
-    def __init__(self, options: LovaszOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
-        super().__init__()
+    def __init__(self, options: LovaszOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None,
+                 ignore_index: Optional[int] = None):
+        super().__init__(ignore_index=ignore_index)
         self.options = options
 
     def compute(self, logits, target, weight):
-        value = lovasz_softmax(logits, target, self.options.per_image, self.options.classes)
+        value = lovasz_softmax(logits, target, self.options.per_image, self.options.classes, self.ignore_index)
         return {"lovasz": value}, value
 
 
 class OHEMLoss(_Loss):
-    def __init__(self, options: OHEMOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
-        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
+    def __init__(self, options: OHEMOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None,
+                 ignore_index: Optional[int] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies), ignore_index)
         self.options = options
 
     def compute(self, logits, target, weight):
         o = self.options
-        value = ohem_cross_entropy(logits, target, o.threshold, o.keep_fraction, o.min_kept, weight)
+        value = ohem_cross_entropy(logits, target, o.threshold, o.keep_fraction, o.min_kept, weight,
+                                   self.ignore_index)
         return {"ohem": value}, value
 
 
 class BoundaryLoss(_Loss):
-    def __init__(self, options: BoundaryOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
-        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
+    def __init__(self, options: BoundaryOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None,
+                 ignore_index: Optional[int] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies), ignore_index)
         self.options = options
 
     def compute(self, logits, target, weight):
-        value = boundary_cross_entropy(logits, target, self.options.width, self.options.band_weight, weight)
+        value = boundary_cross_entropy(logits, target, self.options.width, self.options.band_weight, weight,
+                                       self.ignore_index)
         return {"boundary": value}, value
 
 
@@ -511,35 +664,37 @@ _TERMS = ("ce", "dice", "focal", "lovasz", "ohem", "boundary")
 
 
 class CombinedLoss(_Loss):
-    def __init__(self, options: CombinedOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None):
-        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies))
+    def __init__(self, options: CombinedOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None,
+                 ignore_index: Optional[int] = None):
+        super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies), ignore_index)
         self.options = options
 
     def compute(self, logits, target, weight):
         o = self.options
+        ignore = self.ignore_index
         terms: dict[str, torch.Tensor] = {}
         total = 0
         if o.dice:  # CE and Dice share one softmax (see _SoftmaxCEDice): the fast path
             total, ce, terms["dice"] = ce_dice(logits, target, o.ce, o.dice, weight, o.label_smoothing,
-                                               o.dice_smooth)
+                                               o.dice_smooth, ignore)
             if o.ce:
                 terms["ce"] = ce
         elif o.ce:
-            terms["ce"] = cross_entropy(logits, target, weight, o.label_smoothing)
+            terms["ce"] = cross_entropy(logits, target, weight, o.label_smoothing, ignore)
             total = o.ce * terms["ce"]
         if o.focal:
-            terms["focal"] = focal(logits, target, o.focal_gamma, weight)
+            terms["focal"] = focal(logits, target, o.focal_gamma, weight, ignore)
             total = total + o.focal * terms["focal"]
         if o.lovasz:
-            terms["lovasz"] = lovasz_softmax(logits, target, o.lovasz_per_image)
+            terms["lovasz"] = lovasz_softmax(logits, target, o.lovasz_per_image, ignore_index=ignore)
             total = total + o.lovasz * terms["lovasz"]
         if o.ohem:
             terms["ohem"] = ohem_cross_entropy(logits, target, o.ohem_threshold, o.ohem_keep_fraction,
-                                               o.ohem_min_kept, weight)
+                                               o.ohem_min_kept, weight, ignore)
             total = total + o.ohem * terms["ohem"]
         if o.boundary:
             terms["boundary"] = boundary_cross_entropy(logits, target, o.boundary_width, o.boundary_band_weight,
-                                                       weight)
+                                                       weight, ignore)
             total = total + o.boundary * terms["boundary"]
         return {name: terms[name] for name in _TERMS if name in terms}, total
 

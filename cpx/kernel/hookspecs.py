@@ -52,7 +52,7 @@ class RegisterModel(Protocol):
 
     def __call__(self, name: str, factory: ModelFactory, options: Optional[type[BaseModel]] = None,
                  description: str = "") -> None:
-        """Register a model factory ``factory(options, num_classes) -> nn.Module``."""
+        """Register a model factory ``factory(options, num_classes[, in_channels=C]) -> nn.Module``."""
 
 
 class RegisterLoss(Protocol):
@@ -60,7 +60,8 @@ class RegisterLoss(Protocol):
 
     def __call__(self, name: str, factory: LossFactory, options: Optional[type[BaseModel]] = None,
                  description: str = "") -> None:
-        """Register a loss factory ``factory(options, num_classes) -> loss(logits, target)``."""
+        """Register a loss factory ``factory(options, num_classes[, class_frequencies=..., ignore_index=255])
+        -> loss(logits, target)``."""
 
 
 class RegisterAugmentation(Protocol):
@@ -128,7 +129,11 @@ def register_models(register: RegisterModel) -> None:
 
     :param register: ``register(name, factory, options=OptionsModel, description="")``.
         ``factory(options, num_classes)`` returns an ``nn.Module`` mapping float images
-        ``B x 3 x H x W`` in [0, 1] to logits ``B x num_classes x H x W`` (any H, W).
+        ``B x C x H x W`` in [0, 1] to logits ``B x num_classes x H x W`` (any H, W), where C
+        is the competition's ``channels`` (3 for RGB; 1 for grey, 4 for RGB + near-infrared,
+        ...). A factory that also takes the keyword ``in_channels`` gets C and builds its
+        first layer for that many bands; a factory without it builds models for RGB (C = 3)
+        only. With three bands or more, the first three are RGB.
 
     Optional attributes of the returned module that cpx uses when present:
 
@@ -147,7 +152,8 @@ def register_models(register: RegisterModel) -> None:
 
         @hookimpl
         def register_models(register):
-            register("tiny", lambda options, num_classes: Tiny(num_classes), options=TinyOptions)
+            register("tiny", lambda options, num_classes, in_channels=3: Tiny(num_classes, in_channels),
+                     options=TinyOptions)
     """
 
 
@@ -160,7 +166,13 @@ def register_losses(register: RegisterLoss) -> None:
         scalar tensor; ``target`` holds class ids, ``B x H x W`` (long). A factory that also
         takes the keyword ``class_frequencies`` gets, in training, the share of the training
         masks' pixels of each class (a list of ``num_classes`` floats summing to 1), for class
-        weights computed from the data (``class_weights: sqrt-inverse-frequency``).
+        weights computed from the data (``class_weights: sqrt-inverse-frequency``). A factory
+        that takes the keyword ``ignore_index`` gets ``255`` (:data:`cpx.data.masks.IGNORE`):
+        target pixels holding it (letterbox padding, a competition's ``masks.ignore_index``)
+        must add nothing to the loss or its gradient, normalisations counting only the others,
+        as ``F.cross_entropy(ignore_index=255)`` does. A factory without the keyword may still
+        get targets holding 255 (letterboxed images), so a loss that cannot ignore pixels
+        should say so (a ``ValueError``) rather than index with 255.
 
     Example::
 
@@ -176,10 +188,12 @@ def register_augmentations(register: RegisterAugmentation) -> None:
 
     :param register: ``register(name, factory, options=OptionsModel, description="")``.
         ``factory(options, competition)`` returns an ``nn.Module`` whose
-        ``forward(images, masks)`` takes float images ``B x 3 x H x W`` in [0, 1] and long
-        masks ``B x H x W`` and returns both transformed, at ``H x W`` or (random crops) at
-        another size shared by images and masks. The competition gives the left/right class
-        pairs a horizontal flip must swap.
+        ``forward(images, masks)`` takes float images ``B x C x H x W`` in [0, 1] (C the
+        competition's ``channels``) and long masks ``B x H x W`` and returns both transformed,
+        at ``H x W`` or (random crops) at another size shared by images and masks. Masks hold
+        class ids and ``255`` (:data:`cpx.data.masks.IGNORE`) at ignored pixels, which must
+        stay ``255`` wherever they land. The competition gives the left/right class pairs a
+        horizontal flip must swap.
 
     Example::
 

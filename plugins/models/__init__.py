@@ -7,6 +7,12 @@ them: validated options, factories and registration.
 
 Standalone source
 -----------------
+Every factory takes ``in_channels`` (keyword, default 3), the competition's image bands, and
+builds the model's first convolution for that many; the parameter counts in the options'
+docstrings are at 3 bands (RGB). Each band is normalised before the stem: the first three as
+RGB with ImageNet's statistics, any other with their average (``_band_statistics`` in the
+arch files).
+
 Every model a factory returns carries ``model.cpx_source``, a tuple
 ``(arch_file, builder_name, kwargs)``: the absolute path of the arch file, the name of the
 builder function in it and the keyword arguments (JSON-friendly: lists, numbers, booleans)
@@ -15,6 +21,9 @@ that rebuild the same network, so a packaging step can write::
     from <copied arch file> import <builder_name>
     model = <builder_name>(**kwargs)
     model.load_state_dict(weights)
+
+The kwargs hold ``in_channels`` only when it is not 3, so an RGB model writes the same
+``model.json`` as before the keyword existed, and kwargs saved then rebuild it unchanged.
 
 ``ARCH_SOURCES`` maps each model name to ``(arch_file, builder_name)`` for callers that
 need the file before building a model.
@@ -58,6 +67,13 @@ def _attach_source(model, name: str, kwargs: dict) -> Any:
     arch_file, builder = ARCH_SOURCES[name]
     model.cpx_source = (arch_file, builder, {k: _plain(v) for k, v in kwargs.items()})
     return model
+
+
+def _with_bands(kwargs: dict, in_channels: int) -> dict:
+    # RGB, the builders' default, stays out of the kwargs (see the module docstring)
+    if in_channels != 3:
+        kwargs["in_channels"] = in_channels
+    return kwargs
 
 
 class MSFOptions(BaseModel):
@@ -149,38 +165,37 @@ class DLV3PSmallOptions(DLV3POptions):
     decoder_channels: Pair = Field((24, 64), description="Decoder widths at 1/2 and at 1/4 resolution.")
 
 
-def _msf_kwargs(options: MSFOptions, num_classes: int, lmsa: bool) -> dict:
-    kwargs = dict(num_classes=num_classes, lmsa=lmsa, **options.model_dump())
-    return kwargs
+def _msf_kwargs(options: MSFOptions, num_classes: int, lmsa: bool, in_channels: int) -> dict:
+    return _with_bands(dict(num_classes=num_classes, lmsa=lmsa, **options.model_dump()), in_channels)
 
 
-def create_msf(options: MSFOptions, num_classes: int):
+def create_msf(options: MSFOptions, num_classes: int, in_channels: int = 3):
     """MicroSegFormer: hierarchical transformer encoder with an all-MLP decoder."""
-    kwargs = _msf_kwargs(options, num_classes, lmsa=False)
+    kwargs = _msf_kwargs(options, num_classes, lmsa=False, in_channels=in_channels)
     return _attach_source(msf_arch.build_msf(**kwargs), "msf", kwargs)
 
 
-def create_msf_lmsa(options: MSFLMSAOptions, num_classes: int):
+def create_msf_lmsa(options: MSFLMSAOptions, num_classes: int, in_channels: int = 3):
     """MicroSegFormer with a Lightweight Multi-Scale Attention block after decoder fusion."""
-    kwargs = _msf_kwargs(options, num_classes, lmsa=True)
+    kwargs = _msf_kwargs(options, num_classes, lmsa=True, in_channels=in_channels)
     return _attach_source(msf_arch.build_msf(**kwargs), "msf-lmsa", kwargs)
 
 
-def create_unet(options: UNetOptions, num_classes: int):
+def create_unet(options: UNetOptions, num_classes: int, in_channels: int = 3):
     """Small U-Net baseline."""
-    kwargs = dict(num_classes=num_classes, **options.model_dump())
+    kwargs = _with_bands(dict(num_classes=num_classes, **options.model_dump()), in_channels)
     return _attach_source(unet_arch.build_unet(**kwargs), "unet", kwargs)
 
 
-def create_dlv3p(options: DLV3POptions, num_classes: int):
+def create_dlv3p(options: DLV3POptions, num_classes: int, in_channels: int = 3):
     """Compact DeepLabV3+: inverted-residual encoder, ASPP with image pooling, 1/4 and 1/2 skips."""
-    kwargs = dict(num_classes=num_classes, **options.model_dump())
+    kwargs = _with_bands(dict(num_classes=num_classes, **options.model_dump()), in_channels)
     return _attach_source(dlv3p_arch.build_dlv3p(**kwargs), "dlv3p", kwargs)
 
 
-def create_dlv3p_s(options: DLV3PSmallOptions, num_classes: int):
+def create_dlv3p_s(options: DLV3PSmallOptions, num_classes: int, in_channels: int = 3):
     """The smaller, faster width/depth variant of :func:`create_dlv3p`."""
-    kwargs = dict(num_classes=num_classes, **options.model_dump())
+    kwargs = _with_bands(dict(num_classes=num_classes, **options.model_dump()), in_channels)
     return _attach_source(dlv3p_arch.build_dlv3p(**kwargs), "dlv3p-s", kwargs)
 
 

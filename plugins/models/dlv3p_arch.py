@@ -2,12 +2,12 @@
 
 Self-contained on purpose (imports only ``torch`` and the standard library) so it can be
 copied verbatim into a competition submission as the model source. Build a model with
-:func:`build_dlv3p`; it maps float RGB images ``B x 3 x H x W`` in [0, 1] to logits
-``B x num_classes x H x W`` for any ``H`` and ``W``.
+:func:`build_dlv3p`; it maps float images ``B x in_channels x H x W`` in [0, 1] (RGB by
+default) to logits ``B x num_classes x H x W`` for any ``H`` and ``W``.
 
 Architecture
 ------------
-* Stem at 1/2: a 3x3 stride-2 convolution, then a depthwise-separable residual block. Its
+* Stem at 1/2: a 3x3 stride-2 convolution of the ``in_channels`` bands, then a depthwise-separable residual block. Its
   output is the 1/2-resolution skip.
 * Encoder: three stages at 1/4, 1/8 and a deep stage at 1/16 or (with ``output_stride=8``)
   still at 1/8. The 1/4 and 1/8 stages open with a fused inverted residual (a dense strided
@@ -40,6 +40,22 @@ import torch.nn.functional as F
 # ImageNet statistics: a fixed, well-known normalisation that needs no data to compute.
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
+
+
+def _band_statistics(in_channels):
+    """Per-band normalisation ``(mean, std)``, each ``1 x in_channels x 1 x 1``.
+
+    With three bands or more the first three are RGB and get ImageNet's statistics; every
+    other band (near-infrared, elevation, or each band of a 1- or 2-band image) gets the mean
+    of the three, a neutral guess that brings a [0, 1] band near zero mean and unit spread
+    without needing data. Three bands give exactly ``_MEAN`` and ``_STD``.
+    """
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+    rgb = 3 if in_channels >= 3 else 0
+    mean = _MEAN[:rgb] + (sum(_MEAN) / 3,) * (in_channels - rgb)
+    std = _STD[:rgb] + (sum(_STD) / 3,) * (in_channels - rgb)
+    return torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
 
 
 def _up(x, size):
@@ -171,19 +187,20 @@ class ASPP(nn.Module):
 
 
 class DeepLabV3Plus(nn.Module):
-    def __init__(self, num_classes=19, stem_channels=16, widths=(24, 32, 64, 160), depths=(1, 2, 3, 6),
-                 expansion=4.0, output_stride=16, dilations=(1, 2), aspp_channels=128,
+    def __init__(self, num_classes=19, in_channels=3, stem_channels=16, widths=(24, 32, 64, 160),
+                 depths=(1, 2, 3, 6), expansion=4.0, output_stride=16, dilations=(1, 2), aspp_channels=128,
                  aspp_rates=(2, 4, 6), decoder_channels=(32, 96), dropout=0.1):
         super().__init__()
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
         if len(widths) != 4 or len(depths) != 4 or min(depths) < 1:
             raise ValueError("widths and depths need 4 entries each (1/2, 1/4, 1/8, deep stage), depths >= 1")
-        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = _band_statistics(in_channels)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
         w2, w4, w8, wd = widths
         # 1/2: a dense strided stem, then depthwise-separable residual blocks
-        stem = [ConvBNReLU(3, stem_channels, 3, 2)]
+        stem = [ConvBNReLU(in_channels, stem_channels, 3, 2)]
         prev = stem_channels
         for _ in range(depths[0]):
             stem.append(SeparableResidual(prev, w2))
@@ -242,9 +259,10 @@ class DeepLabV3Plus(nn.Module):
 
 def build_dlv3p(num_classes=19, stem_channels=16, widths=(24, 32, 64, 160), depths=(1, 2, 3, 6),
                 expansion=4.0, output_stride=16, dilations=(1, 2), aspp_channels=128,
-                aspp_rates=(2, 4, 6), decoder_channels=(32, 96), dropout=0.1):
+                aspp_rates=(2, 4, 6), decoder_channels=(32, 96), dropout=0.1, in_channels=3):
     """Build the network from plain values.
 
+    :param in_channels: image bands (3: RGB; see :func:`_band_statistics` for the others).
     :param stem_channels: width of the stride-2 stem convolution.
     :param widths: widths of the 1/2, 1/4, 1/8 and deep stages.
     :param depths: blocks per stage (separable residual blocks at 1/2, inverted residuals after).
@@ -256,7 +274,8 @@ def build_dlv3p(num_classes=19, stem_channels=16, widths=(24, 32, 64, 160), dept
     :param decoder_channels: widths of the decoder at 1/2 and 1/4.
     :param dropout: channel dropout after ASPP and before the classifier.
     """
-    return DeepLabV3Plus(num_classes=num_classes, stem_channels=stem_channels, widths=tuple(widths),
+    return DeepLabV3Plus(num_classes=num_classes, in_channels=in_channels, stem_channels=stem_channels,
+                         widths=tuple(widths),
                          depths=tuple(depths), expansion=expansion, output_stride=output_stride,
                          dilations=tuple(dilations), aspp_channels=aspp_channels, aspp_rates=tuple(aspp_rates),
                          decoder_channels=tuple(decoder_channels),

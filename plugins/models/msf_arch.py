@@ -2,8 +2,8 @@
 
 This file is self-contained on purpose: it imports only ``torch`` and the standard library,
 so it can be copied verbatim into a competition submission as the model source. Build a
-model with :func:`build_msf`; it maps float RGB images ``B x 3 x H x W`` in [0, 1] to
-logits ``B x num_classes x H x W`` for any ``H`` and ``W``.
+model with :func:`build_msf`; it maps float images ``B x in_channels x H x W`` in [0, 1]
+(RGB by default) to logits ``B x num_classes x H x W`` for any ``H`` and ``W``.
 
 Architecture
 ------------
@@ -45,6 +45,22 @@ _SCORE_BLOCK = 1 << 22
 # ImageNet statistics: a fixed, well-known normalisation that needs no data to compute.
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
+
+
+def _band_statistics(in_channels):
+    """Per-band normalisation ``(mean, std)``, each ``1 x in_channels x 1 x 1``.
+
+    With three bands or more the first three are RGB and get ImageNet's statistics; every
+    other band (near-infrared, elevation, or each band of a 1- or 2-band image) gets the mean
+    of the three, a neutral guess that brings a [0, 1] band near zero mean and unit spread
+    without needing data. Three bands give exactly ``_MEAN`` and ``_STD``.
+    """
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+    rgb = 3 if in_channels >= 3 else 0
+    mean = _MEAN[:rgb] + (sum(_MEAN) / 3,) * (in_channels - rgb)
+    std = _STD[:rgb] + (sum(_STD) / 3,) * (in_channels - rgb)
+    return torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
 
 
 def _as_map(tokens, h, w):
@@ -285,8 +301,9 @@ class MicroSegFormer(nn.Module):
         n = len(embed_dims)
         if not (len(depths) == len(num_heads) == len(mlp_ratios) == len(sr_ratios) == n):
             raise ValueError("embed_dims, depths, num_heads, mlp_ratios and sr_ratios need one value per stage")
-        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = _band_statistics(in_channels)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
         # stochastic depth grows linearly with block index, as is usual for ViT-style stacks
         total = sum(depths)
@@ -366,16 +383,17 @@ class MicroSegFormer(nn.Module):
 def build_msf(num_classes=19, embed_dims=(32, 64, 128, 160), depths=(2, 2, 2, 2),
               num_heads=(1, 2, 4, 5), mlp_ratios=(4, 4, 4, 2), sr_ratios=(8, 4, 2, 1),
               decoder_dim=112, lmsa=False, lmsa_kernels=(3, 5, 7), lmsa_se_reduction=4,
-              dropout=0.0, transformer_dropout=0.0, drop_path=0.0):
+              dropout=0.0, transformer_dropout=0.0, drop_path=0.0, in_channels=3):
     """Build a MicroSegFormer from plain values (all sequences have one entry per stage).
 
+    :param in_channels: image bands (3: RGB; see :func:`_band_statistics` for the others).
     :param dropout: channel dropout right before the classifier.
     :param transformer_dropout: dropout on attention weights and MLP/projection outputs.
     :param drop_path: stochastic-depth rate of the last block (linearly less before it).
     :param lmsa: add the Lightweight Multi-Scale Attention block after fusion.
     """
     return MicroSegFormer(
-        num_classes=num_classes, embed_dims=tuple(embed_dims), depths=tuple(depths),
+        num_classes=num_classes, in_channels=in_channels, embed_dims=tuple(embed_dims), depths=tuple(depths),
         num_heads=tuple(num_heads), mlp_ratios=tuple(mlp_ratios), sr_ratios=tuple(sr_ratios),
         decoder_dim=decoder_dim, lmsa=lmsa, lmsa_kernels=tuple(lmsa_kernels),
         lmsa_se_reduction=lmsa_se_reduction, dropout=dropout,

@@ -2,8 +2,8 @@
 
 Self-contained on purpose (imports only ``torch`` and the standard library) so it can be
 copied verbatim into a competition submission as the model source. Build a model with
-:func:`build_unet`; it maps float RGB images ``B x 3 x H x W`` in [0, 1] to logits
-``B x num_classes x H x W`` for any ``H`` and ``W``.
+:func:`build_unet`; it maps float images ``B x in_channels x H x W`` in [0, 1] (RGB by
+default) to logits ``B x num_classes x H x W`` for any ``H`` and ``W``.
 
 Each level is two 3x3 conv + batch norm + ReLU layers; the encoder halves the resolution
 with max pooling and doubles the width, the decoder upsamples bilinearly to the exact size of
@@ -17,6 +17,22 @@ import torch.nn.functional as F
 # ImageNet statistics: a fixed, well-known normalisation that needs no data to compute.
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
+
+
+def _band_statistics(in_channels):
+    """Per-band normalisation ``(mean, std)``, each ``1 x in_channels x 1 x 1``.
+
+    With three bands or more the first three are RGB and get ImageNet's statistics; every
+    other band (near-infrared, elevation, or each band of a 1- or 2-band image) gets the mean
+    of the three, a neutral guess that brings a [0, 1] band near zero mean and unit spread
+    without needing data. Three bands give exactly ``_MEAN`` and ``_STD``.
+    """
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+    rgb = 3 if in_channels >= 3 else 0
+    mean = _MEAN[:rgb] + (sum(_MEAN) / 3,) * (in_channels - rgb)
+    std = _STD[:rgb] + (sum(_STD) / 3,) * (in_channels - rgb)
+    return torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
 
 
 class DoubleConv(nn.Sequential):
@@ -33,8 +49,9 @@ class UNet(nn.Module):
         if depth < 2:
             raise ValueError("a U-Net needs at least 2 levels")
         widths = [base_channels * 2 ** i for i in range(depth)]
-        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = _band_statistics(in_channels)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
         self.down = nn.ModuleList()
         prev = in_channels
         for w in widths:
@@ -69,11 +86,13 @@ class UNet(nn.Module):
         return self.classifier(self.dropout(x)).float().contiguous()
 
 
-def build_unet(num_classes=19, base_channels=16, depth=4, dropout=0.0):
+def build_unet(num_classes=19, base_channels=16, depth=4, dropout=0.0, in_channels=3):
     """Build a U-Net from plain values.
 
+    :param in_channels: image bands (3: RGB; see :func:`_band_statistics` for the others).
     :param base_channels: width of the full-resolution level; each deeper level doubles it.
     :param depth: number of resolution levels (``depth - 1`` poolings).
     :param dropout: channel dropout right before the classifier.
     """
-    return UNet(num_classes=num_classes, base_channels=base_channels, depth=depth, dropout=dropout)
+    return UNet(num_classes=num_classes, in_channels=in_channels, base_channels=base_channels, depth=depth,
+                dropout=dropout)

@@ -424,3 +424,56 @@ def _check_read(fmt: SubmissionFormat, files: FileSource, masks: dict[str, np.nd
             f"{what}: {name} came back as {getattr(got, 'dtype', type(got))} {getattr(got, 'shape', '')}, " \
             f"expected uint8 {mask.shape}"
         assert np.array_equal(got, mask), f"{what}: {name} came back with {int((got != mask).sum())} pixels changed"
+
+
+def check_metric(entry: Entry, classes: tuple = ("background", "a", "b"), options: Optional[dict] = None) -> None:
+    """The metric contract of :func:`cpx.kernel.hookspecs.register_metrics` for ``classes`` (with
+    ``options`` for a metric that needs some, e.g. ``{"class": "a"}``).
+
+    Checks: the factory returns a :class:`cpx.eval.metrics.Metric` with a label; per-image values
+    are one float per image in 0..1 (or NaN); the set's value is in 0..1; a perfect prediction
+    scores at least as well as a noisy one (in the metric's direction); a pooled metric's value
+    equals its formula on the summed counts and a per-image one's the mean of its images'; and
+    ground-truth pixels at the ignore index change nothing.
+    """
+    from cpx.data.masks import IGNORE
+    from cpx.eval.metrics import Metric, ScoreAccumulator, confusion_per_image, counts_of, nanmean
+
+    what = f"metric {entry.name}"
+    metric = entry.create(options or {}, tuple(classes))
+    assert isinstance(metric, Metric), f"{what}: the factory returned {type(metric).__name__}, not a Metric"
+    assert metric.label, f"{what}: give it a label (what the number is, for people)"
+    k = len(classes)
+    rng = np.random.default_rng(0)
+    gts = [rng.integers(0, k, (9, 11)) for _ in range(4)]
+    noisy = [np.where(rng.random(g.shape) < 0.5, g, rng.integers(0, k, g.shape)) for g in gts]
+
+    def run(preds, truths) -> tuple:
+        acc = ScoreAccumulator(metric, k)
+        for p, g in zip(preds, truths):
+            acc.update(torch.tensor(p), torch.tensor(g))
+        return acc, acc.compute()
+
+    acc, scores = run(noisy, gts)
+    per_image = torch.tensor(scores.per_image, dtype=torch.float64)
+    assert per_image.shape == (4,), f"{what}: expected 4 per-image values, got {list(per_image.shape)}"
+    finite = per_image[~torch.isnan(per_image)]
+    assert bool(((finite >= 0) & (finite <= 1)).all()), f"{what}: per-image values outside 0..1: {scores.per_image}"
+    assert 0.0 <= scores.score <= 1.0, f"{what}: the set's value {scores.score} is outside 0..1"
+    _, perfect = run(gts, gts)
+    assert not metric.better(scores.score, perfect.score), \
+        f"{what}: a noisy prediction ({scores.score}) beats a perfect one ({perfect.score})"
+    tp, fp, fn = acc.counts()
+    if metric.pooled:
+        want = metric.pooled_value(tp.sum(0), fp.sum(0), fn.sum(0))
+    else:
+        want = float(nanmean(metric.image_values(tp, fp, fn), dim=0))
+    assert abs(scores.score - want) < 1e-12, f"{what}: its value {scores.score} is not its formula's {want}"
+    ignored = [g.copy() for g in gts]
+    for g in ignored:
+        g[:, 6:] = IGNORE
+    _, with_ignore = run(noisy, ignored)
+    _, cropped = run([p[:, :6] for p in noisy], [g[:, :6] for g in gts])
+    assert abs(with_ignore.score - cropped.score) < 1e-12, f"{what}: pixels at the ignore index changed the score"
+    tp1, fp1, fn1 = counts_of(confusion_per_image(torch.tensor(noisy[0]), torch.tensor(gts[0]), k))
+    assert metric.class_values(tp1, fp1, fn1).shape == (k,), f"{what}: class_values must give one value per class"

@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from cpx.kernel.manager import create_plugin_host
-from cpx.testing import check_augmentation, check_competition, check_loss, check_model, check_postprocessor
+from cpx.data.competition import Competition
+from cpx.testing import (
+    check_augmentation,
+    check_competition,
+    check_loss,
+    check_metric,
+    check_model,
+    check_postprocessor,
+    check_submission_format,
+)
 
 HOST = create_plugin_host()
 COMPETITIONS = HOST.competitions.names()
@@ -42,7 +51,26 @@ def test_postprocessor_contract(name):
 
 @pytest.mark.parametrize("name", COMPETITIONS)
 def test_competition_contract(name):
-    check_competition(HOST.competitions.get(name))
+    check_competition(HOST.competitions.get(name), HOST)
+
+
+# options a metric or a format cannot do without (the built-ins'; a third-party one taking
+# required options is checked through a registered competition that names it)
+METRIC_OPTIONS = {"class-iou": {"class": "a"}}
+FORMAT_OPTIONS = {"rle-json": {"order": "column-major", "index_base": 1}}
+
+
+@pytest.mark.parametrize("name", HOST.metrics.names())
+def test_metric_contract(name):
+    check_metric(HOST.metrics.get(name), options=METRIC_OPTIONS.get(name))
+
+
+@pytest.mark.parametrize("name", HOST.submission_formats.names())
+def test_submission_format_contract(name):
+    # a two-class competition stored 0/255, which every built-in format can hold
+    comp = Competition(name="t", classes=("background", "a"), masks={"values": {0: 0, 255: 1}, "mode": "L"},
+                       submission={"name": name, **FORMAT_OPTIONS.get(name, {})})
+    check_submission_format(HOST.submission_formats.get(name), comp)
 
 
 def test_a_broken_model_fails_its_contract_with_the_reason():

@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
             print_json(result.to_dict())
             return
         ev = result.evaluation
-        console.print(f"[bold]{result.label}[/]  score {format_f(ev.scores.fscore)} on {len(ev.names)} validation "
+        console.print(f"[bold]{result.label}[/]  score {format_f(ev.scores.score)} on {len(ev.names)} validation "
                       f"images ({ev.checkpoint}, TTA {'+'.join(ev.tta) or 'none'})", highlight=False)
         if result.worst:
             table = Table(title=f"{len(result.worst)} worst validation images")
@@ -160,8 +160,8 @@ def register(app: typer.Typer) -> None:
         for c in result.by_difference():
             table.add_row(c.name, format_f(c.f_a), format_f(c.f_b), _f_diff(c.diff), f"{c.images_a}/{c.images_b}")
         table.add_section()
-        table.add_row("[bold]score[/]", f"[bold]{format_f(result.fscore_a)}[/]", f"[bold]{format_f(result.fscore_b)}[/]",
-                      _f_diff(result.fscore_b - result.fscore_a), f"{result.images_a}/{result.images_b}")
+        table.add_row("[bold]score[/]", f"[bold]{format_f(result.score_a)}[/]", f"[bold]{format_f(result.score_b)}[/]",
+                      _f_diff(result.score_b - result.score_a), f"{result.images_a}/{result.images_b}")
         console.print(table)
         console.print(f"figure: {result.path}", highlight=False, soft_wrap=True)
 

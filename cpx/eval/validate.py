@@ -378,15 +378,20 @@ def _read_pred(path: Path, competition: Competition, gt_shape: tuple[int, int]) 
     return (None if problems else arr), problems
 
 
-def score_folders(pred_dir: os.PathLike, gt_dir: os.PathLike, competition: Competition, metric: Metric,
-                  progress: Progress = None) -> FolderScore:
+def score_folders(pred_dir: os.PathLike, gt_dir: os.PathLike, competition: Competition,
+                  metric: Optional[Metric] = None, progress: Progress = None) -> FolderScore:
     """Score predicted masks against ground-truth masks (files with the competition's mask
-    suffix, matched by stem) with ``metric``.
+    suffix, matched by stem) with ``metric`` (default: the competition's, from the current
+    plugin host).
 
     Problems that prevent scoring (a missing prediction, an unreadable file, a stored value the
     competition's mask encoding lacks, a wrong size) are all collected in ``problems`` and then
     nothing is scored; predictions without ground truth are only ``warnings``.
     """
+    if metric is None:
+        from cpx.kernel.manager import get_host
+
+        metric = create_metric(competition, get_host())
     start = time.perf_counter()
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for what, folder in (("predictions", pred_dir), ("ground truth", gt_dir)):

@@ -156,17 +156,18 @@ def _nan(x: Optional[float]) -> float:
     return math.nan if x is None else float(x)
 
 
-def plot_per_class(class_names: Sequence[str], per_class_f: Sequence[Optional[float]],
+def plot_per_class(class_names: Sequence[str], per_class: Sequence[Optional[float]],
                    class_images: Sequence[int], path: Path, *, colors: Optional[np.ndarray] = None,
-                   score: Optional[float] = None, title: str = "", sort: bool = False) -> Path:
-    """Horizontal bars of per-class F, class names on the y axis, each bar annotated with its F
-    and the number of images whose ground truth holds the class. ``score`` draws the overall
-    (per-image) F as a dashed line."""
-    if not (len(class_names) == len(per_class_f) == len(class_images)):
-        raise DataError(f"{len(class_names)} class names, {len(per_class_f)} F values and "
+                   score: Optional[float] = None, title: str = "", sort: bool = False, metric: str = "F",
+                   scale: float = 1.0) -> Path:
+    """Horizontal bars of a metric's per-class values (0..``scale``), class names on the y axis,
+    each bar annotated with its value and the number of images whose ground truth holds the
+    class. ``score`` draws the overall score as a dashed line."""
+    if not (len(class_names) == len(per_class) == len(class_images)):
+        raise DataError(f"{len(class_names)} class names, {len(per_class)} values and "
                         f"{len(class_images)} image counts: they must match")
     plt = pyplot()
-    values = [_nan(v) for v in per_class_f]
+    values = [_nan(v) for v in per_class]
     order = _label_order(values, sort)
     n = len(order)
     fig, ax = plt.subplots(figsize=(9, 1.3 + 0.36 * n), layout="constrained")
@@ -177,16 +178,16 @@ def plot_per_class(class_names: Sequence[str], per_class_f: Sequence[Optional[fl
     for yi, i in zip(y, order):
         v = values[i]
         text = "absent" if math.isnan(v) else f"{v:.3f}"
-        ax.text((0 if math.isnan(v) else v) + 0.01, yi, f"{text}  ({class_images[i]} img)",
+        ax.text((0 if math.isnan(v) else v) + 0.01 * scale, yi, f"{text}  ({class_images[i]} img)",
                 va="center", fontsize=9, color="0.15")
     if score is not None:
         ax.axvline(score, color="0.3", linestyle="--", linewidth=1)
         ax.text(score, -0.85, f" score {format_f(score)}", fontsize=9, color="0.3", va="center")
     ax.set_yticks(y, [class_names[i] for i in order], fontsize=10)
     ax.invert_yaxis()
-    ax.set_xlim(0, 1.22)
-    ax.set_xticks(np.linspace(0, 1, 6))
-    ax.set_xlabel("F (mean over the images whose ground truth holds the class)")
+    ax.set_xlim(0, 1.22 * scale)
+    ax.set_xticks(np.linspace(0, scale, 6))
+    ax.set_xlabel(f"{metric} of each class")
     ax.grid(axis="x", alpha=0.3)
     ax.set_ylim(n - 0.5, -1.4)
     if title:
@@ -197,8 +198,9 @@ def plot_per_class(class_names: Sequence[str], per_class_f: Sequence[Optional[fl
 def plot_per_class_comparison(class_names: Sequence[str], f_a: Sequence[Optional[float]],
                               f_b: Sequence[Optional[float]], path: Path, *, labels: tuple[str, str] = ("A", "B"),
                               scores: Optional[tuple[float, float]] = None, title: str = "",
-                              sort: bool = False) -> Path:
-    """Grouped horizontal bars of per-class F for two runs, with B - A written at the right."""
+                              sort: bool = False, metric: str = "F", scale: float = 1.0) -> Path:
+    """Grouped horizontal bars of a metric's per-class values (0..``scale``) for two runs, with
+    B - A written at the right."""
     if not (len(class_names) == len(f_a) == len(f_b)):
         raise DataError(f"{len(class_names)} class names but {len(f_a)} and {len(f_b)} F values")
     plt = pyplot()
@@ -222,14 +224,14 @@ def plot_per_class_comparison(class_names: Sequence[str], f_a: Sequence[Optional
             text, color = "n/a", "0.4"
         else:
             text = f"{d:+.3f}"
-            color = "#1a7f37" if d > 0.0005 else "#c62828" if d < -0.0005 else "0.3"
-        ax.text(1.03, yi, text, va="center", fontsize=9, color=color, family="monospace")
-    ax.text(1.03, -0.85, "B − A", fontsize=9, fontweight="bold", va="center")
+            color = "#1a7f37" if d > 0.0005 * scale else "#c62828" if d < -0.0005 * scale else "0.3"
+        ax.text(1.03 * scale, yi, text, va="center", fontsize=9, color=color, family="monospace")
+    ax.text(1.03 * scale, -0.85, "B − A", fontsize=9, fontweight="bold", va="center")
     ax.set_yticks(y, [class_names[i] for i in order], fontsize=10)
-    ax.set_xlim(0, 1.16)
+    ax.set_xlim(0, 1.16 * scale)
     ax.set_ylim(n - 0.4, -1.3)
-    ax.set_xticks(np.linspace(0, 1, 6))
-    ax.set_xlabel("per-class F")
+    ax.set_xticks(np.linspace(0, scale, 6))
+    ax.set_xlabel(f"per-class {metric}")
     ax.grid(axis="x", alpha=0.3)
     fig.legend(loc="outside lower center", ncol=2, frameon=False, fontsize=10)
     if title:

@@ -13,7 +13,6 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
 from cpx.eval.validate import Evaluation, validate_run
@@ -97,7 +96,8 @@ class ShowResult:
             "run": self.run_id,
             "checkpoint": self.evaluation.checkpoint,
             "tta": list(self.evaluation.tta),
-            "fscore": s.fscore,
+            "metric": s.metric,
+            "score": s.score,
             "images": len(self.evaluation.names),
             "worst": [{"name": n, "f": f} for n, f in self.worst],
             "grid": str(self.grid_path) if self.grid_path else None,
@@ -145,21 +145,26 @@ def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: in
     colors = class_colors(comp.num_classes, comp.palette)
     how = _describe(evaluation)
     if worst:
-        root = run.folder.data_root()
-        found = datalib.scan(root, comp)
-        pics, _ = datalib.load_images([found.images[n] for n, _ in worst])
-        masks = [datalib.read_mask(found.masks[n], comp) for n, _ in worst]
+        from cpx.eval.validate import labelled_files, read_labelled
+
+        part = (run.folder.read_data_info() or {}).get("val_part", "train")
+        files = labelled_files(run.folder.data_root(), [n for n, _ in worst], comp, part)
+        items = [item for batch in read_labelled(files, comp, 8) for item in batch]
+        pics = [item.image for item in items]
+        masks = [item.mask.numpy() for item in items]
         # same checkpoint and TTA as the validation, so the picture shows what was scored
         predictor = predictor_for_run(run.id, workspace, host, checkpoint=checkpoint, tta=tuple(tta), device=device)
         preds = predictor.predict(list(pics), sizes=[m.shape for m in masks])
-        rows = [ImageRow(name=n, image=np.asarray(pic), gt=gt, pred=np.asarray(pred), score=f)
+        # the picture shows the first three bands (as RGB; one band as grey)
+        rows = [ImageRow(name=n, image=np.ascontiguousarray(pic.numpy()[:3].transpose(1, 2, 0)), gt=gt,
+                         pred=np.asarray(pred), score=f)
                 for (n, f), pic, gt, pred in zip(worst, pics, masks, preds)]
         plot_image_grid(rows, comp.classes, colors, grid_path,
                         title=f"{run.label}: the {len(rows)} worst of {len(evaluation.names)} validation images "
-                              f"(score {format_f(scores.fscore)}, {how})")
-    plot_per_class(comp.classes, scores.per_class_f, scores.class_images, chart_path, colors=colors,
-                   score=scores.fscore,
-                   title=f"{run.label}: per-class F on {len(evaluation.names)} validation images ({how})")
+                              f"({scores.metric} {format_f(scores.score)}, {how})")
+    plot_per_class(comp.classes, scores.per_class, scores.class_images, chart_path, colors=colors,
+                   score=scores.score, metric=scores.metric, scale=scores.scale,
+                   title=f"{run.label}: per-class {scores.metric} on {len(evaluation.names)} validation images ({how})")
     return ShowResult(run.id, run.label, evaluation, worst, grid_path if worst else None, chart_path)
 
 
@@ -189,13 +194,14 @@ class Comparison:
     run_b: str
     label_a: str
     label_b: str
-    fscore_a: float
-    fscore_b: float
+    score_a: float
+    score_b: float
     images_a: int
     images_b: int
     shared_images: int
     classes: list[ClassDelta]
     path: Path
+    metric: str = ""
 
     @property
     def same_val_list(self) -> bool:
@@ -215,9 +221,10 @@ class Comparison:
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {
-            "a": {"run": self.run_a, "label": self.label_a, "fscore": self.fscore_a, "images": self.images_a},
-            "b": {"run": self.run_b, "label": self.label_b, "fscore": self.fscore_b, "images": self.images_b},
-            "diff": self.fscore_b - self.fscore_a,
+            "metric": self.metric,
+            "a": {"run": self.run_a, "label": self.label_a, "score": self.score_a, "images": self.images_a},
+            "b": {"run": self.run_b, "label": self.label_b, "score": self.score_b, "images": self.images_b},
+            "diff": self.score_b - self.score_a,
             "same_val_list": self.same_val_list,
             "shared_images": self.shared_images,
             "warning": self.warning,
@@ -255,18 +262,19 @@ def compare_runs(ref_a: str, ref_b: str, workspace: "Workspace", host: "PluginHo
     la, lb = _unique_labels([a, b])
     comp = a.competition
     sa, sb = ev_a.scores, ev_b.scores
-    classes = [ClassDelta(c, comp.classes[c], _finite(sa.per_class_f[c]), _finite(sb.per_class_f[c]),
+    classes = [ClassDelta(c, comp.classes[c], _finite(sa.per_class[c]), _finite(sb.per_class[c]),
                           int(sa.class_images[c]), int(sb.class_images[c])) for c in range(comp.num_classes)]
     shared = len(set(ev_a.names) & set(ev_b.names))
     name = f"{safe_filename(a.id)}__vs__{safe_filename(b.id)}.png"
     path = Path(output) if output else workspace.experiments_dir / "compare" / name
-    result = Comparison(a.id, b.id, la, lb, sa.fscore, sb.fscore, len(ev_a.names), len(ev_b.names), shared,
-                        classes, path)
+    result = Comparison(a.id, b.id, la, lb, sa.score, sb.score, len(ev_a.names), len(ev_b.names), shared,
+                        classes, path, sa.metric)
     note = "" if result.same_val_list else (f"\n(different validation lists: {result.images_a} vs "
                                             f"{result.images_b} images, {shared} shared)")
     plot_per_class_comparison(comp.classes, [c.f_a for c in classes], [c.f_b for c in classes], path,
-                              labels=(f"A: {la}", f"B: {lb}"), scores=(sa.fscore, sb.fscore),
-                              title=f"per-class F on each run's validation list ({_describe(ev_a)}){note}")
+                              labels=(f"A: {la}", f"B: {lb}"), scores=(sa.score, sb.score), metric=sa.metric,
+                              scale=sa.scale,
+                              title=f"per-class {sa.metric} on each run's validation list ({_describe(ev_a)}){note}")
     return result
 
 

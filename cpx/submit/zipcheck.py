@@ -33,7 +33,7 @@ from cpx.data.images import BadFile, image_size
 from cpx.data.layout import scan_images
 from cpx.data.masks import bad_ids_message
 from cpx.kernel.errors import ConfigError, Problem, SubmissionError
-from cpx.kernel.manager import PluginHost
+from cpx.kernel.manager import PluginHost, get_host
 from cpx.kernel.workspace import Workspace
 from cpx.submit.checkreport import CheckReport
 from cpx.submit.formats import SubmissionFormat, create_format
@@ -205,10 +205,11 @@ def check_files(files: FileSource, competition: Competition, fmt: SubmissionForm
     return report
 
 
-def check_folder(root: os.PathLike, competition: Competition, fmt: SubmissionFormat,
+def check_folder(root: os.PathLike, competition: Competition, fmt: Optional[SubmissionFormat] = None,
                  test_sizes: Optional[dict[str, Size]] = None) -> CheckReport:
     """The checks of :func:`check_zip` on a folder laid out as the zip will be (``root`` is the
     zip's top level); used on a staged package before it is zipped."""
+    fmt = fmt or create_format(competition, get_host())
     start = time.perf_counter()
     report = CheckReport(path=str(root), competition=competition.name)
     check_files(DirSource(Path(root)), competition, fmt, report, test_sizes)
@@ -216,11 +217,12 @@ def check_folder(root: os.PathLike, competition: Competition, fmt: SubmissionFor
     return report
 
 
-def check_zip(zip_path: os.PathLike, competition: Competition, fmt: SubmissionFormat,
+def check_zip(zip_path: os.PathLike, competition: Competition, fmt: Optional[SubmissionFormat] = None,
               test_images: Optional[dict[str, Path]] = None, *,
               test_sizes: Optional[dict[str, Size]] = None) -> CheckReport:
     """Every problem a scorer would trip on in the submission zip at ``zip_path``, read with
-    the competition's submission format ``fmt``.
+    the competition's submission format ``fmt`` (default: the one its profile names, from the
+    current plugin host).
 
     ``test_images`` (stem -> path) or ``test_sizes`` (image file name -> (height, width)) name
     the test images the predictions must match one to one. A file that is not a zip is a
@@ -229,6 +231,7 @@ def check_zip(zip_path: os.PathLike, competition: Competition, fmt: SubmissionFo
     :raises SubmissionError: ``zip_path`` does not exist.
     :raises DataError: a test image cannot be read.
     """
+    fmt = fmt or create_format(competition, get_host())
     start = time.perf_counter()
     zip_path = Path(zip_path)
     report = CheckReport(path=str(zip_path), competition=competition.name)

@@ -113,7 +113,7 @@ STANDALONE = "cpx/submit/standalone_run.py"
 STANDALONE_LIBRARIES = {"torch", "numpy", "PIL"}
 # TEMPORARY: zipcheck still decodes zip entries itself (_check_masks) until the submission-format
 # plugins (plugins/formats) take mask decoding over; delete this entry when they do.
-TEMPORARY_READERS = {"cpx/submit/zipcheck.py": 1}
+TEMPORARY_READERS: dict[str, int] = {}
 
 
 def _opens_files(path: Path) -> list[str]:

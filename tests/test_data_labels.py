@@ -1,7 +1,6 @@
 """Label checks: masks with left/right classes on the wrong side (cpx.data.labels)."""
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,7 +67,7 @@ def test_swapped_masks_are_found_with_their_pairs_and_fixed(comp):
 def test_side_comes_from_the_majority_when_the_profile_declares_none(comp):
     masks = [swap_pairs(m, comp.flip_pairs) for _, m in _faces(comp, n=12)]
     names = [str(i) for i in range(len(masks))]
-    undeclared = replace(comp, pair_side=None)
+    undeclared = comp.model_copy(update={"pair_side": None})
     check = check_labels(masks, names, undeclared)
     assert check.side == "left" and check.declared is None and check.suspects == []
     declared = check_labels(masks, names, comp)  # the profile says right: every mask is reversed

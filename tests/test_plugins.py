@@ -204,3 +204,44 @@ def test_register_commands_adds_a_cli_command(cpx_host):
     cpx_host.register(Cmd(), name="cmd")
     result = CliRunner().invoke(create_app(cpx_host), ["hello"])
     assert result.exit_code == 0 and "hello from a plugin" in result.stdout
+
+
+class _ThirdPartyScoring:
+    """A plugin adding a metric and a submission format, as a third-party package would."""
+
+    from cpx.kernel.hookspecs import hookimpl
+
+    @hookimpl
+    def register_metrics(self, register):
+        from cpx_plugins.metrics import MeanClassAccuracy
+
+        class Recall(MeanClassAccuracy):
+            label = "mean recall (a plugin's)"
+
+        register("recall", lambda options, classes: Recall(), description="mean class recall")
+
+    @hookimpl
+    def register_submission_formats(self, register):
+        from cpx_plugins.formats.masks_png import MasksPng, MasksPngOptions
+
+        register("png-too", MasksPng, options=MasksPngOptions, description="masks-png under another name")
+
+
+def test_a_plugin_adds_a_metric_and_a_format_that_a_yaml_profile_can_name(cpx_host, cpx_workspace):
+    import numpy as np
+
+    from cpx.eval.metrics import ScoreAccumulator, create_metric
+    from cpx.submit.formats import create_format
+
+    cpx_host.register(_ThirdPartyScoring(), name="scoring-plugin", origin="tests")
+    (cpx_workspace.root / "competitions").mkdir()
+    (cpx_workspace.root / "competitions" / "two.yaml").write_text(
+        "classes: [bg, fg]\nmetric: {name: recall}\nsubmission: {name: png-too}\n")
+    cpx_host.__dict__.pop("registries", None)  # the workspace profile is read when the registries are built
+    comp = cpx_host.competition("two")
+    metric = create_metric(comp, cpx_host)
+    acc = ScoreAccumulator(metric, 2)
+    acc.update(np.array([[0, 1, 1, 1]]), np.array([[0, 1, 1, 0]]))
+    assert acc.compute().score == 0.75  # recall: bg 1/2, fg 2/2
+    assert create_format(comp, cpx_host).describe().startswith("masks/")
+    assert cpx_host.metrics.get("recall").origin == "tests"

@@ -482,15 +482,16 @@ class Ledger:
     ) -> dict:
         """Record a leaderboard score for a submission and return the score row.
 
-        The score must lie in [0, 1]. A submission has at most one score per phase
-        and column: recording another raises SubmissionError unless ``replace``.
+        The score must be a finite number (its range is the competition metric's, checked by
+        :func:`cpx.submit.submissions.parse_score`). A submission has at most one score per
+        phase and column: recording another raises SubmissionError unless ``replace``.
         """
         try:
             value = float(_plain(score))
         except (TypeError, ValueError):
             raise SubmissionError(f"score must be a number, not {score!r}") from None
-        if math.isnan(value) or not 0.0 <= value <= 1.0:
-            raise SubmissionError(f"score must lie between 0 and 1, not {score!r}")
+        if not math.isfinite(value):
+            raise SubmissionError(f"score must be a finite number, not {score!r}")
         if source not in SCORE_SOURCES:
             raise ValueError(f"source must be one of {', '.join(SCORE_SOURCES)}, not {source!r}")
         with self._write():

@@ -30,6 +30,7 @@ from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
 from cpx.runs.checkpoint import load_file
 from cpx.runs.folder import RunFolder, new_run_id, run_folder
+from cpx.runs.handle import build_model
 from cpx.runs.ledger import Ledger
 from cpx.runs.recovery import reconcile
 from cpx.train.budget import BudgetCallback
@@ -188,7 +189,7 @@ def build_components(config: ExperimentConfig, host: PluginHost, competition: Co
     :raises ConfigError: options that do not validate.
     """
     torch.manual_seed(config.train.seed)
-    model = create_model(config, host, competition)
+    model = build_model(config, competition, host)
     entry = host.losses.get(config.loss.name)
     extra = {"class_frequencies": class_frequencies} if class_frequencies and entry.accepts("class_frequencies") else {}
     if entry.accepts("ignore_index"):  # padding of letterboxed images and the profile's ignore index
@@ -197,23 +198,6 @@ def build_components(config: ExperimentConfig, host: PluginHost, competition: Co
     augment = host.augmentations.get(config.augmentation.name).create(config.augmentation.options, competition,
                                                                       where="augmentation.options")
     return model, loss, augment
-
-
-def create_model(config: ExperimentConfig, host: PluginHost, competition: Competition) -> torch.nn.Module:
-    """The model of ``config`` for ``competition``'s classes and channels (``in_channels`` goes to
-    a factory that takes it; one that does not must be given 3-channel images).
-
-    :raises ConfigError: options that do not validate; a factory without ``in_channels`` for a
-        competition whose images are not RGB.
-    """
-    entry = host.models.get(config.model.name)
-    extra = {}
-    if entry.accepts("in_channels"):
-        extra["in_channels"] = competition.channels
-    elif competition.channels != 3:
-        raise ConfigError(f"model.name: {config.model.name} takes 3-channel images, but competition "
-                          f"{competition.name} has {competition.channels} channels")
-    return entry.create(config.model.options, competition.num_classes, where="model.options", **extra)
 
 
 def class_frequencies(masks: torch.Tensor, num_classes: int) -> list[float]:
@@ -429,7 +413,7 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     precision = resolve_precision(config.train.precision, device)
 
     # the parameter check comes before any work
-    params = count_params(create_model(config, host, competition))
+    params = count_params(build_model(config, competition, host))
     problem = competition.check_params(params)
     if problem:
         raise RuleViolation(problem)

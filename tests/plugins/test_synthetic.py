@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from cpx_plugins.celebamask import CELEBAMASK_MINI
-from cpx_plugins.celebamask.synthetic import render_face, synthesize_faces
+from cpx.kernel.manager import create_plugin_host
+
+CELEBAMASK_MINI = create_plugin_host(entry_points=False).competitions.get("celebamask-mini").target
+from cpx_plugins.competitions.faces import render_face, synthesize as synthesize_faces
 
 SIZE = 128
 COUNT = 40

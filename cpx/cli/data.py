@@ -69,6 +69,15 @@ def register(app: typer.Typer) -> None:
                       highlight=False)
 
 
+def size_summary(sizes: dict) -> str:
+    """``512x512 (900)``, or for many sizes their ranges: ``48 sizes, heights 384, widths 442..741``."""
+    if len(sizes) <= 4:
+        return ", ".join(f"{h}x{w} ({n})" for (h, w), n in sorted(sizes.items())) or "-"
+    hs, ws = sorted({h for h, _ in sizes}), sorted({w for _, w in sizes})
+    span = lambda v: str(v[0]) if len(v) == 1 else f"{v[0]}..{v[-1]}"  # noqa: E731
+    return f"{len(sizes)} sizes, heights {span(hs)}, widths {span(ws)}"
+
+
 def render_labels(check, comp) -> None:
     """The label check: the side convention and its support, then every suspect mask."""
     pairs = ", ".join(f"{comp.classes[a]}/{comp.classes[b]}" for a, b in comp.flip_pairs)
@@ -94,7 +103,7 @@ def render_labels(check, comp) -> None:
 
 
 def render_report(report, comp) -> None:
-    sizes = ", ".join(f"{h}x{w} ({n})" for (h, w), n in sorted(report.image_sizes.items())) or "-"
+    sizes = size_summary(report.image_sizes)
     val = f"{report.val_pairs} validation pairs, " if report.val_images or report.val_masks else ""
     console.print(f"[bold]{report.root}[/]: {report.train_pairs} labelled pairs "
                   f"({report.train_images} images, {report.train_masks} masks), {val}{report.test_images} test images; "

@@ -371,7 +371,8 @@ def register(app: typer.Typer) -> None:
         with Ledger(_common.workspace().ledger_path) as ledger:
             comp = _cpx_competition()
             report = sync_submissions(ledger, client, cid, phase_id=phase, phase=label,
-                                      metric=comp.metric.name if comp else "")
+                                      metric=comp.metric.name if comp else "",
+                                      scale=float(comp.metric.scale) if comp else 1.0)
         if json_:
             print_json(report.to_dict())
             return

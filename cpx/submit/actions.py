@@ -200,7 +200,8 @@ def _upload(request: SubmitRequest, outcome: SubmitOutcome, ledger: Ledger, work
     metric = comp.metric.name if comp else ""
     outcome.upload = upload_submission(
         ledger, name, client, cid, phase_id=phase_id, phase=label, wait=request.wait, timeout=timeout,
-        initial_interval=request.poll, progress=progress, metric=metric, final=request.final,
+        initial_interval=request.poll, progress=progress, metric=metric,
+        scale=float(comp.metric.scale) if comp else 1.0, final=request.final,
         leaderboard=request.leaderboard, before_upload=before_upload)
     if outcome.upload.on_leaderboard:
         outcome.leaderboard = outcome.upload.leaderboard

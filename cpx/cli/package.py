@@ -132,7 +132,9 @@ def register(app: typer.Typer) -> None:
                                                   help="apply the run's stored logit offsets (cpx calibrate); "
                                                        "solution/run.py repeats them")] = True,
         check: Annotated[Optional[Path], typer.Option("--check", help="only verify this zip (any zip, hand-made too)")] = None,
-        competition: Annotated[Optional[str], typer.Option(help="with --check: the competition (default: the zip's manifest)")] = None,
+        competition: Annotated[Optional[str], typer.Option(
+            help="with --check: the competition (default: the zip's manifest's, cpx.yaml's, "
+                 "the ledger's runs')")] = None,
         yes: Annotated[bool, typer.Option(
             "--yes", "-y", help="package for the last submission left without asking")] = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,

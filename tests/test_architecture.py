@@ -111,8 +111,8 @@ READER = "cpx/data/images.py"
 # solution/run.py, copied into every submission, runs without cpx: torch, numpy and Pillow only
 STANDALONE = "cpx/submit/standalone_run.py"
 STANDALONE_LIBRARIES = {"torch", "numpy", "PIL"}
-# TEMPORARY: zipcheck still decodes zip entries itself (_check_masks) until the submission-format
-# plugins (plugins/formats) take mask decoding over; delete this entry when they do.
+# modules allowed to open image files directly for a while (none now: the submission-format
+# plugins decode zip entries through cpx.data.images since zipcheck gave that up)
 TEMPORARY_READERS: dict[str, int] = {}
 
 

@@ -119,7 +119,7 @@ def test_upload_and_wait_records_the_score(logged_in, ledger, tmp_path, capsys):
     code, out, _ = cpx(capsys, "submissions", "--json")
     report = json.loads(out)
     (listed,) = report["rows"]
-    assert listed["test_f"] == 0.72 and listed["codabench_id"] == str(remote_id) and report["used"] == 1
+    assert listed["test_score"] == 0.72 and listed["codabench_id"] == str(remote_id) and report["used"] == 1
 
 
 def test_bad_token_is_one_line_and_changes_nothing(fake, ledger, tmp_path, capsys):

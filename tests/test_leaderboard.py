@@ -1,4 +1,4 @@
-"""The ranking of runs and submissions, and the predicted test F."""
+"""The ranking of runs and submissions, and the predicted test score."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_no_pair_predicts_nothing():
     model = fit_gap_model([])
     assert model.predict(0.7) is None
     assert model.half_width is None and model.mean_gap is None
-    assert "no test F is predicted" in model.describe()
+    assert "no test score is predicted" in model.describe()
 
 
 def test_one_pair_is_widened_and_rough():
@@ -137,8 +137,8 @@ def test_board_ranks_runs_and_submissions_with_predictions(ledger):
     assert [r.rank for r in board.rows] == [1, 2, 3, 4, 5]
 
     # observed scores and gaps
-    assert rows["v1"].test_f == 0.72 and rows["v1"].gap == pytest.approx(0.0311)
-    assert rows["v2"].test_f == 0.74 and rows["v2"].test_source == "codabench"
+    assert rows["v1"].test_score == 0.72 and rows["v1"].gap == pytest.approx(0.0311)
+    assert rows["v2"].test_score == 0.74 and rows["v2"].test_source == "codabench"
     assert rows["v2"].gap == pytest.approx(0.035)
     assert rows["v2"].key_config == "dice=2" and rows["v2"].run_id == runs["dice2"]["id"]
 
@@ -150,7 +150,7 @@ def test_board_ranks_runs_and_submissions_with_predictions(ledger):
     assert rows["v1"].predicted is None
 
     # a validation with TTA scored higher than training: shown, and said where from
-    assert rows["unet"].val_f == 0.66 and rows["unet"].train_val_f == 0.65
+    assert rows["unet"].val_score == 0.66 and rows["unet"].train_val_score == 0.65
     assert rows["unet"].val_source.startswith("validate #") and rows["unet"].checkpoint == "best+flip"
     assert rows["v2"].checkpoint == "best+flip" and rows["v1"].checkpoint == "best"
     assert rows["old-script"].checkpoint == "best_model.pth" and rows["old-script"].kind == "imported"
@@ -203,8 +203,9 @@ def test_cli_table_json_and_markdown(ledger, capsys):
 
     assert main(["leaderboard", "--competition", "celebamask-mini"]) == 0
     out = capsys.readouterr().out
-    assert "leaderboard by val F" in out and "~0.72" in out
-    assert "predicted test F = val F +0.0331 (mean gap of 2 pairs" in " ".join(out.split())
+    # named by the competition's metric
+    assert "leaderboard by val fscore" in out and "~0.72" in out
+    assert "predicted test fscore = val fscore +0.0331 (mean gap of 2 pairs" in " ".join(out.split())
     assert "unet / best+flip (validate #1)" in out
     assert "old-script (imported)" in out
 
@@ -219,7 +220,7 @@ def test_cli_table_json_and_markdown(ledger, capsys):
     assert main(["leaderboard", "--markdown", "--competition", "celebamask-mini"]) == 0
     md = capsys.readouterr().out
     lines = md.splitlines()
-    assert lines[0].startswith("| # | model | val F | test F | gap |")
+    assert lines[0].startswith("| # | model | val fscore | test fscore | gap |")
     assert lines[1].startswith("|---|")
     v2 = next(line for line in lines if "| v2 |" in line)
     assert "0.7400" in v2 and "+0.0350" in v2 and "dice=2" in v2

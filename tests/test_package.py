@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cpx.cli import create_app
-from cpx.kernel.errors import SubmissionError
+from cpx.kernel.errors import ConfigError, SubmissionError
 from cpx.runs.ledger import Ledger
 from cpx.submit.package import PackageRequest, package
 from cpx.submit.solution import check_standalone, foreign_imports
@@ -53,8 +52,9 @@ def test_package_writes_a_verified_zip_and_records_it(run_id, cpx_workspace, cpx
     result = _package(cpx_workspace, cpx_host, run=run_id)
     zpath = Path(result.zip_path)
     assert zpath.parent == cpx_workspace.submissions_dir
-    assert re.fullmatch(r"submission-v1_f\d\.\d{4}\.zip", zpath.name)
-    assert zpath.name == f"submission-v1_f{trained[1].best_val_score:.4f}.zip"
+    # named after the competition's metric and the validation score of what it holds
+    assert re.fullmatch(r"submission-v1_fscore\d\.\d{4}\.zip", zpath.name)
+    assert zpath.name == f"submission-v1_fscore{trained[1].best_val_score:.4f}.zip"
     # nothing but the zip: no temp files left over
     assert [p.name for p in cpx_workspace.submissions_dir.iterdir()] == [zpath.name]
 
@@ -137,7 +137,7 @@ def test_package_writes_a_verified_zip_and_records_it(run_id, cpx_workspace, cpx
 
 def test_a_zip_file_with_the_name_is_refused_too(run_id, cpx_workspace, cpx_host):
     cpx_workspace.submissions_dir.mkdir()
-    stray = cpx_workspace.submissions_dir / "submission-v9_f0.1234.zip"
+    stray = cpx_workspace.submissions_dir / "submission-v9_fscore0.1234.zip"
     stray.write_bytes(b"made elsewhere")
     with pytest.raises(SubmissionError, match="already exists"):
         _package(cpx_workspace, cpx_host, run=run_id, name="v9")
@@ -152,9 +152,9 @@ def test_a_solution_that_does_not_reproduce_the_masks_leaves_nothing(run_id, cpx
 
     # a runner that gets one image wrong (the last one) by predicting background there
     last = sorted(p.stem for p in test_dir.iterdir())[-1]
-    line = "        mask = predict(model, read_image(image_path), device, config)\n"
+    line = "        for (_, mask_path), mask in zip(chunk, masks):\n"
     broken = cpx.submit.solution.RUN_PY.replace(
-        line, line + f"        mask = mask * 0 if image_path.stem == {last!r} else mask\n")
+        line, line + f"            mask = mask * 0 if mask_path.stem == {last!r} else mask\n")
     assert broken != cpx.submit.solution.RUN_PY
     monkeypatch.setattr(cpx.submit.solution, "RUN_PY", broken)
     with pytest.raises(SubmissionError, match=rf"does not reproduce the packaged masks: 1 of 4 differ \(first {last}"):
@@ -246,7 +246,7 @@ def test_check_reports_every_problem_of_a_hand_made_zip(cpx_workspace, cpx_host,
     images = list_test_images(cpx_synthetic / "test" / "images", comp)
     stems = sorted(images)
     good = _zip(cpx_workspace.root / "good.zip", _good_files(stems))
-    report = check_zip(good, comp, images)
+    report = check_zip(good, comp, test_images=images)
     assert report.ok, report.problems
     assert report.masks == 4 and report.test_images == 4 and report.params == 4 * 27 + 4
 
@@ -261,16 +261,18 @@ def test_check_reports_every_problem_of_a_hand_made_zip(cpx_workspace, cpx_host,
     files["/etc/abs.png"] = _mask(1)
     del files["solution/ckpt.pth"]
     bad = _zip(cpx_workspace.root / "bad.zip", files)
-    report = check_zip(bad, comp, images)
+    report = check_zip(bad, comp, test_images=images)
     assert _kinds(report) == sorted(["missing_mask", "mask_channels", "bad_class", "mask_size", "extra_mask",
                                      "macosx", "parent_path", "absolute_path", "no_weights"])
     messages = "\n".join(map(str, report.problems))
     assert f"masks/{stems[0]}.png: missing" in messages and "mask has 3 channels (RGB)" in messages
-    assert "class id 25 outside 0..18" in messages and "mask is 32x32 but the test image is 64x64" in messages
+    assert f"masks/{stems[2]}.png: class id 25 outside 0..18" in messages
+    assert f"masks/{stems[3]}.png: prediction is 32x32 but the test image is 64x64" in messages
 
     # the command line lists each problem and exits 1
     out = CliRunner().invoke(create_app(cpx_host), ["package", "--check", str(bad), "--test",
-                                                    str(cpx_synthetic / "test" / "images")])
+                                                    str(cpx_synthetic / "test" / "images"),
+                                                    "--competition", "celebamask-mini"])
     assert out.exit_code == 1
     for needle in ("9 problems", "missing", "3 channels (RGB)", "class id 25", "__MACOSX", "../evil.png", "ckpt.pth"):
         assert needle in out.output, needle
@@ -286,21 +288,24 @@ def test_check_sees_through_a_nested_folder_and_checks_the_weights(cpx_workspace
     files["solution/run.py"] = "print('hi')\n"
     del files["solution/requirements.txt"]
     nested = _zip(cpx_workspace.root / "nested.zip", {f"sub/{k}": v for k, v in files.items()})
-    report = check_zip(nested, comp, images)
+    report = check_zip(nested, comp, test_images=images)
     assert _kinds(report) == ["nested_top_folder", "no_requirements", "no_weights_key", "runner_arguments"]
     assert report.masks == 4  # the masks inside the folder were still checked
 
 
 def test_check_counts_parameters_against_the_limit(cpx_workspace, cpx_host, cpx_synthetic):
-    comp = replace(cpx_host.competition("celebamask-mini"), max_params=100)
+    comp = cpx_host.competition("celebamask-mini").model_copy(update={"max_params": 100})
     images = list_test_images(cpx_synthetic / "test" / "images", comp)
-    report = check_zip(_zip(cpx_workspace.root / "big.zip", _good_files(sorted(images))), comp, images)
+    report = check_zip(_zip(cpx_workspace.root / "big.zip", _good_files(sorted(images))), comp, test_images=images)
     assert _kinds(report) == ["params"] and "requires fewer than 100" in str(report.problems[0])
 
 
 def test_check_without_test_images_says_what_it_could_not_check(cpx_workspace, cpx_host):
     path = _zip(cpx_workspace.root / "s.zip", _good_files(["a", "b"]))
-    report = check_submission(path, cpx_workspace, cpx_host)
+    # no manifest, no ledger, no cpx.yaml: with several competitions registered, it asks
+    with pytest.raises(ConfigError, match="--competition: choose one of celebamask-mini"):
+        check_submission(path, cpx_workspace, cpx_host)
+    report = check_submission(path, cpx_workspace, cpx_host, competition="celebamask-mini")
     assert report.ok and report.test_images is None and report.masks == 2
     assert any("--test" in n for n in report.notes)
     empty = check_zip(_zip(cpx_workspace.root / "e.zip", {}), cpx_host.competition("celebamask-mini"))

@@ -74,9 +74,11 @@ def test_record_score_by_hand(ledger, capsys):
 
 
 @pytest.mark.parametrize("value, message", [
-    ("1.5", "--record-score: '1.5' is outside 0..1 (scores are F values, e.g. 0.73)"),
-    ("-0.1", "--record-score: '-0.1' is outside 0..1 (scores are F values, e.g. 0.73)"),
-    ("nan", "--record-score: 'nan' is outside 0..1 (scores are F values, e.g. 0.73)"),
+    # checked against the scale of the competition's metric, with a hint for a percent
+    ("1.5", "--record-score: '1.5' is outside 0..1, the scale of celebamask-mini's fscore (if the leaderboard "
+            "prints percent, give 0.015, or set metric.scale: 100 in its profile)"),
+    ("-0.1", "--record-score: '-0.1' is outside 0..1, the scale of celebamask-mini's fscore"),
+    ("nan", "--record-score: 'nan' is not a finite number"),
     ("abc", "--record-score: 'abc' is not a number"),
 ])
 def test_bad_scores_are_one_line_errors(ledger, capsys, value, message):
@@ -190,7 +192,12 @@ def test_a_zip_with_problems_is_refused_with_each_listed(ledger, capsys, cpx_syn
     test_dir = comp.data_path(cpx_synthetic, "test_images")
     first = sorted(test_dir.glob("*.jpg"))[0].stem
 
+    # no manifest, no runs in the ledger: with three competitions registered, cpx asks which
     code, out, err = cpx(capsys, "submit", "v1", "--zip", zip_path, "--test", test_dir, "--record-score", "0.7")
+    assert code == 2 and error_lines(err)[0].startswith("error: --competition: choose one of celebamask-mini")
+
+    code, out, err = cpx(capsys, "submit", "v1", "--zip", zip_path, "--test", test_dir, "--record-score", "0.7",
+                         "--competition", "celebamask-mini")
 
     assert code == 2
     lines = error_lines(err)
@@ -227,7 +234,7 @@ def test_listing_counts_used_submissions_and_picks_the_latest_as_final(ledger, c
     rows = {r["name"]: r for r in report["rows"]}
     assert [r["name"] for r in report["rows"]] == ["v4", "v3", "v2", "v1"]
     assert report["used"] == 2 and report["limit"] == 10 and report["left"] == 8
-    assert rows["v2"]["gap"] == pytest.approx(0.04) and rows["v2"]["test_f"] == 0.73
+    assert rows["v2"]["gap"] == pytest.approx(0.04) and rows["v2"]["test_score"] == 0.73
     assert rows["v3"]["counts"] is False and rows["v3"]["status"] == "Failed"
     assert rows["v4"]["counts"] is False and rows["v4"]["status"] == "packaged"
     assert report["final"] == "v2" and report["final_reason"] == "latest"
@@ -298,6 +305,12 @@ def test_main_score_prefers_manual_then_metric_column():
 def test_a_bad_score_with_zip_registers_nothing(ledger, capsys, cpx_synthetic, cpx_host, tmp_path):
     comp = cpx_host.competition("celebamask-mini")
     zip_path = hand_made_zip(tmp_path / "mine.zip", cpx_synthetic, comp)
-    code, _, err = cpx(capsys, "submit", "v1", "--zip", zip_path, "--record-score", "72")
-    assert code == 2 and "outside 0..1" in err
+    code, _, err = cpx(capsys, "submit", "v1", "--zip", zip_path, "--record-score", "72",
+                       "--competition", "celebamask-mini")
+    assert code == 2 and "outside 0..1" in err and "give 0.72" in err
+    assert ledger.list_submissions() == []
+    # so is a validation score off the metric's scale
+    code, _, err = cpx(capsys, "submit", "v1", "--zip", zip_path, "--val-score", "70",
+                       "--competition", "celebamask-mini")
+    assert code == 2 and "--val-score: '70' is outside 0..1" in err
     assert ledger.list_submissions() == []

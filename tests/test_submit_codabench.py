@@ -257,7 +257,8 @@ def test_the_same_zip_under_a_second_name_is_refused_naming_the_first(ledger, ca
     zip_path = hand_made_zip(tmp_path / "mine.zip", cpx_synthetic, comp)
     copy = tmp_path / "copy.zip"
     copy.write_bytes(zip_path.read_bytes())
-    assert cpx(capsys, "submit", "v1", "--zip", zip_path, "--record-score", "0.7")[0] == 0
+    assert cpx(capsys, "submit", "v1", "--zip", zip_path, "--record-score", "0.7",
+               "--competition", "celebamask-mini")[0] == 0
     code, _, err = cpx(capsys, "submit", "v2", "--zip", copy)
     assert code == 2
     assert "is already recorded as 'v1'" in one_line(err) and str(zip_path) in one_line(err)
@@ -278,9 +279,9 @@ def test_a_final_that_is_not_the_best_by_validation_is_warned_about(ledger, tmp_
     code, out, err = cpx(capsys, "submit", "worse", "--final")
     assert code == 0
     assert ("only the final submission counts in celebamask-mini, and the final one, worse (0.7000), is not "
-            "your best: good (0.7400) by validation F") in one_line(err)
+            "your best: good (0.7400) by validation fscore") in one_line(err)
     code, out, err = cpx(capsys, "submissions")
-    assert "only the final submission counts" in out and "good (0.7400) by validation F" in one_line(err)
+    assert "only the final submission counts" in out and "good (0.7400) by validation fscore" in one_line(err)
     assert cpx(capsys, "submit", "good", "--final")[0] == 0
     assert "not your best" not in cpx(capsys, "submissions")[2]
 
@@ -304,7 +305,7 @@ def test_submit_zip_accepts_the_weight_keys_of_older_scripts_and_says_which(ledg
     with zipfile.ZipFile(zip_path, "w") as zf:
         for name, data in files.items():
             zf.writestr(name, data)
-    code, out, err = cpx(capsys, "submit", "v1", "--zip", zip_path)
+    code, out, err = cpx(capsys, "submit", "v1", "--zip", zip_path, "--competition", "celebamask-mini")
     assert code == 0, err
     assert f"weights under '{key}'" in one_line(out)
     assert ("weights found under" in err) == (key != "state_dict")

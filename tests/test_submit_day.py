@@ -76,4 +76,4 @@ def test_a_whole_submission_day(cpx_workspace, unet_run, capsys, monkeypatch):
         assert f"not in the ledger: Codabench submission {website} (Finished, 0.7050)" in out
         assert used_today() == 2
         report = json.loads(cpx("submissions", "--json")[0])
-        assert report["used"] == 1 and report["final"] == "v1" and report["rows"][0]["test_f"] == 0.72
+        assert report["used"] == 1 and report["final"] == "v1" and report["rows"][0]["test_score"] == 0.72

@@ -45,7 +45,10 @@ def test_run_py_predicts_what_the_predictor_predicts(host, models, model_name, t
     for shape in ((3, 40, 56), (3, 17, 23)):
         image = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
         expected = predictor.predict([image])[0].numpy()
-        got = standalone_run.predict(model, image[None], "cpu", config)
+        # run.py predicts a batch (B x C x H x W) and returns B masks
+        batch = standalone_run.predict(model, image[None], "cpu", config)
+        assert batch.shape == (1, *shape[1:])
+        got = batch[0]
         assert got.dtype == expected.dtype and got.shape == shape[1:]
         assert (got == expected).all(), f"{model_name} {tta} {shape}: {(got != expected).mean():.2%} differ"
 

@@ -60,7 +60,8 @@ def render_check(report: CheckReport) -> None:
         lines.append(f"parameters: {report.params:,}{limit}, from {source}")
     if report.manifest:
         m = report.manifest
-        lines.append(f"manifest: run {m.get('run_id')}, val F {format_f(m.get('val_score'))}, "
+        lines.append(f"manifest: run {m.get('run_id')}, "
+                     f"val {m.get('metric') or 'score'} {format_f(m.get('val_score'))}, "
                      f"tta {','.join(m.get('tta') or []) or 'none'}, cpx {m.get('cpx_version')}")
     lines.append(f"{report.entries} entries, {_size(report.size_bytes)}, checked in {report.seconds:.1f} s")
     colour = "red" if report.problems else "green"
@@ -73,7 +74,8 @@ def render_check(report: CheckReport) -> None:
 def render_result(result: PackageResult) -> None:
     table = Table(show_header=False, box=None)
     table.add_row("zip", result.zip_path)
-    table.add_row("run", f"{result.run_id} ({result.checkpoint} checkpoint, val F {format_f(result.val_score)})")
+    table.add_row("run", f"{result.run_id} ({result.checkpoint} checkpoint, "
+                         f"val {result.metric or 'score'} {format_f(result.val_score)})")
     table.add_row("masks", f"{result.masks} (tta {','.join(result.tta) or 'none'})")
     table.add_row("parameters", f"{result.params:,}"
                   + (f" < {result.check.max_params:,}" if result.check.max_params else ""))
@@ -130,7 +132,9 @@ def register(app: typer.Typer) -> None:
                                                   help="apply the run's stored logit offsets (cpx calibrate); "
                                                        "solution/run.py repeats them")] = True,
         check: Annotated[Optional[Path], typer.Option("--check", help="only verify this zip (any zip, hand-made too)")] = None,
-        competition: Annotated[Optional[str], typer.Option(help="with --check: the competition (default: the zip's manifest)")] = None,
+        competition: Annotated[Optional[str], typer.Option(
+            help="with --check: the competition (default: the zip's manifest's, cpx.yaml's, "
+                 "the ledger's runs')")] = None,
         yes: Annotated[bool, typer.Option(
             "--yes", "-y", help="package for the last submission left without asking")] = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,

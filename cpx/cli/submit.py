@@ -43,7 +43,8 @@ def register(app: typer.Typer) -> None:
     def submit_command(
         name: Annotated[str, typer.Argument(help="submission name (as given to `cpx package --name`)")],
         record_score_: Annotated[Optional[str], typer.Option(
-            "--record-score", help="the score the leaderboard shows for it, 0..1")] = None,
+            "--record-score", help="the score the leaderboard shows for it, on the competition's metric's "
+                                   "scale (0..1, or 0..100 where the profile says metric.scale: 100)")] = None,
         phase: Annotated[Optional[str], typer.Option(
             help="leaderboard phase the score belongs to (default: test); with --upload, a number "
                  "picks the Codabench phase id")] = None,
@@ -54,7 +55,7 @@ def register(app: typer.Typer) -> None:
             "--zip", help="register a zip made elsewhere (checked like `cpx package --check`)")] = None,
         run: Annotated[Optional[str], typer.Option(help="with --zip: the run it came from")] = None,
         val_score: Annotated[Optional[str], typer.Option(
-            "--val-score", help="with --zip: its validation F")] = None,
+            "--val-score", help="with --zip: its validation score")] = None,
         test: Annotated[Optional[str], typer.Option(
             "--test", help="with --zip: test images folder to compare the masks with")] = None,
         competition: Annotated[Optional[str], typer.Option(
@@ -160,16 +161,17 @@ def register(app: typer.Typer) -> None:
         competition: Annotated[Optional[str], typer.Option(help="competition whose rules apply")] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """List submissions with val and test F, the phase's budget, and the final one."""
+        """List submissions with their validation and test scores, the phase's budget, and the final one."""
         comp = _cpx_competition(competition)
         with Ledger(_common.workspace().ledger_path) as ledger:
             report = submission_report(ledger, comp, phase)
         if json_:
             print_json(report.to_dict())
             return
+        m = comp.metric.name if comp else "score"
         table = Table(title=f"submissions ({len(report.rows)})")
-        for col in ("name", "run", "date", "val F", "test F", "gap", "status", ""):
-            table.add_column(col, justify="right" if col in ("val F", "test F", "gap") else "left",
+        for col in ("name", "run", "date", f"val {m}", f"test {m}", "gap", "status", ""):
+            table.add_column(col, justify="right" if col in (f"val {m}", f"test {m}", "gap") else "left",
                              no_wrap=col in ("name", "date"))
         for r in report.rows:
             status = escape(r.status) + ("" if r.counts else " [dim](not counted)[/]")
@@ -190,7 +192,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("leaderboard")
     def leaderboard_command(
-        sort: Annotated[str, typer.Option(help="rank by val or test F (observed, else predicted)")] = "val",
+        sort: Annotated[str, typer.Option(
+            help="rank by the validation or test score (observed, else predicted)")] = "val",
         limit: Annotated[Optional[int], typer.Option(help="show the top N")] = None,
         phase: Annotated[str, typer.Option(help="leaderboard phase")] = DEFAULT_PHASE,
         competition: Annotated[Optional[str], typer.Option(
@@ -368,7 +371,8 @@ def register(app: typer.Typer) -> None:
         with Ledger(_common.workspace().ledger_path) as ledger:
             comp = _cpx_competition()
             report = sync_submissions(ledger, client, cid, phase_id=phase, phase=label,
-                                      metric=comp.metric.name if comp else "")
+                                      metric=comp.metric.name if comp else "",
+                                      scale=float(comp.metric.scale) if comp else 1.0)
         if json_:
             print_json(report.to_dict())
             return

@@ -19,8 +19,8 @@ so with n pairs and gaps g_1..g_n:
   ``1/n`` the uncertainty of the mean itself. With two or three pairs ``t`` is large
   (12.7 and 4.3), and the interval is honestly wide;
 * one pair: ``s`` cannot be estimated, so the interval is a fixed ±0.05 of the scale
-  (:data:`SINGLE_PAIR_SPREAD`, about what separates validation and test F on a 100-image
-  test set) and the prediction is flagged "1 pair: rough";
+  (:data:`SINGLE_PAIR_SPREAD`, about what separates the validation and test F-scores of
+  CelebAMask on a 100-image test set) and the prediction is flagged "1 pair: rough";
 * no pair: nothing is predicted.
 
 The prediction and its bounds are clipped to [0, scale]. The model assumes the gap does not depend on the model;
@@ -297,12 +297,8 @@ class Leaderboard:
         return "\n".join(lines) + "\n"
 
 
-
-
-
-
 def format_test_score(row: Row, markdown: bool = False) -> str:
-    """The observed test F, else the prediction marked as such, else ``-``."""
+    """The observed test score, else the prediction marked as such, else ``-``."""
     if row.test_score is not None:
         return format_f(row.test_score)
     if row.predicted is not None:
@@ -312,7 +308,7 @@ def format_test_score(row: Row, markdown: bool = False) -> str:
 
 
 def run_checkpoint(row: Row) -> str:
-    """``run / checkpoint``, naming the ``cpx validate`` record when the val F comes from one."""
+    """``run / checkpoint``, naming the ``cpx validate`` record when the validation score comes from one."""
     run = row.run_name or row.run_id or "-"
     text = f"{run} / {row.checkpoint}" if row.checkpoint else run
     if row.val_source.startswith(("validate", "refit")):
@@ -330,7 +326,7 @@ def _run_val(ledger: Ledger, run: dict, better=None) -> tuple[Optional[float], s
         source = f"train ep {run['best_epoch']}" if run.get("best_epoch") else "train"
         checkpoint = "best" if run.get("kind") == "train" else None
     if run.get("refit_of") and val is not None:
-        source = f"refit of {run['refit_of']}: its val F, not measurable"
+        source = f"refit of {run['refit_of']}: its validation score, not measurable"
     if run.get("kind") == "ensemble":
         source, checkpoint = ("ensemble" if val is not None else ""), "members"
     if run.get("kind") == "imported":
@@ -338,7 +334,7 @@ def _run_val(ledger: Ledger, run: dict, better=None) -> tuple[Optional[float], s
         checkpoint = _basename(ckpts[0]) if ckpts else None
         if val is not None:
             source = f"imported ep {run['best_epoch']}" if run.get("best_epoch") else "imported"
-    # a calibrated score on the images the offsets were fitted on is in-sample: never the val F
+    # a calibrated score on the images the offsets were fitted on is in-sample: never the validation score
     honest = [v for v in ledger.list_validations(run["id"]) if v.get("score") is not None
               and not (v.get("calibrated") and v.get("data") == "val_list")
               and (not v.get("metric") or not run.get("metric") or v["metric"] == run["metric"])]

@@ -365,6 +365,12 @@ class Ledger:
             args.append(int(limit))
         return [_decode("runs", r) for r in self._db.execute(sql, args)]
 
+    def competitions(self) -> list[str]:
+        """The competitions the runs belong to, sorted (runs without one left out)."""
+        rows = self._db.execute("SELECT DISTINCT competition FROM runs WHERE competition IS NOT NULL "
+                                "AND competition != '' ORDER BY competition")
+        return [r[0] for r in rows]
+
     # -- validations ---------------------------------------------------------------
 
     def add_validation(self, run_id: str, **fields: Any) -> dict:
@@ -479,19 +485,20 @@ class Ledger:
         column_key: str = "score",
         source: str = "manual",
         replace: bool = False,
+        scale: float = 1.0,
     ) -> dict:
         """Record a leaderboard score for a submission and return the score row.
 
-        The score must be a finite number (its range is the competition metric's, checked by
-        :func:`cpx.submit.submissions.parse_score`). A submission has at most one score per
-        phase and column: recording another raises SubmissionError unless ``replace``.
+        The score must lie in [0, ``scale``] (the metric's scale: 100 for percent). A
+        submission has at most one score per phase and column: recording another raises
+        SubmissionError unless ``replace``.
         """
         try:
             value = float(_plain(score))
         except (TypeError, ValueError):
             raise SubmissionError(f"score must be a number, not {score!r}") from None
-        if not math.isfinite(value):
-            raise SubmissionError(f"score must be a finite number, not {score!r}")
+        if math.isnan(value) or not 0.0 <= value <= scale:
+            raise SubmissionError(f"score must lie between 0 and {scale:g}, not {score!r}")
         if source not in SCORE_SOURCES:
             raise ValueError(f"source must be one of {', '.join(SCORE_SOURCES)}, not {source!r}")
         with self._write():

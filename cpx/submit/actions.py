@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from cpx.data.competition import Competition
+from cpx.eval.metrics import create_metric
 from cpx.kernel.errors import CodabenchError, ConfigError, CpxError, SubmissionError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
@@ -37,6 +38,7 @@ from cpx.submit.submissions import (
     upload_submission,
     used_in_phase,
 )
+from cpx.submit.zipcheck import default_competition
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -128,11 +130,13 @@ def submit(request: SubmitRequest, workspace: Workspace, host: PluginHost, *,
             named = request.competition if request.competition and not request.competition.strip().isdigit() else None
             registered = register_submission(ledger, name, request.zip_path, workspace=workspace, host=host,
                                              competition=named, run=request.run, val_score=request.val_score,
-                                             test_dir=request.test_dir, note=note)
+                                             test_dir=request.test_dir, note=note, score=request.record_score)
             note = None
         sub = _known_submission(ledger, name)
         run_row = ledger.get_run(sub["run_id"]) if sub.get("run_id") else None
-        comp = cpx_competition(host, workspace, run=run_row)
+        # a registered zip was checked for a competition: its metric and rules apply
+        comp = (host.competition(registered.check.competition) if registered
+                else cpx_competition(host, workspace, run=run_row))
         metric = comp.metric.name if comp else ""
         outcome = SubmitOutcome(name=name, phase=label, submission=sub, registered=registered,
                                 val_score=sub.get("val_score"))
@@ -162,8 +166,10 @@ def submit(request: SubmitRequest, workspace: Workspace, host: PluginHost, *,
         outcome.submission = ledger.get_submission(name)
         if comp is not None and comp.rules.only_final_counts and (request.final or request.record_score
                                                                   or request.upload):
-            report = submission_report(ledger, comp, label)
-            warning = final_not_best(report.rows, report.final, comp.name) if report.final else None
+            greater = create_metric(comp, host).greater_is_better
+            report = submission_report(ledger, comp, label, greater_is_better=greater)
+            warning = (final_not_best(report.rows, report.final, comp.name, metric=comp.metric.name,
+                                      greater_is_better=greater) if report.final else None)
             outcome.warnings += [warning] if warning else []
     return outcome
 
@@ -194,7 +200,8 @@ def _upload(request: SubmitRequest, outcome: SubmitOutcome, ledger: Ledger, work
     metric = comp.metric.name if comp else ""
     outcome.upload = upload_submission(
         ledger, name, client, cid, phase_id=phase_id, phase=label, wait=request.wait, timeout=timeout,
-        initial_interval=request.poll, progress=progress, metric=metric, final=request.final,
+        initial_interval=request.poll, progress=progress, metric=metric,
+        scale=float(comp.metric.scale) if comp else 1.0, final=request.final,
         leaderboard=request.leaderboard, before_upload=before_upload)
     if outcome.upload.on_leaderboard:
         outcome.leaderboard = outcome.upload.leaderboard
@@ -244,7 +251,7 @@ def _check_options(request: SubmitRequest) -> tuple[str, Optional[int]]:
     if not request.zip_path and (request.run or request.val_score is not None or request.test_dir):
         raise ConfigError("--run, --val-score and --test go with --zip")
     if request.record_score is not None:
-        parse_score(request.record_score)  # before --zip registers anything
+        parse_score(request.record_score)  # a number, before anything is read
     return label, phase_id
 
 
@@ -293,7 +300,8 @@ def codabench_competition_id(value: Optional[str], workspace: Workspace) -> int:
 def cpx_competition(host: PluginHost, workspace: Workspace, name: Optional[str] = None,
                     run: Optional[dict] = None) -> Optional[Competition]:
     """The competition profile whose rules and metric apply: the named one, the run's, else
-    the workspace's or the only registered one; None when that is ambiguous.
+    :func:`~cpx.submit.zipcheck.default_competition` (cpx.yaml's, the ledger's runs', the
+    data folder's, the only registered one); None when that is ambiguous.
 
     :raises UnknownComponent: ``name`` names no registered competition.
     """
@@ -304,13 +312,10 @@ def cpx_competition(host: PluginHost, workspace: Workspace, name: Optional[str] 
             return host.competition(run["competition"])
         except CpxError:
             pass
-    configured = workspace.settings().get("competition")
+    found = default_competition(workspace, host)
     try:
-        if configured:
-            return host.competition(configured)
-        names = host.competitions.names()
-        return host.competition(names[0]) if len(names) == 1 else None
-    except CpxError:
+        return host.competition(found) if found else None
+    except CpxError:  # cpx.yaml names a competition no plugin registers
         return None
 
 

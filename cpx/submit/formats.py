@@ -96,6 +96,12 @@ class SubmissionFormat(ABC):
         the field (``results.json: IMG_1.JPG.counts: ...``); what cannot be decoded is left out.
         Class ids are not range-checked here (the core does it for every format)."""
 
+    def location(self, key: str) -> str:
+        """Where the prediction of ``key`` lives, for problems about it (a missing mask, a size
+        or class id that is wrong): by default the key itself; a folder of mask files names
+        the file (``masks/IMG_1.png``)."""
+        return key
+
     def kept_classes(self) -> tuple[int, ...]:
         """The class ids a mask keeps through this format: every class of the competition,
         unless the format stores only some (run lengths of one class write every other id as

@@ -28,7 +28,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from cpx.data.competition import Competition
+from cpx.data.competition import Competition, matching_profiles
 from cpx.data.images import BadFile, image_size
 from cpx.data.layout import scan_images
 from cpx.data.masks import bad_ids_message
@@ -128,19 +128,23 @@ def check_predictions(files: FileSource, fmt: SubmissionFormat, competition: Com
             values = np.unique(arr)
             bad = values[values >= k]
             if bad.size:
-                report.add(key, "bad_class", bad_ids_message(bad, k))
+                report.add(fmt.location(key), "bad_class", bad_ids_message(bad, k))
             seen_classes[values[values < k]] = True
         if expected is not None and key in expected and tuple(arr.shape) != tuple(expected[key]):
             h, w = expected[key]
-            report.add(key, "mask_size", f"prediction is {arr.shape[1]}x{arr.shape[0]} but the test image is {w}x{h}")
+            report.add(fmt.location(key), "mask_size",
+                       f"prediction is {arr.shape[1]}x{arr.shape[0]} but the test image is {w}x{h}")
     report.masks = len(masks)
     report.classes_seen = [int(c) for c in np.flatnonzero(seen_classes)]
     if expected is not None:
         for key in sorted(set(expected) - set(masks)):
-            if not any(p.path.endswith(key) or key in p.message for p in report.problems):
-                report.add(key, "missing_mask", "missing: the test image has no prediction")
+            where = fmt.location(key)
+            # a prediction that is there but did not decode is already a problem
+            if not any(p.path == where or p.path.endswith("/" + where) or p.message.startswith((f"{key}:", f"{key}."))
+                       for p in report.problems):
+                report.add(where, "missing_mask", "missing: the test image has no prediction")
         for key in sorted(set(masks) - set(expected)):
-            report.add(key, "extra_mask", "no test image has this name")
+            report.add(fmt.location(key), "extra_mask", "no test image has this name")
     return masks
 
 
@@ -260,13 +264,37 @@ def check_zip(zip_path: os.PathLike, competition: Competition, fmt: Optional[Sub
     return report
 
 
+def default_competition(workspace: Workspace, host: PluginHost) -> Optional[str]:
+    """The competition a command given none works for: ``competition:`` in the workspace's
+    ``cpx.yaml``, else the one every run in the ledger belongs to, else the one profile whose
+    layout the workspace's ``data`` folder follows, else the only one registered; None when
+    that leaves a choice."""
+    configured = workspace.settings().get("competition")
+    if configured:
+        return str(configured)
+    names = host.competitions.names()
+    if workspace.ledger_path.is_file():
+        from cpx.runs.ledger import Ledger
+
+        with Ledger(workspace.ledger_path) as ledger:
+            used = ledger.competitions()
+        if len(used) == 1 and used[0] in names:
+            return used[0]
+    data = workspace.settings().get("data")
+    if data and Path(data).is_dir():
+        fits = matching_profiles(Path(data), [host.competition(n) for n in names])
+        if len(fits) == 1:
+            return fits[0].name
+    return names[0] if len(names) == 1 else None
+
+
 def check_submission(zip_path: os.PathLike, workspace: Workspace, host: PluginHost, *,
                      competition: Optional[str] = None, test_dir: Optional[os.PathLike] = None
                      ) -> CheckReport:
     """:func:`check_zip` with the competition and test images worked out.
 
-    The competition is the one given, else the one the zip's manifest names, else the
-    workspace's setting, else the only one registered. The test images come from
+    The competition is the one given, else the one the zip's manifest names, else
+    :func:`default_competition`. The test images come from
     ``test_dir``, else the folder the manifest recorded (when it still exists), else the
     workspace's ``data`` setting.
     """
@@ -274,12 +302,11 @@ def check_submission(zip_path: os.PathLike, workspace: Workspace, host: PluginHo
     if not zip_path.is_file():
         raise SubmissionError(f"{zip_path}: no such file")
     manifest = _peek_manifest(zip_path)
-    name = (competition or manifest.get("competition") or workspace.settings().get("competition"))
+    name = competition or manifest.get("competition") or default_competition(workspace, host)
     if not name:
         names = host.competitions.names()
-        if len(names) != 1:
-            raise ConfigError(f"--competition: choose one of {', '.join(names) or '(none registered)'}")
-        name = names[0]
+        raise ConfigError(f"--competition: choose one of {', '.join(names) or '(none registered)'} "
+                          "(or set competition: in the workspace's cpx.yaml)")
     comp = host.competition(name)
     folder: Optional[Path] = Path(test_dir) if test_dir else None
     if folder is None and manifest.get("test_dir") and Path(manifest["test_dir"]).is_dir():
@@ -314,4 +341,4 @@ def _peek_manifest(zip_path: Path) -> dict:
 
 
 __all__ = ["MANIFEST", "CheckReport", "check_files", "check_folder", "check_submission", "check_zip",
-           "estimate_params", "image_sizes", "list_test_images", "refusal"]
+           "default_competition", "estimate_params", "image_sizes", "list_test_images", "refusal"]

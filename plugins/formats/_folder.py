@@ -53,6 +53,9 @@ class MaskFolder(SubmissionFormat):
         """The mask file of ``key``, relative to the zip's top."""
         return f"{self.folder}/{key}{self.suffix}"
 
+    def location(self, key: str) -> str:
+        return self.path_of(key)
+
     def read(self, files: FileSource, report: CheckReport) -> dict[str, np.ndarray]:
         prefix = self.folder + "/"
         top = self.entries()[0]

@@ -89,8 +89,10 @@ class SubmissionReport:
 
 
 def submission_report(ledger: Ledger, competition: Optional[Competition] = None,
-                      phase: str = DEFAULT_PHASE) -> SubmissionReport:
-    """Every submission with its val and test F, the phase's budget, and the final pick."""
+                      phase: str = DEFAULT_PHASE, *, greater_is_better: Optional[bool] = None) -> SubmissionReport:
+    """Every submission with its validation and test scores, the phase's budget, and the final
+    pick. ``greater_is_better`` is the direction of the competition's metric (default: the
+    registered metric's, from the current plugin host)."""
     metric = competition.metric.name if competition else ""
     rows: list[SubmissionRow] = []
     for sub in ledger.list_submissions(phase):
@@ -128,24 +130,34 @@ def submission_report(ledger: Ledger, competition: Optional[Competition] = None,
         warnings.append(f"{len(counted)} submissions count in phase '{phase}', "
                         f"but {competition.name} allows {limit}")
     if only_final and final is not None:
-        warning = final_not_best(rows, final, competition.name)
+        if greater_is_better is None:
+            from cpx.eval.metrics import create_metric
+            from cpx.kernel.manager import get_host
+
+            greater_is_better = create_metric(competition, get_host()).greater_is_better
+        warning = final_not_best(rows, final, competition.name, metric=metric,
+                                 greater_is_better=greater_is_better)
         if warning:
             warnings.append(warning)
     return SubmissionReport(phase=phase, rows=rows, used=len(counted), limit=limit, final=final,
                             final_reason=reason, only_final_counts=only_final, warnings=warnings)
 
 
-def final_not_best(rows: list[SubmissionRow], final: str, competition: str) -> Optional[str]:
-    """A warning when the final submission is not the best of those that count: by test F
-    when any is scored, else by validation F; None when it is the best (or nothing compares)."""
+def final_not_best(rows: list[SubmissionRow], final: str, competition: str, *, metric: str = "",
+                   greater_is_better: bool = True) -> Optional[str]:
+    """A warning when the final submission is not the best of those that count: by test score
+    when any is scored, else by validation score, in the direction of the competition's
+    ``metric``; None when it is the best (or nothing compares)."""
     counted = [r for r in rows if r.counts or r.name == final]
     mine = next(r for r in rows if r.name == final)
-    for label, value in (("test F", lambda r: r.test_score), ("validation F", lambda r: r.val_score)):
+    sign = 1.0 if greater_is_better else -1.0
+    what = metric or "score"
+    for label, value in ((f"test {what}", lambda r: r.test_score), (f"validation {what}", lambda r: r.val_score)):
         known = [r for r in counted if value(r) is not None]
         if not known:
             continue
-        best = max(known, key=value)
-        if best.name != final and (value(mine) is None or value(best) > value(mine)):
+        best = max(known, key=lambda r: sign * value(r))
+        if best.name != final and (value(mine) is None or sign * value(best) > sign * value(mine)):
             shown = f"{format_f(value(mine))}" if value(mine) is not None else "unscored"
             return (f"only the final submission counts in {competition}, and the final one, {final} "
                     f"({shown}), is not your best: {best.name} ({format_f(value(best))}) by {label}; "

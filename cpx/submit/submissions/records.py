@@ -4,7 +4,6 @@ pick, and zips made elsewhere registered after the same check as ``cpx package -
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -49,7 +48,8 @@ def record_score(ledger: Ledger, name: str, score: float, *, phase: str = DEFAUL
             f"{existing['recorded_at']}); use --replace to overwrite it")
     before = used_in_phase(ledger, phase)
     column = existing["column_key"] if existing else "score"
-    row = ledger.record_score(name, value, phase=phase, column_key=column, source="manual", replace=replace)
+    row = ledger.record_score(name, value, phase=phase, column_key=column, source="manual", replace=replace,
+                              scale=float(competition.metric.scale) if competition else 1.0)
     fields: dict[str, Any] = {}
     if not sub.get("phase"):
         fields["phase"] = phase
@@ -106,14 +106,17 @@ class Registered:
 def register_submission(ledger: Ledger, name: str, zip_path: Path, *, workspace, host,
                         competition: Optional[str] = None, run: Optional[str] = None,
                         val_score: Optional[float] = None, test_dir: Optional[Path] = None,
-                        note: Optional[str] = None) -> Registered:
+                        note: Optional[str] = None, score: Optional[str] = None) -> Registered:
     """Record a zip made before cpx (or by hand) as submission ``name``, after the same
     verification as ``cpx package --check``; any problem refuses it. The zip stays where
-    it is: the ledger keeps its absolute path and sha256.
+    it is: the ledger keeps its absolute path and sha256. ``val_score`` and ``score`` (a
+    leaderboard score about to be recorded for it) are checked against the scale of the
+    metric of the competition the zip was checked for, before anything is recorded.
 
     :raises SubmissionError: no such zip, a name taken, the same zip (same sha256) already
-        recorded under another name (naming it), a bad ``val_score`` (0..1), or problems in
-        the zip (each listed; nothing is recorded).
+        recorded under another name (naming it), a ``val_score`` or ``score`` that is not a
+        number on the metric's scale, or problems in the zip (each listed; nothing is
+        recorded).
     """
     zip_path = Path(zip_path).expanduser()
     if not zip_path.is_file():
@@ -132,13 +135,9 @@ def register_submission(ledger: Ledger, name: str, zip_path: Path, *, workspace,
                               f"'{first['name']}' ({first.get('zip_path') or 'no path'}); one zip is one "
                               f"submission, use that name")
     run_row = ledger.get_run(run) if run else None
-    if val_score is not None:
-        try:
-            val_score = float(val_score)
-        except (TypeError, ValueError):
-            raise SubmissionError(f"--val-score: {val_score!r} is not a number") from None
-        if math.isnan(val_score) or not 0.0 <= val_score <= 1.0:
-            raise SubmissionError(f"--val-score: {val_score!r} is outside 0..1")
+    for value, option in ((val_score, "--val-score"), (score, "--record-score")):
+        if value is not None:
+            parse_score(value, None, option)  # a number, before the zip is read
     if test_dir is not None and not Path(test_dir).is_dir():
         raise SubmissionError(f"--test {test_dir}: no such folder")
     competition = competition or (run_row or {}).get("competition")
@@ -149,6 +148,11 @@ def register_submission(ledger: Ledger, name: str, zip_path: Path, *, workspace,
         raise SubmissionError("\n".join(
             [f"{zip_path}: {len(problems)} problem{'s' if len(problems) != 1 else ''}; not registered"]
             + [f"  {p}" for p in problems]))
+    comp = host.competition(report.competition)
+    if val_score is not None:
+        val_score = parse_score(val_score, comp, "--val-score")
+    if score is not None:
+        parse_score(score, comp)
     if val_score is None and run_row is not None:
         val_score = run_row.get("best_val_score")
     row = ledger.add_submission(

@@ -31,15 +31,16 @@ Progress = Callable[[str], None]
 RESUBMITTABLE = ("failed", "cancelled")
 
 
-def _record_codabench(ledger: Ledger, name: str, result, phase: str, metric: str) -> tuple[dict, list[str]]:
-    """Store every column Codabench reported; columns that are not 0..1 scores (a run
-    time, say) are skipped and named."""
+def _record_codabench(ledger: Ledger, name: str, result, phase: str, scale: float) -> tuple[dict, list[str]]:
+    """Store every column Codabench reported; columns that are not scores on the metric's
+    scale, 0..``scale`` (a run time, say), are skipped and named."""
     recorded, skipped = {}, []
     for key, value in result.scores.items():
         try:
-            ledger.record_score(name, value, phase=phase, column_key=key, source="codabench", replace=True)
+            ledger.record_score(name, value, phase=phase, column_key=key, source="codabench", replace=True,
+                                scale=scale)
         except SubmissionError:
-            skipped.append(f"column '{key}' = {value} is not a score between 0 and 1; not recorded")
+            skipped.append(f"column '{key}' = {value} is not a score between 0 and {scale:g}; not recorded")
             continue
         recorded[key] = value
     return recorded, skipped
@@ -66,7 +67,7 @@ class UploadOutcome:
 def upload_submission(ledger: Ledger, name: str, client: CodabenchClient, competition_id: int, *,
                       phase_id: Optional[int] = None, phase: str = DEFAULT_PHASE, wait: bool = False,
                       timeout: float = 3600, initial_interval: float = 2.0, max_interval: float = 30.0,
-                      progress: Optional[Progress] = None, metric: str = "",
+                      progress: Optional[Progress] = None, metric: str = "", scale: float = 1.0,
                       final: bool = False, leaderboard: bool = False,
                       before_upload: Optional[Callable[[Phase], None]] = None) -> UploadOutcome:
     """Upload the packaged zip of ``name`` to Codabench and record the upload.
@@ -74,7 +75,8 @@ def upload_submission(ledger: Ledger, name: str, client: CodabenchClient, compet
     The Codabench id is written to the ledger as soon as the server has it, before any
     waiting, so a wait that times out leaves a submission that ``cpx codabench sync``
     can complete. With ``wait``, a finished submission's scores are recorded with
-    source ``codabench``. ``final`` marks it final in the ledger; ``leaderboard`` (or
+    source ``codabench``: the columns that are scores in 0..``scale`` (the competition
+    metric's scale), the main one by ``metric``'s name. ``final`` marks it final in the ledger; ``leaderboard`` (or
     ``final``) also puts it on the phase's public leaderboard: once scored with ``wait``,
     else right away. ``before_upload(phase)`` runs before anything is sent (see
     :func:`cpx.submit.codabench.submit_zip`).
@@ -119,7 +121,7 @@ def upload_submission(ledger: Ledger, name: str, client: CodabenchClient, compet
     except CodabenchError as exc:
         raise CodabenchError(f"{exc}; `cpx codabench sync --competition {competition_id}` "
                              f"records its score once it is done") from None
-    outcome = _apply_result(ledger, name, result, phase, metric, outcome)
+    outcome = _apply_result(ledger, name, result, phase, metric, scale, outcome)
     if leaderboard or final:
         outcome.leaderboard, outcome.on_leaderboard = connect_to_leaderboard(client, created.id, status=result.status)
     return outcome
@@ -148,13 +150,13 @@ def connect_to_leaderboard(client: CodabenchClient, codabench_id: int, *,
             + ("" if done else "; it shows there once it is scored")), True
 
 
-def _apply_result(ledger: Ledger, name: str, result, phase: str, metric: str,
+def _apply_result(ledger: Ledger, name: str, result, phase: str, metric: str, scale: float,
                   outcome: Optional[UploadOutcome] = None) -> UploadOutcome:
     sub = ledger.update_submission(name, status=result.status, status_detail=result.detail)
     outcome = outcome or UploadOutcome(sub, result.id, result.status, result.phase_id)
     outcome.submission, outcome.status, outcome.detail = sub, result.status, result.detail
     if result.ok and result.scores:
-        outcome.scores, outcome.messages = _record_codabench(ledger, name, result, phase, metric)
+        outcome.scores, outcome.messages = _record_codabench(ledger, name, result, phase, scale)
         best = main_score(ledger.scores_for(name), phase, metric)
         outcome.main = best["score"] if best else None
     return outcome
@@ -190,7 +192,7 @@ def my_names(client: CodabenchClient) -> tuple[str, ...]:
 
 def sync_submissions(ledger: Ledger, client: CodabenchClient, competition_id: int, *,
                      phase_id: Optional[int] = None, phase: str = DEFAULT_PHASE, owner: Optional[str] = None,
-                     metric: str = "") -> SyncReport:
+                     metric: str = "", scale: float = 1.0) -> SyncReport:
     """Match your Codabench submissions to the ledger by Codabench id; update their status
     and fill in the scores of finished ones that have none in ``phase`` yet.
 
@@ -215,7 +217,7 @@ def sync_submissions(ledger: Ledger, client: CodabenchClient, competition_id: in
                                    "created": item.created_when, "filename": item.filename})
             continue
         seen.add(str(item.id))
-        _sync_one(ledger, client, sub, item, phase, metric, report)
+        _sync_one(ledger, client, sub, item, phase, metric, scale, report)
     for cid, sub in local.items():
         if cid in seen:
             continue
@@ -229,11 +231,12 @@ def sync_submissions(ledger: Ledger, client: CodabenchClient, competition_id: in
             report.missing.append(sub["name"])
             report.messages.append(f"{sub['name']}: Codabench submission {cid} not found ({exc})")
             continue
-        _sync_one(ledger, client, sub, item, phase, metric, report)
+        _sync_one(ledger, client, sub, item, phase, metric, scale, report)
     return report
 
 
-def _sync_one(ledger: Ledger, client, sub: dict, item, phase: str, metric: str, report: SyncReport) -> None:
+def _sync_one(ledger: Ledger, client, sub: dict, item, phase: str, metric: str, scale: float,
+              report: SyncReport) -> None:
     name = sub["name"]
     has_score = main_score(ledger.scores_for(name), phase, metric) is not None
     if not has_score and not (item.done and not item.ok):
@@ -243,7 +246,7 @@ def _sync_one(ledger: Ledger, client, sub: dict, item, phase: str, metric: str, 
     if (sub.get("status") or "") != item.status:
         report.updated.append((name, item.status))
     if item.ok and item.scores and not has_score:
-        outcome = _apply_result(ledger, name, item, phase, metric)
+        outcome = _apply_result(ledger, name, item, phase, metric, scale)
         report.messages += [f"{name}: {m}" for m in outcome.messages]
         if outcome.main is not None:
             report.filled.append((name, outcome.main))

@@ -36,20 +36,21 @@ def main_score(scores: list[dict], phase: str = DEFAULT_PHASE, metric: str = "")
     return None
 
 
-def parse_score(score: Any, competition: Optional[Any] = None) -> float:
-    """A leaderboard score given on the command line, checked to be a number on the scale of the
-    competition's metric: ``0..1``, or ``0..100`` for organisers who print percent
-    (``metric: {scale: 100}``). Without a competition only a finite number is required.
+def parse_score(score: Any, competition: Optional[Any] = None, option: str = "--record-score") -> float:
+    """A score given on the command line (``option`` names it in errors), checked to be a
+    number on the scale of the competition's metric: ``0..1``, or ``0..100`` for organisers
+    who print percent (``metric: {scale: 100}``). Without a competition only a finite number
+    is required.
 
-    :raises SubmissionError: not a number, or outside the metric's range (with a hint when the
-        value looks like the other scale).
+    :raises SubmissionError: not a finite number, or outside the metric's range (with a hint
+        when the value looks like a percent on a 0..1 scale).
     """
     try:
         value = float(score)
     except (TypeError, ValueError):
-        raise SubmissionError(f"--record-score: {score!r} is not a number") from None
+        raise SubmissionError(f"{option}: {score!r} is not a number") from None
     if not math.isfinite(value):
-        raise SubmissionError(f"--record-score: {score!r} is not a finite number")
+        raise SubmissionError(f"{option}: {score!r} is not a finite number")
     if competition is None:
         return value
     spec = competition.metric
@@ -57,9 +58,8 @@ def parse_score(score: Any, competition: Optional[Any] = None) -> float:
     if not 0.0 <= value <= top:
         hint = ""
         if top == 1 and 1 < value <= 100:
-            hint = (f"; {competition.name} scores {spec.name} in 0..1 (if the leaderboard prints percent, set "
-                    "metric.scale: 100 in its profile, or give {value / 100:g})").replace("{value / 100:g}",
-                                                                                          f"{value / 100:g}")
-        raise SubmissionError(f"--record-score: {score!r} is outside 0..{top:g}, the scale of {competition.name}'s "
+            hint = (f" (if the leaderboard prints percent, give {value / 100:g}, or set metric.scale: 100 "
+                    f"in its profile)")
+        raise SubmissionError(f"{option}: {score!r} is outside 0..{top:g}, the scale of {competition.name}'s "
                               f"{spec.name}{hint}")
     return value

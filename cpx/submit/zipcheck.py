@@ -28,13 +28,14 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from cpx.data.competition import Competition, matching_profiles
+from cpx.data.competition import Competition
 from cpx.data.images import BadFile, image_size
 from cpx.data.layout import scan_images
 from cpx.data.masks import bad_ids_message
 from cpx.kernel.errors import ConfigError, Problem, SubmissionError
 from cpx.kernel.manager import PluginHost, get_host
 from cpx.kernel.workspace import Workspace
+from cpx.runs.handle import default_competition
 from cpx.submit.checkreport import CheckReport
 from cpx.submit.formats import SubmissionFormat, create_format
 from cpx.submit.solutioncheck import check_solution, estimate_params
@@ -264,37 +265,13 @@ def check_zip(zip_path: os.PathLike, competition: Competition, fmt: Optional[Sub
     return report
 
 
-def default_competition(workspace: Workspace, host: PluginHost) -> Optional[str]:
-    """The competition a command given none works for: ``competition:`` in the workspace's
-    ``cpx.yaml``, else the one every run in the ledger belongs to, else the one profile whose
-    layout the workspace's ``data`` folder follows, else the only one registered; None when
-    that leaves a choice."""
-    configured = workspace.settings().get("competition")
-    if configured:
-        return str(configured)
-    names = host.competitions.names()
-    if workspace.ledger_path.is_file():
-        from cpx.runs.ledger import Ledger
-
-        with Ledger(workspace.ledger_path) as ledger:
-            used = ledger.competitions()
-        if len(used) == 1 and used[0] in names:
-            return used[0]
-    data = workspace.settings().get("data")
-    if data and Path(data).is_dir():
-        fits = matching_profiles(Path(data), [host.competition(n) for n in names])
-        if len(fits) == 1:
-            return fits[0].name
-    return names[0] if len(names) == 1 else None
-
-
 def check_submission(zip_path: os.PathLike, workspace: Workspace, host: PluginHost, *,
                      competition: Optional[str] = None, test_dir: Optional[os.PathLike] = None
                      ) -> CheckReport:
     """:func:`check_zip` with the competition and test images worked out.
 
     The competition is the one given, else the one the zip's manifest names, else
-    :func:`default_competition`. The test images come from
+    :func:`cpx.runs.handle.default_competition`. The test images come from
     ``test_dir``, else the folder the manifest recorded (when it still exists), else the
     workspace's ``data`` setting.
     """
@@ -341,4 +318,4 @@ def _peek_manifest(zip_path: Path) -> dict:
 
 
 __all__ = ["MANIFEST", "CheckReport", "check_files", "check_folder", "check_submission", "check_zip",
-           "default_competition", "estimate_params", "image_sizes", "list_test_images", "refusal"]
+           "estimate_params", "image_sizes", "list_test_images", "refusal"]

@@ -88,18 +88,18 @@ def assert_consistent(ws, row: dict) -> None:
     """best.pt, history.json and the ledger describe the same best epoch."""
     folder = RunFolder(row["run_dir"])
     history = folder.read_history()
-    scored = [h for h in history if h.get("val_f") is not None]
+    scored = [h for h in history if h.get("val_score") is not None]
     if not scored:
         assert not row.get("best_epoch")
         return
-    best = max(scored, key=lambda h: h["val_f"])
+    best = max(scored, key=lambda h: h["val_score"])
     # ties keep the earliest, as the trainer does
-    best = next(h for h in scored if h["val_f"] == best["val_f"])
+    best = next(h for h in scored if h["val_score"] == best["val_score"])
     assert row["best_epoch"] == best["epoch"], (row["best_epoch"], best)
-    assert row["best_val_score"] == pytest.approx(best["val_f"])
+    assert row["best_val_score"] == pytest.approx(best["val_score"])
     assert row["last_epoch"] == history[-1]["epoch"]
     saved = torch.load(folder.best_path, weights_only=True)
-    assert saved["epoch"] == best["epoch"] and saved["val_f"] == pytest.approx(best["val_f"])
+    assert saved["epoch"] == best["epoch"] and saved["val_score"] == pytest.approx(best["val_score"])
     assert not folder.pending_best_path.exists()
 
 

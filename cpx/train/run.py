@@ -579,7 +579,8 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
         try:
             from cpx.train.curves import plot_history
 
-            plot_history([(run_id, trainer.history)], folder.curves_path)
+            plot_history([(run_id, trainer.history)], folder.curves_path, metric=result.metric,
+                         greater_is_better=metric.greater_is_better)
         except Exception as exc:  # a plotting problem must not lose a finished run
             message += f" (curves.png not written: {exc})"
     finished = utc_now()

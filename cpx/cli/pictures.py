@@ -158,7 +158,8 @@ def register(app: typer.Typer) -> None:
         table.add_column("B − A", justify="right")
         table.add_column("images A/B", justify="right")
         for c in result.by_difference():
-            table.add_row(c.name, format_f(c.score_a), format_f(c.score_b), _f_diff(c.diff), f"{c.images_a}/{c.images_b}")
+            table.add_row(c.name, format_f(c.score_a), format_f(c.score_b), _f_diff(c.diff),
+                          f"{c.images_a}/{c.images_b}")
         table.add_section()
         table.add_row("[bold]score[/]", f"[bold]{format_f(result.score_a)}[/]", f"[bold]{format_f(result.score_b)}[/]",
                       _f_diff(result.score_b - result.score_a), f"{result.images_a}/{result.images_b}")

@@ -21,6 +21,8 @@ from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.data.labels import apply_label_policy
 from cpx.data.masks import IGNORE
+from cpx.eval.metrics import create_metric
+from cpx.eval.validate import Labelled, labelled_files, read_labelled
 from cpx.kernel.config import ExperimentConfig, apply_overrides, build_config, config_diff, resolve, validate
 from cpx.kernel.device import count_params, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RuleViolation, RunError
@@ -34,8 +36,6 @@ from cpx.runs.ledger import Ledger
 from cpx.runs.recovery import reconcile
 from cpx.train.budget import BudgetCallback
 from cpx.train.collective import barrier, rank0_object, rank_world
-from cpx.eval.metrics import create_metric
-from cpx.eval.validate import Labelled, labelled_files, read_labelled
 from cpx.train.loop import Trainer, TrainerSettings
 
 

@@ -389,7 +389,7 @@ class _Builder(EffectSections):
             v = recorded_validation(self.ledger, run) or self.ledger.best_validation(run["id"])
             if v and isinstance(v.get("per_class"), dict) and v["per_class"]:
                 classes = classes or list(v["per_class"])
-                per_class.append((self._label(run), [((v["per_class"].get(c) or {}).get("f")) for c in classes],
+                per_class.append((self._label(run), [((v["per_class"].get(c) or {}).get("score")) for c in classes],
                                   v["score"]))
             if len(per_class) >= CURVES:
                 break

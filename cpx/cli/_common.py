@@ -10,7 +10,7 @@ from typing import Any, Optional
 from rich.console import Console
 from rich.markup import escape
 
-from cpx.kernel.errors import ConfigError, CpxError
+from cpx.kernel.errors import CpxError
 from cpx.kernel.manager import get_host
 from cpx.kernel.workspace import Workspace
 
@@ -49,44 +49,12 @@ def print_json(data: Any) -> None:
 
 
 def pick_competition(name: Optional[str], data: Optional[os.PathLike] = None) -> str:
-    """The competition to use: the option, the workspace's ``cpx.yaml``, the one profile whose
-    layout the ``data`` folder follows, the competition of the ledger's runs when they share
-    one, or the only one registered."""
-    from cpx.data.competition import matching_profiles
+    """The competition to use (:func:`cpx.runs.competition.pick_competition`): the option, the
+    workspace's ``cpx.yaml``, the one profile whose layout the ``data`` folder follows, the only
+    one registered, or the competition of the ledger's runs when they share one."""
+    from cpx.runs.competition import pick_competition as pick
 
-    if name:
-        host().competitions.get(name)
-        return name
-    ws = workspace()
-    configured = ws.settings().get("competition")
-    if configured:
-        return configured
-    names = host().competitions.names()
-    if data is not None and os.path.isdir(data):
-        fits = matching_profiles(data, [host().competitions.get(n).target for n in names])
-        if len(fits) == 1:
-            return fits[0].name
-        if fits:
-            names = [c.name for c in fits]
-    if len(names) == 1:
-        return names[0]
-    used = ledger_competitions(ws)
-    if len(used) == 1 and used[0] in names:
-        return used[0]
-    raise ConfigError(f"--competition: choose one of {', '.join(names) or '(none registered)'} "
-                      "(or set competition: in the workspace's cpx.yaml)")
-
-
-
-
-def ledger_competitions(ws: Workspace) -> list[str]:
-    """The competitions of the runs in the workspace's ledger (none without a ledger)."""
-    if not ws.ledger_path.is_file():
-        return []
-    from cpx.runs.ledger import Ledger
-
-    with Ledger(ws.ledger_path) as ledger:
-        return sorted({r["competition"] for r in ledger.list_runs() if r.get("competition")})
+    return pick(name, workspace(), host(), data)
 
 
 def confirm(question: str) -> bool:

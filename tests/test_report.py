@@ -199,7 +199,8 @@ def test_report_regenerated_from_recorded_test_scores_every_number_traced(ledger
     out = ledger_ws.experiments_dir / "report"
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
-    # ranking: val F, TTA val F where measured, test F where recorded, predicted test F otherwise
+    # ranking: val score, TTA val score where measured, test score where recorded, predicted test score otherwise
+    assert "| # | run | status | val fscore | TTA val fscore | test fscore | predicted test fscore |" in md
     assert "| 1 | dice2 | completed | 0.7000 | 0.7100 (flip) | 0.7400 (v2) | - | +0.0400 | 98 | 118 |" in md
     gaps = [0.7200 - 0.6889, 0.7400 - 0.7000]
     mean = sum(gaps) / 2
@@ -247,7 +248,7 @@ def test_report_regenerated_from_recorded_test_scores_every_number_traced(ledger
 def test_report_on_an_empty_ledger(cpx_workspace, cpx_host):
     result = build_report(cpx_workspace, cpx_host)
     md = result.markdown.read_text()
-    assert "No run with a validation F" in md and "No submission" in md and result.figures == []
+    assert "No run with a validation score" in md and "No submission" in md and result.figures == []
 
 
 def test_an_ablation_sweep_is_reported_against_its_baseline(cpx_workspace, cpx_host):

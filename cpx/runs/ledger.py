@@ -347,7 +347,7 @@ class Ledger:
         limit: Optional[int] = None,
         competition: Optional[str] = None,
     ) -> list[dict]:
-        """Runs, newest first (``order_by='created_at'``) or best validation F first
+        """Runs, newest first (``order_by='created_at'``) or highest validation score first
         (``'best_val_score'``, runs without one last). ``status`` and ``kind`` take one
         value or several.
         """

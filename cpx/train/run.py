@@ -58,7 +58,8 @@ class TrainRequest:
 @dataclass
 class TrainResult:
     """How a training call ended: the run, its status (``completed``, ``stopped`` or ``failed``),
-    best validation F and epoch, epochs done, parameters, wall time and a message.
+    best validation score (the competition's metric, named by ``metric``) and epoch, epochs done,
+    parameters, wall time and a message.
     """
 
     run_id: str
@@ -453,7 +454,7 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     if main and resume_state is None:
         parent = setup.parent
         carried = {}
-        if parent is not None:  # nothing is held out, so the parent's val F stands for the refit's
+        if parent is not None:  # nothing is held out, so the parent's val score stands for the refit's
             carried = dict(refit_of=parent["id"], best_val_score=parent.get("best_val_score"),
                            best_epoch=config.train.stop_after or config.train.epochs)
         name = request.name or (f"{parent.get('name') or parent['id']}-refit" if parent is not None else run_id)

@@ -21,7 +21,7 @@ from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.data.labels import apply_label_policy
 from cpx.data.masks import IGNORE
-from cpx.eval.metrics import create_metric
+from cpx.eval.metrics import create_metric, metric_tag
 from cpx.eval.validate import Labelled, labelled_files, read_labelled
 from cpx.kernel.config import ExperimentConfig, apply_overrides, build_config, config_diff, resolve, validate
 from cpx.kernel.device import count_params, resolve_device, resolve_precision
@@ -573,7 +573,7 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
     result = TrainResult(run_id=run_id, run_dir=folder.path, status=status, best_val_score=trainer.best_score,
                          best_epoch=trainer.best_epoch, epochs=trainer.epoch, params=params,
                          wall_seconds=round(wall, 2), message=message, config_diff=diff,
-                         metric=metric.name + (f" x{metric.scale:g}" if metric.scale != 1 else ""))
+                         metric=metric_tag(metric.name, metric.scale))
     if not main:
         return result
     if trainer.history:
@@ -628,10 +628,10 @@ def record_best_validation(ledger: Ledger, run_id: str, scores: dict) -> dict:
     score so runs can later be compared image by image."""
     from cpx.eval.validate import VAL_LIST
 
-    label = scores["metric"] + (f" x{scores['scale']:g}" if scores.get("scale", 1) != 1 else "")
     return ledger.add_validation(run_id, checkpoint="best", tta="none", data=VAL_LIST, images=scores["images"],
-                                 score=scores["score"], metric=label, pixel_acc=scores["pixel_acc"],
-                                 miou=scores["miou"], per_class=scores["per_class"], per_image=scores["per_image"])
+                                 score=scores["score"], metric=metric_tag(scores["metric"], scores.get("scale", 1)),
+                                 pixel_acc=scores["pixel_acc"], miou=scores["miou"], per_class=scores["per_class"],
+                                 per_image=scores["per_image"])
 
 
 def command_line() -> str:

@@ -481,8 +481,9 @@ def recipe_model(recipe: Optional[str] = None) -> torch.nn.Module:
     host = create_plugin_host(plugin_dirs=workspace.plugin_dirs())
     config, _ = build_config(recipe or os.environ.get("CPX_BENCH_RECIPE", "msf-lmsa"), {},
                              workspace.experiments_dir, host)
-    competition = host.competition(config.competition)
-    return host.models.get(config.model.name).create(config.model.options, competition.num_classes)
+    from cpx.runs.handle import build_model
+
+    return build_model(host, config.model.name, config.model.options, host.competition(config.competition))
 
 
 if __name__ == "__main__":

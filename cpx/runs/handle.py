@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
 from cpx.data.competition import Competition
 from cpx.kernel.config import ExperimentConfig, validate
-from cpx.kernel.errors import RunError
+from cpx.kernel.errors import ConfigError, RunError
 from cpx.kernel.manager import PluginHost, get_host
 from cpx.kernel.workspace import Workspace
 from cpx.runs.checkpoint import load_weights, read_checkpoint
@@ -74,10 +74,9 @@ class RunHandle:
         return self.folder.read_history()
 
     def create_model(self, host: Optional[PluginHost] = None) -> torch.nn.Module:
-        """A freshly initialised model of the run's architecture and options."""
-        host = host or get_host()
-        return host.models.get(self.config.model.name).create(self.config.model.options, self.competition.num_classes,
-                                                              where="model.options")
+        """A freshly initialised model of the run's architecture and options, for its
+        competition's classes and bands (as it was trained)."""
+        return build_model(host or get_host(), self.config.model.name, self.config.model.options, self.competition)
 
     def load_model(self, checkpoint: str = "best", device: Union[str, torch.device] = "cpu",
                    host: Optional[PluginHost] = None) -> torch.nn.Module:
@@ -93,6 +92,24 @@ class RunHandle:
         model = self.create_model(host)
         load_weights(model, read_checkpoint(self.checkpoint_path(checkpoint)), f"model {self.config.model.name}")
         return model.to(device).eval()
+
+
+def build_model(host: PluginHost, name: str, options: Any, competition: Competition) -> torch.nn.Module:
+    """The model ``name`` with ``options`` for ``competition``'s classes and image bands: training
+    builds it so, and so does every reload of a run's weights. ``in_channels`` goes to a factory
+    that takes it; one that does not must be given 3-band images.
+
+    :raises ConfigError: options that do not validate (``model.options.<field>``); a factory
+        without ``in_channels`` for a competition whose images are not RGB.
+    """
+    entry = host.models.get(name)
+    extra = {}
+    if entry.accepts("in_channels"):
+        extra["in_channels"] = competition.channels
+    elif competition.channels != 3:
+        raise ConfigError(f"model.name: {name} takes 3-channel images, but competition {competition.name} has "
+                          f"{competition.channels} channels")
+    return entry.create(options, competition.num_classes, where="model.options", **extra)
 
 
 def open_run(ref: str, workspace: Optional[Workspace] = None, host: Optional[PluginHost] = None,

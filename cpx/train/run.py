@@ -32,6 +32,7 @@ from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
 from cpx.runs.checkpoint import load_file
 from cpx.runs.folder import RunFolder, new_run_id, run_folder
+from cpx.runs.handle import build_model
 from cpx.runs.ledger import Ledger
 from cpx.runs.recovery import reconcile
 from cpx.train.budget import BudgetCallback
@@ -207,14 +208,7 @@ def create_model(config: ExperimentConfig, host: PluginHost, competition: Compet
     :raises ConfigError: options that do not validate; a factory without ``in_channels`` for a
         competition whose images are not RGB.
     """
-    entry = host.models.get(config.model.name)
-    extra = {}
-    if entry.accepts("in_channels"):
-        extra["in_channels"] = competition.channels
-    elif competition.channels != 3:
-        raise ConfigError(f"model.name: {config.model.name} takes 3-channel images, but competition "
-                          f"{competition.name} has {competition.channels} channels")
-    return entry.create(config.model.options, competition.num_classes, where="model.options", **extra)
+    return build_model(host, config.model.name, config.model.options, competition)
 
 
 def class_frequencies(masks: torch.Tensor, num_classes: int) -> list[float]:

@@ -215,6 +215,17 @@ def test_validations(led, tmp_path):
         led.add_validation(run["id"], nonsense=1)
 
 
+def test_per_class_values_recorded_as_f_read_as_score(led):
+    # validations of runs before scores were any competition's metric named a class's value "f"
+    run = led.add_run(name="old")
+    led.add_validation(run["id"], score=0.7, per_class={"skin": {"f": 0.9, "images": 3}, "hat": {"f": None, "images": 0},
+                                                        "nose": {"score": 0.5, "images": 2}})
+    (row,) = led.list_validations(run["id"])
+    assert row["per_class"] == {"skin": {"score": 0.9, "images": 3}, "hat": {"score": None, "images": 0},
+                                "nose": {"score": 0.5, "images": 2}}
+    assert led.best_validation(run["id"])["per_class"] == row["per_class"]
+
+
 # -- submissions and scores -----------------------------------------------------------
 
 

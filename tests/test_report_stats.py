@@ -119,7 +119,7 @@ def test_compare_stats_from_the_ledger(two_runs, capsys):
     assert "+0.0450" in text and "bootstrap CI" in text and "significant" in text and "0.0312" in text
     # with TTA: B has a flip validation, A has none
     assert main(["compare", "base", "dice2", "--stats", "--tta", "flip"]) == 2
-    assert "no recorded per-image F" in capsys.readouterr().err
+    assert "no recorded per-image scores" in capsys.readouterr().err
 
 
 def test_compare_stats_refuses_runs_on_other_data(cpx_workspace, two_runs):

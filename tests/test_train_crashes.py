@@ -88,18 +88,18 @@ def assert_consistent(ws, row: dict) -> None:
     """best.pt, history.json and the ledger describe the same best epoch."""
     folder = RunFolder(row["run_dir"])
     history = folder.read_history()
-    scored = [h for h in history if h.get("val_f") is not None]
+    scored = [h for h in history if h.get("val_score") is not None]
     if not scored:
         assert not row.get("best_epoch")
         return
-    best = max(scored, key=lambda h: h["val_f"])
+    best = max(scored, key=lambda h: h["val_score"])
     # ties keep the earliest, as the trainer does
-    best = next(h for h in scored if h["val_f"] == best["val_f"])
+    best = next(h for h in scored if h["val_score"] == best["val_score"])
     assert row["best_epoch"] == best["epoch"], (row["best_epoch"], best)
-    assert row["best_val_score"] == pytest.approx(best["val_f"])
+    assert row["best_val_score"] == pytest.approx(best["val_score"])
     assert row["last_epoch"] == history[-1]["epoch"]
     saved = torch.load(folder.best_path, weights_only=True)
-    assert saved["epoch"] == best["epoch"] and saved["val_f"] == pytest.approx(best["val_f"])
+    assert saved["epoch"] == best["epoch"] and saved["val_score"] == pytest.approx(best["val_score"])
     assert not folder.pending_best_path.exists()
 
 
@@ -302,6 +302,8 @@ def test_twenty_random_sigkills_lose_nothing(cpx_workspace):
             assert not folder.path.exists() or folder.lock_owner() is None
         folders = {p.name for p in cpx_workspace.runs_dir.iterdir()} if cpx_workspace.runs_dir.exists() else set()
         assert folders <= {r["id"] for r in rows}  # no folder the ledger does not know
+        if not rows:  # killed while starting (imports take seconds on a small CPU): nothing recorded yet
+            continue
         latest = rows[0]
         resumable = latest["status"] in ("interrupted", "stopped", "failed") and \
             RunFolder(latest["run_dir"]).last_path.is_file()

@@ -49,10 +49,12 @@ def print_json(data: Any) -> None:
 
 
 def pick_competition(name: Optional[str], data: Optional[os.PathLike] = None) -> str:
-    """The competition a command uses (:func:`cpx.runs.handle.pick_competition`)."""
-    from cpx.runs.handle import pick_competition as pick
+    """The competition to use (:func:`cpx.runs.competition.pick_competition`): the option, the
+    workspace's ``cpx.yaml``, the one profile whose layout the ``data`` folder follows, the only
+    one registered, or the competition of the ledger's runs when they share one."""
+    from cpx.runs.competition import pick_competition as pick
 
-    return pick(workspace(), host(), name, data)
+    return pick(name, workspace(), host(), data)
 
 
 def confirm(question: str) -> bool:

@@ -119,7 +119,8 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
         precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
         record: Annotated[bool, typer.Option("--record/--no-record", help="add the result to the ledger")] = True,
-        post: Annotated[Optional[str], typer.Option(help=POST_HELP + "; F is reported with and without")] = None,
+        post: Annotated[Optional[str], typer.Option(
+            help=POST_HELP + "; the score is reported with and without")] = None,
         calibration: Annotated[bool, typer.Option("--calibration/--no-calibration", help=CALIBRATION_HELP)] = True,
         tile: Annotated[Optional[int], typer.Option(help=TILE_HELP)] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,

@@ -35,7 +35,7 @@ SHORTCUTS = {
 
 
 class RichProgress:
-    """Epoch and batch bars with loss, val F, images/s and ETA."""
+    """Epoch and batch bars with loss, the validation score, images/s and ETA."""
 
     def __init__(self):
         self.progress = Progress(
@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="override any field: section.key=value (repeatable)")] = None,
         resume: Annotated[Optional[str], typer.Option(help="continue run RUN from its last.pt")] = None,
         refit: Annotated[Optional[str], typer.Option(help="retrain run RUN's config on every labelled image (train + "
-                                                          "validation) for the epochs RUN chose; its val F is "
+                                                          "validation) for the epochs RUN chose; its val score is "
                                                           "carried from RUN, marked as not measurable")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain log lines instead of progress bars")] = False,
         nproc: Annotated[int, typer.Option(help="data-parallel processes on this node (batch size stays global)")] = 1,

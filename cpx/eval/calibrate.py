@@ -35,7 +35,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from cpx.eval.metrics import Metric, ScoreAccumulator, class_ids, counts_of, create_metric
+from cpx.eval.metrics import Metric, ScoreAccumulator, class_ids, counts_of, create_metric, metric_tag
 from cpx.eval.predict import is_ensemble, parse_tta, predictor_for_run, tta_label
 from cpx.eval.validate import labelled_files, read_labelled
 from cpx.kernel.errors import ConfigError, DataError, RunError
@@ -311,7 +311,7 @@ def calibrate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoin
                                classes=tuple(competition.classes), offsets=offsets, folds=folds,
                                before=set_score(cache, zero, metric, k), after=set_score(cache, offsets, metric, k),
                                images=len(cache), seconds=0.0, heldout_per_image=heldout,
-                               metric=metric.name + (f" x{metric.scale:g}" if metric.scale != 1 else ""))
+                               metric=metric_tag(metric.name, metric.scale))
     if not store:
         result.message = "not stored (--no-store)"
     elif (result.mean_gain <= 0 if metric.greater_is_better else result.mean_gain >= 0) and not force:

@@ -184,7 +184,9 @@ class _SearchCache:
         for i, gt in enumerate(self.masks):
             mix = None
             for m, c in counts.items():
-                p = self.probs[m][i].float().mul_(c / total)
+                # out of place: ``float()`` of a float32 tensor is the cached tensor itself (and
+                # one made under inference mode, which refuses in-place updates outside it)
+                p = self.probs[m][i].float() * (c / total)
                 mix = p if mix is None else mix.add_(p)
             if tuple(mix.shape[-2:]) != tuple(gt.shape):
                 mix = F.interpolate(mix[None], size=tuple(gt.shape), mode="bilinear", align_corners=False)[0]
@@ -239,9 +241,10 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
                    command: str = "", progress: Progress = None) -> EnsembleResult:
     """Average runs' softmax outputs, score the mix on their shared validation images and record it.
 
-    With no ``runs``: the ``top`` completed runs by validation F. With ``search``: a greedy
+    With no ``runs``: the ``top`` completed runs by validation score. With ``search``: a greedy
     forward selection with replacement (Caruana et al. 2004) over those runs picks members and
-    integer weights maximising validation F; each member's probabilities are computed once.
+    integer weights that best the competition's metric on validation (in its direction); each
+    member's probabilities are computed once.
     """
     from cpx.runs.handle import open_run
 

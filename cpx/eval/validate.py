@@ -22,7 +22,7 @@ import torch
 from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.data.images import BadFile, read_image
-from cpx.eval.metrics import Metric, ScoreAccumulator, Scores, create_metric
+from cpx.eval.metrics import Metric, ScoreAccumulator, Scores, create_metric, metric_tag
 from cpx.eval.postprocess import PostSpec, post_label
 from cpx.eval.predict import Predictor, is_ensemble, predictor_for_run, tta_label
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RunError
@@ -307,7 +307,7 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
 
 def metric_label(scores: Scores) -> str:
     """``class-iou x100`` / ``fscore``: the metric's name with its scale, as the ledger records it."""
-    return scores.metric + (f" x{scores.scale:g}" if scores.scale != 1 else "")
+    return metric_tag(scores.metric, scores.scale)
 
 
 def record_validation(ledger: Ledger, run_id: str, evaluation: Evaluation, *, checkpoint: str,

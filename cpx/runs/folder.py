@@ -7,7 +7,7 @@
     command.txt        the command line that started the run
     val_list.txt       the validation image stems, one a line
     data.json          where the data came from (path, fingerprint, counts)
-    history.json       one record per epoch (loss, val F, learning rate, ...)
+    history.json       one record per epoch (loss, val score, learning rate, ...)
     best.pt / last.pt  the best checkpoint (weights under ``state_dict``) / the resume state
     curves.png         training curves
     status.json        how the run ended (written at the end, before the ledger)

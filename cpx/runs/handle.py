@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -76,8 +75,8 @@ class RunHandle:
 
     def create_model(self, host: Optional[PluginHost] = None) -> torch.nn.Module:
         """A freshly initialised model of the run's architecture and options, for its
-        competition's classes and channels."""
-        return build_model(self.config, self.competition, host or get_host())
+        competition's classes and bands (as it was trained)."""
+        return build_model(host or get_host(), self.config.model.name, self.config.model.options, self.competition)
 
     def load_model(self, checkpoint: str = "best", device: Union[str, torch.device] = "cpu",
                    host: Optional[PluginHost] = None) -> torch.nn.Module:
@@ -95,62 +94,22 @@ class RunHandle:
         return model.to(device).eval()
 
 
-def build_model(config: ExperimentConfig, competition: Competition, host: PluginHost) -> torch.nn.Module:
-    """The model ``config`` names, freshly initialised for ``competition``'s classes and channels
-    (``in_channels`` goes to a factory that takes it; one that does not builds RGB models).
+def build_model(host: PluginHost, name: str, options: Any, competition: Competition) -> torch.nn.Module:
+    """The model ``name`` with ``options`` for ``competition``'s classes and image bands: training
+    builds it so, and so does every reload of a run's weights. ``in_channels`` goes to a factory
+    that takes it; one that does not must be given 3-band images.
 
-    :raises ConfigError: options that do not validate; a factory without ``in_channels`` for a
-        competition whose images are not RGB.
+    :raises ConfigError: options that do not validate (``model.options.<field>``); a factory
+        without ``in_channels`` for a competition whose images are not RGB.
     """
-    entry = host.models.get(config.model.name)
+    entry = host.models.get(name)
     extra = {}
     if entry.accepts("in_channels"):
         extra["in_channels"] = competition.channels
     elif competition.channels != 3:
-        raise ConfigError(f"model.name: {config.model.name} takes 3-channel images, but competition "
-                          f"{competition.name} has {competition.channels} channels")
-    return entry.create(config.model.options, competition.num_classes, where="model.options", **extra)
-
-
-def default_competition(workspace: Workspace, host: PluginHost, data: Optional[os.PathLike] = None) -> Optional[str]:
-    """The competition a command given none works for: ``competition:`` in the workspace's
-    ``cpx.yaml``, else the one every run in the ledger belongs to, else the one profile whose
-    layout the ``data`` folder (or ``cpx.yaml``'s ``data``) follows, else the only one
-    registered; None when that leaves a choice (the one owner of this rule)."""
-    from cpx.data.competition import matching_profiles
-
-    configured = workspace.settings().get("competition")
-    if configured:
-        return str(configured)
-    names = host.competitions.names()
-    if workspace.ledger_path.is_file():
-        with Ledger(workspace.ledger_path) as ledger:
-            used = ledger.competitions()
-        if len(used) == 1 and used[0] in names:
-            return used[0]
-    data = data or workspace.settings().get("data")
-    if data and Path(data).is_dir():
-        fits = matching_profiles(Path(data), [host.competitions.get(n).target for n in names])
-        if len(fits) == 1:
-            return fits[0].name
-    return names[0] if len(names) == 1 else None
-
-
-def pick_competition(workspace: Workspace, host: PluginHost, name: Optional[str] = None,
-                     data: Optional[os.PathLike] = None) -> str:
-    """``name`` (checked to be registered), else :func:`default_competition`.
-
-    :raises UnknownComponent: ``name`` is not registered; :raises ConfigError: no name and no
-        default, in one line listing the choices.
-    """
-    if name:
-        host.competitions.get(name)
-        return name
-    found = default_competition(workspace, host, data)
-    if found is None:
-        raise ConfigError(f"--competition: choose one of {', '.join(host.competitions.names()) or '(none registered)'}"
-                          " (or set competition: in the workspace's cpx.yaml)")
-    return found
+        raise ConfigError(f"model.name: {name} takes 3-channel images, but competition {competition.name} has "
+                          f"{competition.channels} channels")
+    return entry.create(options, competition.num_classes, where="model.options", **extra)
 
 
 def open_run(ref: str, workspace: Optional[Workspace] = None, host: Optional[PluginHost] = None,

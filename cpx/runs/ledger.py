@@ -123,6 +123,15 @@ def _json_default(value: Any) -> Any:
     return str(value) if plain is value else plain
 
 
+def _renamed_per_class(per_class: Any) -> Any:
+    # validations recorded before scores were any competition's metric call a class's value "f"
+    if not isinstance(per_class, dict):
+        return per_class
+    return {name: ({"score" if k == "f" else k: v for k, v in entry.items()}
+                   if isinstance(entry, dict) and "f" in entry and "score" not in entry else entry)
+            for name, entry in per_class.items()}
+
+
 def _decode(table: str, row: Optional[sqlite3.Row]) -> Optional[dict]:
     if row is None:
         return None
@@ -133,6 +142,8 @@ def _decode(table: str, row: Optional[sqlite3.Row]) -> Optional[dict]:
                 out[key] = json.loads(out[key])
             except ValueError:
                 pass  # hand-edited junk: show it as it is rather than fail a listing
+    if table == "validations" and "per_class" in out:
+        out["per_class"] = _renamed_per_class(out["per_class"])
     for key in _BOOL_COLUMNS.get(table, ()):
         if out.get(key) is not None:
             out[key] = bool(out[key])
@@ -336,7 +347,7 @@ class Ledger:
         limit: Optional[int] = None,
         competition: Optional[str] = None,
     ) -> list[dict]:
-        """Runs, newest first (``order_by='created_at'``) or best validation F first
+        """Runs, newest first (``order_by='created_at'``) or highest validation score first
         (``'best_val_score'``, runs without one last). ``status`` and ``kind`` take one
         value or several.
         """

@@ -38,7 +38,7 @@ from cpx.submit.submissions import (
     upload_submission,
     used_in_phase,
 )
-from cpx.runs.handle import default_competition
+from cpx.runs.competition import default_competition
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -300,7 +300,7 @@ def codabench_competition_id(value: Optional[str], workspace: Workspace) -> int:
 def cpx_competition(host: PluginHost, workspace: Workspace, name: Optional[str] = None,
                     run: Optional[dict] = None) -> Optional[Competition]:
     """The competition profile whose rules and metric apply: the named one, the run's, else
-    :func:`~cpx.runs.handle.default_competition` (cpx.yaml's, the ledger's runs', the
+    :func:`~cpx.runs.competition.default_competition` (cpx.yaml's, the ledger's runs', the
     data folder's, the only registered one); None when that is ambiguous.
 
     :raises UnknownComponent: ``name`` names no registered competition.

@@ -317,6 +317,6 @@ def _run_trial(trial: optuna.Trial, spec: SweepSpec, params: dict, name: str, re
         return "pruned", value, result.run_id, result.message
     if value is None:
         studylib.tell(study, trial, state=TrialState.FAIL)
-        return "failed", None, result.run_id, "no validation F (no validation images?)"
+        return "failed", None, result.run_id, "no validation score (no validation images?)"
     studylib.tell(study, trial, values=value)
     return "complete", value, result.run_id, result.message

@@ -21,6 +21,8 @@ from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.data.labels import apply_label_policy
 from cpx.data.masks import IGNORE
+from cpx.eval.metrics import create_metric, metric_tag
+from cpx.eval.validate import Labelled, labelled_files, read_labelled
 from cpx.kernel.config import ExperimentConfig, apply_overrides, build_config, config_diff, resolve, validate
 from cpx.kernel.device import count_params, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RuleViolation, RunError
@@ -35,8 +37,6 @@ from cpx.runs.ledger import Ledger
 from cpx.runs.recovery import reconcile
 from cpx.train.budget import BudgetCallback
 from cpx.train.collective import barrier, rank0_object, rank_world
-from cpx.eval.metrics import create_metric
-from cpx.eval.validate import Labelled, labelled_files, read_labelled
 from cpx.train.loop import Trainer, TrainerSettings
 
 
@@ -59,7 +59,8 @@ class TrainRequest:
 @dataclass
 class TrainResult:
     """How a training call ended: the run, its status (``completed``, ``stopped`` or ``failed``),
-    best validation F and epoch, epochs done, parameters, wall time and a message.
+    best validation score (the competition's metric, named by ``metric``) and epoch, epochs done,
+    parameters, wall time and a message.
     """
 
     run_id: str
@@ -189,7 +190,7 @@ def build_components(config: ExperimentConfig, host: PluginHost, competition: Co
     :raises ConfigError: options that do not validate.
     """
     torch.manual_seed(config.train.seed)
-    model = build_model(config, competition, host)
+    model = build_model(host, config.model.name, config.model.options, competition)
     entry = host.losses.get(config.loss.name)
     extra = {"class_frequencies": class_frequencies} if class_frequencies and entry.accepts("class_frequencies") else {}
     if entry.accepts("ignore_index"):  # padding of letterboxed images and the profile's ignore index
@@ -413,7 +414,7 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     precision = resolve_precision(config.train.precision, device)
 
     # the parameter check comes before any work
-    params = count_params(build_model(config, competition, host))
+    params = count_params(build_model(host, config.model.name, config.model.options, competition))
     problem = competition.check_params(params)
     if problem:
         raise RuleViolation(problem)
@@ -437,7 +438,7 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     if main and resume_state is None:
         parent = setup.parent
         carried = {}
-        if parent is not None:  # nothing is held out, so the parent's val F stands for the refit's
+        if parent is not None:  # nothing is held out, so the parent's val score stands for the refit's
             carried = dict(refit_of=parent["id"], best_val_score=parent.get("best_val_score"),
                            best_epoch=config.train.stop_after or config.train.epochs)
         name = request.name or (f"{parent.get('name') or parent['id']}-refit" if parent is not None else run_id)
@@ -556,14 +557,15 @@ def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, compet
     result = TrainResult(run_id=run_id, run_dir=folder.path, status=status, best_val_score=trainer.best_score,
                          best_epoch=trainer.best_epoch, epochs=trainer.epoch, params=params,
                          wall_seconds=round(wall, 2), message=message, config_diff=diff,
-                         metric=metric.name + (f" x{metric.scale:g}" if metric.scale != 1 else ""))
+                         metric=metric_tag(metric.name, metric.scale))
     if not main:
         return result
     if trainer.history:
         try:
             from cpx.train.curves import plot_history
 
-            plot_history([(run_id, trainer.history)], folder.curves_path)
+            plot_history([(run_id, trainer.history)], folder.curves_path, metric=result.metric,
+                         greater_is_better=metric.greater_is_better)
         except Exception as exc:  # a plotting problem must not lose a finished run
             message += f" (curves.png not written: {exc})"
     finished = utc_now()
@@ -610,10 +612,10 @@ def record_best_validation(ledger: Ledger, run_id: str, scores: dict) -> dict:
     score so runs can later be compared image by image."""
     from cpx.eval.validate import VAL_LIST
 
-    label = scores["metric"] + (f" x{scores['scale']:g}" if scores.get("scale", 1) != 1 else "")
     return ledger.add_validation(run_id, checkpoint="best", tta="none", data=VAL_LIST, images=scores["images"],
-                                 score=scores["score"], metric=label, pixel_acc=scores["pixel_acc"],
-                                 miou=scores["miou"], per_class=scores["per_class"], per_image=scores["per_image"])
+                                 score=scores["score"], metric=metric_tag(scores["metric"], scores.get("scale", 1)),
+                                 pixel_acc=scores["pixel_acc"], miou=scores["miou"], per_class=scores["per_class"],
+                                 per_image=scores["per_image"])
 
 
 def command_line() -> str:

@@ -28,7 +28,6 @@ import numpy as np
 import yaml
 
 from cpx.bundle.official import References
-from cpx.bundle.program import Layout
 from cpx.data import read_mask, scan
 from cpx.data.images import write_image
 from cpx.eval.metrics import create_metric
@@ -158,8 +157,7 @@ def _references(competition, host: PluginHost, data: Path, dest: Path) -> int:
         [(n, found.images[n], found.masks[n]) for n in found.pairs]
     if not pairs:
         raise DataError(f"--data: {data} holds no labelled images (image + mask pairs) of {competition.name}")
-    layout = Layout(dest)
-    writers = References(competition, host, layout, predictions=False)
+    writers = References(competition, host, dest, None)
     for _, image, mask in pairs:
         writers.add_truth(image.name, read_mask(mask, competition))
     writers.close()

@@ -103,14 +103,14 @@ def _metric_label(scores) -> str:
 
 
 class References:
-    """Writers of ``input/res`` (predictions) and ``input/ref`` (ground truth) through the
-    competition's submission format, fed one labelled image at a time."""
+    """Writers of the references (``input/ref``) and, unless ``res`` is None, the predictions
+    (``input/res``) through the competition's submission format, fed one image at a time."""
 
-    def __init__(self, competition: Competition, host: PluginHost, layout: Layout, predictions: bool = True):
+    def __init__(self, competition: Competition, host: PluginHost, ref: Path, res: Optional[Path]):
         self.competition = competition
         fmt = create_format(competition, host)
-        self.res: Optional[FormatWriter] = fmt.writer(layout.res) if predictions else None
-        self.ref: FormatWriter = fmt.writer(layout.ref)
+        self.res: Optional[FormatWriter] = fmt.writer(res) if res is not None else None
+        self.ref: FormatWriter = fmt.writer(ref)
         self.ignored = 0
         self.count = 0
 
@@ -183,7 +183,7 @@ def validate_official(ref: str, workspace: Workspace, host: PluginHost, *, pytho
         raise BundleError(f"run {row['id']} names no competition, so no scoring program is known")
     program, phase = scoring_setup(competition)
     layout = Layout(run_folder(row, workspace.runs_dir).new_official_dir()).make()
-    writers = References(competition, host, layout)
+    writers = References(competition, host, layout.ref, layout.res)
     try:
         evaluation = validate_run(row["id"], workspace, host, record=False, on_mask=writers.add, progress=progress,
                                   **options)
@@ -222,7 +222,7 @@ def score_official(pred_dir: os.PathLike, gt_dir: os.PathLike, competition: Comp
     if not report.ok:
         return report, None
     layout = Layout(RunFolder(workspace.experiments_dir).new_official_dir()).make()
-    writers = References(competition, host, layout)
+    writers = References(competition, host, layout.ref, layout.res)
     suffix = competition.layout.mask_suffix.lower()
     preds = {p.stem: p for p in Path(pred_dir).iterdir() if p.is_file() and p.suffix.lower() == suffix}
     truths = {p.stem: p for p in Path(gt_dir).iterdir() if p.is_file() and p.suffix.lower() == suffix}
@@ -268,7 +268,7 @@ def package_check(workspace: Workspace, host: PluginHost, *, python: Optional[st
         with zipfile.ZipFile(zip_path) as zf:  # cpx's own zip, checked already
             others = [n for n in zf.namelist() if not n.endswith("/") and n.split("/", 1)[0] not in tops]
             zf.extractall(layout.res, others)
-        writers = References(competition, host, layout)
+        writers = References(competition, host, layout.ref, layout.res)
         try:
             evaluation = validate_run(run_id, workspace, host, checkpoint=request.checkpoint,
                                       tta=parse_tta(request.tta), device=request.device,

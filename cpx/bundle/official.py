@@ -12,7 +12,6 @@ that does not match the organisers' metric (scale, classes, format options).
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import zipfile
@@ -290,7 +289,3 @@ def package_check(workspace: Workspace, host: PluginHost, *, python: Optional[st
         return official.to_dict()
 
     return check
-
-
-def is_finite(value: Optional[float]) -> bool:
-    return value is not None and math.isfinite(value)

@@ -18,6 +18,11 @@ def _warn(lines) -> None:
         err_console.print(f"[yellow]warning:[/] {escape(str(line))}", highlight=False, soft_wrap=True)
 
 
+def _day(when: Optional[str]) -> Optional[str]:
+    """``2020-01-01`` for midnight, else the date and time."""
+    return when[:10] if when and when.endswith(" 00:00:00") else when
+
+
 def register(app: typer.Typer) -> None:
     @app.command("init")
     def init_command(
@@ -43,13 +48,15 @@ def register(app: typer.Typer) -> None:
         console.print(f"[bold]{escape(result.title or result.name)}[/] (Codabench v{result.version} bundle) -> "
                       f"{escape(result.folder)}", highlight=False)
         table = Table(title="phases (UTC)", title_justify="left")
-        for col in ("phase", "start", "end", "submissions", "per day", "time limit", "accepts", "scoring program"):
+        for col in ("phase", "start", "end", "submissions", "per day", "time limit", "accepts"):
             table.add_column(col, overflow="fold")
         for p in result.phases:
-            table.add_row(escape(p["name"]), p["start"] or "-", p["end"] or "never", str(p["max_submissions"] or "-"),
-                          str(p["max_submissions_per_day"] or "-"), f"{p['execution_time_limit']:g} s",
-                          p["submissions"], escape(p["scoring_program"]))
+            table.add_row(escape(p["name"]), _day(p["start"]) or "-", _day(p["end"]) or "never",
+                          str(p["max_submissions"] or "-"), str(p["max_submissions_per_day"] or "-"),
+                          f"{p['execution_time_limit']:g} s", p["submissions"])
         console.print(table)
+        console.print(f"scoring program{'s' if len(result.programs) > 1 else ''}: "
+                      f"{escape(', '.join(result.programs))}", highlight=False)
         if result.column:
             better = "larger" if result.sorting == "desc" else "smaller"
             console.print(f"ranked leaderboard column: [bold]{escape(result.column)}[/] ({better} is better)",

@@ -111,19 +111,20 @@ OFFICIAL_PYTHON_HELP = ("the Python that runs the scoring program (default: this
 
 def render_official(result) -> None:
     """The organisers' ranked column beside cpx's metric, and where the program's files are."""
-    table = Table(title="the organisers' scoring program" + (f" (phase {result.phase})" if result.phase else ""),
-                  title_justify="left", show_header=False)
+    table = Table(title="the organisers' scoring program", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row(f"[bold]{result.column} (the ranked column, {result.scores_file})[/]", f"[bold]{result.value:.6f}[/]")
     table.add_row(f"cpx's {result.metric}", f"{result.cpx_score:.6f}")
-    table.add_row("difference", f"{result.difference:+.6f}" + ("" if result.agrees else " [red](!)[/]"))
+    difference = result.difference if abs(result.difference) >= 5e-7 else 0.0  # no "-0.000000"
+    table.add_row("difference", f"{difference:+.6f}" + ("" if result.agrees else " [red](!)[/]"))
     for key, value in result.scores.items():
         if key != result.column:
             table.add_row(key, f"{value:g}")
     console.print(table)
-    console.print(f"[dim]program {result.program} ran in {result.seconds:.1f} s; its input, output and logs are in "
-                  f"{result.folder}[/]", highlight=False)
+    phase = f" (phase {result.phase})" if result.phase else ""
+    console.print(f"[dim]program {result.program}{phase} ran in {result.seconds:.1f} s; its input, output and logs "
+                  f"are in {result.folder}[/]", highlight=False)
     _warn(result.notes)
     if result.warning():
         _warn([result.warning()])

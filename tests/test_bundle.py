@@ -531,7 +531,7 @@ HANG = ("import subprocess, sys, time\n"
     ("import sys, os, json\nos.makedirs(sys.argv[2], exist_ok=True)\njson.dump({'accuracy': 0.5}, "
      "open(os.path.join(sys.argv[2], 'scores.json'), 'w'))\n", 30,
      "output/scores.json has no score 'miou', the ranked leaderboard column (it has accuracy)"),
-])
+], ids=["exits 1", "hangs past the limit", "prints garbage", "garbage scores", "no ranked column"])
 def test_a_failing_program_is_one_line_and_its_output_is_kept(program, limit, message, capsys, cpx_workspace,
                                                                 tmp_path):
     import time

@@ -14,7 +14,7 @@ import cpx
 ROOT = Path(cpx.__file__).parent
 
 # Lowest first: a package may import its own layer and the layers before it.
-LAYERS = ["kernel", "data", "runs", "eval", "train", "submit", "sweep", "report", "cli"]
+LAYERS = ["kernel", "data", "runs", "eval", "train", "submit", "bundle", "sweep", "report", "cli"]
 # Above every layer: the public API (cpx/__init__.py) and the pytest plugin for plugin authors.
 TOP = {"__init__", "__main__", "testing"}
 UI_LIBRARIES = {"typer", "rich", "click"}
@@ -111,6 +111,9 @@ READER = "cpx/data/images.py"
 # solution/run.py, copied into every submission, runs without cpx: torch, numpy and Pillow only
 STANDALONE = "cpx/submit/standalone_run.py"
 STANDALONE_LIBRARIES = {"torch", "numpy", "PIL"}
+# the scoring program `cpx bundle export` writes into a bundle runs without cpx: numpy and Pillow only
+SCORER = "cpx/bundle/standalone_score.py"
+SCORER_LIBRARIES = {"numpy", "PIL"}
 # modules allowed to open image files directly for a while (none now: the submission-format
 # plugins decode zip entries through cpx.data.images since zipcheck gave that up)
 TEMPORARY_READERS: dict[str, int] = {}
@@ -144,7 +147,7 @@ SOURCES = sorted(p.relative_to(REPO).as_posix() for folder in ("cpx", "plugins")
 def test_only_the_reader_opens_image_files():
     wrong = []
     for rel in SOURCES:
-        if rel in (READER, STANDALONE):
+        if rel in (READER, STANDALONE, SCORER):
             continue
         uses = _opens_files(REPO / rel)
         if len(uses) > TEMPORARY_READERS.get(rel, 0):
@@ -167,6 +170,13 @@ def test_the_standalone_runner_imports_only_torch_numpy_and_pillow():
 
     tops = {t.split(".")[0] for _, t in _imports("standalone_run", REPO / STANDALONE)}
     assert tops - STANDALONE_LIBRARIES - set(sys.stdlib_module_names) == set()
+
+
+def test_the_exported_scorer_imports_only_numpy_and_pillow():
+    import sys
+
+    tops = {t.split(".")[0] for _, t in _imports("standalone_score", REPO / SCORER)}
+    assert tops - SCORER_LIBRARIES - set(sys.stdlib_module_names) == set()
 
 
 def test_the_reader_checker_sees_every_direct_read(tmp_path):

@@ -15,9 +15,9 @@ import typer
 from cpx import __version__
 from cpx.kernel.errors import CpxError
 
-from . import _common, bench, data, evaluate, package, pictures, plugins, report, runs, submit, sweep, train
+from . import _common, bench, bundle, data, evaluate, package, pictures, plugins, report, runs, submit, sweep, train
 
-COMMAND_MODULES = [train, runs, plugins, data, pictures, evaluate, package, submit, bench, sweep, report]
+COMMAND_MODULES = [bundle, train, runs, plugins, data, pictures, evaluate, package, submit, bench, sweep, report]
 
 
 def create_app(host=None) -> typer.Typer:

@@ -103,6 +103,33 @@ def render_stages(ev) -> None:
     console.print(table)
 
 
+OFFICIAL_HELP = ("also run the organisers' scoring program (the profile's phases[].scoring_program, copied by cpx init "
+                 "--bundle) on the same predictions, as Codabench lays them out; it is code from the bundle you chose")
+OFFICIAL_PYTHON_HELP = ("the Python that runs the scoring program (default: this one), e.g. a venv with its "
+                        "requirements")
+
+
+def render_official(result) -> None:
+    """The organisers' ranked column beside cpx's metric, and where the program's files are."""
+    table = Table(title="the organisers' scoring program", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row(f"[bold]{result.column} (the ranked column, {result.scores_file})[/]", f"[bold]{result.value:.6f}[/]")
+    table.add_row(f"cpx's {result.metric}", f"{result.cpx_score:.6f}")
+    difference = result.difference if abs(result.difference) >= 5e-7 else 0.0  # no "-0.000000"
+    table.add_row("difference", f"{difference:+.6f}" + ("" if result.agrees else " [red](!)[/]"))
+    for key, value in result.scores.items():
+        if key != result.column:
+            table.add_row(key, f"{value:g}")
+    console.print(table)
+    phase = f" (phase {result.phase})" if result.phase else ""
+    console.print(f"[dim]program {result.program}{phase} ran in {result.seconds:.1f} s; its input, output and logs "
+                  f"are in {result.folder}[/]", highlight=False)
+    _warn(result.notes)
+    if result.warning():
+        _warn([result.warning()])
+
+
 def _warn(lines) -> None:
     for line in lines:
         err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
@@ -123,16 +150,26 @@ def register(app: typer.Typer) -> None:
             help=POST_HELP + "; the score is reported with and without")] = None,
         calibration: Annotated[bool, typer.Option("--calibration/--no-calibration", help=CALIBRATION_HELP)] = True,
         tile: Annotated[Optional[int], typer.Option(help=TILE_HELP)] = None,
+        official: Annotated[bool, typer.Option("--official", help=OFFICIAL_HELP)] = False,
+        official_python: Annotated[Optional[Path], typer.Option(help=OFFICIAL_PYTHON_HELP)] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Score a run with its competition's metric, at each mask's own size; recorded in the ledger."""
+        """Score a run with its competition's metric, at each mask's own size; recorded in the ledger.
+        With --official, the organisers' scoring program scores the same predictions too."""
+        options = dict(checkpoint=checkpoint, data=data, tta=None if tta is None else parse_tta(tta),
+                       record=record, batch_size=batch_size, device=device, precision=precision,
+                       calibration=calibration, post=post, tile=tile)
+        result = None
         with progress_bar("validating", json_) as cb:
-            ev = validate_run(run, _common.workspace(), _common.host(), checkpoint=checkpoint, data=data,
-                              tta=None if tta is None else parse_tta(tta), record=record, batch_size=batch_size,
-                              device=device, precision=precision, calibration=calibration, post=post, tile=tile,
-                              progress=cb)
+            if official:
+                from cpx.bundle.official import validate_official
+
+                ev, result = validate_official(run, _common.workspace(), _common.host(), progress=cb,
+                                               python=str(official_python) if official_python else None, **options)
+            else:
+                ev = validate_run(run, _common.workspace(), _common.host(), progress=cb, **options)
         if json_:
-            print_json(ev.to_dict())
+            print_json({**ev.to_dict(), "official": result.to_dict()} if result else ev.to_dict())
             return
         where = "its validation list" if ev.data == "val_list" else ev.data
         extra = ("  calibrated" if ev.calibrated else "") + (f"  post {ev.post}" if ev.post != "none" else "")
@@ -140,6 +177,8 @@ def register(app: typer.Typer) -> None:
                       f"run {ev.run_id}  checkpoint {ev.checkpoint}  tta {tta_label(ev.tta)}{extra}  on {where}  "
                       f"({ev.seconds:.1f} s)")
         render_stages(ev)
+        if result is not None:
+            render_official(result)
         _warn(ev.warnings)
         if ev.validation_id is not None:
             console.print(f"[dim]recorded as validation {ev.validation_id} of {ev.run_id}[/]", highlight=False)
@@ -149,15 +188,25 @@ def register(app: typer.Typer) -> None:
         pred_dir: Annotated[Path, typer.Argument(help="folder of predicted masks (<stem> + the mask suffix)")],
         gt_dir: Annotated[Path, typer.Argument(help="folder of ground-truth masks (<stem> + the mask suffix)")],
         competition: Annotated[Optional[str], typer.Option(help="competition profile (default: cpx.yaml's)")] = None,
+        official: Annotated[bool, typer.Option("--official", help=OFFICIAL_HELP)] = False,
+        official_python: Annotated[Optional[Path], typer.Option(help=OFFICIAL_PYTHON_HELP)] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Score a folder of predicted masks against ground truth with the competition's metric."""
+        """Score a folder of predicted masks against ground truth with the competition's metric
+        (with --official, with the organisers' scoring program too)."""
         from cpx.eval.metrics import create_metric
 
         comp = _common.host().competition(_common.pick_competition(competition))
-        report = score_folders(pred_dir, gt_dir, comp, create_metric(comp, _common.host()))
+        result = None
+        if official:
+            from cpx.bundle.official import score_official
+
+            report, result = score_official(pred_dir, gt_dir, comp, _common.host(), _common.workspace(),
+                                            python=str(official_python) if official_python else None)
+        else:
+            report = score_folders(pred_dir, gt_dir, comp, create_metric(comp, _common.host()))
         if json_:
-            print_json(report.to_dict())
+            print_json({**report.to_dict(), "official": result.to_dict()} if result else report.to_dict())
         else:
             _warn(report.warnings)
             for line in report.problems:
@@ -165,6 +214,8 @@ def register(app: typer.Typer) -> None:
             if report.ok:
                 render_scores(report.scores, report.class_names,
                               f"{pred_dir} vs {gt_dir}  ({len(report.names)} masks, {comp.name})")
+            if result is not None:
+                render_official(result)
         if not report.ok:
             # a CpxError rather than typer.Exit: main() turns it into exit code 2 either way
             raise DataError(f"{len(report.problems)} problem(s) in {pred_dir}: nothing scored")

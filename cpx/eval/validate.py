@@ -40,11 +40,13 @@ VAL_LIST = "val_list"  # the ledger's ``data`` value for a run's own validation 
 @dataclass
 class Labelled:
     """One labelled image: its name (stem), pixels ``C x H x W`` uint8 at its own size, and its
-    mask ``H x W`` uint8 class ids (:data:`cpx.data.masks.IGNORE` where nothing is scored)."""
+    mask ``H x W`` uint8 class ids (:data:`cpx.data.masks.IGNORE` where nothing is scored);
+    ``file`` is the image's file name (``IMG_1.JPG``) when it was read from one."""
 
     name: str
     image: torch.Tensor
     mask: torch.Tensor
+    file: str = ""
 
 
 @dataclass
@@ -137,7 +139,7 @@ def read_labelled(files: Sequence[tuple[str, Path, Path]], competition: Competit
                 raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but {image_path.name} is "
                                 f"{hw[0]}x{hw[1]} (height x width)")
             out.append(Labelled(name, torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))),
-                                torch.from_numpy(np.array(mask, copy=True))))
+                                torch.from_numpy(np.array(mask, copy=True)), file=Path(image_path).name))
         return out
 
     chunks = [files[a:a + batch_size] for a in range(0, len(files), batch_size)]
@@ -158,6 +160,7 @@ def in_batches(items: Sequence[Labelled], batch_size: int) -> Iterator[list[Labe
 def evaluate(predictor: Predictor, batches: Iterable[list[Labelled]], metric: Metric, *,
              total: Optional[int] = None, loss_fn: Optional[Callable] = None,
              observe: Optional[Callable[[list[Labelled], torch.Tensor, list[int]], None]] = None,
+             on_mask: Optional[Callable[[Labelled, torch.Tensor], None]] = None,
              progress: Progress = None) -> Evaluation:
     """THE prediction-and-scoring loop: every command that scores a model on labelled images
     (training's validation, ``validate``, ``calibrate``'s baseline, ``ensemble``) goes through it.
@@ -168,7 +171,9 @@ def evaluate(predictor: Predictor, batches: Iterable[list[Labelled]], metric: Me
     are those of its final masks and ``stages`` holds the score of the earlier stages (``raw``,
     ``calibrated``), all from one forward pass. With ``loss_fn`` (one model, no TTA) the mean
     loss of the images' logits is measured too (training curves); ``observe(batch, decision,
-    index)`` sees each group's decision tensor (an ensemble search keeps probabilities).
+    index)`` sees each group's decision tensor (an ensemble search keeps probabilities);
+    ``on_mask(item, mask)`` sees each image's final mask of class ids (the organisers' scoring
+    program is run on them).
     """
     start = time.perf_counter()
     k = predictor.num_classes
@@ -194,6 +199,8 @@ def evaluate(predictor: Predictor, batches: Iterable[list[Labelled]], metric: Me
             truth = item.mask
             per_image[item.name] = float(acc.update(stages["final"], truth)[0])
             names.append(item.name)
+            if on_mask is not None:
+                on_mask(item, stages["final"])
             for stage in ("raw", "calibrated"):
                 if stage in stages and stages[stage] is not stages["final"]:
                     earlier.setdefault(stage, ScoreAccumulator(metric, k)).update(stages[stage], truth)
@@ -227,10 +234,11 @@ def evaluate_files(predictor: Predictor, root: os.PathLike, names: Sequence[str]
 def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint: str = "best",
                  data: Optional[os.PathLike] = None, tta=(), record: bool = True, batch_size: int = 8,
                  device: str = "auto", precision: str = "auto", calibration: bool = True, post: PostSpec = None,
-                 tile: Optional[int] = None, progress: Progress = None) -> Evaluation:
+                 tile: Optional[int] = None, on_mask: Optional[Callable[[Labelled, torch.Tensor], None]] = None,
+                 progress: Progress = None) -> Evaluation:
     """Score a run (or ensemble run) with its competition's metric on its validation list, or on
     every labelled image of ``data``, and (with ``record``) add the result to the ledger's
-    validations. The run's stored calibration applies unless ``calibration`` is off; ``post``
+    validations; ``on_mask(item, mask)`` sees each image's final prediction. The run's stored calibration applies unless ``calibration`` is off; ``post``
     names post-processing steps (the score without them is in ``stages``); ``tile`` predicts in
     sliding windows of that many pixels.
 
@@ -281,7 +289,7 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
     evaluation = evaluate(predictor, read_labelled(files, competition, batch_size), metric, total=len(files),
-                          progress=progress)
+                          on_mask=on_mask, progress=progress)
     evaluation.run_id = row["id"]
     evaluation.checkpoint = "members" if is_ensemble(row) else str(checkpoint)
     evaluation.data = data_label
@@ -311,15 +319,16 @@ def metric_label(scores: Scores) -> str:
 
 
 def record_validation(ledger: Ledger, run_id: str, evaluation: Evaluation, *, checkpoint: str,
-                      data: str, wall: bool = True) -> dict:
+                      data: str, wall: bool = True, **extra) -> dict:
     """An :class:`Evaluation` as a ledger validation row (score, metric, per-class and
-    per-image values, what was applied): the one place that writes one."""
+    per-image values, what was applied): the one place that writes one. ``extra`` are further
+    columns of the row (the organisers' program's ``official_score``, ...)."""
     s = evaluation.scores
     return ledger.add_validation(
         run_id, checkpoint=checkpoint, tta=tta_label(evaluation.tta), data=data, images=len(evaluation.names),
         score=s.score, metric=metric_label(s), pixel_acc=s.pixel_acc, miou=s.miou, per_class=evaluation.per_class(),
         per_image=evaluation.per_image, wall_seconds=round(evaluation.seconds, 2) if wall else None,
-        calibrated=evaluation.calibrated, post=None if evaluation.post == "none" else evaluation.post)
+        calibrated=evaluation.calibrated, post=None if evaluation.post == "none" else evaluation.post, **extra)
 
 
 # --------------------------------------------------------------------------------------------

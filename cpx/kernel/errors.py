@@ -46,6 +46,10 @@ class CodabenchError(CpxError):
     """The Codabench server refused a request or could not be reached."""
 
 
+class BundleError(CpxError):
+    """A competition bundle, or the scoring program it holds, that cannot be used (or failed)."""
+
+
 
 @dataclass(frozen=True)
 class Problem:

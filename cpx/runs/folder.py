@@ -12,6 +12,8 @@
     curves.png         training curves
     status.json        how the run ended (written at the end, before the ledger)
     calibration.json   per-class logit offsets from ``cpx calibrate`` (and how they were measured)
+    official/<stamp>/  each ``cpx validate --official``: the organisers' scoring program's input,
+                       output and logs
 
 and, for an ensemble run, ``ensemble.json`` (members and weights). Every write is atomic; a
 file that exists but cannot be read raises :class:`~cpx.kernel.errors.RunError` naming it,
@@ -49,6 +51,7 @@ CURVES = "curves.png"
 STATUS = "status.json"
 ENSEMBLE = "ensemble.json"
 CALIBRATION = "calibration.json"
+OFFICIAL = "official"
 PENDING_BEST = ".best.pt.next"  # a new best checkpoint until last.pt commits its epoch
 LOCK = ".lock"
 CHECKPOINTS = {"best": BEST, "last": LAST}
@@ -287,6 +290,20 @@ class RunFolder:
         return self.path / CALIBRATION
 
     # ------------------------------------------------------------------ ensembles
+
+    def new_official_dir(self) -> Path:
+        """A fresh folder for one run of the organisers' scoring program on this run's
+        predictions, ``official/<UTC time>[-n]/`` (created)."""
+        base = self.path / OFFICIAL
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        for n in range(1000):
+            path = base / (stamp if n == 0 else f"{stamp}-{n}")
+            try:
+                path.mkdir(parents=True)
+                return path
+            except FileExistsError:
+                continue
+        raise RunError(f"{base}: cannot make a new folder")
 
     def read_ensemble(self) -> Optional[dict]:
         """The ensemble spec in ``ensemble.json``; None for a run that is not an ensemble."""

@@ -298,3 +298,14 @@ def m011_validation_calibration_and_post(db: sqlite3.Connection) -> None:
     """Whether a validation applied the run's logit offsets, and its post-processing steps."""
     db.execute("ALTER TABLE validations ADD COLUMN calibrated INTEGER")
     db.execute("ALTER TABLE validations ADD COLUMN post TEXT")
+
+
+@migration
+def m013_validation_official_score(db: sqlite3.Connection) -> None:
+    # `cpx validate --official` runs the organisers' own scoring program on the same predictions:
+    # its ranked column's value sits beside cpx's score, with the column's key and the folder that
+    # keeps the program's input, output and logs.
+    """The organisers' scoring program's score of a validation, its column and its output folder."""
+    db.execute("ALTER TABLE validations ADD COLUMN official_score REAL")
+    db.execute("ALTER TABLE validations ADD COLUMN official_column TEXT")
+    db.execute("ALTER TABLE validations ADD COLUMN official_dir TEXT")

@@ -46,7 +46,7 @@ from cpx.kernel.workspace import Workspace
 from cpx.runs.handle import RunHandle, open_run
 from cpx.runs.ledger import Ledger
 from cpx.submit.solution import export_solution, model_source, postprocess_sources, run_solution
-from cpx.submit.submissions import DEFAULT_PHASE, Budget, phase_budget, server_phase
+from cpx.submit.submissions import Budget, default_phase, phase_budget, server_phase
 from cpx.submit.checkreport import CheckReport
 from cpx.submit.formats import SubmissionFormat, create_format, duplicate_keys
 from cpx.submit.zipcheck import MANIFEST, check_folder, check_zip, image_sizes, list_test_images, refusal
@@ -110,6 +110,8 @@ class PackageResult:
     submission: dict = field(default_factory=dict)
     # submissions left in the phase when it was packaged (ledger, and server when logged in)
     budget: Optional[Budget] = None
+    # what the organisers' scoring program made of the zip's layout (the ``official`` check)
+    official: Optional[dict] = None
 
     def to_dict(self) -> dict:
         """Plain data for ``--json``."""
@@ -174,8 +176,13 @@ class _Job:
 
 
 def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
-            progress: Progress = None, confirm: Optional[Callable[[str], bool]] = None) -> PackageResult:
+            progress: Progress = None, confirm: Optional[Callable[[str], bool]] = None,
+            official: Optional[Callable[[PackageRequest, str, Path], Optional[dict]]] = None) -> PackageResult:
     """Predict every test image with a run and write a verified submission zip.
+
+    ``official(request, run_id, zip_path)``, when given, checks the checked zip before it is
+    published (the organisers' scoring program, :func:`cpx.bundle.official.package_check`):
+    it raises to refuse the zip, and what it returns is kept in the result.
 
     Before any work the phase's budget is worked out (the ledger, and Codabench when
     ``codabench_competition`` is set and a token is at hand); when this would be the last
@@ -208,6 +215,7 @@ def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
         try:
             _zip_folder(stage, partial)
             report = _check_zip(job, partial)
+            checked = official(request, job.run.id, partial) if official is not None else None
             proof = _prove_solution(job, partial, scratch)
             _publish(partial, job.final)
         finally:
@@ -222,7 +230,7 @@ def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
         check=report, metric=job.metric_label, format=job.format.describe(), solution_images=sol_images, solution_agreement=agreement, solution_exact=exact,
         predict_seconds=round(job.predict_seconds, 3), solution_seconds=round(sol_seconds, 3),
         seconds=round(time.perf_counter() - start, 3), rule_breaks=job.rule_breaks, submission=recorded,
-        budget=job.budget)
+        budget=job.budget, official=checked)
 
 
 def _read_request(job: _Job) -> None:
@@ -261,7 +269,8 @@ def _check_budget(job: _Job, confirm: Optional[Callable[[str], bool]]) -> None:
     """How many submissions are left; the last one (or none) is only packaged when confirmed."""
     remote, note = server_phase(job.workspace)
     with Ledger(job.workspace.ledger_path) as ledger:
-        job.budget = phase_budget(ledger, job.competition, DEFAULT_PHASE, remote=remote, remote_note=note)
+        job.budget = phase_budget(ledger, job.competition, default_phase(job.competition), remote=remote,
+                                  remote_note=note)
     warning = job.budget.warning()
     if warning and not job.request.yes:
         if confirm is None or not confirm(f"{warning}; package {job.name} anyway?"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -14,27 +15,10 @@ from cpx.report.leaderboard import collapse_switches
 from cpx.train.budget import parse_budget
 from cpx.train.callbacks import Validation
 from cpx.train.loop import StopReason
-from cpx.train.run import TrainRequest, command_line, train
+from cpx.train.run import SHORTCUTS, TrainRequest, command_line, train
 
 from . import _common
 from ._common import console
-
-# shortcut option -> config key path
-SHORTCUTS = {
-    "dice": "loss.options.dice",
-    "ce": "loss.options.ce",
-    "lr": "optimizer.lr",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "image_size": "data.image_size",
-    "seed": "train.seed",
-    "data": "data.path",
-    "device": "train.device",
-    "precision": "train.precision",
-    "budget_minutes": "train.budget_minutes",
-    "competition": "competition",
-}
-
 
 class RichProgress:
     """Epoch and batch bars with loss, the validation score, images/s and ETA."""
@@ -115,6 +99,9 @@ def register(app: typer.Typer) -> None:
         refit: Annotated[Optional[str], typer.Option(help="retrain run RUN's config on every labelled image (train + "
                                                           "validation) for the epochs RUN chose; its val score is "
                                                           "carried from RUN, marked as not measurable")] = None,
+        log_to: Annotated[Optional[list[str]], typer.Option(
+            "--log-to", help="log the run live to a tracker, NAME:TARGET: mlflow:URI (e.g. mlflow:sqlite:///mlruns.db), "
+                             "tensorboard:DIR (repeatable; `cpx plugins` lists the loggers)")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain log lines instead of progress bars")] = False,
         nproc: Annotated[int, typer.Option(help="data-parallel processes on this node (batch size stays global)")] = 1,
         nnodes: Annotated[str, typer.Option(help="nodes taking part: N, or MIN:MAX for elastic membership")] = "1",
@@ -130,7 +117,7 @@ def register(app: typer.Typer) -> None:
 
             raise ConfigError("--resume continues a run with its own config; drop the recipe and overrides")
         request = TrainRequest(recipe=recipe, overrides=overrides, name=name, resume=resume, refit=refit,
-                               command=command_line())
+                               command=command_line(), log_to=log_to or [])
         if nproc != 1 or nnodes != "1" or rdzv_endpoint:
             from cpx.train.distributed import launch
 
@@ -158,5 +145,11 @@ def register(app: typer.Typer) -> None:
         table.add_row("changed", ", ".join(f"{k}={v}" for k, v in changed.items()) or "(recipe as is)")
         table.add_row("folder", str(result.run_dir))
         console.print(table)
+        for report in result.trackers:  # what live logging did, and what it cost each epoch
+            if report.problems:
+                _common.err_console.print(f"[yellow]warning:[/] {escape(report.describe())}", highlight=False,
+                                          soft_wrap=True)
+            else:
+                console.print(f"[dim]{escape(report.describe())}[/]", highlight=False, soft_wrap=True)
         if result.stop_reason is StopReason.INTERRUPTED:
             raise typer.Exit(130)

@@ -35,6 +35,7 @@ BUILTIN_PLUGINS = (
     "cpx_plugins.losses",
     "cpx_plugins.augmentations",
     "cpx_plugins.postprocess",
+    "cpx_plugins.loggers",
 )
 
 # registration hook -> registry kind
@@ -46,6 +47,7 @@ KINDS = {
     "register_postprocessors": "postprocessor",
     "register_metrics": "metric",
     "register_submission_formats": "submission format",
+    "register_loggers": "logger",
 }
 
 
@@ -119,6 +121,10 @@ class PluginHost:
     @property
     def submission_formats(self) -> Registry:
         return self.registries["submission format"]
+
+    @property
+    def loggers(self) -> Registry:
+        return self.registries["logger"]
 
     @property
     def competitions(self) -> Registry:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cpx.kernel.errors import CodabenchError, ConfigError, SubmissionError
 from cpx.kernel.text import format_f, format_signed
-from cpx.report.leaderboard import SORTS, build_leaderboard, format_test_score, run_checkpoint
+from cpx.report.leaderboard import format_test_score, run_checkpoint, workspace_leaderboard
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench as cb
 from cpx.submit.actions import (
@@ -220,22 +220,9 @@ def register(app: typer.Typer) -> None:
         if remote:
             _remote_leaderboard(competition, phase or DEFAULT_PHASE, url, limit, json_)
             return
-        if sort not in SORTS:
-            raise ConfigError(f"--sort: choose {' or '.join(SORTS)}, not {sort!r}")
-        if limit is not None and limit < 1:
-            raise ConfigError("--limit: at least 1")
-        from cpx.eval.metrics import create_metric
-
-        with Ledger(_common.workspace().ledger_path) as ledger:
-            latest = next(iter(ledger.list_runs()), None)
-            # the named competition, else cpx.yaml's, else the latest run's
-            comp = _cpx_competition(competition, run=None if competition else latest)
-            metric = create_metric(comp, _common.host()) if comp else None
-            board = build_leaderboard(ledger, phase=phase or default_phase(comp), sort=sort, limit=limit,
-                                      competition=comp.name if comp else None,
-                                      metric=comp.metric.name if comp else "", scale=metric.scale if metric else 1.0,
-                                      greater_is_better=metric.greater_is_better if metric else True,
-                                      official=comp.leaderboard if comp else None)
+        # the named competition, else cpx.yaml's, else the latest run's
+        board = workspace_leaderboard(_common.workspace(), _common.host(), competition=competition, phase=phase,
+                                      sort=sort, limit=limit)
         if json_:
             print_json(board.to_dict())
             return

@@ -14,9 +14,9 @@ import cpx
 ROOT = Path(cpx.__file__).parent
 
 # Lowest first: a package may import its own layer and the layers before it.
-LAYERS = ["kernel", "data", "runs", "eval", "track", "train", "submit", "bundle", "sweep", "report", "cli"]
+LAYERS = ["kernel", "data", "runs", "eval", "track", "train", "submit", "bundle", "sweep", "report", "api", "cli"]
 # Above every layer: the public API (cpx/__init__.py) and the pytest plugin for plugin authors.
-TOP = {"__init__", "__main__", "testing", "api"}
+TOP = {"__init__", "__main__", "testing"}
 UI_LIBRARIES = {"typer", "rich", "click"}
 
 

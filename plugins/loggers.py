@@ -2,15 +2,17 @@
 ``torch.utils.tensorboard``), each an optional extra (``pip install 'cpx[mlflow]'``,
 ``'cpx[tensorboard]'``).
 
-Each imports its package when a logger is made, never when this module loads, so the command
-line starts without them; without the package, making one raises
-:class:`~cpx.kernel.errors.MissingDependency` naming the extra. Both are idempotent as
+Making a logger checks that its package is installed (else
+:class:`~cpx.kernel.errors.MissingDependency` naming the extra, before any training); the
+package is imported when a run starts, on the tracking worker thread, and never when this module
+loads, so the command line starts without it. Both are idempotent as
 :class:`cpx.track.Logger` asks: MLflow finds its run by the ``cpx.run_id`` tag and reads which
 steps each metric holds; TensorBoard reads the event files already in the run's folder.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -32,9 +34,16 @@ _MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAIL
 RUN_TAG = "cpx.run_id"
 
 
-def _missing(package: str, extra: str) -> MissingDependency:
-    return MissingDependency(f"--log-to {extra} needs the {package} package, which is not installed: "
-                             f"pip install 'cpx[{extra}]'")
+def _require(package: str, extra: str) -> None:
+    """Fail now, in one line naming the extra, when ``package`` is not installed; it is imported
+    later, off the training thread (importing mlflow takes seconds)."""
+    try:
+        found = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a parent package missing, or blocked in sys.modules
+        found = False
+    if not found:
+        raise MissingDependency(f"--log-to {extra} needs the {package} package, which is not installed: "
+                                f"pip install 'cpx[{extra}]'")
 
 
 def _chunks(items: list, size: int = _BATCH):
@@ -79,10 +88,7 @@ class MlflowLogger(Logger):
     (``$MLFLOW_TRACKING_URI``, else ``./mlruns``)."""
 
     def __init__(self, options: MlflowOptions, target: Optional[str]):
-        try:
-            import mlflow  # noqa: F401  (imported here: a missing package fails before training)
-        except ImportError:
-            raise _missing("mlflow", "mlflow") from None
+        _require("mlflow", "mlflow")
         self.uri, self.experiment = target, options.experiment
         self._client = None
         self._run_id: Optional[str] = None
@@ -210,11 +216,7 @@ class TensorBoardLogger(Logger):
     not written again; a tag that changed later is not rewritten."""
 
     def __init__(self, options: Any, target: Optional[str]):
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-            from tensorboard.backend.event_processing import event_accumulator  # noqa: F401
-        except ImportError:
-            raise _missing("tensorboard", "tensorboard") from None
+        _require("tensorboard", "tensorboard")
         self.root = Path(target or "tensorboard").expanduser()
         self._writer = None
         self._seen = _Seen()

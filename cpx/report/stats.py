@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Hashable, Mapping, Optional, Sequence
 
 import numpy as np
-from scipy import stats
+
+# scipy.stats takes about a second to import, so each function that needs it imports it: `cpx
+# leaderboard` needs it only to predict a test score from two or more scored submissions
 
 DEFAULT_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 9999
@@ -34,6 +36,8 @@ SIGNIFICANT = "significant"
 def t_quantile(level: float, dof: float) -> float:
     """The two-sided critical value: P(|T| < t) = ``level`` with ``dof`` degrees of freedom
     (``t_quantile(0.95, 4)`` = 2.776)."""
+    from scipy import stats
+
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie strictly between 0 and 1, not {level}")
     if dof < 1:
@@ -113,6 +117,8 @@ class PairedTest(_Verdict):
 
 
 def _rng_kwargs(seed: int) -> dict:
+    from scipy import stats
+
     # scipy 1.15 renamed random_state to rng; both accept a Generator
     name = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
     return {name: np.random.default_rng(seed)}
@@ -121,6 +127,8 @@ def _rng_kwargs(seed: int) -> dict:
 def bootstrap_mean_interval(x: Sequence[float], level: float = DEFAULT_LEVEL,
                             resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
     """The bootstrap (BCa) interval of the mean of ``x``; a constant sample gives a point."""
+    from scipy import stats
+
     x = np.asarray(x, dtype=float)
     if x.size < 2 or np.all(x == x[0]):
         return float(x.mean()), float(x.mean())
@@ -142,6 +150,8 @@ def paired_test(a: Mapping[Hashable, float], b: Mapping[Hashable, float], level:
     and the paired t-test and Wilcoxon signed-rank test give p-values. Raises ValueError when
     fewer than two images are shared.
     """
+    from scipy import stats
+
     shared = sorted(set(a) & set(b), key=str)
     if len(shared) < 2:
         raise ValueError(f"the runs share {len(shared)} scored image(s); a paired test needs at least 2")
@@ -244,6 +254,8 @@ def factor_effects(observations: Sequence[tuple[Mapping[str, Any], float]], fact
     first level): the difference of the mean scores at the two levels (over every other factor
     and seed), with a t interval whose standard error comes from the pooled noise
     (``sd · sqrt(1/n_level + 1/n_reference)``) and the two-sided p-value."""
+    from scipy import stats
+
     nz = noise(observations, factors)
     effects: list[Effect] = []
     for f in factors:
@@ -320,6 +332,8 @@ def slope_effect(factor: str, x: Sequence[float], y: Sequence[float], log: bool 
                  level: float = DEFAULT_LEVEL) -> Optional[Slope]:
     """The trend of ``y`` along ``x`` (``log``: per factor of ten); None with fewer than 3 points
     or a single x value."""
+    from scipy import stats
+
     xs = np.asarray(x, dtype=float)
     ys = np.asarray(y, dtype=float)
     if log:
@@ -335,6 +349,8 @@ def slope_effect(factor: str, x: Sequence[float], y: Sequence[float], log: bool 
 def seeds_needed(sd: float, effect: float, power: float = 0.8, level: float = DEFAULT_LEVEL) -> Optional[int]:
     """Runs per level for a two-sided test at ``level`` to detect ``effect`` with ``power``, given
     a seed-to-seed ``sd`` (normal approximation): ``2 (z_a + z_b)^2 sd^2 / effect^2``."""
+    from scipy import stats
+
     if not sd or not effect:
         return None
     z = stats.norm.ppf(0.5 + level / 2.0) + stats.norm.ppf(power)

@@ -9,8 +9,6 @@ listings start without torch. Domain errors (`cpx.kernel.errors.CpxError`) becom
 problem on stderr and exit code 2.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 from typing import Annotated, Optional
@@ -45,6 +43,15 @@ def create_app(host=None) -> typer.Typer:
     return app
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        # torch's version from its metadata: importing torch would take seconds
+        from importlib.metadata import version
+
+        print(f"cpx {__version__} (torch {version('torch')}, python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
 def _root(
     workspace: Annotated[Optional[str], typer.Option(
         "--workspace", "-w", envvar="CPX_WORKSPACE",
@@ -55,15 +62,6 @@ def _root(
 ):
     if workspace:
         os.environ["CPX_WORKSPACE"] = workspace
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        # torch's version from its metadata: importing torch would take seconds
-        from importlib.metadata import version
-
-        print(f"cpx {__version__} (torch {version('torch')}, python {sys.version.split()[0]})")
-        raise typer.Exit()
 
 
 def _workspace_from_argv(argv: list[str]) -> Optional[str]:

@@ -1,7 +1,5 @@
 """`cpx init --bundle` and `cpx bundle export`: Codabench bundles in and out."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Optional
 

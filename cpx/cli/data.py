@@ -1,7 +1,5 @@
 """`cpx data check` and `cpx data synth`."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

@@ -1,7 +1,5 @@
 """`cpx validate`, `cpx score`, `cpx predict`, `cpx calibrate` and `cpx ensemble`."""
 
-from __future__ import annotations
-
 import contextlib
 import math
 from pathlib import Path

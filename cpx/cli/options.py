@@ -9,8 +9,6 @@ flags and type and says it for that command. An option only one command has is d
 that command.
 """
 
-from __future__ import annotations
-
 import copy
 from pathlib import Path
 from typing import Annotated, Any, Optional, get_args

@@ -1,7 +1,5 @@
 """`cpx package`: a verified submission zip from a run, or `--check` of any zip."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Optional
 

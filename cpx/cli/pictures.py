@@ -1,7 +1,5 @@
 """`cpx show`, `cpx compare` and `cpx curves`: pictures of runs."""
 
-from __future__ import annotations
-
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Callable, Iterator, Optional

@@ -1,7 +1,5 @@
 """`cpx plugins`, `cpx competitions` and `cpx recipes`."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

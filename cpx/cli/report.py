@@ -1,13 +1,11 @@
 """`cpx report`."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from cpx.report.results import TOP
+from cpx.report import TOP
 
 from . import _common
 from ._common import console

@@ -1,7 +1,5 @@
 """`cpx runs` and `cpx runs import`."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

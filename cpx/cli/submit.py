@@ -1,7 +1,5 @@
 """`cpx submit`, `cpx submissions`, `cpx leaderboard` and `cpx codabench ...`."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated, Optional
 
@@ -13,8 +11,7 @@ from cpx.kernel.errors import CodabenchError, ConfigError, SubmissionError
 from cpx.kernel.text import format_f, format_signed
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench as cb
-from cpx.submit.actions import DEFAULT_TIMEOUT
-from cpx.submit.submissions import DEFAULT_PHASE
+from cpx.submit.submissions.scores import DEFAULT_PHASE
 
 from . import _common
 from ._common import console, print_json
@@ -66,7 +63,7 @@ def submit_command(
     upload: Annotated[bool, typer.Option("--upload", help="upload the zip to Codabench")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="with --upload: wait for the score and record it")] = False,
     timeout: Annotated[Optional[float], typer.Option(
-        help=f"with --wait: give up waiting after this many seconds (default {DEFAULT_TIMEOUT:.0f})")] = None,
+        help=f"with --wait: give up waiting after this many seconds (default {cb.WAIT_TIMEOUT:.0f})")] = None,
     poll: Annotated[float, typer.Option(help="with --wait: first polling interval in seconds "
                                              "(doubles up to 30)")] = 2.0,
     url: CodabenchUrl = None,

@@ -1,7 +1,5 @@
 """`cpx sweep RECIPE --grid/--search ...` (run or resume a sweep) and `cpx sweep show SWEEP`."""
 
-from __future__ import annotations
-
 import difflib
 import time
 from pathlib import Path

@@ -1,7 +1,5 @@
 """`cpx train`."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

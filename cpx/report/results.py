@@ -18,7 +18,7 @@ from typing import Optional
 from cpx.kernel.files import atomic_write_text
 from cpx.kernel.text import format_f, utc_now
 from cpx.kernel.workspace import Workspace
-from cpx.report import evaltime, stats
+from cpx.report import TOP, evaltime, stats
 from cpx.report.document import Document, Figure, Ref, Table
 from cpx.report.effects import RANKED_STATUSES, EffectSections, config_diff_vs
 from cpx.report.facts import fact_f, fact_int, fact_signed, p_text
@@ -30,7 +30,6 @@ from cpx.runs.ledger import Ledger
 from cpx.submit.submissions import main_score
 from cpx.train.curves import plot_history
 
-TOP = 12
 CURVES = 4
 MAX_GAIN_ROWS = 24  # rows of the evaluation-time table
 

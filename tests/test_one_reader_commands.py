@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from PIL import Image
 
 from cpx.cli import main
@@ -28,7 +27,7 @@ def _bad_entries(folder: Path, masks: Path | None = None) -> None:
     (folder / "zz_folder.jpg").mkdir()
     os.symlink("nowhere.jpg", folder / "zz_link.jpg")
     if masks is not None:
-        first = sorted(masks.glob("*.png"))[0]
+        first = min(masks.glob("*.png"))
         for stem in ("zz_folder", "zz_link"):
             shutil.copy(first, masks / f"{stem}.png")
 

@@ -75,7 +75,7 @@ CASES = [
     (["package", "nope", "--name", "v1"], "no run matches 'nope'"),
     (["package", "{run}", "--name", "v1", "--test", "{missing}"], "{missing}"),
     (["submit", "nope", "--record-score", "0.5"], "nope"),
-    (["submit", "v1", "--record-score", "1.5"], "1.5"),
+    (["submit", "v1", "--record-score", "inf"], "inf"),
     (["submit", "v1", "--record-score", "abc"], "abc"),
     (["submit", "v1", "--zip", "{missing}"], "no such file"),
     (["submit", "v1", "--zip", "{garbage}"], "garbage.pt"),

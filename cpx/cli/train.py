@@ -45,6 +45,7 @@ class RichProgress:
 
     def on_start(self, **info):
         _print_header(info)
+        self.metric = info["metric"].name
         self.progress.start()
         self.epoch_task = self.progress.add_task("epochs", total=info["config"].train.epochs,
                                                  completed=info["start_epoch"], info="")
@@ -54,10 +55,13 @@ class RichProgress:
         self.progress.update(self.batch_task, completed=i + 1)
 
     def on_epoch_end(self, trainer, record):
+        from cpx.train.callbacks import Validation  # imported with the trainer: torch is loaded by now
+
         ema = f" (EMA {format_f(record.val_score_ema)})" if record.val_score_ema is not None else ""
-        info = (f"loss {record.train_loss:.4f}  val {trainer.metric.name} {format_f(record.val_score)}{ema}  "
-                f"best {format_f(trainer.best_score)}  {record.images_per_s:.1f} img/s")
-        self.progress.update(self.epoch_task, completed=trainer.epoch, total=trainer.settings.epochs, info=info)
+        best = trainer.callback(Validation)
+        info = (f"loss {record.train_loss:.4f}  val {self.metric} {format_f(record.val_score)}{ema}  "
+                f"best {format_f(best.best_score if best else None)}  {record.images_per_s:.1f} img/s")
+        self.progress.update(self.epoch_task, completed=trainer.epoch, total=trainer.epochs, info=info)
         self.progress.update(self.batch_task, completed=0)
 
     def on_train_end(self, trainer):
@@ -69,11 +73,12 @@ class LogProgress:
 
     def on_start(self, **info):
         _print_header(info)
+        self.metric = info["metric"].name
 
     def on_epoch_end(self, trainer, record):
         ema = f" (EMA {format_f(record.val_score_ema)})" if record.val_score_ema is not None else ""
-        print(f"epoch {record.epoch}/{trainer.settings.epochs} loss {record.train_loss:.4f} "
-              f"val {trainer.metric.name} {format_f(record.val_score)}{ema} lr {record.lr:.2e} "
+        print(f"epoch {record.epoch}/{trainer.epochs} loss {record.train_loss:.4f} "
+              f"val {self.metric} {format_f(record.val_score)}{ema} lr {record.lr:.2e} "
               f"{record.images_per_s:.1f} img/s {record.seconds:.1f}s", flush=True)
 
 
@@ -117,6 +122,7 @@ def train_command(
 ):
     """Train a recipe; the run lands in experiments/runs/ and the ledger."""
     from cpx.train.budget import parse_budget
+    from cpx.train.loop import StopReason
     from cpx.train.run import TrainRequest, command_line, train
 
     values = dict(dice=dice, ce=ce, lr=lr, epochs=epochs, batch_size=batch_size, image_size=image_size,
@@ -140,7 +146,7 @@ def train_command(
         progress = LogProgress() if quiet or not console.is_terminal else RichProgress()
         result = train(request, _common.workspace(), _common.host(), callbacks=(progress,))
     _render_result(result)
-    if result.status == "stopped" and "interrupted" in result.message:
+    if result.stop_reason is StopReason.INTERRUPTED:
         raise typer.Exit(130)
 
 

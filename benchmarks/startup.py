@@ -7,7 +7,9 @@ the process, which other processes on the machine do not add to) and of its wall
 untimed run that writes the bytecode caches (an installed cpx has them; ``PYTHONDONTWRITEBYTECODE``
 is left out so they are written); then the heavy libraries the command imported, from one more
 run that lists them. The machine comes first: the CPU model (``lscpu``), the cores and the load
-(``uptime``), since wall times on a busy machine say more about the other jobs than about cpx.
+(``uptime``), since wall times on a busy machine say more about the other jobs than about cpx;
+and the bare interpreter (``python -c pass``) is timed the same way, the floor of any command
+(on a busy machine even own times grow, the interpreter's with them).
 
 The commands run in a fresh workspace shaped like a competitor's after a few days: ``cpx.yaml``
 naming celebamask-mini and a ledger with four runs and two scored submissions, so ``leaderboard``
@@ -129,16 +131,16 @@ def main() -> None:
     print(f"{'command':<20} {'own time':>9} {'wall':>8}   heavy libraries imported")
     rows = []
     try:
-        for command in COMMANDS:
-            argv = [*cpx_command(), *command]
+        for command in [None, *COMMANDS]:
+            argv = [sys.executable, "-c", "pass"] if command is None else [*cpx_command(), *command]
             timed(argv, env, workspace)  # writes the bytecode caches
             samples = [timed(argv, env, workspace) for _ in range(args.runs)]
             own = statistics.median(s[0] for s in samples)
             wall = statistics.median(s[1] for s in samples)
             codes = sorted({s[2] for s in samples})
-            heavy = imported(command, env, workspace)
-            name = "cpx " + " ".join(command)
-            print(f"{name:<20} {own:>8.3f}s {wall:>7.3f}s   {', '.join(heavy) or 'none'}"
+            heavy = [] if command is None else imported(command, env, workspace)
+            name = "python -c pass" if command is None else "cpx " + " ".join(command)
+            print(f"{name:<20} {own:>8.3f}s {wall:>7.3f}s   {'-' if command is None else ', '.join(heavy) or 'none'}"
                   + (f"  (exit code {codes})" if codes != [0] else ""), flush=True)
             rows.append({"command": name, "own_seconds": round(own, 4), "wall_seconds": round(wall, 4),
                          "runs": args.runs, "exit_codes": codes, "imported": heavy})

@@ -115,6 +115,9 @@ def register(app: typer.Typer) -> None:
         refit: Annotated[Optional[str], typer.Option(help="retrain run RUN's config on every labelled image (train + "
                                                           "validation) for the epochs RUN chose; its val score is "
                                                           "carried from RUN, marked as not measurable")] = None,
+        allow_changed_data: Annotated[bool, typer.Option(
+            "--allow-changed-data", help="--refit although RUN's data folder no longer holds the labelled images "
+                                         "it trained on")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain log lines instead of progress bars")] = False,
         nproc: Annotated[int, typer.Option(help="data-parallel processes on this node (batch size stays global)")] = 1,
         nnodes: Annotated[str, typer.Option(help="nodes taking part: N, or MIN:MAX for elastic membership")] = "1",
@@ -130,7 +133,7 @@ def register(app: typer.Typer) -> None:
 
             raise ConfigError("--resume continues a run with its own config; drop the recipe and overrides")
         request = TrainRequest(recipe=recipe, overrides=overrides, name=name, resume=resume, refit=refit,
-                               command=command_line())
+                               command=command_line(), allow_changed_data=allow_changed_data)
         if nproc != 1 or nnodes != "1" or rdzv_endpoint:
             from cpx.train.distributed import launch
 

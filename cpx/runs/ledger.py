@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Optional, Union
 from cpx.kernel.errors import CpxError, LedgerBusy, RunError, SubmissionError
 from cpx.kernel.text import utc_now
 from cpx.runs.folder import new_run_id
-from cpx.runs.migrations import immediate, migrate
+from cpx.runs.migrations import immediate, migrate, workspace_relative
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -54,6 +54,14 @@ _CHOICES = {
     ("scores", "source"): SCORE_SOURCES,
 }
 _TABLES = ("runs", "validations", "submissions", "scores", "sweeps")
+# Paths of files the workspace holds, stored relative to it when inside it (see
+# :func:`cpx.runs.migrations.workspace_relative`) and handed back absolute: a copied workspace
+# then reads and writes its own run folders, and a moved one finds them where they are now.
+_PATH_COLUMNS = {
+    "runs": frozenset({"run_dir"}),
+    "submissions": frozenset({"zip_path"}),
+    "validations": frozenset({"official_dir"}),
+}
 
 
 # Migrations receive a connection already inside a transaction: they must not commit,
@@ -132,10 +140,15 @@ def _renamed_per_class(per_class: Any) -> Any:
             for name, entry in per_class.items()}
 
 
-def _decode(table: str, row: Optional[sqlite3.Row]) -> Optional[dict]:
+def _decode(table: str, row: Optional[sqlite3.Row], root: Optional[Path] = None) -> Optional[dict]:
     if row is None:
         return None
     out = dict(row)
+    if root is not None:
+        for key in _PATH_COLUMNS.get(table, ()):
+            value = out.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                out[key] = str(root / value)
     for key in _JSON_COLUMNS.get(table, ()):
         if isinstance(out.get(key), str):
             try:
@@ -160,6 +173,9 @@ class Ledger:
 
     def __init__(self, path: Union[str, os.PathLike], timeout: Optional[float] = None):
         self.path = Path(path)
+        #: the workspace the ledger belongs to (it lives at ``<workspace>/experiments/ledger.db``):
+        #: the paths of its run folders, zips and output folders are stored relative to it
+        self.root: Optional[Path] = None if str(path) == ":memory:" else self.path.resolve().parent.parent
         # seconds a write waits for another process's lock; CPX_LEDGER_TIMEOUT overrides
         timeout = float(os.environ.get("CPX_LEDGER_TIMEOUT") or DEFAULT_TIMEOUT) if timeout is None else timeout
         self.timeout = timeout
@@ -210,6 +226,9 @@ class Ledger:
                                  f"open transaction, a backup?) for over {self.timeout:g} s") from None
             raise
 
+    def _row(self, table: str, row: Optional[sqlite3.Row]) -> Optional[dict]:
+        return _decode(table, row, self.root)
+
     def _encode(self, table: str, fields: dict[str, Any], *, allow_id: bool) -> dict[str, Any]:
         columns = self._columns[table]
         allowed = set(columns) if allow_id else set(columns) - {"id"}
@@ -232,6 +251,8 @@ class Ledger:
                 value = "on" if value else "none"
             else:
                 value = _plain(value)
+                if key in _PATH_COLUMNS.get(table, ()) and value and self.root is not None:
+                    value = workspace_relative(value, self.root, guess=False)
             out[key] = value
         return out
 
@@ -252,7 +273,7 @@ class Ledger:
         )
 
     def _run_row(self, run_id: str) -> Optional[dict]:
-        return _decode("runs", self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+        return self._row("runs", self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
 
     def _require_run(self, run_id: str) -> None:
         if self._db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
@@ -260,7 +281,7 @@ class Ledger:
 
     def _submission_row(self, name: str) -> Optional[dict]:
         row = self._db.execute("SELECT * FROM submissions WHERE name = ?", (name,)).fetchone()
-        return _decode("submissions", row)
+        return self._row("submissions", row)
 
     def _require_submission(self, name: str) -> dict:
         row = self._submission_row(name)
@@ -316,7 +337,7 @@ class Ledger:
             (ref,),
         ).fetchone()
         if row is not None:
-            return _decode("runs", row)
+            return self._row("runs", row)
         # substr rather than LIKE: LIKE ignores case and treats _ and % as wildcards.
         ids = [
             r[0]
@@ -374,7 +395,7 @@ class Ledger:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
-        return [_decode("runs", r) for r in self._db.execute(sql, args)]
+        return [self._row("runs", r) for r in self._db.execute(sql, args)]
 
     def competitions(self) -> list[str]:
         """The competitions the runs belong to, sorted (runs without one left out)."""
@@ -395,7 +416,7 @@ class Ledger:
         with self._write():
             self._require_run(run_id)
             row_id = self._insert("validations", values)
-        return _decode(
+        return self._row(
             "validations",
             self._db.execute("SELECT * FROM validations WHERE id = ?", (row_id,)).fetchone(),
         )
@@ -406,7 +427,7 @@ class Ledger:
         rows = self._db.execute(
             "SELECT * FROM validations WHERE run_id = ? ORDER BY created_at, id", (run_id,)
         )
-        return [_decode("validations", r) for r in rows]
+        return [self._row("validations", r) for r in rows]
 
     def best_validation(self, run_id: str) -> Optional[dict]:
         """The run's highest-scoring validation (the latest on a tie), or None."""
@@ -416,7 +437,7 @@ class Ledger:
             " ORDER BY score DESC, created_at DESC, id DESC LIMIT 1",
             (run_id,),
         ).fetchone()
-        return _decode("validations", row)
+        return self._row("validations", row)
 
     # -- submissions ---------------------------------------------------------------
 
@@ -484,7 +505,7 @@ class Ledger:
             """,
             (phase,),
         )
-        return [_decode("submissions", r) for r in rows]
+        return [self._row("submissions", r) for r in rows]
 
     # -- scores --------------------------------------------------------------------
 
@@ -533,7 +554,7 @@ class Ledger:
                     f"'{submission_name}' already has a {phase} score for '{column_key}'"
                     f" ({old['score']}); use --replace to overwrite it"
                 )
-        return _decode("scores", self._db.execute("SELECT * FROM scores WHERE id = ?", (row_id,)).fetchone())
+        return self._row("scores", self._db.execute("SELECT * FROM scores WHERE id = ?", (row_id,)).fetchone())
 
     def scores_for(self, submission_name: str) -> list[dict]:
         """A submission's scores by phase and column. Unknown name: SubmissionError."""
@@ -542,7 +563,7 @@ class Ledger:
             "SELECT * FROM scores WHERE submission_id = ? ORDER BY phase, column_key, recorded_at",
             (sub["id"],),
         )
-        return [_decode("scores", r) for r in rows]
+        return [self._row("scores", r) for r in rows]
 
     # -- sweeps --------------------------------------------------------------------
 
@@ -562,12 +583,12 @@ class Ledger:
         if row is None:
             known = ", ".join(s["name"] for s in self.list_sweeps()) or "none recorded"
             raise RunError(f"no sweep named '{name}' (known: {known})")
-        return _decode("sweeps", row)
+        return self._row("sweeps", row)
 
     def list_sweeps(self) -> list[dict]:
         """Every sweep, oldest first."""
         rows = self._db.execute("SELECT * FROM sweeps ORDER BY created_at, rowid")
-        return [_decode("sweeps", r) for r in rows]
+        return [self._row("sweeps", r) for r in rows]
 
 
 

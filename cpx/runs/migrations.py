@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 from cpx.kernel.text import utc_now
@@ -317,3 +318,41 @@ def m014_run_stop_reason(db: sqlite3.Connection) -> None:
     # its notes; runs of older versions keep NULL and their notes.
     """Why a run's training ended: completed, stop_after, patience, budget, pruned, interrupted."""
     db.execute("ALTER TABLE runs ADD COLUMN stop_reason TEXT")
+
+
+def workspace_relative(value: str, root: Path, guess: bool = True) -> str:
+    """``value``, a path, relative to the workspace ``root`` (POSIX form) when it lies inside it;
+    else, with ``guess``, the tail from its last ``experiments`` or ``submissions`` part when
+    ``root`` holds that (a workspace copied or moved before paths were stored relative); else
+    ``value`` unchanged (a folder outside the workspace, an imported run's)."""
+    path = Path(value)
+    if not path.is_absolute():
+        return value
+    try:
+        return path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        pass
+    if guess:
+        parts = path.parts
+        for i in range(len(parts) - 1, 0, -1):
+            if parts[i] in ("experiments", "submissions") and (root / Path(*parts[i:])).exists():
+                return Path(*parts[i:]).as_posix()
+    return value
+
+
+@migration
+def m015_workspace_relative_paths(db: sqlite3.Connection) -> None:
+    # The ledger stored absolute run folders: in a copied workspace `cpx show` wrote into the
+    # original's run folder and validate used its checkpoints; after a move, nothing was found.
+    # Paths inside the workspace (the ledger's folder's parent) are now stored relative to it.
+    """Run folders, submission zips and official output folders stored relative to the workspace."""
+    row = db.execute("PRAGMA database_list").fetchone()
+    if not row or not row[2]:
+        return  # an in-memory ledger has no workspace
+    root = Path(row[2]).resolve().parent.parent
+    for table, column in (("runs", "run_dir"), ("submissions", "zip_path"), ("validations", "official_dir")):
+        for key, value in db.execute(f"SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL").fetchall():
+            new = workspace_relative(value, root)
+            if new != value:
+                db.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (new, key))
+

@@ -55,6 +55,8 @@ class TrainRequest:
     # still apply on top, e.g. the device)
     refit: Optional[str] = None
     command: str = ""
+    # refit a run although its data folder no longer holds the data it trained on
+    allow_changed_data: bool = False
 
 
 @dataclass
@@ -124,7 +126,8 @@ def prepare_data(config: ExperimentConfig, competition: Competition, workspace: 
     """
     d = config.data
     if d.path:
-        root = Path(d.path).expanduser()
+        # a relative path recorded by an older cpx: the workspace's, never the current directory's
+        root = (workspace.root / Path(d.path).expanduser()).resolve()
         if not root.is_dir():
             raise DataError(f"data folder {root} does not exist")
         synthetic = False
@@ -266,6 +269,10 @@ def _new_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledg
     if "competition" not in overrides and workspace.settings().get("competition"):
         overrides["competition"] = workspace.settings()["competition"]
     config, diff = build_config(request.recipe, overrides, workspace.experiments_dir, host)
+    if config.data.path:  # recorded resolved: a later command run from elsewhere means this folder
+        config.data.path = str(Path(config.data.path).expanduser().resolve())
+        if "data.path" in diff:
+            diff["data.path"] = config.data.path
     run_id = rank0_object(new_run_id(config.recipe))
     return _Setup(run_id, RunFolder(workspace.runs_dir / run_id), config, diff)
 
@@ -422,6 +429,12 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     model, loss_fn, augment = build_components(config, host, competition, frequencies)
     if resume_state is not None and resume_state.get("data_fingerprint") not in (None, data.fingerprint):
         raise RunError(f"run {run_id}: the data in {data.root} changed since the run started; cannot resume")
+    parent = setup.parent
+    if parent is not None and resume_state is None and parent.get("data_fingerprint") not in (None, data.fingerprint) \
+            and not request.allow_changed_data:
+        raise DataError(f"run {parent['id']}: the labelled data in {data.root} is not what the run trained on "
+                        f"(fingerprint {data.fingerprint}, recorded {parent['data_fingerprint']}), so its best epoch "
+                        "says nothing about a refit on it; restore that data, or pass --allow-changed-data")
 
     budget_seconds = config.train.budget_minutes * 60 if config.train.budget_minutes else None
     owner = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -458,7 +471,7 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
                     "class_pixel_share": [round(f, 8) for f in frequencies]}
             if data.label_policy is not None:
                 info["label_suspects"] = data.label_policy
-            folder.write_data_info(info)
+            folder.write_data_info(info, workspace.root)
         ctx = RunContext(run_id=run_id, folder=folder, config=config, diff=diff, competition=competition,
                          metric=create_metric(competition, host), device=device, precision=precision, model=model,
                          loss_fn=loss_fn, augment=augment, params=params, data=data, resume_state=resume_state,

@@ -38,6 +38,7 @@ RUN_ORDERS = ("created_at", "best_val_score")
 _JSON_COLUMNS = {
     "runs": frozenset({"config", "config_diff", "members", "checkpoints"}),
     "validations": frozenset({"per_class", "per_image"}),
+    "submissions": frozenset({"upload_attempt"}),
     "sweeps": frozenset({"factors", "overrides"}),
 }
 # Stored as 0/1 because SQLite has no boolean type, handed back as bool.

@@ -356,3 +356,11 @@ def m015_workspace_relative_paths(db: sqlite3.Connection) -> None:
             if new != value:
                 db.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (new, key))
 
+
+@migration
+def m016_submission_upload_attempt(db: sqlite3.Connection) -> None:
+    # An upload is recorded before the submission's POST: the phase, the time and the ids of your
+    # submissions there before it. When the server created the submission but its reply was lost,
+    # the next upload of that zip finds it on the server instead of spending a second submission.
+    """A submission's pending Codabench upload (JSON: competition, phase, started_at, ids before)."""
+    db.execute("ALTER TABLE submissions ADD COLUMN upload_attempt TEXT")

@@ -22,10 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Union
 
-from cpx.kernel.errors import CpxError, LedgerBusy, RunError, SubmissionError
+from cpx import __version__
+from cpx.kernel.errors import CpxError, LedgerBusy, LedgerDamaged, RunError, SubmissionError
 from cpx.kernel.text import utc_now
 from cpx.runs.folder import new_run_id
-from cpx.runs.migrations import immediate, migrate, workspace_relative
+from cpx.runs.migrations import BACKUP_SUFFIX, MIGRATIONS, NewerSchema, immediate, migrate, workspace_relative
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -81,7 +82,8 @@ def connect(path: Union[str, os.PathLike], timeout: float = DEFAULT_TIMEOUT) -> 
     path = Path(path)
     if str(path) != ":memory:":
         path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+    db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, factory=_Connection)
+    db.path = path
     db.row_factory = sqlite3.Row
     try:
         _enable_wal(db, timeout)
@@ -90,6 +92,42 @@ def connect(path: Union[str, os.PathLike], timeout: float = DEFAULT_TIMEOUT) -> 
         db.close()
         raise
     return db
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose every statement turns a damaged file's error into
+    :class:`LedgerDamaged`: one line naming the file and how to recover, not a traceback."""
+
+    path: Path
+
+    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:  # type: ignore[override]
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise damaged(self.path, exc) from None
+            raise
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether an sqlite3 error says the file is damaged (rather than busy, say)."""
+    text = str(exc).casefold()
+    return isinstance(exc, sqlite3.DatabaseError) and any(
+        word in text for word in ("malformed", "not a database", "corrupt", "disk i/o error", "encrypted"))
+
+
+def damaged(path: Path, exc: BaseException) -> LedgerDamaged:
+    """The one-line error for a damaged ledger at ``path``: what SQLite said, and how to recover
+    (the copy kept before the latest migration, else SQLite's ``.recover``)."""
+    path = Path(path)
+    copies = [c for c in sorted(path.parent.glob(f"{path.name}{BACKUP_SUFFIX}*")) if not c.name.endswith(".tmp")]
+    if copies:  # names sort by migration, so the last is the newest copy
+        how = (f"mv {path.name} {path.name}.damaged && cp {copies[-1].name} {path.name} (the copy kept before the "
+               "last migration: rows recorded since are lost)")
+    else:
+        how = (f"sqlite3 {path.name} .recover | sqlite3 recovered.db && mv {path.name} {path.name}.damaged && "
+               f"mv recovered.db {path.name}")
+    return LedgerDamaged(f"{path}: cannot open the ledger: it is damaged ({exc}); to recover, in {path.parent}: {how}")
 
 
 def _enable_wal(db: sqlite3.Connection, timeout: float) -> None:
@@ -183,13 +221,20 @@ class Ledger:
         try:
             self._db = connect(self.path, timeout)
         except sqlite3.DatabaseError as exc:
-            raise CpxError(f"{self.path}: cannot open the ledger ({exc})") from None
+            raise (damaged(self.path, exc) if is_damage(exc) else
+                   CpxError(f"{self.path}: cannot open the ledger ({exc})")) from None
         try:
             #: names of the migrations this open applied (empty when already current)
             self.applied_migrations: list[str] = migrate(self._db)
+            self._stamp_version()
+        except NewerSchema as exc:
+            message = self._newer_message(exc.names)
+            self._db.close()
+            raise LedgerDamaged(message) from None
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise CpxError(f"{self.path}: cannot open the ledger ({exc})") from None
+            raise (damaged(self.path, exc) if is_damage(exc) else
+                   CpxError(f"{self.path}: cannot open the ledger ({exc})")) from None
         except BaseException:
             self._db.close()
             raise
@@ -199,6 +244,27 @@ class Ledger:
             t: [r["name"] for r in self._db.execute(f"PRAGMA table_info({t})")]
             for t in _TABLES
         }
+
+    def _stamp_version(self) -> None:
+        # which cpx last wrote the file, for the refusal a still older cpx gives (see m017)
+        row = self._db.execute("SELECT value FROM _cpx WHERE key = 'written_by'").fetchone()
+        if row is None or row[0] != __version__:
+            try:
+                with immediate(self._db):
+                    self._db.execute("INSERT OR REPLACE INTO _cpx (key, value) VALUES ('written_by', ?)",
+                                     (__version__,))
+            except sqlite3.OperationalError:
+                pass  # locked by another writer: the stamp can wait for the next open
+
+    def _newer_message(self, unknown: list[str]) -> str:
+        try:
+            row = self._db.execute("SELECT value FROM _cpx WHERE key = 'written_by'").fetchone()
+        except sqlite3.DatabaseError:
+            row = None
+        newer = f"cpx {row[0]}" if row else "a newer cpx"
+        return (f"{self.path} was written by {newer} (its schema goes up to {unknown[-1]}); this is cpx "
+                f"{__version__}, whose schema ends at {MIGRATIONS[-1].__name__}: upgrade cpx to use this "
+                "workspace (nothing was changed)")
 
     def __enter__(self) -> "Ledger":
         return self

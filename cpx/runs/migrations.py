@@ -179,6 +179,10 @@ def migrate(db: sqlite3.Connection, migrations: Optional[Iterable[Migration]] = 
     older schema, which is how upgrades are tested. ``db`` must be in autocommit mode.
     """
     migrations = MIGRATIONS if migrations is None else list(migrations)
+    known = {fn.__name__ for fn in MIGRATIONS}
+    unknown = [name for name in applied_migrations(db) if name not in known]
+    if unknown:  # before any work: this cpx does not know what the newer one changed
+        raise NewerSchema(unknown)
     if not _has_table(db, "_migrations"):
         with immediate(db):
             db.execute(
@@ -186,6 +190,9 @@ def migrate(db: sqlite3.Connection, migrations: Optional[Iterable[Migration]] = 
                 " (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
             )
     done = set(applied_migrations(db))
+    pending = [fn.__name__ for fn in migrations if fn.__name__ not in done]
+    if pending and done:
+        keep_copy(db, pending[0])
     applied: list[str] = []
     for fn in migrations:
         name = fn.__name__
@@ -201,6 +208,43 @@ def migrate(db: sqlite3.Connection, migrations: Optional[Iterable[Migration]] = 
             )
         applied.append(name)
     return applied
+
+
+class NewerSchema(Exception):
+    """The file records migrations this cpx does not have (``names``): a newer cpx wrote it."""
+
+    def __init__(self, names: list[str]):
+        super().__init__(", ".join(names))
+        self.names = names
+
+
+def database_file(db: sqlite3.Connection) -> Optional[Path]:
+    """The file of ``db``'s main database; None in memory."""
+    row = db.execute("PRAGMA database_list").fetchone()
+    return Path(row[2]) if row and row[2] else None
+
+
+BACKUP_SUFFIX = ".before-"
+
+
+def keep_copy(db: sqlite3.Connection, migration_name: str) -> Optional[Path]:
+    """Copy the database beside its file as ``<file>.before-<migration>`` (SQLite's backup API:
+    consistent, WAL included) before that migration changes it; a copy already there is kept.
+    Returns the copy's path (None in memory)."""
+    source = database_file(db)
+    if source is None:
+        return None
+    target = source.with_name(f"{source.name}{BACKUP_SUFFIX}{migration_name}")
+    if target.exists():
+        return target
+    tmp = target.with_name(target.name + ".tmp")
+    copy = sqlite3.connect(str(tmp))
+    try:
+        db.backup(copy)
+    finally:
+        copy.close()
+    tmp.replace(target)
+    return target
 
 
 def _has_table(db: sqlite3.Connection, table: str) -> bool:
@@ -346,10 +390,10 @@ def m015_workspace_relative_paths(db: sqlite3.Connection) -> None:
     # original's run folder and validate used its checkpoints; after a move, nothing was found.
     # Paths inside the workspace (the ledger's folder's parent) are now stored relative to it.
     """Run folders, submission zips and official output folders stored relative to the workspace."""
-    row = db.execute("PRAGMA database_list").fetchone()
-    if not row or not row[2]:
+    file = database_file(db)
+    if file is None:
         return  # an in-memory ledger has no workspace
-    root = Path(row[2]).resolve().parent.parent
+    root = file.resolve().parent.parent
     for table, column in (("runs", "run_dir"), ("submissions", "zip_path"), ("validations", "official_dir")):
         for key, value in db.execute(f"SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL").fetchall():
             new = workspace_relative(value, root)
@@ -364,3 +408,11 @@ def m016_submission_upload_attempt(db: sqlite3.Connection) -> None:
     # the next upload of that zip finds it on the server instead of spending a second submission.
     """A submission's pending Codabench upload (JSON: competition, phase, started_at, ids before)."""
     db.execute("ALTER TABLE submissions ADD COLUMN upload_attempt TEXT")
+
+
+@migration
+def m017_cpx_version(db: sqlite3.Connection) -> None:
+    # Which cpx last wrote the file: a ledger from a newer cpx is refused before any work (its
+    # migrations are unknown here), and the refusal names both versions.
+    """A key-value table ``_cpx``; ``written_by`` is the version of the cpx that last opened it."""
+    db.execute("CREATE TABLE _cpx (key TEXT PRIMARY KEY, value TEXT NOT NULL)")

@@ -294,6 +294,10 @@ def resolve(config: ExperimentConfig, host) -> ExperimentConfig:
         comp.options = options.model_dump(mode="json")
     if resolved.data.image_size is None:
         resolved.data.image_size = competition.image_size if resolved.data.path else resolved.data.synthetic_size
+    lr, floor = resolved.optimizer.lr, resolved.schedule.min_lr
+    if resolved.schedule.name == "cosine" and lr < floor:
+        raise ConfigError(f"optimizer.lr: {lr:g} is below schedule.min_lr {floor:g}, so the cosine schedule would "
+                          f"climb instead of decay; raise --lr, or lower schedule.min_lr (--set schedule.min_lr=0)")
     return resolved
 
 

@@ -26,7 +26,7 @@ from cpx.eval.validate import Labelled, labelled_files, read_labelled
 from cpx.kernel.config import ExperimentConfig, apply_overrides, build_config, config_diff, resolve, validate
 from cpx.kernel.device import count_params, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RuleViolation, RunError
-from cpx.kernel.files import check_writable
+from cpx.kernel.files import DiskFull, check_writable, is_disk_full
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
@@ -603,13 +603,47 @@ def _fit(ctx: RunContext) -> TrainResult:
     except KeyboardInterrupt:
         reason = StopReason.INTERRUPTED
     except BaseException as exc:
+        resource = _resource_failure(ctx, trainer, commit, exc)
         if ctx.main:
-            note = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            folder.write_status("failed", note, utc_now())
-            commit.writer.update(status="failed", finished_at=utc_now(), notes=note)
-            commit.writer.flush(tries=2)  # still locked: status.json has it, and `cpx runs` records it later
+            note = str(resource or exc).splitlines()[0] if str(resource or exc) else type(exc).__name__
+            try:
+                folder.write_status("failed", note, utc_now())
+                commit.writer.update(status="failed", finished_at=utc_now(), notes=note)
+                commit.writer.flush(tries=2)  # still locked: status.json has it, and `cpx runs` records it later
+            except Exception:
+                if resource is None:
+                    raise
+                # a full disk may refuse status.json and the ledger too: the one line below still says it all
+        if resource is not None:
+            raise resource from None
         raise
     return _finish(ctx, trainer, reason, validation, commit, budget, wall())
+
+
+def _resource_failure(ctx: RunContext, trainer: Trainer, commit, exc: BaseException) -> Optional[RunError]:
+    """A full disk or an exhausted accelerator as one line: what failed, that the epochs already
+    committed are kept, and how to go on; None for any other failure."""
+    saved = commit.committed
+    kept = (f"nothing was lost: epoch {saved} is saved; " if saved else
+            "no epoch had finished, so there is nothing to resume; ")
+    again = f"cpx train --resume {ctx.run_id}" if saved else "train it again"
+    if isinstance(exc, DiskFull) or is_disk_full(exc, ctx.folder.path):
+        what = str(exc) if isinstance(exc, DiskFull) else f"{ctx.folder.path}: no space left on the device"
+        return RunError(f"{what}; {kept}free some space, then {again}")
+    if _out_of_memory(exc):
+        t, d = ctx.config.train, ctx.config.data
+        return RunError(f"out of memory on {ctx.device} at image size {d.image_size} with batch size {t.batch_size}: "
+                        "train again with a lower --batch-size or --image-size (or train.precision bf16 on a GPU); "
+                        f"{kept}" + (f"it resumes with {again} where more memory is free" if saved else "that is all"))
+    return None
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "DefaultCPUAllocator: can't allocate" in text
+                                              or "MPS backend out of memory" in text)
 
 
 def _stop_message(ctx: RunContext, trainer: Trainer, reason: StopReason, committed: int, budget) -> str:

@@ -417,3 +417,43 @@ def test_shortcuts_validate_like_set_and_lr_below_min_lr_is_refused(cpx_workspac
     assert main(["train", "msf-lmsa", "--lr", "1e-12", "--epochs", "1"]) == 2
     assert "optimizer.lr: 1e-12 is below schedule.min_lr 1e-06" in capsys.readouterr().err
     assert not cpx_workspace.runs_dir.is_dir()
+
+
+def _lock_for(path, seconds):
+    """Another program holds the ledger's write lock for ``seconds`` from now."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(seconds, lambda: db.execute("ROLLBACK"))
+    timer.start()
+    return db, timer
+
+
+def test_a_ledger_busy_at_the_start_is_waited_for_saying_so(cpx_workspace, cpx_host, tiny_model, monkeypatch):
+    # issue 19.14: a lock held at the start of training (longer than the busy timeout) cost the run
+    monkeypatch.setenv("CPX_LEDGER_TIMEOUT", "0.2")
+    with Ledger(cpx_workspace.ledger_path):
+        pass
+    heard = []
+
+    class Notices:
+        def on_notice(self, text):
+            heard.append(text)
+
+    db, _ = _lock_for(cpx_workspace.ledger_path, 2.0)
+    try:
+        result = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides()), cpx_workspace, cpx_host,
+                       callbacks=(Notices(),))
+    finally:
+        db.close()
+    assert result.status == "completed"
+    assert len(heard) == 1 and "locked by another program" in heard[0] and "CPX_LEDGER_START_WAIT" in heard[0]
+    # past the documented limit: one line saying how long it waited and how to wait longer
+    monkeypatch.setenv("CPX_LEDGER_START_WAIT", "0.01")
+    db, timer = _lock_for(cpx_workspace.ledger_path, 30)
+    try:
+        with pytest.raises(RunError, match=r"waited 0.01 min .*CPX_LEDGER_START_WAIT"):
+            train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides()), cpx_workspace, cpx_host)
+    finally:
+        timer.cancel()
+        db.execute("ROLLBACK")
+        db.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -17,7 +18,7 @@ from cpx.train.loop import StopReason
 from cpx.train.run import TrainRequest, command_line, train
 
 from . import _common
-from ._common import console
+from ._common import console, err_console
 
 # shortcut option -> config key path
 SHORTCUTS = {
@@ -68,6 +69,9 @@ class RichProgress:
     def on_train_end(self, trainer):
         self.progress.stop()
 
+    def on_notice(self, text):
+        err_console.print(f"[yellow]waiting:[/] {text}", highlight=False, soft_wrap=True)
+
 
 class LogProgress:
     """One plain line per epoch, for logs and CI."""
@@ -75,6 +79,9 @@ class LogProgress:
     def on_start(self, **info):
         _print_header(info)
         self.metric = info["metric"].name
+
+    def on_notice(self, text):
+        print(f"waiting: {text}", file=sys.stderr, flush=True)
 
     def on_epoch_end(self, trainer, record):
         ema = f" (EMA {format_f(record.val_score_ema)})" if record.val_score_ema is not None else ""

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -447,12 +447,13 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
                            best_epoch=config.train.stop_after or config.train.epochs)
         name = request.name or (f"{parent.get('name') or parent['id']}-refit" if parent is not None else run_id)
         # the ledger knows the run before its first file exists, so no kill leaves an unknown folder
-        ledger.add_run(id=run_id, name=name, kind="train", recipe=config.recipe, **carried,
-                       competition=competition.name, status="running", config=config.model_dump(mode="json"),
-                       config_diff=diff, command=request.command, params=params,
-                       epochs_planned=config.train.epochs, data_fingerprint=data.fingerprint,
-                       git_commit=git_commit(workspace.root), run_dir=str(folder.path),
-                       budget_seconds=budget_seconds, world_size=world, device=str(device), **owner)
+        _waiting_for_the_ledger(
+            ledger, callbacks, lambda: ledger.add_run(
+                id=run_id, name=name, kind="train", recipe=config.recipe, **carried, competition=competition.name,
+                status="running", config=config.model_dump(mode="json"), config_diff=diff, command=request.command,
+                params=params, epochs_planned=config.train.epochs, data_fingerprint=data.fingerprint,
+                git_commit=git_commit(workspace.root), run_dir=str(folder.path), budget_seconds=budget_seconds,
+                world_size=world, device=str(device), **owner))
         try:
             folder = RunFolder.create(workspace.runs_dir, run_id)
         except RunError:
@@ -460,7 +461,8 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
             raise
         lock = folder.lock()
     elif main:
-        ledger.update_run(run_id, status="running", budget_seconds=budget_seconds, world_size=world, **owner)
+        _waiting_for_the_ledger(ledger, callbacks, lambda: ledger.update_run(
+            run_id, status="running", budget_seconds=budget_seconds, world_size=world, **owner))
 
     with lock:
         if main and resume_state is None:
@@ -618,6 +620,38 @@ def _fit(ctx: RunContext) -> TrainResult:
             raise resource from None
         raise
     return _finish(ctx, trainer, reason, validation, commit, budget, wall())
+
+
+# minutes a training waits for a ledger another program holds before it starts (the run's row
+# must exist before its first file); CPX_LEDGER_START_WAIT overrides
+START_WAIT_MINUTES = 10.0
+
+
+def _waiting_for_the_ledger(ledger: Ledger, callbacks: tuple, write: Callable[[], Any]) -> Any:
+    """``write()`` (the run's first ledger row), retried while another program holds the ledger's
+    lock, for up to ``CPX_LEDGER_START_WAIT`` minutes (:data:`START_WAIT_MINUTES`); callbacks with
+    ``on_notice(text)`` hear once that training waits, and why.
+
+    :raises LedgerBusy: still locked at the end of the wait (naming the limit and how to change it).
+    """
+    minutes = float(os.environ.get("CPX_LEDGER_START_WAIT") or START_WAIT_MINUTES)
+    deadline = time.monotonic() + minutes * 60
+    told = False
+    while True:
+        try:
+            return write()
+        except LedgerBusy as exc:
+            if time.monotonic() >= deadline:
+                raise LedgerBusy(f"{exc}; training waited {minutes:g} min for it before starting "
+                                 "(CPX_LEDGER_START_WAIT sets how many minutes)") from None
+            if not told:
+                told = True
+                for cb in callbacks:
+                    if hasattr(cb, "on_notice"):
+                        cb.on_notice(f"the ledger {ledger.path} is locked by another program (a database browser "
+                                     f"with an open transaction?); training starts once it is free, waiting up to "
+                                     f"{minutes:g} min (CPX_LEDGER_START_WAIT)")
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def _resource_failure(ctx: RunContext, trainer: Trainer, commit, exc: BaseException) -> Optional[RunError]:

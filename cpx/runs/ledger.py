@@ -163,6 +163,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -318,6 +326,9 @@ class Ledger:
                 value = "on" if value else "none"
             else:
                 value = _plain(value)
+                if isinstance(value, str) and not _utf8(value):
+                    raise CpxError(f"{table}.{key}: {value.encode('utf-8', 'surrogateescape')!r} is not valid "
+                                   "UTF-8 text, which the ledger stores; use another")
                 if key in _PATH_COLUMNS.get(table, ()) and value and self.root is not None:
                     value = workspace_relative(value, self.root, guess=False)
             out[key] = value

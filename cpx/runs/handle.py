@@ -174,8 +174,47 @@ def open_run(ref: str, workspace: Optional[Workspace] = None, host: Optional[Plu
         if own:
             ledger.close()
     folder = run_folder(row, workspace.runs_dir)
-    data = folder.read_config() or row.get("config")
-    if not data:
-        raise RunError(f"run {row['id']} has no config (looked in {folder.file(CONFIG)} and the ledger)")
-    config = validate(data)
+    if row.get("kind") == "imported":
+        # its folder's config.yaml is the other tool's, never cpx's: read the ledger's copy
+        config = imported_config(row, workspace, host)
+    else:
+        data = folder.read_config() or row.get("config")
+        if not data:
+            raise RunError(f"run {row['id']} has no config (looked in {folder.file(CONFIG)} and the ledger)")
+        config = validate(data)
     return RunHandle(row, folder, config, host.competition(config.competition), workspace.root)
+
+
+def imported_config(row: dict, workspace: Workspace, host: PluginHost) -> ExperimentConfig:
+    """The cpx config that rebuilds an imported run's model: its config as is when it is
+    cpx-shaped, else its model name (``model.name``, ``model``, ``arch``) when cpx has that
+    model, with the options cpx's model takes from that section, its image size and competition.
+
+    :raises RunError: no model name, or one no plugin registers (one line: what to do instead).
+    """
+    from cpx.kernel.config import build_config, flatten
+    from cpx.runs.competition import default_competition
+
+    raw = row.get("config") or {}
+    try:
+        return validate(raw)
+    except ConfigError:
+        pass
+    section = raw.get("model")
+    name = section.get("name") or section.get("arch") if isinstance(section, dict) else section or raw.get("arch")
+    if not isinstance(name, str) or name not in host.models:
+        known = ", ".join(host.models.names())
+        raise RunError(f"run {row['id']} was imported from another tool and names no model cpx can rebuild "
+                       f"({name!r}; cpx has {known}); score its predictions with `cpx score PRED_DIR GT_DIR` instead")
+    fields = host.models.get(name).options.model_fields
+    options = {k: v for k, v in section.items() if k in fields} if isinstance(section, dict) else {}
+    overrides: dict[str, Any] = {"model.name": name, "model.options": options}
+    competition = row.get("competition") or default_competition(workspace, host)
+    if competition:
+        overrides["competition"] = competition
+    size = next((v for k, v in flatten(raw).items() if k.rsplit(".", 1)[-1] in ("image_size", "input_size", "img_size")
+                 and isinstance(v, int) and not isinstance(v, bool)), None)
+    if size:
+        overrides["data.image_size"] = size
+    config, _ = build_config("msf-lmsa", overrides, workspace.experiments_dir, host)
+    return config

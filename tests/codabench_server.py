@@ -32,7 +32,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 # "drop", "html500", ("slow", seconds) then a normal answer, (status, json_body)
-# or (status, raw_text, content_type)
+# or (status, raw_text, content_type); "lose": the request takes effect, its answer is lost (the
+# connection closes unanswered); ("trickle", seconds): the normal answer, one byte every that many seconds
 Action = Union[str, tuple]
 
 LIMIT_PAGE = (b"<!DOCTYPE html><html><head><title>Server Error (500)</title></head>"
@@ -212,11 +213,25 @@ class _Base(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    trickle: Optional[float] = None  # seconds between the bytes of the answer, when set
+
     def _send(self, status: int, body: Any = None, content_type: str = "application/json") -> None:
         if isinstance(body, (bytes, str)):
             payload = body.encode() if isinstance(body, str) else body
         else:
             payload = b"" if body is None else json.dumps(body).encode()
+        if self.trickle:
+            head = (f"HTTP/1.1 {status} OK\r\nContent-Type: {content_type}\r\n"
+                    f"Content-Length: {len(payload)}\r\n\r\n").encode()
+            try:
+                for i in range(len(head + payload)):
+                    self.wfile.write((head + payload)[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(self.trickle)
+            except OSError:
+                pass  # the client gave up
+            self.close_connection = True
+            return
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -265,6 +280,12 @@ class _ApiHandler(_Base):
         if isinstance(action, tuple) and action[0] == "slow":
             time.sleep(action[1])
             action = None
+        if isinstance(action, tuple) and action[0] == "trickle":
+            self.trickle = action[1]
+            action = None
+        lose = action == "lose"
+        if lose:
+            action = None
         if action == "drop":
             self.close_connection = True
             return
@@ -288,6 +309,9 @@ class _ApiHandler(_Base):
             return
         with fake.lock:
             status, payload = self._route(method, path, query, body, user)
+        if lose:
+            self.close_connection = True
+            return
         self._send(status, payload, "text/html" if isinstance(payload, str) else "application/json")
 
     def _login(self, body: bytes) -> None:

@@ -94,6 +94,9 @@ def unet_run(trained_unet, cpx_workspace) -> str:
         src.backup(dst)
     src.close()
     dst.close()
+    # the ledger keeps run folders relative to its workspace: point this one's at the shared folder
+    cpx_workspace.runs_dir.mkdir(parents=True, exist_ok=True)
+    (cpx_workspace.runs_dir / result.run_id).symlink_to(result.run_dir, target_is_directory=True)
     return result.run_id
 
 

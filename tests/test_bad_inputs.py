@@ -124,3 +124,23 @@ def test_bad_input_is_one_clear_line(argv, words, paths, cpx_workspace, capsys):
     assert errors, out.err
     assert words.format(**paths) in out.err, out.err
     assert _ledger_digest(cpx_workspace) == before  # nothing recorded, nothing changed
+
+
+def test_a_name_that_is_not_utf8_is_refused_up_front(cpx_workspace, capsys):
+    # issue 19.11: os.fsdecode(b"caf\xe9") is what a Latin-1 terminal hands Python for --name café
+    import os
+
+    from cpx.cli import main
+
+    name = os.fsdecode(b"caf\xe9")
+    for argv in (["train", "msf-lmsa", "--epochs", "1", "--name", name], ["package", "r", "--name", name]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "not valid UTF-8" in err and "Traceback" not in err
+    assert not cpx_workspace.runs_dir.is_dir()
+    from cpx.runs.ledger import Ledger
+
+    from cpx.kernel.errors import CpxError
+
+    with Ledger(cpx_workspace.ledger_path) as ledger, pytest.raises(CpxError, match="runs.name: .* not valid UTF-8"):
+        ledger.add_run(name=name)

@@ -249,3 +249,33 @@ def test_a_submission_scored_by_hand_is_not_uploaded_again(logged_in, ledger, tm
     code, _, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42")
     assert code == 2 and "already has a test score (0.7100, manual), so it was submitted already" in err
     assert not logged_in.requests
+
+
+def test_no_home_directory_falls_back_to_the_workspace(fake, capsys, monkeypatch, cpx_workspace):
+    # issue 19.10: a container user id without a passwd entry: Path.home() raises
+    from pathlib import Path
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    for name in ("CPX_CONFIG_DIR", "XDG_CONFIG_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CODABENCH_TOKEN", fake.token)
+    monkeypatch.setenv("CODABENCH_URL", fake.url)
+    code, out, err = cpx(capsys, "codabench", "status", "--competition", "42", "--json")
+    assert code == 0, err
+    monkeypatch.delenv("CODABENCH_TOKEN")
+    code, _, err = cpx(capsys, "codabench", "login", "--url", fake.url, "--username", "alice",
+                       "--password-stdin", stdin="s3cret\n", monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert (cpx_workspace.root / ".cpx" / "codabench.json").is_file()
+    monkeypatch.setattr("cpx.kernel.workspace.Workspace.current", classmethod(lambda cls, *a: _raise(OSError())))
+    from cpx.kernel.errors import CodabenchError
+
+    with pytest.raises(CodabenchError, match="no home directory .* set CPX_CONFIG_DIR"):
+        codabench.config_path()
+
+
+def _raise(exc):
+    raise exc

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
+
+import typer
 
 from rich.console import Console
 from rich.markup import escape
@@ -13,6 +15,11 @@ from rich.markup import escape
 from cpx.kernel.errors import CpxError
 from cpx.kernel.manager import get_host
 from cpx.kernel.workspace import Workspace
+
+# commands that reuse a run's data folder refuse one that no longer holds what the run trained on
+AllowChangedDataOpt = Annotated[bool, typer.Option(
+    "--allow-changed-data", help="use the run's data folder even though its labelled images are not the ones "
+                                 "the run trained on (their fingerprint differs)")]
 
 # Piped output (logs, README examples) gets a wide fixed width instead of rich's 80 columns.
 _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 150

@@ -20,7 +20,7 @@ from cpx.kernel.text import format_f
 from cpx.train.run import command_line
 
 from . import _common
-from ._common import console, err_console, print_json
+from ._common import AllowChangedDataOpt, console, err_console, print_json
 
 TTA_HELP = "test-time augmentation: flip, scale or flip,scale (default: none; an ensemble's own)"
 POST_HELP = ("post-processing steps, comma-separated, each NAME or NAME:key=value (see `cpx plugins`), e.g. "
@@ -152,13 +152,14 @@ def register(app: typer.Typer) -> None:
         tile: Annotated[Optional[int], typer.Option(help=TILE_HELP)] = None,
         official: Annotated[bool, typer.Option("--official", help=OFFICIAL_HELP)] = False,
         official_python: Annotated[Optional[Path], typer.Option(help=OFFICIAL_PYTHON_HELP)] = None,
+        allow_changed_data: AllowChangedDataOpt = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """Score a run with its competition's metric, at each mask's own size; recorded in the ledger.
         With --official, the organisers' scoring program scores the same predictions too."""
         options = dict(checkpoint=checkpoint, data=data, tta=None if tta is None else parse_tta(tta),
                        record=record, batch_size=batch_size, device=device, precision=precision,
-                       calibration=calibration, post=post, tile=tile)
+                       calibration=calibration, post=post, tile=tile, allow_changed_data=allow_changed_data)
         result = None
         with progress_bar("validating", json_) as cb:
             if official:
@@ -268,6 +269,7 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 8,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
         precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
+        allow_changed_data: AllowChangedDataOpt = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """Fit per-class logit offsets for the competition's metric on the validation images; report the
@@ -278,7 +280,8 @@ def register(app: typer.Typer) -> None:
         with progress_bar("calibrating", json_) as cb:
             result = calibrate_run(run, _common.workspace(), _common.host(), checkpoint=checkpoint,
                                    tta=parse_tta(tta), store=store, force=force, seed=seed, batch_size=batch_size,
-                                   device=device, precision=precision, progress=cb)
+                                   device=device, precision=precision, progress=cb,
+                                   allow_changed_data=allow_changed_data)
         if json_:
             print_json(result.to_dict())
             return
@@ -316,6 +319,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
         precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
         record: Annotated[bool, typer.Option("--record/--no-record", help="record the ensemble as a run")] = True,
+        allow_changed_data: AllowChangedDataOpt = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """Average runs' softmax outputs and score the mix on their shared validation images."""
@@ -325,7 +329,7 @@ def register(app: typer.Typer) -> None:
                                     weights=parse_weights(weights, len(runs) or None),
                                     tta=parse_tta(tta), top=top, search=search, name=name, checkpoint=checkpoint,
                                     record=record, batch_size=batch_size, device=device, precision=precision,
-                                    command=command_line(), progress=cb)
+                                    command=command_line(), progress=cb, allow_changed_data=allow_changed_data)
         if json_:
             print_json(result.to_dict())
             return

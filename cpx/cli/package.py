@@ -154,6 +154,7 @@ def register(app: typer.Typer) -> None:
         official_python: Annotated[Optional[Path], typer.Option(
             help="the Python that runs the scoring program (default: this one), e.g. a venv with its "
                  "requirements")] = None,
+        allow_changed_data: _common.AllowChangedDataOpt = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """Predict the test images and write a verified submission zip to submissions/; when the
@@ -182,7 +183,8 @@ def register(app: typer.Typer) -> None:
             views.extend(parse_tta(item))
         request = PackageRequest(run=run, name=name, tta=parse_tta(views), test_dir=str(test) if test else None,
                                  checkpoint=checkpoint, allow_rule_break=allow_rule_break, device=device,
-                                 yes=yes, calibration=calibration, post=(post,) if post else ())
+                                 yes=yes, calibration=calibration, post=(post,) if post else (),
+                                 allow_changed_data=allow_changed_data)
         checker = None
         if official:
             from cpx.bundle.official import package_check

@@ -94,6 +94,7 @@ def register(app: typer.Typer) -> None:
             "--output", "-o", help="PNG path (default: show.png in the run folder)")] = None,
         tta: TtaOpt = None,
         device: DeviceOpt = "auto",
+        allow_changed_data: _common.AllowChangedDataOpt = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """Validate a run and draw its worst validation images (image, truth, prediction, errors)
@@ -101,7 +102,8 @@ def register(app: typer.Typer) -> None:
         with _validation_bar(not json_) as bar:
             result = show_run(run, _common.workspace(), _common.host(), images=0 if per_class else images,
                               checkpoint=checkpoint, tta=parse_tta(tta), output=output, device=device,
-                              progress=(lambda d, t: bar(run, d, t)) if bar else None)
+                              progress=(lambda d, t: bar(run, d, t)) if bar else None,
+                              allow_changed_data=allow_changed_data)
         if json_:
             print_json(result.to_dict())
             return
@@ -129,6 +131,7 @@ def register(app: typer.Typer) -> None:
             "--output", "-o", help="PNG path (default: experiments/compare/A__vs__B.png)")] = None,
         tta: TtaOpt = None,
         device: DeviceOpt = "auto",
+        allow_changed_data: _common.AllowChangedDataOpt = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
         stats: Annotated[bool, typer.Option(
             "--stats", help="a paired test over the images both runs were scored on, from their recorded "
@@ -141,7 +144,8 @@ def register(app: typer.Typer) -> None:
             return
         with _validation_bar(not json_) as bar:
             result = compare_runs(run_a, run_b, _common.workspace(), _common.host(), checkpoint=checkpoint,
-                                  tta=parse_tta(tta), output=output, device=device, progress=bar)
+                                  tta=parse_tta(tta), output=output, device=device, progress=bar,
+                                  allow_changed_data=allow_changed_data)
         if result.warning:
             err_console.print(f"[yellow]warning:[/] {result.warning}", highlight=False, soft_wrap=True)
         if json_:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -17,7 +18,7 @@ from cpx.train.loop import StopReason
 from cpx.train.run import TrainRequest, command_line, train
 
 from . import _common
-from ._common import console
+from ._common import console, err_console
 
 # shortcut option -> config key path
 SHORTCUTS = {
@@ -68,6 +69,9 @@ class RichProgress:
     def on_train_end(self, trainer):
         self.progress.stop()
 
+    def on_notice(self, text):
+        err_console.print(f"[yellow]waiting:[/] {text}", highlight=False, soft_wrap=True)
+
 
 class LogProgress:
     """One plain line per epoch, for logs and CI."""
@@ -75,6 +79,9 @@ class LogProgress:
     def on_start(self, **info):
         _print_header(info)
         self.metric = info["metric"].name
+
+    def on_notice(self, text):
+        print(f"waiting: {text}", file=sys.stderr, flush=True)
 
     def on_epoch_end(self, trainer, record):
         ema = f" (EMA {format_f(record.val_score_ema)})" if record.val_score_ema is not None else ""
@@ -115,6 +122,9 @@ def register(app: typer.Typer) -> None:
         refit: Annotated[Optional[str], typer.Option(help="retrain run RUN's config on every labelled image (train + "
                                                           "validation) for the epochs RUN chose; its val score is "
                                                           "carried from RUN, marked as not measurable")] = None,
+        allow_changed_data: Annotated[bool, typer.Option(
+            "--allow-changed-data", help="--refit although RUN's data folder no longer holds the labelled images "
+                                         "it trained on")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain log lines instead of progress bars")] = False,
         nproc: Annotated[int, typer.Option(help="data-parallel processes on this node (batch size stays global)")] = 1,
         nnodes: Annotated[str, typer.Option(help="nodes taking part: N, or MIN:MAX for elastic membership")] = "1",
@@ -130,7 +140,7 @@ def register(app: typer.Typer) -> None:
 
             raise ConfigError("--resume continues a run with its own config; drop the recipe and overrides")
         request = TrainRequest(recipe=recipe, overrides=overrides, name=name, resume=resume, refit=refit,
-                               command=command_line())
+                               command=command_line(), allow_changed_data=allow_changed_data)
         if nproc != 1 or nnodes != "1" or rdzv_endpoint:
             from cpx.train.distributed import launch
 

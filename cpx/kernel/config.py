@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.registry import format_validation_error
+from cpx.kernel.yamlfile import parse_yaml
 
 
 class Section(BaseModel):
@@ -146,12 +147,7 @@ def list_recipes(experiments_dir: Path) -> dict[str, str]:
 
 
 def _parse_yaml(text: str, source: str) -> dict:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}:{where} not valid YAML") from None
+    data = parse_yaml(text, source)  # a key given twice is refused, naming both lines
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a recipe must be a mapping of sections")
     return data
@@ -225,13 +221,16 @@ def merge_overrides(assignments: Iterable[str], shortcuts: dict[str, Any]) -> di
     """Overrides from ``--set key=value`` texts and shortcut options (key path -> value, None
     for a shortcut not given).
 
-    :raises ConfigError: a malformed assignment, or a shortcut and a ``--set`` giving one key
-        two different values (neither silently wins).
+    :raises ConfigError: a malformed assignment, or one key given two different values by two
+        ``--set`` or by a shortcut and a ``--set`` (neither silently wins).
     """
     overrides: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for text in assignments:
         key, value = parse_assignment(text)
-        overrides[key] = value
+        if key in overrides and overrides[key] != value:
+            raise ConfigError(f"{key}: set twice, by --set {given[key]} and by --set {text.strip()}; give one")
+        overrides[key], given[key] = value, text.strip()
     for key, value in shortcuts.items():
         if value is None:
             continue
@@ -295,6 +294,10 @@ def resolve(config: ExperimentConfig, host) -> ExperimentConfig:
         comp.options = options.model_dump(mode="json")
     if resolved.data.image_size is None:
         resolved.data.image_size = competition.image_size if resolved.data.path else resolved.data.synthetic_size
+    lr, floor = resolved.optimizer.lr, resolved.schedule.min_lr
+    if resolved.schedule.name == "cosine" and lr < floor:
+        raise ConfigError(f"optimizer.lr: {lr:g} is below schedule.min_lr {floor:g}, so the cosine schedule would "
+                          f"climb instead of decay; raise --lr, or lower schedule.min_lr (--set schedule.min_lr=0)")
     return resolved
 
 

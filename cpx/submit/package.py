@@ -80,6 +80,8 @@ class PackageRequest:
     calibration: bool = True
     post: tuple[str, ...] = ()
     tile: Optional[int] = None
+    # use the run's data folder although it no longer holds the data the run trained on
+    allow_changed_data: bool = False
 
 
 @dataclass
@@ -329,7 +331,7 @@ def _measure_validation(job: _Job) -> None:
         progress = job.progress
         evaluation = validate_run(run.id, job.workspace, job.host, checkpoint=request.checkpoint, tta=job.tta,
                                   device=request.device, calibration=request.calibration, post=request.post or None,
-                                  tile=request.tile, record=True,
+                                  tile=request.tile, record=True, allow_changed_data=request.allow_changed_data,
                                   progress=(lambda d, t: progress("validate", d, t)) if progress else None)
         job.validation = {"id": evaluation.validation_id, "score": evaluation.score, "measured_now": True}
     job.val_score = float(job.validation["score"])
@@ -578,6 +580,8 @@ def _resolve_test_dir(run: RunHandle, request: PackageRequest) -> Path:
     if root is None:
         raise DataError(f"run {run.id} trained on synthetic data, so it has no test images; "
                         f"give --test DIR")
+    # the test images beside the labelled data the run trained on, not another folder of that name
+    root = run.checked_data_root(allow_changed=request.allow_changed_data, hint="give --test DIR")
     return run.competition.data_path(root, "test_images")
 
 

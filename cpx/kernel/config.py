@@ -1,8 +1,8 @@
 """Experiment configs: pydantic sections composed from recipes, overrides and plugin options.
 
 A recipe is a YAML mapping with the sections below; ``base: other-recipe`` inherits from
-another recipe. Built-in recipes ship in ``cpx_recipes``; YAML files in the workspace's
-``experiments/`` folder add to them or override them by name.
+another recipe. Built-in recipes ship in ``cpx_plugins.recipes`` (``plugins/cpx_plugins/recipes/``);
+YAML files in the workspace's ``experiments/`` folder add to them or override them by name.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class ExperimentConfig(Section):
 def builtin_recipes() -> dict[str, str]:
     """Recipe name -> YAML text of every recipe shipped with cpx."""
     out = {}
-    for item in resources.files("cpx_recipes").iterdir():
+    for item in resources.files("cpx_plugins.recipes").iterdir():
         if item.name.endswith(".yaml"):
             out[item.name[:-5]] = item.read_text()
     return out

@@ -2,7 +2,7 @@
 """cpx against the reference training loop, side by side in one run on one machine.
 
 The reference (``seedstyle.py``) is the per-sample PIL + DataLoader + fp32 loop that cpx
-replaces; it trains the very same model (``cpx.report.bench:recipe_model`` builds the recipe's
+replaces; it trains the very same model (``cpx.bench.measure:recipe_model`` builds the recipe's
 network for it), so the ratios measure the pipelines, not the architectures.
 
 Sections (all but ``budget`` run by default):
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 REFERENCE = "/work/shared/bench/seedstyle.py"
-FACTORY = "cpx.report.bench:recipe_model"
+FACTORY = "cpx.bench.measure:recipe_model"
 SECTIONS = ("throughput", "predict", "precision", "budget")
 
 
@@ -86,7 +86,7 @@ def load_avg() -> str:
 
 
 def section_throughput(args, ws, host) -> dict:
-    from cpx.report.bench import BenchRequest, run_bench
+    from cpx.bench.measure import BenchRequest, run_bench
 
     print(f"[throughput] 512px, batch 8, {args.steps} timed steps each (load {load_avg()})", flush=True)
     ref = run_reference(args, "throughput", "--image-size", "512", "--batch-size", "8", "--steps", str(args.steps))
@@ -128,7 +128,7 @@ def reference_style_predict(model, images: list[Path], out_dir: Path, size: int,
 def section_predict(args, ws, host) -> dict:
     from cpx import data as datalib
     from cpx.eval.predict import Member, Predictor, predict_folder
-    from cpx.report.bench import recipe_model
+    from cpx.bench.measure import recipe_model
 
     competition = host.competition("celebamask-mini")
     paths = datalib.test_image_paths(Path(args.data), competition)
@@ -202,7 +202,7 @@ def cpx_score(model, args, ws, host, size: int) -> float:
 
 
 def section_budget(args, ws, host) -> dict:
-    from cpx.report.bench import recipe_model
+    from cpx.bench.measure import recipe_model
     from cpx.runs.handle import open_run
     from cpx.train.run import TrainRequest, train
 

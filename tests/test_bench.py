@@ -12,7 +12,7 @@ from conftest import UNET, tiny_overrides
 
 from cpx.cli import main
 from cpx.kernel.errors import ConfigError
-from cpx.report.bench import BenchRequest, count_flops, project, run_bench
+from cpx.bench.measure import BenchRequest, count_flops, project, run_bench
 from cpx.runs.ledger import Ledger
 from cpx.train.budget import BudgetCallback
 from cpx.train.run import TrainRequest, train

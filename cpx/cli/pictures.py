@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cpx.eval.predict import parse_tta
 from cpx.kernel.text import format_f
-from cpx.report.pictures import compare_runs, curves_for_runs, show_run
+from cpx.draw.pictures import compare_runs, curves_for_runs, show_run
 
 from . import _common
 from ._common import console, err_console, print_json

@@ -14,7 +14,7 @@ from cpx.kernel.text import format_f, format_signed
 from cpx.report.leaderboard import SORTS, build_leaderboard, format_test_score, run_checkpoint
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench as cb
-from cpx.submit.actions import (
+from cpx.submit.submit import (
     DEFAULT_TIMEOUT,
     SubmitRequest,
     codabench_client,

@@ -2,7 +2,7 @@
 values), ``compare`` (per-class values of two runs) and ``curves`` (training curves of several
 runs). Every number is the competition's metric, on its scale.
 Each evaluates or reads runs and hands the numbers to the pure drawing in
-:mod:`cpx.report.figures`.
+:mod:`cpx.draw.figures`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cpx.kernel.errors import CpxError, DataError, RunError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.text import format_f, safe_filename
 from cpx.kernel.workspace import Workspace
-from cpx.report.figures import (
+from cpx.draw.figures import (
     MAX_GRID_ROWS,
     ImageRow,
     class_colors,

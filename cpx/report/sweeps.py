@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from cpx.kernel.config import flatten
 from cpx.report import stats
-from cpx.report.figures import FactorPanel, plot_factor_panels
+from cpx.draw.figures import FactorPanel, plot_factor_panels
 from cpx.runs.ledger import Ledger
 from cpx.sweep.spec import BASELINE, SEED_KEY, Factor
 

@@ -338,7 +338,7 @@ def _measure_validation(job: _Job) -> None:
 
 def _chunks(sizes: dict[str, Size], batch_size: int) -> list[list[str]]:
     """Image names in (size, name) order, cut into batches of one size: the order and batches
-    of :func:`cpx.eval.folders.predict_folder`, which solution/run.py repeats."""
+    of :func:`cpx.eval.predict_folder.predict_folder`, which solution/run.py repeats."""
     chunks: list[list[str]] = []
     for name in sorted(sizes, key=lambda n: (sizes[n], n)):
         if chunks and len(chunks[-1]) < batch_size and sizes[chunks[-1][-1]] == sizes[name]:

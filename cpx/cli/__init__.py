@@ -2,6 +2,8 @@
 
 Each command builds a config, calls one core function and renders the result. Domain
 errors (`cpx.kernel.errors.CpxError`) become one line per problem on stderr and exit code 2.
+
+May import: every cpx package (and it alone imports typer and rich).
 """
 
 from __future__ import annotations

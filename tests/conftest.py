@@ -2,6 +2,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, Field
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "celebamask-mini"
 
@@ -19,21 +20,27 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+class _TinyOptions(BaseModel, extra="forbid"):
+    width: int = Field(8, ge=1, description="channels of the hidden layer")
+
+
 class _TinyPlugin:
-    """A two-layer model so trainer tests take seconds, registered like any plugin."""
+    """A two-layer model so trainer tests take seconds, registered like any third-party plugin,
+    with an option of its own."""
 
     @staticmethod
     def _build(options, num_classes):
         import torch
 
-        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
-                                   torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Conv2d(8, num_classes, 1))
+        w = options.width
+        return torch.nn.Sequential(torch.nn.Conv2d(3, w, 3, padding=1), torch.nn.BatchNorm2d(w),
+                                   torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Conv2d(w, num_classes, 1))
 
     from cpx.kernel.hookspecs import hookimpl
 
     @hookimpl
     def register_models(self, register):
-        register("tiny", self._build, description="test model")
+        register("tiny", self._build, options=_TinyOptions, description="test model")
 
 
 @pytest.fixture
@@ -43,8 +50,9 @@ def tiny_model(cpx_host):
 
 
 def tiny_overrides(**extra):
-    """Overrides that make a recipe train in about a second on synthetic data."""
-    out = {"model.name": "tiny", "model.options": {}, "train.epochs": 2, "train.batch_size": 8,
+    """Overrides that make a recipe train in about a second on synthetic data (switching to
+    ``tiny`` drops the recipe's model options)."""
+    out = {"model.name": "tiny", "train.epochs": 2, "train.batch_size": 8,
            "data.synthetic_count": 24, "data.synthetic_size": 32, "schedule.warmup_epochs": 1}
     out.update(extra)
     return out

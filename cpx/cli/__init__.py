@@ -84,7 +84,4 @@ def main(argv: Optional[list[str]] = None) -> int:
         _common.err_console.print("[yellow]interrupted[/] (Ctrl-C): files already written are complete; nothing "
                                   "half-written was kept", highlight=False)
         return 130
-    except KeyboardInterrupt:
-        _common.err_console.print("interrupted")
-        return 130
     return 0

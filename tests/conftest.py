@@ -122,3 +122,71 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------
+# The ledger and its submissions
+
+
+@pytest.fixture
+def ledger(cpx_workspace):
+    """This test's workspace ledger, open."""
+    from cpx.runs.ledger import Ledger
+
+    with Ledger(cpx_workspace.ledger_path) as led:
+        yield led
+
+
+@pytest.fixture
+def packaged(ledger, tmp_path):
+    """Record a submission as `cpx package` leaves it: ``packaged(name, val=..., run_name=...,
+    **columns)`` adds the run when the ledger has none of that name, writes a small zip of its
+    own (masks and a solution runner) and returns the submission's row."""
+    import hashlib
+    import zipfile
+
+    from cpx.kernel.errors import RunError
+
+    def make(name: str = "v2", *, run_name: str = "r1", val: float = 0.69, **columns):
+        try:
+            run = ledger.get_run(run_name)
+        except RunError:
+            run = ledger.add_run(name=run_name, competition="celebamask-mini", status="completed",
+                                 best_val_score=val, best_epoch=40)
+        path = tmp_path / f"submission-{name}.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("masks/0001.png", f"mask of {name}".encode() * 20)
+            zf.writestr("solution/run.py", "print('hi')\n")
+        return ledger.add_submission(name, run_id=run["id"], zip_path=str(path), val_score=val, checkpoint="best",
+                                     zip_sha256=hashlib.sha256(path.read_bytes()).hexdigest(), **columns)
+
+    return make
+
+
+# --------------------------------------------------------------------------------------------
+# The test Codabench (tests/codabench_server.py)
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    """Requests to the local test server never go through a proxy; no server URL leaks in."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.delenv("CODABENCH_URL", raising=False)
+
+
+@pytest.fixture
+def fake():
+    """A running test Codabench on loopback."""
+    from codabench_server import FakeCodabench
+
+    with FakeCodabench() as server:
+        yield server
+
+
+@pytest.fixture
+def logged_in(fake):
+    """The test Codabench with its credentials stored, as after `cpx codabench login`."""
+    from cpx.submit import codabench
+
+    codabench.save_credentials(fake.url, fake.token, username=fake.username)
+    return fake

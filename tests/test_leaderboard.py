@@ -12,12 +12,6 @@ from cpx.report.leaderboard import SINGLE_PAIR_SPREAD, build_leaderboard, fit_ga
 from cpx.runs.ledger import Ledger
 
 
-@pytest.fixture
-def ledger(cpx_workspace):
-    with Ledger(cpx_workspace.ledger_path) as led:
-        yield led
-
-
 # ---------------------------------------------------------------- the gap model
 
 

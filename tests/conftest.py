@@ -113,6 +113,23 @@ class CtrlCInEpoch2:
             raise KeyboardInterrupt
 
 
+@pytest.fixture
+def comp(cpx_host):
+    """The celebamask-mini profile, bound to its metric and submission format."""
+    return cpx_host.competition("celebamask-mini")
+
+
+@pytest.fixture
+def batch():
+    """Seeded logits of a 19-class model (2 x 19 x 12 x 10) and a target to match: a loss's input."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 19, 12, 10, generator=g)
+    target = torch.randint(0, 19, (2, 12, 10), generator=g)
+    return logits, target
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: a second thread only adds synchronisation, which hurts on a busy machine."""

@@ -33,12 +33,6 @@ def _isolated_config(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def fake():
-    with FakeCodabench() as server:
-        yield server
-
-
-@pytest.fixture
 def client(fake):
     return CodabenchClient(fake.url, token=fake.token, timeout=5, retry_backoff=0.01)
 

@@ -24,9 +24,7 @@ COMPETITIONS = HOST.competitions.names()
 DEFAULT = HOST.competition(COMPETITIONS[0])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", HOST.models.names())

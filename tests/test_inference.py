@@ -14,11 +14,6 @@ from cpx.train.run import TrainRequest, train
 L_EYE, R_EYE = 4, 5
 
 
-@pytest.fixture
-def comp(cpx_host):
-    return cpx_host.competition("celebamask-mini")
-
-
 class SidedEyes(torch.nn.Module):
     """Says "eye" where the red channel is bright: a left eye on the image's left half, a right
     eye on its right half. Mirroring the image therefore mirrors the mask and swaps the ids."""

@@ -16,12 +16,6 @@ from cpx.cli import main
 from cpx.runs.ledger import Ledger
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.delenv("CODABENCH_URL", raising=False)
-
-
 def test_a_whole_submission_day(cpx_workspace, unet_run, capsys, monkeypatch):
     # the session's unet run (synthetic faces, 4 test images), in this workspace's ledger
     (cpx_workspace.root / "cpx.yaml").write_text("codabench_competition: 42\n")

@@ -17,9 +17,7 @@ PARAM_CAP = 1_821_085
 NAMES = ["dlv3p", "dlv3p-s"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

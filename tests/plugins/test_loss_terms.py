@@ -27,14 +27,6 @@ def two_class_logits(p_class0):
     return torch.stack([p.log(), (1 - p).log()]).view(1, 2, 1, -1)
 
 
-@pytest.fixture
-def batch():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, NUM_CLASSES, 12, 10, generator=g)
-    target = torch.randint(0, NUM_CLASSES, (2, 12, 10), generator=g)
-    return logits, target
-
-
 # --- Lovasz-softmax ---
 
 

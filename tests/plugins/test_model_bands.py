@@ -27,9 +27,7 @@ RGB_MODELS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name, num_classes=19, **keywords):

@@ -29,7 +29,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional, Union
 from urllib.parse import parse_qs, urlsplit
 
-
 # "drop", "html500", ("slow", seconds) then a normal answer, (status, json_body)
 # or (status, raw_text, content_type)
 Action = Union[str, tuple]

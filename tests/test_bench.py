@@ -3,18 +3,15 @@
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import UNET, tiny_overrides
 
+from cpx.bench.measure import BenchRequest, count_flops, project, run_bench
 from cpx.cli import main
 from cpx.kernel.errors import ConfigError
-from cpx.bench.measure import BenchRequest, count_flops, project, run_bench
-from cpx.runs.ledger import Ledger
-from cpx.train.run import TrainRequest, train
 
 
 class _ConvAndDepthwise(torch.nn.Module):

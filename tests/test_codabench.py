@@ -7,7 +7,6 @@ import stat
 import zipfile
 
 import pytest
-from codabench_server import FakeCodabench
 
 from cpx.kernel.errors import CodabenchError, SubmissionError
 from cpx.submit import codabench

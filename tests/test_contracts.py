@@ -7,8 +7,8 @@ is checked the moment it registers. Per-kind specifics live in tests/plugins/.
 import pytest
 import torch
 
-from cpx.kernel.manager import create_plugin_host
 from cpx.data.competition import Competition
+from cpx.kernel.manager import create_plugin_host
 from cpx.testing import (
     check_augmentation,
     check_competition,

@@ -5,8 +5,8 @@ from conftest import tiny_overrides
 from PIL import Image
 
 from cpx.cli import main
-from cpx.eval.predict_folder import predict_folder
 from cpx.eval.predict import Member, Predictor, check_ensemble_allowed, parse_tta, predictor_for_run
+from cpx.eval.predict_folder import predict_folder
 from cpx.kernel.errors import ConfigError, DataError, RuleViolation
 from cpx.runs.ledger import Ledger
 from cpx.train.run import TrainRequest, train

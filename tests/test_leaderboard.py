@@ -12,7 +12,6 @@ from cpx.report.leaderboard import SINGLE_PAIR_SPREAD, build_leaderboard, fit_ga
 from cpx.report.stats import t_quantile
 from cpx.runs.ledger import Ledger
 
-
 # ---------------------------------------------------------------- the gap model
 
 

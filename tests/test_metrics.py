@@ -2,7 +2,6 @@
 numpy reference (per image and pooled), the ignore index, and the accumulator."""
 
 import json
-import math
 
 import numpy as np
 import pytest

@@ -9,7 +9,6 @@ import json
 import sys
 import zipfile
 
-import pytest
 from codabench_server import FakeCodabench
 
 from cpx.cli import main

@@ -16,7 +16,6 @@ from cpx.kernel.errors import DataError
 from cpx.runs.ledger import Ledger
 from cpx.train.run import TrainRequest, train
 
-
 EPS = 1e-7  # the organisers' constant, in every denominator of their formula
 
 

@@ -14,6 +14,13 @@ from cpx.kernel.text import format_f, format_signed
 from cpx.report.leaderboard import SORTS, build_leaderboard, format_test_score, run_checkpoint
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench as cb
+from cpx.submit.submissions import (
+    DEFAULT_PHASE,
+    default_phase,
+    remote_leaderboard,
+    submission_report,
+    sync_submissions,
+)
 from cpx.submit.submit import (
     DEFAULT_TIMEOUT,
     SubmitRequest,
@@ -22,13 +29,6 @@ from cpx.submit.submit import (
     cpx_competition,
     split_phase,
     submit,
-)
-from cpx.submit.submissions import (
-    DEFAULT_PHASE,
-    default_phase,
-    remote_leaderboard,
-    submission_report,
-    sync_submissions,
 )
 
 from . import _common

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from cpx.draw.figures import plot_per_class_runs
 from cpx.kernel.files import atomic_write_text
 from cpx.kernel.text import format_f, utc_now
 from cpx.kernel.workspace import Workspace
@@ -22,7 +23,6 @@ from cpx.report import gains, stats
 from cpx.report.document import Document, Figure, Ref, Table
 from cpx.report.effects import RANKED_STATUSES, EffectSections, config_diff_vs
 from cpx.report.facts import fact_f, fact_int, fact_signed, p_text
-from cpx.draw.figures import plot_per_class_runs
 from cpx.report.leaderboard import short_config
 from cpx.report.paired import recorded_validation
 from cpx.runs.folder import run_folder

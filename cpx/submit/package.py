@@ -45,10 +45,10 @@ from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
 from cpx.runs.handle import RunHandle, open_run
 from cpx.runs.ledger import Ledger
-from cpx.submit.solution import export_solution, model_source, postprocess_sources, run_solution
-from cpx.submit.submissions import Budget, default_phase, phase_budget, server_phase
 from cpx.submit.checkreport import CheckReport
 from cpx.submit.formats import SubmissionFormat, create_format, duplicate_keys
+from cpx.submit.solution import export_solution, model_source, postprocess_sources, run_solution
+from cpx.submit.submissions import Budget, default_phase, phase_budget, server_phase
 from cpx.submit.zipcheck import MANIFEST, check_folder, check_zip, image_sizes, list_test_images, refusal
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

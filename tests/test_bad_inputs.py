@@ -82,6 +82,7 @@ CASES = [
                                                                   "is missing"),
     # a score outside the metric's scale needs a registered submission: tests/test_submissions.py
     (["submit", "nope", "--record-score", "0.5"], "no submission named 'nope'"),
+    (["submit", "v1", "--record-score", "inf"], "--record-score: 'inf' is not a finite number"),
     (["submit", "v1", "--record-score", "abc"], "--record-score: 'abc' is not a number"),
     (["submit", "v1", "--zip", "{missing}"], "--zip {missing}: no such file"),
     (["submit", "v1", "--zip", "{garbage}"], ("{garbage}: 1 problem; not registered", "not a readable zip file")),

@@ -19,17 +19,27 @@ class _Clock:
         return self.now
 
 
+class _Planned(SimpleNamespace):
+    """What a budget reads and re-plans of a trainer: its epoch, its plan and how to change it."""
+
+    def set_epochs(self, epochs):
+        self.epochs = epochs
+
+    def stop(self, reason, message=""):
+        self.stopped = reason
+
+
 def test_budget_plans_from_the_second_epoch_follows_the_pace_then_only_shortens(monkeypatch):
     clock = _Clock()
     monkeypatch.setattr("cpx.train.budget.time.perf_counter", clock)
     budget = BudgetCallback(minutes=10, start_epoch=0)  # 600 s, planned into 588 s
-    trainer = SimpleNamespace(epoch=0, settings=SimpleNamespace(epochs=300))
+    trainer = _Planned(epoch=0, epochs=300)
 
     def epoch(seconds):
         clock.now += seconds
         trainer.epoch += 1
         budget.on_epoch_end(trainer, None)
-        return trainer.settings.epochs
+        return trainer.epochs
 
     assert epoch(100) == 1 + 488 // 100  # the first epoch pays warm-up costs: a cautious plan
     assert epoch(50) == 2 + 438 // 50  # re-planned from the second epoch alone: 10
@@ -56,16 +66,16 @@ def test_a_resumed_budget_counts_the_time_already_spent(monkeypatch):
     clock = _Clock()
     monkeypatch.setattr("cpx.train.budget.time.perf_counter", clock)
     budget = BudgetCallback(minutes=10, start_epoch=5, used_seconds=400)  # 200 s left of 600
-    trainer = SimpleNamespace(epoch=5, settings=SimpleNamespace(epochs=300))
+    trainer = _Planned(epoch=5, epochs=300)
     clock.now += 50
     trainer.epoch += 1
     budget.on_epoch_end(trainer, None)
-    assert trainer.settings.epochs == 6 + int((588 - 450) // 50)  # 50 s an epoch in the 138 s left
+    assert trainer.epochs == 6 + int((588 - 450) // 50)  # 50 s an epoch in the 138 s left
     assert budget.elapsed() == pytest.approx(450)
     # a resumed run whose machine got quieter may grow its earlier plan, up to train.epochs
     budget = BudgetCallback(minutes=10, start_epoch=5, used_seconds=300, max_epochs=40)
-    trainer = SimpleNamespace(epoch=5, settings=SimpleNamespace(epochs=12))  # planned 12 before
+    trainer = _Planned(epoch=5, epochs=12)  # planned 12 before
     clock.now += 20
     trainer.epoch += 1
     budget.on_epoch_end(trainer, None)
-    assert trainer.settings.epochs == 6 + int((588 - 320) // 20) == 19
+    assert trainer.epochs == 6 + int((588 - 320) // 20) == 19

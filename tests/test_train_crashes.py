@@ -35,6 +35,7 @@ UNET = {"model.name": "unet", "model.options": {"base_channels": 4, "depth": 2},
 CHILD = textwrap.dedent("""
     import os, sys, json
     from pathlib import Path
+    import cpx.runs.commit as commit
     import cpx.train.run as run
     from cpx.kernel.manager import create_plugin_host
     from cpx.kernel.workspace import Workspace
@@ -51,7 +52,7 @@ CHILD = textwrap.dedent("""
             if seen["n"] == nth:
                 os._exit(9)   # like SIGKILL: no handler, no finally, no atexit
 
-    real_replace, real_save = run.os.replace, run.atomic_torch_save
+    real_replace, real_save = commit.os.replace, commit.atomic_torch_save
     def replace(src, dst):
         real_replace(src, dst)
         maybe_die("after-best-rename" if Path(dst).name == "best.pt" else "after-replace")
@@ -59,7 +60,7 @@ CHILD = textwrap.dedent("""
         maybe_die("before-" + Path(path).name)
         real_save(obj, path)
         maybe_die("after-" + Path(path).name)
-    run.os.replace, run.atomic_torch_save = replace, save
+    commit.os.replace, commit.atomic_torch_save = replace, save
     real_create = run.RunFolder.create
     def create(runs_dir, run_id):
         maybe_die("before-folder")

@@ -5,11 +5,11 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from cpx.data.competition import Competition
-from cpx.eval.metrics import create_metric
+from cpx.kernel.config import OptimizerConfig, ScheduleConfig, TrainConfig
 from cpx.runs.checkpoint import load_file
 from cpx.runs.ledger import Ledger
-from cpx.train.loop import Trainer, TrainerSettings, ema_decay
+from cpx.train.callbacks import EMA, ema_decay
+from cpx.train.loop import Trainer
 from cpx.train.run import TrainRequest, train
 
 
@@ -27,21 +27,21 @@ def test_decay_warms_up_then_holds():
 def test_update_averages_parameters_and_copies_buffers(cpx_host):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
     images, masks = torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, 8, 8, dtype=torch.uint8)
-    comp = Competition(name="four", classes=["a", "b", "c", "d"], size=8)
-    trainer = Trainer(model, lambda x, y: x.sum(), None, (images, masks), None,
-                      TrainerSettings(epochs=1, batch_size=2, lr=0.1, ema=0.5), comp, create_metric(comp, cpx_host),
-                      torch.device("cpu"), comp.image_size)
-    before = [p.clone() for p in trainer.ema_model.parameters()]
+    trainer = Trainer(model, lambda x, y: x.sum(), None, (images, masks), train=TrainConfig(epochs=1, batch_size=2),
+                      optimizer=OptimizerConfig(lr=0.1), schedule=ScheduleConfig(), precision="fp32",
+                      device=torch.device("cpu"))
+    ema = EMA(0.5, trainer.model)
+    before = [p.clone() for p in ema.ema_model.parameters()]
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
         model[1].running_mean.fill_(3.0)
     trainer.step = 100  # past the warm-up: decay 0.5
-    trainer._update_ema()
-    for old, new, raw in zip(before, trainer.ema_model.parameters(), model.parameters()):
+    ema.on_batch_end(trainer, 0, torch.zeros(()))
+    for old, new, raw in zip(before, ema.ema_model.parameters(), model.parameters()):
         assert torch.allclose(new, 0.5 * old + 0.5 * raw)
-    assert torch.equal(trainer.ema_model[1].running_mean, torch.full((4,), 3.0))
-    assert all(not p.requires_grad for p in trainer.ema_model.parameters())
+    assert torch.equal(ema.ema_model[1].running_mean, torch.full((4,), 3.0))
+    assert all(not p.requires_grad for p in ema.ema_model.parameters())
 
 
 def test_history_checkpoints_and_ledger_hold_both(cpx_workspace, cpx_host, tiny_model):

@@ -12,6 +12,8 @@ from cpx.kernel.config import merge_overrides
 from cpx.kernel.text import format_f
 from cpx.report.leaderboard import collapse_switches
 from cpx.train.budget import parse_budget
+from cpx.train.callbacks import Validation
+from cpx.train.loop import StopReason
 from cpx.train.run import TrainRequest, command_line, train
 
 from . import _common
@@ -46,6 +48,7 @@ class RichProgress:
 
     def on_start(self, **info):
         _print_header(info)
+        self.metric = info["metric"].name
         self.progress.start()
         self.epoch_task = self.progress.add_task("epochs", total=info["config"].train.epochs,
                                                  completed=info["start_epoch"], info="")
@@ -56,9 +59,10 @@ class RichProgress:
 
     def on_epoch_end(self, trainer, record):
         ema = f" (EMA {format_f(record.val_score_ema)})" if record.val_score_ema is not None else ""
-        info = (f"loss {record.train_loss:.4f}  val {trainer.metric.name} {format_f(record.val_score)}{ema}  "
-                f"best {format_f(trainer.best_score)}  {record.images_per_s:.1f} img/s")
-        self.progress.update(self.epoch_task, completed=trainer.epoch, total=trainer.settings.epochs, info=info)
+        best = trainer.callback(Validation)
+        info = (f"loss {record.train_loss:.4f}  val {self.metric} {format_f(record.val_score)}{ema}  "
+                f"best {format_f(best.best_score if best else None)}  {record.images_per_s:.1f} img/s")
+        self.progress.update(self.epoch_task, completed=trainer.epoch, total=trainer.epochs, info=info)
         self.progress.update(self.batch_task, completed=0)
 
     def on_train_end(self, trainer):
@@ -70,11 +74,12 @@ class LogProgress:
 
     def on_start(self, **info):
         _print_header(info)
+        self.metric = info["metric"].name
 
     def on_epoch_end(self, trainer, record):
         ema = f" (EMA {format_f(record.val_score_ema)})" if record.val_score_ema is not None else ""
-        print(f"epoch {record.epoch}/{trainer.settings.epochs} loss {record.train_loss:.4f} "
-              f"val {trainer.metric.name} {format_f(record.val_score)}{ema} lr {record.lr:.2e} "
+        print(f"epoch {record.epoch}/{trainer.epochs} loss {record.train_loss:.4f} "
+              f"val {self.metric} {format_f(record.val_score)}{ema} lr {record.lr:.2e} "
               f"{record.images_per_s:.1f} img/s {record.seconds:.1f}s", flush=True)
 
 
@@ -153,5 +158,5 @@ def register(app: typer.Typer) -> None:
         table.add_row("changed", ", ".join(f"{k}={v}" for k, v in changed.items()) or "(recipe as is)")
         table.add_row("folder", str(result.run_dir))
         console.print(table)
-        if result.status == "stopped" and "interrupted" in result.message:
+        if result.stop_reason is StopReason.INTERRUPTED:
             raise typer.Exit(130)

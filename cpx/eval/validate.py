@@ -22,6 +22,7 @@ import torch
 from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.data.images import BadFile, read_image
+from cpx.data.layout import LABELLED_PARTS
 from cpx.eval.metrics import Metric, ScoreAccumulator, Scores, create_metric, metric_tag
 from cpx.eval.postprocess import PostSpec, post_label
 from cpx.eval.predict import Predictor, is_ensemble, predictor_for_run, tta_label
@@ -265,6 +266,7 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
         if own_root is None or not own_root.is_dir():
             raise RunError(f"run {row['id']}: its data folder {own_root} is gone; pass --data DIR")
         part = (folder.read_data_info() or {}).get("val_part", "train")
+        datalib.scan(own_root, competition).require(LABELLED_PARTS)
         files = labelled_files(own_root, names, competition, part)
         data_label = VAL_LIST
     else:
@@ -272,6 +274,7 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
         if not root.is_dir():
             raise DataError(f"--data: {root} is not a folder")
         found = datalib.scan(root, competition)
+        found.require(LABELLED_PARTS)  # what `cpx data check` calls a problem stops validation too
         files = labelled_files(root, found.pairs, competition, "train")
         if competition.layout.has_val:
             files += labelled_files(root, found.val_pairs, competition, "val")

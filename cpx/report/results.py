@@ -428,7 +428,17 @@ def _longest_wait(history: list[dict]) -> Optional[int]:
     return longest
 
 
+_STOP_REASONS = {"pruned": "pruned by its sweep", "budget": "time budget", "interrupted": "interrupted",
+                 "completed": "planned epochs", "stop_after": "planned epochs (refit)"}
+
+
 def _stop_reason(run: dict, train_cfg: dict) -> str:
+    reason = run.get("stop_reason")
+    if reason == "patience":
+        return f"patience ({train_cfg.get('patience')})"
+    if reason in _STOP_REASONS:
+        return _STOP_REASONS[reason]
+    # runs of older versions recorded no stop reason: read what their notes and status say
     notes = (run.get("notes") or "").lower()
     if run.get("status") == "pruned" or "pruned" in notes:
         return "pruned by its sweep"

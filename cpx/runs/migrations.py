@@ -143,17 +143,6 @@ def m004_scores(db: sqlite3.Connection) -> None:
     )
 
 
-@migration
-def m012_metric_not_only_f(db: sqlite3.Connection) -> None:
-    # A competition ranks by its own metric (IoU, Dice, ...), not always an F-score: the run's
-    # best validation score loses its F in the name, and runs and validations say which metric
-    # (and on which scale) their numbers are.
-    """``runs.best_val_f`` becomes ``best_val_score``; runs and validations record their metric."""
-    db.execute("ALTER TABLE runs RENAME COLUMN best_val_f TO best_val_score")
-    db.execute("ALTER TABLE runs ADD COLUMN metric TEXT")
-    db.execute("ALTER TABLE validations ADD COLUMN metric TEXT")
-
-
 @contextmanager
 def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A ``BEGIN IMMEDIATE`` transaction on ``db`` (autocommit mode): the write lock is taken up
@@ -301,6 +290,17 @@ def m011_validation_calibration_and_post(db: sqlite3.Connection) -> None:
 
 
 @migration
+def m012_metric_not_only_f(db: sqlite3.Connection) -> None:
+    # A competition ranks by its own metric (IoU, Dice, ...), not always an F-score: the run's
+    # best validation score loses its F in the name, and runs and validations say which metric
+    # (and on which scale) their numbers are.
+    """``runs.best_val_f`` becomes ``best_val_score``; runs and validations record their metric."""
+    db.execute("ALTER TABLE runs RENAME COLUMN best_val_f TO best_val_score")
+    db.execute("ALTER TABLE runs ADD COLUMN metric TEXT")
+    db.execute("ALTER TABLE validations ADD COLUMN metric TEXT")
+
+
+@migration
 def m013_validation_official_score(db: sqlite3.Connection) -> None:
     # `cpx validate --official` runs the organisers' own scoring program on the same predictions:
     # its ranked column's value sits beside cpx's score, with the column's key and the folder that
@@ -309,3 +309,11 @@ def m013_validation_official_score(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE validations ADD COLUMN official_score REAL")
     db.execute("ALTER TABLE validations ADD COLUMN official_column TEXT")
     db.execute("ALTER TABLE validations ADD COLUMN official_dir TEXT")
+
+
+@migration
+def m014_run_stop_reason(db: sqlite3.Connection) -> None:
+    # Why a run stopped is a value (cpx.train.loop.StopReason), never a phrase searched for in
+    # its notes; runs of older versions keep NULL and their notes.
+    """Why a run's training ended: completed, stop_after, patience, budget, pruned, interrupted."""
+    db.execute("ALTER TABLE runs ADD COLUMN stop_reason TEXT")

@@ -29,7 +29,7 @@ from cpx.runs.folder import RunFolder, run_folder
 from cpx.runs.ledger import Ledger
 from cpx.sweep import study as studylib
 from cpx.sweep.spec import SweepSpec
-from cpx.train.loop import StopTraining
+from cpx.train.loop import StopReason
 from cpx.train.run import TrainRequest, train
 
 
@@ -137,6 +137,7 @@ class _TrialCallback:
 
     def on_start(self, run_id, **info) -> None:
         self.run_id = run_id
+        self.metric = info["metric"]
         self.trial.set_user_attr(studylib.RUN_ATTR, run_id)
         with Ledger(self.ledger_path) as ledger:
             ledger.update_run(run_id, sweep=self.sweep, sweep_trial=self.trial.number)
@@ -151,15 +152,15 @@ class _TrialCallback:
 
     def on_epoch_end(self, trainer, record) -> None:
         value = record.val_score
-        if record.val_score_ema is not None and trainer.metric.better(record.val_score_ema, value):
+        if record.val_score_ema is not None and self.metric.better(record.val_score_ema, value):
             value = record.val_score_ema
         if value is not None:
             self.trial.report(float(value), record.epoch)
-        self.emit("epoch", run_id=self.run_id, epoch=record.epoch, epochs=trainer.settings.epochs, value=value)
+        self.emit("epoch", run_id=self.run_id, epoch=record.epoch, epochs=trainer.epochs, value=value)
         if self.prune and value is not None and self.trial.should_prune():
             self.pruned_at = record.epoch
-            raise StopTraining(f"pruned by the sweep at epoch {record.epoch} ({trainer.metric.name} worse than the "
-                               "median of earlier trials at this epoch)")
+            trainer.stop(StopReason.PRUNED, f"pruned by the sweep at epoch {record.epoch} ({self.metric.name} worse "
+                                            "than the median of earlier trials at this epoch)")
 
 
 def _suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
@@ -306,13 +307,11 @@ def _run_trial(trial: optuna.Trial, spec: SweepSpec, params: dict, name: str, re
         studylib.tell(study, trial, state=TrialState.FAIL)
         studylib.fail_and_retry(study, study.get_trials(deepcopy=False)[trial.number])
         return "failed", None, cb.run_id, f"{type(exc).__name__}: {exc}"
-    if result.status == "stopped" and "interrupted" in result.message:
+    if result.stop_reason is StopReason.INTERRUPTED:
         studylib.fail_and_retry(study, study.get_trials(deepcopy=False)[trial.number], interrupted=True)
         return "interrupted", None, result.run_id, result.message
-    value = result.best_val_score if result.best_val_score >= 0 else None
-    if cb.pruned_at is not None:
-        with Ledger(workspace.ledger_path) as ledger:
-            ledger.update_run(result.run_id, status="pruned")
+    value = result.best_val_score
+    if result.stop_reason is StopReason.PRUNED:  # the run is recorded "pruned" by training itself
         studylib.tell(study, trial, state=TrialState.PRUNED)
         return "pruned", value, result.run_id, result.message
     if value is None:

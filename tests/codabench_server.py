@@ -29,8 +29,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional, Union
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
-
 # "drop", "html500", ("slow", seconds) then a normal answer, (status, json_body)
 # or (status, raw_text, content_type); "lose": the request takes effect, its answer is lost (the
 # connection closes unanswered); ("trickle", seconds): the normal answer, one byte every that many seconds
@@ -458,30 +456,7 @@ def _public(sub: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Fixtures and helpers the Codabench test modules share (import them into the module)
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    """Requests to the local server never go through a proxy; no server URL leaks in."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.delenv("CODABENCH_URL", raising=False)
-
-
-@pytest.fixture
-def fake():
-    """A running test Codabench on loopback."""
-    with FakeCodabench() as server:
-        yield server
-
-
-@pytest.fixture
-def logged_in(fake):
-    """The test Codabench with its credentials stored, as after `cpx codabench login`."""
-    from cpx.submit import codabench
-
-    codabench.save_credentials(fake.url, fake.token, username=fake.username)
-    return fake
+# A helper the Codabench test modules share (the fixtures, `fake` and `logged_in`, are in conftest.py)
 
 
 def cpx(capsys, *args, stdin=None, monkeypatch=None):

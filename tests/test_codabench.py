@@ -8,7 +8,6 @@ import time
 import zipfile
 
 import pytest
-from codabench_server import FakeCodabench
 
 from cpx.kernel.errors import CodabenchError, SubmissionError
 from cpx.submit import codabench
@@ -31,12 +30,6 @@ def _isolated_config(tmp_path, monkeypatch):
     monkeypatch.delenv("CODABENCH_TOKEN", raising=False)
     monkeypatch.delenv("CODABENCH_URL", raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
-@pytest.fixture
-def fake():
-    with FakeCodabench() as server:
-        yield server
 
 
 @pytest.fixture

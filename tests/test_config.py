@@ -95,3 +95,23 @@ def test_one_key_set_twice_is_refused_naming_both():
     assert merge_overrides(["train.epochs=3", "train.epochs=3"], {}) == {"train.epochs": 3}
     with pytest.raises(ConfigError, match="set twice"):
         merge_overrides(["loss.options.dice=1"], {"loss.options.dice": 2.0})
+
+
+def test_a_third_party_model_switched_in_by_set_takes_its_own_options(cpx_workspace, cpx_host, tiny_model):
+    config, diff = build_config("msf-lmsa", {"model.name": "tiny", "model.options.width": 4},
+                                cpx_workspace.experiments_dir, cpx_host)
+    assert (config.model.name, config.model.options) == ("tiny", {"width": 4})
+    assert diff["model.options.width"] == 4 and "model.options.dropout" not in diff
+
+
+def test_a_recipe_switching_its_base_model_takes_its_own_options(cpx_workspace, cpx_host, tiny_model):
+    exp = cpx_workspace.experiments_dir
+    exp.mkdir(parents=True, exist_ok=True)
+    (exp / "mine.yaml").write_text("base: msf-lmsa\nmodel:\n  name: tiny\n  options:\n    width: 4\n"
+                                   "loss:\n  options:\n    dice: 2.0\n")
+    config, _ = build_config("mine", {}, exp, cpx_host)
+    assert (config.model.name, config.model.options) == ("tiny", {"width": 4})
+    assert config.loss.options["dice"] == 2.0 and config.loss.options["ce"] == 1.0  # same loss: merged
+    # and the recipe's own options stay when an override keeps its component
+    config, _ = build_config("mine", {"model.name": "tiny", "model.options.width": 6}, exp, cpx_host)
+    assert config.model.options == {"width": 6}

@@ -2,6 +2,8 @@
 
 Each command builds a config, calls one core function and renders the result. Domain
 errors (`cpx.kernel.errors.CpxError`) become one line per problem on stderr and exit code 2.
+
+May import: every cpx package (and it alone imports typer and rich).
 """
 
 from __future__ import annotations
@@ -89,8 +91,5 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         _common.err_console.print("[yellow]interrupted[/] (Ctrl-C): files already written are complete; nothing "
                                   "half-written was kept", highlight=False)
-        return 130
-    except KeyboardInterrupt:
-        _common.err_console.print("interrupted")
         return 130
     return 0

@@ -12,8 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cpx.eval.ensemble import build_ensemble, parse_weights
-from cpx.eval.folders import predict_run
 from cpx.eval.predict import parse_tta, tta_label
+from cpx.eval.predict_folder import predict_run
 from cpx.eval.validate import score_folders, validate_run
 from cpx.kernel.errors import DataError
 from cpx.kernel.text import format_f

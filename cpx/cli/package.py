@@ -11,8 +11,8 @@ from rich.table import Table
 
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.text import format_f
-from cpx.submit.package import PackageRequest, PackageResult, package
 from cpx.submit.checkreport import CheckReport
+from cpx.submit.package import PackageRequest, PackageResult, package
 from cpx.submit.zipcheck import check_submission
 
 from . import _common

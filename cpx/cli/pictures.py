@@ -10,9 +10,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cpx.draw.pictures import compare_runs, curves_for_runs, show_run
 from cpx.eval.predict import parse_tta
 from cpx.kernel.text import format_f
-from cpx.report.pictures import compare_runs, curves_for_runs, show_run
 
 from . import _common
 from ._common import console, err_console, print_json

@@ -14,7 +14,14 @@ from cpx.kernel.text import format_f, format_signed
 from cpx.report.leaderboard import SORTS, build_leaderboard, format_test_score, run_checkpoint
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench as cb
-from cpx.submit.actions import (
+from cpx.submit.submissions import (
+    DEFAULT_PHASE,
+    default_phase,
+    remote_leaderboard,
+    submission_report,
+    sync_submissions,
+)
+from cpx.submit.submit import (
     DEFAULT_TIMEOUT,
     SubmitRequest,
     codabench_client,
@@ -22,13 +29,6 @@ from cpx.submit.actions import (
     cpx_competition,
     split_phase,
     submit,
-)
-from cpx.submit.submissions import (
-    DEFAULT_PHASE,
-    default_phase,
-    remote_leaderboard,
-    submission_report,
-    sync_submissions,
 )
 
 from . import _common

@@ -1,8 +1,8 @@
 """Experiment configs: pydantic sections composed from recipes, overrides and plugin options.
 
 A recipe is a YAML mapping with the sections below; ``base: other-recipe`` inherits from
-another recipe. Built-in recipes ship in ``cpx_recipes``; YAML files in the workspace's
-``experiments/`` folder add to them or override them by name.
+another recipe. Built-in recipes ship in ``cpx_plugins.recipes`` (``plugins/cpx_plugins/recipes/``);
+YAML files in the workspace's ``experiments/`` folder add to them or override them by name.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class ExperimentConfig(Section):
 def builtin_recipes() -> dict[str, str]:
     """Recipe name -> YAML text of every recipe shipped with cpx."""
     out = {}
-    for item in resources.files("cpx_recipes").iterdir():
+    for item in resources.files("cpx_plugins.recipes").iterdir():
         if item.name.endswith(".yaml"):
             out[item.name[:-5]] = item.read_text()
     return out
@@ -184,23 +184,43 @@ def load_recipe(ref: str, experiments_dir: Path, _seen: tuple = ()) -> dict:
     return data
 
 
+COMPONENTS = ("model", "loss", "augmentation")
+
+
+def forget_switched_options(data: dict, names: dict[str, Any]) -> dict:
+    """``data`` (a new copy) without the options of each component that ``names`` (section ->
+    new component name) switches to another component.
+
+    Options belong to the component they were written for: a recipe's ``dropout`` for
+    ``msf-lmsa`` means nothing to a third-party model. So a recipe whose ``base`` names another
+    model, and ``--set model.name=...``, start the new component from its own defaults; options
+    given together with the new name (the recipe's ``options:``, ``--set model.options.width=4``)
+    are applied after.
+    """
+    out = copy.deepcopy(data)
+    for section in COMPONENTS:
+        old = out.get(section)
+        if section in names and isinstance(old, dict) and old.get("name") != names[section]:
+            old["options"] = {}
+    return out
+
+
+def _new_names(update: dict) -> dict[str, Any]:
+    return {s: update[s]["name"] for s in COMPONENTS if isinstance(update.get(s), dict) and "name" in update[s]}
+
+
 def deep_merge(base: dict, update: dict) -> dict:
     """``base`` updated by ``update`` recursively (a new copy); a component's ``options`` are
-    replaced, not merged, when the component changes.
+    updated key by key, after the base's are dropped when ``update`` switches the component
+    (:func:`forget_switched_options`).
     """
-    out = copy.deepcopy(base)
+    out = forget_switched_options(base, _new_names(update))
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
-            out[key] = deep_merge(out[key], value)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            # an option's own value is never merged into: a dict given for it replaces the old one
+            out[key] = {**out[key], **copy.deepcopy(value)} if key == "options" else deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
-    # a new component name discards the options that belonged to the old component
-    for section in ("model", "loss", "augmentation"):
-        if isinstance(update.get(section), dict) and "name" in update[section] and "options" not in update[section]:
-            if isinstance(base.get(section), dict) and base[section].get("name") != update[section]["name"]:
-                out[section]["options"] = {}
     return out
 
 
@@ -258,17 +278,15 @@ def set_path(data: dict, key: str, value: Any) -> None:
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
-    """``data`` with each ``key path -> value`` of ``overrides`` set (a new copy). Switching a
-    component by name drops the options meant for the old one.
+    """``data`` with each ``key path -> value`` of ``overrides`` set (a new copy); switching a
+    component by name drops the options meant for the old one first
+    (:func:`forget_switched_options`), so ``--set model.name=tiny --set model.options.width=4``
+    gives ``tiny`` exactly ``width: 4``.
     """
-    out = copy.deepcopy(data)
+    names = {s: overrides[f"{s}.name"] for s in COMPONENTS if f"{s}.name" in overrides}
+    out = forget_switched_options(data, names)
     for key, value in overrides.items():
         set_path(out, key, value)
-    # swapping a component (--set model.name=unet) drops options meant for the old one
-    for section in ("model", "loss", "augmentation"):
-        renamed = f"{section}.name" in overrides and overrides[f"{section}.name"] != (data.get(section) or {}).get("name")
-        if renamed and not any(k.startswith(f"{section}.options") for k in overrides):
-            out[section]["options"] = {}
     return out
 
 

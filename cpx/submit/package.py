@@ -45,10 +45,10 @@ from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
 from cpx.runs.handle import RunHandle, open_run
 from cpx.runs.ledger import Ledger
-from cpx.submit.solution import export_solution, model_source, postprocess_sources, run_solution
-from cpx.submit.submissions import Budget, default_phase, phase_budget, server_phase
 from cpx.submit.checkreport import CheckReport
 from cpx.submit.formats import SubmissionFormat, create_format, duplicate_keys
+from cpx.submit.solution import export_solution, model_source, postprocess_sources, run_solution
+from cpx.submit.submissions import Budget, default_phase, phase_budget, server_phase
 from cpx.submit.zipcheck import MANIFEST, check_folder, check_zip, image_sizes, list_test_images, refusal
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -340,7 +340,7 @@ def _measure_validation(job: _Job) -> None:
 
 def _chunks(sizes: dict[str, Size], batch_size: int) -> list[list[str]]:
     """Image names in (size, name) order, cut into batches of one size: the order and batches
-    of :func:`cpx.eval.folders.predict_folder`, which solution/run.py repeats."""
+    of :func:`cpx.eval.predict_folder.predict_folder`, which solution/run.py repeats."""
     chunks: list[list[str]] = []
     for name in sorted(sizes, key=lambda n: (sizes[n], n)):
         if chunks and len(chunks[-1]) < batch_size and sizes[chunks[-1][-1]] == sizes[name]:

@@ -36,8 +36,8 @@ from cpx.runs.handle import build_model
 from cpx.runs.ledger import Ledger
 from cpx.runs.recovery import reconcile
 from cpx.train.budget import BudgetCallback
-from cpx.train.collective import barrier, rank0_object, rank_world
 from cpx.train.callbacks import EMA, CheckpointCommit, EarlyStopping, Validation
+from cpx.train.collective import barrier, rank0_object, rank_world
 from cpx.train.loop import Callback, EpochRecord, StopReason, Trainer
 
 

@@ -2,7 +2,7 @@
 values), ``compare`` (per-class values of two runs) and ``curves`` (training curves of several
 runs). Every number is the competition's metric, on its scale.
 Each evaluates or reads runs and hands the numbers to the pure drawing in
-:mod:`cpx.report.figures`.
+:mod:`cpx.draw.figures`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from cpx.data.competition import Competition
-from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
-from cpx.eval.validate import Evaluation, validate_run
-from cpx.kernel.errors import CpxError, DataError, RunError
-from cpx.kernel.manager import PluginHost
-from cpx.kernel.text import format_f, safe_filename
-from cpx.kernel.workspace import Workspace
-from cpx.report.figures import (
+from cpx.draw.figures import (
     MAX_GRID_ROWS,
     ImageRow,
     class_colors,
@@ -29,6 +23,12 @@ from cpx.report.figures import (
     plot_per_class,
     plot_per_class_comparison,
 )
+from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
+from cpx.eval.validate import Evaluation, validate_run
+from cpx.kernel.errors import CpxError, DataError, RunError
+from cpx.kernel.manager import PluginHost
+from cpx.kernel.text import format_f, safe_filename
+from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import RunFolder, run_folder
 from cpx.runs.handle import open_run
 from cpx.runs.ledger import Ledger

@@ -150,9 +150,8 @@ def test_a_name_that_is_not_utf8_is_refused_up_front(cpx_workspace, capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "not valid UTF-8" in err and "Traceback" not in err
     assert not cpx_workspace.runs_dir.is_dir()
-    from cpx.runs.ledger import Ledger
-
     from cpx.kernel.errors import CpxError
+    from cpx.runs.ledger import Ledger
 
     with Ledger(cpx_workspace.ledger_path) as ledger, pytest.raises(CpxError, match="runs.name: .* not valid UTF-8"):
         ledger.add_run(name=name)

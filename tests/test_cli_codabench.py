@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from codabench_server import cpx
 
 from cpx.submit import codabench

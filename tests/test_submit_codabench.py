@@ -293,9 +293,9 @@ def test_submit_zip_accepts_the_weight_keys_of_older_scripts_and_says_which(ledg
 # ---------------------------------------------------------------- a lost answer (issue 19.3)
 
 
-def test_a_lost_answer_never_spends_a_second_submission_for_one_zip(logged_in, ledger, tmp_path, capsys):
+def test_a_lost_answer_never_spends_a_second_submission_for_one_zip(logged_in, ledger, packaged, capsys):
     fake = logged_in
-    packaged(ledger, tmp_path)
+    packaged()
     fake.inject("POST", "/api/submissions/", "lose")  # the server creates it; its answer never comes
     code, _, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "looks the submission up" in one_line(err)
@@ -309,9 +309,9 @@ def test_a_lost_answer_never_spends_a_second_submission_for_one_zip(logged_in, l
     assert sub["codabench_id"] == str(made) and sub["uploaded"] and sub["upload_attempt"] is None
 
 
-def test_an_attempt_that_never_reached_the_server_is_sent_again(logged_in, ledger, tmp_path, capsys):
+def test_an_attempt_that_never_reached_the_server_is_sent_again(logged_in, ledger, packaged, capsys):
     fake = logged_in
-    packaged(ledger, tmp_path)
+    packaged()
     fake.inject("POST", "/api/submissions/", "drop")  # closed before the server acted on it
     assert cpx(capsys, "submit", "v2", "--upload", "--competition", "42")[0] == 2
     assert not fake.submissions

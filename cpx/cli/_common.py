@@ -8,7 +8,6 @@ import sys
 from typing import Annotated, Any, Optional
 
 import typer
-
 from rich.console import Console
 from rich.markup import escape
 

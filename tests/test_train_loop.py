@@ -94,7 +94,8 @@ def test_callbacks_see_every_event_after_validation_and_their_state_is_saved(cpx
 
 def test_why_a_run_stopped_is_recorded_as_a_value(cpx_workspace, cpx_host, tiny_model):
     patient = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{
-        "train.epochs": 30, "train.patience": 1, "optimizer.lr": 1e-9})), cpx_workspace, cpx_host)
+        "train.epochs": 30, "train.patience": 1, "optimizer.lr": 1e-9, "schedule.min_lr": 0.0})), cpx_workspace,
+        cpx_host)
     assert patient.stop_reason is StopReason.PATIENCE and patient.epochs < 30
     interrupted = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{"train.epochs": 3})),
                         cpx_workspace, cpx_host, callbacks=(CtrlCInEpoch2(),))

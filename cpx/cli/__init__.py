@@ -7,6 +7,8 @@ in :mod:`cpx.cli.options`. A command builds a request, calls one core function a
 result; the core modules it needs are imported when it runs, so ``cpx --help`` and the quick
 listings start without torch. Domain errors (`cpx.kernel.errors.CpxError`) become one line per
 problem on stderr and exit code 2.
+
+May import: every cpx package (and it alone imports typer and rich).
 """
 
 import os
@@ -78,6 +80,14 @@ def _workspace_from_argv(argv: list[str]) -> Optional[str]:
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point; returns the exit code (the console script passes it to sys.exit)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode reach Python as lone surrogates
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            _common.print_error(CpxError(f"argument {shown!r} is not valid UTF-8 text; cpx records names and paths "
+                                         "in its ledger as UTF-8: use another name (or rename the file)"))
+            return CpxError.exit_code
     ws = _workspace_from_argv(argv)
     if ws:
         os.environ["CPX_WORKSPACE"] = ws

@@ -5,8 +5,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from cpx.bench.measure import ACCELERATORS
 from cpx.kernel.config import parse_assignment
-from cpx.report.bench import ACCELERATORS
 
 from . import _common
 from ._common import console
@@ -88,7 +88,7 @@ def bench_command(
     json_: Json = False,
 ):
     """Measure a recipe's cost here: FLOPs, throughput vs the machine's ceiling, memory, epoch time."""
-    from cpx.report.bench import BenchRequest, project, project_check, run_bench
+    from cpx.bench.measure import BenchRequest, project, project_check, run_bench
 
     overrides = dict(parse_assignment(assignment) for assignment in set_ or [])
     values = dict(image_size=image_size, batch_size=batch_size, precision=precision, device=device, data=data)

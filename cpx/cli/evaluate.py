@@ -15,6 +15,7 @@ from cpx.kernel.text import format_f
 from . import _common
 from ._common import console, err_console, print_json
 from .options import (
+    AllowChangedData,
     BatchSize,
     Calibration,
     Checkpoint,
@@ -49,6 +50,7 @@ def validate_command(
     tile: Tile = None,
     official: Official = False,
     official_python: OfficialPython = None,
+    allow_changed_data: AllowChangedData = False,
     json_: Json = False,
 ):
     """Score a run with its competition's metric, at each mask's own size; recorded in the ledger.
@@ -57,7 +59,7 @@ def validate_command(
 
     options = dict(checkpoint=checkpoint, data=data, tta=None if tta is None else parse_tta(tta),
                    record=record, batch_size=batch_size, device=device, precision=precision,
-                   calibration=calibration, post=post, tile=tile)
+                   calibration=calibration, post=post, tile=tile, allow_changed_data=allow_changed_data)
     result = None
     with progress_bar("validating", json_) as cb:
         if official:
@@ -152,8 +154,8 @@ def predict_command(
 ):
     """Write one mask per input image (same stem, same size), stored as the competition's
     masks are (its mask suffix, value map and mode)."""
-    from cpx.eval.folders import predict_run
     from cpx.eval.predict import parse_tta
+    from cpx.eval.predict_folder import predict_run
 
     with progress_bar("predicting", json_) as cb:
         report = predict_run(run, _common.workspace(), _common.host(), input, output, checkpoint=checkpoint,
@@ -190,6 +192,7 @@ def calibrate_command(
     batch_size: BatchSize = 8,
     device: Device = "auto",
     precision: Precision = "auto",
+    allow_changed_data: AllowChangedData = False,
     json_: Json = False,
 ):
     """Fit per-class logit offsets for the competition's metric on the validation images; report the
@@ -201,7 +204,8 @@ def calibrate_command(
     with progress_bar("calibrating", json_) as cb:
         result = calibrate_run(run, _common.workspace(), _common.host(), checkpoint=checkpoint,
                                tta=parse_tta(tta), store=store, force=force, seed=seed, batch_size=batch_size,
-                               device=device, precision=precision, progress=cb)
+                               device=device, precision=precision, progress=cb,
+                               allow_changed_data=allow_changed_data)
     if json_:
         print_json(result.to_dict())
     else:
@@ -248,6 +252,7 @@ def ensemble_command(
     device: Device = "auto",
     precision: Precision = "auto",
     record: Annotated[bool, typer.Option("--record/--no-record", help="record the ensemble as a run")] = True,
+    allow_changed_data: AllowChangedData = False,
     json_: Json = False,
 ):
     """Average runs' softmax outputs and score the mix on their shared validation images."""
@@ -261,7 +266,7 @@ def ensemble_command(
                                 weights=parse_weights(weights, len(runs) or None),
                                 tta=parse_tta(tta), top=top, search=search, name=name, checkpoint=checkpoint,
                                 record=record, batch_size=batch_size, device=device, precision=precision,
-                                command=command_line(), progress=cb)
+                                command=command_line(), progress=cb, allow_changed_data=allow_changed_data)
     if json_:
         print_json(result.to_dict())
     else:

@@ -56,6 +56,11 @@ Set = Annotated[Optional[list[str]], typer.Option(
 
 # -- prediction (validate, predict, package, show, compare) ------------------------------------
 
+# commands that reuse a run's data folder refuse one that no longer holds what the run trained on
+AllowChangedData = Annotated[bool, typer.Option(
+    "--allow-changed-data", help="use the run's data folder even though its labelled images are not the ones "
+                                 "the run trained on (their fingerprint differs)")]
+
 Tta = Annotated[Optional[str], typer.Option(
     "--tta", help="test-time augmentation: flip, scale or flip,scale (default: none; an ensemble's own)")]
 Post = Annotated[Optional[str], typer.Option(

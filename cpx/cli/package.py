@@ -13,7 +13,18 @@ from cpx.submit.checkreport import CheckReport
 
 from . import _common
 from ._common import console, err_console, print_json
-from .options import Calibration, Checkpoint, Competition, Device, Json, OfficialPython, Post, Yes, with_help
+from .options import (
+    AllowChangedData,
+    Calibration,
+    Checkpoint,
+    Competition,
+    Device,
+    Json,
+    OfficialPython,
+    Post,
+    Yes,
+    with_help,
+)
 
 app = typer.Typer()
 
@@ -151,6 +162,7 @@ def package_command(
                                          "predictions, before the zip is kept; it is code from the bundle "
                                          "you chose")] = True,
     official_python: OfficialPython = None,
+    allow_changed_data: AllowChangedData = False,
     json_: Json = False,
 ):
     """Predict the test images and write a verified submission zip to submissions/; when the
@@ -172,7 +184,7 @@ def package_command(
     request = PackageRequest(run=run, name=name, tta=parse_tta(views),
                              test_dir=str(test) if test else None, checkpoint=checkpoint,
                              allow_rule_break=allow_rule_break, device=device, yes=yes, calibration=calibration,
-                             post=(post,) if post else ())
+                             post=(post,) if post else (), allow_changed_data=allow_changed_data)
     checker = None
     if official:
         from cpx.bundle.official import package_check

@@ -12,7 +12,7 @@ from cpx.kernel.text import format_f
 
 from . import _common
 from ._common import console, err_console, print_json
-from .options import Checkpoint, Device, Json, Run, Tta, with_help
+from .options import AllowChangedData, Checkpoint, Device, Json, Run, Tta, with_help
 
 app = typer.Typer()
 
@@ -91,17 +91,19 @@ def show_command(
         "--output", "-o", help="PNG path (default: show.png in the run folder)")] = None,
     tta: Views = None,
     device: Device = "auto",
+    allow_changed_data: AllowChangedData = False,
     json_: Json = False,
 ):
     """Validate a run and draw its worst validation images (image, truth, prediction, errors)
     and the per-class chart of the competition's metric (per_class.png beside the grid)."""
+    from cpx.draw.pictures import show_run
     from cpx.eval.predict import parse_tta
-    from cpx.report.pictures import show_run
 
     with _validation_bar(not json_) as bar:
         result = show_run(run, _common.workspace(), _common.host(), images=0 if per_class else images,
                           checkpoint=checkpoint, tta=parse_tta(tta), output=output, device=device,
-                          progress=(lambda d, t: bar(run, d, t)) if bar else None)
+                          progress=(lambda d, t: bar(run, d, t)) if bar else None,
+                          allow_changed_data=allow_changed_data)
     if json_:
         print_json(result.to_dict())
     else:
@@ -134,6 +136,7 @@ def compare_command(
         "--output", "-o", help="PNG path (default: experiments/compare/A__vs__B.png)")] = None,
     tta: Views = None,
     device: Device = "auto",
+    allow_changed_data: AllowChangedData = False,
     json_: Json = False,
     stats: Annotated[bool, typer.Option(
         "--stats", help="a paired test over the images both runs were scored on, from their recorded "
@@ -144,12 +147,13 @@ def compare_command(
     if stats:
         _compare_stats(run_a, run_b, checkpoint, tta, json_)
         return
+    from cpx.draw.pictures import compare_runs
     from cpx.eval.predict import parse_tta
-    from cpx.report.pictures import compare_runs
 
     with _validation_bar(not json_) as bar:
         result = compare_runs(run_a, run_b, _common.workspace(), _common.host(), checkpoint=checkpoint,
-                              tta=parse_tta(tta), output=output, device=device, progress=bar)
+                              tta=parse_tta(tta), output=output, device=device, progress=bar,
+                              allow_changed_data=allow_changed_data)
     if result.warning:
         _common.warn([result.warning])
     if json_:
@@ -187,7 +191,7 @@ def curves_command(
         help="PNG path (default: curves.png in the run folder; experiments/compare/ for several runs)")] = None,
 ):
     """Training curves (loss, validation score, learning rate) of one or several runs in one PNG."""
-    from cpx.report.pictures import curves_for_runs
+    from cpx.draw.pictures import curves_for_runs
 
     path = curves_for_runs(runs, _common.workspace(), _common.host(), output=output)
     console.print(f"curves: {path}", highlight=False, soft_wrap=True)

@@ -23,19 +23,19 @@ codabench_app = typer.Typer(name="codabench", help="Log in to Codabench, check a
 
 
 def _cpx_competition(name: Optional[str] = None, run: Optional[dict] = None):
-    from cpx.submit.actions import cpx_competition
+    from cpx.submit.submit import cpx_competition
 
     return cpx_competition(_common.host(), _common.workspace(), name, run)
 
 
 def _codabench_competition(value: Optional[str]) -> int:
-    from cpx.submit.actions import codabench_competition_id
+    from cpx.submit.submit import codabench_competition_id
 
     return codabench_competition_id(value, _common.workspace())
 
 
 def _client(url: Optional[str]):
-    from cpx.submit.actions import codabench_client
+    from cpx.submit.submit import codabench_client
 
     return codabench_client(url, need_token=True)
 
@@ -74,7 +74,7 @@ def submit_command(
 ):
     """Record a leaderboard score, register a hand-made zip, upload to Codabench, or mark the final one
     (which also puts an uploaded one on Codabench's public leaderboard)."""
-    from cpx.submit.actions import SubmitRequest, submit
+    from cpx.submit.submit import SubmitRequest, submit
 
     request = SubmitRequest(name=name, record_score=record_score_, phase=phase, note=note, replace=replace,
                             final=final, zip_path=zip_, run=run, val_score=val_score, test_dir=test,
@@ -279,8 +279,8 @@ def _render_leaderboard(board, sort: str) -> None:
 
 
 def _remote_leaderboard(competition, phase, url, limit, json_) -> None:
-    from cpx.submit.actions import split_phase
     from cpx.submit.submissions import remote_leaderboard
+    from cpx.submit.submit import split_phase
 
     if limit is not None and limit < 1:
         raise ConfigError("--limit: at least 1")

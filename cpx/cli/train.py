@@ -1,5 +1,6 @@
 """`cpx train`."""
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -11,7 +12,7 @@ from cpx.kernel.errors import ConfigError
 from cpx.kernel.text import format_f
 
 from . import _common
-from ._common import console
+from ._common import console, err_console
 from .options import Competition, Device, ImageSize, Precision, Quiet, Recipe, Set, TrainBatchSize, with_help
 
 app = typer.Typer()
@@ -67,6 +68,9 @@ class RichProgress:
     def on_train_end(self, trainer):
         self.progress.stop()
 
+    def on_notice(self, text):
+        err_console.print(f"[yellow]waiting:[/] {text}", highlight=False, soft_wrap=True)
+
 
 class LogProgress:
     """One plain line per epoch, for logs and CI."""
@@ -74,6 +78,9 @@ class LogProgress:
     def on_start(self, **info):
         _print_header(info)
         self.metric = info["metric"].name
+
+    def on_notice(self, text):
+        print(f"waiting: {text}", file=sys.stderr, flush=True)
 
     def on_epoch_end(self, trainer, record):
         ema = f" (EMA {format_f(record.val_score_ema)})" if record.val_score_ema is not None else ""
@@ -114,6 +121,9 @@ def train_command(
     refit: Annotated[Optional[str], typer.Option(help="retrain run RUN's config on every labelled image (train + "
                                                       "validation) for the epochs RUN chose; its val score is "
                                                       "carried from RUN, marked as not measurable")] = None,
+    allow_changed_data: Annotated[bool, typer.Option(
+        "--allow-changed-data", help="--refit although RUN's data folder no longer holds the labelled images "
+                                     "it trained on")] = False,
     quiet: Quiet = False,
     nproc: Annotated[int, typer.Option(help="data-parallel processes on this node (batch size stays global)")] = 1,
     nnodes: Annotated[str, typer.Option(help="nodes taking part: N, or MIN:MAX for elastic membership")] = "1",
@@ -132,7 +142,7 @@ def train_command(
     if resume and (recipe or overrides):
         raise ConfigError("--resume continues a run with its own config; drop the recipe and overrides")
     request = TrainRequest(recipe=recipe, overrides=overrides, name=name, resume=resume, refit=refit,
-                           command=command_line())
+                           command=command_line(), allow_changed_data=allow_changed_data)
     if nproc != 1 or nnodes != "1" or rdzv_endpoint:
         from cpx.train.distributed import launch
 

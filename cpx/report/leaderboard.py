@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
 from cpx.kernel.text import format_f, format_signed
-from cpx.report.stats import t_quantile  # noqa: F401  (scipy's Student t; re-exported)
+from cpx.report.stats import t_quantile
 from cpx.runs.ledger import Ledger
 from cpx.submit.submissions import main_score
 

@@ -461,7 +461,7 @@ def run_bench(request: BenchRequest, workspace: Workspace, host) -> BenchResult:
         return measure(config, host, workspace, request.steps, request.warmup)
     spec = {"config": config.model_dump(mode="json"), "workspace": str(workspace.root),
             "steps": request.steps, "warmup": request.warmup}
-    out = subprocess.run([sys.executable, "-m", "cpx.report.bench"], input=json.dumps(spec), capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "cpx.bench.measure"], input=json.dumps(spec), capture_output=True,
                          text=True, env={**os.environ, "CPX_WORKSPACE": str(workspace.root)})
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:

@@ -18,6 +18,7 @@ from cpx.eval.metrics import create_metric
 from cpx.kernel.errors import CodabenchError, ConfigError, CpxError, SubmissionError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
+from cpx.runs.competition import default_competition
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench as cb
 from cpx.submit.codabench import Phase
@@ -40,8 +41,6 @@ from cpx.submit.submissions import (
     upload_submission,
     used_in_phase,
 )
-from cpx.runs.competition import default_competition
-
 
 # progress(text): one line about what is happening now (an upload's status changes)
 Progress = Callable[[str], None]

@@ -20,8 +20,9 @@ Usage::
     python benchmarks/startup.py              # 7 runs per command
     python benchmarks/startup.py --runs 3 --workspace ~/my-competition
 
-Prints one line per command and, last, one JSON line with every figure. It prints figures only:
-``tests/test_cli_startup.py`` checks the property (no torch on the start-up path), not the time.
+Prints one line per command and, last, one JSON line with every figure (``main`` returns it).
+It prints figures only: ``tests/test_cli_startup.py`` checks the property (no torch on the
+start-up path), not the time.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 COMMANDS = (["--help"], ["--version"], ["runs"], ["leaderboard"], ["recipes"])
 # the libraries issue 20 names: none of them should be needed to answer these commands
@@ -108,11 +110,11 @@ def imported(args: list[str], env: dict, cwd: Path) -> list[str]:
         return ["?"]
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="timed runs per command (the median is printed)")
     parser.add_argument("--workspace", type=Path, help="time in this workspace (default: a sample one)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "CPX_WORKSPACE")}
     env["COLUMNS"] = "100"
@@ -149,7 +151,9 @@ def main() -> None:
             shutil.rmtree(scratch, ignore_errors=True)
     after = machine()
     print(f"\nload after: {after['uptime'] or after['load']}")
-    print(json.dumps({"machine": info, "load_after": after["load"], "commands": rows}))
+    figures = {"machine": info, "load_after": after["load"], "commands": rows}
+    print(json.dumps(figures))
+    return figures
 
 
 if __name__ == "__main__":

@@ -31,9 +31,8 @@ message. Nothing heavy is imported until a function is called.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
-
 import types
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "Run", "create_model", "leaderboard", "open_run", "package", "predict", "score", "train"]

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from codabench_server import _no_proxy, fake, logged_in  # noqa: F401  (fixtures)
 from PIL import Image
 
 from cpx.bundle.reader import read_bundle_yaml
@@ -609,7 +608,7 @@ def test_the_budget_reads_the_bundle_phase_limits_per_phase_and_per_day(cpx_work
         assert phase_budget(ledger, comp, "Development").limit == 50
 
 
-def test_upload_goes_to_the_phase_the_bundle_names(capsys, cpx_workspace, tmp_path, logged_in):  # noqa: F811
+def test_upload_goes_to_the_phase_the_bundle_names(capsys, cpx_workspace, tmp_path, logged_in):
     server = logged_in
     (cpx_workspace.root / "competitions").mkdir()
     (cpx_workspace.root / "competitions" / "parts.yaml").write_text(BUDGET_PROFILE)

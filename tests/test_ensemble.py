@@ -5,8 +5,8 @@ from conftest import tiny_overrides
 
 from cpx.cli import main
 from cpx.eval.ensemble import build_ensemble, greedy_select, parse_weights, top_runs
-from cpx.eval.folders import predict_run
 from cpx.eval.predict import check_ensemble_allowed, predictor_for_run
+from cpx.eval.predict_folder import predict_run
 from cpx.eval.validate import validate_run
 from cpx.kernel.errors import ConfigError, RuleViolation, RunError
 from cpx.runs.ledger import Ledger

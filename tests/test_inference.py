@@ -5,18 +5,13 @@ from conftest import tiny_overrides
 from PIL import Image
 
 from cpx.cli import main
-from cpx.eval.folders import predict_folder
 from cpx.eval.predict import Member, Predictor, check_ensemble_allowed, parse_tta, predictor_for_run
+from cpx.eval.predict_folder import predict_folder
 from cpx.kernel.errors import ConfigError, DataError, RuleViolation
 from cpx.runs.ledger import Ledger
 from cpx.train.run import TrainRequest, train
 
 L_EYE, R_EYE = 4, 5
-
-
-@pytest.fixture
-def comp(cpx_host):
-    return cpx_host.competition("celebamask-mini")
 
 
 class SidedEyes(torch.nn.Module):

@@ -293,3 +293,18 @@ def test_a_grid_without_effects_says_how_many_seeds_would_tell(cpx_workspace, cp
                 _run(ledger, ws, f"flat#{dice}-{seed}", value, dice=dice, seed=seed, sweep="flat", best=10, last=12)
     md = build_report(ws, cpx_host).markdown.read_text()
     assert "Sweep flat: no factor has an effect beyond the noise" in md and "runs per level are needed" in md
+
+
+def test_no_rendered_report_is_committed():
+    """A rendered page carries a copy of the HTML template (``document._CSS`` and the markup):
+    committed, that copy drifts from the one owner, cpx/report/document.py (one did). Reports in
+    the repository are kept as Markdown and figures; ``cpx report`` renders the HTML."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(["git", "ls-files", "--cached", "*.html", "*.htm"], cwd=repo, capture_output=True,
+                            text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert listed.stdout.split() == []

@@ -11,7 +11,6 @@ from scipy import stats as sps
 
 from cpx.cli import main
 from cpx.report import stats
-from cpx.report.leaderboard import t_quantile
 from cpx.report.paired import compare_recorded
 from cpx.runs.ledger import Ledger
 
@@ -20,11 +19,16 @@ GAIN = {"img01": 0.04, "img02": 0.05, "img03": 0.03, "img04": 0.06, "img05": 0.0
 B = {k: A[k] + GAIN[k] for k in A}
 
 
-def test_scipy_t_matches_the_printed_table_and_the_old_series():
-    # the leaderboard used a hand-written series before; scipy gives the table values
-    for dof, expected in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)]:
-        assert t_quantile(0.95, dof) == pytest.approx(expected, abs=1e-4)
-    assert stats.t_quantile(0.99, 10) == pytest.approx(3.1693, abs=1e-4)
+@pytest.mark.parametrize("level, dof, expected", [(0.95, 1, 12.7062), (0.95, 2, 4.3027), (0.95, 3, 3.1824),
+                                                  (0.95, 4, 2.7764), (0.95, 9, 2.2622), (0.95, 30, 2.0423),
+                                                  (0.95, 200, 1.9719), (0.90, 5, 2.0150), (0.99, 10, 3.1693)])
+def test_t_quantile_matches_the_printed_table(level, dof, expected):
+    assert stats.t_quantile(level, dof) == pytest.approx(expected, abs=1e-4)
+
+
+def test_t_quantile_refuses_a_level_of_one():
+    with pytest.raises(ValueError):
+        stats.t_quantile(1.0, 3)
 
 
 def test_mean_interval():
@@ -131,3 +135,10 @@ def test_compare_stats_refuses_runs_on_other_data(cpx_workspace, two_runs):
             compare_recorded(ledger, "base", other["id"])
         with pytest.raises(RunError, match="same run"):
             compare_recorded(ledger, "base", "base")
+
+
+@pytest.mark.parametrize("dof", [1, 1.5, 2, 3, 4, 7, 12.5, 30, 100, 1000, 1e5])
+def test_t_quantile_is_scipys(dof):
+    # computed without scipy (cpx leaderboard starts without it), held to scipy.stats.t
+    for level in (0.5, 0.8, 0.9, 0.95, 0.99, 0.999):
+        assert stats.t_quantile(level, dof) == pytest.approx(sps.t.ppf(0.5 + level / 2, dof), rel=1e-9)

@@ -94,7 +94,8 @@ def test_callbacks_see_every_event_after_validation_and_their_state_is_saved(cpx
 
 def test_why_a_run_stopped_is_recorded_as_a_value(cpx_workspace, cpx_host, tiny_model):
     patient = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{
-        "train.epochs": 30, "train.patience": 1, "optimizer.lr": 1e-9})), cpx_workspace, cpx_host)
+        "train.epochs": 30, "train.patience": 1, "optimizer.lr": 1e-9, "schedule.min_lr": 0.0})), cpx_workspace,
+        cpx_host)
     assert patient.stop_reason is StopReason.PATIENCE and patient.epochs < 30
     interrupted = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{"train.epochs": 3})),
                         cpx_workspace, cpx_host, callbacks=(CtrlCInEpoch2(),))
@@ -105,3 +106,18 @@ def test_why_a_run_stopped_is_recorded_as_a_value(cpx_workspace, cpx_host, tiny_
         assert ledger.get_run(interrupted.run_id)["stop_reason"] == "interrupted"
     resumed = train(TrainRequest(resume=interrupted.run_id), cpx_workspace, cpx_host)
     assert resumed.stop_reason is StopReason.COMPLETED and resumed.epochs == 3
+
+
+def test_the_training_cache_lives_on_a_gpu_when_a_quarter_of_its_free_memory_holds_it():
+    from cpx.train.loop import cache_placement, place_data
+
+    gib = 2**30
+    # 900 images at 512 px: 0.9 GB of uint8, on an 80 GB card; 60 GB of 1024 px 4-band tiles do not fit
+    assert cache_placement(int(0.9 * gib), 80 * gib) == "device"
+    assert cache_placement(60 * gib, 80 * gib) == "pinned"
+    # on a CPU the tensors stay as they are (no copy, no pinning)
+    import torch
+
+    data = (torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(2, 4, 4, dtype=torch.uint8))
+    placed = place_data(data, torch.device("cpu"))
+    assert placed[0] is data[0] and placed[1] is data[1]

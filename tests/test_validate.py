@@ -16,12 +16,6 @@ from cpx.kernel.errors import DataError
 from cpx.runs.ledger import Ledger
 from cpx.train.run import TrainRequest, train
 
-
-@pytest.fixture
-def comp(cpx_host):
-    return cpx_host.competition("celebamask-mini")
-
-
 EPS = 1e-7  # the organisers' constant, in every denominator of their formula
 
 

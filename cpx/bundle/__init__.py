@@ -22,8 +22,9 @@ A scoring program is code from a file the user chose: cpx runs it only when aske
 (``--official``), or in ``cpx package`` when the workspace's profile names one (``--no-official``
 skips it), and never while reading a bundle.
 
-Layer: above ``submit`` (it writes through the submission formats and reuses the zip rules),
-below ``sweep``; it may import ``submit``, ``eval``, ``runs``, ``data`` and ``kernel``. The
-packaging pipeline in ``submit`` reaches the official check only through a callback the
+It writes through the submission formats and reuses the zip rules, so it sits above ``submit``;
+the packaging pipeline in ``submit`` reaches the official check only through a callback the
 command line passes.
+
+May import: ``cpx.kernel``, ``cpx.data``, ``cpx.runs``, ``cpx.eval``, ``cpx.submit``.
 """

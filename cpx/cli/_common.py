@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from rich.console import Console
 from rich.markup import escape
@@ -34,13 +34,18 @@ def print_error(exc: CpxError) -> None:
         err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
 
 
+def warn(lines: Iterable[str], label: str = "warning") -> None:
+    """Each line on stderr as ``warning: ...`` (or ``note: ...``), never read as rich markup."""
+    for line in lines:
+        err_console.print(f"[yellow]{label}:[/] {escape(str(line))}", highlight=False, soft_wrap=True)
+
+
 def print_plugin_failures() -> None:
     global _warned
     if _warned:
         return
     _warned = True
-    for failure in host().failures:
-        err_console.print(f"[yellow]warning:[/] {escape(failure)}", highlight=False, soft_wrap=True)
+    warn(host().failures)
 
 
 def print_json(data: Any) -> None:

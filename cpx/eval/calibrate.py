@@ -257,13 +257,16 @@ def cache_logits(predictor, root, names: Sequence[str], competition, *, part: st
 
 def calibrate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint: str = "best", tta=(),
                   device: str = "auto", precision: str = "auto", batch_size: int = 8, store: bool = True,
-                  force: bool = False, seed: int = 0, progress: Progress = None) -> CalibrationResult:
+                  force: bool = False, seed: int = 0, progress: Progress = None,
+                  allow_changed_data: bool = False) -> CalibrationResult:
     """``cpx calibrate``: fit per-class logit offsets on a run's validation images, measure the
     gain by 2-fold cross-fitting, and (with ``store``) write the offsets fitted on all images to
     the run's ``calibration.json``, which validate, predict and package then apply. Offsets
     whose mean held-out gain is not positive are only stored with ``force``.
 
     :raises RunError: an ensemble, a run without validation images (a refit) or data.
+    :raises DataError: the run's data folder no longer holds what it trained on (unless
+        ``allow_changed_data``).
     :raises NotWritable: ``store`` with a read-only run folder (checked before any work).
     """
     start = time.perf_counter()
@@ -275,9 +278,7 @@ def calibrate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoin
         why = (f"it is a refit of {run.row['refit_of']} (every labelled image trained); calibrate that run"
                if run.row.get("refit_of") else "it has no validation list")
         raise RunError(f"run {run.id} has no held-out images to calibrate on: {why}")
-    root = run.data_root
-    if root is None or not root.is_dir():
-        raise RunError(f"run {run.id}: its data folder {root} is gone")
+    root = run.checked_data_root(allow_changed=allow_changed_data)
     if len(names) < 4:
         raise RunError(f"run {run.id} holds {len(names)} validation images; calibration needs at least 4")
     if store:

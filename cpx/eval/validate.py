@@ -22,6 +22,7 @@ import torch
 from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.data.images import BadFile, read_image
+from cpx.data.layout import LABELLED_PARTS
 from cpx.eval.metrics import Metric, ScoreAccumulator, Scores, create_metric, metric_tag
 from cpx.eval.postprocess import PostSpec, post_label
 from cpx.eval.predict import Predictor, is_ensemble, predictor_for_run, tta_label
@@ -31,6 +32,7 @@ from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE
 from cpx.runs.folder import run_folder
+from cpx.runs.handle import checked_data_root
 from cpx.runs.ledger import Ledger
 
 Progress = Optional[Callable[[int, int], None]]
@@ -235,14 +237,16 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
                  data: Optional[os.PathLike] = None, tta=(), record: bool = True, batch_size: int = 8,
                  device: str = "auto", precision: str = "auto", calibration: bool = True, post: PostSpec = None,
                  tile: Optional[int] = None, on_mask: Optional[Callable[[Labelled, torch.Tensor], None]] = None,
-                 progress: Progress = None) -> Evaluation:
+                 progress: Progress = None, allow_changed_data: bool = False) -> Evaluation:
     """Score a run (or ensemble run) with its competition's metric on its validation list, or on
     every labelled image of ``data``, and (with ``record``) add the result to the ledger's
     validations; ``on_mask(item, mask)`` sees each image's final prediction. The run's stored calibration applies unless ``calibration`` is off; ``post``
     names post-processing steps (the score without them is in ``stages``); ``tile`` predicts in
     sliding windows of that many pixels.
 
-    :raises RunError: unknown run or unusable checkpoint; :raises DataError: unusable data;
+    :raises RunError: unknown run or unusable checkpoint; :raises DataError: unusable data, or
+        a run's own data folder that no longer holds what it trained on (unless
+        ``allow_changed_data``, see :func:`cpx.runs.handle.checked_data_root`);
         :raises NotWritable: ``record`` with a read-only ledger (checked before any work). A
         ledger locked by another program does not raise: the score is returned with a warning.
     """
@@ -255,16 +259,17 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
     competition = predictor.competition
     metric = create_metric(competition, host)
     folder = run_folder(row, workspace.runs_dir)
-    own_root = folder.data_root()
+    own_root = folder.data_root(workspace.root)
     warnings: list[str] = []
     if data is None:
         names = folder.read_val_names()
         if not names:
             raise RunError(f"run {row['id']} has no validation images ({folder.file(VAL_LIST_FILE)}); "
                            "pass --data DIR to score on a labelled folder")
-        if own_root is None or not own_root.is_dir():
-            raise RunError(f"run {row['id']}: its data folder {own_root} is gone; pass --data DIR")
+        own_root = checked_data_root(row, folder, competition, workspace.root, allow_changed=allow_changed_data,
+                                     hint="pass --data DIR")
         part = (folder.read_data_info() or {}).get("val_part", "train")
+        datalib.scan(own_root, competition).require(LABELLED_PARTS)
         files = labelled_files(own_root, names, competition, part)
         data_label = VAL_LIST
     else:
@@ -272,6 +277,7 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
         if not root.is_dir():
             raise DataError(f"--data: {root} is not a folder")
         found = datalib.scan(root, competition)
+        found.require(LABELLED_PARTS)  # what `cpx data check` calls a problem stops validation too
         files = labelled_files(root, found.pairs, competition, "train")
         if competition.layout.has_val:
             files += labelled_files(root, found.val_pairs, competition, "val")

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from cpx.draw.figures import plot_per_class_runs
 from cpx.kernel.files import atomic_write_text
 from cpx.kernel.text import format_f, utc_now
 from cpx.kernel.workspace import Workspace
-from cpx.report import evaltime, stats
+from cpx.report import TOP, gains, stats
 from cpx.report.document import Document, Figure, Ref, Table
 from cpx.report.effects import RANKED_STATUSES, EffectSections, config_diff_vs
 from cpx.report.facts import fact_f, fact_int, fact_signed, p_text
-from cpx.report.figures import plot_per_class_runs
 from cpx.report.leaderboard import short_config
 from cpx.report.paired import recorded_validation
 from cpx.runs.folder import run_folder
@@ -30,7 +30,6 @@ from cpx.runs.ledger import Ledger
 from cpx.submit.submissions import main_score
 from cpx.train.curves import plot_history
 
-TOP = 12
 CURVES = 4
 MAX_GAIN_ROWS = 24  # rows of the evaluation-time table
 
@@ -251,7 +250,7 @@ class _Builder(EffectSections):
         d = self.doc
         s = d.section("Evaluation-time ingredients")
         ranked = [r for r in self.runs if r.get("best_val_score") is not None and r.get("status") in RANKED_STATUSES]
-        found = evaltime.gains(self.ledger, self.workspace.runs_dir, ranked, self.level)
+        found = gains.gains(self.ledger, self.workspace.runs_dir, ranked, self.level)
         if not found:
             s.text("No run has a TTA, post-processed or calibrated score beside its plain one: "
                    "`cpx validate RUN --tta flip`, `cpx validate RUN --post small-components` and "

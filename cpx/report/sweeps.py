@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from cpx.draw.figures import FactorPanel, plot_factor_panels
 from cpx.kernel.config import flatten
 from cpx.report import stats
-from cpx.report.figures import FactorPanel, plot_factor_panels
 from cpx.runs.ledger import Ledger
 from cpx.sweep.spec import BASELINE, SEED_KEY, Factor
 

@@ -45,10 +45,10 @@ from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
 from cpx.runs.handle import RunHandle, open_run
 from cpx.runs.ledger import Ledger
-from cpx.submit.solution import export_solution, model_source, postprocess_sources, run_solution
-from cpx.submit.submissions import Budget, default_phase, phase_budget, server_phase
 from cpx.submit.checkreport import CheckReport
 from cpx.submit.formats import SubmissionFormat, create_format, duplicate_keys
+from cpx.submit.solution import export_solution, model_source, postprocess_sources, run_solution
+from cpx.submit.submissions import Budget, default_phase, phase_budget, server_phase
 from cpx.submit.zipcheck import MANIFEST, check_folder, check_zip, image_sizes, list_test_images, refusal
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -80,6 +80,8 @@ class PackageRequest:
     calibration: bool = True
     post: tuple[str, ...] = ()
     tile: Optional[int] = None
+    # use the run's data folder although it no longer holds the data the run trained on
+    allow_changed_data: bool = False
 
 
 @dataclass
@@ -329,7 +331,7 @@ def _measure_validation(job: _Job) -> None:
         progress = job.progress
         evaluation = validate_run(run.id, job.workspace, job.host, checkpoint=request.checkpoint, tta=job.tta,
                                   device=request.device, calibration=request.calibration, post=request.post or None,
-                                  tile=request.tile, record=True,
+                                  tile=request.tile, record=True, allow_changed_data=request.allow_changed_data,
                                   progress=(lambda d, t: progress("validate", d, t)) if progress else None)
         job.validation = {"id": evaluation.validation_id, "score": evaluation.score, "measured_now": True}
     job.val_score = float(job.validation["score"])
@@ -338,7 +340,7 @@ def _measure_validation(job: _Job) -> None:
 
 def _chunks(sizes: dict[str, Size], batch_size: int) -> list[list[str]]:
     """Image names in (size, name) order, cut into batches of one size: the order and batches
-    of :func:`cpx.eval.folders.predict_folder`, which solution/run.py repeats."""
+    of :func:`cpx.eval.predict_folder.predict_folder`, which solution/run.py repeats."""
     chunks: list[list[str]] = []
     for name in sorted(sizes, key=lambda n: (sizes[n], n)):
         if chunks and len(chunks[-1]) < batch_size and sizes[chunks[-1][-1]] == sizes[name]:
@@ -578,6 +580,8 @@ def _resolve_test_dir(run: RunHandle, request: PackageRequest) -> Path:
     if root is None:
         raise DataError(f"run {run.id} trained on synthetic data, so it has no test images; "
                         f"give --test DIR")
+    # the test images beside the labelled data the run trained on, not another folder of that name
+    root = run.checked_data_root(allow_changed=request.allow_changed_data, hint="give --test DIR")
     return run.competition.data_path(root, "test_images")
 
 

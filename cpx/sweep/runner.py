@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import optuna
 from optuna.trial import TrialState
 
-from cpx.kernel.config import build_config
+from cpx.kernel.config import build_config, flatten
 from cpx.kernel.errors import ConfigError, RunError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
@@ -215,6 +215,9 @@ def _check_spec(spec: SweepSpec, workspace: Workspace, host: PluginHost) -> None
 
     example = {f.key: f.values[0] if f.values is not None else f.low for f in spec.factors}
     config, _ = build_config(spec.recipe, spec.trial_overrides(example), workspace.experiments_dir, host)
+    # what every trial starts from, as it is now: a study resumed after the recipe was edited is refused
+    base, _ = build_config(spec.recipe, spec.overrides, workspace.experiments_dir, host)
+    spec.base_config = flatten(base.model_dump(mode="json"))
     # the study optimises the competition's metric in its own direction
     metric = create_metric(host.competition(config.competition), host)
     spec.direction = "maximize" if metric.greater_is_better else "minimize"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from cpx.kernel.plotting import RUN_COLORS, pyplot, save_figure
+from cpx.draw.pyplot import RUN_COLORS, pyplot, save_figure
 from cpx.kernel.text import format_f
 
 

@@ -176,6 +176,30 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr
     return LRSchedule(base_lr, min_lr, schedule, warmup_steps, total_steps).lr(step)
 
 
+# the share of a GPU's free memory the uint8 training cache may take to live on the device
+DEVICE_CACHE_SHARE = 0.25
+
+
+def place_data(data: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the uint8 training tensors live while training on ``device``: on a GPU, on the
+    device itself when they take at most :data:`DEVICE_CACHE_SHARE` of its free memory (no
+    copy per batch at all), else in pinned host memory so each batch's copy is asynchronous;
+    on a CPU, where they are. cuDNN's autotuner is switched on for a GPU (fixed input sizes)."""
+    if device.type != "cuda":
+        return data
+    torch.backends.cudnn.benchmark = True
+    where = cache_placement(sum(t.numel() * t.element_size() for t in data), torch.cuda.mem_get_info(device)[0])
+    if where == "device":
+        return tuple(t.to(device) for t in data)  # type: ignore[return-value]
+    return tuple(t.pin_memory() for t in data)  # type: ignore[return-value]
+
+
+def cache_placement(nbytes: int, free_bytes: int) -> str:
+    """``device`` when a training cache of ``nbytes`` takes at most :data:`DEVICE_CACHE_SHARE`
+    of a GPU's ``free_bytes``, else ``pinned`` (host memory, asynchronous copies)."""
+    return "device" if nbytes <= DEVICE_CACHE_SHARE * free_bytes else "pinned"
+
+
 class Trainer:
     """Trains ``model`` on in-memory uint8 data (images ``N x C x H x W``, masks ``N x H x W``)
     with the settings of a config's ``train``, ``optimizer`` and ``schedule`` sections and a
@@ -194,7 +218,7 @@ class Trainer:
         self.model = model.to(device)
         self.loss_fn = loss_fn
         self.augment = augment
-        self.train_images, self.train_masks = train_data
+        self.train_images, self.train_masks = place_data(train_data, device)
         self.config, self.optimizer_config = train, optimizer
         self.precision = precision
         self.device = device

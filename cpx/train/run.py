@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -26,7 +26,7 @@ from cpx.eval.validate import Labelled, labelled_files, read_labelled
 from cpx.kernel.config import ExperimentConfig, apply_overrides, build_config, config_diff, resolve, validate
 from cpx.kernel.device import count_params, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RuleViolation, RunError
-from cpx.kernel.files import check_writable
+from cpx.kernel.files import DiskFull, check_writable, is_disk_full
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
@@ -36,27 +36,10 @@ from cpx.runs.handle import build_model
 from cpx.runs.ledger import Ledger
 from cpx.runs.recovery import reconcile
 from cpx.train.budget import BudgetCallback
-from cpx.train.collective import barrier, rank0_object, rank_world
 from cpx.train.callbacks import EMA, CheckpointCommit, EarlyStopping, Validation
+from cpx.train.collective import barrier, rank0_object, rank_world
 from cpx.train.loop import Callback, EpochRecord, StopReason, Trainer
 from cpx.train.tracking import tracking_callbacks
-
-
-# the command line's shortcut options (and the notebook API's keywords) -> config key path
-SHORTCUTS = {
-    "dice": "loss.options.dice",
-    "ce": "loss.options.ce",
-    "lr": "optimizer.lr",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "image_size": "data.image_size",
-    "seed": "train.seed",
-    "data": "data.path",
-    "device": "train.device",
-    "precision": "train.precision",
-    "budget_minutes": "train.budget_minutes",
-    "competition": "competition",
-}
 
 
 @dataclass
@@ -76,6 +59,8 @@ class TrainRequest:
     # experiment trackers to log the run to as it trains, each NAME:TARGET (``mlflow:sqlite:///mlruns.db``,
     # ``tensorboard:tb``; see ``cpx plugins``)
     log_to: list[str] = field(default_factory=list)
+    # refit a run although its data folder no longer holds the data it trained on
+    allow_changed_data: bool = False
 
 
 @dataclass
@@ -147,7 +132,8 @@ def prepare_data(config: ExperimentConfig, competition: Competition, workspace: 
     """
     d = config.data
     if d.path:
-        root = Path(d.path).expanduser()
+        # a relative path recorded by an older cpx: the workspace's, never the current directory's
+        root = (workspace.root / Path(d.path).expanduser()).resolve()
         if not root.is_dir():
             raise DataError(f"data folder {root} does not exist")
         synthetic = False
@@ -289,6 +275,10 @@ def _new_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledg
     if "competition" not in overrides and workspace.settings().get("competition"):
         overrides["competition"] = workspace.settings()["competition"]
     config, diff = build_config(request.recipe, overrides, workspace.experiments_dir, host)
+    if config.data.path:  # recorded resolved: a later command run from elsewhere means this folder
+        config.data.path = str(Path(config.data.path).expanduser().resolve())
+        if "data.path" in diff:
+            diff["data.path"] = config.data.path
     run_id = rank0_object(new_run_id(config.recipe))
     return _Setup(run_id, RunFolder(workspace.runs_dir / run_id), config, diff)
 
@@ -464,6 +454,12 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     model, loss_fn, augment = build_components(config, host, competition, frequencies)
     if resume_state is not None and resume_state.get("data_fingerprint") not in (None, data.fingerprint):
         raise RunError(f"run {run_id}: the data in {data.root} changed since the run started; cannot resume")
+    parent = setup.parent
+    if parent is not None and resume_state is None and parent.get("data_fingerprint") not in (None, data.fingerprint) \
+            and not request.allow_changed_data:
+        raise DataError(f"run {parent['id']}: the labelled data in {data.root} is not what the run trained on "
+                        f"(fingerprint {data.fingerprint}, recorded {parent['data_fingerprint']}), so its best epoch "
+                        "says nothing about a refit on it; restore that data, or pass --allow-changed-data")
 
     budget_seconds = config.train.budget_minutes * 60 if config.train.budget_minutes else None
     owner = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -476,12 +472,13 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
                            best_epoch=config.train.stop_after or config.train.epochs)
         name = request.name or (f"{parent.get('name') or parent['id']}-refit" if parent is not None else run_id)
         # the ledger knows the run before its first file exists, so no kill leaves an unknown folder
-        ledger.add_run(id=run_id, name=name, kind="train", recipe=config.recipe, **carried,
-                       competition=competition.name, status="running", config=config.model_dump(mode="json"),
-                       config_diff=diff, command=request.command, params=params,
-                       epochs_planned=config.train.epochs, data_fingerprint=data.fingerprint,
-                       git_commit=git_commit(workspace.root), run_dir=str(folder.path),
-                       budget_seconds=budget_seconds, world_size=world, device=str(device), **owner)
+        _waiting_for_the_ledger(
+            ledger, callbacks, lambda: ledger.add_run(
+                id=run_id, name=name, kind="train", recipe=config.recipe, **carried, competition=competition.name,
+                status="running", config=config.model_dump(mode="json"), config_diff=diff, command=request.command,
+                params=params, epochs_planned=config.train.epochs, data_fingerprint=data.fingerprint,
+                git_commit=git_commit(workspace.root), run_dir=str(folder.path), budget_seconds=budget_seconds,
+                world_size=world, device=str(device), **owner))
         try:
             folder = RunFolder.create(workspace.runs_dir, run_id)
         except RunError:
@@ -489,7 +486,8 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
             raise
         lock = folder.lock()
     elif main:
-        ledger.update_run(run_id, status="running", budget_seconds=budget_seconds, world_size=world, **owner)
+        _waiting_for_the_ledger(ledger, callbacks, lambda: ledger.update_run(
+            run_id, status="running", budget_seconds=budget_seconds, world_size=world, **owner))
 
     with lock:
         if main and resume_state is None:
@@ -500,7 +498,7 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
                     "class_pixel_share": [round(f, 8) for f in frequencies]}
             if data.label_policy is not None:
                 info["label_suspects"] = data.label_policy
-            folder.write_data_info(info)
+            folder.write_data_info(info, workspace.root)
         ctx = RunContext(run_id=run_id, folder=folder, config=config, diff=diff, competition=competition,
                          metric=create_metric(competition, host), device=device, precision=precision, model=model,
                          loss_fn=loss_fn, augment=augment, params=params, data=data, resume_state=resume_state,
@@ -632,13 +630,79 @@ def _fit(ctx: RunContext) -> TrainResult:
     except KeyboardInterrupt:
         reason = StopReason.INTERRUPTED
     except BaseException as exc:
+        resource = _resource_failure(ctx, trainer, commit, exc)
         if ctx.main:
-            note = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            folder.write_status("failed", note, utc_now())
-            commit.writer.update(status="failed", finished_at=utc_now(), notes=note)
-            commit.writer.flush(tries=2)  # still locked: status.json has it, and `cpx runs` records it later
+            note = str(resource or exc).splitlines()[0] if str(resource or exc) else type(exc).__name__
+            try:
+                folder.write_status("failed", note, utc_now())
+                commit.writer.update(status="failed", finished_at=utc_now(), notes=note)
+                commit.writer.flush(tries=2)  # still locked: status.json has it, and `cpx runs` records it later
+            except Exception:
+                if resource is None:
+                    raise
+                # a full disk may refuse status.json and the ledger too: the one line below still says it all
+        if resource is not None:
+            raise resource from None
         raise
     return _finish(ctx, trainer, reason, validation, commit, budget, wall())
+
+
+# minutes a training waits for a ledger another program holds before it starts (the run's row
+# must exist before its first file); CPX_LEDGER_START_WAIT overrides
+START_WAIT_MINUTES = 10.0
+
+
+def _waiting_for_the_ledger(ledger: Ledger, callbacks: tuple, write: Callable[[], Any]) -> Any:
+    """``write()`` (the run's first ledger row), retried while another program holds the ledger's
+    lock, for up to ``CPX_LEDGER_START_WAIT`` minutes (:data:`START_WAIT_MINUTES`); callbacks with
+    ``on_notice(text)`` hear once that training waits, and why.
+
+    :raises LedgerBusy: still locked at the end of the wait (naming the limit and how to change it).
+    """
+    minutes = float(os.environ.get("CPX_LEDGER_START_WAIT") or START_WAIT_MINUTES)
+    deadline = time.monotonic() + minutes * 60
+    told = False
+    while True:
+        try:
+            return write()
+        except LedgerBusy as exc:
+            if time.monotonic() >= deadline:
+                raise LedgerBusy(f"{exc}; training waited {minutes:g} min for it before starting "
+                                 "(CPX_LEDGER_START_WAIT sets how many minutes)") from None
+            if not told:
+                told = True
+                for cb in callbacks:
+                    if hasattr(cb, "on_notice"):
+                        cb.on_notice(f"the ledger {ledger.path} is locked by another program (a database browser "
+                                     f"with an open transaction?); training starts once it is free, waiting up to "
+                                     f"{minutes:g} min (CPX_LEDGER_START_WAIT)")
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def _resource_failure(ctx: RunContext, trainer: Trainer, commit, exc: BaseException) -> Optional[RunError]:
+    """A full disk or an exhausted accelerator as one line: what failed, that the epochs already
+    committed are kept, and how to go on; None for any other failure."""
+    saved = commit.committed
+    kept = (f"nothing was lost: epoch {saved} is saved; " if saved else
+            "no epoch had finished, so there is nothing to resume; ")
+    again = f"cpx train --resume {ctx.run_id}" if saved else "train it again"
+    if isinstance(exc, DiskFull) or is_disk_full(exc, ctx.folder.path):
+        what = str(exc) if isinstance(exc, DiskFull) else f"{ctx.folder.path}: no space left on the device"
+        return RunError(f"{what}; {kept}free some space, then {again}")
+    if _out_of_memory(exc):
+        t, d = ctx.config.train, ctx.config.data
+        return RunError(f"out of memory on {ctx.device} at image size {d.image_size} with batch size {t.batch_size}: "
+                        "train again with a lower --batch-size or --image-size (or train.precision bf16 on a GPU); "
+                        f"{kept}" + (f"it resumes with {again} where more memory is free" if saved else "that is all"))
+    return None
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "DefaultCPUAllocator: can't allocate" in text
+                                              or "MPS backend out of memory" in text)
 
 
 def _stop_message(ctx: RunContext, trainer: Trainer, reason: StopReason, committed: int, budget) -> str:

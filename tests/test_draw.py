@@ -7,9 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cpx.cli import create_app, main
-from cpx.eval.validate import validate_run
-from cpx.kernel.errors import DataError, RunError
-from cpx.report.figures import (
+from cpx.draw.figures import (
     ERROR_RGB,
     ImageRow,
     class_colors,
@@ -19,7 +17,9 @@ from cpx.report.figures import (
     plot_per_class,
     plot_per_class_comparison,
 )
-from cpx.report.pictures import curves_for_runs
+from cpx.draw.pictures import curves_for_runs
+from cpx.eval.validate import validate_run
+from cpx.kernel.errors import DataError, RunError
 from cpx.runs.ledger import Ledger
 from cpx.train.curves import plot_history
 from cpx.train.run import TrainRequest, train

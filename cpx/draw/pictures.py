@@ -2,7 +2,7 @@
 values), ``compare`` (per-class values of two runs) and ``curves`` (training curves of several
 runs). Every number is the competition's metric, on its scale.
 Each evaluates or reads runs and hands the numbers to the pure drawing in
-:mod:`cpx.report.figures`.
+:mod:`cpx.draw.figures`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from cpx.data.competition import Competition
-from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
-from cpx.eval.validate import Evaluation, validate_run
-from cpx.kernel.errors import CpxError, DataError, RunError
-from cpx.kernel.manager import PluginHost
-from cpx.kernel.text import format_f, safe_filename
-from cpx.kernel.workspace import Workspace
-from cpx.report.figures import (
+from cpx.draw.figures import (
     MAX_GRID_ROWS,
     ImageRow,
     class_colors,
@@ -29,6 +23,12 @@ from cpx.report.figures import (
     plot_per_class,
     plot_per_class_comparison,
 )
+from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
+from cpx.eval.validate import Evaluation, validate_run
+from cpx.kernel.errors import CpxError, DataError, RunError
+from cpx.kernel.manager import PluginHost
+from cpx.kernel.text import format_f, safe_filename
+from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import RunFolder, run_folder
 from cpx.runs.handle import open_run
 from cpx.runs.ledger import Ledger
@@ -123,7 +123,7 @@ def _describe(evaluation: "Evaluation") -> str:
 
 def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: int = 8, checkpoint: str = "best",
              tta: Sequence[str] = (), output: Optional[Path] = None, device: str = "auto",
-             progress: Progress = None) -> ShowResult:
+             progress: Progress = None, allow_changed_data: bool = False) -> ShowResult:
     """Validate a run on its own validation list, then draw its ``images`` worst validation images
     (by their own value of the competition's metric; the lowest, or for a lower-is-better metric
     the highest) and the metric's per-class chart.
@@ -140,7 +140,7 @@ def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: in
     (run,) = _open_runs([ref], workspace, host)
     grid_path, chart_path = _default_outputs(output, run.run_dir, images > 0)
     evaluation = validate_run(run.id, workspace, host, checkpoint=checkpoint, tta=tuple(tta), record=False,
-                              device=device, progress=progress)
+                              device=device, progress=progress, allow_changed_data=allow_changed_data)
     scores = evaluation.scores
     sign = 1 if scores.greater_is_better else -1
     worst = sorted(evaluation.per_image.items(), key=lambda kv: (kv[1] != kv[1], sign * kv[1], kv[0]))[:images]
@@ -151,7 +151,7 @@ def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: in
         from cpx.eval.validate import labelled_files, read_labelled
 
         part = (run.folder.read_data_info() or {}).get("val_part", "train")
-        files = labelled_files(run.folder.data_root(), [n for n, _ in worst], comp, part)
+        files = labelled_files(run.folder.data_root(workspace.root), [n for n, _ in worst], comp, part)
         items = [item for batch in read_labelled(files, comp, 8) for item in batch]
         pics = [item.image for item in items]
         masks = [item.mask.numpy() for item in items]
@@ -244,7 +244,8 @@ def _finite(x: Optional[float]) -> Optional[float]:
 
 def compare_runs(ref_a: str, ref_b: str, workspace: "Workspace", host: "PluginHost", *, checkpoint: str = "best",
                  tta: Sequence[str] = (), output: Optional[Path] = None, device: str = "auto",
-                 progress: Optional[Callable[[str, int, int], None]] = None) -> Comparison:
+                 progress: Optional[Callable[[str, int, int], None]] = None,
+                 allow_changed_data: bool = False) -> Comparison:
     """Validate two runs, each on its OWN validation list, and draw the metric's per-class values
     side by side.
 
@@ -262,7 +263,7 @@ def compare_runs(ref_a: str, ref_b: str, workspace: "Workspace", host: "PluginHo
     for run in (a, b):
         cb = (lambda done, total, rid=run.id: progress(rid, done, total)) if progress else None
         evs.append(validate_run(run.id, workspace, host, checkpoint=checkpoint, tta=tuple(tta), record=False,
-                                device=device, progress=cb))
+                                device=device, progress=cb, allow_changed_data=allow_changed_data))
     ev_a, ev_b = evs
     la, lb = _unique_labels([a, b])
     comp = a.competition

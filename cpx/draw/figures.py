@@ -2,7 +2,7 @@
 
 Pure drawing: functions that take arrays, numbers and a path (``plot_*``, ``colorize``,
 ``error_overlay``) and know nothing of runs or models, so they are tested without either.
-:mod:`cpx.report.pictures` feeds them from recorded runs. Every PNG is written atomically.
+:mod:`cpx.draw.pictures` feeds them from recorded runs. Every PNG is written atomically.
 """
 
 from __future__ import annotations
@@ -10,17 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from cpx.draw.pyplot import RUN_COLORS, pyplot, save_figure
 from cpx.kernel.errors import DataError
-from cpx.kernel.plotting import RUN_COLORS, pyplot, save_figure
 from cpx.kernel.text import format_f
-from cpx.train.curves import plot_history  # noqa: F401  (re-exported: the figures of cpx in one place)
-
-if TYPE_CHECKING:  # the run-level functions import these lazily: drawing needs no torch model
-    pass
 
 ERROR_RGB = (255, 32, 32)
 MAX_GRID_ROWS = 32

@@ -4,6 +4,9 @@ functions the command line calls (:func:`cpx.train.run.train`,
 :func:`cpx.submit.package.package`, :func:`cpx.report.leaderboard.workspace_leaderboard`), so a
 notebook and the shell record the same runs, validations and submissions in the same ledger.
 Re-exported by :mod:`cpx`; nothing here prints.
+
+May import: ``cpx.kernel``, ``cpx.runs``, ``cpx.eval``, ``cpx.train``, ``cpx.submit``,
+``cpx.bundle``, ``cpx.report``. Never ``cpx.cli``.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from typing import Any, Optional, Sequence, Union
 from cpx.eval.calibrate import CalibrationResult, calibrate_run
 from cpx.eval.predict import parse_tta
 from cpx.eval.validate import Evaluation, validate_run
+from cpx.kernel.config import SHORTCUTS
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.manager import PluginHost, get_host
 from cpx.kernel.workspace import Workspace
-from cpx.runs.handle import RunHandle, open_run as open_handle
 from cpx.report.leaderboard import workspace_leaderboard
-from cpx.submit.package import PackageRequest, PackageResult, package as package_run
-from cpx.train.run import SHORTCUTS, TrainRequest, TrainResult, train as train_run
+from cpx.runs.handle import RunHandle
+from cpx.runs.handle import open_run as open_handle
+from cpx.submit.package import PackageRequest, PackageResult
+from cpx.submit.package import package as package_run
+from cpx.train.run import TrainRequest, TrainResult
+from cpx.train.run import train as train_run
 
 PathLike = Union[str, "os.PathLike[str]"]
 Views = Union[None, str, Sequence[str]]

@@ -14,6 +14,8 @@ from cpx.track.export import export_runs
 from cpx.train.run import TrainRequest, train
 
 EXPERIMENT = "celebamask-mini"  # the runs' competition: where the mlflow logger puts them
+# tags that name or date one run: an export of another run differs in them
+RUN_SPECIFIC_TAGS = {"cpx.run_id", "mlflow.runName"}
 
 
 def _store(tmp_path, name):
@@ -51,38 +53,51 @@ def _fields(uri, run):
             "end_time": run.info.end_time}
 
 
-def test_mlflow_live_run_reads_back_and_an_export_matches_it_field_for_field(cpx_workspace, cpx_host, tiny_model,
-                                                                              tmp_path, monkeypatch, capsys):
+# the tiny recipe as command-line options: three epochs of the tiny model on synthetic data
+TINY_ARGS = ["--quiet", "--epochs", "3", "--batch-size", "8", "--set", "model.name=tiny", "--set",
+             "data.synthetic_count=24", "--set", "data.synthetic_size=32", "--set", "schedule.warmup_epochs=1"]
+
+
+def test_mlflow_live_run_reads_back_and_an_export_matches_it_field_for_field(cpx_workspace, tiny_model,
+                                                                              monkeypatch, capsys):
+    """Issue 22's 'done when', as a user types it: `cpx train --log-to mlflow:sqlite:///mlruns.db`
+    in the workspace (the store and its ./mlruns artifacts made by mlflow itself), then
+    `cpx runs export` of the recorded run into a second store, then again with a submission."""
     pytest.importorskip("mlflow")
-    live, exported = _store(tmp_path, "live"), _store(tmp_path, "exported")
-    result = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(**{"train.epochs": 3}), name="tracked",
-                                log_to=[f"mlflow:{live}"]), cpx_workspace, cpx_host)
-    assert result.status == "completed" and not result.trackers[0].problems
-    (run,) = _runs(live, monkeypatch)
-    folder = RunFolder(result.run_dir)
+    live, exported = "sqlite:///mlruns.db", "sqlite:///exported.db"
+    assert main(["train", "msf-lmsa", *TINY_ARGS, "--name", "tracked", "--log-to", f"mlflow:{live}"]) == 0
+    out = capsys.readouterr().out
+    assert f"mlflow:{live}: 3 epochs logged" in out and "ms per epoch in the training loop" in out
+    assert (cpx_workspace.root / "mlruns.db").is_file()
+    with Ledger(cpx_workspace.ledger_path) as ledger:
+        row = ledger.get_run("tracked")
+    folder = RunFolder(cpx_workspace.root / row["run_dir"])
     history = folder.read_history()
+    assert row["status"] == "completed" and [h["epoch"] for h in history] == [1, 2, 3]
+
+    (run,) = _runs(live, monkeypatch)
     got = _fields(live, run)
     assert got["params"] == flatten_params(folder.read_config()) and got["params"]["train.epochs"] == "3"
-    assert got["tags"]["cpx.run_id"] == result.run_id and got["name"] == "tracked"
+    assert got["tags"]["cpx.run_id"] == row["id"] and got["name"] == "tracked"
     assert {got["tags"][k] for k in ("recipe", "competition", "model", "metric")} == \
         {"msf-lmsa", "celebamask-mini", "tiny", "fscore"}
     for key in ("train_loss", "val_score", "lr", "images_per_s"):
         assert got["metrics"][key] == [(h["epoch"], h[key]) for h in history], key
     assert set(got["metrics"]) - {"best_val_score", "best_epoch", "epochs", "param_count", "wall_seconds"} <= \
         set(EPOCH_METRICS)
-    assert got["metrics"]["best_val_score"] == [(0, result.best_val_score)]
-    assert got["artifacts"]["config.yaml"] == (result.run_dir / "config.yaml").read_bytes()
+    assert got["metrics"]["best_val_score"] == [(0, row["best_val_score"])]
+    assert got["artifacts"]["config.yaml"] == (folder.path / "config.yaml").read_bytes()
     assert sorted(got["artifacts"]) == ["config.yaml", "curves.png", "history.json"]
-    assert got["status"] == "FINISHED" and result.trackers[0].where == run.info.run_id
+    assert got["status"] == "FINISHED"
 
     # the same run exported afterwards, to another store: field for field what live logging wrote
-    export_runs(f"mlflow:{exported}", cpx_workspace, cpx_host, [result.run_id])
+    assert main(["runs", "export", "--mlflow", exported, "tracked"]) == 0
     (copy,) = _runs(exported, monkeypatch)
     assert _fields(exported, copy) == got
 
     # a second export updates the run in place: one run, one value per epoch, the new fields in
     with Ledger(cpx_workspace.ledger_path) as ledger:
-        ledger.add_submission("v1", run_id=result.run_id, val_score=0.25, tta="flip", checkpoint="best")
+        ledger.add_submission("v1", run_id=row["id"], val_score=0.25, tta="flip", checkpoint="best")
         ledger.record_score("v1", 0.5)
     assert main(["runs", "export", "--mlflow", exported, "tracked", "--with-weights"]) == 0
     assert "tracked (" in capsys.readouterr().out
@@ -92,7 +107,30 @@ def test_mlflow_live_run_reads_back_and_an_export_matches_it_field_for_field(cpx
     assert fields["metrics"]["train_loss"] == got["metrics"]["train_loss"]
     assert fields["metrics"]["submission.v1.test.score"] == [(0, 0.5)]
     assert fields["metrics"]["submission.v1.val_score"] == [(0, 0.25)] and fields["tags"]["submission.v1.tta"] == "flip"
-    assert fields["artifacts"]["best.pt"] == (result.run_dir / "best.pt").read_bytes()
+    assert fields["artifacts"]["best.pt"] == (folder.path / "best.pt").read_bytes()
+
+
+def test_mlflow_export_of_an_older_run_matches_a_live_logged_one(cpx_workspace, cpx_host, tiny_model, tmp_path,
+                                                                 monkeypatch):
+    """A run trained without a tracker, exported later, holds what the same training logged live
+    holds: the same keys, steps, params (but the run's name) and files; only the values that
+    depend on the run (its id, times, losses) differ."""
+    pytest.importorskip("mlflow")
+    live, later = _store(tmp_path, "live"), _store(tmp_path, "later")
+    logged = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(), name="live", log_to=[f"mlflow:{live}"]),
+                   cpx_workspace, cpx_host)
+    older = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(), name="older"), cpx_workspace, cpx_host)
+    export_runs(f"mlflow:{later}", cpx_workspace, cpx_host, [older.run_id])
+    (a,), (b,) = _runs(live, monkeypatch), _runs(later, monkeypatch)
+    a, b = _fields(live, a), _fields(later, b)
+    assert a["params"] == b["params"] and a["status"] == b["status"] == "FINISHED"
+    assert set(a["tags"]) == set(b["tags"]) and b["tags"]["cpx.run_id"] == older.run_id
+    assert {k: v for k, v in a["tags"].items() if k not in RUN_SPECIFIC_TAGS} == \
+        {k: v for k, v in b["tags"].items() if k not in RUN_SPECIFIC_TAGS}
+    assert {k: [s for s, _ in v] for k, v in a["metrics"].items()} == \
+        {k: [s for s, _ in v] for k, v in b["metrics"].items()}
+    assert sorted(a["artifacts"]) == sorted(b["artifacts"]) == ["config.yaml", "curves.png", "history.json"]
+    assert b["start_time"] < b["end_time"] and logged.run_id != older.run_id
 
 
 def test_mlflow_resumed_run_goes_on_in_the_same_mlflow_run(cpx_workspace, cpx_host, tiny_model, tmp_path,

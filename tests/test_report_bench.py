@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_overrides
+from conftest import UNET, tiny_overrides
 
 from cpx.cli import main
 from cpx.kernel.errors import ConfigError
@@ -88,6 +88,15 @@ def test_bench_in_process_projects_epoch_and_recipe_time(cpx_workspace, cpx_host
     for key, fraction in (("tpu", None), ("t4", 0.0), ("t4", 1.5)):
         with pytest.raises(ConfigError):
             project(r, key, fraction=fraction)
+
+
+def test_bench_measures_a_competition_of_four_bands(cpx_workspace, cpx_host):
+    # the model, the training batch, the FLOP count and the predicted tiles all take its 4 bands
+    overrides = {**UNET, "competition": "landcover-tiles", "train.batch_size": 2, "train.precision": "fp32"}
+    r = run_bench(BenchRequest(recipe="msf-lmsa", overrides=overrides, steps=1, warmup=1, isolate=False),
+                  cpx_workspace, cpx_host)
+    assert r.model == "unet" and r.image_size == 32 and r.predict_size == 1024
+    assert r.forward_flops > 0 and r.train_images_per_s > 0 and r.predict_images_per_s > 0
 
 
 @pytest.mark.slow  # a fresh interpreter and real processes: run by .ci/run after the plain suite

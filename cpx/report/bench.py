@@ -248,11 +248,12 @@ def _flop_formulas() -> dict:
     return formulas
 
 
-def count_flops(model: torch.nn.Module, image_size: int, device: torch.device) -> tuple[float, float]:
-    """(forward, forward + backward) FLOPs for one ``3 x S x S`` image, in training mode."""
+def count_flops(model: torch.nn.Module, image_size: int, device: torch.device,
+                channels: int = 3) -> tuple[float, float]:
+    """(forward, forward + backward) FLOPs for one ``channels x S x S`` image, in training mode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.rand(1, 3, image_size, image_size, device=device)
+    x = torch.rand(1, channels, image_size, image_size, device=device)
     was_training = model.training
     model.train()
     with FlopCounterMode(display=False, custom_mapping=_flop_formulas()) as fwd:
@@ -325,7 +326,7 @@ def _bench_data(config, competition, count: int, size: int, seed: int = 0):
         images, masks = datalib.load_dataset(root, competition, picked, size)
         return images, masks, f"{root} ({count} images)"
     g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=g)
+    images = torch.randint(0, 256, (count, competition.channels, size, size), dtype=torch.uint8, generator=g)
     masks = torch.randint(0, competition.num_classes, (count, size, size), dtype=torch.uint8, generator=g)
     return images, masks, "random pixels (no data folder configured)"
 
@@ -352,6 +353,7 @@ FEW_STEPS = 4
 
 def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2) -> BenchResult:
     """Every figure of a :class:`BenchResult` for a resolved config, in this process."""
+    from cpx.eval.metrics import create_metric
     from cpx.eval.predict import Member, Predictor
     from cpx.kernel.device import count_params, resolve_device, resolve_precision
     from cpx.train.loop import Trainer
@@ -364,7 +366,7 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2)
     model, loss_fn, augment = build_components(config, host, competition)
     params = count_params(model)
     model = model.to(device)
-    forward_flops, train_flops = count_flops(model, size, device)
+    forward_flops, train_flops = count_flops(model, size, device, competition.channels)
     attainable = attainable_matmul_flops(device, precision)
     bandwidth = copy_bandwidth(device)
     notes = []
@@ -373,7 +375,7 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2)
     settings = settings_from(config, precision)
     settings.epochs = 10 ** 6  # keeps the learning rate in warm-up/cosine range, never at its end
     trainer = Trainer(model, loss_fn, augment, (images[:batch * warmup], masks[:batch * warmup]), None,
-                      settings, competition.num_classes, device)
+                      settings, competition, create_metric(competition, host), device, size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer.train_epoch()
@@ -388,7 +390,7 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2)
 
     predict_size = int(competition.image_size or size)
     g = torch.Generator().manual_seed(1)
-    pictures = list(torch.randint(0, 256, (batch * (1 + steps), 3, predict_size, predict_size),
+    pictures = list(torch.randint(0, 256, (batch * (1 + steps), competition.channels, predict_size, predict_size),
                                   dtype=torch.uint8, generator=g))
     rates = []
     for tta in ((), ("flip",)):

@@ -21,3 +21,16 @@ def test_keep_freed_memory_takes_effect_once_on_glibc(monkeypatch):
         pytest.skip("not glibc")
     assert device.keep_freed_memory() is True
     assert device.keep_freed_memory() is True  # idempotent
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_cpx_makes_waiting_openmp_threads_sleep_unless_told_otherwise(given, expected):
+    # a fresh interpreter: the OpenMP runtime reads the variable once, when torch loads
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    out = subprocess.run([sys.executable, "-c", "import os, cpx; print(os.environ['OMP_WAIT_POLICY'])"],
+                         capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == expected

@@ -2,8 +2,8 @@
 """A recipe's CPU training step under several thread counts and batch sizes, side by side.
 
 One process, one model, the recipe's own trainer step (uint8 batch, augmentation, forward, loss,
-backward, clipping, AdamW, EMA), the variants interleaved round by round (A, B, C, A, B, C ...)
-so that a change of load on a shared machine hits them all alike. For each variant: the median
+backward, clipping, AdamW; no callbacks, as in ``cpx bench``), the variants interleaved round
+by round (A, B, C, A, B, C ...) so that a change of load on a shared machine hits them all alike. For each variant: the median
 images/s and its range (wall clock), and the CPU seconds per image: with more threads than
 free cores the CPU time grows while the threads wait for each other, which is what makes a
 busy machine train faster on fewer threads.
@@ -49,11 +49,10 @@ def main() -> None:
     args = p.parse_args()
     args.data = str(Path(args.data).resolve())
 
-    from cpx.eval.metrics import create_metric
     from cpx.kernel.config import build_config
     from cpx.kernel.device import resolve_precision
     from cpx.train.loop import Trainer
-    from cpx.train.run import build_components, prepare_data, settings_from
+    from cpx.train.run import build_components, prepare_data
 
     root = Path(args.workspace) if args.workspace else Path(tempfile.mkdtemp(prefix="cpx-cpu-step-"))
     ws, host = workspace_and_host(root.resolve())
@@ -68,16 +67,17 @@ def main() -> None:
     n = max(b for _, b in variants) * args.steps
     images, masks = data.train[0][:n].clone(), data.train[1][:n].clone()
     model, loss_fn, augment = build_components(config, host, competition)
-    settings = settings_from(config, resolve_precision(config.train.precision, torch.device("cpu")))
-    settings.epochs = 10 ** 6  # the learning rate stays in its warm-up/cosine range
-    trainer = Trainer(model, loss_fn, augment, (images, masks), None, settings, competition,
-                      create_metric(competition, host), torch.device("cpu"), args.image_size)
-    print(f"{args.recipe} ({config.model.name}) at {args.image_size}px, {settings.precision}; {cpu_line()}; "
+    precision = resolve_precision(config.train.precision, torch.device("cpu"))
+    # a plan of 10**6 epochs keeps the learning rate in its warm-up/cosine range
+    trainer = Trainer(model, loss_fn, augment, (images, masks), train=config.train.model_copy(update={"epochs": 10 ** 6}),
+                      optimizer=config.optimizer, schedule=config.schedule, precision=precision,
+                      device=torch.device("cpu"))
+    print(f"{args.recipe} ({config.model.name}) at {args.image_size}px, {precision}; {cpu_line()}; "
           f"{cores} cpus; torch {torch.__version__}; load {load_avg()}", flush=True)
 
     def run(threads: int, b: int) -> tuple[float, float]:
         torch.set_num_threads(threads)
-        trainer.settings.batch_size = b
+        trainer.config = trainer.config.model_copy(update={"batch_size": b})
         trainer.train_images, trainer.train_masks = images[:b * args.steps], masks[:b * args.steps]
         c0, t0 = time.process_time(), time.perf_counter()
         trainer.train_epoch()

@@ -2,16 +2,17 @@
 """cpx against the reference training loop, side by side in one run on one machine.
 
 The reference (``seedstyle.py``) is the per-sample PIL + DataLoader + fp32 loop that cpx
-replaces; it trains the very same model (``cpx.report.bench:recipe_model`` builds the recipe's
+replaces; it trains the very same model (``cpx.bench.measure:recipe_model`` builds the recipe's
 network for it), so the ratios measure the pipelines, not the architectures.
 
-Sections (all but ``budget`` run by default):
+Sections (all but ``budget`` run by default; the sizes are options, 512px and batch 8 unless
+given, so a test can run every section on tiny input):
 
 * ``throughput``: training images/s end to end at 512px, batch 8 (reference: its
   ``throughput`` mode; cpx: ``cpx bench`` in a fresh process, which also gives the peak
   training memory);
 * ``predict``: the test images at 512px: a reference-style per-image fp32 loop without TTA
-  (decode, forward, upsample, argmax, write PNG) against ``cpx.eval.predict.predict_folder``
+  (decode, forward, upsample, argmax, write PNG) against ``cpx.eval.predict_folder.predict_folder``
   with flip TTA in the automatic precision;
 * ``precision``: the same short recipe trained in bf16 and in fp32, final validation F of each;
 * ``budget`` (``--budget-minutes 20``, 40 minutes in all): the reference's ``budget`` mode and
@@ -24,6 +25,7 @@ Usage::
     python benchmarks/vs_reference.py --data DIR --only budget --budget-minutes 20
 
 Prints one block per section and, last, one JSON line with every figure.
+``tests/test_benchmarks.py`` runs every section on tiny data with a stand-in reference.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 REFERENCE = "/work/shared/bench/seedstyle.py"
-FACTORY = "cpx.report.bench:recipe_model"
+FACTORY = "cpx.bench.measure:recipe_model"
 SECTIONS = ("throughput", "predict", "precision", "budget")
 
 
@@ -86,14 +88,16 @@ def load_avg() -> str:
 
 
 def section_throughput(args, ws, host) -> dict:
-    from cpx.report.bench import BenchRequest, run_bench
+    from cpx.bench.measure import BenchRequest, run_bench
 
-    print(f"[throughput] 512px, batch 8, {args.steps} timed steps each (load {load_avg()})", flush=True)
-    ref = run_reference(args, "throughput", "--image-size", "512", "--batch-size", "8", "--steps", str(args.steps))
+    size, batch = args.image_size, args.batch_size
+    print(f"[throughput] {size}px, batch {batch}, {args.steps} timed steps each (load {load_avg()})", flush=True)
+    ref = run_reference(args, "throughput", "--image-size", str(size), "--batch-size", str(batch),
+                        "--steps", str(args.steps))
     print(f"  reference: {ref['images_per_s']:.3f} images/s", flush=True)
-    overrides = {"data.path": args.data, "data.image_size": 512, "train.batch_size": 8}
-    print(f"  $ cpx bench {args.recipe} --data {args.data} --image-size 512 --batch-size 8 --steps {args.steps}",
-          flush=True)
+    overrides = {"data.path": args.data, "data.image_size": size, "train.batch_size": batch}
+    print(f"  $ cpx bench {args.recipe} --data {args.data} --image-size {size} --batch-size {batch} "
+          f"--steps {args.steps}", flush=True)
     r = run_bench(BenchRequest(recipe=args.recipe, overrides=overrides, steps=args.steps), ws, host)
     ratio = r.train_images_per_s / ref["images_per_s"]
     print(f"  cpx ({r.precision}): {r.train_images_per_s:.3f} images/s -> {ratio:.2f}x the reference", flush=True)
@@ -127,13 +131,15 @@ def reference_style_predict(model, images: list[Path], out_dir: Path, size: int,
 
 def section_predict(args, ws, host) -> dict:
     from cpx import data as datalib
-    from cpx.eval.predict import Member, Predictor, predict_folder
-    from cpx.report.bench import recipe_model
+    from cpx.bench.measure import recipe_model
+    from cpx.eval.predict import Member, Predictor
+    from cpx.eval.predict_folder import predict_folder
 
     competition = host.competition("celebamask-mini")
     paths = datalib.test_image_paths(Path(args.data), competition)
     test_dir = paths[0].parent
-    print(f"[predict] {len(paths)} test images at 512px (load {load_avg()})", flush=True)
+    size = args.image_size
+    print(f"[predict] {len(paths)} test images at {size}px (load {load_avg()})", flush=True)
     torch.manual_seed(0)
     model = recipe_model(args.recipe)
     reference_model = copy.deepcopy(model)
@@ -141,14 +147,14 @@ def section_predict(args, ws, host) -> dict:
     out = {"images": len(paths), "cpx": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        reference_style_predict(reference_model, paths[:2], tmp / "warm-ref", 512, palette)
-        ref_s = reference_style_predict(reference_model, paths, tmp / "ref", 512, palette)
+        reference_style_predict(reference_model, paths[:2], tmp / "warm-ref", size, palette)
+        ref_s = reference_style_predict(reference_model, paths, tmp / "ref", size, palette)
         out["reference_seconds"] = ref_s
         print(f"  reference-style loop (fp32, no TTA, one image at a time): {ref_s:.1f} s = "
               f"{len(paths) / ref_s:.2f} images/s", flush=True)
         for tta, batch in [(("flip",), b) for b in args.predict_batches] + [((), args.predict_batches[0])]:
             label = f"tta {'flip' if tta else 'none'}, batch {batch}"
-            predictor = Predictor([Member(model, 512)], competition, tta=tta, precision="auto")
+            predictor = Predictor([Member(model, size)], competition, tta=tta, precision="auto")
             predict_folder(predictor, test_dir, tmp / "warm", batch_size=batch, overwrite=True)  # kernel selection
             t0 = time.perf_counter()
             report = predict_folder(predictor, test_dir, tmp / "cpx", batch_size=batch, overwrite=True)
@@ -178,50 +184,49 @@ def section_precision(args, ws, host) -> dict:
         result = train(TrainRequest(recipe=args.precision_recipe, overrides=overrides, name=f"precision-{precision}"),
                        ws, host)
         history = json.loads((result.run_dir / "history.json").read_text())
-        out[precision] = {"val_f": history[-1]["val_f"], "seconds": time.perf_counter() - t0,
+        out[precision] = {"val_f": history[-1]["val_score"], "seconds": time.perf_counter() - t0,
                           "run_dir": str(result.run_dir)}
-        print(f"  {precision}: final val F {history[-1]['val_f']:.4f} in {out[precision]['seconds']:.0f} s", flush=True)
+        print(f"  {precision}: final val F {out[precision]['val_f']:.4f} in {out[precision]['seconds']:.0f} s",
+              flush=True)
     out["difference"] = abs(out["bf16"]["val_f"] - out["fp32"]["val_f"])
     print(f"  |bf16 - fp32| = {out['difference']:.4f}", flush=True)
     return out
 
 
 @torch.no_grad()
-def cpx_score(model, args, ws, host, size: int) -> float:
-    """Validation F of ``model`` the way cpx validates (``Trainer.validate``)."""
-    from cpx.kernel.config import build_config
-    from cpx.train.loop import Trainer, TrainerSettings
-    from cpx.train.run import prepare_data
+def cpx_score(model, args, host, size: int, val_names: list[str]) -> float:
+    """Validation F of ``model`` on ``val_names`` the way cpx validates (the one prediction-and-
+    scoring loop, :func:`cpx.eval.validate.evaluate`, at each mask's own size)."""
+    from cpx.eval.metrics import create_metric
+    from cpx.eval.predict import Member, Predictor
+    from cpx.eval.validate import evaluate_files
 
-    config, _ = build_config(args.recipe, {"data.path": args.data, "data.image_size": size},
-                             ws.experiments_dir, host)
-    data = prepare_data(config, host.competition(config.competition), ws)
-    trainer = Trainer(model, None, None, data.train, data.val,
-                      TrainerSettings(epochs=1, batch_size=8, lr=1e-3, precision="fp32"), 19, torch.device("cpu"))
-    return trainer.validate()[1]
+    competition = host.competition("celebamask-mini")
+    predictor = Predictor([Member(model.eval(), size)], competition, precision="fp32")
+    return evaluate_files(predictor, args.data, val_names, competition, create_metric(competition, host)).scores.score
 
 
 def section_budget(args, ws, host) -> dict:
-    from cpx.report.bench import recipe_model
+    from cpx.bench.measure import recipe_model
     from cpx.runs.handle import open_run
     from cpx.train.run import TrainRequest, train
 
-    minutes = args.budget_minutes
-    print(f"[budget] {minutes:g} minutes each at 256px, one after the other (load {load_avg()})", flush=True)
+    minutes, size, recipe = args.budget_minutes, args.budget_size, args.budget_recipe
+    print(f"[budget] {minutes:g} minutes each at {size}px, one after the other (load {load_avg()})", flush=True)
     ref_weights = ws.root / "reference-budget.pt"
-    ref = run_reference(args, "budget", "--image-size", "256", "--minutes", f"{minutes:g}", "--val-fraction", "0.1",
-                        "--save", str(ref_weights))
+    ref = run_reference(args, "budget", "--image-size", str(size), "--minutes", f"{minutes:g}", "--val-fraction",
+                        "0.1", "--save", str(ref_weights))
     print(f"  reference: val F {ref['val_f_score']:.4f} after {ref['epochs']} epochs "
           f"({ref['train_seconds']} s of training)  (load {load_avg()})", flush=True)
 
-    print(f"  $ cpx train cpu-budget --data {args.data} --budget {minutes:g}m", flush=True)
+    overrides = {"data.path": args.data, "data.image_size": size, "train.budget_minutes": minutes}
+    print(f"  $ cpx train {recipe} --data {args.data} --image-size {size} --budget {minutes:g}m", flush=True)
     t0 = time.perf_counter()
-    result = train(TrainRequest(recipe="cpu-budget", overrides={"data.path": args.data, "train.budget_minutes": minutes},
-                                name="cpu-budget"), ws, host)
+    result = train(TrainRequest(recipe=recipe, overrides=overrides, name=recipe), ws, host)
     wall = time.perf_counter() - t0
     history = json.loads((result.run_dir / "history.json").read_text())
-    validated = [h for h in history if h.get("val_f") is not None]
-    final_f = validated[-1]["val_f"]
+    validated = [h for h in history if h.get("val_score") is not None]
+    final_f = validated[-1]["val_score"]
     print(f"  cpx: final val F {final_f:.4f} (best {result.best_val_score:.4f}) after {result.epochs} epochs; "
           f"{result.wall_seconds:.0f} s of training, {wall:.0f} s with data loading  (load {load_avg()})", flush=True)
 
@@ -233,10 +238,10 @@ def section_budget(args, ws, host) -> dict:
     val_files = [f"{n}.jpg" for n in val_names]
     ref_model = recipe_model(args.recipe)
     ref_model.load_state_dict(torch.load(ref_weights, map_location="cpu", weights_only=True)["state_dict"])
-    ref_by_cpx = cpx_score(ref_model, args, ws, host, 256)
+    ref_by_cpx = cpx_score(ref_model, args, host, size, val_names)
     handle = open_run(result.run_id, ws, host)
     cpx_model = handle.load_model("last", torch.device("cpu"), host)
-    cpx_by_ref = reference.evaluate(cpx_model.float(), args.data, val_files, 256)
+    cpx_by_ref = reference.evaluate(cpx_model.float(), args.data, val_files, size)
     print(f"  cross-check: reference model scored by cpx {ref_by_cpx:.4f}; cpx final model scored by the "
           f"reference's evaluate() {cpx_by_ref:.4f}", flush=True)
     gain = final_f - ref["val_f_score"]
@@ -247,12 +252,14 @@ def section_budget(args, ws, host) -> dict:
             "run_dir": str(result.run_dir), "notes": result.message}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="competition data folder")
     p.add_argument("--reference", default=REFERENCE, help="path of seedstyle.py")
     p.add_argument("--recipe", default="msf-lmsa", help="recipe whose model both sides train")
     p.add_argument("--steps", type=int, default=6, help="timed training steps per side")
+    p.add_argument("--image-size", type=int, default=512, help="training and prediction size of throughput and predict")
+    p.add_argument("--batch-size", type=int, default=8, help="training batch of the throughput section")
     p.add_argument("--only", default=None, help=f"comma-separated sections from {', '.join(SECTIONS)}")
     p.add_argument("--predict-batches", default="1,8", type=lambda v: [int(b) for b in v.split(",")],
                    help="batch sizes to run cpx's flip-TTA prediction with")
@@ -260,9 +267,11 @@ def main() -> None:
     p.add_argument("--precision-size", type=int, default=128)
     p.add_argument("--precision-epochs", type=int, default=8)
     p.add_argument("--budget-minutes", type=float, default=None, help="run the budget section with this many minutes")
+    p.add_argument("--budget-recipe", default="cpu-budget", help="the recipe cpx trains in the budget section")
+    p.add_argument("--budget-size", type=int, default=256, help="the image size of the budget section")
     p.add_argument("--workspace", default=None, help="where runs go (default: a new temporary folder)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.data = str(Path(args.data).resolve())
 
     sections = args.only.split(",") if args.only else [s for s in SECTIONS if s != "budget" or args.budget_minutes]
@@ -278,6 +287,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
     print(json.dumps(figures, default=str))
+    return figures
 
 
 if __name__ == "__main__":

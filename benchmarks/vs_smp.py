@@ -47,7 +47,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from _common import cpu_line, load_avg, recipe_config, workspace_and_host
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded from its file
+from _common import cpu_line, load_avg, recipe_config, workspace_and_host  # noqa: E402
 
 SECTIONS = ("throughput", "budget")
 NOTES: list[str] = []
@@ -186,10 +187,9 @@ def user_data(args, ws, host):
 
 
 def section_throughput(args, ws, host, smp) -> dict:
-    from cpx.eval.metrics import create_metric
     from cpx.kernel.device import keep_freed_memory
     from cpx.train.loop import Trainer
-    from cpx.train.run import build_components, prepare_data, settings_from
+    from cpx.train.run import build_components, prepare_data
 
     keep_freed_memory()  # for both sides: page faults are no part of either loop
     config, competition = recipe_config(args, ws, host)
@@ -200,10 +200,10 @@ def section_throughput(args, ws, host, smp) -> dict:
     print(f"[throughput] {args.image_size}px, batch {batch}, {args.threads} thread(s), {args.rounds} rounds of "
           f"{args.steps} steps per side, interleaved (load {load_avg()})", flush=True)
     model, loss_fn, augment = build_components(config, host, competition)
-    settings = settings_from(config, "fp32")
-    settings.epochs = 10 ** 6  # the learning rate stays in its warm-up/cosine range
-    trainer = Trainer(model, loss_fn, augment, (images, masks), None, settings, competition,
-                      create_metric(competition, host), torch.device("cpu"), args.image_size)
+    # a plan of 10**6 epochs keeps the learning rate in its warm-up/cosine range
+    trainer = Trainer(model, loss_fn, augment, (images, masks), train=config.train.model_copy(update={"epochs": 10 ** 6}),
+                      optimizer=config.optimizer, schedule=config.schedule, precision="fp32",
+                      device=torch.device("cpu"))
     users = {layout: UserLoop(smp, args, images, masks, competition, layout == "channels_last")
              for layout in ("nchw", "channels_last")}
 
@@ -309,7 +309,7 @@ def section_budget(args, ws, host, smp) -> dict:
     from cpx.runs.handle import open_run
 
     handle = open_run(name, ws, host)
-    history = json.loads((handle.run_dir / "history.json").read_text())
+    history = handle.history
     images_seen = sum(round(h["images_per_s"] * h["seconds"]) for h in history)
     # cpx's final weights scored by the same evaluator as the user's (a budget may stop at an
     # epoch it did not validate); the better of the raw and the EMA weights, as cpx's own

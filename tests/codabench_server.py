@@ -29,10 +29,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional, Union
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
-
 # "drop", "html500", ("slow", seconds) then a normal answer, (status, json_body)
-# or (status, raw_text, content_type)
+# or (status, raw_text, content_type); "lose": the request takes effect, its answer is lost (the
+# connection closes unanswered); ("trickle", seconds): the normal answer, one byte every that many seconds
 Action = Union[str, tuple]
 
 LIMIT_PAGE = (b"<!DOCTYPE html><html><head><title>Server Error (500)</title></head>"
@@ -212,11 +211,25 @@ class _Base(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    trickle: Optional[float] = None  # seconds between the bytes of the answer, when set
+
     def _send(self, status: int, body: Any = None, content_type: str = "application/json") -> None:
         if isinstance(body, (bytes, str)):
             payload = body.encode() if isinstance(body, str) else body
         else:
             payload = b"" if body is None else json.dumps(body).encode()
+        if self.trickle:
+            head = (f"HTTP/1.1 {status} OK\r\nContent-Type: {content_type}\r\n"
+                    f"Content-Length: {len(payload)}\r\n\r\n").encode()
+            try:
+                for i in range(len(head + payload)):
+                    self.wfile.write((head + payload)[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(self.trickle)
+            except OSError:
+                pass  # the client gave up
+            self.close_connection = True
+            return
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -265,6 +278,12 @@ class _ApiHandler(_Base):
         if isinstance(action, tuple) and action[0] == "slow":
             time.sleep(action[1])
             action = None
+        if isinstance(action, tuple) and action[0] == "trickle":
+            self.trickle = action[1]
+            action = None
+        lose = action == "lose"
+        if lose:
+            action = None
         if action == "drop":
             self.close_connection = True
             return
@@ -288,6 +307,9 @@ class _ApiHandler(_Base):
             return
         with fake.lock:
             status, payload = self._route(method, path, query, body, user)
+        if lose:
+            self.close_connection = True
+            return
         self._send(status, payload, "text/html" if isinstance(payload, str) else "application/json")
 
     def _login(self, body: bytes) -> None:
@@ -434,30 +456,7 @@ def _public(sub: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Fixtures and helpers the Codabench test modules share (import them into the module)
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    """Requests to the local server never go through a proxy; no server URL leaks in."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.delenv("CODABENCH_URL", raising=False)
-
-
-@pytest.fixture
-def fake():
-    """A running test Codabench on loopback."""
-    with FakeCodabench() as server:
-        yield server
-
-
-@pytest.fixture
-def logged_in(fake):
-    """The test Codabench with its credentials stored, as after `cpx codabench login`."""
-    from cpx.submit import codabench
-
-    codabench.save_credentials(fake.url, fake.token, username=fake.username)
-    return fake
+# A helper the Codabench test modules share (the fixtures, `fake` and `logged_in`, are in conftest.py)
 
 
 def cpx(capsys, *args, stdin=None, monkeypatch=None):

@@ -19,11 +19,21 @@ def test_all_lists_the_documented_functions():
         assert getattr(cpx, name).__doc__, name
 
 
-def test_create_model_takes_options_and_checks_them():
+def test_create_model_takes_options_and_checks_them(cpx_workspace):
     model = cpx.create_model("unet", num_classes=5, base_channels=4, depth=2)
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 5, 32, 32)
-    # the only registered competition gives the class count
-    assert cpx.create_model("unet", base_channels=4, depth=2)(torch.rand(1, 3, 16, 16)).shape[1] == 19
+    # a competition gives the class count and the bands
+    assert cpx.create_model("unet", competition="celebamask-mini", base_channels=4, depth=2)(
+        torch.rand(1, 3, 16, 16)).shape[1] == 19
+    assert cpx.create_model("unet", competition="landcover-tiles", base_channels=4, depth=2)(
+        torch.rand(1, 4, 16, 16)).shape[1] == 7
+    assert cpx.create_model("unet", num_classes=2, in_channels=1, base_channels=4, depth=2)(
+        torch.rand(1, 1, 16, 16)).shape[1] == 2
+    # none named: the workspace's, as the command line takes it, else a question
+    with pytest.raises(ConfigError, match="competition=: choose one of celebamask-mini, drone-vegetation"):
+        cpx.create_model("unet", base_channels=4, depth=2)
+    (cpx_workspace.root / "cpx.yaml").write_text("competition: drone-vegetation\n")
+    assert cpx.create_model("unet", base_channels=4, depth=2)(torch.rand(1, 3, 16, 16)).shape[1] == 2
     with pytest.raises(ConfigError, match="unet options.not_an_option: unknown field"):
         cpx.create_model("unet", num_classes=5, not_an_option=1)
     with pytest.raises(UnknownComponent, match="did you mean unet"):
@@ -58,8 +68,8 @@ def test_predict_accepts_paths_arrays_and_tensors(unet_run, trained_unet, tmp_pa
 def test_score_matches_the_cli(unet_run, trained_unet, tmp_path, capsys):
     _, _, data = trained_unet
     masks = data / "train" / "masks"
-    result = cpx.score(masks, masks)
-    assert result.scores.fscore == pytest.approx(1.0)
+    result = cpx.score(masks, masks)  # the competition of the ledger's runs
+    assert result.scores.score == pytest.approx(1.0) and result.scores.metric == "fscore"
     assert main(["score", str(masks), str(masks), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["per_image"] == result.per_image

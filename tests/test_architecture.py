@@ -1,10 +1,16 @@
-"""The layers of cpx: imports flow one way, from the CLI down to the kernel.
+"""The rules of cpx's packages, as they are written: each package's ``__init__`` docstring says
+which other cpx packages it may import (``May import: ``cpx.kernel``, ``cpx.data``.``), and this
+test reads those sentences and holds every module to them.
 
 Every module of the ``cpx`` package is parsed (nothing is imported) and each of its imports
-of another cpx package, at module level or inside a function, is checked against ``LAYERS``.
+of another cpx package, at module level or inside a function, is checked against its package's
+sentence. The top-level modules (the public API ``cpx/__init__.py``, ``python -m cpx`` and the
+pytest plugin ``cpx.testing``) stand above every package: they may import any, and no package
+imports them.
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -12,22 +18,42 @@ import pytest
 import cpx
 
 ROOT = Path(cpx.__file__).parent
-
-# Lowest first: a package may import its own layer and the layers before it.
-LAYERS = ["kernel", "data", "runs", "eval", "train", "submit", "sweep", "report", "cli"]
-# Above every layer: the public API (cpx/__init__.py) and the pytest plugin for plugin authors.
+PACKAGES = sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))
 TOP = {"__init__", "__main__", "testing"}
 UI_LIBRARIES = {"typer", "rich", "click"}
+# Imports the written rules forbid, allowed for a while, each with the change that removes it.
+TEMPORARY_IMPORTS = {
+    ("cpx.draw.pictures", "cpx.train"): "train/curves.py moves into cpx/draw (issue 18, item 1)",
+}
+
+
+def may_import(docstring: str, packages=PACKAGES) -> set[str]:
+    """The packages named by a docstring's ``May import:`` sentence (up to its first full stop):
+    each ``cpx.NAME`` it mentions, or every package for "every cpx package".
+
+    :raises ValueError: the docstring has no such sentence.
+    """
+    found = re.search(r"May import:(.*?)(?:\.\s|\.$)", " ".join(docstring.split()) + " ")
+    if not found:
+        raise ValueError("no 'May import:' sentence")
+    if "every cpx package" in found.group(1):
+        return set(packages)
+    return set(re.findall(r"``cpx\.(\w+)``", found.group(1)))
+
+
+def _rules() -> dict[str, set[str]]:
+    out = {}
+    for name in PACKAGES:
+        path = ROOT / name / "__init__.py"
+        out[name] = may_import(ast.get_docstring(ast.parse(path.read_text())) or "") - {name}
+    return out
 
 
 def _package(module: str) -> str:
-    """The layer name of a dotted cpx module (``cpx.eval.predict`` -> ``eval``)."""
+    """The package name of a dotted cpx module (``cpx.eval.predict`` -> ``eval``); a top-level
+    module's own name (``cpx.testing`` -> ``testing``, ``cpx`` -> ``__init__``)."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
-
-
-def _layer(package: str) -> int:
-    return len(LAYERS) if package in TOP else LAYERS.index(package)
 
 
 def _modules():
@@ -59,31 +85,75 @@ def _imports(module: str, path: Path):
                 yield node.lineno, f"{target}.{alias.name}"
 
 
+def _wrong_imports(module: str, path: Path, rules: dict[str, set[str]]) -> list[str]:
+    """``line N: target (why)`` for each import of ``module`` its package's rule forbids."""
+    here = _package(module)
+    if here in TOP:
+        return []
+    wrong = []
+    for line, target in _imports(module, path):
+        if not target.startswith("cpx."):
+            continue
+        there = _package(target)
+        if there == here or target == "cpx.__version__":
+            continue
+        if there in TOP:
+            wrong.append(f"line {line}: {target} (the top level)")
+        elif there in rules and there not in rules[here] and (module, f"cpx.{there}") not in TEMPORARY_IMPORTS:
+            wrong.append(f"line {line}: {target} (cpx/{here}/__init__.py does not list cpx.{there})")
+    return wrong
+
+
 MODULES = list(_modules())
+RULES = _rules()
 
 
-def test_every_package_is_in_a_layer():
-    packages = {_package(m) for m, _ in MODULES}
-    assert packages - set(LAYERS) - TOP == set()
+def test_every_package_states_what_it_may_import():
+    assert PACKAGES and set(RULES) == set(PACKAGES)
+    unknown = {name: sorted(allowed - set(PACKAGES)) for name, allowed in RULES.items() if allowed - set(PACKAGES)}
+    assert not unknown, f"'May import:' names packages that do not exist: {unknown}"
+
+
+def test_the_rules_let_imports_flow_one_way():
+    """No package may import, directly or through others, a package that may import it."""
+    order, todo = [], dict(RULES)
+    while todo:
+        ready = sorted(name for name, allowed in todo.items() if not (allowed & set(todo)))
+        assert ready, f"the 'May import:' sentences form a cycle among {sorted(todo)}"
+        order += ready
+        for name in ready:
+            del todo[name]
+    assert order[0] == "kernel" and order[-1] == "cli"
 
 
 @pytest.mark.parametrize("module,path", MODULES, ids=[m for m, _ in MODULES])
-def test_imports_flow_down(module, path):
-    here = _package(module)
-    wrong = []
-    for line, target in _imports(module, path):
-        if not target.startswith("cpx.") or target.startswith("cpx_"):
-            continue
-        there = _package(target)
-        if there not in LAYERS and there not in TOP:
-            continue  # `from cpx import __version__` and the like
-        if there in TOP and there != here:
-            if target.split(".")[1] in ("__version__",):
-                continue
-            wrong.append(f"line {line}: {target} (the top level)")
-        elif there in LAYERS and _layer(there) > _layer(here):
-            wrong.append(f"line {line}: {target} ({there} is above {here})")
-    assert not wrong, f"{path.relative_to(ROOT.parent)} imports upwards:\n" + "\n".join(wrong)
+def test_imports_follow_the_written_rules(module, path):
+    wrong = _wrong_imports(module, path, RULES)
+    assert not wrong, f"{path.relative_to(ROOT.parent)} imports what its package may not:\n" + "\n".join(wrong)
+
+
+def test_temporary_imports_are_still_needed():
+    stale = []
+    for (module, package), why in TEMPORARY_IMPORTS.items():
+        path = dict(MODULES).get(module)
+        if path is None or not any(t == package or t.startswith(package + ".") for _, t in _imports(module, path)):
+            stale.append(f"{module} -> {package} ({why})")
+    assert not stale, "remove these entries of TEMPORARY_IMPORTS:\n" + "\n".join(stale)
+
+
+def test_the_checker_reads_the_sentence_and_sees_a_forbidden_import(tmp_path):
+    assert may_import("Data.\n\nMay import: ``cpx.kernel``. Never ``cpx.train``.") == {"kernel"}
+    assert may_import("May import: ``cpx.kernel``,\n``cpx.data``.") == {"kernel", "data"}
+    assert may_import("May import: no other cpx package (the standard library only).") == set()
+    assert may_import("May import: every cpx package.", ["a", "b"]) == {"a", "b"}
+    with pytest.raises(ValueError):
+        may_import("Owns the ledger.")
+    fake = tmp_path / "cpx" / "submit" / "bad.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("from cpx.eval import metrics\ndef f():\n    from cpx.train.run import train\n"
+                    "    from ..cli import main\n    from cpx import testing\n")
+    wrong = _wrong_imports("cpx.submit.bad", fake, RULES)
+    assert sorted({w.split(":")[0] for w in wrong}) == ["line 3", "line 4", "line 5"], wrong
 
 
 @pytest.mark.parametrize("module,path", [(m, p) for m, p in MODULES if _package(m) != "cli"],
@@ -91,15 +161,6 @@ def test_imports_flow_down(module, path):
 def test_core_never_imports_the_ui(module, path):
     used = {t.split(".")[0] for _, t in _imports(module, path)} & UI_LIBRARIES
     assert not used, f"{path.relative_to(ROOT.parent)} imports {sorted(used)}: only cpx/cli may"
-
-
-def test_the_checker_sees_an_upward_import(tmp_path):
-    fake = tmp_path / "cpx" / "data" / "bad.py"
-    fake.parent.mkdir(parents=True)
-    fake.write_text("def f():\n    from cpx.train.run import train\n    from ..cli import main\n")
-    found = [t for _, t in _imports("cpx.data.bad", fake)]
-    assert "cpx.train.run" in found and "cpx.cli.main" in found
-    assert _layer(_package("cpx.train.run")) > _layer("data")
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,6 +172,9 @@ READER = "cpx/data/images.py"
 # solution/run.py, copied into every submission, runs without cpx: torch, numpy and Pillow only
 STANDALONE = "cpx/submit/standalone_run.py"
 STANDALONE_LIBRARIES = {"torch", "numpy", "PIL"}
+# the scoring program `cpx bundle export` writes into a bundle runs without cpx: numpy and Pillow only
+SCORER = "cpx/bundle/standalone_score.py"
+SCORER_LIBRARIES = {"numpy", "PIL"}
 # modules allowed to open image files directly for a while (none now: the submission-format
 # plugins decode zip entries through cpx.data.images since zipcheck gave that up)
 TEMPORARY_READERS: dict[str, int] = {}
@@ -144,7 +208,7 @@ SOURCES = sorted(p.relative_to(REPO).as_posix() for folder in ("cpx", "plugins")
 def test_only_the_reader_opens_image_files():
     wrong = []
     for rel in SOURCES:
-        if rel in (READER, STANDALONE):
+        if rel in (READER, STANDALONE, SCORER):
             continue
         uses = _opens_files(REPO / rel)
         if len(uses) > TEMPORARY_READERS.get(rel, 0):
@@ -167,6 +231,13 @@ def test_the_standalone_runner_imports_only_torch_numpy_and_pillow():
 
     tops = {t.split(".")[0] for _, t in _imports("standalone_run", REPO / STANDALONE)}
     assert tops - STANDALONE_LIBRARIES - set(sys.stdlib_module_names) == set()
+
+
+def test_the_exported_scorer_imports_only_numpy_and_pillow():
+    import sys
+
+    tops = {t.split(".")[0] for _, t in _imports("standalone_score", REPO / SCORER)}
+    assert tops - SCORER_LIBRARIES - set(sys.stdlib_module_names) == set()
 
 
 def test_the_reader_checker_sees_every_direct_read(tmp_path):

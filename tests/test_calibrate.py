@@ -1,5 +1,5 @@
-"""Calibration (cpx calibrate): per-class logit offsets fitted for the per-image F, the 2-fold
-held-out gain, and the stored offsets applied by validate, predict, package and run.py."""
+"""Calibration (cpx calibrate): per-class logit offsets fitted for the competition's metric, the
+2-fold held-out gain, and the stored offsets applied by validate, predict, package and run.py."""
 
 import json
 import shutil
@@ -12,8 +12,9 @@ import torch
 from conftest import UNET
 
 from cpx.cli import main
-from cpx.eval.calibrate import GRID, CachedLogits, _candidate_scores, _Top2, fit_offsets, mean_fscore
-from cpx.eval.metrics import class_ids
+from cpx.data.competition import Competition
+from cpx.eval.calibrate import GRID, CachedLogits, _candidate_scores, _Top2, fit_offsets, per_image_scores, set_score
+from cpx.eval.metrics import class_ids, create_metric
 from cpx.eval.predict import predictor_for_run
 from cpx.eval.validate import validate_run
 from cpx.kernel.errors import RunError
@@ -37,17 +38,39 @@ def _cache(n=6, classes=4, size=12, seed=0, bias=None):
     return out
 
 
-def test_candidate_scores_equal_scoring_each_shift():
+def _metric(host, **spec):
+    """The metric ``spec`` of a four-class competition."""
+    comp = Competition(name="four", classes=["c0", "c1", "c2", "c3"], metric={"name": "fscore", **spec})
+    return create_metric(comp, host)
+
+
+# per-image and pooled metrics, one on a scale: the one-pass candidate counts must serve them all
+METRICS = [{"name": "fscore"}, {"name": "miou"}, {"name": "class-iou", "class": "c3", "scale": 100},
+           {"name": "dice"}]
+
+
+@pytest.mark.parametrize("spec", METRICS, ids=[m["name"] for m in METRICS])
+def test_candidate_scores_equal_scoring_each_shift(spec, cpx_host):
+    metric = _metric(cpx_host, **spec)
     cache = _cache()
     b = torch.tensor([0.0, 0.3, -0.2, 0.1])
     top = _Top2(cache, b.clone())
     grid = torch.tensor(GRID, dtype=torch.float32)
     for c in (1, 3):
-        fast = _candidate_scores(cache, top, c, grid, 4)
+        fast = _candidate_scores(cache, top, c, grid, metric, 4)  # on 0..1
         for j in (0, 7, 20, 33, 40):
             shifted = b.clone()
             shifted[c] += grid[j]
-            assert float(fast[j]) / len(cache) == pytest.approx(mean_fscore(cache, shifted.tolist(), 4), abs=1e-9)
+            exact = set_score(cache, shifted.tolist(), metric, 4) / metric.scale
+            assert float(fast[j]) == pytest.approx(exact, abs=1e-9)
+
+
+def test_per_image_scores_average_to_the_set_score_of_a_per_image_metric(cpx_host):
+    metric = _metric(cpx_host)
+    cache, offsets = _cache(), [0.0, 0.4, -0.3, 0.2]
+    values = per_image_scores(cache, offsets, metric, 4)
+    assert len(values) == len(cache) and all(0 <= v <= 1 for v in values)
+    assert np.mean(values) == pytest.approx(set_score(cache, offsets, metric, 4), abs=1e-12)
 
 
 def test_top2_follows_shifts_both_ways():
@@ -61,12 +84,14 @@ def test_top2_follows_shifts_both_ways():
         assert torch.equal(top.i1[k], fresh.i1[k])
 
 
-def test_fit_recovers_an_under_predicted_class():
+@pytest.mark.parametrize("spec", METRICS[:2], ids=[m["name"] for m in METRICS[:2]])
+def test_fit_recovers_an_under_predicted_class(spec, cpx_host):
+    metric = _metric(cpx_host, **spec)
     cache = _cache(n=8, bias=[0.0, 0.0, 1.5, 0.0])  # class 2 held back by 1.5
-    offsets = fit_offsets(cache, 4)
+    offsets = fit_offsets(cache, metric, 4)
     assert offsets[0] == 0.0 and 0.8 <= offsets[2] <= 2.0
-    assert mean_fscore(cache, offsets, 4) > mean_fscore(cache, [0.0] * 4, 4) + 0.02
-    assert fit_offsets(_cache(n=8), 4, max_rounds=1) == pytest.approx([0.0] * 4, abs=0.31)
+    assert set_score(cache, offsets, metric, 4) > set_score(cache, [0.0] * 4, metric, 4) + 0.02
+    assert fit_offsets(_cache(n=8), metric, 4, max_rounds=1) == pytest.approx([0.0] * 4, abs=0.31)
 
 
 @pytest.fixture(scope="module")
@@ -138,16 +163,16 @@ def test_calibrate_reports_two_heldout_folds_and_stores_offsets(calib_run, cpx_w
     ev = validate_run(calib_run, cpx_workspace, cpx_host)
     assert ev.calibrated and "raw" in ev.stages
     off = validate_run(calib_run, cpx_workspace, cpx_host, calibration=False, record=False)
-    assert not off.calibrated and off.scores.fscore == pytest.approx(ev.stages["raw"])
+    assert not off.calibrated and off.scores.score == pytest.approx(ev.stages["raw"])
     with Ledger(cpx_workspace.ledger_path) as ledger:
         row = ledger.list_validations(calib_run)[-1]
-    assert row["calibrated"] is True and row["score"] == pytest.approx(ev.scores.fscore)
-    with Ledger(cpx_workspace.ledger_path) as ledger:  # in-sample: never the leaderboard's val F
+    assert row["calibrated"] is True and row["score"] == pytest.approx(ev.scores.score)
+    with Ledger(cpx_workspace.ledger_path) as ledger:  # in-sample: never the leaderboard's val score
         board = build_leaderboard(ledger)
     assert all(r.val_source != f"validate #{ev.validation_id}" for r in board.rows)
     assert main(["validate", calib_run, "--post", "small-components,fill-holes", "--no-record"]) == 0
     captured = capsys.readouterr()
-    assert "F by stage" in captured.out and "with the calibrated offsets" in captured.out
+    assert "fscore by stage" in captured.out and "with the calibrated offsets" in captured.out
     assert "post small-components" in captured.out and "in-sample" in captured.err
 
 

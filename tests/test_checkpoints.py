@@ -1,13 +1,14 @@
 """Checkpoints from elsewhere: never unpickled as code, accepted in the shapes people have.
 
 Every command that takes a checkpoint gets a file whose unpickling would run code; the code
-must never run. Wrapper prefixes and bare state_dicts must give exactly the original F.
+must never run. Wrapper prefixes and bare state_dicts must give exactly the original score, and a
+run of any band count reloads into the model it was trained as.
 """
 
 import pytest
 import torch
 import yaml
-from conftest import CtrlCInEpoch2, tiny_overrides
+from conftest import UNET, CtrlCInEpoch2, tiny_overrides
 
 from cpx.cli import main
 from cpx.eval.validate import validate_run
@@ -93,7 +94,7 @@ def _saved_in_shape(source, dest, shape):
 
 
 @pytest.mark.parametrize("shape", ["module.", "_orig_mod.", "module._orig_mod.", "bare"])
-def test_wrapped_and_bare_state_dicts_give_exactly_the_original_f(shape, unet_run, cpx_workspace, cpx_host,
+def test_wrapped_and_bare_state_dicts_give_exactly_the_original_score(shape, unet_run, cpx_workspace, cpx_host,
                                                                   tmp_path):
     from cpx.runs.handle import open_run
 
@@ -101,8 +102,20 @@ def test_wrapped_and_bare_state_dicts_give_exactly_the_original_f(shape, unet_ru
     original = validate_run(unet_run, cpx_workspace, cpx_host, record=False)
     path = _saved_in_shape(best, tmp_path / "other.pth", shape)
     again = validate_run(unet_run, cpx_workspace, cpx_host, checkpoint=str(path), record=False)
-    assert again.scores.fscore == original.scores.fscore
+    assert again.scores.score == original.scores.score and again.scores.metric == "fscore"
     assert again.per_image == original.per_image
+
+
+def test_a_run_of_four_bands_reloads_as_it_was_trained(cpx_workspace, cpx_host):
+    # the model was built with the competition's 4 bands; reloading it must build the same stem
+    overrides = {**UNET, "competition": "landcover-tiles", "data.synthetic_count": 12, "data.synthetic_size": 32}
+    result = train(TrainRequest(recipe="msf-lmsa", overrides=overrides, name="bands"), cpx_workspace, cpx_host)
+    from cpx.runs.handle import open_run
+
+    net = open_run("bands", cpx_workspace, cpx_host).load_model("best")
+    assert net(torch.rand(1, 4, 32, 32)).shape == (1, 7, 32, 32)
+    ev = validate_run("bands", cpx_workspace, cpx_host, record=False)
+    assert ev.scores.metric == "miou" and ev.score == pytest.approx(result.best_val_score, abs=1e-9)
 
 
 def test_a_whole_pickled_model_is_refused_saying_how_to_save_weights(tmp_path, unet_run, capsys):

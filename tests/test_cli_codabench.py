@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import zipfile
 
 import pytest
-from codabench_server import FakeCodabench, _no_proxy, cpx, fake, logged_in  # noqa: F401  (fixtures)
+from codabench_server import cpx
 
-from cpx.runs.ledger import Ledger
 from cpx.submit import codabench
-
-
-@pytest.fixture
-def ledger(cpx_workspace):
-    with Ledger(cpx_workspace.ledger_path) as led:
-        yield led
 
 
 def errors(err):
     return [line for line in err.splitlines() if line.strip()]
-
-
-def packaged(ledger, tmp_path, name="v2", val=0.69):
-    run = ledger.add_run(name="r1", competition="celebamask-mini", status="completed", best_val_score=val)
-    path = tmp_path / f"submission-{name}.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("masks/0001.png", b"\x89PNG mask" * 20)
-        zf.writestr("solution/run.py", "print('hi')\n")
-    return ledger.add_submission(name, run_id=run["id"], zip_path=str(path), val_score=val,
-                                 zip_sha256=hashlib.sha256(path.read_bytes()).hexdigest(), checkpoint="best")
 
 
 FAST = ["--poll", "0.01", "--timeout", "10"]
@@ -88,9 +69,9 @@ def test_status_needs_a_numeric_competition(logged_in, capsys):
 # ---------------------------------------------------------------- submit --upload
 
 
-def test_upload_and_wait_records_the_score(logged_in, ledger, tmp_path, capsys):
+def test_upload_and_wait_records_the_score(logged_in, ledger, tmp_path, capsys, packaged):
     fake = logged_in
-    sub = packaged(ledger, tmp_path)
+    sub = packaged()
     zip_bytes = open(sub["zip_path"], "rb").read()
 
     code, out, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42", "--wait", *FAST)
@@ -122,9 +103,9 @@ def test_upload_and_wait_records_the_score(logged_in, ledger, tmp_path, capsys):
     assert listed["test_score"] == 0.72 and listed["codabench_id"] == str(remote_id) and report["used"] == 1
 
 
-def test_bad_token_is_one_line_and_changes_nothing(fake, ledger, tmp_path, capsys):
+def test_bad_token_is_one_line_and_changes_nothing(fake, ledger, tmp_path, capsys, packaged):
     codabench.save_credentials(fake.url, "stale-token", username="alice")
-    packaged(ledger, tmp_path)
+    packaged()
 
     code, _, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42", "--wait", *FAST)
 
@@ -136,11 +117,11 @@ def test_bad_token_is_one_line_and_changes_nothing(fake, ledger, tmp_path, capsy
     assert row["uploaded"] is False and row["codabench_id"] is None and ledger.scores_for("v2") == []
 
 
-def test_limit_reached_is_one_line_and_uploads_nothing(logged_in, ledger, tmp_path, capsys):
+def test_limit_reached_is_one_line_and_uploads_nothing(logged_in, ledger, tmp_path, capsys, packaged):
     fake = logged_in
     fake.can_make = (False, "Reached maximum allowed submissions for this phase")
     fake.phases[0]["used_submissions_per_day"] = 5
-    packaged(ledger, tmp_path)
+    packaged()
 
     code, _, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42")
 
@@ -152,8 +133,8 @@ def test_limit_reached_is_one_line_and_uploads_nothing(logged_in, ledger, tmp_pa
     assert ledger.get_submission("v2")["uploaded"] is False
 
 
-def test_upload_needs_a_competition_and_a_packaged_zip(logged_in, ledger, tmp_path, capsys):
-    sub = packaged(ledger, tmp_path)
+def test_upload_needs_a_competition_and_a_packaged_zip(logged_in, ledger, tmp_path, capsys, packaged):
+    sub = packaged()
     code, _, err = cpx(capsys, "submit", "v2", "--upload")
     assert code == 2 and "--competition: give the Codabench competition id" in err
     with open(sub["zip_path"], "ab") as fh:
@@ -163,10 +144,10 @@ def test_upload_needs_a_competition_and_a_packaged_zip(logged_in, ledger, tmp_pa
     assert not logged_in.storage_requests
 
 
-def test_failed_scoring_is_recorded_and_reported(logged_in, ledger, tmp_path, capsys):
+def test_failed_scoring_is_recorded_and_reported(logged_in, ledger, tmp_path, capsys, packaged):
     fake = logged_in
     fake.child_statuses = ["Finished", "Failed"]
-    packaged(ledger, tmp_path)
+    packaged()
 
     code, out, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42", "--wait", *FAST)
 
@@ -184,9 +165,9 @@ def test_failed_scoring_is_recorded_and_reported(logged_in, ledger, tmp_path, ca
 # ---------------------------------------------------------------- sync
 
 
-def test_sync_fills_in_scores_by_codabench_id(logged_in, ledger, tmp_path, capsys):
+def test_sync_fills_in_scores_by_codabench_id(logged_in, ledger, tmp_path, capsys, packaged):
     fake = logged_in
-    packaged(ledger, tmp_path)
+    packaged()
     code, out, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42", "--note", "first try")
     assert code == 0, err
     assert "cpx codabench sync --competition 42" in out
@@ -224,10 +205,10 @@ def test_sync_with_a_bad_token_is_one_line(fake, capsys):
     assert code == 2 and len(errors(err)) == 1 and "refused the token" in err
 
 
-def test_wait_timeout_keeps_the_id_for_a_later_sync(logged_in, ledger, tmp_path, capsys):
+def test_wait_timeout_keeps_the_id_for_a_later_sync(logged_in, ledger, tmp_path, capsys, packaged):
     fake = logged_in
     fake.statuses = ["Running"] * 1000
-    packaged(ledger, tmp_path)
+    packaged()
 
     code, out, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42", "--wait",
                          "--poll", "0.01", "--timeout", "0.3")
@@ -243,9 +224,39 @@ def test_wait_timeout_keeps_the_id_for_a_later_sync(logged_in, ledger, tmp_path,
     assert [s["score"] for s in ledger.scores_for("v2")] == [0.72]
 
 
-def test_a_submission_scored_by_hand_is_not_uploaded_again(logged_in, ledger, tmp_path, capsys):
-    packaged(ledger, tmp_path)
+def test_a_submission_scored_by_hand_is_not_uploaded_again(logged_in, ledger, tmp_path, capsys, packaged):
+    packaged()
     ledger.record_score("v2", 0.71)
     code, _, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42")
     assert code == 2 and "already has a test score (0.7100, manual), so it was submitted already" in err
     assert not logged_in.requests
+
+
+def test_no_home_directory_falls_back_to_the_workspace(fake, capsys, monkeypatch, cpx_workspace):
+    # issue 19.10: a container user id without a passwd entry: Path.home() raises
+    from pathlib import Path
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    for name in ("CPX_CONFIG_DIR", "XDG_CONFIG_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CODABENCH_TOKEN", fake.token)
+    monkeypatch.setenv("CODABENCH_URL", fake.url)
+    code, out, err = cpx(capsys, "codabench", "status", "--competition", "42", "--json")
+    assert code == 0, err
+    monkeypatch.delenv("CODABENCH_TOKEN")
+    code, _, err = cpx(capsys, "codabench", "login", "--url", fake.url, "--username", "alice",
+                       "--password-stdin", stdin="s3cret\n", monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert (cpx_workspace.root / ".cpx" / "codabench.json").is_file()
+    monkeypatch.setattr("cpx.kernel.workspace.Workspace.current", classmethod(lambda cls, *a: _raise(OSError())))
+    from cpx.kernel.errors import CodabenchError
+
+    with pytest.raises(CodabenchError, match="no home directory .* set CPX_CONFIG_DIR"):
+        codabench.config_path()
+
+
+def _raise(exc):
+    raise exc

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 import zipfile
 
 import pytest
-from codabench_server import FakeCodabench
 
 from cpx.kernel.errors import CodabenchError, SubmissionError
 from cpx.submit import codabench
@@ -30,12 +30,6 @@ def _isolated_config(tmp_path, monkeypatch):
     monkeypatch.delenv("CODABENCH_TOKEN", raising=False)
     monkeypatch.delenv("CODABENCH_URL", raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
-@pytest.fixture
-def fake():
-    with FakeCodabench() as server:
-        yield server
 
 
 @pytest.fixture
@@ -266,6 +260,27 @@ def test_slow_post_times_out_once(fake, zip_path):
     with pytest.raises(CodabenchConnectionError, match="did not answer POST /api/submissions/ within 0.3s"):
         submit_zip(client, zip_path, fake.competition_id)
     assert fake.count("POST", "/api/submissions/") == 1
+
+
+def test_a_trickling_server_is_given_up_at_the_calls_total_deadline(fake):
+    # issue 19.4: one byte every 50 ms never trips a per-read timeout; the answer would take ~30 s
+    client = CodabenchClient(fake.url, token=fake.token, timeout=1.0, retry_backoff=0.01)
+    fake.inject("GET", "/api/competitions/42/", ("trickle", 0.05))
+    start = time.monotonic()
+    with pytest.raises(CodabenchConnectionError, match=r"did not answer GET /api/competitions/42/ within 1s in all"):
+        client.phases(42)
+    assert time.monotonic() - start < 3
+    assert fake.count("GET", "/api/competitions/42/") == 1  # a deadline spent is not retried
+
+
+def test_wait_ends_at_its_deadline_even_when_each_poll_trickles(fake, zip_path):
+    client = CodabenchClient(fake.url, token=fake.token, timeout=30, retry_backoff=0.01)
+    created = submit_zip(client, zip_path, fake.competition_id)
+    fake.inject("GET", f"/api/submissions/{created.id}/", *[("trickle", 0.05)] * 5)
+    start = time.monotonic()
+    with pytest.raises(CodabenchError, match=f"submission {created.id} is .* after 1.5s"):
+        client.wait(created.id, timeout=1.5, initial_interval=0.01, max_interval=0.02)
+    assert time.monotonic() - start < 4
 
 
 def test_unreachable_server_is_one_clear_line(fake):

@@ -52,7 +52,7 @@ def test_workspace_recipes_add_and_override(cpx_workspace, cpx_host):
 def test_recipe_path_and_yaml_errors(cpx_workspace, cpx_host, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml.*not valid YAML"):
+    with pytest.raises(ConfigError, match="bad.yaml: line 2"):
         load_recipe(str(bad), cpx_workspace.experiments_dir)
     with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
         load_recipe("nope", cpx_workspace.experiments_dir)
@@ -72,3 +72,46 @@ def test_swapping_a_component_drops_the_old_components_options(cpx_workspace, cp
     with pytest.raises(ConfigError):
         build_config("msf-lmsa", {"model.name": "unet", "model.options.embed_dimz": 1},
                      cpx_workspace.experiments_dir, cpx_host)
+
+
+def test_a_key_given_twice_in_a_recipe_or_cpx_yaml_is_refused_naming_both_lines(cpx_workspace, cpx_host):
+    # issue 19.8: PyYAML keeps the last of two equal keys, so a second train: block dropped epochs: 1
+    exp = cpx_workspace.experiments_dir
+    exp.mkdir(parents=True, exist_ok=True)
+    (exp / "twice.yaml").write_text("base: msf-lmsa\ntrain:\n  epochs: 1\nmodel:\n  name: unet\ntrain:\n  batch_size: 4\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: key 'train' appears twice \(lines 2 and 6\)"):
+        load_recipe("twice", exp)
+    (cpx_workspace.root / "cpx.yaml").write_text("plugin_dirs: [a]\nplugin_dirs: [b]\n")
+    with pytest.raises(ConfigError, match=r"cpx.yaml: key 'plugin_dirs' appears twice \(lines 1 and 2\)"):
+        cpx_workspace.settings()
+
+
+def test_one_key_set_twice_is_refused_naming_both():
+    # issue 19.17: the last --set silently won
+    from cpx.kernel.config import merge_overrides
+
+    with pytest.raises(ConfigError, match=r"train.epochs: set twice, by --set train.epochs=3 and by --set train.epochs=5"):
+        merge_overrides(["train.epochs=3", "train.epochs=5"], {})
+    assert merge_overrides(["train.epochs=3", "train.epochs=3"], {}) == {"train.epochs": 3}
+    with pytest.raises(ConfigError, match="set twice"):
+        merge_overrides(["loss.options.dice=1"], {"loss.options.dice": 2.0})
+
+
+def test_a_third_party_model_switched_in_by_set_takes_its_own_options(cpx_workspace, cpx_host, tiny_model):
+    config, diff = build_config("msf-lmsa", {"model.name": "tiny", "model.options.width": 4},
+                                cpx_workspace.experiments_dir, cpx_host)
+    assert (config.model.name, config.model.options) == ("tiny", {"width": 4})
+    assert diff["model.options.width"] == 4 and "model.options.dropout" not in diff
+
+
+def test_a_recipe_switching_its_base_model_takes_its_own_options(cpx_workspace, cpx_host, tiny_model):
+    exp = cpx_workspace.experiments_dir
+    exp.mkdir(parents=True, exist_ok=True)
+    (exp / "mine.yaml").write_text("base: msf-lmsa\nmodel:\n  name: tiny\n  options:\n    width: 4\n"
+                                   "loss:\n  options:\n    dice: 2.0\n")
+    config, _ = build_config("mine", {}, exp, cpx_host)
+    assert (config.model.name, config.model.options) == ("tiny", {"width": 4})
+    assert config.loss.options["dice"] == 2.0 and config.loss.options["ce"] == 1.0  # same loss: merged
+    # and the recipe's own options stay when an override keeps its component
+    config, _ = build_config("mine", {"model.name": "tiny", "model.options.width": 6}, exp, cpx_host)
+    assert config.model.options == {"width": 6}

@@ -7,8 +7,8 @@ is checked the moment it registers. Per-kind specifics live in tests/plugins/.
 import pytest
 import torch
 
-from cpx.kernel.manager import create_plugin_host
 from cpx.data.competition import Competition
+from cpx.kernel.manager import create_plugin_host
 from cpx.testing import (
     check_augmentation,
     check_competition,
@@ -24,9 +24,7 @@ COMPETITIONS = HOST.competitions.names()
 DEFAULT = HOST.competition(COMPETITIONS[0])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", HOST.models.names())

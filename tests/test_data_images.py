@@ -17,7 +17,8 @@ RGB = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
 
 @pytest.fixture
 def comp(cpx_host):
-    # the profile as registered: the data layer needs no metric or submission format bound
+    # unlike conftest's: the profile as registered, since the data layer needs no metric or
+    # submission format bound
     return cpx_host.competitions.get("celebamask-mini").target
 
 

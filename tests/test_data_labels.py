@@ -17,11 +17,6 @@ from cpx.train.run import prepare_data
 EYES, BROWS, EARS = (4, 5), (6, 7), (8, 9)
 
 
-@pytest.fixture
-def comp(cpx_host):
-    return cpx_host.competition("celebamask-mini")
-
-
 def _faces(comp, n=40, size=64, seed=0):
     return list(comp.synthesize(n, size, seed))
 

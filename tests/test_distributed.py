@@ -90,7 +90,7 @@ def test_two_processes_match_one_with_the_same_global_batch(cpx_workspace, cpx_h
         assert torch.allclose(value, b["model"][key], rtol=1e-4, atol=1e-5), key
     for ha, hb in zip(a["history"], b["history"]):
         assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-4)
-        assert hb["val_f"] == pytest.approx(ha["val_f"], abs=1e-4)
+        assert hb["val_score"] == pytest.approx(ha["val_score"], abs=1e-4)
     # only rank 0 wrote: one run folder for the data-parallel run, beside the single-process one
     assert sorted(p.name for p in cpx_workspace.runs_dir.iterdir()) == sorted([single.run_id, row["id"]])
 

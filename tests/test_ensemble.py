@@ -5,8 +5,8 @@ from conftest import tiny_overrides
 
 from cpx.cli import main
 from cpx.eval.ensemble import build_ensemble, greedy_select, parse_weights, top_runs
-from cpx.eval.folders import predict_run
 from cpx.eval.predict import check_ensemble_allowed, predictor_for_run
+from cpx.eval.predict_folder import predict_run
 from cpx.eval.validate import validate_run
 from cpx.kernel.errors import ConfigError, RuleViolation, RunError
 from cpx.runs.ledger import Ledger
@@ -49,11 +49,12 @@ def test_ensemble_is_scored_recorded_and_reusable(cpx_workspace, cpx_host, tiny_
     a, b = _runs(cpx_workspace, cpx_host)
     result = build_ensemble(["m0", "m1"], cpx_workspace, cpx_host, weights=[2, 1], name="duo")
     assert result.run_id and result.warnings[-1].startswith("celebamask-mini forbids ensembles")
-    singles = {m.run: m.fscore for m in result.members}
+    singles = {m.run: m.score for m in result.members}
     # alone, each member scores what its own validation says (same list, same metric)
     for run in (a, b):
         assert singles[run.run_id] == pytest.approx(run.best_val_score, abs=1e-9)
-    score = result.evaluation.scores.fscore
+    assert all(m.recorded_val_score == pytest.approx(m.score, abs=1e-9) for m in result.members)
+    score = result.evaluation.scores.score
     assert result.gain == pytest.approx(score - max(singles.values()))
     with Ledger(cpx_workspace.ledger_path) as ledger:
         row = ledger.get_run("duo")
@@ -69,11 +70,11 @@ def test_ensemble_is_scored_recorded_and_reusable(cpx_workspace, cpx_host, tiny_
     pred = predictor_for_run("duo", cpx_workspace, cpx_host)
     assert [m.run_id for m in pred.members] == [a.run_id, b.run_id] and pred.weights == pytest.approx([2 / 3, 1 / 3])
     again = validate_run("duo", cpx_workspace, cpx_host, record=False)
-    assert again.scores.fscore == pytest.approx(score, abs=1e-9) and again.checkpoint == "members"
+    assert again.scores.score == pytest.approx(score, abs=1e-9) and again.checkpoint == "members"
 
     # a zero weight is the other member alone
     solo = build_ensemble(["m0", "m1"], cpx_workspace, cpx_host, weights=[1, 0], record=False)
-    assert solo.evaluation.scores.fscore == pytest.approx(singles[a.run_id], abs=1e-9) and solo.run_id is None
+    assert solo.evaluation.scores.score == pytest.approx(singles[a.run_id], abs=1e-9) and solo.run_id is None
 
     # predicting from it is a rule break for this competition
     with pytest.raises(RuleViolation):
@@ -117,20 +118,20 @@ def test_cli_top_k_and_search(cpx_workspace, cpx_host, tiny_model, capsys):
     code = main(["ensemble", "m0", "m1", "m2", "--search", "--name", "picked", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0
-    alone = {m["run"]: m["fscore"] for m in out["members"]}
+    alone = {m["run"]: m["score"] for m in out["members"]}
     steps = out["search_steps"]
     # the first pick is the best member alone; each later pick raised the score
-    assert steps[0]["add"] == max(alone, key=alone.get) and steps[0]["fscore"] == pytest.approx(max(alone.values()))
-    assert all(x["fscore"] < y["fscore"] for x, y in zip(steps, steps[1:]))
+    assert steps[0]["add"] == max(alone, key=alone.get) and steps[0]["score"] == pytest.approx(max(alone.values()))
+    assert all(x["score"] < y["score"] for x, y in zip(steps, steps[1:]))
     picked = {m["run"]: m["weight"] for m in out["members"] if m["weight"] > 0}
     assert sum(picked.values()) == pytest.approx(1.0)
     with Ledger(cpx_workspace.ledger_path) as ledger:
         if len(picked) > 1:
             row = ledger.get_run("picked")
             # 32 px images are cached at full size, so the search's score is the exact one
-            assert row["best_val_score"] == pytest.approx(steps[-1]["fscore"], abs=1e-9) == out["fscore"]
+            assert row["best_val_score"] == pytest.approx(steps[-1]["score"], abs=1e-9) == out["score"]
             assert {m["run"]: m["weight"] for m in row["members"]} == pytest.approx(picked)
-            assert out["gain"] == pytest.approx(out["fscore"] - max(alone.values()))
+            assert out["gain"] == pytest.approx(out["score"] - max(alone.values()))
         else:
             assert "nothing recorded" in out["message"] and out["run_id"] is None
     code = main(["ensemble", "m0", "--json"])

@@ -183,3 +183,28 @@ def test_cli_import_reports_and_refuses_twice(tmp_path, cpx_workspace, capsys):
     assert main(["runs", "import", str(tmp_path / "nope")]) == 2
     assert "not a folder" in capsys.readouterr().err
     assert not cpx_workspace.runs_dir.exists(), "an import copies nothing into the workspace"
+
+
+def test_validate_an_imported_run(tmp_path, cpx_workspace, cpx_host, cpx_synthetic, capsys):
+    # issue 19.19: "error: epochs: unknown field / image_size ..." (the other tool's config taken for cpx's)
+    from cpx.runs.handle import build_model
+
+    comp = cpx_host.competition("celebamask-mini")
+    folder = tmp_path / "their-run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump({
+        "model": {"name": "unet", "base_channels": 4, "depth": 2, "pretrained": False},
+        "training": {"epochs": 3, "lr": 1e-3}, "data": {"image_size": 32}, "competition": "celebamask-mini"}))
+    model = build_model(cpx_host, "unet", {"base_channels": 4, "depth": 2}, comp)
+    torch.save({"state_dict": model.state_dict()}, folder / "best_model.pth")
+    assert main(["runs", "import", str(folder), "--name", "theirs"]) == 0
+    capsys.readouterr()
+    assert main(["validate", "theirs", "--data", str(cpx_synthetic), "--json"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["images"] > 0
+    # a model cpx does not have: one line saying what to do instead
+    other = old_script_run(tmp_path / "old")
+    assert main(["runs", "import", str(other), "--name", "old", "--competition", "celebamask-mini"]) == 0
+    capsys.readouterr()
+    assert main(["validate", "old", "--data", str(cpx_synthetic)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cpx score" in err and "unknown field" not in err

@@ -5,18 +5,13 @@ from conftest import tiny_overrides
 from PIL import Image
 
 from cpx.cli import main
-from cpx.eval.folders import predict_folder
 from cpx.eval.predict import Member, Predictor, check_ensemble_allowed, parse_tta, predictor_for_run
+from cpx.eval.predict_folder import predict_folder
 from cpx.kernel.errors import ConfigError, DataError, RuleViolation
 from cpx.runs.ledger import Ledger
 from cpx.train.run import TrainRequest, train
 
 L_EYE, R_EYE = 4, 5
-
-
-@pytest.fixture
-def comp(cpx_host):
-    return cpx_host.competition("celebamask-mini")
 
 
 class SidedEyes(torch.nn.Module):
@@ -255,8 +250,6 @@ def test_predict_cli_from_a_run_and_ensemble_refusal(cpx_workspace, cpx_host, ti
 
 
 def test_check_ensemble_allowed(comp):
-    from dataclasses import replace
-
     from cpx.data.competition import Rules
 
     row = {"id": "e1", "kind": "ensemble", "members": [{"run": "x"}, {"run": "y"}]}
@@ -264,7 +257,7 @@ def test_check_ensemble_allowed(comp):
         check_ensemble_allowed(row, comp, False)
     assert "must not be submitted" in check_ensemble_allowed(row, comp, True)
     assert check_ensemble_allowed({"id": "t", "kind": "train"}, comp, False) is None
-    assert check_ensemble_allowed(row, replace(comp, rules=Rules(ensembles_allowed=True)), False) is None
+    assert check_ensemble_allowed(row, comp.model_copy(update={"rules": Rules(ensembles_allowed=True)}), False) is None
 
 
 def test_class_softmax_equals_softmax():
@@ -298,14 +291,37 @@ def test_views_of_a_model_with_forward_coarse_merge_before_one_resize(comp, cpx_
     model = cpx_host.models.get("msf-lmsa").create({}, 19).eval()
     assert callable(model.forward_coarse)
     perm = torch.tensor(comp.flip_permutation())
-    img = _image(40, 24, seed=5)
+    img = _image(40, 40, seed=5)
     x = torch.nn.functional.interpolate(img[None], size=(32, 32), mode="bilinear", align_corners=False,
                                         antialias=True).float() / 255
     with torch.no_grad():
         views = model(x) + model(x.flip(-1)).flip(-1)[:, perm]  # each view resized on its own
-    expected = torch.nn.functional.interpolate(views / 2, size=(40, 24), mode="bilinear", align_corners=False)
+    expected = torch.nn.functional.interpolate(views / 2, size=(40, 40), mode="bilinear", align_corners=False)
     calls = []
     model.register_forward_hook(lambda m, i, o: calls.append("forward"))
     pred = Predictor([Member(model, 32)], comp, tta="flip")
     torch.testing.assert_close(pred.probs([img])[0], expected.softmax(1)[0], atol=1e-5, rtol=1e-4)
     assert calls == []  # both views went through forward_coarse
+
+
+def test_a_non_square_image_is_letterboxed_in_each_view(comp, cpx_host):
+    # 40 x 24 on a 32 canvas: 32 x 19 (aspect kept), padded right; the coarse map of the canvas
+    # does not line up with the image, so each view takes forward and is cropped, then resized
+    torch.manual_seed(0)
+    model = cpx_host.models.get("msf-lmsa").create({}, 19).eval()
+    perm = torch.tensor(comp.flip_permutation())
+    img = _image(40, 24, seed=5)
+    x = torch.nn.functional.interpolate(img[None], size=(32, 19), mode="bilinear", align_corners=False,
+                                        antialias=True).float() / 255
+
+    def view(t):
+        logits = model(torch.nn.functional.pad(t, (0, 32 - 19, 0, 0)))[..., :32, :19]
+        return torch.nn.functional.interpolate(logits, size=(40, 24), mode="bilinear", align_corners=False)
+
+    with torch.no_grad():
+        expected = (view(x) + view(x.flip(-1)).flip(-1)[:, perm]) / 2
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape[-2:])))
+    pred = Predictor([Member(model, 32)], comp, tta="flip")
+    torch.testing.assert_close(pred.probs([img])[0], expected.softmax(1)[0], atol=1e-5, rtol=1e-4)
+    assert calls == [(32, 32), (32, 32)]  # the canvas, once per view

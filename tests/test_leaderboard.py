@@ -8,30 +8,11 @@ import math
 import pytest
 
 from cpx.cli import main
-from cpx.report.leaderboard import SINGLE_PAIR_SPREAD, build_leaderboard, fit_gap_model, short_config, t_quantile
+from cpx.report.leaderboard import SINGLE_PAIR_SPREAD, build_leaderboard, fit_gap_model, short_config
+from cpx.report.stats import t_quantile
 from cpx.runs.ledger import Ledger
 
-
-@pytest.fixture
-def ledger(cpx_workspace):
-    with Ledger(cpx_workspace.ledger_path) as led:
-        yield led
-
-
 # ---------------------------------------------------------------- the gap model
-
-
-@pytest.mark.parametrize("dof, expected", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764),
-                                           (9, 2.2622), (30, 2.0423), (200, 1.9719)])
-def test_t_quantile_matches_the_table(dof, expected):
-    assert t_quantile(0.95, dof) == pytest.approx(expected, abs=1e-4)
-
-
-def test_t_quantile_other_levels():
-    assert t_quantile(0.90, 5) == pytest.approx(2.0150, abs=1e-4)
-    assert t_quantile(0.99, 10) == pytest.approx(3.1693, abs=1e-4)
-    with pytest.raises(ValueError):
-        t_quantile(1.0, 3)
 
 
 def test_known_gaps_give_known_prediction_and_interval():

@@ -215,6 +215,17 @@ def test_validations(led, tmp_path):
         led.add_validation(run["id"], nonsense=1)
 
 
+def test_per_class_values_recorded_as_f_read_as_score(led):
+    # validations of runs before scores were any competition's metric named a class's value "f"
+    run = led.add_run(name="old")
+    led.add_validation(run["id"], score=0.7, per_class={"skin": {"f": 0.9, "images": 3}, "hat": {"f": None, "images": 0},
+                                                        "nose": {"score": 0.5, "images": 2}})
+    (row,) = led.list_validations(run["id"])
+    assert row["per_class"] == {"skin": {"score": 0.9, "images": 3}, "hat": {"score": None, "images": 0},
+                                "nose": {"score": 0.5, "images": 2}}
+    assert led.best_validation(run["id"])["per_class"] == row["per_class"]
+
+
 # -- submissions and scores -----------------------------------------------------------
 
 
@@ -311,3 +322,78 @@ def test_two_processes_write_concurrently(tmp_path):
         assert len(runs) == 100
         assert len(ledger.list_runs(limit=5)) == 5
     assert [n for n, _ in recorded(path)] == ALL_NAMES
+
+
+# -- a damaged ledger, a newer cpx's ledger (issue 19.6, 19.7) --------------------------
+
+
+def _filled(ws):
+    with Ledger(ws.ledger_path) as ledger:
+        for i in range(200):
+            ledger.add_run(id=f"run-{i:03d}", name=f"r{i}", notes="x" * 300, status="completed")
+    return ws.ledger_path
+
+
+def _damage(path):
+    # pages after the schema page turn to junk, as after a disk fault or a copy cut short
+    with open(path, "r+b") as fh:
+        fh.seek(4096 * 3)
+        fh.write(b"\xa5" * 4096 * 6)
+
+
+@pytest.mark.parametrize("argv", [["runs"], ["leaderboard"], ["validate", "run-001"],
+                                  ["train", "msf-lmsa", "--epochs", "1"]], ids=lambda a: a[0])
+def test_a_damaged_ledger_is_one_line_naming_it_and_how_to_recover(cpx_workspace, capsys, argv):
+    from cpx.cli import main
+
+    _damage(_filled(cpx_workspace))
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert str(cpx_workspace.ledger_path) in err and "damaged" in err and "recover" in err
+    assert not cpx_workspace.runs_dir.is_dir() or not any(cpx_workspace.runs_dir.iterdir())
+
+
+def test_a_copy_is_kept_before_each_migration(tmp_path):
+    path = tmp_path / "ledger.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    migrate(db, MIGRATIONS[:14])
+    db.execute("INSERT INTO runs (id, created_at) VALUES ('old', 'then')")
+    db.close()
+    with Ledger(path):
+        pass
+    (copy,) = tmp_path.glob("ledger.db.before-*")
+    assert copy.name == "ledger.db.before-m015_workspace_relative_paths"
+    assert sqlite3.connect(copy).execute("SELECT id FROM runs").fetchall() == [("old",)]
+    assert len(recorded(copy)) == 14
+    # a damaged ledger then points at that copy
+    _damage_after_filling = Ledger(path)
+    _damage_after_filling.close()
+    err = L.damaged(path, sqlite3.DatabaseError("database disk image is malformed"))
+    assert copy.name in str(err)
+    # a new ledger has nothing to keep
+    with Ledger(tmp_path / "new" / "ledger.db"):
+        pass
+    assert not list((tmp_path / "new").glob("*.before-*"))
+
+
+def test_a_ledger_from_a_newer_cpx_is_refused_before_any_work(cpx_workspace, capsys):
+    from cpx import __version__
+    from cpx.cli import main
+    from cpx.kernel.errors import LedgerDamaged
+
+    with Ledger(cpx_workspace.ledger_path):
+        pass
+    db = sqlite3.connect(cpx_workspace.ledger_path, isolation_level=None)
+    db.execute("INSERT INTO _migrations (name, applied_at) VALUES ('m099_from_the_future', 'later')")
+    db.execute("UPDATE _cpx SET value = '9.9.9' WHERE key = 'written_by'")
+    db.close()
+    with pytest.raises(LedgerDamaged, match=rf"written by cpx 9\.9\.9 .*m099_from_the_future.*this is cpx "
+                                            rf"{__version__}, whose schema ends at {ALL_NAMES[-1]}"):
+        Ledger(cpx_workspace.ledger_path)
+    capsys.readouterr()
+    assert main(["train", "msf-lmsa", "--epochs", "1"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not cpx_workspace.runs_dir.is_dir()
+    assert sqlite3.connect(cpx_workspace.ledger_path).execute("SELECT value FROM _cpx").fetchone() == ("9.9.9",)

@@ -2,11 +2,11 @@
 numpy reference (per image and pooled), the ignore index, and the accumulator."""
 
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
+from conftest import fscore_reference
 
 from cpx.data.competition import Competition
 from cpx.data.masks import IGNORE
@@ -28,19 +28,6 @@ def f_of(tp, fp, fn):
     p = tp / (tp + fp + 1e-7)
     r = tp / (tp + fn + 1e-7)
     return 2 * p * r / (p + r + 1e-7)
-
-
-def fscore_reference(pred: np.ndarray, gt: np.ndarray) -> float:
-    """The organisers' formula for one image, written out literally."""
-    scores = []
-    for c in np.unique(gt):
-        tp = np.sum((pred == c) & (gt == c))
-        fp = np.sum((pred == c) & (gt != c))
-        fn = np.sum((pred != c) & (gt == c))
-        precision = tp / (tp + fp + 1e-7)
-        recall = tp / (tp + fn + 1e-7)
-        scores.append(2 * precision * recall / (precision + recall + 1e-7))
-    return float(np.mean(scores))
 
 
 def score(pred, gt, num_classes):

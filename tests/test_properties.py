@@ -1,48 +1,88 @@
-"""Property-based tests (hypothesis): the metric, --set parsing, and the checks that read
+"""Property-based tests (hypothesis): the metrics (the F-score plugin against the organisers'
+literal formula, every registered metric's range), --set parsing, and the checks that read
 untrusted files, on inputs nobody would think to write by hand."""
 
 import io
+import math
 import zipfile
 
 import numpy as np
 import pytest
 import yaml
+from conftest import fscore_reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from cpx.cli import main
 from cpx.data import check_dataset, write_dataset
-from cpx.eval.metrics import fscore_per_image, fscore_reference
+from cpx.data.competition import Competition
+from cpx.data.masks import IGNORE
+from cpx.eval.metrics import ScoreAccumulator, create_metric
 from cpx.kernel.config import parse_assignment
 from cpx.kernel.errors import ConfigError
+from cpx.kernel.manager import create_plugin_host
 
 C = 6
 FUNCTION = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+HOST = create_plugin_host(entry_points=False)
+CLASSES = tuple(f"c{i}" for i in range(C))
+# options a built-in metric cannot do without
+METRIC_OPTIONS = {"class-iou": {"class": "c1"}}
 
 
-def masks(shape=(5, 7)):
-    return arrays(np.uint8, shape, elements=st.integers(0, C - 1))
+def metric(name: str, scale: float = 1.0):
+    comp = Competition(name="t", classes=CLASSES, metric={"name": name, "scale": scale, **METRIC_OPTIONS.get(name, {})})
+    return create_metric(comp, HOST)
+
+
+FSCORE = metric("fscore")
+# every registered metric, on its own scale and in percent
+METRICS = {(name, scale): metric(name, scale) for name in HOST.metrics.names() for scale in (1.0, 100.0)}
+
+
+def masks(shape=(5, 7), ignore=False):
+    values = st.sampled_from([*range(C), IGNORE]) if ignore else st.integers(0, C - 1)
+    return arrays(np.uint8, shape, elements=values)
+
+
+def image_value(m, pred, gt) -> float:
+    """One image's value of metric ``m`` (on its scale)."""
+    return float(ScoreAccumulator(m, C).update(pred[None], gt[None])[0])
 
 
 @given(gt=masks())
 def test_a_perfect_prediction_scores_one(gt):
-    assert float(fscore_per_image(gt[None], gt[None], C)[0]) == pytest.approx(1.0, abs=1e-6)
+    assert image_value(FSCORE, gt, gt) == pytest.approx(1.0, abs=1e-6)
 
 
 @given(pred=masks(), gt=masks(), perm=st.permutations(range(C)))
 def test_relabelling_classes_in_both_masks_keeps_the_score(pred, gt, perm):
     table = np.array(perm, dtype=np.uint8)
-    before = float(fscore_per_image(pred[None], gt[None], C)[0])
-    after = float(fscore_per_image(table[pred][None], table[gt][None], C)[0])
+    before = image_value(FSCORE, pred, gt)
+    after = image_value(FSCORE, table[pred], table[gt])
     assert after == pytest.approx(before, abs=1e-12)
 
 
 @given(pred=masks(), gt=masks())
 def test_the_score_is_within_0_and_1_and_equals_the_literal_formula(pred, gt):
-    score = float(fscore_per_image(pred[None], gt[None], C)[0])
+    score = image_value(FSCORE, pred, gt)
     assert 0.0 <= score <= 1.0
     assert score == pytest.approx(fscore_reference(pred, gt), abs=1e-9)
+
+
+@given(key=st.sampled_from(sorted(METRICS)), pred=masks(), gt=masks(ignore=True))
+def test_any_metric_is_in_range_and_one_image_scores_its_own_value(key, pred, gt):
+    m = METRICS[key]
+    acc = ScoreAccumulator(m, C)
+    value = float(acc.update(pred[None], gt[None])[0])
+    score = acc.compute().score
+    assert math.isnan(value) or 0.0 <= value <= m.scale
+    # over one image, a pooled formula on the summed counts and a mean of images' values both
+    # give that image's own value
+    assert (math.isnan(value) and math.isnan(score)) or score == pytest.approx(value, abs=1e-9 * m.scale)
+    perfect = image_value(m, np.where(gt == IGNORE, 0, gt).astype(np.uint8), gt)
+    assert not m.better(value, perfect)  # nothing beats the ground truth itself
 
 
 KEYS = st.lists(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), min_size=1, max_size=4).map(".".join)

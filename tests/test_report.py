@@ -44,7 +44,7 @@ def _run(ledger, ws, name, val, dice=1.5, seed=0, model="msf-lmsa", sweep=None, 
          history=None):
     folder = RunFolder.create(ws.runs_dir, f"20260101-000000-{name}")
     if history:
-        folder.write_history([{"epoch": e, "val_f": f, "train_loss": 1.0 / e, "lr": 1e-3} for e, f in history])
+        folder.write_history([{"epoch": e, "val_score": f, "train_loss": 1.0 / e, "lr": 1e-3} for e, f in history])
     row = ledger.add_run(id=folder.path.name, name=name, recipe="msf-lmsa", competition=COMP, status="completed",
                          best_val_score=val, best_epoch=best, last_epoch=last, epochs_planned=300,
                          config=_config(dice, seed, model), config_diff=_diff(dice, seed, model), data_fingerprint="fp",
@@ -52,7 +52,7 @@ def _run(ledger, ws, name, val, dice=1.5, seed=0, model="msf-lmsa", sweep=None, 
     if per_image is not None:
         ledger.add_validation(row["id"], checkpoint="best", tta="none", data="val_list", images=len(per_image),
                               score=sum(per_image.values()) / len(per_image), per_image=per_image,
-                              per_class={c: {"f": 0.5 + 0.1 * i, "images": 8} for i, c in enumerate(CLASSES)})
+                              per_class={c: {"score": 0.5 + 0.1 * i, "images": 8} for i, c in enumerate(CLASSES)})
     return row
 
 
@@ -94,7 +94,7 @@ def _cell(db, ws, ref):
         return RunFolder(ws.runs_dir / ref.key).read_calibration()[ref.column]
     if ref.table == "history":
         history = RunFolder(ws.runs_dir / ref.key).read_history()
-        return [h["val_f"] for h in history if h.get("val_f") is not None]
+        return [h["val_score"] for h in history if h.get("val_score") is not None]
     key = {"runs": "id", "validations": "id", "submissions": "name", "scores": "id", "sweeps": "name"}[ref.table]
     row = db.execute(f"SELECT {ref.column} FROM {ref.table} WHERE {key} = ?", (ref.key,)).fetchone()
     assert row is not None, ref
@@ -199,7 +199,8 @@ def test_report_regenerated_from_recorded_test_scores_every_number_traced(ledger
     out = ledger_ws.experiments_dir / "report"
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
-    # ranking: val F, TTA val F where measured, test F where recorded, predicted test F otherwise
+    # ranking: val score, TTA val score where measured, test score where recorded, predicted test score otherwise
+    assert "| # | run | status | val fscore | TTA val fscore | test fscore | predicted test fscore |" in md
     assert "| 1 | dice2 | completed | 0.7000 | 0.7100 (flip) | 0.7400 (v2) | - | +0.0400 | 98 | 118 |" in md
     gaps = [0.7200 - 0.6889, 0.7400 - 0.7000]
     mean = sum(gaps) / 2
@@ -247,7 +248,7 @@ def test_report_regenerated_from_recorded_test_scores_every_number_traced(ledger
 def test_report_on_an_empty_ledger(cpx_workspace, cpx_host):
     result = build_report(cpx_workspace, cpx_host)
     md = result.markdown.read_text()
-    assert "No run with a validation F" in md and "No submission" in md and result.figures == []
+    assert "No run with a validation score" in md and "No submission" in md and result.figures == []
 
 
 def test_an_ablation_sweep_is_reported_against_its_baseline(cpx_workspace, cpx_host):
@@ -292,3 +293,18 @@ def test_a_grid_without_effects_says_how_many_seeds_would_tell(cpx_workspace, cp
                 _run(ledger, ws, f"flat#{dice}-{seed}", value, dice=dice, seed=seed, sweep="flat", best=10, last=12)
     md = build_report(ws, cpx_host).markdown.read_text()
     assert "Sweep flat: no factor has an effect beyond the noise" in md and "runs per level are needed" in md
+
+
+def test_no_rendered_report_is_committed():
+    """A rendered page carries a copy of the HTML template (``document._CSS`` and the markup):
+    committed, that copy drifts from the one owner, cpx/report/document.py (one did). Reports in
+    the repository are kept as Markdown and figures; ``cpx report`` renders the HTML."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(["git", "ls-files", "--cached", "*.html", "*.htm"], cwd=repo, capture_output=True,
+                            text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert listed.stdout.split() == []

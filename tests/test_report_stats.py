@@ -11,7 +11,6 @@ from scipy import stats as sps
 
 from cpx.cli import main
 from cpx.report import stats
-from cpx.report.leaderboard import t_quantile
 from cpx.report.paired import compare_recorded
 from cpx.runs.ledger import Ledger
 
@@ -20,11 +19,16 @@ GAIN = {"img01": 0.04, "img02": 0.05, "img03": 0.03, "img04": 0.06, "img05": 0.0
 B = {k: A[k] + GAIN[k] for k in A}
 
 
-def test_scipy_t_matches_the_printed_table_and_the_old_series():
-    # the leaderboard used a hand-written series before; scipy gives the table values
-    for dof, expected in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)]:
-        assert t_quantile(0.95, dof) == pytest.approx(expected, abs=1e-4)
-    assert stats.t_quantile(0.99, 10) == pytest.approx(3.1693, abs=1e-4)
+@pytest.mark.parametrize("level, dof, expected", [(0.95, 1, 12.7062), (0.95, 2, 4.3027), (0.95, 3, 3.1824),
+                                                  (0.95, 4, 2.7764), (0.95, 9, 2.2622), (0.95, 30, 2.0423),
+                                                  (0.95, 200, 1.9719), (0.90, 5, 2.0150), (0.99, 10, 3.1693)])
+def test_t_quantile_matches_the_printed_table(level, dof, expected):
+    assert stats.t_quantile(level, dof) == pytest.approx(expected, abs=1e-4)
+
+
+def test_t_quantile_refuses_a_level_of_one():
+    with pytest.raises(ValueError):
+        stats.t_quantile(1.0, 3)
 
 
 def test_mean_interval():
@@ -119,7 +123,7 @@ def test_compare_stats_from_the_ledger(two_runs, capsys):
     assert "+0.0450" in text and "bootstrap CI" in text and "significant" in text and "0.0312" in text
     # with TTA: B has a flip validation, A has none
     assert main(["compare", "base", "dice2", "--stats", "--tta", "flip"]) == 2
-    assert "no recorded per-image F" in capsys.readouterr().err
+    assert "no recorded per-image scores" in capsys.readouterr().err
 
 
 def test_compare_stats_refuses_runs_on_other_data(cpx_workspace, two_runs):

@@ -16,7 +16,6 @@ from PIL import Image
 from cpx.cli import main
 from cpx.data.competition import Competition, Rules
 from cpx.kernel.hookspecs import hookimpl
-from cpx.runs.ledger import Ledger
 from cpx.submit.submissions import main_score, submission_report, used_in_phase
 
 
@@ -30,29 +29,6 @@ def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.strip()]
 
 
-@pytest.fixture
-def ledger(cpx_workspace):
-    with Ledger(cpx_workspace.ledger_path) as led:
-        yield led
-
-
-def packaged(ledger, name, *, run_name="r1", val=0.69, tmp=None, created=None, **fields):
-    """A run and a submission as `cpx package` leaves them."""
-    try:
-        run = ledger.get_run(run_name)
-    except Exception:
-        run = ledger.add_run(name=run_name, competition="celebamask-mini", status="completed",
-                             best_val_score=val, best_epoch=40)
-    path = Path(tmp or ".") / f"submission-{name}.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("masks/a.png", b"not checked here")
-    if created:
-        fields["created_at"] = created
-    return ledger.add_submission(name, run_id=run["id"], zip_path=str(path.resolve()),
-                                 zip_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                                 val_score=val, **fields)
-
-
 def score_rows(ledger, name):
     return [(s["phase"], s["column_key"], s["score"], s["source"]) for s in ledger.scores_for(name)]
 
@@ -60,8 +36,8 @@ def score_rows(ledger, name):
 # ---------------------------------------------------------------- --record-score
 
 
-def test_record_score_by_hand(ledger, capsys):
-    packaged(ledger, "v2", val=0.6889)
+def test_record_score_by_hand(ledger, capsys, packaged):
+    packaged("v2", val=0.6889)
     code, out, err = cpx(capsys, "submit", "v2", "--record-score", "0.73", "--note", "TTA flip")
 
     assert code == 0, err
@@ -81,24 +57,24 @@ def test_record_score_by_hand(ledger, capsys):
     ("nan", "--record-score: 'nan' is not a finite number"),
     ("abc", "--record-score: 'abc' is not a number"),
 ])
-def test_bad_scores_are_one_line_errors(ledger, capsys, value, message):
-    packaged(ledger, "v2")
+def test_bad_scores_are_one_line_errors(ledger, capsys, value, message, packaged):
+    packaged("v2")
     code, out, err = cpx(capsys, "submit", "v2", "--record-score", value)
     assert code == 2
     assert error_lines(err) == [f"error: {message}"]
     assert ledger.scores_for("v2") == []
 
 
-def test_unknown_name_is_a_one_line_error(ledger, capsys):
-    packaged(ledger, "v2")
+def test_unknown_name_is_a_one_line_error(ledger, capsys, packaged):
+    packaged("v2")
     code, _, err = cpx(capsys, "submit", "v9", "--record-score", "0.7")
     assert code == 2
     (line,) = error_lines(err)
     assert "no submission named 'v9' (known: v2)" in line
 
 
-def test_double_recording_needs_replace(ledger, capsys):
-    packaged(ledger, "v2")
+def test_double_recording_needs_replace(ledger, capsys, packaged):
+    packaged("v2")
     assert cpx(capsys, "submit", "v2", "--record-score", "0.73")[0] == 0
 
     code, _, err = cpx(capsys, "submit", "v2", "--record-score", "0.74")
@@ -117,8 +93,8 @@ def test_double_recording_needs_replace(ledger, capsys):
     assert ("final", "score", 0.70, "manual") in score_rows(ledger, "v2")
 
 
-def test_replace_overwrites_a_codabench_score_in_its_own_column(ledger, capsys):
-    packaged(ledger, "v2")
+def test_replace_overwrites_a_codabench_score_in_its_own_column(ledger, capsys, packaged):
+    packaged("v2")
     ledger.record_score("v2", 0.72, column_key="fscore", source="codabench")
     code, _, err = cpx(capsys, "submit", "v2", "--record-score", "0.725")
     assert code == 2 and "already has a test score 0.7200 (codabench" in err
@@ -126,8 +102,8 @@ def test_replace_overwrites_a_codabench_score_in_its_own_column(ledger, capsys):
     assert score_rows(ledger, "v2") == [("test", "fscore", 0.725, "manual")]
 
 
-def test_nothing_to_do_and_misplaced_options(ledger, capsys):
-    packaged(ledger, "v2")
+def test_nothing_to_do_and_misplaced_options(ledger, capsys, packaged):
+    packaged("v2")
     code, _, err = cpx(capsys, "submit", "v2")
     assert code == 2 and "nothing to do for 'v2'" in err
     code, _, err = cpx(capsys, "submit", "v2", "--record-score", "0.7", "--run", "r1")
@@ -207,8 +183,8 @@ def test_a_zip_with_problems_is_refused_with_each_listed(ledger, capsys, cpx_syn
     assert ledger.list_submissions() == []
 
 
-def test_registering_a_taken_name_or_missing_zip(ledger, capsys, tmp_path):
-    packaged(ledger, "v2")
+def test_registering_a_taken_name_or_missing_zip(ledger, capsys, tmp_path, packaged):
+    packaged("v2")
     code, _, err = cpx(capsys, "submit", "v2", "--zip", tmp_path / "nothing.zip")
     assert code == 2 and "no such file" in err
     (tmp_path / "x.zip").write_bytes(b"PK")
@@ -219,12 +195,12 @@ def test_registering_a_taken_name_or_missing_zip(ledger, capsys, tmp_path):
 # ---------------------------------------------------------------- listing and final
 
 
-def test_listing_counts_used_submissions_and_picks_the_latest_as_final(ledger, capsys):
-    packaged(ledger, "v1", val=0.66, created="2026-01-01T10:00:00+00:00")
-    packaged(ledger, "v2", val=0.69, created="2026-01-02T10:00:00+00:00")
-    packaged(ledger, "v3", val=0.70, created="2026-01-03T10:00:00+00:00", uploaded=True,
+def test_listing_counts_used_submissions_and_picks_the_latest_as_final(ledger, capsys, packaged):
+    packaged("v1", val=0.66, created_at="2026-01-01T10:00:00+00:00")
+    packaged("v2", val=0.69, created_at="2026-01-02T10:00:00+00:00")
+    packaged("v3", val=0.70, created_at="2026-01-03T10:00:00+00:00", uploaded=True,
              status="Failed", codabench_id="1003")
-    packaged(ledger, "v4", val=0.71, created="2026-01-04T10:00:00+00:00")  # packaged, never sent
+    packaged("v4", val=0.71, created_at="2026-01-04T10:00:00+00:00")  # packaged, never sent
     for name, score in (("v1", 0.70), ("v2", 0.73)):
         assert cpx(capsys, "submit", name, "--record-score", score)[0] == 0
 
@@ -258,10 +234,10 @@ class _FinalOnly:
                                            rules=Rules(submissions_per_phase=3, only_final_counts=True)))
 
 
-def test_warning_when_only_the_final_counts_and_it_is_not_the_best(ledger, capsys, cpx_host):
+def test_warning_when_only_the_final_counts_and_it_is_not_the_best(ledger, capsys, cpx_host, packaged):
     cpx_host.register(_FinalOnly(), name="final-only-plugin", origin="tests")
-    packaged(ledger, "a", created="2026-01-01T10:00:00+00:00")
-    packaged(ledger, "b", created="2026-01-02T10:00:00+00:00")
+    packaged("a", created_at="2026-01-01T10:00:00+00:00")
+    packaged("b", created_at="2026-01-02T10:00:00+00:00")
     ledger.record_score("a", 0.74)
     ledger.record_score("b", 0.71)
 
@@ -276,10 +252,10 @@ def test_warning_when_only_the_final_counts_and_it_is_not_the_best(ledger, capsy
     assert submission_report(ledger, cpx_host.competition("final-only")).warnings == []
 
 
-def test_recording_past_the_phase_limit_warns(ledger, capsys, cpx_host):
+def test_recording_past_the_phase_limit_warns(ledger, capsys, cpx_host, packaged):
     cpx_host.register(_FinalOnly(), name="final-only-plugin", origin="tests")
     for i in range(4):
-        packaged(ledger, f"s{i}", run_name="fo", created=f"2026-01-0{i + 1}T10:00:00+00:00")
+        packaged(f"s{i}", run_name="fo", created_at=f"2026-01-0{i + 1}T10:00:00+00:00")
     run = ledger.get_run("fo")
     ledger.update_run(run["id"], competition="final-only")
     for i in range(3):

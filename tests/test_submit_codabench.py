@@ -4,17 +4,15 @@ it is spent, one zip one name, and the final-only rule."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
 
 import pytest
-from codabench_server import FakeCodabench, _no_proxy, cpx, fake, logged_in  # noqa: F401  (fixtures)
+from codabench_server import cpx
 from conftest import tiny_overrides
 
 from cpx.kernel.errors import SubmissionError
-from cpx.runs.ledger import Ledger
 from cpx.submit import codabench
 from cpx.submit.package import PackageRequest, package
 from cpx.submit.submissions import phase_budget, used_in_phase
@@ -23,27 +21,8 @@ from cpx.train.run import TrainRequest, train
 FAST = ["--poll", "0.01", "--timeout", "10"]
 
 
-@pytest.fixture
-def ledger(cpx_workspace):
-    with Ledger(cpx_workspace.ledger_path) as led:
-        yield led
-
-
 def one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def packaged(ledger, tmp_path, name="v2", val=0.69, **fields):
-    try:
-        run = ledger.get_run("r1")
-    except Exception:
-        run = ledger.add_run(name="r1", competition="celebamask-mini", status="completed", best_val_score=val)
-    path = tmp_path / f"submission-{name}.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("masks/0001.png", f"mask of {name}".encode() * 20)
-    return ledger.add_submission(name, run_id=run["id"], zip_path=str(path), val_score=val,
-                                 zip_sha256=hashlib.sha256(path.read_bytes()).hexdigest(), checkpoint="best",
-                                 **fields)
 
 
 # ---------------------------------------------------------------- who you are
@@ -80,8 +59,8 @@ def test_an_environment_token_learns_the_username_from_the_server(fake, cpx_work
 # ---------------------------------------------------------------- the upload names its competition
 
 
-def test_the_dataset_names_its_competition_and_file(logged_in, ledger, tmp_path, capsys):
-    packaged(ledger, tmp_path)
+def test_the_dataset_names_its_competition_and_file(logged_in, ledger, tmp_path, capsys, packaged):
+    packaged()
     code, _, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42")
     assert code == 0, err
     (dataset,) = logged_in.datasets.values()
@@ -92,10 +71,10 @@ def test_the_dataset_names_its_competition_and_file(logged_in, ledger, tmp_path,
 # ---------------------------------------------------------------- what counts
 
 
-def test_cancelled_submissions_count_and_failed_ones_do_not(logged_in, ledger, tmp_path, capsys):
+def test_cancelled_submissions_count_and_failed_ones_do_not(logged_in, ledger, tmp_path, capsys, packaged):
     fake = logged_in
-    packaged(ledger, tmp_path, "a")
-    packaged(ledger, tmp_path, "b")
+    packaged("a")
+    packaged("b")
     fake.statuses = ["Submitted", "Cancelled"]
     assert cpx(capsys, "submit", "a", "--upload", "--competition", "42", "--wait", *FAST)[0] == 0
     fake.statuses = ["Submitted", "Failed"]
@@ -122,10 +101,10 @@ def test_the_servers_counts_win_over_the_ledgers(logged_in, ledger, tmp_path):
 # ---------------------------------------------------------------- the public leaderboard
 
 
-def test_final_puts_an_uploaded_submission_on_the_leaderboard_and_says_so(logged_in, ledger, tmp_path, capsys):
+def test_final_puts_an_uploaded_submission_on_the_leaderboard_and_says_so(logged_in, ledger, tmp_path, capsys, packaged):
     fake = logged_in
-    packaged(ledger, tmp_path, "a")
-    packaged(ledger, tmp_path, "b")
+    packaged("a")
+    packaged("b")
     for name in ("a", "b"):
         assert cpx(capsys, "submit", name, "--upload", "--competition", "42", "--wait", *FAST)[0] == 0
     ida, idb = (int(ledger.get_submission(n)["codabench_id"]) for n in ("a", "b"))
@@ -143,10 +122,10 @@ def test_final_puts_an_uploaded_submission_on_the_leaderboard_and_says_so(logged
     assert not ledger.get_submission("a")["is_final"]
 
 
-def test_a_competition_that_chooses_the_entry_itself_is_a_warning(logged_in, ledger, tmp_path, capsys):
+def test_a_competition_that_chooses_the_entry_itself_is_a_warning(logged_in, ledger, tmp_path, capsys, packaged):
     fake = logged_in
     fake.leaderboard_rule = "force_best"
-    packaged(ledger, tmp_path)
+    packaged()
     code, out, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42", "--leaderboard", "--wait",
                          *FAST)
     assert code == 0, err
@@ -155,10 +134,10 @@ def test_a_competition_that_chooses_the_entry_itself_is_a_warning(logged_in, led
 
 
 def test_upload_with_leaderboard_adds_it_and_final_on_a_local_one_says_it_is_local(logged_in, ledger, tmp_path,
-                                                                                  capsys):
+                                                                                  capsys, packaged):
     fake = logged_in
-    packaged(ledger, tmp_path, "up")
-    packaged(ledger, tmp_path, "local")
+    packaged("up")
+    packaged("local")
     code, out, err = cpx(capsys, "submit", "up", "--upload", "--competition", "42", "--leaderboard")
     assert code == 0, err
     assert "to the public leaderboard" in one_line(out) and "once it is scored" in one_line(out)
@@ -170,12 +149,12 @@ def test_upload_with_leaderboard_adds_it_and_final_on_a_local_one_says_it_is_loc
     assert code == 2 and "--leaderboard goes with --upload" in err
 
 
-def test_the_remote_leaderboard_marks_your_entries_and_rank(logged_in, ledger, tmp_path, capsys):
+def test_the_remote_leaderboard_marks_your_entries_and_rank(logged_in, ledger, tmp_path, capsys, packaged):
     fake = logged_in
     fake.add_submission(owner="bob", scores={"fscore": "0.91"}, on_leaderboard=True)
     fake.add_submission(owner="carol", scores={"fscore": "0.55"}, on_leaderboard=True)
     fake.add_submission(owner="dave", scores={"fscore": "0.99"})  # not added: not shown
-    packaged(ledger, tmp_path)
+    packaged()
     assert cpx(capsys, "submit", "v2", "--upload", "--competition", "42", "--final", "--wait", *FAST)[0] == 0
     mine = int(ledger.get_submission("v2")["codabench_id"])
 
@@ -195,10 +174,10 @@ def test_the_remote_leaderboard_marks_your_entries_and_rank(logged_in, ledger, t
 # ---------------------------------------------------------------- the budget, before it is spent
 
 
-def test_the_last_submission_needs_a_yes(logged_in, ledger, tmp_path, capsys):
+def test_the_last_submission_needs_a_yes(logged_in, ledger, tmp_path, capsys, packaged):
     fake = logged_in
     fake.phases[0]["used_submissions_per_day"] = 4  # one left today
-    packaged(ledger, tmp_path)
+    packaged()
     code, out, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42")
     assert code == 2
     assert "budget: phase 'test': 0 of 10 used, 10 left; Codabench phase 7 (Development) today: 4 of 5 used, " \
@@ -213,10 +192,10 @@ def test_the_last_submission_needs_a_yes(logged_in, ledger, tmp_path, capsys):
 
 
 def test_the_ledgers_limit_asks_too_and_a_yes_on_the_terminal_goes_on(logged_in, ledger, tmp_path, capsys,
-                                                                      monkeypatch):
+                                                                      monkeypatch, packaged):
     for i in range(9):
-        packaged(ledger, tmp_path, f"old{i}", uploaded=True, phase="test")
-    packaged(ledger, tmp_path)
+        packaged(f"old{i}", uploaded=True, phase="test")
+    packaged()
     asked = []
     import cpx.cli._common as common
 
@@ -228,11 +207,11 @@ def test_the_ledgers_limit_asks_too_and_a_yes_on_the_terminal_goes_on(logged_in,
 
 
 def test_package_shows_the_budget_and_asks_before_the_last_one(ledger, cpx_workspace, cpx_host, tiny_model,
-                                                               cpx_synthetic, tmp_path):
+                                                               cpx_synthetic, tmp_path, packaged):
     run = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(
         **{"data.path": str(cpx_synthetic), "data.image_size": 32, "train.epochs": 1})), cpx_workspace, cpx_host)
     for i in range(10):
-        packaged(ledger, tmp_path, f"old{i}", uploaded=True, phase="test")
+        packaged(f"old{i}", uploaded=True, phase="test")
     request = PackageRequest(run=run.run_id, name="v9")
     with pytest.raises(SubmissionError, match=r"not packaged: no submissions left in phase 'test': 10 of 10 used"):
         package(request, cpx_workspace, cpx_host)
@@ -272,9 +251,9 @@ def test_celebamask_mini_counts_only_the_final_submission(cpx_host):
     assert cpx_host.competition("celebamask-mini").rules.only_final_counts is True
 
 
-def test_a_final_that_is_not_the_best_by_validation_is_warned_about(ledger, tmp_path, capsys):
-    packaged(ledger, tmp_path, "good", val=0.74, uploaded=True, phase="test", created_at="2026-01-01T10:00:00+00:00")
-    packaged(ledger, tmp_path, "worse", val=0.70, uploaded=True, phase="test",
+def test_a_final_that_is_not_the_best_by_validation_is_warned_about(ledger, tmp_path, capsys, packaged):
+    packaged("good", val=0.74, uploaded=True, phase="test", created_at="2026-01-01T10:00:00+00:00")
+    packaged("worse", val=0.70, uploaded=True, phase="test",
              created_at="2026-01-02T10:00:00+00:00")
     code, out, err = cpx(capsys, "submit", "worse", "--final")
     assert code == 0
@@ -309,3 +288,33 @@ def test_submit_zip_accepts_the_weight_keys_of_older_scripts_and_says_which(ledg
     assert code == 0, err
     assert f"weights under '{key}'" in one_line(out)
     assert ("weights found under" in err) == (key != "state_dict")
+
+
+# ---------------------------------------------------------------- a lost answer (issue 19.3)
+
+
+def test_a_lost_answer_never_spends_a_second_submission_for_one_zip(logged_in, ledger, packaged, capsys):
+    fake = logged_in
+    packaged()
+    fake.inject("POST", "/api/submissions/", "lose")  # the server creates it; its answer never comes
+    code, _, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "looks the submission up" in one_line(err)
+    assert ledger.get_submission("v2")["upload_attempt"]["phase"] == 7
+    (made,) = fake.submissions
+    # the same command again: found on the server and recorded, nothing sent twice
+    code, out, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42")
+    assert code == 0, err
+    assert fake.count("POST", "/api/submissions/") == 1 and len(fake.submissions) == 1
+    sub = ledger.get_submission("v2")
+    assert sub["codabench_id"] == str(made) and sub["uploaded"] and sub["upload_attempt"] is None
+
+
+def test_an_attempt_that_never_reached_the_server_is_sent_again(logged_in, ledger, packaged, capsys):
+    fake = logged_in
+    packaged()
+    fake.inject("POST", "/api/submissions/", "drop")  # closed before the server acted on it
+    assert cpx(capsys, "submit", "v2", "--upload", "--competition", "42")[0] == 2
+    assert not fake.submissions
+    code, _, err = cpx(capsys, "submit", "v2", "--upload", "--competition", "42")
+    assert code == 0, err
+    assert len(fake.submissions) == 1 and ledger.get_submission("v2")["upload_attempt"] is None

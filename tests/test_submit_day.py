@@ -9,17 +9,10 @@ import json
 import sys
 import zipfile
 
-import pytest
 from codabench_server import FakeCodabench
 
 from cpx.cli import main
 from cpx.runs.ledger import Ledger
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.delenv("CODABENCH_URL", raising=False)
 
 
 def test_a_whole_submission_day(cpx_workspace, unet_run, capsys, monkeypatch):

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
-from codabench_server import FakeCodabench, _no_proxy, cpx  # noqa: F401  (fixtures)
+from codabench_server import FakeCodabench, cpx
 
 from cpx.kernel.errors import CodabenchError
 from cpx.runs.ledger import Ledger

@@ -57,3 +57,9 @@ def test_run_py_imports_only_what_a_solution_may(tmp_path):
     from cpx.submit.solution import RUN_PY, foreign_imports
 
     assert foreign_imports(RUN_PY) == []
+
+
+def test_run_py_accepts_the_weight_keys_cpx_accepts():
+    from cpx.runs.checkpoint import WEIGHT_KEYS
+
+    assert standalone_run.WEIGHT_KEYS == WEIGHT_KEYS

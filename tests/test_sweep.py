@@ -352,3 +352,27 @@ def test_cli_sweep_show_and_errors(resumed_sweep, monkeypatch, capsys):
     with pytest.raises(RunError):
         run_sweep(SweepRequest(study="missing", storage=f"journal:{resumed_sweep['ws'].root / 'x.log'}"),
                   resumed_sweep["ws"], None)
+
+
+def test_a_sweep_resumed_after_its_recipe_was_edited_is_refused_naming_the_change(cpx_workspace, cpx_host):
+    # issue 19.9: the study's name hashes the recipe's name, so an edited recipe joined the old study
+    from cpx.sweep.runner import _check_spec
+
+    exp = cpx_workspace.experiments_dir
+    exp.mkdir(parents=True, exist_ok=True)
+    (exp / "mine.yaml").write_text("base: msf-lmsa\ntrain:\n  epochs: 1\n")
+
+    def spec():
+        s = SweepSpec(recipe="mine", mode="grid", factors=[parse_grid("loss.options.dice=1,2")])
+        _check_spec(s, cpx_workspace, cpx_host)
+        return s
+
+    storage = studylib.open_storage(studylib.default_storage(exp), 60)
+    first = spec()
+    studylib.open_study(storage, first.default_name(), first)
+    studylib.open_study(storage, first.default_name(), spec())  # unchanged: the same study resumes
+    (exp / "mine.yaml").write_text("base: msf-lmsa\ntrain:\n  epochs: 3\n")
+    edited = spec()
+    assert edited.default_name() == first.default_name()
+    with pytest.raises(RunError, match=r"recipe mine .* changed since \(train.epochs: 1 -> 3\).*--study NEW"):
+        studylib.open_study(storage, edited.default_name(), edited)

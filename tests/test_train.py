@@ -25,7 +25,7 @@ def test_train_writes_run_folder_and_ledger_row(cpx_workspace, cpx_host, tiny_mo
         assert (run / name).is_file(), name
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
-    assert all(0 <= h["val_f"] <= 1 and h["train_loss"] > 0 and h["lr"] > 0 for h in history)
+    assert all(0 <= h["val_score"] <= 1 and h["train_loss"] > 0 and h["lr"] > 0 for h in history)
     assert len((run / "val_list.txt").read_text().split()) == 2  # 10% of 24
     best = torch.load(run / "best.pt", weights_only=False)
     assert set(best["state_dict"]) and best["model"] == "tiny"
@@ -33,7 +33,7 @@ def test_train_writes_run_folder_and_ledger_row(cpx_workspace, cpx_host, tiny_mo
     with Ledger(cpx_workspace.ledger_path) as ledger:
         row = ledger.get_run("first")
     assert row["status"] == "completed" and row["last_epoch"] == 2
-    assert row["best_val_score"] == pytest.approx(max(h["val_f"] for h in history))
+    assert row["best_val_score"] == pytest.approx(max(h["val_score"] for h in history))
     assert row["config_diff"]["model.name"] == "tiny" and row["params"] == result.params
     assert row["data_fingerprint"] and row["config"]["loss"]["options"]["dice"] == 1.5
 
@@ -61,11 +61,9 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(cpx_workspace, cpx_
 
 
 def test_parameter_limit_is_checked_before_training(cpx_workspace, cpx_host, tiny_model):
-    from dataclasses import replace
-
     from cpx.kernel.hookspecs import hookimpl
 
-    comp = replace(cpx_host.competitions.get("celebamask-mini").target, name="tight", max_params=100)
+    comp = cpx_host.competitions.get("celebamask-mini").target.model_copy(update={"name": "tight", "max_params": 100})
 
     class Tight:
         @hookimpl

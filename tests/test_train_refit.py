@@ -1,5 +1,5 @@
 """Refits (cpx train --refit RUN): the parent's config on every labelled image, for the epochs the
-parent chose, recorded as a refit with the parent's val F carried and marked."""
+parent chose, recorded as a refit with the parent's validation score carried and marked."""
 
 import json
 
@@ -39,10 +39,10 @@ def test_stop_after_keeps_the_schedule_of_the_full_run(cpx_workspace, cpx_host, 
     a = json.loads((full.run_dir / "history.json").read_text())
     b = json.loads((cut.run_dir / "history.json").read_text())
     assert cut.epochs == 2 and [h["lr"] for h in b] == [h["lr"] for h in a[:2]]
-    assert b[-1]["val_f"] is not None  # the stopping epoch is validated
+    assert b[-1]["val_score"] is not None  # the stopping epoch is validated
 
 
-def test_refit_trains_on_every_image_and_carries_the_parents_val_f(cpx_workspace, cpx_host, tiny_model):
+def test_refit_trains_on_every_image_and_carries_the_parents_val_score(cpx_workspace, cpx_host, tiny_model):
     parent = _parent(cpx_workspace, cpx_host, **{"train.ema": 0.9})
     refit = train(TrainRequest(refit="parent"), cpx_workspace, cpx_host)
     assert refit.status == "completed" and refit.refit_of == parent.run_id
@@ -55,7 +55,7 @@ def test_refit_trains_on_every_image_and_carries_the_parents_val_f(cpx_workspace
     info = json.loads((refit.run_dir / "data.json").read_text())
     assert info["train"] == 24 and info["val"] == 0
     history = json.loads((refit.run_dir / "history.json").read_text())
-    assert all(h.get("val_f") is None for h in history)
+    assert all(h.get("val_score") is None for h in history)
     best_parent = load_file(parent.run_dir / "best.pt")
     assert load_file(refit.run_dir / "best.pt")["weights"] == best_parent["weights"]
     with pytest.raises(RunError, match="no validation images"):
@@ -75,7 +75,7 @@ def test_refits_are_refused_for_what_cannot_be_refitted(cpx_workspace, cpx_host,
         train(TrainRequest(refit="ens"), cpx_workspace, cpx_host)
 
 
-def test_an_interrupted_refit_resumes_and_keeps_the_carried_val_f(cpx_workspace, cpx_host, tiny_model):
+def test_an_interrupted_refit_resumes_and_keeps_the_carried_val_score(cpx_workspace, cpx_host, tiny_model):
     parent = _parent(cpx_workspace, cpx_host)
 
     class InterruptAt1:
@@ -104,4 +104,4 @@ def test_cli_refit_shows_in_runs_and_leaderboard(cpx_workspace, cpx_host, tiny_m
     assert main(["leaderboard", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     refit = next(r for r in rows if r["label"] == "parent-refit")
-    assert refit["val_source"].startswith("refit of") and refit["val_f"] is not None
+    assert refit["val_source"].startswith("refit of") and refit["val_score"] is not None

@@ -2,6 +2,8 @@
 
 Each command builds a config, calls one core function and renders the result. Domain
 errors (`cpx.kernel.errors.CpxError`) become one line per problem on stderr and exit code 2.
+
+May import: every cpx package (and it alone imports typer and rich).
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import typer
 from cpx import __version__
 from cpx.kernel.errors import CpxError
 
-from . import _common, bench, data, evaluate, package, pictures, plugins, report, runs, submit, sweep, train
+from . import _common, bench, bundle, data, evaluate, package, pictures, plugins, report, runs, submit, sweep, train
 
-COMMAND_MODULES = [train, runs, plugins, data, pictures, evaluate, package, submit, bench, sweep, report]
+COMMAND_MODULES = [bundle, train, runs, plugins, data, pictures, evaluate, package, submit, bench, sweep, report]
 
 
 def create_app(host=None) -> typer.Typer:
@@ -65,6 +67,14 @@ def _workspace_from_argv(argv: list[str]) -> Optional[str]:
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point; returns the exit code (the console script passes it to sys.exit)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode reach Python as lone surrogates
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            _common.print_error(CpxError(f"argument {shown!r} is not valid UTF-8 text; cpx records names and paths "
+                                         "in its ledger as UTF-8: use another name (or rename the file)"))
+            return CpxError.exit_code
     ws = _workspace_from_argv(argv)
     if ws:
         os.environ["CPX_WORKSPACE"] = ws
@@ -81,8 +91,5 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         _common.err_console.print("[yellow]interrupted[/] (Ctrl-C): files already written are complete; nothing "
                                   "half-written was kept", highlight=False)
-        return 130
-    except KeyboardInterrupt:
-        _common.err_console.print("interrupted")
         return 130
     return 0

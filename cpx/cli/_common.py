@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 
 from cpx.kernel.errors import CpxError
 from cpx.kernel.manager import get_host
 from cpx.kernel.workspace import Workspace
+
+# commands that reuse a run's data folder refuse one that no longer holds what the run trained on
+AllowChangedDataOpt = Annotated[bool, typer.Option(
+    "--allow-changed-data", help="use the run's data folder even though its labelled images are not the ones "
+                                 "the run trained on (their fingerprint differs)")]
 
 # Piped output (logs, README examples) gets a wide fixed width instead of rich's 80 columns.
 _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 150
@@ -49,10 +55,12 @@ def print_json(data: Any) -> None:
 
 
 def pick_competition(name: Optional[str], data: Optional[os.PathLike] = None) -> str:
-    """The competition a command uses (:func:`cpx.runs.handle.pick_competition`)."""
-    from cpx.runs.handle import pick_competition as pick
+    """The competition to use (:func:`cpx.runs.competition.pick_competition`): the option, the
+    workspace's ``cpx.yaml``, the one profile whose layout the ``data`` folder follows, the only
+    one registered, or the competition of the ledger's runs when they share one."""
+    from cpx.runs.competition import pick_competition as pick
 
-    return pick(workspace(), host(), name, data)
+    return pick(name, workspace(), host(), data)
 
 
 def confirm(question: str) -> bool:

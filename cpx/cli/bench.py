@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from cpx.bench.measure import ACCELERATORS, BenchRequest, project, project_check, run_bench
 from cpx.kernel.config import parse_assignment
-from cpx.report.bench import ACCELERATORS, BenchRequest, project, project_check, run_bench
 
 from . import _common
 from ._common import console

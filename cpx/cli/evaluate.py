@@ -12,15 +12,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cpx.eval.ensemble import build_ensemble, parse_weights
-from cpx.eval.folders import predict_run
 from cpx.eval.predict import parse_tta, tta_label
+from cpx.eval.predict_folder import predict_run
 from cpx.eval.validate import score_folders, validate_run
 from cpx.kernel.errors import DataError
 from cpx.kernel.text import format_f
 from cpx.train.run import command_line
 
 from . import _common
-from ._common import console, err_console, print_json
+from ._common import AllowChangedDataOpt, console, err_console, print_json
 
 TTA_HELP = "test-time augmentation: flip, scale or flip,scale (default: none; an ensemble's own)"
 POST_HELP = ("post-processing steps, comma-separated, each NAME or NAME:key=value (see `cpx plugins`), e.g. "
@@ -103,6 +103,33 @@ def render_stages(ev) -> None:
     console.print(table)
 
 
+OFFICIAL_HELP = ("also run the organisers' scoring program (the profile's phases[].scoring_program, copied by cpx init "
+                 "--bundle) on the same predictions, as Codabench lays them out; it is code from the bundle you chose")
+OFFICIAL_PYTHON_HELP = ("the Python that runs the scoring program (default: this one), e.g. a venv with its "
+                        "requirements")
+
+
+def render_official(result) -> None:
+    """The organisers' ranked column beside cpx's metric, and where the program's files are."""
+    table = Table(title="the organisers' scoring program", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row(f"[bold]{result.column} (the ranked column, {result.scores_file})[/]", f"[bold]{result.value:.6f}[/]")
+    table.add_row(f"cpx's {result.metric}", f"{result.cpx_score:.6f}")
+    difference = result.difference if abs(result.difference) >= 5e-7 else 0.0  # no "-0.000000"
+    table.add_row("difference", f"{difference:+.6f}" + ("" if result.agrees else " [red](!)[/]"))
+    for key, value in result.scores.items():
+        if key != result.column:
+            table.add_row(key, f"{value:g}")
+    console.print(table)
+    phase = f" (phase {result.phase})" if result.phase else ""
+    console.print(f"[dim]program {result.program}{phase} ran in {result.seconds:.1f} s; its input, output and logs "
+                  f"are in {result.folder}[/]", highlight=False)
+    _warn(result.notes)
+    if result.warning():
+        _warn([result.warning()])
+
+
 def _warn(lines) -> None:
     for line in lines:
         err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
@@ -119,19 +146,31 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
         precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
         record: Annotated[bool, typer.Option("--record/--no-record", help="add the result to the ledger")] = True,
-        post: Annotated[Optional[str], typer.Option(help=POST_HELP + "; F is reported with and without")] = None,
+        post: Annotated[Optional[str], typer.Option(
+            help=POST_HELP + "; the score is reported with and without")] = None,
         calibration: Annotated[bool, typer.Option("--calibration/--no-calibration", help=CALIBRATION_HELP)] = True,
         tile: Annotated[Optional[int], typer.Option(help=TILE_HELP)] = None,
+        official: Annotated[bool, typer.Option("--official", help=OFFICIAL_HELP)] = False,
+        official_python: Annotated[Optional[Path], typer.Option(help=OFFICIAL_PYTHON_HELP)] = None,
+        allow_changed_data: AllowChangedDataOpt = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Score a run with its competition's metric, at each mask's own size; recorded in the ledger."""
+        """Score a run with its competition's metric, at each mask's own size; recorded in the ledger.
+        With --official, the organisers' scoring program scores the same predictions too."""
+        options = dict(checkpoint=checkpoint, data=data, tta=None if tta is None else parse_tta(tta),
+                       record=record, batch_size=batch_size, device=device, precision=precision,
+                       calibration=calibration, post=post, tile=tile, allow_changed_data=allow_changed_data)
+        result = None
         with progress_bar("validating", json_) as cb:
-            ev = validate_run(run, _common.workspace(), _common.host(), checkpoint=checkpoint, data=data,
-                              tta=None if tta is None else parse_tta(tta), record=record, batch_size=batch_size,
-                              device=device, precision=precision, calibration=calibration, post=post, tile=tile,
-                              progress=cb)
+            if official:
+                from cpx.bundle.official import validate_official
+
+                ev, result = validate_official(run, _common.workspace(), _common.host(), progress=cb,
+                                               python=str(official_python) if official_python else None, **options)
+            else:
+                ev = validate_run(run, _common.workspace(), _common.host(), progress=cb, **options)
         if json_:
-            print_json(ev.to_dict())
+            print_json({**ev.to_dict(), "official": result.to_dict()} if result else ev.to_dict())
             return
         where = "its validation list" if ev.data == "val_list" else ev.data
         extra = ("  calibrated" if ev.calibrated else "") + (f"  post {ev.post}" if ev.post != "none" else "")
@@ -139,6 +178,8 @@ def register(app: typer.Typer) -> None:
                       f"run {ev.run_id}  checkpoint {ev.checkpoint}  tta {tta_label(ev.tta)}{extra}  on {where}  "
                       f"({ev.seconds:.1f} s)")
         render_stages(ev)
+        if result is not None:
+            render_official(result)
         _warn(ev.warnings)
         if ev.validation_id is not None:
             console.print(f"[dim]recorded as validation {ev.validation_id} of {ev.run_id}[/]", highlight=False)
@@ -148,15 +189,25 @@ def register(app: typer.Typer) -> None:
         pred_dir: Annotated[Path, typer.Argument(help="folder of predicted masks (<stem> + the mask suffix)")],
         gt_dir: Annotated[Path, typer.Argument(help="folder of ground-truth masks (<stem> + the mask suffix)")],
         competition: Annotated[Optional[str], typer.Option(help="competition profile (default: cpx.yaml's)")] = None,
+        official: Annotated[bool, typer.Option("--official", help=OFFICIAL_HELP)] = False,
+        official_python: Annotated[Optional[Path], typer.Option(help=OFFICIAL_PYTHON_HELP)] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Score a folder of predicted masks against ground truth with the competition's metric."""
+        """Score a folder of predicted masks against ground truth with the competition's metric
+        (with --official, with the organisers' scoring program too)."""
         from cpx.eval.metrics import create_metric
 
         comp = _common.host().competition(_common.pick_competition(competition))
-        report = score_folders(pred_dir, gt_dir, comp, create_metric(comp, _common.host()))
+        result = None
+        if official:
+            from cpx.bundle.official import score_official
+
+            report, result = score_official(pred_dir, gt_dir, comp, _common.host(), _common.workspace(),
+                                            python=str(official_python) if official_python else None)
+        else:
+            report = score_folders(pred_dir, gt_dir, comp, create_metric(comp, _common.host()))
         if json_:
-            print_json(report.to_dict())
+            print_json({**report.to_dict(), "official": result.to_dict()} if result else report.to_dict())
         else:
             _warn(report.warnings)
             for line in report.problems:
@@ -164,6 +215,8 @@ def register(app: typer.Typer) -> None:
             if report.ok:
                 render_scores(report.scores, report.class_names,
                               f"{pred_dir} vs {gt_dir}  ({len(report.names)} masks, {comp.name})")
+            if result is not None:
+                render_official(result)
         if not report.ok:
             # a CpxError rather than typer.Exit: main() turns it into exit code 2 either way
             raise DataError(f"{len(report.problems)} problem(s) in {pred_dir}: nothing scored")
@@ -216,6 +269,7 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 8,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
         precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
+        allow_changed_data: AllowChangedDataOpt = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """Fit per-class logit offsets for the competition's metric on the validation images; report the
@@ -226,7 +280,8 @@ def register(app: typer.Typer) -> None:
         with progress_bar("calibrating", json_) as cb:
             result = calibrate_run(run, _common.workspace(), _common.host(), checkpoint=checkpoint,
                                    tta=parse_tta(tta), store=store, force=force, seed=seed, batch_size=batch_size,
-                                   device=device, precision=precision, progress=cb)
+                                   device=device, precision=precision, progress=cb,
+                                   allow_changed_data=allow_changed_data)
         if json_:
             print_json(result.to_dict())
             return
@@ -264,6 +319,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
         precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
         record: Annotated[bool, typer.Option("--record/--no-record", help="record the ensemble as a run")] = True,
+        allow_changed_data: AllowChangedDataOpt = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """Average runs' softmax outputs and score the mix on their shared validation images."""
@@ -273,7 +329,7 @@ def register(app: typer.Typer) -> None:
                                     weights=parse_weights(weights, len(runs) or None),
                                     tta=parse_tta(tta), top=top, search=search, name=name, checkpoint=checkpoint,
                                     record=record, batch_size=batch_size, device=device, precision=precision,
-                                    command=command_line(), progress=cb)
+                                    command=command_line(), progress=cb, allow_changed_data=allow_changed_data)
         if json_:
             print_json(result.to_dict())
             return

@@ -11,8 +11,8 @@ from rich.table import Table
 
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.text import format_f
-from cpx.submit.package import PackageRequest, PackageResult, package
 from cpx.submit.checkreport import CheckReport
+from cpx.submit.package import PackageRequest, PackageResult, package
 from cpx.submit.zipcheck import check_submission
 
 from . import _common
@@ -91,7 +91,16 @@ def render_result(result: PackageResult) -> None:
                           f"solution check {result.solution_seconds:.1f} s)")
     for line in result.rule_breaks:
         table.add_row("[bold red]rule break[/]", line)
+    official = result.official or {}
+    if official.get("skipped"):
+        table.add_row("official", f"not run: {official['skipped']}")
+    elif official:
+        table.add_row("official", f"the organisers' program on the zip's layout with the validation predictions: "
+                                  f"{official['column']} {official['value']:.4f} (cpx {official['metric']} "
+                                  f"{official['cpx_score']:.4f}); output in {official['folder']}")
     console.print(table)
+    if official.get("warning"):
+        err_console.print(f"[yellow]warning:[/] {official['warning']}", highlight=False, soft_wrap=True)
     console.print(f"[bold green]packaged[/] {result.name}; the check passed", highlight=False)
 
 
@@ -137,9 +146,20 @@ def register(app: typer.Typer) -> None:
                  "the ledger's runs')")] = None,
         yes: Annotated[bool, typer.Option(
             "--yes", "-y", help="package for the last submission left without asking")] = False,
+        official: Annotated[bool, typer.Option(
+            "--official/--no-official", help="run the organisers' scoring program named by the workspace's profile "
+                                             "(cpx init --bundle) once on the zip's layout with the validation "
+                                             "predictions, before the zip is kept; it is code from the bundle "
+                                             "you chose")] = True,
+        official_python: Annotated[Optional[Path], typer.Option(
+            help="the Python that runs the scoring program (default: this one), e.g. a venv with its "
+                 "requirements")] = None,
+        allow_changed_data: _common.AllowChangedDataOpt = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
-        """Predict the test images and write a verified submission zip to submissions/."""
+        """Predict the test images and write a verified submission zip to submissions/; when the
+        workspace's profile names the organisers' scoring program, it is run once on the zip's
+        layout first (--no-official skips it)."""
         if check is not None:
             if run or name:
                 raise ConfigError("--check verifies an existing zip; drop the run and --name")
@@ -163,14 +183,21 @@ def register(app: typer.Typer) -> None:
             views.extend(parse_tta(item))
         request = PackageRequest(run=run, name=name, tta=parse_tta(views), test_dir=str(test) if test else None,
                                  checkpoint=checkpoint, allow_rule_break=allow_rule_break, device=device,
-                                 yes=yes, calibration=calibration, post=(post,) if post else ())
+                                 yes=yes, calibration=calibration, post=(post,) if post else (),
+                                 allow_changed_data=allow_changed_data)
+        checker = None
+        if official:
+            from cpx.bundle.official import package_check
+
+            checker = package_check(_common.workspace(), _common.host(),
+                                    python=str(official_python) if official_python else None)
         if json_ or not console.is_terminal:
-            result = package(request, _common.workspace(), _common.host(), confirm=_common.confirm)
+            result = package(request, _common.workspace(), _common.host(), confirm=_common.confirm, official=checker)
         else:
             bars = _Bars()
             with bars.progress:
                 result = package(request, _common.workspace(), _common.host(), progress=bars,
-                                 confirm=lambda q: _confirm_paused(bars, q))
+                                 confirm=lambda q: _confirm_paused(bars, q), official=checker)
         if json_:
             print_json(result.to_dict())
         else:

@@ -10,9 +10,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cpx.draw.pictures import compare_runs, curves_for_runs, show_run
 from cpx.eval.predict import parse_tta
 from cpx.kernel.text import format_f
-from cpx.report.pictures import compare_runs, curves_for_runs, show_run
 
 from . import _common
 from ._common import console, err_console, print_json
@@ -67,8 +67,8 @@ def _compare_stats(run_a: str, run_b: str, checkpoint: str, tta: Optional[str], 
     table = Table(title=f"paired over the {t.n} images both runs were scored on", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    table.add_row("mean F of A", format_f(t.mean_a))
-    table.add_row("mean F of B", format_f(t.mean_b))
+    table.add_row("mean score of A", format_f(t.mean_a))
+    table.add_row("mean score of B", format_f(t.mean_b))
     ci = f"  ({t.level * 100:g}% bootstrap CI {t.low:+.4f}..{t.high:+.4f})" if t.low is not None else ""
     table.add_row("[bold]B − A[/]", f"[bold]{t.diff:+.4f}[/]{ci}")
     table.add_row("paired t-test p", f"{t.t_p:.4f}" if t.t_p is not None else "-")
@@ -88,20 +88,22 @@ def register(app: typer.Typer) -> None:
         images: Annotated[int, typer.Option(
             "--images", "-n", help="draw this many worst validation images (0: none)")] = 8,
         per_class: Annotated[bool, typer.Option(
-            "--per-class", help="only the per-class F chart, no image grid")] = False,
+            "--per-class", help="only the per-class chart, no image grid")] = False,
         checkpoint: CheckpointOpt = "best",
         output: Annotated[Optional[Path], typer.Option(
             "--output", "-o", help="PNG path (default: show.png in the run folder)")] = None,
         tta: TtaOpt = None,
         device: DeviceOpt = "auto",
+        allow_changed_data: _common.AllowChangedDataOpt = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """Validate a run and draw its worst validation images (image, truth, prediction, errors)
-        and its per-class F chart (per_class.png beside the grid)."""
+        and the per-class chart of the competition's metric (per_class.png beside the grid)."""
         with _validation_bar(not json_) as bar:
             result = show_run(run, _common.workspace(), _common.host(), images=0 if per_class else images,
                               checkpoint=checkpoint, tta=parse_tta(tta), output=output, device=device,
-                              progress=(lambda d, t: bar(run, d, t)) if bar else None)
+                              progress=(lambda d, t: bar(run, d, t)) if bar else None,
+                              allow_changed_data=allow_changed_data)
         if json_:
             print_json(result.to_dict())
             return
@@ -112,9 +114,9 @@ def register(app: typer.Typer) -> None:
             table = Table(title=f"{len(result.worst)} worst validation images")
             table.add_column("#", justify="right")
             table.add_column("image")
-            table.add_column("F", justify="right")
-            for i, (name, f) in enumerate(result.worst, 1):
-                table.add_row(str(i), name, format_f(f))
+            table.add_column(ev.scores.metric, justify="right")
+            for i, (name, value) in enumerate(result.worst, 1):
+                table.add_row(str(i), name, format_f(value))
             console.print(table)
         if result.grid_path:
             console.print(f"images:    {result.grid_path}", highlight=False, soft_wrap=True)
@@ -129,19 +131,21 @@ def register(app: typer.Typer) -> None:
             "--output", "-o", help="PNG path (default: experiments/compare/A__vs__B.png)")] = None,
         tta: TtaOpt = None,
         device: DeviceOpt = "auto",
+        allow_changed_data: _common.AllowChangedDataOpt = False,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
         stats: Annotated[bool, typer.Option(
             "--stats", help="a paired test over the images both runs were scored on, from their recorded "
-                            "per-image F (no evaluation, no picture)")] = False,
+                            "per-image scores (no evaluation, no picture)")] = False,
     ):
-        """Per-class F of two runs side by side, each validated on its own validation list; with --stats,
+        """Per-class scores of two runs side by side, each validated on its own validation list; with --stats,
         the difference B − A with its bootstrap interval and paired t / Wilcoxon p-values."""
         if stats:
             _compare_stats(run_a, run_b, checkpoint, tta, json_)
             return
         with _validation_bar(not json_) as bar:
             result = compare_runs(run_a, run_b, _common.workspace(), _common.host(), checkpoint=checkpoint,
-                                  tta=parse_tta(tta), output=output, device=device, progress=bar)
+                                  tta=parse_tta(tta), output=output, device=device, progress=bar,
+                                  allow_changed_data=allow_changed_data)
         if result.warning:
             err_console.print(f"[yellow]warning:[/] {result.warning}", highlight=False, soft_wrap=True)
         if json_:
@@ -151,14 +155,15 @@ def register(app: typer.Typer) -> None:
                                       ("B", result.label_b, result.run_b, result.images_b)):
             extra = f" ({run_id})" if label != run_id else ""
             console.print(f"[bold]{tag}[/] {label}{extra}: {n} validation images", highlight=False, soft_wrap=True)
-        table = Table(title="per-class F, sorted by B − A")
+        table = Table(title=f"per-class {result.metric}, sorted by B − A")
         table.add_column("class")
         table.add_column("A", justify="right")
         table.add_column("B", justify="right")
         table.add_column("B − A", justify="right")
         table.add_column("images A/B", justify="right")
         for c in result.by_difference():
-            table.add_row(c.name, format_f(c.f_a), format_f(c.f_b), _f_diff(c.diff), f"{c.images_a}/{c.images_b}")
+            table.add_row(c.name, format_f(c.score_a), format_f(c.score_b), _f_diff(c.diff),
+                          f"{c.images_a}/{c.images_b}")
         table.add_section()
         table.add_row("[bold]score[/]", f"[bold]{format_f(result.score_a)}[/]", f"[bold]{format_f(result.score_b)}[/]",
                       _f_diff(result.score_b - result.score_a), f"{result.images_a}/{result.images_b}")
@@ -172,6 +177,6 @@ def register(app: typer.Typer) -> None:
             "--output", "-o",
             help="PNG path (default: curves.png in the run folder; experiments/compare/ for several runs)")] = None,
     ):
-        """Training curves (loss, validation F, learning rate) of one or several runs in one PNG."""
+        """Training curves (loss, validation score, learning rate) of one or several runs in one PNG."""
         path = curves_for_runs(runs, _common.workspace(), _common.host(), output=output)
         console.print(f"curves: {path}", highlight=False, soft_wrap=True)

@@ -35,17 +35,19 @@ def register(app: typer.Typer) -> None:
             return
         table = Table(title=f"runs ({len(rows)})")
         table.add_column("run", no_wrap=True)
-        for col in ("recipe", "status", "val F", "best ep", "epochs", "params", "wall"):
+        metrics = {r.get("metric") for r in rows if r.get("best_val_score") is not None}
+        val = f"val {metrics.pop()}" if len(metrics) == 1 and None not in metrics else "val score"
+        for col in ("recipe", "status", val, "best ep", "epochs", "params", "wall"):
             table.add_column(col, justify="right" if col not in ("recipe", "status") else "left")
         table.add_column("changed", overflow="fold")
         for r in rows:
             diff = r.get("config_diff") or {}
             label = r["id"] if (r.get("name") or r["id"]) == r["id"] else f"{r['name']}\n[dim]{r['id']}[/]"
-            val_f = format_f(r.get("best_val_score"))
+            score = format_f(r.get("best_val_score"))
             if r.get("refit_of"):  # nothing was held out: the parent's score, marked
-                val_f += f"\n[dim]refit of {r['refit_of']}: its val F, not measurable[/]"
+                score += f"\n[dim]refit of {r['refit_of']}: its val score, not measurable[/]"
             table.add_row(label, r.get("recipe") or "", r.get("status") or "",
-                          val_f, str(r.get("best_epoch") or "-"), str(r.get("last_epoch") or "-"),
+                          score, str(r.get("best_epoch") or "-"), str(r.get("last_epoch") or "-"),
                           f"{r['params']:,}" if r.get("params") else "-",
                           f"{r['wall_seconds']:.0f}s" if r.get("wall_seconds") else "-",
                           ", ".join(f"{k.split('.')[-1]}={v}" for k, v in diff.items()))

@@ -14,7 +14,14 @@ from cpx.kernel.text import format_f, format_signed
 from cpx.report.leaderboard import SORTS, build_leaderboard, format_test_score, run_checkpoint
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench as cb
-from cpx.submit.actions import (
+from cpx.submit.submissions import (
+    DEFAULT_PHASE,
+    default_phase,
+    remote_leaderboard,
+    submission_report,
+    sync_submissions,
+)
+from cpx.submit.submit import (
     DEFAULT_TIMEOUT,
     SubmitRequest,
     codabench_client,
@@ -23,10 +30,11 @@ from cpx.submit.actions import (
     split_phase,
     submit,
 )
-from cpx.submit.submissions import DEFAULT_PHASE, remote_leaderboard, submission_report, sync_submissions
 
 from . import _common
 from ._common import console, err_console, print_json
+
+PHASE_HELP = "leaderboard phase (default: the profile's current phase from its bundle, else test)"
 
 
 def _cpx_competition(name: Optional[str] = None, run: Optional[dict] = None):
@@ -157,12 +165,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("submissions")
     def submissions_command(
-        phase: Annotated[str, typer.Option(help="leaderboard phase")] = DEFAULT_PHASE,
+        phase: Annotated[Optional[str], typer.Option(help=PHASE_HELP)] = None,
         competition: Annotated[Optional[str], typer.Option(help="competition whose rules apply")] = None,
         json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ):
         """List submissions with their validation and test scores, the phase's budget, and the final one."""
         comp = _cpx_competition(competition)
+        phase = phase or default_phase(comp)
         with Ledger(_common.workspace().ledger_path) as ledger:
             report = submission_report(ledger, comp, phase)
         if json_:
@@ -192,10 +201,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("leaderboard")
     def leaderboard_command(
-        sort: Annotated[str, typer.Option(
-            help="rank by the validation or test score (observed, else predicted)")] = "val",
+        sort: Annotated[str, typer.Option("--sort", "--by", help="rank by val, test (observed, else predicted) or "
+                                                                 "official (the organisers' program's score of "
+                                                                 "`cpx validate --official`)")] = "val",
         limit: Annotated[Optional[int], typer.Option(help="show the top N")] = None,
-        phase: Annotated[str, typer.Option(help="leaderboard phase")] = DEFAULT_PHASE,
+        phase: Annotated[Optional[str], typer.Option(help=PHASE_HELP)] = None,
         competition: Annotated[Optional[str], typer.Option(
             help="only runs of this competition; with --remote: the Codabench competition id")] = None,
         markdown: Annotated[bool, typer.Option("--markdown", help="a Markdown table")] = False,
@@ -208,7 +218,7 @@ def register(app: typer.Typer) -> None:
         the test score where none is known; with --remote, show Codabench's public leaderboard
         and your rank on it."""
         if remote:
-            _remote_leaderboard(competition, phase, url, limit, json_)
+            _remote_leaderboard(competition, phase or DEFAULT_PHASE, url, limit, json_)
             return
         if sort not in SORTS:
             raise ConfigError(f"--sort: choose {' or '.join(SORTS)}, not {sort!r}")
@@ -221,10 +231,11 @@ def register(app: typer.Typer) -> None:
             # the named competition, else cpx.yaml's, else the latest run's
             comp = _cpx_competition(competition, run=None if competition else latest)
             metric = create_metric(comp, _common.host()) if comp else None
-            board = build_leaderboard(ledger, phase=phase, sort=sort, limit=limit,
+            board = build_leaderboard(ledger, phase=phase or default_phase(comp), sort=sort, limit=limit,
                                       competition=comp.name if comp else None,
                                       metric=comp.metric.name if comp else "", scale=metric.scale if metric else 1.0,
-                                      greater_is_better=metric.greater_is_better if metric else True)
+                                      greater_is_better=metric.greater_is_better if metric else True,
+                                      official=comp.leaderboard if comp else None)
         if json_:
             print_json(board.to_dict())
             return
@@ -233,17 +244,24 @@ def register(app: typer.Typer) -> None:
             return
         shown = f"{len(board.rows)} of {board.total}" if len(board.rows) < board.total else str(board.total)
         m = board.metric
-        table = Table(title=f"leaderboard by {sort} {m} ({shown})")
-        for col in ("#", "model", f"val {m}", f"test {m}", "gap", "run / checkpoint", "best ep", "key config"):
-            table.add_column(col, justify="right" if col in ("#", f"val {m}", "gap", "best ep") else "left",
-                             overflow="fold", no_wrap=col in ("#", f"val {m}", "gap"))
+        official = sort == "official" or any(r.official_score is not None for r in board.rows)
+        by = f"official {board.official_column}" if sort == "official" else f"{sort} {m}"
+        table = Table(title=f"leaderboard by {by} ({shown})")
+        columns = ["#", "model", f"val {m}", *([f"official {board.official_column}"] if official else []),
+                   f"test {m}", "gap", "run / checkpoint", "best ep", "key config"]
+        for col in columns:
+            right = col in ("#", f"val {m}", "gap", "best ep") or col.startswith("official")
+            table.add_column(col, justify="right" if right else "left", overflow="fold",
+                             no_wrap=col in ("#", f"val {m}", "gap"))
         for r in board.rows:
             test = escape(format_test_score(r))
             if r.test_score is None and r.predicted is not None:
                 test = f"[italic]{test}[/]"
             kind = f" [dim]({r.kind})[/]" if r.kind and r.kind != "train" else ""
-            table.add_row(str(r.rank), escape(r.label) + kind, format_f(r.val_score), test, format_signed(r.gap),
-                          escape(run_checkpoint(r)), str(r.best_epoch or "-"), escape(r.key_config) or "-")
+            cells = [str(r.rank), escape(r.label) + kind, format_f(r.val_score),
+                     *([format_f(r.official_score)] if official else []), test, format_signed(r.gap),
+                     escape(run_checkpoint(r)), str(r.best_epoch or "-"), escape(r.key_config) or "-"]
+            table.add_row(*cells)
         console.print(table)
         console.print(escape(board.model.describe()), style="dim", highlight=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -12,10 +13,12 @@ from cpx.kernel.config import merge_overrides
 from cpx.kernel.text import format_f
 from cpx.report.leaderboard import collapse_switches
 from cpx.train.budget import parse_budget
+from cpx.train.callbacks import Validation
+from cpx.train.loop import StopReason
 from cpx.train.run import TrainRequest, command_line, train
 
 from . import _common
-from ._common import console
+from ._common import console, err_console
 
 # shortcut option -> config key path
 SHORTCUTS = {
@@ -35,7 +38,7 @@ SHORTCUTS = {
 
 
 class RichProgress:
-    """Epoch and batch bars with loss, val F, images/s and ETA."""
+    """Epoch and batch bars with loss, the validation score, images/s and ETA."""
 
     def __init__(self):
         self.progress = Progress(
@@ -46,6 +49,7 @@ class RichProgress:
 
     def on_start(self, **info):
         _print_header(info)
+        self.metric = info["metric"].name
         self.progress.start()
         self.epoch_task = self.progress.add_task("epochs", total=info["config"].train.epochs,
                                                  completed=info["start_epoch"], info="")
@@ -56,13 +60,17 @@ class RichProgress:
 
     def on_epoch_end(self, trainer, record):
         ema = f" (EMA {format_f(record.val_score_ema)})" if record.val_score_ema is not None else ""
-        info = (f"loss {record.train_loss:.4f}  val {trainer.metric.name} {format_f(record.val_score)}{ema}  "
-                f"best {format_f(trainer.best_score)}  {record.images_per_s:.1f} img/s")
-        self.progress.update(self.epoch_task, completed=trainer.epoch, total=trainer.settings.epochs, info=info)
+        best = trainer.callback(Validation)
+        info = (f"loss {record.train_loss:.4f}  val {self.metric} {format_f(record.val_score)}{ema}  "
+                f"best {format_f(best.best_score if best else None)}  {record.images_per_s:.1f} img/s")
+        self.progress.update(self.epoch_task, completed=trainer.epoch, total=trainer.epochs, info=info)
         self.progress.update(self.batch_task, completed=0)
 
     def on_train_end(self, trainer):
         self.progress.stop()
+
+    def on_notice(self, text):
+        err_console.print(f"[yellow]waiting:[/] {text}", highlight=False, soft_wrap=True)
 
 
 class LogProgress:
@@ -70,11 +78,15 @@ class LogProgress:
 
     def on_start(self, **info):
         _print_header(info)
+        self.metric = info["metric"].name
+
+    def on_notice(self, text):
+        print(f"waiting: {text}", file=sys.stderr, flush=True)
 
     def on_epoch_end(self, trainer, record):
         ema = f" (EMA {format_f(record.val_score_ema)})" if record.val_score_ema is not None else ""
-        print(f"epoch {record.epoch}/{trainer.settings.epochs} loss {record.train_loss:.4f} "
-              f"val {trainer.metric.name} {format_f(record.val_score)}{ema} lr {record.lr:.2e} "
+        print(f"epoch {record.epoch}/{trainer.epochs} loss {record.train_loss:.4f} "
+              f"val {self.metric} {format_f(record.val_score)}{ema} lr {record.lr:.2e} "
               f"{record.images_per_s:.1f} img/s {record.seconds:.1f}s", flush=True)
 
 
@@ -108,8 +120,11 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="override any field: section.key=value (repeatable)")] = None,
         resume: Annotated[Optional[str], typer.Option(help="continue run RUN from its last.pt")] = None,
         refit: Annotated[Optional[str], typer.Option(help="retrain run RUN's config on every labelled image (train + "
-                                                          "validation) for the epochs RUN chose; its val F is "
+                                                          "validation) for the epochs RUN chose; its val score is "
                                                           "carried from RUN, marked as not measurable")] = None,
+        allow_changed_data: Annotated[bool, typer.Option(
+            "--allow-changed-data", help="--refit although RUN's data folder no longer holds the labelled images "
+                                         "it trained on")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain log lines instead of progress bars")] = False,
         nproc: Annotated[int, typer.Option(help="data-parallel processes on this node (batch size stays global)")] = 1,
         nnodes: Annotated[str, typer.Option(help="nodes taking part: N, or MIN:MAX for elastic membership")] = "1",
@@ -125,7 +140,7 @@ def register(app: typer.Typer) -> None:
 
             raise ConfigError("--resume continues a run with its own config; drop the recipe and overrides")
         request = TrainRequest(recipe=recipe, overrides=overrides, name=name, resume=resume, refit=refit,
-                               command=command_line())
+                               command=command_line(), allow_changed_data=allow_changed_data)
         if nproc != 1 or nnodes != "1" or rdzv_endpoint:
             from cpx.train.distributed import launch
 
@@ -153,5 +168,5 @@ def register(app: typer.Typer) -> None:
         table.add_row("changed", ", ".join(f"{k}={v}" for k, v in changed.items()) or "(recipe as is)")
         table.add_row("folder", str(result.run_dir))
         console.print(table)
-        if result.status == "stopped" and "interrupted" in result.message:
+        if result.stop_reason is StopReason.INTERRUPTED:
             raise typer.Exit(130)

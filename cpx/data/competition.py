@@ -18,6 +18,16 @@ submission format and rule comes from a profile::
     submission: {name: rle-json, file: results.json, order: column-major, index_base: 1}
     rules: {submissions_per_phase: 5}
 
+A profile made from the organisers' Codabench bundle (``cpx init --bundle``) also has the
+bundle's ``phases`` (dates, limits, time limit, the scoring program) and the ranked
+``leaderboard`` column, named as Codabench names them::
+
+    phases:
+      - {name: Development, start: 2025-01-01 00:00:00, end: 2025-03-01 00:00:00,
+         max_submissions: 100, max_submissions_per_day: 5, execution_time_limit: 600,
+         scoring_program: veg/scoring_program}
+    leaderboard: {column: iou, sorting: desc}
+
 The metric and the submission format are plugins (``register_metrics``,
 ``register_submission_formats``): their names and options are checked against the registries
 when the profile is first used (:meth:`Competition.bind`).
@@ -25,6 +35,7 @@ when the profile is first used (:meth:`Competition.bind`).
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
 import string
 from pathlib import Path
@@ -226,6 +237,73 @@ class SubmissionSpec(_Spec):
         return value
 
 
+class Phase(_Section):
+    """A phase of the competition, in the terms of a Codabench bundle: its dates (UTC), the
+    submissions a participant may make in it and per day, the time the scoring may take, whether
+    it takes only result submissions (no code), and the organisers' scoring program (a folder
+    with ``metadata.yaml``, relative to the profile file)."""
+
+    name: str = Field(min_length=1, description="the phase's name on Codabench")
+    start: Optional[_dt.datetime] = Field(None, description="when it opens (UTC)")
+    end: Optional[_dt.datetime] = Field(None, description="when it closes (UTC); none: it never closes")
+    max_submissions: Optional[int] = Field(None, gt=0, description="submissions allowed in the phase")
+    max_submissions_per_day: Optional[int] = Field(None, gt=0, description="submissions allowed per day")
+    execution_time_limit: Optional[float] = Field(None, gt=0, description="seconds a submission's scoring may take "
+                                                                          "(Codabench's default is 600)")
+    accepts_only_result_submissions: bool = Field(False, description="result submissions only (no code)")
+    scoring_program: Optional[str] = Field(None, description="the scoring program's folder, relative to the "
+                                                             "profile file")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, value: Optional[_dt.datetime]) -> Optional[_dt.datetime]:
+        # Codabench reads a bundle's times as UTC
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return value
+
+    @field_validator("scoring_program")
+    @classmethod
+    def _program(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and (not value.strip() or ".." in Path(value).parts):
+            raise ValueError(f"{value!r}: a folder path without ..")
+        return value
+
+    @model_validator(mode="after")
+    def _dates(self) -> "Phase":
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError(f"phase {self.name!r} ends ({self.end:%Y-%m-%d %H:%M}) before it starts "
+                             f"({self.start:%Y-%m-%d %H:%M})")
+        return self
+
+    @property
+    def time_limit(self) -> float:
+        """Seconds the scoring may take: the phase's limit, else Codabench's default (600)."""
+        return float(self.execution_time_limit or DEFAULT_TIME_LIMIT)
+
+    def is_open(self, now: _dt.datetime) -> bool:
+        """Whether ``now`` (aware) lies in the phase."""
+        return (self.start is None or self.start <= now) and (self.end is None or now < self.end)
+
+
+# what Codabench gives a submission's scoring when the phase does not say
+DEFAULT_TIME_LIMIT = 600.0
+
+
+class RankedColumn(_Section):
+    """The leaderboard column the organisers rank by: its ``column`` key (a key of the
+    ``scores.json`` or ``scores.txt`` their scoring program writes) and its ``sorting``
+    (``desc``: larger is better)."""
+
+    column: str = Field(min_length=1, description="the key the scoring program writes and the leaderboard ranks")
+    sorting: Literal["desc", "asc"] = Field("desc", description="desc: larger is better; asc: smaller is better")
+    title: str = Field("", description="the column's title on the leaderboard")
+
+    @property
+    def greater_is_better(self) -> bool:
+        return self.sorting == "desc"
+
+
 def _class_ref(value: Any, classes: tuple[str, ...], what: str) -> int:
     """A class given by name or id, as its id."""
     if isinstance(value, bool):
@@ -269,8 +347,12 @@ class Competition(_Section):
     metric: MetricSpec = Field(default_factory=MetricSpec)
     submission: SubmissionSpec = Field(default_factory=SubmissionSpec)
     rules: Rules = Field(default_factory=Rules)
+    phases: tuple[Phase, ...] = Field((), description="the Codabench phases, in order (cpx init --bundle)")
+    leaderboard: Optional[RankedColumn] = Field(None, description="the organisers' ranked leaderboard column")
     # Python only: a procedural generator synthesize(count, size, seed) for `cpx data synth`
     synthesize: Optional[Any] = Field(None, exclude=True, repr=False)
+    # the YAML file the profile was read from (scoring programs are relative to its folder)
+    source: Optional[Path] = Field(None, exclude=True, repr=False)
 
     @field_validator("name")
     @classmethod
@@ -349,6 +431,10 @@ class Competition(_Section):
             raise ValueError(f"masks.ignore_index: {ignore} is a class id (0..{k - 1}); choose a value no class uses")
         if ignore is not None and values is not None and ignore in values:
             raise ValueError(f"masks.ignore_index: {ignore} is also a key of masks.values")
+        names = [p.name for p in self.phases]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"phases: the name {twice[0]!r} is given twice")
         return self
 
     # --- derived facts ---------------------------------------------------------------------
@@ -407,6 +493,38 @@ class Competition(_Section):
             raise ConfigError(f"competition {self.name} names no {part} folder (layout.{part})")
         return Path(root) / folder
 
+    def current_phase(self, now: Optional[_dt.datetime] = None) -> Optional[Phase]:
+        """The phase open at ``now`` (default: now, UTC); when none is, the next to open, else the
+        last; None without phases. As on Codabench, the first phase open wins."""
+        if not self.phases:
+            return None
+        now = now or _dt.datetime.now(_dt.timezone.utc)
+        for phase in self.phases:
+            if phase.is_open(now):
+                return phase
+        upcoming = [p for p in self.phases if p.start is not None and p.start > now]
+        return upcoming[0] if upcoming else self.phases[-1]
+
+    def phase(self, name: str) -> Optional[Phase]:
+        """The phase called ``name`` (any case), or None."""
+        for phase in self.phases:
+            if phase.name.casefold() == str(name).casefold():
+                return phase
+        return None
+
+    def scoring_program(self, phase: Optional[Phase] = None) -> Optional[Path]:
+        """The folder of ``phase``'s scoring program (default: the current phase's, else the first
+        phase that has one), resolved against the profile file's folder; None without one."""
+        phase = phase or self.current_phase()
+        if phase is None or phase.scoring_program is None:
+            phase = next((p for p in self.phases if p.scoring_program), None)
+        if phase is None:
+            return None
+        path = Path(phase.scoring_program).expanduser()
+        if not path.is_absolute() and self.source is not None:
+            path = Path(self.source).parent / path
+        return path
+
     def bind(self, host: Any) -> "Competition":
         """Check the metric and the submission format against ``host``'s registries (names and
         options); returns ``self``.
@@ -461,7 +579,7 @@ def load_profile(path: Path, *, synthesize: Optional[Synthesizer] = None) -> Com
         raise ConfigError(f"{path}: name: {data['name']!r} differs from the file name {path.stem!r}; "
                           "make them equal")
     try:
-        return Competition.model_validate({**data, "synthesize": synthesize})
+        return Competition.model_validate({**data, "synthesize": synthesize, "source": path.resolve()})
     except ValidationError as exc:
         raise profile_error(exc, str(path)) from None
     except ValueError as exc:  # raised by the before-validator, outside pydantic's collection

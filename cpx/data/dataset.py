@@ -68,11 +68,28 @@ def fingerprint(root: os.PathLike, competition: Competition) -> str:
     """
     found = scan(root, competition)
     found.require(LABELLED_PARTS)
-    return _fingerprint(found)
+    # every command that reuses a run's data compares this, often several times in one process:
+    # the hash of files whose names, sizes and times are unchanged is taken from memory
+    key = (competition.name, tuple(sorted((str(p), *_stat(p)) for p in _labelled_files(found))))
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = _fingerprint(found)
+    return _FINGERPRINTS[key]
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _labelled_files(found: Scan) -> list[Path]:
+    return [*found.images.values(), *found.masks.values(), *found.val_images.values(), *found.val_masks.values()]
 
 
 def _fingerprint(found: Scan) -> str:
-    files = [*found.images.values(), *found.masks.values(), *found.val_images.values(), *found.val_masks.values()]
+    files = _labelled_files(found)
     h = hashlib.sha256()
     for rel, path in sorted((relative_path(p, found.root), p) for p in files):
         data = path.read_bytes()

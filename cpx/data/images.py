@@ -373,7 +373,7 @@ def image_header(path: os.PathLike, what: str = "image") -> ImageHeader:
         raise BadFile(path, "too_large", f"{what} is too large to open safely ({w}x{h}, over Pillow's limit of "
                       f"{Image.MAX_IMAGE_PIXELS:,} pixels); it may be a decompression bomb")
     bands = int(np.prod([n for a, n in zip(axes, shape) if a in "SC"], dtype=np.int64))
-    return ImageHeader((int(h), int(w)), bands, 1 if dtype == bool else dtype.itemsize * 8, "TIFF", dtype.name)
+    return ImageHeader((int(h), int(w)), bands, 1 if dtype.kind == "b" else dtype.itemsize * 8, "TIFF", dtype.name)
 
 
 def image_size(path: os.PathLike) -> Size:

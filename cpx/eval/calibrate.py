@@ -35,7 +35,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from cpx.eval.metrics import Metric, ScoreAccumulator, class_ids, counts_of, create_metric
+from cpx.eval.metrics import Metric, ScoreAccumulator, class_ids, counts_of, create_metric, metric_tag
 from cpx.eval.predict import is_ensemble, parse_tta, predictor_for_run, tta_label
 from cpx.eval.validate import labelled_files, read_labelled
 from cpx.kernel.errors import ConfigError, DataError, RunError
@@ -257,13 +257,16 @@ def cache_logits(predictor, root, names: Sequence[str], competition, *, part: st
 
 def calibrate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint: str = "best", tta=(),
                   device: str = "auto", precision: str = "auto", batch_size: int = 8, store: bool = True,
-                  force: bool = False, seed: int = 0, progress: Progress = None) -> CalibrationResult:
+                  force: bool = False, seed: int = 0, progress: Progress = None,
+                  allow_changed_data: bool = False) -> CalibrationResult:
     """``cpx calibrate``: fit per-class logit offsets on a run's validation images, measure the
     gain by 2-fold cross-fitting, and (with ``store``) write the offsets fitted on all images to
     the run's ``calibration.json``, which validate, predict and package then apply. Offsets
     whose mean held-out gain is not positive are only stored with ``force``.
 
     :raises RunError: an ensemble, a run without validation images (a refit) or data.
+    :raises DataError: the run's data folder no longer holds what it trained on (unless
+        ``allow_changed_data``).
     :raises NotWritable: ``store`` with a read-only run folder (checked before any work).
     """
     start = time.perf_counter()
@@ -275,9 +278,7 @@ def calibrate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoin
         why = (f"it is a refit of {run.row['refit_of']} (every labelled image trained); calibrate that run"
                if run.row.get("refit_of") else "it has no validation list")
         raise RunError(f"run {run.id} has no held-out images to calibrate on: {why}")
-    root = run.data_root
-    if root is None or not root.is_dir():
-        raise RunError(f"run {run.id}: its data folder {root} is gone")
+    root = run.checked_data_root(allow_changed=allow_changed_data)
     if len(names) < 4:
         raise RunError(f"run {run.id} holds {len(names)} validation images; calibration needs at least 4")
     if store:
@@ -311,7 +312,7 @@ def calibrate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoin
                                classes=tuple(competition.classes), offsets=offsets, folds=folds,
                                before=set_score(cache, zero, metric, k), after=set_score(cache, offsets, metric, k),
                                images=len(cache), seconds=0.0, heldout_per_image=heldout,
-                               metric=metric.name + (f" x{metric.scale:g}" if metric.scale != 1 else ""))
+                               metric=metric_tag(metric.name, metric.scale))
     if not store:
         result.message = "not stored (--no-store)"
     elif (result.mean_gain <= 0 if metric.greater_is_better else result.mean_gain >= 0) and not force:

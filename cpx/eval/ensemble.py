@@ -120,14 +120,12 @@ def top_runs(ledger: Ledger, k: int) -> list[dict]:
     return [r for r in rows if r.get("competition") == comp][:k]
 
 
-def _shared_images(handles, warnings: list[str]) -> tuple[Path, list[str], str]:
+def _shared_images(handles, warnings: list[str], allow_changed: bool = False) -> tuple[Path, list[str], str]:
     lists = [h.folder.read_val_names() for h in handles]
     for h, names in zip(handles, lists):
         if not names:
             raise RunError(f"run {h.id} has no validation list ({h.folder.file(VAL_LIST_FILE)})")
-    roots = [h.folder.data_root() for h in handles]
-    if roots[0] is None or not roots[0].is_dir():
-        raise RunError(f"run {handles[0].id}: its data folder {roots[0]} is gone")
+    roots = [handles[0].checked_data_root(allow_changed=allow_changed)] + [h.data_root for h in handles[1:]]
     prints = {h.row.get("data_fingerprint") for h in handles}
     if len({str(r.resolve()) if r else None for r in roots}) > 1 or len(prints) > 1:
         warnings.append("members were trained on different data (" +
@@ -184,7 +182,9 @@ class _SearchCache:
         for i, gt in enumerate(self.masks):
             mix = None
             for m, c in counts.items():
-                p = self.probs[m][i].float().mul_(c / total)
+                # out of place: ``float()`` of a float32 tensor is the cached tensor itself (and
+                # one made under inference mode, which refuses in-place updates outside it)
+                p = self.probs[m][i].float() * (c / total)
                 mix = p if mix is None else mix.add_(p)
             if tuple(mix.shape[-2:]) != tuple(gt.shape):
                 mix = F.interpolate(mix[None], size=tuple(gt.shape), mode="bilinear", align_corners=False)[0]
@@ -236,12 +236,14 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
                    weights: Optional[Sequence[float]] = None, tta=(), top: int = 3, search: bool = False,
                    name: Optional[str] = None, checkpoint: str = "best", record: bool = True,
                    batch_size: int = 8, device: str = "auto", precision: str = "auto", max_rounds: int = 20,
-                   command: str = "", progress: Progress = None) -> EnsembleResult:
+                   command: str = "", progress: Progress = None, allow_changed_data: bool = False) -> EnsembleResult:
     """Average runs' softmax outputs, score the mix on their shared validation images and record it.
 
-    With no ``runs``: the ``top`` completed runs by validation F. With ``search``: a greedy
+    With no ``runs``: the ``top`` completed runs by validation score. With ``search``: a greedy
     forward selection with replacement (Caruana et al. 2004) over those runs picks members and
-    integer weights maximising validation F; each member's probabilities are computed once.
+    integer weights that best the competition's metric on validation (in its direction); each
+    member's probabilities are computed once. The images are the first member's data folder,
+    which must still hold the data it trained on (unless ``allow_changed_data``).
     """
     from cpx.runs.handle import open_run
 
@@ -279,7 +281,7 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
     competition = handles[0].competition
     metric = create_metric(competition, host)
     warnings: list[str] = []
-    root, names, part = _shared_images(handles, warnings)
+    root, names, part = _shared_images(handles, warnings, allow_changed_data)
     files = labelled_files(root, names, competition, part)
 
     dev = resolve_device(device)
@@ -357,7 +359,7 @@ def _record(workspace: Workspace, competition, result: EnsembleResult, name: Opt
     folder.write_ensemble(spec)
     folder.write_val_names(result.names)
     folder.write_data_info({"path": str(result.data_root), "val": len(result.names), "ensemble": True,
-                            "val_part": part})
+                            "val_part": part}, workspace.root)
     now = utc_now()
     with Ledger(workspace.ledger_path) as ledger:
         ledger.add_run(id=run_id, name=name or run_id, kind="ensemble", recipe="ensemble",

@@ -195,6 +195,12 @@ class Metric(ABC):
         return -math.inf if self.greater_is_better else math.inf
 
 
+def metric_tag(name: str, scale: float = 1.0) -> str:
+    """``class-iou x100`` / ``fscore``: a metric's name with its scale when it is not 1, as the
+    ledger records which metric a score is."""
+    return name + (f" x{scale:g}" if scale != 1 else "")
+
+
 def create_metric(competition: Any, host: Any) -> Metric:
     """The ranked metric of ``competition`` (its ``metric`` spec) from ``host``'s registry, on
     the profile's scale.

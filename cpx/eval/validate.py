@@ -22,7 +22,8 @@ import torch
 from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.data.images import BadFile, read_image
-from cpx.eval.metrics import Metric, ScoreAccumulator, Scores, create_metric
+from cpx.data.layout import LABELLED_PARTS
+from cpx.eval.metrics import Metric, ScoreAccumulator, Scores, create_metric, metric_tag
 from cpx.eval.postprocess import PostSpec, post_label
 from cpx.eval.predict import Predictor, is_ensemble, predictor_for_run, tta_label
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RunError
@@ -31,6 +32,7 @@ from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE
 from cpx.runs.folder import run_folder
+from cpx.runs.handle import checked_data_root
 from cpx.runs.ledger import Ledger
 
 Progress = Optional[Callable[[int, int], None]]
@@ -40,11 +42,13 @@ VAL_LIST = "val_list"  # the ledger's ``data`` value for a run's own validation 
 @dataclass
 class Labelled:
     """One labelled image: its name (stem), pixels ``C x H x W`` uint8 at its own size, and its
-    mask ``H x W`` uint8 class ids (:data:`cpx.data.masks.IGNORE` where nothing is scored)."""
+    mask ``H x W`` uint8 class ids (:data:`cpx.data.masks.IGNORE` where nothing is scored);
+    ``file`` is the image's file name (``IMG_1.JPG``) when it was read from one."""
 
     name: str
     image: torch.Tensor
     mask: torch.Tensor
+    file: str = ""
 
 
 @dataclass
@@ -137,7 +141,7 @@ def read_labelled(files: Sequence[tuple[str, Path, Path]], competition: Competit
                 raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but {image_path.name} is "
                                 f"{hw[0]}x{hw[1]} (height x width)")
             out.append(Labelled(name, torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))),
-                                torch.from_numpy(np.array(mask, copy=True))))
+                                torch.from_numpy(np.array(mask, copy=True)), file=Path(image_path).name))
         return out
 
     chunks = [files[a:a + batch_size] for a in range(0, len(files), batch_size)]
@@ -158,6 +162,7 @@ def in_batches(items: Sequence[Labelled], batch_size: int) -> Iterator[list[Labe
 def evaluate(predictor: Predictor, batches: Iterable[list[Labelled]], metric: Metric, *,
              total: Optional[int] = None, loss_fn: Optional[Callable] = None,
              observe: Optional[Callable[[list[Labelled], torch.Tensor, list[int]], None]] = None,
+             on_mask: Optional[Callable[[Labelled, torch.Tensor], None]] = None,
              progress: Progress = None) -> Evaluation:
     """THE prediction-and-scoring loop: every command that scores a model on labelled images
     (training's validation, ``validate``, ``calibrate``'s baseline, ``ensemble``) goes through it.
@@ -168,7 +173,9 @@ def evaluate(predictor: Predictor, batches: Iterable[list[Labelled]], metric: Me
     are those of its final masks and ``stages`` holds the score of the earlier stages (``raw``,
     ``calibrated``), all from one forward pass. With ``loss_fn`` (one model, no TTA) the mean
     loss of the images' logits is measured too (training curves); ``observe(batch, decision,
-    index)`` sees each group's decision tensor (an ensemble search keeps probabilities).
+    index)`` sees each group's decision tensor (an ensemble search keeps probabilities);
+    ``on_mask(item, mask)`` sees each image's final mask of class ids (the organisers' scoring
+    program is run on them).
     """
     start = time.perf_counter()
     k = predictor.num_classes
@@ -194,6 +201,8 @@ def evaluate(predictor: Predictor, batches: Iterable[list[Labelled]], metric: Me
             truth = item.mask
             per_image[item.name] = float(acc.update(stages["final"], truth)[0])
             names.append(item.name)
+            if on_mask is not None:
+                on_mask(item, stages["final"])
             for stage in ("raw", "calibrated"):
                 if stage in stages and stages[stage] is not stages["final"]:
                     earlier.setdefault(stage, ScoreAccumulator(metric, k)).update(stages[stage], truth)
@@ -227,14 +236,17 @@ def evaluate_files(predictor: Predictor, root: os.PathLike, names: Sequence[str]
 def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint: str = "best",
                  data: Optional[os.PathLike] = None, tta=(), record: bool = True, batch_size: int = 8,
                  device: str = "auto", precision: str = "auto", calibration: bool = True, post: PostSpec = None,
-                 tile: Optional[int] = None, progress: Progress = None) -> Evaluation:
+                 tile: Optional[int] = None, on_mask: Optional[Callable[[Labelled, torch.Tensor], None]] = None,
+                 progress: Progress = None, allow_changed_data: bool = False) -> Evaluation:
     """Score a run (or ensemble run) with its competition's metric on its validation list, or on
     every labelled image of ``data``, and (with ``record``) add the result to the ledger's
-    validations. The run's stored calibration applies unless ``calibration`` is off; ``post``
+    validations; ``on_mask(item, mask)`` sees each image's final prediction. The run's stored calibration applies unless ``calibration`` is off; ``post``
     names post-processing steps (the score without them is in ``stages``); ``tile`` predicts in
     sliding windows of that many pixels.
 
-    :raises RunError: unknown run or unusable checkpoint; :raises DataError: unusable data;
+    :raises RunError: unknown run or unusable checkpoint; :raises DataError: unusable data, or
+        a run's own data folder that no longer holds what it trained on (unless
+        ``allow_changed_data``, see :func:`cpx.runs.handle.checked_data_root`);
         :raises NotWritable: ``record`` with a read-only ledger (checked before any work). A
         ledger locked by another program does not raise: the score is returned with a warning.
     """
@@ -247,16 +259,17 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
     competition = predictor.competition
     metric = create_metric(competition, host)
     folder = run_folder(row, workspace.runs_dir)
-    own_root = folder.data_root()
+    own_root = folder.data_root(workspace.root)
     warnings: list[str] = []
     if data is None:
         names = folder.read_val_names()
         if not names:
             raise RunError(f"run {row['id']} has no validation images ({folder.file(VAL_LIST_FILE)}); "
                            "pass --data DIR to score on a labelled folder")
-        if own_root is None or not own_root.is_dir():
-            raise RunError(f"run {row['id']}: its data folder {own_root} is gone; pass --data DIR")
+        own_root = checked_data_root(row, folder, competition, workspace.root, allow_changed=allow_changed_data,
+                                     hint="pass --data DIR")
         part = (folder.read_data_info() or {}).get("val_part", "train")
+        datalib.scan(own_root, competition).require(LABELLED_PARTS)
         files = labelled_files(own_root, names, competition, part)
         data_label = VAL_LIST
     else:
@@ -264,6 +277,7 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
         if not root.is_dir():
             raise DataError(f"--data: {root} is not a folder")
         found = datalib.scan(root, competition)
+        found.require(LABELLED_PARTS)  # what `cpx data check` calls a problem stops validation too
         files = labelled_files(root, found.pairs, competition, "train")
         if competition.layout.has_val:
             files += labelled_files(root, found.val_pairs, competition, "val")
@@ -281,7 +295,7 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
     evaluation = evaluate(predictor, read_labelled(files, competition, batch_size), metric, total=len(files),
-                          progress=progress)
+                          on_mask=on_mask, progress=progress)
     evaluation.run_id = row["id"]
     evaluation.checkpoint = "members" if is_ensemble(row) else str(checkpoint)
     evaluation.data = data_label
@@ -307,19 +321,20 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
 
 def metric_label(scores: Scores) -> str:
     """``class-iou x100`` / ``fscore``: the metric's name with its scale, as the ledger records it."""
-    return scores.metric + (f" x{scores.scale:g}" if scores.scale != 1 else "")
+    return metric_tag(scores.metric, scores.scale)
 
 
 def record_validation(ledger: Ledger, run_id: str, evaluation: Evaluation, *, checkpoint: str,
-                      data: str, wall: bool = True) -> dict:
+                      data: str, wall: bool = True, **extra) -> dict:
     """An :class:`Evaluation` as a ledger validation row (score, metric, per-class and
-    per-image values, what was applied): the one place that writes one."""
+    per-image values, what was applied): the one place that writes one. ``extra`` are further
+    columns of the row (the organisers' program's ``official_score``, ...)."""
     s = evaluation.scores
     return ledger.add_validation(
         run_id, checkpoint=checkpoint, tta=tta_label(evaluation.tta), data=data, images=len(evaluation.names),
         score=s.score, metric=metric_label(s), pixel_acc=s.pixel_acc, miou=s.miou, per_class=evaluation.per_class(),
         per_image=evaluation.per_image, wall_seconds=round(evaluation.seconds, 2) if wall else None,
-        calibrated=evaluation.calibrated, post=None if evaluation.post == "none" else evaluation.post)
+        calibrated=evaluation.calibrated, post=None if evaluation.post == "none" else evaluation.post, **extra)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Experiment configs: pydantic sections composed from recipes, overrides and plugin options.
 
 A recipe is a YAML mapping with the sections below; ``base: other-recipe`` inherits from
-another recipe. Built-in recipes ship in ``cpx_recipes``; YAML files in the workspace's
-``experiments/`` folder add to them or override them by name.
+another recipe. Built-in recipes ship in ``cpx_plugins.recipes`` (``plugins/cpx_plugins/recipes/``);
+YAML files in the workspace's ``experiments/`` folder add to them or override them by name.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.registry import format_validation_error
+from cpx.kernel.yamlfile import parse_yaml
 
 
 class Section(BaseModel):
@@ -125,7 +126,7 @@ class ExperimentConfig(Section):
 def builtin_recipes() -> dict[str, str]:
     """Recipe name -> YAML text of every recipe shipped with cpx."""
     out = {}
-    for item in resources.files("cpx_recipes").iterdir():
+    for item in resources.files("cpx_plugins.recipes").iterdir():
         if item.name.endswith(".yaml"):
             out[item.name[:-5]] = item.read_text()
     return out
@@ -146,12 +147,7 @@ def list_recipes(experiments_dir: Path) -> dict[str, str]:
 
 
 def _parse_yaml(text: str, source: str) -> dict:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}:{where} not valid YAML") from None
+    data = parse_yaml(text, source)  # a key given twice is refused, naming both lines
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a recipe must be a mapping of sections")
     return data
@@ -188,23 +184,43 @@ def load_recipe(ref: str, experiments_dir: Path, _seen: tuple = ()) -> dict:
     return data
 
 
+COMPONENTS = ("model", "loss", "augmentation")
+
+
+def forget_switched_options(data: dict, names: dict[str, Any]) -> dict:
+    """``data`` (a new copy) without the options of each component that ``names`` (section ->
+    new component name) switches to another component.
+
+    Options belong to the component they were written for: a recipe's ``dropout`` for
+    ``msf-lmsa`` means nothing to a third-party model. So a recipe whose ``base`` names another
+    model, and ``--set model.name=...``, start the new component from its own defaults; options
+    given together with the new name (the recipe's ``options:``, ``--set model.options.width=4``)
+    are applied after.
+    """
+    out = copy.deepcopy(data)
+    for section in COMPONENTS:
+        old = out.get(section)
+        if section in names and isinstance(old, dict) and old.get("name") != names[section]:
+            old["options"] = {}
+    return out
+
+
+def _new_names(update: dict) -> dict[str, Any]:
+    return {s: update[s]["name"] for s in COMPONENTS if isinstance(update.get(s), dict) and "name" in update[s]}
+
+
 def deep_merge(base: dict, update: dict) -> dict:
     """``base`` updated by ``update`` recursively (a new copy); a component's ``options`` are
-    replaced, not merged, when the component changes.
+    updated key by key, after the base's are dropped when ``update`` switches the component
+    (:func:`forget_switched_options`).
     """
-    out = copy.deepcopy(base)
+    out = forget_switched_options(base, _new_names(update))
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
-            out[key] = deep_merge(out[key], value)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            # an option's own value is never merged into: a dict given for it replaces the old one
+            out[key] = {**out[key], **copy.deepcopy(value)} if key == "options" else deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
-    # a new component name discards the options that belonged to the old component
-    for section in ("model", "loss", "augmentation"):
-        if isinstance(update.get(section), dict) and "name" in update[section] and "options" not in update[section]:
-            if isinstance(base.get(section), dict) and base[section].get("name") != update[section]["name"]:
-                out[section]["options"] = {}
     return out
 
 
@@ -225,13 +241,16 @@ def merge_overrides(assignments: Iterable[str], shortcuts: dict[str, Any]) -> di
     """Overrides from ``--set key=value`` texts and shortcut options (key path -> value, None
     for a shortcut not given).
 
-    :raises ConfigError: a malformed assignment, or a shortcut and a ``--set`` giving one key
-        two different values (neither silently wins).
+    :raises ConfigError: a malformed assignment, or one key given two different values by two
+        ``--set`` or by a shortcut and a ``--set`` (neither silently wins).
     """
     overrides: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for text in assignments:
         key, value = parse_assignment(text)
-        overrides[key] = value
+        if key in overrides and overrides[key] != value:
+            raise ConfigError(f"{key}: set twice, by --set {given[key]} and by --set {text.strip()}; give one")
+        overrides[key], given[key] = value, text.strip()
     for key, value in shortcuts.items():
         if value is None:
             continue
@@ -259,17 +278,15 @@ def set_path(data: dict, key: str, value: Any) -> None:
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
-    """``data`` with each ``key path -> value`` of ``overrides`` set (a new copy). Switching a
-    component by name drops the options meant for the old one.
+    """``data`` with each ``key path -> value`` of ``overrides`` set (a new copy); switching a
+    component by name drops the options meant for the old one first
+    (:func:`forget_switched_options`), so ``--set model.name=tiny --set model.options.width=4``
+    gives ``tiny`` exactly ``width: 4``.
     """
-    out = copy.deepcopy(data)
+    names = {s: overrides[f"{s}.name"] for s in COMPONENTS if f"{s}.name" in overrides}
+    out = forget_switched_options(data, names)
     for key, value in overrides.items():
         set_path(out, key, value)
-    # swapping a component (--set model.name=unet) drops options meant for the old one
-    for section in ("model", "loss", "augmentation"):
-        renamed = f"{section}.name" in overrides and overrides[f"{section}.name"] != (data.get(section) or {}).get("name")
-        if renamed and not any(k.startswith(f"{section}.options") for k in overrides):
-            out[section]["options"] = {}
     return out
 
 
@@ -295,6 +312,10 @@ def resolve(config: ExperimentConfig, host) -> ExperimentConfig:
         comp.options = options.model_dump(mode="json")
     if resolved.data.image_size is None:
         resolved.data.image_size = competition.image_size if resolved.data.path else resolved.data.synthetic_size
+    lr, floor = resolved.optimizer.lr, resolved.schedule.min_lr
+    if resolved.schedule.name == "cosine" and lr < floor:
+        raise ConfigError(f"optimizer.lr: {lr:g} is below schedule.min_lr {floor:g}, so the cosine schedule would "
+                          f"climb instead of decay; raise --lr, or lower schedule.min_lr (--set schedule.min_lr=0)")
     return resolved
 
 

@@ -33,8 +33,17 @@ def resolve_precision(name: str, device: torch.device) -> str:
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    supported = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return "bf16" if supported else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+# torch's probes of the CPU's bf16 instructions (private, so each may be missing from a build)
+_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 dot products natively (AVX512-BF16 or AMX tiles), as
+    torch detects them (the instruction set and the operating system's support for it)."""
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in _BF16_PROBES)
 
 
 def autocast(device: torch.device, precision: str):

@@ -34,6 +34,11 @@ class LedgerBusy(RunError):
     """Another process holds the ledger's write lock for longer than the busy timeout."""
 
 
+class LedgerDamaged(RunError):
+    """The ledger file is damaged (not a database, or pages that do not read back), or was
+    written by a newer cpx than this one."""
+
+
 class RuleViolation(CpxError):
     """Something the competition's rules forbid (too many parameters, an ensemble, ...)."""
 
@@ -44,6 +49,10 @@ class SubmissionError(CpxError):
 
 class CodabenchError(CpxError):
     """The Codabench server refused a request or could not be reached."""
+
+
+class BundleError(CpxError):
+    """A competition bundle, or the scoring program it holds, that cannot be used (or failed)."""
 
 
 

@@ -9,9 +9,11 @@ Temporary files of killed writers match :data:`TEMP_GLOB` and are removed by
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +24,35 @@ from cpx.kernel.errors import CpxError
 
 class NotWritable(CpxError):
     """A file or folder cpx must write is read-only."""
+
+
+class DiskFull(CpxError):
+    """The disk (or the user's quota) filled up while cpx wrote ``path``; the previous version
+    of the file, if any, is untouched (writes are atomic)."""
+
+    def __init__(self, path: os.PathLike, detail: str = ""):
+        self.path = Path(path)
+        super().__init__(f"{self.path}: no space left on the device while writing it{detail}; the file as it was "
+                         "before is untouched")
+
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def is_disk_full(exc: BaseException, folder: Optional[os.PathLike] = None) -> bool:
+    """Whether ``exc`` means the disk is full: ENOSPC or EDQUOT, or torch's writer failing
+    ("file write failed") on a ``folder`` with next to no space left."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL
+    text = str(exc)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return True
+    if "file write failed" in text and folder is not None:
+        try:
+            return shutil.disk_usage(folder).free < 64 * 2 ** 20
+        except OSError:
+            return False
+    return False
 
 # mkstemp creates files 0600; saved results should get the usual permissions instead
 _UMASK = os.umask(0)
@@ -37,6 +68,7 @@ def atomic_write(path: os.PathLike, write: Callable[[Any], None], mode: Optional
     file's permissions (default: the usual ones under the umask; 0o600 for secrets, set before
     anything is written).
 
+    :raises DiskFull: the disk filled up (one line naming ``path``); nothing is left behind.
     :raises OSError: the folder cannot be created or written; nothing is left behind.
     """
     path = Path(path)
@@ -52,8 +84,10 @@ def atomic_write(path: os.PathLike, write: Callable[[Any], None], mode: Optional
         if mode is None:
             os.chmod(tmp, _MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, CpxError) and is_disk_full(exc, path.parent):
+            raise DiskFull(path) from None
         raise
 
 

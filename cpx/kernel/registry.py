@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -37,9 +38,15 @@ class Entry:
         if isinstance(values, self.options):
             return values
         try:
-            return self.options.model_validate(values or {})
+            parsed = self.options.model_validate(values or {})
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, prefix=where, model=self.options)) from None
+        # a plugin's model may let inf or nan through, which a saved config turns into null: never
+        bad = [f"{where}.{key}: {value} is not a finite number" for key, value in _numbers(parsed.model_dump())
+               if isinstance(value, float) and not math.isfinite(value)]
+        if bad:
+            raise ConfigError("\n".join(bad))
+        return parsed
 
     def create(self, options: Any = None, *args: Any, where: str = "options", **kwargs: Any) -> Any:
         """``target(options, *args, **kwargs)`` with ``options`` validated first.
@@ -66,6 +73,18 @@ class Entry:
                 "description": f.description or "",
             })
         return rows
+
+
+def _numbers(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of nested dicts and lists."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _numbers(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _numbers(item, f"{prefix}[{i}]")
+    else:
+        yield prefix, value
 
 
 def _fields_at(model: Optional[type[BaseModel]], loc: tuple) -> list[str]:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from cpx.kernel.errors import ConfigError
+from cpx.kernel.yamlfile import read_yaml
 
 SETTINGS_FILE = "cpx.yaml"
 
@@ -80,15 +79,12 @@ class Workspace:
     def settings(self) -> dict:
         """The mapping in ``cpx.yaml`` (empty without one).
 
-        :raises ConfigError: the file is not valid YAML or not a mapping.
+        :raises ConfigError: the file is not valid YAML (a key given twice included) or not a mapping.
         """
         path = self.root / SETTINGS_FILE
         if not path.is_file():
             return {}
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+        data = read_yaml(path) or {}  # a key given twice is refused, naming both lines
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         return data

@@ -1,5 +1,8 @@
-"""Reports: figures (pure drawing), pictures of runs (show, compare, curves), the
-leaderboard with its predicted test scores, and the speed benchmark.
+"""Reports: ``cpx report`` (a document of facts traced to ledger cells, rendered to Markdown and
+HTML), the effects of sweep factors with their statistics, the gains of evaluation-time
+ingredients, and the leaderboard with its predicted test scores. Its figures are drawn by
+``cpx.draw``.
 
-May import: every core package (``kernel``, ``data``, ``runs``, ``eval``, ``train``, ``submit``).
+May import: ``cpx.kernel``, ``cpx.data``, ``cpx.runs``, ``cpx.eval``, ``cpx.draw``, ``cpx.train``,
+``cpx.submit``, ``cpx.sweep``.
 """

@@ -30,7 +30,10 @@ def config_diff_vs(config: dict, other: dict) -> dict:
 
 
 class EffectSections:
-    """Factor effects and next experiments, for the report builder."""
+    """Factor effects and next experiments, for the report builder (which sets ``metric``, the
+    name of the score the runs were ranked by)."""
+
+    metric: str = "score"
 
     def factors(self) -> list[SweepResults]:
         d = self.doc
@@ -69,7 +72,7 @@ class EffectSections:
                          fact_int(d, len(counted), refs, "count"),
                          fact_f(d, summ.mean if summ else None, None, "mean", refs),
                          "-" if not summ or summ.sd is None else d.fact(summ.sd, format_f(summ.sd), refs, "sd")])
-        s.add(Table([*(short_key(k) for k in keys), "runs", "mean best val F", "sd over seeds"], rows,
+        s.add(Table([*(short_key(k) for k in keys), "runs", f"mean best val {self.metric}", "sd over seeds"], rows,
                     caption=f"Sweep {res.name}: each cell over its seeds."))
         nz = res.noise
         all_refs = [Ref("runs", r.run_id, "best_val_score", r.value) for r in res.counted]
@@ -91,20 +94,21 @@ class EffectSections:
                 verdict = f"**{e.verdict}**" if e.significant else e.verdict
                 rows.append([short_key(e.factor), f"{show_value(e.level)} vs {show_value(e.reference)}", est, ci, p,
                              verdict])
-            s.add(Table(["factor", "levels", "effect on val F", f"{self.level * 100:g}% interval", "p", "verdict"], rows,
+            s.add(Table(["factor", "levels", f"effect on val {self.metric}", f"{self.level * 100:g}% interval", "p",
+                         "verdict"], rows,
                         caption=f"Sweep {res.name}: effect of each level against the reference level (difference "
-                                "of mean best val F over all other factors and seeds)."))
+                                f"of mean best val {self.metric} over all other factors and seeds)."))
         for sl in res.slopes:
             unit = "per x10" if sl.log else "per unit"
             refs = all_refs
             s.text(f"{short_key(sl.factor)}: trend {fact_signed(d, sl.slope, refs, 'slope')} {unit} "
                    f"({self.level * 100:g}% interval {fact_signed(d, sl.low, refs, 'slope_low')} .. "
                    f"{fact_signed(d, sl.high, refs, 'slope_high')}): {sl.verdict}.")
-        path = plot_sweep(res, self.out / "figures" / f"sweep-{safe_filename(res.name)}.png", self.level)
+        path = plot_sweep(res, self.out / "figures" / f"sweep-{safe_filename(res.name)}.png", self.level, self.metric)
         if path:
             self.figures.append(path)
-            s.add(Figure(path, f"Sweep {res.name}: best val F against each factor; dots are runs (colour: seed), "
-                               "bars are level means with their interval."))
+            s.add(Figure(path, f"Sweep {res.name}: best val {self.metric} against each factor; dots are runs "
+                               "(colour: seed), bars are level means with their interval."))
 
     def _single_pairs(self, s: Section) -> None:
         """Pairs of single runs that differ in exactly one config field (same recipe, data and seed)."""
@@ -210,7 +214,7 @@ class EffectSections:
         return biggest, stats.seeds_needed(res.noise.sd, abs(biggest.estimate), level=self.level)
 
     def _next_after_ablation(self, s: Section, res: SweepResults, significant: list, all_refs: list) -> bool:
-        """What an ablation says to do: which variants moved val F beyond the noise, and how many
+        """What an ablation says to do: which variants moved the val score beyond the noise, and how many
         seeds would tell the largest of the others from noise."""
         d = self.doc
         said = False

@@ -10,14 +10,15 @@ from cpx.report.document import Document, Ref
 
 
 def fact_f(doc: Document, value: Optional[float], ref: Optional[Ref], how: str = "value", refs=None, detail=None) -> str:
-    """An F-score (or any value in [0, 1]) to 4 decimals, traced to ``refs`` (else to ``ref``)."""
+    """A score (the competition's metric, on its scale) to 4 decimals, traced to ``refs`` (else
+    to ``ref``)."""
     if value is None:
         return "-"
     return doc.fact(value, format_f(value), refs if refs is not None else ([ref] if ref else []), how, detail)
 
 
 def fact_signed(doc: Document, value: Optional[float], refs, how: str, detail=None) -> str:
-    """A difference of F-scores with its sign (``+0.0123``), traced to ``refs``."""
+    """A difference of scores with its sign (``+0.0123``), traced to ``refs``."""
     if value is None:
         return "-"
     return doc.fact(value, format_signed(value), refs, how, detail)

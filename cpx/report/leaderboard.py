@@ -35,14 +35,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
 from cpx.kernel.text import format_f, format_signed
-from cpx.report.stats import t_quantile  # noqa: F401  (scipy's Student t; re-exported)
+from cpx.report.stats import t_quantile
 from cpx.runs.ledger import Ledger
 from cpx.submit.submissions import main_score
 
 DEFAULT_LEVEL = 0.95
 # Half-width used when only one (val, test) pair exists; see the module docstring.
 SINGLE_PAIR_SPREAD = 0.05
-SORTS = ("val", "test")
+SORTS = ("val", "test", "official")
 # the table shows this many changed fields; --json carries all of config_diff
 KEY_CONFIG_ITEMS = 8
 
@@ -243,6 +243,8 @@ class Row:
     rank: int = 0
     # trained on the competition profile's generated faces (no data.path): a demo, not a result
     synthetic: bool = False
+    # the organisers' scoring program's score of the run's validation (`cpx validate --official`)
+    official_score: Optional[float] = None
 
     @property
     def gap(self) -> Optional[float]:
@@ -256,6 +258,8 @@ class Row:
         return ", ".join(t for t in ("synthetic data" if self.synthetic else "", text) if t)
 
     def rank_value(self, sort: str) -> Optional[float]:
+        if sort == "official":
+            return self.official_score
         if sort == "test":
             if self.test_score is not None:
                 return self.test_score
@@ -278,9 +282,11 @@ class Leaderboard:
     phase: str = "test"
     total: int = 0
     metric: str = "score"  # the competition's metric (with its scale when not 1) the scores are on
+    official_column: str = "score"  # the organisers' ranked column the official scores are of
 
     def to_dict(self) -> dict:
         return {"phase": self.phase, "sort": self.sort, "total": self.total, "metric": self.metric,
+                "official_column": self.official_column,
                 "prediction": self.model.to_dict(), "rows": [r.to_dict() for r in self.rows]}
 
     def to_markdown(self) -> str:
@@ -378,17 +384,26 @@ def _submission_val(ledger: Ledger, sub: dict, run: Optional[dict]) -> tuple[Opt
     return None, ""
 
 
+def _official(ledger: Ledger, run: dict, sign: float) -> Optional[float]:
+    """The best score the organisers' program gave the run's validations (``sign`` 1: larger is
+    better), or None."""
+    scores = [v["official_score"] for v in ledger.list_validations(run["id"]) if v.get("official_score") is not None]
+    return max(scores, key=lambda x: sign * x) if scores else None
+
+
 def build_leaderboard(ledger: Ledger, *, phase: str = "test", sort: str = "val",
                       limit: Optional[int] = None, competition: Optional[str] = None,
                       metric: str = "", scale: float = 1.0, greater_is_better: bool = True,
-                      level: float = DEFAULT_LEVEL) -> Leaderboard:
+                      level: float = DEFAULT_LEVEL, official: Any = None) -> Leaderboard:
     """Rank every run (train, ensemble, imported) and every submission by the competition's
     ``metric`` (its scores in 0..``scale``, better when greater unless ``greater_is_better`` is
     off).
 
     A run with submissions gives one row per submission; a run without, one row of its
-    own. ``sort='test'`` ranks by the observed test score, else the predicted one. Rows of
-    runs from another competition than ``competition`` are left out.
+    own. ``sort='test'`` ranks by the observed test score, else the predicted one;
+    ``sort='official'`` by the organisers' program's validation score, in the direction of the
+    profile's ranked column ``official`` (a :class:`cpx.data.competition.RankedColumn`; else the
+    metric's). Rows of runs from another competition than ``competition`` are left out.
     """
     if sort not in SORTS:
         raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
@@ -404,11 +419,13 @@ def build_leaderboard(ledger: Ledger, *, phase: str = "test", sort: str = "val",
 
     rows: list[Row] = []
     sign = 1.0 if greater_is_better else -1.0
+    official_sign = sign if official is None else (1.0 if official.greater_is_better else -1.0)
     for run in runs:
         val, source, checkpoint = _run_val(ledger, run, lambda a, b: sign * a > sign * b)
         common = dict(run_id=run["id"], run_name=run.get("name") or run["id"], kind=run.get("kind"),
                       best_epoch=run.get("best_epoch"), config_diff=run.get("config_diff") or {},
-                      train_val_score=run.get("best_val_score"), synthetic=_synthetic(run))
+                      train_val_score=run.get("best_val_score"), synthetic=_synthetic(run),
+                      official_score=_official(ledger, run, official_sign))
         subs = subs_by_run.get(run["id"], [])
         if not subs:
             rows.append(Row(label=run.get("name") or run["id"], checkpoint=checkpoint, val_score=val,
@@ -437,7 +454,8 @@ def build_leaderboard(ledger: Ledger, *, phase: str = "test", sort: str = "val",
 
     def key(r: Row):
         value = r.rank_value(sort)
-        return (value is None, -sign * (value or 0.0), -sign * (r.val_score or 0.0), r.label)
+        first = official_sign if sort == "official" else sign
+        return (value is None, -first * (value or 0.0), -sign * (r.val_score or 0.0), r.label)
 
     rows.sort(key=key)
     for i, r in enumerate(rows, 1):
@@ -445,4 +463,5 @@ def build_leaderboard(ledger: Ledger, *, phase: str = "test", sort: str = "val",
     total = len(rows)
     if limit is not None:
         rows = rows[: max(0, limit)]
-    return Leaderboard(rows=rows, model=model, sort=sort, phase=phase, total=total, metric=label)
+    return Leaderboard(rows=rows, model=model, sort=sort, phase=phase, total=total, metric=label,
+                       official_column=official.column if official is not None else "score")

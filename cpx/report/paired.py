@@ -2,7 +2,7 @@
 ``cpx compare A B --stats`` and the report's one-factor comparisons.
 
 Each run's validation is the latest ledger row of the requested checkpoint and TTA, on the run's
-own validation list, that holds per-image F. The test runs over the images both were scored on
+own validation list, that holds per-image scores. The test runs over the images both were scored on
 (:func:`cpx.report.stats.paired_test`).
 """
 
@@ -44,7 +44,7 @@ class PairedComparison:
 
 def recorded_validation(ledger: Ledger, run: dict, checkpoint: str = "best", tta: str = "none") -> Optional[dict]:
     """The run's latest plain validation of ``checkpoint`` with ``tta`` on its own list that holds
-    per-image F; None if there is none. Calibrated (offsets fitted on these very images, so
+    per-image scores; None if there is none. Calibrated (offsets fitted on these very images, so
     in-sample) and post-processed validations are not plain, and never taken here."""
     for v in reversed(ledger.list_validations(run["id"])):
         if (v.get("per_image") and (v.get("checkpoint") or "best") == checkpoint
@@ -68,7 +68,8 @@ def compare_recorded(ledger: Ledger, ref_a: str, ref_b: str, *, checkpoint: str 
     for run in (a, b):
         v = recorded_validation(ledger, run, checkpoint, tta)
         if v is None:
-            raise RunError(f"run {run['id']} has no recorded per-image F for checkpoint {checkpoint} with TTA {tta}; "
+            raise RunError(f"run {run['id']} has no recorded per-image scores for checkpoint {checkpoint} with TTA "
+                           f"{tta}; "
                            f"record one with `cpx validate {run.get('name') or run['id']}"
                            + (f" --tta {tta}`" if tta != "none" else "`"))
         found.append(v)

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from cpx.draw.figures import plot_per_class_runs
 from cpx.kernel.files import atomic_write_text
 from cpx.kernel.text import format_f, utc_now
 from cpx.kernel.workspace import Workspace
-from cpx.report import evaltime, stats
+from cpx.report import gains, stats
 from cpx.report.document import Document, Figure, Ref, Table
 from cpx.report.effects import RANKED_STATUSES, EffectSections, config_diff_vs
 from cpx.report.facts import fact_f, fact_int, fact_signed, p_text
-from cpx.report.figures import plot_per_class_runs
 from cpx.report.leaderboard import short_config
 from cpx.report.paired import recorded_validation
 from cpx.runs.folder import run_folder
@@ -52,6 +52,9 @@ class _Builder(EffectSections):
         self.by_id = {r["id"]: r for r in self.runs}
         self.subs = ledger.list_submissions()
         self.competition = self._competition()
+        # the name the numbers go by: the competition's metric (e.g. "val fscore"), else "score"
+        self.metric = self.competition.metric.name if self.competition else "score"
+        self.scale = float(self.competition.metric.scale) if self.competition else 1.0
         self.scores = {s["name"]: main_score(ledger.scores_for(s["name"]), "test",
                                              self.competition.metric.name if self.competition else "")
                        for s in self.subs}
@@ -80,7 +83,8 @@ class _Builder(EffectSections):
         return None, None
 
     def _pairs(self) -> list[tuple[dict, float, Ref, float, Ref]]:
-        """(submission, val F, its ref, test F, its ref) of every scored submission with a val F."""
+        """(submission, val score, its ref, test score, its ref) of every scored submission with a
+        validation score."""
         out = []
         for sub in reversed(self.subs):  # oldest first
             score = self.scores.get(sub["name"])
@@ -147,8 +151,9 @@ class _Builder(EffectSections):
         ranked = [r for r in self.runs if r.get("best_val_score") is not None and r.get("status") in RANKED_STATUSES]
         shown = ranked[: self.top]
         model = self._gap_model()
-        header = ["#", "run", "status", "val F", "TTA val F", "test F", "predicted test F", "val→test gap",
-                  "best ep", "last ep", "vs recipe", "vs #1"]
+        m = self.metric
+        header = ["#", "run", "status", f"val {m}", f"TTA val {m}", f"test {m}", f"predicted test {m}",
+                  "val→test gap", "best ep", "last ep", "vs recipe", "vs #1"]
         rows = []
         top_config = shown[0].get("config") if shown else None
         for i, run in enumerate(shown, 1):
@@ -184,14 +189,15 @@ class _Builder(EffectSections):
                          d.fact(vs_recipe, vs_recipe, [Ref("runs", rid, "config_diff", run.get("config_diff"))], "config"),
                          d.fact(vs_top, vs_top, [Ref("runs", rid, "config", None)], "config")])
         if not rows:
-            s.text("No run with a validation F is recorded yet.")
+            s.text(f"No run with a validation {m} is recorded yet.")
             return shown
         more = len(ranked) - len(shown)
-        s.add(Table(header, rows, caption=f"Runs by best validation F (top {len(shown)}"
+        s.add(Table(header, rows, caption=f"Runs by best validation {m} (top {len(shown)}"
                                           + (f"; {more} more not shown" if more > 0 else "") + ")."))
-        s.text("*val F*: best epoch of training (the scorer's per-image F on the run's validation list). "
-               "*TTA val F*: best `cpx validate --tta` score where one was measured. *test F*: leaderboard score "
-               "of the run's best scored submission. *predicted*: val F plus the mean val→test gap, with its "
+        s.text(f"*val {m}*: best epoch of training (the competition's metric on the run's validation list). "
+               f"*TTA val {m}*: best `cpx validate --tta` score where one was measured. *test {m}*: leaderboard "
+               f"score of the run's best scored submission. *predicted*: val {m} plus the mean val→test gap, "
+               "with its "
                f"{self.level * 100:g}% prediction interval (see Generalisation). *vs recipe* / *vs #1*: config "
                "fields that differ from the recipe / from the top run.")
         return shown
@@ -200,7 +206,7 @@ class _Builder(EffectSections):
         d = self.doc
         s = d.section("Submission history")
         if not self.subs:
-            s.text("No submission is recorded yet (`cpx package`, `cpx submit NAME --record-score F`).")
+            s.text("No submission is recorded yet (`cpx package`, `cpx submit NAME --record-score SCORE`).")
             return
         from cpx.submit.submissions import submission_report
 
@@ -225,7 +231,8 @@ class _Builder(EffectSections):
                          fact_f(d, r.test_score, tref), fact_signed(d, None if r.test_score is None or sval is None else r.test_score - sval,
                                                         [sref, tref], "diff"),
                          left, "**final**" if r.final else "", best])
-        s.add(Table(["submission", "date", "run", "val F", "test F", "gap", "left", "final", "best test F"], rows,
+        m = self.metric
+        s.add(Table(["submission", "date", "run", f"val {m}", f"test {m}", "gap", "left", "final", "best test"], rows,
                     caption="Submissions, oldest first; *left*: submissions the phase still allows after this one."))
         if rep.final:
             final = next(r for r in rep.rows if r.name == rep.final)
@@ -244,7 +251,7 @@ class _Builder(EffectSections):
         d = self.doc
         s = d.section("Evaluation-time ingredients")
         ranked = [r for r in self.runs if r.get("best_val_score") is not None and r.get("status") in RANKED_STATUSES]
-        found = evaltime.gains(self.ledger, self.workspace.runs_dir, ranked, self.level)
+        found = gains.gains(self.ledger, self.workspace.runs_dir, ranked, self.level)
         if not found:
             s.text("No run has a TTA, post-processed or calibrated score beside its plain one: "
                    "`cpx validate RUN --tta flip`, `cpx validate RUN --post small-components` and "
@@ -260,7 +267,8 @@ class _Builder(EffectSections):
                          fact_int(d, t.n, refs, "shared_images"), d.fact(t.t_p, p_text(t.t_p), refs, "paired_t_p"),
                          t.verdict])
             by_ingredient.setdefault(g.ingredient, []).append((t.diff, refs))
-        s.add(Table(["run", "ingredient", "F without", "gain", f"{self.level * 100:g}% bootstrap interval", "images",
+        s.add(Table(["run", "ingredient", f"{self.metric} without", "gain", f"{self.level * 100:g}% bootstrap interval",
+                     "images",
                      "paired t p", "verdict"], rows,
                     caption="Each ingredient against the plain prediction of the same checkpoint, paired per "
                             "validation image. Calibration is scored on held-out halves: each image with the "
@@ -331,13 +339,14 @@ class _Builder(EffectSections):
         d = self.doc
         s = d.section("Generalisation")
         if not self.pairs:
-            s.text("No submission has both a validation F and a recorded test score, so nothing predicts the test "
-                   "F yet. Record scores with `cpx submit NAME --record-score F`.")
+            s.text(f"No submission has both a validation {self.metric} and a recorded test score, so nothing predicts "
+                   "the test score yet. Record scores with `cpx submit NAME --record-score SCORE`.")
             return
         rows = []
         for sub, val, vref, test, tref in self.pairs:
             rows.append([sub["name"], fact_f(d, val, vref), fact_f(d, test, tref), fact_signed(d, test - val, [vref, tref], "diff")])
-        s.add(Table(["submission", "val F", "test F", "gap (test − val)"], rows, caption="Observed val→test pairs."))
+        s.add(Table(["submission", f"val {self.metric}", f"test {self.metric}", "gap (test − val)"], rows,
+                    caption="Observed val→test pairs."))
         mean, sd, hw, n = self._gap_model()
         refs = self._pair_refs()
         line = f"Mean gap {fact_signed(d, mean, refs, 'mean_gap')} over {fact_int(d, n, refs[1::2], 'count')} pair(s)"
@@ -353,7 +362,8 @@ class _Builder(EffectSections):
             best = unsubmitted[0]
             vref = Ref("runs", best["id"], "best_val_score", best["best_val_score"])
             value = best["best_val_score"] + mean
-            s.text(f"So the best run not yet submitted, {self._label(best)} (val F {fact_f(d, best['best_val_score'], vref)}), "
+            s.text(f"So the best run not yet submitted, {self._label(best)} "
+                   f"(val {self.metric} {fact_f(d, best['best_val_score'], vref)}), "
                    f"should score about {fact_f(d, value, None, 'gap_prediction', [vref, *refs])} ± "
                    f"{d.fact(hw, f'{hw:.4f}', refs, 'gap_half_width' if sd is not None else 'assumed_spread')} on the test set. "
                    "This assumes the gap does not depend on the model; keep the validation split fixed.")
@@ -361,7 +371,7 @@ class _Builder(EffectSections):
             from scipy.stats import spearmanr
 
             rho = float(spearmanr([p[1] for p in self.pairs], [p[3] for p in self.pairs]).statistic)
-            s.text(f"Rank agreement of val and test F over the submissions (Spearman): "
+            s.text(f"Rank agreement of val and test {self.metric} over the submissions (Spearman): "
                    f"{d.fact(rho, f'{rho:+.3f}', refs, 'spearman')}"
                    + (" — validation ranks models as the leaderboard does." if rho > 0.5 else
                       " — validation does not rank models as the leaderboard does; trust it less for small differences."))
@@ -379,24 +389,26 @@ class _Builder(EffectSections):
             if len(curves) >= CURVES:
                 break
         if curves:
-            path = plot_history(curves, self.out / "figures" / "curves-top.png")
+            path = plot_history(curves, self.out / "figures" / "curves-top.png", metric=self.metric)
             self.figures.append(path)
             s.add(Figure(path, f"Training curves of the top {len(curves)} runs (solid: training, dashed: validation; "
-                               "stars: best validation F)."))
+                               f"stars: best validation {self.metric})."))
         per_class = []
         classes: list[str] = []
         for run in shown:
             v = recorded_validation(self.ledger, run) or self.ledger.best_validation(run["id"])
             if v and isinstance(v.get("per_class"), dict) and v["per_class"]:
                 classes = classes or list(v["per_class"])
-                per_class.append((self._label(run), [((v["per_class"].get(c) or {}).get("f")) for c in classes],
+                per_class.append((self._label(run), [((v["per_class"].get(c) or {}).get("score")) for c in classes],
                                   v["score"]))
             if len(per_class) >= CURVES:
                 break
         if per_class:
-            path = plot_per_class_runs(classes, per_class, self.out / "figures" / "per-class-top.png")
+            path = plot_per_class_runs(classes, per_class, self.out / "figures" / "per-class-top.png",
+                                       metric=self.metric, scale=self.scale)
             self.figures.append(path)
-            s.add(Figure(path, f"Per-class F of the top {len(per_class)} runs (their recorded best validation)."))
+            s.add(Figure(path, f"Per-class {self.metric} of the top {len(per_class)} runs (their recorded best "
+                               "validation)."))
         if any(f.name.startswith("sweep-") for f in self.figures):
             s.text("Factor plots: with their sweeps under Factor effects.")
         if not s.blocks:
@@ -404,7 +416,7 @@ class _Builder(EffectSections):
 
 
 def _longest_wait(history: list[dict]) -> Optional[int]:
-    """Most epochs between two successive new bests of val F (None with fewer than two bests)."""
+    """Most epochs between two successive new bests of the val score (None with fewer than two bests)."""
     best, last_epoch, longest = None, None, None
     for h in history:
         f = h["val_score"]
@@ -416,7 +428,17 @@ def _longest_wait(history: list[dict]) -> Optional[int]:
     return longest
 
 
+_STOP_REASONS = {"pruned": "pruned by its sweep", "budget": "time budget", "interrupted": "interrupted",
+                 "completed": "planned epochs", "stop_after": "planned epochs (refit)"}
+
+
 def _stop_reason(run: dict, train_cfg: dict) -> str:
+    reason = run.get("stop_reason")
+    if reason == "patience":
+        return f"patience ({train_cfg.get('patience')})"
+    if reason in _STOP_REASONS:
+        return _STOP_REASONS[reason]
+    # runs of older versions recorded no stop reason: read what their notes and status say
     notes = (run.get("notes") or "").lower()
     if run.get("status") == "pruned" or "pruned" in notes:
         return "pruned by its sweep"

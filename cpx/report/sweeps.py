@@ -3,7 +3,7 @@ factor's effect with its interval (:mod:`cpx.report.stats`). Behind ``cpx sweep 
 report's factor sections.
 
 A run counts towards the statistics when it finished (completed, or stopped by its budget) with a
-validation F; pruned and failed runs are counted but left out, as their best F is cut short.
+validation score; pruned and failed runs are counted but left out, as their best score is cut short.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from cpx.draw.figures import FactorPanel, plot_factor_panels
 from cpx.kernel.config import flatten
 from cpx.report import stats
-from cpx.report.figures import FactorPanel, plot_factor_panels
 from cpx.runs.ledger import Ledger
 from cpx.sweep.spec import BASELINE, SEED_KEY, Factor
 
@@ -28,7 +28,7 @@ class SweepRun:
     status: str
     params: dict[str, Any]  # factor key -> value, from the run's config
     seed: Optional[int]
-    value: Optional[float]  # best validation F
+    value: Optional[float]  # best validation score
     best_epoch: Optional[int]
     last_epoch: Optional[int]
 
@@ -240,8 +240,9 @@ def s_text(slope: stats.Slope) -> str:
     return f"{slope.slope:+.4f} {'per x10' if slope.log else 'per unit'}, {'significant' if slope.significant else 'not significant'}"
 
 
-def plot_sweep(results: SweepResults, path: Path, level: float = stats.DEFAULT_LEVEL) -> Optional[Path]:
-    """The factor plot of a sweep (None when no run finished)."""
+def plot_sweep(results: SweepResults, path: Path, level: float = stats.DEFAULT_LEVEL,
+               metric: str = "score") -> Optional[Path]:
+    """The factor plot of a sweep (None when no run finished); ``metric`` names the score."""
     panels = factor_panels(results, level)
     if not panels:
         return None
@@ -249,4 +250,5 @@ def plot_sweep(results: SweepResults, path: Path, level: float = stats.DEFAULT_L
     sub = ""
     if noise is not None and noise.sd is not None:
         sub = f"seed-to-seed sd {noise.sd:.4f} ({noise.source}, {noise.dof} dof); bars: {level * 100:g}% interval of the mean"
-    return plot_factor_panels(panels, path, title=f"sweep {results.name}: best val F per run", subtitle=sub)
+    return plot_factor_panels(panels, path, title=f"sweep {results.name}: best val {metric} per run", subtitle=sub,
+                              ylabel=f"best validation {metric}")

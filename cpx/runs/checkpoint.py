@@ -25,6 +25,8 @@ import torch
 
 from cpx.kernel.errors import RunError
 
+# Keys other scripts keep the weights under, tried in this order (a competition's own key first,
+# where it names one). solution/run.py, which runs without cpx, keeps a copy tested equal.
 WEIGHT_KEYS = ("state_dict", "model_state_dict", "model")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 

@@ -7,11 +7,13 @@
     command.txt        the command line that started the run
     val_list.txt       the validation image stems, one a line
     data.json          where the data came from (path, fingerprint, counts)
-    history.json       one record per epoch (loss, val F, learning rate, ...)
+    history.json       one record per epoch (loss, val score, learning rate, ...)
     best.pt / last.pt  the best checkpoint (weights under ``state_dict``) / the resume state
     curves.png         training curves
     status.json        how the run ended (written at the end, before the ledger)
     calibration.json   per-class logit offsets from ``cpx calibrate`` (and how they were measured)
+    official/<stamp>/  each ``cpx validate --official``: the organisers' scoring program's input,
+                       output and logs
 
 and, for an ensemble run, ``ensemble.json`` (members and weights). Every write is atomic; a
 file that exists but cannot be read raises :class:`~cpx.kernel.errors.RunError` naming it,
@@ -49,6 +51,7 @@ CURVES = "curves.png"
 STATUS = "status.json"
 ENSEMBLE = "ensemble.json"
 CALIBRATION = "calibration.json"
+OFFICIAL = "official"
 PENDING_BEST = ".best.pt.next"  # a new best checkpoint until last.pt commits its epoch
 LOCK = ".lock"
 CHECKPOINTS = {"best": BEST, "last": LAST}
@@ -211,8 +214,14 @@ class RunFolder:
             raise RunError(f"{path}: expected a JSON object")
         return info
 
-    def data_root(self) -> Optional[Path]:
+    def data_root(self, workspace_root: Optional[os.PathLike] = None) -> Optional[Path]:
         """The data folder the run was trained on; None when ``data.json`` does not exist.
+
+        Data inside the workspace is recorded relative to it too (``workspace_path``): in a
+        copied or moved workspace that is the folder meant, when it exists. A relative ``path``
+        (runs recorded before paths were resolved) is taken relative to ``workspace_root``,
+        never to the current directory. Whether the folder still holds the same data is
+        :func:`cpx.runs.handle.checked_data_root`'s question.
 
         :raises RunError: ``data.json`` exists but records no data ``path``.
         """
@@ -221,10 +230,27 @@ class RunFolder:
             return None
         if not isinstance(info.get("path"), str):
             raise RunError(f"{self.path / DATA}: no data 'path' recorded")
-        return Path(info["path"])
+        inside = info.get("workspace_path")
+        if isinstance(inside, str) and workspace_root is not None and (Path(workspace_root) / inside).is_dir():
+            return Path(workspace_root) / inside
+        root = Path(info["path"]).expanduser()
+        if not root.is_absolute() and workspace_root is not None:
+            root = Path(workspace_root) / root
+        return root
 
-    def write_data_info(self, info: dict[str, Any]) -> None:
-        """Write ``data.json`` (path, fingerprint, counts)."""
+    def write_data_info(self, info: dict[str, Any], workspace_root: Optional[os.PathLike] = None) -> None:
+        """Write ``data.json`` (path, fingerprint, counts); the ``path`` is made absolute, and a
+        folder inside ``workspace_root`` is recorded relative to it as well (``workspace_path``),
+        so a copied or moved workspace finds its own data."""
+        info = dict(info)
+        if isinstance(info.get("path"), str):
+            root = Path(info["path"]).expanduser().resolve()
+            info["path"] = str(root)
+            if workspace_root is not None:
+                try:
+                    info["workspace_path"] = root.relative_to(Path(workspace_root).resolve()).as_posix()
+                except ValueError:
+                    info.pop("workspace_path", None)
         write_json(self.path / DATA, info, indent=2)
 
     # ------------------------------------------------------------------ history
@@ -288,6 +314,20 @@ class RunFolder:
 
     # ------------------------------------------------------------------ ensembles
 
+    def new_official_dir(self) -> Path:
+        """A fresh folder for one run of the organisers' scoring program on this run's
+        predictions, ``official/<UTC time>[-n]/`` (created)."""
+        base = self.path / OFFICIAL
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        for n in range(1000):
+            path = base / (stamp if n == 0 else f"{stamp}-{n}")
+            try:
+                path.mkdir(parents=True)
+                return path
+            except FileExistsError:
+                continue
+        raise RunError(f"{base}: cannot make a new folder")
+
     def read_ensemble(self) -> Optional[dict]:
         """The ensemble spec in ``ensemble.json``; None for a run that is not an ensemble."""
         path = self.path / ENSEMBLE
@@ -335,5 +375,11 @@ def _finite(value: Any) -> Any:
 
 
 def run_folder(row: dict, runs_dir: os.PathLike) -> RunFolder:
-    """The folder of a ledger row: its recorded ``run_dir``, else ``runs_dir/<id>``."""
-    return RunFolder(row["run_dir"] if row.get("run_dir") else Path(runs_dir) / row["id"])
+    """The folder of a ledger row: its recorded ``run_dir`` (the ledger hands it back absolute,
+    resolved against the workspace it is in now), else ``runs_dir/<id>``; a recorded folder that
+    no longer exists gives way to ``runs_dir/<id>`` when that does."""
+    own = Path(runs_dir) / row["id"]
+    if not row.get("run_dir"):
+        return RunFolder(own)
+    recorded = Path(row["run_dir"])
+    return RunFolder(own if not recorded.is_dir() and own.is_dir() else recorded)

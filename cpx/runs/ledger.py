@@ -22,10 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Union
 
-from cpx.kernel.errors import CpxError, LedgerBusy, RunError, SubmissionError
+from cpx import __version__
+from cpx.kernel.errors import CpxError, LedgerBusy, LedgerDamaged, RunError, SubmissionError
 from cpx.kernel.text import utc_now
 from cpx.runs.folder import new_run_id
-from cpx.runs.migrations import immediate, migrate
+from cpx.runs.migrations import BACKUP_SUFFIX, MIGRATIONS, NewerSchema, immediate, migrate, workspace_relative
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -38,6 +39,7 @@ RUN_ORDERS = ("created_at", "best_val_score")
 _JSON_COLUMNS = {
     "runs": frozenset({"config", "config_diff", "members", "checkpoints"}),
     "validations": frozenset({"per_class", "per_image"}),
+    "submissions": frozenset({"upload_attempt"}),
     "sweeps": frozenset({"factors", "overrides"}),
 }
 # Stored as 0/1 because SQLite has no boolean type, handed back as bool.
@@ -54,6 +56,14 @@ _CHOICES = {
     ("scores", "source"): SCORE_SOURCES,
 }
 _TABLES = ("runs", "validations", "submissions", "scores", "sweeps")
+# Paths of files the workspace holds, stored relative to it when inside it (see
+# :func:`cpx.runs.migrations.workspace_relative`) and handed back absolute: a copied workspace
+# then reads and writes its own run folders, and a moved one finds them where they are now.
+_PATH_COLUMNS = {
+    "runs": frozenset({"run_dir"}),
+    "submissions": frozenset({"zip_path"}),
+    "validations": frozenset({"official_dir"}),
+}
 
 
 # Migrations receive a connection already inside a transaction: they must not commit,
@@ -72,7 +82,8 @@ def connect(path: Union[str, os.PathLike], timeout: float = DEFAULT_TIMEOUT) -> 
     path = Path(path)
     if str(path) != ":memory:":
         path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+    db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, factory=_Connection)
+    db.path = path
     db.row_factory = sqlite3.Row
     try:
         _enable_wal(db, timeout)
@@ -81,6 +92,42 @@ def connect(path: Union[str, os.PathLike], timeout: float = DEFAULT_TIMEOUT) -> 
         db.close()
         raise
     return db
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose every statement turns a damaged file's error into
+    :class:`LedgerDamaged`: one line naming the file and how to recover, not a traceback."""
+
+    path: Path
+
+    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:  # type: ignore[override]
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise damaged(self.path, exc) from None
+            raise
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether an sqlite3 error says the file is damaged (rather than busy, say)."""
+    text = str(exc).casefold()
+    return isinstance(exc, sqlite3.DatabaseError) and any(
+        word in text for word in ("malformed", "not a database", "corrupt", "disk i/o error", "encrypted"))
+
+
+def damaged(path: Path, exc: BaseException) -> LedgerDamaged:
+    """The one-line error for a damaged ledger at ``path``: what SQLite said, and how to recover
+    (the copy kept before the latest migration, else SQLite's ``.recover``)."""
+    path = Path(path)
+    copies = [c for c in sorted(path.parent.glob(f"{path.name}{BACKUP_SUFFIX}*")) if not c.name.endswith(".tmp")]
+    if copies:  # names sort by migration, so the last is the newest copy
+        how = (f"mv {path.name} {path.name}.damaged && cp {copies[-1].name} {path.name} (the copy kept before the "
+               "last migration: rows recorded since are lost)")
+    else:
+        how = (f"sqlite3 {path.name} .recover | sqlite3 recovered.db && mv {path.name} {path.name}.damaged && "
+               f"mv recovered.db {path.name}")
+    return LedgerDamaged(f"{path}: cannot open the ledger: it is damaged ({exc}); to recover, in {path.parent}: {how}")
 
 
 def _enable_wal(db: sqlite3.Connection, timeout: float) -> None:
@@ -116,6 +163,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -123,16 +178,32 @@ def _json_default(value: Any) -> Any:
     return str(value) if plain is value else plain
 
 
-def _decode(table: str, row: Optional[sqlite3.Row]) -> Optional[dict]:
+def _renamed_per_class(per_class: Any) -> Any:
+    # validations recorded before scores were any competition's metric call a class's value "f"
+    if not isinstance(per_class, dict):
+        return per_class
+    return {name: ({"score" if k == "f" else k: v for k, v in entry.items()}
+                   if isinstance(entry, dict) and "f" in entry and "score" not in entry else entry)
+            for name, entry in per_class.items()}
+
+
+def _decode(table: str, row: Optional[sqlite3.Row], root: Optional[Path] = None) -> Optional[dict]:
     if row is None:
         return None
     out = dict(row)
+    if root is not None:
+        for key in _PATH_COLUMNS.get(table, ()):
+            value = out.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                out[key] = str(root / value)
     for key in _JSON_COLUMNS.get(table, ()):
         if isinstance(out.get(key), str):
             try:
                 out[key] = json.loads(out[key])
             except ValueError:
                 pass  # hand-edited junk: show it as it is rather than fail a listing
+    if table == "validations" and "per_class" in out:
+        out["per_class"] = _renamed_per_class(out["per_class"])
     for key in _BOOL_COLUMNS.get(table, ()):
         if out.get(key) is not None:
             out[key] = bool(out[key])
@@ -149,19 +220,29 @@ class Ledger:
 
     def __init__(self, path: Union[str, os.PathLike], timeout: Optional[float] = None):
         self.path = Path(path)
+        #: the workspace the ledger belongs to (it lives at ``<workspace>/experiments/ledger.db``):
+        #: the paths of its run folders, zips and output folders are stored relative to it
+        self.root: Optional[Path] = None if str(path) == ":memory:" else self.path.resolve().parent.parent
         # seconds a write waits for another process's lock; CPX_LEDGER_TIMEOUT overrides
         timeout = float(os.environ.get("CPX_LEDGER_TIMEOUT") or DEFAULT_TIMEOUT) if timeout is None else timeout
         self.timeout = timeout
         try:
             self._db = connect(self.path, timeout)
         except sqlite3.DatabaseError as exc:
-            raise CpxError(f"{self.path}: cannot open the ledger ({exc})") from None
+            raise (damaged(self.path, exc) if is_damage(exc) else
+                   CpxError(f"{self.path}: cannot open the ledger ({exc})")) from None
         try:
             #: names of the migrations this open applied (empty when already current)
             self.applied_migrations: list[str] = migrate(self._db)
+            self._stamp_version()
+        except NewerSchema as exc:
+            message = self._newer_message(exc.names)
+            self._db.close()
+            raise LedgerDamaged(message) from None
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise CpxError(f"{self.path}: cannot open the ledger ({exc})") from None
+            raise (damaged(self.path, exc) if is_damage(exc) else
+                   CpxError(f"{self.path}: cannot open the ledger ({exc})")) from None
         except BaseException:
             self._db.close()
             raise
@@ -171,6 +252,27 @@ class Ledger:
             t: [r["name"] for r in self._db.execute(f"PRAGMA table_info({t})")]
             for t in _TABLES
         }
+
+    def _stamp_version(self) -> None:
+        # which cpx last wrote the file, for the refusal a still older cpx gives (see m017)
+        row = self._db.execute("SELECT value FROM _cpx WHERE key = 'written_by'").fetchone()
+        if row is None or row[0] != __version__:
+            try:
+                with immediate(self._db):
+                    self._db.execute("INSERT OR REPLACE INTO _cpx (key, value) VALUES ('written_by', ?)",
+                                     (__version__,))
+            except sqlite3.OperationalError:
+                pass  # locked by another writer: the stamp can wait for the next open
+
+    def _newer_message(self, unknown: list[str]) -> str:
+        try:
+            row = self._db.execute("SELECT value FROM _cpx WHERE key = 'written_by'").fetchone()
+        except sqlite3.DatabaseError:
+            row = None
+        newer = f"cpx {row[0]}" if row else "a newer cpx"
+        return (f"{self.path} was written by {newer} (its schema goes up to {unknown[-1]}); this is cpx "
+                f"{__version__}, whose schema ends at {MIGRATIONS[-1].__name__}: upgrade cpx to use this "
+                "workspace (nothing was changed)")
 
     def __enter__(self) -> "Ledger":
         return self
@@ -199,6 +301,9 @@ class Ledger:
                                  f"open transaction, a backup?) for over {self.timeout:g} s") from None
             raise
 
+    def _row(self, table: str, row: Optional[sqlite3.Row]) -> Optional[dict]:
+        return _decode(table, row, self.root)
+
     def _encode(self, table: str, fields: dict[str, Any], *, allow_id: bool) -> dict[str, Any]:
         columns = self._columns[table]
         allowed = set(columns) if allow_id else set(columns) - {"id"}
@@ -221,6 +326,11 @@ class Ledger:
                 value = "on" if value else "none"
             else:
                 value = _plain(value)
+                if isinstance(value, str) and not _utf8(value):
+                    raise CpxError(f"{table}.{key}: {value.encode('utf-8', 'surrogateescape')!r} is not valid "
+                                   "UTF-8 text, which the ledger stores; use another")
+                if key in _PATH_COLUMNS.get(table, ()) and value and self.root is not None:
+                    value = workspace_relative(value, self.root, guess=False)
             out[key] = value
         return out
 
@@ -241,7 +351,7 @@ class Ledger:
         )
 
     def _run_row(self, run_id: str) -> Optional[dict]:
-        return _decode("runs", self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+        return self._row("runs", self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
 
     def _require_run(self, run_id: str) -> None:
         if self._db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
@@ -249,7 +359,7 @@ class Ledger:
 
     def _submission_row(self, name: str) -> Optional[dict]:
         row = self._db.execute("SELECT * FROM submissions WHERE name = ?", (name,)).fetchone()
-        return _decode("submissions", row)
+        return self._row("submissions", row)
 
     def _require_submission(self, name: str) -> dict:
         row = self._submission_row(name)
@@ -305,7 +415,7 @@ class Ledger:
             (ref,),
         ).fetchone()
         if row is not None:
-            return _decode("runs", row)
+            return self._row("runs", row)
         # substr rather than LIKE: LIKE ignores case and treats _ and % as wildcards.
         ids = [
             r[0]
@@ -336,7 +446,7 @@ class Ledger:
         limit: Optional[int] = None,
         competition: Optional[str] = None,
     ) -> list[dict]:
-        """Runs, newest first (``order_by='created_at'``) or best validation F first
+        """Runs, newest first (``order_by='created_at'``) or highest validation score first
         (``'best_val_score'``, runs without one last). ``status`` and ``kind`` take one
         value or several.
         """
@@ -363,7 +473,7 @@ class Ledger:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
-        return [_decode("runs", r) for r in self._db.execute(sql, args)]
+        return [self._row("runs", r) for r in self._db.execute(sql, args)]
 
     def competitions(self) -> list[str]:
         """The competitions the runs belong to, sorted (runs without one left out)."""
@@ -384,7 +494,7 @@ class Ledger:
         with self._write():
             self._require_run(run_id)
             row_id = self._insert("validations", values)
-        return _decode(
+        return self._row(
             "validations",
             self._db.execute("SELECT * FROM validations WHERE id = ?", (row_id,)).fetchone(),
         )
@@ -395,7 +505,7 @@ class Ledger:
         rows = self._db.execute(
             "SELECT * FROM validations WHERE run_id = ? ORDER BY created_at, id", (run_id,)
         )
-        return [_decode("validations", r) for r in rows]
+        return [self._row("validations", r) for r in rows]
 
     def best_validation(self, run_id: str) -> Optional[dict]:
         """The run's highest-scoring validation (the latest on a tie), or None."""
@@ -405,7 +515,7 @@ class Ledger:
             " ORDER BY score DESC, created_at DESC, id DESC LIMIT 1",
             (run_id,),
         ).fetchone()
-        return _decode("validations", row)
+        return self._row("validations", row)
 
     # -- submissions ---------------------------------------------------------------
 
@@ -473,7 +583,7 @@ class Ledger:
             """,
             (phase,),
         )
-        return [_decode("submissions", r) for r in rows]
+        return [self._row("submissions", r) for r in rows]
 
     # -- scores --------------------------------------------------------------------
 
@@ -522,7 +632,7 @@ class Ledger:
                     f"'{submission_name}' already has a {phase} score for '{column_key}'"
                     f" ({old['score']}); use --replace to overwrite it"
                 )
-        return _decode("scores", self._db.execute("SELECT * FROM scores WHERE id = ?", (row_id,)).fetchone())
+        return self._row("scores", self._db.execute("SELECT * FROM scores WHERE id = ?", (row_id,)).fetchone())
 
     def scores_for(self, submission_name: str) -> list[dict]:
         """A submission's scores by phase and column. Unknown name: SubmissionError."""
@@ -531,7 +641,7 @@ class Ledger:
             "SELECT * FROM scores WHERE submission_id = ? ORDER BY phase, column_key, recorded_at",
             (sub["id"],),
         )
-        return [_decode("scores", r) for r in rows]
+        return [self._row("scores", r) for r in rows]
 
     # -- sweeps --------------------------------------------------------------------
 
@@ -551,12 +661,12 @@ class Ledger:
         if row is None:
             known = ", ".join(s["name"] for s in self.list_sweeps()) or "none recorded"
             raise RunError(f"no sweep named '{name}' (known: {known})")
-        return _decode("sweeps", row)
+        return self._row("sweeps", row)
 
     def list_sweeps(self) -> list[dict]:
         """Every sweep, oldest first."""
         rows = self._db.execute("SELECT * FROM sweeps ORDER BY created_at, rowid")
-        return [_decode("sweeps", r) for r in rows]
+        return [self._row("sweeps", r) for r in rows]
 
 
 

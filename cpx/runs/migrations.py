@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 from cpx.kernel.text import utc_now
@@ -143,17 +144,6 @@ def m004_scores(db: sqlite3.Connection) -> None:
     )
 
 
-@migration
-def m012_metric_not_only_f(db: sqlite3.Connection) -> None:
-    # A competition ranks by its own metric (IoU, Dice, ...), not always an F-score: the run's
-    # best validation score loses its F in the name, and runs and validations say which metric
-    # (and on which scale) their numbers are.
-    """``runs.best_val_f`` becomes ``best_val_score``; runs and validations record their metric."""
-    db.execute("ALTER TABLE runs RENAME COLUMN best_val_f TO best_val_score")
-    db.execute("ALTER TABLE runs ADD COLUMN metric TEXT")
-    db.execute("ALTER TABLE validations ADD COLUMN metric TEXT")
-
-
 @contextmanager
 def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A ``BEGIN IMMEDIATE`` transaction on ``db`` (autocommit mode): the write lock is taken up
@@ -189,6 +179,10 @@ def migrate(db: sqlite3.Connection, migrations: Optional[Iterable[Migration]] = 
     older schema, which is how upgrades are tested. ``db`` must be in autocommit mode.
     """
     migrations = MIGRATIONS if migrations is None else list(migrations)
+    known = {fn.__name__ for fn in MIGRATIONS}
+    unknown = [name for name in applied_migrations(db) if name not in known]
+    if unknown:  # before any work: this cpx does not know what the newer one changed
+        raise NewerSchema(unknown)
     if not _has_table(db, "_migrations"):
         with immediate(db):
             db.execute(
@@ -196,6 +190,9 @@ def migrate(db: sqlite3.Connection, migrations: Optional[Iterable[Migration]] = 
                 " (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
             )
     done = set(applied_migrations(db))
+    pending = [fn.__name__ for fn in migrations if fn.__name__ not in done]
+    if pending and done:
+        keep_copy(db, pending[0])
     applied: list[str] = []
     for fn in migrations:
         name = fn.__name__
@@ -211,6 +208,43 @@ def migrate(db: sqlite3.Connection, migrations: Optional[Iterable[Migration]] = 
             )
         applied.append(name)
     return applied
+
+
+class NewerSchema(Exception):
+    """The file records migrations this cpx does not have (``names``): a newer cpx wrote it."""
+
+    def __init__(self, names: list[str]):
+        super().__init__(", ".join(names))
+        self.names = names
+
+
+def database_file(db: sqlite3.Connection) -> Optional[Path]:
+    """The file of ``db``'s main database; None in memory."""
+    row = db.execute("PRAGMA database_list").fetchone()
+    return Path(row[2]) if row and row[2] else None
+
+
+BACKUP_SUFFIX = ".before-"
+
+
+def keep_copy(db: sqlite3.Connection, migration_name: str) -> Optional[Path]:
+    """Copy the database beside its file as ``<file>.before-<migration>`` (SQLite's backup API:
+    consistent, WAL included) before that migration changes it; a copy already there is kept.
+    Returns the copy's path (None in memory)."""
+    source = database_file(db)
+    if source is None:
+        return None
+    target = source.with_name(f"{source.name}{BACKUP_SUFFIX}{migration_name}")
+    if target.exists():
+        return target
+    tmp = target.with_name(target.name + ".tmp")
+    copy = sqlite3.connect(str(tmp))
+    try:
+        db.backup(copy)
+    finally:
+        copy.close()
+    tmp.replace(target)
+    return target
 
 
 def _has_table(db: sqlite3.Connection, table: str) -> bool:
@@ -298,3 +332,87 @@ def m011_validation_calibration_and_post(db: sqlite3.Connection) -> None:
     """Whether a validation applied the run's logit offsets, and its post-processing steps."""
     db.execute("ALTER TABLE validations ADD COLUMN calibrated INTEGER")
     db.execute("ALTER TABLE validations ADD COLUMN post TEXT")
+
+
+@migration
+def m012_metric_not_only_f(db: sqlite3.Connection) -> None:
+    # A competition ranks by its own metric (IoU, Dice, ...), not always an F-score: the run's
+    # best validation score loses its F in the name, and runs and validations say which metric
+    # (and on which scale) their numbers are.
+    """``runs.best_val_f`` becomes ``best_val_score``; runs and validations record their metric."""
+    db.execute("ALTER TABLE runs RENAME COLUMN best_val_f TO best_val_score")
+    db.execute("ALTER TABLE runs ADD COLUMN metric TEXT")
+    db.execute("ALTER TABLE validations ADD COLUMN metric TEXT")
+
+
+@migration
+def m013_validation_official_score(db: sqlite3.Connection) -> None:
+    # `cpx validate --official` runs the organisers' own scoring program on the same predictions:
+    # its ranked column's value sits beside cpx's score, with the column's key and the folder that
+    # keeps the program's input, output and logs.
+    """The organisers' scoring program's score of a validation, its column and its output folder."""
+    db.execute("ALTER TABLE validations ADD COLUMN official_score REAL")
+    db.execute("ALTER TABLE validations ADD COLUMN official_column TEXT")
+    db.execute("ALTER TABLE validations ADD COLUMN official_dir TEXT")
+
+
+@migration
+def m014_run_stop_reason(db: sqlite3.Connection) -> None:
+    # Why a run stopped is a value (cpx.train.loop.StopReason), never a phrase searched for in
+    # its notes; runs of older versions keep NULL and their notes.
+    """Why a run's training ended: completed, stop_after, patience, budget, pruned, interrupted."""
+    db.execute("ALTER TABLE runs ADD COLUMN stop_reason TEXT")
+
+
+def workspace_relative(value: str, root: Path, guess: bool = True) -> str:
+    """``value``, a path, relative to the workspace ``root`` (POSIX form) when it lies inside it;
+    else, with ``guess``, the tail from its last ``experiments`` or ``submissions`` part when
+    ``root`` holds that (a workspace copied or moved before paths were stored relative); else
+    ``value`` unchanged (a folder outside the workspace, an imported run's)."""
+    path = Path(value)
+    if not path.is_absolute():
+        return value
+    try:
+        return path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        pass
+    if guess:
+        parts = path.parts
+        for i in range(len(parts) - 1, 0, -1):
+            if parts[i] in ("experiments", "submissions") and (root / Path(*parts[i:])).exists():
+                return Path(*parts[i:]).as_posix()
+    return value
+
+
+@migration
+def m015_workspace_relative_paths(db: sqlite3.Connection) -> None:
+    # The ledger stored absolute run folders: in a copied workspace `cpx show` wrote into the
+    # original's run folder and validate used its checkpoints; after a move, nothing was found.
+    # Paths inside the workspace (the ledger's folder's parent) are now stored relative to it.
+    """Run folders, submission zips and official output folders stored relative to the workspace."""
+    file = database_file(db)
+    if file is None:
+        return  # an in-memory ledger has no workspace
+    root = file.resolve().parent.parent
+    for table, column in (("runs", "run_dir"), ("submissions", "zip_path"), ("validations", "official_dir")):
+        for key, value in db.execute(f"SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL").fetchall():
+            new = workspace_relative(value, root)
+            if new != value:
+                db.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (new, key))
+
+
+@migration
+def m016_submission_upload_attempt(db: sqlite3.Connection) -> None:
+    # An upload is recorded before the submission's POST: the phase, the time and the ids of your
+    # submissions there before it. When the server created the submission but its reply was lost,
+    # the next upload of that zip finds it on the server instead of spending a second submission.
+    """A submission's pending Codabench upload (JSON: competition, phase, started_at, ids before)."""
+    db.execute("ALTER TABLE submissions ADD COLUMN upload_attempt TEXT")
+
+
+@migration
+def m017_cpx_version(db: sqlite3.Connection) -> None:
+    # Which cpx last wrote the file: a ledger from a newer cpx is refused before any work (its
+    # migrations are unknown here), and the refusal names both versions.
+    """A key-value table ``_cpx``; ``written_by`` is the version of the cpx that last opened it."""
+    db.execute("CREATE TABLE _cpx (key TEXT PRIMARY KEY, value TEXT NOT NULL)")

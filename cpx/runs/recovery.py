@@ -1,7 +1,7 @@
 """After a crash: make a run's files and its ledger row agree again, and tell runs whose
 process is gone from runs that are training.
 
-Training commits an epoch in this order (see :mod:`cpx.train.run`): a new best checkpoint to
+Training commits an epoch in the order :mod:`cpx.runs.commit` owns: a new best checkpoint to
 ``.best.pt.next``, then ``last.pt`` (the commit point), then the rename to ``best.pt``, then
 ``history.json``, ``status.json`` at the end, then the ledger. :func:`reconcile` rolls a run
 forward from whatever ``last.pt`` committed, so after any kill ``best.pt``, ``history.json``

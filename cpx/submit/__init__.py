@@ -9,8 +9,8 @@
 * :mod:`.submissions` keeps the records in the ledger: scores, the final pick, the budget, and
   uploads to and syncs with Codabench;
 * :mod:`.codabench` is the Codabench client (credentials, schema, HTTP client, workflow);
-* :mod:`.actions` is ``cpx submit`` as one core function.
+* :mod:`.submit` is ``cpx submit`` as one core function.
 
-May import: ``cpx.kernel``, ``cpx.data``, ``cpx.runs``, ``cpx.eval``; never ``cpx.train``,
-``cpx.report`` or ``cpx.cli``, and never typer or rich.
+May import: ``cpx.kernel``, ``cpx.data``, ``cpx.runs``, ``cpx.eval``. So never the trainer, the
+reports or the command line, and never typer or rich.
 """

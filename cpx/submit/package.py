@@ -45,10 +45,10 @@ from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
 from cpx.runs.handle import RunHandle, open_run
 from cpx.runs.ledger import Ledger
-from cpx.submit.solution import export_solution, model_source, postprocess_sources, run_solution
-from cpx.submit.submissions import DEFAULT_PHASE, Budget, phase_budget, server_phase
 from cpx.submit.checkreport import CheckReport
 from cpx.submit.formats import SubmissionFormat, create_format, duplicate_keys
+from cpx.submit.solution import export_solution, model_source, postprocess_sources, run_solution
+from cpx.submit.submissions import Budget, default_phase, phase_budget, server_phase
 from cpx.submit.zipcheck import MANIFEST, check_folder, check_zip, image_sizes, list_test_images, refusal
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -80,6 +80,8 @@ class PackageRequest:
     calibration: bool = True
     post: tuple[str, ...] = ()
     tile: Optional[int] = None
+    # use the run's data folder although it no longer holds the data the run trained on
+    allow_changed_data: bool = False
 
 
 @dataclass
@@ -110,6 +112,8 @@ class PackageResult:
     submission: dict = field(default_factory=dict)
     # submissions left in the phase when it was packaged (ledger, and server when logged in)
     budget: Optional[Budget] = None
+    # what the organisers' scoring program made of the zip's layout (the ``official`` check)
+    official: Optional[dict] = None
 
     def to_dict(self) -> dict:
         """Plain data for ``--json``."""
@@ -174,8 +178,13 @@ class _Job:
 
 
 def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
-            progress: Progress = None, confirm: Optional[Callable[[str], bool]] = None) -> PackageResult:
+            progress: Progress = None, confirm: Optional[Callable[[str], bool]] = None,
+            official: Optional[Callable[[PackageRequest, str, Path], Optional[dict]]] = None) -> PackageResult:
     """Predict every test image with a run and write a verified submission zip.
+
+    ``official(request, run_id, zip_path)``, when given, checks the checked zip before it is
+    published (the organisers' scoring program, :func:`cpx.bundle.official.package_check`):
+    it raises to refuse the zip, and what it returns is kept in the result.
 
     Before any work the phase's budget is worked out (the ledger, and Codabench when
     ``codabench_competition`` is set and a token is at hand); when this would be the last
@@ -208,6 +217,7 @@ def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
         try:
             _zip_folder(stage, partial)
             report = _check_zip(job, partial)
+            checked = official(request, job.run.id, partial) if official is not None else None
             proof = _prove_solution(job, partial, scratch)
             _publish(partial, job.final)
         finally:
@@ -222,7 +232,7 @@ def package(request: PackageRequest, workspace: Workspace, host: PluginHost,
         check=report, metric=job.metric_label, format=job.format.describe(), solution_images=sol_images, solution_agreement=agreement, solution_exact=exact,
         predict_seconds=round(job.predict_seconds, 3), solution_seconds=round(sol_seconds, 3),
         seconds=round(time.perf_counter() - start, 3), rule_breaks=job.rule_breaks, submission=recorded,
-        budget=job.budget)
+        budget=job.budget, official=checked)
 
 
 def _read_request(job: _Job) -> None:
@@ -261,7 +271,8 @@ def _check_budget(job: _Job, confirm: Optional[Callable[[str], bool]]) -> None:
     """How many submissions are left; the last one (or none) is only packaged when confirmed."""
     remote, note = server_phase(job.workspace)
     with Ledger(job.workspace.ledger_path) as ledger:
-        job.budget = phase_budget(ledger, job.competition, DEFAULT_PHASE, remote=remote, remote_note=note)
+        job.budget = phase_budget(ledger, job.competition, default_phase(job.competition), remote=remote,
+                                  remote_note=note)
     warning = job.budget.warning()
     if warning and not job.request.yes:
         if confirm is None or not confirm(f"{warning}; package {job.name} anyway?"):
@@ -320,7 +331,7 @@ def _measure_validation(job: _Job) -> None:
         progress = job.progress
         evaluation = validate_run(run.id, job.workspace, job.host, checkpoint=request.checkpoint, tta=job.tta,
                                   device=request.device, calibration=request.calibration, post=request.post or None,
-                                  tile=request.tile, record=True,
+                                  tile=request.tile, record=True, allow_changed_data=request.allow_changed_data,
                                   progress=(lambda d, t: progress("validate", d, t)) if progress else None)
         job.validation = {"id": evaluation.validation_id, "score": evaluation.score, "measured_now": True}
     job.val_score = float(job.validation["score"])
@@ -329,7 +340,7 @@ def _measure_validation(job: _Job) -> None:
 
 def _chunks(sizes: dict[str, Size], batch_size: int) -> list[list[str]]:
     """Image names in (size, name) order, cut into batches of one size: the order and batches
-    of :func:`cpx.eval.folders.predict_folder`, which solution/run.py repeats."""
+    of :func:`cpx.eval.predict_folder.predict_folder`, which solution/run.py repeats."""
     chunks: list[list[str]] = []
     for name in sorted(sizes, key=lambda n: (sizes[n], n)):
         if chunks and len(chunks[-1]) < batch_size and sizes[chunks[-1][-1]] == sizes[name]:
@@ -569,6 +580,8 @@ def _resolve_test_dir(run: RunHandle, request: PackageRequest) -> Path:
     if root is None:
         raise DataError(f"run {run.id} trained on synthetic data, so it has no test images; "
                         f"give --test DIR")
+    # the test images beside the labelled data the run trained on, not another folder of that name
+    root = run.checked_data_root(allow_changed=request.allow_changed_data, hint="give --test DIR")
     return run.competition.data_path(root, "test_images")
 
 

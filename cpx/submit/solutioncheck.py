@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from cpx.data.competition import Competition
+from cpx.runs.checkpoint import WEIGHT_KEYS
 from cpx.submit.solution import runner_mentions_arguments
 from cpx.submit.zipentries import READ_LIMIT, FileSource, Skipped, mib
 
@@ -20,8 +21,6 @@ if TYPE_CHECKING:
 
 # Batch-norm statistics sit in a state_dict but are not trainable parameters.
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-# Keys other scripts keep the weights under; the competition's own key is tried first.
-WEIGHT_KEYS = ("state_dict", "model_state_dict", "model")
 
 
 def estimate_params(state: dict) -> int:

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
-# keys under which checkpoints keep their weights, the expected one first
+# keys under which checkpoints keep their weights, the expected one first (cpx.runs.checkpoint's,
+# copied because this file runs without cpx; a test keeps the two equal)
 WEIGHT_KEYS = ("state_dict", "model_state_dict", "model")
 
 

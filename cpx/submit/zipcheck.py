@@ -35,7 +35,7 @@ from cpx.data.masks import bad_ids_message
 from cpx.kernel.errors import ConfigError, Problem, SubmissionError
 from cpx.kernel.manager import PluginHost, get_host
 from cpx.kernel.workspace import Workspace
-from cpx.runs.handle import default_competition
+from cpx.runs.competition import default_competition
 from cpx.submit.checkreport import CheckReport
 from cpx.submit.formats import SubmissionFormat, create_format
 from cpx.submit.solutioncheck import check_solution, estimate_params
@@ -271,7 +271,7 @@ def check_submission(zip_path: os.PathLike, workspace: Workspace, host: PluginHo
     """:func:`check_zip` with the competition and test images worked out.
 
     The competition is the one given, else the one the zip's manifest names, else
-    :func:`cpx.runs.handle.default_competition`. The test images come from
+    :func:`cpx.runs.competition.default_competition`. The test images come from
     ``test_dir``, else the folder the manifest recorded (when it still exists), else the
     workspace's ``data`` setting.
     """

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import optuna
 from optuna.trial import TrialState
 
-from cpx.kernel.config import build_config
+from cpx.kernel.config import build_config, flatten
 from cpx.kernel.errors import ConfigError, RunError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
@@ -29,7 +29,7 @@ from cpx.runs.folder import RunFolder, run_folder
 from cpx.runs.ledger import Ledger
 from cpx.sweep import study as studylib
 from cpx.sweep.spec import SweepSpec
-from cpx.train.loop import StopTraining
+from cpx.train.loop import StopReason
 from cpx.train.run import TrainRequest, train
 
 
@@ -137,6 +137,7 @@ class _TrialCallback:
 
     def on_start(self, run_id, **info) -> None:
         self.run_id = run_id
+        self.metric = info["metric"]
         self.trial.set_user_attr(studylib.RUN_ATTR, run_id)
         with Ledger(self.ledger_path) as ledger:
             ledger.update_run(run_id, sweep=self.sweep, sweep_trial=self.trial.number)
@@ -151,15 +152,15 @@ class _TrialCallback:
 
     def on_epoch_end(self, trainer, record) -> None:
         value = record.val_score
-        if record.val_score_ema is not None and trainer.metric.better(record.val_score_ema, value):
+        if record.val_score_ema is not None and self.metric.better(record.val_score_ema, value):
             value = record.val_score_ema
         if value is not None:
             self.trial.report(float(value), record.epoch)
-        self.emit("epoch", run_id=self.run_id, epoch=record.epoch, epochs=trainer.settings.epochs, value=value)
+        self.emit("epoch", run_id=self.run_id, epoch=record.epoch, epochs=trainer.epochs, value=value)
         if self.prune and value is not None and self.trial.should_prune():
             self.pruned_at = record.epoch
-            raise StopTraining(f"pruned by the sweep at epoch {record.epoch} ({trainer.metric.name} worse than the "
-                               "median of earlier trials at this epoch)")
+            trainer.stop(StopReason.PRUNED, f"pruned by the sweep at epoch {record.epoch} ({self.metric.name} worse "
+                                            "than the median of earlier trials at this epoch)")
 
 
 def _suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
@@ -214,6 +215,9 @@ def _check_spec(spec: SweepSpec, workspace: Workspace, host: PluginHost) -> None
 
     example = {f.key: f.values[0] if f.values is not None else f.low for f in spec.factors}
     config, _ = build_config(spec.recipe, spec.trial_overrides(example), workspace.experiments_dir, host)
+    # what every trial starts from, as it is now: a study resumed after the recipe was edited is refused
+    base, _ = build_config(spec.recipe, spec.overrides, workspace.experiments_dir, host)
+    spec.base_config = flatten(base.model_dump(mode="json"))
     # the study optimises the competition's metric in its own direction
     metric = create_metric(host.competition(config.competition), host)
     spec.direction = "maximize" if metric.greater_is_better else "minimize"
@@ -306,17 +310,15 @@ def _run_trial(trial: optuna.Trial, spec: SweepSpec, params: dict, name: str, re
         studylib.tell(study, trial, state=TrialState.FAIL)
         studylib.fail_and_retry(study, study.get_trials(deepcopy=False)[trial.number])
         return "failed", None, cb.run_id, f"{type(exc).__name__}: {exc}"
-    if result.status == "stopped" and "interrupted" in result.message:
+    if result.stop_reason is StopReason.INTERRUPTED:
         studylib.fail_and_retry(study, study.get_trials(deepcopy=False)[trial.number], interrupted=True)
         return "interrupted", None, result.run_id, result.message
-    value = result.best_val_score if result.best_val_score >= 0 else None
-    if cb.pruned_at is not None:
-        with Ledger(workspace.ledger_path) as ledger:
-            ledger.update_run(result.run_id, status="pruned")
+    value = result.best_val_score
+    if result.stop_reason is StopReason.PRUNED:  # the run is recorded "pruned" by training itself
         studylib.tell(study, trial, state=TrialState.PRUNED)
         return "pruned", value, result.run_id, result.message
     if value is None:
         studylib.tell(study, trial, state=TrialState.FAIL)
-        return "failed", None, result.run_id, "no validation F (no validation images?)"
+        return "failed", None, result.run_id, "no validation score (no validation images?)"
     studylib.tell(study, trial, values=value)
     return "complete", value, result.run_id, result.message

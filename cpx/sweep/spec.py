@@ -100,6 +100,9 @@ class SweepSpec(BaseModel):
     prune: bool = Field(False, description="stop hopeless trials early (median of per-epoch validation scores)")
     direction: Literal["maximize", "minimize"] = Field(
         "maximize", description="the competition metric's direction, which the study optimises")
+    base_config: Optional[dict[str, Any]] = Field(
+        None, description="the recipe with the fixed overrides, resolved and flattened (key path -> value) when "
+                          "the sweep started: resuming after the recipe was edited is refused, naming what changed")
 
     @model_validator(mode="after")
     def _consistent(self) -> "SweepSpec":
@@ -146,8 +149,22 @@ class SweepSpec(BaseModel):
     def identity(self) -> str:
         """A digest of what defines the results (not ``trials`` or ``prune``, so a search can be
         extended and pruning switched without starting another study)."""
-        data = self.model_dump(mode="json", exclude={"trials", "prune"})
+        # not base_config either: names stay those of studies made before it was recorded, and a
+        # recipe edited since is caught by config_changes, which can say what changed
+        data = self.model_dump(mode="json", exclude={"trials", "prune", "base_config"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:6]
+
+    def config_changes(self, other: "SweepSpec", limit: int = 5) -> list[str]:
+        """``key: old -> new`` for each field of the resolved recipe that differs between this
+        (stored) spec and ``other``; empty when either was recorded without one."""
+        if self.base_config is None or other.base_config is None:
+            return []
+        keys = sorted(set(self.base_config) | set(other.base_config))
+        missing = object()
+        changed = [f"{k}: {self.base_config.get(k, '(none)')!r} -> {other.base_config.get(k, '(none)')!r}"
+                   for k in keys if k not in ("recipe", "description")
+                   and self.base_config.get(k, missing) != other.base_config.get(k, missing)]
+        return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
 
     def default_name(self) -> str:
         words = [f.key.split(".")[-1] for f in self.factors]

@@ -155,6 +155,12 @@ def open_study(storage, name: str, spec: Optional[SweepSpec], wait: float = 30.0
     if spec is not None:
         if stored.identity() != spec.identity():
             raise RunError(f"study '{name}' holds another sweep ({stored.describe()}); choose another --study")
+        changes = stored.config_changes(spec)
+        if changes:  # one study would hold two configs, and its "effects" would be the edit
+            raise RunError(f"study '{name}' started from recipe {spec.recipe} as it was then; it has changed since "
+                           f"({'; '.join(changes)}): restore it, or start another study with --study NEW")
+        if stored.base_config is None and spec.base_config is not None:
+            probe.set_user_attr(SPEC_ATTR, {**stored.model_dump(mode="json"), "base_config": spec.base_config})
         if spec.trials != stored.trials or spec.prune != stored.prune:
             probe.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
             stored = spec

@@ -8,7 +8,7 @@ from typing import Optional
 
 from cpx.kernel.errors import ConfigError
 from cpx.train.collective import rank0_float
-from cpx.train.loop import Trainer
+from cpx.train.loop import Callback, StopReason, Trainer
 
 
 def parse_budget(text: Optional[str]) -> Optional[float]:
@@ -37,7 +37,7 @@ def parse_budget(text: Optional[str]) -> Optional[float]:
     return total
 
 
-class BudgetCallback:
+class BudgetCallback(Callback):
     """Fits the epoch count (and so the cosine length) to a wall-clock budget.
 
     After the first epoch it plans the epochs that fit; after the second it plans once more
@@ -73,23 +73,26 @@ class BudgetCallback:
         return time.perf_counter() - self.started
 
     def on_epoch_end(self, trainer: Trainer, record) -> None:
-        """Re-plan ``trainer.settings.epochs`` from the epoch times so far."""
+        """Re-plan ``trainer.epochs`` from the epoch times so far; when the budget ends the run
+        short of ``train.epochs``, the stop reason says so (:attr:`StopReason.BUDGET`)."""
         elapsed = rank0_float(self.elapsed())
         self.durations.append(elapsed - self._seen)
         self._seen = elapsed
         if self._cap is None:
-            self._cap = trainer.settings.epochs
+            self._cap = trainer.epochs
         recent = self.durations[1:] or self.durations
         per_epoch = sum(recent) / len(recent)
         fit = trainer.epoch + int(max(0.0, self.budget * self.margin - elapsed) // max(per_epoch, 1e-9))
         # the plan may grow again (a shared machine got quieter) while the cosine is in its first
         # half, where a slightly longer schedule changes the learning rate little; later only shorten
-        early = len(self.durations) <= 2 or trainer.epoch < trainer.settings.epochs / 2
-        ceiling = self._cap if early else trainer.settings.epochs
+        early = len(self.durations) <= 2 or trainer.epoch < trainer.epochs / 2
+        ceiling = self._cap if early else trainer.epochs
         self.planned = max(trainer.epoch, min(ceiling, fit))
         if self.first_plan is None:
             self.first_plan = self.planned
-        trainer.settings.epochs = self.planned
+        trainer.set_epochs(self.planned)  # the learning-rate schedule follows the new plan
+        if trainer.epoch >= self.planned and self.planned < self._cap:
+            trainer.stop(StopReason.BUDGET, self.summary())
 
     def summary(self) -> str:
         """One line: the budget, the epochs planned (first and last plan) and the minutes used."""

@@ -1,5 +1,5 @@
-"""Training curves: train/val loss, validation F and learning rate per epoch, for one run
-(``curves.png`` in its folder) or several side by side.
+"""Training curves: train/val loss, the validation score (the competition's metric) and the
+learning rate per epoch, for one run (``curves.png`` in its folder) or several side by side.
 """
 
 from __future__ import annotations
@@ -7,15 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from cpx.kernel.plotting import RUN_COLORS, pyplot, save_figure
+from cpx.draw.pyplot import RUN_COLORS, pyplot, save_figure
 from cpx.kernel.text import format_f
 
 
-def plot_history(runs: Sequence[tuple[str, list[dict]]], path: Path) -> Path:
-    """Training curves (train/val loss, val F, learning rate) for one or several runs.
+def plot_history(runs: Sequence[tuple[str, list[dict]]], path: Path, metric: str = "score",
+                 greater_is_better: bool = True) -> Path:
+    """Training curves (train/val loss, validation score, learning rate) for one or several runs.
 
     One colour per run in every panel; solid lines are training, dashed validation, and a star
-    marks each run's best validation F.
+    marks each run's best validation score (the highest, or the lowest where ``greater_is_better``
+    is off). ``metric`` names the score (``fscore``, ``class-iou x100``).
     """
     from matplotlib.lines import Line2D
 
@@ -40,9 +42,10 @@ def plot_history(runs: Sequence[tuple[str, list[dict]]], path: Path) -> Path:
             axes[1].plot(*zip(*f_ema), ":", color=color, marker=marker, markersize=3)
         if f:
             axes[1].plot(*zip(*f), color=color, marker=marker, markersize=3)
-            be, bf = max(f + f_ema, key=lambda p: p[1])
+            sign = 1 if greater_is_better else -1
+            be, bf = max(f + f_ema, key=lambda p: sign * p[1])
             axes[1].plot([be], [bf], "*", color=color, markersize=13, markeredgecolor="black", markeredgewidth=0.6)
-            best = f"  (best F {format_f(bf)} @ {be})"
+            best = f"  (best {metric} {format_f(bf)} @ {be})"
         lr = [(h["epoch"], h["lr"]) for h in history if h.get("lr") is not None]
         if lr:
             axes[2].plot(*zip(*lr), color=color, marker=marker, markersize=3)
@@ -56,7 +59,7 @@ def plot_history(runs: Sequence[tuple[str, list[dict]]], path: Path) -> Path:
         axes[1].legend(handles=[Line2D([], [], color="0.3", label="raw weights"),
                                 Line2D([], [], color="0.3", linestyle=":", label="EMA weights")],
                        fontsize=9, loc="lower right")
-    for ax, title in zip(axes, ("loss", "validation F (per image)", "learning rate")):
+    for ax, title in zip(axes, ("loss", f"validation {metric}", "learning rate")):
         ax.set_title(title, fontsize=12)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -1,34 +1,62 @@
-"""A short, model-agnostic training loop with callbacks (after minGPT's trainer).
+"""A short, model-agnostic training loop with typed callbacks (after minGPT's trainer and
+Lightning's callbacks).
 
-Data lives in memory as uint8 tensors and is augmented a whole batch at a time on the
-training device, so no per-sample decoding or Python augmentation sits in the hot loop.
-Randomness is reseeded from (seed, epoch) at the start of every epoch: a run resumed from an
-epoch boundary replays exactly what an uninterrupted run would have done.
+The :class:`Trainer` only optimises: it shuffles, augments, steps the optimizer on a learning
+rate schedule and fires events. Everything else is a :class:`Callback` with its own state,
+saved and restored with the run (:mod:`cpx.train.callbacks`: the EMA of the weights,
+validation and the best epoch, early stopping; :mod:`cpx.train.budget`: the wall-clock
+budget; :mod:`cpx.train.run`: the crash-safe checkpoint commit, whose order
+:mod:`cpx.runs.commit` owns). Why training stopped is a :class:`StopReason`, never a phrase.
+
+Events, in the order a run meets them (each callback in the order it was given)::
+
+    on_fit_start(trainer)
+    for each epoch:  on_batch_end(trainer, batch, loss) ...  on_epoch_end(trainer, record)
+    on_fit_end(trainer)
+
+A callback ends training after the current epoch with :meth:`Trainer.stop` (or by raising
+:class:`StopTraining`). Data lives in memory as uint8 tensors and is augmented a whole batch at a
+time on the training device. Randomness is reseeded from (seed, epoch) at the start of every
+epoch: a run resumed from an epoch boundary replays exactly what an uninterrupted run would
+have done.
 
 Data-parallel training: when a ``torch.distributed`` process group is up, every rank draws the
 same epoch permutation, cuts each global batch into disjoint per-rank shards and trains a
-DistributedDataParallel wrapper (gradients averaged); epoch losses and validation scores are
-summed across ranks, so every rank sees the same numbers and takes the same decisions.
+DistributedDataParallel wrapper (gradients averaged); epoch losses are summed across ranks, so
+every rank takes the same decisions.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from enum import Enum
+from typing import Callable, Optional, Sequence
 
 import torch
 
-from cpx.data.competition import Competition
-from cpx.eval.metrics import Metric, ScoreAccumulator
-from cpx.eval.predict import Member, Predictor
-from cpx.eval.validate import Evaluation, Labelled, evaluate, in_batches
+from cpx.kernel.config import OptimizerConfig, ScheduleConfig, TrainConfig
 from cpx.kernel.device import autocast, keep_freed_memory
 from cpx.kernel.errors import RunError
 from cpx.train.collective import all_reduce, rank_world
+
+
+class StopReason(str, Enum):
+    """Why training ended; the run's status follows from it (:attr:`status`)."""
+
+    COMPLETED = "completed"  # every planned epoch trained
+    STOP_AFTER = "stop_after"  # a refit ended where its parent's best epoch was (train.stop_after)
+    PATIENCE = "patience"  # early stopping: no improvement in train.patience validations
+    BUDGET = "budget"  # the wall-clock budget is spent
+    PRUNED = "pruned"  # a sweep stopped a hopeless trial
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
+
+    @property
+    def status(self) -> str:
+        """The run's ledger status: ``stopped`` (interrupted: resumable), ``pruned`` or
+        ``completed`` (a budget that ended the run early completed its own plan)."""
+        return {StopReason.INTERRUPTED: "stopped", StopReason.PRUNED: "pruned"}.get(self, "completed")
 
 
 @dataclass
@@ -51,55 +79,30 @@ class EpochRecord:
     improved: bool = False
 
 
-@dataclass
-class TrainerSettings:
-    """The loop's settings, taken from an experiment config with a resolved precision."""
+class Callback:
+    """Base of every training callback: each event does nothing unless overridden, and a
+    callback with state (an EMA copy, the best epoch, a budget plan) saves it with
+    :meth:`state_dict` into the run's ``last.pt`` (under the keys it returns) and restores it in
+    :meth:`load_state_dict`, so a resumed run goes on exactly where it was."""
 
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_epochs: int = 0
-    min_lr: float = 0.0
-    grad_clip: Optional[float] = 1.0
-    patience: Optional[int] = None
-    seed: int = 0
-    val_every: int = 1
-    precision: str = "fp32"  # resolved: fp32, bf16 or fp16
-    channels_last: bool = False
-    val_batch_size: int = 16
-    ema: Optional[float] = None  # decay of the weights' exponential moving average; None: no EMA
-    stop_after: Optional[int] = None  # end after this epoch, the schedule still planned for ``epochs``
-    # the weights best.pt keeps when nothing is validated: "ema" or "raw" (default: ema when on)
-    select_weights: Optional[str] = None
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        """Before the first epoch of this session (a resumed run: after its state is restored)."""
 
+    def on_batch_end(self, trainer: "Trainer", batch: int, loss: torch.Tensor) -> None:
+        """After each optimizer step; ``batch`` counts from 0 within the epoch."""
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float, schedule: str) -> float:
-    """The learning rate at optimizer ``step``: linear warm-up over ``warmup_steps`` to
-    ``base_lr``, then constant or cosine to ``min_lr`` at ``total_steps`` (SGDR's half cosine,
-    Loshchilov & Hutter 2017, without restarts).
-    """
-    if warmup_steps and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return base_lr
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        """After each epoch; earlier callbacks may have filled ``record`` (validation)."""
 
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        """After the last epoch of this session, whatever the stop reason (not after an error)."""
 
-def ema_decay(decay: float, updates: int) -> float:
-    """The EMA decay after ``updates`` optimizer steps: ``min(decay, (1 + n) / (10 + n))``.
+    def state_dict(self) -> dict:
+        """What a resume needs, as tensors and plain types (top-level keys of ``last.pt``)."""
+        return {}
 
-    The warm-up is TensorFlow's ``tf.train.ExponentialMovingAverage(num_updates=...)``: early
-    on the average follows the weights closely, so a short run's EMA is not stuck near its
-    random initialisation (a constant 0.999 would keep 0.999**100 = 90% of it after 100 steps).
-    """
-    return min(decay, (1.0 + updates) / (10.0 + updates))
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved (``state`` is the whole ``last.pt``)."""
 
 
 class Diverged(RunError):
@@ -107,34 +110,119 @@ class Diverged(RunError):
 
 
 class StopTraining(Exception):
-    """Raised by a callback to end training after the current epoch (e.g. a time budget)."""
+    """Raised by a callback to end training after the current epoch; ``reason`` says why."""
+
+    def __init__(self, message: str = "", reason: StopReason = StopReason.COMPLETED):
+        super().__init__(message)
+        self.reason = reason
+
+
+class LRSchedule:
+    """The learning rate of each optimizer step: linear warm-up over ``warmup`` steps to
+    ``base_lr``, then constant or a half cosine down to ``min_lr`` at ``total`` steps (SGDR's
+    half cosine, Loshchilov & Hutter 2017, without restarts).
+
+    The plan may change while training (a wall-clock budget re-plans the epochs):
+    :meth:`replan` keeps the learning rate continuous by spreading what is left of the cosine
+    over the new remaining steps, so a plan that grows late does not jump back up, and one
+    that shrinks still ends at ``min_lr``. A plan shorter than twice the warm-up gets its
+    warm-up halved to fit. Without re-plans the rate is exactly that of the closed formula.
+    """
+
+    def __init__(self, base_lr: float, min_lr: float, kind: str, warmup: int, total: int):
+        self.base_lr, self.min_lr, self.kind = base_lr, min_lr, kind
+        self.warmup, self.total = warmup, total
+        # the cosine's position is anchored: progress p0 at step s0, rising linearly to 1 at total
+        self.anchor_step, self.anchor_progress = warmup, 0.0
+
+    def progress(self, step: int) -> float:
+        """How far through the cosine ``step`` is, 0 (peak) to 1 (``min_lr``)."""
+        if step <= self.anchor_step:
+            return self.anchor_progress if step == self.anchor_step else 0.0
+        span = max(1, self.total - self.anchor_step)
+        return min(1.0, self.anchor_progress + (1.0 - self.anchor_progress) * (step - self.anchor_step) / span)
+
+    def lr(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (from 0)."""
+        if self.warmup and step < self.warmup:
+            return self.base_lr * (step + 1) / self.warmup
+        if self.kind == "constant":
+            return self.base_lr
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * self.progress(step)))
+
+    def replan(self, total: int, at_step: int) -> None:
+        """A new plan of ``total`` steps, decided at step ``at_step`` (the next step to run)."""
+        if total == self.total:
+            return
+        if at_step < self.warmup and total < 2 * self.warmup:
+            self.warmup = max(at_step, total // 2)  # a short plan cannot spend most of itself warming up
+            self.anchor_step = self.warmup
+        if at_step > self.anchor_step:
+            self.anchor_progress, self.anchor_step = self.progress(at_step), at_step
+        self.total = total
+
+    def state_dict(self) -> dict:
+        return {"warmup": self.warmup, "total": self.total, "anchor_step": self.anchor_step,
+                "anchor_progress": self.anchor_progress}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("warmup", "total", "anchor_step", "anchor_progress"):
+            if key in state:
+                setattr(self, key, state[key])
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float, schedule: str) -> float:
+    """The learning rate at optimizer ``step`` of an unchanged plan (:class:`LRSchedule`)."""
+    return LRSchedule(base_lr, min_lr, schedule, warmup_steps, total_steps).lr(step)
+
+
+# the share of a GPU's free memory the uint8 training cache may take to live on the device
+DEVICE_CACHE_SHARE = 0.25
+
+
+def place_data(data: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the uint8 training tensors live while training on ``device``: on a GPU, on the
+    device itself when they take at most :data:`DEVICE_CACHE_SHARE` of its free memory (no
+    copy per batch at all), else in pinned host memory so each batch's copy is asynchronous;
+    on a CPU, where they are. cuDNN's autotuner is switched on for a GPU (fixed input sizes)."""
+    if device.type != "cuda":
+        return data
+    torch.backends.cudnn.benchmark = True
+    where = cache_placement(sum(t.numel() * t.element_size() for t in data), torch.cuda.mem_get_info(device)[0])
+    if where == "device":
+        return tuple(t.to(device) for t in data)  # type: ignore[return-value]
+    return tuple(t.pin_memory() for t in data)  # type: ignore[return-value]
+
+
+def cache_placement(nbytes: int, free_bytes: int) -> str:
+    """``device`` when a training cache of ``nbytes`` takes at most :data:`DEVICE_CACHE_SHARE`
+    of a GPU's ``free_bytes``, else ``pinned`` (host memory, asynchronous copies)."""
+    return "device" if nbytes <= DEVICE_CACHE_SHARE * free_bytes else "pinned"
 
 
 class Trainer:
-    """Trains ``model`` on in-memory uint8 data; events go to callbacks.
+    """Trains ``model`` on in-memory uint8 data (images ``N x C x H x W``, masks ``N x H x W``)
+    with the settings of a config's ``train``, ``optimizer`` and ``schedule`` sections and a
+    resolved ``precision`` (fp32, bf16 or fp16); events go to ``callbacks`` (module docstring).
 
-    Events: ``on_batch_end(trainer, batch, loss)``, ``on_epoch_end(trainer, record)``,
-    ``on_train_end(trainer)``. A callback may raise :class:`StopTraining`.
+    ``epochs`` is the plan (``train.epochs`` unless a callback re-plans it with
+    :meth:`set_epochs`); ``stop_reason`` says why :meth:`fit` ended.
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Callable, augment: Optional[torch.nn.Module],
-                 train_data: tuple[torch.Tensor, torch.Tensor], val_data: Optional[list[Labelled]],
-                 settings: TrainerSettings, competition: Competition, metric: Metric, device: torch.device,
-                 image_size: int):
+                 train_data: tuple[torch.Tensor, torch.Tensor], *, train: TrainConfig, optimizer: OptimizerConfig,
+                 schedule: ScheduleConfig, precision: str, device: torch.device,
+                 callbacks: Sequence[Callback] = ()):
         if device.type == "cpu":
             keep_freed_memory()
         self.model = model.to(device)
         self.loss_fn = loss_fn
         self.augment = augment
-        self.train_images, self.train_masks = train_data
-        self.val_data = val_data
-        self.settings = settings
-        self.competition = competition
-        self.metric = metric
-        self.num_classes = competition.num_classes
-        self.image_size = image_size
+        self.train_images, self.train_masks = place_data(train_data, device)
+        self.config, self.optimizer_config = train, optimizer
+        self.precision = precision
         self.device = device
-        if settings.channels_last:
+        if train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.rank, self.world = rank_world()
         # DDP broadcasts rank 0's weights on construction and averages gradients in backward;
@@ -145,127 +233,118 @@ class Trainer:
                 if device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
                                                                  gradient_as_bucket_view=True)
-        # the EMA copy follows the bare module's parameters after every step; buffers (batch-norm
-        # statistics) are copied, not averaged, so they match the weights they were measured with
-        self.ema_model: Optional[torch.nn.Module] = None
-        if settings.ema is not None:
-            self.ema_model = copy.deepcopy(self.model).eval()
-            for p in self.ema_model.parameters():
-                p.requires_grad_(False)
         self.optimizer = self._make_optimizer()
-        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
-        self.callbacks: dict[str, list[Callable]] = defaultdict(list)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.callbacks = list(callbacks)
+        self.epochs = train.epochs
+        self.schedule = LRSchedule(optimizer.lr, schedule.min_lr, schedule.name,
+                                   schedule.warmup_epochs * self.steps_per_epoch, self.epochs * self.steps_per_epoch)
         self.epoch = 0  # epochs completed
         self.step = 0
-        self.best_score: Optional[float] = None
-        self.best_epoch = 0
-        self.stale = 0  # validations since the last improvement
         self.history: list[dict] = []
-        self.stop_reason = ""
-        # which weights scored best: "ema" or "raw" (best.pt says which)
-        self.best_weights = settings.select_weights or ("ema" if self.ema_model is not None else "raw")
-        # the best validation in full (``Evaluation.to_dict()``, with each image's score), for
-        # the ledger's row of the run's best epoch
-        self.best_scores: Optional[dict] = None
-
-    # --- setup -----------------------------------------------------------------------
+        self.stop_reason: Optional[StopReason] = None
+        self.stop_message = ""
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        s = self.settings
+        o = self.optimizer_config
         # no weight decay on norms and biases: decaying them only hurts small models
         decay, no_decay = [], []
         for p in self.model.parameters():
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if s.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum)
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if o.name == "sgd":
+            return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
         # the fused kernel updates every tensor in one pass instead of ~10 small ops per tensor
-        return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, fused=self.device.type in ("cpu", "cuda"))
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), fused=self.device.type in ("cpu", "cuda"))
 
-    def add_callback(self, event: str, fn: Callable) -> None:
-        """Call ``fn(trainer, *args)`` on ``event``: ``on_batch_end`` (i, loss), ``on_epoch_end``
-        (record) or ``on_train_end``.
-        """
-        self.callbacks[event].append(fn)
+    def callback(self, kind: type) -> Optional[Callback]:
+        """The first callback of type ``kind``, or None."""
+        return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
 
     def _fire(self, event: str, *args) -> None:
-        for fn in self.callbacks[event]:
-            fn(self, *args)
+        for cb in self.callbacks:
+            getattr(cb, event)(self, *args)
 
     @property
     def steps_per_epoch(self) -> int:
-        n, b = len(self.train_images), self.settings.batch_size
+        n, b = len(self.train_images), self.config.batch_size
         full, rest = divmod(n, b)
         # a 1-image tail batch would break batch statistics (and one with fewer images than
         # ranks would leave a rank empty-handed); fold it away instead
         return full + (1 if rest > max(1, self.world - 1) else 0) if full else 1
 
+    def set_epochs(self, epochs: int) -> None:
+        """Re-plan the run to ``epochs`` epochs; the schedule follows (:meth:`LRSchedule.replan`)."""
+        self.epochs = epochs
+        self.schedule.replan(epochs * self.steps_per_epoch, self.step)
+
     def current_lr(self) -> float:
         """The learning rate of the next step."""
-        s = self.settings
-        total = s.epochs * self.steps_per_epoch
-        return lr_at(self.step, total, s.warmup_epochs * self.steps_per_epoch, s.lr, s.min_lr, s.schedule)
+        return self.schedule.lr(self.step)
+
+    def stop(self, reason: StopReason, message: str = "") -> None:
+        """End training after the current epoch (the first request wins)."""
+        if self.stop_reason is None:
+            self.stop_reason, self.stop_message = reason, message
 
     # --- loop ------------------------------------------------------------------------
 
-    def fit(self) -> None:
-        """Train until ``settings.epochs`` (or ``settings.stop_after``), early stopping
-        (``patience`` validations without improvement) or a callback's :class:`StopTraining`.
+    def fit(self) -> StopReason:
+        """Train until the planned epochs (or ``train.stop_after``) are done or a callback stops
+        it; returns (and keeps in ``stop_reason``) why it ended.
 
         :raises Diverged: the training loss of an epoch is NaN or infinite.
         """
-        s = self.settings
+        self.stop_reason, self.stop_message = None, ""
+        self._fire("on_fit_start")
+        stop_after = self.config.stop_after
         try:
-            while self.epoch < min(s.epochs, s.stop_after or s.epochs):
+            while self.stop_reason is None:
+                if self.epoch >= self.epochs:
+                    self.stop(StopReason.COMPLETED)
+                    break
+                if stop_after and self.epoch >= stop_after:
+                    self.stop(StopReason.STOP_AFTER, f"stopped after epoch {stop_after} (train.stop_after)")
+                    break
                 record = self.train_epoch()
                 if not math.isfinite(record.train_loss):
                     raise Diverged(f"epoch {record.epoch}: the training loss became {record.train_loss} "
                                    f"(learning rate {record.lr:.3g}); lower the learning rate or clip gradients "
                                    "(train.grad_clip); the checkpoints keep the last finite epoch")
-                last = self.epoch in (s.epochs, s.stop_after)
-                if self.val_data is not None and ((self.epoch % s.val_every == 0) or last):
-                    raw = self.validate()
-                    record.val_loss, record.val_score = raw.loss, raw.score
-                    best, kind = raw, "raw"
-                    if self.ema_model is not None:
-                        ema = self.validate(self.ema_model)
-                        record.val_loss_ema, record.val_score_ema = ema.loss, ema.score
-                        if not self.metric.better(raw.score, ema.score):  # a tie goes to the EMA
-                            best, kind = ema, "ema"
-                    if self.metric.better(best.score, self.best_score):
-                        self.best_score, self.best_epoch, self.stale, self.best_weights = best.score, self.epoch, 0, kind
-                        record.improved = True
-                        # the scores of the weights that won, which best.pt holds
-                        self.best_scores = best.to_dict()
-                    else:
-                        self.stale += 1
-                entry = asdict(record)
-                if self.ema_model is None:
-                    del entry["val_loss_ema"], entry["val_score_ema"]
-                self.history.append(entry)
-                self._fire("on_epoch_end", record)
-                if s.patience and self.stale >= s.patience:
-                    self.stop_reason = f"no improvement in {self.stale} validations (patience)"
-                    break
+                self.history.append(self._entry(record))
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, record)
+                    # the entry follows what callbacks add (validation scores) before the next one
+                    # reads it (the checkpoint commit writes the history)
+                    self.history[-1] = self._entry(record)
         except StopTraining as exc:
-            self.stop_reason = str(exc) or "stopped by a callback"
-        self._fire("on_train_end")
+            self.stop(exc.reason, str(exc))
+        self._fire("on_fit_end")
+        return self.stop_reason
+
+    def _entry(self, record: EpochRecord) -> dict:
+        """The history entry of ``record``: its fields, without the EMA columns when no callback
+        keeps an EMA."""
+        entry = asdict(record)
+        if not any(getattr(cb, "ema_model", None) is not None for cb in self.callbacks):
+            del entry["val_loss_ema"], entry["val_score_ema"]
+        return entry
 
     def train_epoch(self) -> EpochRecord:
         """One pass over the training images in shuffled batches (augmented on the device); returns
         its :class:`EpochRecord`.
         """
-        s = self.settings
+        c = self.config
         self.model.train()
         # per-epoch seeding makes shuffling, augmentation and dropout replayable on resume
-        torch.manual_seed(s.seed * 1_000_003 + self.epoch)
+        torch.manual_seed(c.seed * 1_000_003 + self.epoch)
         n = len(self.train_images)
         order = torch.randperm(n)
         if self.world > 1:  # same permutation everywhere, but each rank its own augmentation draws
-            torch.manual_seed((s.seed * 1_000_003 + self.epoch) * 1009 + self.rank)
+            torch.manual_seed((c.seed * 1_000_003 + self.epoch) * 1009 + self.rank)
         steps = self.steps_per_epoch
-        bounds = [(i * s.batch_size, min(n, (i + 1) * s.batch_size)) for i in range(steps)]
+        bounds = [(i * c.batch_size, min(n, (i + 1) * c.batch_size)) for i in range(steps)]
         if bounds and bounds[-1][1] < n:  # fold a too-small tail into the last batch
             bounds[-1] = (bounds[-1][0], n)
         t0 = time.perf_counter()
@@ -274,32 +353,7 @@ class Trainer:
             idx = order[a:b]
             if self.world > 1:
                 idx = idx.tensor_split(self.world)[self.rank]
-            x = self.train_images[idx].to(self.device, non_blocking=True).float().div_(255)
-            y = self.train_masks[idx].to(self.device, non_blocking=True).long()
-            if self.augment is not None:
-                with torch.no_grad():
-                    x, y = self.augment(x, y)
-            if s.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            lr = self.current_lr()
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            with autocast(self.device, s.precision):
-                logits = self.net(x)
-            loss = self.loss_fn(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            # DDP averages per-rank gradients; weighting by shard size keeps that equal to the
-            # gradient of the global batch's mean loss when a tail batch splits unevenly
-            weight = len(idx) * self.world / (b - a) if self.world > 1 else 1.0
-            self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
-            if s.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.step += 1
-            if self.ema_model is not None:
-                self._update_ema()
+            loss, lr = self._step(idx, weight=len(idx) * self.world / (b - a) if self.world > 1 else 1.0)
             total_loss += loss.detach() * len(idx)
             seen += len(idx)
             self._fire("on_batch_end", i, loss)
@@ -312,94 +366,56 @@ class Trainer:
         return EpochRecord(epoch=self.epoch, train_loss=train_loss, lr=lr,
                            seconds=round(seconds, 3), images_per_s=round(seen / max(seconds, 1e-9), 3))
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        """ema = d * ema + (1 - d) * weights for every parameter (d from :func:`ema_decay`);
-        buffers copied."""
-        d = ema_decay(self.settings.ema, self.step)
-        ema_params = [p for p in self.ema_model.parameters()]
-        params = [p.detach() for p in self.model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        for ema_buf, buf in zip(self.ema_model.buffers(), self.model.buffers()):
-            ema_buf.copy_(buf)
-
-    @torch.no_grad()
-    def validate(self, model: Optional[torch.nn.Module] = None) -> Evaluation:
-        """The competition's metric and the validation loss of ``model`` (default: the trained
-        weights; the EMA copy is validated through this too), through the one prediction-and-
-        scoring loop (:func:`cpx.eval.validate.evaluate`) at each mask's own size.
-
-        Under data parallelism each rank scores every world-th image, and the per-image counts
-        of all ranks are gathered, so every rank sees the whole set's score.
-        """
-        model = model or self.model
-        model.eval()
-        items = self.val_data if self.world == 1 else self.val_data[self.rank::self.world]
-        predictor = Predictor([Member(model, self.image_size)], self.competition, device=self.device,
-                              precision=self.settings.precision, prepare=False)
-        evaluation = evaluate(predictor, in_batches(items, self.settings.val_batch_size), self.metric,
-                              loss_fn=self.loss_fn)
-        if self.world > 1:
-            evaluation = gather_evaluation(evaluation, self.metric, self.num_classes)
-        return evaluation
+    def _step(self, idx: torch.Tensor, weight: float = 1.0) -> tuple[torch.Tensor, float]:
+        """One optimizer step on the images ``idx``: (the batch's loss, the learning rate used).
+        ``weight`` scales the loss of a rank's uneven shard so DDP's average is the global mean."""
+        c = self.config
+        x = self.train_images[idx].to(self.device, non_blocking=True).float().div_(255)
+        y = self.train_masks[idx].to(self.device, non_blocking=True).long()
+        if self.augment is not None:
+            with torch.no_grad():
+                x, y = self.augment(x, y)
+        if c.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(self.device, self.precision):
+            logits = self.net(x)
+        loss = self.loss_fn(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+        if c.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return loss, lr
 
     # --- checkpoints -----------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Everything a resume needs, as tensors and plain types (loadable with
-        ``weights_only=True``).
-        """
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "stale": self.stale,
-            "history": self.history,
-            "best_scores": self.best_scores,
-            "best_weights": self.best_weights,
-            **({"ema": self.ema_model.state_dict()} if self.ema_model is not None else {}),
-        }
+        """Everything a resume needs, the callbacks' states included, as tensors and plain types
+        (loadable with ``weights_only=True``)."""
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
+                 "history": self.history, "epochs_planned": self.epochs, "schedule": self.schedule.state_dict()}
+        for cb in self.callbacks:
+            state.update(cb.state_dict())
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` saved."""
+        """Restore what :meth:`state_dict` saved (older checkpoints without a schedule state get
+        the plan they recorded)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        for key in ("epoch", "step", "best_epoch", "stale", "history"):
+        for key in ("epoch", "step", "history"):
             setattr(self, key, state[key])
-        # checkpoints of older versions call it best_f, with -1 for "none yet"
-        best = state.get("best_score", state.get("best_f"))
-        self.best_score = None if best is None or best == -1.0 and "best_f" in state else best
-        self.best_scores = state.get("best_scores")  # absent from checkpoints of older versions
-        self.best_weights = state.get("best_weights", self.best_weights)
-        if self.ema_model is not None:
-            if "ema" not in state:
-                raise RunError("the resume state holds no EMA weights (the run was started without train.ema)")
-            self.ema_model.load_state_dict(state["ema"])
-
-
-def gather_evaluation(evaluation: Evaluation, metric: Metric, num_classes: int) -> Evaluation:
-    """One rank's :class:`Evaluation` of its share of the images, combined with every other
-    rank's: their per-image counts gathered, the metric computed on all of them."""
-    import torch.distributed as dist
-
-    mine = (evaluation.names, evaluation.accumulator.counts(), evaluation.loss, len(evaluation.names))
-    everyone: list = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    acc = ScoreAccumulator(metric, num_classes)
-    names: list[str] = []
-    loss_sum, count = 0.0, 0
-    for part_names, (tp, fp, fn), loss, n in everyone:
-        acc.add_counts(tp, fp, fn)
-        names.extend(part_names)
-        if loss is not None:
-            loss_sum, count = loss_sum + loss * n, count + n
-    scores = acc.compute()
-    evaluation.names, evaluation.scores = names, scores
-    evaluation.per_image = dict(zip(names, scores.per_image))
-    evaluation.loss = loss_sum / count if count else None
-    return evaluation
+        if state.get("epochs_planned"):  # a budget's plan: the cosine goes on where it was
+            self.epochs = int(state["epochs_planned"])
+            self.schedule.total = self.epochs * self.steps_per_epoch
+        self.schedule.load_state_dict(state.get("schedule") or {})
+        for cb in self.callbacks:
+            cb.load_state_dict(state)

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -21,10 +21,12 @@ from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.data.labels import apply_label_policy
 from cpx.data.masks import IGNORE
+from cpx.eval.metrics import create_metric, metric_tag
+from cpx.eval.validate import Labelled, labelled_files, read_labelled
 from cpx.kernel.config import ExperimentConfig, apply_overrides, build_config, config_diff, resolve, validate
 from cpx.kernel.device import count_params, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RuleViolation, RunError
-from cpx.kernel.files import atomic_torch_save, check_writable
+from cpx.kernel.files import DiskFull, check_writable, is_disk_full
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
@@ -34,10 +36,9 @@ from cpx.runs.handle import build_model
 from cpx.runs.ledger import Ledger
 from cpx.runs.recovery import reconcile
 from cpx.train.budget import BudgetCallback
+from cpx.train.callbacks import EMA, CheckpointCommit, EarlyStopping, Validation
 from cpx.train.collective import barrier, rank0_object, rank_world
-from cpx.eval.metrics import create_metric
-from cpx.eval.validate import Labelled, labelled_files, read_labelled
-from cpx.train.loop import Trainer, TrainerSettings
+from cpx.train.loop import Callback, EpochRecord, StopReason, Trainer
 
 
 @dataclass
@@ -54,17 +55,20 @@ class TrainRequest:
     # still apply on top, e.g. the device)
     refit: Optional[str] = None
     command: str = ""
+    # refit a run although its data folder no longer holds the data it trained on
+    allow_changed_data: bool = False
 
 
 @dataclass
 class TrainResult:
     """How a training call ended: the run, its status (``completed``, ``stopped`` or ``failed``),
-    best validation F and epoch, epochs done, parameters, wall time and a message.
+    best validation score (the competition's metric, named by ``metric``) and epoch, epochs done,
+    parameters, wall time and a message.
     """
 
     run_id: str
     run_dir: Path
-    status: str  # completed, stopped (interrupted or budget), failed
+    status: str  # completed, stopped (interrupted: resumable), pruned, failed (see StopReason.status)
     best_val_score: float
     best_epoch: int
     epochs: int
@@ -75,6 +79,7 @@ class TrainResult:
     # a refit: the parent run's id; ``best_val_score`` is then the parent's, carried (not measured)
     refit_of: Optional[str] = None
     metric: str = ""  # the competition's metric that best_val_score is on (name, scale when not 1)
+    stop_reason: Optional[StopReason] = None
 
 
 @dataclass
@@ -121,7 +126,8 @@ def prepare_data(config: ExperimentConfig, competition: Competition, workspace: 
     """
     d = config.data
     if d.path:
-        root = Path(d.path).expanduser()
+        # a relative path recorded by an older cpx: the workspace's, never the current directory's
+        root = (workspace.root / Path(d.path).expanduser()).resolve()
         if not root.is_dir():
             raise DataError(f"data folder {root} does not exist")
         synthetic = False
@@ -190,7 +196,7 @@ def build_components(config: ExperimentConfig, host: PluginHost, competition: Co
     :raises ConfigError: options that do not validate.
     """
     torch.manual_seed(config.train.seed)
-    model = build_model(config, competition, host)
+    model = build_model(host, config.model.name, config.model.options, competition)
     entry = host.losses.get(config.loss.name)
     extra = {"class_frequencies": class_frequencies} if class_frequencies and entry.accepts("class_frequencies") else {}
     if entry.accepts("ignore_index"):  # padding of letterboxed images and the profile's ignore index
@@ -208,17 +214,6 @@ def class_frequencies(masks: torch.Tensor, num_classes: int) -> list[float]:
     counts = torch.bincount(flat[(flat >= 0) & (flat < num_classes)], minlength=num_classes).double()
     total = float(counts.sum())
     return (counts / total).tolist() if total else [0.0] * num_classes
-
-
-def settings_from(config: ExperimentConfig, precision: str) -> TrainerSettings:
-    """The :class:`TrainerSettings` of ``config`` with ``precision`` resolved."""
-    t, o, s = config.train, config.optimizer, config.schedule
-    return TrainerSettings(
-        epochs=t.epochs, batch_size=t.batch_size, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas),
-        optimizer=o.name, momentum=o.momentum, schedule=s.name, warmup_epochs=s.warmup_epochs, min_lr=s.min_lr,
-        grad_clip=t.grad_clip, patience=t.patience, seed=t.seed, val_every=t.val_every, precision=precision,
-        channels_last=t.channels_last, ema=t.ema, stop_after=t.stop_after,
-    )
 
 
 @dataclass
@@ -275,6 +270,10 @@ def _new_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledg
     if "competition" not in overrides and workspace.settings().get("competition"):
         overrides["competition"] = workspace.settings()["competition"]
     config, diff = build_config(request.recipe, overrides, workspace.experiments_dir, host)
+    if config.data.path:  # recorded resolved: a later command run from elsewhere means this folder
+        config.data.path = str(Path(config.data.path).expanduser().resolve())
+        if "data.path" in diff:
+            diff["data.path"] = config.data.path
     run_id = rank0_object(new_run_id(config.recipe))
     return _Setup(run_id, RunFolder(workspace.runs_dir / run_id), config, diff)
 
@@ -414,7 +413,7 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     precision = resolve_precision(config.train.precision, device)
 
     # the parameter check comes before any work
-    params = count_params(build_model(config, competition, host))
+    params = count_params(build_model(host, config.model.name, config.model.options, competition))
     problem = competition.check_params(params)
     if problem:
         raise RuleViolation(problem)
@@ -431,6 +430,12 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     model, loss_fn, augment = build_components(config, host, competition, frequencies)
     if resume_state is not None and resume_state.get("data_fingerprint") not in (None, data.fingerprint):
         raise RunError(f"run {run_id}: the data in {data.root} changed since the run started; cannot resume")
+    parent = setup.parent
+    if parent is not None and resume_state is None and parent.get("data_fingerprint") not in (None, data.fingerprint) \
+            and not request.allow_changed_data:
+        raise DataError(f"run {parent['id']}: the labelled data in {data.root} is not what the run trained on "
+                        f"(fingerprint {data.fingerprint}, recorded {parent['data_fingerprint']}), so its best epoch "
+                        "says nothing about a refit on it; restore that data, or pass --allow-changed-data")
 
     budget_seconds = config.train.budget_minutes * 60 if config.train.budget_minutes else None
     owner = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -438,17 +443,18 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     if main and resume_state is None:
         parent = setup.parent
         carried = {}
-        if parent is not None:  # nothing is held out, so the parent's val F stands for the refit's
+        if parent is not None:  # nothing is held out, so the parent's val score stands for the refit's
             carried = dict(refit_of=parent["id"], best_val_score=parent.get("best_val_score"),
                            best_epoch=config.train.stop_after or config.train.epochs)
         name = request.name or (f"{parent.get('name') or parent['id']}-refit" if parent is not None else run_id)
         # the ledger knows the run before its first file exists, so no kill leaves an unknown folder
-        ledger.add_run(id=run_id, name=name, kind="train", recipe=config.recipe, **carried,
-                       competition=competition.name, status="running", config=config.model_dump(mode="json"),
-                       config_diff=diff, command=request.command, params=params,
-                       epochs_planned=config.train.epochs, data_fingerprint=data.fingerprint,
-                       git_commit=git_commit(workspace.root), run_dir=str(folder.path),
-                       budget_seconds=budget_seconds, world_size=world, device=str(device), **owner)
+        _waiting_for_the_ledger(
+            ledger, callbacks, lambda: ledger.add_run(
+                id=run_id, name=name, kind="train", recipe=config.recipe, **carried, competition=competition.name,
+                status="running", config=config.model_dump(mode="json"), config_diff=diff, command=request.command,
+                params=params, epochs_planned=config.train.epochs, data_fingerprint=data.fingerprint,
+                git_commit=git_commit(workspace.root), run_dir=str(folder.path), budget_seconds=budget_seconds,
+                world_size=world, device=str(device), **owner))
         try:
             folder = RunFolder.create(workspace.runs_dir, run_id)
         except RunError:
@@ -456,7 +462,8 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
             raise
         lock = folder.lock()
     elif main:
-        ledger.update_run(run_id, status="running", budget_seconds=budget_seconds, world_size=world, **owner)
+        _waiting_for_the_ledger(ledger, callbacks, lambda: ledger.update_run(
+            run_id, status="running", budget_seconds=budget_seconds, world_size=world, **owner))
 
     with lock:
         if main and resume_state is None:
@@ -467,10 +474,12 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
                     "class_pixel_share": [round(f, 8) for f in frequencies]}
             if data.label_policy is not None:
                 info["label_suspects"] = data.label_policy
-            folder.write_data_info(info)
-        result = _fit(run_id, folder, config, diff, competition, device, precision, model, loss_fn, augment,
-                      params, data, resume_state, ledger, callbacks, setup.select_weights,
-                      metric=create_metric(competition, host))
+            folder.write_data_info(info, workspace.root)
+        ctx = RunContext(run_id=run_id, folder=folder, config=config, diff=diff, competition=competition,
+                         metric=create_metric(competition, host), device=device, precision=precision, model=model,
+                         loss_fn=loss_fn, augment=augment, params=params, data=data, resume_state=resume_state,
+                         ledger=ledger, callbacks=tuple(callbacks), select_weights=setup.select_weights)
+        result = _fit(ctx)
     if setup.parent is not None:
         result.refit_of = setup.parent["id"]
         result.best_val_score = setup.parent.get("best_val_score")
@@ -478,131 +487,267 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     return result
 
 
-def _fit(run_id, folder: RunFolder, config: ExperimentConfig, diff: dict, competition: Competition, device,
-         precision: str, model, loss_fn, augment, params: int, data: PreparedData, resume_state: Optional[dict],
-         ledger: Ledger, callbacks: tuple, select_weights: Optional[str] = None, *, metric) -> TrainResult:
-    main = rank_world()[0] == 0
-    settings = settings_from(config, precision)
-    settings.select_weights = select_weights
-    trainer = Trainer(model, loss_fn, augment, data.train, data.val, settings, competition, metric, device,
-                      int(config.data.image_size or competition.image_size))
-    if resume_state is not None:
-        trainer.load_state_dict(resume_state)
-        if resume_state.get("epochs_planned"):  # a budget's plan, so the cosine goes on where it was
-            trainer.settings.epochs = int(resume_state["epochs_planned"])
-    started = time.perf_counter()
-    wall_before = float(resume_state.get("wall_seconds", 0.0)) if resume_state else 0.0
-    writer = _LedgerWriter(ledger, run_id)
-    committed = {"epoch": trainer.epoch}
+@dataclass
+class RunContext:
+    """Everything one training session works with: the run, its resolved config and the
+    competition it trains for, the device and resolved precision, the built model, loss and
+    augmentation, the data in memory, the resume state (None for a new run), the ledger, the
+    caller's callbacks and, for a refit, the kind of weights its best.pt keeps."""
 
-    def checkpoint(tr: Trainer, record) -> None:
-        # Commit order (cpx.runs.recovery): pending best, last.pt (the commit), best.pt, history, ledger.
-        wall = wall_before + time.perf_counter() - started
-        improved = record.improved or tr.val_data is None
-        if improved:
-            atomic_torch_save(best_payload(tr, config, competition, record, run_id), folder.pending_best_path)
-        state = tr.state_dict()
-        state.update(config=config.model_dump(mode="json"), data_fingerprint=data.fingerprint, wall_seconds=wall,
-                     run_id=run_id, epochs_planned=tr.settings.epochs)
-        atomic_torch_save(state, folder.last_path)
-        committed["epoch"] = tr.epoch
-        if improved:
-            os.replace(folder.pending_best_path, folder.best_path)
-        folder.write_history(tr.history)
+    run_id: str
+    folder: RunFolder
+    config: ExperimentConfig
+    diff: dict
+    competition: Competition
+    metric: Any
+    device: torch.device
+    precision: str
+    model: torch.nn.Module
+    loss_fn: Any
+    augment: Any
+    params: int
+    data: PreparedData
+    resume_state: Optional[dict]
+    ledger: Ledger
+    callbacks: tuple = ()
+    select_weights: Optional[str] = None
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes (rank 0 of a data-parallel group, or the only one)."""
+        return rank_world()[0] == 0
+
+
+class _Adapted(Callback):
+    """A callback object written against the events by name (``on_batch_end``,
+    ``on_epoch_end``, ``on_train_end``; any it lacks do nothing), as a :class:`Callback`."""
+
+    def __init__(self, target: Any):
+        self.target = target
+
+    def on_batch_end(self, trainer, batch, loss) -> None:
+        if hasattr(self.target, "on_batch_end"):
+            self.target.on_batch_end(trainer, batch, loss)
+
+    def on_epoch_end(self, trainer, record) -> None:
+        if hasattr(self.target, "on_epoch_end"):
+            self.target.on_epoch_end(trainer, record)
+
+    def on_fit_end(self, trainer) -> None:
+        if hasattr(self.target, "on_train_end"):
+            self.target.on_train_end(trainer)
+
+
+def _training_callbacks(ctx: RunContext, trainer: Trainer, wall) -> tuple[Validation, CheckpointCommit,
+                                                                          Optional[BudgetCallback]]:
+    """The run's own callbacks, in order: EMA, validation, early stopping, the checkpoint
+    commit (rank 0), the budget; then the caller's (rank 0)."""
+    t = ctx.config.train
+    ema = EMA(t.ema, trainer.model) if t.ema is not None else None
+    validation = Validation(ctx.data.val, ctx.competition, ctx.metric,
+                            int(ctx.config.data.image_size or ctx.competition.image_size), every=t.val_every,
+                            ema=ema, select_weights=ctx.select_weights)
+    writer = _LedgerWriter(ctx.ledger, ctx.run_id)
+
+    def extra() -> dict:
+        return {"config": ctx.config.model_dump(mode="json"), "data_fingerprint": ctx.data.fingerprint,
+                "wall_seconds": wall(), "run_id": ctx.run_id}
+
+    def on_commit(tr: Trainer) -> None:
         # without validation images there is no best to record (a refit carries its parent's)
-        scores = dict(best_val_score=tr.best_score, best_epoch=tr.best_epoch or None) if tr.val_data is not None else {}
-        writer.update(last_epoch=tr.epoch, wall_seconds=round(wall, 2), epochs_planned=tr.settings.epochs, **scores)
+        scores = (dict(best_val_score=validation.best_score, best_epoch=validation.best_epoch or None)
+                  if validation.val_data is not None else {})
+        writer.update(last_epoch=tr.epoch, wall_seconds=round(wall(), 2), epochs_planned=tr.epochs, **scores)
 
-    if main:
-        trainer.add_callback("on_epoch_end", checkpoint)
+    commit = CheckpointCommit(ctx.folder, validation, lambda tr, rec: best_payload(tr, ctx, validation, ema, rec),
+                              extra, on_commit)
+    commit.writer = writer
     budget = None
-    if config.train.budget_minutes:
+    if t.budget_minutes:
         # a resumed run goes on with what is left of its budget, not a fresh one
-        budget = BudgetCallback(config.train.budget_minutes, trainer.epoch, used_seconds=wall_before,
-                                max_epochs=config.train.epochs)
-        trainer.add_callback("on_epoch_end", budget.on_epoch_end)
-    for cb in callbacks if main else ():
-        for event in ("on_batch_end", "on_epoch_end", "on_train_end"):
-            if hasattr(cb, event):
-                trainer.add_callback(event, getattr(cb, event))
-        if hasattr(cb, "on_start"):
-            cb.on_start(run_id=run_id, run_dir=folder.path, config=config, params=params, device=str(device),
-                        precision=precision, train_images=len(data.train_names), val_images=len(data.val_names),
-                        start_epoch=trainer.epoch, steps_per_epoch=trainer.steps_per_epoch)
+        budget = BudgetCallback(t.budget_minutes, trainer.epoch, used_seconds=wall(), max_epochs=t.epochs)
+    own = [cb for cb in (ema, validation) if cb is not None]
+    if t.patience:
+        own.append(EarlyStopping(t.patience, validation))
+    if ctx.main:
+        own.append(commit)
+    if budget is not None:
+        own.append(budget)
+    theirs = [cb if isinstance(cb, Callback) else _Adapted(cb) for cb in ctx.callbacks] if ctx.main else []
+    trainer.callbacks.extend(own + theirs)
+    return validation, commit, budget
 
-    status, message = "completed", ""
+
+def _fit(ctx: RunContext) -> TrainResult:
+    """Train one session of a run (new or resumed) and record how it ended."""
+    config, folder, run_id = ctx.config, ctx.folder, ctx.run_id
+    trainer = Trainer(ctx.model, ctx.loss_fn, ctx.augment, ctx.data.train, train=config.train,
+                      optimizer=config.optimizer, schedule=config.schedule, precision=ctx.precision,
+                      device=ctx.device)
+    started = time.perf_counter()
+    before = float(ctx.resume_state.get("wall_seconds", 0.0)) if ctx.resume_state else 0.0
+
+    def wall() -> float:
+        return before + time.perf_counter() - started
+
+    validation, commit, budget = _training_callbacks(ctx, trainer, wall)
+    if ctx.resume_state is not None:
+        trainer.load_state_dict(ctx.resume_state)
+    trainer.info = dict(run_id=run_id, run_dir=folder.path, config=config, params=ctx.params, device=str(ctx.device),
+                        precision=ctx.precision, train_images=len(ctx.data.train_names),
+                        val_images=len(ctx.data.val_names), start_epoch=trainer.epoch,
+                        steps_per_epoch=trainer.steps_per_epoch, metric=ctx.metric)
+    for cb in ctx.callbacks if ctx.main else ():
+        if hasattr(cb, "on_start"):
+            cb.on_start(**trainer.info)
     try:
         with sigterm_interrupts():
-            trainer.fit()
-        if trainer.stop_reason:
-            message = trainer.stop_reason
-            status = "stopped" if "budget" in message else "completed"
-        if budget is not None:
-            message = "; ".join(m for m in (message, budget.summary()) if m)
+            reason = trainer.fit()
     except KeyboardInterrupt:
-        status = "stopped"
-        if committed["epoch"]:
-            message = (f"interrupted; progress saved at epoch {committed['epoch']}. "
-                       f"Resume with: cpx train --resume {run_id}")
-        else:
-            message = "interrupted before the first epoch finished; nothing saved to resume (train it again)"
+        reason = StopReason.INTERRUPTED
     except BaseException as exc:
-        if main:
-            note = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            folder.write_status("failed", note, utc_now())
-            writer.update(status="failed", finished_at=utc_now(), notes=note)
-            writer.flush(tries=2)  # still locked: status.json has it, and `cpx runs` records it later
+        resource = _resource_failure(ctx, trainer, commit, exc)
+        if ctx.main:
+            note = str(resource or exc).splitlines()[0] if str(resource or exc) else type(exc).__name__
+            try:
+                folder.write_status("failed", note, utc_now())
+                commit.writer.update(status="failed", finished_at=utc_now(), notes=note)
+                commit.writer.flush(tries=2)  # still locked: status.json has it, and `cpx runs` records it later
+            except Exception:
+                if resource is None:
+                    raise
+                # a full disk may refuse status.json and the ledger too: the one line below still says it all
+        if resource is not None:
+            raise resource from None
         raise
-    wall = wall_before + time.perf_counter() - started
-    result = TrainResult(run_id=run_id, run_dir=folder.path, status=status, best_val_score=trainer.best_score,
-                         best_epoch=trainer.best_epoch, epochs=trainer.epoch, params=params,
-                         wall_seconds=round(wall, 2), message=message, config_diff=diff,
-                         metric=metric.name + (f" x{metric.scale:g}" if metric.scale != 1 else ""))
-    if not main:
+    return _finish(ctx, trainer, reason, validation, commit, budget, wall())
+
+
+# minutes a training waits for a ledger another program holds before it starts (the run's row
+# must exist before its first file); CPX_LEDGER_START_WAIT overrides
+START_WAIT_MINUTES = 10.0
+
+
+def _waiting_for_the_ledger(ledger: Ledger, callbacks: tuple, write: Callable[[], Any]) -> Any:
+    """``write()`` (the run's first ledger row), retried while another program holds the ledger's
+    lock, for up to ``CPX_LEDGER_START_WAIT`` minutes (:data:`START_WAIT_MINUTES`); callbacks with
+    ``on_notice(text)`` hear once that training waits, and why.
+
+    :raises LedgerBusy: still locked at the end of the wait (naming the limit and how to change it).
+    """
+    minutes = float(os.environ.get("CPX_LEDGER_START_WAIT") or START_WAIT_MINUTES)
+    deadline = time.monotonic() + minutes * 60
+    told = False
+    while True:
+        try:
+            return write()
+        except LedgerBusy as exc:
+            if time.monotonic() >= deadline:
+                raise LedgerBusy(f"{exc}; training waited {minutes:g} min for it before starting "
+                                 "(CPX_LEDGER_START_WAIT sets how many minutes)") from None
+            if not told:
+                told = True
+                for cb in callbacks:
+                    if hasattr(cb, "on_notice"):
+                        cb.on_notice(f"the ledger {ledger.path} is locked by another program (a database browser "
+                                     f"with an open transaction?); training starts once it is free, waiting up to "
+                                     f"{minutes:g} min (CPX_LEDGER_START_WAIT)")
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def _resource_failure(ctx: RunContext, trainer: Trainer, commit, exc: BaseException) -> Optional[RunError]:
+    """A full disk or an exhausted accelerator as one line: what failed, that the epochs already
+    committed are kept, and how to go on; None for any other failure."""
+    saved = commit.committed
+    kept = (f"nothing was lost: epoch {saved} is saved; " if saved else
+            "no epoch had finished, so there is nothing to resume; ")
+    again = f"cpx train --resume {ctx.run_id}" if saved else "train it again"
+    if isinstance(exc, DiskFull) or is_disk_full(exc, ctx.folder.path):
+        what = str(exc) if isinstance(exc, DiskFull) else f"{ctx.folder.path}: no space left on the device"
+        return RunError(f"{what}; {kept}free some space, then {again}")
+    if _out_of_memory(exc):
+        t, d = ctx.config.train, ctx.config.data
+        return RunError(f"out of memory on {ctx.device} at image size {d.image_size} with batch size {t.batch_size}: "
+                        "train again with a lower --batch-size or --image-size (or train.precision bf16 on a GPU); "
+                        f"{kept}" + (f"it resumes with {again} where more memory is free" if saved else "that is all"))
+    return None
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "DefaultCPUAllocator: can't allocate" in text
+                                              or "MPS backend out of memory" in text)
+
+
+def _stop_message(ctx: RunContext, trainer: Trainer, reason: StopReason, committed: int, budget) -> str:
+    """What the run's status says about how it ended."""
+    if reason is StopReason.INTERRUPTED:
+        if committed:
+            return (f"interrupted; progress saved at epoch {committed}. Resume with: cpx train --resume "
+                    f"{ctx.run_id}")
+        return "interrupted before the first epoch finished; nothing saved to resume (train it again)"
+    message = trainer.stop_message if reason is not StopReason.BUDGET else ""
+    if budget is not None:
+        message = "; ".join(m for m in (message, budget.summary()) if m)
+    return message
+
+
+def _finish(ctx: RunContext, trainer: Trainer, reason: StopReason, validation: Validation, commit, budget,
+            wall: float) -> TrainResult:
+    """The run's result, and on rank 0 its curves, status, best validation row and ledger row."""
+    message = _stop_message(ctx, trainer, reason, commit.committed, budget)
+    result = TrainResult(run_id=ctx.run_id, run_dir=ctx.folder.path, status=reason.status,
+                         best_val_score=validation.best_score, best_epoch=validation.best_epoch, epochs=trainer.epoch,
+                         params=ctx.params, wall_seconds=round(wall, 2), message=message, config_diff=ctx.diff,
+                         metric=metric_tag(ctx.metric.name, ctx.metric.scale), stop_reason=reason)
+    if not ctx.main:
         return result
     if trainer.history:
         try:
             from cpx.train.curves import plot_history
 
-            plot_history([(run_id, trainer.history)], folder.curves_path)
+            plot_history([(ctx.run_id, trainer.history)], ctx.folder.curves_path, metric=result.metric,
+                         greater_is_better=ctx.metric.greater_is_better)
         except Exception as exc:  # a plotting problem must not lose a finished run
             message += f" (curves.png not written: {exc})"
     finished = utc_now()
-    folder.write_status(status, message, finished)
-    if trainer.best_scores and "interrupted" not in message:  # a resumed run records it when it ends
+    ctx.folder.write_status(result.status, message, finished)
+    if validation.best_scores and reason is not StopReason.INTERRUPTED:  # a resumed run records it when it ends
         try:
-            record_best_validation(ledger, run_id, trainer.best_scores)
+            record_best_validation(ctx.ledger, ctx.run_id, validation.best_scores)
         except LedgerBusy:  # the scores are in history.json; the row is a convenience for comparisons
             message += " (its best validation's per-image scores were not recorded: the ledger was locked)"
-    writer.update(status=status, finished_at=finished, wall_seconds=round(wall, 2),
-                  epochs_planned=trainer.settings.epochs, notes=message or None)
-    if not writer.flush():
-        message += (f" (the ledger {ledger.path} stayed locked by another program: the run's files are complete; "
-                    f"`cpx runs` records them once the lock is free)")
+    commit.writer.update(status=result.status, stop_reason=reason.value, finished_at=finished,
+                         wall_seconds=round(wall, 2), epochs_planned=trainer.epochs, notes=message or None)
+    if not commit.writer.flush():
+        message += (f" (the ledger {ctx.ledger.path} stayed locked by another program: the run's files are "
+                    "complete; `cpx runs` records them once the lock is free)")
     result.message = message
     return result
 
 
-def best_payload(tr: Trainer, config: ExperimentConfig, competition: Competition, record, run_id: str) -> dict:
+def best_payload(tr: Trainer, ctx: RunContext, validation: Validation, ema: Optional[EMA],
+                 record: EpochRecord) -> dict:
     """What best.pt holds: the weights that scored best under ``state_dict`` (the competition's
     key), ``weights`` saying which (``ema`` or ``raw``), plus how to rebuild the model."""
-    source = tr.ema_model if tr.best_weights == "ema" and tr.ema_model is not None else tr.model
+    use_ema = validation.best_weights == "ema" and ema is not None
+    source = ema.ema_model if use_ema else tr.model
     state = {k: v.detach().clone() for k, v in source.state_dict().items()}
     return {
         "state_dict": state,
-        "model": config.model.name,
-        "model_options": config.model.options,
-        "num_classes": competition.num_classes,
-        "competition": competition.name,
-        "image_size": config.data.image_size,
+        "model": ctx.config.model.name,
+        "model_options": ctx.config.model.options,
+        "num_classes": ctx.competition.num_classes,
+        "competition": ctx.competition.name,
+        "image_size": ctx.config.data.image_size,
         "epoch": tr.epoch,
-        "val_score": tr.best_score if record.improved else record.val_score,
-        "metric": tr.metric.name,
-        "weights": "ema" if source is tr.ema_model else "raw",
-        "run_id": run_id,
+        "val_score": validation.best_score if record.improved else record.val_score,
+        "metric": ctx.metric.name,
+        "weights": "ema" if use_ema else "raw",
+        "run_id": ctx.run_id,
     }
-
-
 
 
 def record_best_validation(ledger: Ledger, run_id: str, scores: dict) -> dict:
@@ -611,10 +756,10 @@ def record_best_validation(ledger: Ledger, run_id: str, scores: dict) -> dict:
     score so runs can later be compared image by image."""
     from cpx.eval.validate import VAL_LIST
 
-    label = scores["metric"] + (f" x{scores['scale']:g}" if scores.get("scale", 1) != 1 else "")
     return ledger.add_validation(run_id, checkpoint="best", tta="none", data=VAL_LIST, images=scores["images"],
-                                 score=scores["score"], metric=label, pixel_acc=scores["pixel_acc"],
-                                 miou=scores["miou"], per_class=scores["per_class"], per_image=scores["per_image"])
+                                 score=scores["score"], metric=metric_tag(scores["metric"], scores.get("scale", 1)),
+                                 pixel_acc=scores["pixel_acc"], miou=scores["miou"], per_class=scores["per_class"],
+                                 per_image=scores["per_image"])
 
 
 def command_line() -> str:

@@ -3,13 +3,18 @@
 from conftest import builtin_host
 from PIL import Image
 
-import cpx_plugins.celebamask as celebamask
+import cpx_plugins.competitions as competitions
+import cpx_plugins.formats as formats
+import cpx_plugins.metrics as metrics
 
 SAMPLE = "sample-submission/masks"
 
 
 def _competition():
-    return builtin_host(celebamask, "celebamask").competition("celebamask-mini")
+    host = builtin_host(competitions, "competitions")
+    host.register(metrics, name="metrics")  # the profile names a metric and a format: bind checks them
+    host.register(formats, name="formats")
+    return host.competition("celebamask-mini")
 
 
 def test_profile_holds_the_published_rules():
@@ -20,7 +25,10 @@ def test_profile_holds_the_published_rules():
     assert comp.check_params(1_821_084) is None and "fewer than 1,821,085" in comp.check_params(1_821_085)
     assert comp.rules.submissions_per_phase == 10
     assert not comp.rules.ensembles_allowed and not comp.rules.pretrained_allowed
-    assert comp.submission.weights_key == "state_dict" and comp.submission.masks_dir == "masks"
+    assert comp.metric.name == "fscore" and comp.metric.scale == 1
+    assert comp.submission.name == "masks-png" and comp.submission.options == {"modes": ["P", "L"]}
+    assert comp.submission.solution.weights_key == "state_dict" and comp.submission.solution.runner == "run.py"
+    assert comp.layout.image_suffixes == (".jpg",) and comp.layout.mask_name("a.jpg") == "a.png"
 
 
 def test_flip_permutation_swaps_left_and_right():

@@ -27,14 +27,6 @@ def two_class_logits(p_class0):
     return torch.stack([p.log(), (1 - p).log()]).view(1, 2, 1, -1)
 
 
-@pytest.fixture
-def batch():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, NUM_CLASSES, 12, 10, generator=g)
-    target = torch.randint(0, NUM_CLASSES, (2, 12, 10), generator=g)
-    return logits, target
-
-
 # --- Lovasz-softmax ---
 
 
@@ -231,3 +223,21 @@ def test_combined_keeps_the_fused_path_for_ce_and_dice(batch, monkeypatch):
     fn = make("combined", ce=1.0, dice=1.5)
     fn(*batch)
     assert calls and set(fn.last_terms) == {"ce", "dice"}
+
+
+def test_combined_takes_every_option_of_every_term_as_the_term_declares_it():
+    for term, (_, options, *_) in L.TERMS.items():
+        for option, info in options.model_fields.items():
+            field = L.CombinedOptions.model_fields[L.combined_field(term, option)]
+            assert (field.annotation, field.default, field.metadata) == (info.annotation, info.default, info.metadata)
+
+
+def test_combined_passes_every_term_its_options(batch):
+    # lovasz_classes could not be set before the combined loss took its options from the terms
+    fn = make("combined", ce=0, dice=0, lovasz=1.0, lovasz_classes="all", lovasz_per_image=True, focal=0.5,
+              focal_gamma=0.5)
+    expected = make("lovasz", classes="all", per_image=True)(*batch) + 0.5 * make("focal", gamma=0.5)(*batch)
+    torch.testing.assert_close(fn(*batch), expected)
+    logits, target = batch
+    few = (logits, target % 4)  # classes 4.. absent: "all" counts them, "present" does not
+    assert make("combined", ce=0, dice=0, lovasz=1.0, lovasz_classes="all")(*few) != make("lovasz")(*few)

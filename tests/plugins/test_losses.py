@@ -26,14 +26,6 @@ def make(name, num_classes=NUM_CLASSES, **options):
     return LOSSES.get(name).create(options, num_classes)
 
 
-@pytest.fixture
-def batch():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, NUM_CLASSES, 12, 10, generator=g)
-    target = torch.randint(0, NUM_CLASSES, (2, 12, 10), generator=g)
-    return logits, target
-
-
 def one_hot_logits(target, margin=20.0):
     return torch.nn.functional.one_hot(target, NUM_CLASSES).permute(0, 3, 1, 2).float() * margin
 

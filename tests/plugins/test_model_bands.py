@@ -15,8 +15,9 @@ PARAM_CAP = 1_821_085  # CelebAMask's limit: strictly fewer trainable parameters
 HOST = builtin_host(cpx_plugins.models, "models")
 NAMES = HOST.models.names()
 
-# At 3 bands and 19 classes: the parameter counts the options' docstrings give, and a digest of
-# the state_dict's names and shapes, which checkpoints saved before in_channels must still fit.
+# At 3 bands and 19 classes: each built-in model's parameter count (stated here only, beside the
+# code; the README quotes them) and a digest of the state_dict's names and shapes, which
+# checkpoints saved before in_channels must still fit.
 RGB_MODELS = {
     "dlv3p": (1_515_283, "5d50e6ffa9656f01"),
     "dlv3p-s": (648_883, "ba728e91a6a9df54"),
@@ -26,9 +27,7 @@ RGB_MODELS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name, num_classes=19, **keywords):
@@ -59,8 +58,6 @@ def test_rgb_models_keep_their_parameters_and_layout(name):
     model = build(name)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == count
     assert layout_digest(model) == digest
-    doc = HOST.models.get(name).options.__doc__
-    assert f"{count:,} parameters" in doc or f"about {count / 1e6:.2f}M parameters" in doc
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -22,9 +22,7 @@ def _host():
 MODEL_NAMES = _host().models.names()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,7 @@ def test_a_plugin_post_processor_runs_in_validate_and_is_refused_by_package(cpx_
     plain = validate_run(unet_run, cpx_workspace, cpx_host, record=False)
     erased = validate_run(unet_run, cpx_workspace, cpx_host, record=False, post="erase-skin")
     assert erased.post == "erase-skin" and erased.stages["raw"] == pytest.approx(plain.scores.score)
-    assert erased.scores.per_class_f[1] == 0.0  # skin is never predicted any more
+    assert erased.scores.per_class[1] == 0.0  # skin is never predicted any more
     with pytest.raises(SubmissionError, match="no standalone source"):
         package(PackageRequest(run=unet_run, name="erased", post=("erase-skin",)), cpx_workspace, cpx_host)
 

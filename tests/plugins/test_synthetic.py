@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from cpx.kernel.manager import create_plugin_host
+from cpx_plugins.competitions.faces import render_face
+from cpx_plugins.competitions.faces import synthesize as synthesize_faces
 
 CELEBAMASK_MINI = create_plugin_host(entry_points=False).competitions.get("celebamask-mini").target
-from cpx_plugins.competitions.faces import render_face, synthesize as synthesize_faces
 
 SIZE = 128
 COUNT = 40

@@ -9,6 +9,7 @@ without it.
 from __future__ import annotations
 
 import re
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -55,6 +56,10 @@ class CodabenchConnectionError(CodabenchError):
     """No answer at all: refused, dropped or timed out."""
 
 
+class _TotalTimeout(Exception):
+    """A call ran past its total deadline (internal: turned into CodabenchConnectionError)."""
+
+
 class _NoNetrc(AuthBase):
     """Passing any auth keeps requests from reading ~/.netrc, whose Basic credentials
     would otherwise replace our token or reach the storage host."""
@@ -69,8 +74,10 @@ _NO_NETRC = _NoNetrc()
 class CodabenchClient:
     """Codabench's API at ``base_url`` with ``token`` (sent to that server only).
 
-    ``timeout`` is seconds per request, ``upload_timeout`` seconds for the zip's upload; GETs
-    are tried ``retries`` times with exponential backoff from ``retry_backoff`` seconds.
+    ``timeout`` is the total seconds one API call may take (its retries included), however the
+    server answers: a server trickling one byte a second would keep a per-read timeout from
+    ever firing. ``upload_timeout`` is the total for the zip's upload. GETs are tried
+    ``retries`` times with exponential backoff from ``retry_backoff`` seconds.
     Plain ``http://`` is refused unless the server is loopback or ``allow_http``.
 
     :raises CodabenchError: (from every method) the server refused, answered something that
@@ -87,8 +94,40 @@ class CodabenchClient:
         self.retries = max(1, retries)
         self.retry_backoff = retry_backoff
         self.upload_timeout = upload_timeout
+        # while :meth:`wait` polls, no call may run past its deadline (a monotonic time)
+        self._until: Optional[float] = None
 
     # -- low level
+
+    def _send(self, call: Callable[[float], requests.Response], limit: float, what: str,
+              total: Optional[float] = None) -> requests.Response:
+        """``call(read_timeout)`` (a request that reads its whole body) within ``limit`` seconds
+        in total. It runs in a daemon thread: past the deadline it is abandoned (its socket
+        closes with the process) and :class:`CodabenchConnectionError` says so in one line."""
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                resp = call(max(0.001, limit))
+                resp.content  # the body too: a trickled body counts against the deadline
+                box["resp"] = resp
+            except BaseException as exc:  # handed to the caller's thread
+                box["exc"] = exc
+
+        worker = threading.Thread(target=run, name="cpx-codabench-call", daemon=True)
+        worker.start()
+        worker.join(max(0.0, limit))
+        if worker.is_alive():
+            raise _TotalTimeout(f"{what} within {limit if total is None else total:g}s in all (it answers too "
+                                "slowly or not at all)")
+        if "exc" in box:
+            raise box["exc"]
+        return box["resp"]
+
+    def _limit(self) -> float:
+        if self._until is None:
+            return self.timeout
+        return max(0.0, min(self.timeout, self._until - time.monotonic()))
 
     def _headers(self) -> dict:
         headers = {"Accept": "application/json", "User-Agent": f"cpx/{__version__}"}
@@ -107,11 +146,16 @@ class CodabenchClient:
         attempts = self.retries if method == "GET" else 1
         url = self.base_url + path
         failure: Optional[CodabenchError] = None
+        total = self._limit()
+        deadline = time.monotonic() + total  # one total for the call, its retries included
         for attempt in range(1, attempts + 1):
             try:
-                resp = self.session.request(method, url, params=params, json=json_body, data=form,
-                                            headers=self._headers(), timeout=self.timeout,
-                                            auth=_NO_NETRC)
+                resp = self._send(
+                    lambda read: self.session.request(method, url, params=params, json=json_body, data=form,
+                                                      headers=self._headers(), timeout=read, auth=_NO_NETRC),
+                    deadline - time.monotonic(), f"Codabench did not answer {method} {path}", total)
+            except _TotalTimeout as exc:
+                raise CodabenchConnectionError(f"{exc}" + _maybe_applied(method, exc)) from None
             except requests.Timeout as exc:
                 failure = CodabenchConnectionError(
                     f"Codabench did not answer {method} {path} within {self.timeout:g}s"
@@ -128,8 +172,13 @@ class CodabenchClient:
                 else:
                     return self._decode(resp, method, path)
             if attempt < attempts:
-                time.sleep(self.retry_backoff * 2 ** (attempt - 1))
-        assert failure is not None
+                pause = self.retry_backoff * 2 ** (attempt - 1)
+                if time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)
+        if failure is None:
+            raise CodabenchConnectionError(f"Codabench kept failing {method} {path} (502-504) for "
+                                           f"{self._limit():g} s; try again later")
         raise failure
 
     def _decode(self, resp: requests.Response, method: str, path: str) -> Any:
@@ -258,10 +307,15 @@ class CodabenchClient:
             # Azure refuses a blob PUT that does not name the blob type
             headers["x-ms-blob-type"] = "BlockBlob"
         host = urlsplit(sassy_url).netloc or sassy_url
-        try:
+        def put(read: float) -> requests.Response:
             with open(zip_path, "rb") as fh:
-                resp = requests.put(sassy_url, data=fh, headers=headers, auth=_NO_NETRC,
-                                    timeout=(self.timeout, self.upload_timeout))
+                return requests.put(sassy_url, data=fh, headers=headers, auth=_NO_NETRC,
+                                    timeout=(min(self.timeout, read), read))
+
+        try:
+            resp = self._send(put, self.upload_timeout, f"the upload to storage at {host} did not finish")
+        except _TotalTimeout as exc:
+            raise CodabenchConnectionError(str(exc)) from None
         except requests.Timeout:
             raise CodabenchConnectionError(f"upload to storage at {host} timed out") from None
         except requests.RequestException as exc:
@@ -356,8 +410,12 @@ class CodabenchClient:
         last_status: Optional[str] = None
         last_error: Optional[CodabenchError] = None
         while True:
+            # no poll may outlast the wait: each call's own deadline ends at the wait's
+            saved, self._until = self._until, deadline
             try:
                 sub = self.submission(submission_id)
+                final = _same(str(sub.get("status") or "unknown"), *FINAL_STATUSES)
+                result = self.result(submission_id) if final else None
             except CodabenchConnectionError as exc:
                 last_error = exc
             else:
@@ -367,8 +425,10 @@ class CodabenchClient:
                     last_status = status
                     if progress:
                         progress(status)
-                if _same(status, *FINAL_STATUSES):
-                    return self.result(submission_id)
+                if result is not None:
+                    return result
+            finally:
+                self._until = saved
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 state = f"still {last_status}" if last_status else "not reachable"

@@ -1,7 +1,8 @@
 """Codabench credentials: where the token is stored and which server it may travel to.
 
 The token lives in ``<config dir>/codabench.json`` (``~/.config/cpx`` unless
-``CPX_CONFIG_DIR`` or ``XDG_CONFIG_HOME`` says otherwise), written readable by its owner only;
+``CPX_CONFIG_DIR`` or ``XDG_CONFIG_HOME`` says otherwise, and the workspace's ``.cpx/`` when
+there is no home directory), written readable by its owner only;
 a file that others can read is refused until its mode is fixed. Nothing here talks to a server.
 
 Where a token may go:
@@ -25,8 +26,9 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from cpx.kernel.errors import CodabenchError
+from cpx.kernel.errors import CodabenchError, CpxError
 from cpx.kernel.files import atomic_write
+from cpx.kernel.workspace import Workspace
 
 DEFAULT_URL = "https://www.codabench.org"
 CONFIG_FILE = "codabench.json"
@@ -37,12 +39,25 @@ _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
 def config_dir() -> Path:
     """The folder holding cpx's own settings: ``CPX_CONFIG_DIR``, else
-    ``$XDG_CONFIG_HOME/cpx``, else ``~/.config/cpx``."""
+    ``$XDG_CONFIG_HOME/cpx``, else ``~/.config/cpx``; without a home directory (a container
+    started with a user id that has no passwd entry) the workspace's ``.cpx/`` folder.
+
+    :raises CodabenchError: none of them can be found (one line: set ``CPX_CONFIG_DIR``).
+    """
     override = os.environ.get("CPX_CONFIG_DIR")
     if override:
-        return Path(override).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(base) / "cpx"
+        return Path(override)
+    if os.environ.get("XDG_CONFIG_HOME"):
+        return Path(os.environ["XDG_CONFIG_HOME"]) / "cpx"
+    try:
+        return Path.home() / ".config" / "cpx"
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry for this user id
+        pass
+    try:
+        return Workspace.current().root / ".cpx"
+    except (CpxError, OSError):
+        raise CodabenchError("no home directory to keep cpx's settings in (a user id without a passwd entry?) and "
+                             "no workspace; set CPX_CONFIG_DIR to a folder, or CODABENCH_TOKEN") from None
 
 
 def config_path() -> Path:

@@ -105,12 +105,15 @@ def submit_zip(client: CodabenchClient, zip_path: os.PathLike | str, competition
                phase_id: Optional[int] = None, wait: bool = False, *, timeout: float = 3600,
                initial_interval: float = 2.0, max_interval: float = 30.0,
                progress: Optional[Progress] = None,
-               before_upload: Optional[Callable[[Phase], None]] = None) -> SubmissionResult:
+               before_upload: Optional[Callable[[Phase], None]] = None,
+               before_post: Optional[Callable[[Phase], None]] = None) -> SubmissionResult:
     """Submit a zip to the competition's current phase (or ``phase_id``); with ``wait``,
     also poll until it is scored (``timeout`` seconds at most, polling from
     ``initial_interval`` up to ``max_interval`` seconds). ``progress`` hears each step and
     status change; ``before_upload(phase)`` runs once the server said a submission is possible
-    and before anything is sent (raise there to stop).
+    and before anything is sent (raise there to stop); ``before_post(phase)`` runs once the zip
+    is in storage, right before the one request that spends a submission (record the attempt
+    there: its answer may be lost).
 
     :raises SubmissionError: the file is missing or not a zip (before any request).
     :raises CodabenchError: no token, no open phase, the server will not take a submission,
@@ -147,6 +150,8 @@ def submit_zip(client: CodabenchClient, zip_path: os.PathLike | str, competition
     client.complete_dataset(key)
     say("uploaded")
 
+    if before_post is not None:
+        before_post(phase)
     try:
         created = client.create_submission(phase.id, key)
     except CodabenchHTTPError as exc:

@@ -13,6 +13,7 @@ from cpx.submit.submissions.budget import (
                                            SubmissionRow,
                                            final_not_best,
                                            phase_budget,
+                                           phase_limits,
                                            server_phase,
                                            submission_report,
                                            used_in_phase,
@@ -35,12 +36,12 @@ from cpx.submit.submissions.remote import (
                                            sync_submissions,
                                            upload_submission,
 )
-from cpx.submit.submissions.scores import DEFAULT_PHASE, main_score, parse_score
+from cpx.submit.submissions.scores import DEFAULT_PHASE, default_phase, main_score, parse_score
 
 __all__ = [
-    "Budget", "DEFAULT_PHASE", "NOT_COUNTED", "Recorded", "Registered", "RemoteLeaderboard",
+    "Budget", "DEFAULT_PHASE", "default_phase", "NOT_COUNTED", "Recorded", "Registered", "RemoteLeaderboard",
     "SubmissionReport", "SubmissionRow", "SyncReport", "UploadOutcome", "connect_to_leaderboard",
-    "final_not_best", "main_score", "mark_final", "my_names", "parse_score", "phase_budget",
+    "final_not_best", "main_score", "mark_final", "my_names", "parse_score", "phase_budget", "phase_limits",
     "record_score", "register_submission", "remote_leaderboard", "run_test_dir", "server_phase",
     "submission_report", "sync_submissions", "upload_submission", "used_in_phase",
 ]

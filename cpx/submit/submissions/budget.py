@@ -6,6 +6,9 @@ phase, unless Codabench failed it: as on the server, only Failed submissions are
 ``used_submissions_per_day`` / ``used_submissions_per_person``), they win over the ledger's,
 which cannot see submissions made through the website. The *final* submission is the one
 marked with ``--final``, else the latest that counts.
+
+The limits are those of the profile's phase of that name (a bundle's ``max_submissions`` and
+``max_submissions_per_day``), else its ``rules``; a day is a UTC day, as Codabench counts.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Optional
 
 from cpx.data.competition import Competition
 from cpx.kernel.errors import CodabenchError
-from cpx.kernel.text import format_f
+from cpx.kernel.text import format_f, utc_now
 from cpx.kernel.workspace import Workspace
 from cpx.runs.ledger import Ledger
 from cpx.submit.codabench import Phase, choose_phase, client_from_config
@@ -31,15 +34,28 @@ def _counts(sub: dict, scored: bool) -> bool:
     return bool(sub.get("uploaded")) or scored
 
 
-def used_in_phase(ledger: Ledger, phase: str = DEFAULT_PHASE) -> list[str]:
-    """Names of the submissions that count against ``phase``'s limit, oldest first."""
+def used_in_phase(ledger: Ledger, phase: str = DEFAULT_PHASE, day: Optional[str] = None) -> list[str]:
+    """Names of the submissions that count against ``phase``'s limit, oldest first; with
+    ``day`` (``YYYY-MM-DD``, UTC) only those uploaded (else scored, else packaged) that day."""
     out = []
     for sub in reversed(ledger.list_submissions(phase)):
         scored = sub.get("latest_score") is not None
         in_phase = scored or (sub.get("phase") or DEFAULT_PHASE) == phase
-        if in_phase and _counts(sub, scored):
+        when = sub.get("uploaded_at") or sub.get("latest_score_at") or sub.get("created_at") or ""
+        if in_phase and _counts(sub, scored) and (day is None or when[:10] == day):
             out.append(sub["name"])
     return out
+
+
+def phase_limits(competition: Optional[Competition], phase: str) -> tuple[Optional[int], Optional[int]]:
+    """(submissions in the phase, submissions a day) the profile allows in ledger phase
+    ``phase``: its bundle phase of that name's, else its rules'."""
+    if competition is None:
+        return None, None
+    named = competition.phase(phase) if competition.phases else None
+    if named is not None:
+        return named.max_submissions, named.max_submissions_per_day
+    return competition.rules.submissions_per_phase, competition.rules.submissions_per_day
 
 
 @dataclass
@@ -123,7 +139,7 @@ def submission_report(ledger: Ledger, competition: Optional[Competition] = None,
     for r in rows:
         r.final = r.name == final
 
-    limit = competition.rules.submissions_per_phase if competition else None
+    limit = phase_limits(competition, phase)[0]
     only_final = bool(competition and competition.rules.only_final_counts)
     warnings = []
     if limit is not None and len(counted) > limit:
@@ -173,12 +189,15 @@ def final_not_best(rows: list[SubmissionRow], final: str, competition: str, *, m
 @dataclass
 class Budget:
     """How many submissions are left: the ledger's count against the competition profile's
-    limit for the ledger phase ``phase``, and the Codabench phase's own counts (per day and in
-    total) when the server was asked. ``left`` is the smallest of what each says."""
+    limits for the ledger phase ``phase`` (in the phase, and today), and the Codabench phase's
+    own counts (per day and in total) when the server was asked. ``left`` is the smallest of
+    what each says."""
 
     phase: str
     used: int
     limit: Optional[int] = None
+    used_today: int = 0
+    per_day: Optional[int] = None
     competition: Optional[str] = None
     remote: Optional[Phase] = None
     # why the server's numbers are missing, when it was asked and did not answer
@@ -189,6 +208,8 @@ class Budget:
         out = []
         if self.limit:
             out.append((f"phase '{self.phase}'", self.used, self.limit))
+        if self.per_day:
+            out.append((f"phase '{self.phase}' today", self.used_today, self.per_day))
         if self.remote is not None:
             p = self.remote
             for used, limit, span in ((p.used_submissions_per_day, p.max_submissions_per_day, "today"),
@@ -232,10 +253,12 @@ class Budget:
 
 def phase_budget(ledger: Ledger, competition: Optional[Competition], phase: str = DEFAULT_PHASE,
                  remote: Optional[Phase] = None, remote_note: Optional[str] = None) -> Budget:
-    """The budget of ledger phase ``phase`` under ``competition``'s rules, with the Codabench
-    phase ``remote`` when known (its counts come from the server)."""
-    limit = competition.rules.submissions_per_phase if competition else None
+    """The budget of ledger phase ``phase`` under ``competition``'s limits (:func:`phase_limits`),
+    with the Codabench phase ``remote`` when known (its counts come from the server)."""
+    limit, per_day = phase_limits(competition, phase)
+    today = utc_now()[:10] if per_day else None
     return Budget(phase=phase, used=len(used_in_phase(ledger, phase)), limit=limit,
+                  used_today=len(used_in_phase(ledger, phase, day=today)) if today else 0, per_day=per_day,
                   competition=competition.name if competition else None, remote=remote, remote_note=remote_note)
 
 

@@ -14,9 +14,9 @@ from cpx.kernel.files import sha256_file
 from cpx.kernel.text import format_f
 from cpx.runs.folder import RunFolder
 from cpx.runs.ledger import Ledger
+from cpx.submit.checkreport import CheckReport
 from cpx.submit.submissions.budget import used_in_phase
 from cpx.submit.submissions.scores import DEFAULT_PHASE, main_score, parse_score
-from cpx.submit.checkreport import CheckReport
 from cpx.submit.zipcheck import check_submission
 
 

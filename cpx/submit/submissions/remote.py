@@ -15,9 +15,11 @@ from cpx.kernel.text import format_f, utc_now
 from cpx.runs.ledger import Ledger
 from cpx.submit.codabench import (
     CodabenchClient,
+    CodabenchConnectionError,
     CodabenchHTTPError,
     Leaderboard,
     Phase,
+    SubmissionResult,
     choose_phase,
     stored_identity,
     submit_zip,
@@ -101,12 +103,33 @@ def upload_submission(ledger: Ledger, name: str, client: CodabenchClient, compet
         raise SubmissionError(f"'{name}': {zip_path} changed since it was recorded (sha256 differs); "
                               f"package it again under a new name")
 
-    created = submit_zip(client, zip_path, competition_id, phase_id, wait=False, progress=progress,
-                         before_upload=before_upload)
+    created = None
+    if sub.get("upload_attempt"):
+        created = _reconcile_attempt(ledger, sub, client, progress)
+    if created is None:
+        def record_attempt(target: Phase) -> None:
+            # before the request that spends a submission: if its answer is lost, the next upload of
+            # this zip looks for what it created among the phase's submissions that are new since now
+            mine = client.list_submissions(target.id, owner=_owner(client))
+            ledger.update_submission(name, upload_attempt={
+                "competition": int(competition_id), "phase": target.id, "started_at": utc_now(),
+                "before": sorted(r.id for r in mine)})
+
+        try:
+            created = submit_zip(client, zip_path, competition_id, phase_id, wait=False, progress=progress,
+                                 before_upload=before_upload, before_post=record_attempt)
+        except CodabenchConnectionError as exc:
+            if ledger.get_submission(name).get("upload_attempt"):
+                raise CodabenchError(f"{exc}; the attempt is recorded: `cpx submit {name} --upload` again looks "
+                                     "the submission up on Codabench before sending anything") from None
+            raise
+        except CodabenchHTTPError:
+            ledger.update_submission(name, upload_attempt=None)  # refused outright: nothing was spent
+            raise
     sub = ledger.update_submission(
         name, uploaded=True, uploaded_at=utc_now(), codabench_id=str(created.id), status=created.status,
         codabench_competition=int(competition_id), codabench_phase=created.phase_id, phase=phase,
-        status_detail=None)
+        status_detail=None, upload_attempt=None)
     if final:
         sub = mark_final(ledger, name)
     outcome = UploadOutcome(sub, created.id, created.status, created.phase_id)
@@ -125,6 +148,41 @@ def upload_submission(ledger: Ledger, name: str, client: CodabenchClient, compet
     if leaderboard or final:
         outcome.leaderboard, outcome.on_leaderboard = connect_to_leaderboard(client, created.id, status=result.status)
     return outcome
+
+
+def _owner(client: CodabenchClient) -> Optional[str]:
+    names = my_names(client)
+    return names[0] if names else None
+
+
+def _reconcile_attempt(ledger: Ledger, sub: dict, client: CodabenchClient,
+                       progress: Optional[Progress]) -> Optional[SubmissionResult]:
+    """An upload of ``sub`` was sent before and its answer never came: the submission it made on
+    Codabench, when the phase holds exactly one of yours that is new since the attempt (and not
+    another ledger submission's); None when it made none, so uploading again spends nothing twice.
+
+    :raises CodabenchError: several new submissions (one may be this zip's): nothing is sent.
+    """
+    attempt = sub["upload_attempt"]
+    if not isinstance(attempt, dict) or not isinstance(attempt.get("phase"), int):
+        return None
+    known = set(attempt.get("before") or []) | {
+        int(s["codabench_id"]) for s in ledger.list_submissions() if str(s.get("codabench_id") or "").isdigit()}
+    new = [r for r in client.list_submissions(attempt["phase"], owner=_owner(client)) if r.id not in known]
+    if not new:
+        ledger.update_submission(sub["name"], upload_attempt=None)
+        return None
+    if len(new) > 1:
+        ids = ", ".join(str(r.id) for r in new)
+        raise CodabenchError(f"'{sub['name']}': an earlier upload's answer was lost, and phase {attempt['phase']} "
+                             f"now holds {len(new)} new submissions of yours ({ids}); one may be this zip, so it "
+                             "is not sent again: check them on Codabench, then `cpx codabench sync`")
+    found = new[0]
+    found.phase_id = found.phase_id or attempt["phase"]
+    if progress:
+        progress(f"found on Codabench: submission {found.id}, made by the upload started {attempt.get('started_at')} "
+                 "whose answer was lost; not sending the zip again")
+    return found
 
 
 def connect_to_leaderboard(client: CodabenchClient, codabench_id: int, *,

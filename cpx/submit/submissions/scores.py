@@ -15,6 +15,14 @@ from cpx.kernel.errors import SubmissionError
 DEFAULT_PHASE = "test"
 
 
+def default_phase(competition: Optional[Any] = None) -> str:
+    """The ledger phase scores, budgets and listings use when none is named: the name of the
+    competition's current phase when its profile has phases (a bundle's), else
+    :data:`DEFAULT_PHASE`."""
+    phase = competition.current_phase() if competition is not None and getattr(competition, "phases", ()) else None
+    return phase.name if phase is not None else DEFAULT_PHASE
+
+
 def main_score(scores: list[dict], phase: str = DEFAULT_PHASE, metric: str = "") -> Optional[dict]:
     """The score row that stands for a submission's result in ``phase``.
 

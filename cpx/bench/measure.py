@@ -353,11 +353,10 @@ FEW_STEPS = 4
 
 def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2) -> BenchResult:
     """Every figure of a :class:`BenchResult` for a resolved config, in this process."""
-    from cpx.eval.metrics import create_metric
     from cpx.eval.predict import Member, Predictor
     from cpx.kernel.device import count_params, resolve_device, resolve_precision
     from cpx.train.loop import Trainer
-    from cpx.train.run import build_components, settings_from
+    from cpx.train.run import build_components
 
     competition = host.competition(config.competition)
     device = resolve_device(config.train.device)
@@ -372,10 +371,10 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2)
     notes = []
 
     images, masks, source = _bench_data(config, competition, batch * (warmup + steps), size)
-    settings = settings_from(config, precision)
-    settings.epochs = 10 ** 6  # keeps the learning rate in warm-up/cosine range, never at its end
-    trainer = Trainer(model, loss_fn, augment, (images[:batch * warmup], masks[:batch * warmup]), None,
-                      settings, competition, create_metric(competition, host), device, size)
+    # a plan of 10**6 epochs keeps the learning rate in warm-up/cosine range, never at its end
+    trainer = Trainer(model, loss_fn, augment, (images[:batch * warmup], masks[:batch * warmup]),
+                      train=config.train.model_copy(update={"epochs": 10 ** 6}), optimizer=config.optimizer,
+                      schedule=config.schedule, precision=precision, device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer.train_epoch()
@@ -446,7 +445,7 @@ def run_bench(request: BenchRequest, workspace: Workspace, host) -> BenchResult:
         return measure(config, host, workspace, request.steps, request.warmup)
     spec = {"config": config.model_dump(mode="json"), "workspace": str(workspace.root),
             "steps": request.steps, "warmup": request.warmup}
-    out = subprocess.run([sys.executable, "-m", "cpx.report.bench"], input=json.dumps(spec), capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "cpx.bench.measure"], input=json.dumps(spec), capture_output=True,
                          text=True, env={**os.environ, "CPX_WORKSPACE": str(workspace.root)})
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
@@ -483,7 +482,7 @@ def recipe_model(recipe: Optional[str] = None) -> torch.nn.Module:
                              workspace.experiments_dir, host)
     from cpx.runs.handle import build_model
 
-    return build_model(config, host.competition(config.competition), host)
+    return build_model(host, config.model.name, config.model.options, host.competition(config.competition))
 
 
 if __name__ == "__main__":

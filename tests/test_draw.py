@@ -7,9 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cpx.cli import create_app, main
-from cpx.eval.validate import validate_run
-from cpx.kernel.errors import DataError, RunError
-from cpx.report.figures import (
+from cpx.draw.figures import (
     ERROR_RGB,
     ImageRow,
     class_colors,
@@ -19,7 +17,9 @@ from cpx.report.figures import (
     plot_per_class,
     plot_per_class_comparison,
 )
-from cpx.report.pictures import curves_for_runs
+from cpx.draw.pictures import curves_for_runs
+from cpx.eval.validate import validate_run
+from cpx.kernel.errors import DataError, RunError
 from cpx.runs.ledger import Ledger
 from cpx.train.curves import plot_history
 from cpx.train.run import TrainRequest, train
@@ -123,7 +123,7 @@ def test_comparison_chart_and_multi_run_curves(tmp_path):
 
     def hist(n, scale):
         return [{"epoch": e, "train_loss": scale / e, "val_loss": 1.2 * scale / e if e % 2 else None,
-                 "val_f": 0.4 + e / 100, "lr": 1e-3 / e} for e in range(1, n + 1)]
+                 "val_score": 0.4 + e / 100, "lr": 1e-3 / e} for e in range(1, n + 1)]
 
     curves = plot_history([("run-one", hist(6, 1.0)), ("run-two", hist(4, 1.5)), ("single", hist(1, 2.0))],
                           tmp_path / "curves.png")
@@ -151,8 +151,9 @@ def test_show_draws_the_worst_validation_images(cpx_workspace, cpx_host, tiny_mo
 
     data = json.loads(_invoke(cpx_host, "show", "first", "--images", "3", "--json"))
     expected = sorted(reference.per_image.items(), key=lambda kv: (kv[1], kv[0]))[:3]
-    assert [(w["name"], w["f"]) for w in data["worst"]] == [(n, pytest.approx(f)) for n, f in expected]
-    assert data["fscore"] == pytest.approx(reference.scores.fscore) and data["images"] == 4
+    assert [(w["name"], w["score"]) for w in data["worst"]] == [(n, pytest.approx(f)) for n, f in expected]
+    assert data["score"] == pytest.approx(reference.scores.score) and data["metric"] == "fscore"
+    assert data["images"] == 4
     grid, chart = run.run_dir / "show.png", run.run_dir / "per_class.png"
     assert data["grid"] == str(grid) and data["per_class_figure"] == str(chart)
     rgb = _png(grid, min_size=(1000, 900))
@@ -187,14 +188,15 @@ def test_compare_and_curves_of_several_runs(cpx_workspace, cpx_host, tiny_model,
     data = json.loads(_invoke(cpx_host, "compare", "base", "reseeded", "--json"))
     fa = validate_run(a.run_id, cpx_workspace, cpx_host, record=False)
     fb = validate_run(b.run_id, cpx_workspace, cpx_host, record=False)
-    assert data["a"]["fscore"] == pytest.approx(fa.scores.fscore)
-    assert data["b"]["fscore"] == pytest.approx(fb.scores.fscore)
+    assert data["a"]["score"] == pytest.approx(fa.scores.score) and data["metric"] == "fscore"
+    assert data["b"]["score"] == pytest.approx(fb.scores.score)
     assert data["same_val_list"] and data["warning"] is None
     diffs = [c_["diff"] for c_ in data["classes"] if c_["diff"] is not None]
     assert diffs == sorted(diffs, reverse=True)
     by_name = {c_["name"]: c_ for c_ in data["classes"]}
     skin = cpx_host.competition("celebamask-mini").classes.index("skin")
-    assert by_name["skin"]["f_a"] == pytest.approx(fa.scores.per_class_f[skin])
+    assert by_name["skin"]["score_a"] == pytest.approx(fa.scores.per_class[skin])
+    assert by_name["skin"]["score_b"] == pytest.approx(fb.scores.per_class[skin])
     figure = cpx_workspace.experiments_dir / "compare" / f"{a.run_id}__vs__{b.run_id}.png"
     assert data["figure"] == str(figure)
     _png(figure, min_size=(900, 800))

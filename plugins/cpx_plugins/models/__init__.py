@@ -3,17 +3,20 @@ compact DeepLabV3+-style CNNs ``dlv3p`` and ``dlv3p-s``.
 
 The networks live in self-contained files (``msf_arch.py``, ``unet_arch.py``, ``dlv3p_arch.py``) that import
 only torch, so a submission can ship one verbatim. This module adds what cpx needs around
-them: validated options, factories and registration.
+them: validated options, a factory and registration.
+
+Each model is one row of :data:`MODELS`: its name, options, arch file and builder, and
+description, declared once; :func:`create_model` builds any of them. (Each model's parameter
+count at its defaults, 19 classes and 3 bands is pinned in ``tests/plugins/test_models.py``.)
 
 Standalone source
 -----------------
-Every factory takes ``in_channels`` (keyword, default 3), the competition's image bands, and
-builds the model's first convolution for that many; the parameter counts in the options'
-docstrings are at 3 bands (RGB). Each band is normalised before the stem: the first three as
-RGB with ImageNet's statistics, any other with their average (``_band_statistics`` in the
-arch files).
+Every model takes ``in_channels`` (keyword, default 3), the competition's image bands, and
+builds its first convolution for that many. Each band is normalised before the stem: the first
+three as RGB with ImageNet's statistics, any other with their average (``_band_statistics`` in
+the arch files).
 
-Every model a factory returns carries ``model.cpx_source``, a tuple
+Every model :func:`create_model` returns carries ``model.cpx_source``, a tuple
 ``(arch_file, builder_name, kwargs)``: the absolute path of the arch file, the name of the
 builder function in it and the keyword arguments (JSON-friendly: lists, numbers, booleans)
 that rebuild the same network, so a packaging step can write::
@@ -31,7 +34,10 @@ need the file before building a model.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,18 +45,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cpx.kernel.hookspecs import hookimpl
 
 from . import dlv3p_arch, msf_arch, unet_arch
-
-MSF_FILE = str(Path(msf_arch.__file__).resolve())
-UNET_FILE = str(Path(unet_arch.__file__).resolve())
-DLV3P_FILE = str(Path(dlv3p_arch.__file__).resolve())
-
-ARCH_SOURCES = {
-    "msf": (MSF_FILE, "build_msf"),
-    "msf-lmsa": (MSF_FILE, "build_msf"),
-    "unet": (UNET_FILE, "build_unet"),
-    "dlv3p": (DLV3P_FILE, "build_dlv3p"),
-    "dlv3p-s": (DLV3P_FILE, "build_dlv3p"),
-}
 
 Quad = tuple[int, int, int, int]
 Pair = tuple[int, int]
@@ -63,12 +57,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _attach_source(model, name: str, kwargs: dict) -> Any:
-    arch_file, builder = ARCH_SOURCES[name]
-    model.cpx_source = (arch_file, builder, {k: _plain(v) for k, v in kwargs.items()})
-    return model
-
-
 def _with_bands(kwargs: dict, in_channels: int) -> dict:
     # RGB, the builders' default, stays out of the kwargs (see the module docstring)
     if in_channels != 3:
@@ -77,7 +65,7 @@ def _with_bands(kwargs: dict, in_channels: int) -> dict:
 
 
 class MSFOptions(BaseModel):
-    """MicroSegFormer without the LMSA block (defaults: about 1.73M parameters at 19 classes)."""
+    """MicroSegFormer without the LMSA block."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -102,7 +90,7 @@ class MSFOptions(BaseModel):
 
 
 class MSFLMSAOptions(MSFOptions):
-    """MicroSegFormer with the LMSA decoder block (defaults: about 1.76M parameters at 19 classes)."""
+    """MicroSegFormer with the LMSA decoder block."""
 
     lmsa_kernels: tuple[int, ...] = Field((3, 5, 7), description="Kernel sizes of the parallel depthwise convolutions in the LMSA block (odd).")
     lmsa_se_reduction: int = Field(4, ge=1, description="Squeeze-excitation reduction factor of the LMSA channel attention.")
@@ -115,7 +103,7 @@ class MSFLMSAOptions(MSFOptions):
 
 
 class UNetOptions(BaseModel):
-    """Small U-Net baseline (defaults: about 0.49M parameters at 19 classes)."""
+    """Small U-Net baseline."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -125,7 +113,7 @@ class UNetOptions(BaseModel):
 
 
 class DLV3POptions(BaseModel):
-    """Compact DeepLabV3+ CNN (defaults: 1,515,283 parameters at 19 classes)."""
+    """Compact DeepLabV3+ CNN."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -155,7 +143,7 @@ class DLV3POptions(BaseModel):
 
 
 class DLV3PSmallOptions(DLV3POptions):
-    """Smaller, faster compact DeepLabV3+ CNN (defaults: 648,883 parameters at 19 classes)."""
+    """Smaller, faster compact DeepLabV3+ CNN."""
 
     stem_channels: int = Field(16, ge=4, description="Width of the dense 3x3 stride-2 stem convolution.")
     widths: Quad = Field((16, 24, 48, 128), description="Widths of the 1/2, 1/4, 1/8 and deep encoder stages.")
@@ -165,49 +153,48 @@ class DLV3PSmallOptions(DLV3POptions):
     decoder_channels: Pair = Field((24, 64), description="Decoder widths at 1/2 and at 1/4 resolution.")
 
 
-def _msf_kwargs(options: MSFOptions, num_classes: int, lmsa: bool, in_channels: int) -> dict:
-    return _with_bands(dict(num_classes=num_classes, lmsa=lmsa, **options.model_dump()), in_channels)
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A built-in model: its options, the arch file and builder function that build it, the
+    builder's keywords the model fixes, and what it is."""
+
+    options: type[BaseModel]
+    arch: ModuleType
+    builder: str
+    description: str
+    fixed: dict = field(default_factory=dict)
+
+    @property
+    def arch_file(self) -> str:
+        return str(Path(self.arch.__file__).resolve())
 
 
-def create_msf(options: MSFOptions, num_classes: int, in_channels: int = 3):
-    """MicroSegFormer: hierarchical transformer encoder with an all-MLP decoder."""
-    kwargs = _msf_kwargs(options, num_classes, lmsa=False, in_channels=in_channels)
-    return _attach_source(msf_arch.build_msf(**kwargs), "msf", kwargs)
+MODELS: dict[str, BuiltinModel] = {
+    "msf": BuiltinModel(MSFOptions, msf_arch, "build_msf",
+                        "MicroSegFormer: 4-stage efficient-attention transformer + all-MLP decoder", {"lmsa": False}),
+    "msf-lmsa": BuiltinModel(MSFLMSAOptions, msf_arch, "build_msf",
+                             "MicroSegFormer + Lightweight Multi-Scale Attention in the decoder", {"lmsa": True}),
+    "unet": BuiltinModel(UNetOptions, unet_arch, "build_unet", "Small U-Net baseline"),
+    "dlv3p": BuiltinModel(DLV3POptions, dlv3p_arch, "build_dlv3p",
+                          "Compact DeepLabV3+ CNN: inverted residuals, ASPP + image pooling, 1/4 and 1/2 skips"),
+    "dlv3p-s": BuiltinModel(DLV3PSmallOptions, dlv3p_arch, "build_dlv3p", "Smaller, faster compact DeepLabV3+ CNN"),
+}
+
+# model name -> (arch file, builder name), for callers that need the file before building a model
+ARCH_SOURCES = {name: (m.arch_file, m.builder) for name, m in MODELS.items()}
 
 
-def create_msf_lmsa(options: MSFLMSAOptions, num_classes: int, in_channels: int = 3):
-    """MicroSegFormer with a Lightweight Multi-Scale Attention block after decoder fusion."""
-    kwargs = _msf_kwargs(options, num_classes, lmsa=True, in_channels=in_channels)
-    return _attach_source(msf_arch.build_msf(**kwargs), "msf-lmsa", kwargs)
-
-
-def create_unet(options: UNetOptions, num_classes: int, in_channels: int = 3):
-    """Small U-Net baseline."""
-    kwargs = _with_bands(dict(num_classes=num_classes, **options.model_dump()), in_channels)
-    return _attach_source(unet_arch.build_unet(**kwargs), "unet", kwargs)
-
-
-def create_dlv3p(options: DLV3POptions, num_classes: int, in_channels: int = 3):
-    """Compact DeepLabV3+: inverted-residual encoder, ASPP with image pooling, 1/4 and 1/2 skips."""
-    kwargs = _with_bands(dict(num_classes=num_classes, **options.model_dump()), in_channels)
-    return _attach_source(dlv3p_arch.build_dlv3p(**kwargs), "dlv3p", kwargs)
-
-
-def create_dlv3p_s(options: DLV3PSmallOptions, num_classes: int, in_channels: int = 3):
-    """The smaller, faster width/depth variant of :func:`create_dlv3p`."""
-    kwargs = _with_bands(dict(num_classes=num_classes, **options.model_dump()), in_channels)
-    return _attach_source(dlv3p_arch.build_dlv3p(**kwargs), "dlv3p-s", kwargs)
+def create_model(name: str, options: BaseModel, num_classes: int, in_channels: int = 3):
+    """Built-in model ``name`` with ``options`` for ``num_classes`` classes and ``in_channels``
+    bands, carrying ``cpx_source`` (see the module docstring)."""
+    spec = MODELS[name]
+    kwargs = _with_bands(dict(num_classes=num_classes, **spec.fixed, **options.model_dump()), in_channels)
+    model = getattr(spec.arch, spec.builder)(**kwargs)
+    model.cpx_source = (spec.arch_file, spec.builder, {k: _plain(v) for k, v in kwargs.items()})
+    return model
 
 
 @hookimpl
 def register_models(register):
-    register("msf", create_msf, options=MSFOptions,
-             description="MicroSegFormer: 4-stage efficient-attention transformer + all-MLP decoder")
-    register("msf-lmsa", create_msf_lmsa, options=MSFLMSAOptions,
-             description="MicroSegFormer + Lightweight Multi-Scale Attention in the decoder (~1.76M params)")
-    register("unet", create_unet, options=UNetOptions,
-             description="Small U-Net baseline (~0.49M params)")
-    register("dlv3p", create_dlv3p, options=DLV3POptions,
-             description="Compact DeepLabV3+ CNN: inverted residuals, ASPP + image pooling, 1/4 and 1/2 skips (1,515,283 params)")
-    register("dlv3p-s", create_dlv3p_s, options=DLV3PSmallOptions,
-             description="Smaller, faster compact DeepLabV3+ CNN (648,883 params)")
+    for name, spec in MODELS.items():
+        register(name, functools.partial(create_model, name), options=spec.options, description=spec.description)

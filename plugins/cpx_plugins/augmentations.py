@@ -50,6 +50,7 @@ from torch import nn
 
 from cpx.kernel.hookspecs import hookimpl
 
+
 def _not_a_switch(value: Any) -> Any:
     # YAML reads yes/no/on/off as booleans and pydantic would take True as 1.0: `flip: yes`
     # would mirror every sample. A probability is asked for as a number.

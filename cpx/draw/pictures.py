@@ -1,7 +1,8 @@
-"""Pictures of recorded runs: ``show`` (the worst validation images and per-class F),
-``compare`` (per-class F of two runs) and ``curves`` (training curves of several runs).
+"""Pictures of recorded runs: ``show`` (the worst validation images and the metric's per-class
+values), ``compare`` (per-class values of two runs) and ``curves`` (training curves of several
+runs). Every number is the competition's metric, on its scale.
 Each evaluates or reads runs and hands the numbers to the pure drawing in
-:mod:`cpx.report.figures`.
+:mod:`cpx.draw.figures`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from cpx.data.competition import Competition
-from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
-from cpx.eval.validate import Evaluation, validate_run
-from cpx.kernel.errors import DataError, RunError
-from cpx.kernel.manager import PluginHost
-from cpx.kernel.text import format_f, safe_filename
-from cpx.kernel.workspace import Workspace
-from cpx.report.figures import (
+from cpx.draw.figures import (
     MAX_GRID_ROWS,
     ImageRow,
     class_colors,
@@ -28,6 +23,12 @@ from cpx.report.figures import (
     plot_per_class,
     plot_per_class_comparison,
 )
+from cpx.eval.predict import is_ensemble, predictor_for_run, read_ensemble_spec
+from cpx.eval.validate import Evaluation, validate_run
+from cpx.kernel.errors import CpxError, DataError, RunError
+from cpx.kernel.manager import PluginHost
+from cpx.kernel.text import format_f, safe_filename
+from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import RunFolder, run_folder
 from cpx.runs.handle import open_run
 from cpx.runs.ledger import Ledger
@@ -99,7 +100,7 @@ class ShowResult:
             "metric": s.metric,
             "score": s.score,
             "images": len(self.evaluation.names),
-            "worst": [{"name": n, "f": f} for n, f in self.worst],
+            "worst": [{"name": n, "score": v} for n, v in self.worst],
             "grid": str(self.grid_path) if self.grid_path else None,
             "per_class_figure": str(self.per_class_path),
             "per_class": self.evaluation.per_class(),
@@ -122,9 +123,10 @@ def _describe(evaluation: "Evaluation") -> str:
 
 def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: int = 8, checkpoint: str = "best",
              tta: Sequence[str] = (), output: Optional[Path] = None, device: str = "auto",
-             progress: Progress = None) -> ShowResult:
+             progress: Progress = None, allow_changed_data: bool = False) -> ShowResult:
     """Validate a run on its own validation list, then draw its ``images`` worst validation images
-    (by per-image F) and its per-class F chart.
+    (by their own value of the competition's metric; the lowest, or for a lower-is-better metric
+    the highest) and the metric's per-class chart.
 
     Default outputs are ``show.png`` and ``per_class.png`` in the run folder. With ``output`` the
     grid goes there and the chart beside it as ``<stem>_per_class.png``; with ``images=0`` only
@@ -138,9 +140,10 @@ def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: in
     (run,) = _open_runs([ref], workspace, host)
     grid_path, chart_path = _default_outputs(output, run.run_dir, images > 0)
     evaluation = validate_run(run.id, workspace, host, checkpoint=checkpoint, tta=tuple(tta), record=False,
-                              device=device, progress=progress)
+                              device=device, progress=progress, allow_changed_data=allow_changed_data)
     scores = evaluation.scores
-    worst = sorted(evaluation.per_image.items(), key=lambda kv: (kv[1], kv[0]))[:images]
+    sign = 1 if scores.greater_is_better else -1
+    worst = sorted(evaluation.per_image.items(), key=lambda kv: (kv[1] != kv[1], sign * kv[1], kv[0]))[:images]
     comp = run.competition
     colors = class_colors(comp.num_classes, comp.palette)
     how = _describe(evaluation)
@@ -148,7 +151,7 @@ def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: in
         from cpx.eval.validate import labelled_files, read_labelled
 
         part = (run.folder.read_data_info() or {}).get("val_part", "train")
-        files = labelled_files(run.folder.data_root(), [n for n, _ in worst], comp, part)
+        files = labelled_files(run.folder.data_root(workspace.root), [n for n, _ in worst], comp, part)
         items = [item for batch in read_labelled(files, comp, 8) for item in batch]
         pics = [item.image for item in items]
         masks = [item.mask.numpy() for item in items]
@@ -170,21 +173,21 @@ def show_run(ref: str, workspace: "Workspace", host: "PluginHost", *, images: in
 
 @dataclass
 class ClassDelta:
-    """One class of a comparison: F of run A and of run B, their difference, and the number of
-    validation images holding the class in each.
+    """One class of a comparison: the metric's value for the class in run A and in run B (None:
+    not defined), their difference, and the number of validation images holding the class in each.
     """
     class_id: int
     name: str
-    f_a: Optional[float]
-    f_b: Optional[float]
+    score_a: Optional[float]
+    score_b: Optional[float]
     images_a: int
     images_b: int
 
     @property
     def diff(self) -> Optional[float]:
-        if self.f_a is None or self.f_b is None:
+        if self.score_a is None or self.score_b is None:
             return None
-        return self.f_b - self.f_a
+        return self.score_b - self.score_a
 
 
 @dataclass
@@ -228,8 +231,9 @@ class Comparison:
             "same_val_list": self.same_val_list,
             "shared_images": self.shared_images,
             "warning": self.warning,
-            "classes": [{"id": c.class_id, "name": c.name, "f_a": c.f_a, "f_b": c.f_b, "diff": c.diff,
-                         "images_a": c.images_a, "images_b": c.images_b} for c in self.by_difference()],
+            "classes": [{"id": c.class_id, "name": c.name, "score_a": c.score_a, "score_b": c.score_b,
+                         "diff": c.diff, "images_a": c.images_a, "images_b": c.images_b}
+                        for c in self.by_difference()],
             "figure": str(self.path),
         }
 
@@ -240,8 +244,10 @@ def _finite(x: Optional[float]) -> Optional[float]:
 
 def compare_runs(ref_a: str, ref_b: str, workspace: "Workspace", host: "PluginHost", *, checkpoint: str = "best",
                  tta: Sequence[str] = (), output: Optional[Path] = None, device: str = "auto",
-                 progress: Optional[Callable[[str, int, int], None]] = None) -> Comparison:
-    """Validate two runs, each on its OWN validation list, and draw their per-class F side by side.
+                 progress: Optional[Callable[[str, int, int], None]] = None,
+                 allow_changed_data: bool = False) -> Comparison:
+    """Validate two runs, each on its OWN validation list, and draw the metric's per-class values
+    side by side.
 
     The default figure is ``experiments/compare/<A>__vs__<B>.png``. Nothing is recorded in the
     ledger. ``progress(run_id, done, total)`` follows both validations.
@@ -257,7 +263,7 @@ def compare_runs(ref_a: str, ref_b: str, workspace: "Workspace", host: "PluginHo
     for run in (a, b):
         cb = (lambda done, total, rid=run.id: progress(rid, done, total)) if progress else None
         evs.append(validate_run(run.id, workspace, host, checkpoint=checkpoint, tta=tuple(tta), record=False,
-                                device=device, progress=cb))
+                                device=device, progress=cb, allow_changed_data=allow_changed_data))
     ev_a, ev_b = evs
     la, lb = _unique_labels([a, b])
     comp = a.competition
@@ -271,7 +277,7 @@ def compare_runs(ref_a: str, ref_b: str, workspace: "Workspace", host: "PluginHo
                         classes, path, sa.metric)
     note = "" if result.same_val_list else (f"\n(different validation lists: {result.images_a} vs "
                                             f"{result.images_b} images, {shared} shared)")
-    plot_per_class_comparison(comp.classes, [c.f_a for c in classes], [c.f_b for c in classes], path,
+    plot_per_class_comparison(comp.classes, [c.score_a for c in classes], [c.score_b for c in classes], path,
                               labels=(f"A: {la}", f"B: {lb}"), scores=(sa.score, sb.score), metric=sa.metric,
                               scale=sa.scale,
                               title=f"per-class {sa.metric} on each run's validation list ({_describe(ev_a)}){note}")
@@ -289,7 +295,8 @@ def read_history(folder: RunFolder) -> list[dict]:
 
 def curves_for_runs(refs: Sequence[str], workspace: "Workspace", host: "PluginHost",
                     output: Optional[Path] = None) -> Path:
-    """Training curves of one or several runs in one PNG, one colour per run, from history.json.
+    """Training curves of one or several runs in one PNG, one colour per run, from history.json,
+    the validation panel named after the runs' metric when they share one.
 
     Default: the run's own ``curves.png`` for one run, ``experiments/compare/curves-...png`` for several.
     """
@@ -305,6 +312,17 @@ def curves_for_runs(refs: Sequence[str], workspace: "Workspace", host: "PluginHo
     if len(set(labels)) < len(labels):
         labels = ids
     runs = [(label, read_history(f)) for label, f in zip(labels, folders)]
+    metrics = {r.get("metric") for r in rows}
+    metric = metrics.pop() if len(metrics) == 1 and None not in metrics else "score"
+    greater_is_better = True
+    competitions = {r.get("competition") for r in rows}
+    if len(competitions) == 1 and None not in competitions:
+        from cpx.eval.metrics import create_metric
+
+        try:
+            greater_is_better = create_metric(host.competition(competitions.pop()), host).greater_is_better
+        except CpxError:  # a profile or metric no longer registered: the curves still draw
+            pass
     if output:
         path = Path(output)
     elif len(rows) == 1:
@@ -312,5 +330,5 @@ def curves_for_runs(refs: Sequence[str], workspace: "Workspace", host: "PluginHo
     else:
         name = "curves-" + "__".join(safe_filename(i) for i in ids)[:180] + ".png"
         path = workspace.experiments_dir / "compare" / name
-    return plot_history(runs, path)
+    return plot_history(runs, path, metric=metric, greater_is_better=greater_is_better)
 

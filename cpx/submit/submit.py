@@ -18,6 +18,7 @@ from cpx.eval.metrics import create_metric
 from cpx.kernel.errors import CodabenchError, ConfigError, CpxError, SubmissionError
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
+from cpx.runs.competition import default_competition
 from cpx.runs.ledger import Ledger
 from cpx.submit import codabench as cb
 from cpx.submit.codabench import Phase
@@ -28,17 +29,18 @@ from cpx.submit.submissions import (
     Registered,
     UploadOutcome,
     connect_to_leaderboard,
+    default_phase,
     final_not_best,
     mark_final,
     parse_score,
     phase_budget,
+    phase_limits,
     record_score,
     register_submission,
     submission_report,
     upload_submission,
     used_in_phase,
 )
-from cpx.runs.handle import default_competition
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -137,6 +139,8 @@ def submit(request: SubmitRequest, workspace: Workspace, host: PluginHost, *,
         # a registered zip was checked for a competition: its metric and rules apply
         comp = (host.competition(registered.check.competition) if registered
                 else cpx_competition(host, workspace, run=run_row))
+        if request.phase is None:
+            label = default_phase(comp)  # a bundle's current phase, else "test"
         metric = comp.metric.name if comp else ""
         outcome = SubmitOutcome(name=name, phase=label, submission=sub, registered=registered,
                                 val_score=sub.get("val_score"))
@@ -162,7 +166,7 @@ def submit(request: SubmitRequest, workspace: Workspace, host: PluginHost, *,
             else:
                 outcome.warnings.append(text)
         outcome.used = len(used_in_phase(ledger, label))
-        outcome.limit = comp.rules.submissions_per_phase if comp else None
+        outcome.limit = phase_limits(comp, label)[0]
         outcome.submission = ledger.get_submission(name)
         if comp is not None and comp.rules.only_final_counts and (request.final or request.record_score
                                                                   or request.upload):
@@ -183,6 +187,8 @@ def _upload(request: SubmitRequest, outcome: SubmitOutcome, ledger: Ledger, work
     cid = codabench_competition_id(request.competition, workspace)
     client = codabench_client(request.url)
     outcome.codabench_competition, outcome.url = cid, client.base_url
+    if phase_id is None and comp is not None and comp.phase(label) is not None:
+        phase_id = bundle_phase_id(client, cid, label)
 
     def before_upload(phase: Phase) -> None:
         outcome.budget = budget = phase_budget(ledger, comp, label, remote=phase)
@@ -270,6 +276,21 @@ def _known_submission(ledger: Ledger, name: str) -> dict:
 # Lookups the Codabench commands share
 
 
+def bundle_phase_id(client: cb.CodabenchClient, competition_id: int, name: str) -> int:
+    """The id of the Codabench phase called ``name`` (the phase the profile's bundle names).
+
+    :raises CodabenchError: the competition has no phase of that name (its phases listed).
+    """
+    phases = client.phases(competition_id)
+    for phase in phases:
+        if phase.name.casefold() == name.casefold():
+            return phase.id
+    listing = ", ".join(f"{p.id} ({p.name})" for p in phases) or "none"
+    raise CodabenchError(f"Codabench competition {competition_id} has no phase named {name!r}, the profile's current "
+                         f"phase; its phases: {listing}; give --phase ID")
+
+
+
 def split_phase(phase: Optional[str]) -> tuple[str, Optional[int]]:
     """``--phase``: a name labels scores in the ledger; a number picks a Codabench phase
     (whose scores are then filed under ``test``). Returns (label, Codabench phase id or None)."""
@@ -300,7 +321,7 @@ def codabench_competition_id(value: Optional[str], workspace: Workspace) -> int:
 def cpx_competition(host: PluginHost, workspace: Workspace, name: Optional[str] = None,
                     run: Optional[dict] = None) -> Optional[Competition]:
     """The competition profile whose rules and metric apply: the named one, the run's, else
-    :func:`~cpx.runs.handle.default_competition` (cpx.yaml's, the ledger's runs', the
+    :func:`~cpx.runs.competition.default_competition` (cpx.yaml's, the ledger's runs', the
     data folder's, the only registered one); None when that is ambiguous.
 
     :raises UnknownComponent: ``name`` names no registered competition.
@@ -330,5 +351,5 @@ def codabench_client(url: Optional[str] = None, *, need_token: bool = False) -> 
     return client
 
 
-__all__ = ["DEFAULT_TIMEOUT", "SubmitOutcome", "SubmitRequest", "codabench_client", "codabench_competition_id",
-           "cpx_competition", "split_phase", "submit"]
+__all__ = ["DEFAULT_TIMEOUT", "SubmitOutcome", "SubmitRequest", "bundle_phase_id", "codabench_client",
+           "codabench_competition_id", "cpx_competition", "split_phase", "submit"]

@@ -2,7 +2,7 @@
 
 Pure drawing: functions that take arrays, numbers and a path (``plot_*``, ``colorize``,
 ``error_overlay``) and know nothing of runs or models, so they are tested without either.
-:mod:`cpx.report.pictures` feeds them from recorded runs. Every PNG is written atomically.
+:mod:`cpx.draw.pictures` feeds them from recorded runs. Every PNG is written atomically.
 """
 
 from __future__ import annotations
@@ -10,17 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from cpx.draw.pyplot import RUN_COLORS, pyplot, save_figure
 from cpx.kernel.errors import DataError
-from cpx.kernel.plotting import RUN_COLORS, pyplot, save_figure
 from cpx.kernel.text import format_f
-from cpx.train.curves import plot_history  # noqa: F401  (re-exported: the figures of cpx in one place)
-
-if TYPE_CHECKING:  # the run-level functions import these lazily: drawing needs no torch model
-    pass
 
 ERROR_RGB = (255, 32, 32)
 MAX_GRID_ROWS = 32
@@ -158,7 +154,7 @@ def _nan(x: Optional[float]) -> float:
 
 def plot_per_class(class_names: Sequence[str], per_class: Sequence[Optional[float]],
                    class_images: Sequence[int], path: Path, *, colors: Optional[np.ndarray] = None,
-                   score: Optional[float] = None, title: str = "", sort: bool = False, metric: str = "F",
+                   score: Optional[float] = None, title: str = "", sort: bool = False, metric: str = "score",
                    scale: float = 1.0) -> Path:
     """Horizontal bars of a metric's per-class values (0..``scale``), class names on the y axis,
     each bar annotated with its value and the number of images whose ground truth holds the
@@ -198,11 +194,11 @@ def plot_per_class(class_names: Sequence[str], per_class: Sequence[Optional[floa
 def plot_per_class_comparison(class_names: Sequence[str], f_a: Sequence[Optional[float]],
                               f_b: Sequence[Optional[float]], path: Path, *, labels: tuple[str, str] = ("A", "B"),
                               scores: Optional[tuple[float, float]] = None, title: str = "",
-                              sort: bool = False, metric: str = "F", scale: float = 1.0) -> Path:
+                              sort: bool = False, metric: str = "score", scale: float = 1.0) -> Path:
     """Grouped horizontal bars of a metric's per-class values (0..``scale``) for two runs, with
     B - A written at the right."""
     if not (len(class_names) == len(f_a) == len(f_b)):
-        raise DataError(f"{len(class_names)} class names but {len(f_a)} and {len(f_b)} F values")
+        raise DataError(f"{len(class_names)} class names but {len(f_a)} and {len(f_b)} values")
     plt = pyplot()
     a = [_nan(v) for v in f_a]
     b = [_nan(v) for v in f_b]
@@ -269,7 +265,7 @@ def _level_text(value: Any) -> str:
 
 
 def plot_factor_panels(panels: Sequence[FactorPanel], path: Path, *, title: str = "", subtitle: str = "",
-                       ylabel: str = "best validation F") -> Path:
+                       ylabel: str = "best validation score") -> Path:
     """Score against each factor, one panel per factor: every run a dot (colour = seed), every
     level's mean a black bar with its interval. Categorical factors sit at evenly spaced
     positions; ranged ones on a (log) axis."""
@@ -328,9 +324,10 @@ def plot_factor_panels(panels: Sequence[FactorPanel], path: Path, *, title: str 
 
 
 def plot_per_class_runs(class_names: Sequence[str], runs: Sequence[tuple[str, Sequence[Optional[float]], Optional[float]]],
-                        path: Path, *, title: str = "") -> Path:
-    """Per-class F of several runs as a table of colours (class x run) with each F written in its
-    cell; ``runs`` holds (label, per-class F or None where the class is absent, overall score)."""
+                        path: Path, *, title: str = "", metric: str = "score", scale: float = 1.0) -> Path:
+    """A metric's per-class values (0..``scale``) of several runs as a table of colours (class x
+    run) with each value written in its cell; ``runs`` holds (label, per-class values, None
+    where not defined, overall score)."""
     if not runs:
         raise DataError("no runs to draw")
     plt = pyplot()
@@ -339,19 +336,18 @@ def plot_per_class_runs(class_names: Sequence[str], runs: Sequence[tuple[str, Se
                       for v in values] for _, values, _ in runs]).T
     fig, ax = plt.subplots(figsize=(3.2 + 2.3 * k, 1.6 + 0.36 * n), layout="constrained")
     cmap = plt.get_cmap("viridis").with_extremes(bad="#e6e6e6")
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=scale, aspect="auto")
     for i in range(n):
         for j in range(k):
             v = grid[i, j]
             text = "absent" if math.isnan(v) else f"{v:.3f}"
             ax.text(j, i, text, ha="center", va="center", fontsize=9,
-                    color="0.35" if math.isnan(v) else ("black" if v > 0.6 else "white"))
+                    color="0.35" if math.isnan(v) else ("black" if v > 0.6 * scale else "white"))
     ax.set_yticks(range(n), list(class_names), fontsize=10)
     ax.set_xticks(range(k), [_wrap(label, 24) + (f"\nscore {format_f(score)}" if score is not None else "")
                              for label, _, score in runs], fontsize=9.5)
     ax.xaxis.tick_top()
     ax.tick_params(length=0)
-    fig.colorbar(im, ax=ax, shrink=0.6, label="per-class F")
-    ax.set_title(title or "per-class F of the top runs (mean over the validation images holding the class)",
-                 fontsize=11)
+    fig.colorbar(im, ax=ax, shrink=0.6, label=f"per-class {metric}")
+    ax.set_title(title or f"per-class {metric} of the top runs", fontsize=11)
     return save_figure(fig, path)

@@ -32,12 +32,14 @@ frequencies to every loss factory that takes the ``class_frequencies`` keyword (
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Annotated, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic.fields import FieldInfo
 from torch import nn
 
 from cpx.kernel.errors import ConfigError
@@ -159,43 +161,6 @@ class BoundaryOptions(BaseModel):
     band_weight: float = Field(5.0, ge=1.0, description="Cross-entropy weight of band pixels relative to the others "
                                                         "(1 gives plain cross-entropy).")
     class_weights: Optional[ClassWeights] = Field(None, description=_CLASS_WEIGHTS_HELP)
-
-
-class CombinedOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # the CLI shortcuts (--ce, --dice, --focal) write these three names
-    ce: float = Field(1.0, ge=0.0, description="Weight of the cross-entropy term; 0 skips it.")
-    dice: float = Field(1.0, ge=0.0, description="Weight of the soft Dice term; 0 skips it.")
-    focal: float = Field(0.0, ge=0.0, description="Weight of the focal term; 0 skips it.")
-    lovasz: float = Field(0.0, ge=0.0, description="Weight of the Lovasz-softmax term; 0 skips it.")
-    ohem: float = Field(0.0, ge=0.0, description="Weight of the OHEM cross-entropy term; 0 skips it.")
-    boundary: float = Field(0.0, ge=0.0, description="Weight of the boundary-weighted cross-entropy term; 0 skips it.")
-    class_weights: Optional[ClassWeights] = Field(
-        None, description=_CLASS_WEIGHTS_HELP + " Used by the cross-entropy, focal, OHEM and boundary terms.")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0,
-                                   description="Label smoothing of the cross-entropy term, in [0, 1).")
-    focal_gamma: float = Field(2.0, ge=0.0, description="Focusing exponent of the focal term.")
-    dice_smooth: float = Field(1.0, ge=0.0, description="Smoothing constant of the Dice term.")
-    lovasz_per_image: bool = Field(False, description="Lovasz term: average over images instead of over the batch.")
-    ohem_threshold: Optional[float] = Field(0.7, gt=0.0, le=1.0,
-                                            description="OHEM term: keep pixels whose true-class probability is "
-                                                        "below this (None: by fraction and minimum alone).")
-    ohem_keep_fraction: Optional[float] = Field(None, gt=0.0, le=1.0,
-                                                description="OHEM term: also keep at least this share of the "
-                                                            "pixels, the hardest first.")
-    ohem_min_kept: int = Field(65536, ge=1, description="OHEM term: keep at least this many pixels (the hardest).")
-    boundary_width: int = Field(2, ge=1, description="Boundary term: half-width in pixels of the band around "
-                                                     "label edges.")
-    boundary_band_weight: float = Field(5.0, ge=1.0, description="Boundary term: cross-entropy weight of band "
-                                                                 "pixels relative to the others.")
-
-    @model_validator(mode="after")
-    def _some_term(self) -> "CombinedOptions":
-        if not any((self.ce, self.dice, self.focal, self.lovasz, self.ohem, self.boundary)):
-            raise ValueError("ce, dice, focal, lovasz, ohem and boundary are all 0; "
-                             "at least one term needs a positive weight")
-        return self
 
 
 def _weight_tensor(values: Optional[ClassWeights], num_classes: int,
@@ -660,60 +625,118 @@ class BoundaryLoss(_Loss):
         return {"boundary": value}, value
 
 
-_TERMS = ("ce", "dice", "focal", "lovasz", "ohem", "boundary")
+# The terms of the combined loss, in the order their values are reported: name -> (loss, its
+# options, what it is, its weight in the combined loss unless set, the description it registers
+# with). Each term's options are declared once, in its options model; CombinedOptions is built
+# from these models.
+TERMS: dict[str, tuple[type[_Loss], type[BaseModel], str, float, str]] = {
+    "ce": (CrossEntropyLoss, CEOptions, "cross-entropy", 1.0,
+           "Cross-entropy with optional class weights and label smoothing"),
+    "dice": (DiceLoss, DiceOptions, "soft Dice", 1.0, "Soft multi-class Dice loss (1 - mean Dice over classes)"),
+    "focal": (FocalLoss, FocalOptions, "focal", 0.0,
+              "Focal loss: cross-entropy down-weighting pixels already classified well"),
+    "lovasz": (LovaszLoss, LovaszOptions, "Lovasz-softmax", 0.0,
+               "Lovasz-softmax: a convex surrogate of the per-class Jaccard loss (Berman et al. 2018)"),
+    "ohem": (OHEMLoss, OHEMOptions, "OHEM cross-entropy", 0.0,
+             "OHEM cross-entropy: only the hardest pixels (under a probability threshold, a kept share, at least "
+             "a minimum count)"),
+    "boundary": (BoundaryLoss, BoundaryOptions, "boundary-weighted cross-entropy", 0.0,
+                 "Cross-entropy up-weighted in a band around label edges"),
+}
+# Options the combined loss holds once for every term that takes them; every other option of a
+# term is the combined loss's ``<term>_<option>`` (``focal_gamma``, ``lovasz_classes``).
+SHARED_OPTIONS = ("class_weights", "label_smoothing")
+
+
+def combined_field(term: str, option: str) -> str:
+    """The combined loss's name for option ``option`` of term ``term``."""
+    return option if option in SHARED_OPTIONS else f"{term}_{option}"
+
+
+def _joined(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _combined_fields() -> dict[str, tuple[Any, FieldInfo]]:
+    """CombinedOptions' fields: a weight per term, then every term's options (each a copy of the
+    term's own field, its description naming the term)."""
+    fields: dict[str, tuple[Any, FieldInfo]] = {
+        term: (float, Field(weight, ge=0.0, description=f"Weight of the {what} term; 0 skips it."))
+        for term, (_, _, what, weight, _) in TERMS.items()}
+    for term, (_, options, what, _, _) in TERMS.items():
+        for option, info in options.model_fields.items():
+            name = combined_field(term, option)
+            if name in fields:  # a shared option, already added by an earlier term
+                continue
+            field = copy.copy(info)
+            if option not in SHARED_OPTIONS:
+                text = info.description
+                text = text[0].lower() + text[1:] if text[1:2].islower() else text
+                field.description = f"{what[0].upper()}{what[1:]} term: {text}"
+            fields[name] = (info.annotation, field)
+    users = [what for _, options, what, _, _ in TERMS.values() if "class_weights" in options.model_fields]
+    fields["class_weights"][1].description = f"{_CLASS_WEIGHTS_HELP} Used by the {_joined(users)} terms."
+    return fields
+
+
+class _CombinedBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _some_term(self):
+        if not any(getattr(self, term) for term in TERMS):
+            raise ValueError(f"{_joined(list(TERMS))} are all 0; at least one term needs a positive weight")
+        return self
+
+    def term_options(self, term: str) -> BaseModel:
+        """Term ``term``'s own options, read from these; its class weights are left out, as the
+        combined loss applies its own to every term."""
+        options = TERMS[term][1]
+        return options(**{option: getattr(self, combined_field(term, option))
+                          for option in options.model_fields if option != "class_weights"})
+
+
+CombinedOptions = create_model(
+    "CombinedOptions", __base__=_CombinedBase, __module__=__name__,
+    __doc__="A weight per term, and each term's own options as ``<term>_<option>`` (class weights and label "
+            "smoothing once for every term that takes them).",
+    **_combined_fields())
 
 
 class CombinedLoss(_Loss):
+    """A weighted sum of the :data:`TERMS`, each computed by its own loss with its own options;
+    cross-entropy and Dice share one fused pass whenever Dice is weighted."""
+
     def __init__(self, options: CombinedOptions, num_classes: int, class_frequencies: Optional[Sequence[float]] = None,
                  ignore_index: Optional[int] = None):
         super().__init__(_weight_tensor(options.class_weights, num_classes, class_frequencies), ignore_index)
         self.options = options
+        self.weights = {term: getattr(options, term) for term in TERMS if getattr(options, term)}
+        # the terms get the class weights at each call, from this loss
+        self.terms = nn.ModuleDict({term: TERMS[term][0](options.term_options(term), num_classes,
+                                                         ignore_index=ignore_index) for term in self.weights})
 
     def compute(self, logits, target, weight):
-        o = self.options
-        ignore = self.ignore_index
-        terms: dict[str, torch.Tensor] = {}
+        values: dict[str, torch.Tensor] = {}
         total = 0
-        if o.dice:  # CE and Dice share one softmax (see _SoftmaxCEDice): the fast path
-            total, ce, terms["dice"] = ce_dice(logits, target, o.ce, o.dice, weight, o.label_smoothing,
-                                               o.dice_smooth, ignore)
-            if o.ce:
-                terms["ce"] = ce
-        elif o.ce:
-            terms["ce"] = cross_entropy(logits, target, weight, o.label_smoothing, ignore)
-            total = o.ce * terms["ce"]
-        if o.focal:
-            terms["focal"] = focal(logits, target, o.focal_gamma, weight, ignore)
-            total = total + o.focal * terms["focal"]
-        if o.lovasz:
-            terms["lovasz"] = lovasz_softmax(logits, target, o.lovasz_per_image, ignore_index=ignore)
-            total = total + o.lovasz * terms["lovasz"]
-        if o.ohem:
-            terms["ohem"] = ohem_cross_entropy(logits, target, o.ohem_threshold, o.ohem_keep_fraction,
-                                               o.ohem_min_kept, weight, ignore)
-            total = total + o.ohem * terms["ohem"]
-        if o.boundary:
-            terms["boundary"] = boundary_cross_entropy(logits, target, o.boundary_width, o.boundary_band_weight,
-                                                       weight, ignore)
-            total = total + o.boundary * terms["boundary"]
-        return {name: terms[name] for name in _TERMS if name in terms}, total
+        rest = dict(self.weights)
+        if "dice" in rest:  # CE and Dice share one softmax (see _SoftmaxCEDice): the fast path
+            ce_weight, dice_weight = rest.pop("ce", 0.0), rest.pop("dice")
+            total, ce, values["dice"] = ce_dice(logits, target, ce_weight, dice_weight, weight,
+                                                self.options.label_smoothing, self.options.dice_smooth,
+                                                self.ignore_index)
+            if ce_weight:
+                values["ce"] = ce
+        for term, term_weight in rest.items():
+            _, values[term] = self.terms[term].compute(logits, target, weight)
+            total = total + term_weight * values[term]
+        return {term: values[term] for term in TERMS if term in values}, total
 
 
 @hookimpl
 def register_losses(register):
-    register("ce", CrossEntropyLoss, options=CEOptions,
-             description="Cross-entropy with optional class weights and label smoothing")
-    register("dice", DiceLoss, options=DiceOptions,
-             description="Soft multi-class Dice loss (1 - mean Dice over classes)")
-    register("focal", FocalLoss, options=FocalOptions,
-             description="Focal loss: cross-entropy down-weighting pixels already classified well")
-    register("lovasz", LovaszLoss, options=LovaszOptions,
-             description="Lovasz-softmax: a convex surrogate of the per-class Jaccard loss (Berman et al. 2018)")
-    register("ohem", OHEMLoss, options=OHEMOptions,
-             description="OHEM cross-entropy: only the hardest pixels (under a probability threshold, "
-                         "a kept share, at least a minimum count)")
-    register("boundary", BoundaryLoss, options=BoundaryOptions,
-             description="Cross-entropy up-weighted in a band around label edges")
+    for term, (loss, options, _, _, description) in TERMS.items():
+        register(term, loss, options=options, description=description)
     register("combined", CombinedLoss, options=CombinedOptions,
-             description="Weighted sum of cross-entropy, Dice, focal, Lovasz, OHEM and boundary terms "
+             description=f"Weighted sum of {_joined([what for _, _, what, _, _ in TERMS.values()])} terms "
                          "(CE and Dice fused into one pass)")

@@ -1,0 +1,118 @@
+"""The scripts in ``benchmarks/``: each imports, every cpx name it imports (inside functions
+too) exists, and each runs end to end on tiny input, so a change to cpx's API cannot leave a
+benchmark broken until someone next measures (it did: ``vs_reference.py`` still imported
+``predict_folder`` from where it had moved away). The plain run checks the imports in a moment;
+the end-to-end runs (tens of seconds: fresh processes, a benchmark child, three trainings) are
+marked slow, so they run in CI's slow pass.
+
+The reference training loop the benchmark compares against lives outside the repository
+(``../shared/bench/seedstyle.py``); a stand-in with its command line and output runs here.
+"""
+
+import ast
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+# what the scripts share (``_common.py``): imported by them, not run
+HELPERS = [p for p in BENCHMARKS if p.name.startswith("_")]
+
+# seedstyle.py's interface: `throughput` and `budget` modes printing one JSON line, evaluate()
+STAND_IN = '''
+import argparse, importlib, json, sys
+
+import torch
+
+
+def evaluate(model, data, files, size):
+    return 0.5
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("mode")
+    p.add_argument("--data")
+    p.add_argument("--factory")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--minutes", type=float)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--save")
+    args = p.parse_args()
+    module, _, name = args.factory.partition(":")
+    model = getattr(importlib.import_module(module), name)()
+    if args.mode == "throughput":
+        print(json.dumps({"mode": "throughput", "images_per_s": 1.0}))
+    else:
+        torch.save({"state_dict": model.state_dict()}, args.save)
+        print(json.dumps({"mode": "budget", "epochs": 1, "train_seconds": 1, "val_f_score": 0.5}))
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cpx_imports(path: Path) -> list[tuple[int, str, str]]:
+    """(line, module, name) of every ``from cpx... import name`` in the file, in functions too."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("cpx", "cpx_plugins"):
+            found += [(node.lineno, node.module, alias.name) for alias in node.names]
+    return found
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=[p.name for p in BENCHMARKS])
+def test_every_benchmark_imports_and_every_cpx_name_it_imports_exists(path):
+    module = _load(path)
+    assert path in HELPERS or callable(module.main)
+    missing = []
+    for line, module, name in _cpx_imports(path):
+        owner = importlib.import_module(module)
+        submodule = hasattr(owner, "__path__") and importlib.util.find_spec(f"{module}.{name}") is not None
+        if not hasattr(owner, name) and not submodule:
+            missing.append(f"line {line}: from {module} import {name}")
+    assert not missing, f"{path.name} imports names cpx no longer has:\n" + "\n".join(missing)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_vs_reference_runs_every_section_on_tiny_input(tmp_path, monkeypatch, cpx_host, one_thread, capsys):
+    from cpx.data import write_dataset
+
+    comp = cpx_host.competition("celebamask-mini")
+    data = tmp_path / "data"
+    write_dataset(data, comp, comp.synthesize(20, 32, 0), test_count=2)
+    workspace = tmp_path / "ws"
+    (workspace / "experiments").mkdir(parents=True)
+    # every section's recipe: a unet of a few thousand parameters, one epoch
+    (workspace / "experiments" / "tiny.yaml").write_text(
+        "base: unet\nmodel:\n  options: {base_channels: 4, depth: 2}\n"
+        "train: {epochs: 1, batch_size: 4}\nschedule: {warmup_epochs: 0}\n")
+    (tmp_path / "seedstyle.py").write_text(STAND_IN)
+    monkeypatch.chdir(workspace)
+    script = _load(next(p for p in BENCHMARKS if p.name == "vs_reference.py"))
+    figures = script.main(["--data", str(data), "--reference", str(tmp_path / "seedstyle.py"), "--recipe", "tiny",
+                           "--workspace", str(workspace), "--steps", "1", "--image-size", "32", "--batch-size", "2",
+                           "--predict-batches", "2", "--precision-recipe", "tiny", "--precision-size", "32",
+                           "--precision-epochs", "1", "--budget-minutes", "0.01", "--budget-recipe", "tiny",
+                           "--budget-size", "32", "--only", "throughput,predict,precision,budget"])
+    assert set(figures) >= {"throughput", "predict", "precision", "budget"}
+    assert figures["throughput"]["cpx_images_per_s"] > 0 and figures["predict"]["images"] == 2
+    assert {"bf16", "fp32"} <= set(figures["precision"])
+    assert 0 <= figures["budget"]["reference_scored_by_cpx"] <= 1
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]).keys() == figures.keys()
+    assert sys.modules.get("benchmark_vs_reference") is None  # loaded from its file, not installed

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_line, load_avg, recipe_config, workspace_and_host  # noqa: E402
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="competition data folder")
     p.add_argument("--recipe", default="best")
@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--workspace", default=None)
     p.add_argument("--json", default=None, help="also write the figures to this file")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.data = str(Path(args.data).resolve())
 
     from cpx.kernel.config import build_config
@@ -109,6 +109,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -116,3 +116,46 @@ def test_vs_reference_runs_every_section_on_tiny_input(tmp_path, monkeypatch, cp
     assert 0 <= figures["budget"]["reference_scored_by_cpx"] <= 1
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]).keys() == figures.keys()
     assert sys.modules.get("benchmark_vs_reference") is None  # loaded from its file, not installed
+
+
+def _tiny_workspace(tmp_path, cpx_host) -> tuple[Path, Path]:
+    """(data folder of 20 synthetic 32 px faces, workspace with a recipe ``tiny``: a unet of a
+    few thousand parameters)."""
+    from cpx.data import write_dataset
+
+    comp = cpx_host.competition("celebamask-mini")
+    data = tmp_path / "data"
+    write_dataset(data, comp, comp.synthesize(20, 32, 0), test_count=2)
+    workspace = tmp_path / "ws"
+    (workspace / "experiments").mkdir(parents=True)
+    (workspace / "experiments" / "tiny.yaml").write_text(
+        "base: unet\nmodel:\n  options: {base_channels: 4, depth: 2}\n"
+        "train: {epochs: 1, batch_size: 4}\nschedule: {warmup_epochs: 0}\n")
+    return data, workspace
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cpu_step_times_each_variant_on_tiny_input(tmp_path, monkeypatch, cpx_host, one_thread):
+    data, workspace = _tiny_workspace(tmp_path, cpx_host)
+    monkeypatch.chdir(workspace)
+    script = _load(next(p for p in BENCHMARKS if p.name == "cpu_step.py"))
+    figures = script.main(["--data", str(data), "--recipe", "tiny", "--image-size", "32", "--workspace",
+                           str(workspace), "--variants", "1x2,1x4", "--steps", "1", "--rounds", "2"])
+    assert set(figures["variants"]) == {"1x2", "1x4"}
+    assert all(v["images_per_s"] > 0 and v["cpu_seconds_per_image"] > 0 for v in figures["variants"].values())
+    assert figures["variants"]["1x2"]["vs_first"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cache_memory_loads_the_same_pixels_copied_and_mapped(tmp_path, monkeypatch, cpx_host):
+    data, workspace = _tiny_workspace(tmp_path, cpx_host)
+    monkeypatch.chdir(workspace)
+    script = _load(next(p for p in BENCHMARKS if p.name == "cache_memory.py"))
+    figures = script.main(["--data", str(data), "--recipe", "tiny", "--image-size", "32", "--workspace",
+                           str(workspace)])
+    cases = figures["cases"]
+    assert len(cases) == 4 and len({c["checksum"] for c in cases.values()}) == 1
+    assert all(c["images"] > 0 and c["VmHWM"] > 0 for c in cases.values())
+    assert (workspace / "cache-copied").is_dir() and (workspace / "cache-mapped").is_dir()

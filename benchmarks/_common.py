@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the machine's description, the load, a workspace with its
-plugin host, and a recipe's config with data, size and batch overrides."""
+plugin host, a recipe's config with data, size and batch overrides, and the recipe's trainer
+as the step benchmarks time it."""
 
 from __future__ import annotations
 
@@ -47,3 +48,18 @@ def recipe_config(args, ws, host, **extra):
         overrides["train.batch_size"] = args.batch_size
     config, _ = build_config(args.recipe, overrides, ws.experiments_dir, host)
     return config, host.competition(config.competition)
+
+
+def step_trainer(config, host, competition, images, masks, precision: str):
+    """The recipe's :class:`cpx.train.loop.Trainer` on CPU over ``images`` (N x C x S x S uint8)
+    and ``masks`` (N x S x S uint8), without callbacks (no EMA, no validation), as ``cpx bench``
+    times a step; a plan of 10**6 epochs keeps the learning rate in its warm-up/cosine range."""
+    import torch
+
+    from cpx.train.loop import Trainer
+    from cpx.train.run import build_components
+
+    model, loss_fn, augment = build_components(config, host, competition)
+    return Trainer(model, loss_fn, augment, (images, masks), train=config.train.model_copy(update={"epochs": 10 ** 6}),
+                   optimizer=config.optimizer, schedule=config.schedule, precision=precision,
+                   device=torch.device("cpu"))

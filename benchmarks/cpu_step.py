@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_line, load_avg, recipe_config, workspace_and_host  # noqa: E402
+from _common import cpu_line, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -51,8 +51,7 @@ def main(argv=None) -> dict:
 
     from cpx.kernel.config import build_config
     from cpx.kernel.device import resolve_precision
-    from cpx.train.loop import Trainer
-    from cpx.train.run import build_components, prepare_data
+    from cpx.train.run import prepare_data
 
     root = Path(args.workspace) if args.workspace else Path(tempfile.mkdtemp(prefix="cpx-cpu-step-"))
     ws, host = workspace_and_host(root.resolve())
@@ -66,12 +65,8 @@ def main(argv=None) -> dict:
     data = prepare_data(config, competition, ws)
     n = max(b for _, b in variants) * args.steps
     images, masks = data.train[0][:n].clone(), data.train[1][:n].clone()
-    model, loss_fn, augment = build_components(config, host, competition)
     precision = resolve_precision(config.train.precision, torch.device("cpu"))
-    # a plan of 10**6 epochs keeps the learning rate in its warm-up/cosine range
-    trainer = Trainer(model, loss_fn, augment, (images, masks), train=config.train.model_copy(update={"epochs": 10 ** 6}),
-                      optimizer=config.optimizer, schedule=config.schedule, precision=precision,
-                      device=torch.device("cpu"))
+    trainer = step_trainer(config, host, competition, images, masks, precision)
     print(f"{args.recipe} ({config.model.name}) at {args.image_size}px, {precision}; {cpu_line()}; "
           f"{cores} cpus; torch {torch.__version__}; load {load_avg()}", flush=True)
 

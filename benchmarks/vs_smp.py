@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded from its file
-from _common import cpu_line, load_avg, recipe_config, workspace_and_host  # noqa: E402
+from _common import cpu_line, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402
 
 SECTIONS = ("throughput", "budget")
 NOTES: list[str] = []
@@ -188,8 +188,7 @@ def user_data(args, ws, host):
 
 def section_throughput(args, ws, host, smp) -> dict:
     from cpx.kernel.device import keep_freed_memory
-    from cpx.train.loop import Trainer
-    from cpx.train.run import build_components, prepare_data
+    from cpx.train.run import prepare_data
 
     keep_freed_memory()  # for both sides: page faults are no part of either loop
     config, competition = recipe_config(args, ws, host)
@@ -199,11 +198,8 @@ def section_throughput(args, ws, host, smp) -> dict:
     images, masks = data.train[0][:n].clone(), data.train[1][:n].clone()
     print(f"[throughput] {args.image_size}px, batch {batch}, {args.threads} thread(s), {args.rounds} rounds of "
           f"{args.steps} steps per side, interleaved (load {load_avg()})", flush=True)
-    model, loss_fn, augment = build_components(config, host, competition)
-    # a plan of 10**6 epochs keeps the learning rate in its warm-up/cosine range
-    trainer = Trainer(model, loss_fn, augment, (images, masks), train=config.train.model_copy(update={"epochs": 10 ** 6}),
-                      optimizer=config.optimizer, schedule=config.schedule, precision="fp32",
-                      device=torch.device("cpu"))
+    trainer = step_trainer(config, host, competition, images, masks, "fp32")
+    model = trainer.model
     users = {layout: UserLoop(smp, args, images, masks, competition, layout == "channels_last")
              for layout in ("nchw", "channels_last")}
 

@@ -159,3 +159,19 @@ def test_cache_memory_loads_the_same_pixels_copied_and_mapped(tmp_path, monkeypa
     assert len(cases) == 4 and len({c["checksum"] for c in cases.values()}) == 1
     assert all(c["images"] > 0 and c["VmHWM"] > 0 for c in cases.values())
     assert (workspace / "cache-copied").is_dir() and (workspace / "cache-mapped").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ab_step_runs_two_trees_in_turn_on_tiny_input(tmp_path, monkeypatch, cpx_host):
+    data, workspace = _tiny_workspace(tmp_path, cpx_host)
+    monkeypatch.chdir(workspace)
+    # the source tree of this checkout against the installed cpx (the same code, two workers)
+    tree = str(Path(__file__).resolve().parents[1])
+    script = _load(next(p for p in BENCHMARKS if p.name == "ab_step.py"))
+    figures = script.main(["--data", str(data), "--trees", f"{tree},.", "--recipe", "tiny", "--image-size", "32",
+                           "--batch-size", "2", "--threads", "1", "--rounds", "2", "--workspace", str(workspace)])
+    assert set(figures["trees"]) == {tree, "."}
+    for row in figures["trees"].values():
+        assert row["images_per_s"] > 0 and row["train_flops_per_s"] > 0 and row["peak_rss_gib"] > 0
+    assert figures["trees"][tree]["cpx"] == str(Path(tree) / "cpx")

@@ -118,6 +118,17 @@ def test_vs_reference_runs_every_section_on_tiny_input(tmp_path, monkeypatch, cp
     assert sys.modules.get("benchmark_vs_reference") is None  # loaded from its file, not installed
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_startup_times_every_quick_command(capsys):
+    script = _load(next(p for p in BENCHMARKS if p.name == "startup.py"))
+    figures = script.main(["--runs", "1"])
+    assert [c["command"] for c in figures["commands"]] == \
+        ["python -c pass"] + ["cpx " + " ".join(c) for c in script.COMMANDS]
+    assert all(c["exit_codes"] == [0] and c["own_seconds"] > 0 for c in figures["commands"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == figures
+
+
 def _tiny_workspace(tmp_path, cpx_host) -> tuple[Path, Path]:
     """(data folder of 20 synthetic 32 px faces, workspace with a recipe ``tiny``: a unet of a
     few thousand parameters)."""

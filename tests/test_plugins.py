@@ -170,6 +170,28 @@ def test_load_plugins_env_restricts_entry_points(installed_plugin, monkeypatch):
     assert "acme-tiny" in create_plugin_host().models
 
 
+def test_each_builtin_declares_the_hooks_it_implements():
+    # the manager imports a built-in only when one of the hooks it declares is first called, so
+    # a hook missing from BUILTIN_PLUGINS would never be called
+    import importlib
+
+    for name, hooks in BUILTIN_PLUGINS.items():
+        module = importlib.import_module(name)
+        implemented = {n for n, f in vars(module).items() if callable(f) and hasattr(f, "cpx_impl")}
+        assert implemented == set(hooks), name
+
+
+def test_a_builtin_is_imported_when_its_hook_is_first_called():
+    code = ("import sys\n"
+            "from cpx.kernel.manager import create_plugin_host\n"
+            "host = create_plugin_host(entry_points=False)\n"
+            "assert 'cpx_plugins.models' not in sys.modules\n"
+            "host.competitions\n"
+            "assert 'cpx_plugins.competitions' in sys.modules and 'cpx_plugins.models' not in sys.modules\n"
+            "assert 'msf-lmsa' in host.models and 'cpx_plugins.models' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_builtins_use_the_public_marker():
     import importlib
 

@@ -135,3 +135,10 @@ def test_compare_stats_refuses_runs_on_other_data(cpx_workspace, two_runs):
             compare_recorded(ledger, "base", other["id"])
         with pytest.raises(RunError, match="same run"):
             compare_recorded(ledger, "base", "base")
+
+
+@pytest.mark.parametrize("dof", [1, 1.5, 2, 3, 4, 7, 12.5, 30, 100, 1000, 1e5])
+def test_t_quantile_is_scipys(dof):
+    # computed without scipy (cpx leaderboard starts without it), held to scipy.stats.t
+    for level in (0.5, 0.8, 0.9, 0.95, 0.99, 0.999):
+        assert stats.t_quantile(level, dof) == pytest.approx(sps.t.ppf(0.5 + level / 2, dof), rel=1e-9)

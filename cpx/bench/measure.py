@@ -31,12 +31,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Optional
 
 from cpx.kernel.errors import ConfigError, RunError
 from cpx.kernel.workspace import Workspace
+
+if TYPE_CHECKING:  # torch is imported by the functions that measure: `cpx --help` shows ACCELERATORS without it
+    import torch
 
 MATMUL_SIZE = 2048
 
@@ -235,6 +236,7 @@ def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padd
 
 
 def _flop_formulas() -> dict:
+    import torch
     from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
     aten = torch.ops.aten
@@ -251,6 +253,7 @@ def _flop_formulas() -> dict:
 def count_flops(model: torch.nn.Module, image_size: int, device: torch.device,
                 channels: int = 3) -> tuple[float, float]:
     """(forward, forward + backward) FLOPs for one ``channels x S x S`` image, in training mode."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.rand(1, channels, image_size, image_size, device=device)
@@ -267,6 +270,8 @@ def count_flops(model: torch.nn.Module, image_size: int, device: torch.device,
 
 def attainable_matmul_flops(device: torch.device, precision: str, size: int = MATMUL_SIZE, repeats: int = 4) -> float:
     """FLOP/s of the best of ``repeats`` ``size``-square matmuls in ``precision``."""
+    import torch
+
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
@@ -284,6 +289,8 @@ def attainable_matmul_flops(device: torch.device, precision: str, size: int = MA
 def copy_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 3) -> float:
     """Bytes/s of the best of ``repeats`` copies of a ``megabytes`` float32 tensor, counting the
     bytes read and written (STREAM's copy kernel, through torch)."""
+    import torch
+
     n = megabytes * 2 ** 20 // 4
     src = torch.ones(n, device=device)
     dst = torch.empty_like(src)
@@ -300,11 +307,15 @@ def copy_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 3)
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)
 
 
 def _peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
+        import torch
+
         return int(torch.cuda.max_memory_allocated(device)), "cuda max allocated"
     # ru_maxrss is in kilobytes on Linux, bytes on macOS
     scale = 1 if sys.platform == "darwin" else 1024
@@ -317,7 +328,10 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
 
 def _bench_data(config, competition, count: int, size: int, seed: int = 0):
     """``count`` training pairs at ``size``: real ones when a data folder is configured."""
+    import torch
+
     from cpx import data as datalib
+
     if config.data.path:
         root = Path(config.data.path).expanduser()
         names = datalib.train_names(root, competition)
@@ -353,6 +367,8 @@ FEW_STEPS = 4
 
 def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2) -> BenchResult:
     """Every figure of a :class:`BenchResult` for a resolved config, in this process."""
+    import torch
+
     from cpx.eval.predict import Member, Predictor
     from cpx.kernel.device import count_params, resolve_device, resolve_precision
     from cpx.train.loop import Trainer

@@ -1,16 +1,19 @@
 """The `cpx` command line: a thin typer + rich skin over the core.
 
-Each command builds a config, calls one core function and renders the result. Domain
-errors (`cpx.kernel.errors.CpxError`) become one line per problem on stderr and exit code 2.
+Each command module holds its commands as plain functions on a module-level ``typer.Typer``
+(``app``, plus a named one for a command group such as ``cpx data``); :func:`create_app` puts
+them together with the commands plugins add. Options several commands share are declared once,
+in :mod:`cpx.cli.options`. A command builds a request, calls one core function and renders the
+result; the core modules it needs are imported when it runs, so ``cpx --help`` and the quick
+listings start without torch. Domain errors (`cpx.kernel.errors.CpxError`) become one line per
+problem on stderr and exit code 2.
 
 May import: every cpx package (and it alone imports typer and rich).
 """
 
-from __future__ import annotations
-
 import os
 import sys
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -19,7 +22,10 @@ from cpx.kernel.errors import CpxError
 
 from . import _common, bench, bundle, data, evaluate, package, pictures, plugins, report, runs, submit, sweep, train
 
-COMMAND_MODULES = [bundle, train, runs, plugins, data, pictures, evaluate, package, submit, bench, sweep, report]
+# The order `cpx --help` lists them in: single commands, then plugins' commands, then groups.
+COMMANDS = [bundle.app, train.app, plugins.app, pictures.app, evaluate.app, package.app, submit.app, bench.app,
+            sweep.app, report.app]
+GROUPS = [bundle.bundle_app, runs.app, data.app, submit.codabench_app]
 
 
 def create_app(host=None) -> typer.Typer:
@@ -27,30 +33,37 @@ def create_app(host=None) -> typer.Typer:
     app = typer.Typer(name="cpx", no_args_is_help=True, add_completion=True,
                       help="Train, validate, package and track models for Codabench segmentation challenges.",
                       pretty_exceptions_enable=False, rich_markup_mode="rich")
-
-    @app.callback()
-    def _root(workspace: Optional[str] = typer.Option(
-            None, "--workspace", "-w", envvar="CPX_WORKSPACE",
-            help="workspace folder (runs, ledger, submissions); default: the nearest folder upwards holding "
-                 "cpx.yaml or experiments/ledger.db, else the current directory"),
-              version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
-                                           help="print the version of cpx and exit")):
-        if workspace:
-            os.environ["CPX_WORKSPACE"] = workspace
-
-    for module in COMMAND_MODULES:
-        module.register(app)
-    host = host or _common.host()
-    host.add_commands(app)
+    app.callback()(_root)
+    for commands in COMMANDS:
+        app.add_typer(commands)
+    # plugins get an application of their own, merged like the built-ins' (listed after them)
+    added = typer.Typer()
+    (host or _common.host()).add_commands(added)
+    app.add_typer(added)
+    for group in GROUPS:
+        app.add_typer(group)
     return app
 
 
 def _print_version(value: bool) -> None:
     if value:
-        import torch
+        # torch's version from its metadata: importing torch would take seconds
+        from importlib.metadata import version
 
-        print(f"cpx {__version__} (torch {torch.__version__}, python {sys.version.split()[0]})")
+        print(f"cpx {__version__} (torch {version('torch')}, python {sys.version.split()[0]})")
         raise typer.Exit()
+
+
+def _root(
+    workspace: Annotated[Optional[str], typer.Option(
+        "--workspace", "-w", envvar="CPX_WORKSPACE",
+        help="workspace folder (runs, ledger, submissions); default: the nearest folder upwards holding "
+             "cpx.yaml or experiments/ledger.db, else the current directory")] = None,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="print the version of cpx and exit")] = False,
+):
+    if workspace:
+        os.environ["CPX_WORKSPACE"] = workspace
 
 
 def _workspace_from_argv(argv: list[str]) -> Optional[str]:

@@ -5,20 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Annotated, Any, Optional
+from typing import Any, Iterable, Optional
 
-import typer
 from rich.console import Console
 from rich.markup import escape
 
 from cpx.kernel.errors import CpxError
 from cpx.kernel.manager import get_host
 from cpx.kernel.workspace import Workspace
-
-# commands that reuse a run's data folder refuse one that no longer holds what the run trained on
-AllowChangedDataOpt = Annotated[bool, typer.Option(
-    "--allow-changed-data", help="use the run's data folder even though its labelled images are not the ones "
-                                 "the run trained on (their fingerprint differs)")]
 
 # Piped output (logs, README examples) gets a wide fixed width instead of rich's 80 columns.
 _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 150
@@ -40,13 +34,18 @@ def print_error(exc: CpxError) -> None:
         err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
 
 
+def warn(lines: Iterable[str], label: str = "warning") -> None:
+    """Each line on stderr as ``warning: ...`` (or ``note: ...``), never read as rich markup."""
+    for line in lines:
+        err_console.print(f"[yellow]{label}:[/] {escape(str(line))}", highlight=False, soft_wrap=True)
+
+
 def print_plugin_failures() -> None:
     global _warned
     if _warned:
         return
     _warned = True
-    for failure in host().failures:
-        err_console.print(f"[yellow]warning:[/] {escape(failure)}", highlight=False, soft_wrap=True)
+    warn(host().failures)
 
 
 def print_json(data: Any) -> None:

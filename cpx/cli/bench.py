@@ -1,17 +1,18 @@
 """`cpx bench`."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from cpx.bench.measure import ACCELERATORS, BenchRequest, project, project_check, run_bench
+from cpx.bench.measure import ACCELERATORS
 from cpx.kernel.config import parse_assignment
 
 from . import _common
 from ._common import console
+from .options import Device, ImageSize, Json, Precision, Recipe, Set, TrainBatchSize, with_help
+
+app = typer.Typer()
 
 SHORTCUTS = {"image_size": "data.image_size", "batch_size": "train.batch_size", "precision": "train.precision",
              "device": "train.device", "data": "data.path"}
@@ -66,57 +67,57 @@ def render(r) -> Table:
     return table
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("bench")
-    def bench_command(
-        recipe: Annotated[str, typer.Argument(help="recipe name (see `cpx recipes`) or a YAML file")],
-        image_size: Annotated[Optional[int], typer.Option(help="training resolution (default: the recipe's, "
-                                                               "or the competition's native size)")] = None,
-        batch_size: Annotated[Optional[int], typer.Option(help="images per step")] = None,
-        precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16")] = None,
-        device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
-        data: Annotated[Optional[str], typer.Option(help="competition data folder: real pixels and image counts")] = None,
-        steps: Annotated[int, typer.Option(help="timed training steps and prediction batches")] = 4,
-        warmup: Annotated[int, typer.Option(help="untimed steps first")] = 2,
-        set_: Annotated[Optional[list[str]], typer.Option("--set", help="override any field: section.key=value")] = None,
-        gpu: Annotated[Optional[list[str]], typer.Option(
-            "--gpu", help="also project the times onto this GPU at the share of its peak measured here: "
-                          + ", ".join(sorted(ACCELERATORS)) + " (repeatable)")] = None,
-        gpu_fraction: Annotated[Optional[float], typer.Option(
-            help="with --gpu: the share of the GPU's peak to assume instead of the one measured here")] = None,
-        epochs: Annotated[Optional[int], typer.Option(
-            help="with --gpu: project this many epochs (default: the recipe's), e.g. those a budget run trained")] = None,
-        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-    ):
-        """Measure a recipe's cost here: FLOPs, throughput vs the machine's ceiling, memory, epoch time."""
-        overrides = {}
-        for assignment in set_ or []:
-            key, value = parse_assignment(assignment)
-            overrides[key] = value
-        values = dict(image_size=image_size, batch_size=batch_size, precision=precision, device=device, data=data)
-        overrides.update({SHORTCUTS[k]: v for k, v in values.items() if v is not None})
-        request = BenchRequest(recipe=recipe, overrides=overrides, steps=steps, warmup=warmup)
-        if not json_:
-            console.print("measuring in a fresh process (a minute or two at 512px on a small CPU, less when "
-                          "smaller) ...",
-                          style="dim", highlight=False)
-        for key in gpu or []:  # an unknown name fails before the minutes of measuring
-            project_check(key, gpu_fraction)
-        result = run_bench(request, _common.workspace(), _common.host())
-        projections = [project(result, key, epochs, gpu_fraction) for key in gpu or []]
-        if json_:
-            _common.print_json({**result.to_dict(), "projections": [p.to_dict() for p in projections]})
-            return
-        console.print(render(result))
-        for p in projections:
-            a = p.accelerator
-            console.print(f"projected on {a.name} ({_si(a.peak_flops, 'FLOP/s')}, {_si(a.bandwidth, 'B/s')}; "
-                          f"{p.bound}-bound): one epoch {_duration(p.epoch_seconds)}, {p.epochs} epochs "
-                          f"{_duration(p.total_seconds)}", highlight=False)
-        if projections:
-            console.print("projection: the slower of the FLOPs at the share of the peak measured here and the "
-                          "epoch measured here scaled by memory bandwidth (datasheet figures); launch overhead "
-                          "and data loading are left out, so read the times as lower bounds", style="dim",
-                          highlight=False)
-        for note in result.notes:
-            console.print(f"note: {note}", style="yellow", highlight=False)
+@app.command("bench")
+def bench_command(
+    recipe: Recipe,
+    image_size: ImageSize = None,
+    batch_size: TrainBatchSize = None,
+    precision: Precision = None,
+    device: Device = None,
+    data: Annotated[Optional[str], typer.Option(help="competition data folder: real pixels and image counts")] = None,
+    steps: Annotated[int, typer.Option(help="timed training steps and prediction batches")] = 4,
+    warmup: Annotated[int, typer.Option(help="untimed steps first")] = 2,
+    set_: with_help(Set, "override any field: section.key=value") = None,
+    gpu: Annotated[Optional[list[str]], typer.Option(
+        "--gpu", help="also project the times onto this GPU at the share of its peak measured here: "
+                      + ", ".join(sorted(ACCELERATORS)) + " (repeatable)")] = None,
+    gpu_fraction: Annotated[Optional[float], typer.Option(
+        help="with --gpu: the share of the GPU's peak to assume instead of the one measured here")] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        help="with --gpu: project this many epochs (default: the recipe's), e.g. those a budget run trained")] = None,
+    json_: Json = False,
+):
+    """Measure a recipe's cost here: FLOPs, throughput vs the machine's ceiling, memory, epoch time."""
+    from cpx.bench.measure import BenchRequest, project, project_check, run_bench
+
+    overrides = dict(parse_assignment(assignment) for assignment in set_ or [])
+    values = dict(image_size=image_size, batch_size=batch_size, precision=precision, device=device, data=data)
+    overrides.update({SHORTCUTS[k]: v for k, v in values.items() if v is not None})
+    request = BenchRequest(recipe=recipe, overrides=overrides, steps=steps, warmup=warmup)
+    if not json_:
+        console.print("measuring in a fresh process (a minute or two at 512px on a small CPU, less when "
+                      "smaller) ...", style="dim", highlight=False)
+    for key in gpu or []:  # an unknown name fails before the minutes of measuring
+        project_check(key, gpu_fraction)
+    result = run_bench(request, _common.workspace(), _common.host())
+    projections = [project(result, key, epochs, gpu_fraction) for key in gpu or []]
+    if json_:
+        _common.print_json({**result.to_dict(), "projections": [p.to_dict() for p in projections]})
+    else:
+        _render_bench(result, projections)
+
+
+def _render_bench(result, projections) -> None:
+    console.print(render(result))
+    for p in projections:
+        a = p.accelerator
+        console.print(f"projected on {a.name} ({_si(a.peak_flops, 'FLOP/s')}, {_si(a.bandwidth, 'B/s')}; "
+                      f"{p.bound}-bound): one epoch {_duration(p.epoch_seconds)}, {p.epochs} epochs "
+                      f"{_duration(p.total_seconds)}", highlight=False)
+    if projections:
+        console.print("projection: the slower of the FLOPs at the share of the peak measured here and the "
+                      "epoch measured here scaled by memory bandwidth (datasheet figures); launch overhead "
+                      "and data loading are left out, so read the times as lower bounds", style="dim",
+                      highlight=False)
+    for note in result.notes:
+        console.print(f"note: {note}", style="yellow", highlight=False)

@@ -1,72 +1,73 @@
 """`cpx data check` and `cpx data synth`."""
 
-from __future__ import annotations
-
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cpx import data as datalib
 from cpx.kernel.errors import DataError
 
 from . import _common
 from ._common import console, print_json
+from .options import Competition, Json
+
+app = typer.Typer(name="data", help="Inspect and generate data folders.", no_args_is_help=True)
 
 
-def register(app: typer.Typer) -> None:
-    data_app = typer.Typer(help="Inspect and generate data folders.", no_args_is_help=True)
-    app.add_typer(data_app, name="data")
+@app.command("check")
+def check_command(
+    folder: Annotated[Path, typer.Argument(help="a data folder in the competition's layout")],
+    competition: Competition = None,
+    labels: Annotated[bool, typer.Option("--labels", help="also list masks whose left/right classes sit on the "
+                                                          "wrong side of the face, with a confidence")] = False,
+    json_: Json = False,
+):
+    """Count images, show per-class pixel share and presence, and list every problem."""
+    from cpx.data.checks import check_dataset
 
-    @data_app.command("check")
-    def check_command(
-        folder: Annotated[Path, typer.Argument(help="a data folder in the competition's layout")],
-        competition: Annotated[Optional[str], typer.Option(help="competition profile")] = None,
-        labels: Annotated[bool, typer.Option("--labels", help="also list masks whose left/right classes sit on the "
-                                                              "wrong side of the face, with a confidence")] = False,
-        json_: Annotated[bool, typer.Option("--json")] = False,
-    ):
-        """Count images, show per-class pixel share and presence, and list every problem."""
-        comp = _common.host().competition(_common.pick_competition(competition, folder))
-        if not folder.is_dir():
-            raise DataError(f"data folder {folder} does not exist")
-        report = datalib.check_dataset(folder, comp, labels=labels)
-        if json_:
-            print_json(report.to_dict())
-        else:
-            render_report(report, comp)
-            if report.labels is not None:
-                render_labels(report.labels, comp)
-        if report.problems:
-            raise typer.Exit(1)
+    comp = _common.host().competition(_common.pick_competition(competition, folder))
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist")
+    report = check_dataset(folder, comp, labels=labels)
+    if json_:
+        print_json(report.to_dict())
+    else:
+        render_report(report, comp)
+        if report.labels is not None:
+            render_labels(report.labels, comp)
+    if report.problems:
+        raise typer.Exit(1)
 
-    @data_app.command("synth")
-    def synth_command(
-        folder: Annotated[Path, typer.Argument(help="where to write the data set (must not exist or be empty)")],
-        count: Annotated[int, typer.Option(help="labelled images")] = 64,
-        size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
-        seed: Annotated[int, typer.Option(help="generator seed")] = 0,
-        test_count: Annotated[int, typer.Option(help="extra unlabelled test images")] = 0,
-        competition: Annotated[Optional[str], typer.Option(help="competition profile")] = None,
-    ):
-        """Write a procedural data set in the competition's layout."""
-        comp = _common.host().competition(_common.pick_competition(competition))
-        if comp.synthesize is None:
-            raise DataError(f"competition {comp.name} has no synthetic generator")
-        if folder.exists() and any(folder.iterdir()):
-            raise DataError(f"{folder} is not empty; choose a new folder")
-        if count < 1 or size < 8 or test_count < 0:
-            raise DataError("--count must be >= 1, --size >= 8, --test-count >= 0")
-        # a layout with the organisers' validation folders gets a fifth of the labelled pairs there
-        val_count = max(1, count // 5) if comp.layout.has_val and count > 1 else 0
-        datalib.write_dataset(folder, comp, comp.synthesize(count + test_count, size, seed), test_count=test_count,
-                              val_count=val_count)
-        shape = f"{size}x{size}" if comp.size != "variable" else f"{size} pixels high, widths varying"
-        split = f" ({val_count} of them in {comp.layout.val_images})" if val_count else ""
-        console.print(f"wrote {count} labelled{split} and {test_count} test images ({shape}) to {folder}",
-                      highlight=False)
+
+@app.command("synth")
+def synth_command(
+    folder: Annotated[Path, typer.Argument(help="where to write the data set (must not exist or be empty)")],
+    count: Annotated[int, typer.Option(help="labelled images")] = 64,
+    size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
+    seed: Annotated[int, typer.Option(help="generator seed")] = 0,
+    test_count: Annotated[int, typer.Option(help="extra unlabelled test images")] = 0,
+    competition: Competition = None,
+):
+    """Write a procedural data set in the competition's layout."""
+    from cpx.data.layout import write_dataset
+
+    comp = _common.host().competition(_common.pick_competition(competition))
+    if comp.synthesize is None:
+        raise DataError(f"competition {comp.name} has no synthetic generator")
+    if folder.exists() and any(folder.iterdir()):
+        raise DataError(f"{folder} is not empty; choose a new folder")
+    if count < 1 or size < 8 or test_count < 0:
+        raise DataError("--count must be >= 1, --size >= 8, --test-count >= 0")
+    # a layout with the organisers' validation folders gets a fifth of the labelled pairs there
+    val_count = max(1, count // 5) if comp.layout.has_val and count > 1 else 0
+    write_dataset(folder, comp, comp.synthesize(count + test_count, size, seed), test_count=test_count,
+                  val_count=val_count)
+    shape = f"{size}x{size}" if comp.size != "variable" else f"{size} pixels high, widths varying"
+    split = f" ({val_count} of them in {comp.layout.val_images})" if val_count else ""
+    console.print(f"wrote {count} labelled{split} and {test_count} test images ({shape}) to {folder}",
+                  highlight=False)
 
 
 def size_summary(sizes: dict) -> str:

@@ -1,7 +1,5 @@
 """`cpx package`: a verified submission zip from a run, or `--check` of any zip."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,11 +10,23 @@ from rich.table import Table
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.text import format_f
 from cpx.submit.checkreport import CheckReport
-from cpx.submit.package import PackageRequest, PackageResult, package
-from cpx.submit.zipcheck import check_submission
 
 from . import _common
 from ._common import console, err_console, print_json
+from .options import (
+    AllowChangedData,
+    Calibration,
+    Checkpoint,
+    Competition,
+    Device,
+    Json,
+    OfficialPython,
+    Post,
+    Yes,
+    with_help,
+)
+
+app = typer.Typer()
 
 
 def _size(n: int) -> str:
@@ -71,7 +81,7 @@ def render_check(report: CheckReport) -> None:
         console.print(f"  [yellow]note:[/] {note}", highlight=False, soft_wrap=True)
 
 
-def render_result(result: PackageResult) -> None:
+def render_result(result) -> None:
     table = Table(show_header=False, box=None)
     table.add_row("zip", result.zip_path)
     table.add_row("run", f"{result.run_id} ({result.checkpoint} checkpoint, "
@@ -125,80 +135,83 @@ class _Bars:
         self.progress.update(self.tasks[stage], completed=done, total=total)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("package")
-    def package_command(
-        run: Annotated[Optional[str], typer.Argument(help="run id, id prefix or name")] = None,
-        name: Annotated[Optional[str], typer.Option(help="submission name, e.g. v2 (never reused)")] = None,
-        tta: Annotated[Optional[list[str]], typer.Option(help="test-time augmentation: flip, scale (comma-separated or repeated)")] = None,
-        test: Annotated[Optional[Path], typer.Option(help="test image folder (default: the run's data + the competition's test folder)")] = None,
-        checkpoint: Annotated[str, typer.Option(help="best, last or a checkpoint file")] = "best",
-        allow_rule_break: Annotated[bool, typer.Option("--allow-rule-break", help="package even what the competition's rules forbid (recorded in the manifest)")] = False,
-        device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
-        post: Annotated[Optional[str], typer.Option(help="post-processing steps (see cpx validate --post); "
-                                                        "solution/run.py repeats them")] = None,
-        calibration: Annotated[bool, typer.Option("--calibration/--no-calibration",
-                                                  help="apply the run's stored logit offsets (cpx calibrate); "
-                                                       "solution/run.py repeats them")] = True,
-        check: Annotated[Optional[Path], typer.Option("--check", help="only verify this zip (any zip, hand-made too)")] = None,
-        competition: Annotated[Optional[str], typer.Option(
-            help="with --check: the competition (default: the zip's manifest's, cpx.yaml's, "
-                 "the ledger's runs')")] = None,
-        yes: Annotated[bool, typer.Option(
-            "--yes", "-y", help="package for the last submission left without asking")] = False,
-        official: Annotated[bool, typer.Option(
-            "--official/--no-official", help="run the organisers' scoring program named by the workspace's profile "
-                                             "(cpx init --bundle) once on the zip's layout with the validation "
-                                             "predictions, before the zip is kept; it is code from the bundle "
-                                             "you chose")] = True,
-        official_python: Annotated[Optional[Path], typer.Option(
-            help="the Python that runs the scoring program (default: this one), e.g. a venv with its "
-                 "requirements")] = None,
-        allow_changed_data: _common.AllowChangedDataOpt = False,
-        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-    ):
-        """Predict the test images and write a verified submission zip to submissions/; when the
-        workspace's profile names the organisers' scoring program, it is run once on the zip's
-        layout first (--no-official skips it)."""
-        if check is not None:
-            if run or name:
-                raise ConfigError("--check verifies an existing zip; drop the run and --name")
-            report = check_submission(check, _common.workspace(), _common.host(),
-                                      competition=competition, test_dir=test)
-            if json_:
-                print_json(report.to_dict())
-            else:
-                render_check(report)
-            if report.problems:
-                raise typer.Exit(1)
-            return
-        if not run:
-            raise ConfigError("give a RUN to package, or --check ZIP")
-        if not name:
-            raise ConfigError("--name: every submission needs a name, e.g. --name v2")
-        from cpx.eval.predict import parse_tta
+@app.command("package")
+def package_command(
+    run: Annotated[Optional[str], typer.Argument(help="run id, id prefix or name")] = None,
+    name: Annotated[Optional[str], typer.Option(help="submission name, e.g. v2 (never reused)")] = None,
+    tta: Annotated[Optional[list[str]], typer.Option(
+        help="test-time augmentation: flip, scale (comma-separated or repeated)")] = None,
+    test: Annotated[Optional[Path], typer.Option(
+        help="test image folder (default: the run's data + the competition's test folder)")] = None,
+    checkpoint: Checkpoint = "best",
+    allow_rule_break: Annotated[bool, typer.Option(
+        "--allow-rule-break",
+        help="package even what the competition's rules forbid (recorded in the manifest)")] = False,
+    device: Device = "auto",
+    post: with_help(Post, "post-processing steps (see cpx validate --post); solution/run.py repeats them") = None,
+    calibration: with_help(Calibration, "apply the run's stored logit offsets (cpx calibrate); "
+                                        "solution/run.py repeats them") = True,
+    check: Annotated[Optional[Path], typer.Option(
+        "--check", help="only verify this zip (any zip, hand-made too)")] = None,
+    competition: with_help(Competition, "with --check: the competition (default: the zip's manifest's, cpx.yaml's, "
+                                        "the ledger's runs')") = None,
+    yes: with_help(Yes, "package for the last submission left without asking") = False,
+    official: Annotated[bool, typer.Option(
+        "--official/--no-official", help="run the organisers' scoring program named by the workspace's profile "
+                                         "(cpx init --bundle) once on the zip's layout with the validation "
+                                         "predictions, before the zip is kept; it is code from the bundle "
+                                         "you chose")] = True,
+    official_python: OfficialPython = None,
+    allow_changed_data: AllowChangedData = False,
+    json_: Json = False,
+):
+    """Predict the test images and write a verified submission zip to submissions/; when the
+    workspace's profile names the organisers' scoring program, it is run once on the zip's
+    layout first (--no-official skips it)."""
+    if check is not None:
+        if run or name:
+            raise ConfigError("--check verifies an existing zip; drop the run and --name")
+        _check_zip(check, competition, test, json_)
+        return
+    if not run:
+        raise ConfigError("give a RUN to package, or --check ZIP")
+    if not name:
+        raise ConfigError("--name: every submission needs a name, e.g. --name v2")
+    from cpx.eval.predict import parse_tta
+    from cpx.submit.package import PackageRequest, package
 
-        views: list[str] = []
-        for item in tta or []:
-            views.extend(parse_tta(item))
-        request = PackageRequest(run=run, name=name, tta=parse_tta(views), test_dir=str(test) if test else None,
-                                 checkpoint=checkpoint, allow_rule_break=allow_rule_break, device=device,
-                                 yes=yes, calibration=calibration, post=(post,) if post else (),
-                                 allow_changed_data=allow_changed_data)
-        checker = None
-        if official:
-            from cpx.bundle.official import package_check
+    views = [view for item in tta or [] for view in parse_tta(item)]  # --tta flip,scale or --tta flip --tta scale
+    request = PackageRequest(run=run, name=name, tta=parse_tta(views),
+                             test_dir=str(test) if test else None, checkpoint=checkpoint,
+                             allow_rule_break=allow_rule_break, device=device, yes=yes, calibration=calibration,
+                             post=(post,) if post else (), allow_changed_data=allow_changed_data)
+    checker = None
+    if official:
+        from cpx.bundle.official import package_check
 
-            checker = package_check(_common.workspace(), _common.host(),
-                                    python=str(official_python) if official_python else None)
-        if json_ or not console.is_terminal:
-            result = package(request, _common.workspace(), _common.host(), confirm=_common.confirm, official=checker)
-        else:
-            bars = _Bars()
-            with bars.progress:
-                result = package(request, _common.workspace(), _common.host(), progress=bars,
-                                 confirm=lambda q: _confirm_paused(bars, q), official=checker)
-        if json_:
-            print_json(result.to_dict())
-        else:
-            render_result(result)
+        checker = package_check(_common.workspace(), _common.host(),
+                                python=str(official_python) if official_python else None)
+    if json_ or not console.is_terminal:
+        result = package(request, _common.workspace(), _common.host(), confirm=_common.confirm, official=checker)
+    else:
+        bars = _Bars()
+        with bars.progress:
+            result = package(request, _common.workspace(), _common.host(), progress=bars,
+                             confirm=lambda q: _confirm_paused(bars, q), official=checker)
+    if json_:
+        print_json(result.to_dict())
+    else:
+        render_result(result)
+
+
+def _check_zip(path: Path, competition: Optional[str], test: Optional[Path], json_: bool) -> None:
+    """`cpx package --check ZIP`: every problem, or what was verified; exit code 1 on a problem."""
+    from cpx.submit.zipcheck import check_submission
+
+    report = check_submission(path, _common.workspace(), _common.host(), competition=competition, test_dir=test)
+    if json_:
+        print_json(report.to_dict())
+    else:
+        render_check(report)
+    if report.problems:
+        raise typer.Exit(1)

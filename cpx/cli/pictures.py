@@ -1,7 +1,5 @@
 """`cpx show`, `cpx compare` and `cpx curves`: pictures of runs."""
 
-from __future__ import annotations
-
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Callable, Iterator, Optional
@@ -10,16 +8,16 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cpx.draw.pictures import compare_runs, curves_for_runs, show_run
-from cpx.eval.predict import parse_tta
 from cpx.kernel.text import format_f
 
 from . import _common
 from ._common import console, err_console, print_json
+from .options import AllowChangedData, Checkpoint, Device, Json, Run, Tta, with_help
 
-CheckpointOpt = Annotated[str, typer.Option("--checkpoint", "-c", help="best, last or a .pt path")]
-TtaOpt = Annotated[Optional[str], typer.Option("--tta", help="test-time views: flip, scale, flip,scale or none")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")]
+app = typer.Typer()
+
+# show and compare validate without an ensemble's own views: none unless asked
+Views = with_help(Tta, "test-time views: flip, scale, flip,scale or none")
 
 
 @contextmanager
@@ -49,7 +47,7 @@ def _f_diff(value: Optional[float]) -> str:
 
 
 def _compare_stats(run_a: str, run_b: str, checkpoint: str, tta: Optional[str], json_: bool) -> None:
-    from cpx.eval.predict import tta_label
+    from cpx.eval.predict import parse_tta, tta_label
     from cpx.report.paired import compare_recorded
     from cpx.runs.ledger import Ledger
 
@@ -81,102 +79,119 @@ def _compare_stats(run_a: str, run_b: str, checkpoint: str, tta: Optional[str], 
                           "are left out", highlight=False)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("show")
-    def show_command(
-        run: Annotated[str, typer.Argument(help="run id, id prefix or name")],
-        images: Annotated[int, typer.Option(
-            "--images", "-n", help="draw this many worst validation images (0: none)")] = 8,
-        per_class: Annotated[bool, typer.Option(
-            "--per-class", help="only the per-class chart, no image grid")] = False,
-        checkpoint: CheckpointOpt = "best",
-        output: Annotated[Optional[Path], typer.Option(
-            "--output", "-o", help="PNG path (default: show.png in the run folder)")] = None,
-        tta: TtaOpt = None,
-        device: DeviceOpt = "auto",
-        allow_changed_data: _common.AllowChangedDataOpt = False,
-        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-    ):
-        """Validate a run and draw its worst validation images (image, truth, prediction, errors)
-        and the per-class chart of the competition's metric (per_class.png beside the grid)."""
-        with _validation_bar(not json_) as bar:
-            result = show_run(run, _common.workspace(), _common.host(), images=0 if per_class else images,
-                              checkpoint=checkpoint, tta=parse_tta(tta), output=output, device=device,
-                              progress=(lambda d, t: bar(run, d, t)) if bar else None,
-                              allow_changed_data=allow_changed_data)
-        if json_:
-            print_json(result.to_dict())
-            return
-        ev = result.evaluation
-        console.print(f"[bold]{result.label}[/]  score {format_f(ev.scores.score)} on {len(ev.names)} validation "
-                      f"images ({ev.checkpoint}, TTA {'+'.join(ev.tta) or 'none'})", highlight=False)
-        if result.worst:
-            table = Table(title=f"{len(result.worst)} worst validation images")
-            table.add_column("#", justify="right")
-            table.add_column("image")
-            table.add_column(ev.scores.metric, justify="right")
-            for i, (name, value) in enumerate(result.worst, 1):
-                table.add_row(str(i), name, format_f(value))
-            console.print(table)
-        if result.grid_path:
-            console.print(f"images:    {result.grid_path}", highlight=False, soft_wrap=True)
-        console.print(f"per class: {result.per_class_path}", highlight=False, soft_wrap=True)
+@app.command("show")
+def show_command(
+    run: Run,
+    images: Annotated[int, typer.Option(
+        "--images", "-n", help="draw this many worst validation images (0: none)")] = 8,
+    per_class: Annotated[bool, typer.Option(
+        "--per-class", help="only the per-class chart, no image grid")] = False,
+    checkpoint: Checkpoint = "best",
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="PNG path (default: show.png in the run folder)")] = None,
+    tta: Views = None,
+    device: Device = "auto",
+    allow_changed_data: AllowChangedData = False,
+    json_: Json = False,
+):
+    """Validate a run and draw its worst validation images (image, truth, prediction, errors)
+    and the per-class chart of the competition's metric (per_class.png beside the grid)."""
+    from cpx.draw.pictures import show_run
+    from cpx.eval.predict import parse_tta
 
-    @app.command("compare")
-    def compare_command(
-        run_a: Annotated[str, typer.Argument(help="run A (the baseline)")],
-        run_b: Annotated[str, typer.Argument(help="run B (compared with A)")],
-        checkpoint: CheckpointOpt = "best",
-        output: Annotated[Optional[Path], typer.Option(
-            "--output", "-o", help="PNG path (default: experiments/compare/A__vs__B.png)")] = None,
-        tta: TtaOpt = None,
-        device: DeviceOpt = "auto",
-        allow_changed_data: _common.AllowChangedDataOpt = False,
-        json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-        stats: Annotated[bool, typer.Option(
-            "--stats", help="a paired test over the images both runs were scored on, from their recorded "
-                            "per-image scores (no evaluation, no picture)")] = False,
-    ):
-        """Per-class scores of two runs side by side, each validated on its own validation list; with --stats,
-        the difference B − A with its bootstrap interval and paired t / Wilcoxon p-values."""
-        if stats:
-            _compare_stats(run_a, run_b, checkpoint, tta, json_)
-            return
-        with _validation_bar(not json_) as bar:
-            result = compare_runs(run_a, run_b, _common.workspace(), _common.host(), checkpoint=checkpoint,
-                                  tta=parse_tta(tta), output=output, device=device, progress=bar,
-                                  allow_changed_data=allow_changed_data)
-        if result.warning:
-            err_console.print(f"[yellow]warning:[/] {result.warning}", highlight=False, soft_wrap=True)
-        if json_:
-            print_json(result.to_dict())
-            return
-        for tag, label, run_id, n in (("A", result.label_a, result.run_a, result.images_a),
-                                      ("B", result.label_b, result.run_b, result.images_b)):
-            extra = f" ({run_id})" if label != run_id else ""
-            console.print(f"[bold]{tag}[/] {label}{extra}: {n} validation images", highlight=False, soft_wrap=True)
-        table = Table(title=f"per-class {result.metric}, sorted by B − A")
-        table.add_column("class")
-        table.add_column("A", justify="right")
-        table.add_column("B", justify="right")
-        table.add_column("B − A", justify="right")
-        table.add_column("images A/B", justify="right")
-        for c in result.by_difference():
-            table.add_row(c.name, format_f(c.score_a), format_f(c.score_b), _f_diff(c.diff),
-                          f"{c.images_a}/{c.images_b}")
-        table.add_section()
-        table.add_row("[bold]score[/]", f"[bold]{format_f(result.score_a)}[/]", f"[bold]{format_f(result.score_b)}[/]",
-                      _f_diff(result.score_b - result.score_a), f"{result.images_a}/{result.images_b}")
+    with _validation_bar(not json_) as bar:
+        result = show_run(run, _common.workspace(), _common.host(), images=0 if per_class else images,
+                          checkpoint=checkpoint, tta=parse_tta(tta), output=output, device=device,
+                          progress=(lambda d, t: bar(run, d, t)) if bar else None,
+                          allow_changed_data=allow_changed_data)
+    if json_:
+        print_json(result.to_dict())
+    else:
+        _render_show(result)
+
+
+def _render_show(result) -> None:
+    ev = result.evaluation
+    console.print(f"[bold]{result.label}[/]  score {format_f(ev.scores.score)} on {len(ev.names)} validation "
+                  f"images ({ev.checkpoint}, TTA {'+'.join(ev.tta) or 'none'})", highlight=False)
+    if result.worst:
+        table = Table(title=f"{len(result.worst)} worst validation images")
+        table.add_column("#", justify="right")
+        table.add_column("image")
+        table.add_column(ev.scores.metric, justify="right")
+        for i, (name, value) in enumerate(result.worst, 1):
+            table.add_row(str(i), name, format_f(value))
         console.print(table)
-        console.print(f"figure: {result.path}", highlight=False, soft_wrap=True)
+    if result.grid_path:
+        console.print(f"images:    {result.grid_path}", highlight=False, soft_wrap=True)
+    console.print(f"per class: {result.per_class_path}", highlight=False, soft_wrap=True)
 
-    @app.command("curves")
-    def curves_command(
-        runs: Annotated[list[str], typer.Argument(help="one or more runs")],
-        output: Annotated[Optional[Path], typer.Option(
-            "--output", "-o",
-            help="PNG path (default: curves.png in the run folder; experiments/compare/ for several runs)")] = None,
-    ):
-        """Training curves (loss, validation score, learning rate) of one or several runs in one PNG."""
-        path = curves_for_runs(runs, _common.workspace(), _common.host(), output=output)
-        console.print(f"curves: {path}", highlight=False, soft_wrap=True)
+
+@app.command("compare")
+def compare_command(
+    run_a: Annotated[str, typer.Argument(help="run A (the baseline)")],
+    run_b: Annotated[str, typer.Argument(help="run B (compared with A)")],
+    checkpoint: Checkpoint = "best",
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="PNG path (default: experiments/compare/A__vs__B.png)")] = None,
+    tta: Views = None,
+    device: Device = "auto",
+    allow_changed_data: AllowChangedData = False,
+    json_: Json = False,
+    stats: Annotated[bool, typer.Option(
+        "--stats", help="a paired test over the images both runs were scored on, from their recorded "
+                        "per-image scores (no evaluation, no picture)")] = False,
+):
+    """Per-class scores of two runs side by side, each validated on its own validation list; with --stats,
+    the difference B − A with its bootstrap interval and paired t / Wilcoxon p-values."""
+    if stats:
+        _compare_stats(run_a, run_b, checkpoint, tta, json_)
+        return
+    from cpx.draw.pictures import compare_runs
+    from cpx.eval.predict import parse_tta
+
+    with _validation_bar(not json_) as bar:
+        result = compare_runs(run_a, run_b, _common.workspace(), _common.host(), checkpoint=checkpoint,
+                              tta=parse_tta(tta), output=output, device=device, progress=bar,
+                              allow_changed_data=allow_changed_data)
+    if result.warning:
+        _common.warn([result.warning])
+    if json_:
+        print_json(result.to_dict())
+    else:
+        _render_compare(result)
+
+
+def _render_compare(result) -> None:
+    for tag, label, run_id, n in (("A", result.label_a, result.run_a, result.images_a),
+                                  ("B", result.label_b, result.run_b, result.images_b)):
+        extra = f" ({run_id})" if label != run_id else ""
+        console.print(f"[bold]{tag}[/] {label}{extra}: {n} validation images", highlight=False, soft_wrap=True)
+    table = Table(title=f"per-class {result.metric}, sorted by B − A")
+    table.add_column("class")
+    table.add_column("A", justify="right")
+    table.add_column("B", justify="right")
+    table.add_column("B − A", justify="right")
+    table.add_column("images A/B", justify="right")
+    for c in result.by_difference():
+        table.add_row(c.name, format_f(c.score_a), format_f(c.score_b), _f_diff(c.diff),
+                      f"{c.images_a}/{c.images_b}")
+    table.add_section()
+    table.add_row("[bold]score[/]", f"[bold]{format_f(result.score_a)}[/]", f"[bold]{format_f(result.score_b)}[/]",
+                  _f_diff(result.score_b - result.score_a), f"{result.images_a}/{result.images_b}")
+    console.print(table)
+    console.print(f"figure: {result.path}", highlight=False, soft_wrap=True)
+
+
+@app.command("curves")
+def curves_command(
+    runs: Annotated[list[str], typer.Argument(help="one or more runs")],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o",
+        help="PNG path (default: curves.png in the run folder; experiments/compare/ for several runs)")] = None,
+):
+    """Training curves (loss, validation score, learning rate) of one or several runs in one PNG."""
+    from cpx.draw.pictures import curves_for_runs
+
+    path = curves_for_runs(runs, _common.workspace(), _common.host(), output=output)
+    console.print(f"curves: {path}", highlight=False, soft_wrap=True)

@@ -1,7 +1,5 @@
 """`cpx sweep RECIPE --grid/--search ...` (run or resume a sweep) and `cpx sweep show SWEEP`."""
 
-from __future__ import annotations
-
 import difflib
 import time
 from pathlib import Path
@@ -17,11 +15,13 @@ from cpx.kernel.errors import ConfigError
 from cpx.kernel.registry import format_validation_error
 from cpx.kernel.text import format_f
 from cpx.runs.ledger import Ledger
-from cpx.train.run import command_line
 
 from . import _common
 from ._common import console, err_console, print_json
-from .train import SHORTCUTS, parse_budget
+from .options import Json, Quiet, with_help
+from .train import SHORTCUTS
+
+app = typer.Typer()
 
 SHOW = "show"
 
@@ -112,6 +112,7 @@ def _check_key(key: str) -> None:
 
 def _spec(recipe, grid, search, seeds, trials, budget, prune, set_, ablate=None):
     from cpx.sweep.spec import SweepSpec, parse_ablate, parse_grid, parse_search
+    from cpx.train.budget import parse_budget
 
     if grid and search:
         raise ConfigError("use --grid or --search, not both in one sweep")
@@ -195,77 +196,81 @@ def _show(name: Optional[str], output: Optional[Path], json_: bool) -> None:
         console.print(f"figure: {figure}", highlight=False, soft_wrap=True)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("sweep")
-    def sweep_command(
-        recipe: Annotated[Optional[str], typer.Argument(
-            help="recipe to sweep; or `show` to list sweeps, `show SWEEP` for one sweep's statistics")] = None,
-        name: Annotated[Optional[str], typer.Argument(help="with `show`: the sweep", show_default=False)] = None,
-        grid: Annotated[Optional[list[str]], typer.Option(
-            "--grid", help="a grid factor: key=v1,v2,... (dice, lr, ... or a key path; repeatable)")] = None,
-        search: Annotated[Optional[list[str]], typer.Option(
-            "--search", help="a searched factor: key=low..high[:log|:int] or key=a,b (repeatable; TPE)")] = None,
-        ablate: Annotated[Optional[list[str]], typer.Option(
-            "--ablate", help="an ablation variant: NAME:key=value, each scored against the recipe unchanged "
-                             "(baseline); a NAME given twice sets several keys (repeatable)")] = None,
-        seeds: Annotated[int, typer.Option(help="grid: train every cell with seeds 0..N-1")] = 1,
-        trials: Annotated[Optional[int], typer.Option(help="search: number of trials")] = None,
-        budget: Annotated[Optional[str], typer.Option(help="wall-clock budget of each trial, e.g. 30m")] = None,
-        prune: Annotated[bool, typer.Option("--prune", help="stop trials whose per-epoch val F falls below "
-                                            "the median of earlier trials (recorded as pruned)")] = False,
-        set_: Annotated[Optional[list[str]], typer.Option(
-            "--set", help="a fixed override of every trial: key=value (repeatable)")] = None,
-        storage: Annotated[Optional[str], typer.Option(
-            help="Optuna storage shared by workers: an RDB URL (sqlite:///f.db, postgresql://...) or "
-                 "journal:PATH (default: experiments/sweeps/optuna.db)")] = None,
-        study: Annotated[Optional[str], typer.Option(help="study name (default: derived from the sweep)")] = None,
-        worker: Annotated[bool, typer.Option(
-            "--worker", help="join the study --study in --storage and take its definition from it")] = False,
-        max_trials: Annotated[Optional[int], typer.Option(help="train at most this many trials in this process")] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain log lines instead of a live bar")] = False,
-        output: Annotated[Optional[Path], typer.Option(
-            "--output", "-o", help="with `show`: the factor plot's path (default experiments/sweeps/SWEEP.png)")] = None,
-        json_: Annotated[bool, typer.Option("--json", help="with `show`: machine-readable output")] = False,
-    ):
-        """Run a sweep (or resume it: the same command again) on Optuna: --grid with --seeds, --ablate
-        (one change at a time against the recipe) with --seeds, or --search with --trials; each trial is a normal run tagged with the sweep. Several workers can share one
-        study (--storage URL --study NAME --worker). `cpx sweep show SWEEP`: per cell mean and sd over
-        seeds, each factor's effect with its 95% interval, and a factor plot."""
-        if recipe == SHOW:
-            _show(name, output, json_)
-            return
-        if name:
-            raise ConfigError(f"unexpected argument {name!r} (did you mean `cpx sweep show {name}`?)")
-        from cpx.sweep import SweepRequest, run_sweep
+@app.command("sweep")
+def sweep_command(
+    recipe: Annotated[Optional[str], typer.Argument(
+        help="recipe to sweep; or `show` to list sweeps, `show SWEEP` for one sweep's statistics")] = None,
+    name: Annotated[Optional[str], typer.Argument(help="with `show`: the sweep", show_default=False)] = None,
+    grid: Annotated[Optional[list[str]], typer.Option(
+        "--grid", help="a grid factor: key=v1,v2,... (dice, lr, ... or a key path; repeatable)")] = None,
+    search: Annotated[Optional[list[str]], typer.Option(
+        "--search", help="a searched factor: key=low..high[:log|:int] or key=a,b (repeatable; TPE)")] = None,
+    ablate: Annotated[Optional[list[str]], typer.Option(
+        "--ablate", help="an ablation variant: NAME:key=value, each scored against the recipe unchanged "
+                         "(baseline); a NAME given twice sets several keys (repeatable)")] = None,
+    seeds: Annotated[int, typer.Option(help="grid: train every cell with seeds 0..N-1")] = 1,
+    trials: Annotated[Optional[int], typer.Option(help="search: number of trials")] = None,
+    budget: Annotated[Optional[str], typer.Option(help="wall-clock budget of each trial, e.g. 30m")] = None,
+    prune: Annotated[bool, typer.Option("--prune", help="stop trials whose per-epoch val F falls below "
+                                        "the median of earlier trials (recorded as pruned)")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="a fixed override of every trial: key=value (repeatable)")] = None,
+    storage: Annotated[Optional[str], typer.Option(
+        help="Optuna storage shared by workers: an RDB URL (sqlite:///f.db, postgresql://...) or "
+             "journal:PATH (default: experiments/sweeps/optuna.db)")] = None,
+    study: Annotated[Optional[str], typer.Option(help="study name (default: derived from the sweep)")] = None,
+    worker: Annotated[bool, typer.Option(
+        "--worker", help="join the study --study in --storage and take its definition from it")] = False,
+    max_trials: Annotated[Optional[int], typer.Option(help="train at most this many trials in this process")] = None,
+    quiet: with_help(Quiet, "plain log lines instead of a live bar") = False,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="with `show`: the factor plot's path (default experiments/sweeps/SWEEP.png)")] = None,
+    json_: with_help(Json, "with `show`: machine-readable output") = False,
+):
+    """Run a sweep (or resume it: the same command again) on Optuna: --grid with --seeds, --ablate
+    (one change at a time against the recipe) with --seeds, or --search with --trials; each trial is a normal run tagged with the sweep. Several workers can share one
+    study (--storage URL --study NAME --worker). `cpx sweep show SWEEP`: per cell mean and sd over
+    seeds, each factor's effect with its 95% interval, and a factor plot."""
+    if recipe == SHOW:
+        _show(name, output, json_)
+        return
+    if name:
+        raise ConfigError(f"unexpected argument {name!r} (did you mean `cpx sweep show {name}`?)")
+    from cpx.sweep import SweepRequest, run_sweep
+    from cpx.train.run import command_line
 
-        if worker and not (grid or search or ablate):
-            if recipe or not study:
-                raise ConfigError("--worker without --grid/--search joins an existing study: give --study NAME "
-                                  "(and --storage URL) and no recipe")
-            spec = None
-        else:
-            if not recipe:
-                raise ConfigError("name a recipe and give --grid, --search or --ablate factors (or `cpx sweep show`)")
-            spec = _spec(recipe, grid, search, seeds, trials, budget, prune, set_, ablate)
-        request = SweepRequest(spec=spec, storage=storage, study=study, command=command_line(),
-                               max_trials=max_trials)
-        handler = log_event if quiet or not console.is_terminal else LiveSweep()
-        started = time.perf_counter()
-        outcome = run_sweep(request, _common.workspace(), _common.host(), on_event=handler)
-        s = outcome.status
-        console.print(f"sweep {outcome.name}: {_summary(s).split('  ETA')[0]}; this process trained "
-                      f"{len(outcome.trained)} trial(s) in {time.perf_counter() - started:.0f} s", highlight=False)
-        if outcome.recovered:
-            err_console.print(f"[yellow]note:[/] trial(s) {', '.join(map(str, outcome.recovered))} had died and "
-                              "were marked failed (each is retried once)", highlight=False)
-        if outcome.interrupted:
-            from cpx.sweep.study import public_url
+    if worker and not (grid or search or ablate):
+        if recipe or not study:
+            raise ConfigError("--worker without --grid/--search joins an existing study: give --study NAME "
+                              "(and --storage URL) and no recipe")
+        spec = None
+    else:
+        if not recipe:
+            raise ConfigError("name a recipe and give --grid, --search or --ablate factors (or `cpx sweep show`)")
+        spec = _spec(recipe, grid, search, seeds, trials, budget, prune, set_, ablate)
+    request = SweepRequest(spec=spec, storage=storage, study=study, command=command_line(),
+                           max_trials=max_trials)
+    handler = log_event if quiet or not console.is_terminal else LiveSweep()
+    started = time.perf_counter()
+    outcome = run_sweep(request, _common.workspace(), _common.host(), on_event=handler)
+    _render_outcome(outcome, time.perf_counter() - started)
 
-            console.print(f"interrupted: run the same command again to resume (study {outcome.name} in "
-                          f"{public_url(outcome.storage)})", highlight=False, soft_wrap=True)
-            raise typer.Exit(130)
-        if s.left == 0 and s.running == 0:
-            console.print(f"statistics: cpx sweep show {outcome.name}", highlight=False)
-        elif s.left == 0:
-            console.print(f"{s.running} trial(s) still run in other workers", highlight=False)
+
+def _render_outcome(outcome, seconds: float) -> None:
+    s = outcome.status
+    console.print(f"sweep {outcome.name}: {_summary(s).split('  ETA')[0]}; this process trained "
+                  f"{len(outcome.trained)} trial(s) in {seconds:.0f} s", highlight=False)
+    if outcome.recovered:
+        err_console.print(f"[yellow]note:[/] trial(s) {', '.join(map(str, outcome.recovered))} had died and "
+                          "were marked failed (each is retried once)", highlight=False)
+    if outcome.interrupted:
+        from cpx.sweep.study import public_url
+
+        console.print(f"interrupted: run the same command again to resume (study {outcome.name} in "
+                      f"{public_url(outcome.storage)})", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
+    if s.left == 0 and s.running == 0:
+        console.print(f"statistics: cpx sweep show {outcome.name}", highlight=False)
+    elif s.left == 0:
+        console.print(f"{s.running} trial(s) still run in other workers", highlight=False)
 

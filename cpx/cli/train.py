@@ -1,7 +1,5 @@
 """`cpx train`."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated, Optional
 
@@ -10,15 +8,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cpx.kernel.config import merge_overrides
+from cpx.kernel.errors import ConfigError
 from cpx.kernel.text import format_f
-from cpx.report.leaderboard import collapse_switches
-from cpx.train.budget import parse_budget
-from cpx.train.callbacks import Validation
-from cpx.train.loop import StopReason
-from cpx.train.run import TrainRequest, command_line, train
 
 from . import _common
 from ._common import console, err_console
+from .options import Competition, Device, ImageSize, Precision, Quiet, Recipe, Set, TrainBatchSize, with_help
+
+app = typer.Typer()
 
 # shortcut option -> config key path
 SHORTCUTS = {
@@ -59,6 +56,8 @@ class RichProgress:
         self.progress.update(self.batch_task, completed=i + 1)
 
     def on_epoch_end(self, trainer, record):
+        from cpx.train.callbacks import Validation  # imported with the trainer: torch is loaded by now
+
         ema = f" (EMA {format_f(record.val_score_ema)})" if record.val_score_ema is not None else ""
         best = trainer.callback(Validation)
         info = (f"loss {record.train_loss:.4f}  val {self.metric} {format_f(record.val_score)}{ema}  "
@@ -99,74 +98,83 @@ def _print_header(info):
                   highlight=False)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("train")
-    def train_command(
-        recipe: Annotated[Optional[str], typer.Argument(help="recipe name (see `cpx recipes`) or a YAML file")] = None,
-        dice: Annotated[Optional[float], typer.Option(help="Dice weight of the combined loss")] = None,
-        ce: Annotated[Optional[float], typer.Option(help="cross-entropy weight of the combined loss")] = None,
-        lr: Annotated[Optional[float], typer.Option(help="peak learning rate")] = None,
-        epochs: Annotated[Optional[int], typer.Option(help="maximum epochs")] = None,
-        batch_size: Annotated[Optional[int], typer.Option(help="images per step")] = None,
-        image_size: Annotated[Optional[int], typer.Option(help="training resolution")] = None,
-        seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
-        data: Annotated[Optional[str], typer.Option(help="competition data folder (default: synthetic data)")] = None,
-        competition: Annotated[Optional[str], typer.Option(help="competition profile (default: cpx.yaml's, else the "
-                                                                 "recipe's); see `cpx competitions`")] = None,
-        device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
-        precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16")] = None,
-        budget: Annotated[Optional[str], typer.Option(help="wall-clock budget, e.g. 20m or 2h: fits the schedule to it")] = None,
-        name: Annotated[Optional[str], typer.Option(help="a name for the run")] = None,
-        set_: Annotated[Optional[list[str]], typer.Option("--set", help="override any field: section.key=value (repeatable)")] = None,
-        resume: Annotated[Optional[str], typer.Option(help="continue run RUN from its last.pt")] = None,
-        refit: Annotated[Optional[str], typer.Option(help="retrain run RUN's config on every labelled image (train + "
-                                                          "validation) for the epochs RUN chose; its val score is "
-                                                          "carried from RUN, marked as not measurable")] = None,
-        allow_changed_data: Annotated[bool, typer.Option(
-            "--allow-changed-data", help="--refit although RUN's data folder no longer holds the labelled images "
-                                         "it trained on")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain log lines instead of progress bars")] = False,
-        nproc: Annotated[int, typer.Option(help="data-parallel processes on this node (batch size stays global)")] = 1,
-        nnodes: Annotated[str, typer.Option(help="nodes taking part: N, or MIN:MAX for elastic membership")] = "1",
-        rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT every node meets at (needed with --nnodes > 1)")] = None,
-    ):
-        """Train a recipe; the run lands in experiments/runs/ and the ledger."""
-        values = dict(dice=dice, ce=ce, lr=lr, epochs=epochs, batch_size=batch_size, image_size=image_size,
-                      seed=seed, data=data, device=device, precision=precision, budget_minutes=parse_budget(budget),
-                      competition=competition)
-        overrides = merge_overrides(set_ or [], {SHORTCUTS[field]: value for field, value in values.items()})
-        if resume and (recipe or overrides):
-            from cpx.kernel.errors import ConfigError
+@app.command("train")
+def train_command(
+    recipe: Recipe = None,
+    dice: Annotated[Optional[float], typer.Option(help="Dice weight of the combined loss")] = None,
+    ce: Annotated[Optional[float], typer.Option(help="cross-entropy weight of the combined loss")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="peak learning rate")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="maximum epochs")] = None,
+    batch_size: TrainBatchSize = None,
+    image_size: ImageSize = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
+    data: Annotated[Optional[str], typer.Option(help="competition data folder (default: synthetic data)")] = None,
+    competition: with_help(Competition, "competition profile (default: cpx.yaml's, else the recipe's); "
+                                        "see `cpx competitions`") = None,
+    device: Device = None,
+    precision: Precision = None,
+    budget: Annotated[Optional[str], typer.Option(
+        help="wall-clock budget, e.g. 20m or 2h: fits the schedule to it")] = None,
+    name: Annotated[Optional[str], typer.Option(help="a name for the run")] = None,
+    set_: Set = None,
+    resume: Annotated[Optional[str], typer.Option(help="continue run RUN from its last.pt")] = None,
+    refit: Annotated[Optional[str], typer.Option(help="retrain run RUN's config on every labelled image (train + "
+                                                      "validation) for the epochs RUN chose; its val score is "
+                                                      "carried from RUN, marked as not measurable")] = None,
+    allow_changed_data: Annotated[bool, typer.Option(
+        "--allow-changed-data", help="--refit although RUN's data folder no longer holds the labelled images "
+                                     "it trained on")] = False,
+    quiet: Quiet = False,
+    nproc: Annotated[int, typer.Option(help="data-parallel processes on this node (batch size stays global)")] = 1,
+    nnodes: Annotated[str, typer.Option(help="nodes taking part: N, or MIN:MAX for elastic membership")] = "1",
+    rdzv_endpoint: Annotated[Optional[str], typer.Option(
+        help="HOST:PORT every node meets at (needed with --nnodes > 1)")] = None,
+):
+    """Train a recipe; the run lands in experiments/runs/ and the ledger."""
+    from cpx.train.budget import parse_budget
+    from cpx.train.loop import StopReason
+    from cpx.train.run import TrainRequest, command_line, train
 
-            raise ConfigError("--resume continues a run with its own config; drop the recipe and overrides")
-        request = TrainRequest(recipe=recipe, overrides=overrides, name=name, resume=resume, refit=refit,
-                               command=command_line(), allow_changed_data=allow_changed_data)
-        if nproc != 1 or nnodes != "1" or rdzv_endpoint:
-            from cpx.train.distributed import launch
+    values = dict(dice=dice, ce=ce, lr=lr, epochs=epochs, batch_size=batch_size, image_size=image_size,
+                  seed=seed, data=data, device=device, precision=precision, budget_minutes=parse_budget(budget),
+                  competition=competition)
+    overrides = merge_overrides(set_ or [], {SHORTCUTS[field]: value for field, value in values.items()})
+    if resume and (recipe or overrides):
+        raise ConfigError("--resume continues a run with its own config; drop the recipe and overrides")
+    request = TrainRequest(recipe=recipe, overrides=overrides, name=name, resume=resume, refit=refit,
+                           command=command_line(), allow_changed_data=allow_changed_data)
+    if nproc != 1 or nnodes != "1" or rdzv_endpoint:
+        from cpx.train.distributed import launch
 
-            # workers are separate processes: plain log lines from rank 0, no live progress bars
-            result = launch(request, _common.workspace(), _common.host(), nproc=nproc, nnodes=nnodes,
-                            rdzv_endpoint=rdzv_endpoint, callbacks=(LogProgress(),))
-            if result is None:
-                console.print("this node's ranks finished; the run is recorded by the node holding rank 0")
-                return
-        else:
-            progress = LogProgress() if quiet or not console.is_terminal else RichProgress()
-            result = train(request, _common.workspace(), _common.host(), callbacks=(progress,))
-        table = Table(show_header=False, box=None)
-        table.add_row("run", result.run_id)
-        table.add_row("status", result.status + (f" ({result.message})" if result.message else ""))
-        if result.refit_of:
-            table.add_row(f"val {result.metric}", f"{format_f(result.best_val_score)}, carried from {result.refit_of} "
-                                                  "(not measurable: every labelled image trained)")
-        else:
-            table.add_row(f"best val {result.metric}", f"{format_f(result.best_val_score)} (epoch {result.best_epoch})")
-        table.add_row("epochs", str(result.epochs))
-        table.add_row("parameters", f"{result.params:,}")
-        table.add_row("wall time", f"{result.wall_seconds:.0f} s")
-        changed = collapse_switches(result.config_diff or {})
-        table.add_row("changed", ", ".join(f"{k}={v}" for k, v in changed.items()) or "(recipe as is)")
-        table.add_row("folder", str(result.run_dir))
-        console.print(table)
-        if result.stop_reason is StopReason.INTERRUPTED:
-            raise typer.Exit(130)
+        # workers are separate processes: plain log lines from rank 0, no live progress bars
+        result = launch(request, _common.workspace(), _common.host(), nproc=nproc, nnodes=nnodes,
+                        rdzv_endpoint=rdzv_endpoint, callbacks=(LogProgress(),))
+        if result is None:
+            console.print("this node's ranks finished; the run is recorded by the node holding rank 0")
+            return
+    else:
+        progress = LogProgress() if quiet or not console.is_terminal else RichProgress()
+        result = train(request, _common.workspace(), _common.host(), callbacks=(progress,))
+    _render_result(result)
+    if result.stop_reason is StopReason.INTERRUPTED:
+        raise typer.Exit(130)
+
+
+def _render_result(result) -> None:
+    from cpx.report.leaderboard import collapse_switches
+
+    table = Table(show_header=False, box=None)
+    table.add_row("run", result.run_id)
+    table.add_row("status", result.status + (f" ({result.message})" if result.message else ""))
+    if result.refit_of:
+        table.add_row(f"val {result.metric}", f"{format_f(result.best_val_score)}, carried from {result.refit_of} "
+                                              "(not measurable: every labelled image trained)")
+    else:
+        table.add_row(f"best val {result.metric}", f"{format_f(result.best_val_score)} (epoch {result.best_epoch})")
+    table.add_row("epochs", str(result.epochs))
+    table.add_row("parameters", f"{result.params:,}")
+    table.add_row("wall time", f"{result.wall_seconds:.0f} s")
+    changed = collapse_switches(result.config_diff or {})
+    table.add_row("changed", ", ".join(f"{k}={v}" for k, v in changed.items()) or "(recipe as is)")
+    table.add_row("folder", str(result.run_dir))
+    console.print(table)

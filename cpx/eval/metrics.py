@@ -24,15 +24,19 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-import torch
 
 from cpx.data.masks import IGNORE
 from cpx.kernel.errors import DataError
 
-MaskLike = Union[torch.Tensor, np.ndarray]
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that make tensors: choosing a metric (its name, scale and
+# direction, for `cpx leaderboard`) does not wait for it
+MaskLike = Union["torch.Tensor", np.ndarray]
 
 
 def class_ids(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -42,6 +46,8 @@ def class_ids(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
     of H x W elements and took 320 ms for 8 x 19 x 512 x 512, more than the model's forward
     pass; a running maximum over the C contiguous planes takes about 55 ms.
     """
+    import torch
+
     classes = scores.shape[dim]
     if scores.device.type != "cpu" or classes > 256 or not scores.is_floating_point() or classes < 2:
         return scores.argmax(dim)
@@ -57,6 +63,8 @@ def class_ids(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 
 def _as_batch(x: MaskLike, what: str) -> torch.Tensor:
+    import torch
+
     t = torch.as_tensor(x)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise DataError(f"{what} must hold integer class ids, got dtype {t.dtype} "
@@ -69,6 +77,8 @@ def _as_batch(x: MaskLike, what: str) -> torch.Tensor:
 
 
 def _check_range(t: torch.Tensor, num_classes: int, what: str, ignore: bool = False) -> None:
+    import torch
+
     # An out-of-range id would not just be wrong: with the flat per-image index it would
     # land in another image's (or another class's) bins, so it has to be refused.
     if t.numel() == 0:
@@ -94,6 +104,8 @@ def confusion_per_image(pred: MaskLike, gt: MaskLike, num_classes: int) -> torch
 
     :raises DataError: shapes or devices that differ, float masks, ids out of range.
     """
+    import torch
+
     if num_classes < 1:
         raise DataError(f"num_classes must be at least 1, got {num_classes}")
     p = _as_batch(pred, "pred")
@@ -129,12 +141,16 @@ def counts_of(conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 def safe_ratio(num: torch.Tensor, den: torch.Tensor, empty: float = math.nan) -> torch.Tensor:
     """``num / den`` in float64, ``empty`` where ``den`` is 0."""
+    import torch
+
     num, den = num.to(torch.float64), den.to(torch.float64)
     return torch.where(den > 0, num / den.clamp(min=1e-300), torch.full_like(num, empty))
 
 
 def nanmean(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """The mean over ``dim`` of the values that are not NaN (NaN where all are)."""
+    import torch
+
     ok = ~torch.isnan(values)
     total = torch.where(ok, values, torch.zeros_like(values)).sum(dim)
     n = ok.sum(dim)
@@ -276,6 +292,8 @@ class ScoreAccumulator:
 
     def reset(self) -> None:
         """Forget every image seen so far."""
+        import torch
+
         c = self.num_classes
         self._counts: list[torch.Tensor] = []  # [B, 3, C] per batch: tp, fp, fn
         self.confusion = torch.zeros(c, c, dtype=torch.long)  # pooled, ``[g, p]``
@@ -283,6 +301,8 @@ class ScoreAccumulator:
     def update(self, pred: MaskLike, gt: MaskLike) -> torch.Tensor:
         """Adds a batch; returns its images' values on the metric's scale (``Tensor[B]``,
         float64, CPU)."""
+        import torch
+
         g = _as_batch(gt, "gt")
         if g.shape[-1] == 0 or g.shape[-2] == 0:
             raise DataError(f"cannot score empty masks of shape {tuple(g.shape)}")
@@ -294,6 +314,8 @@ class ScoreAccumulator:
 
     def add_counts(self, tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> None:
         """Add images by their counts (``LongTensor[N, C]`` each), e.g. another process's."""
+        import torch
+
         if len(tp):
             self._counts.append(torch.stack([tp, fp, fn], dim=1).cpu())
 
@@ -304,6 +326,8 @@ class ScoreAccumulator:
 
     def counts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(tp, fp, fn)`` of every image added, ``LongTensor[N, C]`` each."""
+        import torch
+
         if not self._counts:
             empty = torch.zeros(0, self.num_classes, dtype=torch.long)
             return empty, empty, empty

@@ -5,6 +5,10 @@ workspace's plugin folders, then the built-ins from an explicit list. A plugin t
 import becomes one warning and is skipped; a misspelt hook name or a name registered twice
 is an error.
 
+A built-in is registered by name and imported the first time its hook is called, and each
+registry is built when it is first needed, so a command that lists runs never imports the
+models (torch) and ``cpx --help`` lists plugins' commands without them.
+
 ``CPX_LOAD_PLUGINS`` (comma-separated entry-point or distribution names, empty for none)
 restricts which third-party plugins load, to isolate a broken one.
 """
@@ -13,10 +17,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from dataclasses import dataclass, field
-from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -27,15 +31,17 @@ from cpx.kernel import hookspecs
 from cpx.kernel.errors import ConfigError, PluginError
 from cpx.kernel.registry import Registry
 
-BUILTIN_PLUGINS = (
-    "cpx_plugins.competitions",
-    "cpx_plugins.metrics",
-    "cpx_plugins.formats",
-    "cpx_plugins.models",
-    "cpx_plugins.losses",
-    "cpx_plugins.augmentations",
-    "cpx_plugins.postprocess",
-)
+# built-in plugin module -> the hooks it implements (tests/test_plugins.py checks them against
+# the module), so each is imported only when one of its hooks is called
+BUILTIN_PLUGINS = {
+    "cpx_plugins.competitions": ("register_competitions",),
+    "cpx_plugins.metrics": ("register_metrics",),
+    "cpx_plugins.formats": ("register_submission_formats",),
+    "cpx_plugins.models": ("register_models",),
+    "cpx_plugins.losses": ("register_losses",),
+    "cpx_plugins.augmentations": ("register_augmentations",),
+    "cpx_plugins.postprocess": ("register_postprocessors",),
+}
 
 # registration hook -> registry kind
 KINDS = {
@@ -57,6 +63,7 @@ class PluginHost:
     origins: dict[str, str] = field(default_factory=dict)  # plugin name -> where it came from
     failures: list[str] = field(default_factory=list)
     _bound: set = field(default_factory=set)  # competitions whose metric and format were checked
+    _registries: dict = field(default_factory=dict)  # kind -> Registry, built on first use
 
     def register(self, plugin: Any, name: Optional[str] = None, origin: str = "builtin") -> None:
         """Add a plugin object or module; registries built after this see it."""
@@ -68,61 +75,66 @@ class PluginHost:
             self.manager.unregister(name=name)
             raise PluginError(f"plugin {origin}: {exc}") from None
         self.origins[name] = origin
-        self.__dict__.pop("registries", None)
+        self._registries.clear()
         self._bound.clear()
 
-    @cached_property
+    @property
     def registries(self) -> dict[str, Registry]:
-        """Kind -> :class:`Registry`, built on first use by calling every registration hook; a
-        plugin that raises becomes one entry in ``failures``.
+        """Kind -> :class:`Registry`, every kind (see :meth:`registry`)."""
+        return {kind: self.registry(kind) for kind in KINDS.values()}
+
+    def registry(self, kind: str) -> Registry:
+        """The :class:`Registry` of ``kind``, built on first use by calling its registration
+        hook; a plugin that raises becomes one entry in ``failures``.
         """
-        registries = {kind: Registry(kind) for kind in KINDS.values()}
-        for hook_name, kind in KINDS.items():
-            caller = getattr(self.manager.hook, hook_name)
-            # Call each implementation on its own so each registration knows its origin.
-            for impl in reversed(caller.get_hookimpls()):
-                origin = self.origins.get(impl.plugin_name, impl.plugin_name)
+        if kind in self._registries:
+            return self._registries[kind]
+        registry = Registry(kind)
+        hook_name = next(hook for hook, k in KINDS.items() if k == kind)
+        # Call each implementation on its own so each registration knows its origin.
+        for impl in reversed(getattr(self.manager.hook, hook_name).get_hookimpls()):
+            origin = self.origins.get(impl.plugin_name, impl.plugin_name)
 
-                def register(name, target, options=None, description="", origin=None, _origin=origin,
-                             _reg=registries[kind]):
-                    # ``origin`` lets a plugin name the file a component came from (a profile)
-                    _reg.register(name, target, options=options, description=description, origin=origin or _origin)
+            def register(name, target, options=None, description="", origin=None, _origin=origin):
+                # ``origin`` lets a plugin name the file a component came from (a profile)
+                registry.register(name, target, options=options, description=description, origin=origin or _origin)
 
-                try:
-                    impl.function(register=register)
-                except PluginError:
-                    raise
-                except Exception as exc:  # a broken third-party plugin must not take the CLI down
-                    self.failures.append(f"plugin {origin} failed in {hook_name}: {type(exc).__name__}: {exc}")
-        return registries
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:  # a broken third-party plugin must not take the CLI down
+                self.failures.append(f"plugin {origin} failed in {hook_name}: {type(exc).__name__}: {exc}")
+        self._registries[kind] = registry
+        return registry
 
     @property
     def models(self) -> Registry:
-        return self.registries["model"]
+        return self.registry("model")
 
     @property
     def losses(self) -> Registry:
-        return self.registries["loss"]
+        return self.registry("loss")
 
     @property
     def augmentations(self) -> Registry:
-        return self.registries["augmentation"]
+        return self.registry("augmentation")
 
     @property
     def postprocessors(self) -> Registry:
-        return self.registries["postprocessor"]
+        return self.registry("postprocessor")
 
     @property
     def metrics(self) -> Registry:
-        return self.registries["metric"]
+        return self.registry("metric")
 
     @property
     def submission_formats(self) -> Registry:
-        return self.registries["submission format"]
+        return self.registry("submission format")
 
     @property
     def competitions(self) -> Registry:
-        return self.registries["competition"]
+        return self.registry("competition")
 
     def competition(self, name: str):
         """The :class:`cpx.data.competition.Competition` registered under ``name``, its metric
@@ -150,6 +162,20 @@ class PluginHost:
             except Exception as exc:
                 origin = self.origins.get(impl.plugin_name, impl.plugin_name)
                 self.failures.append(f"plugin {origin} failed in register_commands: {type(exc).__name__}: {exc}")
+
+
+def deferred_builtin(module_name: str, hooks: Iterable[str]) -> Any:
+    """A stand-in for the built-in plugin ``module_name``: it implements ``hooks`` by importing
+    the module on the first call and calling the module's own implementation."""
+    stand_in = type(module_name, (), {})()
+    for hook_name in hooks:
+        def call(*args, _hook=hook_name, **kwargs):
+            return getattr(importlib.import_module(module_name), _hook)(*args, **kwargs)
+
+        # pluggy reads the hook's argument names from the signature
+        call.__signature__ = inspect.signature(getattr(hookspecs, hook_name))
+        setattr(stand_in, hook_name, hookspecs.hookimpl(call))
+    return stand_in
 
 
 def _allowed(ep: metadata.EntryPoint, only: Optional[set[str]]) -> bool:
@@ -216,8 +242,8 @@ def create_plugin_host(*, entry_points: bool = True, builtins: bool = True,
         load_entry_points(host, only)
     load_plugin_files(host, plugin_dirs)
     if builtins:
-        for module_name in BUILTIN_PLUGINS:
-            host.register(importlib.import_module(module_name), name=module_name, origin="builtin")
+        for module_name, hooks in BUILTIN_PLUGINS.items():
+            host.register(deferred_builtin(module_name, hooks), name=module_name, origin="builtin")
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:

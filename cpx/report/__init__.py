@@ -6,3 +6,7 @@ ingredients, and the leaderboard with its predicted test scores. Its figures are
 May import: ``cpx.kernel``, ``cpx.data``, ``cpx.runs``, ``cpx.eval``, ``cpx.draw``, ``cpx.train``,
 ``cpx.submit``, ``cpx.sweep``.
 """
+
+# How many runs `cpx report` ranks (and draws the first few of). Here rather than in results.py so
+# that `cpx report --help` shows it without importing what the report is built from.
+TOP = 12

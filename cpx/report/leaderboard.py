@@ -14,7 +14,7 @@ so with n pairs and gaps g_1..g_n:
 * interval (n >= 2): the 95% *prediction* interval for one new gap,
   ``mean(g) ± t(0.975, n-1) · s · sqrt(1 + 1/n)``, where ``s`` is the sample standard
   deviation of the gaps and ``t`` the Student-t quantile with n-1 degrees of freedom
-  (``scipy.stats.t``).
+  (:func:`cpx.report.stats.t_quantile`, equal to ``scipy.stats.t``'s).
   The ``1`` under the root is the new model's own scatter around the mean gap, the
   ``1/n`` the uncertainty of the mean itself. With two or three pairs ``t`` is large
   (12.7 and 4.3), and the interval is honestly wide;

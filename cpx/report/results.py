@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from cpx.draw.curves import plot_history
 from cpx.draw.figures import plot_per_class_runs
 from cpx.kernel.files import atomic_write_text
 from cpx.kernel.text import format_f, utc_now
 from cpx.kernel.workspace import Workspace
-from cpx.report import gains, stats
+from cpx.report import TOP, gains, stats
 from cpx.report.document import Document, Figure, Ref, Table
 from cpx.report.effects import RANKED_STATUSES, EffectSections, config_diff_vs
 from cpx.report.facts import fact_f, fact_int, fact_signed, p_text
@@ -28,9 +29,7 @@ from cpx.report.paired import recorded_validation
 from cpx.runs.folder import run_folder
 from cpx.runs.ledger import Ledger
 from cpx.submit.submissions import main_score
-from cpx.train.curves import plot_history
 
-TOP = 12
 CURVES = 4
 MAX_GAIN_ROWS = 24  # rows of the evaluation-time table
 

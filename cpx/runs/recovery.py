@@ -16,7 +16,6 @@ import socket
 from typing import Optional
 
 from cpx.kernel.errors import ConfigError, RunError
-from cpx.runs.checkpoint import load_file
 from cpx.runs.folder import RunFolder, pid_alive, run_folder
 from cpx.runs.ledger import RUN_STATUSES, Ledger
 
@@ -33,6 +32,9 @@ def reconcile(folder: RunFolder, ledger: Ledger, run_id: str) -> dict:
     fields: dict = {}
     pending = folder.pending_best_path
     if folder.last_path.is_file():
+        # torch reads the checkpoint: imported here, so listing runs does not wait for it
+        from cpx.runs.checkpoint import load_file
+
         state = load_file(folder.last_path, "resume state")
         best_epoch = int(state.get("best_epoch") or 0)
         if pending.is_file():

@@ -42,8 +42,6 @@ from cpx.submit.submissions import (
     used_in_phase,
 )
 
-DEFAULT_TIMEOUT = 3600.0
-
 # progress(text): one line about what is happening now (an upload's status changes)
 Progress = Callable[[str], None]
 # confirm(question) -> True to go on
@@ -69,7 +67,7 @@ class SubmitRequest:
     competition: Optional[str] = None
     upload: bool = False
     wait: bool = False
-    timeout: Optional[float] = None  # seconds; DEFAULT_TIMEOUT when None
+    timeout: Optional[float] = None  # seconds; cb.WAIT_TIMEOUT when None
     poll: float = 2.0  # first polling interval in seconds
     url: Optional[str] = None
     # with upload: put it on the public leaderboard (``final`` does too)
@@ -202,7 +200,7 @@ def _upload(request: SubmitRequest, outcome: SubmitOutcome, ledger: Ledger, work
 
     if progress:
         progress(f"uploading {name} to {client.base_url} (competition {cid})")
-    timeout = DEFAULT_TIMEOUT if request.timeout is None else request.timeout
+    timeout = cb.WAIT_TIMEOUT if request.timeout is None else request.timeout
     metric = comp.metric.name if comp else ""
     outcome.upload = upload_submission(
         ledger, name, client, cid, phase_id=phase_id, phase=label, wait=request.wait, timeout=timeout,
@@ -351,5 +349,5 @@ def codabench_client(url: Optional[str] = None, *, need_token: bool = False) -> 
     return client
 
 
-__all__ = ["DEFAULT_TIMEOUT", "SubmitOutcome", "SubmitRequest", "bundle_phase_id", "codabench_client",
+__all__ = ["SubmitOutcome", "SubmitRequest", "bundle_phase_id", "codabench_client",
            "codabench_competition_id", "cpx_competition", "split_phase", "submit"]

@@ -7,8 +7,12 @@ of a sweep's results live in ``cpx.report``.
 May import: ``cpx.kernel``, ``cpx.data``, ``cpx.runs``, ``cpx.eval``, ``cpx.train``.
 """
 
-from cpx.sweep.runner import SweepEvent, SweepOutcome, SweepRequest, SweepStatus, run_sweep
-from cpx.sweep.spec import Factor, SweepSpec, parse_grid, parse_search
+from cpx.kernel.lazy import lazy_exports
 
-__all__ = ["Factor", "SweepEvent", "SweepOutcome", "SweepRequest", "SweepSpec", "SweepStatus", "parse_grid",
-           "parse_search", "run_sweep"]
+# imported on first use: the runner needs Optuna and torch, the spec (read by reports) neither
+_EXPORTS = {
+    "runner": ("SweepEvent", "SweepOutcome", "SweepRequest", "SweepStatus", "run_sweep"),
+    "spec": ("Factor", "SweepSpec", "parse_grid", "parse_search"),
+}
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -23,13 +23,15 @@ Pixels at the competition's ignore index are never counted, so every metric hono
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cpx.eval.metrics import Metric, nanmean, safe_ratio
 from cpx.kernel.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: `cpx leaderboard` reads metrics without it
+    import torch
 
 # The CelebAMask organisers' constant: it sits in every denominator of their formula, so scores
 # are reproducible only with the same value in the same places.
@@ -158,6 +160,8 @@ class Dice(Metric):
                                             if len(scored) < 4 else f"mean over {len(scored)} classes") + ")"
 
     def _dice(self, tp, fp, fn) -> torch.Tensor:
+        import torch
+
         idx = torch.tensor(self.scored)
         tp, fp, fn = tp[..., idx], fp[..., idx], fn[..., idx]
         return safe_ratio(2 * tp, 2 * tp + fp + fn, empty=1.0)
@@ -166,6 +170,8 @@ class Dice(Metric):
         return self._dice(tp, fp, fn).mean(-1)
 
     def class_values(self, tp, fp, fn):
+        import torch
+
         out = torch.full((tp.shape[-1],), float("nan"), dtype=torch.float64)
         out[torch.tensor(self.scored)] = self._dice(tp, fp, fn).mean(0)
         return out
@@ -186,6 +192,8 @@ class PooledDice(Dice):
         return float(self._dice(tp, fp, fn).mean())
 
     def class_values(self, tp, fp, fn):
+        import torch
+
         out = torch.full((tp.shape[-1],), float("nan"), dtype=torch.float64)
         out[torch.tensor(self.scored)] = self._dice(tp.sum(0), fp.sum(0), fn.sum(0))
         return out

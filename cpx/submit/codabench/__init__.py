@@ -9,43 +9,18 @@ Everything returns plain data and raises :class:`~cpx.kernel.errors.CodabenchErr
 prints. The names below are the public interface.
 """
 
-from cpx.submit.codabench.client import CodabenchClient, CodabenchConnectionError, CodabenchHTTPError
-from cpx.submit.codabench.credentials import (
-                                              CONFIG_FILE,
-                                              DEFAULT_URL,
-                                              LOGIN_HINT,
-                                              config_dir,
-                                              config_path,
-                                              forget_credentials,
-                                              is_loopback,
-                                              load_credentials,
-                                              normalize_url,
-                                              resolve_token,
-                                              resolve_url,
-                                              save_credentials,
-                                              stored_identity,
-                                              stored_username,
-                                              token_hint,
-)
-from cpx.submit.codabench.schema import (
-                                              CANCELLED,
-                                              FAILED,
-                                              FINAL_STATUSES,
-                                              FINISHED,
-                                              PENDING_STATUSES,
-                                              Leaderboard,
-                                              LeaderboardColumn,
-                                              LeaderboardEntry,
-                                              Phase,
-                                              SubmissionResult,
-)
-from cpx.submit.codabench.workflow import Identity, choose_phase, client_from_config, login, submit_zip, whoami
+from cpx.kernel.lazy import lazy_exports
 
-__all__ = [
-    "CANCELLED", "CONFIG_FILE", "DEFAULT_URL", "FAILED", "FINAL_STATUSES", "FINISHED", "LOGIN_HINT",
-    "PENDING_STATUSES", "CodabenchClient", "CodabenchConnectionError", "CodabenchHTTPError", "Identity",
-    "Leaderboard", "LeaderboardColumn", "LeaderboardEntry", "Phase", "SubmissionResult", "choose_phase",
-    "client_from_config", "config_dir", "config_path", "forget_credentials", "is_loopback",
-    "load_credentials", "login", "normalize_url", "resolve_token", "resolve_url", "save_credentials",
-    "stored_identity", "stored_username", "submit_zip", "token_hint", "whoami",
-]
+# imported on first use: the client and the workflow need requests, which the credentials, the
+# schema and the commands that only read the ledger do not
+_EXPORTS = {
+    "client": ("CodabenchClient", "CodabenchConnectionError", "CodabenchHTTPError"),
+    "credentials": ("CONFIG_FILE", "DEFAULT_URL", "LOGIN_HINT", "config_dir", "config_path", "forget_credentials",
+                    "is_loopback", "load_credentials", "normalize_url", "resolve_token", "resolve_url",
+                    "save_credentials", "stored_identity", "stored_username", "token_hint"),
+    "schema": ("CANCELLED", "FAILED", "FINAL_STATUSES", "FINISHED", "PENDING_STATUSES", "WAIT_TIMEOUT",
+               "Leaderboard", "LeaderboardColumn", "LeaderboardEntry", "Phase", "SubmissionResult"),
+    "workflow": ("Identity", "choose_phase", "client_from_config", "login", "submit_zip", "whoami"),
+}
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

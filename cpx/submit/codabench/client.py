@@ -13,11 +13,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 from urllib.parse import urlsplit
-
-import requests
-from requests.auth import AuthBase
 
 from cpx import __version__
 from cpx.kernel.errors import CodabenchError
@@ -27,6 +24,7 @@ from cpx.submit.codabench.schema import (
     FAILED,
     FINAL_STATUSES,
     FINISHED,
+    WAIT_TIMEOUT,
     Leaderboard,
     Phase,
     SubmissionResult,
@@ -37,6 +35,9 @@ from cpx.submit.codabench.schema import (
     _same,
     _scores,
 )
+
+if TYPE_CHECKING:  # requests is imported where a request is made: commands that only read the ledger skip it
+    import requests
 
 Progress = Callable[[str], None]
 
@@ -60,9 +61,10 @@ class _TotalTimeout(Exception):
     """A call ran past its total deadline (internal: turned into CodabenchConnectionError)."""
 
 
-class _NoNetrc(AuthBase):
+class _NoNetrc:
     """Passing any auth keeps requests from reading ~/.netrc, whose Basic credentials
-    would otherwise replace our token or reach the storage host."""
+    would otherwise replace our token or reach the storage host (requests takes any callable
+    as auth, as it takes its own ``AuthBase``)."""
 
     def __call__(self, r):
         return r
@@ -90,7 +92,11 @@ class CodabenchClient:
         self.base_url = normalize_url(base_url, allow_http=allow_http)
         self.token = token
         self.timeout = timeout
-        self.session = session or requests.Session()
+        if session is None:
+            import requests
+
+            session = requests.Session()
+        self.session = session
         self.retries = max(1, retries)
         self.retry_backoff = retry_backoff
         self.upload_timeout = upload_timeout
@@ -140,6 +146,8 @@ class CodabenchClient:
         """Send one API call and return its decoded JSON. Only GETs are retried: a POST or
         PUT whose answer was lost may still have taken effect (a submission counts
         against the daily limit even if we never saw the reply)."""
+        import requests
+
         if not path.startswith("/api/") or not path.endswith("/"):
             raise ValueError(f"API paths start with /api/ and end with a slash: {path!r}")
         method = method.upper()
@@ -302,6 +310,8 @@ class CodabenchClient:
         """PUT the zip to the signed URL. It belongs to the storage host, so this is a bare
         request without our session: the token must not leak there, and S3-style stores
         reject a request carrying a second auth scheme besides the signature."""
+        import requests
+
         headers = {"Content-Type": "application/zip"}
         if urlsplit(sassy_url).hostname and urlsplit(sassy_url).hostname.endswith(".blob.core.windows.net"):
             # Azure refuses a blob PUT that does not name the blob type
@@ -401,7 +411,7 @@ class CodabenchClient:
                     titles.setdefault(str(column["key"]), str(column["title"]))
         return titles
 
-    def wait(self, submission_id: int, timeout: float = 3600, *, initial_interval: float = 2.0,
+    def wait(self, submission_id: int, timeout: float = WAIT_TIMEOUT, *, initial_interval: float = 2.0,
              max_interval: float = 30.0, progress: Optional[Progress] = None) -> SubmissionResult:
         """Poll until Finished, Failed or Cancelled, backing off exponentially. A brief
         outage is ridden out until the deadline, since the submission runs regardless."""
@@ -493,6 +503,8 @@ def _join_errors(body: Any) -> str:
 def _maybe_applied(method: str, exc: BaseException) -> str:
     """A lost answer to a write leaves its effect unknown; say so, unless the request
     provably never left (no connection was made)."""
+    import requests
+
     if method == "GET" or isinstance(exc, requests.ConnectTimeout):
         return ""
     if "Failed to establish a new connection" in str(exc):

@@ -14,6 +14,8 @@ FAILED = "Failed"
 CANCELLED = "Cancelled"
 FINAL_STATUSES = (FINISHED, FAILED, CANCELLED)
 PENDING_STATUSES = ("Submitting", "Submitted", "Preparing", "Running", "Scoring")
+# seconds a wait for the final status lasts unless told otherwise (`cpx submit --wait --timeout`)
+WAIT_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True)

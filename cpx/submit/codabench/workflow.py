@@ -14,14 +14,15 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-import requests
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from cpx.kernel.errors import CodabenchError, SubmissionError
 from cpx.submit.codabench.client import CodabenchClient, CodabenchHTTPError, Progress
 from cpx.submit.codabench.credentials import LOGIN_HINT, resolve_token, resolve_url, save_credentials
-from cpx.submit.codabench.schema import Phase, SubmissionResult, _result
+from cpx.submit.codabench.schema import WAIT_TIMEOUT, Phase, SubmissionResult, _result
+
+if TYPE_CHECKING:
+    import requests
 
 
 def client_from_config(url: Optional[str] = None, **kwargs: Any) -> CodabenchClient:
@@ -102,7 +103,7 @@ def choose_phase(phases: list[Phase], phase_id: Optional[int] = None,
 
 
 def submit_zip(client: CodabenchClient, zip_path: os.PathLike | str, competition_id: int,
-               phase_id: Optional[int] = None, wait: bool = False, *, timeout: float = 3600,
+               phase_id: Optional[int] = None, wait: bool = False, *, timeout: float = WAIT_TIMEOUT,
                initial_interval: float = 2.0, max_interval: float = 30.0,
                progress: Optional[Progress] = None,
                before_upload: Optional[Callable[[Phase], None]] = None,

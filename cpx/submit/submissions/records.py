@@ -17,7 +17,6 @@ from cpx.runs.ledger import Ledger
 from cpx.submit.checkreport import CheckReport
 from cpx.submit.submissions.budget import used_in_phase
 from cpx.submit.submissions.scores import DEFAULT_PHASE, main_score, parse_score
-from cpx.submit.zipcheck import check_submission
 
 
 @dataclass
@@ -141,6 +140,9 @@ def register_submission(ledger: Ledger, name: str, zip_path: Path, *, workspace,
     if test_dir is not None and not Path(test_dir).is_dir():
         raise SubmissionError(f"--test {test_dir}: no such folder")
     competition = competition or (run_row or {}).get("competition")
+    # the check loads the weights with torch: imported here, so listing submissions does not wait for it
+    from cpx.submit.zipcheck import check_submission
+
     report = check_submission(zip_path, workspace, host, competition=competition,
                               test_dir=test_dir or run_test_dir(run_row, host))
     if report.problems:

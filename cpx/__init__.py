@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 # choice in the environment wins). Threads that finish their share of an operation sleep
 # instead of spinning: on a machine whose cores other programs also use, spinning threads
 # keep those cores busy while the thread they wait for is descheduled, and a 2-thread training
-# step ran 10-18x slower than with this (benchmarks/cpu_step.py; benchmarks/README.md).
+# step ran 10-18x slower than with this (measured with benchmarks/cpu_step.py when this line
+# came in, commit c150c50; benchmarks/README.md holds no side-by-side figure for it yet).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

@@ -50,26 +50,20 @@ PROBE = ("import sys, json\nfrom cpx.cli import main\ncode = main(sys.argv[1:])\
          "print(json.dumps([m for m in %r if m in sys.modules]), file=sys.stderr)\nsys.exit(code)\n" % (HEAVY,))
 
 
-# the CPU flags that change what torch runs on a CPU (vector width, bf16 and AMX kernels)
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
 def machine() -> dict:
-    """CPU model and its notable flags (``lscpu``), cores, load averages and ``uptime``'s line."""
-    model, flags = platform.processor() or "unknown", []
+    """CPU model, cores, load averages and ``uptime``'s line."""
+    model = platform.processor() or "unknown"
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
             if line.startswith("Model name:"):
                 model = line.split(":", 1)[1].strip()
-            elif line.startswith("Flags:"):
-                flags = [f for f in FLAGS if f in line.split(":", 1)[1].split()]
     except (OSError, subprocess.CalledProcessError):
         pass
     try:
         uptime = subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         uptime = ""
-    return {"cpu": model, "flags": flags, "cores": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()],
+    return {"cpu": model, "cores": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()],
             "uptime": uptime, "python": platform.python_version()}
 
 

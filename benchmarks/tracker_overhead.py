@@ -8,7 +8,7 @@ process's CPU time per epoch (every thread's: steadier than wall time on a share
 difference from the run without a tracker, and what the run's own TrackerReport measured: the
 time spent in the training thread per epoch and its share of an epoch, and the tracker's own
 time per epoch, spent beside training on a worker thread. The machine comes first (the CPU
-model and flags from ``lscpu``, cores, torch's threads, the load), and the load again at the end.
+model and vector extensions, cores, torch's threads, the load), and the load again at the end.
 Printed, never asserted: timings depend on the machine and its load.
 
     python benchmarks/tracker_overhead.py                       # msf-lmsa at 64 px, 6 epochs, 2 rounds
@@ -32,7 +32,7 @@ from cpx.train.loop import Callback
 from cpx.train.run import TrainRequest, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from startup import machine  # noqa: E402  (one owner of the machine's description)
+from _common import cpu_line, load_avg  # noqa: E402
 
 
 class EpochClock(Callback):
@@ -82,9 +82,11 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    before = machine()
-    print(f"{before['cpu']} (flags: {' '.join(before['flags']) or 'none of note'}), {before['cores']} cores, "
-          f"torch {torch.__version__} with {torch.get_num_threads()} threads; load {before['load']}")
+    machine = {"cpu": cpu_line(), "cores": os.cpu_count(), "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+               "load": load_avg()}
+    print(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} with {machine['threads']} threads "
+          f"(OMP_WAIT_POLICY={machine['omp_wait_policy']}); load {machine['load']}")
     host = create_plugin_host(entry_points=False)
     overrides = {"train.epochs": args.epochs, "data.image_size": args.image_size, "train.patience": None,
                  "data.synthetic_size": args.image_size, "schedule.warmup_epochs": 1}
@@ -124,7 +126,7 @@ def main() -> None:
         summary[name] = {"epoch_seconds": epoch, "vs_none": (epoch - base) / base, "epoch_cpu_seconds": cpu,
                          "cpu_vs_none": (cpu - base_cpu) / base_cpu, "loop_ms_per_epoch": loop,
                          "loop_share": share, "tracker_ms_per_epoch": worker}
-    summary["machine"] = {**before, "threads": torch.get_num_threads(), "load_after": machine()["load"]}
+    summary["machine"] = {**machine, "load_after": load_avg()}
     print(f"load at the end {summary['machine']['load_after']}")
     print(json.dumps(summary))
 

@@ -20,11 +20,26 @@ import typer
 from cpx import __version__
 from cpx.kernel.errors import CpxError
 
-from . import _common, bench, bundle, data, evaluate, package, pictures, plugins, report, runs, submit, sweep, train
+from . import (
+    _common,
+    bench,
+    bundle,
+    data,
+    doctor,
+    evaluate,
+    package,
+    pictures,
+    plugins,
+    report,
+    runs,
+    submit,
+    sweep,
+    train,
+)
 
 # The order `cpx --help` lists them in: single commands, then plugins' commands, then groups.
 COMMANDS = [bundle.app, train.app, plugins.app, pictures.app, evaluate.app, package.app, submit.app, bench.app,
-            sweep.app, report.app]
+            sweep.app, report.app, doctor.app]
 GROUPS = [bundle.bundle_app, runs.app, data.app, submit.codabench_app]
 
 

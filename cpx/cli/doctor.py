@@ -1,11 +1,13 @@
 """`cpx doctor`."""
 
+import math
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from cpx.doctor import MIN_FREE_BYTES
+from cpx.kernel.errors import ConfigError
 
 from . import _common
 from ._common import console, print_json
@@ -25,6 +27,8 @@ def doctor_command(
     free disk space. One line per problem with what to do; exit 1 when there is any. Only reads."""
     from cpx.doctor import check_workspace
 
+    if not math.isfinite(min_free):
+        raise ConfigError(f"--min-free: give a number of GiB, not {min_free}")
     report = check_workspace(_common.workspace(), _common.host(), min_free=int(min_free * (1 << 30)))
     if json_:
         print_json({"workspace": str(report.workspace), "ok": report.ok, "checked": report.checked,

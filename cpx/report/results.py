@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from cpx.draw.figures import plot_per_class_runs
+from cpx.kernel.errors import ConfigError
 from cpx.kernel.files import atomic_write_text
 from cpx.kernel.text import format_f, utc_now
 from cpx.kernel.workspace import Workspace
@@ -454,9 +455,17 @@ def _stop_reason(run: dict, train_cfg: dict) -> str:
 
 def build_report(workspace: Workspace, host=None, output: Optional[Path] = None, top: int = TOP,
                  level: float = stats.DEFAULT_LEVEL) -> ReportResult:
-    """Write the report into ``output`` (default ``experiments/report/``)."""
+    """Write the report into ``output`` (default ``experiments/report/``).
+
+    :raises ConfigError: ``output`` is a file, or its folder cannot be made (one line).
+    """
     out = Path(output) if output else workspace.experiments_dir / "report"
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        what = "exists and is not a folder" if out.exists() and not out.is_dir() else \
+            f"cannot make the folder ({exc.strerror or exc})"
+        raise ConfigError(f"--output: {out} {what}; choose a folder") from None
     with Ledger(workspace.ledger_path) as ledger:
         b = _Builder(ledger, workspace, host, out, top, level)
         b.header()

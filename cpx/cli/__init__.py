@@ -11,6 +11,7 @@ problem on stderr and exit code 2.
 May import: every cpx package (and it alone imports typer and rich).
 """
 
+import inspect
 import os
 import sys
 from typing import Annotated, Optional
@@ -57,7 +58,20 @@ def create_app(host=None) -> typer.Typer:
     app.add_typer(added)
     for group in GROUPS:
         app.add_typer(group)
+    _flow_listings(app)
     return app
+
+
+def _flow_listings(app: typer.Typer) -> None:
+    """Give each command a one-line listing (``short_help``): the first paragraph of its help
+    with the docstring's line breaks taken out. In rich markup mode typer lists a command's
+    first paragraph with its hard line breaks, which cut sentences at any width."""
+    for info in app.registered_commands:
+        text = info.help or inspect.getdoc(info.callback) or ""
+        if info.short_help is None and text:
+            info.short_help = " ".join(text.split("\n\n", 1)[0].split())
+    for group in app.registered_groups:
+        _flow_listings(group.typer_instance)
 
 
 def _print_version(value: bool) -> None:

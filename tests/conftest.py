@@ -1,8 +1,13 @@
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, Field
+
+# Commands print at the piped width (cpx.cli._common) whatever launched the tests: pytest-xdist
+# workers run with COLUMNS=80 in their environment, which would fold the lines the tests read.
+os.environ.pop("COLUMNS", None)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "celebamask-mini"
 

@@ -7,6 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cpx.cli import create_app, main
+from cpx.draw.curves import plot_history
 from cpx.draw.figures import (
     ERROR_RGB,
     ImageRow,
@@ -21,7 +22,6 @@ from cpx.draw.pictures import curves_for_runs
 from cpx.eval.validate import validate_run
 from cpx.kernel.errors import DataError, RunError
 from cpx.runs.ledger import Ledger
-from cpx.train.curves import plot_history
 from cpx.train.run import TrainRequest, train
 
 PALETTE = ((0, 0, 0), (204, 0, 0), (76, 153, 0), (51, 51, 255))

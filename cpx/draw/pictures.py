@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from cpx.data.competition import Competition
+from cpx.draw.curves import plot_history
 from cpx.draw.figures import (
     MAX_GRID_ROWS,
     ImageRow,
@@ -32,7 +33,6 @@ from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import RunFolder, run_folder
 from cpx.runs.handle import open_run
 from cpx.runs.ledger import Ledger
-from cpx.train.curves import plot_history
 
 Progress = Optional[Callable[[int, int], None]]
 

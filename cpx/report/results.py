@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from cpx.draw.curves import plot_history
 from cpx.draw.figures import plot_per_class_runs
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.files import atomic_write_text
@@ -29,7 +30,6 @@ from cpx.report.paired import recorded_validation
 from cpx.runs.folder import run_folder
 from cpx.runs.ledger import Ledger
 from cpx.submit.submissions import main_score
-from cpx.train.curves import plot_history
 
 CURVES = 4
 MAX_GAIN_ROWS = 24  # rows of the evaluation-time table

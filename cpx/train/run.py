@@ -705,7 +705,7 @@ def _finish(ctx: RunContext, trainer: Trainer, reason: StopReason, validation: V
         return result
     if trainer.history:
         try:
-            from cpx.train.curves import plot_history
+            from cpx.draw.curves import plot_history
 
             plot_history([(ctx.run_id, trainer.history)], ctx.folder.curves_path, metric=result.metric,
                          greater_is_better=ctx.metric.greater_is_better)

@@ -192,3 +192,19 @@ def test_too_little_free_space_is_reported(cpx_workspace, cpx_host, capsys):
     assert problem.kind == "disk-space" and "free some space" in problem.message
     code, lines = _doctor(capsys, "--min-free", str(free * 2 / (1 << 30)))
     assert code == 1 and len(lines) == 1 and "GiB free" in lines[0]
+
+
+def test_a_ledger_locked_by_another_program_is_not_called_damaged(cpx_workspace, cpx_host, monkeypatch):
+    # a rollback-journal ledger (as on a file system without WAL) under another program's exclusive lock
+    with Ledger(cpx_workspace.ledger_path):
+        pass
+    other = sqlite3.connect(cpx_workspace.ledger_path, isolation_level=None)
+    other.execute("PRAGMA journal_mode = DELETE")
+    other.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr("cpx.runs.ledger.DEFAULT_TIMEOUT", 0.1)
+    try:
+        (problem,) = check_workspace(cpx_workspace, cpx_host, min_free=0).problems
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert problem.kind == "ledger-unreadable" and "locked" in problem.message and "again" in problem.message

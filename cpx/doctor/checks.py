@@ -29,6 +29,7 @@ MIN_FREE_BYTES = 1 << 30
 # Finding kinds, one per check.
 LEDGER_DAMAGED = "ledger-damaged"
 LEDGER_NEWER = "ledger-newer"
+LEDGER_UNREADABLE = "ledger-unreadable"
 RUN_FOLDER_MISSING = "run-folder-missing"
 FOLDER_NOT_RECORDED = "folder-not-recorded"
 FILE_DAMAGED = "file-damaged"
@@ -65,7 +66,7 @@ def check_workspace(workspace: Workspace, host, *, min_free: int = MIN_FREE_BYTE
     report = DoctorReport(workspace=workspace.root)
     ledger = inspect_ledger(workspace.ledger_path)
     _check_ledger(report, workspace, ledger)
-    if ledger.exists and not ledger.damage and not ledger.newer:
+    if ledger.exists and not (ledger.damage or ledger.newer or ledger.unreadable):
         _check_runs(report, workspace, host, ledger.runs)
     _check_credentials(report, workspace, credentials)
     _check_disk(report, workspace, min_free)
@@ -89,6 +90,11 @@ def _check_ledger(report: DoctorReport, workspace: Workspace, ledger: LedgerInsp
         extra = f" (and {len(ledger.damage) - 1} more)" if len(ledger.damage) > 1 else ""
         report.problems.append(Problem(where, LEDGER_DAMAGED, f"damaged: {ledger.damage[0]}{extra}; every command "
                                                               f"that reads it will refuse; to recover, {ledger.recovery}"))
+        return
+    if ledger.unreadable:
+        report.problems.append(Problem(where, LEDGER_UNREADABLE, f"could not be read now ({ledger.unreadable}): "
+                                                                 "another program holds it; run cpx doctor again "
+                                                                 "when it is done"))
         return
     if ledger.newer:
         report.problems.append(Problem(where, LEDGER_NEWER, f"written by a newer cpx (its schema has "

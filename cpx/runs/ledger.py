@@ -696,6 +696,8 @@ class LedgerInspection:
     damage: list[str] = field(default_factory=list)
     #: the recovery the one-line error for a damaged ledger suggests (see :func:`damaged`)
     recovery: str = ""
+    #: why a sound file could not be read now (locked by another program past the busy timeout)
+    unreadable: str = ""
     #: migrations the file records that this cpx does not know: a newer cpx wrote it
     newer: list[str] = field(default_factory=list)
     #: migrations this cpx would apply at the next open (a copy is kept first)
@@ -720,8 +722,11 @@ def inspect_ledger(path: Union[str, os.PathLike]) -> LedgerInspection:
     try:
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=DEFAULT_TIMEOUT)
     except sqlite3.Error as exc:
-        found.damage = [str(exc)]
-        found.recovery = _recovery(path, exc)
+        if is_damage(exc):
+            found.damage = [str(exc)]
+            found.recovery = _recovery(path, exc)
+        else:
+            found.unreadable = str(exc)
         return found
     db.row_factory = sqlite3.Row
     try:
@@ -736,7 +741,10 @@ def inspect_ledger(path: Union[str, os.PathLike]) -> LedgerInspection:
         if not found.newer and _has_runs(db):
             found.runs = [_decode("runs", r, root) for r in db.execute("SELECT * FROM runs ORDER BY created_at")]
     except sqlite3.DatabaseError as exc:
-        found.damage = found.damage or [str(exc)]
+        if is_damage(exc):
+            found.damage = found.damage or [str(exc)]
+        else:
+            found.unreadable = str(exc)
     finally:
         db.close()
     if found.damage:

@@ -62,14 +62,15 @@ OVERRIDES = "Overriding a refusal"
 
 # commands that reuse a run's data folder refuse one that no longer holds what the run trained on
 AllowChangedData = Annotated[bool, typer.Option(
-    "--allow-changed-data", rich_help_panel=OVERRIDES, help="use the run's data folder even though its labelled images are not the ones "
-                                 "the run trained on (their fingerprint differs)")]
+    "--allow-changed-data", rich_help_panel=OVERRIDES,
+    help="use the run's data folder even though its labelled images are not the ones the run trained on (their "
+         "fingerprint differs)")]
 
 Tta = Annotated[Optional[str], typer.Option(
     "--tta", help="test-time augmentation: flip, scale or flip,scale (default: none; an ensemble's own)")]
 Post = Annotated[Optional[str], typer.Option(
-    "--post", help="post-processing steps, comma-separated without spaces, each NAME or NAME:key=value "
-                   "(see `cpx plugins` for the names and their options)")]
+    "--post", help="post-processing steps, comma-separated, each NAME or NAME:key=value, e.g. fill-holes or "
+                   "small-components (see `cpx plugins` for the names and their options)")]
 Calibration = Annotated[bool, typer.Option(
     "--calibration/--no-calibration", help="apply the per-class logit offsets `cpx calibrate` stored with the run")]
 Tile = Annotated[Optional[int], typer.Option(

@@ -24,6 +24,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
+# Read by the OpenMP runtime when torch loads, so set before any cpx module imports torch (a
+# choice in the environment wins). Threads that finish their share of an operation sleep
+# instead of spinning: on a machine whose cores other programs also use, spinning threads
+# keep those cores busy while the thread they wait for is descheduled, and a 2-thread training
+# step ran 10-18x slower than with this (measured with benchmarks/cpu_step.py when this line
+# came in, commit c150c50; benchmarks/README.md holds no side-by-side figure for it yet).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 __all__ = ["__version__", "create_model", "open_run", "predict", "score"]
 

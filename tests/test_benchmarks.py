@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+# what the scripts share (``_common.py``): imported by them, not run
+HELPERS = [p for p in BENCHMARKS if p.name.startswith("_")]
 
 # seedstyle.py's interface: `throughput` and `budget` modes printing one JSON line, evaluate()
 STAND_IN = '''
@@ -75,7 +77,8 @@ def _cpx_imports(path: Path) -> list[tuple[int, str, str]]:
 
 @pytest.mark.parametrize("path", BENCHMARKS, ids=[p.name for p in BENCHMARKS])
 def test_every_benchmark_imports_and_every_cpx_name_it_imports_exists(path):
-    assert callable(_load(path).main)
+    module = _load(path)
+    assert path in HELPERS or callable(module.main)
     missing = []
     for line, module, name in _cpx_imports(path):
         owner = importlib.import_module(module)
@@ -124,3 +127,62 @@ def test_startup_times_every_quick_command(capsys):
         ["python -c pass"] + ["cpx " + " ".join(c) for c in script.COMMANDS]
     assert all(c["exit_codes"] == [0] and c["own_seconds"] > 0 for c in figures["commands"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == figures
+
+
+def _tiny_workspace(tmp_path, cpx_host) -> tuple[Path, Path]:
+    """(data folder of 20 synthetic 32 px faces, workspace with a recipe ``tiny``: a unet of a
+    few thousand parameters)."""
+    from cpx.data import write_dataset
+
+    comp = cpx_host.competition("celebamask-mini")
+    data = tmp_path / "data"
+    write_dataset(data, comp, comp.synthesize(20, 32, 0), test_count=2)
+    workspace = tmp_path / "ws"
+    (workspace / "experiments").mkdir(parents=True)
+    (workspace / "experiments" / "tiny.yaml").write_text(
+        "base: unet\nmodel:\n  options: {base_channels: 4, depth: 2}\n"
+        "train: {epochs: 1, batch_size: 4}\nschedule: {warmup_epochs: 0}\n")
+    return data, workspace
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cpu_step_times_each_variant_on_tiny_input(tmp_path, monkeypatch, cpx_host, one_thread):
+    data, workspace = _tiny_workspace(tmp_path, cpx_host)
+    monkeypatch.chdir(workspace)
+    script = _load(next(p for p in BENCHMARKS if p.name == "cpu_step.py"))
+    figures = script.main(["--data", str(data), "--recipe", "tiny", "--image-size", "32", "--workspace",
+                           str(workspace), "--variants", "1x2,1x4", "--steps", "1", "--rounds", "2"])
+    assert set(figures["variants"]) == {"1x2", "1x4"}
+    assert all(v["images_per_s"] > 0 and v["cpu_seconds_per_image"] > 0 for v in figures["variants"].values())
+    assert figures["variants"]["1x2"]["vs_first"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cache_memory_loads_the_same_pixels_copied_and_mapped(tmp_path, monkeypatch, cpx_host):
+    data, workspace = _tiny_workspace(tmp_path, cpx_host)
+    monkeypatch.chdir(workspace)
+    script = _load(next(p for p in BENCHMARKS if p.name == "cache_memory.py"))
+    figures = script.main(["--data", str(data), "--recipe", "tiny", "--image-size", "32", "--workspace",
+                           str(workspace)])
+    cases = figures["cases"]
+    assert len(cases) == 4 and len({c["checksum"] for c in cases.values()}) == 1
+    assert all(c["images"] > 0 and c["VmHWM"] > 0 for c in cases.values())
+    assert (workspace / "cache-copied").is_dir() and (workspace / "cache-mapped").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ab_step_runs_two_trees_in_turn_on_tiny_input(tmp_path, monkeypatch, cpx_host):
+    data, workspace = _tiny_workspace(tmp_path, cpx_host)
+    monkeypatch.chdir(workspace)
+    # the source tree of this checkout against the installed cpx (the same code, two workers)
+    tree = str(Path(__file__).resolve().parents[1])
+    script = _load(next(p for p in BENCHMARKS if p.name == "ab_step.py"))
+    figures = script.main(["--data", str(data), "--trees", f"{tree},.", "--recipe", "tiny", "--image-size", "32",
+                           "--batch-size", "2", "--threads", "1", "--rounds", "2", "--workspace", str(workspace)])
+    assert set(figures["trees"]) == {tree, "."}
+    for row in figures["trees"].values():
+        assert row["images_per_s"] > 0 and row["train_flops_per_s"] > 0 and row["peak_rss_gib"] > 0
+    assert figures["trees"][tree]["cpx"] == str(Path(tree) / "cpx")

@@ -205,6 +205,22 @@ def test_cache_hit_is_identical_and_does_not_decode(folder: Path, tmp_path: Path
         data.load_dataset(folder, COMP, names[:2], 24, cache)
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads the process's mappings (Linux)")
+def test_mmap_maps_the_cache_files_from_the_first_load(folder: Path, tmp_path: Path):
+    names = ["synth_00001", "synth_00002"]
+    cache = tmp_path / "cache"
+    expected = data.load_dataset(folder, COMP, names, 24)
+    images, masks = data.load_dataset(folder, COMP, names, 24, cache, mmap=True)  # a miss: decodes, writes, maps
+    assert torch.equal(images, expected[0]) and torch.equal(masks, expected[1])
+    maps = Path("/proc/self/maps").read_text()
+    files = sorted(cache.glob("*.npy"))
+    assert len(files) == 2 and all(str(f) in maps for f in files)
+    # copy-on-write: the training loop may change its tensors, never the cache
+    masks[0].fill_(7)
+    again = data.load_dataset(folder, COMP, names, 24, cache)
+    assert torch.equal(again[1], expected[1])
+
+
 def test_cache_misses_when_the_data_changes(folder: Path, tmp_path: Path, monkeypatch):
     names = data.train_names(folder, COMP)
     data.load_dataset(folder, COMP, names, 32, tmp_path / "cache")

@@ -56,3 +56,16 @@ def test_auto_on_a_gpu_is_bf16_where_it_is_supported(monkeypatch, bf16, expected
 def test_auto_on_this_cpu_follows_its_flags():
     flags = set(re.findall(r"\b(avx512_bf16|amx_bf16|amx_tile)\b", Path("/proc/cpuinfo").read_text()))
     assert device.resolve_precision("auto", torch.device("cpu")) == ("bf16" if flags else "fp32")
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_cpx_makes_waiting_openmp_threads_sleep_unless_told_otherwise(given, expected):
+    # a fresh interpreter: the OpenMP runtime reads the variable once, when torch loads
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    out = subprocess.run([sys.executable, "-c", "import os, cpx; print(os.environ['OMP_WAIT_POLICY'])"],
+                         capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == expected

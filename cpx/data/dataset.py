@@ -149,7 +149,11 @@ def load_dataset(root: os.PathLike, competition: Competition, names: Sequence[st
     nearest-neighbour, only when their size differs from S. A problem in the listing of the
     labelled folders (:meth:`cpx.data.layout.Scan.require`), a name that is not there or a bad
     file raises DataError in one line naming the file. With ``cache_dir`` the arrays are stored
-    there, keyed by the data fingerprint, the split, the names and S, and reused on the next call.
+    there, keyed by the data fingerprint, the split, the names and S, and reused on the next call;
+    with ``mmap`` too, the tensors are copy-on-write maps of those files (also right after
+    writing them), so the data is paged in from the page cache as batches touch it, shared by
+    processes that map the same files (data-parallel ranks, runs side by side) and never held
+    twice; writing to the tensors changes only this process's pages.
     """
     root = Path(root)
     size = int(image_size or competition.image_size)
@@ -199,6 +203,11 @@ def load_dataset(root: os.PathLike, competition: Competition, names: Sequence[st
             _save_npy(cache_paths[0], images)
         except OSError as exc:
             warnings.warn(f"could not write the data cache in {cache_dir}: {exc}")
+        else:
+            # the first run maps the files it wrote, as later runs do: the decoded copy goes
+            mapped = _load_cached(cache_paths, len(names), size, True) if mmap else None
+            if mapped is not None:
+                images, masks = mapped
     return torch.from_numpy(images), torch.from_numpy(masks)
 
 

@@ -148,7 +148,8 @@ def prepare_data(config: ExperimentConfig, competition: Competition, workspace: 
         train_names, val_names = datalib.split_names(names, d.val_fraction, d.split_seed)
     fp = datalib.fingerprint(root, competition)
     cache = workspace.cache_dir if d.cache else None
-    train = datalib.load_dataset(root, competition, train_names, d.image_size, cache_dir=cache)
+    # mapped, not copied: the cache file's pages are the training tensors (issue 20, item 7)
+    train = datalib.load_dataset(root, competition, train_names, d.image_size, cache_dir=cache, mmap=True)
     label_policy = None
     if d.exclude_suspect or d.fix_suspect:
         # only training masks: the validation split stays the competition's, labels and all

@@ -108,3 +108,57 @@ def test_a_batch_of_one_trains(models):
 def test_bad_options_are_config_errors(host, options, match):
     with pytest.raises(ConfigError, match=match):
         host.models.get("dlv3p").create(options, NUM_CLASSES)
+
+
+def test_space_to_batch_round_trips_and_undilates():
+    x = torch.randn(2, 3, 8, 12, dtype=torch.float64)
+    torch.testing.assert_close(dlv3p_arch.batch_to_space(dlv3p_arch.space_to_batch(x, 2), 2), x)
+    w = torch.randn(3, 1, 3, 3, dtype=torch.float64)
+    sub = F.conv2d(dlv3p_arch.space_to_batch(x, 2), w, None, 1, 1, 1, 3)
+    torch.testing.assert_close(dlv3p_arch.batch_to_space(sub, 2), F.conv2d(x, w, None, 1, 2, 2, 3))
+
+
+@pytest.mark.parametrize("hw", [(12, 8), (13, 9)])  # the whole block on sub-images; padded: per convolution
+@pytest.mark.parametrize("train", [True, False])
+def test_dilated_inverted_residual_equals_the_dilated_block(hw, train):
+    torch.manual_seed(0)
+    block = dlv3p_arch.InvertedResidual(6, 6, dilation=2).double().train(train)
+    reference = copy.deepcopy(block)
+    if not train:  # running statistics that are not the identity
+        for m in block.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+        reference.load_state_dict(block.state_dict())
+    x = torch.randn(3, 6, *hw, dtype=torch.float64, requires_grad=True)
+
+    def plain(x):  # the block as written, with the stock dilated convolution
+        y = x
+        for layer in reference.body:
+            conv = layer[0]
+            y = F.conv2d(y, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+            for rest in list(layer)[1:]:
+                y = rest(y)
+        return x + y
+
+    out, expected = block(x), plain(x)
+    torch.testing.assert_close(out, expected)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, *block.parameters()], g)
+    want = torch.autograd.grad(expected, [x, *reference.parameters()], g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    if train:  # batch statistics over the same pixels
+        for a, b in zip(block.buffers(), reference.buffers()):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_classifier_is_the_channel_dropout_then_the_1x1_convolution(models, train):
+    model = copy.deepcopy(models["dlv3p"]).double().train(train)
+    y = torch.randn(3, 32, 10, 14, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(7)
+    got = model._classify(y)
+    torch.manual_seed(7)  # Dropout2d draws one Bernoulli per image and channel, the same draws
+    expected = model.classifier(model.dropout(y))
+    assert got.is_contiguous() and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected.float())

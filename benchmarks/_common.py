@@ -1,0 +1,65 @@
+"""What the benchmark scripts share: the machine's description, the load, a workspace with its
+plugin host, a recipe's config with data, size and batch overrides, and the recipe's trainer
+as the step benchmarks time it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def load_avg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def cpu_line() -> str:
+    """lscpu's model name and the vector extensions that decide the CPU kernels."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+    return f"{model} ({' '.join(f for f in wanted if f in flags) or 'no AVX2'})"
+
+
+def workspace_and_host(root: Path):
+    from cpx.kernel.manager import create_plugin_host, set_host
+    from cpx.kernel.workspace import Workspace
+
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["CPX_WORKSPACE"] = str(root)
+    ws = Workspace(root)
+    host = create_plugin_host(plugin_dirs=ws.plugin_dirs())
+    set_host(host)
+    return ws, host
+
+
+def recipe_config(args, ws, host, **extra):
+    from cpx.kernel.config import build_config
+
+    overrides = {"data.path": args.data, "data.image_size": args.image_size, **extra}
+    if args.batch_size:
+        overrides["train.batch_size"] = args.batch_size
+    config, _ = build_config(args.recipe, overrides, ws.experiments_dir, host)
+    return config, host.competition(config.competition)
+
+
+def step_trainer(config, host, competition, images, masks, precision: str):
+    """The recipe's :class:`cpx.train.loop.Trainer` on CPU over ``images`` (N x C x S x S uint8)
+    and ``masks`` (N x S x S uint8), without callbacks (no EMA, no validation), as ``cpx bench``
+    times a step; a plan of 10**6 epochs keeps the learning rate in its warm-up/cosine range."""
+    import torch
+
+    from cpx.train.loop import Trainer
+    from cpx.train.run import build_components
+
+    model, loss_fn, augment = build_components(config, host, competition)
+    return Trainer(model, loss_fn, augment, (images, masks), train=config.train.model_copy(update={"epochs": 10 ** 6}),
+                   optimizer=config.optimizer, schedule=config.schedule, precision=precision,
+                   device=torch.device("cpu"))

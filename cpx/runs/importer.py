@@ -195,6 +195,20 @@ def _config_value(config: dict, *paths: str) -> Any:
 # ---------------------------------------------------------------- import
 
 
+@dataclass
+class _Findings:
+    """What reading a run folder has found so far: the run's ledger ``fields``, the
+    modification ``times`` of the files read, and one line per item read, not read, or
+    worth a warning.
+    """
+
+    fields: dict[str, Any]
+    times: list[float] = field(default_factory=list)
+    read: list[str] = field(default_factory=list)
+    unread: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
 def import_run(folder: Path, ledger: Ledger, *, name: Optional[str] = None,
                competition: Optional[str] = None, host=None) -> ImportResult:
     """Record the training run in ``folder`` (made by another script) as an imported run.
@@ -210,148 +224,182 @@ def import_run(folder: Path, ledger: Ledger, *, name: Optional[str] = None,
         if run.get("run_dir") == str(folder):
             raise RunError(f"{folder} was already imported as run {run['id']}")
 
-    read: list[str] = []
-    unread: list[str] = []
-    warnings: list[str] = []
-    fields: dict[str, Any] = {"kind": "imported", "status": "imported", "run_dir": str(folder)}
-    times: list[float] = []
+    found = _Findings(fields={"kind": "imported", "status": "imported", "run_dir": str(folder)})
+    config, config_path = _read_config(folder, found)
+    if config is not None:
+        competition = _record_config(config, config_path, host, found) or competition
+    if competition:
+        found.fields["competition"] = competition
+    _read_history(folder, found)
+    _read_checkpoints(folder, found)
 
-    # -- config
-    config: Optional[dict] = None
+    if _find(folder, SPLIT_NAMES) is None:
+        found.unread.append("no validation list (val_list.txt): its F may come from another split than yours")
+    _check_params(host, found)
+
+    fields = found.fields
+    if found.times:
+        fields["created_at"] = _iso(min(found.times))
+        fields["finished_at"] = _iso(max(found.times))
+    label = name or folder.name
+    fields["name"] = label
+    fields["notes"] = f"imported from {folder}"
+    run = ledger.add_run(**fields)
+    return ImportResult(run=run, read=found.read, unread=found.unread, warnings=found.warnings)
+
+
+def _read_config(folder: Path, found: _Findings) -> tuple[Optional[dict], Optional[Path]]:
+    """The config mapping in ``folder`` and its path, each None when there is none (or the
+    config cannot be read); notes in ``found`` what was read or why not.
+    """
     config_path = _find(folder, CONFIG_NAMES)
     if config_path is None:
         loose = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
         config_path = loose[0] if len(loose) == 1 else None
     if config_path is None:
-        unread.append(f"no config file ({', '.join(CONFIG_NAMES[:3])}, ...): settings unknown")
-    else:
-        try:
-            loaded = _load_structured(config_path)
-        except (OSError, ValueError, yaml.YAMLError, UnicodeDecodeError) as exc:
-            unread.append(f"{config_path.name}: not readable as {config_path.suffix[1:].upper()} "
-                          f"({type(exc).__name__})")
-        else:
-            if isinstance(loaded, dict):
-                config = loaded
-                times.append(config_path.stat().st_mtime)
-                read.append(f"config from {config_path.name}")
-            else:
-                unread.append(f"{config_path.name}: expected a mapping of settings, found {type(loaded).__name__}")
-    if config is not None:
-        fields["config"] = config
-        diff = _recipe_diff(config, host)
-        fields["config_diff"] = diff if diff is not None else key_config(config)
-        model = _config_value(config, "model.name", "model.arch", "model.type", "arch", "model")
-        if not isinstance(model, str):
-            unread.append(f"{config_path.name}: no model name (model.name, arch)")
-        named = config.get("competition")
-        if isinstance(named, str) and named:
-            competition = named
-        epochs = _config_value(config, "training.epochs", "train.epochs", "epochs", "num_epochs", "max_epochs")
-        if isinstance(epochs, int) and not isinstance(epochs, bool):
-            fields["epochs_planned"] = epochs
-        seed = _config_value(config, "seed", "training.seed", "train.seed")
-        if isinstance(seed, int) and not isinstance(seed, bool):
-            fields["seed"] = seed
-    if competition:
-        fields["competition"] = competition
+        found.unread.append(f"no config file ({', '.join(CONFIG_NAMES[:3])}, ...): settings unknown")
+        return None, None
+    try:
+        loaded = _load_structured(config_path)
+    except (OSError, ValueError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        found.unread.append(f"{config_path.name}: not readable as {config_path.suffix[1:].upper()} "
+                            f"({type(exc).__name__})")
+        return None, config_path
+    if not isinstance(loaded, dict):
+        found.unread.append(f"{config_path.name}: expected a mapping of settings, found {type(loaded).__name__}")
+        return None, config_path
+    found.times.append(config_path.stat().st_mtime)
+    found.read.append(f"config from {config_path.name}")
+    return loaded, config_path
 
-    # -- history
+
+def _record_config(config: dict, config_path: Path, host, found: _Findings) -> Optional[str]:
+    """Record ``config``, its diff (to its recipe, or its key fields) and the planned epochs
+    and seed in ``found``; returns the competition the config names, if any.
+    """
+    fields = found.fields
+    fields["config"] = config
+    diff = _recipe_diff(config, host)
+    fields["config_diff"] = diff if diff is not None else key_config(config)
+    model = _config_value(config, "model.name", "model.arch", "model.type", "arch", "model")
+    if not isinstance(model, str):
+        found.unread.append(f"{config_path.name}: no model name (model.name, arch)")
+    named = config.get("competition")
+    epochs = _config_value(config, "training.epochs", "train.epochs", "epochs", "num_epochs", "max_epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool):
+        fields["epochs_planned"] = epochs
+    seed = _config_value(config, "seed", "training.seed", "train.seed")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        fields["seed"] = seed
+    return named if isinstance(named, str) and named else None
+
+
+def _read_history(folder: Path, found: _Findings) -> None:
+    """Record in ``found`` the best validation F, the last epoch and the wall time from the
+    per-epoch history in ``folder``, or why they are unknown.
+    """
     history_path = _find(folder, HISTORY_NAMES)
     if history_path is None:
-        unread.append(f"no per-epoch history ({', '.join(HISTORY_NAMES[:3])}, ...): "
-                      f"best validation F unknown")
+        found.unread.append(f"no per-epoch history ({', '.join(HISTORY_NAMES[:3])}, ...): "
+                            f"best validation F unknown")
+        return
+    try:
+        data = _load_structured(history_path)
+    except (OSError, ValueError, yaml.YAMLError, UnicodeDecodeError, csv.Error) as exc:
+        found.unread.append(f"{history_path.name}: not readable ({type(exc).__name__})")
+        return
+    if data is None:
+        return
+    found.times.append(history_path.stat().st_mtime)
+    series, epochs = _history_series(data)
+    key = _val_f_key(series)
+    if key is None:
+        shown = ", ".join(list(series)[:6]) or "no numeric lists"
+        found.unread.append(f"{history_path.name}: no validation F series (found: {shown})")
+        if series:
+            found.fields["last_epoch"] = max(len(v) for v in series.values())
     else:
-        try:
-            data = _load_structured(history_path)
-        except (OSError, ValueError, yaml.YAMLError, UnicodeDecodeError, csv.Error) as exc:
-            data = None
-            unread.append(f"{history_path.name}: not readable ({type(exc).__name__})")
-        if data is not None:
-            times.append(history_path.stat().st_mtime)
-            series, epochs = _history_series(data)
-            key = _val_f_key(series)
-            if key is None:
-                shown = ", ".join(list(series)[:6]) or "no numeric lists"
-                unread.append(f"{history_path.name}: no validation F series (found: {shown})")
-            else:
-                values = series[key]
-                given = [_finite(e) for e in epochs or []]
-                usable = len(given) == len(values) and all(e is not None for e in given)
-                numbers = [int(e) for e in given] if usable else list(range(1, len(values) + 1))
-                curve = [(int(e), _finite(v)) for e, v in zip(numbers, values) if _finite(v) is not None]
-                if not curve:
-                    unread.append(f"{history_path.name}: '{key}' holds no numbers")
-                else:
-                    best_epoch, best = max(curve, key=lambda ev: (ev[1], -ev[0]))
-                    percent = 1.0 < best <= 100.0 and all(v >= 0 for _, v in curve)
-                    if percent:
-                        best /= 100.0
-                    if not 0.0 <= best <= 1.0:
-                        unread.append(f"{history_path.name}: '{key}' peaks at {best}, not an F value in 0..1")
-                    else:
-                        fields.update(best_val_score=best, best_epoch=best_epoch)
-                        read.append(f"validation F from '{key}' in {history_path.name}: best {best:.4f} "
-                                    f"at epoch {best_epoch} of {len(values)}"
-                                    + (" (given in percent)" if percent else ""))
-                if numbers:
-                    fields["last_epoch"] = max(numbers)
-            if key is None and series:
-                fields["last_epoch"] = max(len(v) for v in series.values())
-            if series:
-                seconds = [_finite(v) for k, vs in series.items() if k.rsplit(".", 1)[-1].lower() in
-                           ("epoch_time", "time", "seconds", "epoch_seconds", "duration") for v in vs]
-                if seconds and all(x is not None for x in seconds):
-                    fields["wall_seconds"] = round(sum(seconds), 2)
+        _record_best_f(history_path, key, series[key], epochs, found)
+    if series:
+        seconds = [_finite(v) for k, vs in series.items() if k.rsplit(".", 1)[-1].lower() in
+                   ("epoch_time", "time", "seconds", "epoch_seconds", "duration") for v in vs]
+        if seconds and all(x is not None for x in seconds):
+            found.fields["wall_seconds"] = round(sum(seconds), 2)
 
-    # -- checkpoints
+
+def _record_best_f(history_path: Path, key: str, values: list, epochs: Optional[list],
+                   found: _Findings) -> None:
+    """Record in ``found`` the best validation F in ``values`` (the series ``key``, read from
+    ``history_path``), its epoch (from ``epochs`` when they match) and the last epoch.
+    """
+    given = [_finite(e) for e in epochs or []]
+    usable = len(given) == len(values) and all(e is not None for e in given)
+    numbers = [int(e) for e in given] if usable else list(range(1, len(values) + 1))
+    curve = [(int(e), _finite(v)) for e, v in zip(numbers, values) if _finite(v) is not None]
+    if not curve:
+        found.unread.append(f"{history_path.name}: '{key}' holds no numbers")
+    else:
+        best_epoch, best = max(curve, key=lambda ev: (ev[1], -ev[0]))
+        percent = 1.0 < best <= 100.0 and all(v >= 0 for _, v in curve)
+        if percent:
+            best /= 100.0
+        if not 0.0 <= best <= 1.0:
+            found.unread.append(f"{history_path.name}: '{key}' peaks at {best}, not an F value in 0..1")
+        else:
+            found.fields.update(best_val_score=best, best_epoch=best_epoch)
+            found.read.append(f"validation F from '{key}' in {history_path.name}: best {best:.4f} "
+                              f"at epoch {best_epoch} of {len(values)}"
+                              + (" (given in percent)" if percent else ""))
+    if numbers:
+        found.fields["last_epoch"] = max(numbers)
+
+
+def _read_checkpoints(folder: Path, found: _Findings) -> None:
+    """Record in ``found`` the checkpoints under ``folder`` (best first), the parameter count
+    of the first, and the validation F its metadata holds when the history gave none.
+    """
     ckpts = sorted((p for p in folder.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()),
                    key=lambda p: (not p.stem.lower().startswith("best"), len(p.parts), str(p)))
     if not ckpts:
-        unread.append("no checkpoint (*.pth, *.pt, *.ckpt): nothing to package from this run")
-    else:
-        fields["checkpoints"] = [str(p) for p in ckpts]
-        times += [p.stat().st_mtime for p in ckpts]
-        read.append(f"{len(ckpts)} checkpoint(s): " + ", ".join(str(p.relative_to(folder)) for p in ckpts[:4])
-                    + (" ..." if len(ckpts) > 4 else ""))
-        first = ckpts[0]
-        try:
-            params, meta = _read_checkpoint(first)
-        except RunError as exc:  # pickled objects or code, not torch at all, or no weights inside
-            unread.append(f"{str(exc).replace(str(first), str(first.relative_to(folder)))}; parameter count unknown")
-        else:
-            fields["params"] = params
-            read.append(f"{params:,} parameters in {first.relative_to(folder)} (BatchNorm statistics excluded)")
-            if "best_val_score" not in fields:
-                for key in ("best_f", "best_val_score", "val_f_score", "best_score", "f_score"):
-                    value = _finite(meta.get(key))
-                    if value is not None and 0.0 <= value <= 1.0:
-                        fields["best_val_score"] = value
-                        epoch = meta.get("epoch") or meta.get("best_epoch")
-                        if isinstance(epoch, int):
-                            fields["best_epoch"] = epoch
-                        read.append(f"validation F {value:.4f} from '{key}' in {first.name}")
-                        break
+        found.unread.append("no checkpoint (*.pth, *.pt, *.ckpt): nothing to package from this run")
+        return
+    fields = found.fields
+    fields["checkpoints"] = [str(p) for p in ckpts]
+    found.times += [p.stat().st_mtime for p in ckpts]
+    found.read.append(f"{len(ckpts)} checkpoint(s): " + ", ".join(str(p.relative_to(folder)) for p in ckpts[:4])
+                      + (" ..." if len(ckpts) > 4 else ""))
+    first = ckpts[0]
+    try:
+        params, meta = _read_checkpoint(first)
+    except RunError as exc:  # pickled objects or code, not torch at all, or no weights inside
+        found.unread.append(f"{str(exc).replace(str(first), str(first.relative_to(folder)))}; "
+                            f"parameter count unknown")
+        return
+    fields["params"] = params
+    found.read.append(f"{params:,} parameters in {first.relative_to(folder)} (BatchNorm statistics excluded)")
+    if "best_val_score" in fields:
+        return
+    for key in ("best_f", "best_val_score", "val_f_score", "best_score", "f_score"):
+        value = _finite(meta.get(key))
+        if value is not None and 0.0 <= value <= 1.0:
+            fields["best_val_score"] = value
+            epoch = meta.get("epoch") or meta.get("best_epoch")
+            if isinstance(epoch, int):
+                fields["best_epoch"] = epoch
+            found.read.append(f"validation F {value:.4f} from '{key}' in {first.name}")
+            break
 
-    if _find(folder, SPLIT_NAMES) is None:
-        unread.append("no validation list (val_list.txt): its F may come from another split than yours")
 
+def _check_params(host, found: _Findings) -> None:
+    """Add to ``found``'s warnings the competition's complaint about the parameter count, if any."""
+    fields = found.fields
     if fields.get("params") and host is not None and fields.get("competition"):
         try:
             problem = host.competition(fields["competition"]).check_params(fields["params"])
         except CpxError:
             problem = None
         if problem:
-            warnings.append(problem)
-
-    if times:
-        fields["created_at"] = _iso(min(times))
-        fields["finished_at"] = _iso(max(times))
-    label = name or folder.name
-    fields["name"] = label
-    fields["notes"] = f"imported from {folder}"
-    run = ledger.add_run(**fields)
-    return ImportResult(run=run, read=read, unread=unread, warnings=warnings)
+            found.warnings.append(problem)
 
 
 def _recipe_diff(config: dict, host) -> Optional[dict]:

@@ -245,8 +245,6 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
     member's probabilities are computed once. The images are the first member's data folder,
     which must still hold the data it trained on (unless ``allow_changed_data``).
     """
-    from cpx.runs.handle import open_run
-
     if record:
         check_writable(workspace.runs_dir, workspace.ledger_path)
 
@@ -256,25 +254,8 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
         raise ConfigError(f"--top must be at least 1, not {top}")
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint {checkpoint!r}: an ensemble takes best or last for every member")
-    with Ledger(workspace.ledger_path) as ledger:
-        rows = [ledger.get_run(r) for r in runs] if runs else top_runs(ledger, top)
-        for r in rows:
-            if is_ensemble(r):
-                raise RunError(f"run {r['id']} is itself an ensemble; name its members instead")
-        ids = [r["id"] for r in rows]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
-            raise ConfigError(f"run {dup[0]} is named twice; use --weights to weigh a run more")
-        if len(rows) < 2:
-            raise RunError(f"an ensemble needs at least 2 runs, found {len(rows)}"
-                           + ("" if runs else " completed run(s) with a validation score"))
-        handles = [open_run(r["id"], workspace, host, ledger) for r in rows]
-    if weights is not None:
-        if search:
-            raise ConfigError("--weights and --search both set the weights; choose one")
-        if len(weights) != len(handles):
-            raise ConfigError(f"--weights: {len(weights)} weight(s) for {len(handles)} run(s)")
-    weights = [float(w) for w in weights] if weights is not None else [1.0] * len(handles)
+    handles = _open_members(runs, top, workspace, host)
+    weights = _member_weights(weights, search, len(handles))
     comps = {h.competition.name for h in handles}
     if len(comps) > 1:
         raise RunError(f"the runs belong to different competitions ({', '.join(sorted(comps))})")
@@ -300,18 +281,8 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
     message = ""
     chosen_members = [(k, m.weight) for k, m in enumerate(member_scores)]
     if search:
-        def on_step(step: int) -> None:
-            if progress:
-                progress("searching", step, max_rounds)
-
-        counts, picks = greedy_select(lambda c: cache.score(c, metric, competition.num_classes), len(members),
-                                      max_rounds, on_step)
-        steps = [{"add": handles[k].id, "score": score if metric.greater_is_better else -score} for k, score in picks]
-        total = sum(counts.values())
-        # every candidate stays listed (weight 0 if not picked) so the table shows what was passed over
-        member_scores = [MemberScore(ms.run, ms.name, counts[k] / total, ms.checkpoint, ms.score,
-                                     ms.recorded_val_score) for k, ms in enumerate(member_scores)]
-        chosen_members = [(k, counts[k] / total) for k in sorted(counts)]
+        member_scores, chosen_members, steps = _search_weights(member_scores, handles, cache, metric, competition,
+                                                               max_rounds, progress)
         warnings.append("the weights were searched on these validation images, so the ensemble's score and its "
                         "gain over the best member are in-sample (optimistic); confirm on other labelled images "
                         "with `cpx validate RUN --data DIR`")
@@ -330,20 +301,86 @@ def build_ensemble(runs: Sequence[str], workspace: Workspace, host: PluginHost, 
                             gain=(evaluation.score - best_single.score) if evaluation else None)
     result.seconds = time.perf_counter() - start
     if evaluation is not None:
-        evaluation.seconds = result.seconds
-        evaluation.checkpoint = "members"
-        evaluation.data = VAL_LIST
-        evaluation.warnings = list(warnings)
-        if not competition.rules.ensembles_allowed:
-            result.warnings.append(f"{competition.name} forbids ensembles: this one is for validation only; "
-                                   "predicting or packaging it needs --allow-rule-break and it must not be submitted")
-        if sum(1 for m in member_scores if m.weight > 0) < 2:
-            result.message = "only one member has a weight above zero: not an ensemble, nothing recorded"
-        elif record:
-            params = sum(count_params(members[k].model) for k, ms in enumerate(member_scores) if ms.weight > 0)
-            result.run_id = _record(workspace, competition, result, name, params, command, part)
-            evaluation.run_id = result.run_id
+        _conclude(result, members, competition, workspace, record=record, name=name, command=command, part=part)
     return result
+
+
+def _open_members(runs: Sequence[str], top: int, workspace: Workspace, host: PluginHost) -> list:
+    """Handles on the named ``runs`` (or the ``top`` completed runs when none are named).
+
+    :raises RunError: a run is itself an ensemble, or there are fewer than two.
+    :raises ConfigError: a run is named twice.
+    """
+    from cpx.runs.handle import open_run
+
+    with Ledger(workspace.ledger_path) as ledger:
+        rows = [ledger.get_run(r) for r in runs] if runs else top_runs(ledger, top)
+        for r in rows:
+            if is_ensemble(r):
+                raise RunError(f"run {r['id']} is itself an ensemble; name its members instead")
+        ids = [r["id"] for r in rows]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ConfigError(f"run {dup[0]} is named twice; use --weights to weigh a run more")
+        if len(rows) < 2:
+            raise RunError(f"an ensemble needs at least 2 runs, found {len(rows)}"
+                           + ("" if runs else " completed run(s) with a validation score"))
+        return [open_run(r["id"], workspace, host, ledger) for r in rows]
+
+
+def _member_weights(weights: Optional[Sequence[float]], search: bool, n: int) -> list[float]:
+    """The ``n`` members' weights: those given, or 1 each.
+
+    :raises ConfigError: weights given with ``search``, or not one per member.
+    """
+    if weights is not None:
+        if search:
+            raise ConfigError("--weights and --search both set the weights; choose one")
+        if len(weights) != n:
+            raise ConfigError(f"--weights: {len(weights)} weight(s) for {n} run(s)")
+    return [float(w) for w in weights] if weights is not None else [1.0] * n
+
+
+def _search_weights(member_scores: list[MemberScore], handles: list, cache: _SearchCache, metric: Metric,
+                    competition, max_rounds: int,
+                    progress: Progress) -> tuple[list[MemberScore], list[tuple[int, float]], list[dict]]:
+    """Greedy selection over the cached probabilities: the member scores with the searched
+    weights, the chosen (member index, weight) pairs, and the search's steps.
+    """
+    def on_step(step: int) -> None:
+        if progress:
+            progress("searching", step, max_rounds)
+
+    counts, picks = greedy_select(lambda c: cache.score(c, metric, competition.num_classes), len(member_scores),
+                                  max_rounds, on_step)
+    steps = [{"add": handles[k].id, "score": score if metric.greater_is_better else -score} for k, score in picks]
+    total = sum(counts.values())
+    # every candidate stays listed (weight 0 if not picked) so the table shows what was passed over
+    scores = [MemberScore(ms.run, ms.name, counts[k] / total, ms.checkpoint, ms.score,
+                          ms.recorded_val_score) for k, ms in enumerate(member_scores)]
+    chosen = [(k, counts[k] / total) for k in sorted(counts)]
+    return scores, chosen, steps
+
+
+def _conclude(result: EnsembleResult, members: list[Member], competition, workspace: Workspace, *,
+              record: bool, name: Optional[str], command: str, part: str) -> None:
+    """Complete a scored ``result``: its evaluation's details, the competition's warning when
+    it forbids ensembles, and (with ``record``) the run recorded when two members weigh.
+    """
+    evaluation = result.evaluation
+    evaluation.seconds = result.seconds
+    evaluation.checkpoint = "members"
+    evaluation.data = VAL_LIST
+    evaluation.warnings = list(result.warnings)
+    if not competition.rules.ensembles_allowed:
+        result.warnings.append(f"{competition.name} forbids ensembles: this one is for validation only; "
+                               "predicting or packaging it needs --allow-rule-break and it must not be submitted")
+    if sum(1 for m in result.members if m.weight > 0) < 2:
+        result.message = "only one member has a weight above zero: not an ensemble, nothing recorded"
+    elif record:
+        params = sum(count_params(members[k].model) for k, ms in enumerate(result.members) if ms.weight > 0)
+        result.run_id = _record(workspace, competition, result, name, params, command, part)
+        evaluation.run_id = result.run_id
 
 
 def _record(workspace: Workspace, competition, result: EnsembleResult, name: Optional[str], params: int,

@@ -97,9 +97,33 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
     if output_dir.resolve() == input_dir.resolve():
         raise DataError(f"{output_dir}: choose an output folder other than the input folder")
     competition = predictor.competition
+    good, bad = _sort_files(input_dir, competition)
+    if bad and not skip_bad:
+        lines = [f"{p}: {why}" for p, why in bad]
+        raise DataError("\n".join(lines + [f"{len(bad)} bad file(s) in {input_dir}; nothing was written "
+                                           "(--skip-bad predicts the rest)"]))
+    report = PredictReport(output_dir=output_dir, tta=predictor.tta)
+    report.skipped = bad
+    if not good:
+        raise DataError(f"{input_dir}: no readable images to predict")
+    targets = _mask_targets(good, output_dir, competition, overwrite)
+    check_writable(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # masks half-written by a predict that was killed; a live writer's temps are seconds old
+    remove_stale_temps(output_dir, older_than=60)
+
+    _predict_batches(predictor, _size_batches(good, batch_size), targets, report, progress)
+    report.written.sort()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _sort_files(input_dir: Path, competition: Competition) -> tuple[list[tuple[Path, Size]], list[tuple[Path, str]]]:
+    """The images of ``input_dir`` that decode, with their (height, width), and the bad files
+    with the reason, sorted by name.
+    """
     suffixes = tuple(dict.fromkeys((*IMAGE_SUFFIXES, *(s.lower() for s in competition.layout.image_suffixes))))
     listing = scan_images(input_dir, suffixes=suffixes)
-    report = PredictReport(output_dir=output_dir, tta=predictor.tta)
     good: list[tuple[Path, Size]] = []
     # folders, broken links and second files of one stem, named like images; then other files
     bad: list[tuple[Path, str]] = [(input_dir / p.path, p.message) for p in listing.problems
@@ -118,13 +142,15 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
             seen[target] = path
             good.append((path, size))
     bad.sort(key=lambda item: item[0].name)
-    if bad and not skip_bad:
-        lines = [f"{p}: {why}" for p, why in bad]
-        raise DataError("\n".join(lines + [f"{len(bad)} bad file(s) in {input_dir}; nothing was written "
-                                           "(--skip-bad predicts the rest)"]))
-    report.skipped = bad
-    if not good:
-        raise DataError(f"{input_dir}: no readable images to predict")
+    return good, bad
+
+
+def _mask_targets(good: list[tuple[Path, Size]], output_dir: Path, competition: Competition,
+                  overwrite: bool) -> dict[Path, Path]:
+    """Each image's mask path in ``output_dir``.
+
+    :raises DataError: some masks exist already and ``overwrite`` is off.
+    """
     targets = {path: output_dir / competition.layout.mask_name(path.name) for path, _ in good}
     if not overwrite:
         clash = [t for t in targets.values() if t.exists()]
@@ -132,11 +158,11 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
             shown = ", ".join(t.name for t in clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
             raise DataError(f"{output_dir}: {len(clash)} mask(s) already exist ({shown}); "
                             "pass --overwrite or choose another --output")
-    check_writable(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    # masks half-written by a predict that was killed; a live writer's temps are seconds old
-    remove_stale_temps(output_dir, older_than=60)
+    return targets
 
+
+def _size_batches(good: list[tuple[Path, Size]], batch_size: int) -> list[list[tuple[Path, Size]]]:
+    """The images in batches of at most ``batch_size``, each of one size."""
     # sorted by size so each batch holds one size and runs as a single forward pass
     order = sorted(good, key=lambda item: (item[1], item[0].name))
     chunks: list[list[tuple[Path, Size]]] = []
@@ -145,6 +171,16 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
             chunks[-1].append((path, size))
         else:
             chunks.append([(path, size)])
+    return chunks
+
+
+def _predict_batches(predictor: Predictor, chunks: list[list[tuple[Path, Size]]], targets: dict[Path, Path],
+                     report: PredictReport, progress: Progress) -> None:
+    """Predict each batch of ``chunks`` and write its masks to ``targets``, adding them to
+    ``report.written``.
+    """
+    competition = predictor.competition
+    total = sum(len(chunk) for chunk in chunks)
 
     def write(chunk, masks) -> None:
         for (path, _), mask in zip(chunk, masks):
@@ -170,11 +206,8 @@ def predict_folder(predictor: Predictor, input_dir: os.PathLike, output_dir: os.
             report.written.extend(targets[p] for p, _ in chunk)
             done += len(chunk)
             if progress:
-                progress(done, len(order))
+                progress(done, total)
         writing.result()
-    report.written.sort()
-    report.seconds = time.perf_counter() - start
-    return report
 
 
 def predict_run(ref: str, workspace: Workspace, host: PluginHost, input_dir: os.PathLike,

@@ -426,8 +426,7 @@ def _train_or_resume(request: TrainRequest, workspace: Workspace, host: PluginHo
 
 def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: PluginHost, ledger: Ledger,
            callbacks: tuple) -> TrainResult:
-    rank, world = rank_world()
-    main = rank == 0
+    main = rank_world()[0] == 0
     run_id, folder, config, diff, resume_state = (setup.run_id, setup.folder, setup.config, setup.diff,
                                                   setup.resume_state)
     competition: Competition = host.competition(config.competition)
@@ -453,53 +452,15 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     # built again once the data is known: a loss may weight classes by the training masks' pixel shares
     frequencies = class_frequencies(data.train[1], competition.num_classes)
     model, loss_fn, augment = build_components(config, host, competition, frequencies)
-    if resume_state is not None and resume_state.get("data_fingerprint") not in (None, data.fingerprint):
-        raise RunError(f"run {run_id}: the data in {data.root} changed since the run started; cannot resume")
-    parent = setup.parent
-    if parent is not None and resume_state is None and parent.get("data_fingerprint") not in (None, data.fingerprint) \
-            and not request.allow_changed_data:
-        raise DataError(f"run {parent['id']}: the labelled data in {data.root} is not what the run trained on "
-                        f"(fingerprint {data.fingerprint}, recorded {parent['data_fingerprint']}), so its best epoch "
-                        "says nothing about a refit on it; restore that data, or pass --allow-changed-data")
+    _check_same_data(request, setup, data)
 
-    budget_seconds = config.train.budget_minutes * 60 if config.train.budget_minutes else None
-    owner = {"pid": os.getpid(), "host": socket.gethostname()}
     lock = contextlib.nullcontext()
-    if main and resume_state is None:
-        parent = setup.parent
-        carried = {}
-        if parent is not None:  # nothing is held out, so the parent's val score stands for the refit's
-            carried = dict(refit_of=parent["id"], best_val_score=parent.get("best_val_score"),
-                           best_epoch=config.train.stop_after or config.train.epochs)
-        name = request.name or (f"{parent.get('name') or parent['id']}-refit" if parent is not None else run_id)
-        # the ledger knows the run before its first file exists, so no kill leaves an unknown folder
-        _waiting_for_the_ledger(
-            ledger, callbacks, lambda: ledger.add_run(
-                id=run_id, name=name, kind="train", recipe=config.recipe, **carried, competition=competition.name,
-                status="running", config=config.model_dump(mode="json"), config_diff=diff, command=request.command,
-                params=params, epochs_planned=config.train.epochs, data_fingerprint=data.fingerprint,
-                git_commit=git_commit(workspace.root), run_dir=str(folder.path), budget_seconds=budget_seconds,
-                world_size=world, device=str(device), **owner))
-        try:
-            folder = RunFolder.create(workspace.runs_dir, run_id)
-        except RunError:
-            ledger.update_run(run_id, status="failed", notes="its folder existed already", finished_at=utc_now())
-            raise
-        lock = folder.lock()
-    elif main:
-        _waiting_for_the_ledger(ledger, callbacks, lambda: ledger.update_run(
-            run_id, status="running", budget_seconds=budget_seconds, world_size=world, **owner))
-
+    if main:
+        folder, lock = _mark_running(request, setup, workspace, ledger, callbacks, competition, params, data,
+                                     device)
     with lock:
         if main and resume_state is None:
-            folder.write_config(config.model_dump(mode="json"), diff=diff, command=request.command)
-            folder.write_val_names(data.val_names)
-            info = {"path": str(data.root), "synthetic": data.synthetic, "fingerprint": data.fingerprint,
-                    "train": len(data.train_names), "val": len(data.val_names), "val_part": data.val_part,
-                    "class_pixel_share": [round(f, 8) for f in frequencies]}
-            if data.label_policy is not None:
-                info["label_suspects"] = data.label_policy
-            folder.write_data_info(info, workspace.root)
+            _write_run_files(folder, request, setup, data, frequencies, workspace)
         ctx = RunContext(run_id=run_id, folder=folder, config=config, diff=diff, competition=competition,
                          metric=create_metric(competition, host), device=device, precision=precision, model=model,
                          loss_fn=loss_fn, augment=augment, params=params, data=data, resume_state=resume_state,
@@ -510,6 +471,73 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
         result.best_val_score = setup.parent.get("best_val_score")
         result.best_epoch = result.epochs
     return result
+
+
+def _check_same_data(request: TrainRequest, setup: _Setup, data: PreparedData) -> None:
+    """Refuse ``data`` that is not what the resumed run, or the run being refit, trained on.
+
+    :raises RunError: a resumed run's data changed.
+    :raises DataError: a refit's data changed and ``request.allow_changed_data`` is off.
+    """
+    resume_state, parent = setup.resume_state, setup.parent
+    if resume_state is not None and resume_state.get("data_fingerprint") not in (None, data.fingerprint):
+        raise RunError(f"run {setup.run_id}: the data in {data.root} changed since the run started; cannot resume")
+    if parent is not None and resume_state is None and parent.get("data_fingerprint") not in (None, data.fingerprint) \
+            and not request.allow_changed_data:
+        raise DataError(f"run {parent['id']}: the labelled data in {data.root} is not what the run trained on "
+                        f"(fingerprint {data.fingerprint}, recorded {parent['data_fingerprint']}), so its best epoch "
+                        "says nothing about a refit on it; restore that data, or pass --allow-changed-data")
+
+
+def _mark_running(request: TrainRequest, setup: _Setup, workspace: Workspace, ledger: Ledger, callbacks: tuple,
+                  competition: Competition, params: int, data: PreparedData,
+                  device: torch.device) -> tuple[RunFolder, contextlib.AbstractContextManager]:
+    """On rank 0, record the run as running in the ledger and, for a new run, create its folder.
+
+    Returns the run folder and the lock to hold while training (none for a resumed run, whose
+    caller holds it).
+    """
+    world = rank_world()[1]
+    run_id, folder, config, diff = setup.run_id, setup.folder, setup.config, setup.diff
+    budget_seconds = config.train.budget_minutes * 60 if config.train.budget_minutes else None
+    owner = {"pid": os.getpid(), "host": socket.gethostname()}
+    if setup.resume_state is not None:
+        _waiting_for_the_ledger(ledger, callbacks, lambda: ledger.update_run(
+            run_id, status="running", budget_seconds=budget_seconds, world_size=world, **owner))
+        return folder, contextlib.nullcontext()
+    parent = setup.parent
+    carried = {}
+    if parent is not None:  # nothing is held out, so the parent's val score stands for the refit's
+        carried = dict(refit_of=parent["id"], best_val_score=parent.get("best_val_score"),
+                       best_epoch=config.train.stop_after or config.train.epochs)
+    name = request.name or (f"{parent.get('name') or parent['id']}-refit" if parent is not None else run_id)
+    # the ledger knows the run before its first file exists, so no kill leaves an unknown folder
+    _waiting_for_the_ledger(
+        ledger, callbacks, lambda: ledger.add_run(
+            id=run_id, name=name, kind="train", recipe=config.recipe, **carried, competition=competition.name,
+            status="running", config=config.model_dump(mode="json"), config_diff=diff, command=request.command,
+            params=params, epochs_planned=config.train.epochs, data_fingerprint=data.fingerprint,
+            git_commit=git_commit(workspace.root), run_dir=str(folder.path), budget_seconds=budget_seconds,
+            world_size=world, device=str(device), **owner))
+    try:
+        folder = RunFolder.create(workspace.runs_dir, run_id)
+    except RunError:
+        ledger.update_run(run_id, status="failed", notes="its folder existed already", finished_at=utc_now())
+        raise
+    return folder, folder.lock()
+
+
+def _write_run_files(folder: RunFolder, request: TrainRequest, setup: _Setup, data: PreparedData,
+                     frequencies: list[float], workspace: Workspace) -> None:
+    """Write a new run's config, validation names and data description into its ``folder``."""
+    folder.write_config(setup.config.model_dump(mode="json"), diff=setup.diff, command=request.command)
+    folder.write_val_names(data.val_names)
+    info = {"path": str(data.root), "synthetic": data.synthetic, "fingerprint": data.fingerprint,
+            "train": len(data.train_names), "val": len(data.val_names), "val_part": data.val_part,
+            "class_pixel_share": [round(f, 8) for f in frequencies]}
+    if data.label_policy is not None:
+        info["label_suspects"] = data.label_policy
+    folder.write_data_info(info, workspace.root)
 
 
 @dataclass

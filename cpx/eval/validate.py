@@ -31,7 +31,7 @@ from cpx.kernel.files import check_writable
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import VAL_LIST as VAL_LIST_FILE
-from cpx.runs.folder import run_folder
+from cpx.runs.folder import RunFolder, run_folder
 from cpx.runs.handle import checked_data_root
 from cpx.runs.ledger import Ledger
 
@@ -262,36 +262,12 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
     own_root = folder.data_root(workspace.root)
     warnings: list[str] = []
     if data is None:
-        names = folder.read_val_names()
-        if not names:
-            raise RunError(f"run {row['id']} has no validation images ({folder.file(VAL_LIST_FILE)}); "
-                           "pass --data DIR to score on a labelled folder")
-        own_root = checked_data_root(row, folder, competition, workspace.root, allow_changed=allow_changed_data,
-                                     hint="pass --data DIR")
-        part = (folder.read_data_info() or {}).get("val_part", "train")
-        datalib.scan(own_root, competition).require(LABELLED_PARTS)
-        files = labelled_files(own_root, names, competition, part)
+        files = _val_list_files(row, folder, competition, workspace, allow_changed_data)
         data_label = VAL_LIST
     else:
         root = Path(data).expanduser()
-        if not root.is_dir():
-            raise DataError(f"--data: {root} is not a folder")
-        found = datalib.scan(root, competition)
-        found.require(LABELLED_PARTS)  # what `cpx data check` calls a problem stops validation too
-        files = labelled_files(root, found.pairs, competition, "train")
-        if competition.layout.has_val:
-            files += labelled_files(root, found.val_pairs, competition, "val")
-        if not files:
-            where = " / ".join(p for p in (competition.layout.train_images, competition.layout.val_images) if p)
-            raise DataError(f"{root}: no labelled images (image + mask pairs) in {where} (competition "
-                            f"{competition.name})")
+        files = _data_files(root, competition, folder, own_root, warnings)
         data_label = str(root.resolve())
-        if own_root is not None and own_root.resolve() == root.resolve():
-            held_out = set(folder.read_val_names())
-            trained = sum(1 for n, _, _ in files if n not in held_out)
-            if trained:
-                warnings.append(f"--data is the run's own data folder: {trained} of {len(files)} images were "
-                                "used for training, so this score is optimistic")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
     evaluation = evaluate(predictor, read_labelled(files, competition, batch_size), metric, total=len(files),
@@ -308,15 +284,67 @@ def validate_run(ref: str, workspace: Workspace, host: PluginHost, *, checkpoint
             "(optimistic)" + (f"; cpx calibrate measured a held-out gain of {gain:+.4f}" if gain is not None else "")
             + "; the leaderboard does not use this score")
     if record:
-        try:
-            with Ledger(workspace.ledger_path) as ledger:
-                saved = record_validation(ledger, row["id"], evaluation, checkpoint=evaluation.checkpoint,
-                                          data=data_label)
-        except LedgerBusy as exc:  # the score is computed: show it, and say it was not kept
-            evaluation.warnings.append(f"not recorded: {exc}; validate again to record it")
-        else:
-            evaluation.validation_id = saved["id"]
+        _record_or_warn(workspace, row["id"], evaluation)
     return evaluation
+
+
+def _val_list_files(row: dict, folder: RunFolder, competition: Competition, workspace: Workspace,
+                    allow_changed: bool) -> list[tuple[str, Path, Path]]:
+    """The labelled files of the run's validation list, in its own data folder.
+
+    :raises RunError: the run has no validation list.
+    :raises DataError: its data folder is unusable or no longer what it trained on.
+    """
+    names = folder.read_val_names()
+    if not names:
+        raise RunError(f"run {row['id']} has no validation images ({folder.file(VAL_LIST_FILE)}); "
+                       "pass --data DIR to score on a labelled folder")
+    own_root = checked_data_root(row, folder, competition, workspace.root, allow_changed=allow_changed,
+                                 hint="pass --data DIR")
+    part = (folder.read_data_info() or {}).get("val_part", "train")
+    datalib.scan(own_root, competition).require(LABELLED_PARTS)
+    return labelled_files(own_root, names, competition, part)
+
+
+def _data_files(root: Path, competition: Competition, folder: RunFolder, own_root: Optional[Path],
+                warnings: list[str]) -> list[tuple[str, Path, Path]]:
+    """Every labelled file of the data folder ``root``; adds a warning to ``warnings`` when
+    ``root`` is the run's own data folder (``own_root``) and holds images it trained on.
+
+    :raises DataError: ``root`` is not a folder, has problems, or holds no labelled images.
+    """
+    if not root.is_dir():
+        raise DataError(f"--data: {root} is not a folder")
+    found = datalib.scan(root, competition)
+    found.require(LABELLED_PARTS)  # what `cpx data check` calls a problem stops validation too
+    files = labelled_files(root, found.pairs, competition, "train")
+    if competition.layout.has_val:
+        files += labelled_files(root, found.val_pairs, competition, "val")
+    if not files:
+        where = " / ".join(p for p in (competition.layout.train_images, competition.layout.val_images) if p)
+        raise DataError(f"{root}: no labelled images (image + mask pairs) in {where} (competition "
+                        f"{competition.name})")
+    if own_root is not None and own_root.resolve() == root.resolve():
+        held_out = set(folder.read_val_names())
+        trained = sum(1 for n, _, _ in files if n not in held_out)
+        if trained:
+            warnings.append(f"--data is the run's own data folder: {trained} of {len(files)} images were "
+                            "used for training, so this score is optimistic")
+    return files
+
+
+def _record_or_warn(workspace: Workspace, run_id: str, evaluation: Evaluation) -> None:
+    """Record ``evaluation`` as a validation of ``run_id``, setting its ``validation_id``; a
+    ledger locked by another program adds a warning instead.
+    """
+    try:
+        with Ledger(workspace.ledger_path) as ledger:
+            saved = record_validation(ledger, run_id, evaluation, checkpoint=evaluation.checkpoint,
+                                      data=evaluation.data)
+    except LedgerBusy as exc:  # the score is computed: show it, and say it was not kept
+        evaluation.warnings.append(f"not recorded: {exc}; validate again to record it")
+    else:
+        evaluation.validation_id = saved["id"]
 
 
 def metric_label(scores: Scores) -> str:

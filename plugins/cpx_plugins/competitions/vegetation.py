@@ -144,7 +144,18 @@ class _Scene:
     # ---------------------------------------------------------------- plan (all shape draws)
 
     def plan(self) -> None:
-        rng, r = self.rng, self.aspect
+        """Draw every shape of the scene; the order of the draws fixes each seed's scene."""
+        self.plan_ground()
+        self.plan_roads()
+        self.plan_roofs()
+        area, parts = self.plan_vegetation()
+        self.plan_trees(area, parts[1])
+        self.plan_hedges(area, parts[2])
+        self.plan_light()
+
+    def plan_ground(self) -> None:
+        """Draw the ground: two or three materials, their sharpness, and perhaps mowing stripes."""
+        rng = self.rng
         names = list(_GROUND)
         p = np.array([_GROUND_WEIGHTS[n] for n in names])
         k = int(rng.integers(2, 4))
@@ -154,6 +165,9 @@ class _Scene:
         self.stripes = (rng.uniform(0, np.pi), rng.uniform(8, 30), rng.uniform(0.03, 0.1)) \
             if rng.random() < 0.35 else None
 
+    def plan_roads(self) -> None:
+        """Draw up to two roads, asphalt (perhaps with a centre line) or dirt."""
+        rng, r = self.rng, self.aspect
         self.roads = []
         for _ in range(int(rng.choice(3, p=[0.45, 0.4, 0.15]))):
             asphalt = rng.random() < 0.55
@@ -163,6 +177,9 @@ class _Scene:
                                    bend=rng.uniform(-0.6, 0.6), width=rng.uniform(0.03, 0.09),
                                    colour=colour, line=asphalt and rng.random() < 0.5))
 
+    def plan_roofs(self) -> None:
+        """Draw up to four roofs of the kinds in :data:`_ROOFS`."""
+        rng, r = self.rng, self.aspect
         self.roofs = []
         for _ in range(int(rng.choice(5, p=[0.45, 0.25, 0.15, 0.1, 0.05]))):
             kind = int(rng.choice(len(_ROOFS), p=_ROOF_WEIGHTS))
@@ -171,6 +188,13 @@ class _Scene:
                                    colour=_draw_hsv(rng, _ROOFS[kind]), ridge=rng.random() < 0.7,
                                    dark=rng.uniform(0.7, 0.9)))
 
+    def plan_vegetation(self) -> tuple[float, np.ndarray]:
+        """Draw the vegetation's share of the frame, its colours and the woodland.
+
+        Returns the vegetation's area (height units squared) and its split between woodland,
+        trees and hedgerows.
+        """
+        rng, r = self.rng, self.aspect
         # vegetation: a target share of the frame split between woodland, trees and hedgerows
         share = (rng.uniform(*SPARSE_SHARE) if rng.random() < P_SPARSE else rng.uniform(*DENSE_SHARE))
         parts = rng.dirichlet([1.2, 1.5, 0.8])
@@ -185,11 +209,15 @@ class _Scene:
 
         self.wood_share = float(share * parts[0])
         self.wood_colour = self.veg_colour(rng)
+        return area, parts
 
+    def plan_trees(self, area: float, part: float) -> None:
+        """Draw trees covering about ``part`` of the vegetation ``area``, most in a few clusters."""
+        rng, r = self.rng, self.aspect
         self.trees = []
         radius_range = (0.02, 0.1) if rng.random() < 0.7 else (0.05, 0.16)
         mean_r2 = (radius_range[0] ** 2 + radius_range[0] * radius_range[1] + radius_range[1] ** 2) / 3
-        n_trees = min(int(round(area * parts[1] / (np.pi * mean_r2 * 0.7))), MAX_TREES)
+        n_trees = min(int(round(area * part / (np.pi * mean_r2 * 0.7))), MAX_TREES)
         centres = [(rng.uniform(0, r), rng.uniform(0, 1), rng.uniform(0.06, 0.3))
                    for _ in range(int(rng.integers(1, 5)))]
         for _ in range(n_trees):
@@ -202,17 +230,23 @@ class _Scene:
                                    lobes=rng.uniform(0.03, 0.12, 4), phases=rng.uniform(0, 2 * np.pi, 4),
                                    colour=self.veg_colour(rng), rough=rng.uniform(0.05, 0.2)))
 
+    def plan_hedges(self, area: float, part: float) -> None:
+        """Draw hedgerows covering about ``part`` of the vegetation ``area`` (none when 0)."""
+        rng, r = self.rng, self.aspect
         self.hedges = []
-        if parts[2] > 0:
+        if part > 0:
             width = rng.uniform(0.025, 0.06)
             length = rng.uniform(0.6, 1.6)
-            n = max(1, min(int(round(area * parts[2] / (width * 2 * length * 0.8))), MAX_HEDGES))
+            n = max(1, min(int(round(area * part / (width * 2 * length * 0.8))), MAX_HEDGES))
             for _ in range(n):
                 self.hedges.append(dict(cx=rng.uniform(0, r), cy=rng.uniform(0, 1), angle=rng.uniform(0, np.pi),
                                         bend=rng.uniform(-0.5, 0.5), half_width=width * rng.uniform(0.8, 1.2),
                                         half_length=length * rng.uniform(0.6, 1.0) / 2,
                                         colour=self.veg_colour(rng)))
 
+    def plan_light(self) -> None:
+        """Draw the sun (direction, shadow length and darkness) and the camera's settings."""
+        rng = self.rng
         angle = rng.uniform(0, 2 * np.pi)
         self.sun = np.array([np.cos(angle), np.sin(angle)], np.float32)
         self.shadow_len = rng.uniform(0.01, 0.06)

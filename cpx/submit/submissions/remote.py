@@ -87,45 +87,8 @@ def upload_submission(ledger: Ledger, name: str, client: CodabenchClient, compet
     :raises CodabenchError: the server refused, or the wait timed out (the id is kept).
     """
     sub = ledger.get_submission(name)
-    if sub.get("codabench_id") and (sub.get("status") or "").casefold() not in RESUBMITTABLE:
-        raise SubmissionError(f"'{name}' was already uploaded (Codabench id {sub['codabench_id']}, "
-                              f"{sub.get('status') or 'status unknown'}); run `cpx codabench sync` for its score")
-    scored = main_score(ledger.scores_for(name), phase, metric)
-    if scored is not None:
-        raise SubmissionError(f"'{name}' already has a {phase} score ({format_f(scored['score'])}, {scored['source']}), "
-                              f"so it was submitted already; package it again under a new name to resubmit")
-    if not sub.get("zip_path"):
-        raise SubmissionError(f"'{name}' has no zip recorded")
-    zip_path = Path(sub["zip_path"])
-    if not zip_path.is_file():
-        raise SubmissionError(f"'{name}': its zip {zip_path} is gone")
-    if sub.get("zip_sha256") and sha256_file(zip_path) != sub["zip_sha256"]:
-        raise SubmissionError(f"'{name}': {zip_path} changed since it was recorded (sha256 differs); "
-                              f"package it again under a new name")
-
-    created = None
-    if sub.get("upload_attempt"):
-        created = _reconcile_attempt(ledger, sub, client, progress)
-    if created is None:
-        def record_attempt(target: Phase) -> None:
-            # before the request that spends a submission: if its answer is lost, the next upload of
-            # this zip looks for what it created among the phase's submissions that are new since now
-            mine = client.list_submissions(target.id, owner=_owner(client))
-            ledger.update_submission(name, upload_attempt={
-                "competition": int(competition_id), "phase": target.id, "started_at": utc_now(),
-                "before": sorted(r.id for r in mine)})
-
-        try:
-            created = submit_zip(client, zip_path, competition_id, phase_id, wait=False, progress=progress,
-                                 before_upload=before_upload, before_post=record_attempt)
-        except CodabenchConnectionError as exc:
-            if ledger.get_submission(name).get("upload_attempt"):
-                raise CodabenchError(f"{exc}; the attempt is recorded: `cpx submit {name} --upload` again looks "
-                                     "the submission up on Codabench before sending anything") from None
-            raise
-        except CodabenchHTTPError:
-            ledger.update_submission(name, upload_attempt=None)  # refused outright: nothing was spent
-            raise
+    zip_path = _uploadable_zip(ledger, sub, name, phase, metric)
+    created = _send(ledger, sub, name, client, zip_path, competition_id, phase_id, progress, before_upload)
     sub = ledger.update_submission(
         name, uploaded=True, uploaded_at=utc_now(), codabench_id=str(created.id), status=created.status,
         codabench_competition=int(competition_id), codabench_phase=created.phase_id, phase=phase,
@@ -148,6 +111,65 @@ def upload_submission(ledger: Ledger, name: str, client: CodabenchClient, compet
     if leaderboard or final:
         outcome.leaderboard, outcome.on_leaderboard = connect_to_leaderboard(client, created.id, status=result.status)
     return outcome
+
+
+def _uploadable_zip(ledger: Ledger, sub: dict, name: str, phase: str, metric: str) -> Path:
+    """The zip of the submission ``sub`` (named ``name``), once it is known never to have
+    been uploaded or scored and to be unchanged since it was recorded.
+
+    :raises SubmissionError: already uploaded or scored, no zip, or the zip changed.
+    """
+    if sub.get("codabench_id") and (sub.get("status") or "").casefold() not in RESUBMITTABLE:
+        raise SubmissionError(f"'{name}' was already uploaded (Codabench id {sub['codabench_id']}, "
+                              f"{sub.get('status') or 'status unknown'}); run `cpx codabench sync` for its score")
+    scored = main_score(ledger.scores_for(name), phase, metric)
+    if scored is not None:
+        raise SubmissionError(f"'{name}' already has a {phase} score ({format_f(scored['score'])}, {scored['source']}), "
+                              f"so it was submitted already; package it again under a new name to resubmit")
+    if not sub.get("zip_path"):
+        raise SubmissionError(f"'{name}' has no zip recorded")
+    zip_path = Path(sub["zip_path"])
+    if not zip_path.is_file():
+        raise SubmissionError(f"'{name}': its zip {zip_path} is gone")
+    if sub.get("zip_sha256") and sha256_file(zip_path) != sub["zip_sha256"]:
+        raise SubmissionError(f"'{name}': {zip_path} changed since it was recorded (sha256 differs); "
+                              f"package it again under a new name")
+    return zip_path
+
+
+def _send(ledger: Ledger, sub: dict, name: str, client: CodabenchClient, zip_path: Path, competition_id: int,
+          phase_id: Optional[int], progress: Optional[Progress],
+          before_upload: Optional[Callable[[Phase], None]]) -> SubmissionResult:
+    """The Codabench submission of ``zip_path``: the one an earlier, unanswered attempt made,
+    or a new upload, recorded as an attempt in the ledger before it is sent.
+
+    :raises CodabenchError: the server refused, or the connection failed.
+    """
+    created = None
+    if sub.get("upload_attempt"):
+        created = _reconcile_attempt(ledger, sub, client, progress)
+    if created is not None:
+        return created
+
+    def record_attempt(target: Phase) -> None:
+        # before the request that spends a submission: if its answer is lost, the next upload of
+        # this zip looks for what it created among the phase's submissions that are new since now
+        mine = client.list_submissions(target.id, owner=_owner(client))
+        ledger.update_submission(name, upload_attempt={
+            "competition": int(competition_id), "phase": target.id, "started_at": utc_now(),
+            "before": sorted(r.id for r in mine)})
+
+    try:
+        return submit_zip(client, zip_path, competition_id, phase_id, wait=False, progress=progress,
+                          before_upload=before_upload, before_post=record_attempt)
+    except CodabenchConnectionError as exc:
+        if ledger.get_submission(name).get("upload_attempt"):
+            raise CodabenchError(f"{exc}; the attempt is recorded: `cpx submit {name} --upload` again looks "
+                                 "the submission up on Codabench before sending anything") from None
+        raise
+    except CodabenchHTTPError:
+        ledger.update_submission(name, upload_attempt=None)  # refused outright: nothing was spent
+        raise
 
 
 def _owner(client: CodabenchClient) -> Optional[str]:

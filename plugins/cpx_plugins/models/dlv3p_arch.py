@@ -148,8 +148,10 @@ class ConvBNReLU(nn.Sequential):
         """The block on ``x``; ``undilated``: its depthwise convolution without its dilation (on
         the sub-images of :func:`space_to_batch`)."""
         conv, bn = self[0], self[1]
+        fold = not self.training and self.fold_batchnorm and bn.running_var is not None
+        if not fold and not undilated:
+            return super().forward(x)  # training: the layers one after the other, as built
         weight, bias = conv.weight, conv.bias
-        fold = not self.training and self.fold_batchnorm and bn.track_running_stats and bn.running_var is not None
         if fold:
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             shift = bn.bias - bn.running_mean * scale

@@ -93,6 +93,9 @@ CASES = [
     (["recipes", "nope"], "unknown recipe 'nope'"),
     (["bench", "msf-lmsa", "--steps", "0"], "--steps and --warmup must be at least 1"),
     (["bench", "nope"], "unknown recipe 'nope'"),
+    # report, doctor (found by tests/test_cli_properties.py)
+    (["report", "--output", "{file}"], "--output: {file} exists and is not a folder"),
+    (["doctor", "--min-free", "inf"], "--min-free: give a number of GiB, not inf"),
 ]
 
 

@@ -1,5 +1,6 @@
 """Cost figures: FLOP counts, the benchmark result, the CLI table, and budget planning."""
 
+import io
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import UNET, tiny_overrides
 
-from cpx.bench.measure import BenchRequest, count_flops, project, run_bench
+from cpx.bench.measure import STAGES, BenchRequest, count_flops, project, run_bench
 from cpx.cli import main
 from cpx.kernel.errors import ConfigError
 
@@ -55,8 +56,10 @@ def test_attention_flops_are_counted_on_cpu():
 def test_bench_in_process_projects_epoch_and_recipe_time(cpx_workspace, cpx_host, tiny_model):
     overrides = tiny_overrides(**{"train.batch_size": 4, "train.epochs": 7, "train.precision": "fp32",
                                   "data.image_size": 32})
+    stages = []
     r = run_bench(BenchRequest(recipe="msf-lmsa", overrides=overrides, steps=1, warmup=1, isolate=False),
-                  cpx_workspace, cpx_host)
+                  cpx_workspace, cpx_host, progress=lambda *step: stages.append(step))
+    assert stages == [(stage, i, len(STAGES)) for i, stage in enumerate(STAGES)] + [("measured", 7, 7)]
     assert r.model == "tiny" and r.image_size == 32 and r.batch_size == 4 and r.precision == "fp32"
     assert (r.train_images, r.val_images) == (22, 2)  # the synthetic set's 24 split 90/10
     conv1, conv2 = 2 * 32 * 32 * 8 * 3 * 9, 2 * 32 * 32 * 19 * 8
@@ -109,7 +112,14 @@ def test_cli_bench_measures_in_a_fresh_process(cpx_workspace):
     assert r["train_flops"] > r["forward_flops"] > 0 and r["recipe_seconds"] > 0
 
 
-def test_cli_bench_table_and_bad_values(cpx_workspace, capsys):
+def test_cli_bench_table_and_bad_values(cpx_workspace, capsys, monkeypatch):
+    # the bar, drawn on an 80-column terminal, follows the measuring process's stages
+    from rich.console import Console
+
+    from cpx.cli import _common
+
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=80, color_system=None)
+    monkeypatch.setattr(_common, "console", terminal)
     code = main(["bench", "msf-lmsa", "--set", "model.name=unet", "--set", "model.options={base_channels: 4, depth: 2}",
                  "--image-size", "32", "--batch-size", "2", "--steps", "1", "--warmup", "1", "--gpu", "a100"])
     out = capsys.readouterr()
@@ -121,6 +131,8 @@ def test_cli_bench_table_and_bad_values(cpx_workspace, capsys):
     for label in ("parameters", "FLOPs per image", "attainable (matmul)", "training", "prediction",
                   "peak memory (training)", "one epoch", "whole recipe"):
         assert label in out.out, label
+    drawn = terminal.file.getvalue()
+    assert "measured" in drawn and "7/7" in drawn and "0:00:" in drawn and "…" not in drawn
     assert main(["bench", "msf-lmsa", "--gpu", "nope"]) == 2
     assert "--gpu nope: unknown; choose from a100, h100, l4, t4, v100" in capsys.readouterr().err
     # --steps 0 is one of tests/test_bad_inputs.py's cases

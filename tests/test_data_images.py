@@ -52,6 +52,7 @@ def test_float_images_are_refused_in_one_line(tmp_path):
         read_rgb(path)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns below its error limit
 def test_the_decompression_bomb_limit_is_one_clear_line_everywhere(tmp_path, monkeypatch, comp, capsys):
     data = tmp_path / "data"
     write_dataset(data, comp, comp.synthesize(4, 64, 0), test_count=1)

@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from cpx.kernel.errors import ConfigError, RunError
 from cpx.kernel.workspace import Workspace
@@ -365,15 +365,31 @@ def data_counts(config, competition, workspace: Workspace) -> tuple[int, int]:
 FEW_STEPS = 4
 
 
-def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2) -> BenchResult:
-    """Every figure of a :class:`BenchResult` for a resolved config, in this process."""
+# what measure() does, in order: the stages its progress callback names
+STAGES = ("building the model", "counting FLOPs", "measuring the machine", "warm-up steps", "timed training steps",
+          "timing prediction", "counting the data")
+# a line the measuring process writes on stderr for each stage (the rest of stderr is its log)
+_PROGRESS_LINE = "cpx-bench-progress "
+
+Progress = Optional[Callable[[str, int, int], None]]
+
+
+def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2,
+            progress: Progress = None) -> BenchResult:
+    """Every figure of a :class:`BenchResult` for a resolved config, in this process.
+    ``progress(stage, done, total)`` is called as each of :data:`STAGES` starts."""
     import torch
+
+    def starting(stage: str) -> None:
+        if progress:
+            progress(stage, STAGES.index(stage), len(STAGES))
 
     from cpx.eval.predict import Member, Predictor
     from cpx.kernel.device import count_params, resolve_device, resolve_precision
     from cpx.train.loop import Trainer
     from cpx.train.run import build_components
 
+    starting("building the model")
     competition = host.competition(config.competition)
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
@@ -381,11 +397,14 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2)
     model, loss_fn, augment = build_components(config, host, competition)
     params = count_params(model)
     model = model.to(device)
+    starting("counting FLOPs")
     forward_flops, train_flops = count_flops(model, size, device, competition.channels)
+    starting("measuring the machine")
     attainable = attainable_matmul_flops(device, precision)
     bandwidth = copy_bandwidth(device)
     notes = []
 
+    starting("warm-up steps")
     images, masks, source = _bench_data(config, competition, batch * (warmup + steps), size)
     # a plan of 10**6 epochs keeps the learning rate in warm-up/cosine range, never at its end
     trainer = Trainer(model, loss_fn, augment, (images[:batch * warmup], masks[:batch * warmup]),
@@ -395,6 +414,7 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2)
         torch.cuda.reset_peak_memory_stats(device)
     trainer.train_epoch()
     trainer.train_images, trainer.train_masks = images[batch * warmup:], masks[batch * warmup:]
+    starting("timed training steps")
     _sync(device)
     t0 = time.perf_counter()
     trainer.train_epoch()
@@ -403,6 +423,7 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2)
     peak, kind = _peak_memory(device)
     del images, masks, trainer
 
+    starting("timing prediction")
     predict_size = int(competition.image_size or size)
     g = torch.Generator().manual_seed(1)
     pictures = list(torch.randint(0, 256, (batch * (1 + steps), competition.channels, predict_size, predict_size),
@@ -418,6 +439,7 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2)
         _sync(device)
         rates.append(batch * steps / (time.perf_counter() - t0))
 
+    starting("counting the data")
     n_train, n_val = data_counts(config, competition, workspace)
     if rates[1] >= rates[0]:
         notes.append(f"flip TTA (two views) timed no slower than plain prediction ({rates[1]:.1f} against "
@@ -429,6 +451,8 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2)
     if not config.data.path:
         notes.append("no data folder: pixels are random and the data counts are the synthetic set's; "
                      "pass --data DIR for the real cost table")
+    if progress:
+        progress("measured", len(STAGES), len(STAGES))
     return BenchResult(
         recipe=config.recipe, model=config.model.name, params=params, image_size=size, batch_size=batch,
         device=str(device), precision=precision, threads=torch.get_num_threads(), data=source,
@@ -452,21 +476,33 @@ def bench_config(request: BenchRequest, workspace: Workspace, host):
     return config
 
 
-def run_bench(request: BenchRequest, workspace: Workspace, host) -> BenchResult:
-    """Benchmark a recipe; in a fresh subprocess unless ``request.isolate`` is off."""
+def run_bench(request: BenchRequest, workspace: Workspace, host, progress: Progress = None) -> BenchResult:
+    """Benchmark a recipe; in a fresh subprocess unless ``request.isolate`` is off.
+    ``progress(stage, done, total)`` follows :func:`measure`'s stages, wherever it runs."""
     if request.steps < 1 or request.warmup < 1:
         raise ConfigError("--steps and --warmup must be at least 1")
     config = bench_config(request, workspace, host)
     if not request.isolate:
-        return measure(config, host, workspace, request.steps, request.warmup)
+        return measure(config, host, workspace, request.steps, request.warmup, progress)
     spec = {"config": config.model_dump(mode="json"), "workspace": str(workspace.root),
             "steps": request.steps, "warmup": request.warmup}
-    out = subprocess.run([sys.executable, "-m", "cpx.bench.measure"], input=json.dumps(spec), capture_output=True,
-                         text=True, env={**os.environ, "CPX_WORKSPACE": str(workspace.root)})
-    lines = out.stdout.strip().splitlines()
-    if out.returncode != 0 or not lines:
-        tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RunError(f"the benchmark process failed (exit code {out.returncode}): {tail}")
+    child = subprocess.Popen([sys.executable, "-m", "cpx.bench.measure"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "CPX_WORKSPACE": str(workspace.root)})
+    child.stdin.write(json.dumps(spec))
+    child.stdin.close()
+    log = []
+    for line in child.stderr:  # the child's stdout is one line of JSON at the end: it cannot fill its pipe
+        if line.startswith(_PROGRESS_LINE):
+            if progress:
+                progress(*json.loads(line[len(_PROGRESS_LINE):]))
+        else:
+            log.append(line)
+    lines = child.stdout.read().strip().splitlines()
+    code = child.wait()
+    if code != 0 or not lines:
+        tail = ("".join(log).strip().splitlines() or ["(no output)"])[-1]
+        raise RunError(f"the benchmark process failed (exit code {code}): {tail}")
     data = json.loads(lines[-1])
     fields = set(BenchResult.__dataclass_fields__)
     return BenchResult(**{k: v for k, v in data.items() if k in fields})
@@ -479,7 +515,10 @@ def _child() -> None:
     spec = json.loads(sys.stdin.read())
     workspace = Workspace(Path(spec["workspace"]))
     host = create_plugin_host(plugin_dirs=workspace.plugin_dirs())
-    result = measure(validate(spec["config"]), host, workspace, spec["steps"], spec["warmup"])
+    def report(stage: str, done: int, total: int) -> None:
+        print(_PROGRESS_LINE + json.dumps([stage, done, total]), file=sys.stderr, flush=True)
+
+    result = measure(validate(spec["config"]), host, workspace, spec["steps"], spec["warmup"], report)
     print(json.dumps(result.to_dict()))
 
 

@@ -11,6 +11,7 @@ problem on stderr and exit code 2.
 May import: every cpx package (and it alone imports typer and rich).
 """
 
+import inspect
 import os
 import sys
 from typing import Annotated, Optional
@@ -20,11 +21,26 @@ import typer
 from cpx import __version__
 from cpx.kernel.errors import CpxError
 
-from . import _common, bench, bundle, data, evaluate, package, pictures, plugins, report, runs, submit, sweep, train
+from . import (
+    _common,
+    bench,
+    bundle,
+    data,
+    doctor,
+    evaluate,
+    package,
+    pictures,
+    plugins,
+    report,
+    runs,
+    submit,
+    sweep,
+    train,
+)
 
 # The order `cpx --help` lists them in: single commands, then plugins' commands, then groups.
 COMMANDS = [bundle.app, train.app, plugins.app, pictures.app, evaluate.app, package.app, submit.app, bench.app,
-            sweep.app, report.app]
+            sweep.app, report.app, doctor.app]
 GROUPS = [bundle.bundle_app, runs.app, data.app, submit.codabench_app]
 
 
@@ -42,7 +58,20 @@ def create_app(host=None) -> typer.Typer:
     app.add_typer(added)
     for group in GROUPS:
         app.add_typer(group)
+    _flow_listings(app)
     return app
+
+
+def _flow_listings(app: typer.Typer) -> None:
+    """Give each command a one-line listing (``short_help``): the first paragraph of its help
+    with the docstring's line breaks taken out. In rich markup mode typer lists a command's
+    first paragraph with its hard line breaks, which cut sentences at any width."""
+    for info in app.registered_commands:
+        text = info.help or inspect.getdoc(info.callback) or ""
+        if info.short_help is None and text:
+            info.short_help = " ".join(text.split("\n\n", 1)[0].split())
+    for group in app.registered_groups:
+        _flow_listings(group.typer_instance)
 
 
 def _print_version(value: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from typing import Any, Iterable, Optional
 
 from rich.console import Console
@@ -70,3 +71,52 @@ def confirm(question: str) -> bool:
     import typer
 
     return typer.confirm(question, default=False)
+
+
+def progress_bars(console: Console = console, *, info: bool = False, remaining: bool = False,
+                  transient: bool = True):
+    """A rich ``Progress`` laid out for any width, the one every command draws with: description,
+    bar, done/total, elapsed time, time left (``remaining``) and a task's ``info`` field
+    (``info``). The times never shrink (at 80 columns rich would cut them to "0:0…"): the bar
+    narrows, then the info text wraps under itself."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Column
+
+    def fixed() -> Column:
+        return Column(no_wrap=True)
+
+    columns = [TextColumn("[bold]{task.description}", table_column=fixed()),
+               BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=8)),
+               MofNCompleteColumn(table_column=fixed()), TimeElapsedColumn(table_column=fixed())]
+    if remaining:
+        columns.append(TimeRemainingColumn(table_column=fixed()))
+    if info:
+        columns.append(TextColumn("{task.fields[info]}", table_column=Column(ratio=3, overflow="fold")))
+    return Progress(*columns, console=console, transient=transient, expand=True)
+
+
+@contextmanager
+def progress_bar(description: str, quiet: bool = False):
+    """A callback(done, total) drawing a rich bar on a terminal; a no-op in pipes and --json."""
+    if quiet or not console.is_terminal:
+        yield None
+        return
+    bar = progress_bars(console, remaining=True)
+    task = bar.add_task(description, total=None)
+
+    def update(*args):
+        # (done, total) or (stage, done, total)
+        if len(args) == 3:
+            bar.update(task, description=args[0], completed=args[1], total=args[2])
+        else:
+            bar.update(task, completed=args[0], total=args[1])
+
+    with bar:
+        yield update

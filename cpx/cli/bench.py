@@ -99,7 +99,8 @@ def bench_command(
                       "smaller) ...", style="dim", highlight=False)
     for key in gpu or []:  # an unknown name fails before the minutes of measuring
         project_check(key, gpu_fraction)
-    result = run_bench(request, _common.workspace(), _common.host())
+    with _common.progress_bar("measuring", json_) as bar:
+        result = run_bench(request, _common.workspace(), _common.host(), progress=bar)
     projections = [project(result, key, epochs, gpu_fraction) for key in gpu or []]
     if json_:
         _common.print_json({**result.to_dict(), "projections": [p.to_dict() for p in projections]})

@@ -30,7 +30,8 @@ def check_command(
     comp = _common.host().competition(_common.pick_competition(competition, folder))
     if not folder.is_dir():
         raise DataError(f"data folder {folder} does not exist")
-    report = check_dataset(folder, comp, labels=labels)
+    with _common.progress_bar("checking labels" if labels else "checking", json_) as bar:
+        report = check_dataset(folder, comp, labels=labels, progress=bar)
     if json_:
         print_json(report.to_dict())
     else:

@@ -1,20 +1,19 @@
 """`cpx validate`, `cpx score`, `cpx predict`, `cpx calibrate` and `cpx ensemble`."""
 
-import contextlib
 import math
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cpx.kernel.errors import DataError
 from cpx.kernel.text import format_f
 
 from . import _common
-from ._common import console, err_console, print_json
+from ._common import console, err_console, print_json, progress_bar
 from .options import (
+    OVERRIDES,
     AllowChangedData,
     BatchSize,
     Calibration,
@@ -144,7 +143,7 @@ def predict_command(
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="skip unreadable files instead of failing")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace masks already in --output")] = False,
     allow_rule_break: Annotated[bool, typer.Option(
-        "--allow-rule-break", help="predict with an ensemble even where the competition forbids ensembles")] = False,
+        "--allow-rule-break", rich_help_panel=OVERRIDES, help="predict with an ensemble even where the competition forbids ensembles")] = False,
     device: Device = "auto",
     precision: Precision = "auto",
     post: Post = None,
@@ -300,27 +299,6 @@ def _render_ensemble(result) -> None:
 
 
 # -- rendering shared by these commands ---------------------------------------------------------
-
-
-@contextlib.contextmanager
-def progress_bar(description: str, quiet: bool = False):
-    """A callback(done, total) drawing a rich bar on a terminal; a no-op in pipes and --json."""
-    if quiet or not console.is_terminal:
-        yield None
-        return
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=console, transient=True)
-    task = bar.add_task(description, total=None)
-
-    def update(*args):
-        # (done, total) or (stage, done, total)
-        if len(args) == 3:
-            bar.update(task, description=args[0], completed=args[1], total=args[2])
-        else:
-            bar.update(task, completed=args[0], total=args[1])
-
-    with bar:
-        yield update
 
 
 def metric_name(scores) -> str:

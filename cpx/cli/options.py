@@ -56,16 +56,21 @@ Set = Annotated[Optional[list[str]], typer.Option(
 
 # -- prediction (validate, predict, package, show, compare) ------------------------------------
 
+# Options that override a refusal (changed data, a competition rule) are listed in a panel of their
+# own: apart from the others, and a long flag name is not cut short at 80 columns.
+OVERRIDES = "Overriding a refusal"
+
 # commands that reuse a run's data folder refuse one that no longer holds what the run trained on
 AllowChangedData = Annotated[bool, typer.Option(
-    "--allow-changed-data", help="use the run's data folder even though its labelled images are not the ones "
-                                 "the run trained on (their fingerprint differs)")]
+    "--allow-changed-data", rich_help_panel=OVERRIDES,
+    help="use the run's data folder even though its labelled images are not the ones the run trained on (their "
+         "fingerprint differs)")]
 
 Tta = Annotated[Optional[str], typer.Option(
     "--tta", help="test-time augmentation: flip, scale or flip,scale (default: none; an ensemble's own)")]
 Post = Annotated[Optional[str], typer.Option(
-    "--post", help="post-processing steps, comma-separated, each NAME or NAME:key=value (see `cpx plugins`), "
-                   "e.g. small-components,fill-holes:max_share=0.001")]
+    "--post", help="post-processing steps, comma-separated, each NAME or NAME:key=value, e.g. fill-holes or "
+                   "small-components (see `cpx plugins` for the names and their options)")]
 Calibration = Annotated[bool, typer.Option(
     "--calibration/--no-calibration", help="apply the per-class logit offsets `cpx calibrate` stored with the run")]
 Tile = Annotated[Optional[int], typer.Option(
@@ -75,7 +80,7 @@ Tile = Annotated[Optional[int], typer.Option(
 # -- the organisers' scoring program (validate, score, package) -------------------------------
 
 Official = Annotated[bool, typer.Option(
-    "--official", help="also run the organisers' scoring program (the profile's phases[].scoring_program, copied "
+    "--official", help="also run the organisers' scoring program (named by a phase of the profile, copied "
                        "by cpx init --bundle) on the same predictions, as Codabench lays them out; it is code from "
                        "the bundle you chose")]
 OfficialPython = Annotated[Optional[Path], typer.Option(

@@ -4,7 +4,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cpx.kernel.errors import ConfigError
@@ -14,6 +13,7 @@ from cpx.submit.checkreport import CheckReport
 from . import _common
 from ._common import console, err_console, print_json
 from .options import (
+    OVERRIDES,
     AllowChangedData,
     Calibration,
     Checkpoint,
@@ -125,8 +125,7 @@ def _confirm_paused(bars: "_Bars", question: str) -> bool:
 
 class _Bars:
     def __init__(self):
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
+        self.progress = _common.progress_bars(console)
         self.tasks: dict[str, int] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
@@ -145,7 +144,7 @@ def package_command(
         help="test image folder (default: the run's data + the competition's test folder)")] = None,
     checkpoint: Checkpoint = "best",
     allow_rule_break: Annotated[bool, typer.Option(
-        "--allow-rule-break",
+        "--allow-rule-break", rich_help_panel=OVERRIDES,
         help="package even what the competition's rules forbid (recorded in the manifest)")] = False,
     device: Device = "auto",
     post: with_help(Post, "post-processing steps (see cpx validate --post); solution/run.py repeats them") = None,

@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Annotated, Callable, Iterator, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cpx.kernel.text import format_f
@@ -26,8 +25,7 @@ def _validation_bar(enabled: bool) -> Iterator[Optional[Callable[[str, int, int]
     if not enabled or not err_console.is_terminal:
         yield None
         return
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err_console, transient=True)
+    progress = _common.progress_bars(err_console)
     tasks: dict[str, int] = {}
 
     def update(label: str, done: int, total: int) -> None:

@@ -24,7 +24,8 @@ def report_command(
     with PNGs and as one self-contained HTML page."""
     from cpx.report.results import build_report
 
-    result = build_report(_common.workspace(), _common.host(), output=output, top=top)
+    with _common.progress_bar("report") as bar:
+        result = build_report(_common.workspace(), _common.host(), output=output, top=top, progress=bar)
     console.print(f"report:  {result.markdown}", highlight=False, soft_wrap=True)
     console.print(f"html:    {result.html}", highlight=False, soft_wrap=True)
     console.print(f"figures: {len(result.figures)} in {result.markdown.parent / 'figures'}", highlight=False,

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 from pydantic import ValidationError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cpx.kernel.config import parse_assignment
@@ -55,8 +54,7 @@ class LiveSweep:
     finished trial above it."""
 
     def __init__(self):
-        self.progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+        self.progress = _common.progress_bars(console, info=True, transient=False)
         self.task = None
         self.trial_text = ""
 

@@ -4,7 +4,6 @@ import sys
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cpx.kernel.config import merge_overrides
@@ -38,10 +37,7 @@ class RichProgress:
     """Epoch and batch bars with loss, the validation score, images/s and ETA."""
 
     def __init__(self):
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=False)
+        self.progress = _common.progress_bars(console, info=True, remaining=True, transient=False)
         self.epoch_task = self.batch_task = None
 
     def on_start(self, **info):

@@ -13,10 +13,11 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from cpx.draw.curves import plot_history
 from cpx.draw.figures import plot_per_class_runs
+from cpx.kernel.errors import ConfigError
 from cpx.kernel.files import atomic_write_text
 from cpx.kernel.text import format_f, utc_now
 from cpx.kernel.workspace import Workspace
@@ -453,21 +454,48 @@ def _stop_reason(run: dict, train_cfg: dict) -> str:
 
 
 def build_report(workspace: Workspace, host=None, output: Optional[Path] = None, top: int = TOP,
-                 level: float = stats.DEFAULT_LEVEL) -> ReportResult:
-    """Write the report into ``output`` (default ``experiments/report/``)."""
+                 level: float = stats.DEFAULT_LEVEL,
+                 progress: Optional[Callable[[str, int, int], None]] = None) -> ReportResult:
+    """Write the report into ``output`` (default ``experiments/report/``). ``progress(section,
+    done, total)`` is called as each of its sections starts (``total`` sections in all).
+
+    :raises ConfigError: ``output`` is a file, or its folder cannot be made (one line).
+    """
     out = Path(output) if output else workspace.experiments_dir / "report"
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        what = "exists and is not a folder" if out.exists() and not out.is_dir() else \
+            f"cannot make the folder ({exc.strerror or exc})"
+        raise ConfigError(f"--output: {out} {what}; choose a folder") from None
     with Ledger(workspace.ledger_path) as ledger:
         b = _Builder(ledger, workspace, host, out, top, level)
+        sections = ["ranking", "submissions", "factor effects", "evaluation-time gains", "convergence",
+                    "generalisation", "next experiments", "figures"]
+
+        def starting(section: str) -> None:
+            if progress:
+                progress(section, sections.index(section), len(sections))
+
         b.header()
+        starting("ranking")
         shown = b.ranking()
+        starting("submissions")
         b.submissions()
+        starting("factor effects")
         sweeps = b.factors()
+        starting("evaluation-time gains")
         b.evaluation_time()
+        starting("convergence")
         b.convergence(shown)
+        starting("generalisation")
         b.generalisation(shown)
+        starting("next experiments")
         b.next_experiments(sweeps, shown)
+        starting("figures")
         b.figures_section(shown)
+        if progress:
+            progress("written", len(sections), len(sections))
     md = out / "report.md"
     html = out / "report.html"
     atomic_write_text(md, b.doc.to_markdown(out))

@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import socket
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -253,6 +254,29 @@ class RunFolder:
                     info.pop("workspace_path", None)
         write_json(self.path / DATA, info, indent=2)
 
+    # ------------------------------------------------------------------ soundness
+
+    def damage(self) -> list[tuple[Path, str]]:
+        """Files of this folder that exist but do not read back, each ``(path, what is wrong)``:
+        a checkpoint cut short or failing its checksums (read as the zip archive ``torch.save``
+        writes, without loading torch or unpickling anything), a JSON or YAML file that does not
+        parse. Missing files are not damage. Reads every checkpoint byte: seconds for big ones.
+        """
+        found = []
+        for name, read in ((CONFIG, self.read_config), (HISTORY, self.read_history), (STATUS, self.read_status),
+                           (DATA, self.read_data_info), (ENSEMBLE, self.read_ensemble),
+                           (CALIBRATION, self.read_calibration)):
+            try:
+                read()
+            except RunError as exc:
+                path = self.path / name
+                found.append((path, str(exc).removeprefix(f"{path}: ")))
+        for name in (BEST, LAST):
+            problem = checkpoint_damage(self.path / name)
+            if problem:
+                found.append((self.path / name, problem))
+        return found
+
     # ------------------------------------------------------------------ history
 
     def read_history(self) -> list[dict]:
@@ -383,3 +407,29 @@ def run_folder(row: dict, runs_dir: os.PathLike) -> RunFolder:
         return RunFolder(own)
     recorded = Path(row["run_dir"])
     return RunFolder(own if not recorded.is_dir() and own.is_dir() else recorded)
+
+
+def checkpoint_damage(path: os.PathLike) -> Optional[str]:
+    """What is wrong with the checkpoint file at ``path``, or None when it reads back whole (or
+    does not exist). ``torch.save`` writes a zip archive with a CRC per member: a file cut short
+    (a full disk, a killed copy) has no central directory, a flipped byte fails its CRC. Files
+    in the legacy pickle format (before torch 1.6) cannot be checked this way and pass.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except FileNotFoundError:
+        return None
+    except zipfile.BadZipFile:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(2)
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror or exc})"
+        if head[:1] == b"\x80" and len(head) == 2:  # a pickle: the legacy format
+            return None
+        return "not a whole checkpoint (cut short while it was written?)"
+    except (OSError, EOFError) as exc:
+        return f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    return f"damaged: its part {bad} fails its checksum" if bad else None

@@ -26,6 +26,8 @@ from typing import Iterator, Optional
 import numpy as np
 from PIL import Image, ImageFilter
 
+from cpx_plugins.competitions.sampling import samples, streams
+
 (BG, SKIN, NOSE, EYE_G, L_EYE, R_EYE, L_BROW, R_BROW, L_EAR, R_EAR, MOUTH, U_LIP, L_LIP, HAIR,
  HAT, EAR_R, NECK_L, NECK, CLOTH) = range(19)
 
@@ -69,26 +71,12 @@ def synthesize(count: int, size: int, seed: int) -> Iterator[tuple[np.ndarray, n
 
     Sample ``i`` depends only on ``(seed, i)``.
     """
-    count, size, seed = int(count), int(size), int(seed)
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    if size < 16:
-        raise ValueError(f"size must be >= 16, got {size}")
-    # validated eagerly, so the error surfaces at the call rather than at the first next()
-    return _generate(count, size, seed)
-
-
-def _generate(count: int, size: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for i in range(count):
-        yield render_face(size, seed, i)
+    return samples(render_face, count, size, seed)
 
 
 def render_face(size: int, seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
     """One sample, addressable directly (a Dataset can call this per item)."""
-    root = np.random.SeedSequence([_SALT, seed % (1 << 64), index])
-    geo_ss, field_ss, pixel_ss = root.spawn(3)
-    return _Face(size, np.random.default_rng(geo_ss), np.random.default_rng(field_ss),
-                 np.random.default_rng(pixel_ss)).render()
+    return _Face(size, *streams(_SALT, seed, index)).render()
 
 
 # --------------------------------------------------------------------------------------------

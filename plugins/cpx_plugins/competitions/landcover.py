@@ -30,6 +30,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from cpx_plugins.competitions.sampling import samples, streams
+
 CLASSES = ("background", "water", "forest", "cropland", "building", "road", "bare_soil")
 BACKGROUND, WATER, FOREST, CROPLAND, BUILDING, ROAD, BARE_SOIL = range(7)
 BANDS = ("red", "green", "blue", "nir")
@@ -84,26 +86,12 @@ def synthesize(count: int, size: int, seed: int) -> Iterator[tuple[np.ndarray, n
     Mask values are class ids, positions in :data:`CLASSES`. Sample ``i`` depends only on
     ``(seed, i)``.
     """
-    count, size, seed = int(count), int(size), int(seed)
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    if size < 16:
-        raise ValueError(f"size must be >= 16, got {size}")
-    # validated eagerly, so the error surfaces at the call rather than at the first next()
-    return _generate(count, size, seed)
-
-
-def _generate(count: int, size: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for i in range(count):
-        yield render_tile(size, seed, i)
+    return samples(render_tile, count, size, seed)
 
 
 def render_tile(size: int, seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
     """One sample, addressable directly (a Dataset can call this per item)."""
-    root = np.random.SeedSequence([_SALT, seed % (1 << 64), index])
-    geo_ss, field_ss, pixel_ss = root.spawn(3)
-    return _Tile(size, np.random.default_rng(geo_ss), np.random.default_rng(field_ss),
-                 np.random.default_rng(pixel_ss)).render()
+    return _Tile(size, *streams(_SALT, seed, index)).render()
 
 
 # --------------------------------------------------------------------------------------------

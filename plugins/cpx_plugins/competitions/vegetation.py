@@ -28,6 +28,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageFilter
 
+from cpx_plugins.competitions.sampling import samples, streams
+
 BACKGROUND, VEGETATION = 0, 1
 
 ASPECT_RANGE = (1.15, 1.93)  # width / height; the real images are 384 x 444..740
@@ -51,26 +53,12 @@ def synthesize(count: int, size: int, seed: int) -> Iterator[tuple[np.ndarray, n
     Mask values are class ids: 0 background, 1 vegetation. Sample ``i`` depends only on
     ``(seed, i)``.
     """
-    count, size, seed = int(count), int(size), int(seed)
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    if size < 16:
-        raise ValueError(f"size must be >= 16, got {size}")
-    # validated eagerly, so the error surfaces at the call rather than at the first next()
-    return _generate(count, size, seed)
-
-
-def _generate(count: int, size: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for i in range(count):
-        yield render_scene(size, seed, i)
+    return samples(render_scene, count, size, seed)
 
 
 def render_scene(size: int, seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
     """One sample, addressable directly (a Dataset can call this per item)."""
-    root = np.random.SeedSequence([_SALT, seed % (1 << 64), index])
-    geo_ss, field_ss, pixel_ss = root.spawn(3)
-    return _Scene(size, np.random.default_rng(geo_ss), np.random.default_rng(field_ss),
-                  np.random.default_rng(pixel_ss)).render()
+    return _Scene(size, *streams(_SALT, seed, index)).render()
 
 
 # --------------------------------------------------------------------------------------------

@@ -59,10 +59,9 @@ def autocast(device: torch.device, precision: str):
 def resolve_compile(setting: Union[str, bool], device: torch.device) -> bool:
     """Whether to train through ``torch.compile`` (``train.compile``): ``True``/``False`` as given.
 
-    ``"auto"`` compiles on CUDA devices only. On a CPU, inductor made the dlv3p training step of
-    ``best`` (384 px, batch 16, fp32, 2 AVX2 cores) slower, 0.68x eager images/s, after 129 s of
-    compiling (benchmarks/README.md, "Issue 20 item 2"); eager oneDNN convolutions in
-    channels-last are the faster path there.
+    ``"auto"`` compiles on CUDA devices only: on a CPU, inductor made ``best``'s training step
+    slower than eager oneDNN convolutions in channels-last, after minutes of compiling (the
+    figures: benchmarks/README.md, "Issue 20 item 2 on the perf2 branch").
     """
     if setting == "auto":
         return device.type == "cuda"

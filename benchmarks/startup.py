@@ -43,7 +43,7 @@ from typing import Optional
 
 COMMANDS = (["--help"], ["--version"], ["runs"], ["leaderboard"], ["recipes"])
 # the libraries issue 20 names: none of them should be needed to answer these commands
-HEAVY = ("torch", "scipy", "optuna", "matplotlib", "kornia", "PIL", "numpy", "requests")
+HEAVY = ("torch", "scipy", "optuna", "matplotlib", "kornia", "PIL", "numpy", "requests", "mlflow", "tensorboard")
 # one line of Python that runs a command and lists the heavy libraries it imported (on stderr,
 # after whatever the command printed)
 PROBE = ("import sys, json\nfrom cpx.cli import main\ncode = main(sys.argv[1:])\n"

@@ -1,27 +1,37 @@
 """cpx: a toolkit for image-segmentation challenges hosted on Codabench.
 
-The public API, for notebooks and scripts (the ``cpx`` command line calls the same core)::
+The public API, for notebooks and scripts, does the whole day through the same core the ``cpx``
+command line calls (the same runs, validations and submissions in the same ledger)::
 
     import cpx
 
+    run = cpx.train("msf-lmsa", epochs=30, data="data/", log_to="mlflow:sqlite:///mlruns.db")
+    run.best_val_score, run.history                                     # as `cpx train` records them
+    evaluation = run.validate(tta="flip")                               # `cpx validate RUN --tta flip`
+    calibration = run.calibrate()                                       # `cpx calibrate RUN`
+    submission = cpx.package(run, "v1", tta="flip")                     # `cpx package RUN --name v1`
+    cpx.leaderboard()                                                   # `cpx leaderboard`, as plain rows
+
     model = cpx.create_model("msf-lmsa", competition="celebamask-mini", dropout=0.1)  # an nn.Module
     run = cpx.open_run("20261124-130501-msf-lmsa-3f2a")                 # or a name / id prefix
-    run.config, run.history                                             # resolved config, epochs
     net = run.load_model("best")                                        # weights loaded, eval mode
     masks = cpx.predict(run, ["face.jpg"], tta="flip")                  # H x W uint8 class ids
     result = cpx.score("predictions/", "ground_truth/")                 # the competition's metric
     result.scores.score, result.scores.metric                           # e.g. 0.7525, "fscore"
 
-Runs are looked up in the current workspace (the folder holding ``cpx.yaml`` or
-``experiments/ledger.db``, from the working directory upwards) unless a workspace is given.
-Where a competition is not named, it is the one the command line would take: the workspace's
-``cpx.yaml`` (``competition:``), the only one registered, or the one the ledger's runs share.
-Errors are :class:`cpx.kernel.errors.CpxError` subclasses with a one-line message.
+``cpx.train`` is also the package of the training code (``cpx.train.loop``, ...): calling it
+trains (:func:`cpx.api.train`). Runs are looked up in the current workspace (the folder
+holding ``cpx.yaml`` or ``experiments/ledger.db``, from the working directory upwards) unless a
+workspace is given. Where a competition is not named, it is the one the command line would
+take: the workspace's ``cpx.yaml`` (``competition:``), the only one registered, or the one the
+ledger's runs share. Errors are :class:`cpx.kernel.errors.CpxError` subclasses with a one-line
+message. Nothing heavy is imported until a function is called.
 """
 
 from __future__ import annotations
 
 import os
+import types
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 # Read by the OpenMP runtime when torch loads, so set before any cpx module imports torch (a
@@ -33,14 +43,42 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "create_model", "open_run", "predict", "score"]
+__all__ = ["__version__", "Run", "create_model", "leaderboard", "open_run", "package", "predict", "score", "train"]
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from cpx.api import Run
     from cpx.eval.validate import FolderScore
     from cpx.runs.handle import RunHandle
+
+# the rest of the notebook API lives in cpx.api, imported on first use
+_LAZY = ("Run", "leaderboard", "package")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from cpx import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cpx' has no attribute {name!r}")
+
+
+class _TrainPackage(types.ModuleType):
+    """``cpx.train``: the training package, which called trains (a function of that name here
+    would be replaced by the package the moment anything imports ``cpx.train.loop``)."""
+
+    def __call__(self, recipe: Optional[str] = None, **options: Any) -> "Run":
+        """Train a recipe and record the run: :func:`cpx.api.train`."""
+        from cpx.api import train
+
+        return train(recipe, **options)
+
+
+from cpx import train  # noqa: E402  (its __init__ imports nothing)
+
+train.__class__ = _TrainPackage
 
 ImageLike = Union[str, "os.PathLike[str]", "np.ndarray", "torch.Tensor"]
 
@@ -88,19 +126,19 @@ def create_model(name: str, num_classes: Optional[int] = None, *, competition: O
     return entry.create(options, classes, where=f"{name} options", **extra)
 
 
-def open_run(ref: str, workspace: Optional[Union[str, os.PathLike]] = None) -> "RunHandle":
-    """A recorded run by id, unique id prefix or name.
+def open_run(ref: str, workspace: Optional[Union[str, os.PathLike]] = None) -> "Run":
+    """A recorded run by id, unique id prefix or name, as a :class:`cpx.api.Run`.
 
     The handle has ``config`` (the resolved :class:`~cpx.kernel.config.ExperimentConfig`),
     ``history`` (per-epoch records: ``val_score`` is the competition's metric), ``val_names``,
-    ``competition``, ``folder`` and ``load_model(checkpoint="best", device="cpu")``.
+    ``competition``, ``folder``, ``load_model(checkpoint="best", device="cpu")``, and the next
+    steps: ``validate(tta=...)``, ``calibrate()``, ``package(name)``.
 
     :raises RunError: no such run, an ambiguous prefix, or a run without a readable config.
     """
-    from cpx.kernel.workspace import Workspace
-    from cpx.runs.handle import open_run as _open_run
+    from cpx.api import open_run as _open_run
 
-    return _open_run(ref, Workspace.current(workspace))
+    return _open_run(ref, workspace)
 
 
 def predict(run: Union[str, "RunHandle"], images: Sequence[ImageLike], *, checkpoint: str = "best",

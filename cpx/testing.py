@@ -11,7 +11,8 @@ Fixtures:
 Contract checks, one per kind of component, each raising ``AssertionError`` with the reason:
 :func:`check_model`, :func:`check_loss` (with :func:`check_loss_ignores`), :func:`check_augmentation`,
 :func:`check_postprocessor`, :func:`check_competition`, :func:`check_submission_format` (a
-format's writer and reader agree, from a folder and from a zip), :func:`check_metric`. cpx runs
+format's writer and reader agree, from a folder and from a zip), :func:`check_metric`,
+:func:`check_logger` (a tracker logger, written to twice and read back). cpx runs
 them over every registered component, built-in or third-party (``tests/test_contracts.py``); a
 plugin author runs them over their own::
 
@@ -477,3 +478,63 @@ def check_metric(entry: Entry, classes: tuple = ("background", "a", "b"), option
     assert abs(with_ignore.score - cropped.score) < 1e-12, f"{what}: pixels at the ignore index changed the score"
     tp1, fp1, fn1 = counts_of(confusion_per_image(torch.tensor(noisy[0]), torch.tensor(gts[0]), k))
     assert metric.class_values(tp1, fp1, fn1).shape == (k,), f"{what}: class_values must give one value per class"
+
+
+def check_logger(entry: Entry, target: Optional[str]) -> None:
+    """The logger contract of :func:`cpx.kernel.hookspecs.register_loggers`, on default options,
+    writing to ``target`` (a fresh tracking URI or folder).
+
+    A made-up run is logged twice, as a resumed run or a second export would be: a first logger
+    starts it, logs epochs 1 and 2 and finishes it; a second logger on the same target starts
+    it again, logs epochs 1 to 3 (1 and 2 unchanged) and finishes it with new summary values.
+    Checks: the factory returns a :class:`cpx.track.Logger`-like object; and when the logger can
+    read back (``read(run_id)`` not None): each epoch value is held once at its step, the last
+    summary values are the latest, and the params and tags it holds are those logged.
+    """
+    import dataclasses
+
+    from cpx.track import RunRecord
+
+    check_options(entry)
+    what = f"logger {entry.name}"
+    first = entry.create({}, target)
+    for method in ("start", "log_metrics", "finish"):
+        assert callable(getattr(first, method, None)), f"{what}: the factory's object has no {method}()"
+    epochs = {step: {"train_loss": 1.0 / step, "val_score": 0.25 * step, "lr": 1e-3 * step} for step in (1, 2, 3)}
+    with tempfile.TemporaryDirectory(prefix="cpx-logger-") as tmp:
+        history = Path(tmp) / "history.json"
+        history.write_text(json.dumps([{"epoch": s, **v} for s, v in epochs.items()]))
+        run = RunRecord(id="20260101-000000-contract-0a1b", name="contract", experiment="cpx-contract",
+                        status="running", params={"optimizer.lr": "0.001", "model.options.depth": "4"},
+                        tags={"cpx.run_id": "20260101-000000-contract-0a1b", "recipe": "contract"},
+                        started_at=1767225600000)
+        first.start(run)
+        for step in (1, 2):
+            first.log_metrics(step, epochs[step])
+        first.finish(dataclasses.replace(run, status="stopped", summary={"epochs": 2.0, "best_val_score": 0.5},
+                                         artifacts={"history.json": history}, finished_at=1767225660000))
+        second = entry.create({}, target)
+        second.start(run)
+        for step in (1, 2, 3):
+            second.log_metrics(step, epochs[step])
+        done = dataclasses.replace(run, status="completed", summary={"epochs": 3.0, "best_val_score": 0.75},
+                                   artifacts={"history.json": history}, finished_at=1767225720000)
+        second.finish(done)
+        held = second.read(run.id) if callable(getattr(second, "read", None)) else None
+    if held is None:
+        return
+    for key in epochs[1]:
+        steps = [s for s, _ in held.metrics.get(key, []) if s > 0]
+        assert steps == [1, 2, 3], f"{what}: {key} is held at steps {steps}, expected each of 1, 2, 3 once"
+        for step, value in held.metrics[key]:
+            assert abs(value - epochs[step][key]) <= 1e-6 * max(1.0, abs(epochs[step][key])), \
+                f"{what}: {key} at step {step} is {value}, logged {epochs[step][key]}"
+    for key, value in done.summary.items():
+        got = held.metrics.get(key, [])
+        assert got and abs(got[-1][1] - value) < 1e-6, \
+            f"{what}: summary {key} reads {got}, the latest logged is {value}"
+    # a tracker without params or tags (TensorBoard's scalars) reads none back
+    for kind, logged, read in (("param", run.params, held.params), ("tag", run.tags, held.tags)):
+        for key, value in logged.items():
+            if read:
+                assert read.get(key) == value, f"{what}: {kind} {key} reads {read.get(key)!r}, logged {value!r}"

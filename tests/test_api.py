@@ -1,6 +1,9 @@
 """The public API (``import cpx``): what a notebook user calls, with shapes and errors."""
 
+import importlib
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +14,62 @@ import cpx
 from cpx.cli import main
 from cpx.kernel.errors import ConfigError, DataError, RunError, UnknownComponent
 from cpx.kernel.workspace import Workspace
+from cpx.runs.ledger import Ledger
 
 
 def test_all_lists_the_documented_functions():
-    assert set(cpx.__all__) == {"__version__", "create_model", "open_run", "predict", "score"}
+    assert set(cpx.__all__) == {"__version__", "Run", "create_model", "leaderboard", "open_run", "package",
+                                "predict", "score", "train"}
     for name in cpx.__all__[1:]:
         assert getattr(cpx, name).__doc__, name
+    importlib.import_module("cpx.train.loop")  # the training package stays importable, and callable
+    assert callable(cpx.train) and cpx.train.loop.Trainer and "cpx.api.train" in cpx.train.__call__.__doc__
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+MARKER = "<!-- the notebook example: tests/test_api.py::test_the_readme_notebook_example_runs"
+
+
+def readme_notebook_example() -> str:
+    """The Python block that follows the marker comment in README.md, as it is."""
+    text = README.read_text()
+    assert MARKER in text, "README.md lost its notebook example's marker"
+    block = re.search(r"```python\n(.*?)```", text[text.index(MARKER):], re.S)
+    return block.group(1)
+
+
+@pytest.mark.timeout(900)
+def test_the_readme_notebook_example_runs(cpx_workspace, capsys):
+    code = readme_notebook_example()
+    assert "cpx.train(" in code and "cpx.package(" in code and "cpx.leaderboard()" in code
+    exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
+    out = capsys.readouterr().out.splitlines()
+    with Ledger(cpx_workspace.ledger_path) as ledger:
+        (run,) = ledger.list_runs()
+        validations = ledger.list_validations(run["id"])
+        (submission,) = ledger.list_submissions()
+    assert run["status"] == "completed" and out[0].startswith(f"{run['id']} completed ")
+    # training's best epoch, run.validate, then package's validation of exactly what it packaged
+    assert [v["tta"] for v in validations] == ["none", "flip", "flip"]
+    assert submission["name"] == "notebook-v1" and submission["tta"] == "flip"
+    assert Path(submission["zip_path"]).is_file() and out[3].startswith(submission["zip_path"])
+    assert out[-1].startswith("1 notebook-v1 ")
+
+
+def test_train_returns_a_run_handle_and_leaderboard_rows_match_the_cli(cpx_workspace, tiny_model, capsys):
+    run = cpx.train("msf-lmsa", epochs=1, batch_size=8, model__name="tiny", **{"model.options": {}},
+                    data__synthetic_count=24, data__synthetic_size=32, schedule__warmup_epochs=1, name="nb")
+    assert isinstance(run, cpx.Run) and run.name == "nb" and run.status == "completed"
+    assert run.result.epochs == 1 and run.config.train.epochs == 1 and run.config.model.name == "tiny"
+    assert run.row["command"] == "cpx.train('msf-lmsa', ...)"
+    assert cpx.open_run("nb").id == run.id and isinstance(cpx.open_run("nb"), cpx.Run)
+    rows = cpx.leaderboard()
+    assert main(["leaderboard", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == json.loads(json.dumps(rows))
+    with pytest.raises(ConfigError, match="train.epochs: given twice"):
+        cpx.train("msf-lmsa", epochs=1, train__epochs=2)
+    with pytest.raises(ConfigError, match="train.epochz: unknown field; did you mean train.epochs"):
+        cpx.train("msf-lmsa", train__epochz=2)
 
 
 def test_create_model_takes_options_and_checks_them(cpx_workspace):

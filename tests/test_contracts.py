@@ -12,6 +12,7 @@ from cpx.kernel.manager import create_plugin_host
 from cpx.testing import (
     check_augmentation,
     check_competition,
+    check_logger,
     check_loss,
     check_metric,
     check_model,
@@ -69,6 +70,21 @@ def test_submission_format_contract(name):
     comp = Competition(name="t", classes=("background", "a"), masks={"values": {0: 0, 255: 1}, "mode": "L"},
                        submission={"name": name, **FORMAT_OPTIONS.get(name, {})})
     check_submission_format(HOST.submission_formats.get(name), comp)
+
+
+# where each built-in logger writes in a test (any other: a fresh folder)
+LOGGER_TARGETS = {"mlflow": lambda tmp: f"sqlite:///{tmp / 'mlflow.db'}"}
+
+
+@pytest.mark.parametrize("name", HOST.loggers.names())
+def test_logger_contract(name, tmp_path):
+    from cpx.kernel.errors import MissingDependency
+
+    target = LOGGER_TARGETS.get(name, lambda tmp: str(tmp / "logs"))(tmp_path)
+    try:
+        check_logger(HOST.loggers.get(name), target)
+    except MissingDependency as exc:  # an optional extra not installed here: its own line says which
+        pytest.skip(str(exc))
 
 
 def test_a_broken_model_fails_its_contract_with_the_reason():

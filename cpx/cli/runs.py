@@ -60,6 +60,32 @@ def import_command(
     _common.warn(result.warnings)
 
 
+@app.command("export")
+def export_command(
+    runs: Annotated[Optional[list[str]], typer.Argument(
+        help="runs (id, id prefix or name); default: every run")] = None,
+    mlflow: Annotated[Optional[str], typer.Option(
+        "--mlflow", help="MLflow tracking URI, e.g. sqlite:///mlruns.db (pip install 'cpx[mlflow]')")] = None,
+    to: Annotated[Optional[str], typer.Option(
+        "--to", help="any logger as NAME:TARGET, e.g. tensorboard:tb (`cpx plugins` lists them)")] = None,
+    with_weights: Annotated[bool, typer.Option("--with-weights", help="upload best.pt too")] = False,
+    json_: Json = False,
+):
+    """Write runs to an experiment tracker: params (the resolved config), per-epoch metrics,
+    tags, files, submissions and their scores. Exporting again updates the same runs."""
+    from cpx.kernel.errors import ConfigError
+    from cpx.track.export import export_runs
+
+    if (mlflow is None) == (to is None):
+        raise ConfigError("give one of --mlflow URI or --to NAME:TARGET")
+    result = export_runs(f"mlflow:{mlflow}" if mlflow is not None else to, _common.workspace(), _common.host(),
+                         runs or (), with_weights=with_weights)
+    if json_:
+        print_json(result.to_dict())
+    else:
+        _render_export(result)
+
+
 def _default_competition() -> Optional[str]:
     """The workspace's competition when one decides, else None: the run's config may say."""
     from cpx.kernel.errors import CpxError
@@ -90,3 +116,12 @@ def _render_runs(rows: list[dict]) -> None:
                       f"{r['wall_seconds']:.0f}s" if r.get("wall_seconds") else "-",
                       ", ".join(f"{k.split('.')[-1]}={v}" for k, v in diff.items()))
     console.print(table)
+
+
+def _render_export(result) -> None:
+    for run in result.runs:
+        console.print(f"{run.name if run.name == run.run_id else f'{run.name} ({run.run_id})'}: "
+                      f"{run.epochs} epochs, {', '.join(run.artifacts) or 'no files'} -> {run.where}",
+                      highlight=False)
+    console.print(f"[dim]{len(result.runs)} run{'s' if len(result.runs) != 1 else ''} written to {result.spec} "
+                  f"in {result.seconds:.1f} s[/]", highlight=False)

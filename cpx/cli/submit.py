@@ -220,35 +220,17 @@ def leaderboard_command(
     if remote:
         _remote_leaderboard(competition, phase or DEFAULT_PHASE, url, limit, json_)
         return
-    board = _local_leaderboard(sort, limit, phase, competition)
+    from cpx.report.leaderboard import workspace_leaderboard
+
+    # the named competition, else cpx.yaml's, else the latest run's
+    board = workspace_leaderboard(_common.workspace(), _common.host(), competition=competition, phase=phase,
+                                  sort=sort, limit=limit)
     if json_:
         print_json(board.to_dict())
     elif markdown:
         print(board.to_markdown(), end="")
     else:
         _render_leaderboard(board, sort)
-
-
-def _local_leaderboard(sort: str, limit: Optional[int], phase: Optional[str], competition: Optional[str]):
-    """The ledger's runs and submissions ranked on the competition's metric: the named one, else
-    cpx.yaml's, else the latest run's."""
-    from cpx.eval.metrics import create_metric
-    from cpx.report.leaderboard import SORTS, build_leaderboard
-    from cpx.submit.submissions import default_phase
-
-    if sort not in SORTS:
-        raise ConfigError(f"--sort: choose {' or '.join(SORTS)}, not {sort!r}")
-    if limit is not None and limit < 1:
-        raise ConfigError("--limit: at least 1")
-    with Ledger(_common.workspace().ledger_path) as ledger:
-        latest = next(iter(ledger.list_runs()), None)
-        comp = _cpx_competition(competition, run=None if competition else latest)
-        metric = create_metric(comp, _common.host()) if comp else None
-        return build_leaderboard(ledger, phase=phase or default_phase(comp), sort=sort, limit=limit,
-                                 competition=comp.name if comp else None,
-                                 metric=comp.metric.name if comp else "", scale=metric.scale if metric else 1.0,
-                                 greater_is_better=metric.greater_is_better if metric else True,
-                                 official=comp.leaderboard if comp else None)
 
 
 def _render_leaderboard(board, sort: str) -> None:

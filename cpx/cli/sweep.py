@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from cpx.kernel.config import parse_assignment
+from cpx.kernel.config import SHORTCUTS, parse_assignment
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.registry import format_validation_error
 from cpx.kernel.text import format_f
@@ -18,7 +18,6 @@ from cpx.runs.ledger import Ledger
 from . import _common
 from ._common import console, err_console, print_json
 from .options import Json, Quiet, with_help
-from .train import SHORTCUTS
 
 app = typer.Typer()
 

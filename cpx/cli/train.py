@@ -4,9 +4,10 @@ import sys
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from cpx.kernel.config import merge_overrides
+from cpx.kernel.config import SHORTCUTS, merge_overrides
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.text import format_f
 
@@ -15,23 +16,6 @@ from ._common import console, err_console
 from .options import Competition, Device, ImageSize, Precision, Quiet, Recipe, Set, TrainBatchSize, with_help
 
 app = typer.Typer()
-
-# shortcut option -> config key path
-SHORTCUTS = {
-    "dice": "loss.options.dice",
-    "ce": "loss.options.ce",
-    "lr": "optimizer.lr",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "image_size": "data.image_size",
-    "seed": "train.seed",
-    "data": "data.path",
-    "device": "train.device",
-    "precision": "train.precision",
-    "budget_minutes": "train.budget_minutes",
-    "competition": "competition",
-}
-
 
 class RichProgress:
     """Epoch and batch bars with loss, the validation score, images/s and ETA."""
@@ -120,6 +104,9 @@ def train_command(
     allow_changed_data: Annotated[bool, typer.Option(
         "--allow-changed-data", help="--refit although RUN's data folder no longer holds the labelled images "
                                      "it trained on")] = False,
+    log_to: Annotated[Optional[list[str]], typer.Option(
+        "--log-to", help="log the run live to a tracker, NAME:TARGET: mlflow:URI (e.g. mlflow:sqlite:///mlruns.db), "
+                         "tensorboard:DIR (repeatable; `cpx plugins` lists the loggers)")] = None,
     quiet: Quiet = False,
     nproc: Annotated[int, typer.Option(help="data-parallel processes on this node (batch size stays global)")] = 1,
     nnodes: Annotated[str, typer.Option(help="nodes taking part: N, or MIN:MAX for elastic membership")] = "1",
@@ -138,7 +125,7 @@ def train_command(
     if resume and (recipe or overrides):
         raise ConfigError("--resume continues a run with its own config; drop the recipe and overrides")
     request = TrainRequest(recipe=recipe, overrides=overrides, name=name, resume=resume, refit=refit,
-                           command=command_line(), allow_changed_data=allow_changed_data)
+                           command=command_line(), allow_changed_data=allow_changed_data, log_to=log_to or [])
     if nproc != 1 or nnodes != "1" or rdzv_endpoint:
         from cpx.train.distributed import launch
 
@@ -174,3 +161,8 @@ def _render_result(result) -> None:
     table.add_row("changed", ", ".join(f"{k}={v}" for k, v in changed.items()) or "(recipe as is)")
     table.add_row("folder", str(result.run_dir))
     console.print(table)
+    for report in result.trackers:  # what live logging did, and what it cost each epoch
+        if report.problems:
+            err_console.print(f"[yellow]warning:[/] {escape(report.describe())}", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"[dim]{escape(report.describe())}[/]", highlight=False, soft_wrap=True)

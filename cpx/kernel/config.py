@@ -240,6 +240,24 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key, value
 
 
+# `cpx train`'s shortcut options (also `cpx sweep`'s factor names and the notebook API's
+# keywords) -> config key path
+SHORTCUTS = {
+    "dice": "loss.options.dice",
+    "ce": "loss.options.ce",
+    "lr": "optimizer.lr",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "image_size": "data.image_size",
+    "seed": "train.seed",
+    "data": "data.path",
+    "device": "train.device",
+    "precision": "train.precision",
+    "budget_minutes": "train.budget_minutes",
+    "competition": "competition",
+}
+
+
 def merge_overrides(assignments: Iterable[str], shortcuts: dict[str, Any]) -> dict[str, Any]:
     """Overrides from ``--set key=value`` texts and shortcut options (key path -> value, None
     for a shortcut not given).

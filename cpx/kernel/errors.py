@@ -55,6 +55,11 @@ class BundleError(CpxError):
     """A competition bundle, or the scoring program it holds, that cannot be used (or failed)."""
 
 
+class MissingDependency(CpxError):
+    """An optional package a feature needs is not installed; the message names the extra
+    (``pip install 'cpx[mlflow]'``)."""
+
+
 
 @dataclass(frozen=True)
 class Problem:

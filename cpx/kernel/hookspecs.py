@@ -93,6 +93,17 @@ class RegisterSubmissionFormat(Protocol):
         """Register a format factory ``factory(options, competition) -> cpx.submit.formats.SubmissionFormat``."""
 
 
+LoggerFactory = Callable[[BaseModel, Optional[str]], Any]
+
+
+class RegisterLogger(Protocol):
+    """The ``register`` callback of :func:`register_loggers`."""
+
+    def __call__(self, name: str, factory: LoggerFactory, options: Optional[type[BaseModel]] = None,
+                 description: str = "") -> None:
+        """Register a logger factory ``factory(options, target) -> cpx.track.Logger``."""
+
+
 class RegisterPostprocessor(Protocol):
     """The ``register`` callback of :func:`register_postprocessors`."""
 
@@ -272,6 +283,38 @@ def register_submission_formats(register: RegisterSubmissionFormat) -> None:
         @hookimpl
         def register_submission_formats(register):
             register("csv-rle", CsvRle, options=CsvRleOptions)
+    """
+
+
+# --- tracking: where runs go outside cpx ---
+
+
+@hookspec
+def register_loggers(register: RegisterLogger) -> None:
+    """Register experiment trackers that runs are logged to: live while training
+    (``cpx train --log-to NAME:TARGET``, ``cpx.train(..., log_to=...)``) and afterwards
+    (``cpx runs export --to NAME:TARGET``).
+
+    :param register: ``register(name, factory, options=OptionsModel, description="")``.
+        ``factory(options, target)`` gets the part of ``NAME:TARGET`` after the first colon (a
+        tracking URI, a folder; None when only the name is given) and returns a
+        :class:`cpx.track.Logger`: ``start(run)``, ``log_metrics(step, metrics)`` and
+        ``finish(run)`` for each run in turn, where ``run`` is a :class:`cpx.track.RunRecord`
+        (params: the resolved config flattened; tags; per-epoch metrics by epoch; summary values,
+        submissions and their scores, artifacts). Starting a run the tracker already holds (a
+        second export, a resumed run) must reopen it, and a metric value already held for a
+        step must not be written twice. Import the tracker's package inside the factory, not
+        at module level, so the command line starts fast; when it is missing, raise
+        :class:`cpx.kernel.errors.MissingDependency` naming what to install.
+
+    :func:`cpx.testing.check_logger` checks a registered logger (twice over one target, read
+    back through its optional ``read(run_id)``).
+
+    Example::
+
+        @hookimpl
+        def register_loggers(register):
+            register("wandb", lambda options, target: WandbLogger(project=target), options=WandbOptions)
     """
 
 

@@ -41,6 +41,7 @@ BUILTIN_PLUGINS = {
     "cpx_plugins.losses": ("register_losses",),
     "cpx_plugins.augmentations": ("register_augmentations",),
     "cpx_plugins.postprocess": ("register_postprocessors",),
+    "cpx_plugins.loggers": ("register_loggers",),
 }
 
 # registration hook -> registry kind
@@ -52,6 +53,7 @@ KINDS = {
     "register_postprocessors": "postprocessor",
     "register_metrics": "metric",
     "register_submission_formats": "submission format",
+    "register_loggers": "logger",
 }
 
 
@@ -131,6 +133,10 @@ class PluginHost:
     @property
     def submission_formats(self) -> Registry:
         return self.registry("submission format")
+
+    @property
+    def loggers(self) -> Registry:
+        return self.registry("logger")
 
     @property
     def competitions(self) -> Registry:

@@ -465,3 +465,32 @@ def build_leaderboard(ledger: Ledger, *, phase: str = "test", sort: str = "val",
         rows = rows[: max(0, limit)]
     return Leaderboard(rows=rows, model=model, sort=sort, phase=phase, total=total, metric=label,
                        official_column=official.column if official is not None else "score")
+
+
+def workspace_leaderboard(workspace, host, *, competition: Optional[str] = None, phase: Optional[str] = None,
+                          sort: str = "val", limit: Optional[int] = None) -> Leaderboard:
+    """``cpx leaderboard``: the workspace's runs and submissions ranked by its competition's
+    metric (the named competition, else ``cpx.yaml``'s, else the latest run's), in its current
+    phase unless ``phase`` is given.
+
+    :raises ConfigError: an unknown ``sort`` or a ``limit`` below 1.
+    :raises UnknownComponent: ``competition`` names no registered competition.
+    """
+    from cpx.eval.metrics import create_metric
+    from cpx.kernel.errors import ConfigError
+    from cpx.submit.submissions import default_phase
+    from cpx.submit.submit import cpx_competition
+
+    if sort not in SORTS:
+        raise ConfigError(f"--sort: choose {' or '.join(SORTS)}, not {sort!r}")
+    if limit is not None and limit < 1:
+        raise ConfigError("--limit: at least 1")
+    with Ledger(workspace.ledger_path) as ledger:
+        latest = next(iter(ledger.list_runs()), None)
+        comp = cpx_competition(host, workspace, competition, run=None if competition else latest)
+        metric = create_metric(comp, host) if comp else None
+        return build_leaderboard(ledger, phase=phase or default_phase(comp), sort=sort, limit=limit,
+                                 competition=comp.name if comp else None,
+                                 metric=comp.metric.name if comp else "", scale=metric.scale if metric else 1.0,
+                                 greater_is_better=metric.greater_is_better if metric else True,
+                                 official=comp.leaderboard if comp else None)

@@ -39,6 +39,7 @@ from cpx.train.budget import BudgetCallback
 from cpx.train.callbacks import EMA, CheckpointCommit, EarlyStopping, Validation
 from cpx.train.collective import barrier, rank0_object, rank_world
 from cpx.train.loop import Callback, EpochRecord, StopReason, Trainer
+from cpx.train.tracking import tracking_callbacks
 
 
 @dataclass
@@ -55,6 +56,9 @@ class TrainRequest:
     # still apply on top, e.g. the device)
     refit: Optional[str] = None
     command: str = ""
+    # experiment trackers to log the run to as it trains, each NAME:TARGET (``mlflow:sqlite:///mlruns.db``,
+    # ``tensorboard:tb``; see ``cpx plugins``)
+    log_to: list[str] = field(default_factory=list)
     # refit a run although its data folder no longer holds the data it trained on
     allow_changed_data: bool = False
 
@@ -80,6 +84,8 @@ class TrainResult:
     refit_of: Optional[str] = None
     metric: str = ""  # the competition's metric that best_val_score is on (name, scale when not 1)
     stop_reason: Optional[StopReason] = None
+    # how live logging to each ``log_to`` tracker went (cpx.train.tracking.TrackerReport)
+    trackers: list = field(default_factory=list)
 
 
 @dataclass
@@ -374,16 +380,35 @@ def train(request: TrainRequest, workspace: Workspace, host: PluginHost, callbac
     calls this; rank 0 alone names the run, writes the run folder, checkpoints and ledger rows,
     and runs ``callbacks``; it also prepares (and caches) the data before the others load it.
 
+    Each tracker of ``request.log_to`` gets the run live (:mod:`cpx.train.tracking`); how that
+    went is in ``result.trackers``. A tracker's failure never fails the run.
+
     :raises ConfigError: a recipe or override that does not validate.
     :raises RuleViolation: a model over the competition's parameter limit (nothing is written).
     :raises DataError: unusable data.
     :raises RunError: a run that cannot be resumed, an unwritable folder, or a diverged loss
         (the run is then marked failed).
+    :raises UnknownComponent: a ``log_to`` tracker no plugin registers.
+    :raises MissingDependency: a ``log_to`` tracker whose package is not installed.
     """
-    rank, world = rank_world()
-    main = rank == 0
+    main = rank_world()[0] == 0
     if request.refit and (request.resume or request.recipe):
         raise ConfigError("--refit RUN retrains that run's own config; drop the recipe and --resume")
+    # the trackers' loggers are made first, so a missing package fails before any work
+    trackers = tracking_callbacks(request.log_to, host, workspace.ledger_path, workspace.runs_dir) \
+        if main and request.log_to else []
+    try:
+        result = _train_or_resume(request, workspace, host, (*callbacks, *trackers))
+    except BaseException:
+        for tracker in trackers:  # the run's failure is recorded: the tracker gets it too
+            tracker.finish()
+        raise
+    result.trackers = [tracker.finish() for tracker in trackers]
+    return result
+
+
+def _train_or_resume(request: TrainRequest, workspace: Workspace, host: PluginHost, callbacks: tuple) -> TrainResult:
+    main = rank_world()[0] == 0
     with Ledger(workspace.ledger_path) as ledger:
         if request.refit:
             return _train(request, _refit_run(request, workspace, host, ledger), workspace, host, ledger, callbacks)

@@ -7,6 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# cpx sets OMP_WAIT_POLICY=PASSIVE (cpx/__init__.py), which OpenMP reads when torch loads: a script that
+# imports torch before this module would time spinning threads, not cpx's (every script imports it first)
+import cpx  # noqa: E402, F401
+
 
 def load_avg() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())

@@ -28,10 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_line, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402
+from _common import cpu_line, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402, I001 (before torch)
+import torch  # noqa: E402
 
 
 def main(argv=None) -> dict:

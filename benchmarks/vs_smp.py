@@ -44,11 +44,10 @@ import types
 import warnings
 from pathlib import Path
 
-import torch
-import torch.nn as nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded from its file
-from _common import cpu_line, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402
+from _common import cpu_line, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402, I001 (before torch)
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
 
 SECTIONS = ("throughput", "budget")
 NOTES: list[str] = []

@@ -186,3 +186,18 @@ def test_ab_step_runs_two_trees_in_turn_on_tiny_input(tmp_path, monkeypatch, cpx
     for row in figures["trees"].values():
         assert row["images_per_s"] > 0 and row["train_flops_per_s"] > 0 and row["peak_rss_gib"] > 0
     assert figures["trees"][tree]["cpx"] == str(Path(tree) / "cpx")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_fold_bn_times_both_evaluation_paths_on_tiny_input(tmp_path, monkeypatch, cpx_host, one_thread):
+    from cpx_plugins.models.dlv3p_arch import ConvBNReLU
+
+    data, workspace = _tiny_workspace(tmp_path, cpx_host)
+    monkeypatch.chdir(workspace)
+    script = _load(next(p for p in BENCHMARKS if p.name == "fold_bn.py"))
+    figures = script.main(["--data", str(data), "--recipe", "best", "--image-size", "32", "--batch-size", "2",
+                           "--threads", "1", "--steps", "1", "--rounds", "2", "--workspace", str(workspace)])
+    assert set(figures["images_per_s"]) == {"folded", "separate"} and figures["ratio"] > 0
+    assert figures["max_abs_logit_diff"] < 1e-3
+    assert ConvBNReLU.fold_batchnorm is True  # left as it found it

@@ -1,8 +1,10 @@
-"""cpx.kernel.device: the CPU heap setting, device and precision choice."""
+"""cpx.kernel.device: the CPU heap setting, device, precision and compile choice, the compile fallback."""
 
+import math
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,80 @@ def test_importing_cpx_makes_waiting_openmp_threads_sleep_unless_told_otherwise(
     out = subprocess.run([sys.executable, "-c", "import os, cpx; print(os.environ['OMP_WAIT_POLICY'])"],
                          capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("setting,where,expected", [("auto", "cpu", False), ("auto", "cuda", True),
+                                                    (True, "cpu", True), (False, "cuda", False)])
+def test_compile_auto_is_cuda_only_and_a_given_choice_is_kept(setting, where, expected):
+    assert device.resolve_compile(setting, torch.device(where)) is expected
+
+
+def test_an_unknown_compile_setting_is_refused():
+    with pytest.raises(ValueError, match="train.compile"):
+        device.resolve_compile("sometimes", torch.device("cpu"))
+
+
+def _failing_compiler(module):
+    def compiled(*args, **kwargs):  # what torch.compile does without a C compiler: fail on the first call
+        raise RuntimeError("inductor: no working C compiler")
+    return compiled
+
+
+def test_a_failed_compile_falls_back_to_eager_once_with_a_warning():
+    net = torch.nn.Conv2d(3, 4, 1)
+    x = torch.rand(2, 3, 5, 5)
+    wrapped = device.CompiledOrEager(net, compiler=_failing_compiler)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        out = wrapped(x)
+    assert isinstance(wrapped.failure, RuntimeError)
+    torch.testing.assert_close(out, net(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wrapped(x)  # later calls go straight to eager, without a second warning
+
+
+def test_a_working_compile_is_used():
+    calls = []
+
+    def compiler(module):
+        def compiled(*args):
+            calls.append(1)
+            return module(*args)
+        return compiled
+
+    wrapped = device.CompiledOrEager(torch.nn.Identity(), compiler=compiler)
+    wrapped(torch.zeros(1))
+    assert calls == [1] and wrapped.failure is None
+
+
+def test_a_trainer_asked_to_compile_trains_eagerly_when_compiling_fails(monkeypatch):
+    from cpx.kernel.config import OptimizerConfig, ScheduleConfig, TrainConfig
+    from cpx.train.loop import Trainer
+
+    monkeypatch.setattr(torch, "compile", _failing_compiler)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 2, 1))
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    masks = torch.randint(0, 2, (4, 8, 8), dtype=torch.uint8)
+    trainer = Trainer(model, torch.nn.functional.cross_entropy, None, (images, masks),
+                      train=TrainConfig(epochs=1, batch_size=2, compile=True), optimizer=OptimizerConfig(),
+                      schedule=ScheduleConfig(), precision="fp32", device=torch.device("cpu"))
+    assert trainer.compiled and trainer.net.module is trainer.model
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.warns(RuntimeWarning, match="continues eagerly"):
+        record = trainer.train_epoch()
+    assert isinstance(trainer.net.failure, RuntimeError) and math.isfinite(record.train_loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it trained
+
+
+def test_a_cpu_trainer_trains_eagerly_by_default():
+    from cpx.kernel.config import OptimizerConfig, ScheduleConfig, TrainConfig
+    from cpx.train.loop import Trainer
+
+    model = torch.nn.Conv2d(3, 2, 1)
+    data = (torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(2, 4, 4, dtype=torch.uint8))
+    trainer = Trainer(model, torch.nn.functional.cross_entropy, None, data, train=TrainConfig(batch_size=2),
+                      optimizer=OptimizerConfig(), schedule=ScheduleConfig(), precision="fp32",
+                      device=torch.device("cpu"))
+    assert trainer.compiled is False and trainer.net is model

@@ -11,7 +11,7 @@ import copy
 import difflib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Optional
+from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -94,6 +94,9 @@ class TrainConfig(Section):
     seed: int = Field(0, description="seed for initialisation, shuffling and augmentation")
     val_every: int = Field(1, gt=0, description="validate every N epochs")
     channels_last: bool = Field(True, description="use channels-last memory format for convolutions")
+    compile: Union[Literal["auto"], bool] = Field(
+        "auto", description="train through torch.compile (inductor), falling back to eager if compiling fails; "
+                            "auto = on CUDA only (on a CPU it measured slower)")
     budget_minutes: Optional[float] = Field(None, gt=0, description="fit the schedule to this wall-clock budget")
     stop_after: Optional[int] = Field(None, gt=0, description="end after this many epochs while keeping the "
                                                              "learning-rate schedule of train.epochs (a refit "

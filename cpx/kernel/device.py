@@ -1,5 +1,5 @@
-"""The compute environment: device and precision choice, autocast, parameter counts and the
-CPU heap setting. Training, prediction, ensembles, packaging and benchmarks all use these.
+"""The compute environment: device and precision choice, autocast, ``torch.compile`` with its
+eager fallback, parameter counts and the CPU heap setting. Training, prediction, ensembles, packaging and benchmarks all use these.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import contextlib
 import ctypes
 import os
 import sys
+import warnings
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -52,6 +54,48 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def resolve_compile(setting: Union[str, bool], device: torch.device) -> bool:
+    """Whether to train through ``torch.compile`` (``train.compile``): ``True``/``False`` as given.
+
+    ``"auto"`` compiles on CUDA devices only: on a CPU, inductor made ``best``'s training step
+    slower than eager oneDNN convolutions in channels-last, after minutes of compiling (the
+    figures: benchmarks/README.md, "Issue 20 item 2 on the perf2 branch").
+    """
+    if setting == "auto":
+        return device.type == "cuda"
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"train.compile: expected auto, true or false, got {setting!r}")
+
+
+class CompiledOrEager:
+    """``module`` called through ``torch.compile``, or eagerly once compiling has failed.
+
+    ``torch.compile`` compiles lazily, on the first call, so a missing C compiler or an
+    operation inductor cannot lower only shows there: that call (and every later one) then
+    runs ``module`` eagerly, with one warning; ``failure`` keeps the error. The module's
+    parameters are shared, so checkpoints and validation use ``module`` itself. A failure after
+    part of the compiled graph has run (never seen) would have updated batch-norm running
+    statistics once more for that batch.
+    """
+
+    def __init__(self, module: torch.nn.Module, compiler: Optional[Callable] = None):
+        self.module = module
+        self.compiled = (compiler or torch.compile)(module)
+        self.failure: Optional[BaseException] = None
+
+    def __call__(self, *args, **kwargs):
+        if self.failure is None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - any compile failure falls back to eager
+                self.failure = exc
+                warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); training "
+                              "continues eagerly (set train.compile: false to skip compiling)", RuntimeWarning,
+                              stacklevel=2)
+        return self.module(*args, **kwargs)
 
 
 def count_params(model: torch.nn.Module) -> int:

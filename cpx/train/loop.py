@@ -37,7 +37,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from cpx.kernel.config import OptimizerConfig, ScheduleConfig, TrainConfig
-from cpx.kernel.device import autocast, keep_freed_memory
+from cpx.kernel.device import CompiledOrEager, autocast, keep_freed_memory, resolve_compile
 from cpx.kernel.errors import RunError
 from cpx.train.collective import all_reduce, rank_world
 
@@ -233,6 +233,10 @@ class Trainer:
                 if device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
                                                                  gradient_as_bucket_view=True)
+        # train.compile: the training forward through torch.compile, eager again if compiling fails
+        self.compiled = resolve_compile(train.compile, device)
+        if self.compiled:
+            self.net = CompiledOrEager(self.net)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.callbacks = list(callbacks)

@@ -162,3 +162,34 @@ def test_classifier_is_the_channel_dropout_then_the_1x1_convolution(models, trai
     expected = model.classifier(model.dropout(y))
     assert got.is_contiguous() and got.dtype == torch.float32
     torch.testing.assert_close(got, expected.float())
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("options", [{}, {"output_stride": 8}])
+def test_evaluation_folds_batch_norm_into_the_convolutions_without_changing_the_logits(host, name, options,
+                                                                                       monkeypatch):
+    torch.manual_seed(0)
+    model = host.models.get(name).create(options, NUM_CLASSES).double().eval()
+    for m in model.modules():  # running statistics and affine parameters that are not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    x = torch.rand(2, 3, 72, 88, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    calls = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        folded = model(x)
+        assert calls == []  # every batch norm was folded: no separate pass
+        monkeypatch.setattr(dlv3p_arch.ConvBNReLU, "fold_batchnorm", False)
+        separate = model(x)
+        assert calls
+    torch.testing.assert_close(folded, separate)
+    # training still normalises with the batch's statistics, through the batch-norm layers
+    model.train()
+    monkeypatch.setattr(dlv3p_arch.ConvBNReLU, "fold_batchnorm", True)
+    before = [m.running_mean.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    model(x)
+    after = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(not torch.equal(a, b) for a, b in zip(before, after))

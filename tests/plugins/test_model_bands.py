@@ -106,6 +106,17 @@ def test_band_statistics(arch):
         arch._band_statistics(0)
 
 
+def test_the_self_contained_architectures_carry_one_normalisation():
+    # Each *_arch.py is copied alone into a submission (imports only torch), so each holds its
+    # own copy of the band statistics; this keeps the copies one fact.
+    import inspect
+
+    first, *others = (dlv3p_arch, msf_arch, unet_arch)
+    for arch in others:
+        assert (arch._MEAN, arch._STD) == (first._MEAN, first._STD), arch.__name__
+        assert inspect.getsource(arch._band_statistics) == inspect.getsource(first._band_statistics), arch.__name__
+
+
 def test_a_factory_without_in_channels_fails_the_contract_at_other_band_counts():
     from cpx.kernel.registry import Registry
 

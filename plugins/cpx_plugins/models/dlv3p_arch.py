@@ -30,7 +30,8 @@ Because the last step is that resize, :meth:`DeepLabV3Plus.forward_coarse` retur
 logits exactly, and ``forward(x)`` is their bilinear (``align_corners=False``) resize.
 
 Convolutions are followed by batch norm and, except the linear projections, ReLU (the fast
-pair for oneDNN on CPU, in fp32 or under bf16 autocast); maps are kept channels-last.
+pair for oneDNN on CPU, in fp32 or under bf16 autocast); maps are kept channels-last. In
+evaluation each batch norm is folded into its convolution (:class:`ConvBNReLU`).
 Two exact rewrites keep CPU training off slow paths: a dilated inverted residual runs as an
 undilated one on the interleaved sub-images of its input (:func:`space_to_batch`), and the
 classifier with its channel dropout is one batched matrix product that writes NCHW logits
@@ -86,7 +87,7 @@ def batch_to_space(x, d):
     return y.contiguous(memory_format=torch.channels_last)
 
 
-def dilated_depthwise(x, weight, dilation):
+def dilated_depthwise(x, weight, dilation, bias=None):
     """A 'same' 3x3 depthwise convolution with ``dilation``, run as an undilated one.
 
     The pixels ``dilation`` apart form ``dilation ** 2`` interleaved sub-images; a dilated
@@ -100,7 +101,7 @@ def dilated_depthwise(x, weight, dilation):
     hp, wp = -(-h // d) * d, -(-w // d) * d
     if hp != h or wp != w:
         x = F.pad(x, (0, wp - w, 0, hp - h))
-    y = batch_to_space(F.conv2d(space_to_batch(x, d), weight, None, 1, 1, 1, c), d)
+    y = batch_to_space(F.conv2d(space_to_batch(x, d), weight, bias, 1, 1, 1, c), d)
     return y[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
 
 
@@ -110,14 +111,28 @@ class DepthwiseConv(nn.Conv2d):
     def __init__(self, channels, stride=1, dilation=1):
         super().__init__(channels, channels, 3, stride, dilation, dilation=dilation, groups=channels, bias=False)
 
-    def forward(self, x):
+    def _conv_forward(self, x, weight, bias, undilated=False):
+        """This convolution of ``x`` with ``weight`` and ``bias`` (undilated if ``undilated``: on
+        the sub-images of :func:`space_to_batch`)."""
         d = self.dilation[0]
+        if undilated:
+            return F.conv2d(x, weight, bias, 1, 1, 1, self.groups)
         if d == 1 or self.stride[0] != 1:
-            return super().forward(x)
-        return dilated_depthwise(x, self.weight, d)
+            return super()._conv_forward(x, weight, bias)
+        return dilated_depthwise(x, weight, d, bias)
 
 
 class ConvBNReLU(nn.Sequential):
+    """A convolution, batch norm and (unless ``relu=False``) ReLU.
+
+    In evaluation the batch norm, an affine map with its running statistics, is folded into the
+    convolution's weight and bias on each call (a few thousand multiplications), which saves a
+    pass over every output map; in training it runs as its own layer. ``fold_batchnorm = False``
+    (on the class) keeps the separate pass in evaluation too, the reference the tests compare with.
+    """
+
+    fold_batchnorm = True
+
     def __init__(self, in_ch, out_ch, kernel=1, stride=1, dilation=1, groups=1, relu=True):
         pad = dilation * (kernel - 1) // 2
         if kernel == 3 and groups == in_ch == out_ch and groups > 1:
@@ -128,6 +143,27 @@ class ConvBNReLU(nn.Sequential):
         if relu:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
+
+    def forward(self, x, undilated=False):
+        """The block on ``x``; ``undilated``: its depthwise convolution without its dilation (on
+        the sub-images of :func:`space_to_batch`)."""
+        conv, bn = self[0], self[1]
+        fold = not self.training and self.fold_batchnorm and bn.running_var is not None
+        if not fold and not undilated:
+            return super().forward(x)  # training: the layers one after the other, as built
+        weight, bias = conv.weight, conv.bias
+        if fold:
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            shift = bn.bias - bn.running_mean * scale
+            weight = weight * scale.view(-1, 1, 1, 1)
+            bias = shift if bias is None else bias * scale + shift
+        if isinstance(conv, DepthwiseConv):
+            y = conv._conv_forward(x, weight, bias, undilated)
+        else:
+            y = conv._conv_forward(x, weight, bias)
+        if not fold:
+            y = bn(y)
+        return self[2](y) if len(self) > 2 else y
 
 
 class SeparableConv(nn.Sequential):
@@ -180,13 +216,7 @@ class InvertedResidual(nn.Module):
             xs = space_to_batch(x, d)
             y = xs
             for layer in self.body:
-                conv = layer[0]
-                if isinstance(conv, DepthwiseConv):
-                    y = F.conv2d(y, conv.weight, None, 1, 1, 1, conv.groups)
-                    for rest in list(layer)[1:]:
-                        y = rest(y)
-                else:
-                    y = layer(y)
+                y = layer(y, undilated=True)
             return batch_to_space(xs + y if self.use_res else y, d)
         y = self.body(x)
         return x + y if self.use_res else y

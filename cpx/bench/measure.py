@@ -384,9 +384,7 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2,
         if progress:
             progress(stage, STAGES.index(stage), len(STAGES))
 
-    from cpx.eval.predict import Member, Predictor
     from cpx.kernel.device import count_params, resolve_device, resolve_precision
-    from cpx.train.loop import Trainer
     from cpx.train.run import build_components
 
     starting("building the model")
@@ -402,10 +400,42 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2,
     starting("measuring the machine")
     attainable = attainable_matmul_flops(device, precision)
     bandwidth = copy_bandwidth(device)
-    notes = []
 
     starting("warm-up steps")
     images, masks, source = _bench_data(config, competition, batch * (warmup + steps), size)
+    train_ips, (peak, kind) = _time_training(config, model, loss_fn, augment, images, masks, warmup, device,
+                                              precision, lambda: starting("timed training steps"))
+    del images, masks
+
+    starting("timing prediction")
+    predict_size = int(competition.image_size or size)
+    rates = _time_prediction(model, competition, size, predict_size, batch, steps, device, precision)
+
+    starting("counting the data")
+    n_train, n_val = data_counts(config, competition, workspace)
+    notes = _notes(rates, steps, batch, config.data.path)
+    if progress:
+        progress("measured", len(STAGES), len(STAGES))
+    return BenchResult(
+        recipe=config.recipe, model=config.model.name, params=params, image_size=size, batch_size=batch,
+        device=str(device), precision=precision, threads=torch.get_num_threads(), data=source,
+        forward_flops=forward_flops, train_flops=train_flops, attainable_flops=attainable, memory_bandwidth=bandwidth,
+        train_images_per_s=train_ips, predict_images_per_s=rates[0], predict_flip_images_per_s=rates[1],
+        predict_size=predict_size, peak_memory_bytes=peak, memory_kind=kind, train_images=n_train,
+        val_images=n_val, data_bytes=(n_train + n_val) * 4 * size * size, epochs=config.train.epochs,
+        budget_minutes=config.train.budget_minutes, notes=notes)
+
+
+def _time_training(config, model, loss_fn, augment, images, masks, warmup: int, device, precision: str,
+                   timing: Callable[[], None]) -> tuple[float, tuple[int, str]]:
+    """Training images/s over the steps after ``warmup`` warm-up steps (one batch of
+    ``config.train.batch_size`` images a step, ``images``/``masks`` holding all of them), and the
+    peak memory reached ``(bytes, kind)``. ``timing()`` is called as the timed steps start."""
+    import torch
+
+    from cpx.train.loop import Trainer
+
+    batch = int(config.train.batch_size)
     # a plan of 10**6 epochs keeps the learning rate in warm-up/cosine range, never at its end
     trainer = Trainer(model, loss_fn, augment, (images[:batch * warmup], masks[:batch * warmup]),
                       train=config.train.model_copy(update={"epochs": 10 ** 6}), optimizer=config.optimizer,
@@ -414,17 +444,23 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2,
         torch.cuda.reset_peak_memory_stats(device)
     trainer.train_epoch()
     trainer.train_images, trainer.train_masks = images[batch * warmup:], masks[batch * warmup:]
-    starting("timed training steps")
+    timing()
     _sync(device)
     t0 = time.perf_counter()
     trainer.train_epoch()
     _sync(device)
-    train_ips = batch * steps / (time.perf_counter() - t0)
-    peak, kind = _peak_memory(device)
-    del images, masks, trainer
+    images_per_s = (len(images) - batch * warmup) / (time.perf_counter() - t0)
+    return images_per_s, _peak_memory(device)
 
-    starting("timing prediction")
-    predict_size = int(competition.image_size or size)
+
+def _time_prediction(model, competition, size: int, predict_size: int, batch: int, steps: int, device,
+                     precision: str) -> list[float]:
+    """Prediction images/s without and with flip TTA, ``[plain, flip]``: ``steps`` batches of
+    random ``predict_size`` pictures after one untimed batch, run by the model at ``size``."""
+    import torch
+
+    from cpx.eval.predict import Member, Predictor
+
     g = torch.Generator().manual_seed(1)
     pictures = list(torch.randint(0, 256, (batch * (1 + steps), competition.channels, predict_size, predict_size),
                                   dtype=torch.uint8, generator=g))
@@ -438,9 +474,12 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2,
             predictor.predict(pictures[a:a + batch])
         _sync(device)
         rates.append(batch * steps / (time.perf_counter() - t0))
+    return rates
 
-    starting("counting the data")
-    n_train, n_val = data_counts(config, competition, workspace)
+
+def _notes(rates: list[float], steps: int, batch: int, data_path) -> list[str]:
+    """What to keep in mind when reading the figures: noisy timings, or random pixels."""
+    notes = []
     if rates[1] >= rates[0]:
         notes.append(f"flip TTA (two views) timed no slower than plain prediction ({rates[1]:.1f} against "
                      f"{rates[0]:.1f} images/s): the timings are noise on this machine; measure again with "
@@ -448,19 +487,10 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2,
     elif steps < FEW_STEPS:
         notes.append(f"timed over {steps} step{'s' if steps != 1 else ''} of {batch} images: on a shared "
                      f"machine such figures can be off several times over; --steps {FEW_STEPS} or more to plan with")
-    if not config.data.path:
+    if not data_path:
         notes.append("no data folder: pixels are random and the data counts are the synthetic set's; "
                      "pass --data DIR for the real cost table")
-    if progress:
-        progress("measured", len(STAGES), len(STAGES))
-    return BenchResult(
-        recipe=config.recipe, model=config.model.name, params=params, image_size=size, batch_size=batch,
-        device=str(device), precision=precision, threads=torch.get_num_threads(), data=source,
-        forward_flops=forward_flops, train_flops=train_flops, attainable_flops=attainable, memory_bandwidth=bandwidth,
-        train_images_per_s=train_ips, predict_images_per_s=rates[0], predict_flip_images_per_s=rates[1],
-        predict_size=predict_size, peak_memory_bytes=peak, memory_kind=kind, train_images=n_train,
-        val_images=n_val, data_bytes=(n_train + n_val) * 4 * size * size, epochs=config.train.epochs,
-        budget_minutes=config.train.budget_minutes, notes=notes)
+    return notes
 
 
 def bench_config(request: BenchRequest, workspace: Workspace, host):

@@ -30,7 +30,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from cpx_plugins.competitions.sampling import samples, streams
+from cpx_plugins.competitions.sampling import samples, shift, streams
 
 CLASSES = ("background", "water", "forest", "cropland", "building", "road", "bare_soil")
 BACKGROUND, WATER, FOREST, CROPLAND, BUILDING, ROAD, BARE_SOIL = range(7)
@@ -106,17 +106,6 @@ def _pick(rng: np.random.Generator, table: np.ndarray, weights=None, jitter: flo
     p = None if weights is None else np.asarray(weights, float) / np.sum(weights)
     base = table[int(rng.choice(len(table), p=p))]
     return (base * rng.uniform(1 - jitter, 1 + jitter, 4)).astype(np.float32)
-
-
-def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``a`` moved by (dy, dx) pixels, padded with False."""
-    out = np.zeros_like(a)
-    h, w = a.shape
-    if abs(dy) >= h or abs(dx) >= w:
-        return out
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = a[max(-dy, 0):h - max(dy, 0),
-                                                                  max(-dx, 0):w - max(dx, 0)]
-    return out
 
 
 def _band(u: np.ndarray, v: np.ndarray, half: np.ndarray | float, size: int) -> np.ndarray:
@@ -371,7 +360,7 @@ class _Tile:
             step = self.shadow_len * self.size
             dy, dx = int(round(-self.sun[1] * step)), int(round(-self.sun[0] * step))
             if dx or dy:  # shadows on the ground (labelled as the ground)
-                shadow = _shift(buildings, dy, dx) & ~buildings
+                shadow = shift(buildings, dy, dx) & ~buildings
                 lum *= np.where(shadow, np.float32(0.45), np.float32(1.0))
 
     # ---------------------------------------------------------------- sensor

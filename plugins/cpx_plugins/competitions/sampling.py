@@ -1,5 +1,5 @@
-"""What the procedural generators share: the argument checks of ``synthesize`` and the three
-random streams one sample draws from.
+"""What the procedural generators share: the argument checks of ``synthesize``, the three
+random streams one sample draws from, and shifting a mask (cast shadows).
 
 Each generator (:mod:`.faces`, :mod:`.vegetation`, :mod:`.landcover`) renders sample ``index``
 from ``(seed, index)`` alone, so a dataset can address any sample directly and a run's data is
@@ -37,3 +37,14 @@ def streams(salt: int, seed: int, index: int) -> tuple[np.random.Generator, ...]
     competitions apart for the same seed."""
     root = np.random.SeedSequence([salt, seed % (1 << 64), index])
     return tuple(np.random.default_rng(s) for s in root.spawn(3))
+
+
+def shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``a`` (H x W) moved by ``dy`` rows and ``dx`` columns, the uncovered edge zero (False)."""
+    out = np.zeros_like(a)
+    h, w = a.shape
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = a[max(-dy, 0):h - max(dy, 0),
+                                                                  max(-dx, 0):w - max(dx, 0)]
+    return out

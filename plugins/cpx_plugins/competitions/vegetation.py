@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageFilter
 
-from cpx_plugins.competitions.sampling import samples, streams
+from cpx_plugins.competitions.sampling import samples, shift, streams
 
 BACKGROUND, VEGETATION = 0, 1
 
@@ -72,17 +72,6 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 def _resize(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(grid.astype(np.float32)).resize(
         (width, height), Image.Resampling.BICUBIC), dtype=np.float32)
-
-
-def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``a`` moved by (dy, dx) pixels, padded with False."""
-    out = np.zeros_like(a)
-    h, w = a.shape
-    if abs(dy) >= h or abs(dx) >= w:
-        return out
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = a[max(-dy, 0):h - max(dy, 0),
-                                                                  max(-dx, 0):w - max(dx, 0)]
-    return out
 
 
 # ground materials (hue, saturation, value ranges); "lawn" and "meadow" are the grass that the
@@ -381,7 +370,7 @@ class _Scene:
         dy, dx = int(round(-self.sun[1] * step)), int(round(-self.sun[0] * step))
         if dx == 0 and dy == 0:
             return
-        shadow = _shift(casters, dy, dx) & ~veg
+        shadow = shift(casters, dy, dx) & ~veg
         if not shadow.any():
             return
         tint = np.array([0.92, 0.97, 1.1], np.float32) * self.shadow_dark

@@ -32,7 +32,7 @@ from cpx.data import read_mask, scan
 from cpx.data.images import write_image
 from cpx.eval.metrics import create_metric
 from cpx.kernel.errors import BundleError, ConfigError, DataError
-from cpx.kernel.files import atomic_write_text
+from cpx.kernel.files import atomic_write_text, filling_empty_folder
 from cpx.kernel.manager import PluginHost
 
 SCORER = Path(__file__).with_name("standalone_score.py")
@@ -172,21 +172,9 @@ def export_bundle(request: ExportRequest, host: PluginHost) -> ExportResult:
         a labelled folder of the competition. A failure leaves ``folder`` as it was.
     """
     competition = host.competition(request.name)
-    folder = Path(request.folder).expanduser()
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise ConfigError(f"{folder}: not an empty folder; cpx bundle export writes a new bundle")
     config = scorer_config(competition, host)
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with filling_empty_folder(Path(request.folder).expanduser(), "cpx bundle export writes a new bundle") as folder:
         return _write(folder, competition, config, request, host)
-    except BaseException:
-        if created:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            for child in folder.iterdir():
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
-        raise
 
 
 def _write(folder: Path, competition, config: dict, request: ExportRequest, host: PluginHost) -> ExportResult:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -34,7 +33,7 @@ from cpx.bundle.program import metadata_file
 from cpx.bundle.reader import DEFAULT_EXECUTION_TIME_LIMIT, Bundle, read_bundle_yaml
 from cpx.data.competition import NAME_RE, load_profile
 from cpx.kernel.errors import BundleError, ConfigError
-from cpx.kernel.files import atomic_write_text
+from cpx.kernel.files import atomic_write_text, filling_empty_folder, require_empty_folder
 from cpx.kernel.workspace import SETTINGS_FILE
 
 CONFIRM = "confirm"
@@ -84,21 +83,11 @@ def init_workspace(request: InitRequest, host: Any = None) -> InitResult:
         is not empty, or the written profile does not validate. ``DIR`` is left as it was.
     """
     folder = Path(request.folder).expanduser()
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise ConfigError(f"{folder}: not an empty folder; cpx init writes a new workspace")
+    refusal = "cpx init writes a new workspace"
+    require_empty_folder(folder, refusal)  # before reading the data, which takes a while
     inferred = infer_data(request.data) if request.data else None
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with filling_empty_folder(folder, refusal):
         return _write(folder, request, inferred, host)
-    except BaseException:
-        # leave DIR as it was: removed when cpx made it, emptied when it was an empty folder
-        if created:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            for child in folder.iterdir():
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
-        raise
 
 
 def _slug(text: str) -> str:

@@ -9,6 +9,7 @@ Temporary files of killed writers match :data:`TEMP_GLOB` and are removed by
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -17,9 +18,9 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Type
+from typing import Any, Callable, Iterator, Optional, Type
 
-from cpx.kernel.errors import CpxError
+from cpx.kernel.errors import ConfigError, CpxError
 
 
 class NotWritable(CpxError):
@@ -185,3 +186,33 @@ def check_writable(*paths: os.PathLike) -> None:
         mode = os.W_OK if probe.is_file() else os.W_OK | os.X_OK
         if not os.access(probe, mode):
             raise NotWritable(f"{path}: not writable; cpx needs to write there (check its permissions)")
+
+
+def require_empty_folder(folder: Path, refusal: str) -> None:
+    """:raises ConfigError: ``folder`` exists and is not an empty folder (``refusal`` says what
+    the command writes instead, e.g. "cpx init writes a new workspace")."""
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ConfigError(f"{folder}: not an empty folder; {refusal}")
+
+
+@contextlib.contextmanager
+def filling_empty_folder(folder: Path, refusal: str) -> Iterator[Path]:
+    """Write into ``folder``, which must be missing or empty, and leave it as it was on failure.
+
+    Yields ``folder``, made if it was missing. When the ``with`` block raises, a folder made here
+    is removed and one that was empty is emptied again, then the exception goes on.
+
+    :raises ConfigError: as :func:`require_empty_folder`.
+    """
+    require_empty_folder(folder, refusal)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            for child in folder.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        raise

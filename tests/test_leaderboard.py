@@ -209,3 +209,23 @@ def test_cli_table_json_and_markdown(ledger, capsys):
 
     assert main(["leaderboard", "--sort", "best"]) == 2
     assert "--sort: choose val or test" in capsys.readouterr().err
+
+
+def test_plain_leaderboard_follows_the_workspace_competition_not_the_latest_run(ledger, cpx_workspace, capsys):
+    """cpx.yaml's ``competition:`` decides before the latest run's (the README's order), so a
+    later run of another competition does not hide the workspace's submitted runs."""
+    (cpx_workspace.root / "cpx.yaml").write_text("competition: celebamask-mini\n")
+    mine = ledger.add_run(name="mine", recipe="msf-lmsa", competition="celebamask-mini", status="completed",
+                          best_val_score=0.69, best_epoch=10)
+    ledger.add_submission("s1", run_id=mine["id"], val_score=0.69, checkpoint="best", tta="none")
+    ledger.record_score("s1", 0.71)
+    ledger.add_run(name="elsewhere", recipe="unet", competition="drone-vegetation", status="completed",
+                   best_val_score=0.5, best_epoch=3)
+
+    for extra in ([], ["--sort", "test"]):
+        assert main(["leaderboard", "--json", *extra]) == 0
+        labels = [r["label"] for r in json.loads(capsys.readouterr().out)["rows"]]
+        assert "s1" in labels and "elsewhere" not in labels, labels
+    assert main(["leaderboard", "--json", "--competition", "drone-vegetation"]) == 0
+    labels = [r["label"] for r in json.loads(capsys.readouterr().out)["rows"]]
+    assert labels == ["elsewhere"]

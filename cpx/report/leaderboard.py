@@ -470,7 +470,9 @@ def build_leaderboard(ledger: Ledger, *, phase: str = "test", sort: str = "val",
 def workspace_leaderboard(workspace, host, *, competition: Optional[str] = None, phase: Optional[str] = None,
                           sort: str = "val", limit: Optional[int] = None) -> Leaderboard:
     """``cpx leaderboard``: the workspace's runs and submissions ranked by its competition's
-    metric (the named competition, else ``cpx.yaml``'s, else the latest run's), in its current
+    metric (the named competition, else the workspace's by
+    :func:`~cpx.runs.competition.default_competition`, starting with ``cpx.yaml``'s, else the
+    latest run's), in its current
     phase unless ``phase`` is given.
 
     :raises ConfigError: an unknown ``sort`` or a ``limit`` below 1.
@@ -478,6 +480,7 @@ def workspace_leaderboard(workspace, host, *, competition: Optional[str] = None,
     """
     from cpx.eval.metrics import create_metric
     from cpx.kernel.errors import ConfigError
+    from cpx.runs.competition import default_competition
     from cpx.submit.submissions import default_phase
     from cpx.submit.submit import cpx_competition
 
@@ -485,9 +488,14 @@ def workspace_leaderboard(workspace, host, *, competition: Optional[str] = None,
         raise ConfigError(f"--sort: choose {' or '.join(SORTS)}, not {sort!r}")
     if limit is not None and limit < 1:
         raise ConfigError("--limit: at least 1")
+    # the README's order: --competition, else the workspace's (cpx.yaml, the ledger's one
+    # competition, ...: default_competition), and only when that leaves a choice the latest run's
+    chosen = competition or default_competition(workspace, host)
+    if chosen and not competition and chosen not in host.competitions.names():
+        chosen = None  # cpx.yaml names a competition no plugin registers
     with Ledger(workspace.ledger_path) as ledger:
         latest = next(iter(ledger.list_runs()), None)
-        comp = cpx_competition(host, workspace, competition, run=None if competition else latest)
+        comp = cpx_competition(host, workspace, chosen, run=None if chosen else latest)
         metric = create_metric(comp, host) if comp else None
         return build_leaderboard(ledger, phase=phase or default_phase(comp), sort=sort, limit=limit,
                                  competition=comp.name if comp else None,

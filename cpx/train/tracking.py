@@ -31,7 +31,7 @@ from cpx.train.loop import Callback, EpochRecord, Trainer
 @dataclass
 class TrackerReport:
     """How live logging to one tracker went: where the run is in it, the epochs handed over,
-    the seconds spent in the training thread (``loop_seconds``: the cost to training), the
+    the epochs the tracker took (``logged``), the seconds spent in the training thread (``loop_seconds``: the cost to training), the
     tracker's own seconds off it (``background``: by call, start / log_metrics / finish), the
     wall seconds of the epochs logged, and the problems met (then the record may be
     incomplete: ``cpx runs export`` writes it again)."""
@@ -39,6 +39,7 @@ class TrackerReport:
     spec: str
     where: Optional[str] = None
     epochs: int = 0
+    logged: int = 0  # the epochs the tracker took (fewer than ``epochs`` after a failure)
     loop_seconds: float = 0.0
     epoch_seconds: float = 0.0
     background: dict[str, float] = field(default_factory=dict)
@@ -52,7 +53,10 @@ class TrackerReport:
     def describe(self) -> str:
         """One line: what was logged, and what it cost per epoch."""
         where = f" ({self.where})" if self.where else ""
-        text = f"{self.spec}: {self.epochs} epoch{'s' if self.epochs != 1 else ''} logged{where}"
+        if self.problems and not self.logged:
+            return f"{self.spec}: nothing logged{where}; " + "; ".join(self.problems)
+        taken = f"{self.logged} of {self.epochs}" if self.logged != self.epochs else f"{self.epochs}"
+        text = f"{self.spec}: {taken} epoch{'s' if self.epochs != 1 else ''} logged{where}"
         if self.epochs:
             per_epoch = self.loop_seconds / self.epochs
             share = f", {self.overhead:.3%} of an epoch" if self.overhead is not None else ""
@@ -64,7 +68,7 @@ class TrackerReport:
         return text
 
     def to_dict(self) -> dict:
-        return {"spec": self.spec, "where": self.where, "epochs": self.epochs,
+        return {"spec": self.spec, "where": self.where, "epochs": self.epochs, "logged": self.logged,
                 "loop_seconds": round(self.loop_seconds, 6), "epoch_seconds": round(self.epoch_seconds, 3),
                 "overhead": self.overhead, "background": {k: round(v, 4) for k, v in self.background.items()},
                 "problems": self.problems}
@@ -102,6 +106,8 @@ class TrackingCallback(Callback):
             start = time.perf_counter()
             try:
                 fn(*args)
+                if kind == "log_metrics":
+                    self.report.logged += 1
             except Exception as exc:  # a tracker problem must never end a training run
                 self._failed = True
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

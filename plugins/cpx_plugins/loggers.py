@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cpx.kernel.errors import MissingDependency
+from cpx.kernel.errors import ConfigError, MissingDependency
 from cpx.kernel.hookspecs import hookimpl
 from cpx.track import Logger, RunRecord, TrackedRun
 
@@ -44,6 +44,12 @@ def _require(package: str, extra: str) -> None:
     if not found:
         raise MissingDependency(f"--log-to {extra} needs the {package} package, which is not installed: "
                                 f"pip install 'cpx[{extra}]'")
+
+
+def _first_sentence(exc: Exception) -> str:
+    """The first sentence of an exception's message, on one line (mlflow's run to a paragraph)."""
+    text = " ".join(str(exc).split())
+    return text.split(". ")[0].rstrip(".") or type(exc).__name__
 
 
 def _chunks(items: list, size: int = _BATCH):
@@ -102,7 +108,13 @@ class MlflowLogger(Logger):
             # a new SQLite store announces its table creation on the root logger's handlers
             for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
                 logging.getLogger(name).setLevel(logging.WARNING)
-            self._client = MlflowClient(self.uri)
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self._client = MlflowClient(self.uri)
+            except MlflowException as exc:  # an unknown scheme, a file store mlflow refuses, ...
+                raise ConfigError(f"mlflow tracking URI {self.uri!r} cannot be used ({_first_sentence(exc)}); "
+                                  "give one such as sqlite:///mlruns.db") from None
         return self._client
 
     def _experiment_id(self, name: str) -> str:

@@ -185,3 +185,27 @@ def test_tensorboard_scalars_and_curves_read_back_from_the_event_files(cpx_works
     assert [e.step for e in acc.Scalars("train_loss")] == [1, 2] and len(acc.Images("curves")) == 1
     assert len(acc.Scalars("best_val_score")) == 1
 
+
+@pytest.mark.parametrize("uri", ["notascheme://x", "/nonexistent/dir/mlruns"])
+def test_mlflow_export_to_an_unusable_uri_is_one_line_naming_it(uri, cpx_workspace, cpx_host, tiny_model, capsys):
+    """A tracking URI MLflow cannot use (an unknown scheme, a file store it refuses) is one line
+    naming the URI and a non-zero exit, not mlflow's traceback."""
+    pytest.importorskip("mlflow")
+    train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides(), name="r"), cpx_workspace, cpx_host)
+    capsys.readouterr()
+    assert main(["runs", "export", "--mlflow", uri]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and uri in err and "Traceback" not in captured.out + captured.err, err
+
+
+def test_mlflow_live_logging_that_never_started_says_nothing_was_logged(cpx_workspace, tiny_model, capsys):
+    """A tracker whose start failed took no epoch: the report says nothing was logged rather
+    than counting the epochs handed to it."""
+    pytest.importorskip("mlflow")
+    args = ["--epochs", "1", *TINY_ARGS[3:]]
+    assert main(["train", "msf-lmsa", "--quiet", *args, "--log-to", "mlflow:notascheme://x"]) == 0
+    captured = capsys.readouterr()
+    text = " ".join((captured.out + captured.err).split())
+    assert "mlflow:notascheme://x: nothing logged" in text and "epoch logged" not in text, text
+    assert "notascheme://x" in text.split("start failed:")[1]

@@ -158,3 +158,25 @@ def test_the_files_cpx_writes_load_with_weights_only(unet_run):
     assert read_checkpoint(run.folder.best_path).key == "state_dict"
     state = load_file(run.folder.last_path)  # what resume needs: tensors and plain types only
     assert state["epoch"] == 1 and set(state) >= {"model", "optimizer", "history", "config"}
+
+
+def test_validate_refuses_a_best_checkpoint_that_fails_its_checksum_as_doctor_says(cpx_workspace, cpx_host,
+                                                                                  tiny_model, capsys):
+    """One flipped byte in best.pt: ``cpx doctor`` reports it, and ``cpx validate`` refuses it in
+    that same wording (suggesting --checkpoint last) instead of loading it; last.pt still works."""
+    from cpx.doctor.checks import check_workspace
+
+    run = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides()), cpx_workspace, cpx_host)
+    best = cpx_workspace.runs_dir / run.run_id / "best.pt"
+    data = bytearray(best.read_bytes())
+    data[200] ^= 0xFF
+    best.write_bytes(bytes(data))
+    (said,) = [p.message for p in check_workspace(cpx_workspace, cpx_host, min_free=0).problems
+               if p.kind == "file-damaged"]
+    capsys.readouterr()
+
+    assert main(["validate", run.run_id]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert str(best) in err and said in err and "--checkpoint last" in err, (err, said)
+    assert main(["validate", run.run_id, "--checkpoint", "last"]) == 0

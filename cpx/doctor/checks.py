@@ -18,7 +18,7 @@ from typing import Optional
 
 from cpx.kernel.errors import CpxError, Problem
 from cpx.kernel.workspace import Workspace
-from cpx.runs.folder import RunFolder, run_folder
+from cpx.runs.folder import RunFolder, damage_advice, run_folder
 from cpx.runs.ledger import LedgerInspection, inspect_ledger
 from cpx.runs.recovery import process_gone, resume_hint
 
@@ -119,7 +119,7 @@ def _check_runs(report: DoctorReport, workspace: Workspace, host, runs: list[dic
             continue
         for path, what in folder.damage():
             report.problems.append(Problem(_shown(workspace, path), FILE_DAMAGED,
-                                           f"{what}; {_damage_advice(row, folder, path)}"))
+                                           f"{what}; {damage_advice(row['id'], folder, path)}"))
         if process_gone(row):
             report.problems.append(Problem(_shown(workspace, folder.path), PROCESS_GONE,
                                            f"run {row['id']} is marked running but its process is gone; `cpx runs` "
@@ -138,16 +138,6 @@ def _check_runs(report: DoctorReport, workspace: Workspace, host, runs: list[dic
 def _key(path: Path) -> Path:
     # a folder's identity without resolving the folder itself (a run folder may be a symlink)
     return Path(path).parent.resolve() / Path(path).name
-
-
-def _damage_advice(row: dict, folder: RunFolder, path: Path) -> str:
-    if path == folder.last_path:
-        return (f"run {row['id']} cannot be resumed from it: restore it from a backup, or delete it to make the run "
-                "final at its best.pt")
-    if path == folder.best_path:
-        return (f"restore it from a backup; until then use the run with --checkpoint last (or train again) "
-                f"for run {row['id']}")
-    return f"restore it from a backup, or delete it if run {row['id']} is not needed"
 
 
 def _check_data(report: DoctorReport, workspace: Workspace, host, row: dict, folder: RunFolder) -> int:

@@ -433,3 +433,17 @@ def checkpoint_damage(path: os.PathLike) -> Optional[str]:
     except (OSError, EOFError) as exc:
         return f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
     return f"damaged: its part {bad} fails its checksum" if bad else None
+
+
+def damage_advice(run_id: str, folder: "RunFolder", path: os.PathLike) -> str:
+    """What to do about the damaged file ``path`` of run ``run_id`` (in ``folder``): the
+    wording ``cpx doctor`` reports and loading a damaged checkpoint refuses with."""
+    path = Path(path)
+    if path == folder.last_path:
+        return (f"run {run_id} cannot be resumed from it: restore it from a backup, or delete it to make the run "
+                "final at its best.pt")
+    if path == folder.best_path:
+        return (f"restore it from a backup; until then use the run with --checkpoint last (or train again) "
+                f"for run {run_id}")
+    return f"restore it from a backup, or delete it if run {run_id} is not needed"
+

@@ -16,7 +16,7 @@ from cpx.kernel.errors import ConfigError, DataError, RunError
 from cpx.kernel.manager import PluginHost, get_host
 from cpx.kernel.workspace import Workspace
 from cpx.runs.checkpoint import load_weights, read_checkpoint
-from cpx.runs.folder import CONFIG, RunFolder, run_folder
+from cpx.runs.folder import CONFIG, RunFolder, checkpoint_damage, damage_advice, run_folder
 from cpx.runs.ledger import Ledger
 
 
@@ -92,11 +92,18 @@ class RunHandle:
         The file is read with ``weights_only=True`` (see :mod:`cpx.runs.checkpoint`): wrapper
         prefixes are stripped and bare state_dicts accepted.
 
-        :raises RunError: missing or unsafe file, or weights that do not fit the architecture
-            (with counts and examples of the keys that differ).
+        A checkpoint whose recorded checksums fail (``cpx doctor``'s check,
+        :func:`~cpx.runs.folder.checkpoint_damage`) is refused, never loaded.
+
+        :raises RunError: missing, damaged or unsafe file, or weights that do not fit the
+            architecture (with counts and examples of the keys that differ).
         """
+        path = self.checkpoint_path(checkpoint)
+        problem = checkpoint_damage(path)
+        if problem:
+            raise RunError(f"{path}: {problem}; {damage_advice(self.id, self.folder, path)}")
         model = self.create_model(host)
-        load_weights(model, read_checkpoint(self.checkpoint_path(checkpoint)), f"model {self.config.model.name}")
+        load_weights(model, read_checkpoint(path), f"model {self.config.model.name}")
         return model.to(device).eval()
 
 

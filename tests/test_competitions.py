@@ -148,13 +148,16 @@ def test_a_new_challenge_from_a_yaml_profile_end_to_end(capsys, tmp_path, cpx_wo
     assert cli(capsys, "submit", "s1", "--record-score", "29.6")[0] == 0
 
 
-@pytest.mark.parametrize("text, field", [
+BAD_PROFILES = [
     (VEG_PROFILE.replace("channels: 3", "channels: 3\ncolour: red"), "colour: unknown field"),
     (VEG_PROFILE.replace("class-iou", "class-iuo"), "metric.name: unknown metric 'class-iuo'"),
     (VEG_PROFILE.replace("rle-json", "rle-jsn"), "submission.name: unknown submission format 'rle-jsn'"),
     (VEG_PROFILE.replace("class: vegetation", "class: trees"), "metric.class: 'trees' is not one of the classes"),
     (VEG_PROFILE.replace("rules:", "rules:\n  submissions_per_phase: 3\nrules:"), "key 'rules' appears twice"),
-])
+]
+
+
+@pytest.mark.parametrize("text, field", BAD_PROFILES)
 def test_a_bad_profile_is_one_line_naming_the_file_and_field(text, field, capsys, cpx_workspace, tmp_path):
     (cpx_workspace.root / "competitions").mkdir()
     (cpx_workspace.root / "competitions" / "veg.yaml").write_text(text)
@@ -163,6 +166,24 @@ def test_a_bad_profile_is_one_line_naming_the_file_and_field(text, field, capsys
     assert code == 2 and len(lines) == 1, err
     assert "competitions/veg.yaml" in lines[0] and field in lines[0]
     assert not (cpx_workspace.experiments_dir / "runs").exists()
+
+
+@pytest.mark.parametrize("text, field", BAD_PROFILES)
+def test_competitions_lists_a_bad_profile_as_broken_in_the_line_train_refuses_it_with(text, field, capsys,
+                                                                                      cpx_workspace):
+    """``cpx competitions`` checks each profile as a command naming it would: a bad one (even
+    one that reads but names a class it lacks) is not listed as usable but marked broken."""
+    (cpx_workspace.root / "competitions").mkdir()
+    (cpx_workspace.root / "competitions" / "veg.yaml").write_text(text)
+    code, out, err = cli(capsys, "competitions", "--json")
+    shown = json.loads(out)
+    assert code == 0 and "veg" not in [r["name"] for r in shown["competitions"]]
+    (broken,) = shown["broken"]
+    assert broken["name"] == "veg" and field in broken["error"] and "competitions/veg.yaml" in broken["error"]
+    code, out, err = cli(capsys, "competitions")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 0 and len(lines) == 1 and "competition veg is broken" in lines[0] and field in lines[0], err
+    assert lines[0].count("competitions/veg.yaml") == 1
 
 
 def test_mask_values_outside_the_map_are_refused_naming_the_file(capsys, cpx_workspace, tmp_path):

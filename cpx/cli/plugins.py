@@ -42,8 +42,9 @@ def competitions_command(
     if name:
         _print_mapping(host.competition(name).model_dump(mode="json", exclude_none=True), json_, width=110)
         return
-    rows = [competition_row(entry) for entry in host.competitions]
-    broken = [{"name": n, "origin": origin, "error": error} for n, origin, error in host.competitions.broken()]
+    usable, unusable = host.checked_competitions()
+    rows = [competition_row(entry) for entry in usable]
+    broken = [{"name": n, "origin": origin, "error": error} for n, origin, error in unusable]
     if json_:
         print_json({"competitions": rows, "broken": broken})
         return
@@ -55,7 +56,9 @@ def competitions_command(
                       f"{r['size']}, {r['channels']} ch", r["metric"], r["submission"],
                       "yes" if r["synthetic"] else "-")
     console.print(table)
-    _common.warn(f"{b['origin']}: {b['error']}" for b in broken)
+    _common.warn(f"competition {b['name']} is broken (commands naming it refuse it): "
+                 + (b["error"] if b["error"].startswith(b["origin"]) else f"{b['origin']}: {b['error']}")
+                 for b in broken)
 
 
 @app.command("recipes")

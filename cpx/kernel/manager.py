@@ -160,6 +160,21 @@ class PluginHost:
             self._bound.add(name)
         return entry.target
 
+    def checked_competitions(self) -> tuple[list, list[tuple[str, str, str]]]:
+        """Every competition, each checked as :meth:`competition` checks it before use:
+        ``(entries that bind, [(name, origin, error) of the broken])``, the broken being the
+        profiles that could not be read and those whose metric or submission format does not
+        bind (the same one-line error a command naming them gets)."""
+        good, broken = [], list(self.competitions.broken())
+        for entry in self.competitions:
+            try:
+                self.competition(entry.name)
+            except ConfigError as exc:
+                broken.append((entry.name, entry.origin, str(exc)))
+            else:
+                good.append(entry)
+        return good, sorted(broken)
+
     def add_commands(self, app: Any) -> None:
         """Let every plugin add commands to the CLI ``app`` (``register_commands``)."""
         for impl in reversed(self.manager.hook.register_commands.get_hookimpls()):

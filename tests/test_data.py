@@ -352,3 +352,23 @@ def test_shared_celebamask_data_is_clean(shared_data: Path):
     assert (report.train_pairs, report.test_images) == (900, 100)
     assert report.image_sizes == {(512, 512): 900}
     assert all(share > 0 for share in report.presence_share)
+
+
+def test_data_check_names_many_image_sizes_once(cpx_synthetic, tmp_path, capsys):
+    """More than four image sizes are summarised as a count and ranges after the word 'sizes',
+    without saying 'sizes' twice."""
+    import shutil
+
+    from cpx.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(cpx_synthetic, data)
+    images = sorted((data / "train" / "images").iterdir())[:5]
+    for i, image in enumerate(images):
+        mask = data / "train" / "masks" / f"{image.stem}.png"
+        size = (40 + 4 * i, 48)
+        Image.open(image).resize(size).save(image)
+        Image.open(mask).resize(size, Image.NEAREST).save(mask)
+    assert main(["data", "check", str(data), "--competition", "celebamask-mini"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "sizes 6 different, heights 48..64, widths 40..64" in out and "sizes 6 sizes" not in out, out

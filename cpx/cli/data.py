@@ -72,12 +72,13 @@ def synth_command(
 
 
 def size_summary(sizes: dict) -> str:
-    """``512x512 (900)``, or for many sizes their ranges: ``48 sizes, heights 384, widths 442..741``."""
+    """``512x512 (900)``, or for many sizes their ranges: ``48 different, heights 384, widths 442..741``
+    (it follows the word ``sizes``)."""
     if len(sizes) <= 4:
         return ", ".join(f"{h}x{w} ({n})" for (h, w), n in sorted(sizes.items())) or "-"
     hs, ws = sorted({h for h, _ in sizes}), sorted({w for _, w in sizes})
     span = lambda v: str(v[0]) if len(v) == 1 else f"{v[0]}..{v[-1]}"  # noqa: E731
-    return f"{len(sizes)} sizes, heights {span(hs)}, widths {span(ws)}"
+    return f"{len(sizes)} different, heights {span(hs)}, widths {span(ws)}"
 
 
 def render_labels(check, comp) -> None:

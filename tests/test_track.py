@@ -254,3 +254,11 @@ def test_the_command_line_starts_without_the_trackers_packages():
             "print(sorted(m for m in ('mlflow', 'tensorboard', 'torch.utils.tensorboard') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_runs_export_counts_one_epoch_in_the_singular(memory, cpx_workspace, cpx_host, capsys):
+    result = _train(cpx_workspace, cpx_host, [], **{"train.epochs": 1})
+    capsys.readouterr()
+    assert main(["runs", "export", "--to", "memory:one", result.run_id]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ": 1 epoch, " in out and "1 epochs" not in out, out

@@ -121,7 +121,7 @@ def _render_runs(rows: list[dict]) -> None:
 def _render_export(result) -> None:
     for run in result.runs:
         console.print(f"{run.name if run.name == run.run_id else f'{run.name} ({run.run_id})'}: "
-                      f"{run.epochs} epochs, {', '.join(run.artifacts) or 'no files'} -> {run.where}",
+                      f"{run.epochs} epoch{'s' if run.epochs != 1 else ''}, {', '.join(run.artifacts) or 'no files'} -> {run.where}",
                       highlight=False)
     console.print(f"[dim]{len(result.runs)} run{'s' if len(result.runs) != 1 else ''} written to {result.spec} "
                   f"in {result.seconds:.1f} s[/]", highlight=False)

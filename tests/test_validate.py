@@ -215,3 +215,11 @@ def test_validate_on_a_busy_ledger_prints_the_score_and_says_it_was_not_recorded
     assert "(the competition's metric)" in out.out and "Traceback" not in out.err
     (line,) = [line for line in out.err.splitlines() if "not recorded" in line]
     assert "locked by another program" in line
+
+
+def test_validate_says_it_recorded_the_validation_without_the_ledgers_row_number(unet_run, capsys):
+    """The ledger's row id counts every run's validations, so it is not shown as if it were this
+    run's count."""
+    assert main(["validate", unet_run]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"recorded in the ledger as a validation of {unet_run}" in out and "recorded as validation" not in out

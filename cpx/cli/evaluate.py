@@ -89,7 +89,7 @@ def _render_validation(ev, official) -> None:
         render_official(official)
     _common.warn(ev.warnings)
     if ev.validation_id is not None:
-        console.print(f"[dim]recorded as validation {ev.validation_id} of {ev.run_id}[/]", highlight=False)
+        console.print(f"[dim]recorded in the ledger as a validation of {ev.run_id}[/]", highlight=False)
 
 
 @app.command("score")

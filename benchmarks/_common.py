@@ -4,12 +4,22 @@ as the step benchmarks time it."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 # cpx sets OMP_WAIT_POLICY=PASSIVE (cpx/__init__.py), which OpenMP reads when torch loads: a script that
 # imports torch before this module would time spinning threads, not cpx's (every script imports it first)
 import cpx  # noqa: E402, F401
+
+
+def emit(figures: dict, json_path=None) -> dict:
+    """A benchmark's last step: every figure as one JSON line on stdout (and indented into
+    ``json_path`` when given); returns ``figures``."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(figures, indent=2, default=str))
+    print(json.dumps(figures, default=str))
+    return figures
 
 
 def load_avg() -> str:

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded from its file
-from _common import cpu_line, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402
+from _common import cpu_line, emit, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402
 
 
 def _worker(args) -> None:
@@ -163,10 +163,7 @@ def main(argv=None) -> dict:
     figures["load_after"] = load_avg()
     print(f"  {trees[-1]} / {trees[0]}: {figures['ratio']:.2f}x images/s, {figures['cpu_ratio']:.2f}x less CPU "
           f"time per image", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
-    print(json.dumps(figures))
-    return figures
+    return emit(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded from its file
-from _common import cpu_line, load_avg, recipe_config, workspace_and_host  # noqa: E402
+from _common import cpu_line, emit, load_avg, recipe_config, workspace_and_host  # noqa: E402
 
 CASES = (("first run", "copied"), ("first run", "mapped"), ("later run", "copied"), ("later run", "mapped"))
 
@@ -101,10 +101,7 @@ def main(argv=None) -> dict:
               f"read {row['read_s']:.1f} s; peak RSS {row['VmHWM']:.2f} GiB, at the end anonymous "
               f"{row['RssAnon']:.2f} GiB + file {row['RssFile']:.2f} GiB (load {load_avg()})", flush=True)
     figures["load_after"] = load_avg()
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
-    print(json.dumps(figures))
-    return figures
+    return emit(figures, args.json)
 
 
 if __name__ == "__main__":

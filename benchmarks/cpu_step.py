@@ -20,7 +20,6 @@ before and after, one line per round, the medians, and last one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_line, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402, I001 (before torch)
+from _common import cpu_line, emit, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402, I001 (before torch)
 import torch  # noqa: E402
 
 
@@ -100,10 +99,7 @@ def main(argv=None) -> dict:
               f"{row['range'][1]:.2f}), {row['cpu_seconds_per_image']:.3f} CPU s/image, "
               f"{row['vs_first']:.2f}x {first[0]}x{first[1]}", flush=True)
     out["load_after"] = load_avg()
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
-    print(json.dumps(out))
-    return out
+    return emit(out, args.json)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from cpx.bundle.reader import read_bundle_yaml
@@ -294,8 +295,11 @@ def test_a_v2_bundle_from_init_to_an_official_validation_and_a_package(capsys, t
     assert [p["name"] for p in shown["phases"]] == ["Development", "Final"]
     assert shown["phases"][0]["execution_time_limit"] == 120 and shown["phases"][0]["max_submissions_per_day"] == 3
 
-    code, out, err = cli(capsys, "train", "unet", "--data", data, "--name", "r", *SMALL_UNET)
+    # no --data: the folder init was given, from cpx.yaml
+    code, out, err = cli(capsys, "train", "unet", "--name", "r", *SMALL_UNET)
     assert code == 0, err
+    (config,) = (ws / "experiments" / "runs").glob("*/config.yaml")
+    assert Path(yaml.safe_load(config.read_text())["data"]["path"]) == Path(data).resolve()
     code, out, err = cli(capsys, "validate", "r", "--official", "--json")
     assert code == 0, err
     result = json.loads(out)

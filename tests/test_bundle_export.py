@@ -144,6 +144,28 @@ def test_export_init_and_validate_official_agree_with_cpx_validate(capsys, tmp_p
     assert abs(json.loads(out)["score"] - result["official"]["value"]) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["celebamask-mini", "drone-vegetation", "landcover-tiles"])
+def test_export_then_init_gives_back_the_same_profile(name, capsys, tmp_path, cpx_workspace, monkeypatch):
+    # every rule travels (parameter cap, flip pairs, palette, what is allowed, sizes, suffixes,
+    # mask mode); the bundle adds its phases and ranked column, and names the competition by title
+    enter(cpx_workspace.root, monkeypatch)
+    code, out, err = cli(capsys, "competitions", name, "--json")
+    assert code == 0, err
+    built_in = json.loads(out)
+    code, out, err = cli(capsys, "bundle", "export", name, tmp_path / "bundle", "--zip")
+    assert code == 0, err
+    code, out, err = cli(capsys, "init", tmp_path / "ws", "--bundle", tmp_path / "bundle.zip", "--json")
+    assert code == 0, err
+    made = json.loads(out)
+    enter(tmp_path / "ws", monkeypatch)
+    code, out, err = cli(capsys, "competitions", made["name"], "--json")
+    assert code == 0, err
+    back = json.loads(out)
+    assert back["phases"] and back["leaderboard"]["column"] == made["column"]
+    differ = {k for k in set(built_in) | set(back) if built_in.get(k) != back.get(k)}
+    assert differ == {"name", "phases", "leaderboard"}, {k: (built_in.get(k), back.get(k)) for k in differ}
+
+
 def test_export_needs_a_new_folder_and_writes_nothing_on_failure(capsys, tmp_path, cpx_workspace):
     taken = tmp_path / "taken"
     taken.mkdir()

@@ -9,8 +9,10 @@ labelled folder's validation masks (the organisers' val folders, else every labe
 written by the profile's submission format, as participants' predictions will be.
 
 ``cpx init --bundle`` reading such a bundle takes the classes, mask values, metric and format
-from ``score_config.json`` (they are the organisers' own statement, nothing to guess), so the
-round trip export -> init -> ``validate --official`` scores as ``cpx validate`` does.
+from ``score_config.json`` (they are the organisers' own statement, nothing to guess), and the
+rest of the profile (rules, parameter cap, flip pairs, palette, sizes, ...) from its
+``profile``, so the round trip export -> init gives the same profile (the data folder's layout
+excepted, inferred from ``--from-data``) and ``validate --official`` scores as ``cpx validate``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from cpx.kernel.manager import PluginHost
 
 SCORER = Path(__file__).with_name("standalone_score.py")
 CONFIG = "score_config.json"
+# profile fields the bundle states in its own terms (competition.yaml's title, phases and
+# leaderboard); every other field travels in score_config.json
+NOT_CARRIED = {"name", "title", "phases", "leaderboard"}
 WRITTEN_BY = "cpx bundle export"
 FORMATS = ("masks-png", "masks-tiff", "rle-json", "npz")
 METRICS = ("fscore", "miou", "class-iou", "dice", "pooled-dice", "pixel-accuracy", "mean-class-accuracy")
@@ -118,7 +123,8 @@ def scorer_config(competition, host: PluginHost) -> dict:
             "classes": list(competition.classes), "metric": metric_out, "metric_spec": spec.model_dump(by_alias=True),
             "format": format_out, "submission_spec": fmt_spec.model_dump(mode="json", exclude_none=True, by_alias=True),
             "values": None if masks.values is None else {str(k): v for k, v in masks.values.items()},
-            "ignore_index": masks.ignore_index}
+            "ignore_index": masks.ignore_index,
+            "profile": competition.model_dump(mode="json", exclude_none=True, by_alias=True, exclude=NOT_CARRIED)}
 
 
 def _when(value: Optional[_dt.datetime]) -> Optional[str]:

@@ -263,14 +263,24 @@ def profile_text(name: str, bundle: Bundle, programs: dict[str, str], inferred: 
         lines.append("# classes, masks, metric and submission: stated by the bundle's scoring program "
                      "(score_config.json, written by cpx bundle export)")
         lines += _dump("classes", stated["classes"])
-        masks = {k: v for k, v in (("values", {int(a): b for a, b in (stated.get("values") or {}).items()} or None),
-                                   ("ignore_index", stated.get("ignore_index"))) if v is not None}
+        profile = dict(stated.get("profile") or {})
+        masks = profile.pop("masks", None) or {
+            k: v for k, v in (("values", {int(a): b for a, b in (stated.get("values") or {}).items()} or None),
+                              ("ignore_index", stated.get("ignore_index"))) if v is not None}
         if masks:
             lines += _dump("masks", masks)
         lines += _dump("metric", stated["metric_spec"])
         lines += _dump("submission", stated["submission_spec"])
         fields.pop("classes", None)
         fields.pop("masks", None)
+        if "layout" in fields:  # the data folder given is laid out its own way
+            profile.pop("layout", None)
+        rest = {k: v for k, v in profile.items() if k not in ("classes", "metric", "submission") and v not in ((), [])}
+        if rest:
+            lines.append("# the rest of the exporting profile (score_config.json): rules, sizes, parameter cap, ...")
+            for key, value in rest.items():
+                lines += _dump(key, value)
+                fields.pop(key, None)
     classes = fields.get("classes", stated["classes"] if stated else ["background", "foreground"])
     if inferred is not None:
         for key in ("classes", "channels", "size", "pixel_max", "layout", "masks"):

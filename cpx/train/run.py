@@ -275,6 +275,9 @@ def _new_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledg
     # the competition: --competition, else the workspace's cpx.yaml, else the recipe's default
     if "competition" not in overrides and workspace.settings().get("competition"):
         overrides["competition"] = workspace.settings()["competition"]
+    # the data likewise: --data, else cpx.yaml's data (cpx init --from-data writes it), else the recipe's
+    if "data.path" not in overrides and workspace.settings().get("data"):
+        overrides["data.path"] = str(workspace.root / Path(str(workspace.settings()["data"])).expanduser())
     config, diff = build_config(request.recipe, overrides, workspace.experiments_dir, host)
     if config.data.path:  # recorded resolved: a later command run from elsewhere means this folder
         config.data.path = str(Path(config.data.path).expanduser().resolve())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -99,9 +100,12 @@ class RunHandle:
             architecture (with counts and examples of the keys that differ).
         """
         path = self.checkpoint_path(checkpoint)
-        problem = checkpoint_damage(path)
+        # only a zip archive records checksums; any other file is left to the loader's own error
+        problem = checkpoint_damage(path) if zipfile.is_zipfile(path) else None
         if problem:
-            raise RunError(f"{path}: {problem}; {damage_advice(self.id, self.folder, path)}")
+            own = path in (self.folder.best_path, self.folder.last_path)
+            advice = damage_advice(self.id, self.folder, path) if own else "restore it from a backup"
+            raise RunError(f"{path}: {problem}; {advice}")
         model = self.create_model(host)
         load_weights(model, read_checkpoint(path), f"model {self.config.model.name}")
         return model.to(device).eval()

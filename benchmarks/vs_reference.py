@@ -41,10 +41,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded from its file
+from _common import emit, load_avg, workspace_and_host  # noqa: E402, I001 (cpx before torch: OpenMP's wait policy)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
 
 REFERENCE = "/work/shared/bench/seedstyle.py"
 FACTORY = "cpx.bench.measure:recipe_model"
@@ -66,22 +68,6 @@ def run_reference(args, mode: str, *extra: str) -> dict:
     if out.returncode != 0:
         raise SystemExit(f"reference {mode} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def workspace_and_host(root: Path):
-    from cpx.kernel.manager import create_plugin_host, set_host
-    from cpx.kernel.workspace import Workspace
-
-    root.mkdir(parents=True, exist_ok=True)
-    os.environ["CPX_WORKSPACE"] = str(root)
-    ws = Workspace(root)
-    host = create_plugin_host(plugin_dirs=ws.plugin_dirs())
-    set_host(host)
-    return ws, host
-
-
-def load_avg() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,10 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {"load_before": load_avg()}
     for name in sections:
         figures[name] = globals()[f"section_{name}"](args, ws, host)
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
-    print(json.dumps(figures, default=str))
-    return figures
+    return emit(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -91,17 +91,7 @@ def test_every_benchmark_imports_and_every_cpx_name_it_imports_exists(path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_vs_reference_runs_every_section_on_tiny_input(tmp_path, monkeypatch, cpx_host, one_thread, capsys):
-    from cpx.data import write_dataset
-
-    comp = cpx_host.competition("celebamask-mini")
-    data = tmp_path / "data"
-    write_dataset(data, comp, comp.synthesize(20, 32, 0), test_count=2)
-    workspace = tmp_path / "ws"
-    (workspace / "experiments").mkdir(parents=True)
-    # every section's recipe: a unet of a few thousand parameters, one epoch
-    (workspace / "experiments" / "tiny.yaml").write_text(
-        "base: unet\nmodel:\n  options: {base_channels: 4, depth: 2}\n"
-        "train: {epochs: 1, batch_size: 4}\nschedule: {warmup_epochs: 0}\n")
+    data, workspace = _tiny_workspace(tmp_path, cpx_host)  # every section's recipe is its tiny unet
     (tmp_path / "seedstyle.py").write_text(STAND_IN)
     monkeypatch.chdir(workspace)
     script = _load(next(p for p in BENCHMARKS if p.name == "vs_reference.py"))

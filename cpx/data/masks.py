@@ -5,6 +5,7 @@ with a ``values`` map every stored value must be one of its keys; without one, s
 class ids, and a two-class competition also reads 0/255 masks as 0/1. The profile's
 ``ignore_index`` (a stored value) becomes :data:`IGNORE` inside cpx: never trained on, never
 scored. Writing goes the other way, each class id to the first stored value that maps to it.
+:func:`class_frequencies` counts the class ids of masks already read (the losses' class weights).
 """
 
 from __future__ import annotations
@@ -106,3 +107,15 @@ class MaskCodec:
         if self.values is None:
             return None
         return sorted(set(self.values) | ({self.ignore} if self.ignore is not None else set()))
+
+
+def class_frequencies(masks, num_classes: int) -> list[float]:
+    """Share of all pixels of each class id in ``masks`` (a torch tensor of integer ids, any
+    shape, e.g. ``N x H x W``), in class-id order; ids outside ``0..num_classes-1`` (the ignore
+    index) are not counted. All zeros when no pixel is counted."""
+    import torch
+
+    flat = masks.reshape(-1).long()
+    counts = torch.bincount(flat[(flat >= 0) & (flat < num_classes)], minlength=num_classes).double()
+    total = float(counts.sum())
+    return (counts / total).tolist() if total else [0.0] * num_classes

@@ -20,7 +20,7 @@ import torch
 from cpx import data as datalib
 from cpx.data.competition import Competition
 from cpx.data.labels import apply_label_policy
-from cpx.data.masks import IGNORE
+from cpx.data.masks import IGNORE, class_frequencies
 from cpx.eval.metrics import create_metric, metric_tag
 from cpx.eval.validate import Labelled, labelled_files, read_labelled
 from cpx.kernel.config import ExperimentConfig, apply_overrides, build_config, config_diff, resolve, validate
@@ -211,15 +211,6 @@ def build_components(config: ExperimentConfig, host: PluginHost, competition: Co
     augment = host.augmentations.get(config.augmentation.name).create(config.augmentation.options, competition,
                                                                       where="augmentation.options")
     return model, loss, augment
-
-
-def class_frequencies(masks: torch.Tensor, num_classes: int) -> list[float]:
-    """Share of all pixels of each class id in ``masks`` (``N x H x W`` integer ids), in class-id
-    order (ids outside ``0..num_classes-1`` are not counted)."""
-    flat = masks.reshape(-1).long()
-    counts = torch.bincount(flat[(flat >= 0) & (flat < num_classes)], minlength=num_classes).double()
-    total = float(counts.sum())
-    return (counts / total).tolist() if total else [0.0] * num_classes
 
 
 @dataclass

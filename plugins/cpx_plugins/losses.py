@@ -42,6 +42,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model,
 from pydantic.fields import FieldInfo
 from torch import nn
 
+from cpx.data.masks import class_frequencies
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.hookspecs import hookimpl
 
@@ -70,13 +71,10 @@ WEIGHT_SCHEMES = ("sqrt-inverse-frequency",)
 def class_frequencies_from_masks(masks: torch.Tensor, num_classes: int) -> list[float]:
     """Share of pixels of each class id in ``masks`` (any integer tensor; ids outside
     ``0..num_classes-1`` are ignored), as a list summing to 1."""
-    flat = masks.reshape(-1).long()
-    flat = flat[(flat >= 0) & (flat < num_classes)]
-    counts = torch.bincount(flat, minlength=num_classes).double()
-    total = float(counts.sum())
-    if total == 0:
+    shares = class_frequencies(masks, num_classes)
+    if not any(shares):
         raise ValueError("the masks hold no pixel of any class")
-    return (counts / total).tolist()
+    return shares
 
 
 def _normalised(frequencies: Sequence[float]) -> list[float]:

@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = [["--help"], ["--version"], ["runs"], ["leaderboard"], ["recipes"]]
 # none of these is needed to answer the commands above
-HEAVY = ["torch", "scipy", "optuna", "matplotlib", "kornia", "requests", "mlflow", "tensorboard"]
+HEAVY = ["torch", "numpy", "PIL", "scipy", "optuna", "matplotlib", "kornia", "requests", "mlflow", "tensorboard"]
 
 # runs each command in turn and writes, after each, the heavy libraries imported so far
 PROBE = """

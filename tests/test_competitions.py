@@ -219,3 +219,21 @@ def test_write_and_read_masks_keep_the_stored_values(tmp_path, cpx_host):
     write_mask(tmp_path / "m.png", ids, comp)
     assert set(np.unique(read_mask(tmp_path / "m.png"))) == {0, 255}
     assert np.array_equal(read_mask(tmp_path / "m.png", comp), ids)
+
+
+
+def test_the_leaderboard_checks_the_metric_alone_and_train_still_checks_the_format(capsys, cpx_workspace,
+                                                                                   tmp_path):
+    """Ranking binds only the profile's metric (the formats' numpy and Pillow stay unimported);
+    a command that writes submissions still refuses the profile's unknown format."""
+    (cpx_workspace.root / "competitions").mkdir()
+    (cpx_workspace.root / "competitions" / "veg.yaml").write_text(VEG_PROFILE.replace("rle-json", "rle-jsn"))
+    (cpx_workspace.root / "competitions" / "veg2.yaml").write_text(
+        VEG_PROFILE.replace("class-iou", "class-iuo").replace("name: veg", "name: veg2"))
+    code, out, err = cli(capsys, "leaderboard", "--competition", "veg2")
+    assert code == 2 and "metric.name: unknown metric 'class-iuo'" in err
+    code, out, err = cli(capsys, "leaderboard", "--competition", "veg", "--json")
+    assert code == 0, err
+    assert json.loads(out)["metric"] == "class-iou x100"
+    code, out, err = cli(capsys, "train", "unet", "--competition", "veg", "--data", str(tmp_path), "--epochs", "1")
+    assert code == 2 and "submission.name: unknown submission format 'rle-jsn'" in err

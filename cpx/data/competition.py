@@ -39,17 +39,26 @@ import datetime as _dt
 import re
 import string
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Optional, Union
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.registry import format_validation_error
 from cpx.kernel.yamlfile import read_yaml
 
+if TYPE_CHECKING:
+    import numpy as np
+
+# Inside cpx, pixels at the competition's ignore index (masks.ignore_index) hold this class id (a
+# profile has at most 255 classes, so no class id is 255); cpx.data.masks maps stored values to it.
+IGNORE = 255
+
+# the parts of a profile that name plugins, checked by Competition.bind before use
+BOUND_PARTS = ("metric", "submission")
+
 # (image uint8 H x W x C, mask uint8 H x W class ids) pairs from a procedural generator
-Synthesizer = Callable[[int, int, int], Iterator[tuple[np.ndarray, np.ndarray]]]
+Synthesizer = Callable[[int, int, int], Iterator[tuple["np.ndarray", "np.ndarray"]]]
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 # the folders of a data folder a profile names, in the order cpx reads them
@@ -525,15 +534,16 @@ class Competition(_Section):
             path = Path(self.source).parent / path
         return path
 
-    def bind(self, host: Any) -> "Competition":
-        """Check the metric and the submission format against ``host``'s registries (names and
-        options); returns ``self``.
+    def bind(self, host: Any, parts: tuple[str, ...] = BOUND_PARTS) -> "Competition":
+        """Check ``parts`` of the profile (the ``metric`` and the ``submission`` format) against
+        ``host``'s registries (names and options); returns ``self``.
 
         :raises ConfigError: an unregistered name or options that do not validate, one line
             naming the field (``metric.class: ...``).
         """
-        for field, registry, arg in (("metric", host.metrics, tuple(self.classes)),
-                                     ("submission", host.submission_formats, self)):
+        for field in parts:
+            registry, arg = ((host.metrics, tuple(self.classes)) if field == "metric"
+                             else (host.submission_formats, self))
             spec = getattr(self, field)
             try:
                 entry = registry.get(spec.name)

@@ -14,11 +14,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from cpx.data.competition import Competition
-
-# Inside cpx, pixels at the competition's ignore index hold this id (a profile has at most 255
-# classes, so no class id is 255).
-IGNORE = 255
+from cpx.data.competition import IGNORE, Competition
 
 
 def bad_ids_message(ids: Iterable[int], num_classes: int) -> str:

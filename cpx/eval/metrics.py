@@ -26,17 +26,16 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
-import numpy as np
-
-from cpx.data.masks import IGNORE
+from cpx.data.competition import IGNORE
 from cpx.kernel.errors import DataError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 # torch is imported by the functions that make tensors: choosing a metric (its name, scale and
 # direction, for `cpx leaderboard`) does not wait for it
-MaskLike = Union["torch.Tensor", np.ndarray]
+MaskLike = Union["torch.Tensor", "np.ndarray"]
 
 
 def class_ids(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:

@@ -64,7 +64,7 @@ class PluginHost:
     manager: pluggy.PluginManager
     origins: dict[str, str] = field(default_factory=dict)  # plugin name -> where it came from
     failures: list[str] = field(default_factory=list)
-    _bound: set = field(default_factory=set)  # competitions whose metric and format were checked
+    _bound: set = field(default_factory=set)  # (competition, part) pairs checked by Competition.bind
     _registries: dict = field(default_factory=dict)  # kind -> Registry, built on first use
 
     def register(self, plugin: Any, name: Optional[str] = None, origin: str = "builtin") -> None:
@@ -142,22 +142,27 @@ class PluginHost:
     def competitions(self) -> Registry:
         return self.registry("competition")
 
-    def competition(self, name: str):
+    def competition(self, name: str, parts: Optional[tuple[str, ...]] = None):
         """The :class:`cpx.data.competition.Competition` registered under ``name``, its metric
-        and submission format checked against this host's registries.
+        and submission format checked against this host's registries (only ``parts`` of
+        :data:`~cpx.data.competition.BOUND_PARTS` when given: ranking needs the metric alone, and
+        the submission formats import numpy and Pillow).
 
         :raises UnknownComponent: no such competition (close names suggested).
         :raises ConfigError: a profile file that does not validate, or names an unknown metric
             or format (one line naming the file and field).
         """
+        from cpx.data.competition import BOUND_PARTS
+
         entry = self.competitions.get(name)
-        if name not in self._bound:
+        todo = tuple(part for part in (parts or BOUND_PARTS) if (name, part) not in self._bound)
+        if todo:
             try:
-                entry.target.bind(self)
+                entry.target.bind(self, todo)
             except ConfigError as exc:
                 where = entry.origin if entry.origin.endswith((".yaml", ".yml")) else f"competition {name}"
                 raise ConfigError("\n".join(f"{where}: {line}" for line in str(exc).splitlines())) from None
-            self._bound.add(name)
+            self._bound.update((name, part) for part in todo)
         return entry.target
 
     def checked_competitions(self) -> tuple[list, list[tuple[str, str, str]]]:

@@ -14,7 +14,7 @@ so with n pairs and gaps g_1..g_n:
 * interval (n >= 2): the 95% *prediction* interval for one new gap,
   ``mean(g) ± t(0.975, n-1) · s · sqrt(1 + 1/n)``, where ``s`` is the sample standard
   deviation of the gaps and ``t`` the Student-t quantile with n-1 degrees of freedom
-  (:func:`cpx.report.stats.t_quantile`, equal to ``scipy.stats.t``'s).
+  (:func:`cpx.report.student_t.t_quantile`, equal to ``scipy.stats.t``'s).
   The ``1`` under the root is the new model's own scatter around the mean gap, the
   ``1/n`` the uncertainty of the mean itself. With two or three pairs ``t`` is large
   (12.7 and 4.3), and the interval is honestly wide;
@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
 from cpx.kernel.text import format_f, format_signed
-from cpx.report.stats import t_quantile
+from cpx.report.student_t import t_quantile
 from cpx.runs.ledger import Ledger
 from cpx.submit.submissions import main_score
 
@@ -495,7 +495,8 @@ def workspace_leaderboard(workspace, host, *, competition: Optional[str] = None,
         chosen = None  # cpx.yaml names a competition no plugin registers
     with Ledger(workspace.ledger_path) as ledger:
         latest = next(iter(ledger.list_runs()), None)
-        comp = cpx_competition(host, workspace, chosen, run=None if chosen else latest)
+        # ranking needs the metric only: the submission formats (numpy, Pillow) stay unimported
+        comp = cpx_competition(host, workspace, chosen, run=None if chosen else latest, parts=("metric",))
         metric = create_metric(comp, host) if comp else None
         return build_leaderboard(ledger, phase=phase or default_phase(comp), sort=sort, limit=limit,
                                  competition=comp.name if comp else None,

@@ -317,23 +317,24 @@ def codabench_competition_id(value: Optional[str], workspace: Workspace) -> int:
 
 
 def cpx_competition(host: PluginHost, workspace: Workspace, name: Optional[str] = None,
-                    run: Optional[dict] = None) -> Optional[Competition]:
+                    run: Optional[dict] = None, parts: Optional[tuple[str, ...]] = None) -> Optional[Competition]:
     """The competition profile whose rules and metric apply: the named one, the run's, else
     :func:`~cpx.runs.competition.default_competition` (cpx.yaml's, the ledger's runs', the
-    data folder's, the only registered one); None when that is ambiguous.
+    data folder's, the only registered one); None when that is ambiguous. ``parts``: what
+    :meth:`~cpx.kernel.manager.PluginHost.competition` checks (default: metric and format).
 
     :raises UnknownComponent: ``name`` names no registered competition.
     """
     if name:
-        return host.competition(name)
+        return host.competition(name, parts)
     if run and run.get("competition"):
         try:
-            return host.competition(run["competition"])
+            return host.competition(run["competition"], parts)
         except CpxError:
             pass
     found = default_competition(workspace, host)
     try:
-        return host.competition(found) if found else None
+        return host.competition(found, parts) if found else None
     except CpxError:  # cpx.yaml names a competition no plugin registers
         return None
 

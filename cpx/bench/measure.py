@@ -403,7 +403,7 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2,
 
     starting("warm-up steps")
     images, masks, source = _bench_data(config, competition, batch * (warmup + steps), size)
-    train_ips, (peak, kind) = _time_training(config, model, loss_fn, augment, images, masks, warmup, device,
+    train_ips, (peak, kind) = time_training(config, model, loss_fn, augment, images, masks, warmup, device,
                                               precision, lambda: starting("timed training steps"))
     del images, masks
 
@@ -426,7 +426,7 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2,
         budget_minutes=config.train.budget_minutes, notes=notes)
 
 
-def _time_training(config, model, loss_fn, augment, images, masks, warmup: int, device, precision: str,
+def time_training(config, model, loss_fn, augment, images, masks, warmup: int, device, precision: str,
                    timing: Callable[[], None]) -> tuple[float, tuple[int, str]]:
     """Training images/s over the steps after ``warmup`` warm-up steps (one batch of
     ``config.train.batch_size`` images a step, ``images``/``masks`` holding all of them), and the

@@ -76,6 +76,8 @@ def _print_header(info):
                   f"({info['params']:,} params)  {info['device']}/{info['precision']}  "
                   f"train {info['train_images']} / val {info['val_images']} images at {c.data.image_size}px",
                   highlight=False)
+    if info.get("budget_choice"):
+        console.print(f"budget variant {info['budget_choice']}", highlight=False)
 
 
 @app.command("train")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cpx.kernel.errors import ConfigError
 from cpx.kernel.registry import format_validation_error
@@ -98,12 +98,35 @@ class TrainConfig(Section):
         "auto", description="train through torch.compile (inductor), falling back to eager if compiling fails; "
                             "auto = on CUDA only (on a CPU it measured slower)")
     budget_minutes: Optional[float] = Field(None, gt=0, description="fit the schedule to this wall-clock budget")
+    budget_variant: Optional[str] = Field(None, description="the budget_variants entry trained (chosen by a budget run, "
+                                                            "or set to pin one); empty: the recipe as written")
     stop_after: Optional[int] = Field(None, gt=0, description="end after this many epochs while keeping the "
                                                              "learning-rate schedule of train.epochs (a refit "
                                                              "stops where its parent's best epoch was)")
     ema: Optional[float] = Field(None, gt=0, lt=1, description="decay of an exponential moving average of the weights "
                                                                "(e.g. 0.999), validated beside the raw weights; best.pt "
                                                                "keeps whichever scored best; empty disables")
+
+
+class BudgetVariant(Section):
+    """One way to spend a wall-clock budget (a resolution, a width): config changes and the
+    scores recorded for it. ``curve`` holds ``[images, score]`` points: a run whose schedule was
+    fitted to that many training images (epochs x training images) reached that best validation
+    score (on the competition metric's scale); ``source`` says where they were measured."""
+
+    name: str = Field(description="what --set train.budget_variant=NAME pins, e.g. 256px")
+    set: dict[str, Any] = Field(description="dotted config keys and values, as --set takes them")
+    curve: list[tuple[float, float]] = Field(min_length=1, description="[training images seen, best val score] "
+                                                                       "points of budget-fitted runs")
+    source: str = Field("", description="where and how the curve was measured")
+
+    @field_validator("curve")
+    @classmethod
+    def _increasing(cls, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        images = [p[0] for p in points]
+        if any(n <= 0 for n in images) or images != sorted(set(images)):
+            raise ValueError("images must be positive and strictly increasing")
+        return points
 
 
 class ExperimentConfig(Section):
@@ -121,6 +144,8 @@ class ExperimentConfig(Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    budget_variants: list[BudgetVariant] = Field(default_factory=list, description="what a --budget run may "
+                                                 "choose between, by this machine's pace (cpx.train.variants)")
 
 
 # --- recipes ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -26,7 +27,7 @@ from cpx.eval.validate import Labelled, labelled_files, read_labelled
 from cpx.kernel.config import ExperimentConfig, apply_overrides, build_config, config_diff, resolve, validate
 from cpx.kernel.device import count_params, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RuleViolation, RunError
-from cpx.kernel.files import DiskFull, check_writable, is_disk_full
+from cpx.kernel.files import DiskFull, atomic_write_text, check_writable, is_disk_full
 from cpx.kernel.manager import PluginHost
 from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
@@ -224,6 +225,7 @@ class _Setup:
     resume_state: Optional[dict] = None
     parent: Optional[dict] = None  # a refit's parent ledger row
     select_weights: Optional[str] = None  # a refit keeps the kind of weights its parent's best.pt held
+    budget_choice: Optional[Any] = None  # the budget variant chosen and why (cpx.train.variants.BudgetChoice)
 
 
 class _LedgerWriter:
@@ -270,12 +272,37 @@ def _new_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledg
     if "data.path" not in overrides and workspace.settings().get("data"):
         overrides["data.path"] = str(workspace.root / Path(str(workspace.settings()["data"])).expanduser())
     config, diff = build_config(request.recipe, overrides, workspace.experiments_dir, host)
+    config, diff, choice = _budget_variant(request.recipe, overrides, config, diff, workspace, host)
     if config.data.path:  # recorded resolved: a later command run from elsewhere means this folder
         config.data.path = str(Path(config.data.path).expanduser().resolve())
         if "data.path" in diff:
             diff["data.path"] = config.data.path
     run_id = rank0_object(new_run_id(config.recipe))
-    return _Setup(run_id, RunFolder(workspace.runs_dir / run_id), config, diff)
+    return _Setup(run_id, RunFolder(workspace.runs_dir / run_id), config, diff, budget_choice=choice)
+
+
+def _budget_variant(recipe: str, overrides: dict, config: ExperimentConfig, diff: dict, workspace: Workspace,
+                    host: PluginHost):
+    """``(config, diff, choice)`` once the recipe's budget variants are weighed
+    (:func:`cpx.train.variants.choose_budget_variant`); rank 0 times the machine and every rank
+    trains its choice."""
+    if not config.budget_variants and not config.train.budget_variant:
+        return config, diff, None
+    from cpx.train.variants import choose_budget_variant
+
+    metric = create_metric(host.competition(config.competition), host)
+    chosen = rank0_object(choose_budget_variant(recipe, overrides, config, workspace.experiments_dir, host,
+                                                greater_is_better=metric.greater_is_better)[2])
+    if chosen is None or chosen.chosen is None:
+        return config, diff, chosen
+    config, diff = build_config(recipe, {**overrides, **_variant_keys(config, chosen.chosen)},
+                                workspace.experiments_dir, host)
+    return config, diff, chosen
+
+
+def _variant_keys(config: ExperimentConfig, name: str) -> dict:
+    variant = next(v for v in config.budget_variants if v.name == name)
+    return {**variant.set, "train.budget_variant": name}
 
 
 def refit_overrides(parent: dict) -> dict[str, Any]:
@@ -458,7 +485,8 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
         ctx = RunContext(run_id=run_id, folder=folder, config=config, diff=diff, competition=competition,
                          metric=create_metric(competition, host), device=device, precision=precision, model=model,
                          loss_fn=loss_fn, augment=augment, params=params, data=data, resume_state=resume_state,
-                         ledger=ledger, callbacks=tuple(callbacks), select_weights=setup.select_weights)
+                         ledger=ledger, callbacks=tuple(callbacks), select_weights=setup.select_weights,
+                         budget_choice=setup.budget_choice)
         result = _fit(ctx)
     if setup.parent is not None:
         result.refit_of = setup.parent["id"]
@@ -532,6 +560,10 @@ def _write_run_files(folder: RunFolder, request: TrainRequest, setup: _Setup, da
     if data.label_policy is not None:
         info["label_suspects"] = data.label_policy
     folder.write_data_info(info, workspace.root)
+    if setup.budget_choice is not None:
+        from cpx.train.variants import CHOICE_FILE
+
+        atomic_write_text(folder.path / CHOICE_FILE, json.dumps(setup.budget_choice.as_dict(), indent=2) + "\n")
 
 
 @dataclass
@@ -558,6 +590,7 @@ class RunContext:
     ledger: Ledger
     callbacks: tuple = ()
     select_weights: Optional[str] = None
+    budget_choice: Optional[Any] = None  # the budget variant weighed (cpx.train.variants.BudgetChoice)
 
     @property
     def main(self) -> bool:
@@ -632,7 +665,10 @@ def _fit(ctx: RunContext) -> TrainResult:
                       optimizer=config.optimizer, schedule=config.schedule, precision=ctx.precision,
                       device=ctx.device)
     started = time.perf_counter()
-    before = float(ctx.resume_state.get("wall_seconds", 0.0)) if ctx.resume_state else 0.0
+    if ctx.resume_state:
+        before = float(ctx.resume_state.get("wall_seconds", 0.0))
+    else:  # timing the machine to choose a budget variant spent some of the budget
+        before = ctx.budget_choice.probe_seconds if ctx.budget_choice else 0.0
 
     def wall() -> float:
         return before + time.perf_counter() - started
@@ -643,7 +679,8 @@ def _fit(ctx: RunContext) -> TrainResult:
     trainer.info = dict(run_id=run_id, run_dir=folder.path, config=config, params=ctx.params, device=str(ctx.device),
                         precision=ctx.precision, train_images=len(ctx.data.train_names),
                         val_images=len(ctx.data.val_names), start_epoch=trainer.epoch,
-                        steps_per_epoch=trainer.steps_per_epoch, metric=ctx.metric)
+                        steps_per_epoch=trainer.steps_per_epoch, metric=ctx.metric,
+                        budget_choice=ctx.budget_choice.reason if ctx.budget_choice else None)
     for cb in ctx.callbacks if ctx.main else ():
         if hasattr(cb, "on_start"):
             cb.on_start(**trainer.info)

@@ -136,3 +136,24 @@ def test_cli_bench_table_and_bad_values(cpx_workspace, capsys, monkeypatch):
     assert main(["bench", "msf-lmsa", "--gpu", "nope"]) == 2
     assert "--gpu nope: unknown; choose from a100, h100, l4, t4, v100" in capsys.readouterr().err
     # --steps 0 is one of tests/test_bad_inputs.py's cases
+
+
+def test_the_training_peak_leaves_out_what_came_before_it():
+    """On Linux the resident high-water mark restarts where training starts: memory touched
+    and freed before (measuring the machine) is not counted as training's."""
+    import mmap
+    import sys
+
+    import torch
+
+    from cpx.bench.measure import _peak_memory, _reset_peak_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("VmHWM is Linux's")
+    block = mmap.mmap(-1, 96 * 2 ** 20)  # its own mapping, whatever the allocator keeps
+    block.write(b"x" * len(block))  # 96 MiB touched
+    before, _ = _peak_memory(torch.device("cpu"))
+    block.close()
+    _reset_peak_memory(torch.device("cpu"))
+    after, kind = _peak_memory(torch.device("cpu"))
+    assert kind == "RSS high-water" and after <= before - 64 * 2 ** 20

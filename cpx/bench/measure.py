@@ -312,11 +312,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or on Linux the process's resident
+    high-water mark (``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``), so the
+    training peak leaves out what measuring the machine touched before it."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:  # not Linux, or not allowed: the process's whole high-water mark is read
+        pass
+
+
 def _peak_memory(device: torch.device) -> tuple[int, str]:
+    """``(bytes, kind)``: CUDA's max allocated, else the resident high-water mark since
+    :func:`_reset_peak_memory` (``VmHWM``), else the process's (``ru_maxrss``)."""
     if device.type == "cuda":
         import torch
 
         return int(torch.cuda.max_memory_allocated(device)), "cuda max allocated"
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, "RSS high-water"
+    except OSError:
+        pass
     # ru_maxrss is in kilobytes on Linux, bytes on macOS
     scale = 1 if sys.platform == "darwin" else 1024
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale), "RSS high-water"
@@ -427,12 +452,10 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2,
 
 
 def time_training(config, model, loss_fn, augment, images, masks, warmup: int, device, precision: str,
-                   timing: Callable[[], None]) -> tuple[float, tuple[int, str]]:
+                  timing: Callable[[], None]) -> tuple[float, tuple[int, str]]:
     """Training images/s over the steps after ``warmup`` warm-up steps (one batch of
     ``config.train.batch_size`` images a step, ``images``/``masks`` holding all of them), and the
     peak memory reached ``(bytes, kind)``. ``timing()`` is called as the timed steps start."""
-    import torch
-
     from cpx.train.loop import Trainer
 
     batch = int(config.train.batch_size)
@@ -440,8 +463,7 @@ def time_training(config, model, loss_fn, augment, images, masks, warmup: int, d
     trainer = Trainer(model, loss_fn, augment, (images[:batch * warmup], masks[:batch * warmup]),
                       train=config.train.model_copy(update={"epochs": 10 ** 6}), optimizer=config.optimizer,
                       schedule=config.schedule, precision=precision, device=device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    _reset_peak_memory(device)
     trainer.train_epoch()
     trainer.train_images, trainer.train_masks = images[batch * warmup:], masks[batch * warmup:]
     timing()

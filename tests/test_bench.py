@@ -146,14 +146,14 @@ def test_the_training_peak_leaves_out_what_came_before_it():
 
     import torch
 
-    from cpx.bench.measure import _peak_memory, _reset_peak_memory
+    from cpx.train.timing import peak_memory, reset_peak_memory
 
     if not sys.platform.startswith("linux"):
         pytest.skip("VmHWM is Linux's")
     block = mmap.mmap(-1, 96 * 2 ** 20)  # its own mapping, whatever the allocator keeps
     block.write(b"x" * len(block))  # 96 MiB touched
-    before, _ = _peak_memory(torch.device("cpu"))
+    before, _ = peak_memory(torch.device("cpu"))
     block.close()
-    _reset_peak_memory(torch.device("cpu"))
-    after, kind = _peak_memory(torch.device("cpu"))
+    reset_peak_memory(torch.device("cpu"))
+    after, kind = peak_memory(torch.device("cpu"))
     assert kind == "RSS high-water" and after <= before - 64 * 2 ** 20

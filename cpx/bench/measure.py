@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from cpx.kernel.errors import ConfigError, RunError
 from cpx.kernel.workspace import Workspace
+from cpx.train.timing import sync, time_training
 
 if TYPE_CHECKING:  # torch is imported by the functions that measure: `cpx --help` shows ACCELERATORS without it
     import torch
@@ -277,10 +277,10 @@ def attainable_matmul_flops(device: torch.device, precision: str, size: int = MA
     b = torch.randn(size, size, device=device).to(dtype)
     best = float("inf")
     for i in range(repeats + 1):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         torch.mm(a, b)
-        _sync(device)
+        sync(device)
         if i:  # the first call pays for packing and kernel selection
             best = min(best, time.perf_counter() - t0)
     return 2 * size ** 3 / best
@@ -296,55 +296,13 @@ def copy_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 3)
     dst = torch.empty_like(src)
     best = float("inf")
     for i in range(repeats + 1):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         dst.copy_(src)
-        _sync(device)
+        sync(device)
         if i:  # the first call pays for page faults
             best = min(best, time.perf_counter() - t0)
     return 2 * n * 4 / best
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        import torch
-
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak: CUDA's allocator statistics, or on Linux the process's resident
-    high-water mark (``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``), so the
-    training peak leaves out what measuring the machine touched before it."""
-    if device.type == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:  # not Linux, or not allowed: the process's whole high-water mark is read
-        pass
-
-
-def _peak_memory(device: torch.device) -> tuple[int, str]:
-    """``(bytes, kind)``: CUDA's max allocated, else the resident high-water mark since
-    :func:`_reset_peak_memory` (``VmHWM``), else the process's (``ru_maxrss``)."""
-    if device.type == "cuda":
-        import torch
-
-        return int(torch.cuda.max_memory_allocated(device)), "cuda max allocated"
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024, "RSS high-water"
-    except OSError:
-        pass
-    # ru_maxrss is in kilobytes on Linux, bytes on macOS
-    scale = 1 if sys.platform == "darwin" else 1024
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale), "RSS high-water"
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,30 +409,6 @@ def measure(config, host, workspace: Workspace, steps: int = 4, warmup: int = 2,
         budget_minutes=config.train.budget_minutes, notes=notes)
 
 
-def time_training(config, model, loss_fn, augment, images, masks, warmup: int, device, precision: str,
-                  timing: Callable[[], None]) -> tuple[float, tuple[int, str]]:
-    """Training images/s over the steps after ``warmup`` warm-up steps (one batch of
-    ``config.train.batch_size`` images a step, ``images``/``masks`` holding all of them), and the
-    peak memory reached ``(bytes, kind)``. ``timing()`` is called as the timed steps start."""
-    from cpx.train.loop import Trainer
-
-    batch = int(config.train.batch_size)
-    # a plan of 10**6 epochs keeps the learning rate in warm-up/cosine range, never at its end
-    trainer = Trainer(model, loss_fn, augment, (images[:batch * warmup], masks[:batch * warmup]),
-                      train=config.train.model_copy(update={"epochs": 10 ** 6}), optimizer=config.optimizer,
-                      schedule=config.schedule, precision=precision, device=device)
-    _reset_peak_memory(device)
-    trainer.train_epoch()
-    trainer.train_images, trainer.train_masks = images[batch * warmup:], masks[batch * warmup:]
-    timing()
-    _sync(device)
-    t0 = time.perf_counter()
-    trainer.train_epoch()
-    _sync(device)
-    images_per_s = (len(images) - batch * warmup) / (time.perf_counter() - t0)
-    return images_per_s, _peak_memory(device)
-
-
 def _time_prediction(model, competition, size: int, predict_size: int, batch: int, steps: int, device,
                      precision: str) -> list[float]:
     """Prediction images/s without and with flip TTA, ``[plain, flip]``: ``steps`` batches of
@@ -490,11 +424,11 @@ def _time_prediction(model, competition, size: int, predict_size: int, batch: in
     for tta in ((), ("flip",)):
         predictor = Predictor([Member(model, size)], competition, tta=tta, device=device, precision=precision)
         predictor.predict(pictures[:batch])
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for a in range(batch, len(pictures), batch):
             predictor.predict(pictures[a:a + batch])
-        _sync(device)
+        sync(device)
         rates.append(batch * steps / (time.perf_counter() - t0))
     return rates
 

@@ -96,7 +96,8 @@ def train_command(
     device: Device = None,
     precision: Precision = None,
     budget: Annotated[Optional[str], typer.Option(
-        help="wall-clock budget, e.g. 20m or 2h: fits the schedule to it")] = None,
+        help="wall-clock budget, e.g. 20m or 2h: fits the schedule to it (and picks among the recipe's "
+             "budget_variants by this machine's pace)")] = None,
     name: Annotated[Optional[str], typer.Option(help="a name for the run")] = None,
     set_: Set = None,
     resume: Annotated[Optional[str], typer.Option(help="continue run RUN from its last.pt")] = None,

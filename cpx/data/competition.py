@@ -39,7 +39,7 @@ import datetime as _dt
 import re
 import string
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -53,9 +53,6 @@ if TYPE_CHECKING:
 # Inside cpx, pixels at the competition's ignore index (masks.ignore_index) hold this class id (a
 # profile has at most 255 classes, so no class id is 255); cpx.data.masks maps stored values to it.
 IGNORE = 255
-
-# the parts of a profile that name plugins, checked by Competition.bind before use
-BOUND_PARTS = ("metric", "submission")
 
 # (image uint8 H x W x C, mask uint8 H x W class ids) pairs from a procedural generator
 Synthesizer = Callable[[int, int, int], Iterator[tuple["np.ndarray", "np.ndarray"]]]
@@ -337,6 +334,9 @@ class Competition(_Section):
     of 16-bit images (mapped linearly to 0..255); without it 16-bit images are refused.
     """
 
+    # the parts that name plugins, checked by bind() before use
+    bound_parts: ClassVar[tuple[str, ...]] = ("metric", "submission")
+
     name: str = Field(description="short name: lower-case letters, digits, '.', '_' or '-'")
     title: str = ""
     url: str = ""
@@ -534,14 +534,14 @@ class Competition(_Section):
             path = Path(self.source).parent / path
         return path
 
-    def bind(self, host: Any, parts: tuple[str, ...] = BOUND_PARTS) -> "Competition":
-        """Check ``parts`` of the profile (the ``metric`` and the ``submission`` format) against
-        ``host``'s registries (names and options); returns ``self``.
+    def bind(self, host: Any, parts: Optional[tuple[str, ...]] = None) -> "Competition":
+        """Check ``parts`` of :attr:`bound_parts` (default all: the ``metric`` and the
+        ``submission`` format) against ``host``'s registries (names and options); returns ``self``.
 
         :raises ConfigError: an unregistered name or options that do not validate, one line
             naming the field (``metric.class: ...``).
         """
-        for field in parts:
+        for field in parts or self.bound_parts:
             registry, arg = ((host.metrics, tuple(self.classes)) if field == "metric"
                              else (host.submission_formats, self))
             spec = getattr(self, field)

@@ -145,17 +145,15 @@ class PluginHost:
     def competition(self, name: str, parts: Optional[tuple[str, ...]] = None):
         """The :class:`cpx.data.competition.Competition` registered under ``name``, its metric
         and submission format checked against this host's registries (only ``parts`` of
-        :data:`~cpx.data.competition.BOUND_PARTS` when given: ranking needs the metric alone, and
-        the submission formats import numpy and Pillow).
+        the profile's ``bound_parts`` when given: ranking needs the metric alone, and the
+        submission formats import numpy and Pillow).
 
         :raises UnknownComponent: no such competition (close names suggested).
         :raises ConfigError: a profile file that does not validate, or names an unknown metric
             or format (one line naming the file and field).
         """
-        from cpx.data.competition import BOUND_PARTS
-
         entry = self.competitions.get(name)
-        todo = tuple(part for part in (parts or BOUND_PARTS) if (name, part) not in self._bound)
+        todo = tuple(part for part in (parts or entry.target.bound_parts) if (name, part) not in self._bound)
         if todo:
             try:
                 entry.target.bind(self, todo)

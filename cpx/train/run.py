@@ -290,9 +290,12 @@ def _budget_variant(recipe: str, overrides: dict, config: ExperimentConfig, diff
         return config, diff, None
     from cpx.train.variants import choose_budget_variant
 
-    metric = create_metric(host.competition(config.competition), host)
-    chosen = rank0_object(choose_budget_variant(recipe, overrides, config, workspace.experiments_dir, host,
-                                                greater_is_better=metric.greater_is_better)[2])
+    chosen = None
+    if rank_world()[0] == 0:  # one process times the machine; the others wait for its choice
+        metric = create_metric(host.competition(config.competition), host)
+        chosen = choose_budget_variant(recipe, overrides, config, workspace.experiments_dir, host,
+                                       greater_is_better=metric.greater_is_better)[2]
+    chosen = rank0_object(chosen)
     if chosen is None or chosen.chosen is None:
         return config, diff, chosen
     config, diff = build_config(recipe, {**overrides, **_variant_keys(config, chosen.chosen)},

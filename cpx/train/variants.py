@@ -92,9 +92,9 @@ def measure_pace(config: ExperimentConfig, host, steps: int = PROBE_STEPS, warmu
     Random pixels cost what real ones do, so no data is read."""
     import torch
 
-    from cpx.bench.measure import time_training
     from cpx.kernel.device import resolve_device, resolve_precision
     from cpx.train.run import build_components
+    from cpx.train.timing import time_training
 
     competition = host.competition(config.competition)
     device = resolve_device(config.train.device)

@@ -26,6 +26,8 @@ def test_the_winning_recipes_add_ema_and_corrected_labels_to_their_cnn(cpx_works
     base, _ = build_config(base_recipe, {}, cpx_workspace.experiments_dir, cpx_host)
     assert config.train.ema == 0.998 and config.data.fix_suspect and not config.data.exclude_suspect
     assert config.augmentation.options["flip"] == 0.5 and config.augmentation.options["flip_swap"] is True
-    same = config.model_dump(exclude={"recipe", "description"})
+    same = config.model_dump(exclude={"recipe", "description", "budget_variants"})
     same["train"]["ema"], same["data"]["fix_suspect"] = None, False
-    assert same == base.model_dump(exclude={"recipe", "description"})
+    assert same == base.model_dump(exclude={"recipe", "description", "budget_variants"})
+    # only the recommended recipe weighs resolutions for a budget
+    assert [v.name for v in config.budget_variants] == (["384px", "256px", "128px"] if recipe == "best" else [])

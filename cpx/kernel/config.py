@@ -86,6 +86,10 @@ class TrainConfig(Section):
 
     epochs: int = Field(300, gt=0, description="maximum number of epochs")
     batch_size: int = Field(32, gt=0, description="images per optimizer step")
+    micro_batch: Optional[int] = Field(None, gt=0, description="forward and backward each batch in chunks of this many "
+                                                               "images, gradients summed before the one step: activation "
+                                                               "memory falls with the chunk, but batch norm and a batch "
+                                                               "Dice see each chunk alone; empty: whole batches")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="autocast dtype; auto = bf16 where the CPU or GPU supports it, else fp32")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")

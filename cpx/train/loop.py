@@ -28,6 +28,7 @@ every rank takes the same decisions.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -384,11 +385,8 @@ class Trainer:
         lr = self.current_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with autocast(self.device, self.precision):
-            logits = self.net(x)
-        loss = self.loss_fn(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+        loss = self._backward(x, y, weight)
         if c.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
@@ -396,6 +394,33 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         return loss, lr
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor, weight: float) -> torch.Tensor:
+        """Forward and backward the batch ``x``, ``y`` (whole, or in ``train.micro_batch``
+        chunks whose losses are weighted by their share of the batch, so the summed gradient is
+        the batch mean's where the loss is a per-pixel mean); returns the batch's loss. Under
+        DDP only the last chunk's backward averages gradients across ranks."""
+        size = self.config.micro_batch
+        if not size or size >= len(x):
+            with autocast(self.device, self.precision):
+                logits = self.net(x)
+            loss = self.loss_fn(logits.float(), y)
+            self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+            return loss
+        total = torch.zeros((), device=x.device)
+        starts = range(0, len(x), size)
+        for start in starts:
+            part = slice(start, start + size)
+            share = len(x[part]) / len(x)
+            last = start == starts[-1]
+            syncing = contextlib.nullcontext() if last or not hasattr(self.net, "no_sync") else self.net.no_sync()
+            with syncing:
+                with autocast(self.device, self.precision):
+                    logits = self.net(x[part])
+                loss = self.loss_fn(logits.float(), y[part])
+                self.scaler.scale(loss * (weight * share)).backward()
+            total += loss.detach() * share
+        return total
 
     # --- checkpoints -----------------------------------------------------------------
 

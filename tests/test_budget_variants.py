@@ -139,3 +139,17 @@ def test_a_budget_run_times_the_machine_and_records_its_choice(recipe, cpx_works
     assert all(e["images_per_s"] > 0 and e["images"] > 0 for e in choice["estimates"])
     assert 0 < choice["probe_seconds"] <= run["wall_seconds"]
     assert f"budget variant {choice['chosen']}:" in out
+
+
+def test_a_sweep_trains_every_trial_on_the_recipe_as_written(recipe, cpx_workspace, capsys):
+    """A variant chosen per trial from the machine's momentary pace would differ between trials:
+    a sweep's trials are not weighed (a pinned variant still applies)."""
+    code = main(["sweep", "mine", "--grid", "optimizer.lr=1e-3,2e-3", "--budget", "10m", "--json"])
+    assert code == 0, capsys.readouterr().err
+    with Ledger(cpx_workspace.ledger_path) as ledger:
+        runs = ledger.list_runs()
+    assert len(runs) == 2
+    for run in runs:
+        diff = run["config_diff"] if isinstance(run["config_diff"], dict) else json.loads(run["config_diff"])
+        assert "train.budget_variant" not in diff and "data.image_size" not in diff
+        assert not (cpx_workspace.runs_dir / run["id"] / CHOICE_FILE).exists()

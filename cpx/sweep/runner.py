@@ -296,8 +296,10 @@ def _run_trial(trial: optuna.Trial, spec: SweepSpec, params: dict, name: str, re
     if previous:
         train_request = TrainRequest(resume=previous, command=request.command)
     else:
+        # every trial trains the recipe as written: a budget variant chosen per trial from the
+        # machine's momentary pace would differ between trials and confound the comparison
         train_request = TrainRequest(recipe=spec.recipe, overrides=spec.trial_overrides(params),
-                                     name=f"{name}#{trial.number}", command=request.command)
+                                     name=f"{name}#{trial.number}", command=request.command, choose_variant=False)
     cb = _TrialCallback(name, trial, workspace.ledger_path,
                         lambda kind, **kw: emit(kind, trial=trial.number, params=params, **kw), spec.prune)
     try:

@@ -62,6 +62,9 @@ class TrainRequest:
     log_to: list[str] = field(default_factory=list)
     # refit a run although its data folder no longer holds the data it trained on
     allow_changed_data: bool = False
+    # a budget run may pick among the recipe's budget_variants; a sweep keeps every trial on the
+    # recipe as written (or the variant pinned with train.budget_variant), so its trials compare
+    choose_variant: bool = True
 
 
 @dataclass
@@ -272,7 +275,8 @@ def _new_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledg
     if "data.path" not in overrides and workspace.settings().get("data"):
         overrides["data.path"] = str(workspace.root / Path(str(workspace.settings()["data"])).expanduser())
     config, diff = build_config(request.recipe, overrides, workspace.experiments_dir, host)
-    config, diff, choice = _budget_variant(request.recipe, overrides, config, diff, workspace, host)
+    config, diff, choice = _budget_variant(request.recipe, overrides, config, diff, workspace, host,
+                                           request.choose_variant)
     if config.data.path:  # recorded resolved: a later command run from elsewhere means this folder
         config.data.path = str(Path(config.data.path).expanduser().resolve())
         if "data.path" in diff:
@@ -282,11 +286,11 @@ def _new_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledg
 
 
 def _budget_variant(recipe: str, overrides: dict, config: ExperimentConfig, diff: dict, workspace: Workspace,
-                    host: PluginHost):
+                    host: PluginHost, choose: bool = True):
     """``(config, diff, choice)`` once the recipe's budget variants are weighed
-    (:func:`cpx.train.variants.choose_budget_variant`); rank 0 times the machine and every rank
-    trains its choice."""
-    if not config.budget_variants and not config.train.budget_variant:
+    (:func:`cpx.train.variants.choose_budget_variant`; only a pinned one unless ``choose``);
+    rank 0 times the machine and every rank trains its choice."""
+    if not config.train.budget_variant and (not config.budget_variants or not choose):
         return config, diff, None
     from cpx.train.variants import choose_budget_variant
 

@@ -41,6 +41,7 @@ from cpx.train.callbacks import EMA, CheckpointCommit, EarlyStopping, Validation
 from cpx.train.collective import barrier, rank0_object, rank_world
 from cpx.train.loop import Callback, EpochRecord, StopReason, Trainer
 from cpx.train.tracking import tracking_callbacks
+from cpx.train.variants import weigh_budget_variants
 
 
 @dataclass
@@ -275,41 +276,14 @@ def _new_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledg
     if "data.path" not in overrides and workspace.settings().get("data"):
         overrides["data.path"] = str(workspace.root / Path(str(workspace.settings()["data"])).expanduser())
     config, diff = build_config(request.recipe, overrides, workspace.experiments_dir, host)
-    config, diff, choice = _budget_variant(request.recipe, overrides, config, diff, workspace, host,
-                                           request.choose_variant)
+    config, diff, choice = weigh_budget_variants(request.recipe, overrides, config, diff, workspace.experiments_dir,
+                                                 host, choose=request.choose_variant)
     if config.data.path:  # recorded resolved: a later command run from elsewhere means this folder
         config.data.path = str(Path(config.data.path).expanduser().resolve())
         if "data.path" in diff:
             diff["data.path"] = config.data.path
     run_id = rank0_object(new_run_id(config.recipe))
     return _Setup(run_id, RunFolder(workspace.runs_dir / run_id), config, diff, budget_choice=choice)
-
-
-def _budget_variant(recipe: str, overrides: dict, config: ExperimentConfig, diff: dict, workspace: Workspace,
-                    host: PluginHost, choose: bool = True):
-    """``(config, diff, choice)`` once the recipe's budget variants are weighed
-    (:func:`cpx.train.variants.choose_budget_variant`; only a pinned one unless ``choose``);
-    rank 0 times the machine and every rank trains its choice."""
-    if not config.train.budget_variant and (not config.budget_variants or not choose):
-        return config, diff, None
-    from cpx.train.variants import choose_budget_variant
-
-    chosen = None
-    if rank_world()[0] == 0:  # one process times the machine; the others wait for its choice
-        metric = create_metric(host.competition(config.competition), host)
-        chosen = choose_budget_variant(recipe, overrides, config, workspace.experiments_dir, host,
-                                       greater_is_better=metric.greater_is_better)[2]
-    chosen = rank0_object(chosen)
-    if chosen is None or chosen.chosen is None:
-        return config, diff, chosen
-    config, diff = build_config(recipe, {**overrides, **_variant_keys(config, chosen.chosen)},
-                                workspace.experiments_dir, host)
-    return config, diff, chosen
-
-
-def _variant_keys(config: ExperimentConfig, name: str) -> dict:
-    variant = next(v for v in config.budget_variants if v.name == name)
-    return {**variant.set, "train.budget_variant": name}
 
 
 def refit_overrides(parent: dict) -> dict[str, Any]:

@@ -164,3 +164,26 @@ def choose_budget_variant(recipe: str, overrides: dict[str, Any], config: Experi
               f"recorded curve predicts {e.predicted:g}" + (f" (others: {others})" if others else ""))
     _, cfg, diff = built[best]
     return cfg, diff, BudgetChoice(e.name, reason, minutes, probe, estimates)
+
+
+def weigh_budget_variants(recipe: str, overrides: dict[str, Any], config: ExperimentConfig, diff: dict,
+                          experiments_dir: Path, host, choose: bool = True) -> tuple[ExperimentConfig, dict, Any]:
+    """``(config, diff, choice)`` a new run trains: :func:`choose_budget_variant`'s, by the
+    competition metric's direction (only a pinned variant unless ``choose``; ``config`` and
+    ``diff`` unchanged when nothing is weighed). Under data parallelism rank 0 times the machine
+    and every rank trains its choice."""
+    from cpx.eval.metrics import create_metric
+    from cpx.train.collective import rank0_object, rank_world
+
+    if not config.train.budget_variant and (not config.budget_variants or not choose):
+        return config, diff, None
+    chosen = None
+    if rank_world()[0] == 0:  # one process times the machine; the others wait for its choice
+        metric = create_metric(host.competition(config.competition), host)
+        chosen = choose_budget_variant(recipe, overrides, config, experiments_dir, host,
+                                       greater_is_better=metric.greater_is_better)[2]
+    chosen = rank0_object(chosen)
+    if chosen is None or chosen.chosen is None:
+        return config, diff, chosen
+    config, diff = _with_variant(recipe, overrides, _variant(config, chosen.chosen), experiments_dir, host)
+    return config, diff, chosen

@@ -48,6 +48,9 @@ def test_the_score_is_linear_in_log_images_between_points_and_capped_beyond():
     assert predict_score(curve, 100) == pytest.approx(0.3)  # the first segment's line, below the first point
     assert predict_score(curve, 10 ** 7) == pytest.approx(0.9)  # never above the best recorded
     assert predict_score([[5000, 0.75]], 10) == 0.75  # one point: its score
+    assert predict_score([[1000, 0.3], [10000, 0.8]], 10) == 0.0  # never below zero
+    # lower is better: never better (lower) than the best recorded
+    assert predict_score([[1000, 0.9], [100000, 0.5]], 10 ** 7, greater_is_better=False) == pytest.approx(0.5)
     three = [[10, 0.1], [100, 0.5], [1000, 0.6]]
     assert predict_score(three, 10 ** 2.5) == pytest.approx(0.55)
     with pytest.raises(ValueError):
@@ -65,11 +68,12 @@ def test_a_short_budget_picks_the_resolution_that_sees_enough_images(recipe, cpx
     assert choice.chosen == "small" and config.data.image_size == 16
     assert diff["train.budget_variant"] == "small" and diff["data.image_size"] == 16
     small, big = sorted(choice.estimates, key=lambda e: e.name != "small")
-    seconds = (60 - choice.probe_seconds) * TRAINING_SHARE
-    assert small.images == int(40 * seconds) and big.images == int(10 * seconds)
+    assert small.images == int(40 * (60 - choice.probe_seconds) * TRAINING_SHARE)
+    assert big.images == int(10 * (60 - choice.probe_seconds) * TRAINING_SHARE)
     assert small.predicted == pytest.approx(0.6 + 0.1 * math.log10(small.images / 1000), abs=1e-4)
     assert small.predicted > big.predicted
-    assert "small: 40.0 images/s" in choice.reason and "big 10.0 images/s" in choice.reason
+    assert choice.reason.startswith("small (40.0 images/s here") and "big 10.0 images/s" in choice.reason
+    assert "not on synthetic images" in choice.reason  # the recipe trains on synthetic data
 
 
 def test_a_long_budget_picks_the_resolution_whose_curve_goes_higher(recipe, cpx_workspace, cpx_host):
@@ -88,7 +92,7 @@ def test_a_lower_is_better_metric_picks_the_lowest_prediction(recipe, cpx_worksp
 def test_a_key_the_user_set_is_kept_and_nothing_is_chosen(recipe, cpx_workspace, cpx_host):
     config, diff, choice = _choose(recipe, cpx_workspace, cpx_host, {"data.image_size": 24})
     assert config.data.image_size == 24 and diff is None
-    assert choice.chosen is None and choice.reason == "data.image_size set: no budget variant chosen"
+    assert choice.chosen is None and choice.reason == "none chosen: data.image_size set, so the recipe trains as asked"
 
 
 def test_a_pinned_variant_is_trained_without_timing_and_an_unknown_one_is_named(recipe, cpx_workspace, cpx_host):
@@ -138,7 +142,7 @@ def test_a_budget_run_times_the_machine_and_records_its_choice(recipe, cpx_works
     assert {e["name"] for e in choice["estimates"]} == {"big", "small"}
     assert all(e["images_per_s"] > 0 and e["images"] > 0 for e in choice["estimates"])
     assert 0 < choice["probe_seconds"] <= run["wall_seconds"]
-    assert f"budget variant {choice['chosen']}:" in out
+    assert f"budget variant: {choice['chosen']} (" in out
 
 
 def test_a_sweep_trains_every_trial_on_the_recipe_as_written(recipe, cpx_workspace, capsys):

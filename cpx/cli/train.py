@@ -75,9 +75,9 @@ def _print_header(info):
                   f"model {c.model.name} "
                   f"({info['params']:,} params)  {info['device']}/{info['precision']}  "
                   f"train {info['train_images']} / val {info['val_images']} images at {c.data.image_size}px",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     if info.get("budget_choice"):
-        console.print(f"budget variant {info['budget_choice']}", highlight=False)
+        console.print(f"budget variant: {info['budget_choice']}", highlight=False, soft_wrap=True)
 
 
 @app.command("train")
@@ -96,8 +96,8 @@ def train_command(
     device: Device = None,
     precision: Precision = None,
     budget: Annotated[Optional[str], typer.Option(
-        help="wall-clock budget, e.g. 20m or 2h: fits the schedule to it (and picks among the recipe's "
-             "budget_variants by this machine's pace)")] = None,
+        help="wall-clock budget, e.g. 20m, 2h or 1h30m (a plain number is minutes): fits the schedule to it and, "
+             "unless you set what they set, picks among the recipe's budget_variants by this machine's pace")] = None,
     name: Annotated[Optional[str], typer.Option(help="a name for the run")] = None,
     set_: Set = None,
     resume: Annotated[Optional[str], typer.Option(help="continue run RUN from its last.pt")] = None,

@@ -96,5 +96,5 @@ class BudgetCallback(Callback):
 
     def summary(self) -> str:
         """One line: the budget, the epochs planned (first and last plan) and the minutes used."""
-        return (f"budget {self.budget / 60:g} min: planned {self.planned} epochs "
+        return (f"budget {self.budget / 60:g} min: planned {self.planned} epoch{'' if self.planned == 1 else 's'} "
                 f"(first plan {self.first_plan}), used {self.elapsed() / 60:.2f} min")

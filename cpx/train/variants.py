@@ -39,12 +39,12 @@ PROBE_STEPS = 2
 CHOICE_FILE = "budget_choice.json"
 
 
-def predict_score(curve: Sequence[Sequence[float]], images: float) -> float:
+def predict_score(curve: Sequence[Sequence[float]], images: float, greater_is_better: bool = True) -> float:
     """The score a run fitted to ``images`` training images is expected to reach, from
     ``curve`` (``[images, score]`` points, images strictly increasing): linear in
-    ``log10(images)`` between points; outside them, the nearest segment's line; never above the
-    highest recorded score (nothing recorded says more images help beyond it). One point: its
-    score. ``images`` must be positive.
+    ``log10(images)`` between points; outside them, the nearest segment's line, never better
+    than the best recorded score (nothing recorded says more images help beyond it) and never
+    below zero. One point: its score. ``images`` must be positive.
     """
     if images <= 0:
         raise ValueError(f"images must be positive, not {images}")
@@ -56,8 +56,9 @@ def predict_score(curve: Sequence[Sequence[float]], images: float) -> float:
     i = 0
     while i < len(xs) - 2 and x > xs[i + 1]:
         i += 1
-    slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
-    return min(max(ys), ys[i] + slope * (x - xs[i]))
+    value = ys[i] + (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i]) * (x - xs[i])
+    value = min(max(ys), value) if greater_is_better else max(min(ys), value)
+    return max(0.0, value)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class VariantEstimate:
     images_per_s: float
     images: int
     predicted: float
+    source: str = ""  # where the variant's curve was measured
 
 
 @dataclass
@@ -142,26 +144,32 @@ def choose_budget_variant(recipe: str, overrides: dict[str, Any], config: Experi
     minutes = config.train.budget_minutes
     if pinned:
         cfg, diff = _with_variant(recipe, overrides, _variant(config, pinned), experiments_dir, host)
-        return cfg, diff, BudgetChoice(pinned, f"train.budget_variant={pinned} set", minutes or 0.0)
+        return cfg, diff, BudgetChoice(pinned, f"{pinned}, pinned by train.budget_variant", minutes or 0.0)
     if not variants or not minutes:
         return config, None, None
     fixed = sorted({key for v in variants for key in v.set} & set(overrides))
     if fixed:
-        return config, None, BudgetChoice(None, f"{', '.join(fixed)} set: no budget variant chosen", minutes)
+        return config, None, BudgetChoice(None, f"none chosen: {', '.join(fixed)} set, so the recipe trains as asked",
+                                          minutes)
     start = time.perf_counter()
     built = [(v, *_with_variant(recipe, overrides, v, experiments_dir, host)) for v in variants]
     rates = [pace(cfg, host) for _, cfg, _ in built]
     probe = round(time.perf_counter() - start, 2)
-    left = max(0.0, minutes * 60 - probe) * TRAINING_SHARE
-    estimates = [VariantEstimate(v.name, round(rate, 3), int(rate * left), round(predict_score(v.curve, max(1.0, rate * left)), 4))
+    left = max(0.0, minutes * 60 - probe)
+    estimates = [VariantEstimate(v.name, round(rate, 3), int(rate * left * TRAINING_SHARE),
+                                 round(predict_score(v.curve, max(1.0, rate * left * TRAINING_SHARE),
+                                                     greater_is_better), 4), v.source)
                  for (v, _, _), rate in zip(built, rates)]
     sign = 1.0 if greater_is_better else -1.0
     best = max(range(len(estimates)), key=lambda i: (sign * estimates[i].predicted, -i))
     e = estimates[best]
     others = "; ".join(f"{o.name} {o.images_per_s:.1f} images/s, {o.images} images -> {o.predicted:g}"
                        for o in estimates if o is not e)
-    reason = (f"{e.name}: {e.images_per_s:.1f} images/s here, {e.images} images in {minutes:g} min, "
-              f"recorded curve predicts {e.predicted:g}" + (f" (others: {others})" if others else ""))
+    reason = (f"{e.name} ({e.images_per_s:.1f} images/s here, {e.images} images in the {left / 60:.1f} of "
+              f"{minutes:g} min left after {probe:.0f} s of timing, recorded curve predicts {e.predicted:g}"
+              + (f"; others: {others}" if others else "") + ")")
+    if not config.data.path:
+        reason += "; the curves were measured on the competition's data, not on synthetic images"
     _, cfg, diff = built[best]
     return cfg, diff, BudgetChoice(e.name, reason, minutes, probe, estimates)
 

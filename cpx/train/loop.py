@@ -400,25 +400,19 @@ class Trainer:
         chunks whose losses are weighted by their share of the batch, so the summed gradient is
         the batch mean's where the loss is a per-pixel mean); returns the batch's loss. Under
         DDP only the last chunk's backward averages gradients across ranks."""
-        size = self.config.micro_batch
-        if not size or size >= len(x):
-            with autocast(self.device, self.precision):
-                logits = self.net(x)
-            loss = self.loss_fn(logits.float(), y)
-            self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
-            return loss
-        total = torch.zeros((), device=x.device)
+        size = self.config.micro_batch or len(x)
         starts = range(0, len(x), size)
+        total = torch.zeros((), device=x.device)
         for start in starts:
-            part = slice(start, start + size)
-            share = len(x[part]) / len(x)
+            part = x[start:start + size], y[start:start + size]
+            share = len(part[0]) / len(x)
             last = start == starts[-1]
             syncing = contextlib.nullcontext() if last or not hasattr(self.net, "no_sync") else self.net.no_sync()
             with syncing:
                 with autocast(self.device, self.precision):
-                    logits = self.net(x[part])
-                loss = self.loss_fn(logits.float(), y[part])
-                self.scaler.scale(loss * (weight * share)).backward()
+                    logits = self.net(part[0])
+                loss = self.loss_fn(logits.float(), part[1])
+                self.scaler.scale(loss * (weight * share) if weight * share != 1.0 else loss).backward()
             total += loss.detach() * share
         return total
 

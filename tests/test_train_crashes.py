@@ -118,6 +118,18 @@ def test_a_kill_between_last_and_best_is_rolled_forward(cpx_workspace):
     assert_consistent(cpx_workspace, only_run(cpx_workspace))
 
 
+def test_runs_says_when_a_run_folder_was_deleted_by_hand(cpx_workspace, unet_run, capsys):
+    assert main(["runs", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["id"] == unet_run and row["folder_missing"] is False
+    (cpx_workspace.runs_dir / unet_run).unlink()  # this workspace's link only: the shared folder stays
+    assert main(["runs"]) == 0
+    assert "folder gone" in capsys.readouterr().out
+    assert main(["runs", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["status"] == "completed" and row["folder_missing"] is True
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("die_at,nth", [("before-.best.pt.next", 2), ("after-.best.pt.next", 2),
                                         ("before-last.pt", 2), ("after-best-rename", 2), ("after-last.pt", 3)])

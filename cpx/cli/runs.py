@@ -110,7 +110,10 @@ def _render_runs(rows: list[dict]) -> None:
         score = format_f(r.get("best_val_score"))
         if r.get("refit_of"):  # nothing was held out: the parent's score, marked
             score += f"\n[dim]refit of {r['refit_of']}: its val score, not measurable[/]"
-        table.add_row(label, r.get("recipe") or "", r.get("status") or "",
+        status = r.get("status") or ""
+        if r.get("folder_missing"):
+            status += "\n[red]folder gone[/]"
+        table.add_row(label, r.get("recipe") or "", status,
                       score, str(r.get("best_epoch") or "-"), str(r.get("last_epoch") or "-"),
                       f"{r['params']:,}" if r.get("params") else "-",
                       f"{r['wall_seconds']:.0f}s" if r.get("wall_seconds") else "-",

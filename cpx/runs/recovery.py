@@ -106,7 +106,9 @@ def mark_interrupted(ledger: Ledger, runs_dir: os.PathLike) -> list[str]:
 
 def list_runs(workspace, status: Optional[str] = None, limit: Optional[int] = None) -> list[dict]:
     """The workspace's runs, newest first, after marking those whose process is gone as
-    ``interrupted``; ``status`` filters (one of the ledger's run statuses).
+    ``interrupted``; ``status`` filters (one of the ledger's run statuses). Each row with a
+    recorded folder also says whether that folder is gone (``folder_missing``: deleted or moved
+    by hand, so its checkpoints cannot be validated, predicted or packaged).
 
     :raises ConfigError: an unknown status (naming the known ones, and the closest).
     """
@@ -118,4 +120,8 @@ def list_runs(workspace, status: Optional[str] = None, limit: Optional[int] = No
         raise ConfigError(f"--limit: must be 1 or more, not {limit}")
     with Ledger(workspace.ledger_path) as ledger:
         mark_interrupted(ledger, workspace.runs_dir)
-        return ledger.list_runs(status=status, limit=limit)
+        rows = ledger.list_runs(status=status, limit=limit)
+    for row in rows:
+        if row.get("run_dir"):
+            row["folder_missing"] = not run_folder(row, workspace.runs_dir).path.is_dir()
+    return rows

@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
 
     from cpx.kernel.config import build_config
     from cpx.kernel.device import resolve_precision
-    from cpx.train.run import prepare_data
+    from cpx.train.prepare import prepare_data
 
     root = Path(args.workspace) if args.workspace else Path(tempfile.mkdtemp(prefix="cpx-cpu-step-"))
     ws, host = workspace_and_host(root.resolve())

@@ -44,7 +44,8 @@ def main(argv=None) -> dict:
     args.data = str(Path(args.data).resolve())
 
     from cpx.kernel.config import build_config
-    from cpx.train.run import build_components, prepare_data
+    from cpx.train.prepare import prepare_data
+    from cpx.train.run import build_components
     from cpx_plugins.models.dlv3p_arch import ConvBNReLU
 
     torch.set_num_threads(args.threads)

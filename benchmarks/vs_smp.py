@@ -171,7 +171,7 @@ def cpx_evaluate(model: nn.Module, val, competition, host, size: int) -> float:
 def user_data(args, ws, host):
     """(train images, train masks, validation items, competition): the recipe's split, the raw masks."""
     from cpx import data as datalib
-    from cpx.train.run import prepare_data
+    from cpx.train.prepare import prepare_data
 
     config, competition = recipe_config(args, ws, host)
     # the recipe's split and validation images; the user trains on the masks as published
@@ -187,7 +187,7 @@ def user_data(args, ws, host):
 
 def section_throughput(args, ws, host, smp) -> dict:
     from cpx.kernel.device import keep_freed_memory
-    from cpx.train.run import prepare_data
+    from cpx.train.prepare import prepare_data
 
     keep_freed_memory()  # for both sides: page faults are no part of either loop
     config, competition = recipe_config(args, ws, host)

@@ -12,7 +12,7 @@ from cpx.data import write_dataset
 from cpx.data.labels import apply_label_policy, check_labels, class_centroids, swap_pairs
 from cpx.kernel.config import build_config
 from cpx.kernel.errors import ConfigError, DataError
-from cpx.train.run import prepare_data
+from cpx.train.prepare import prepare_data
 
 EYES, BROWS, EARS = (4, 5), (6, 7), (8, 9)
 

@@ -158,6 +158,7 @@ class _BNReLUConv(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, gamma, beta, weight, mean, invstd = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
@@ -238,9 +239,10 @@ class ConvBNReLU(nn.Sequential):
 
     def recomputable(self):
         """Whether this block's batch norm and ReLU can run inside :class:`_BNReLUConv`: a ReLU, and a
-        training batch norm with affine weights and a fixed momentum."""
+        plain training batch norm (not a subclass such as ``SyncBatchNorm``) with affine weights and
+        a fixed momentum."""
         bn = self[1]
-        return (len(self) > 2 and bn.training and bn.affine and bn.track_running_stats
+        return (len(self) > 2 and type(bn) is nn.BatchNorm2d and bn.training and bn.affine and bn.track_running_stats
                 and bn.momentum is not None and bn.running_mean is not None)
 
     def normalise(self, y):

@@ -180,6 +180,23 @@ def test_ab_step_runs_two_trees_in_turn_on_tiny_input(tmp_path, monkeypatch, cpx
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_step_profile_files_every_operator_of_a_step_by_kind(tmp_path, monkeypatch, cpx_host, one_thread):
+    data, workspace = _tiny_workspace(tmp_path, cpx_host)
+    monkeypatch.chdir(workspace)
+    script = _load(next(p for p in BENCHMARKS if p.name == "step_profile.py"))
+    figures = script.main(["--data", str(data), "--recipe", "best", "--image-size", "32", "--batch-size", "2",
+                           "--steps", "1", "--workspace", str(workspace)])
+    kinds = figures["kinds"]
+    assert set(kinds) == set(script.KINDS) and figures["steps"] == 1
+    assert abs(sum(k["share"] for k in kinds.values()) - 1) < 1e-6
+    # dlv3p at 32 px: both kinds of convolution ran, forward and backward, and did arithmetic
+    for kind in ("dense conv", "depthwise conv"):
+        assert kinds[kind]["calls_per_step"] > 0 and kinds[kind]["gflop_per_step"] > 0
+    assert kinds["batch norm"]["gb_per_step"] > 0 and kinds["batch norm"]["gflop_per_step"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_fold_bn_times_both_evaluation_paths_on_tiny_input(tmp_path, monkeypatch, cpx_host, one_thread):
     from cpx_plugins.models.dlv3p_arch import ConvBNReLU
 

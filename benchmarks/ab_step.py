@@ -10,8 +10,9 @@ only one works at a time, the other sleeps on its pipe, so a change of load on a
 hits both alike, minute by minute. Per tree: median images/s and its range (wall clock), CPU
 seconds per image (the process's user + system time: with other programs on the cores this
 moves less than the wall clock), GFLOP/s from the FLOP count of the tree's own model
-(``cpx.bench.measure.count_flops``) and its share of the attainable matmul FLOP/s (measured
-by the parent before and after, the better kept: on a loaded machine it is lower than on a
+(``cpx.bench.measure.count_flops``) and its share of the attainable matmul FLOP/s in the
+step's precision (``--precision``, default the recipe's; measured by the parent before and
+after, the better kept: on a loaded machine it is lower than on a
 quiet one), and the worker's peak RSS. Both trees must build the trainer as
 :func:`_common.step_trainer` does (cpx's ``Trainer`` with ``train``/``optimizer``/``schedule``
 sections, main from December 2026 on).
@@ -20,6 +21,9 @@ Usage::
 
     git archive OLD_COMMIT | tar -x -C /tmp/before
     python benchmarks/ab_step.py --data /work/shared/data/celebamask-mini --trees /tmp/before,.
+
+An AVX512 CPU can stand in for an AVX2-only one (the instruction set, not its caches or
+clock): ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 ... --precision fp32``.
 
 Prints the machine (lscpu's model and vector flags), threads and the load, one line per round,
 one line per tree, and last one JSON line.
@@ -52,7 +56,7 @@ def _worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     ws, host = workspace_and_host(Path(args.workspace))
-    config, competition = recipe_config(args, ws, host)
+    config, competition = recipe_config(args, ws, host, **({"train.precision": args.precision} if args.precision else {}))
     batch = int(config.train.batch_size)
     names = datalib.train_names(Path(args.data), competition)[:batch * args.steps]
     images, masks = datalib.load_dataset(args.data, competition, names, args.image_size)
@@ -79,6 +83,8 @@ def main(argv=None) -> dict:
     p.add_argument("--recipe", default="best")
     p.add_argument("--image-size", type=int, default=None, help="default: the recipe's")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                   help="train.precision; default: the recipe's (auto: bf16 where the CPU has bf16 instructions)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--steps", type=int, default=1, help="training steps per tree and round")
     p.add_argument("--rounds", type=int, default=5)
@@ -106,12 +112,13 @@ def main(argv=None) -> dict:
 
     trees = [t.strip() for t in args.trees.split(",")]
     torch.set_num_threads(args.threads)
-    attainable = [attainable_matmul_flops(torch.device("cpu"), "fp32")]
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", "--data", args.data, "--recipe", args.recipe,
            "--image-size", str(args.image_size), "--threads", str(args.threads), "--steps", str(args.steps),
            "--workspace", args.workspace, "--trees", args.trees]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
+    if args.precision:
+        cmd += ["--precision", args.precision]
     workers, info = {}, {}
     for tree in trees:
         env = dict(os.environ)
@@ -120,6 +127,8 @@ def main(argv=None) -> dict:
             env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "plugins"), env.get("PYTHONPATH", "")])
         workers[tree] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         info[tree] = json.loads(workers[tree].stdout.readline())  # one at a time: building is not timed
+    precision = info[trees[0]]["precision"]  # the ceiling in the precision the step trains in
+    attainable = [attainable_matmul_flops(torch.device("cpu"), precision)]
     print(f"{args.recipe} ({info[trees[0]]['model']}) at {args.image_size}px, batch {info[trees[0]]['batch']}, "
           f"{info[trees[0]]['precision']}; {cpu_line()}; {args.threads} thread(s) of {os.cpu_count()} cpus; "
           f"torch {torch.__version__}; load {load_avg()}", flush=True)
@@ -140,7 +149,7 @@ def main(argv=None) -> dict:
     for w in workers.values():
         w.stdin.close()
         w.wait()
-    attainable.append(attainable_matmul_flops(torch.device("cpu"), "fp32"))
+    attainable.append(attainable_matmul_flops(torch.device("cpu"), precision))
     ceiling = max(attainable)
     figures = {"cpu": cpu_line(), "threads": args.threads, "recipe": args.recipe, "image_size": args.image_size,
                "attainable_flops": attainable, "trees": {}}

@@ -129,7 +129,7 @@ def test_a_new_challenge_from_a_yaml_profile_end_to_end(capsys, tmp_path, cpx_wo
     assert code == 0 and ev["metric"] == "class-iou" and ev["scale"] == 100
     code, out, err = cli(capsys, "validate", "v")  # the table reads on one scale: the metric's
     assert code == 0, err
-    assert re.search(rf"mIoU \(x100\), counts pooled over the set\s*│\s*{100 * ev['miou']:.4f}", out), out
+    assert re.search(rf"mIoU \(x100, counts pooled over the set\)\s*│\s*{100 * ev['miou']:.4f}", out), out
     assert re.search(rf"pixel accuracy \(x100\)\s*│\s*{100 * ev['pixel_acc']:.4f}", out), out
     # the score is the IoU of class 1 pooled over the organisers' val images, x100, as an
     # independent scorer computes it from the masks `cpx predict` writes

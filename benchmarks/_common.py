@@ -55,9 +55,14 @@ def workspace_and_host(root: Path):
 
 
 def recipe_config(args, ws, host, **extra):
+    """The recipe ``args.recipe`` on ``args.data`` with ``--image-size`` and ``--batch-size`` where
+    given (an omitted one is the recipe's, not the competition's native size) and ``extra``
+    overrides (key path -> value); returns (config, competition)."""
     from cpx.kernel.config import build_config
 
-    overrides = {"data.path": args.data, "data.image_size": args.image_size, **extra}
+    overrides = {"data.path": args.data, **extra}
+    if args.image_size:
+        overrides["data.image_size"] = args.image_size
     if args.batch_size:
         overrides["train.batch_size"] = args.batch_size
     config, _ = build_config(args.recipe, overrides, ws.experiments_dir, host)

@@ -17,8 +17,8 @@ Per kind: its share of the timed operator time, seconds per step, FLOPs (for con
 ``2 x output elements x input channels per group x kernel area`` for the forward pass and for
 each gradient computed, Hockney & Jesshope's count as ``torch.utils.flop_counter`` uses it; for
 matmuls ``2 m n k``), GFLOP/s, and bytes moved (each tensor argument read once and each result
-written once: a lower bound) in GB/s. Beside them, in the same run, the machine's fp32 matmul
-FLOP/s and its copy bandwidth (:func:`cpx.bench.measure.attainable_matmul_flops`,
+written once: a lower bound) in GB/s. Beside them, in the same run, the machine's matmul
+FLOP/s in the step's precision and its copy bandwidth (:func:`cpx.bench.measure.attainable_matmul_flops`,
 :func:`cpx.bench.measure.copy_bandwidth`): a kind far under the first and near the second is
 bound by memory.
 
@@ -112,6 +112,8 @@ def main(argv=None) -> dict:
     p.add_argument("--recipe", default="best")
     p.add_argument("--image-size", type=int, default=None, help="default: the recipe's")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                   help="train.precision; default: the recipe's (auto: bf16 where the CPU has bf16 instructions)")
     p.add_argument("--steps", type=int, default=2, help="profiled training steps (after one warm-up step)")
     p.add_argument("--threads", type=int, default=None, help="default: torch's (all cores)")
     p.add_argument("--workspace", default=None)
@@ -127,7 +129,7 @@ def main(argv=None) -> dict:
 
     root = Path(args.workspace) if args.workspace else Path(tempfile.mkdtemp(prefix="cpx-step-profile-"))
     ws, host = workspace_and_host(root.resolve())
-    config, competition = recipe_config(args, ws, host)
+    config, competition = recipe_config(args, ws, host, **({"train.precision": args.precision} if args.precision else {}))
     args.image_size = int(config.data.image_size)
     batch = int(config.train.batch_size)
     names = datalib.train_names(Path(args.data), competition)[:batch * (args.steps + 1)]

@@ -135,6 +135,21 @@ def _tiny_workspace(tmp_path, cpx_host) -> tuple[Path, Path]:
     return data, workspace
 
 
+def test_an_omitted_image_size_is_the_recipes_not_the_competitions(tmp_path, monkeypatch, cpx_host):
+    # `best` trains at 384 px on a competition whose images are 512 px: a benchmark run without
+    # --image-size measures the recipe as it trains
+    import argparse
+
+    monkeypatch.setenv("CPX_WORKSPACE", str(tmp_path / "ws"))  # workspace_and_host sets it; restored after
+    common = _load(BENCHMARKS[0].parent / "_common.py")
+    ws, host = common.workspace_and_host(tmp_path / "ws")
+    args = argparse.Namespace(recipe="best", data=str(tmp_path / "data"), image_size=None, batch_size=None)
+    assert common.recipe_config(args, ws, host)[0].data.image_size == 384
+    args.image_size, args.batch_size = 128, 4
+    config = common.recipe_config(args, ws, host, **{"train.precision": "fp32"})[0]
+    assert (config.data.image_size, config.train.batch_size, config.train.precision) == (128, 4, "fp32")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cpu_step_times_each_variant_on_tiny_input(tmp_path, monkeypatch, cpx_host, one_thread):

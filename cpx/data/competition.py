@@ -65,7 +65,7 @@ DATA_PARTS = ("train_images", "train_masks", "val_images", "val_masks", "test_im
 class _Section(BaseModel):
     """A profile section: unknown keys are typos, values are frozen once read."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
 
 def _suffix(value: str) -> str:
@@ -198,7 +198,7 @@ class Rules(_Section):
 class _Spec(BaseModel):
     """A plugin chosen by ``name`` with its options written beside it (``{name: x, a: 1}``)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False, defer_build=True)
 
     name: str = Field(description="registered name")
 

@@ -25,7 +25,7 @@ class Section(BaseModel):
     # unknown keys are typos; inf and nan are never meaningful settings (``--lr inf`` trained to NaN)
     """Base of every config section: unknown keys and non-finite numbers are errors."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, defer_build=True)
 
 
 class Component(Section):

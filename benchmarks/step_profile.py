@@ -13,7 +13,7 @@ timed as it runs, through a ``TorchDispatchMode``, and filed under one kind:
 - ``elementwise``: operators torch tags ``pointwise`` (ReLU and its gradient, adds, copies);
 - ``other``: the rest (interpolation, reductions, the loss, the optimizer, augmentation's warps).
 
-Per kind: its share of the timed operator time, seconds per step, FLOPs (for convolutions
+Per kind: its slowest operators by name, its share of the timed operator time, seconds per step, FLOPs (for convolutions
 ``2 x output elements x input channels per group x kernel area`` for the forward pass and for
 each gradient computed, Hockney & Jesshope's count as ``torch.utils.flop_counter`` uses it; for
 matmuls ``2 m n k``), GFLOP/s, and bytes moved (each tensor argument read once and each result
@@ -48,6 +48,7 @@ KINDS = ("dense conv", "depthwise conv", "matmul", "batch norm", "elementwise", 
 _BATCH_NORM = {"native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
                "native_batch_norm_backward", "batch_norm_backward"}
 _MATMUL = {"mm", "bmm", "addmm", "baddbmm"}
+TOP = 4  # operators named per kind, the slowest first
 
 
 def _tensors(value):
@@ -87,12 +88,14 @@ def classify(func, args, out) -> tuple[str, float]:
 
 class OpTimer(TorchDispatchMode):
     """Times every aten call made under it (CPU: calls are synchronous) and files it by
-    :func:`classify`: ``seconds``, ``flops``, ``bytes`` and ``calls`` per kind."""
+    :func:`classify`: ``seconds``, ``flops``, ``bytes`` and ``calls`` per kind, and ``by_op``:
+    seconds per (kind, aten operator name)."""
 
     def __init__(self):
         super().__init__()
         self.seconds, self.flops, self.bytes, self.calls = (defaultdict(float), defaultdict(float),
                                                             defaultdict(float), defaultdict(int))
+        self.by_op = defaultdict(float)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         t0 = time.perf_counter()
@@ -103,6 +106,7 @@ class OpTimer(TorchDispatchMode):
         self.flops[kind] += flops
         self.bytes[kind] += _bytes(args, out)
         self.calls[kind] += 1
+        self.by_op[kind, func.overloadpacket.__name__] += dt
         return out
 
 
@@ -160,12 +164,17 @@ def main(argv=None) -> dict:
                "gflop_per_s": timer.flops[kind] / s / 1e9 if s else 0.0, "gb_per_s": timer.bytes[kind] / s / 1e9 if s else 0.0}
         row["fraction_of_ceiling"] = row["gflop_per_s"] * 1e9 / ceiling
         row["fraction_of_bandwidth"] = row["gb_per_s"] * 1e9 / bandwidth
+        ops = sorted(((t, name) for (k, name), t in timer.by_op.items() if k == kind), reverse=True)
+        row["top_operators"] = {name: t / steps for t, name in ops[:TOP]}  # seconds per step
         kinds[kind] = row
         flops = (f"{row['gflop_per_step']:7.1f} GFLOP, {row['gflop_per_s']:6.1f} GFLOP/s "
                  f"({100 * row['fraction_of_ceiling']:4.1f}% of the ceiling)") if row["gflop_per_step"] else " " * 46
         print(f"  {kind:15s} {100 * row['share']:5.1f}% of the time, {row['seconds_per_step']:6.3f} s/step; {flops}; "
               f"{row['gb_per_step']:6.2f} GB, {row['gb_per_s']:5.1f} GB/s ({100 * row['fraction_of_bandwidth']:3.0f}% of "
               f"copy)", flush=True)
+        if row["top_operators"]:
+            print("  " + " " * 16 + ", ".join(f"{name} {t:.3f}" for name, t in row["top_operators"].items())
+                  + " s/step", flush=True)
     return emit({"cpu": cpu_line(), "recipe": args.recipe, "model": config.model.name, "image_size": args.image_size,
                  "batch": batch, "precision": precision, "threads": torch.get_num_threads(), "steps": steps,
                  "wall_s": wall, "operator_s": timed, "ceiling_flops": ceiling, "copy_bandwidth": bandwidth,

@@ -208,6 +208,7 @@ def test_step_profile_files_every_operator_of_a_step_by_kind(tmp_path, monkeypat
     for kind in ("dense conv", "depthwise conv"):
         assert kinds[kind]["calls_per_step"] > 0 and kinds[kind]["gflop_per_step"] > 0
     assert kinds["batch norm"]["gb_per_step"] > 0 and kinds["batch norm"]["gflop_per_step"] == 0
+    assert "convolution" in kinds["dense conv"]["top_operators"] and len(kinds["other"]["top_operators"]) <= script.TOP
 
 
 @pytest.mark.slow

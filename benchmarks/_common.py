@@ -54,15 +54,24 @@ def workspace_and_host(root: Path):
     return ws, host
 
 
+def add_precision_option(parser) -> None:
+    """``--precision``, read by :func:`recipe_config` (``train.precision``)."""
+    parser.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                        help="train.precision; default: the recipe's (auto: bf16 where the CPU has bf16 instructions)")
+
+
 def recipe_config(args, ws, host, **extra):
-    """The recipe ``args.recipe`` on ``args.data`` with ``--image-size`` and ``--batch-size`` where
-    given (an omitted one is the recipe's, not the competition's native size) and ``extra``
-    overrides (key path -> value); returns (config, competition)."""
+    """The recipe ``args.recipe`` on ``args.data`` with ``--image-size``, ``--batch-size`` and
+    ``--precision`` (:func:`add_precision_option`) where given (an omitted size is the recipe's,
+    not the competition's native size) and ``extra`` overrides (key path -> value); returns
+    (config, competition)."""
     from cpx.kernel.config import build_config
 
     overrides = {"data.path": args.data, **extra}
     if args.image_size:
         overrides["data.image_size"] = args.image_size
+    if getattr(args, "precision", None):
+        overrides["train.precision"] = args.precision
     if args.batch_size:
         overrides["train.batch_size"] = args.batch_size
     config, _ = build_config(args.recipe, overrides, ws.experiments_dir, host)

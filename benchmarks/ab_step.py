@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded from its file
-from _common import cpu_line, emit, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402
+from _common import add_precision_option, cpu_line, emit, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402
 
 
 def _worker(args) -> None:
@@ -56,7 +56,7 @@ def _worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     ws, host = workspace_and_host(Path(args.workspace))
-    config, competition = recipe_config(args, ws, host, **({"train.precision": args.precision} if args.precision else {}))
+    config, competition = recipe_config(args, ws, host)
     batch = int(config.train.batch_size)
     names = datalib.train_names(Path(args.data), competition)[:batch * args.steps]
     images, masks = datalib.load_dataset(args.data, competition, names, args.image_size)
@@ -83,8 +83,7 @@ def main(argv=None) -> dict:
     p.add_argument("--recipe", default="best")
     p.add_argument("--image-size", type=int, default=None, help="default: the recipe's")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
-    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
-                   help="train.precision; default: the recipe's (auto: bf16 where the CPU has bf16 instructions)")
+    add_precision_option(p)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--steps", type=int, default=1, help="training steps per tree and round")
     p.add_argument("--rounds", type=int, default=5)

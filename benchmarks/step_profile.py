@@ -40,7 +40,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_line, emit, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402, I001 (before torch)
+from _common import add_precision_option, cpu_line, emit, load_avg, recipe_config, step_trainer, workspace_and_host  # noqa: E402, I001 (before torch)
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
@@ -119,8 +119,7 @@ def main(argv=None) -> dict:
     p.add_argument("--recipe", default="best")
     p.add_argument("--image-size", type=int, default=None, help="default: the recipe's")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
-    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
-                   help="train.precision; default: the recipe's (auto: bf16 where the CPU has bf16 instructions)")
+    add_precision_option(p)
     p.add_argument("--steps", type=int, default=2, help="profiled training steps (after WARMUP_STEPS untimed ones)")
     p.add_argument("--threads", type=int, default=None, help="default: torch's (all cores)")
     p.add_argument("--workspace", default=None)
@@ -136,7 +135,7 @@ def main(argv=None) -> dict:
 
     root = Path(args.workspace) if args.workspace else Path(tempfile.mkdtemp(prefix="cpx-step-profile-"))
     ws, host = workspace_and_host(root.resolve())
-    config, competition = recipe_config(args, ws, host, **({"train.precision": args.precision} if args.precision else {}))
+    config, competition = recipe_config(args, ws, host)
     args.image_size = int(config.data.image_size)
     batch = int(config.train.batch_size)
     names = datalib.train_names(Path(args.data), competition)[:batch * (args.steps + WARMUP_STEPS)]

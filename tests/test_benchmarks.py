@@ -135,6 +135,14 @@ def _tiny_workspace(tmp_path, cpx_host) -> tuple[Path, Path]:
     return data, workspace
 
 
+def _on_tiny_data(name: str, tmp_path, monkeypatch, cpx_host):
+    """(the benchmark script ``name`` loaded, :func:`_tiny_workspace`'s data and workspace), with
+    the workspace as the current folder."""
+    data, workspace = _tiny_workspace(tmp_path, cpx_host)
+    monkeypatch.chdir(workspace)
+    return _load(next(p for p in BENCHMARKS if p.name == name)), data, workspace
+
+
 def test_an_omitted_image_size_is_the_recipes_not_the_competitions(tmp_path, monkeypatch, cpx_host):
     # `best` trains at 384 px on a competition whose images are 512 px: a benchmark run without
     # --image-size measures the recipe as it trains
@@ -146,16 +154,15 @@ def test_an_omitted_image_size_is_the_recipes_not_the_competitions(tmp_path, mon
     args = argparse.Namespace(recipe="best", data=str(tmp_path / "data"), image_size=None, batch_size=None)
     assert common.recipe_config(args, ws, host)[0].data.image_size == 384
     args.image_size, args.batch_size = 128, 4
-    config = common.recipe_config(args, ws, host, **{"train.precision": "fp32"})[0]
+    args.precision = "fp32"
+    config = common.recipe_config(args, ws, host)[0]
     assert (config.data.image_size, config.train.batch_size, config.train.precision) == (128, 4, "fp32")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cpu_step_times_each_variant_on_tiny_input(tmp_path, monkeypatch, cpx_host, one_thread):
-    data, workspace = _tiny_workspace(tmp_path, cpx_host)
-    monkeypatch.chdir(workspace)
-    script = _load(next(p for p in BENCHMARKS if p.name == "cpu_step.py"))
+    script, data, workspace = _on_tiny_data("cpu_step.py", tmp_path, monkeypatch, cpx_host)
     figures = script.main(["--data", str(data), "--recipe", "tiny", "--image-size", "32", "--workspace",
                            str(workspace), "--variants", "1x2,1x4", "--steps", "1", "--rounds", "2"])
     assert set(figures["variants"]) == {"1x2", "1x4"}
@@ -166,9 +173,7 @@ def test_cpu_step_times_each_variant_on_tiny_input(tmp_path, monkeypatch, cpx_ho
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cache_memory_loads_the_same_pixels_copied_and_mapped(tmp_path, monkeypatch, cpx_host):
-    data, workspace = _tiny_workspace(tmp_path, cpx_host)
-    monkeypatch.chdir(workspace)
-    script = _load(next(p for p in BENCHMARKS if p.name == "cache_memory.py"))
+    script, data, workspace = _on_tiny_data("cache_memory.py", tmp_path, monkeypatch, cpx_host)
     figures = script.main(["--data", str(data), "--recipe", "tiny", "--image-size", "32", "--workspace",
                            str(workspace)])
     cases = figures["cases"]
@@ -180,11 +185,9 @@ def test_cache_memory_loads_the_same_pixels_copied_and_mapped(tmp_path, monkeypa
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ab_step_runs_two_trees_in_turn_on_tiny_input(tmp_path, monkeypatch, cpx_host):
-    data, workspace = _tiny_workspace(tmp_path, cpx_host)
-    monkeypatch.chdir(workspace)
     # the source tree of this checkout against the installed cpx (the same code, two workers)
     tree = str(Path(__file__).resolve().parents[1])
-    script = _load(next(p for p in BENCHMARKS if p.name == "ab_step.py"))
+    script, data, workspace = _on_tiny_data("ab_step.py", tmp_path, monkeypatch, cpx_host)
     figures = script.main(["--data", str(data), "--trees", f"{tree},.", "--recipe", "tiny", "--image-size", "32",
                            "--batch-size", "2", "--threads", "1", "--rounds", "2", "--workspace", str(workspace)])
     assert set(figures["trees"]) == {tree, "."}
@@ -196,9 +199,7 @@ def test_ab_step_runs_two_trees_in_turn_on_tiny_input(tmp_path, monkeypatch, cpx
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_step_profile_files_every_operator_of_a_step_by_kind(tmp_path, monkeypatch, cpx_host, one_thread):
-    data, workspace = _tiny_workspace(tmp_path, cpx_host)
-    monkeypatch.chdir(workspace)
-    script = _load(next(p for p in BENCHMARKS if p.name == "step_profile.py"))
+    script, data, workspace = _on_tiny_data("step_profile.py", tmp_path, monkeypatch, cpx_host)
     figures = script.main(["--data", str(data), "--recipe", "best", "--image-size", "32", "--batch-size", "2",
                            "--steps", "1", "--workspace", str(workspace)])
     kinds = figures["kinds"]
@@ -216,9 +217,7 @@ def test_step_profile_files_every_operator_of_a_step_by_kind(tmp_path, monkeypat
 def test_fold_bn_times_both_evaluation_paths_on_tiny_input(tmp_path, monkeypatch, cpx_host, one_thread):
     from cpx_plugins.models.dlv3p_arch import ConvBNReLU
 
-    data, workspace = _tiny_workspace(tmp_path, cpx_host)
-    monkeypatch.chdir(workspace)
-    script = _load(next(p for p in BENCHMARKS if p.name == "fold_bn.py"))
+    script, data, workspace = _on_tiny_data("fold_bn.py", tmp_path, monkeypatch, cpx_host)
     figures = script.main(["--data", str(data), "--recipe", "best", "--image-size", "32", "--batch-size", "2",
                            "--threads", "1", "--steps", "1", "--rounds", "2", "--workspace", str(workspace)])
     assert set(figures["images_per_s"]) == {"folded", "separate"} and figures["ratio"] > 0

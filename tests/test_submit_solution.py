@@ -59,7 +59,18 @@ def test_run_py_imports_only_what_a_solution_may(tmp_path):
     assert foreign_imports(RUN_PY) == []
 
 
-def test_run_py_accepts_the_weight_keys_cpx_accepts():
+@pytest.mark.parametrize("key", ["state_dict", "model_state_dict", "model"])
+def test_run_py_loads_weights_under_every_key_cpx_accepts(host, models, tmp_path, key):
+    # the keys come from model.json, written from cpx.runs.checkpoint's list: run.py holds none
     from cpx.runs.checkpoint import WEIGHT_KEYS
+    from cpx.submit.solution import export_solution
 
-    assert standalone_run.WEIGHT_KEYS == WEIGHT_KEYS
+    comp = host.competition("celebamask-mini")
+    model = models("unet")
+    export_solution(model, tmp_path, comp, image_size=32, model_name="unet")
+    config = standalone_run.read_config(tmp_path)
+    assert config["weight_keys"][0] == config["weights_key"] and set(WEIGHT_KEYS) <= set(config["weight_keys"])
+    torch.save({key: model.state_dict(), "epoch": 3}, tmp_path / "w.pth")
+    loaded = standalone_run.load_model(tmp_path / "w.pth", "cpu", config, folder=tmp_path)
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name

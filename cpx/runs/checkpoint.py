@@ -26,8 +26,15 @@ import torch
 from cpx.kernel.errors import RunError
 
 # Keys other scripts keep the weights under, tried in this order (a competition's own key first,
-# where it names one). solution/run.py, which runs without cpx, keeps a copy tested equal.
+# where it names one: see accepted_weight_keys).
 WEIGHT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def accepted_weight_keys(expected: str) -> tuple[str, ...]:
+    """The keys a weights file may keep its state_dict under, ``expected`` (the competition's
+    solution format's ``weights_key``) first, then :data:`WEIGHT_KEYS`. A packaged
+    ``solution/run.py`` reads this list from its model.json, as it runs without cpx."""
+    return tuple(dict.fromkeys((expected, *WEIGHT_KEYS)))
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 

@@ -42,6 +42,7 @@ from cpx.data.masks import MaskCodec
 from cpx.eval.predict import TILE_OVERLAP
 from cpx.kernel.errors import SubmissionError
 from cpx.kernel.files import atomic_torch_save, atomic_write_text
+from cpx.runs.checkpoint import accepted_weight_keys
 
 # top-level import names a shipped model module may use besides the standard library
 ALLOWED_IMPORTS = frozenset({"torch", "numpy", "PIL"})
@@ -201,6 +202,7 @@ def export_solution(model: torch.nn.Module, dest: os.PathLike, competition: Comp
         "num_classes": competition.num_classes,
         "classes": list(competition.classes),
         "weights_key": fmt.weights_key,
+        "weight_keys": list(accepted_weight_keys(fmt.weights_key)),
         "channels_last": bool(channels_last),
         "palette": competition.palette_bytes(),
         "tta": list(tta),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from cpx.data.competition import Competition
-from cpx.runs.checkpoint import WEIGHT_KEYS
+from cpx.runs.checkpoint import accepted_weight_keys
 from cpx.submit.solution import runner_mentions_arguments
 from cpx.submit.zipentries import READ_LIMIT, FileSource, Skipped, mib
 
@@ -82,7 +82,7 @@ def check_solution(files: FileSource, competition: Competition, report: CheckRep
         report.add(files.label(weights), "weights_unreadable",
                    f"torch.load(weights_only=True) cannot read it ({reason})")
         return
-    accepted = tuple(dict.fromkeys((fmt.weights_key, *WEIGHT_KEYS)))
+    accepted = accepted_weight_keys(fmt.weights_key)
     key = next((k for k in accepted if isinstance(state, dict) and k in state), None)
     if key is None:
         keys = ", ".join(map(str, list(state)[:6])) if isinstance(state, dict) else type(state).__name__

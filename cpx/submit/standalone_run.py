@@ -38,9 +38,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
-# keys under which checkpoints keep their weights, the expected one first (cpx.runs.checkpoint's,
-# copied because this file runs without cpx; a test keeps the two equal)
-WEIGHT_KEYS = ("state_dict", "model_state_dict", "model")
 
 
 def read_config(folder=HERE):
@@ -56,7 +53,8 @@ def load_model(weights, device, config, folder=HERE):
     model = getattr(module, config["builder"])(**config["kwargs"])
     state = torch.load(weights, map_location="cpu", weights_only=True)
     if isinstance(state, dict):
-        for key in (config.get("weights_key", "state_dict"),) + WEIGHT_KEYS:
+        # model.json's weight_keys: the keys cpx accepts, the competition's own first
+        for key in config.get("weight_keys") or [config.get("weights_key", "state_dict")]:
             if isinstance(state.get(key), dict):
                 state = state[key]
                 break

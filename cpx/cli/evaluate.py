@@ -316,9 +316,11 @@ def render_scores(scores, class_names, title: str) -> None:
     summary.add_row(f"[bold]{metric_name(scores)}: {scores.label} (the competition's metric)[/]",
                     f"[bold]{format_f(scores.score)}[/]")
     # the reference figures on the ranked metric's scale, so one table reads on one scale
-    scaled = f"x{scores.scale:g}, " if scores.scale != 1 else ""
-    summary.add_row(f"pixel accuracy{f' ({scaled[:-2]})' if scaled else ''}", format_f(scores.pixel_acc * scores.scale))
-    summary.add_row(f"mIoU ({scaled}counts pooled over the set)", format_f(scores.miou * scores.scale))
+    scale = [f"x{scores.scale:g}"] if scores.scale != 1 else []
+    accuracy_label = f"pixel accuracy ({scale[0]})" if scale else "pixel accuracy"
+    miou_label = f"mIoU ({', '.join([*scale, 'counts pooled over the set'])})"
+    summary.add_row(accuracy_label, format_f(scores.pixel_acc * scores.scale))
+    summary.add_row(miou_label, format_f(scores.miou * scores.scale))
     summary.add_row("images", str(scores.num_images))
     console.print(summary)
     sign = 1 if scores.greater_is_better else -1

@@ -28,6 +28,7 @@ from cpx.kernel.errors import RunError
 # Keys other scripts keep the weights under, tried in this order (a competition's own key first,
 # where it names one: see accepted_weight_keys).
 WEIGHT_KEYS = ("state_dict", "model_state_dict", "model")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def accepted_weight_keys(expected: str) -> tuple[str, ...]:
@@ -35,7 +36,6 @@ def accepted_weight_keys(expected: str) -> tuple[str, ...]:
     solution format's ``weights_key``) first, then :data:`WEIGHT_KEYS`. A packaged
     ``solution/run.py`` reads this list from its model.json, as it runs without cpx."""
     return tuple(dict.fromkeys((expected, *WEIGHT_KEYS)))
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 @dataclass

@@ -201,7 +201,7 @@ def test_a_ledger_locked_by_another_program_is_not_called_damaged(cpx_workspace,
     other = sqlite3.connect(cpx_workspace.ledger_path, isolation_level=None)
     other.execute("PRAGMA journal_mode = DELETE")
     other.execute("BEGIN EXCLUSIVE")
-    monkeypatch.setattr("cpx.runs.ledger.DEFAULT_TIMEOUT", 0.1)
+    monkeypatch.setattr("cpx.runs.ledger_file.DEFAULT_TIMEOUT", 0.1)
     try:
         (problem,) = check_workspace(cpx_workspace, cpx_host, min_free=0).problems
     finally:

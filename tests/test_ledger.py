@@ -6,7 +6,7 @@ import traceback
 import pytest
 
 from cpx.kernel.errors import CpxError, RunError, SubmissionError
-from cpx.runs import ledger as L
+from cpx.runs import ledger_file
 from cpx.runs.ledger import Ledger
 from cpx.runs.migrations import MIGRATIONS, _has_table, applied_migrations, migrate
 
@@ -63,7 +63,7 @@ def test_reopening_applies_nothing_again(tmp_path):
 
 def test_old_schema_upgrades_and_keeps_rows(tmp_path):
     path = tmp_path / "ledger.db"
-    db = L.connect(path)
+    db = ledger_file.connect(path)
     assert migrate(db, MIGRATIONS[:1]) == ["m001_runs"]
     db.execute(
         "INSERT INTO runs (id, name, kind, status, created_at, config)"
@@ -87,7 +87,7 @@ def test_failed_migration_leaves_nothing_behind(tmp_path):
         db.execute("CREATE TABLE half_done (x INTEGER)")
         raise RuntimeError("boom")
 
-    db = L.connect(tmp_path / "ledger.db")
+    db = ledger_file.connect(tmp_path / "ledger.db")
     with pytest.raises(RuntimeError):
         migrate(db, [*MIGRATIONS[:1], m900_broken])
     assert applied_migrations(db) == ["m001_runs"]
@@ -370,7 +370,7 @@ def test_a_copy_is_kept_before_each_migration(tmp_path):
     # a damaged ledger then points at that copy
     _damage_after_filling = Ledger(path)
     _damage_after_filling.close()
-    err = L.damaged(path, sqlite3.DatabaseError("database disk image is malformed"))
+    err = ledger_file.damaged(path, sqlite3.DatabaseError("database disk image is malformed"))
     assert copy.name in str(err)
     # a new ledger has nothing to keep
     with Ledger(tmp_path / "new" / "ledger.db"):

@@ -19,7 +19,7 @@ from typing import Optional
 from cpx.kernel.errors import CpxError, Problem
 from cpx.kernel.workspace import Workspace
 from cpx.runs.folder import RunFolder, damage_advice, run_folder
-from cpx.runs.ledger import LedgerInspection, inspect_ledger
+from cpx.runs.ledger_inspect import LedgerInspection, inspect_ledger
 from cpx.runs.recovery import process_gone, resume_hint
 
 #: less free space than this (bytes) on the workspace's file system is reported: a checkpoint

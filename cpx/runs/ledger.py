@@ -17,27 +17,23 @@ import json
 import math
 import os
 import sqlite3
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Union
 
 from cpx import __version__
 from cpx.kernel.errors import CpxError, LedgerBusy, LedgerDamaged, RunError, SubmissionError
 from cpx.kernel.text import utc_now
+from cpx.runs import ledger_file
 from cpx.runs.folder import new_run_id
+from cpx.runs.ledger_file import connect, damaged, is_damage
 from cpx.runs.migrations import (
-    BACKUP_SUFFIX,
     MIGRATIONS,
     NewerSchema,
-    applied_migrations,
     immediate,
     migrate,
     workspace_relative,
 )
-
-DEFAULT_TIMEOUT = 10.0
 
 RUN_KINDS = ("train", "ensemble", "imported")
 RUN_STATUSES = ("running", "completed", "stopped", "interrupted", "failed", "imported", "pruned")
@@ -73,88 +69,6 @@ _PATH_COLUMNS = {
     "submissions": frozenset({"zip_path"}),
     "validations": frozenset({"official_dir"}),
 }
-
-
-# Migrations receive a connection already inside a transaction: they must not commit,
-# and must not use executescript(), which would commit behind the runner's back.
-
-
-
-
-
-
-def connect(path: Union[str, os.PathLike], timeout: float = DEFAULT_TIMEOUT) -> sqlite3.Connection:
-    """Open the SQLite file at ``path`` the way the ledger needs it; no migrations.
-
-    The connection is in autocommit mode: callers open transactions themselves.
-    """
-    path = Path(path)
-    if str(path) != ":memory:":
-        path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, factory=_Connection)
-    db.path = path
-    db.row_factory = sqlite3.Row
-    try:
-        _enable_wal(db, timeout)
-        db.execute("PRAGMA foreign_keys = ON")
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-class _Connection(sqlite3.Connection):
-    """A connection whose every statement turns a damaged file's error into
-    :class:`LedgerDamaged`: one line naming the file and how to recover, not a traceback."""
-
-    path: Path
-
-    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:  # type: ignore[override]
-        try:
-            return super().execute(sql, parameters)
-        except sqlite3.DatabaseError as exc:
-            if is_damage(exc):
-                raise damaged(self.path, exc) from None
-            raise
-
-
-def is_damage(exc: BaseException) -> bool:
-    """Whether an sqlite3 error says the file is damaged (rather than busy, say)."""
-    text = str(exc).casefold()
-    return isinstance(exc, sqlite3.DatabaseError) and any(
-        word in text for word in ("malformed", "not a database", "corrupt", "disk i/o error", "encrypted"))
-
-
-def damaged(path: Path, exc: BaseException) -> LedgerDamaged:
-    """The one-line error for a damaged ledger at ``path``: what SQLite said, and how to recover
-    (the copy kept before the latest migration, else SQLite's ``.recover``)."""
-    path = Path(path)
-    copies = [c for c in sorted(path.parent.glob(f"{path.name}{BACKUP_SUFFIX}*")) if not c.name.endswith(".tmp")]
-    if copies:  # names sort by migration, so the last is the newest copy
-        how = (f"mv {path.name} {path.name}.damaged && cp {copies[-1].name} {path.name} (the copy kept before the "
-               "last migration: rows recorded since are lost)")
-    else:
-        how = (f"sqlite3 {path.name} .recover | sqlite3 recovered.db && mv {path.name} {path.name}.damaged && "
-               f"mv recovered.db {path.name}")
-    return LedgerDamaged(f"{path}: cannot open the ledger: it is damaged ({exc}); to recover, in {path.parent}: {how}")
-
-
-def _enable_wal(db: sqlite3.Connection, timeout: float) -> None:
-    if db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
-        return
-    # Switching to WAL needs an exclusive lock, and the busy handler does not cover
-    # every path to it, so two processes creating the ledger at once retry here.
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            # A file system without WAL support answers with the old mode; we then
-            # carry on in rollback-journal mode, where the busy timeout still applies.
-            db.execute("PRAGMA journal_mode = WAL").fetchone()
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
 
 
 def _plain(value: Any) -> Any:
@@ -196,7 +110,10 @@ def _renamed_per_class(per_class: Any) -> Any:
             for name, entry in per_class.items()}
 
 
-def _decode(table: str, row: Optional[sqlite3.Row], root: Optional[Path] = None) -> Optional[dict]:
+def decode_row(table: str, row: Optional[sqlite3.Row], root: Optional[Path] = None) -> Optional[dict]:
+    """A row of ``table`` as the ledger hands it back: JSON columns decoded, 0/1 columns as bool,
+    workspace paths made absolute under ``root`` (left as stored when ``root`` is None); None
+    for None."""
     if row is None:
         return None
     out = dict(row)
@@ -233,7 +150,7 @@ class Ledger:
         #: the paths of its run folders, zips and output folders are stored relative to it
         self.root: Optional[Path] = None if str(path) == ":memory:" else self.path.resolve().parent.parent
         # seconds a write waits for another process's lock; CPX_LEDGER_TIMEOUT overrides
-        timeout = float(os.environ.get("CPX_LEDGER_TIMEOUT") or DEFAULT_TIMEOUT) if timeout is None else timeout
+        timeout = float(os.environ.get("CPX_LEDGER_TIMEOUT") or ledger_file.DEFAULT_TIMEOUT) if timeout is None else timeout
         self.timeout = timeout
         try:
             self._db = connect(self.path, timeout)
@@ -311,7 +228,7 @@ class Ledger:
             raise
 
     def _row(self, table: str, row: Optional[sqlite3.Row]) -> Optional[dict]:
-        return _decode(table, row, self.root)
+        return decode_row(table, row, self.root)
 
     def _encode(self, table: str, fields: dict[str, Any], *, allow_id: bool) -> dict[str, Any]:
         columns = self._columns[table]
@@ -676,86 +593,3 @@ class Ledger:
         """Every sweep, oldest first."""
         rows = self._db.execute("SELECT * FROM sweeps ORDER BY created_at, rowid")
         return [self._row("sweeps", r) for r in rows]
-
-
-
-
-
-
-
-
-@dataclass
-class LedgerInspection:
-    """What :func:`inspect_ledger` found in a ledger file, read without changing it."""
-
-    path: Path
-    #: whether the file exists (a workspace that never recorded anything has none)
-    exists: bool = False
-    #: SQLite's own verdict (``PRAGMA integrity_check`` and ``foreign_key_check``), one line each;
-    #: empty when the file is sound
-    damage: list[str] = field(default_factory=list)
-    #: the recovery the one-line error for a damaged ledger suggests (see :func:`damaged`)
-    recovery: str = ""
-    #: why a sound file could not be read now (locked by another program past the busy timeout)
-    unreadable: str = ""
-    #: migrations the file records that this cpx does not know: a newer cpx wrote it
-    newer: list[str] = field(default_factory=list)
-    #: migrations this cpx would apply at the next open (a copy is kept first)
-    pending: list[str] = field(default_factory=list)
-    #: the runs table's rows, decoded as :meth:`Ledger.list_runs` hands them back (run folders
-    #: absolute); empty when the file cannot be read
-    runs: list[dict] = field(default_factory=list)
-
-
-def inspect_ledger(path: Union[str, os.PathLike]) -> LedgerInspection:
-    """Check the ledger at ``path`` without migrating or writing it: SQLite's integrity and
-    foreign-key checks, the schema's migrations against this cpx's, and its runs.
-
-    Opened read-only, so a damaged file, or one a newer cpx wrote, is described rather than
-    raised; never raises for the file's content.
-    """
-    path = Path(path)
-    found = LedgerInspection(path=path, exists=path.is_file())
-    if not found.exists:
-        return found
-    root = path.resolve().parent.parent
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=DEFAULT_TIMEOUT)
-    except sqlite3.Error as exc:
-        if is_damage(exc):
-            found.damage = [str(exc)]
-            found.recovery = _recovery(path, exc)
-        else:
-            found.unreadable = str(exc)
-        return found
-    db.row_factory = sqlite3.Row
-    try:
-        found.damage = [r[0] for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
-        if not found.damage:
-            found.damage = [f"row {r[1]} of table {r[0]} points at a missing row of {r[2]}"
-                            for r in db.execute("PRAGMA foreign_key_check")]
-        recorded = applied_migrations(db)
-        known = [fn.__name__ for fn in MIGRATIONS]
-        found.newer = [name for name in recorded if name not in known]
-        found.pending = [name for name in known if name not in recorded]
-        if not found.newer and _has_runs(db):
-            found.runs = [_decode("runs", r, root) for r in db.execute("SELECT * FROM runs ORDER BY created_at")]
-    except sqlite3.DatabaseError as exc:
-        if is_damage(exc):
-            found.damage = found.damage or [str(exc)]
-        else:
-            found.unreadable = str(exc)
-    finally:
-        db.close()
-    if found.damage:
-        found.recovery = _recovery(path, sqlite3.DatabaseError(found.damage[0]))
-    return found
-
-
-def _has_runs(db: sqlite3.Connection) -> bool:
-    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone() is not None
-
-
-def _recovery(path: Path, exc: BaseException) -> str:
-    # the "how" of damaged()'s one line, the part after "to recover"
-    return str(damaged(path, exc)).split("; to recover, ", 1)[-1]

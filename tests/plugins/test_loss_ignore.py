@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import builtin_host
 
+import cpx_plugins.loss_functions as LF
 import cpx_plugins.losses as L
 from cpx.data.masks import IGNORE
 
@@ -105,7 +106,7 @@ def test_lovasz_per_image_averages_each_image_over_its_kept_pixels():
     target = torch.cat([target, ignored_batch(1)[1][:1]])
     logits = torch.cat([logits, ignored_batch(1)[0][:1]])
     value = make("lovasz", per_image=True)(logits, target)
-    expected = [L.lovasz_softmax(*flat_kept(logits[i:i + 1], target[i:i + 1])) for i in (0, 2)]
+    expected = [LF.lovasz_softmax(*flat_kept(logits[i:i + 1], target[i:i + 1])) for i in (0, 2)]
     torch.testing.assert_close(value, sum(expected) / 2)
 
 
@@ -113,8 +114,8 @@ def test_boundary_band_ignores_the_edge_of_an_ignored_area():
     target = torch.zeros(1, 6, 8, dtype=torch.long)
     target[0, :, 6:] = IGNORE          # padding on the right: no class edge
     target[0, 0, 0] = 3                # a real edge in the top-left corner
-    safe, keep = L.kept_pixels(target, NUM_CLASSES, IGNORE)
-    band = L.boundary_band(safe, 1, keep)
+    safe, keep = LF.kept_pixels(target, NUM_CLASSES, IGNORE)
+    band = LF.boundary_band(safe, 1, keep)
     expected = torch.zeros(1, 6, 8, dtype=torch.bool)
     expected[0, :2, :2] = True
     assert torch.equal(band, expected)
@@ -122,8 +123,8 @@ def test_boundary_band_ignores_the_edge_of_an_ignored_area():
 
 def test_boundary_loss_is_the_band_weighted_mean_over_kept_pixels():
     logits, target = ignored_batch()
-    safe, keep = L.kept_pixels(target, NUM_CLASSES, IGNORE, logits.dtype)
-    band = L.boundary_band(safe, 1, keep)
+    safe, keep = LF.kept_pixels(target, NUM_CLASSES, IGNORE, logits.dtype)
+    band = LF.boundary_band(safe, 1, keep)
     nll = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
     w = (1.0 + 2.0 * band.float()) * torch.tensor(WEIGHTS, dtype=logits.dtype)[safe] * keep
     value = make("boundary", width=1, band_weight=3.0, class_weights=WEIGHTS)(logits, target)
@@ -185,10 +186,10 @@ def test_fused_ce_dice_with_ignored_pixels_equals_the_separate_terms(weights, sm
     w = None if weights is None else torch.tensor(weights, dtype=torch.float64)
     a = logits.clone().requires_grad_()
     b = logits.clone().requires_grad_()
-    ce = L.cross_entropy(a, target, w, smoothing, IGNORE)
-    dice = L.soft_dice(a, target, 1.0, IGNORE)
+    ce = LF.cross_entropy(a, target, w, smoothing, IGNORE)
+    dice = LF.soft_dice(a, target, 1.0, IGNORE)
     (1.5 * ce + 0.7 * dice).backward()
-    total, ce_term, dice_term = L.ce_dice(b, target, 1.5, 0.7, w, smoothing, 1.0, IGNORE)
+    total, ce_term, dice_term = LF.ce_dice(b, target, 1.5, 0.7, w, smoothing, 1.0, IGNORE)
     total.backward()
     torch.testing.assert_close(total, 1.5 * ce + 0.7 * dice)
     torch.testing.assert_close(ce_term, ce.detach())
@@ -206,9 +207,9 @@ def test_fused_ce_dice_with_ignored_pixels_passes_gradcheck(weights):
     target[0, 1] = IGNORE
     target[1, :, 4] = IGNORE
     w = None if weights is None else torch.tensor(weights, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda z: L.ce_dice(z, target, 1.0, 1.5, w, 0.1, 1.0, IGNORE)[0], (logits,))
+    assert torch.autograd.gradcheck(lambda z: LF.ce_dice(z, target, 1.0, 1.5, w, 0.1, 1.0, IGNORE)[0], (logits,))
     target[:] = IGNORE  # nothing kept: a constant 0
-    assert torch.autograd.gradcheck(lambda z: L.ce_dice(z, target, 1.0, 1.5, w, 0.1, 1.0, IGNORE)[0], (logits,))
+    assert torch.autograd.gradcheck(lambda z: LF.ce_dice(z, target, 1.0, 1.5, w, 0.1, 1.0, IGNORE)[0], (logits,))
 
 
 @pytest.mark.parametrize("name", LOSSES.names())

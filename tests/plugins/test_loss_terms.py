@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import builtin_host
 
+import cpx_plugins.loss_functions as LF
 import cpx_plugins.losses as L
 from cpx.kernel.errors import ConfigError
 
@@ -38,7 +39,7 @@ def test_lovasz_on_three_pixels_by_hand():
     logits = two_class_logits([0.9, 0.6, 0.2])
     target = torch.tensor([[[0, 1, 0]]])
     expected = ((0.4 + 0.1 + 1 / 30) + 0.7) / 2
-    assert L.lovasz_softmax(logits, target).item() == pytest.approx(expected, abs=1e-9)
+    assert LF.lovasz_softmax(logits, target).item() == pytest.approx(expected, abs=1e-9)
 
 
 def test_lovasz_with_even_odds_is_one_half():
@@ -46,7 +47,7 @@ def test_lovasz_with_even_odds_is_one_half():
     logits = torch.zeros(2, 2, 4, 4)
     target = torch.randint(0, 2, (2, 4, 4), generator=torch.Generator().manual_seed(1))
     target[0, 0, 0], target[0, 0, 1] = 0, 1
-    assert L.lovasz_softmax(logits, target).item() == pytest.approx(0.5)
+    assert LF.lovasz_softmax(logits, target).item() == pytest.approx(0.5)
 
 
 def test_lovasz_of_hard_predictions_is_one_minus_iou(batch):
@@ -59,13 +60,13 @@ def test_lovasz_of_hard_predictions_is_one_minus_iou(batch):
         inter = ((pred == c) & (target == c)).sum().item()
         union = ((pred == c) | (target == c)).sum().item()
         losses.append(1 - inter / union)
-    assert L.lovasz_softmax(logits, target).item() == pytest.approx(sum(losses) / len(losses), abs=1e-9)
+    assert LF.lovasz_softmax(logits, target).item() == pytest.approx(sum(losses) / len(losses), abs=1e-9)
 
 
 def test_lovasz_per_image_averages_the_images(batch):
     logits, target = batch
-    per_image = L.lovasz_softmax(logits, target, per_image=True)
-    separately = (L.lovasz_softmax(logits[:1], target[:1]) + L.lovasz_softmax(logits[1:], target[1:])) / 2
+    per_image = LF.lovasz_softmax(logits, target, per_image=True)
+    separately = (LF.lovasz_softmax(logits[:1], target[:1]) + LF.lovasz_softmax(logits[1:], target[1:])) / 2
     torch.testing.assert_close(per_image, separately)
 
 
@@ -74,15 +75,15 @@ def test_lovasz_all_classes_also_counts_absent_ones():
     target = torch.zeros(1, 1, 3, dtype=torch.long)  # class 1 absent: its false positives count with 'all'
     # class 0: errors .1 .4 .8, all foreground: steps 1/3 each -> 1.3 / 3
     # class 1: errors .1 .4 .8, all background: Jaccard losses 1, 1, 1 -> steps 1, 0, 0 -> .8
-    assert L.lovasz_softmax(logits, target, classes="present").item() == pytest.approx(1.3 / 3)
-    assert L.lovasz_softmax(logits, target, classes="all").item() == pytest.approx((1.3 / 3 + 0.8) / 2)
+    assert LF.lovasz_softmax(logits, target, classes="present").item() == pytest.approx(1.3 / 3)
+    assert LF.lovasz_softmax(logits, target, classes="all").item() == pytest.approx((1.3 / 3 + 0.8) / 2)
 
 
 def test_lovasz_gradient_matches_finite_differences():
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(1, 3, 2, 3, dtype=torch.float64, generator=g, requires_grad=True)
     target = torch.tensor([[[0, 1, 2], [2, 1, 0]]])
-    assert torch.autograd.gradcheck(lambda z: L.lovasz_softmax(z, target), (logits,))
+    assert torch.autograd.gradcheck(lambda z: LF.lovasz_softmax(z, target), (logits,))
 
 
 # --- OHEM ---
@@ -123,20 +124,20 @@ def test_ohem_keeping_everything_is_cross_entropy(batch):
 def test_boundary_band_by_hand():
     target = torch.zeros(1, 6, 6, dtype=torch.long)
     target[0, 2, 2] = 3
-    band = L.boundary_band(target, 1)
+    band = LF.boundary_band(target, 1)
     expected = torch.zeros(1, 6, 6, dtype=torch.bool)
     expected[0, 1:4, 1:4] = True  # the pixel itself and its 8 neighbours
     assert torch.equal(band, expected)
-    band2 = L.boundary_band(target, 2)
+    band2 = LF.boundary_band(target, 2)
     assert int(band2.sum()) == 25 and band2[0, :5, :5].all()  # the 5x5 square around it
 
 
 def test_boundary_band_of_a_straight_edge():
     target = torch.zeros(1, 4, 8, dtype=torch.long)
     target[..., 4:] = 1  # edge between columns 3 and 4
-    band = L.boundary_band(target, 2)
+    band = LF.boundary_band(target, 2)
     assert band[0, :, 2:6].all() and not band[0, :, :2].any() and not band[0, :, 6:].any()
-    assert not L.boundary_band(torch.zeros(1, 4, 4, dtype=torch.long), 3).any()
+    assert not LF.boundary_band(torch.zeros(1, 4, 4, dtype=torch.long), 3).any()
 
 
 def test_boundary_loss_by_hand():
@@ -218,7 +219,7 @@ def test_combined_with_one_new_term_alone(batch):
 
 def test_combined_keeps_the_fused_path_for_ce_and_dice(batch, monkeypatch):
     calls = []
-    fused = L.ce_dice
+    fused = LF.ce_dice
     monkeypatch.setattr(L, "ce_dice", lambda *a, **k: calls.append(1) or fused(*a, **k))
     fn = make("combined", ce=1.0, dice=1.5)
     fn(*batch)

@@ -152,7 +152,7 @@ def test_dice_matches_a_one_hot_reference(batch):
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("ce, dice", [(1.0, 1.5), (0.0, 1.0), (2.0, 0.5)])
 def test_fused_ce_dice_equals_the_separate_terms_in_value_and_gradient(batch, weights, smoothing, ce, dice):
-    from cpx_plugins.losses import ce_dice, cross_entropy, soft_dice
+    from cpx_plugins.loss_functions import ce_dice, cross_entropy, soft_dice
 
     logits, target = batch
     w = None if weights is None else torch.tensor(weights)
@@ -172,7 +172,7 @@ def test_fused_ce_dice_equals_the_separate_terms_in_value_and_gradient(batch, we
 
 
 def test_fused_ce_dice_passes_gradcheck():
-    from cpx_plugins.losses import ce_dice
+    from cpx_plugins.loss_functions import ce_dice
 
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 4, 3, 5, dtype=torch.float64, generator=g, requires_grad=True)
@@ -182,7 +182,7 @@ def test_fused_ce_dice_passes_gradcheck():
 
 
 def test_fused_terms_carry_no_gradient(batch):
-    from cpx_plugins.losses import ce_dice
+    from cpx_plugins.loss_functions import ce_dice
 
     logits, target = batch
     total, ce, dice = ce_dice(logits.clone().requires_grad_(), target, 1.0, 1.0)

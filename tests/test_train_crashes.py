@@ -211,7 +211,7 @@ def test_resume_while_another_process_trains_the_run_is_refused(cpx_workspace, c
 
 
 def test_a_forced_duplicate_id_never_overwrites_the_first_run(cpx_workspace, cpx_host, tiny_model, monkeypatch):
-    monkeypatch.setattr("cpx.train.run.new_run_id", lambda name: "20261201-120000-msf-lmsa-beef")
+    monkeypatch.setattr("cpx.train.start.new_run_id", lambda name: "20261201-120000-msf-lmsa-beef")
     first = train(TrainRequest(recipe="msf-lmsa", overrides=tiny_overrides()), cpx_workspace, cpx_host)
     config = (first.run_dir / "config.yaml").read_bytes()
     with pytest.raises(RunError, match="already exists"):

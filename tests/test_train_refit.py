@@ -11,7 +11,8 @@ from cpx.eval.validate import validate_run
 from cpx.kernel.errors import ConfigError, RunError
 from cpx.runs.checkpoint import load_file
 from cpx.runs.ledger import Ledger
-from cpx.train.run import TrainRequest, refit_overrides, train
+from cpx.train.run import TrainRequest, train
+from cpx.train.start import refit_overrides
 
 
 def _parent(ws, host, **overrides):

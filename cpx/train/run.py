@@ -14,14 +14,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
 from cpx.data.competition import Competition
 from cpx.data.masks import IGNORE, class_frequencies
 from cpx.eval.metrics import create_metric, metric_tag
-from cpx.kernel.config import ExperimentConfig, apply_overrides, build_config, config_diff, resolve, validate
+from cpx.kernel.config import ExperimentConfig
 from cpx.kernel.device import count_params, resolve_device, resolve_precision
 from cpx.kernel.errors import ConfigError, DataError, LedgerBusy, RuleViolation, RunError
 from cpx.kernel.files import DiskFull, atomic_write_text, check_writable, is_disk_full
@@ -29,41 +29,18 @@ from cpx.kernel.manager import PluginHost
 from cpx.kernel.text import utc_now
 from cpx.kernel.workspace import Workspace
 from cpx.runs.checkpoint import load_file
-from cpx.runs.folder import RunFolder, new_run_id, run_folder
+from cpx.runs.folder import RunFolder
 from cpx.runs.handle import build_model
 from cpx.runs.ledger import Ledger
 from cpx.runs.recovery import reconcile
 from cpx.train.budget import BudgetCallback
 from cpx.train.callbacks import EMA, CheckpointCommit, EarlyStopping, Validation
-from cpx.train.collective import barrier, rank0_object, rank_world
+from cpx.train.collective import barrier, rank_world
+from cpx.train.ledger_writes import LedgerWriter, waiting_for_the_ledger
 from cpx.train.loop import Callback, EpochRecord, StopReason, Trainer
 from cpx.train.prepare import PreparedData, prepare_data
+from cpx.train.start import RunStart, TrainRequest, new_run, refit_run, resume_run
 from cpx.train.tracking import tracking_callbacks
-from cpx.train.variants import weigh_budget_variants
-
-
-@dataclass
-class TrainRequest:
-    """What to train: a recipe with overrides (key path -> value) and a name, or a run to resume;
-    ``command`` is recorded with the run.
-    """
-
-    recipe: Optional[str] = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    name: Optional[str] = None
-    resume: Optional[str] = None
-    # retrain this run's config on every labelled image for the epochs it chose (``overrides``
-    # still apply on top, e.g. the device)
-    refit: Optional[str] = None
-    command: str = ""
-    # experiment trackers to log the run to as it trains, each NAME:TARGET (``mlflow:sqlite:///mlruns.db``,
-    # ``tensorboard:tb``; see ``cpx plugins``)
-    log_to: list[str] = field(default_factory=list)
-    # refit a run although its data folder no longer holds the data it trained on
-    allow_changed_data: bool = False
-    # a budget run may pick among the recipe's budget_variants; a sweep keeps every trial on the
-    # recipe as written (or the variant pinned with train.budget_variant), so its trials compare
-    choose_variant: bool = True
 
 
 @dataclass
@@ -121,136 +98,6 @@ def build_components(config: ExperimentConfig, host: PluginHost, competition: Co
     augment = host.augmentations.get(config.augmentation.name).create(config.augmentation.options, competition,
                                                                       where="augmentation.options")
     return model, loss, augment
-
-
-@dataclass
-class _Setup:
-    """What a new or resumed run starts from."""
-
-    run_id: str
-    folder: RunFolder
-    config: ExperimentConfig
-    diff: dict
-    resume_state: Optional[dict] = None
-    parent: Optional[dict] = None  # a refit's parent ledger row
-    select_weights: Optional[str] = None  # a refit keeps the kind of weights its parent's best.pt held
-    budget_choice: Optional[Any] = None  # the budget variant chosen and why (cpx.train.variants.BudgetChoice)
-
-
-class _LedgerWriter:
-    """Ledger updates that never end a training run: while another program holds the ledger's
-    lock past the busy timeout the fields wait here and go in with the next update."""
-
-    def __init__(self, ledger: Ledger, run_id: str):
-        self.ledger, self.run_id = ledger, run_id
-        self.pending: dict[str, Any] = {}
-        self.busy_since: Optional[float] = None
-
-    def update(self, **fields: Any) -> bool:
-        self.pending.update(fields)
-        try:
-            self.ledger.update_run(self.run_id, **self.pending)
-        except LedgerBusy:
-            self.busy_since = self.busy_since or time.monotonic()
-            return False
-        self.pending.clear()
-        self.busy_since = None
-        return True
-
-    def flush(self, tries: int = 5) -> bool:
-        """Write what is pending, retrying with backoff (1, 2, 4, 8 s between tries, each try
-        itself waiting up to the ledger's busy timeout)."""
-        delay = 1.0
-        for attempt in range(tries):
-            if not self.pending or self.update():
-                return True
-            if attempt + 1 < tries:
-                time.sleep(delay)
-                delay *= 2
-        return False
-
-
-def _new_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledger: Optional[Ledger]) -> _Setup:
-    if not request.recipe:
-        raise ConfigError("name a recipe (or a YAML file), or --resume RUN")
-    overrides = dict(request.overrides)
-    # the competition: --competition, else the workspace's cpx.yaml, else the recipe's default
-    if "competition" not in overrides and workspace.settings().get("competition"):
-        overrides["competition"] = workspace.settings()["competition"]
-    # the data likewise: --data, else cpx.yaml's data (cpx init --from-data writes it), else the recipe's
-    if "data.path" not in overrides and workspace.settings().get("data"):
-        overrides["data.path"] = str(workspace.root / Path(str(workspace.settings()["data"])).expanduser())
-    config, diff = build_config(request.recipe, overrides, workspace.experiments_dir, host)
-    config, diff, choice = weigh_budget_variants(request.recipe, overrides, config, diff, workspace.experiments_dir,
-                                                 host, choose=request.choose_variant)
-    if config.data.path:  # recorded resolved: a later command run from elsewhere means this folder
-        config.data.path = str(Path(config.data.path).expanduser().resolve())
-        if "data.path" in diff:
-            diff["data.path"] = config.data.path
-    run_id = rank0_object(new_run_id(config.recipe))
-    return _Setup(run_id, RunFolder(workspace.runs_dir / run_id), config, diff, budget_choice=choice)
-
-
-def refit_overrides(parent: dict) -> dict[str, Any]:
-    """The config changes that turn a validated run into its refit: every labelled image trains
-    (``data.val_fraction=0``), no budget or patience, and the parent's schedule
-    (``train.epochs`` = the epochs it planned) cut at its best epoch (``train.stop_after``).
-
-    :raises RunError: a run without a validated best epoch.
-    """
-    best = parent.get("best_epoch")
-    if not best or parent.get("best_val_score") is None:
-        raise RunError(f"run {parent['id']} has no validated best epoch; only a run that validated can be refitted")
-    config = parent.get("config") or {}
-    planned = int(parent.get("epochs_planned") or (config.get("train") or {}).get("epochs") or best)
-    out: dict[str, Any] = {"data.val_fraction": 0.0, "train.budget_minutes": None, "train.patience": None}
-    if best < planned:
-        out.update({"train.epochs": planned, "train.stop_after": int(best)})
-    else:
-        out.update({"train.epochs": int(best), "train.stop_after": None})
-    return out
-
-
-def _refit_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledger: Ledger) -> _Setup:
-    parent = ledger.get_run(request.refit)
-    if parent.get("kind") != "train":
-        raise RunError(f"run {parent['id']} is an {parent.get('kind')} run; only cpx training runs can be refitted")
-    if parent.get("refit_of"):
-        raise RunError(f"run {parent['id']} is itself a refit of {parent['refit_of']}; refit that run instead")
-    changes = refit_overrides(parent)
-    folder = run_folder(parent, workspace.runs_dir)
-    raw = folder.read_config() or parent.get("config")
-    if not raw:
-        raise RunError(f"run {parent['id']} has no config to refit")
-    config = resolve(validate(apply_overrides(raw, {**changes, **request.overrides})), host)
-    diff = {**(parent.get("config_diff") or {}), **config_diff(config, resolve(validate(raw), host))}
-    kind = None
-    if folder.best_path.is_file():
-        kind = load_file(folder.best_path, "best checkpoint").get("weights")
-    run_id = rank0_object(new_run_id(f"{config.recipe}-refit"))
-    return _Setup(run_id, RunFolder(workspace.runs_dir / run_id), config, diff, parent=parent,
-                  select_weights=kind if kind in ("ema", "raw") else None)
-
-
-def _resume_run(request: TrainRequest, workspace: Workspace, host: PluginHost, ledger: Ledger) -> _Setup:
-    row = ledger.get_run(request.resume)
-    run_id = row["id"]
-    if row.get("kind") == "imported":
-        raise RunError(f"run {run_id} was imported from another tool's folder, which cpx never writes into; "
-                       "it cannot be resumed (train a cpx run instead)")
-    if row.get("kind") != "train":
-        raise RunError(f"run {run_id} is an {row.get('kind')} run; there is no training to resume")
-    if row.get("status") == "completed":
-        raise RunError(f"run {run_id} already completed {row.get('last_epoch')} epochs; nothing to resume "
-                       "(train a new run to go further)")
-    folder = run_folder(row, workspace.runs_dir)
-    if not folder.last_path.is_file():
-        raise RunError(f"run {run_id} has no {folder.last_path.name}: it stopped before its first epoch finished; "
-                       "nothing to resume (train it again)")
-    config = resolve(validate(folder.read_config() or row.get("config") or {}), host)
-    parent = ledger.get_run(row["refit_of"]) if row.get("refit_of") else None
-    return _Setup(run_id, folder, config, row.get("config_diff") or {}, parent=parent)
-
 
 
 @contextlib.contextmanager
@@ -318,20 +165,20 @@ def _train_or_resume(request: TrainRequest, workspace: Workspace, host: PluginHo
     main = rank_world()[0] == 0
     with Ledger(workspace.ledger_path) as ledger:
         if request.refit:
-            return _train(request, _refit_run(request, workspace, host, ledger), workspace, host, ledger, callbacks)
+            return _train(request, refit_run(request, workspace, host, ledger), workspace, host, ledger, callbacks)
         if request.resume:
-            setup = _resume_run(request, workspace, host, ledger)
+            setup = resume_run(request, workspace, host, ledger)
             with setup.folder.lock() if main else contextlib.nullcontext():
                 if main:
                     reconcile(setup.folder, ledger, setup.run_id)
                     setup.folder.clear_status()
                 setup.resume_state = load_file(setup.folder.last_path, "resume state")
                 return _train(request, setup, workspace, host, ledger, callbacks)
-        setup = _new_run(request, workspace, host, ledger)
+        setup = new_run(request, workspace, host, ledger)
         return _train(request, setup, workspace, host, ledger, callbacks)
 
 
-def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: PluginHost, ledger: Ledger,
+def _train(request: TrainRequest, setup: RunStart, workspace: Workspace, host: PluginHost, ledger: Ledger,
            callbacks: tuple) -> TrainResult:
     main = rank_world()[0] == 0
     run_id, folder, config, diff, resume_state = (setup.run_id, setup.folder, setup.config, setup.diff,
@@ -381,7 +228,7 @@ def _train(request: TrainRequest, setup: _Setup, workspace: Workspace, host: Plu
     return result
 
 
-def _check_same_data(request: TrainRequest, setup: _Setup, data: PreparedData) -> None:
+def _check_same_data(request: TrainRequest, setup: RunStart, data: PreparedData) -> None:
     """Refuse ``data`` that is not what the resumed run, or the run being refit, trained on.
 
     :raises RunError: a resumed run's data changed.
@@ -397,7 +244,7 @@ def _check_same_data(request: TrainRequest, setup: _Setup, data: PreparedData) -
                         "says nothing about a refit on it; restore that data, or pass --allow-changed-data")
 
 
-def _mark_running(request: TrainRequest, setup: _Setup, workspace: Workspace, ledger: Ledger, callbacks: tuple,
+def _mark_running(request: TrainRequest, setup: RunStart, workspace: Workspace, ledger: Ledger, callbacks: tuple,
                   competition: Competition, params: int, data: PreparedData,
                   device: torch.device) -> tuple[RunFolder, contextlib.AbstractContextManager]:
     """On rank 0, record the run as running in the ledger and, for a new run, create its folder.
@@ -410,7 +257,7 @@ def _mark_running(request: TrainRequest, setup: _Setup, workspace: Workspace, le
     budget_seconds = config.train.budget_minutes * 60 if config.train.budget_minutes else None
     owner = {"pid": os.getpid(), "host": socket.gethostname()}
     if setup.resume_state is not None:
-        _waiting_for_the_ledger(ledger, callbacks, lambda: ledger.update_run(
+        waiting_for_the_ledger(ledger, callbacks, lambda: ledger.update_run(
             run_id, status="running", budget_seconds=budget_seconds, world_size=world, **owner))
         return folder, contextlib.nullcontext()
     parent = setup.parent
@@ -420,7 +267,7 @@ def _mark_running(request: TrainRequest, setup: _Setup, workspace: Workspace, le
                        best_epoch=config.train.stop_after or config.train.epochs)
     name = request.name or (f"{parent.get('name') or parent['id']}-refit" if parent is not None else run_id)
     # the ledger knows the run before its first file exists, so no kill leaves an unknown folder
-    _waiting_for_the_ledger(
+    waiting_for_the_ledger(
         ledger, callbacks, lambda: ledger.add_run(
             id=run_id, name=name, kind="train", recipe=config.recipe, **carried, competition=competition.name,
             status="running", config=config.model_dump(mode="json"), config_diff=diff, command=request.command,
@@ -435,7 +282,7 @@ def _mark_running(request: TrainRequest, setup: _Setup, workspace: Workspace, le
     return folder, folder.lock()
 
 
-def _write_run_files(folder: RunFolder, request: TrainRequest, setup: _Setup, data: PreparedData,
+def _write_run_files(folder: RunFolder, request: TrainRequest, setup: RunStart, data: PreparedData,
                      frequencies: list[float], workspace: Workspace) -> None:
     """Write a new run's config, validation names and data description into its ``folder``."""
     folder.write_config(setup.config.model_dump(mode="json"), diff=setup.diff, command=request.command)
@@ -513,7 +360,7 @@ def _training_callbacks(ctx: RunContext, trainer: Trainer, wall) -> tuple[Valida
     validation = Validation(ctx.data.val, ctx.competition, ctx.metric,
                             int(ctx.config.data.image_size or ctx.competition.image_size), every=t.val_every,
                             ema=ema, select_weights=ctx.select_weights)
-    writer = _LedgerWriter(ctx.ledger, ctx.run_id)
+    writer = LedgerWriter(ctx.ledger, ctx.run_id)
 
     def extra() -> dict:
         return {"config": ctx.config.model_dump(mode="json"), "data_fingerprint": ctx.data.fingerprint,
@@ -591,38 +438,6 @@ def _fit(ctx: RunContext) -> TrainResult:
             raise resource from None
         raise
     return _finish(ctx, trainer, reason, validation, commit, budget, wall())
-
-
-# minutes a training waits for a ledger another program holds before it starts (the run's row
-# must exist before its first file); CPX_LEDGER_START_WAIT overrides
-START_WAIT_MINUTES = 10.0
-
-
-def _waiting_for_the_ledger(ledger: Ledger, callbacks: tuple, write: Callable[[], Any]) -> Any:
-    """``write()`` (the run's first ledger row), retried while another program holds the ledger's
-    lock, for up to ``CPX_LEDGER_START_WAIT`` minutes (:data:`START_WAIT_MINUTES`); callbacks with
-    ``on_notice(text)`` hear once that training waits, and why.
-
-    :raises LedgerBusy: still locked at the end of the wait (naming the limit and how to change it).
-    """
-    minutes = float(os.environ.get("CPX_LEDGER_START_WAIT") or START_WAIT_MINUTES)
-    deadline = time.monotonic() + minutes * 60
-    told = False
-    while True:
-        try:
-            return write()
-        except LedgerBusy as exc:
-            if time.monotonic() >= deadline:
-                raise LedgerBusy(f"{exc}; training waited {minutes:g} min for it before starting "
-                                 "(CPX_LEDGER_START_WAIT sets how many minutes)") from None
-            if not told:
-                told = True
-                for cb in callbacks:
-                    if hasattr(cb, "on_notice"):
-                        cb.on_notice(f"the ledger {ledger.path} is locked by another program (a database browser "
-                                     f"with an open transaction?); training starts once it is free, waiting up to "
-                                     f"{minutes:g} min (CPX_LEDGER_START_WAIT)")
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def _resource_failure(ctx: RunContext, trainer: Trainer, commit, exc: BaseException) -> Optional[RunError]:

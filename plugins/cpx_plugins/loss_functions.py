@@ -124,7 +124,15 @@ class _SoftmaxCEDice(torch.autograd.Function):
     with a ``target`` whose ignored pixels hold any class id (see :func:`kept_pixels`): it
     scales every pixel's share of the sums, and the gradient at ignored pixels is exactly 0.
     Ignored pixels leave the backward through the saved ``probs`` and ``own``, zeroed there.
+
+    The backward pass writes the gradient over the saved probabilities instead of a new
+    ``B x C x H x W`` buffer (171 MiB at 384px, batch 16, at the peak of a training step), so it
+    runs once per graph: a second pass (``retain_graph``) raises ``RuntimeError``. Setting
+    ``reuse_probs = False`` on the class keeps them (for ``gradcheck``; the reference the tests
+    compare with).
     """
+
+    reuse_probs = True
 
     @staticmethod
     def forward(ctx, logits, target, ce_w: float, dice_w: float, weight, eps: float, smooth: float, keep):
@@ -179,6 +187,10 @@ class _SoftmaxCEDice(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad, _grad_ce, _grad_dice):
+        if getattr(ctx, "spent", False):
+            raise RuntimeError("ce_dice: a second backward pass through the same graph (retain_graph): the first "
+                               "wrote its gradient over the saved probabilities; set "
+                               "cpx_plugins.loss_functions._SoftmaxCEDice.reuse_probs = False to keep them")
         probs, target, own, pixel_w, weight, denom, per_class, keep = ctx.saved_tensors
         ce_w, dice_w, eps, w_sum, w_total = ctx.args
         num_classes = probs.shape[1]
@@ -197,8 +209,15 @@ class _SoftmaxCEDice(torch.autograd.Function):
             alpha = torch.full_like(own, alpha)
         if not isinstance(beta, torch.Tensor):
             beta = torch.full_like(own, beta)
-        out = probs * alpha.unsqueeze(1)
-        out.addcmul_(probs, b.view(1, -1, 1, 1))
+        if _SoftmaxCEDice.reuse_probs:
+            # the gradient p_ic (alpha_i + b_c) written over the probabilities, a class at a time
+            ctx.spent = True
+            out, scale = probs, torch.empty_like(alpha)
+            for c in range(num_classes):
+                out[:, c].mul_(torch.add(alpha, b[c], out=scale))
+        else:
+            out = probs * alpha.unsqueeze(1)
+            out.addcmul_(probs, b.view(1, -1, 1, 1))
         out.scatter_add_(1, target.unsqueeze(1), beta.unsqueeze(1))
         if eps:
             w = torch.ones_like(b) if weight is None else weight

@@ -171,14 +171,33 @@ def test_fused_ce_dice_equals_the_separate_terms_in_value_and_gradient(batch, we
     torch.testing.assert_close(b.grad, a.grad)
 
 
-def test_fused_ce_dice_passes_gradcheck():
-    from cpx_plugins.loss_functions import ce_dice
+def test_fused_ce_dice_passes_gradcheck(monkeypatch):
+    from cpx_plugins.loss_functions import _SoftmaxCEDice, ce_dice
 
+    # gradcheck runs backward through one graph more than once: the probabilities are kept for it
+    monkeypatch.setattr(_SoftmaxCEDice, "reuse_probs", False)
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 4, 3, 5, dtype=torch.float64, generator=g, requires_grad=True)
     target = torch.randint(0, 4, (2, 3, 5), generator=g)
     weight = torch.tensor([0.5, 1.0, 2.0, 0.0], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda z: ce_dice(z, target, 1.0, 1.5, weight, 0.1, 1.0)[0], (logits,))
+
+
+def test_fused_ce_dice_refuses_a_second_backward_through_one_graph_in_one_line(batch, monkeypatch):
+    from cpx_plugins.loss_functions import _SoftmaxCEDice, ce_dice
+
+    logits, target = batch
+    z = logits.clone().requires_grad_()
+    total = ce_dice(z, target, 1.0, 1.5)[0]
+    first = torch.autograd.grad(total, z, retain_graph=True)[0]
+    with pytest.raises(RuntimeError, match="second backward pass through the same graph.*reuse_probs = False"):
+        torch.autograd.grad(total, z)
+    # with the probabilities kept, a second pass gives the same gradient as the in-place first
+    monkeypatch.setattr(_SoftmaxCEDice, "reuse_probs", False)
+    total = ce_dice(z, target, 1.0, 1.5)[0]
+    kept = torch.autograd.grad(total, z, retain_graph=True)[0]
+    torch.testing.assert_close(torch.autograd.grad(total, z)[0], kept)
+    torch.testing.assert_close(kept, first)
 
 
 def test_fused_terms_carry_no_gradient(batch):

@@ -36,8 +36,8 @@ Two exact rewrites keep CPU training off slow paths: a dilated inverted residual
 undilated one on the interleaved sub-images of its input (:func:`space_to_batch`), and the
 classifier with its channel dropout is one batched matrix product that writes NCHW logits
 (:meth:`DeepLabV3Plus._classify`). In float32 training, a ReLU output that only feeds the next
-convolution of its block is not kept for the backward pass but recomputed there from the batch
-norm's input (:func:`run_chain`): a training step at 384px, batch 16 keeps 2.20 GiB instead of 3.04.
+convolution of its block, and a depthwise convolution's output, are not kept for the backward
+pass but recomputed there from the kept maps (:func:`run_chain`).
 """
 
 import torch
@@ -132,48 +132,89 @@ def _autocast_enabled(device_type):
         return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
-class _BNReLUConv(torch.autograd.Function):
-    """``conv2d(relu(batch_norm(x)))`` in training, keeping ``x`` and the batch statistics for the
-    backward pass but not the ReLU output: backward recomputes it from them (one elementwise pass).
+class _RecomputedChain(torch.autograd.Function):
+    """Convolutions joined by batch norm + ReLU, ``conv_n(relu(bn_n(... conv_1(relu(bn_1(x))))))``,
+    in training, keeping for the backward pass only ``x``, the weights and each batch norm's batch
+    statistics; backward recomputes the maps in between (elementwise passes, and the convolutions
+    inside the chain, which :func:`run_chain` makes depthwise ones only: cheap in arithmetic).
 
-    Autograd would keep both the batch-norm input and the ReLU output (which the convolution needs
-    for its weight gradient); at 384px, batch 16 those ReLU outputs were 1.08 of the 3.04 GiB a
-    training step keeps. The forward pass runs the same aten operators as the layers one after the
-    other (``native_batch_norm`` updates the running statistics in place) and the backward pass the
-    same gradient operators, so outputs, gradients and running statistics equal the plain layers'
-    up to float rounding of the recomputed map (see the "Memory-efficient implementation of
-    DenseNets" recomputation, Pleiss et al., 2017). Float32 only: under autocast the plain layers run.
+    A stage may have no batch norm only first: then ``x`` is a depthwise convolution's input and
+    its output is recomputed too. Autograd would keep every batch norm's input and every ReLU
+    output; at 384px, batch 16 the ReLU outputs were 1.08 of the 3.04 GiB a training step kept,
+    the depthwise outputs another 0.47 GiB. The forward pass runs the same aten operators as the
+    layers one after the other (``native_batch_norm`` updates the running statistics in place), the
+    backward pass the same gradient operators, so outputs, gradients and running statistics equal
+    the plain layers' up to float rounding of the recomputed maps (the recomputation of
+    "Memory-efficient implementation of DenseNets", Pleiss et al., 2017, with the batch statistics
+    kept rather than recomputed). Float32 only: under autocast the plain layers run.
+
+    ``stages``: per stage ``(batch_norm, conv)``, ``batch_norm`` None or ``(momentum, eps)`` and
+    ``conv`` ``(stride, padding, dilation, groups)``; ``tensors``: per stage its batch norm's
+    ``weight, bias, running_mean, running_var`` (when it has one), then its convolution's weight.
     """
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, running_mean, running_var, weight, momentum, eps, stride, padding,
-                dilation, groups):
-        z, mean, invstd = torch.ops.aten.native_batch_norm(x, gamma, beta, running_mean, running_var, True,
-                                                           momentum, eps)
-        z.relu_()
-        y = F.conv2d(z, weight, None, stride, padding, dilation, groups)
-        ctx.save_for_backward(x, gamma, beta, weight, mean, invstd)
-        ctx.conv = (stride, padding, dilation, groups)
-        ctx.eps = eps
-        return y
+    def forward(ctx, x, stages, *tensors):
+        params, stats, h, i = [], [], x, 0
+        for bn, conv in stages:
+            if bn is not None:
+                gamma, beta, running_mean, running_var = tensors[i:i + 4]
+                h, mean, invstd = torch.ops.aten.native_batch_norm(h, gamma, beta, running_mean, running_var, True,
+                                                                   bn[0], bn[1])
+                h.relu_()
+                params += [gamma, beta]
+                stats += [mean, invstd]
+                i += 4
+            weight = tensors[i]
+            i += 1
+            params.append(weight)
+            h = F.conv2d(h, weight, None, *conv)
+        ctx.stages = stages
+        ctx.save_for_backward(x, *params, *stats)
+        return h
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, gamma, beta, weight, mean, invstd = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conv
-        scale = gamma * invstd
-        shift = beta - mean * scale
-        z = torch.empty_like(x)
-        torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1), out=z).relu_()
-        needs = ctx.needs_input_grad
-        grad_z, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad, z, weight, None, stride, padding, dilation, False, [0, 0], groups, [True, needs[5], False])
-        grad_z = torch.ops.aten.threshold_backward(grad_z, z, 0)
-        del z
-        grad_x, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
-            grad_z, x, gamma, None, None, mean, invstd, True, ctx.eps, [needs[0], needs[1], needs[2]])
-        return grad_x, grad_gamma, grad_beta, None, None, grad_weight, None, None, None, None, None, None
+        x, *rest = ctx.saved_tensors
+        stages = ctx.stages
+        n_bn = sum(bn is not None for bn, _ in stages)
+        params, stats = rest[:len(rest) - 2 * n_bn], rest[len(rest) - 2 * n_bn:]
+        # the forward pass again, keeping each stage's batch-norm input and convolution input
+        kept, h, p, s = [], x, 0, 0
+        for k, (bn, conv) in enumerate(stages):
+            bn_in, bn_grads = None, None
+            if bn is not None:
+                gamma, beta = params[p:p + 2]
+                mean, invstd = stats[s:s + 2]
+                scale = gamma * invstd
+                bn_in, h = h, torch.empty_like(h)
+                torch.addcmul((beta - mean * scale).view(1, -1, 1, 1), bn_in, scale.view(1, -1, 1, 1), out=h).relu_()
+                bn_grads = (gamma, mean, invstd, bn[1])
+                p, s = p + 2, s + 2
+            weight = params[p]
+            p += 1
+            kept.append((bn_in, h, weight, conv, bn_grads))
+            if k + 1 < len(stages):
+                h = F.conv2d(h, weight, None, *conv)
+        del h
+        # then backward, stage by stage from the last, dropping each stage's maps once used
+        needs, grads = ctx.needs_input_grad, []
+        g = grad
+        for k in range(len(stages) - 1, -1, -1):
+            bn_in, z, weight, (stride, padding, dilation, groups), bn_grads = kept.pop()
+            want_input = k > 0 or bn_grads is not None or needs[0]
+            g, grad_weight, _ = torch.ops.aten.convolution_backward(
+                g, z, weight, None, stride, padding, dilation, False, [0, 0], groups, [want_input, True, False])
+            grads.append(grad_weight)
+            if bn_grads is not None:
+                gamma, mean, invstd, eps = bn_grads
+                g = torch.ops.aten.threshold_backward(g, z, 0)
+                g, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
+                    g, bn_in, gamma, None, None, mean, invstd, True, eps, [k > 0 or needs[0], True, True])
+                grads += [None, None, grad_beta, grad_gamma]  # running_var, running_mean, bias, weight (reversed)
+            del z, bn_in  # this stage's maps, no longer needed
+        return (g if needs[0] else None, None, *reversed(grads))
 
 
 class ConvBNReLU(nn.Sequential):
@@ -184,12 +225,12 @@ class ConvBNReLU(nn.Sequential):
     pass over every output map; in training it runs as its own layer. ``fold_batchnorm = False``
     (on the class) keeps the separate pass in evaluation too, the reference the tests compare with.
     In float32 training, a chain of these blocks (:func:`run_chain`) keeps no ReLU output that
-    feeds the next block's convolution (:class:`_BNReLUConv`); ``recompute_relu = False`` (on the
-    class) keeps them, the reference the tests compare with.
+    feeds the next block's convolution and no depthwise output (:class:`_RecomputedChain`);
+    ``recompute_activations = False`` (on the class) keeps them, the reference the tests compare with.
     """
 
     fold_batchnorm = True
-    recompute_relu = True
+    recompute_activations = True
 
     def __init__(self, in_ch, out_ch, kernel=1, stride=1, dilation=1, groups=1, relu=True):
         pad = dilation * (kernel - 1) // 2
@@ -237,8 +278,13 @@ class ConvBNReLU(nn.Sequential):
             return ((1, 1), (1, 1), (1, 1), conv.groups) if undilated else None
         return conv.stride, conv.padding, conv.dilation, conv.groups
 
+    @property
+    def depthwise(self):
+        """Whether this block's convolution is a 3x3 depthwise one."""
+        return isinstance(self[0], DepthwiseConv)
+
     def recomputable(self):
-        """Whether this block's batch norm and ReLU can run inside :class:`_BNReLUConv`: a ReLU, and a
+        """Whether this block's batch norm and ReLU can run inside :class:`_RecomputedChain`: a ReLU, and a
         plain training batch norm (not a subclass such as ``SyncBatchNorm``) with affine weights and
         a fixed momentum."""
         bn = self[1]
@@ -254,27 +300,51 @@ class ConvBNReLU(nn.Sequential):
 def run_chain(blocks, x, undilated=False):
     """The :class:`ConvBNReLU` ``blocks`` one after the other on ``x``.
 
-    In float32 training with gradients, each batch norm and ReLU runs together with the next
-    block's convolution in one :class:`_BNReLUConv`, so the ReLU outputs inside the chain are not
-    kept for the backward pass. Otherwise, and where a pair cannot be joined, the blocks run as built.
+    In float32 training with gradients, each batch norm and ReLU runs inside a
+    :class:`_RecomputedChain` with the next block's convolution, and a depthwise convolution with
+    what follows it up to the next dense convolution: the backward pass keeps no ReLU output and
+    no depthwise output of the chain, only the dense convolutions' outputs (and ``x``). Otherwise,
+    and where blocks cannot be joined, they run as built.
     """
     first = blocks[0]
-    if not (first.training and first.recompute_relu and torch.is_grad_enabled()
+    if not (first.training and first.recompute_activations and torch.is_grad_enabled()
             and not _autocast_enabled(x.device.type)):
         for block in blocks:
             x = block(x, undilated=undilated)
         return x
-    y = first.convolve(x, first[0].weight, first[0].bias, undilated)
+    arguments = first.conv_arguments(undilated)
+    if first.depthwise and arguments is not None:
+        start, stages = x, [(None, first, arguments)]  # x is kept anyway: the depthwise output is recomputed
+    else:
+        start, stages = first.convolve(x, first[0].weight, first[0].bias, undilated), []
     for prev, block in zip(blocks[:-1], blocks[1:]):
         arguments = block.conv_arguments(undilated)
         if arguments is None or not prev.recomputable():
-            y = block.convolve(prev.normalise(y), block[0].weight, block[0].bias, undilated)
+            y = _run_stages(start, stages)
+            start, stages = block.convolve(prev.normalise(y), block[0].weight, block[0].bias, undilated), []
             continue
-        bn = prev[1]
-        bn.num_batches_tracked.add_(1)  # what nn.BatchNorm2d counts in training
-        y = _BNReLUConv.apply(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, block[0].weight,
-                              bn.momentum, bn.eps, *arguments)
-    return blocks[-1].normalise(y)
+        stages.append((prev, block, arguments))
+        if not block.depthwise:  # a dense convolution's output is kept: recomputing it would cost arithmetic
+            start, stages = _run_stages(start, stages), []
+    return blocks[-1].normalise(_run_stages(start, stages))
+
+
+def _run_stages(x, stages):
+    """``x`` through ``stages`` (``(block whose batch norm and ReLU come first, or None; block
+    whose convolution follows; its conv_arguments)``) as one :class:`_RecomputedChain`."""
+    if not stages:
+        return x
+    spec, tensors = [], []
+    for prev, block, arguments in stages:
+        bn = None
+        if prev is not None:
+            norm = prev[1]
+            norm.num_batches_tracked.add_(1)  # what nn.BatchNorm2d counts in training
+            bn = (norm.momentum, norm.eps)
+            tensors += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
+        spec.append((bn, arguments))
+        tensors.append(block[0].weight)
+    return _RecomputedChain.apply(x, tuple(spec), *tensors)
 
 
 class SeparableConv(nn.Sequential):

@@ -157,3 +157,17 @@ def test_the_training_peak_leaves_out_what_came_before_it():
     reset_peak_memory(torch.device("cpu"))
     after, kind = peak_memory(torch.device("cpu"))
     assert kind == "RSS high-water" and after <= before - 64 * 2 ** 20
+
+
+def test_cli_bench_names_a_bad_data_folder_in_one_line_before_measuring(cpx_workspace, tmp_path, capsys):
+    # checked in this process, as cpx train checks it: no measuring process, no exception class name
+    assert main(["bench", "msf-lmsa", "--data", str(tmp_path / "nowhere")]) == 2
+    out = capsys.readouterr()
+    assert out.err.strip() == f"error: data folder {tmp_path / 'nowhere'} does not exist"
+    assert "measuring" not in out.out
+    (tmp_path / "empty").mkdir()
+    assert main(["bench", "msf-lmsa", "--data", str(tmp_path / "empty")]) == 2
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and "train image folder is missing" in lines[0] and "Error:" not in lines[0]
+    assert "measuring" not in out.out

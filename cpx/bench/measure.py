@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from cpx.kernel.errors import ConfigError, RunError
+from cpx.kernel.errors import ConfigError, CpxError, RunError
 from cpx.kernel.workspace import Workspace
 from cpx.train.timing import sync, time_training
 
@@ -353,6 +353,8 @@ STAGES = ("building the model", "counting FLOPs", "measuring the machine", "warm
           "timing prediction", "counting the data")
 # a line the measuring process writes on stderr for each stage (the rest of stderr is its log)
 _PROGRESS_LINE = "cpx-bench-progress "
+# the measuring process's exit status for a cpx error (bad data or config), whose message is its last line
+_USER_ERROR = 3
 
 Progress = Optional[Callable[[str, int, int], None]]
 
@@ -462,12 +464,23 @@ def bench_config(request: BenchRequest, workspace: Workspace, host):
     return config
 
 
-def run_bench(request: BenchRequest, workspace: Workspace, host, progress: Progress = None) -> BenchResult:
+def run_bench(request: BenchRequest, workspace: Workspace, host, progress: Progress = None,
+              starting: Optional[Callable[[Any], None]] = None) -> BenchResult:
     """Benchmark a recipe; in a fresh subprocess unless ``request.isolate`` is off.
-    ``progress(stage, done, total)`` follows :func:`measure`'s stages, wherever it runs."""
+    ``progress(stage, done, total)`` follows :func:`measure`'s stages, wherever it runs;
+    ``starting(config)`` hears the resolved config once the request and its data folder are
+    checked, before the measuring starts.
+
+    :raises ConfigError: bad steps, recipe or overrides. :raises DataError: a missing or
+        malformed data folder (checked here, before any measuring). :raises RunError: the
+        measuring process failed (its last line).
+    """
     if request.steps < 1 or request.warmup < 1:
         raise ConfigError("--steps and --warmup must be at least 1")
     config = bench_config(request, workspace, host)
+    data_counts(config, host.competition(config.competition), workspace)  # a bad data folder fails now
+    if starting:
+        starting(config)
     if not request.isolate:
         return measure(config, host, workspace, request.steps, request.warmup, progress)
     spec = {"config": config.model_dump(mode="json"), "workspace": str(workspace.root),
@@ -488,6 +501,8 @@ def run_bench(request: BenchRequest, workspace: Workspace, host, progress: Progr
     code = child.wait()
     if code != 0 or not lines:
         tail = ("".join(log).strip().splitlines() or ["(no output)"])[-1]
+        if code == _USER_ERROR:  # the child's one-line message, as cpx words it
+            raise RunError(tail)
         raise RunError(f"the benchmark process failed (exit code {code}): {tail}")
     data = json.loads(lines[-1])
     fields = set(BenchResult.__dataclass_fields__)
@@ -504,7 +519,11 @@ def _child() -> None:
     def report(stage: str, done: int, total: int) -> None:
         print(_PROGRESS_LINE + json.dumps([stage, done, total]), file=sys.stderr, flush=True)
 
-    result = measure(validate(spec["config"]), host, workspace, spec["steps"], spec["warmup"], report)
+    try:
+        result = measure(validate(spec["config"]), host, workspace, spec["steps"], spec["warmup"], report)
+    except CpxError as exc:  # a bad file met while measuring: its one line, for run_bench to pass on
+        print(exc, file=sys.stderr)
+        sys.exit(_USER_ERROR)
     print(json.dumps(result.to_dict()))
 
 

@@ -94,13 +94,16 @@ def bench_command(
     values = dict(image_size=image_size, batch_size=batch_size, precision=precision, device=device, data=data)
     overrides.update({SHORTCUTS[k]: v for k, v in values.items() if v is not None})
     request = BenchRequest(recipe=recipe, overrides=overrides, steps=steps, warmup=warmup)
-    if not json_:
-        console.print("measuring in a fresh process (a minute or two at 512px on a small CPU, less when "
-                      "smaller) ...", style="dim", highlight=False)
     for key in gpu or []:  # an unknown name fails before the minutes of measuring
         project_check(key, gpu_fraction)
+
+    def starting(config) -> None:
+        if not json_:
+            console.print(f"measuring {config.recipe} at {config.data.image_size}px in a fresh process (a minute "
+                          "or two on a small CPU) ...", style="dim", highlight=False)
+
     with _common.progress_bar("measuring", json_) as bar:
-        result = run_bench(request, _common.workspace(), _common.host(), progress=bar)
+        result = run_bench(request, _common.workspace(), _common.host(), progress=bar, starting=starting)
     projections = [project(result, key, epochs, gpu_fraction) for key in gpu or []]
     if json_:
         _common.print_json({**result.to_dict(), "projections": [p.to_dict() for p in projections]})

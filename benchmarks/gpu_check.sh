@@ -11,20 +11,28 @@
 #   benchmarks/gpu_check.sh --device cpu --image-size 64 --epochs 1 --data ../shared/data/celebamask-mini
 #
 # Options: --device cuda|cpu (cuda), --data DIR (../shared/data/celebamask-mini), --wheels DIR,
-# --image-size N (512), --epochs N (1), --recipe NAME (best).
+# --image-size N (512), --epochs N (1), --recipe NAME (best), -h/--help (this text).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 device=cuda data="$here/../shared/data/celebamask-mini" wheels="" size=512 epochs=1 recipe=best
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+fail() { echo "gpu_check.sh: $*" >&2; exit 2; }
+folder() { [ -d "$2" ] || fail "$1 $2: no such folder"; (cd "$2" && pwd); }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --device) device="$2"; shift 2 ;;
-    --data) data="$(cd "$2" && pwd)"; shift 2 ;;
-    --wheels) wheels="$(cd "$2" && pwd)"; shift 2 ;;
-    --image-size) size="$2"; shift 2 ;;
-    --epochs) epochs="$2"; shift 2 ;;
-    --recipe) recipe="$2"; shift 2 ;;
-    *) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
+    -h|--help) usage; exit 0 ;;
+    --device|--data|--wheels|--image-size|--epochs|--recipe) [ $# -ge 2 ] || fail "$1 needs a value" ;;
+    *) fail "unknown option $1 (--help lists them)" ;;
   esac
+  case "$1" in
+    --device) device="$2" ;;
+    --data) data="$(folder --data "$2")" ;;
+    --wheels) wheels="$(folder --wheels "$2")" ;;
+    --image-size) size="$2" ;;
+    --epochs) epochs="$2" ;;
+    --recipe) recipe="$2" ;;
+  esac
+  shift 2
 done
 out="${OUT:-$PWD/gpu-check-out}"
 mkdir -p "$out"
@@ -45,6 +53,7 @@ if torch.cuda.is_available():
 EOF
 
 ws="$(mktemp -d)"
+trap 'rm -rf "$ws"' EXIT  # the scratch workspace (its run and predictions); the figures stay in $out
 cd "$ws"
 stamp() { python3 -c 'import time; print(f"{time.time():.3f}")'; }
 

@@ -13,6 +13,7 @@ import ast
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -223,3 +224,39 @@ def test_fold_bn_times_both_evaluation_paths_on_tiny_input(tmp_path, monkeypatch
     assert set(figures["images_per_s"]) == {"folded", "separate"} and figures["ratio"] > 0
     assert figures["max_abs_logit_diff"] < 1e-3
     assert ConvBNReLU.fold_batchnorm is True  # left as it found it
+
+
+GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+
+
+def test_gpu_check_explains_itself_and_refuses_bad_arguments_in_one_line(tmp_path):
+    import subprocess
+
+    shown = subprocess.run(["bash", str(GPU_CHECK), "--help"], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0 and "--device cuda|cpu" in shown.stdout and "set -euo" not in shown.stdout
+    for args, said in ((["--data", str(tmp_path / "nowhere")], f"--data {tmp_path / 'nowhere'}: no such folder"),
+                       (["--device"], "--device needs a value"), (["--bogus"], "unknown option --bogus")):
+        out = subprocess.run(["bash", str(GPU_CHECK), *args], capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "OUT": str(tmp_path / "out")})
+        assert out.returncode == 2 and out.stderr.strip() == f"gpu_check.sh: {said}" + (
+            " (--help lists them)" if args == ["--bogus"] else ""), out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_gpu_check_runs_on_the_cpu_and_leaves_only_its_figures(tmp_path, cpx_host):
+    # the dry run the script's header asks for before a GPU machine is spent on it
+    import subprocess
+
+    data, _ = _tiny_workspace(tmp_path, cpx_host)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = subprocess.run(["bash", str(GPU_CHECK), "--device", "cpu", "--recipe", "unet", "--image-size", "32",
+                          "--epochs", "1", "--data", str(data)], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path, env={**os.environ, "OUT": str(tmp_path / "out"), "TMPDIR": str(scratch)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["epochs"] and summary["bench"]["train_images_per_s"] > 0 and summary["predict_seconds"] > 0
+    assert "bench peak memory" in (tmp_path / "out" / "summary.txt").read_text()
+    # the scratch workspace (mktemp's tmp.XXXXXXXXXX: a run, predictions) is gone
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("tmp.")]

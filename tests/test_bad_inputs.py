@@ -45,6 +45,7 @@ CASES = [
     (["train", "msf-lmsa", "--data", "{missing}"], "data folder {missing} does not exist"),
     pytest.param(["train", "msf-lmsa", "--data", "{file}"], "{file} is not a folder", marks=NOT_A_FOLDER),
     (["train", "msf-lmsa", "--budget", "0"], "--budget: must be more than zero"),
+    (["train", "msf-lmsa", "--budget", "-5m"], "--budget: must be more than zero, not '-5m'"),
     (["train", "msf-lmsa", "--budget", "soon"], "--budget: cannot read 'soon'"),
     (["train", "--resume", "nope"], "no run matches 'nope'"),
     (["train", "msf-lmsa", "--resume", "{run}"], "--resume continues a run with its own config"),

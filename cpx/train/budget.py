@@ -19,6 +19,8 @@ def parse_budget(text: Optional[str]) -> Optional[float]:
     if not text:
         return None
     s, total, num = text.strip().lower(), 0.0, ""
+    if s.startswith("-"):
+        raise ConfigError(f"--budget: must be more than zero, not {text!r}")
     try:
         for ch in s:
             if ch.isdigit() or ch == ".":

@@ -20,12 +20,11 @@ Left and right: measured on 200 real training masks, the "l_" classes (4 l_eye, 
 
 from __future__ import annotations
 
-import colorsys
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageFilter
 
+from cpx_plugins.competitions.face_canvas import Canvas, hsv, mix, pick, random_colour
 from cpx_plugins.competitions.sampling import samples, streams
 
 (BG, SKIN, NOSE, EYE_G, L_EYE, R_EYE, L_BROW, R_BROW, L_EAR, R_EAR, MOUTH, U_LIP, L_LIP, HAIR,
@@ -79,111 +78,11 @@ def render_face(size: int, seed: int, index: int) -> tuple[np.ndarray, np.ndarra
     return _Face(size, *streams(_SALT, seed, index)).render()
 
 
-# --------------------------------------------------------------------------------------------
-# helpers
-
-def _hsv(h: float, s: float, v: float) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0)),
-                    np.float32) * 255.0
-
-
-def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(grid.astype(np.float32)).resize(
-        (size, size), Image.Resampling.BICUBIC), dtype=np.float32)
-
-
-def _pick(rng: np.random.Generator, options):
-    weights = np.array([w for _, w in options], float)
-    return options[int(rng.choice(len(options), p=weights / weights.sum()))][0]
-
-
-def _mix(a, b, t):
-    return np.asarray(a, np.float32) * (1.0 - t) + np.asarray(b, np.float32) * t
-
-
-def _random_colour(rng: np.random.Generator, skin: np.ndarray, hair: np.ndarray) -> np.ndarray:
-    """Clothing / hat / clutter colour; sometimes deliberately skin- or hair-like."""
-    r = rng.random()
-    if r < 0.12:
-        return np.clip(skin * rng.uniform(0.85, 1.1) + rng.normal(0, 10, 3), 0, 255).astype(np.float32)
-    if r < 0.22:
-        return np.clip(hair * rng.uniform(0.8, 1.3) + rng.normal(0, 8, 3), 0, 255).astype(np.float32)
-    if r < 0.40:
-        return _hsv(rng.random(), rng.uniform(0, 0.2), rng.uniform(0.05, 0.25))  # near black
-    if r < 0.52:
-        return _hsv(rng.random(), rng.uniform(0, 0.15), rng.uniform(0.8, 0.98))  # near white
-    return _hsv(rng.random(), rng.uniform(0.2, 0.9), rng.uniform(0.25, 0.95))
-
-
-class _Face:
-    """One sample: geometry in face-local units, painted back-to-front into mask and image.
-
-    Local units: the image side is 1 at scale 1, origin at the image centre, v pointing down.
-    Canonical positions follow the (well aligned) CelebAMask-HQ crops: eyes at v ~ -0.02,
+class _Face(Canvas):
+    """One sample: geometry in face-local units (see :class:`Canvas`), painted back-to-front into
+    mask and image. Canonical positions follow the (well aligned) CelebAMask-HQ crops: eyes at v ~ -0.02,
     u ~ +-0.1; mouth at v ~ 0.23; chin at v ~ 0.4.
     """
-
-    def __init__(self, size: int, rng: np.random.Generator, field_rng: np.random.Generator,
-                 pixel_rng: np.random.Generator):
-        # three streams, so the same geometry keeps the same noise fields and pixel noise
-        self.size, self.rng, self.field_rng, self.pixel_rng = size, rng, field_rng, pixel_rng
-        self.mask = np.zeros((size, size), np.uint8)
-        self.image = np.zeros((size, size, 3), np.float32)
-
-        # pose: the real crops are aligned, so only mild jitter
-        self.scale = float(np.clip(rng.normal(1.04, 0.07), 0.85, 1.25))
-        self.rotation = float(np.clip(rng.normal(0.0, 0.08), -0.25, 0.25))
-        self.shift_x = float(np.clip(rng.normal(0.0, 0.025), -0.06, 0.06))
-        self.shift_y = float(np.clip(rng.normal(-0.025, 0.025), -0.08, 0.04))
-        c = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
-        self.grid_x, self.grid_y = c[None, :], c[:, None]
-        cr, sr = np.cos(self.rotation), np.sin(self.rotation)
-        dx, dy = self.grid_x - self.shift_x, self.grid_y - self.shift_y
-        self.face_u = ((cr * dx + sr * dy) / self.scale).astype(np.float32)
-        self.face_v = ((-sr * dx + cr * dy) / self.scale).astype(np.float32)
-
-        # smooth random fields; cell counts are fixed so the same sample looks alike at any size
-        self.noise_low = _upsample(field_rng.standard_normal((4, 4)), size)
-        self.noise_mid = _upsample(field_rng.standard_normal((12, 12)), size)
-        self.noise_fine = _upsample(field_rng.standard_normal((40, 40)), size)
-        self.wobble = _upsample(field_rng.standard_normal((16, 16)), size)
-        self.streak = _upsample(field_rng.standard_normal((8, 72)), size)
-        self.chroma = np.stack([_upsample(field_rng.standard_normal((6, 6)), size) for _ in range(3)], -1)
-
-    # ---------------------------------------------------------------- canvas primitives
-
-    def window(self, u0: float, u1: float, v0: float, v1: float) -> Optional[tuple[slice, slice]]:
-        """Pixel rows/cols covering a local-coordinate box, so small parts stay cheap."""
-        us = np.array([u0, u1, u0, u1])
-        vs = np.array([v0, v0, v1, v1])
-        cr, sr = np.cos(self.rotation), np.sin(self.rotation)
-        x = self.shift_x + self.scale * (cr * us - sr * vs)
-        y = self.shift_y + self.scale * (sr * us + cr * vs)
-        px, py = (x + 0.5) * self.size - 0.5, (y + 0.5) * self.size - 0.5
-        c0, c1 = max(int(np.floor(px.min())) - 1, 0), min(int(np.ceil(px.max())) + 2, self.size)
-        r0, r1 = max(int(np.floor(py.min())) - 1, 0), min(int(np.ceil(py.max())) + 2, self.size)
-        if c0 >= c1 or r0 >= r1:
-            return None
-        return slice(r0, r1), slice(c0, c1)
-
-    FULL = (slice(None), slice(None))
-
-    def uv(self, win):
-        U, V = self.face_u[win], self.face_v[win]
-        return U, V
-
-    def paint(self, win, region: np.ndarray, cls: int, colour) -> None:
-        if win is None or not region.any():
-            return
-        # copyto with where= is several times faster than boolean-index assignment here
-        np.copyto(self.mask[win], np.uint8(cls), where=region)
-        np.copyto(self.image[win], np.asarray(colour, np.float32), where=region[..., None])
-
-    def shade(self, win, base, mid=0.05, fine=0.03, chroma=5.0, extra=None) -> np.ndarray:
-        lum = self.light[win] * (1.0 + mid * self.noise_mid[win] + fine * self.noise_fine[win])
-        if extra is not None:
-            lum = lum * extra
-        return np.asarray(base, np.float32) * lum[..., None] + chroma * self.chroma[win]
 
     # ---------------------------------------------------------------- sample
 
@@ -225,17 +124,17 @@ class _Face:
         rng = self.rng
         t = rng.beta(1.5, 2.4) * (len(_SKIN_ANCHORS) - 1)
         i = min(int(t), len(_SKIN_ANCHORS) - 2)
-        self.skin_rgb = np.clip(_mix(_SKIN_ANCHORS[i], _SKIN_ANCHORS[i + 1], t - i)
+        self.skin_rgb = np.clip(mix(_SKIN_ANCHORS[i], _SKIN_ANCHORS[i + 1], t - i)
                                 + rng.normal(0, 6, 3), 0, 255).astype(np.float32)
-        hair = _pick(rng, _HAIR_COLOURS)
+        hair = pick(rng, _HAIR_COLOURS)
         if hair is None:
-            hair_rgb = _hsv(rng.random(), rng.uniform(0.4, 0.9), rng.uniform(0.3, 0.9))
+            hair_rgb = hsv(rng.random(), rng.uniform(0.4, 0.9), rng.uniform(0.3, 0.9))
         else:
             hair_rgb = np.array(hair, np.float32) * rng.uniform(0.8, 1.2) + rng.normal(0, 5, 3)
         self.hair_rgb = np.clip(hair_rgb, 0, 255).astype(np.float32)
         lip_t = rng.uniform(0.15, 0.85)  # low: lips nearly skin coloured
-        self.lip_rgb = _mix(self.skin_rgb, _LIPSTICK[rng.integers(len(_LIPSTICK))], lip_t)
-        self.brow_rgb = _mix(self.hair_rgb, self.skin_rgb, rng.uniform(0.05, 0.55)) * rng.uniform(0.6, 0.95)
+        self.lip_rgb = mix(self.skin_rgb, _LIPSTICK[rng.integers(len(_LIPSTICK))], lip_t)
+        self.brow_rgb = mix(self.hair_rgb, self.skin_rgb, rng.uniform(0.05, 0.55)) * rng.uniform(0.6, 0.95)
         self.iris_rgb = _IRIS[rng.integers(len(_IRIS))] * rng.uniform(0.8, 1.2)
         la = rng.uniform(0, 2 * np.pi)
         strength = rng.uniform(0.0, 0.45)
@@ -328,46 +227,6 @@ class _Face:
 
     # ---------------------------------------------------------------- layers
 
-    def background(self) -> None:
-        rng, size = self.rng, self.size
-        c1 = _random_colour(rng, self.skin_rgb, self.hair_rgb)
-        c2 = _random_colour(rng, self.skin_rgb, self.hair_rgb)
-        a = rng.uniform(0, 2 * np.pi)
-        ramp = np.clip((np.cos(a) * self.grid_x + np.sin(a) * self.grid_y) + 0.5, 0, 1)
-        bg = c1 + (c2 - c1) * ramp[..., None]
-        bg *= (1.0 + rng.uniform(0.05, 0.25) * self.noise_low)[..., None]
-        bg += 14.0 * self.chroma
-        for _ in range(int(rng.integers(0, 8))):
-            col = _random_colour(rng, self.skin_rgb, self.hair_rgb)
-            cx, cy = rng.uniform(-0.6, 0.6, 2)
-            w, h = rng.uniform(0.03, 0.4, 2)
-            kind = rng.integers(3)
-            alpha = rng.uniform(0.5, 1.0)
-            b = rng.uniform(0, np.pi)
-            if kind == 2:  # a band across the whole frame
-                rows, cols = slice(None), slice(None)
-            else:
-                r0, r1 = (int(np.clip((v + 0.5) * size, 0, size)) for v in (cy - h, cy + h + 2 / size))
-                c0, c1 = (int(np.clip((v + 0.5) * size, 0, size)) for v in (cx - w, cx + w + 2 / size))
-                if r0 >= r1 or c0 >= c1:
-                    continue
-                rows, cols = slice(r0, r1), slice(c0, c1)
-            X, Y, sub = self.grid_x[:, cols], self.grid_y[rows], bg[rows, cols]
-            if kind == 0:
-                region = (np.abs(X - cx) < w) & (np.abs(Y - cy) < h)
-            elif kind == 1:
-                region = ((X - cx) / w) ** 2 + ((Y - cy) / h) ** 2 < 1
-            else:
-                region = np.abs(np.cos(b) * (X - cx) + np.sin(b) * (Y - cy)) < w * 0.3
-            np.copyto(sub, _mix(sub, col, alpha), where=region[..., None])
-        if rng.random() < 0.3:
-            bg = bg * (1.0 + rng.uniform(0.05, 0.2) * self.noise_fine[..., None])
-        radius = rng.uniform(0.0, 0.012) * size
-        if radius > 0.3:
-            bg8 = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
-            bg = np.asarray(bg8.filter(ImageFilter.GaussianBlur(radius)), np.float32)
-        self.image[:] = bg
-
     def _cap(self, U, V, wob):
         a = self.face_half_width + self.hair_volume
         return (U / a) ** 2 + ((V - self.cap_centre_v) / self.cap_half_height) ** 2 < 1.0 + 0.08 * wob
@@ -406,17 +265,17 @@ class _Face:
         du = np.abs(U - self.feature_shift * 0.5) / self.neckline_w
         prof = np.clip(1 - du, 0, 1) if self.neckline_v else np.sqrt(np.clip(1 - du ** 2, 0, 1))
         bare = (du < 1) & (V < self.shoulder_v + self.neckline_depth * prof + 0.01 * self.wobble[win])
-        c1 = _random_colour(rng, self.skin_rgb, self.hair_rgb)
-        c2 = _random_colour(rng, self.skin_rgb, self.hair_rgb)
+        c1 = random_colour(rng, self.skin_rgb, self.hair_rgb)
+        c2 = random_colour(rng, self.skin_rgb, self.hair_rgb)
         kind = rng.integers(4)
         period = rng.uniform(0.02, 0.08)
         ang = rng.uniform(0, np.pi)
         if kind == 1:  # stripes
             t = (np.sin(2 * np.pi * (np.cos(ang) * U + np.sin(ang) * V) / period) > 0)
-            col = _mix(c1, c2, t[..., None].astype(np.float32))
+            col = mix(c1, c2, t[..., None].astype(np.float32))
         elif kind == 2:  # checks
             t = (np.sin(2 * np.pi * U / period) * np.sin(2 * np.pi * V / period)) > 0
-            col = _mix(c1, c2, 0.5 * t[..., None].astype(np.float32))
+            col = mix(c1, c2, 0.5 * t[..., None].astype(np.float32))
         else:
             col = c1[None, None, :]
         folds = 1.0 + 0.15 * self.noise_mid[win] + 0.08 * np.sin(U * rng.uniform(20, 60) + 3 * self.noise_low[win])
@@ -435,7 +294,7 @@ class _Face:
         self.paint(win, region, NECK, col)
         if self.turtle:
             collar = region & (V > self.chin + self.rng.uniform(-0.02, 0.05))
-            col = self.shade(win, _random_colour(self.rng, self.skin_rgb, self.hair_rgb), mid=0.12)
+            col = self.shade(win, random_colour(self.rng, self.skin_rgb, self.hair_rgb), mid=0.12)
             self.paint(win, collar, CLOTH, col)
 
     def draw_necklace(self) -> None:
@@ -627,7 +486,7 @@ class _Face:
         if rng.random() < 0.5:
             bw = a + rng.uniform(0.02, 0.12)
             region |= (np.abs(V - brim_v + 0.005) < rng.uniform(0.012, 0.03)) & (np.abs(U) < bw)
-        col = _random_colour(rng, self.skin_rgb, self.hair_rgb)
+        col = random_colour(rng, self.skin_rgb, self.hair_rgb)
         knit = 1.0 + rng.uniform(0, 0.15) * np.sin(U * rng.uniform(60, 200))
         self.paint(win, region, HAT, self.shade(win, col, mid=0.12, fine=0.08, extra=knit))
 
@@ -643,9 +502,9 @@ class _Face:
             return
         U, V = self.uv(win)
         frame_rgb = (_METALS[rng.integers(len(_METALS))] if rng.random() < 0.35
-                     else _random_colour(rng, self.skin_rgb, self.hair_rgb) * 0.6)
-        tint = _hsv(rng.random(), rng.uniform(0, 0.3), 1.0) / 255.0
-        lens_dark = _hsv(rng.random(), rng.uniform(0, 0.5), rng.uniform(0.08, 0.3))
+                     else random_colour(rng, self.skin_rgb, self.hair_rgb) * 0.6)
+        tint = hsv(rng.random(), rng.uniform(0, 0.3), 1.0) / 255.0
+        lens_dark = hsv(rng.random(), rng.uniform(0, 0.5), rng.uniform(0.08, 0.3))
         lens = np.zeros(U.shape, bool)
         frame = np.zeros(U.shape, bool)
         for s in (-1.0, 1.0):
@@ -684,7 +543,7 @@ class _Face:
         ix = ex + self.gaze[0] * self.eye_half_width * 0.3
         iy = self.eye_y + self.gaze[1] * 0.004
         d = np.sqrt((U - ix) ** 2 + (V - iy) ** 2)
-        sclera = _mix(np.array([232, 226, 220], np.float32), self.skin_rgb, 0.25)
+        sclera = mix(np.array([232, 226, 220], np.float32), self.skin_rgb, 0.25)
         col = self.shade(win, sclera, fine=0.02)
         iris = self.shade(win, self.iris_rgb, fine=0.1, extra=1.0 - 0.3 * np.clip(d / r_iris, 0, 1))
         col = np.where((d < r_iris)[..., None], iris, col)
@@ -714,28 +573,6 @@ class _Face:
             region = ((U - eu) / rng.uniform(0.01, 0.02)) ** 2 + ((V - av - 0.01 - dh) / dh) ** 2 < 1
             region |= (np.abs(U - eu) < 0.002) & (V > av) & (V < av + 0.01)
         metal = (_METALS[rng.integers(len(_METALS))] if rng.random() < 0.7
-                 else _random_colour(rng, self.skin_rgb, self.hair_rgb))
+                 else random_colour(rng, self.skin_rgb, self.hair_rgb))
         glint = 1.0 + 0.35 * np.sin((U - V) * 300.0)
         self.paint(win, region, EAR_R, self.shade(win, metal, mid=0.05, fine=0.1, extra=glint))
-
-    # ---------------------------------------------------------------- camera
-
-    def finish(self) -> np.ndarray:
-        rng, size = self.rng, self.size
-        img = self.image
-        cast = rng.normal(1.0, 0.05, 3).astype(np.float32)
-        contrast = rng.uniform(0.8, 1.15)
-        gamma = rng.uniform(0.85, 1.2)
-        vignette = 1.0 - rng.uniform(0, 0.35) * (self.grid_x ** 2 + self.grid_y ** 2)
-        img = img * cast * vignette[..., None]
-        # tone curve through a lookup table: a per-pixel pow is the slowest step at 512 px
-        levels = np.arange(256, dtype=np.float32) / 255.0
-        curve = (np.clip((levels - 0.5) * contrast + 0.5, 0, 1) ** gamma * 255.0).astype(np.float32)
-        img = curve[np.clip(img, 0, 255).astype(np.uint8)]
-        sigma = rng.uniform(1.0, 7.0)
-        blur = rng.uniform(0.0, 0.0016) * size
-        img += self.pixel_rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
-        out = np.clip(img + 0.5, 0, 255).astype(np.uint8)
-        if blur > 0.35:  # lens softness: blends a pixel across edges, never moves them
-            out = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(blur)))
-        return np.ascontiguousarray(out)
